@@ -1,0 +1,113 @@
+"""Static cost analysis of a graph from the op registry (FLOPs, bytes, weights).
+
+Costs are evaluated at concrete sizes (``env`` binds ``batch``, ``seq``, ``past``); a param input
+is charged its storage-format bytes (int4 weights cost half of int8), so quantization shows up in
+the byte counts without any analysis knowing about it. ``cond`` regions are charged their more
+expensive branch (an upper bound) unless ``cond_taken`` says otherwise.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmc.ir.graph import Graph, Node
+from llmc.ir.registry import Cost, get_op
+from llmc.ir.types import DTYPE_BYTES, TensorType
+
+
+@dataclass
+class CostReport:
+    total: Cost
+    by_op: dict[str, Cost] = field(default_factory=dict)
+    by_block: dict[str, Cost] = field(default_factory=dict)
+    per_node: list[tuple[Node, Cost]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        def c(x: Cost) -> dict[str, float]:
+            return {"flops": x.flops, "bytes_read": x.bytes_read, "bytes_written": x.bytes_written}
+
+        return {
+            "total": c(self.total),
+            "by_op": {k: c(v) for k, v in sorted(self.by_op.items())},
+            "by_block": {k: c(v) for k, v in sorted(self.by_block.items())},
+        }
+
+
+def concrete(t: TensorType, env: Mapping[str, int]) -> TensorType:
+    return TensorType(t.concrete(env), t.dtype)
+
+
+def graph_cost(graph: Graph, env: Mapping[str, int], *, keep_nodes: bool = False) -> CostReport:
+    by_op: dict[str, Cost] = defaultdict(Cost)
+    by_block: dict[str, Cost] = defaultdict(Cost)
+    per_node: list[tuple[Node, Cost]] = []
+    total = _cost(graph, env, by_op, by_block, per_node if keep_nodes else None)
+    return CostReport(total, dict(by_op), dict(by_block), per_node)
+
+
+def _cost(
+    g: Graph,
+    env: Mapping[str, int],
+    by_op: dict[str, Cost],
+    by_block: dict[str, Cost],
+    per_node: list[tuple[Node, Cost]] | None,
+) -> Cost:
+    root = g.root()
+    total = Cost()
+    for n in g.nodes:
+        od = get_op(n.op)
+        if od.region_fields:
+            branches = []
+            for r in od.regions(n.attrs):
+                bo: dict[str, Cost] = defaultdict(Cost)
+                bb: dict[str, Cost] = defaultdict(Cost)
+                branches.append((_cost(r, env, bo, bb, None), bo, bb))
+            c, bo, bb = max(branches, key=lambda x: x[0].flops + x[0].bytes)
+            for k, v in bo.items():
+                by_op[k] = by_op[k] + v
+            for k, v in bb.items():
+                by_block[k] = by_block[k] + v
+            total = total + c
+            continue
+        ins = [concrete(v.type, env) for v in n.inputs]
+        in_bytes = []
+        for v, t in zip(n.inputs, ins, strict=True):
+            p = root.param_of(v)
+            if p is not None:
+                in_bytes.append(p.storage_bytes())
+            else:
+                numel = 1
+                for d in t.shape:
+                    numel *= int(d)
+                in_bytes.append(float(numel * DTYPE_BYTES[t.dtype]))
+        c = od.cost(ins, concrete(n.out.type, env), n.attrs, in_bytes)
+        by_op[n.op] = by_op[n.op] + c
+        by_block[n.block or "other"] = by_block[n.block or "other"] + c
+        if per_node is not None:
+            per_node.append((n, c))
+        total = total + c
+    return total
+
+
+def param_summary(graph: Graph) -> dict[str, Any]:
+    """Parameter count, storage bytes, and how many are quantized or sparse."""
+    count = 0
+    nbytes = 0.0
+    quant = sparse = 0
+    for p in graph.params.values():
+        n = 1
+        for d in p.type.shape:
+            n *= int(d)
+        count += n
+        nbytes += p.storage_bytes()
+        quant += n if p.format.quant is not None else 0
+        sparse += n if p.format.sparsity is not None else 0
+    return {
+        "parameters": count,
+        "storage_bytes": nbytes,
+        "quantized_parameters": quant,
+        "sparse_parameters": sparse,
+    }

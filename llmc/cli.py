@@ -1,0 +1,469 @@
+"""``llmc``: the command-line interface.
+
+Every user error ends in one line on stderr (``llmc: error: ...``) and a non-zero exit status, with
+no traceback; ``--json`` prints exactly one JSON object on stdout. Progress bars go to stderr and
+only when stderr is a terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import llmc
+from llmc.errors import LlmcError
+
+
+def _progress_enabled() -> bool:
+    return sys.stderr.isatty() and not os.environ.get("LLMC_NO_PROGRESS")
+
+
+def progress(total: int | None, desc: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total, desc=desc, disable=not _progress_enabled(), file=sys.stderr, leave=False
+    )
+
+
+def status(msg: str) -> None:
+    """A one-line status message on stderr (never stdout: stdout is for results and JSON)."""
+    if _progress_enabled():
+        print(msg, file=sys.stderr)
+
+
+def emit_json(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)
+
+
+# ----------------------------------------------------------------------------------------------
+# commands
+
+
+def cmd_compile(a: argparse.Namespace) -> int:
+    from llmc.compile import compile_model
+
+    if a.out is None and not a.dry_run:
+        a.out = str(Path("out") / _safe_name(a.model))
+    t0 = time.perf_counter()
+    status(f"compiling {a.model} for {a.target} ...")
+    res = compile_model(
+        a.model,
+        target=a.target,
+        passes=a.passes,
+        recipe=a.recipe,
+        out=None if a.dry_run else a.out,
+        dump_ir=a.dump_ir,
+        dry_run=a.dry_run,
+        allow_pickle=a.allow_pickle,
+        pass_options=_pass_options(a),
+        analysis_env={"batch": 1, "seq": a.seq, "past": a.past},
+    )
+    r = res.report
+    if a.json:
+        emit_json({"out": str(res.out) if res.out else None, **r})
+        return 0
+    p = r["params"]
+    an = r["analysis"]["total"]
+    print(
+        f"model      {r['model']} ({p['parameters']:,} parameters, {p['storage_bytes'] / 1e6:.1f} MB)"
+    )
+    print(f"target     {res.target.name} ({res.target.description})")
+    if r["pipeline"]:
+        print(f"passes     {r['pipeline']}")
+        for entry in r["passes"]:
+            if isinstance(entry, dict):
+                name = entry.get("pass", entry.get("name", "?"))
+                summ = ", ".join(
+                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in entry.items()
+                    if k not in ("pass", "name") and not isinstance(v, (dict, list))
+                )
+                print(f"  - {name}: {summ}")
+    env = r["analysis"]["env"]
+    print(
+        f"cost       {an['flops'] / 1e9:.3f} GFLOP, {an['bytes_read'] / 1e6:.1f} MB read per call "
+        f"(batch={env['batch']}, seq={env['seq']}, past={env['past']})"
+    )
+    print(f"peak RSS   {r['peak_rss_mb']:.0f} MB; {time.perf_counter() - t0:.2f} s")
+    if res.out is not None:
+        print(f"artifact   {res.out}")
+    return 0
+
+
+def _pass_options(a: argparse.Namespace) -> dict[str, Any]:
+    opts: dict[str, Any] = {}
+    if getattr(a, "calib", None):
+        opts["calib_file"] = a.calib
+    if getattr(a, "calib_samples", None):
+        opts["calib_samples"] = a.calib_samples
+    if getattr(a, "calib_seqlen", None):
+        opts["calib_seqlen"] = a.calib_seqlen
+    return opts
+
+
+def _safe_name(model: str) -> str:
+    base = Path(model.split(":")[0]).name or "model"
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in base)
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from llmc.compile import load, runner_for, tokenizer_or_bytes
+    from llmc.runtime.lm import generate
+
+    loaded = load(a.model, allow_pickle=a.allow_pickle)
+    lm = runner_for(loaded)
+    tok = tokenizer_or_bytes(loaded)
+    ids = tok.encode(a.prompt)
+    stream = not a.json and sys.stdout.isatty()
+    if stream:
+        sys.stdout.write(a.prompt)
+        sys.stdout.flush()
+    pieces: list[int] = []
+
+    def on_token(t: int) -> None:
+        if stream:
+            pieces.append(t)
+            text = tok.decode(pieces)
+            if not text.endswith("\ufffd"):  # wait for complete UTF-8 sequences
+                sys.stdout.write(text)
+                sys.stdout.flush()
+                pieces.clear()
+
+    res = generate(
+        lm,
+        ids,
+        a.max_new_tokens,
+        temperature=a.temperature,
+        top_k=a.top_k,
+        top_p=a.top_p,
+        seed=a.seed,
+        eos_id=getattr(tok, "eos_id", None),
+        on_token=on_token,
+    )
+    text = tok.decode(res.tokens)
+    if a.json:
+        emit_json(
+            {
+                "model": loaded.name,
+                "prompt": a.prompt,
+                "completion": text,
+                "tokens": res.tokens,
+                "prompt_tokens": res.prompt_tokens,
+                "new_tokens": res.new_tokens,
+                "prefill_tokens_per_s": res.prefill_tokens_per_s,
+                "decode_tokens_per_s": res.decode_tokens_per_s,
+            }
+        )
+        return 0
+    if stream:
+        if pieces:
+            sys.stdout.write(tok.decode(pieces))
+        sys.stdout.write("\n")
+    else:
+        print(a.prompt + text)
+    print(
+        f"[{res.prompt_tokens} prompt tokens, {res.new_tokens} new; "
+        f"prefill {res.prefill_tokens_per_s:.1f} tok/s, decode {res.decode_tokens_per_s:.1f} tok/s]",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from llmc.compile import load, run_passes, runner_for
+    from llmc.data import eval_windows
+    from llmc.runtime.lm import InterpLM, evaluate
+
+    loaded = load(a.model, allow_pickle=a.allow_pickle)
+    tok = loaded.tokenizer
+    window = min(a.window, int(loaded.graph.meta.get("max_position_embeddings", a.window)))
+    windows = eval_windows(window, max_tokens=a.max_tokens, tokenizer=tok)
+    reference = None
+    t0 = time.perf_counter()
+    if a.passes or a.recipe:
+        if loaded.artifact is not None:
+            raise LlmcError(
+                "--passes applies to models, not compiled artifacts (compile with them)"
+            )
+        reference = InterpLM(loaded.graph.copy())
+        pass_report = run_passes(
+            loaded.graph, a.passes, a.recipe, target="ref", options=_pass_options(a)
+        )
+    else:
+        pass_report = []
+    t_passes = time.perf_counter() - t0
+    lm = runner_for(loaded)
+    bar = progress(int(windows.shape[0]), "eval")
+    q = evaluate(lm, windows, reference=reference, batch_size=a.batch_size, progress=bar.update)
+    bar.close()
+    vocab = int(loaded.graph.meta.get("vocab_size", 0))
+    out = {
+        "model": loaded.name,
+        "source": loaded.source,
+        "perplexity": q.perplexity,
+        "tokens": q.tokens,
+        "uniform_perplexity": vocab,
+        "nll": q.nll,
+        "window": q.window,
+        "windows": q.windows,
+        "split": "heldout",
+        "passes": a.passes or "",
+        "pass_seconds": t_passes,
+    }
+    if q.agreement is not None:
+        out["agreement"] = q.agreement
+    if pass_report:
+        out["pass_report"] = pass_report
+    if a.json:
+        emit_json(out)
+        return 0
+    print(f"model        {loaded.name}")
+    print(
+        f"perplexity   {q.perplexity:.4f} on {q.tokens} held-out tokens ({q.windows} x {q.window})"
+    )
+    print(f"uniform      {vocab} (vocabulary size)")
+    if q.agreement is not None:
+        print(f"agreement    {q.agreement:.4f} next-token agreement with the unmodified model")
+    return 0
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    from llmc.compile import load, runner_for
+    from llmc.runtime.lm import generate
+
+    loaded = load(a.model, allow_pickle=a.allow_pickle)
+    lm = runner_for(loaded)
+    prompt = [(i * 7 + 3) % min(lm.vocab_size, 256) for i in range(a.prompt_len)]
+    generate(lm, prompt[: min(8, len(prompt))], 2)  # warm-up (lazy init, kernel loading)
+    best = None
+    for _ in range(a.repeat):
+        r = generate(lm, prompt, a.new_tokens)
+        if best is None or r.decode_s < best.decode_s:
+            best = r
+    assert best is not None
+    steps = max(len(best.step_s), 1)
+    out = {
+        "model": loaded.name,
+        "target": loaded.artifact.target if loaded.artifact else "ref",
+        "device": getattr(lm, "device", "cpu"),
+        "prompt_tokens": best.prompt_tokens,
+        "new_tokens": best.new_tokens,
+        "prefill_tokens_per_s": best.prefill_tokens_per_s,
+        "decode_tokens_per_s": best.decode_tokens_per_s,
+        "decode_ms_per_token": 1000.0 * best.decode_s / steps,
+        "repeat": a.repeat,
+    }
+    if a.json:
+        emit_json(out)
+    else:
+        for k, v in out.items():
+            print(f"{k:22s} {v:.3f}" if isinstance(v, float) else f"{k:22s} {v}")
+    return 0
+
+
+def cmd_targets(a: argparse.Namespace) -> int:
+    from llmc.backends.targets import get_target, target_names
+
+    rows = []
+    for name in target_names():
+        try:
+            t = get_target(name)
+            rows.append({"name": t.name, "kind": t.kind, "description": t.description})
+        except LlmcError as e:  # an FPGA arch file failing to load must not hide the others
+            rows.append({"name": name, "kind": "?", "description": f"unavailable: {e}"})
+    if a.json:
+        emit_json({"targets": rows})
+    else:
+        for r in rows:
+            print(f"{r['name']:8s} {r['kind']:5s} {r['description']}")
+    return 0
+
+
+def cmd_passes(a: argparse.Namespace) -> int:
+    from llmc.passes import list_passes
+
+    rows = [{"name": n, "description": d} for n, d in list_passes()]
+    if a.json:
+        emit_json({"passes": rows})
+    else:
+        for r in rows:
+            print(f"{r['name']:16s} {r['description']}")
+    return 0
+
+
+def cmd_simulate(a: argparse.Namespace) -> int:
+    from llmc.fpga.cli import simulate_command
+
+    return simulate_command(a)
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from llmc.compile import load, run_passes
+    from llmc.export_hf import export_hf
+
+    if a.format != "hf":
+        raise LlmcError(f"unknown export format {a.format!r} (supported: hf)")
+    loaded = load(a.model, allow_pickle=a.allow_pickle)
+    report = run_passes(loaded.graph, a.passes, a.recipe, target="ref", options=_pass_options(a))
+    info = export_hf(loaded.graph, Path(a.out), tokenizer=loaded.tokenizer)
+    if a.json:
+        emit_json({"out": a.out, "passes": report, **(info or {})})
+    else:
+        print(f"exported {loaded.name} to {a.out}")
+    return 0
+
+
+def cmd_train_tiny(a: argparse.Namespace) -> int:
+    import runpy
+
+    script = Path(__file__).resolve().parent.parent / "tools" / "train_tiny.py"
+    if not script.is_file():
+        raise LlmcError(f"{script}: training script not found (it ships with the source tree)")
+    sys.argv = [str(script), *a.args]
+    runpy.run_path(str(script), run_name="__main__")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# parser
+
+
+def _add_pass_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--passes", metavar="SPEC", help="pass pipeline, e.g. wanda:sparsity=0.5,rtn:bits=4"
+    )
+    g.add_argument("--recipe", metavar="FILE", help="YAML pass recipe")
+    p.add_argument(
+        "--calib", metavar="FILE", help="calibration text file (default: embedded train split)"
+    )
+    p.add_argument("--calib-samples", type=int, metavar="N", help="calibration samples")
+    p.add_argument("--calib-seqlen", type=int, metavar="L", help="calibration sequence length")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="llmc",
+        description="Ahead-of-time compiler for transformer language models.",
+        epilog="MODEL is a Hugging Face directory, a built-in name (tiny, llama2-7b, ...) or file.py:factory.",
+    )
+    ap.add_argument("--version", action="version", version=f"llmc {llmc.__version__}")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+        return p
+
+    p = add("compile", "compile a model for a target into an artifact directory")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--target", default="ref", help="target name (see `llmc targets`; default: ref)")
+    p.add_argument("-o", "--out", metavar="OUT", help="artifact directory (default: out/<model>)")
+    p.add_argument("--dump-ir", metavar="DIR", help="write the IR after every pass into DIR")
+    p.add_argument("--dry-run", action="store_true", help="analyse only; write nothing")
+    p.add_argument(
+        "--allow-pickle", action="store_true", help="allow pickle checkpoints (weights_only)"
+    )
+    p.add_argument("--seq", type=int, default=1, help="tokens per call for the cost analysis")
+    p.add_argument("--past", type=int, default=127, help="cached positions for the cost analysis")
+    _add_pass_args(p)
+    p.add_argument("--arch", metavar="FILE", help="FPGA architecture YAML (fpga targets)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override an arch field"
+    )
+    p.set_defaults(func=cmd_compile)
+
+    p = add("run", "generate text with a model or a compiled artifact")
+    p.add_argument("model", metavar="OUT|MODEL")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--allow-pickle", action="store_true")
+    p.set_defaults(func=cmd_run)
+
+    p = add("eval", "held-out perplexity (and agreement with the unmodified model under --passes)")
+    p.add_argument("model", metavar="MODEL|OUT")
+    p.add_argument("--window", type=int, default=256, help="tokens per evaluation window")
+    p.add_argument("--max-tokens", type=int, default=None, help="evaluate only the first N tokens")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--allow-pickle", action="store_true")
+    _add_pass_args(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = add("bench", "prefill and decode speed on this machine")
+    p.add_argument("model", metavar="OUT|MODEL")
+    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--allow-pickle", action="store_true")
+    p.set_defaults(func=cmd_bench)
+
+    p = add("simulate", "simulate a model on a FlightLLM FPGA target")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--target", default="u280")
+    p.add_argument("--prefill", type=int, default=128)
+    p.add_argument("--decode", type=int, default=512)
+    p.add_argument("--arch", metavar="FILE")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--allow-pickle", action="store_true")
+    _add_pass_args(p)
+    p.set_defaults(func=cmd_simulate)
+
+    p = add("export", "export a (compressed) model as a Hugging Face directory")
+    p.add_argument("model", metavar="MODEL|OUT")
+    p.add_argument("--format", default="hf")
+    p.add_argument("-o", "--out", required=True)
+    p.add_argument("--allow-pickle", action="store_true")
+    _add_pass_args(p)
+    p.set_defaults(func=cmd_export)
+
+    p = add("targets", "list targets")
+    p.set_defaults(func=cmd_targets)
+    p = add("passes", "list passes")
+    p.set_defaults(func=cmd_passes)
+
+    p = sub.add_parser("train-tiny", help="retrain the embedded tiny model (tools/train_tiny.py)")
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_train_tiny)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    a = ap.parse_args(argv)
+    if not getattr(a, "func", None):
+        ap.print_help(sys.stderr)
+        return 2
+    try:
+        return int(a.func(a) or 0)
+    except LlmcError as e:
+        print(f"llmc: error: {_one_line(str(e))}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("llmc: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def _one_line(msg: str) -> str:
+    return " ".join(msg.split())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""The compile driver: model -> passes -> backend -> artifact, plus the Python API behind the CLI.
+
+Backends are found through :data:`BACKENDS`, keyed by target *kind* (never by target name): a new
+GPU is a registry entry in :mod:`llmc.backends.targets`, a new kind of hardware is one line here.
+
+Example::
+
+    from llmc.compile import compile_model
+    result = compile_model("tiny", target="ref", passes="wanda:sparsity=0.5", out="out/tiny")
+    print(result.report["passes"])
+"""
+
+from __future__ import annotations
+
+import importlib
+import resource
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmc.analysis import graph_cost, param_summary
+from llmc.artifact import (
+    Artifact,
+    artifact_writer,
+    is_artifact,
+    load_artifact,
+    write_graph,
+    write_manifest,
+)
+from llmc.backends.targets import Target, get_target
+from llmc.errors import LlmcError, TargetError
+from llmc.ir.graph import Graph
+from llmc.runtime.lm import InterpLM, LanguageModel
+
+# target kind -> "module:function" taking (graph, target, tmp_dir, report) and returning extra
+# manifest fields. Imported lazily so that, e.g., the FPGA model never loads TVM.
+BACKENDS: dict[str, str] = {
+    "ref": "llmc.compile:_compile_ref",
+    "cpu": "llmc.backends:compile_for_target",
+    "cuda": "llmc.backends:compile_for_target",
+    "rocm": "llmc.backends:compile_for_target",
+    "fpga": "llmc.fpga:compile_for_target",
+}
+# target kind -> "module:function" taking the artifact directory and returning a LanguageModel.
+RUNNERS: dict[str, str] = {
+    "ref": "llmc.compile:_load_ref",
+    "cpu": "llmc.runtime.tvm_runner:load",
+    "cuda": "llmc.runtime.tvm_runner:load",
+    "rocm": "llmc.runtime.tvm_runner:load",
+}
+
+
+def _resolve(spec: str) -> Callable[..., Any]:
+    mod, fn = spec.split(":")
+    return getattr(importlib.import_module(mod), fn)
+
+
+@dataclass
+class Loaded:
+    """A model ready to run or compile: graph, tokenizer and where it came from."""
+
+    graph: Graph
+    tokenizer: Any
+    name: str
+    source: str
+    artifact: Artifact | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def load(spec: str, *, allow_pickle: bool = False) -> Loaded:
+    """A model spec (HF directory, built-in name, ``file.py:factory``) or a compiled artifact."""
+    if is_artifact(spec):
+        art = load_artifact(spec)
+        tok = None
+        if (Path(spec) / "tokenizer.json").is_file():
+            from llmc.tokenizer import load_tokenizer
+
+            tok = load_tokenizer(spec)
+        return Loaded(art.graph, tok, art.manifest.get("model", art.graph.name), str(spec), art)
+    from llmc.frontends import load_model
+
+    m = load_model(spec, allow_pickle=allow_pickle)
+    return Loaded(m.graph, m.tokenizer, m.name, m.source, None, dict(m.config or {}))
+
+
+def runner_for(loaded: Loaded, device: str = "cpu") -> LanguageModel:
+    """An executable model: the interpreter for graphs and ref artifacts, the backend's runtime
+    for compiled artifacts."""
+    if loaded.artifact is None:
+        return InterpLM(loaded.graph, device=device)
+    kind = get_target(loaded.artifact.target).kind
+    if kind not in RUNNERS:
+        raise TargetError(
+            f"{loaded.artifact.path}: artifacts for {loaded.artifact.target} ({kind}) cannot run "
+            "on this machine; use `llmc simulate` for FPGA targets"
+        )
+    return _resolve(RUNNERS[kind])(loaded.artifact.path)
+
+
+def tokenizer_or_bytes(loaded: Loaded) -> Any:
+    if loaded.tokenizer is not None:
+        return loaded.tokenizer
+    from llmc.tokenizer import ByteTokenizer
+
+    if int(loaded.graph.meta.get("vocab_size", 0)) >= 256:
+        return ByteTokenizer()
+    raise LlmcError(f"{loaded.source}: model has no tokenizer and a vocabulary under 256 ids")
+
+
+def run_passes(
+    graph: Graph,
+    spec: str | None,
+    recipe: str | None,
+    *,
+    target: str,
+    options: dict[str, Any],
+    dump_ir: str | None = None,
+) -> list[dict[str, Any]]:
+    if not spec and not recipe and not dump_ir:
+        return []
+    from llmc.passes import PassContext, build_pipeline
+
+    pm = build_pipeline(spec or None, Path(recipe) if recipe else None)
+    ctx = PassContext(target=target, **options)
+    if dump_ir:
+        pm.dump_ir(Path(dump_ir))
+    report = pm.run(graph, ctx)
+    return list(report) if report is not None else []
+
+
+@dataclass
+class CompileResult:
+    out: Path | None
+    target: Target
+    report: dict[str, Any]
+    graph: Graph
+
+
+def compile_model(
+    model: str | Loaded,
+    *,
+    target: str = "ref",
+    passes: str | None = None,
+    recipe: str | None = None,
+    out: str | Path | None = None,
+    dump_ir: str | None = None,
+    dry_run: bool = False,
+    allow_pickle: bool = False,
+    pass_options: dict[str, Any] | None = None,
+    analysis_env: dict[str, int] | None = None,
+) -> CompileResult:
+    """Load, transform and lower a model; write the artifact atomically to ``out``."""
+    t_start = time.perf_counter()
+    tgt = get_target(target)  # fail fast on an unknown target, before loading anything
+    if tgt.kind not in BACKENDS:
+        raise TargetError(f"target {target} has kind {tgt.kind!r}, which no backend handles")
+    loaded = model if isinstance(model, Loaded) else load(model, allow_pickle=allow_pickle)
+    graph = loaded.graph
+    t_loaded = time.perf_counter()
+    pass_report = run_passes(
+        graph, passes, recipe, target=target, options=dict(pass_options or {}), dump_ir=dump_ir
+    )
+    t_passes = time.perf_counter()
+    env = analysis_env or {"batch": 1, "seq": 1, "past": 127}
+    report: dict[str, Any] = {
+        "model": loaded.name,
+        "source": loaded.source,
+        "target": tgt.name,
+        "passes": pass_report,
+        "pipeline": passes or (f"recipe:{recipe}" if recipe else ""),
+        "params": param_summary(graph),
+        "analysis": {"env": env, **graph_cost(graph, env).to_dict()},
+        "timing_s": {"load": t_loaded - t_start, "passes": t_passes - t_loaded},
+    }
+    if dry_run or out is None:
+        report["timing_s"]["total"] = time.perf_counter() - t_start
+        report["peak_rss_mb"] = peak_rss_mb()
+        return CompileResult(None, tgt, report, graph)
+    out = Path(out)
+    with artifact_writer(out) as tmp:
+        backend = _resolve(BACKENDS[tgt.kind])
+        t_b = time.perf_counter()
+        extra = backend(graph, tgt, tmp, report) or {}
+        report["timing_s"]["backend"] = time.perf_counter() - t_b
+        if loaded.tokenizer is not None and hasattr(loaded.tokenizer, "save"):
+            loaded.tokenizer.save(tmp)
+        report["timing_s"]["total"] = time.perf_counter() - t_start
+        report["peak_rss_mb"] = peak_rss_mb()
+        write_report(tmp, report)
+        write_manifest(
+            tmp,
+            {
+                "model": loaded.name,
+                "source": loaded.source,
+                "target": tgt.name,
+                "target_kind": tgt.kind,
+                "pipeline": report["pipeline"],
+                **extra,
+            },
+        )
+    return CompileResult(out, tgt, report, graph)
+
+
+def _compile_ref(graph: Graph, target: Target, tmp: Path, report: dict[str, Any]) -> dict[str, Any]:
+    """The ``ref`` target: the IR and weights, executed by the reference interpreter."""
+    write_graph(graph, tmp)
+    return {"runtime": "llmc-interpreter"}
+
+
+def _load_ref(path: Path) -> LanguageModel:
+    return InterpLM(load_artifact(path).graph)
+
+
+def peak_rss_mb() -> float:
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024.0 if sys.platform != "darwin" else kb / 1024.0 / 1024.0
+
+
+def write_report(tmp: Path, report: dict[str, Any]) -> None:
+    import json
+
+    (tmp / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (tmp / "report.md").write_text(render_report_md(report))
+
+
+def render_report_md(r: dict[str, Any]) -> str:
+    p = r["params"]
+    lines = [
+        f"# llmc report: {r['model']} -> {r['target']}",
+        "",
+        f"- source: `{r['source']}`",
+        f"- pipeline: `{r['pipeline'] or '(none)'}`",
+        f"- parameters: {p['parameters']:,} ({p['storage_bytes'] / 1e6:.2f} MB stored; "
+        f"{p['quantized_parameters']:,} quantized, {p['sparse_parameters']:,} sparse)",
+        f"- peak RSS: {r.get('peak_rss_mb', 0):.0f} MB; time: "
+        + ", ".join(f"{k} {v:.2f} s" for k, v in r["timing_s"].items()),
+        "",
+    ]
+    if r["passes"]:
+        lines += ["## Passes", "", "| pass | what it did |", "|---|---|"]
+        for entry in r["passes"]:
+            name = (
+                entry.get("pass", entry.get("name", "?")) if isinstance(entry, dict) else str(entry)
+            )
+            rest = (
+                {k: v for k, v in entry.items() if k not in ("pass", "name")}
+                if isinstance(entry, dict)
+                else {}
+            )
+            summary = ", ".join(
+                f"{k}={_short(v)}" for k, v in rest.items() if not isinstance(v, (dict, list))
+            )
+            lines.append(f"| {name} | {summary} |")
+        lines.append("")
+    a = r["analysis"]
+    env = ", ".join(f"{k}={v}" for k, v in a["env"].items())
+    lines += [
+        f"## Cost of one call ({env})",
+        "",
+        f"- FLOPs: {a['total']['flops']:.4g}; bytes read: {a['total']['bytes_read']:.4g}; "
+        f"written: {a['total']['bytes_written']:.4g}",
+        "",
+        "| block | GFLOP | MB read |",
+        "|---|---|---|",
+    ]
+    for k, v in a["by_block"].items():
+        lines.append(f"| {k} | {v['flops'] / 1e9:.4f} | {v['bytes_read'] / 1e6:.3f} |")
+    for key in ("backend", "fpga", "roofline"):
+        if key in r:
+            lines += ["", f"## {key}", "", "```json", _json(r[key]), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def _short(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _json(v: Any) -> str:
+    import json
+
+    return json.dumps(v, indent=2, default=str)
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

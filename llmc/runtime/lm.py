@@ -1,0 +1,266 @@
+"""Running language-model graphs: the LM ABI, KV-cache generation and perplexity.
+
+Every executable form of a model (the reference interpreter over an IR graph, a compiled TVM
+artifact) implements :class:`LanguageModel`: one call runs ``seq`` new tokens at absolute
+``positions`` on top of a KV cache and returns the logits and the grown cache. The graph ABI
+(``llmc-lm-v1``, produced by the frontend) is:
+
+- inputs ``input_ids: i64[batch, seq]``, ``positions: i64[batch, seq]``, then per layer
+  ``past_k_{i}``, ``past_v_{i}``: ``[batch, kv_heads, past, head_dim]``;
+- outputs ``logits: [batch, seq, vocab]``, then per layer ``present_k_{i}``, ``present_v_{i}``:
+  ``[batch, kv_heads, past + seq, head_dim]``.
+
+Generation is prefill (the whole prompt in one call) then decode (one token per call).
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from llmc.errors import LlmcError
+from llmc.ir.graph import Graph
+from llmc.ir.types import to_torch_dtype
+
+KV = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+class LanguageModel(abc.ABC):
+    """A model that runs new tokens on top of a KV cache."""
+
+    meta: dict[str, Any]
+    device: str = "cpu"
+
+    @abc.abstractmethod
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, past: KV
+    ) -> tuple[torch.Tensor, KV]:
+        """``logits [batch, seq, vocab]`` and the cache grown by ``seq`` positions."""
+
+    def empty_past(self, batch: int) -> KV:
+        m = self.meta
+        dtype = to_torch_dtype(m.get("kv_dtype", m.get("dtype_ir", "f32")))
+        shape = (batch, int(m["num_kv_heads"]), 0, int(m["head_dim"]))
+        return [
+            (torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype))
+            for _ in range(int(m["num_layers"]))
+        ]
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.meta["vocab_size"])
+
+    @property
+    def max_positions(self) -> int:
+        return int(self.meta.get("max_position_embeddings", 2048))
+
+    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Full-sequence forward from an empty cache."""
+        b, s = input_ids.shape
+        pos = torch.arange(s, dtype=torch.int64).expand(b, s)
+        return self.forward(input_ids, pos, self.empty_past(b))[0]
+
+
+class InterpLM(LanguageModel):
+    """The reference interpreter over an IR graph that follows the LM ABI."""
+
+    def __init__(self, graph: Graph, device: str = "cpu") -> None:
+        check_lm_abi(graph)
+        self.graph = graph
+        self.meta = dict(graph.meta)
+        self.meta.setdefault(
+            "kv_dtype", graph.inputs[2].type.dtype if len(graph.inputs) > 2 else "f32"
+        )
+        self.device = device
+
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, past: KV
+    ) -> tuple[torch.Tensor, KV]:
+        from llmc.runtime.interp import run
+
+        args: list[torch.Tensor] = [input_ids, positions]
+        for k, v in past:
+            args += [k, v]
+        outs = run(self.graph, args, device=self.device)
+        present = [(outs[1 + 2 * i], outs[2 + 2 * i]) for i in range(len(past))]
+        return outs[0], present
+
+
+def check_lm_abi(graph: Graph) -> None:
+    names = [v.name for v in graph.inputs]
+    if names[:2] != ["input_ids", "positions"] or "num_layers" not in graph.meta:
+        raise LlmcError(
+            f"graph @{graph.name} does not follow the LM ABI llmc-lm-v1 (inputs input_ids, "
+            f"positions, past_k_i, past_v_i; meta num_layers): got inputs {names[:4]}"
+        )
+    n = int(graph.meta["num_layers"])
+    if len(graph.inputs) != 2 + 2 * n or len(graph.outputs) != 1 + 2 * n:
+        raise LlmcError(
+            f"graph @{graph.name}: {n} layers need {2 + 2 * n} inputs and {1 + 2 * n} outputs, "
+            f"got {len(graph.inputs)} and {len(graph.outputs)}"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# generation
+
+
+@dataclass
+class GenerationResult:
+    tokens: list[int]
+    prompt_tokens: int
+    prefill_s: float
+    decode_s: float
+    step_s: list[float] = field(default_factory=list)
+
+    @property
+    def new_tokens(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        steps = max(len(self.step_s), 1)
+        return steps / self.decode_s if self.decode_s > 0 else float("inf")
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        return self.prompt_tokens / self.prefill_s if self.prefill_s > 0 else float("inf")
+
+
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float,
+    generator: torch.Generator | None,
+    top_k: int = 0,
+    top_p: float = 1.0,
+) -> int:
+    """Greedy when ``temperature == 0``; otherwise softmax sampling with top-k / nucleus."""
+    logits = logits.to(torch.float32)
+    if temperature <= 0:
+        return int(torch.argmax(logits))
+    logits = logits / temperature
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if top_p < 1.0:
+        sp, idx = torch.sort(probs, descending=True)
+        keep = torch.cumsum(sp, 0) - sp < top_p
+        probs = torch.zeros_like(probs).scatter(0, idx[keep], sp[keep])
+        probs = probs / probs.sum()
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def generate(
+    lm: LanguageModel,
+    prompt: Sequence[int],
+    max_new_tokens: int,
+    *,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    eos_id: int | None = None,
+    on_token: Callable[[int], None] | None = None,
+) -> GenerationResult:
+    """Prefill ``prompt`` then decode up to ``max_new_tokens`` tokens with the KV cache."""
+    if not prompt:
+        raise LlmcError("the prompt is empty: give at least one token")
+    limit = lm.max_positions
+    if len(prompt) + max_new_tokens > limit:
+        raise LlmcError(
+            f"prompt ({len(prompt)} tokens) + {max_new_tokens} new tokens exceed the model's "
+            f"{limit} positions"
+        )
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.tensor([list(prompt)], dtype=torch.int64)
+    pos = torch.arange(len(prompt), dtype=torch.int64)[None]
+    t0 = time.perf_counter()
+    logits, past = lm.forward(ids, pos, lm.empty_past(1))
+    prefill_s = time.perf_counter() - t0
+    out: list[int] = []
+    steps: list[float] = []
+    nxt = sample_next(logits[0, -1], temperature, gen, top_k, top_p)
+    for i in range(max_new_tokens):
+        out.append(nxt)
+        if on_token is not None:
+            on_token(nxt)
+        if (eos_id is not None and nxt == eos_id) or i == max_new_tokens - 1:
+            break
+        t = time.perf_counter()
+        p = len(prompt) + i
+        logits, past = lm.forward(
+            torch.tensor([[nxt]], dtype=torch.int64), torch.tensor([[p]], dtype=torch.int64), past
+        )
+        steps.append(time.perf_counter() - t)
+        nxt = sample_next(logits[0, -1], temperature, gen, top_k, top_p)
+    return GenerationResult(out, len(prompt), prefill_s, sum(steps), steps)
+
+
+# ----------------------------------------------------------------------------------------------
+# quality
+
+
+@dataclass
+class QualityResult:
+    perplexity: float
+    tokens: int
+    nll: float
+    agreement: float | None = None
+    windows: int = 0
+    window: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {
+            "perplexity": self.perplexity,
+            "tokens": self.tokens,
+            "nll": self.nll,
+            "windows": self.windows,
+            "window": self.window,
+        }
+        if self.agreement is not None:
+            d["agreement"] = self.agreement
+        return d
+
+
+def evaluate(
+    lm: LanguageModel,
+    windows: torch.Tensor,
+    *,
+    reference: LanguageModel | None = None,
+    batch_size: int = 4,
+    progress: Callable[[int], None] | None = None,
+) -> QualityResult:
+    """Perplexity over ``windows [n, L]`` (predicting tokens 1..L-1 of each from its prefix) and,
+    with a ``reference`` model, next-token agreement: the fraction of positions where both models'
+    argmax predictions are equal."""
+    nll = 0.0
+    count = 0
+    agree = 0
+    for i in range(0, windows.shape[0], batch_size):
+        chunk = windows[i : i + batch_size]
+        logits = lm.logits(chunk).to(torch.float32)
+        lp = torch.log_softmax(logits[:, :-1], dim=-1)
+        tgt = chunk[:, 1:]
+        nll -= float(lp.gather(-1, tgt[..., None]).sum())
+        count += tgt.numel()
+        if reference is not None:
+            ref = reference.logits(chunk).to(torch.float32)
+            agree += int((ref[:, :-1].argmax(-1) == logits[:, :-1].argmax(-1)).sum())
+        if progress is not None:
+            progress(chunk.shape[0])
+    mean = nll / max(count, 1)
+    return QualityResult(
+        perplexity=math.exp(mean),
+        tokens=count,
+        nll=mean,
+        agreement=(agree / count) if reference is not None and count else None,
+        windows=int(windows.shape[0]),
+        window=int(windows.shape[1]),
+    )
