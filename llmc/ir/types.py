@@ -135,7 +135,7 @@ def dim_div_exact(a: Dim, b: Dim) -> Dim | None:
             return None
     bt = _as_terms(b)
     if len(bt) != 1:
-        return a if a == b else None
+        return 1 if a == b else None
     ((bm, bc),) = bt.items()
     out: dict[Monomial, int] = {}
     for m, c in _as_terms(a).items():
