@@ -58,7 +58,8 @@ def bind_symbols(values: Sequence[Any], types: Sequence[Any], env: dict[str, int
                     raise IRError(f"input for {t} has shape {tuple(v.shape)}")
             else:
                 pending.append((d, int(n), str(t)))
-    for _ in range(3):
+    progress = True
+    while pending and progress:  # each round solves at least one symbol or stops
         left = []
         for d, n, where in pending:
             unknown = d.symbols - env.keys()
@@ -69,11 +70,12 @@ def bind_symbols(values: Sequence[Any], types: Sequence[Any], env: dict[str, int
                 (s,) = unknown
                 coef = dict(d.terms)[(s,)]
                 rest = sum(c * (env[m[0]] if m else 1) for m, c in d.terms if m != (s,))
-                if (n - rest) % coef:
+                if (n - rest) % coef or (n - rest) // coef < 0:
                     raise IRError(f"input for {where}: cannot solve {d} = {n}")
                 env[s] = (n - rest) // coef
             else:
                 left.append((d, n, where))
+        progress = len(left) < len(pending)
         pending = left
     if pending:
         raise IRError(f"cannot bind symbolic dims {[str(d) for d, _, _ in pending]}")
