@@ -257,9 +257,15 @@ class Graph:
 
 
 def regions_of(n: Node) -> list[Graph]:
+    """The regions a node carries ([] for unknown ops or malformed attributes, which the
+    verifier reports instead of crashing on)."""
     from llmc.ir.ops import get_op
 
-    return get_op(n.op).regions(n.attrs)
+    try:
+        fields = get_op(n.op).region_fields
+    except IRError:
+        return []
+    return [r for r in (getattr(n.attrs, f, None) for f in fields) if isinstance(r, Graph)]
 
 
 def _sanitize(hint: str) -> str:

@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable, Iterator
 
 from llmc.errors import IRError, VerifyError
-from llmc.ir.graph import BLOCK_TAGS, Graph
+from llmc.ir.graph import BLOCK_TAGS, Graph, regions_of
 from llmc.ir.params import check_param
 from llmc.ir.registry import all_ops
 
@@ -51,11 +51,8 @@ def rule_ssa(g: Graph) -> Iterator[str]:
                 yield f"{where}value %{n.out.name} defined twice"
             seen_names.add(n.out.name)
             defined.add(id(n.out))
-            ops = all_ops()
-            if n.op in ops:
-                for r in ops[n.op].regions(n.attrs):
-                    if isinstance(r, Graph):
-                        yield from check(r, f"{where}region of %{n.out.name}: ")
+            for r in regions_of(n):
+                yield from check(r, f"{where}region of %{n.out.name}: ")
         for v in graph.outputs:
             if id(v) not in defined:
                 yield f"{where}output %{v.name} is not defined"
@@ -84,11 +81,11 @@ def rule_types(g: Graph) -> Iterator[str]:
     ops = all_ops()
     for graph, n in g.walk():
         od = ops.get(n.op)
-        if od is None:
-            continue
+        if od is None or (od.attrs is not None and not isinstance(n.attrs, od.attrs)):
+            continue  # reported by rule_ops
         try:
             want = od.infer([v.type for v in n.inputs], n.attrs, graph)
-        except IRError as e:
+        except Exception as e:  # a shape rule may trip on malformed input; never raise
             yield f"%{n.out.name} = {n.op}: {e}"
             continue
         if want != n.out.type:
@@ -97,8 +94,9 @@ def rule_types(g: Graph) -> Iterator[str]:
 
 def rule_params(g: Graph) -> Iterator[str]:
     for _, n in g.walk():
-        if n.op == "param" and n.attrs is not None and n.attrs.name not in g.params:
-            yield f"%{n.out.name}: param @{n.attrs.name} does not exist"
+        name = getattr(n.attrs, "name", None) if n.op == "param" else None
+        if isinstance(name, str) and name not in g.params:
+            yield f"%{n.out.name}: param @{name} does not exist"
     for p in g.params.values():
         yield from check_param(p)
 
