@@ -79,6 +79,10 @@ class OpDef:
             raise IRError(
                 f"op '{self.name}': unknown attribute(s) {sorted(unknown)} (known: {sorted(names)})"
             )
+        # Builders pass what Python makes easy; store what the parser produces, so that
+        # print(g) == print(parse(print(g))) and attrs compare (and hash) equal.
+        anns = {f.name: str(f.type).replace(" ", "") for f in dataclasses.fields(self.attrs)}
+        attrs = {k: _normalize(anns[k], v) for k, v in attrs.items()}
         try:
             return self.attrs(**attrs)
         except TypeError as e:
@@ -100,6 +104,15 @@ class OpDef:
 
     def regions(self, attrs: Any) -> list[Any]:
         return [getattr(attrs, f) for f in self.region_fields]
+
+
+def _normalize(ann: str, v: Any) -> Any:
+    """Lists become tuples for ``tuple[...]`` fields, ints become floats for ``float`` fields."""
+    if ann.startswith("tuple[") and isinstance(v, list):
+        return tuple(v)
+    if ann == "float" and isinstance(v, int) and not isinstance(v, bool):
+        return float(v)
+    return v
 
 
 _REGISTRY: dict[str, OpDef] = {}
