@@ -27,7 +27,7 @@ _TOKEN = re.compile(
   | (?P<sym>@[A-Za-z0-9_.:/\-]+)
   | (?P<tag>\#[A-Za-z0-9_]*)
   | (?P<string>"(?:[^"\\]|\\.)*")
-  | (?P<number>-?(?:\d+\.\d*(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+|\d+|inf\b))
+  | (?P<number>-?(?:\d+\.\d*(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+|\d+|inf\b|nan\b))
   | (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
   | (?P<punct>[{}()\[\],:=*+\-])
     """,
@@ -225,7 +225,7 @@ def _coerce(ann: str, v: Any) -> Any:
 def _parse_value(lx: _Lexer, g: Graph, env: dict[str, Value]) -> Any:
     kind, t, pos = lx.next()
     if kind == "number":
-        if t in ("inf", "-inf"):
+        if t in ("inf", "-inf", "nan", "-nan"):
             return float(t)
         return float(t) if any(c in t for c in ".eE") else int(t)
     if kind == "string":
