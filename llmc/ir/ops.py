@@ -259,6 +259,11 @@ def _binary_ref(fn: Any):
     return ref
 
 
+def _div_infer(ins: list[TensorType], a: Any, g: Any) -> TensorType:
+    t = _binary_infer(ins, a, g)
+    return t if t.is_float else t.with_dtype("f32")  # true division, as torch.div
+
+
 _BINARY = {
     "add": torch.add,
     "sub": torch.sub,
@@ -272,7 +277,7 @@ for _name, _fn in _BINARY.items():
     defop(
         _name,
         "BINARY",
-        _binary_infer,
+        _div_infer if _name == "div" else _binary_infer,
         _binary_ref(_fn),
         elementwise_cost(1),
         inputs=(2, 2),
@@ -442,10 +447,16 @@ class SoftmaxAttrs:
     dim: int = -1
 
 
+def _softmax_infer(ins: list[TensorType], a: SoftmaxAttrs, g: Any) -> TensorType:
+    if ins[0].rank:
+        normalize_axis(a.dim, ins[0].rank)
+    return _float_only("softmax")(ins, a, g)
+
+
 defop(
     "softmax",
     "NORM",
-    _float_only("softmax"),
+    _softmax_infer,
     lambda args, a, rt: torch.softmax(args[0], dim=a.dim, dtype=torch.float32).to(args[0].dtype),
     elementwise_cost(5),
     attrs=SoftmaxAttrs,
@@ -713,7 +724,7 @@ defop(
     "permute",
     "LAYOUT",
     _permute_infer,
-    lambda args, a, rt: args[0].permute(*a.perm).contiguous(),
+    lambda args, a, rt: args[0].permute(a.perm).contiguous(),
     move_cost,
     attrs=PermuteAttrs,
     doc="Reorder axes.",
@@ -773,9 +784,11 @@ def _slice_infer(ins: list[TensorType], a: SliceAttrs, g: Any) -> TensorType:
     if isinstance(a.start, int) and a.start < 0:
         if a.end is not None:
             raise IRError("slice: a negative start needs end=None")
-        length: Dim = -a.start
+        length: Dim = -a.start if not isinstance(size, int) else min(-a.start, size)
     else:
         end = size if a.end is None else a.end
+        if isinstance(end, int) and isinstance(size, int):
+            end = min(end, size)  # x[s:e] clamps e to the length, as torch does
         length = dim_sub(end, a.start)
     if a.step != 1:
         if not isinstance(length, int):
@@ -842,6 +855,8 @@ class ReduceAttrs:
 def _reduce_infer(ins: list[TensorType], a: ReduceAttrs, g: Any) -> TensorType:
     x = ins[0]
     axes = {normalize_axis(d, x.rank) for d in a.dims}
+    if not a.dims or len(axes) != len(a.dims):
+        raise IRError(f"reduce: dims must be non-empty and distinct, got {list(a.dims)}")
     shape = [1 if i in axes else d for i, d in enumerate(x.shape) if a.keepdim or i not in axes]
     return TensorType(tuple(shape), x.dtype)
 
