@@ -926,3 +926,5 @@ defop(
     regions=("then_branch", "else_branch"),
     doc=CondAttrs.__doc__ or "",
 )
+
+import llmc.ir.ops_quant  # noqa: E402,F401  (qlinear_a8, fused_elementwise)
