@@ -139,6 +139,8 @@ def dim_div_exact(a: Dim, b: Dim) -> Dim | None:
     ((bm, bc),) = bt.items()
     out: dict[Monomial, int] = {}
     for m, c in _as_terms(a).items():
+        if c == 0:  # a == 0: 0 / b == 0
+            continue
         rest = list(m)
         for s in bm:
             if s not in rest:
