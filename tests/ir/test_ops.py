@@ -553,3 +553,42 @@ def _cond_attrs() -> dict[str, Any]:
         "then_branch": _region(g, [], lambda rb: rb.emit("constant", value=1.0)),
         "else_branch": _region(g, [], lambda rb: rb.emit("constant", value=2.0)),
     }
+
+
+# ---------------------------------------------------------------------------------- rejections
+
+
+@pytest.mark.parametrize(
+    ("op", "shape", "attrs", "match"),
+    [
+        ("reduce_sum", (2, 3), {"dims": ()}, "non-empty"),
+        ("reduce_max", (2, 3), {"dims": (1, -1)}, "distinct"),
+        ("softmax", (2, 3), {"dim": 2}, "out of range"),
+        ("permute", (2, 3), {"perm": (0, 0)}, "not a permutation"),
+        ("reshape", (2, 3), {"shape": (4, -1)}, "cannot infer -1"),
+        ("reshape", (2, 3), {"shape": (-1, -1)}, "at most one -1"),
+        ("slice", (2, 3), {"dim": 1, "start": -1, "end": 2}, "negative start needs end=None"),
+        ("slice", (2, 3), {"dim": 1, "start": 2, "end": 1}, "negative range"),
+        ("slice", (2, 3), {"dim": 1, "step": 0}, "step must be >= 1"),
+        ("concat", (2, 3), {"dim": 2}, "out of range"),
+        ("exp", (2, 3), None, None),  # valid: shows the helper builds
+    ],
+)
+def test_shape_rules_reject(op: str, shape, attrs, match) -> None:
+    from llmc.errors import IRError
+
+    b = GraphBuilder("r")
+    x = b.input("x", TensorType(shape, "f32"))
+    if match is None:
+        b.emit(op, x, attrs=attrs)
+        return
+    with pytest.raises(IRError, match=match):
+        b.emit(op, x, attrs=attrs)
+
+
+def test_slice_clamps_like_torch() -> None:
+    b = GraphBuilder("c")
+    x = b.input("x", TensorType((4,), "f32"))
+    assert b.emit("slice", x, dim=0, start=1, end=10).type.shape == (3,)
+    assert b.emit("slice", x, dim=0, start=-9).type.shape == (4,)
+    assert b.emit("slice", x, dim=0, start=0, end=10, step=3).type.shape == (2,)
