@@ -1,0 +1,161 @@
+"""IR rewrites the frontend applies after conversion.
+
+- :func:`fold_flat_linear`: ``reshape([..., in] -> [N, in]) -> linear -> reshape([N, out] ->
+  [..., out])`` becomes one ``linear`` on the original rank (GPT-2's ``Conv1D`` flattens).
+- :func:`add_kv_cache`: turns a full-sequence forward into the LM ABI ``llmc-lm-v1`` (see
+  docs/frontend.md): per attention ``i`` (in layer order) inputs ``past_k_i``/``past_v_i``
+  ``[batch, kv_heads, past, head_dim]``, ``present_k_i = concat(past_k_i, k, dim=2)`` feeding the
+  attention, and the presents appended to the outputs after ``logits``. Attention is bottom-right
+  causal, so the same graph serves a full forward (``past = 0``), prefill and decode.
+- :func:`replicate_layers`: grows an ``n``-layer graph to ``total`` layers by copying the last
+  layer's subgraph with renamed scopes and params (architecture-only models: a 7B graph is built
+  from a 2-layer export in a second).
+"""
+
+from __future__ import annotations
+
+import re
+
+from llmc.errors import IRError
+from llmc.ir.graph import Graph, Node, Value
+from llmc.ir.params import Param
+from llmc.ir.types import TensorType, sym
+
+
+def fold_flat_linear(g: Graph) -> int:
+    users = g.users()
+    outputs = {id(v) for v in g.outputs}
+    folded = 0
+    for lin in list(g.nodes):
+        if lin.op != "linear":
+            continue
+        r1 = lin.inputs[0].node
+        if r1 is None or r1.op != "reshape" or len(users.get(r1.out, [])) != 1:
+            continue
+        lin_users = users.get(lin.out, [])
+        if len(lin_users) != 1 or lin_users[0].op != "reshape" or id(lin.out) in outputs:
+            continue
+        r2 = lin_users[0]
+        x = r1.inputs[0]
+        if x.type.rank < 2 or x.type.shape[:-1] != r2.out.type.shape[:-1]:
+            continue
+        if r1.out.type.rank != 2:
+            continue
+        lin.inputs = (x,) + lin.inputs[1:]
+        lin.out.type = r2.out.type
+        g.replace_uses(r2.out, lin.out)
+        g.remove(r2)
+        g.remove(r1)
+        users = g.users()
+        folded += 1
+    return folded
+
+
+def add_kv_cache(g: Graph, layer_prefix: str) -> int:
+    """Rewrite in place to the LM ABI; returns the number of layers (attention nodes)."""
+    if [v.name for v in g.inputs] != ["input_ids", "positions"]:
+        raise IRError(f"add_kv_cache expects inputs input_ids, positions; got {g.inputs}")
+    attn = [n for n in g.nodes if n.op == "attention"]
+    pat = re.compile(re.escape(layer_prefix) + r"\.(\d+)(\.|$)")
+    past = sym("past")
+    for i, n in enumerate(attn):
+        m = pat.search(n.scope)
+        if m is None or int(m.group(1)) != i:
+            raise IRError(
+                f"attention #{i} is at scope {n.scope!r}, not in layer {layer_prefix}.{i}: "
+                "layers must run in order with one attention each"
+            )
+        q, k, v = n.inputs
+        presents = []
+        for kind, x in (("k", k), ("v", v)):
+            t = x.type
+            pin = g.add_input(
+                f"past_{kind}_{i}", TensorType((t.shape[0], t.shape[1], past, t.shape[3]), t.dtype)
+            )
+            cat = g.make_node(
+                "concat",
+                [pin, x],
+                {"dim": 2},
+                name=f"present_{kind}_{i}",
+                scope=n.scope,
+                block="attn",
+            )
+            if cat.out.name != f"present_{kind}_{i}":
+                raise IRError(f"value name present_{kind}_{i} is already taken")
+            g.insert_before(n, cat)
+            presents.append(cat.out)
+        n.inputs = (q, presents[0], presents[1])
+        g.outputs.extend(presents)
+    return len(attn)
+
+
+def _layer_nodes(g: Graph, prefix: str, i: int) -> list[Node]:
+    head = f"{prefix}.{i}"
+    return [n for n in g.nodes if n.scope == head or n.scope.startswith(head + ".")]
+
+
+def replicate_layers(g: Graph, prefix: str, total: int) -> None:
+    """Copy the last layer until the graph has ``total`` layers (see the module docstring).
+
+    Needs at least two layers with identical structure, laid out contiguously; new params share
+    the source layer's (meta) data tensors, so this is meant for architecture-only graphs.
+    """
+    have = 0
+    while _layer_nodes(g, prefix, have):
+        have += 1
+    if have < 2:
+        raise IRError(f"replicate_layers needs >= 2 layers under {prefix}, found {have}")
+    if total <= have:
+        return
+    src_i = have - 1
+    prev = _layer_nodes(g, prefix, src_i - 1)
+    src = _layer_nodes(g, prefix, src_i)
+    if [n.op for n in prev] != [n.op for n in src]:
+        raise IRError(f"layers {src_i - 1} and {src_i} differ in structure; cannot replicate")
+    pos = {id(n): i for i, n in enumerate(g.nodes)}
+    first, last = pos[id(src[0])], pos[id(src[-1])]
+    if last - first + 1 != len(src):
+        raise IRError(f"layer {src_i} is not contiguous in the node list; cannot replicate")
+    idx_src = {id(n.out): j for j, n in enumerate(src)}
+    idx_prev = {id(n.out): j for j, n in enumerate(prev)}
+    old_head, rx = f"{prefix}.{src_i}", re.compile(re.escape(f"{prefix}.{src_i}") + r"(?=\.|$)")
+    cur: list[Value] = [n.out for n in src]  # values of the newest layer
+    before: list[Value] = [n.out for n in prev]  # values of the layer before it
+    new_nodes: list[Node] = []
+    for layer in range(have, total):
+        head = f"{prefix}.{layer}"
+        made: list[Value] = []
+        for n in src:
+            ins = []
+            for v in n.inputs:
+                if id(v) in idx_src:
+                    ins.append(made[idx_src[id(v)]])
+                elif id(v) in idx_prev:
+                    ins.append(cur[idx_prev[id(v)]])
+                else:
+                    ins.append(v)
+            attrs = n.attrs
+            if n.op == "param":
+                pname = rx.sub(head, attrs.name)
+                if pname == attrs.name:
+                    raise IRError(f"param @{attrs.name} of layer {src_i} has no layer index")
+                if pname not in g.params:
+                    p = g.params[attrs.name]
+                    g.add_param(Param(pname, p.type, p.format, dict(p.data)))
+                attrs = type(attrs)(name=pname)
+            scope = rx.sub(head, n.scope) if n.scope.startswith(old_head) else n.scope
+            hint = n.out.name.replace(f"_{src_i}_", f"_{layer}_") if n.op == "param" else ""
+            node = g.make_node(
+                n.op, ins, attrs, name=hint, scope=scope, block=n.block, type=n.out.type
+            )
+            new_nodes.append(node)
+            made.append(node.out)
+        before, cur = cur, made
+    g.nodes[last + 1 : last + 1] = new_nodes
+    # Everything after the copied layers now reads the last layer's values.
+    last_src = {id(v): j for j, v in enumerate(n.out for n in src)}
+    tail_start = last + 1 + len(new_nodes)
+    for n in g.nodes[tail_start:]:
+        n.inputs = tuple(cur[last_src[id(v)]] if id(v) in last_src else v for v in n.inputs)
+    g.outputs = [cur[last_src[id(v)]] if id(v) in last_src else v for v in g.outputs]
+    del before

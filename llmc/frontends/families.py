@@ -1,0 +1,366 @@
+"""The supported Hugging Face families and the substitutions that canonicalize them for tracing.
+
+Each :class:`Family` names its architectures, its modeling module and where its decoder layers
+live. :func:`canonical_pieces` is a context manager that, for the duration of an export, swaps a
+model's pieces for the ``llmc::`` custom ops (:mod:`llmc.frontends.customops`):
+
+- attention: ``config._attn_implementation = "llmc"``, a function registered with transformers'
+  ``AttentionInterface``. Mask building is skipped by transformers for unknown implementations, so
+  no mask arithmetic is traced at all; the causal mask and the sliding window become attributes.
+- RMSNorm modules (``LlamaRMSNorm``, ...) -> ``llmc::rms_norm``.
+- rotary embedding: the family's rotary module returns the integer positions in place of
+  ``(cos, sin)``, and the modeling module's ``apply_rotary_pos_emb`` becomes ``llmc::rope`` on
+  them, with theta / partial rotary / scaling read from the config (and cross-checked against the
+  module's ``inv_freq``).
+- tanh-approximated GELUs written as Python arithmetic (``gelu_new``) -> ``F.gelu(tanh)``.
+
+Everything is restored on exit; the model is unchanged afterwards.
+
+Adding a family: add a :class:`Family` to :data:`FAMILIES` (see docs/frontend.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from llmc.errors import UnsupportedOpError
+from llmc.frontends import customops
+from llmc.ir.ops import RopeAttrs, rope_inv_freq
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    architectures: tuple[str, ...]
+    model_type: str
+    modeling: str  # module holding apply_rotary_pos_emb and the model classes
+    layers: str  # module path of the decoder layer list
+    rms_norm_classes: tuple[str, ...] = ()
+    rotary: bool = False
+    norm: str = "rms"
+
+
+_T = "transformers.models"
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family(
+            "llama",
+            ("LlamaForCausalLM",),
+            "llama",
+            f"{_T}.llama.modeling_llama",
+            "model.layers",
+            ("LlamaRMSNorm",),
+            rotary=True,
+        ),
+        Family(
+            "mistral",
+            ("MistralForCausalLM",),
+            "mistral",
+            f"{_T}.mistral.modeling_mistral",
+            "model.layers",
+            ("MistralRMSNorm",),
+            rotary=True,
+        ),
+        Family(
+            "qwen2",
+            ("Qwen2ForCausalLM",),
+            "qwen2",
+            f"{_T}.qwen2.modeling_qwen2",
+            "model.layers",
+            ("Qwen2RMSNorm",),
+            rotary=True,
+        ),
+        Family(
+            "opt",
+            ("OPTForCausalLM",),
+            "opt",
+            f"{_T}.opt.modeling_opt",
+            "model.decoder.layers",
+            norm="layer",
+        ),  # fmt: skip
+        Family(
+            "gpt2",
+            ("GPT2LMHeadModel",),
+            "gpt2",
+            f"{_T}.gpt2.modeling_gpt2",
+            "transformer.h",
+            norm="layer",
+        ),  # fmt: skip
+        Family(
+            "gpt_neox",
+            ("GPTNeoXForCausalLM",),
+            "gpt_neox",
+            f"{_T}.gpt_neox.modeling_gpt_neox",
+            "gpt_neox.layers",
+            rotary=True,
+            norm="layer",
+        ),
+    )
+}
+ARCHITECTURES: dict[str, Family] = {a: f for f in FAMILIES.values() for a in f.architectures}
+
+
+def supported_architectures() -> list[str]:
+    return sorted(ARCHITECTURES)
+
+
+def family_of(model: torch.nn.Module) -> Family:
+    """The family of a Hugging Face causal LM (by class name, then ``config.model_type``)."""
+    cls = type(model).__name__
+    if cls in ARCHITECTURES:
+        return ARCHITECTURES[cls]
+    raise UnsupportedOpError(
+        f"{cls} ({getattr(getattr(model, 'config', None), 'model_type', '?')}) is not a supported "
+        f"architecture; supported: {', '.join(supported_architectures())}"
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# config-derived facts
+
+
+def head_dim(config: Any) -> int:
+    hd = getattr(config, "head_dim", None)
+    return int(hd) if hd else config.hidden_size // config.num_attention_heads
+
+
+_SUPPORTED_ROPE = {"default": "", "linear": "linear", "llama3": "llama3"}
+
+
+def rope_attrs(config: Any) -> RopeAttrs:
+    """The IR rope attributes of a config (``rope_parameters`` as transformers standardizes it)."""
+    rp = dict(getattr(config, "rope_parameters", None) or {})
+    rtype = rp.get("rope_type", rp.get("type", "default"))
+    if rtype not in _SUPPORTED_ROPE:
+        raise UnsupportedOpError(
+            f"rope_type {rtype!r} is not supported (supported: {', '.join(_SUPPORTED_ROPE)}); "
+            "llmc's rope op implements default, linear and llama3 scaling"
+        )
+    hd = head_dim(config)
+    partial = float(rp.get("partial_rotary_factor", 1.0) or 1.0)
+    rd = int(hd * partial)
+    return RopeAttrs(
+        theta=float(rp.get("rope_theta", 10000.0)),
+        rotary_dim=0 if rd == hd else rd,
+        scaling=_SUPPORTED_ROPE[rtype],
+        factor=float(rp.get("factor", 1.0)),
+        low_freq_factor=float(rp.get("low_freq_factor", 1.0)),
+        high_freq_factor=float(rp.get("high_freq_factor", 4.0)),
+        original_max_position=int(rp.get("original_max_position_embeddings", 8192)),
+    )
+
+
+def _check_rope(module: torch.nn.Module, attrs: RopeAttrs, hd: int) -> None:
+    inv = getattr(module, "inv_freq", None)
+    scaling = float(getattr(module, "attention_scaling", 1.0) or 1.0)
+    if scaling != 1.0:
+        raise UnsupportedOpError(f"rotary attention_scaling {scaling} is not supported")
+    if inv is None or inv.device.type == "meta":
+        return
+    mine = rope_inv_freq(attrs, attrs.rotary_dim or hd)
+    if mine.shape != inv.shape or not torch.allclose(mine, inv.float().cpu(), rtol=1e-5):
+        raise UnsupportedOpError(
+            f"{type(module).__name__}: its inv_freq does not match llmc's rope for {attrs} "
+            "(an unsupported rotary variant)"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# the llmc attention implementation
+
+
+def _llmc_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    s_aux: Any = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    where = type(module).__name__
+    if attention_mask is not None:
+        raise UnsupportedOpError(
+            f"{where}: an explicit attention mask (padding) is not supported; llmc's attention is "
+            "causal over the whole sequence"
+        )
+    if softcap or s_aux is not None:
+        raise UnsupportedOpError(f"{where}: attention softcapping / sinks are not supported")
+    causal = bool(getattr(module, "is_causal", True))
+    out = torch.ops.llmc.attention(
+        query, key, value, float(scaling or 0.0), causal, int(sliding_window or 0)
+    )
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _register_attention() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register("llmc", _llmc_attention)
+
+
+_register_attention()
+
+
+# ----------------------------------------------------------------------------------------------
+# the substitutions
+
+
+def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+def _gelu_erf(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x)
+
+
+_ACTIVATIONS = {
+    "NewGELUActivation": _gelu_tanh,
+    "FastGELUActivation": _gelu_tanh,
+    "GELUTanh": _gelu_tanh,
+    "PytorchGELUTanh": _gelu_tanh,
+    "GELUActivation": _gelu_erf,
+}
+
+
+def _rms_forward(mod: torch.nn.Module) -> Any:
+    eps = getattr(mod, "variance_epsilon", None)
+    if eps is None:
+        eps = getattr(mod, "eps", 1e-6)
+    eps = float(eps)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.llmc.rms_norm(x, mod.weight, eps)
+
+    return forward
+
+
+def _positions_forward(x: torch.Tensor, position_ids: torch.Tensor | None = None, *a: Any,
+                       **kw: Any) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    if position_ids is None:
+        raise UnsupportedOpError("the rotary embedding was called without position_ids")
+    return position_ids, position_ids
+
+
+def _rope_function(attrs: RopeAttrs) -> Any:
+    text = customops.rope_attrs_json(attrs)
+
+    def apply_rotary_pos_emb(q: Any, k: Any, cos: Any, sin: Any, *a: Any, **kw: Any) -> Any:
+        if cos.dtype not in (torch.int64, torch.int32):
+            raise UnsupportedOpError(
+                "apply_rotary_pos_emb received cos/sin tables, not positions: the rotary module "
+                "of this model was not substituted (internal frontend error)"
+            )
+        return torch.ops.llmc.rope(q, cos, text), torch.ops.llmc.rope(k, cos, text)
+
+    return apply_rotary_pos_emb
+
+
+@contextlib.contextmanager
+def canonical_pieces(model: torch.nn.Module, fam: Family) -> Iterator[RopeAttrs | None]:
+    """Substitute the model's pieces with ``llmc::`` ops while the context is active."""
+    from transformers import PreTrainedConfig
+
+    undo: list[Any] = []
+    attrs = rope_attrs(model.config) if fam.rotary else None
+    try:
+        configs = {id(m.config): m.config for m in model.modules() if isinstance(
+            getattr(m, "config", None), PreTrainedConfig)}  # fmt: skip
+        for cfg in configs.values():
+            old = cfg._attn_implementation
+            cfg._attn_implementation = "llmc"
+            undo.append(lambda cfg=cfg, old=old: setattr(cfg, "_attn_implementation", old))
+        hd = head_dim(model.config)
+        for mod in model.modules():
+            cls = type(mod).__name__
+            new = None
+            if cls in fam.rms_norm_classes:
+                new = _rms_forward(mod)
+            elif fam.rotary and cls.endswith("RotaryEmbedding"):
+                assert attrs is not None
+                _check_rope(mod, attrs, hd)
+                new = _positions_forward
+            elif cls in _ACTIVATIONS and not getattr(mod, "_llmc_keep", False):
+                new = _ACTIVATIONS[cls]
+            if new is not None:
+                had = "forward" in mod.__dict__
+                old_fwd = mod.__dict__.get("forward")
+                mod.forward = new
+                undo.append(
+                    lambda mod=mod, had=had, old_fwd=old_fwd: (
+                        setattr(mod, "forward", old_fwd) if had else mod.__dict__.pop("forward")
+                    )
+                )
+        if fam.rotary:
+            assert attrs is not None
+            modeling = importlib.import_module(fam.modeling)
+            old_fn = modeling.apply_rotary_pos_emb
+            modeling.apply_rotary_pos_emb = _rope_function(attrs)
+            undo.append(lambda: setattr(modeling, "apply_rotary_pos_emb", old_fn))
+        yield attrs
+    finally:
+        for fn in reversed(undo):
+            fn()
+
+
+def model_meta(model: torch.nn.Module, fam: Family) -> dict[str, Any]:
+    """``graph.meta`` facts of the LM ABI (``llmc-lm-v1``) read from the config."""
+    c = model.config
+    heads = int(c.num_attention_heads)
+    hidden = int(c.hidden_size)
+    inter = (
+        getattr(c, "intermediate_size", None)
+        or getattr(c, "ffn_dim", None)
+        or getattr(c, "n_inner", None)
+        or 4 * hidden
+    )
+    meta: dict[str, Any] = {
+        "abi": "llmc-lm-v1",
+        "family": fam.name,
+        "architecture": type(model).__name__,
+        "num_layers": int(c.num_hidden_layers),
+        "num_heads": heads,
+        "num_kv_heads": int(getattr(c, "num_key_value_heads", None) or heads),
+        "head_dim": head_dim(c),
+        "hidden_size": hidden,
+        "intermediate_size": int(inter),
+        "vocab_size": int(c.vocab_size),
+        "max_position_embeddings": int(c.max_position_embeddings),
+        "layer_prefix": fam.layers,
+        "norm": fam.norm,
+    }
+    if fam.rotary:
+        a = rope_attrs(c)
+        meta["rope"] = {
+            "theta": a.theta,
+            "rotary_dim": a.rotary_dim or head_dim(c),
+            "scaling": a.scaling or "none",
+        }
+        if a.scaling:
+            meta["rope"].update(
+                factor=a.factor,
+                low_freq_factor=a.low_freq_factor,
+                high_freq_factor=a.high_freq_factor,
+                original_max_position=a.original_max_position,
+            )
+    sw = getattr(c, "sliding_window", None)
+    if sw and (fam.name == "mistral" or getattr(c, "use_sliding_window", False)):
+        meta["sliding_window"] = int(sw)
+    act = getattr(c, "hidden_act", None) or getattr(c, "activation_function", None)
+    if act:
+        meta["activation"] = str(act)
+    if fam.name == "gpt2" and getattr(c, "scale_attn_by_inverse_layer_idx", False):
+        meta["scale_attn_by_inverse_layer_idx"] = True
+    return meta

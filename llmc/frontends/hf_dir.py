@@ -1,0 +1,196 @@
+"""Loading a local Hugging Face model directory (config.json + *.safetensors) into the IR.
+
+Files are read only through :mod:`llmc.frontends.checkpoint` (model directories are untrusted).
+The module is built from the config with the ``transformers`` class of a supported architecture
+(never ``trust_remote_code``), on the ``meta`` device, so no memory is spent on an initialization
+that the checkpoint overwrites. The checkpoint is checked strictly before any weight is assigned:
+every tensor the config implies must be present with its shape (names may lack the base-model
+prefix, as old GPT-2 and OPT checkpoints do); extra tensors (``attn.bias`` masks, rotary caches)
+are ignored. Tied weights are one tensor.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llmc.errors import ModelLoadError
+from llmc.frontends import checkpoint
+from llmc.frontends.families import ARCHITECTURES, Family, supported_architectures
+from llmc.ir.graph import Graph
+from llmc.ir.types import DTYPES, to_torch_dtype
+
+_DTYPE_ALIASES = {
+    "float32": "f32",
+    "fp32": "f32",
+    "float": "f32",
+    "float16": "f16",
+    "fp16": "f16",
+    "half": "f16",
+    "bfloat16": "bf16",
+    "float64": "f64",
+}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def parse_dtype(dtype: Any, where: str = "dtype") -> str | None:
+    """An IR dtype name (``f32``, ``f16``, ``bf16``) from a user or config spelling."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, torch.dtype):
+        dtype = str(dtype).removeprefix("torch.")
+    d = str(dtype).lower()
+    d = _DTYPE_ALIASES.get(d, d)
+    if d not in ("f32", "f16", "bf16", "f64"):
+        raise ModelLoadError(f"{where}: unsupported dtype {dtype!r} (use f32, f16 or bf16)")
+    return d
+
+
+def architecture_of(cfg: dict[str, Any], where: str) -> Family:
+    archs = cfg.get("architectures")
+    if not isinstance(archs, list) or not archs or not all(isinstance(a, str) for a in archs):
+        raise ModelLoadError(f"{where}: 'architectures' must be a non-empty list of names")
+    for a in archs:
+        if a in ARCHITECTURES:
+            fam = ARCHITECTURES[a]
+            mt = cfg.get("model_type")
+            if mt is not None and mt != fam.model_type:
+                raise ModelLoadError(
+                    f"{where}: model_type {mt!r} does not match architecture {a} "
+                    f"(expected {fam.model_type!r})"
+                )
+            return fam
+    raise ModelLoadError(
+        f"{where}: architecture {archs[0]} is not supported "
+        f"(supported: {', '.join(supported_architectures())})"
+    )
+
+
+def build_module(cfg: dict[str, Any], fam: Family, where: str, *, device: str = "meta") -> Any:
+    """The ``transformers`` module of a config, on ``device`` (meta: no weight memory)."""
+    import transformers
+
+    arch = next(a for a in cfg["architectures"] if ARCHITECTURES.get(a) is fam)
+    cls = getattr(transformers, arch)
+    conf = {k: v for k, v in cfg.items() if k not in ("auto_map", "_name_or_path")}
+    try:
+        hf_cfg = cls.config_class.from_dict(conf)
+        with torch.device(device):
+            model = cls(hf_cfg)
+    except Exception as e:  # transformers raises ValueError, TypeError, ... for bad configs
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelLoadError(f"{where}: not a valid {arch} config ({msg})") from None
+    return model.eval()
+
+
+def _expected(model: torch.nn.Module) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """Canonical state-dict names -> shapes, and alias -> canonical for tied weights."""
+    from llmc.frontends.hf import param_names
+
+    canon = param_names(model)
+    shapes: dict[str, tuple[int, ...]] = {}
+    aliases: dict[str, str] = {}
+    for name, t in model.state_dict(keep_vars=True).items():
+        c = canon.get(name, name)
+        if c != name:
+            aliases[name] = c
+            continue
+        shapes[name] = tuple(t.shape)
+    return shapes, aliases
+
+
+def _rename(names: list[str], expected: dict[str, tuple[int, ...]], prefix: str) -> dict[str, str]:
+    """checkpoint name -> state-dict name (adds the base-model prefix where it is missing)."""
+    out = {}
+    for n in names:
+        if n in expected:
+            out[n] = n
+        elif prefix and f"{prefix}.{n}" in expected:
+            out[n] = f"{prefix}.{n}"
+    return out
+
+
+def _check(
+    d: Path,
+    shapes: dict[str, tuple[tuple[int, ...], str]],
+    expected: dict[str, tuple[int, ...]],
+    prefix: str,
+) -> dict[str, str]:
+    rename = _rename(list(shapes), expected, prefix)
+    have = set(rename.values())
+    missing = [n for n in expected if n not in have]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ModelLoadError(
+            f"{d}: checkpoint lacks tensor {missing[0]!r}{more}, which the config requires"
+        )
+    for src, dst in rename.items():
+        shape, file = shapes[src]
+        if tuple(shape) != expected[dst]:
+            raise ModelLoadError(
+                f"{d / file}: tensor {src!r} has shape {list(shape)} but the config implies "
+                f"{list(expected[dst])}"
+            )
+    return rename
+
+
+def load_hf_dir(
+    path: str | Path, *, allow_pickle: bool = False, dtype: str | None = None, name: str = ""
+) -> tuple[Graph, dict[str, Any]]:
+    """The IR graph (LM ABI) of a local HF directory and its config dict."""
+    from llmc.frontends.hf import from_hf_model
+
+    d = Path(path)
+    cfg = checkpoint.read_config(d)
+    where = str(d / "config.json")
+    fam = architecture_of(cfg, where)
+    model = build_module(cfg, fam, where)
+    expected, aliases = _expected(model)
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    files = checkpoint.weight_files(d)
+    if files:  # check names and shapes from the headers before reading any data
+        shapes = {}
+        for f in files:
+            for n, info in checkpoint.read_safetensors_header(f).items():
+                shapes[n] = (info.shape, f.name)
+        _check(d, shapes, expected, prefix)
+    sd = checkpoint.load_state_dict(d, allow_pickle=allow_pickle)
+    files_of = getattr(sd, "files", {}) or {}
+    rename = _check(
+        d, {n: (tuple(t.shape), files_of.get(n, "?")) for n, t in sd.items()}, expected, prefix
+    )
+    target = parse_dtype(dtype, "--dtype") or parse_dtype(
+        cfg.get("torch_dtype") or cfg.get("dtype"), where
+    )
+    weights: dict[str, torch.Tensor] = {}
+    for src, dst in rename.items():
+        t = sd[src]
+        if not t.is_floating_point():
+            raise ModelLoadError(
+                f"{d / files_of.get(src, '?')}: tensor {src!r} has dtype {t.dtype}; weights must "
+                "be floating point"
+            )
+        if target is None:
+            target = {v: k for k, v in DTYPES.items()}.get(t.dtype, "f32")
+        weights[dst] = t.to(to_torch_dtype(target))
+    model.load_state_dict(weights, strict=False, assign=True)
+    for alias, canon_name in aliases.items():  # re-tie: assign replaced the shared tensor
+        mod_name, _, attr = alias.rpartition(".")
+        src_mod, _, src_attr = canon_name.rpartition(".")
+        setattr(
+            model.get_submodule(mod_name), attr, getattr(model.get_submodule(src_mod), src_attr)
+        )
+    for n, p in model.named_parameters():
+        if p.device.type == "meta":
+            raise ModelLoadError(f"{d}: weight {n!r} was not loaded (internal error)")
+    graph = from_hf_model(model, name=name or d.name)
+    bad = [n for n, p in graph.params.items() if p.is_meta]
+    if bad:
+        raise ModelLoadError(f"{d}: the traced graph reads {bad[0]!r}, which has no data")
+    return graph, cfg
+
+
+def has_tokenizer(d: str | Path) -> bool:
+    return any((Path(d) / f).is_file() for f in TOKENIZER_FILES)
