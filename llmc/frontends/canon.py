@@ -2,6 +2,8 @@
 
 - :func:`fold_flat_linear`: ``reshape([..., in] -> [N, in]) -> linear -> reshape([N, out] ->
   [..., out])`` becomes one ``linear`` on the original rank (GPT-2's ``Conv1D`` flattens).
+- :func:`fuse_rms_norm`: ``x * rsqrt(mean(x^2, -1, keepdim) + eps) [* w]`` written out in a module's
+  Python (custom modules that Hugging Face patching does not cover) becomes one ``rms_norm``.
 - :func:`add_kv_cache`: turns a full-sequence forward into the LM ABI ``llmc-lm-v1`` (see
   docs/frontend.md): per attention ``i`` (in layer order) inputs ``past_k_i``/``past_v_i``
   ``[batch, kv_heads, past, head_dim]``, ``present_k_i = concat(past_k_i, k, dim=2)`` feeding the
@@ -49,6 +51,73 @@ def fold_flat_linear(g: Graph) -> int:
         users = g.users()
         folded += 1
     return folded
+
+
+def _const(v: Value) -> float | None:
+    n = v.node
+    return n.attrs.value if n is not None and n.op == "constant" else None
+
+
+def _square_of(v: Value) -> Value | None:
+    n = v.node
+    if n is None:
+        return None
+    if n.op == "pow" and _const(n.inputs[1]) == 2.0:
+        return n.inputs[0]
+    if n.op == "mul" and n.inputs[0] is n.inputs[1]:
+        return n.inputs[0]
+    return None
+
+
+def _other(n: Node, v: Value) -> Value | None:
+    if n.inputs[0] is v:
+        return n.inputs[1]
+    if n.inputs[1] is v:
+        return n.inputs[0]
+    return None
+
+
+def fuse_rms_norm(g: Graph) -> int:
+    """Fold decomposed RMSNorms into ``rms_norm`` (see the module docstring); returns the count."""
+    fused = 0
+    users = g.users()
+    for r in list(g.nodes):
+        if r.op != "rsqrt" or r.inputs[0].node is None or r.inputs[0].node.op != "add":
+            continue
+        add = r.inputs[0].node
+        eps = _const(add.inputs[1]) if _const(add.inputs[1]) is not None else _const(add.inputs[0])
+        mean = add.inputs[0] if _const(add.inputs[1]) is not None else add.inputs[1]
+        mn = mean.node
+        if eps is None or mn is None or mn.op != "reduce_mean" or not mn.attrs.keepdim:
+            continue
+        x = _square_of(mn.inputs[0])
+        if (
+            x is None
+            or x.type.rank < 1
+            or {d % x.type.rank for d in mn.attrs.dims} != {x.type.rank - 1}
+        ):
+            continue
+        scaled = [u for u in users.get(r.out, []) if u.op == "mul" and _other(u, r.out) is x]
+        if len(scaled) != 1 or scaled[0].out.type != x.type:
+            continue
+        out = scaled[0]
+        inputs = [x]
+        nxt = users.get(out.out, [])
+        if len(nxt) == 1 and nxt[0].op == "mul":
+            w = _other(nxt[0], out.out)
+            if w is not None and w.type.shape == (x.type.shape[-1],) and nxt[0].out.type == x.type:
+                out = nxt[0]
+                inputs.append(w)
+        node = g.make_node("rms_norm", inputs, {"eps": float(eps)}, scope=out.scope, block="norm")
+        if node.out.type != out.out.type:
+            continue
+        g.insert_before(out, node)
+        g.replace_uses(out.out, node.out)
+        fused += 1
+        users = g.users()
+    if fused:
+        g.dce()
+    return fused
 
 
 def add_kv_cache(g: Graph, layer_prefix: str) -> int:
@@ -110,7 +179,11 @@ def replicate_layers(g: Graph, prefix: str, total: int) -> None:
     src_i = have - 1
     prev = _layer_nodes(g, prefix, src_i - 1)
     src = _layer_nodes(g, prefix, src_i)
-    if [n.op for n in prev] != [n.op for n in src]:
+    same = len(prev) == len(src) and all(
+        a.op == b.op and (a.op == "param" or a.attrs == b.attrs) and a.out.type == b.out.type
+        for a, b in zip(prev, src, strict=False)
+    )
+    if not same:
         raise IRError(f"layers {src_i - 1} and {src_i} differ in structure; cannot replicate")
     pos = {id(n): i for i, n in enumerate(g.nodes)}
     first, last = pos[id(src[0])], pos[id(src[-1])]

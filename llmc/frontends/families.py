@@ -45,6 +45,8 @@ class Family:
     rms_norm_classes: tuple[str, ...] = ()
     rotary: bool = False
     norm: str = "rms"
+    # Checkpoint-name prefixes renamed on load (legacy names transformers still writes).
+    renames: tuple[tuple[str, str], ...] = ()
 
 
 _T = "transformers.models"
@@ -102,6 +104,7 @@ FAMILIES: dict[str, Family] = {
             "gpt_neox.layers",
             rotary=True,
             norm="layer",
+            renames=(("embed_out.", "lm_head."),),
         ),
     )
 }

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from llmc.errors import LlmcError, ModelLoadError, UnsupportedOpError
+from llmc.frontends import canon
 from llmc.frontends.fx_convert import ConvertOptions, convert_exported
 from llmc.ir.graph import Graph
 from llmc.ir.verify import verify
@@ -60,6 +61,8 @@ def from_module(
     n_out = len(ep.graph_signature.user_outputs)
     outs = ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
     g = convert_exported(ep, name, ConvertOptions(dims=dims or {}, output_names=outs))
+    canon.fuse_rms_norm(g)
+    canon.fold_flat_linear(g)
     g.meta = {"family": "custom", "architecture": type(module).__name__}
     verify(g, "frontend (custom module)")
     return g

@@ -101,14 +101,21 @@ def _expected(model: torch.nn.Module) -> tuple[dict[str, tuple[int, ...]], dict[
     return shapes, aliases
 
 
-def _rename(names: list[str], expected: dict[str, tuple[int, ...]], prefix: str) -> dict[str, str]:
-    """checkpoint name -> state-dict name (adds the base-model prefix where it is missing)."""
+def _rename(
+    names: list[str], expected: dict[str, tuple[int, ...]], prefix: str, fam: Family
+) -> dict[str, str]:
+    """checkpoint name -> state-dict name: the family's legacy renames, and the base-model prefix
+    where it is missing (old GPT-2 and OPT checkpoints)."""
     out = {}
     for n in names:
-        if n in expected:
-            out[n] = n
-        elif prefix and f"{prefix}.{n}" in expected:
-            out[n] = f"{prefix}.{n}"
+        m = n
+        for old, new in fam.renames:
+            if m.startswith(old):
+                m = new + m[len(old) :]
+        if m in expected:
+            out[n] = m
+        elif prefix and f"{prefix}.{m}" in expected:
+            out[n] = f"{prefix}.{m}"
     return out
 
 
@@ -117,8 +124,9 @@ def _check(
     shapes: dict[str, tuple[tuple[int, ...], str]],
     expected: dict[str, tuple[int, ...]],
     prefix: str,
+    fam: Family,
 ) -> dict[str, str]:
-    rename = _rename(list(shapes), expected, prefix)
+    rename = _rename(list(shapes), expected, prefix, fam)
     have = set(rename.values())
     missing = [n for n in expected if n not in have]
     if missing:
@@ -155,11 +163,15 @@ def load_hf_dir(
         for f in files:
             for n, info in checkpoint.read_safetensors_header(f).items():
                 shapes[n] = (info.shape, f.name)
-        _check(d, shapes, expected, prefix)
+        _check(d, shapes, expected, prefix, fam)
     sd = checkpoint.load_state_dict(d, allow_pickle=allow_pickle)
     files_of = getattr(sd, "files", {}) or {}
     rename = _check(
-        d, {n: (tuple(t.shape), files_of.get(n, "?")) for n, t in sd.items()}, expected, prefix
+        d,
+        {n: (tuple(t.shape), files_of.get(n, "?")) for n, t in sd.items()},
+        expected,
+        prefix,
+        fam,
     )
     target = parse_dtype(dtype, "--dtype") or parse_dtype(
         cfg.get("torch_dtype") or cfg.get("dtype"), where
