@@ -1,0 +1,227 @@
+"""The CPU pipeline: LLVM for the host CPU, weights in panel layouts, scheduled GEMM kernels.
+
+Differences from the shared pipeline (tables only):
+
+- the TVM target is the registry's ``llvm`` dict plus the host's ``mcpu`` (AVX-512 where present);
+  the manifest records the ISA extensions the code may use, and the runner refuses the artifact
+  on a CPU that lacks one;
+- ``linear`` (dense, 4-bit, N:M) runs a panel-layout GEMM (:mod:`llmc.backends.kernels.cpu`),
+  threaded over output panels; an embedding table that is also a linear weight (tied LM head) is
+  gathered from the panel layout, so it is stored once;
+- everything else runs as the plain loops TVM generates from the TE/Relax definitions.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import tvm
+from tvm import relax, te
+
+from llmc.backends.cpu_isa import host_isa_flags
+from llmc.backends.kernels import cpu as cpu_kernels
+from llmc.backends.layouts import (
+    Layout,
+    get_layout,
+    nm_of,
+    panel_count,
+    register_layout,
+    tvm_dtype,
+)
+from llmc.backends.lower import Entry, LowerCtx
+from llmc.backends.pipeline import TVMPipeline
+from llmc.backends.rules import (
+    Rule,
+    add_bias_cast,
+    flatten_rows,
+    fmt_is,
+    is_dense,
+    is_nm,
+    is_q4,
+    unflatten_rows,
+    weight_param,
+)
+from llmc.ir.graph import Node
+from llmc.ir.params import Param
+
+#: Output rows per panel: 16 float32 lanes = one AVX-512 register (two AVX2 registers).
+NB = 16
+
+
+@cache
+def host_cpu() -> str:
+    """LLVM's name for this machine's CPU (``emeraldrapids``, ``znver4``, ...)."""
+    import tvm_ffi
+
+    return str(tvm_ffi.get_global_func("target.llvm_get_system_cpu")())
+
+
+# -- panel layouts of quantized and sparse weights ------------------------------------------------
+
+
+def _to_panels(t, nb: int):
+    """[N, X] -> [ceil(N/nb), X, nb] (zero-padded)."""
+    import torch
+
+    n = t.shape[0]
+    pad = panel_count(n, nb) * nb - n
+    if pad:
+        t = torch.cat([t, t.new_zeros(pad, *t.shape[1:])])
+    return t.reshape(-1, nb, *t.shape[1:]).movedim(1, -1)
+
+
+def _panelled(base: str, nb: int) -> Layout:
+    inner = get_layout(base)
+
+    def shape(p: Param, dt: str) -> tuple[int, ...]:
+        s = inner.shape(p, dt)
+        return (panel_count(s[0], nb), *s[1:], nb)
+
+    def transform(p: Param, dt: str):
+        t = inner.transform(p, dt)
+        if t.device.type == "meta":
+            import torch
+
+            return torch.empty(shape(p, dt), dtype=t.dtype, device="meta")
+        return _to_panels(t, nb).contiguous()
+
+    return Layout(f"panel{nb}.{base}", shape, inner.dtype, transform)
+
+
+# q4 codes become [P, K/2, NB]: the byte holding (k, k+1) of output lane j, low nibble = even k.
+for _base in ("q4.codes", "q4.scale", "q4.zero", "nm.values", "nm.index"):
+    register_layout(_panelled(_base, NB))
+
+# -- rules ----------------------------------------------------------------------------------------
+
+
+def _rows(x: relax.Expr) -> Any:
+    return x.ty.shape.values[0]
+
+
+def _linear_panel(ctx: LowerCtx, n: Node) -> relax.Expr:
+    dt = n.out.type.dtype
+    p = weight_param(ctx, n)
+    assert p is not None
+    out_f, in_f = (int(d) for d in p.type.shape)
+    x, lead = flatten_rows(ctx, ctx.arg(n.inputs[0]))
+    w = ctx.weight(p, f"panel{NB}", dt)
+    xdt, wdt = x.ty.dtype, tvm_dtype(dt)
+    y = ctx.call_kernel(
+        ("panel_gemm", in_f, out_f, NB, xdt, wdt),
+        lambda: cpu_kernels.panel_gemm(in_f, out_f, NB, xdt, wdt),
+        "panel_gemm",
+        [x, w],
+        relax.TensorType([_rows(x), out_f], "float32"),
+    )
+    return add_bias_cast(ctx, n, unflatten_rows(ctx, y, lead), dt)
+
+
+def _linear_panel_q4(ctx: LowerCtx, n: Node) -> relax.Expr:
+    dt = n.out.type.dtype
+    p = weight_param(ctx, n)
+    assert p is not None and p.format.quant is not None
+    out_f, in_f = (int(d) for d in p.type.shape)
+    g = p.format.quant.group or in_f
+    x, lead = flatten_rows(ctx, ctx.arg(n.inputs[0]))
+    codes = ctx.weight(p, f"panel{NB}.q4.codes")
+    scale = ctx.weight(p, f"panel{NB}.q4.scale", dt)
+    offset = ctx.weight(p, f"panel{NB}.q4.zero", dt)
+    xdt, sdt = x.ty.dtype, tvm_dtype(dt)
+    y = ctx.call_kernel(
+        ("panel_gemm_q4", in_f, out_f, NB, g, xdt, sdt),
+        lambda: cpu_kernels.panel_gemm_q4(in_f, out_f, NB, g, xdt, sdt),
+        "panel_gemm_q4",
+        [x, codes, scale, offset],
+        relax.TensorType([_rows(x), out_f], "float32"),
+    )
+    return add_bias_cast(ctx, n, unflatten_rows(ctx, y, lead), dt)
+
+
+def _linear_panel_nm(ctx: LowerCtx, n: Node) -> relax.Expr:
+    dt = n.out.type.dtype
+    p = weight_param(ctx, n)
+    assert p is not None
+    keep, m = nm_of(p)
+    out_f, in_f = (int(d) for d in p.type.shape)
+    x, lead = flatten_rows(ctx, ctx.arg(n.inputs[0]))
+    vals = ctx.weight(p, f"panel{NB}.nm.values", dt)
+    idx = ctx.weight(p, f"panel{NB}.nm.index")
+    xdt, wdt = x.ty.dtype, tvm_dtype(dt)
+    y = ctx.call_kernel(
+        ("panel_gemm_nm", in_f, out_f, NB, keep, m, xdt, wdt),
+        lambda: cpu_kernels.panel_gemm_nm(in_f, out_f, NB, keep, m, xdt, wdt),
+        "panel_gemm_nm",
+        [x, vals, idx],
+        relax.TensorType([_rows(x), out_f], "float32"),
+    )
+    return add_bias_cast(ctx, n, unflatten_rows(ctx, y, lead), dt)
+
+
+def _gather_panel(table: te.Tensor, ids: te.Tensor, nb: int) -> te.Tensor:
+    d = table.shape[1]
+    return te.compute(
+        (*ids.shape, d),
+        lambda *i: table[ids[i[:-1]] // nb, i[-1], ids[i[:-1]] % nb],
+        name="embedding_panel",
+    )
+
+
+def _linear_weights(ctx: LowerCtx) -> set[str]:
+    """Params that some dense ``linear`` reads as its weight (they are stored in panels)."""
+    low = ctx.lowering
+    cached = getattr(low, "_cpu_linear_weights", None)
+    if cached is None:
+        cached = set()
+        for _, n in ctx.graph.walk():
+            if n.op == "linear" and n.inputs[1].node is not None:
+                w = n.inputs[1].node
+                if w.op == "param":
+                    p = ctx.graph.root().params[w.attrs.name]
+                    if is_dense(p):
+                        cached.add(p.name)
+        low._cpu_linear_weights = cached
+    return cached
+
+
+def _embedding_tied(ctx: LowerCtx, n: Node) -> bool:
+    p = ctx.param(n.inputs[1])
+    return p is not None and is_dense(p) and p.name in _linear_weights(ctx)
+
+
+def _embedding_panel(ctx: LowerCtx, n: Node) -> relax.Expr:
+    ids = ctx.arg(n.inputs[0])
+    p = ctx.param(n.inputs[1])
+    assert p is not None
+    table = ctx.weight(p, f"panel{NB}", n.out.type.dtype)
+    return ctx.emit_te(_gather_panel, table, ids, NB, name="embedding_panel")
+
+
+def _dense_param(ctx: LowerCtx, n: Node) -> bool:
+    p = weight_param(ctx, n)
+    return p is not None and is_dense(p) and not is_nm(p)
+
+
+class CPUPipeline(TVMPipeline):
+    kind = "cpu"
+    entries = (Entry("prefill"),)
+
+    def tvm_target(self, target: Any) -> tvm.target.Target:
+        d = dict(target.tvm_target or {"kind": "llvm"})
+        d.setdefault("mcpu", host_cpu())
+        return tvm.target.Target(d)
+
+    def target_rules(self) -> list[Rule]:
+        return [
+            Rule("cpu.linear.panel_q4", "linear", _linear_panel_q4, when=fmt_is(is_q4)),
+            Rule("cpu.linear.panel_nm", "linear", _linear_panel_nm, when=fmt_is(is_nm)),
+            Rule("cpu.linear.panel", "linear", _linear_panel, when=_dense_param),
+            Rule("cpu.embedding.panel", "embedding", _embedding_panel, when=_embedding_tied),
+        ]
+
+    def target_fields(self, tvm_target: tvm.target.Target) -> dict[str, Any]:
+        return {"cpu": {"mcpu": host_cpu(), "isa": host_isa_flags()}}
+
+
+PIPELINE = CPUPipeline()

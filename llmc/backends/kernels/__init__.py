@@ -1,0 +1,1 @@
+"""Kernels: TE definitions shared by every target, scheduled CPU kernels, hand-written TIR."""

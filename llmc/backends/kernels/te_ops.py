@@ -1,0 +1,277 @@
+"""Tensor-expression (TE) definitions of the LLM ops, shared by every target.
+
+These are *unscheduled* computations: on GPUs dlight schedules them after Relax fuses their
+epilogues; on the CPU they run as plain loops except where :mod:`llmc.backends.kernels.cpu`
+supplies a scheduled kernel. Each function mirrors the reference semantics in
+:mod:`llmc.ir.ops` (float32 inside norms and softmax, rounding to the activation dtype where the
+reference rounds).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from tvm import te, tirx
+
+F32 = "float32"
+
+
+def _f32(x: Any) -> Any:
+    return x.astype(F32) if x.dtype != F32 else x
+
+
+# -- norms ----------------------------------------------------------------------------------------
+
+
+def rms_norm(x: te.Tensor, w: te.Tensor | None, eps: float) -> te.Tensor:
+    dt = x.dtype
+    d = x.shape[-1]
+    k = te.reduce_axis((0, d), "k")
+    lead = list(x.shape[:-1])
+    ss = te.compute(
+        lead, lambda *i: te.sum(_f32(x[(*i, k)]) * _f32(x[(*i, k)]), axis=k), name="rms_sumsq"
+    )
+
+    def f(*idx: Any) -> Any:
+        i = idx[:-1]
+        inv = tirx.rsqrt(ss[i] / tirx.Cast(F32, d) + tirx.const(eps, F32))
+        h = (_f32(x[idx]) * inv).astype(dt)
+        return h * w[idx[-1]].astype(dt) if w is not None else h
+
+    return te.compute(x.shape, f, name="rms_norm")
+
+
+def layer_norm(x: te.Tensor, w: te.Tensor | None, b: te.Tensor | None, eps: float) -> te.Tensor:
+    dt = x.dtype
+    d = x.shape[-1]
+    lead = list(x.shape[:-1])
+    k1 = te.reduce_axis((0, d), "k1")
+    k2 = te.reduce_axis((0, d), "k2")
+    s1 = te.compute(lead, lambda *i: te.sum(_f32(x[(*i, k1)]), axis=k1), name="ln_sum")
+    s2 = te.compute(
+        lead, lambda *i: te.sum(_f32(x[(*i, k2)]) * _f32(x[(*i, k2)]), axis=k2), name="ln_sumsq"
+    )
+
+    def f(*idx: Any) -> Any:
+        i = idx[:-1]
+        n = tirx.Cast(F32, d)
+        mean = s1[i] / n
+        var = tirx.max(s2[i] / n - mean * mean, tirx.const(0.0, F32))
+        h = (_f32(x[idx]) - mean) * tirx.rsqrt(var + tirx.const(eps, F32))
+        if w is not None:
+            h = h * _f32(w[idx[-1]])
+        if b is not None:
+            h = h + _f32(b[idx[-1]])
+        return h.astype(dt)
+
+    return te.compute(x.shape, f, name="layer_norm")
+
+
+# -- rotary embedding -----------------------------------------------------------------------------
+
+
+def rope(
+    x: te.Tensor,
+    pos: te.Tensor,
+    inv_freq: te.Tensor,
+    rotary_dim: int,
+    interleaved: bool,
+    mscale: float,
+) -> te.Tensor:
+    """x [b, h, s, d] at positions [b, s]; ``inv_freq`` [rotary_dim/2] float32 (precomputed)."""
+    dt = x.dtype
+    half = rotary_dim // 2
+    head_dim = x.shape[3]
+
+    def f(b: Any, h: Any, s: Any, d: Any) -> Any:
+        if interleaved:
+            i = d // 2
+            partner = tirx.if_then_else(d % 2 == 0, d + 1, d - 1)
+            sign_neg = d % 2 == 0
+        else:
+            i = tirx.floormod(d, half)
+            partner = tirx.if_then_else(d < half, d + half, d - half)
+            sign_neg = d < half
+        freq = pos[b, s].astype(F32) * inv_freq[i]
+        c = (tirx.cos(freq) * tirx.const(mscale, F32)).astype(dt)
+        sn = (tirx.sin(freq) * tirx.const(mscale, F32)).astype(dt)
+        other = x[b, h, s, tirx.min(partner, rotary_dim - 1)]
+        rot = tirx.if_then_else(sign_neg, -other, other)
+        out = x[b, h, s, d] * c + rot * sn
+        if isinstance(head_dim, int) and rotary_dim == head_dim:
+            return out
+        return tirx.if_then_else(d < rotary_dim, out, x[b, h, s, d])
+
+    return te.compute(x.shape, f, name="rope")
+
+
+# -- attention ------------------------------------------------------------------------------------
+
+
+def visible(i: Any, j: Any, s: Any, t: Any, causal: bool, window: int) -> Any:
+    """Bottom-right aligned causal / sliding-window visibility of key ``j`` from query ``i``."""
+    cond = tirx.const(True, "bool")
+    qpos = i + t - s
+    if causal:
+        cond = tirx.all(cond, j <= qpos)
+    if window > 0:
+        cond = tirx.all(cond, qpos - j < window)
+    return cond
+
+
+def attn_scores(q: te.Tensor, k: te.Tensor, scale: float, causal: bool, window: int) -> te.Tensor:
+    """``scale * q . k`` in float32 as [b, h, s, t], masked keys at -inf."""
+    b, h, s, d = q.shape
+    kvh, t = k.shape[1], k.shape[2]
+    group = h // kvh
+    r = te.reduce_axis((0, d), "r")
+    raw = te.compute(
+        (b, h, s, t),
+        lambda bi, hi, i, j: te.sum(_f32(q[bi, hi, i, r]) * _f32(k[bi, hi // group, j, r]), axis=r),
+        name="attn_qk",
+    )
+    ninf = tirx.const(-math.inf, F32)
+    return te.compute(
+        (b, h, s, t),
+        lambda bi, hi, i, j: tirx.if_then_else(
+            visible(i, j, s, t, causal, window), raw[bi, hi, i, j] * tirx.const(scale, F32), ninf
+        ),
+        name="attn_scores",
+    )
+
+
+def attn_pv(p: te.Tensor, v: te.Tensor, out_dtype: str) -> te.Tensor:
+    """``p @ v`` for probabilities [b, h, s, t] (activation dtype) and v [b, kvh, t, d]."""
+    b, h, s, t = p.shape
+    kvh, d = v.shape[1], v.shape[3]
+    group = h // kvh
+    j = te.reduce_axis((0, t), "j")
+    acc = te.compute(
+        (b, h, s, d),
+        lambda bi, hi, i, e: te.sum(_f32(p[bi, hi, i, j]) * _f32(v[bi, hi // group, j, e]), axis=j),
+        name="attn_pv",
+    )
+    if out_dtype == F32:
+        return acc
+    return te.compute(acc.shape, lambda *i: acc[i].astype(out_dtype), name="attn_out")
+
+
+# -- linear layers --------------------------------------------------------------------------------
+
+
+def linear_dense(x: te.Tensor, w: te.Tensor, out_dtype: str) -> te.Tensor:
+    """``x [..., K] @ w[N, K].T`` accumulated in float32 (int32 for integer inputs)."""
+    n, kdim = w.shape
+    k = te.reduce_axis((0, kdim), "k")
+    acc_dt = F32
+    lead = list(x.shape[:-1])
+    y = te.compute(
+        (*lead, n),
+        lambda *i: te.sum(x[(*i[:-1], k)].astype(acc_dt) * w[i[-1], k].astype(acc_dt), axis=k),
+        name="linear",
+    )
+    if out_dtype == acc_dt:
+        return y
+    return te.compute(y.shape, lambda *i: y[i].astype(out_dtype), name="linear_cast")
+
+
+def linear_q4(
+    x: te.Tensor,
+    codes: te.Tensor,
+    scale: te.Tensor,
+    offset: te.Tensor,
+    group: int,
+    out_dtype: str,
+) -> te.Tensor:
+    """W4A16 group-wise: ``w[n, k] = (nibble(codes[n, k/2], k%2) - offset[n, k/g]) * scale``.
+
+    The dequantization sits inside the reduction, so the weight is read once, packed.
+    """
+    n = codes.shape[0]
+    kdim = codes.shape[1] * 2
+    k = te.reduce_axis((0, kdim), "k")
+    lead = list(x.shape[:-1])
+
+    def wval(nn: Any, kk: Any) -> Any:
+        byte = codes[nn, kk // 2]
+        nib = (byte >> (kk % 2 * 4).astype("uint8")) & tirx.const(15, "uint8")
+        g = kk // group
+        return (nib.astype(F32) - _f32(offset[nn, g])) * _f32(scale[nn, g])
+
+    y = te.compute(
+        (*lead, n),
+        lambda *i: te.sum(_f32(x[(*i[:-1], k)]) * wval(i[-1], k), axis=k),
+        name="linear_q4",
+    )
+    if out_dtype == F32:
+        return y
+    return te.compute(y.shape, lambda *i: y[i].astype(out_dtype), name="linear_q4_cast")
+
+
+def linear_nm(
+    x: te.Tensor, values: te.Tensor, index: te.Tensor, n_keep: int, m: int, out_dtype: str
+) -> te.Tensor:
+    """N:M sparse: only the stored non-zeros are multiplied; ``x`` is gathered by position."""
+    n = values.shape[0]
+    kk_dim = values.shape[1]
+    kk = te.reduce_axis((0, kk_dim), "kk")
+    lead = list(x.shape[:-1])
+
+    def col(r: Any, c: Any) -> Any:
+        return (c // n_keep) * m + index[r, c].astype("int64")
+
+    y = te.compute(
+        (*lead, n),
+        lambda *i: te.sum(_f32(x[(*i[:-1], col(i[-1], kk))]) * _f32(values[i[-1], kk]), axis=kk),
+        name="linear_nm",
+    )
+    if out_dtype == F32:
+        return y
+    return te.compute(y.shape, lambda *i: y[i].astype(out_dtype), name="linear_nm_cast")
+
+
+# -- W8A8 -----------------------------------------------------------------------------------------
+
+A8_QMAX = 127.0
+
+
+def act_quant(x: te.Tensor, act_scale: float) -> tuple[te.Tensor, te.Tensor]:
+    """Per-token int8 quantization (``qlinear_a8`` steps 1-2): codes [M, K] and scales [M]."""
+    m, kdim = x.shape
+    if act_scale > 0:
+        s = te.compute((m,), lambda i: tirx.const(act_scale, F32), name="a8_scale")
+    else:
+        k = te.reduce_axis((0, kdim), "k")
+        amax = te.compute((m,), lambda i: te.max(tirx.abs(_f32(x[i, k])), axis=k), name="a8_amax")
+        s = te.compute(
+            (m,),
+            lambda i: tirx.max(amax[i], tirx.const(1e-8, F32)) / tirx.const(A8_QMAX, F32),
+            name="a8_scale",
+        )
+
+    def q(i: Any, j: Any) -> Any:
+        v = tirx.round(_f32(x[i, j]) / s[i])  # round half to even, as torch.round
+        v = tirx.max(tirx.min(v, tirx.const(A8_QMAX, F32)), tirx.const(-A8_QMAX, F32))
+        return v.astype("int8")
+
+    return te.compute((m, kdim), q, name="a8_codes"), s
+
+
+def int8_linear(
+    xq: te.Tensor, xs: te.Tensor, wq: te.Tensor, ws: te.Tensor, out_dtype: str
+) -> te.Tensor:
+    """``float32(sum int8*int8 -> int32) * s_x[m] * s_w[n]``."""
+    m = xq.shape[0]
+    n, kdim = wq.shape
+    k = te.reduce_axis((0, kdim), "k")
+    acc = te.compute(
+        (m, n),
+        lambda i, j: te.sum(xq[i, k].astype("int32") * wq[j, k].astype("int32"), axis=k),
+        name="a8_gemm",
+    )
+    return te.compute(
+        (m, n),
+        lambda i, j: (acc[i, j].astype(F32) * xs[i] * ws[j]).astype(out_dtype),
+        name="a8_rescale",
+    )

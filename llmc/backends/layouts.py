@@ -1,0 +1,306 @@
+"""Compile-time weight layouts: how a :class:`~llmc.ir.params.Param` is stored for a kernel.
+
+A lowering rule asks for a weight in a named layout (``ctx.weight(param, "packed16")``); the
+backend records one :class:`WeightArg` per (param, layout) pair, which becomes one argument of the
+compiled functions, and at export time transforms the param's data into that layout (in torch,
+once, on the build machine). Nothing is transposed or repacked at run time.
+
+A layout reads the param's storage format (``Param.format``) and never re-derives it: a quantized
+param is packed from its integer codes, an N:M sparse param is compressed from its stored zeros.
+Every layout also works on architecture-only (``meta``) params: shapes are computed, data is not.
+
+Layouts (``key`` is the suffix of the weight's argument name):
+
+- ``dense``: the stored value as is (``[out, in]`` for linear weights), cast to ``dtype``.
+- ``panel{NB}``: ``[ceil(out/NB), in, NB]``, output rows interleaved in panels of NB so that a CPU
+  kernel's inner loop loads NB consecutive outputs' weights for one input element (vector FMA,
+  no horizontal reduction). The tail panel is zero-padded.
+- ``q4.codes``/``q4.scale``/``q4.zero``: 4-bit codes packed two per byte along ``in``
+  (``[out, in/2]`` uint8, low nibble first) stored as ``code - qmin``, per-group scales
+  ``[out, in/group]`` and, for asymmetric quantization, per-group offsets ``zero - qmin`` (float),
+  so ``w = (nibble - offset) * scale`` with ``offset = -qmin`` when symmetric.
+- ``q8.codes``/``q8.scale``: int8 codes ``[out, in]`` and per-channel float32 scales ``[out]``.
+- ``nm.values``/``nm.index``: N:M compressed: ``[out, in*N/M]`` values (the non-zeros of each
+  group of M, zero-filled when a group has fewer) and uint8 positions within the group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from llmc.errors import IRError
+from llmc.ir.params import Param
+from llmc.ir.types import to_torch_dtype
+
+#: TVM dtype names of llmc dtypes.
+TVM_DTYPE = {
+    "f64": "float64",
+    "f32": "float32",
+    "f16": "float16",
+    "bf16": "bfloat16",
+    "i64": "int64",
+    "i32": "int32",
+    "i16": "int16",
+    "i8": "int8",
+    "u8": "uint8",
+    "bool": "bool",
+}
+LLMC_DTYPE = {v: k for k, v in TVM_DTYPE.items()}
+
+
+def tvm_dtype(dtype: str) -> str:
+    try:
+        return TVM_DTYPE[dtype]
+    except KeyError:
+        raise IRError(f"dtype {dtype!r} has no TVM equivalent") from None
+
+
+@dataclass(frozen=True)
+class WeightArg:
+    """One compiled weight: an argument of every compiled function, in a given layout."""
+
+    name: str  # argument name, "<param>@<layout>"
+    param: str
+    layout: str
+    shape: tuple[int, ...]
+    dtype: str  # llmc dtype of the stored tensor
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "param": self.param,
+            "layout": self.layout,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+        }
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A named weight layout: its shape and dtype for a param, and the data transform."""
+
+    name: str
+    shape: Callable[[Param, str], tuple[int, ...]]
+    dtype: Callable[[Param, str], str]
+    transform: Callable[[Param, str], torch.Tensor]
+
+    def arg(self, p: Param, compute_dtype: str) -> WeightArg:
+        return WeightArg(
+            f"{p.name}@{self.name}",
+            p.name,
+            self.name,
+            self.shape(p, compute_dtype),
+            self.dtype(p, compute_dtype),
+        )
+
+
+_LAYOUTS: dict[str, Layout] = {}
+
+
+def register_layout(layout: Layout) -> Layout:
+    _LAYOUTS[layout.name] = layout
+    return layout
+
+
+def get_layout(name: str) -> Layout:
+    if name.startswith("panel") and name not in _LAYOUTS:
+        register_layout(_panel_layout(int(name[5:])))
+    try:
+        return _LAYOUTS[name]
+    except KeyError:
+        raise IRError(f"unknown weight layout {name!r} (known: {sorted(_LAYOUTS)})") from None
+
+
+def _shape(p: Param) -> tuple[int, ...]:
+    return tuple(int(d) for d in p.type.shape)
+
+
+def _meta_or(p: Param, shape: tuple[int, ...], dtype: str, fn: Callable[[], torch.Tensor]):
+    if p.is_meta:
+        return torch.empty(shape, dtype=to_torch_dtype(dtype), device="meta")
+    return fn().contiguous()
+
+
+# -- dense --------------------------------------------------------------------------------------
+
+
+def _dense_transform(p: Param, dt: str) -> torch.Tensor:
+    return _meta_or(p, _shape(p), dt, lambda: p.value().to(to_torch_dtype(dt)))
+
+
+register_layout(Layout("dense", lambda p, dt: _shape(p), lambda p, dt: dt, _dense_transform))
+
+
+# -- panels (CPU) -------------------------------------------------------------------------------
+
+
+def panel_count(out: int, nb: int) -> int:
+    return (out + nb - 1) // nb
+
+
+def _panel_layout(nb: int) -> Layout:
+    def shape(p: Param, dt: str) -> tuple[int, ...]:
+        n, k = _shape(p)
+        return (panel_count(n, nb), k, nb)
+
+    def transform(p: Param, dt: str) -> torch.Tensor:
+        def f() -> torch.Tensor:
+            w = p.value().to(to_torch_dtype(dt))
+            n, k = w.shape
+            pad = panel_count(n, nb) * nb - n
+            if pad:
+                w = torch.cat([w, w.new_zeros(pad, k)])
+            return w.reshape(-1, nb, k).permute(0, 2, 1)
+
+        return _meta_or(p, shape(p, dt), dt, f)
+
+    return Layout(f"panel{nb}", shape, lambda p, dt: dt, transform)
+
+
+# -- 4-bit group quantization ---------------------------------------------------------------------
+
+
+def _q(p: Param):
+    q = p.format.quant
+    if q is None:
+        raise IRError(f"param @{p.name} is not quantized (format {p.format})")
+    return q
+
+
+def _q4_codes(p: Param, dt: str) -> torch.Tensor:
+    q = _q(p)
+    n, k = _shape(p)
+
+    def f() -> torch.Tensor:
+        u = (p.data["qvalue"].to(torch.int16) - q.qmin).to(torch.uint8)  # 0..2^bits-1
+        u = u.reshape(n, k // 2, 2)
+        return (u[..., 0] | (u[..., 1] << 4)).to(torch.uint8)
+
+    return _meta_or(p, (n, k // 2), "u8", f)
+
+
+def _group(p: Param) -> int:
+    q = _q(p)
+    return q.group if q.group else _shape(p)[1]
+
+
+def _q4_scale(p: Param, dt: str) -> torch.Tensor:
+    n, k = _shape(p)
+    return _meta_or(
+        p,
+        (n, k // _group(p)),
+        dt,
+        lambda: p.data["scale"].reshape(n, k // _group(p)).to(to_torch_dtype(dt)),
+    )
+
+
+def _q4_zero(p: Param, dt: str) -> torch.Tensor:
+    q = _q(p)
+    n, k = _shape(p)
+
+    def f() -> torch.Tensor:
+        z = p.data.get("zero")
+        z = torch.zeros(n, k // _group(p)) if z is None else z.reshape(n, -1).to(torch.float32)
+        return (z - q.qmin).to(to_torch_dtype(dt))
+
+    return _meta_or(p, (n, k // _group(p)), dt, f)
+
+
+register_layout(
+    Layout(
+        "q4.codes", lambda p, dt: (_shape(p)[0], _shape(p)[1] // 2), lambda p, dt: "u8", _q4_codes
+    )
+)
+register_layout(
+    Layout(
+        "q4.scale",
+        lambda p, dt: (_shape(p)[0], _shape(p)[1] // _group(p)),
+        lambda p, dt: dt,
+        _q4_scale,
+    )
+)
+register_layout(
+    Layout(
+        "q4.zero",
+        lambda p, dt: (_shape(p)[0], _shape(p)[1] // _group(p)),
+        lambda p, dt: dt,
+        _q4_zero,
+    )
+)
+
+# -- int8 per channel (W8A8) ----------------------------------------------------------------------
+
+register_layout(
+    Layout(
+        "q8.codes",
+        lambda p, dt: _shape(p),
+        lambda p, dt: "i8",
+        lambda p, dt: _meta_or(p, _shape(p), "i8", lambda: p.data["qvalue"].to(torch.int8)),
+    )
+)
+register_layout(
+    Layout(
+        "q8.scale",
+        lambda p, dt: (_shape(p)[0],),
+        lambda p, dt: "f32",
+        lambda p, dt: _meta_or(
+            p, (_shape(p)[0],), "f32", lambda: p.data["scale"].reshape(-1).to(torch.float32)
+        ),
+    )
+)
+
+# -- N:M compressed -------------------------------------------------------------------------------
+
+
+def nm_of(p: Param) -> tuple[int, int]:
+    s = p.format.sparsity
+    if s is None or s.kind != "nm":
+        raise IRError(f"param @{p.name} is not N:M sparse (format {p.format})")
+    return s.n, s.m
+
+
+def _nm_shape(p: Param, dt: str) -> tuple[int, ...]:
+    n_, m_ = nm_of(p)
+    out, k = _shape(p)
+    return (out, k // m_ * n_)
+
+
+def compress_nm(w: torch.Tensor, n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Values ``[out, in*n/m]`` and uint8 positions of the non-zeros of each group of ``m``.
+
+    A group with fewer than ``n`` non-zeros is padded with zero values at unused positions.
+    Raises :class:`IRError` if a group holds more than ``n`` non-zeros (the param's format lies).
+    """
+    out, k = w.shape
+    g = w.reshape(out, k // m, m)
+    nz = g != 0
+    if int(nz.sum(-1).max()) > n:
+        raise IRError(f"weight is not {n}:{m} sparse: a group holds more than {n} non-zeros")
+    # Stable order: non-zeros first (by position), then zero positions, keep the first n.
+    key = (~nz).to(torch.int64) * m + torch.arange(m).expand_as(nz)
+    idx = torch.argsort(key, dim=-1)[..., :n]
+    idx, _ = torch.sort(idx, dim=-1)
+    vals = torch.gather(g, -1, idx)
+    return vals.reshape(out, -1), idx.to(torch.uint8).reshape(out, -1)
+
+
+def _nm_values(p: Param, dt: str) -> torch.Tensor:
+    n_, m_ = nm_of(p)
+    return _meta_or(
+        p,
+        _nm_shape(p, dt),
+        dt,
+        lambda: compress_nm(p.value().to(to_torch_dtype(dt)), n_, m_)[0],
+    )
+
+
+def _nm_index(p: Param, dt: str) -> torch.Tensor:
+    n_, m_ = nm_of(p)
+    return _meta_or(p, _nm_shape(p, dt), "u8", lambda: compress_nm(p.value(), n_, m_)[1])
+
+
+register_layout(Layout("nm.values", _nm_shape, lambda p, dt: dt, _nm_values))
+register_layout(Layout("nm.index", _nm_shape, lambda p, dt: "u8", _nm_index))

@@ -1,0 +1,374 @@
+"""IR -> TVM Relax: the lowering driver and the context lowering rules see.
+
+The driver walks the graph in order and, for each node, asks the target's rule list for the first
+rule that matches (:mod:`llmc.backends.rules`); the rule emits Relax bindings (``emit_te`` for TE
+computations, ``call_tir`` for hand-written TIR kernels, plain Relax ops otherwise) through a
+:class:`LowerCtx`. Weights become function arguments in the layout the rule asked for
+(:mod:`llmc.backends.layouts`); identical decoder layers become one Relax function
+(:mod:`llmc.backends.layers`).
+
+Each *entry* is one compiled function with the graph's signature, possibly specialised: ``prefill``
+keeps every symbolic size, ``decode`` fixes ``batch = seq = 1`` so that GPU schedules see a
+matrix-vector product. Arguments: the graph inputs in order, then the weights; result: a tuple of
+the graph outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import tvm
+from tvm import relax, tirx
+
+from llmc.backends.layers import Layer, LayerPlan, plan_layers
+from llmc.backends.layouts import WeightArg, get_layout, tvm_dtype
+from llmc.errors import IRError, UnsupportedOpError
+from llmc.ir.graph import Graph, Node, Value
+from llmc.ir.params import Param
+from llmc.ir.types import Dim, TensorType
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A compiled function: its name and the symbolic sizes it fixes."""
+
+    name: str
+    fixed: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def fixed_dict(self) -> dict[str, int]:
+        return dict(self.fixed)
+
+
+@dataclass(frozen=True)
+class ParamRef:
+    """What a ``param`` node lowers to: the rule that consumes it picks the layout."""
+
+    param: Param
+
+
+@dataclass
+class Lowered:
+    mod: tvm.IRModule
+    entries: list[Entry]
+    weights: list[WeightArg]
+    layer_functions: dict[str, int]  # function name -> layers calling it
+    rules_used: dict[str, int]
+    entry_weights: dict[str, list[str]]  # entry -> its weight arguments (WeightArg names), in order
+
+
+RuleFn = Callable[["LowerCtx", Node], Any]
+
+
+class LowerCtx:
+    """What a lowering rule may use while the driver builds one Relax function."""
+
+    def __init__(
+        self,
+        lowering: Lowering,
+        env: dict[str, Any],
+        weight_hook: Callable[[Param, str, str], relax.Expr],
+    ) -> None:
+        self.lowering = lowering
+        self.bb = lowering.bb
+        self.env = env
+        self.values: dict[int, Any] = {}
+        self.node: Node | None = None
+        self._weight_hook = weight_hook
+
+    # -- target ---------------------------------------------------------------------------------
+    @property
+    def target(self):  # llmc Target
+        return self.lowering.target
+
+    @property
+    def kind(self) -> str:
+        return self.lowering.target.kind
+
+    @property
+    def tvm_target(self) -> tvm.target.Target:
+        return self.lowering.tvm_target
+
+    @property
+    def graph(self) -> Graph:
+        return self.lowering.graph
+
+    # -- shapes and types -----------------------------------------------------------------------
+    def dim(self, d: Dim) -> Any:
+        if isinstance(d, int):
+            return d
+        total: Any = 0
+        for mono, coef in d.terms:
+            term: Any = coef
+            for s in mono:
+                if s not in self.env:
+                    raise IRError(f"symbolic size '{s}' is not an input dimension of the graph")
+                term = term * self.env[s]
+            total = total + term
+        return total
+
+    def shape(self, dims: Sequence[Dim]) -> list[Any]:
+        return [self.dim(d) for d in dims]
+
+    def rtype(self, t: TensorType) -> relax.TensorType:
+        return relax.TensorType(self.shape(t.shape), tvm_dtype(t.dtype))
+
+    def is_static(self, d: Dim) -> bool:
+        v = self.dim(d)
+        return isinstance(v, int) or isinstance(v, tirx.IntImm)
+
+    def static(self, d: Dim) -> int | None:
+        v = self.dim(d)
+        if isinstance(v, int):
+            return v
+        if isinstance(v, tirx.IntImm):
+            return int(v.value)
+        return None
+
+    # -- operands -------------------------------------------------------------------------------
+    def param(self, v: Value) -> Param | None:
+        ref = self.values.get(id(v))
+        return ref.param if isinstance(ref, ParamRef) else None
+
+    def weight(self, p: Param, layout: str, dtype: str | None = None) -> relax.Expr:
+        """The weight ``p`` in ``layout`` (stored as ``dtype``, default its own dtype)."""
+        return self._weight_hook(p, layout, dtype or p.type.dtype)
+
+    def arg(self, v: Value) -> relax.Expr:
+        """The Relax value of an operand (a param operand in the ``dense`` layout)."""
+        x = self.values[id(v)]
+        if isinstance(x, ParamRef):
+            return self.weight(x.param, "dense")
+        return x
+
+    def args(self, n: Node) -> list[relax.Expr]:
+        return [self.arg(v) for v in n.inputs]
+
+    # -- emission -------------------------------------------------------------------------------
+    def emit(self, expr: relax.Expr) -> relax.Expr:
+        return self.bb.emit(expr)
+
+    def emit_te(self, fn: Callable[..., Any], *args: Any, name: str, **kw: Any) -> relax.Expr:
+        return self.bb.emit_te(fn, *args, primfunc_name_hint=name, **kw)
+
+    def call_kernel(
+        self,
+        key: tuple,
+        make: Callable[[], tirx.PrimFunc],
+        name: str,
+        args: Sequence[relax.Expr],
+        out: relax.TensorType | Sequence[relax.TensorType],
+    ) -> relax.Expr:
+        """Call a hand-written TIR kernel; ``make`` runs once per distinct ``key``. Scalar
+        arguments go in ``args`` as ``relax.PrimValue``."""
+        gv = self.lowering.kernel(key, make, name)
+        outs = out if not isinstance(out, list | tuple) else list(out)
+        return self.emit(relax.call_tir(gv, list(args), outs))
+
+    def cast(self, x: relax.Expr, dtype: str) -> relax.Expr:
+        if x.ty.dtype == tvm_dtype(dtype):
+            return x
+        return self.emit(relax.op.astype(x, tvm_dtype(dtype)))
+
+    def unsupported(self, why: str = "") -> UnsupportedOpError:
+        n = self.node
+        assert n is not None
+        where = f" at {n.scope}" if n.scope else ""
+        extra = f": {why}" if why else ""
+        return UnsupportedOpError(
+            f"op '{n.op}' (%{n.out.name}{where}) is not supported on target "
+            f"{self.target.name} ({self.kind}){extra}; register a lowering rule with "
+            f"llmc.backends.rules.register_rule"
+        )
+
+
+class Lowering:
+    """Builds the IRModule for one graph and target (see the module docstring)."""
+
+    def __init__(
+        self,
+        graph: Graph,
+        target: Any,
+        tvm_target: tvm.target.Target,
+        rules: Sequence[Any],
+        *,
+        outline_layers: bool = True,
+    ) -> None:
+        self.graph = graph
+        self.target = target
+        self.tvm_target = tvm_target
+        self.rules = list(rules)
+        self.bb = relax.BlockBuilder()
+        self.weights: dict[str, WeightArg] = {}
+        self._weight_params: dict[str, Param] = {}
+        self._kernels: dict[tuple, tvm.ir.GlobalVar] = {}
+        self._layer_fns: dict[tuple, tvm.ir.GlobalVar] = {}
+        self.layer_calls: dict[str, int] = {}
+        self.rules_used: dict[str, int] = {}
+        self.plan: LayerPlan = (
+            plan_layers(graph) if outline_layers else LayerPlan([], {}, {}, set())
+        )
+        self._symbols: dict[str, tirx.Var] = {}
+        self.entry_weights: dict[str, list[str]] = {}
+
+    # -- shared pieces ----------------------------------------------------------------------------
+    def symbol(self, name: str) -> tirx.Var:
+        if name not in self._symbols:
+            self._symbols[name] = tirx.Var(name, "int64")
+        return self._symbols[name]
+
+    def kernel(self, key: tuple, make: Callable[[], tirx.PrimFunc], name: str) -> tvm.ir.GlobalVar:
+        if key not in self._kernels:
+            func = make()
+            self._kernels[key] = self.bb.add_func(func, name)
+        return self._kernels[key]
+
+    def weight_arg(self, p: Param, layout: str, dtype: str) -> WeightArg:
+        wa = get_layout(layout).arg(p, dtype)
+        if dtype != p.type.dtype and layout == "dense":
+            wa = WeightArg(f"{wa.name}.{dtype}", wa.param, wa.layout, wa.shape, wa.dtype)
+        prev = self.weights.get(wa.name)
+        if prev is None:
+            self.weights[wa.name] = wa
+            self._weight_params[wa.name] = p
+        return wa
+
+    def param_for(self, name: str) -> Param:
+        return self._weight_params[name]
+
+    # -- driver -----------------------------------------------------------------------------------
+    def lower(self, entries: Sequence[Entry]) -> Lowered:
+        for e in entries:
+            self._lower_entry(e)
+        mod = self.bb.get()
+        return Lowered(
+            mod,
+            list(entries),
+            list(self.weights.values()),
+            dict(self.layer_calls),
+            dict(self.rules_used),
+            dict(self.entry_weights),
+        )
+
+    def _env(self, entry: Entry) -> dict[str, Any]:
+        env: dict[str, Any] = {}
+        for v in self.graph.inputs:
+            for s in v.type.symbols():
+                env[s] = entry.fixed_dict.get(s, self.symbol(s))
+        return env
+
+    def _lower_entry(self, entry: Entry) -> None:
+        env = self._env(entry)
+        # Layer functions first (BlockBuilder builds one function at a time).
+        layer_gvs: dict[tuple, tuple[tvm.ir.GlobalVar, list[tuple[int, str, str]]]] = {}
+        for gi, (sig, members) in enumerate(self.plan.groups.items()):
+            layer_gvs[sig] = self._lower_layer_fn(entry, env, members[0], gi)
+
+        weight_vars: dict[str, relax.Var] = {}
+
+        def hook(p: Param, layout: str, dtype: str) -> relax.Expr:
+            wa = self.weight_arg(p, layout, dtype)
+            if wa.name not in weight_vars:
+                weight_vars[wa.name] = relax.Var(
+                    _var_name(wa.name), relax.TensorType(list(wa.shape), tvm_dtype(wa.dtype))
+                )
+            return weight_vars[wa.name]
+
+        ctx = LowerCtx(self, env, hook)
+        inputs = [relax.Var(v.name, ctx.rtype(v.type)) for v in self.graph.inputs]
+        with self.bb.function(entry.name, attrs={"llmc.entry": entry.name}):
+            with self.bb.dataflow():
+                for v, rv in zip(self.graph.inputs, inputs):
+                    ctx.values[id(v)] = rv
+                for n in self.graph.nodes:
+                    if id(n) in self.plan.covered:
+                        layer = self.plan.start.get(id(n))
+                        if layer is not None:
+                            gv, wspec = layer_gvs[layer.signature]
+                            self._call_layer(ctx, layer, gv, wspec)
+                        continue
+                    self._lower_node(ctx, n)
+                outs = [ctx.arg(v) for v in self.graph.outputs]
+                out = self.bb.emit_output(relax.Tuple(outs))
+            self.bb.emit_func_output(out, params=inputs + list(weight_vars.values()))
+        self.entry_weights[entry.name] = list(weight_vars)
+
+    def _lower_layer_fn(
+        self, entry: Entry, env: dict[str, Any], layer: Layer, gi: int
+    ) -> tuple[tvm.ir.GlobalVar, list[tuple[int, str, str]]]:
+        """Lower one representative layer as a private function; returns it and, per weight
+        argument, (position in ``layer.params``, layout, dtype)."""
+        pos = {pn.attrs.name: i for i, pn in enumerate(layer.params)}
+        wspec: list[tuple[int, str, str]] = []
+        wvars: dict[tuple[int, str, str], relax.Var] = {}
+
+        def hook(p: Param, layout: str, dtype: str) -> relax.Expr:
+            key = (pos[p.name], layout, dtype)
+            if key not in wvars:
+                wa = self.weight_arg(p, layout, dtype)
+                wvars[key] = relax.Var(
+                    f"w{len(wvars)}", relax.TensorType(list(wa.shape), tvm_dtype(wa.dtype))
+                )
+                wspec.append(key)
+            return wvars[key]
+
+        ctx = LowerCtx(self, env, hook)
+        ins = [relax.Var(f"x{i}", ctx.rtype(v.type)) for i, v in enumerate(layer.inputs)]
+        name = f"{entry.name}_layer" + (f"{gi}" if gi else "")
+        with self.bb.function(name, private=True):
+            with self.bb.dataflow():
+                for v, rv in zip(layer.inputs, ins):
+                    ctx.values[id(v)] = rv
+                for pn in layer.params:
+                    ctx.values[id(pn.out)] = ParamRef(self.graph.root().params[pn.attrs.name])
+                for n in layer.nodes:
+                    self._lower_node(ctx, n)
+                outs = [ctx.arg(v) for v in layer.outputs]
+                out = self.bb.emit_output(relax.Tuple(outs))
+            gv = self.bb.emit_func_output(out, params=ins + [wvars[k] for k in wspec])
+        return gv, wspec
+
+    def _call_layer(
+        self,
+        ctx: LowerCtx,
+        layer: Layer,
+        gv: tvm.ir.GlobalVar,
+        wspec: list[tuple[int, str, str]],
+    ) -> None:
+        args = [ctx.arg(v) for v in layer.inputs]
+        for pi, layout, dtype in wspec:
+            p = self.graph.root().params[layer.params[pi].attrs.name]
+            args.append(ctx.weight(p, layout, dtype))
+        res = ctx.emit(relax.Call(gv, args))
+        for i, v in enumerate(layer.outputs):
+            ctx.values[id(v)] = ctx.emit(relax.TupleGetItem(res, i))
+        self.layer_calls[gv.name_hint] = self.layer_calls.get(gv.name_hint, 0) + 1
+
+    def _lower_node(self, ctx: LowerCtx, n: Node) -> None:
+        ctx.node = n
+        if n.op == "param":
+            ctx.values[id(n.out)] = ParamRef(self.graph.root().params[n.attrs.name])
+            return
+        for rule in self.rules:
+            if rule.matches(ctx, n):
+                out = rule.emit(ctx, n)
+                self.rules_used[rule.name] = self.rules_used.get(rule.name, 0) + 1
+                break
+        else:  # the rule lists end in a fallback that raises; this is a safety net
+            raise ctx.unsupported()
+        want = ctx.rtype(n.out.type)
+        got = out.ty
+        if isinstance(got, relax.TensorType) and got.dtype != want.dtype:
+            raise IRError(
+                f"lowering rule for {n.op} produced {got.dtype}, the IR says {n.out.type}"
+            )
+        ctx.values[id(n.out)] = out
+
+
+def _var_name(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name)
+
+
+__all__ = ["Entry", "LowerCtx", "Lowered", "Lowering", "ParamRef"]

@@ -1,0 +1,216 @@
+"""The backend pipeline shared by every TVM target, as named phases.
+
+``cpu/pipeline.py``, ``cuda/pipeline.py`` and ``rocm/pipeline.py`` subclass :class:`TVMPipeline`
+and override *tables* (target rules, schedule rules, entries, the TVM target dict), not the
+phases. The phases, in order::
+
+    lower     IR -> Relax + TE/TIR           (llmc.backends.lower, rules from the rule list)
+    legalize  Relax ops -> TIR, fuse          (LegalizeOps, AnnotateTIROpPattern, FuseOps, FuseTIR)
+    schedule  give every kernel a schedule    (dlight on GPUs; CPU kernels come scheduled)
+    build     TIR -> machine code, VM bytecode (tvm.compile: dataflow lowering, memory planning)
+    export    model.so (device code embedded), weights in their compiled layout, manifest fields
+
+Each phase's wall time goes to ``report["backend"]["timing_s"]``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import tvm
+from tvm import relax
+
+from llmc.backends.layouts import WeightArg, get_layout
+from llmc.backends.lower import Entry, Lowered, Lowering
+from llmc.backends.rules import Rule, check_rules, rule_list
+from llmc.ir.graph import Graph
+
+#: Bumped whenever the compiled ABI (entry signatures, weight file layout) changes.
+BACKEND_ABI = "llmc-tvm-v1"
+MODEL_LIB = "model.so"
+WEIGHTS_FILE = "weights.safetensors"
+
+
+class TVMPipeline:
+    """One TVM target kind's compilation pipeline (see the module docstring)."""
+
+    kind: str = ""
+    entries: tuple[Entry, ...] = (Entry("prefill"),)
+    outline_layers: bool = True
+
+    # -- tables a target overrides --------------------------------------------------------------
+    def tvm_target(self, target: Any) -> tvm.target.Target:
+        if target.tvm_target is None:
+            raise ValueError(f"target {target.name} has no TVM target")
+        return tvm.target.Target(dict(target.tvm_target))
+
+    def target_rules(self) -> list[Rule]:
+        return []
+
+    def schedule_passes(self, tvm_target: tvm.target.Target) -> list[tvm.transform.Pass]:
+        return []
+
+    def toolchain(self) -> AbstractContextManager[Any]:
+        return nullcontext()
+
+    def export_library(self, ex: relax.VMExecutable, path: Path) -> dict[str, Any]:
+        ex.export_library(str(path))
+        return {}
+
+    def target_fields(self, tvm_target: tvm.target.Target) -> dict[str, Any]:
+        return {}
+
+    # -- phases ---------------------------------------------------------------------------------
+    def lower(self, graph: Graph, target: Any, tvm_target: tvm.target.Target) -> Lowered:
+        rules = rule_list(self.target_rules())
+        check_rules(rules)
+        with tvm_target:
+            return Lowering(
+                graph, target, tvm_target, rules, outline_layers=self.outline_layers
+            ).lower(self.entries)
+
+    def legalize(self, mod: tvm.IRModule, tvm_target: tvm.target.Target) -> tvm.IRModule:
+        seq = tvm.transform.Sequential(
+            [
+                relax.transform.LegalizeOps(),
+                relax.transform.AnnotateTIROpPattern(),
+                relax.transform.FoldConstant(),
+                relax.transform.FuseOps(),
+                relax.transform.FuseTIR(),
+                relax.transform.DeadCodeElimination(),
+            ]
+        )
+        with tvm_target:
+            return seq(mod)
+
+    def schedule(self, mod: tvm.IRModule, tvm_target: tvm.target.Target) -> tvm.IRModule:
+        passes = self.schedule_passes(tvm_target)
+        if not passes:
+            return mod
+        with tvm_target:
+            return tvm.transform.Sequential(passes)(mod)
+
+    def build(self, mod: tvm.IRModule, tvm_target: tvm.target.Target) -> relax.VMExecutable:
+        finalize = tvm.transform.Sequential(
+            [
+                relax.transform.RewriteDataflowReshape(),
+                relax.transform.ToNonDataflow(),
+                relax.transform.RemovePurityChecking(),
+                relax.transform.CallTIRRewrite(),
+                relax.transform.StaticPlanBlockMemory(),
+                relax.transform.LowerAllocTensor(),
+                relax.transform.KillAfterLastUse(),
+                relax.transform.LowerRuntimeBuiltin(),
+                relax.transform.ComputePrimValue(),
+                relax.transform.VMShapeLower(),
+                relax.transform.AttachGlobalSymbol(),
+            ]
+        )
+        with self.toolchain():
+            return tvm.compile(mod, target=tvm_target, relax_pipeline=finalize)
+
+    # -- the whole thing ------------------------------------------------------------------------
+    def run(self, graph: Graph, target: Any, out: Path, report: dict[str, Any]) -> dict[str, Any]:
+        """Compile ``graph`` for ``target`` into the directory ``out``; returns manifest fields."""
+        timing: dict[str, float] = {}
+        with _timed(timing, "toolchain"), self.toolchain():
+            pass  # a missing tool fails here, before minutes of lowering
+        tvm_target = self.tvm_target(target)
+        with _timed(timing, "lower"):
+            lowered = self.lower(graph, target, tvm_target)
+        mod = lowered.mod
+        with _timed(timing, "legalize"):
+            mod = self.legalize(mod, tvm_target)
+        with _timed(timing, "schedule"):
+            mod = self.schedule(mod, tvm_target)
+        kernels = sorted(
+            gv.name_hint for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)
+        )
+        with _timed(timing, "build"):
+            ex = self.build(mod, tvm_target)
+        with _timed(timing, "export"):
+            lib_fields = self.export_library(ex, out / MODEL_LIB)
+            weights = write_weights(graph, lowered.weights, out)
+        backend = {
+            "abi": BACKEND_ABI,
+            "tvm_target": json.loads(json.dumps(_target_dict(tvm_target))),
+            "functions": [e.name for e in lowered.entries],
+            "entries": {e.name: dict(e.fixed) for e in lowered.entries},
+            "entry_weights": lowered.entry_weights,
+            "layer_functions": lowered.layer_functions,
+            "kernels": kernels,
+            "weights": weights,
+            "inputs": [{"name": v.name, "type": str(v.type)} for v in graph.inputs],
+            "outputs": [{"name": v.name, "type": str(v.type)} for v in graph.outputs],
+            "lowering_rules": lowered.rules_used,
+            "model_meta": json.loads(json.dumps(graph.meta, default=str)),
+            **lib_fields,
+            **self.target_fields(tvm_target),
+        }
+        report["backend"] = {
+            "target": target.name,
+            "kernels": len(kernels),
+            "functions": backend["functions"],
+            "layer_functions": lowered.layer_functions,
+            "weights": len(weights),
+            "timing_s": timing,
+        }
+        return {"runtime": "tvm", "tvm": _tvm_version(), "backend": backend}
+
+
+def _target_dict(t: tvm.target.Target) -> dict[str, Any]:
+    try:
+        return json.loads(t.to_json()) if hasattr(t, "to_json") else json.loads(str(t))
+    except (ValueError, TypeError):
+        return {"str": str(t)}
+
+
+def _tvm_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("apache-tvm")
+    except Exception:  # noqa: BLE001
+        return str(getattr(tvm, "__version__", "unknown"))
+
+
+@contextmanager
+def _timed(timing: dict[str, float], name: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        timing[name] = timing.get(name, 0.0) + time.perf_counter() - t0
+
+
+def write_weights(graph: Graph, args: Sequence[WeightArg], out: Path) -> list[dict[str, Any]]:
+    """Write ``graph.ir`` + ``params.safetensors`` (the IR's own storage, which the artifact
+    loader reads) and ``weights.safetensors`` with every weight whose compiled layout differs
+    from its storage; returns the manifest's weight table (argument order)."""
+    from safetensors.torch import save_file
+
+    from llmc.artifact import write_graph
+
+    write_graph(graph, out)
+    tensors = {}
+    table = []
+    for wa in args:
+        p = graph.root().params[wa.param]
+        entry = wa.to_json()
+        if p.is_meta:
+            entry["file"] = None  # architecture-only: the runner must be given weights
+        elif wa.layout == "dense" and wa.dtype == p.type.dtype and p.format.quant is None:
+            entry["file"], entry["key"] = "params.safetensors", f"{wa.param}::value"
+        else:
+            t = get_layout(wa.layout).transform(p, wa.dtype)
+            tensors[wa.name] = t.contiguous()
+            entry["file"], entry["key"] = WEIGHTS_FILE, wa.name
+        table.append(entry)
+    if tensors:
+        save_file(tensors, str(out / WEIGHTS_FILE))
+    return table

@@ -1,0 +1,439 @@
+"""Lowering rules: an ordered first-match list per target, ending in a fallback.
+
+A :class:`Rule` names the op it lowers, the target kinds it applies to, a predicate over the node
+(typically over the weight's storage format, which a pass decided: the rule only reads it) and an
+``emit`` function that writes Relax through the :class:`~llmc.backends.lower.LowerCtx`.
+
+Target pipelines put their own rules first (``cpu/pipeline.py``: panel-layout GEMMs), then
+:data:`COMMON_RULES`, then :data:`FALLBACK`, which raises :class:`UnsupportedOpError` naming the op
+and the target. Users add rules with :func:`register_rule`; they take precedence over built-ins::
+
+    @register_rule("my_op", kinds=("cuda",))
+    def lower_my_op(ctx, node):
+        x, = ctx.args(node)
+        return ctx.emit(relax.op.exp(x))
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from tvm import relax
+
+from llmc.backends.kernels import te_ops
+from llmc.backends.layouts import tvm_dtype
+from llmc.backends.lower import LowerCtx
+from llmc.errors import IRError
+from llmc.ir.graph import Node
+from llmc.ir.params import Param
+from llmc.ir.types import promote_dtypes
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    op: str | None  # None matches every op
+    emit: Callable[[LowerCtx, Node], relax.Expr]
+    when: Callable[[LowerCtx, Node], bool] | None = None
+    kinds: frozenset[str] | None = None
+
+    def matches(self, ctx: LowerCtx, n: Node) -> bool:
+        if self.op is not None and n.op != self.op:
+            return False
+        if self.kinds is not None and ctx.kind not in self.kinds:
+            return False
+        return self.when is None or bool(self.when(ctx, n))
+
+
+USER_RULES: list[Rule] = []
+
+
+def register_rule(
+    op: str,
+    *,
+    kinds: Iterable[str] | None = None,
+    when: Callable[[LowerCtx, Node], bool] | None = None,
+    name: str | None = None,
+) -> Callable[[Callable[[LowerCtx, Node], relax.Expr]], Callable[[LowerCtx, Node], relax.Expr]]:
+    """Decorator: add a user lowering rule (tried before the built-in ones)."""
+
+    def deco(fn: Callable[[LowerCtx, Node], relax.Expr]) -> Callable[[LowerCtx, Node], relax.Expr]:
+        USER_RULES.append(
+            Rule(name or fn.__name__, op, fn, when, frozenset(kinds) if kinds else None)
+        )
+        return fn
+
+    return deco
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+def weight_param(ctx: LowerCtx, n: Node, i: int = 1) -> Param | None:
+    return ctx.param(n.inputs[i])
+
+
+def fmt_is(pred: Callable[[Param], bool], i: int = 1) -> Callable[[LowerCtx, Node], bool]:
+    def when(ctx: LowerCtx, n: Node) -> bool:
+        p = weight_param(ctx, n, i)
+        return p is not None and pred(p)
+
+    return when
+
+
+def is_dense(p: Param) -> bool:
+    return p.format.quant is None  # sparse-but-unquantized weights are dense storage too
+
+
+def is_q4(p: Param) -> bool:
+    q = p.format.quant
+    return q is not None and q.bits <= 4 and int(p.type.shape[1]) % 2 == 0
+
+
+def is_nm(p: Param) -> bool:
+    s = p.format.sparsity
+    return p.format.quant is None and s is not None and s.kind == "nm"
+
+
+def flatten_rows(ctx: LowerCtx, x: relax.Expr) -> tuple[relax.Expr, list[Any]]:
+    """``x [..., K]`` as ``[M, K]`` (a view) and the leading shape to restore."""
+    shape = list(x.ty.shape.values)
+    lead = shape[:-1]
+    if len(lead) == 1:
+        return x, lead
+    m: Any = 1
+    for d in lead:
+        m = m * d
+    return ctx.emit(relax.op.reshape(x, [m, shape[-1]])), lead
+
+
+def unflatten_rows(ctx: LowerCtx, y: relax.Expr, lead: list[Any]) -> relax.Expr:
+    if len(lead) == 1:
+        return y
+    n = y.ty.shape.values[-1]
+    return ctx.emit(relax.op.reshape(y, [*lead, n]))
+
+
+def add_bias_cast(ctx: LowerCtx, n: Node, y: relax.Expr, dtype: str) -> relax.Expr:
+    """Add the optional bias (in the activation dtype, like ``F.linear``) and cast."""
+    y = ctx.cast(y, dtype)
+    if len(n.inputs) == 3:
+        b = ctx.cast(ctx.arg(n.inputs[2]), dtype)
+        y = ctx.emit(relax.op.add(y, b))
+    return y
+
+
+# ----------------------------------------------------------------------------------------------
+# elementwise and layout ops
+
+
+_UNARY: dict[str, Callable[[relax.Expr], relax.Expr]] = {
+    "neg": relax.op.negative,
+    "abs": relax.op.abs,
+    "exp": relax.op.exp,
+    "log": relax.op.log,
+    "sqrt": relax.op.sqrt,
+    "rsqrt": relax.op.rsqrt,
+    "relu": relax.op.nn.relu,
+    "sigmoid": relax.op.sigmoid,
+    "tanh": relax.op.tanh,
+    "silu": relax.op.nn.silu,
+    "sin": relax.op.sin,
+    "cos": relax.op.cos,
+}
+_BINARY: dict[str, Callable[[relax.Expr, relax.Expr], relax.Expr]] = {
+    "add": relax.op.add,
+    "sub": relax.op.subtract,
+    "mul": relax.op.multiply,
+    "div": relax.op.divide,
+    "pow": relax.op.power,
+    "maximum": relax.op.maximum,
+    "minimum": relax.op.minimum,
+}
+_COMPARE: dict[str, Callable[[relax.Expr, relax.Expr], relax.Expr]] = {
+    "lt": relax.op.less,
+    "gt": relax.op.greater,
+    "le": relax.op.less_equal,
+    "ge": relax.op.greater_equal,
+    "eq": relax.op.equal,
+}
+
+
+def _unary(ctx: LowerCtx, n: Node) -> relax.Expr:
+    (x,) = ctx.args(n)
+    return ctx.emit(_UNARY[n.op](x))
+
+
+def _gelu(ctx: LowerCtx, n: Node) -> relax.Expr:
+    (x,) = ctx.args(n)
+    fn = relax.op.nn.gelu_tanh if n.attrs.approximate == "tanh" else relax.op.nn.gelu
+    return ctx.emit(fn(x))
+
+
+def _binary(ctx: LowerCtx, n: Node) -> relax.Expr:
+    x, y = ctx.args(n)
+    dt = n.out.type.dtype
+    return ctx.emit(_BINARY[n.op](ctx.cast(x, dt), ctx.cast(y, dt)))
+
+
+def _operand_dtype(n: Node) -> str:
+    a, b = n.inputs[0].type, n.inputs[1].type
+    if b.rank == 0 and a.rank > 0:
+        return a.dtype
+    if a.rank == 0 and b.rank > 0:
+        return b.dtype
+    return promote_dtypes(a.dtype, b.dtype)
+
+
+def _compare(ctx: LowerCtx, n: Node) -> relax.Expr:
+    x, y = ctx.args(n)
+    dt = _operand_dtype(n)
+    return ctx.emit(_COMPARE[n.op](ctx.cast(x, dt), ctx.cast(y, dt)))
+
+
+def _where(ctx: LowerCtx, n: Node) -> relax.Expr:
+    c, x, y = ctx.args(n)
+    dt = n.out.type.dtype
+    return ctx.emit(relax.op.where(c, ctx.cast(x, dt), ctx.cast(y, dt)))
+
+
+def _constant(ctx: LowerCtx, n: Node) -> relax.Expr:
+    return relax.const(n.attrs.value, tvm_dtype(n.attrs.dtype))
+
+
+def _cast(ctx: LowerCtx, n: Node) -> relax.Expr:
+    (x,) = ctx.args(n)
+    return ctx.cast(x, n.attrs.dtype)
+
+
+def _reshape(ctx: LowerCtx, n: Node) -> relax.Expr:
+    (x,) = ctx.args(n)
+    return ctx.emit(relax.op.reshape(x, ctx.shape(n.out.type.shape)))
+
+
+def _permute(ctx: LowerCtx, n: Node) -> relax.Expr:
+    (x,) = ctx.args(n)
+    return ctx.emit(relax.op.permute_dims(x, list(n.attrs.perm)))
+
+
+def _concat(ctx: LowerCtx, n: Node) -> relax.Expr:
+    xs = ctx.args(n)
+    if len(xs) == 1:
+        return xs[0]
+    return ctx.emit(relax.op.concat(xs, axis=n.attrs.dim))
+
+
+def _slice(ctx: LowerCtx, n: Node) -> relax.Expr:
+    (x,) = ctx.args(n)
+    a = n.attrs
+    t = n.inputs[0].type
+    ax = a.dim % t.rank
+    size = ctx.dim(t.shape[ax])
+    if isinstance(a.start, int) and a.start < 0:
+        begin, end = size + a.start, size
+    else:
+        begin = ctx.dim(a.start)
+        end = size if a.end is None else ctx.dim(a.end)
+    return ctx.emit(
+        relax.op.strided_slice(x, axes=[ax], begin=[begin], end=[end], strides=[a.step])
+    )
+
+
+def _index_select(ctx: LowerCtx, n: Node) -> relax.Expr:
+    x, idx = ctx.args(n)
+    return ctx.emit(relax.op.take(x, idx, axis=n.attrs.dim))
+
+
+_REDUCE = {"reduce_sum": relax.op.sum, "reduce_mean": relax.op.mean, "reduce_max": relax.op.max}
+
+
+def _reduce(ctx: LowerCtx, n: Node) -> relax.Expr:
+    (x,) = ctx.args(n)
+    return ctx.emit(_REDUCE[n.op](x, axis=list(n.attrs.dims), keepdims=n.attrs.keepdim))
+
+
+def _softmax(ctx: LowerCtx, n: Node) -> relax.Expr:
+    (x,) = ctx.args(n)
+    y = ctx.emit(relax.op.nn.softmax(ctx.cast(x, "f32"), axis=n.attrs.dim))
+    return ctx.cast(y, n.out.type.dtype)
+
+
+def _matmul(ctx: LowerCtx, n: Node) -> relax.Expr:
+    a, b = ctx.args(n)
+    dt = n.out.type.dtype
+    return ctx.emit(relax.op.matmul(ctx.cast(a, dt), ctx.cast(b, dt)))
+
+
+def _fused_elementwise(ctx: LowerCtx, n: Node) -> relax.Expr:
+    region = n.attrs.body
+    saved = ctx.node
+    for v, x in zip(region.inputs, ctx.args(n)):
+        ctx.values[id(v)] = x
+    for inner in region.nodes:
+        ctx.lowering._lower_node(ctx, inner)
+    ctx.node = saved
+    return ctx.values[id(region.outputs[0])]
+
+
+# ----------------------------------------------------------------------------------------------
+# LLM ops
+
+
+def _embedding(ctx: LowerCtx, n: Node) -> relax.Expr:
+    ids, table = ctx.args(n)
+    return ctx.emit(relax.op.take(table, ids, axis=0))
+
+
+def _rms_norm(ctx: LowerCtx, n: Node) -> relax.Expr:
+    args = ctx.args(n)
+    w = args[1] if len(args) > 1 else None
+    return ctx.emit_te(te_ops.rms_norm, args[0], w, n.attrs.eps, name="rms_norm")
+
+
+def _layer_norm(ctx: LowerCtx, n: Node) -> relax.Expr:
+    args = ctx.args(n) + [None, None]
+    return ctx.emit_te(te_ops.layer_norm, args[0], args[1], args[2], n.attrs.eps, name="layer_norm")
+
+
+def _rope(ctx: LowerCtx, n: Node) -> relax.Expr:
+    from llmc.ir.ops import rope_inv_freq
+
+    x, pos = ctx.args(n)
+    a = n.attrs
+    hd = ctx.static(n.inputs[0].type.shape[3])
+    if hd is None:
+        raise ctx.unsupported("head_dim must be static")
+    rd = a.rotary_dim or hd
+    inv = relax.const(rope_inv_freq(a, rd).numpy(), "float32")
+    return ctx.emit_te(te_ops.rope, x, pos, inv, rd, a.interleaved, a.mscale, name="rope")
+
+
+def attention_scale(n: Node) -> float:
+    hd = int(n.inputs[0].type.shape[3])
+    return n.attrs.scale or 1.0 / math.sqrt(hd)
+
+
+def _attention(ctx: LowerCtx, n: Node) -> relax.Expr:
+    q, k, v = ctx.args(n)
+    a = n.attrs
+    dt = n.out.type.dtype
+    s = ctx.emit_te(
+        te_ops.attn_scores, q, k, attention_scale(n), a.causal, a.window, name="attn_scores"
+    )
+    p = ctx.cast(ctx.emit(relax.op.nn.softmax(s, axis=-1)), dt)
+    return ctx.emit_te(te_ops.attn_pv, p, v, tvm_dtype(dt), name="attn_pv")
+
+
+def _linear_dense(ctx: LowerCtx, n: Node) -> relax.Expr:
+    x = ctx.arg(n.inputs[0])
+    dt = n.out.type.dtype
+    p = weight_param(ctx, n)
+    w = ctx.weight(p, "dense", dt) if p is not None else ctx.cast(ctx.arg(n.inputs[1]), dt)
+    y = ctx.emit_te(te_ops.linear_dense, x, w, "float32", name="linear")
+    return add_bias_cast(ctx, n, y, dt)
+
+
+def _linear_q4(ctx: LowerCtx, n: Node) -> relax.Expr:
+    x = ctx.arg(n.inputs[0])
+    dt = n.out.type.dtype
+    p = weight_param(ctx, n)
+    assert p is not None and p.format.quant is not None
+    g = p.format.quant.group or int(p.type.shape[1])
+    codes = ctx.weight(p, "q4.codes")
+    scale = ctx.weight(p, "q4.scale", dt)
+    offset = ctx.weight(p, "q4.zero", dt)
+    y = ctx.emit_te(te_ops.linear_q4, x, codes, scale, offset, g, "float32", name="linear_q4")
+    return add_bias_cast(ctx, n, y, dt)
+
+
+def _linear_nm(ctx: LowerCtx, n: Node) -> relax.Expr:
+    x = ctx.arg(n.inputs[0])
+    dt = n.out.type.dtype
+    p = weight_param(ctx, n)
+    assert p is not None and p.format.sparsity is not None
+    s = p.format.sparsity
+    vals = ctx.weight(p, "nm.values", dt)
+    idx = ctx.weight(p, "nm.index")
+    y = ctx.emit_te(te_ops.linear_nm, x, vals, idx, s.n, s.m, "float32", name="linear_nm")
+    return add_bias_cast(ctx, n, y, dt)
+
+
+def _qlinear_a8(ctx: LowerCtx, n: Node) -> relax.Expr:
+    x = ctx.arg(n.inputs[0])
+    dt = n.out.type.dtype
+    p = ctx.graph.root().params[n.attrs.weight]
+    x2, lead = flatten_rows(ctx, x)
+    q = ctx.emit_te(te_ops.act_quant, x2, n.attrs.act_scale, name="act_quant")
+    xq = ctx.emit(relax.TupleGetItem(q, 0))
+    xs = ctx.emit(relax.TupleGetItem(q, 1))
+    wq = ctx.weight(p, "q8.codes")
+    ws = ctx.weight(p, "q8.scale")
+    y = ctx.emit_te(te_ops.int8_linear, xq, xs, wq, ws, "float32", name="int8_linear")
+    if len(n.inputs) == 3:
+        y = ctx.emit(relax.op.add(y, ctx.cast(ctx.arg(n.inputs[2]), "f32")))
+    return ctx.cast(unflatten_rows(ctx, y, lead), dt)
+
+
+def _fallback(ctx: LowerCtx, n: Node) -> relax.Expr:
+    if n.op == "linear":
+        p = weight_param(ctx, n)
+        raise ctx.unsupported(f"no kernel for weight format {p.format if p else '(not a param)'}")
+    raise ctx.unsupported()
+
+
+def _r(name: str, op: str | None, fn: Callable[[LowerCtx, Node], relax.Expr], **kw: Any) -> Rule:
+    kinds = kw.pop("kinds", None)
+    return Rule(name, op, fn, kinds=frozenset(kinds) if kinds else None, **kw)
+
+
+COMMON_RULES: list[Rule] = (
+    [_r(f"unary.{op}", op, _unary) for op in _UNARY]
+    + [_r(f"binary.{op}", op, _binary) for op in _BINARY]
+    + [_r(f"compare.{op}", op, _compare) for op in _COMPARE]
+    + [
+        _r("gelu", "gelu", _gelu),
+        _r("where", "where", _where),
+        _r("constant", "constant", _constant),
+        _r("cast", "cast", _cast),
+        _r("reshape", "reshape", _reshape),
+        _r("permute", "permute", _permute),
+        _r("concat", "concat", _concat),
+        _r("slice", "slice", _slice),
+        _r("index_select", "index_select", _index_select),
+        *[_r(op, op, _reduce) for op in _REDUCE],
+        _r("softmax", "softmax", _softmax),
+        _r("matmul", "matmul", _matmul),
+        _r("fused_elementwise", "fused_elementwise", _fused_elementwise),
+        _r("embedding", "embedding", _embedding),
+        _r("rms_norm", "rms_norm", _rms_norm),
+        _r("layer_norm", "layer_norm", _layer_norm),
+        _r("rope", "rope", _rope),
+        _r("attention", "attention", _attention),
+        _r("linear.q4", "linear", _linear_q4, when=fmt_is(is_q4)),
+        _r("linear.nm", "linear", _linear_nm, when=fmt_is(is_nm)),
+        _r("linear.dense", "linear", _linear_dense, when=lambda c, n: _dense_or_value(c, n)),
+        _r("qlinear_a8", "qlinear_a8", _qlinear_a8),
+    ]
+)
+
+
+def _dense_or_value(ctx: LowerCtx, n: Node) -> bool:
+    p = weight_param(ctx, n)
+    return p is None or is_dense(p)
+
+
+FALLBACK = Rule("fallback", None, _fallback)
+
+
+def rule_list(target_rules: Iterable[Rule]) -> list[Rule]:
+    """User rules, then the target's, then the common ones, then the fallback."""
+    return [*USER_RULES, *target_rules, *COMMON_RULES, FALLBACK]
+
+
+def check_rules(rules: list[Rule]) -> None:
+    if not rules or rules[-1] is not FALLBACK:
+        raise IRError("a rule list must end with the fallback rule")

@@ -1,0 +1,460 @@
+"""Running a compiled TVM artifact with only the TVM *runtime* (no compiler on the deployment box).
+
+::
+
+    from llmc.runtime.tvm_runner import load
+    lm = load("out/tiny")                     # checks target, llmc version, ABI, device
+    logits = lm.prefill([72, 101, 108])       # [vocab] logits of the last prompt token
+    logits = lm.decode(33)                    # one token on top of the cache
+    res = lm.generate([72, 101], 32)          # llmc.runtime.lm.GenerationResult
+    print(lm.bench(prompt_len=32, new_tokens=64))
+
+The runner implements :class:`~llmc.runtime.lm.LanguageModel` (``forward(ids, positions, past)``),
+so ``llmc run``, ``llmc eval`` and ``llmc bench`` work on artifacts unchanged. The KV cache stays on
+the device between calls (torch tensors sharing the TVM buffers through DLPack when torch can see
+the device).
+
+When the TVM package on this machine has no compiler library (a deployment install), or when
+``LLMC_TVM_RUNTIME_ONLY=1``, TVM is imported in runtime-only mode (``TVM_USE_RUNTIME_LIB=1``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llmc.errors import LlmcError
+from llmc.runtime.lm import KV, GenerationResult, LanguageModel, generate
+
+_TVM_DTYPE = {
+    torch.float32: "float32",
+    torch.float16: "float16",
+    torch.bfloat16: "bfloat16",
+    torch.int64: "int64",
+    torch.int32: "int32",
+    torch.int8: "int8",
+    torch.uint8: "uint8",
+}
+BACKEND_ABI = "llmc-tvm-v1"  # keep equal to llmc.backends.pipeline.BACKEND_ABI
+_KIND_DEVICE = {"cpu": "cpu", "cuda": "cuda", "rocm": "rocm"}
+
+
+class ArtifactTargetError(LlmcError):
+    """The artifact cannot run here: another target, another ABI, or a missing device."""
+
+
+# ----------------------------------------------------------------------------------------------
+# importing the TVM runtime
+
+
+def _tvm_pkg_dir() -> Path | None:
+    spec = importlib.util.find_spec("tvm")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def runtime_only_mode() -> bool:
+    """True when TVM is (or will be) imported without its compiler library."""
+    if "tvm" in sys.modules:
+        return os.environ.get("TVM_USE_RUNTIME_LIB") == "1"
+    if os.environ.get("LLMC_TVM_RUNTIME_ONLY") == "1":
+        return True
+    d = _tvm_pkg_dir()
+    return d is not None and not (d / "lib" / "libtvm_compiler.so").exists()
+
+
+def import_tvm_runtime() -> Any:
+    """``tvm.runtime``, imported runtime-only when there is no compiler here (see module doc)."""
+    if "tvm" not in sys.modules and runtime_only_mode():
+        os.environ["TVM_USE_RUNTIME_LIB"] = "1"
+    if _tvm_pkg_dir() is None:
+        raise LlmcError("the TVM runtime is not installed: pip install apache-tvm")
+    import tvm.runtime
+
+    return tvm.runtime
+
+
+def _ensure_device_runtime(kind: str) -> None:
+    """Register the CUDA/ROCm module loaders (not loaded by default in runtime-only mode)."""
+    import tvm_ffi
+
+    key = f"ffi.Module.load_from_bytes.{kind}"
+    if tvm_ffi.get_global_func(key, allow_missing=True) is not None:
+        return
+    d = _tvm_pkg_dir()
+    lib = d / "lib" / f"libtvm_runtime_{kind}.so" if d else None
+    if lib is None or not lib.exists():
+        raise ArtifactTargetError(
+            f"this TVM installation has no {kind} runtime ({lib}); install a TVM build with "
+            f"{kind.upper()} support"
+        )
+    if kind == "cuda":
+        try:  # torch brings libcudart; TVM's CUDA runtime links against it
+            import torch.cuda  # noqa: F401
+        except ImportError:
+            pass
+    try:
+        ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+    except OSError as e:
+        raise ArtifactTargetError(f"cannot load the TVM {kind} runtime {lib}: {e}") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# checks
+
+
+def check_artifact(manifest: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The backend table of a TVM artifact, or :class:`ArtifactTargetError` saying why not."""
+    if manifest.get("runtime") != "tvm" or "backend" not in manifest:
+        raise ArtifactTargetError(
+            f"{path}: not a TVM artifact (runtime {manifest.get('runtime')!r}, target "
+            f"{manifest.get('target')!r})"
+        )
+    backend = manifest["backend"]
+    if backend.get("abi") != BACKEND_ABI:
+        raise ArtifactTargetError(
+            f"{path}: compiled with backend ABI {backend.get('abi')!r}, this llmc runs "
+            f"{BACKEND_ABI!r}; recompile the model"
+        )
+    return backend
+
+
+def check_host(manifest: dict[str, Any], path: Path) -> None:
+    """Refuse an artifact whose code this machine cannot execute."""
+    kind = manifest.get("target_kind")
+    target = manifest.get("target")
+    if kind == "cpu":
+        from llmc.backends.cpu_isa import host_isa_flags
+
+        want = manifest["backend"].get("cpu", {}).get("isa", [])
+        have = set(host_isa_flags())
+        missing = [f for f in want if f not in have]
+        if missing:
+            raise ArtifactTargetError(
+                f"{path}: built for a CPU with {', '.join(missing)} "
+                f"({manifest['backend'].get('cpu', {}).get('mcpu', '?')}); this CPU lacks "
+                f"them: recompile with `llmc compile MODEL --target cpu` on this machine"
+            )
+    elif kind not in _KIND_DEVICE:
+        raise ArtifactTargetError(
+            f"{path}: built for target {target!r} (kind {kind!r}), which the TVM runner "
+            "cannot execute"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# the runner
+
+
+class TVMRunner(LanguageModel):
+    """A compiled artifact, loaded (see the module docstring)."""
+
+    def __init__(
+        self,
+        path: Path,
+        manifest: dict[str, Any],
+        *,
+        device_id: int = 0,
+        random_weights: bool = False,
+        seed: int = 0,
+    ) -> None:
+        rt = import_tvm_runtime()
+        from tvm.runtime.vm import VirtualMachine
+
+        self.path = path
+        self.manifest = manifest
+        self.backend = manifest["backend"]
+        self.kind = str(manifest.get("target_kind"))
+        if self.kind != "cpu":
+            _ensure_device_runtime(self.kind)
+        self.dev = rt.device(_KIND_DEVICE[self.kind], device_id)
+        if not self.dev.exist:
+            raise ArtifactTargetError(
+                f"{path}: built for {manifest.get('target')} ({self.kind}); no {self.kind} "
+                f"device {device_id} on this machine"
+            )
+        self._check_arch()
+        self.device = "cpu" if self.kind == "cpu" else f"{self.kind}:{device_id}"
+        self.device_name = _describe(self.kind, self.dev)
+        self.meta = dict(self.backend.get("model_meta", {}))
+        kv = [i["type"] for i in self.backend["inputs"][2:3]]
+        self.meta.setdefault("kv_dtype", kv[0].split("[")[0] if kv else "f32")
+        t0 = time.perf_counter()
+        self.lib = rt.load_module(str(path / "model.so"))
+        self.vm = VirtualMachine(self.lib, self.dev)
+        self._fns = {name: self.vm[name] for name in self.backend["functions"]}
+        self.weights = self._load_weights(random_weights, seed)
+        names = [w["name"] for w in self.backend["weights"]]
+        self._entry_args = {
+            e: [self.weights[names.index(n)] for n in ws]
+            for e, ws in self.backend["entry_weights"].items()
+        }
+        self.load_s = time.perf_counter() - t0
+        self._torch_dev = self._torch_device()
+        # stateful convenience API (prefill/decode)
+        self._past: KV | None = None
+        self._pos = 0
+
+    # -- loading ----------------------------------------------------------------------------------
+    def _check_arch(self) -> None:
+        want = self.backend.get("arch")
+        if not want or self.kind == "cpu":
+            return
+        have = _device_arch(self.kind, self.dev)
+        if have and not _arch_ok(self.kind, want, have):
+            raise ArtifactTargetError(
+                f"{self.path}: built for {self.manifest.get('target')} ({want}); this device is "
+                f"{have}: recompile with the matching --target"
+            )
+
+    def _load_weights(self, random_weights: bool, seed: int) -> list[Any]:
+        from safetensors import safe_open
+
+        from llmc.frontends.checkpoint import read_safetensors_header
+        from llmc.ir.types import to_torch_dtype
+
+        rt = import_tvm_runtime()
+        handles: dict[str, Any] = {}
+        out = []
+        gen = torch.Generator().manual_seed(seed)
+        for w in self.backend["weights"]:
+            f = w.get("file")
+            if f is None:
+                if not random_weights:
+                    raise LlmcError(
+                        f"{self.path}: weight {w['param']} has no data (architecture-only model);"
+                        " load(..., random_weights=True) to benchmark with random weights"
+                    )
+                t = _random_weight(w, to_torch_dtype(w["dtype"]), gen)
+            else:
+                if f not in handles:
+                    fp = self.path / f
+                    read_safetensors_header(fp)  # validates offsets before anything is read
+                    handles[f] = safe_open(str(fp), framework="pt")
+                t = handles[f].get_tensor(w["key"])
+                if list(t.shape) != list(w["shape"]):
+                    raise LlmcError(
+                        f"{self.path / f}: tensor {w['key']} has shape {list(t.shape)}, the "
+                        f"compiled code expects {w['shape']}"
+                    )
+                t = t.to(to_torch_dtype(w["dtype"]))
+            out.append(self._to_dev(rt, t.contiguous()))
+        return out
+
+    def _torch_device(self) -> str | None:
+        """The torch device sharing memory with ours, if torch can see it."""
+        if self.kind == "cpu":
+            return "cpu"
+        if self.kind == "cuda" and torch.cuda.is_available():
+            return f"cuda:{self.dev.index}"
+        return None
+
+    def _to_dev(self, rt: Any, t: torch.Tensor) -> Any:
+        if self.kind == "cpu":
+            return rt.from_dlpack(_aligned(t))
+        if self.kind == "cuda" and torch.cuda.is_available():
+            return rt.from_dlpack(t.to(f"cuda:{self.dev.index}"))
+        return rt.tensor(t.numpy(), self.dev)
+
+    def _from_dev(self, x: Any) -> torch.Tensor:
+        if self._torch_dev is not None:
+            return torch.from_dlpack(x)
+        return torch.from_numpy(x.numpy())
+
+    # -- LanguageModel ----------------------------------------------------------------------------
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, past: KV
+    ) -> tuple[torch.Tensor, KV]:
+        rt = import_tvm_runtime()
+        b, s = input_ids.shape
+        entry = self._entry(b, s)
+        args = [self._arg(rt, input_ids), self._arg(rt, positions)]
+        for k, v in past:
+            args += [self._arg(rt, k), self._arg(rt, v)]
+        outs = self._fns[entry](*args, *self._entry_args[entry])
+        logits = self._from_dev(outs[0])
+        if logits.device.type != "cpu":
+            logits = logits.cpu()
+        present = [
+            (self._keep(outs[1 + 2 * i]), self._keep(outs[2 + 2 * i])) for i in range(len(past))
+        ]
+        return logits, present
+
+    def _entry(self, b: int, s: int) -> str:
+        for name, fixed in self.backend.get("entries", {}).items():
+            if fixed and fixed.get("batch", b) == b and fixed.get("seq", s) == s:
+                return name
+        return "prefill"
+
+    def _arg(self, rt: Any, t: Any) -> Any:
+        if isinstance(t, _DeviceTensor):
+            return t.handle
+        if isinstance(t, torch.Tensor) and t.numel() == 0:
+            # torch gives empty tensors non-compact strides; TVM checks them
+            return rt.empty(tuple(t.shape), _TVM_DTYPE[t.dtype], self.dev)
+        if isinstance(t, torch.Tensor):
+            if self.kind == "cpu" or (self._torch_dev is not None and t.device.type == "cuda"):
+                return rt.from_dlpack(_aligned(t))
+            return self._to_dev(rt, t.cpu())
+        return t
+
+    def _keep(self, x: Any) -> Any:
+        if self._torch_dev is not None:
+            return torch.from_dlpack(x)
+        return _DeviceTensor(x)
+
+    # -- convenience API --------------------------------------------------------------------------
+    def reset(self) -> None:
+        self._past, self._pos = None, 0
+
+    def prefill(self, ids: list[int] | torch.Tensor) -> torch.Tensor:
+        """Start a sequence: run the prompt, keep its cache; returns the last token's logits."""
+        ids_t = torch.as_tensor(ids, dtype=torch.int64).reshape(1, -1)
+        pos = torch.arange(ids_t.shape[1], dtype=torch.int64)[None]
+        logits, self._past = self.forward(ids_t, pos, self.empty_past(1))
+        self._pos = ids_t.shape[1]
+        return logits[0, -1]
+
+    def decode(self, token: int) -> torch.Tensor:
+        """One token on top of the cache; returns its logits."""
+        if self._past is None:
+            raise LlmcError("decode() before prefill(): start the sequence with prefill(prompt)")
+        ids = torch.tensor([[int(token)]], dtype=torch.int64)
+        pos = torch.tensor([[self._pos]], dtype=torch.int64)
+        logits, self._past = self.forward(ids, pos, self._past)
+        self._pos += 1
+        return logits[0, -1]
+
+    def generate(self, prompt: list[int], max_new_tokens: int, **kw: Any) -> GenerationResult:
+        return generate(self, prompt, max_new_tokens, **kw)
+
+    def bench(
+        self, prompt_len: int = 128, new_tokens: int = 128, repeat: int = 3
+    ) -> dict[str, Any]:
+        """Prefill and decode throughput (best of ``repeat``), as ``llmc bench --json`` reports."""
+        vocab = min(self.vocab_size, 256)
+        prompt = [(i * 7 + 3) % vocab for i in range(prompt_len)]
+        generate(self, prompt[: min(8, prompt_len)], 2)  # warm-up: kernel loading, allocator
+        best: GenerationResult | None = None
+        for _ in range(repeat):
+            r = generate(self, prompt, new_tokens)
+            if best is None or r.decode_s < best.decode_s:
+                best = r
+        assert best is not None
+        steps = max(len(best.step_s), 1)
+        return {
+            "target": self.manifest.get("target"),
+            "device": self.device_name,
+            "prompt_tokens": best.prompt_tokens,
+            "new_tokens": best.new_tokens,
+            "prefill_tokens_per_s": best.prefill_tokens_per_s,
+            "decode_tokens_per_s": best.decode_tokens_per_s,
+            "decode_ms_per_token": 1000.0 * best.decode_s / steps,
+            "repeat": repeat,
+        }
+
+
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """TVM takes tensors whose data is 64-byte aligned (torch's allocator aligns new tensors;
+    views and memory-mapped files may not be)."""
+    t = t.contiguous()
+    if t.numel() and t.data_ptr() % 64:
+        t = t.clone()
+    return t
+
+
+class _DeviceTensor:
+    """A TVM tensor on a device torch cannot see (kept opaque between calls)."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.handle.shape)
+
+
+def _random_weight(w: dict[str, Any], dtype: torch.dtype, gen: torch.Generator) -> torch.Tensor:
+    shape = tuple(w["shape"])
+    layout = str(w["layout"])
+    if dtype == torch.uint8:
+        return torch.randint(0, 256, shape, dtype=torch.uint8, generator=gen)
+    if dtype == torch.int8:
+        return torch.randint(-127, 128, shape, dtype=torch.int8, generator=gen)
+    if layout.endswith("zero"):
+        return torch.full(shape, 8.0, dtype=dtype)
+    if layout.endswith("scale"):
+        return torch.full(shape, 0.002, dtype=dtype)
+    return (torch.randn(shape, generator=gen) * 0.02).to(dtype)
+
+
+def _describe(kind: str, dev: Any) -> str:
+    if kind == "cpu":
+        model = ""
+        try:
+            for line in open("/proc/cpuinfo"):
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+        threads = os.environ.get("TVM_NUM_THREADS", str(os.cpu_count()))
+        return f"cpu: {model or 'unknown'} ({threads} threads)"
+    try:
+        name = dev.device_name
+    except Exception:  # noqa: BLE001
+        name = ""
+    return f"{kind}:{dev.index} {name}".strip()
+
+
+def _device_arch(kind: str, dev: Any) -> str | None:
+    try:
+        if kind == "cuda":
+            return "sm_" + str(dev.compute_version).replace(".", "")
+        if kind == "rocm":
+            return str(dev.compute_version)
+    except Exception:  # noqa: BLE001
+        return None
+    return None
+
+
+def _arch_ok(kind: str, want: str, have: str) -> bool:
+    if kind == "cuda":
+        # SASS for `want` runs on the same major architecture; the embedded PTX JIT-compiles for
+        # newer ones. Older GPUs cannot run it.
+        def num(a: str) -> int:
+            return int("".join(c for c in a if c.isdigit()) or 0)
+
+        return num(have) >= num(want)
+    return want.split(":")[0] in have
+
+
+def load(
+    artifact_dir: str | Path, *, device_id: int = 0, random_weights: bool = False, seed: int = 0
+) -> TVMRunner:
+    """Load a compiled artifact (checks format, llmc version, file hashes, target and device)."""
+    from llmc.artifact import read_manifest
+
+    path = Path(artifact_dir)
+    manifest = read_manifest(path)
+    check_artifact(manifest, path)
+    check_host(manifest, path)
+    return TVMRunner(path, manifest, device_id=device_id, random_weights=random_weights, seed=seed)
+
+
+def read_backend(artifact_dir: str | Path) -> dict[str, Any]:
+    """The backend table of an artifact's manifest (no TVM needed)."""
+    m = json.loads((Path(artifact_dir) / "manifest.json").read_text())
+    return dict(m.get("backend", {}))
+
+
+__all__ = ["ArtifactTargetError", "TVMRunner", "check_artifact", "load", "read_backend"]

@@ -1,0 +1,113 @@
+"""Bad input: unsupported ops, artifacts built for something else, missing toolchains."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from llmc.errors import LlmcError, UnsupportedOpError
+from llmc.ir import GraphBuilder, TensorType, sym
+from tests.backends.conftest import compile_graph
+
+
+def _cond_graph():
+    b = GraphBuilder("c")
+    x = b.input("x", TensorType((sym("seq"),), "f32"))
+    p = b.input("p", TensorType((), "bool"))
+    from llmc.ir.graph import Graph
+
+    def region(op: str) -> Graph:
+        r = Graph("r")
+        r.parent = b.graph
+        a = r.add_input(f"arg_{op}", TensorType((sym("seq"),), "f32"))
+        n = r.make_node(op, [a])
+        r.append(n)
+        r.outputs.append(n.out)
+        return r
+
+    with b.scope("model.blk", "ffn"):
+        y = b.emit("cond", p, x, then_branch=region("exp"), else_branch=region("neg"))
+    b.output(y)
+    return b.finish()
+
+
+def test_unsupported_op_names_op_and_target(tmp_path: Path):
+    with pytest.raises(UnsupportedOpError) as e:
+        compile_graph(_cond_graph(), "cpu", tmp_path / "out")
+    msg = str(e.value)
+    assert "'cond'" in msg and "cpu" in msg and "model.blk" in msg
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def _copy(src: Path, dst: Path, edit) -> Path:
+    shutil.copytree(src, dst)
+    m = json.loads((dst / "manifest.json").read_text())
+    edit(m)
+    (dst / "manifest.json").write_text(json.dumps(m))
+    return dst
+
+
+def test_artifact_for_other_target_refused(toy_cpu: Path, tmp_path: Path):
+    from llmc.runtime.tvm_runner import load
+
+    def fpga(m):
+        m["target"], m["target_kind"] = "u280", "fpga"
+
+    with pytest.raises(LlmcError, match="u280"):
+        load(_copy(toy_cpu, tmp_path / "a", fpga))
+
+    def other_cpu(m):
+        m["backend"]["cpu"]["isa"] = ["avx512f", "amx_tile", "avx512_fp16", "avx2"]
+        m["backend"]["cpu"]["mcpu"] = "future-cpu"
+
+    from llmc.backends.cpu_isa import host_isa_flags
+
+    if not {"amx_tile", "avx512_fp16"} <= set(host_isa_flags()):
+        with pytest.raises(LlmcError, match="recompile"):
+            load(_copy(toy_cpu, tmp_path / "b", other_cpu))
+
+    def old_abi(m):
+        m["backend"]["abi"] = "llmc-tvm-v0"
+
+    with pytest.raises(LlmcError, match="ABI"):
+        load(_copy(toy_cpu, tmp_path / "c", old_abi))
+
+
+def test_artifact_from_other_llmc_version_refused(toy_cpu: Path, tmp_path: Path):
+    from llmc.runtime.tvm_runner import load
+
+    def old(m):
+        m["versions"]["llmc"] = "0.0.1"
+
+    with pytest.raises(LlmcError, match="0.0.1"):
+        load(_copy(toy_cpu, tmp_path / "v", old))
+
+
+def test_tampered_weights_refused(toy_cpu: Path, tmp_path: Path):
+    from llmc.runtime.tvm_runner import load
+
+    dst = _copy(toy_cpu, tmp_path / "t", lambda m: None)
+    data = bytearray((dst / "weights.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (dst / "weights.safetensors").write_bytes(bytes(data))
+    with pytest.raises(LlmcError, match="hash"):
+        load(dst)
+
+
+def test_meta_weights_need_random_weights_flag(tmp_path: Path):
+    from llmc.runtime.tvm_runner import load
+    from tests.lm_fixtures import toy_lm
+
+    g = toy_lm(layers=2)
+    for p in g.params.values():
+        p.data = {k: torch.empty(v.shape, dtype=v.dtype, device="meta") for k, v in p.data.items()}
+    out = compile_graph(g, "cpu", tmp_path / "meta")
+    with pytest.raises(LlmcError, match="random_weights"):
+        load(out)
+    lm = load(out, random_weights=True)
+    logits, _ = lm.forward(torch.tensor([[1, 2]]), torch.arange(2)[None], lm.empty_past(1))
+    assert torch.isfinite(logits).all()
