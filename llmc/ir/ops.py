@@ -644,10 +644,10 @@ def _attention_ref(args: list[torch.Tensor], a: AttentionAttrs, rt: Any) -> torc
 
 def _attention_cost(ins: list[TensorType], out: TensorType, a: Any, in_bytes: list[float]) -> Cost:
     b, h, s, d = (int(x) for x in ins[0].shape)
-    t = int(ins[1].shape[2])
-    # Causal masking halves the useful work only when s == t; count the full product (what
-    # dense kernels execute) plus softmax.
-    return Cost(4.0 * b * h * s * t * d + 5.0 * b * h * s * t, sum(in_bytes), nbytes(out))
+    t, dv = int(ins[1].shape[2]), int(ins[2].shape[3])
+    # Causal masking halves the useful work only when s == t; count the full products q @ k.T
+    # and p @ v (what dense kernels execute) plus softmax.
+    return Cost(2.0 * b * h * s * t * (d + dv) + 5.0 * b * h * s * t, sum(in_bytes), nbytes(out))
 
 
 defop(
