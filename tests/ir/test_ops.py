@@ -539,6 +539,10 @@ def test_attention_flops(causal: bool) -> None:
     # QK^T and PV: 2 * b*h*s*t*d each; softmax: 5 per score (max, sub, exp, sum, div)
     assert c.flops == 2 * 2 * b * h * s * t * d + 5 * b * h * s * t
     assert c.bytes_written == b * h * s * d * 2
+    # a value head dim other than the query's: p @ v costs 2 * b*h*s*t*dv
+    v = TensorType((b, kvh, t, 4), "f16")
+    c = _cost("attention", [q, kv, v], {"causal": causal})
+    assert c.flops == 2 * b * h * s * t * d + 2 * b * h * s * t * 4 + 5 * b * h * s * t
 
 
 def test_views_and_leaves_are_free() -> None:
