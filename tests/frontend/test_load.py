@@ -11,16 +11,17 @@ from safetensors.torch import load_file, save_file
 
 from llmc.errors import ModelLoadError
 from llmc.frontends import LoadedModel, load_model
+from llmc.ir.types import to_torch_dtype
 from llmc.runtime.interp import run
 from tests.frontend.hf_models import VOCAB, make
 
 
 def _logits(g, ids: torch.Tensor) -> torch.Tensor:
     m = g.meta
-    past = [torch.zeros(ids.shape[0], m["num_kv_heads"], 0, m["head_dim"], dtype=torch.float32)]
-    past = [p.to(g.inputs[2].type.dtype == "f16" and torch.float16 or torch.float32) for p in past]
+    dt = to_torch_dtype(g.inputs[2].type.dtype)
+    empty = torch.zeros(ids.shape[0], m["num_kv_heads"], 0, m["head_dim"], dtype=dt)
     pos = torch.arange(ids.shape[1]).expand(ids.shape[0], -1)
-    return run(g, [ids, pos, *(past * (2 * m["num_layers"]))])[0]
+    return run(g, [ids, pos, *([empty] * (2 * m["num_layers"]))])[0]
 
 
 def _save(family: str, tmp_path):
@@ -128,3 +129,25 @@ def test_dtype_override(tmp_path):
 def test_unknown_spec_suggests():
     with pytest.raises(ModelLoadError, match="did you mean 'llama2-7b'"):
         load_model("llama2-7")
+
+
+def test_builtin_tiny():
+    from llmc.models import TINY_DIR
+
+    if not (TINY_DIR / "config.json").is_file():
+        with pytest.raises(ModelLoadError, match="tiny"):
+            load_model("tiny")
+        return
+    import transformers
+
+    m = load_model("tiny")
+    assert m.name == "tiny" and m.tokenizer is not None
+    assert m.graph.meta["vocab_size"] == m.tokenizer.vocab_size
+    ref = transformers.AutoModelForCausalLM.from_pretrained(
+        TINY_DIR, local_files_only=True, trust_remote_code=False
+    ).eval()
+    ids = torch.tensor([m.tokenizer.encode("The cat sat on the mat.")])
+    with torch.no_grad():
+        want = ref(input_ids=ids, use_cache=False).logits
+    got = _logits(m.graph, ids)
+    assert float((got - want).abs().max() / want.abs().max()) <= 1e-4
