@@ -1,6 +1,7 @@
 """Small random Hugging Face models, one per supported family, for differential tests.
 
-Each config exercises what makes its family different: GQA (Llama, Mistral, Qwen2), a sliding
+Each config exercises what makes its family different: GQA (Llama, Mistral, Qwen2), llama3
+rope scaling (Llama), a sliding
 window smaller than the test sequences (Mistral), qkv bias (Qwen2), learned positions with the +2
 offset (OPT), Conv1D with [in, out] weights and tied embeddings (GPT-2), partial rotary and a
 parallel residual (GPT-NeoX).
@@ -23,7 +24,22 @@ RMS = dict(
 )
 
 FAMILIES: dict[str, tuple[type, type, dict]] = {
-    "llama": (T.LlamaConfig, T.LlamaForCausalLM, dict(RMS, rope_theta=5000.0)),
+    # Llama 3.1-style frequency-dependent rope scaling, with a small original context so it bites.
+    "llama": (
+        T.LlamaConfig,
+        T.LlamaForCausalLM,
+        dict(
+            RMS,
+            rope_parameters={
+                "rope_type": "llama3",
+                "rope_theta": 5000.0,
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 16,
+            },
+        ),
+    ),
     "mistral": (T.MistralConfig, T.MistralForCausalLM, dict(RMS, sliding_window=4)),
     "qwen2": (T.Qwen2Config, T.Qwen2ForCausalLM, dict(RMS, tie_word_embeddings=True)),
     "opt": (
