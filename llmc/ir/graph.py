@@ -315,5 +315,27 @@ class GraphBuilder:
     def output(self, *values: Value) -> None:
         self.graph.outputs.extend(values)
 
+    def region(self, *types: TensorType, hint: str = "arg") -> tuple[GraphBuilder, list[Value]]:
+        """A builder for a nested region (a ``cond`` branch) taking inputs of ``types``.
+
+        Example::
+
+            then_b, (x,) = b.region(h.type)
+            then_b.output(x)                                  # identity branch
+            else_b, (y,) = b.region(h.type)
+            else_b.output(else_b.emit("add", y, y))
+            out = b.emit("cond", pred, h, then_branch=then_b.finish(), else_branch=else_b.finish())
+        """
+        r = Graph("region")
+        r.parent = self.graph
+        args = []
+        for t in types:
+            v = Value(self.graph.fresh_name(hint), t)  # fresh_name reserves the name
+            r.inputs.append(v)
+            args.append(v)
+        rb = GraphBuilder(graph=r)
+        rb._scope = [self._scope[-1]]
+        return rb, args
+
     def finish(self) -> Graph:
         return self.graph
