@@ -119,11 +119,18 @@ def test_unsupported_architecture(tmp_path):
 
 
 def test_dtype_override(tmp_path):
-    _save("llama", tmp_path)
-    g = load_model(str(tmp_path), dtype="f16").graph
-    assert g.meta["dtype"] == "f16"
-    assert all(p.type.dtype == "f16" for p in g.params.values())
-    assert g.inputs[2].type.dtype == "f16"
+    """bf16 import: the IR's error against fp32 HF is within 2x HF's own bf16 error."""
+    model = _save("llama", tmp_path)
+    g = load_model(str(tmp_path), dtype="bf16").graph
+    assert g.meta["dtype"] == "bf16"
+    assert all(p.type.dtype == "bf16" for p in g.params.values())
+    assert g.inputs[2].type.dtype == "bf16"
+    ids = torch.randint(0, VOCAB, (2, 7), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        want = model(input_ids=ids, use_cache=False).logits
+        lowp = model.to(torch.bfloat16)(input_ids=ids, use_cache=False).logits.float()
+    got = _logits(g, ids).float()
+    assert (got - want).abs().max() <= 2 * (lowp - want).abs().max() + 1e-3 * want.abs().max()
 
 
 def test_unknown_spec_suggests():
