@@ -115,24 +115,32 @@ class TVMPipeline:
             return tvm.compile(mod, target=tvm_target, relax_pipeline=finalize)
 
     # -- the whole thing ------------------------------------------------------------------------
-    def run(self, graph: Graph, target: Any, out: Path, report: dict[str, Any]) -> dict[str, Any]:
-        """Compile ``graph`` for ``target`` into the directory ``out``; returns manifest fields."""
-        timing: dict[str, float] = {}
+    def compile(
+        self, graph: Graph, target: Any, timing: dict[str, float] | None = None
+    ) -> tuple[relax.VMExecutable, Lowered, tvm.IRModule]:
+        """Every phase but export: the executable, what lowering decided, the scheduled module."""
+        timing = {} if timing is None else timing
         with _timed(timing, "toolchain"), self.toolchain():
             pass  # a missing tool fails here, before minutes of lowering
         tvm_target = self.tvm_target(target)
         with _timed(timing, "lower"):
             lowered = self.lower(graph, target, tvm_target)
-        mod = lowered.mod
         with _timed(timing, "legalize"):
-            mod = self.legalize(mod, tvm_target)
+            mod = self.legalize(lowered.mod, tvm_target)
         with _timed(timing, "schedule"):
             mod = self.schedule(mod, tvm_target)
+        with _timed(timing, "build"):
+            ex = self.build(mod, tvm_target)
+        return ex, lowered, mod
+
+    def run(self, graph: Graph, target: Any, out: Path, report: dict[str, Any]) -> dict[str, Any]:
+        """Compile ``graph`` for ``target`` into the directory ``out``; returns manifest fields."""
+        timing: dict[str, float] = {}
+        ex, lowered, mod = self.compile(graph, target, timing)
+        tvm_target = self.tvm_target(target)
         kernels = sorted(
             gv.name_hint for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)
         )
-        with _timed(timing, "build"):
-            ex = self.build(mod, tvm_target)
         with _timed(timing, "export"):
             lib_fields = self.export_library(ex, out / MODEL_LIB)
             weights = write_weights(graph, lowered.weights, out)
@@ -161,6 +169,20 @@ class TVMPipeline:
             "timing_s": timing,
         }
         return {"runtime": "tvm", "tvm": _tvm_version(), "backend": backend}
+
+
+def device_sources(ex: relax.VMExecutable) -> dict[str, str]:
+    """Generated device code by module kind: CUDA C for ``cuda``, AMDGPU assembly for ``hip``."""
+    out: dict[str, str] = {}
+    stack = [ex.mod]
+    while stack:
+        m = stack.pop()
+        if m.kind == "cuda":
+            out["cuda"] = m.inspect_source("")
+        elif m.kind in ("hip", "rocm"):
+            out[m.kind] = m.inspect_source("asm")
+        stack.extend(m.imports)
+    return out
 
 
 def _target_dict(t: tvm.target.Target) -> dict[str, Any]:

@@ -317,15 +317,38 @@ def attention_scale(n: Node) -> float:
     return n.attrs.scale or 1.0 / math.sqrt(hd)
 
 
+def group_queries(ctx: LowerCtx, q: relax.Expr, kvh: Any) -> relax.Expr:
+    """q [b, h, s, d] -> [b, kvh, g*s, d]: the g query heads sharing a kv head become rows
+    (a view: heads are contiguous)."""
+    b, h, s, d = q.ty.shape.values
+    return ctx.emit(relax.op.reshape(q, [b, kvh, (h // kvh) * s, d]))
+
+
+def ungroup_queries(ctx: LowerCtx, o: relax.Expr, h: Any, s: Any) -> relax.Expr:
+    b, kvh, rows, d = o.ty.shape.values
+    return ctx.emit(relax.op.reshape(o, [b, h, s, d]))
+
+
 def _attention(ctx: LowerCtx, n: Node) -> relax.Expr:
     q, k, v = ctx.args(n)
     a = n.attrs
     dt = n.out.type.dtype
-    s = ctx.emit_te(
-        te_ops.attn_scores, q, k, attention_scale(n), a.causal, a.window, name="attn_scores"
+    b, h, s, d = q.ty.shape.values
+    kvh = k.ty.shape.values[1]
+    qg = group_queries(ctx, q, kvh)
+    qk = ctx.emit_te(te_ops.attn_qk, qg, k, name="attn_qk")
+    p = ctx.emit_te(
+        te_ops.masked_softmax,
+        qk,
+        s,
+        attention_scale(n),
+        a.causal,
+        a.window,
+        tvm_dtype(dt),
+        name="attn_softmax",
     )
-    p = ctx.cast(ctx.emit(relax.op.nn.softmax(s, axis=-1)), dt)
-    return ctx.emit_te(te_ops.attn_pv, p, v, tvm_dtype(dt), name="attn_pv")
+    o = ctx.emit_te(te_ops.attn_pv, p, v, tvm_dtype(dt), name="attn_pv")
+    return ungroup_queries(ctx, o, h, s)
 
 
 def _linear_dense(ctx: LowerCtx, n: Node) -> relax.Expr:

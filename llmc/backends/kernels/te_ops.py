@@ -9,7 +9,6 @@ reference rounds).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from tvm import te, tirx
@@ -120,36 +119,69 @@ def visible(i: Any, j: Any, s: Any, t: Any, causal: bool, window: int) -> Any:
     return cond
 
 
-def attn_scores(q: te.Tensor, k: te.Tensor, scale: float, causal: bool, window: int) -> te.Tensor:
-    """``scale * q . k`` in float32 as [b, h, s, t], masked keys at -inf."""
-    b, h, s, d = q.shape
-    kvh, t = k.shape[1], k.shape[2]
-    group = h // kvh
+def attn_qk(q: te.Tensor, k: te.Tensor) -> te.Tensor:
+    """``q . k`` in float32 for grouped queries: q [b, kvh, g*s, d] (the g query heads that share
+    a kv head stacked along rows), k [b, kvh, t, d] -> [b, kvh, g*s, t].
+
+    A plain batched matrix product (no head broadcast in the indexing), so GPU schedules see a
+    batched GEMV; scaling and masking happen in :func:`masked_softmax`.
+    """
+    b, kvh, rows, d = q.shape
+    t = k.shape[2]
     r = te.reduce_axis((0, d), "r")
-    raw = te.compute(
-        (b, h, s, t),
-        lambda bi, hi, i, j: te.sum(_f32(q[bi, hi, i, r]) * _f32(k[bi, hi // group, j, r]), axis=r),
+    return te.compute(
+        (b, kvh, rows, t),
+        lambda bi, hi, i, j: te.sum(_f32(q[bi, hi, i, r]) * _f32(k[bi, hi, j, r]), axis=r),
         name="attn_qk",
     )
-    ninf = tirx.const(-math.inf, F32)
-    return te.compute(
-        (b, h, s, t),
-        lambda bi, hi, i, j: tirx.if_then_else(
-            visible(i, j, s, t, causal, window), raw[bi, hi, i, j] * tirx.const(scale, F32), ninf
+
+
+def masked_softmax(
+    qk: te.Tensor, s: Any, scale: float, causal: bool, window: int, out_dtype: str
+) -> te.Tensor:
+    """Softmax over keys of ``scale * qk`` ([b, kvh, g*s, t], query row ``r`` is position
+    ``r % s``) with invisible keys excluded, in float32, rounded to ``out_dtype`` (the
+    reference's ``softmax(..., dtype=float32).to(q.dtype)``)."""
+    b, h, rows, t = qk.shape
+    sc = tirx.const(scale, F32)
+
+    def vis(r: Any, j: Any) -> Any:
+        return visible(tirx.floormod(r, s), j, s, t, causal, window)
+
+    j1 = te.reduce_axis((0, t), "j1")
+    mx = te.compute(
+        (b, h, rows),
+        lambda bi, hi, i: te.max(
+            tirx.if_then_else(vis(i, j1), qk[bi, hi, i, j1] * sc, tirx.min_value(F32)), axis=j1
         ),
-        name="attn_scores",
+        name="softmax_max",
+    )
+    e = te.compute(
+        (b, h, rows, t),
+        lambda bi, hi, i, j: tirx.if_then_else(
+            vis(i, j), tirx.exp(qk[bi, hi, i, j] * sc - mx[bi, hi, i]), tirx.const(0.0, F32)
+        ),
+        name="softmax_exp",
+    )
+    j2 = te.reduce_axis((0, t), "j2")
+    den = te.compute(
+        (b, h, rows), lambda bi, hi, i: te.sum(e[bi, hi, i, j2], axis=j2), name="softmax_sum"
+    )
+    return te.compute(
+        (b, h, rows, t),
+        lambda bi, hi, i, j: (e[bi, hi, i, j] / den[bi, hi, i]).astype(out_dtype),
+        name="softmax_norm",
     )
 
 
 def attn_pv(p: te.Tensor, v: te.Tensor, out_dtype: str) -> te.Tensor:
-    """``p @ v`` for probabilities [b, h, s, t] (activation dtype) and v [b, kvh, t, d]."""
-    b, h, s, t = p.shape
-    kvh, d = v.shape[1], v.shape[3]
-    group = h // kvh
+    """``p @ v`` for probabilities [b, kvh, g*s, t] (activation dtype) and v [b, kvh, t, d]."""
+    b, h, rows, t = p.shape
+    d = v.shape[3]
     j = te.reduce_axis((0, t), "j")
     acc = te.compute(
-        (b, h, s, d),
-        lambda bi, hi, i, e: te.sum(_f32(p[bi, hi, i, j]) * _f32(v[bi, hi // group, j, e]), axis=j),
+        (b, h, rows, d),
+        lambda bi, hi, i, e: te.sum(_f32(p[bi, hi, i, j]) * _f32(v[bi, hi, j, e]), axis=j),
         name="attn_pv",
     )
     if out_dtype == F32:

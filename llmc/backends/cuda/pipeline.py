@@ -1,0 +1,73 @@
+"""The CUDA pipeline: dlight-scheduled kernels, compiled to a fatbin by nvcc at build time.
+
+Tables over the shared GPU pipeline (:mod:`llmc.backends.gpu`):
+
+- TVM target: the registry's dict (``{"kind": "cuda", "arch": "sm_90"}``);
+- toolchain: ``nvcc`` (:func:`llmc.backends.toolchain.cuda_toolchain`; a missing nvcc is a
+  :class:`~llmc.backends.toolchain.ToolchainError` saying how to install it);
+- export: TVM keeps CUDA source in the module; :mod:`llmc.backends.export` replaces it with the
+  fatbin (SASS for the arch + PTX) from :func:`~llmc.backends.toolchain.nvcc_compile`, so the
+  artifact loads with the TVM runtime and the CUDA driver only.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+import tvm
+from tvm import relax
+
+from llmc.backends.export import (
+    export_with_device_code,
+    make_cuda_payload,
+    module_sources,
+    split_payload,
+)
+from llmc.backends.gpu import GPUPipeline
+
+
+class CUDAPipeline(GPUPipeline):
+    kind = "cuda"
+
+    def toolchain(self) -> AbstractContextManager[Any]:
+        from llmc.backends.toolchain import cuda_toolchain
+
+        return cuda_toolchain()
+
+    def arch(self, tvm_target: tvm.target.Target) -> str:
+        return str(tvm_target.attrs["arch"])
+
+    def export_library(self, ex: relax.VMExecutable, path: Path) -> dict[str, Any]:
+        from llmc.backends.toolchain import nvcc_compile
+
+        arch = self._arch
+        sources = module_sources(ex.mod, "cuda")
+        compiled: list[dict[str, Any]] = []
+
+        def rewrite(kind: str, payload: bytes) -> bytes:
+            if kind != "cuda":
+                return payload
+            for src in sources:
+                try:
+                    fmt, fmap = split_payload(payload, src)
+                except Exception:  # noqa: BLE001  (not this module's source)
+                    continue
+                if fmt != "cuda":
+                    return payload  # already compiled (a CUDA-enabled build machine)
+                with self.toolchain():
+                    fatbin = nvcc_compile(src.decode(), arch, "fatbin")
+                compiled.append({"arch": arch, "source_bytes": len(src), "fatbin": len(fatbin)})
+                return make_cuda_payload("fatbin", fmap, fatbin)
+            raise RuntimeError("a CUDA module's source was not found in the module tree")
+
+        stats = export_with_device_code(ex, path, rewrite)
+        return {"arch": arch, "device_code": compiled, **stats}
+
+    def run(self, graph: Any, target: Any, out: Path, report: dict[str, Any]) -> dict[str, Any]:
+        self._arch = self.arch(self.tvm_target(target))
+        return super().run(graph, target, out, report)
+
+
+PIPELINE = CUDAPipeline()

@@ -1,0 +1,110 @@
+"""Cross-compilation with no GPU: CUDA artifacts embed real cubins (sm_80, sm_90), ROCm artifacts
+real AMDGPU code objects (gfx90a, gfx942), and a GPU artifact is refused on this machine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from llmc.backends import elfcheck
+from llmc.backends.toolchain import ToolchainError
+from tests.backends.conftest import compile_graph
+from tests.backends.test_codegen_golden import small_graph
+
+ARCH = {"a100": "sm_80", "h100": "sm_90", "mi250x": "gfx90a", "mi300x": "gfx942"}
+
+
+def _build(graph, target: str, out: Path) -> Path:
+    try:
+        return compile_graph(graph, target, out)
+    except ToolchainError as e:
+        pytest.skip(str(e))
+
+
+@pytest.fixture(scope="module")
+def toy_gpu(tmp_path_factory, toy_graph):
+    root = tmp_path_factory.mktemp("gpu")
+    return {t: _build(toy_graph, t, root / t) for t in ("h100", "mi300x")}
+
+
+def _kernels(art: Path) -> set[str]:
+    return set(json.loads((art / "manifest.json").read_text())["backend"]["kernels"])
+
+
+def test_cuda_artifact_has_cubins(toy_gpu):
+    art = toy_gpu["h100"]
+    cubins = elfcheck.find_cubins((art / "model.so").read_bytes())
+    assert cubins and {c.arch for c in cubins} == {"sm_90"}
+    names = {k.removesuffix("_kernel") for c in cubins for k in c.kernels}
+    assert _kernels(art) <= names  # every TIR kernel became device code
+    m = json.loads((art / "manifest.json").read_text())["backend"]
+    assert m["arch"] == "sm_90" and m["device_code"][0]["fatbin"] > 0
+    assert set(m["functions"]) == {"prefill", "decode"}
+    assert m["layer_functions"] == {"prefill_layer": 2, "decode_layer": 2}
+
+
+def test_rocm_artifact_has_code_object(toy_gpu):
+    art = toy_gpu["mi300x"]
+    objs = elfcheck.find_code_objects((art / "model.so").read_bytes())
+    assert len(objs) == 1
+    co = objs[0]
+    assert co.arch == "gfx942" and co.code_object_version >= 5
+    names = {k.removesuffix("_kernel") for k in co.kernels}
+    assert _kernels(art) <= names
+    try:
+        dis = elfcheck.disassemble(co)
+    except ToolchainError as e:
+        pytest.skip(str(e))
+    assert "attention_kernel" in dis
+    assert len(elfcheck.instructions(dis)) > 100
+
+
+@pytest.mark.parametrize("target", ["a100", "mi250x"])
+def test_other_archs(tmp_path, target):
+    art = _build(small_graph(), target, tmp_path / target)
+    blob = (art / "model.so").read_bytes()
+    if target == "a100":
+        archs = {c.arch for c in elfcheck.find_cubins(blob)}
+    else:
+        archs = {c.arch for c in elfcheck.find_code_objects(blob)}
+    assert archs == {ARCH[target]}
+
+
+def test_gpu_artifact_refused_without_gpu(toy_gpu):
+    import tvm
+
+    from llmc.errors import LlmcError
+    from llmc.runtime.tvm_runner import load
+
+    if tvm.cuda(0).exist:
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(LlmcError, match="no cuda device|cuda runtime|cannot load"):
+        load(toy_gpu["h100"])
+
+
+def test_missing_nvcc_names_the_tool(tmp_path, monkeypatch):
+    from llmc.backends import toolchain
+
+    def no_nvcc() -> str:
+        raise toolchain.ToolchainError("nvcc (CUDA toolkit) not found; install it: ...")
+
+    monkeypatch.setattr(toolchain, "find_nvcc", no_nvcc)
+    with pytest.raises(ToolchainError, match="nvcc"):
+        compile_graph(small_graph(), "h100", tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_missing_lld_names_the_tool(tmp_path, monkeypatch):
+    from llmc.backends import toolchain
+
+    def no_lld():
+        raise toolchain.ToolchainError(
+            "ld.lld >= 19 not found (AMDGPU code objects); run `make toolchain`"
+        )
+
+    monkeypatch.setattr(toolchain, "find_ld_lld", no_lld)
+    with pytest.raises(ToolchainError, match="ld.lld"):
+        compile_graph(small_graph(), "mi300x", tmp_path / "x")
+    assert not (tmp_path / "x").exists()
