@@ -31,6 +31,16 @@ BUILTIN: dict[str, str] = {
     "cse": "llmc.passes.cse:CommonSubexpressionElimination",
     "const-fold": "llmc.passes.const_fold:ConstantFolding",
     "fuse-elementwise": "llmc.passes.fuse_elementwise:FuseElementwise",
+    # pruning
+    "magnitude": "llmc.passes.magnitude:MagnitudePrune",
+    "wanda": "llmc.passes.wanda:WandaPrune",
+    "sparsegpt": "llmc.passes.sparsegpt:SparseGPTPrune",
+    "flap": "llmc.passes.flap:FlapPrune",
+    # quantization
+    "rtn": "llmc.passes.rtn:RTNQuant",
+    "gptq": "llmc.passes.gptq:GPTQQuant",
+    "smoothquant": "llmc.passes.smoothquant:SmoothQuant",
+    "w8a8": "llmc.passes.w8a8:W8A8",
 }
 
 _USER: dict[str, type[Pass]] = {}

@@ -1,0 +1,241 @@
+"""Shared machinery of the weight-quantization passes (rtn, gptq, w8a8).
+
+Codes are stored one per element in int8 tensors, scales in float32 ``[out, in // group]`` (or
+``[out, 1]`` per channel), zero points (asymmetric only) in int8, exactly as
+:mod:`llmc.ir.params` defines; the interpreter dequantizes ``(q - zero) * scale``.
+
+Symmetric (default): ``scale = max|w| / qmax`` per group, codes in ``[-qmax, qmax]``
+(``qmax = 2**(bits-1) - 1``). Asymmetric: ``scale = (max - min) / (2**bits - 1)`` over the group
+range widened to include 0, ``zero = round(-min / scale)``, codes in ``[0, 2**bits - 1]`` (at most
+7 bits: codes live in int8).
+
+Group sizes: ``group=0`` is one scale per output channel. A layer whose input width is not a
+multiple of ``group`` uses the largest power of two below ``group`` that divides its width (recorded
+per layer as ``group``; e.g. ``tiny``'s ``down_proj`` has 704 inputs, so ``group=128`` gives 64 there).
+Pruned weights stay zero through quantization (their codes are the zero point).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from llmc.errors import PassError
+from llmc.ir.graph import Graph
+from llmc.ir.params import Param, QuantSpec, StorageFormat, group_count
+from llmc.passes.base import CalibrationError, Pass, PassContext, PassOptionError
+from llmc.passes.calibration import InputStats, output_error, run_layerwise
+from llmc.passes.select import DEFAULT_EXCLUDE, Target, select_linears
+
+
+def effective_group(in_features: int, group: int) -> int:
+    """``group`` if it divides ``in_features``; else the largest power of two below ``group``
+    that divides it (what kernels tile well), else the largest divisor. 0: per channel."""
+    if group == 0 or group >= in_features:
+        return 0 if group == 0 else in_features
+    if in_features % group == 0:
+        return group
+    p = 1 << (group.bit_length() - 1)
+    while p > 1:
+        if in_features % p == 0 and p <= group:
+            return p
+        p >>= 1
+    for g in range(group, 0, -1):
+        if in_features % g == 0:
+            return g
+    return 1
+
+
+def qrange(bits: int, sym: bool) -> tuple[int, int]:
+    if sym:
+        q = 2 ** (bits - 1) - 1
+        return -q, q
+    return 0, 2**bits - 1
+
+
+def find_params(w: torch.Tensor, bits: int, sym: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Scale ``[rows, 1]`` (and zero point) for each row of ``w`` (a group of columns)."""
+    if sym:
+        _, qmax = qrange(bits, True)
+        scale = w.abs().amax(dim=1, keepdim=True).clamp_min(1e-10) / qmax
+        return scale, None
+    lo = w.amin(dim=1, keepdim=True).clamp_max(0)
+    hi = w.amax(dim=1, keepdim=True).clamp_min(0)
+    scale = ((hi - lo) / (2**bits - 1)).clamp_min(1e-10)
+    zero = torch.round(-lo / scale)
+    return scale, zero
+
+
+def quantize_cols(
+    w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, bits: int, sym: bool
+) -> torch.Tensor:
+    """Integer codes of ``w`` (float tensor of codes) with per-row ``scale``/``zero``."""
+    lo, hi = qrange(bits, sym)
+    q = torch.round(w / scale)
+    if zero is not None:
+        q = q + zero
+    return q.clamp(lo, hi)
+
+
+def dequant_cols(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None) -> torch.Tensor:
+    return (q - zero) * scale if zero is not None else q * scale
+
+
+def rtn_quantize(
+    w: torch.Tensor, bits: int, group: int, sym: bool, keep: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Round-to-nearest: codes ``[out, in]``, scales ``[out, groups]``, zeros or None."""
+    out_f, in_f = w.shape
+    g = in_f if group == 0 else group
+    wg = w.reshape(out_f, in_f // g, g).reshape(-1, g)
+    scale, zero = find_params(wg, bits, sym)
+    q = quantize_cols(wg, scale, zero, bits, sym)
+    q = q.reshape(out_f, in_f)
+    scale = scale.reshape(out_f, in_f // g)
+    z = zero.reshape(out_f, in_f // g) if zero is not None else None
+    if keep is not None:
+        q = torch.where(keep, q, _zero_codes(z, g, q))
+    return q, scale, z
+
+
+def _zero_codes(zero: torch.Tensor | None, g: int, like: torch.Tensor) -> torch.Tensor:
+    if zero is None:
+        return torch.zeros_like(like)
+    return zero.repeat_interleave(g, dim=1)
+
+
+def store_quantized(
+    p: Param,
+    codes: torch.Tensor,
+    scale: torch.Tensor,
+    zero: torch.Tensor | None,
+    spec: QuantSpec,
+) -> None:
+    """Write codes/scales into ``p`` (new tensors), keeping its sparsity spec."""
+    data = {
+        "qvalue": codes.round().to(torch.int8).contiguous(),
+        "scale": scale.to(torch.float32).contiguous(),
+    }
+    if zero is not None:
+        data["zero"] = zero.round().to(torch.int8).contiguous()
+    p.data = data
+    p.format = StorageFormat(spec, p.format.sparsity)
+    p.invalidate()
+
+
+@dataclass(frozen=True)
+class QuantBase(Pass):
+    """Options common to the weight-quantization passes."""
+
+    bits: int = 4
+    group: int = 128
+    sym: bool = True
+    include: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = DEFAULT_EXCLUDE
+    measure: bool = True  # measure each layer's output error on calibration data
+
+    needs_calibration: ClassVar[bool] = False
+    needs_hessian: ClassVar[bool] = False
+    method: ClassVar[str] = "rtn"
+
+    def check(self) -> None:
+        if isinstance(self.bits, bool) or not 2 <= self.bits <= 8:
+            raise PassOptionError(f"bits must be in 2..8, got {self.bits}")
+        if self.group < 0:
+            raise PassOptionError(
+                f"group must be >= 0 (0 = one scale per output channel), got {self.group}"
+            )
+        if not self.sym and self.bits == 8:
+            raise PassOptionError(
+                "asymmetric 8-bit codes (0..255) do not fit llmc's int8 code storage; "
+                "use sym=true for 8 bits"
+            )
+
+    def quantize(
+        self, w: torch.Tensor, group: int, stats: InputStats | None, keep: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        raise NotImplementedError
+
+    def targets(self, graph: Graph) -> list[Target]:
+        ts = select_linears(graph, self.include, self.exclude, pass_name=self.name)
+        for t in ts:
+            if t.param.format.quant is not None:
+                raise PassError(
+                    f"{t.path} is already quantized ({t.param.format}); quantize it once"
+                )
+        return ts
+
+    def run(self, graph: Graph, ctx: PassContext) -> None:
+        targets = self.targets(graph)
+        rep = ctx.report
+        rep.set(bits=self.bits, group=self.group, sym=self.sym, layers_targeted=len(targets))
+        if not targets:
+            return
+        bytes_before = sum(t.param.storage_bytes() for t in targets)
+        if any(t.param.is_meta for t in targets):
+            for t in targets:
+                g = effective_group(t.in_features, self.group)
+                spec = QuantSpec(self.bits, g, self.sym, self.method)
+                shape = (t.out_features, group_count(t.in_features, g))
+                meta = {
+                    "qvalue": torch.empty(t.param.type.shape, dtype=torch.int8, device="meta"),
+                    "scale": torch.empty(shape, dtype=torch.float32, device="meta"),
+                }
+                if not self.sym:
+                    meta["zero"] = torch.empty(shape, dtype=torch.int8, device="meta")
+                t.param.data = meta
+                t.param.format = StorageFormat(spec, t.param.format.sparsity)
+            rep.set(
+                meta=True,
+                bytes_before=bytes_before,
+                bytes_after=sum(t.param.storage_bytes() for t in targets),
+            )
+            return
+        by_node = {id(t.node): t for t in targets}
+
+        def do(t: Target, stats: InputStats | None) -> None:
+            w = t.param.value().to(torch.float32)
+            keep = (w != 0) if t.param.format.sparsity is not None else None
+            g = effective_group(t.in_features, self.group)
+            t0 = time.perf_counter()
+            codes, scale, zero = self.quantize(w, g, stats, keep)
+            spec = QuantSpec(self.bits, g, self.sym, self.method)
+            store_quantized(t.param, codes, scale, zero, spec)
+            new = t.param.value().to(torch.float32)
+            err = output_error(w, new, stats) if stats is not None else float("nan")
+            rep.layer(
+                t.path,
+                group=g,
+                rel_error=None if err != err else round(err, 6),
+                seconds=round(time.perf_counter() - t0, 4),
+            )
+
+        calibrate = self.needs_calibration or self.measure
+        if calibrate:
+            try:
+                info = run_layerwise(
+                    graph,
+                    ctx,
+                    [t.node for t in targets],
+                    lambda seg, stats: [do(by_node[id(n)], s) for n, s in stats.items()],
+                    hessian=self.needs_hessian or self.measure,
+                )
+                rep.set(**info.to_dict())
+            except CalibrationError:
+                if self.needs_calibration:
+                    raise
+                calibrate = False
+        if not calibrate:
+            for t in targets:
+                do(t, None)
+        bytes_after = sum(t.param.storage_bytes() for t in targets)
+        errs = [r["rel_error"] for r in rep.get("layers", []) if r["rel_error"] is not None]
+        rep.set(
+            bytes_before=int(bytes_before),
+            bytes_after=int(bytes_after),
+            bytes_saved=int(bytes_before - bytes_after),
+            mean_rel_error=round(sum(errs) / len(errs), 6) if errs else None,
+        )
