@@ -1,0 +1,227 @@
+"""Export a (compressed) graph as a Hugging Face model directory that ``transformers`` loads.
+
+Layout written (atomically: a temporary sibling directory renamed into place)::
+
+    OUT/config.json               the model config (FFN width and ``mlp_bias`` updated after
+                                  structured pruning); no ``quantization_config`` key, so any
+                                  transformers version loads the weights as plain tensors
+    OUT/model.safetensors         every weight as a dense tensor in the model's dtype: pruned
+                                  weights hold their zeros, quantized weights their dequantized
+                                  values ``(q - zero) * scale`` — exactly what llmc computes
+    OUT/llmc_quantized.safetensors  the integer form of quantized weights: ``NAME.qweight`` (int8
+                                  codes, one per element), ``NAME.scale`` ([out, groups] float32),
+                                  ``NAME.zero`` (asymmetric only)
+    OUT/llmc_compression.json     the compression config (schema ``llmc-compression-v1``): per
+                                  weight its quantization (bits, group, symmetric, method) and
+                                  sparsity (unstructured density or N:M), which linears quantize
+                                  activations (W8A8: int8, per token, dynamic, symmetric, or a
+                                  static per-tensor scale), and the pipeline that produced it
+    OUT/tokenizer.json            when the model has a tokenizer
+
+What transformers runs from this directory is the dense-float equivalent of the compressed model:
+identical for pruning, weight-only quantization, SmoothQuant smoothing and structured pruning; for
+W8A8 the activation rounding is not applied (the config says where it belongs).
+
+Supported: Llama-family graphs (``llama``, ``mistral``, ``qwen2`` meta families with Llama module
+names). Example::
+
+    export_hf(graph, Path("out/tiny-2of4"), tokenizer=tok, config=loaded.config)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llmc.errors import LlmcError
+from llmc.ir.graph import Graph
+
+SCHEMA = "llmc-compression-v1"
+_LLAMA_LIKE = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+}
+
+
+class ExportError(LlmcError):
+    """The graph cannot be written as a Hugging Face directory (the message says why)."""
+
+
+def _config_from_meta(graph: Graph) -> dict[str, Any]:
+    m = graph.meta
+    family = str(m.get("family", ""))
+    if family not in _LLAMA_LIKE:
+        raise ExportError(
+            f"export to Hugging Face supports Llama-family graphs ({', '.join(_LLAMA_LIKE)}); "
+            f"graph @{graph.name} is family {family!r}"
+        )
+    eps = next((float(n.attrs.eps) for n in graph.nodes if n.op == "rms_norm"), 1e-6)
+    rope = m.get("rope") or {}
+    scaling = rope.get("scaling", "none") or "none"
+    if scaling not in ("none", ""):
+        raise ExportError(f"export: rope scaling {scaling!r} is not supported yet")
+    theta = float(rope.get("theta", 10000.0))
+    return {
+        "architectures": [m.get("architecture") or _LLAMA_LIKE[family]],
+        "model_type": family,
+        "hidden_size": int(m["hidden_size"]),
+        "intermediate_size": int(m["intermediate_size"]),
+        "num_hidden_layers": int(m["num_layers"]),
+        "num_attention_heads": int(m["num_heads"]),
+        "num_key_value_heads": int(m["num_kv_heads"]),
+        "head_dim": int(m["head_dim"]),
+        "vocab_size": int(m["vocab_size"]),
+        "max_position_embeddings": int(m.get("max_position_embeddings", 2048)),
+        "rms_norm_eps": eps,
+        "rope_theta": theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": theta},
+        "tie_word_embeddings": bool(m.get("tie_word_embeddings", False)),
+        "hidden_act": str(m.get("activation", "silu")),
+        "attention_bias": False,
+        "mlp_bias": False,
+        "torch_dtype": {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}.get(
+            str(m.get("param_dtype", m.get("dtype", "f32"))), "float32"
+        ),
+    }
+
+
+def _ffn_widths(graph: Graph, n_layers: int, prefix: str) -> set[int]:
+    out = set()
+    for i in range(n_layers):
+        p = graph.params.get(f"{prefix}.{i}.mlp.down_proj.weight")
+        if p is not None:
+            out.add(int(p.type.shape[1]))
+    return out
+
+
+def export_hf(
+    graph: Graph,
+    out_dir: Path | str,
+    *,
+    tokenizer: Any = None,
+    config: dict[str, Any] | None = None,
+    pipeline: str = "",
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write ``graph`` to ``out_dir`` (see the module docstring); returns a summary dict."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise ExportError(
+            f"{out}: exists and is not an empty directory; remove it or choose another"
+        )
+    if any(p.is_meta for p in graph.params.values()):
+        raise ExportError(
+            f"graph @{graph.name} has no weight data (architecture-only model): nothing to export"
+        )
+    cfg = dict(config) if config else _config_from_meta(graph)
+    cfg.pop("quantization_config", None)
+    n_layers = int(cfg.get("num_hidden_layers", graph.meta.get("num_layers", 0)))
+    prefix = str(graph.meta.get("layer_prefix", "model.layers"))
+    widths = _ffn_widths(graph, n_layers, prefix)
+    if len(widths) > 1:
+        raise ExportError(
+            f"FFN widths differ between layers ({sorted(widths)}); a Hugging Face config has one "
+            "intermediate_size: prune with the same ratio in every layer"
+        )
+    if widths:
+        cfg["intermediate_size"] = widths.pop()
+    tensors: dict[str, torch.Tensor] = {}
+    quantized: dict[str, torch.Tensor] = {}
+    weights: dict[str, Any] = {}
+    for name, p in graph.params.items():
+        tensors[name] = p.value().contiguous().clone()
+        entry: dict[str, Any] = {}
+        q, s = p.format.quant, p.format.sparsity
+        if q is not None:
+            entry["quant"] = {
+                "bits": q.bits,
+                "group": q.group,
+                "symmetric": q.symmetric,
+                "method": q.method,
+                "dequantized": "(qweight - zero) * scale, per group of `group` inputs",
+            }
+            quantized[f"{name}.qweight"] = p.data["qvalue"].contiguous()
+            quantized[f"{name}.scale"] = p.data["scale"].contiguous()
+            if "zero" in p.data:
+                quantized[f"{name}.zero"] = p.data["zero"].contiguous()
+        if s is not None:
+            entry["sparsity"] = (
+                {"pattern": f"{s.n}:{s.m}", "density": s.density}
+                if s.kind == "nm"
+                else {"pattern": "unstructured", "density": s.density}
+            )
+        if entry:
+            weights[name] = entry
+    # biases added by structured pruning: HF's mlp_bias gives every MLP linear a bias
+    if any(k.endswith("mlp.down_proj.bias") for k in tensors):
+        cfg["mlp_bias"] = True
+        for i in range(n_layers):
+            for proj in ("gate_proj", "up_proj", "down_proj"):
+                w = tensors.get(f"{prefix}.{i}.mlp.{proj}.weight")
+                bname = f"{prefix}.{i}.mlp.{proj}.bias"
+                if w is not None and bname not in tensors:
+                    tensors[bname] = torch.zeros(w.shape[0], dtype=w.dtype)
+    if cfg.get("tie_word_embeddings") and "lm_head.weight" in tensors:
+        emb = tensors.get("model.embed_tokens.weight")
+        if emb is not None and torch.equal(emb, tensors["lm_head.weight"]):
+            del tensors["lm_head.weight"]
+        else:
+            cfg["tie_word_embeddings"] = False
+    activations = {}
+    for n in graph.nodes:
+        if n.op == "qlinear_a8":
+            activations[n.attrs.weight] = (
+                {
+                    "bits": 8,
+                    "symmetric": True,
+                    "granularity": "per-tensor",
+                    "dynamic": False,
+                    "scale": n.attrs.act_scale,
+                }
+                if n.attrs.act_scale > 0
+                else {"bits": 8, "symmetric": True, "granularity": "per-token", "dynamic": True}
+            )
+    compression = {
+        "schema": SCHEMA,
+        "producer": "llmc",
+        "pipeline": pipeline,
+        "weights": weights,
+        "input_activations": activations,
+        "notes": (
+            "model.safetensors holds dense (dequantized, pruned) weights that transformers loads "
+            "as is; llmc_quantized.safetensors holds the integer codes. input_activations lists "
+            "the linears whose inputs a W8A8 runtime quantizes (not applied by transformers)."
+        ),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if quantized:
+            save_file(quantized, str(tmp / "llmc_quantized.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        (tmp / "llmc_compression.json").write_text(json.dumps(compression, indent=2) + "\n")
+        if tokenizer is not None and hasattr(tokenizer, "save"):
+            tokenizer.save(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {
+        "out": str(out),
+        "tensors": len(tensors),
+        "quantized_weights": sum(1 for w in weights.values() if "quant" in w),
+        "sparse_weights": sum(1 for w in weights.values() if "sparsity" in w),
+        "intermediate_size": cfg.get("intermediate_size"),
+    }
