@@ -45,8 +45,9 @@ from llmc.backends.rules import (
 from llmc.ir.graph import Node
 from llmc.ir.params import Param
 
-#: Output rows per panel: 16 float32 lanes = one AVX-512 register (two AVX2 registers).
-NB = 16
+#: Output rows per panel: 64 float32 = four AVX-512 registers (the layout is part of the
+#: artifact's ABI; the ISA check on load keeps it on the kind of CPU it was tuned for).
+NB = 64
 
 
 @cache
@@ -100,6 +101,12 @@ def _rows(x: relax.Expr) -> Any:
     return x.ty.shape.values[0]
 
 
+def _static_rows(x: relax.Expr) -> int | None:
+    """1 when the row count is statically one (decode), else None (symbolic)."""
+    r = _rows(x)
+    return 1 if isinstance(r, tvm.tirx.IntImm) and int(r) == 1 else None
+
+
 def _linear_panel(ctx: LowerCtx, n: Node) -> relax.Expr:
     dt = n.out.type.dtype
     p = weight_param(ctx, n)
@@ -107,10 +114,10 @@ def _linear_panel(ctx: LowerCtx, n: Node) -> relax.Expr:
     out_f, in_f = (int(d) for d in p.type.shape)
     x, lead = flatten_rows(ctx, ctx.arg(n.inputs[0]))
     w = ctx.weight(p, f"panel{NB}", dt)
-    xdt, wdt = x.ty.dtype, tvm_dtype(dt)
+    xdt, wdt, m = x.ty.dtype, tvm_dtype(dt), _static_rows(x)
     y = ctx.call_kernel(
-        ("panel_gemm", in_f, out_f, NB, xdt, wdt),
-        lambda: cpu_kernels.panel_gemm(in_f, out_f, NB, xdt, wdt),
+        ("panel_gemm", in_f, out_f, NB, xdt, wdt, m),
+        lambda: cpu_kernels.panel_gemm(in_f, out_f, NB, xdt, wdt, m),
         "panel_gemm",
         [x, w],
         relax.TensorType([_rows(x), out_f], "float32"),
@@ -128,10 +135,10 @@ def _linear_panel_q4(ctx: LowerCtx, n: Node) -> relax.Expr:
     codes = ctx.weight(p, f"panel{NB}.q4.codes")
     scale = ctx.weight(p, f"panel{NB}.q4.scale", dt)
     offset = ctx.weight(p, f"panel{NB}.q4.zero", dt)
-    xdt, sdt = x.ty.dtype, tvm_dtype(dt)
+    xdt, sdt, m = x.ty.dtype, tvm_dtype(dt), _static_rows(x)
     y = ctx.call_kernel(
-        ("panel_gemm_q4", in_f, out_f, NB, g, xdt, sdt),
-        lambda: cpu_kernels.panel_gemm_q4(in_f, out_f, NB, g, xdt, sdt),
+        ("panel_gemm_q4", in_f, out_f, NB, g, xdt, sdt, m),
+        lambda: cpu_kernels.panel_gemm_q4(in_f, out_f, NB, g, xdt, sdt, m),
         "panel_gemm_q4",
         [x, codes, scale, offset],
         relax.TensorType([_rows(x), out_f], "float32"),
@@ -148,10 +155,10 @@ def _linear_panel_nm(ctx: LowerCtx, n: Node) -> relax.Expr:
     x, lead = flatten_rows(ctx, ctx.arg(n.inputs[0]))
     vals = ctx.weight(p, f"panel{NB}.nm.values", dt)
     idx = ctx.weight(p, f"panel{NB}.nm.index")
-    xdt, wdt = x.ty.dtype, tvm_dtype(dt)
+    xdt, wdt, rows = x.ty.dtype, tvm_dtype(dt), _static_rows(x)
     y = ctx.call_kernel(
-        ("panel_gemm_nm", in_f, out_f, NB, keep, m, xdt, wdt),
-        lambda: cpu_kernels.panel_gemm_nm(in_f, out_f, NB, keep, m, xdt, wdt),
+        ("panel_gemm_nm", in_f, out_f, NB, keep, m, xdt, wdt, rows),
+        lambda: cpu_kernels.panel_gemm_nm(in_f, out_f, NB, keep, m, xdt, wdt, rows),
         "panel_gemm_nm",
         [x, vals, idx],
         relax.TensorType([_rows(x), out_f], "float32"),
@@ -205,7 +212,8 @@ def _dense_param(ctx: LowerCtx, n: Node) -> bool:
 
 class CPUPipeline(TVMPipeline):
     kind = "cpu"
-    entries = (Entry("prefill"),)
+    # decode (one row) gets its own entry: register blocks of one row, no padding
+    entries = (Entry("prefill"), Entry("decode", (("batch", 1), ("seq", 1))))
 
     def tvm_target(self, target: Any) -> tvm.target.Target:
         d = dict(target.tvm_target or {"kind": "llvm"})
