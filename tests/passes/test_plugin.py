@@ -105,3 +105,42 @@ def test_cli_lists_and_rejects_via_plugin(plugin_site) -> None:
     )
     assert res.returncode == 0, res.stderr
     assert "round-weights" in res.stdout and "clip-weights" in res.stdout
+
+
+def _cli(plugin_site, *args):
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(plugin_site), str(Path.cwd())]),
+        OMP_NUM_THREADS="1",
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "llmc.cli", *args], capture_output=True, text=True, env=env
+    )
+
+
+def test_plugin_pass_runs_from_llmc_compile(plugin_site) -> None:
+    import json
+
+    res = _cli(
+        plugin_site,
+        "compile",
+        "tiny",
+        "--passes",
+        "round-weights:frac_bits=6,dce",
+        "--dry-run",
+        "--json",
+    )
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert [p["pass"] for p in report["passes"]] == ["round-weights", "dce"]
+    assert report["passes"][0]["weights_rounded"] == 29  # 28 layer linears + lm_head
+
+
+def test_plugin_pass_breaking_the_ir_fails_the_cli_in_one_line(plugin_site) -> None:
+    res = _cli(plugin_site, "compile", "tiny", "--passes", "dce,break-ir", "--dry-run")
+    assert res.returncode != 0
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith(
+        "llmc: error: pass 'break-ir' (#2 of 2, after dce) left the IR invalid"
+    )
