@@ -351,6 +351,101 @@ def _attention(ctx: LowerCtx, n: Node) -> relax.Expr:
     return ungroup_queries(ctx, o, h, s)
 
 
+#: target kind -> module with the hand-written attention kernels (attention_sync, async_partials,
+#: async_combine): the same algorithm, parallelised per row (CPU) or per thread block (GPU).
+ATTENTION_KERNELS = {
+    "cpu": "llmc.backends.kernels.attention_cpu",
+    "cuda": "llmc.backends.kernels.attention_gpu",
+    "rocm": "llmc.backends.kernels.attention_gpu",
+}
+
+
+def attention_kernels(ctx: LowerCtx) -> Any:
+    import importlib
+
+    return importlib.import_module(ATTENTION_KERNELS[ctx.kind])
+
+
+def head_dims(ctx: LowerCtx, n: Node) -> tuple[int, int, int] | None:
+    q, k = n.inputs[0].type, n.inputs[1].type
+    h, kvh, d = ctx.static(q.shape[1]), ctx.static(k.shape[1]), ctx.static(q.shape[3])
+    if h is None or kvh is None or d is None:
+        return None
+    return h, kvh, d
+
+
+def _attention_kernel_ok(ctx: LowerCtx, n: Node) -> bool:
+    if ctx.kind not in ATTENTION_KERNELS:
+        return False
+    dims = head_dims(ctx, n)
+    if dims is None or ctx.static(n.inputs[2].type.shape[3]) != dims[2]:
+        return False  # the kernels need static heads and v's head_dim equal to q's
+    if ctx.kind != "cpu":
+        from llmc.backends.kernels.attention_gpu import warp_layout
+
+        try:
+            warp_layout(dims[2])
+        except ValueError:
+            return False
+    return True
+
+
+def _attention_kernel(ctx: LowerCtx, n: Node) -> relax.Expr:
+    q, k, v = ctx.args(n)
+    a = n.attrs
+    dims = head_dims(ctx, n)
+    assert dims is not None
+    h, kvh, d = dims
+    dt = tvm_dtype(n.out.type.dtype)
+    scale = attention_scale(n)
+    mod = attention_kernels(ctx)
+    key = (mod.__name__, "sync", h, kvh, d, dt, scale, a.causal, a.window)
+    return ctx.call_kernel(
+        key,
+        lambda: mod.attention_sync(h, kvh, d, dt, scale, a.causal, a.window),
+        "attention",
+        [q, k, v],
+        q.ty,
+    )
+
+
+def _attention_async(ctx: LowerCtx, n: Node) -> relax.Expr:
+    """FlashDecoding++'s asynchronous softmax: split-KV partials with the unified max, then a
+    combine that checks the range per row and recomputes out-of-range rows synchronously."""
+    q, k, v = ctx.args(n)
+    a = n.attrs
+    dims = head_dims(ctx, n)
+    assert dims is not None
+    h, kvh, d = dims
+    dt = tvm_dtype(n.out.type.dtype)
+    scale = attention_scale(n)
+    mod = attention_kernels(ctx)
+    b, _, s, _ = q.ty.shape.values
+    t = k.ty.shape.values[2]
+    nc = (t + (a.chunk - 1)) // a.chunk
+    f32 = "float32"
+    parts = ctx.call_kernel(
+        (mod.__name__, "partials", h, kvh, d, dt, scale, a.causal, a.window, a.chunk, a.phi),
+        lambda: mod.async_partials(h, kvh, d, dt, scale, a.causal, a.window, a.chunk, a.phi),
+        "attention_async_partials",
+        [q, k, v],
+        [
+            relax.TensorType([b, h, s, nc, d], f32),
+            relax.TensorType([b, h, s, nc], f32),
+            relax.TensorType([b, h, s, nc], f32),
+        ],
+    )
+    po, ps, pm = (ctx.emit(relax.TupleGetItem(parts, i)) for i in range(3))
+    key = (mod.__name__, "combine", h, kvh, d, dt, scale, a.causal, a.window, a.phi, a.lo, a.hi)
+    return ctx.call_kernel(
+        key,
+        lambda: mod.async_combine(h, kvh, d, dt, scale, a.causal, a.window, a.phi, a.lo, a.hi),
+        "attention_async_combine",
+        [q, k, v, po, ps, pm],
+        q.ty,
+    )
+
+
 def _linear_dense(ctx: LowerCtx, n: Node) -> relax.Expr:
     x = ctx.arg(n.inputs[0])
     dt = n.out.type.dtype
@@ -435,7 +530,14 @@ COMMON_RULES: list[Rule] = (
         _r("rms_norm", "rms_norm", _rms_norm),
         _r("layer_norm", "layer_norm", _layer_norm),
         _r("rope", "rope", _rope),
-        _r("attention", "attention", _attention),
+        _r("attention.kernel", "attention", _attention_kernel, when=_attention_kernel_ok),
+        _r("attention.te", "attention", _attention),
+        _r(
+            "attention_async.kernel",
+            "attention_async",
+            _attention_async,
+            when=_attention_kernel_ok,
+        ),
         _r("linear.q4", "linear", _linear_q4, when=fmt_is(is_q4)),
         _r("linear.nm", "linear", _linear_nm, when=fmt_is(is_nm)),
         _r("linear.dense", "linear", _linear_dense, when=lambda c, n: _dense_or_value(c, n)),

@@ -928,3 +928,4 @@ defop(
 )
 
 import llmc.ir.ops_quant  # noqa: E402,F401  (qlinear_a8, fused_elementwise)
+import llmc.ir.ops_attention  # noqa: E402,F401  (attention_async)

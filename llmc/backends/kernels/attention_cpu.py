@@ -1,0 +1,218 @@
+"""Hand-written CPU attention kernels (TIR): one query row per parallel task.
+
+Same semantics and layouts as :mod:`llmc.backends.kernels.attention_gpu` (q [b, h, s, d], k/v
+[b, kvh, t, d], bottom-right causal mask, sliding window, GQA), parallelised over rows (and, for
+the asynchronous partials, over key chunks too). Accumulation is in float32.
+
+- :func:`attention_sync`: online (synchronized) softmax per row.
+- :func:`async_partials` / :func:`async_combine`: FlashDecoding++'s asynchronous softmax in
+  split-KV form: per ``(row, chunk)`` sums with the unified max ``phi``; the combine sums them when
+  the row passed the range check and otherwise recomputes the row synchronously (the fallback).
+"""
+
+from __future__ import annotations
+
+from tvm.script import tirx as T
+
+from llmc.backends.kernels.attention_gpu import NEG, key_bounds
+
+
+def attention_sync(h: int, kvh: int, d: int, dtype: str, scale: float, causal: bool, window: int):
+    group = h // kvh
+    key_lo, key_hi = key_bounds(causal, window)
+
+    # fmt: off
+    @T.prim_func(s_tir=True)
+    def attention(q_h: T.handle, k_h: T.handle, v_h: T.handle, o_h: T.handle):
+        T.func_attr({"tirx.is_scheduled": True, "tirx.noalias": True})
+        B = T.int64()
+        S = T.int64()
+        TT = T.int64()
+        Q = T.match_buffer(q_h, (B, h, S, d), dtype)
+        K = T.match_buffer(k_h, (B, kvh, TT, d), dtype)
+        V = T.match_buffer(v_h, (B, kvh, TT, d), dtype)
+        OUT = T.match_buffer(o_h, (B, h, S, d), dtype)
+        for row in T.parallel(B * h * S):
+            with T.sblock("attn"):
+                T.reads()
+                T.writes()
+                q_loc = T.sblock_alloc_buffer((d,), "float32", scope="local")
+                acc = T.sblock_alloc_buffer((d,), "float32", scope="local")
+                st = T.sblock_alloc_buffer((5,), "float32", scope="local")  # m, l, m_new, p, dot
+                bi: T.let[T.int64] = row // (h * S)
+                hi: T.let[T.int64] = row // S % h
+                i: T.let[T.int64] = row % S
+                kh: T.let[T.int64] = hi // group
+                qpos: T.let[T.int64] = i + TT - S
+                k_hi: T.let[T.int64] = key_hi(qpos, TT)
+                k_lo: T.let[T.int64] = key_lo(qpos)
+                for e in T.serial(d):
+                    q_loc[e] = T.Cast("float32", Q[bi, hi, i, e]) * T.float32(scale)
+                    acc[e] = T.float32(0)
+                st[0] = T.float32(NEG)
+                st[1] = T.float32(0)
+                for jj in T.serial(k_hi - k_lo):
+                    st[4] = T.float32(0)
+                    for e in T.serial(d):
+                        st[4] = st[4] + q_loc[e] * T.Cast("float32", K[bi, kh, k_lo + jj, e])
+                    st[2] = T.max(st[0], st[4])
+                    st[3] = T.exp(st[4] - st[2])
+                    for e in T.serial(d):
+                        acc[e] = acc[e] * T.exp(st[0] - st[2]) + st[3] * T.Cast("float32", V[bi, kh, k_lo + jj, e])
+                    st[1] = st[1] * T.exp(st[0] - st[2]) + st[3]
+                    st[0] = st[2]
+                for e in T.serial(d):
+                    OUT[bi, hi, i, e] = T.Cast(dtype, acc[e] / st[1])
+    # fmt: on
+    return attention
+
+
+def async_partials(
+    h: int,
+    kvh: int,
+    d: int,
+    dtype: str,
+    scale: float,
+    causal: bool,
+    window: int,
+    chunk: int,
+    phi: float,
+):
+    group = h // kvh
+    key_lo, key_hi = key_bounds(causal, window)
+
+    # fmt: off
+    @T.prim_func(s_tir=True)
+    def partials(q_h: T.handle, k_h: T.handle, v_h: T.handle, po_h: T.handle, ps_h: T.handle, pm_h: T.handle):
+        T.func_attr({"tirx.is_scheduled": True, "tirx.noalias": True})
+        B = T.int64()
+        S = T.int64()
+        TT = T.int64()
+        NC = T.int64()
+        Q = T.match_buffer(q_h, (B, h, S, d), dtype)
+        K = T.match_buffer(k_h, (B, kvh, TT, d), dtype)
+        V = T.match_buffer(v_h, (B, kvh, TT, d), dtype)
+        PO = T.match_buffer(po_h, (B, h, S, NC, d), "float32")
+        PS = T.match_buffer(ps_h, (B, h, S, NC), "float32")
+        PM = T.match_buffer(pm_h, (B, h, S, NC), "float32")
+        for rc in T.parallel(B * h * S * NC):
+            with T.sblock("partials"):
+                T.reads()
+                T.writes()
+                q_loc = T.sblock_alloc_buffer((d,), "float32", scope="local")
+                acc = T.sblock_alloc_buffer((d,), "float32", scope="local")
+                st = T.sblock_alloc_buffer((3,), "float32", scope="local")  # sum, max, dot
+                row: T.let[T.int64] = rc // NC
+                c: T.let[T.int64] = rc % NC
+                bi: T.let[T.int64] = row // (h * S)
+                hi: T.let[T.int64] = row // S % h
+                i: T.let[T.int64] = row % S
+                kh: T.let[T.int64] = hi // group
+                qpos: T.let[T.int64] = i + TT - S
+                k_hi: T.let[T.int64] = T.min(key_hi(qpos, TT), (c + 1) * chunk)
+                k_lo: T.let[T.int64] = T.max(key_lo(qpos), c * chunk)
+                for e in T.serial(d):
+                    q_loc[e] = T.Cast("float32", Q[bi, hi, i, e]) * T.float32(scale)
+                    acc[e] = T.float32(0)
+                st[0] = T.float32(0)
+                st[1] = T.float32(NEG)
+                for jj in T.serial(T.max(k_hi - k_lo, T.int64(0))):
+                    st[2] = T.float32(0)
+                    for e in T.serial(d):
+                        st[2] = st[2] + q_loc[e] * T.Cast("float32", K[bi, kh, k_lo + jj, e])
+                    st[1] = T.max(st[1], st[2])
+                    st[2] = T.exp(st[2] - T.float32(phi))
+                    st[0] = st[0] + st[2]
+                    for e in T.serial(d):
+                        acc[e] = acc[e] + st[2] * T.Cast("float32", V[bi, kh, k_lo + jj, e])
+                for e in T.serial(d):
+                    PO[bi, hi, i, c, e] = acc[e]
+                PS[bi, hi, i, c] = st[0]
+                PM[bi, hi, i, c] = st[1]
+    # fmt: on
+    return partials
+
+
+def async_combine(
+    h: int,
+    kvh: int,
+    d: int,
+    dtype: str,
+    scale: float,
+    causal: bool,
+    window: int,
+    phi: float,
+    lo: float,
+    hi: float,
+):
+    group = h // kvh
+    key_lo, key_hi = key_bounds(causal, window)
+
+    # fmt: off
+    @T.prim_func(s_tir=True)
+    def combine(q_h: T.handle, k_h: T.handle, v_h: T.handle, po_h: T.handle, ps_h: T.handle, pm_h: T.handle, o_h: T.handle):
+        T.func_attr({"tirx.is_scheduled": True, "tirx.noalias": True})
+        B = T.int64()
+        S = T.int64()
+        TT = T.int64()
+        NC = T.int64()
+        Q = T.match_buffer(q_h, (B, h, S, d), dtype)
+        K = T.match_buffer(k_h, (B, kvh, TT, d), dtype)
+        V = T.match_buffer(v_h, (B, kvh, TT, d), dtype)
+        PO = T.match_buffer(po_h, (B, h, S, NC, d), "float32")
+        PS = T.match_buffer(ps_h, (B, h, S, NC), "float32")
+        PM = T.match_buffer(pm_h, (B, h, S, NC), "float32")
+        OUT = T.match_buffer(o_h, (B, h, S, d), dtype)
+        for row in T.parallel(B * h * S):
+            with T.sblock("combine"):
+                T.reads()
+                T.writes()
+                q_loc = T.sblock_alloc_buffer((d,), "float32", scope="local")
+                acc = T.sblock_alloc_buffer((d,), "float32", scope="local")
+                st = T.sblock_alloc_buffer((5,), "float32", scope="local")  # m/sum, l, m_new/max, p, dot
+                ok = T.sblock_alloc_buffer((1,), "int32", scope="local")
+                bi: T.let[T.int64] = row // (h * S)
+                hh: T.let[T.int64] = row // S % h
+                i: T.let[T.int64] = row % S
+                kh: T.let[T.int64] = hh // group
+                ok[0] = 1
+                st[2] = T.float32(NEG)
+                for c in T.serial(NC):
+                    if PM[bi, hh, i, c] - T.float32(phi) > T.float32(hi):
+                        ok[0] = 0
+                    st[2] = T.max(st[2], PM[bi, hh, i, c])
+                if st[2] - T.float32(phi) < T.float32(lo):
+                    ok[0] = 0
+                if ok[0] == 1:
+                    st[0] = T.float32(0)
+                    for e in T.serial(d):
+                        acc[e] = T.float32(0)
+                    for c in T.serial(NC):
+                        st[0] = st[0] + PS[bi, hh, i, c]
+                        for e in T.serial(d):
+                            acc[e] = acc[e] + PO[bi, hh, i, c, e]
+                    for e in T.serial(d):
+                        OUT[bi, hh, i, e] = T.Cast(dtype, acc[e] / st[0])
+                else:
+                    qpos: T.let[T.int64] = i + TT - S
+                    k_hi: T.let[T.int64] = key_hi(qpos, TT)
+                    k_lo: T.let[T.int64] = key_lo(qpos)
+                    for e in T.serial(d):
+                        q_loc[e] = T.Cast("float32", Q[bi, hh, i, e]) * T.float32(scale)
+                        acc[e] = T.float32(0)
+                    st[0] = T.float32(NEG)
+                    st[1] = T.float32(0)
+                    for jj in T.serial(k_hi - k_lo):
+                        st[4] = T.float32(0)
+                        for e in T.serial(d):
+                            st[4] = st[4] + q_loc[e] * T.Cast("float32", K[bi, kh, k_lo + jj, e])
+                        st[2] = T.max(st[0], st[4])
+                        st[3] = T.exp(st[4] - st[2])
+                        for e in T.serial(d):
+                            acc[e] = acc[e] * T.exp(st[0] - st[2]) + st[3] * T.Cast("float32", V[bi, kh, k_lo + jj, e])
+                        st[1] = st[1] * T.exp(st[0] - st[2]) + st[3]
+                        st[0] = st[2]
+                    for e in T.serial(d):
+                        OUT[bi, hh, i, e] = T.Cast(dtype, acc[e] / st[1])
+    # fmt: on
+    return combine
