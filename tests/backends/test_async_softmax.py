@@ -13,7 +13,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from llmc.ir import GraphBuilder, TensorType, sym
@@ -131,6 +131,18 @@ def test_compiled_matches_reference_in_range(cpu_kernels):
     torch.testing.assert_close(got_sync, ref, rtol=1e-5, atol=1e-5)
 
 
+def _logit_rounding_bound(q, k, v) -> float:
+    """What float32 rounding alone allows: a dot product of length ``D`` is off by up to
+    ``D * eps * sum|q_i k_i|`` (the standard forward bound), and softmax turns a logit error
+    ``e`` into at most ``2 e max|v|`` in the output. The logits here reach |x| ~ 10^3, where a
+    different summation order alone moves the result by 1e-4, so no fixed tolerance fits."""
+    scale = 1.0 / math.sqrt(D)
+    kk = k.abs().repeat_interleave(H // KVH, dim=1)
+    mag = (q.abs() @ kk.transpose(-1, -2)).max().item() * scale
+    eps = torch.finfo(torch.float32).eps
+    return 2 * D * eps * mag * v.abs().max().item() + 1e-5
+
+
 @settings(
     max_examples=40,
     deadline=None,
@@ -143,6 +155,8 @@ def test_compiled_matches_reference_in_range(cpu_kernels):
     extra=st.integers(0, 50),
     seed=st.integers(0, 2**16),
 )
+@example(shift=166.0, spread=26.775390625, s=2, extra=50, seed=273)  # failed a fixed 1e-4
+@example(shift=257.0, spread=1.0, s=1, extra=1, seed=165)  # failed 4x the eager error
 def test_compiled_over_logit_ranges(cpu_kernels, shift, spread, s, extra, seed):
     """Whatever the logits' range relative to phi, the compiled kernel equals synchronized
     attention; rows the reference sends to the fallback are finite and correct too."""
@@ -151,12 +165,13 @@ def test_compiled_over_logit_ranges(cpu_kernels, shift, spread, s, extra, seed):
     q, k = _shifted(q, k, shift, spread)
     a = AsyncAttentionAttrs(phi=PHI, lo=LO, hi=HI, chunk=CHUNK)
     ref, ok = async_attention(q, k, v, a)
-    want = _attention_ref([q, k, v], AttentionAttrs(), None)
-    torch.testing.assert_close(ref, want, rtol=1e-4, atol=1e-4)
+    exact = _attention_ref([x.double() for x in (q, k, v)], AttentionAttrs(), None)
+    tol = _logit_rounding_bound(q, k, v)
+    assert (ref.double() - exact).abs().max().item() <= tol
     got, got_sync = _run(cpu_kernels, q, k, v)
     assert torch.isfinite(got).all()
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(got_sync, want, rtol=1e-4, atol=1e-4)
+    for out in (got, got_sync):
+        assert (out.double() - exact).abs().max().item() <= tol
 
 
 def test_gpu_kernels_cross_compile():

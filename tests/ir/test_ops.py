@@ -239,6 +239,15 @@ def attention_case(m: Maker) -> OpCase:
     return OpCase([q, k, v], attrs)
 
 
+def attention_async_case(m: Maker) -> OpCase:
+    case = attention_case(m)
+    assert isinstance(case.attrs, dict)
+    # a safe range that may or may not hold the logits: both the async path and the fallback
+    lo = m.pick((-60.0, -2.0))
+    attrs = {**case.attrs, "phi": m.pick((0.0, 1.5)), "lo": lo, "hi": -lo, "chunk": m.int(1, 4)}
+    return OpCase(case.inputs, attrs)
+
+
 def reshape_case(m: Maker) -> OpCase:
     x = m.tensor(m.shape(0, 4))
     n = x.numel()
@@ -401,6 +410,8 @@ CASES: dict[str, Callable[[Maker], OpCase]] = {
     # ops_quant.py
     "qlinear_a8": qlinear_a8_case,
     "fused_elementwise": fused_elementwise_case,
+    # ops_attention.py
+    "attention_async": attention_async_case,
 }
 
 # ---------------------------------------------------------------------------------- runner
