@@ -47,6 +47,7 @@ ROWS: list[tuple[str, str]] = [
     ("GPTQ W3 g128", "gptq:bits=3:group=128"),
     ("naive W8A8 (per-token)", "w8a8"),
     ("SmoothQuant W8A8 (per-token)", "smoothquant:alpha=0.5,w8a8"),
+    ("SmoothQuant α=0.85 W8A8 (per-token)", "smoothquant:alpha=0.85,w8a8"),
     ("naive W8A8 (per-tensor static)", "w8a8:act=tensor"),
     ("SmoothQuant W8A8 (per-tensor static)", "smoothquant:alpha=0.5,w8a8:act=tensor"),
     ("FLAP FFN channels -20%", "flap:ratio=0.2"),
@@ -90,13 +91,13 @@ def machine() -> dict:
 
 def markdown(result: dict) -> str:
     lines = [
-        "| method | passes | perplexity | Δ ppl | agreement | pass time (s) | weight bytes |",
+        "| method | passes | perplexity | Δ ppl | agreement | pass time (s) | stored weights |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     dense = result["rows"][0]["perplexity"]
     for r in result["rows"]:
         spec = f"`{r['passes']}`" if r["passes"] else "—"
-        wb = f"{r['weight_mb']:.2f} MB" if r.get("weight_mb") is not None else ""
+        wb = f"{r['weight_mb']:.2f} MB"
         lines.append(
             f"| {r['name']} | {spec} | {r['perplexity']:.4f} | {r['perplexity'] - dense:+.4f} "
             f"| {r['agreement']:.4f} | {r['pass_seconds']:.1f} | {wb} |"
@@ -144,11 +145,9 @@ def main(argv: list[str] | None = None) -> int:
                 "pass_seconds": 0.0,
                 "report": [],
                 "tokens": int(windows[:, 1:].numel()),
+                "weight_bytes": sum(p.storage_bytes() for p in graph.params.values()),
             }
-        weight_bytes = None
-        for rec in res["report"]:
-            if "bytes_after" in rec:
-                weight_bytes = rec["bytes_after"]
+        weight_bytes = res["weight_bytes"]
         del g
         row = {
             "name": name,

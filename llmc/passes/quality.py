@@ -106,7 +106,9 @@ def evaluate(
     """Run ``passes_spec`` (or ``recipe``) on a copy of ``graph`` and measure it.
 
     Returns ``perplexity``, ``agreement`` (1.0 without passes), ``nll``, ``tokens``,
-    ``pass_seconds``, ``passes`` and ``report`` (the pipeline's records). ``graph`` itself is
+    ``pass_seconds``, ``weight_bytes`` (stored bytes of all params: quantized weights count their
+    codes and scales; pruned weights count dense, their encoding being a backend's choice),
+    ``passes`` and ``report`` (the pipeline's records). ``graph`` itself is
     not modified. Pass ``ref`` (from :func:`reference`) to reuse the dense predictions across
     many evaluations.
     """
@@ -130,6 +132,7 @@ def evaluate(
         {
             "passes": passes_spec or (f"recipe:{recipe}" if recipe else ""),
             "pass_seconds": pass_seconds,
+            "weight_bytes": sum(p.storage_bytes() for p in g.params.values()),
             "report": report,
         }
     )

@@ -25,7 +25,7 @@ from llmc.ir.graph import Graph, Node
 from llmc.ir.params import Param
 from llmc.passes.base import Pass, PassContext, PassOptionError
 from llmc.passes.calibration import InputStats, run_layerwise
-from llmc.passes.select import DEFAULT_EXCLUDE, select_linears
+from llmc.passes.select import DEFAULT_EXCLUDE, module_path, select_linears
 
 
 @dataclass
@@ -70,7 +70,7 @@ def _find_groups(
             if up is None:
                 skipped.append(f"{label}: mul is not act(gate) * up with a private up linear")
                 continue
-            groups.append(_Group("up", up, None, lins, up.name))
+            groups.append(_Group("up", up, None, lins, module_path(up.name)))
         else:
             skipped.append(f"{label}: produced by {prod.op}, which cannot absorb the scales")
     return groups, skipped
