@@ -19,7 +19,11 @@ Layouts (``key`` is the suffix of the weight's argument name):
   (``[out, in/2]`` uint8, low nibble first) stored as ``code - qmin``, per-group scales
   ``[out, in/group]`` and, for asymmetric quantization, per-group offsets ``zero - qmin`` (float),
   so ``w = (nibble - offset) * scale`` with ``offset = -qmin`` when symmetric.
-- ``q8.codes``/``q8.scale``: int8 codes ``[out, in]`` and per-channel float32 scales ``[out]``.
+- ``q8g.codes``/``q8g.offset`` (with ``q4.scale``): 5..8-bit weight-only quantization: int8
+  codes ``[out, in]`` and per-group offsets (the zero point, 0 when symmetric),
+  ``w = (code - offset) * scale``.
+- ``q8.codes``/``q8.scale``: W8A8 (``qlinear_a8``): int8 codes ``[out, in]`` and per-channel
+  float32 scales ``[out]``.
 - ``nm.values``/``nm.index``: N:M compressed: ``[out, in*N/M]`` values (the non-zeros of each
   group of M, zero-filled when a group has fewer) and uint8 positions within the group.
 """
@@ -228,6 +232,38 @@ register_layout(
         lambda p, dt: (_shape(p)[0], _shape(p)[1] // _group(p)),
         lambda p, dt: dt,
         _q4_zero,
+    )
+)
+
+# -- 5..8-bit group quantization (weight-only): int8 codes, float offsets ---------------------------
+
+
+def _q8_offset(p: Param, dt: str) -> torch.Tensor:
+    n, k = _shape(p)
+
+    def f() -> torch.Tensor:
+        z = p.data.get("zero")
+        if z is None:
+            return torch.zeros(n, k // _group(p), dtype=to_torch_dtype(dt))
+        return z.reshape(n, -1).to(to_torch_dtype(dt))
+
+    return _meta_or(p, (n, k // _group(p)), dt, f)
+
+
+register_layout(
+    Layout(
+        "q8g.codes",
+        lambda p, dt: _shape(p),
+        lambda p, dt: "i8",
+        lambda p, dt: _meta_or(p, _shape(p), "i8", lambda: p.data["qvalue"].to(torch.int8)),
+    )
+)
+register_layout(
+    Layout(
+        "q8g.offset",
+        lambda p, dt: (_shape(p)[0], _shape(p)[1] // _group(p)),
+        lambda p, dt: dt,
+        _q8_offset,
     )
 )
 

@@ -94,6 +94,12 @@ def is_q4(p: Param) -> bool:
     return q is not None and q.bits <= 4 and int(p.type.shape[1]) % 2 == 0
 
 
+def is_q8g(p: Param) -> bool:
+    """5..8-bit weight-only quantization (W8A8 goes through ``qlinear_a8`` instead)."""
+    q = p.format.quant
+    return q is not None and q.bits > 4
+
+
 def is_nm(p: Param) -> bool:
     s = p.format.sparsity
     return p.format.quant is None and s is not None and s.kind == "nm"
@@ -468,6 +474,19 @@ def _linear_q4(ctx: LowerCtx, n: Node) -> relax.Expr:
     return add_bias_cast(ctx, n, y, dt)
 
 
+def _linear_q8g(ctx: LowerCtx, n: Node) -> relax.Expr:
+    x = ctx.arg(n.inputs[0])
+    dt = n.out.type.dtype
+    p = weight_param(ctx, n)
+    assert p is not None and p.format.quant is not None
+    g = p.format.quant.group or int(p.type.shape[1])
+    codes = ctx.weight(p, "q8g.codes")
+    scale = ctx.weight(p, "q4.scale", dt)
+    offset = ctx.weight(p, "q8g.offset", dt)
+    y = ctx.emit_te(te_ops.linear_q8g, x, codes, scale, offset, g, "float32", name="linear_q8g")
+    return add_bias_cast(ctx, n, y, dt)
+
+
 def _linear_nm(ctx: LowerCtx, n: Node) -> relax.Expr:
     x = ctx.arg(n.inputs[0])
     dt = n.out.type.dtype
@@ -539,6 +558,7 @@ COMMON_RULES: list[Rule] = (
             when=_attention_kernel_ok,
         ),
         _r("linear.q4", "linear", _linear_q4, when=fmt_is(is_q4)),
+        _r("linear.q8g", "linear", _linear_q8g, when=fmt_is(is_q8g)),
         _r("linear.nm", "linear", _linear_nm, when=fmt_is(is_nm)),
         _r("linear.dense", "linear", _linear_dense, when=lambda c, n: _dense_or_value(c, n)),
         _r("qlinear_a8", "qlinear_a8", _qlinear_a8),

@@ -39,6 +39,7 @@ from llmc.backends.rules import (
     is_dense,
     is_nm,
     is_q4,
+    is_q8g,
     unflatten_rows,
     weight_param,
 )
@@ -91,7 +92,15 @@ def _panelled(base: str, nb: int) -> Layout:
 
 
 # q4 codes become [P, K/2, NB]: the byte holding (k, k+1) of output lane j, low nibble = even k.
-for _base in ("q4.codes", "q4.scale", "q4.zero", "nm.values", "nm.index"):
+for _base in (
+    "q4.codes",
+    "q4.scale",
+    "q4.zero",
+    "q8g.codes",
+    "q8g.offset",
+    "nm.values",
+    "nm.index",
+):
     register_layout(_panelled(_base, NB))
 
 # -- rules ----------------------------------------------------------------------------------------
@@ -146,6 +155,27 @@ def _linear_panel_q4(ctx: LowerCtx, n: Node) -> relax.Expr:
     return add_bias_cast(ctx, n, unflatten_rows(ctx, y, lead), dt)
 
 
+def _linear_panel_q8(ctx: LowerCtx, n: Node) -> relax.Expr:
+    dt = n.out.type.dtype
+    p = weight_param(ctx, n)
+    assert p is not None and p.format.quant is not None
+    out_f, in_f = (int(d) for d in p.type.shape)
+    g = p.format.quant.group or in_f
+    x, lead = flatten_rows(ctx, ctx.arg(n.inputs[0]))
+    codes = ctx.weight(p, f"panel{NB}.q8g.codes")
+    scale = ctx.weight(p, f"panel{NB}.q4.scale", dt)
+    offset = ctx.weight(p, f"panel{NB}.q8g.offset", dt)
+    xdt, sdt, m = x.ty.dtype, tvm_dtype(dt), _static_rows(x)
+    y = ctx.call_kernel(
+        ("panel_gemm_q8", in_f, out_f, NB, g, xdt, sdt, m),
+        lambda: cpu_kernels.panel_gemm_q8(in_f, out_f, NB, g, xdt, sdt, m),
+        "panel_gemm_q8",
+        [x, codes, scale, offset],
+        relax.TensorType([_rows(x), out_f], "float32"),
+    )
+    return add_bias_cast(ctx, n, unflatten_rows(ctx, y, lead), dt)
+
+
 def _linear_panel_nm(ctx: LowerCtx, n: Node) -> relax.Expr:
     dt = n.out.type.dtype
     p = weight_param(ctx, n)
@@ -186,7 +216,7 @@ def _linear_weights(ctx: LowerCtx) -> set[str]:
                 w = n.inputs[1].node
                 if w.op == "param":
                     p = ctx.graph.root().params[w.attrs.name]
-                    if is_dense(p):
+                    if is_dense(p) and not is_nm(p):
                         cached.add(p.name)
         low._cpu_linear_weights = cached
     return cached
@@ -223,6 +253,7 @@ class CPUPipeline(TVMPipeline):
     def target_rules(self) -> list[Rule]:
         return [
             Rule("cpu.linear.panel_q4", "linear", _linear_panel_q4, when=fmt_is(is_q4)),
+            Rule("cpu.linear.panel_q8", "linear", _linear_panel_q8, when=fmt_is(is_q8g)),
             Rule("cpu.linear.panel_nm", "linear", _linear_panel_nm, when=fmt_is(is_nm)),
             Rule("cpu.linear.panel", "linear", _linear_panel, when=_dense_param),
             Rule("cpu.embedding.panel", "embedding", _embedding_panel, when=_embedding_tied),

@@ -185,3 +185,44 @@ def panel_gemm_nm(
         x,
         term,
     )
+
+
+def panel_gemm_q8(
+    k_dim: int,
+    n_dim: int,
+    nb: int,
+    group: int,
+    x_dtype: str,
+    s_dtype: str,
+    m: int | None = None,
+) -> tirx.PrimFunc:
+    """5..8-bit weight-only on the CPU: int8 codes ``[P, K, NB]``, scales and offsets
+    ``[P, K/g, NB]``: ``w = (code - offset) * scale``."""
+    panels = (n_dim + nb - 1) // nb
+    codes = te.placeholder((panels, k_dim, nb), "int8", name="codes")
+    scale = te.placeholder((panels, k_dim // group, nb), s_dtype, name="scale")
+    offset = te.placeholder((panels, k_dim // group, nb), s_dtype, name="offset")
+    box: dict[str, te.Tensor] = {}
+
+    def x(rows: Any) -> te.Tensor:
+        box["x"] = te.placeholder((rows, k_dim), x_dtype, name="x")
+        return box["x"]
+
+    def term(i: Any, j: Any, k: Any) -> Any:
+        p, lane = j // nb, j % nb
+        g = k // group
+        w = (codes[p, k, lane].astype(F32) - offset[p, g, lane].astype(F32)) * scale[
+            p, g, lane
+        ].astype(F32)
+        return box["x"][i, k].astype(F32) * w
+
+    return _gemm(
+        f"panel_gemm_q8_k{k_dim}_n{n_dim}_g{group}",
+        m,
+        n_dim,
+        k_dim,
+        nb,
+        [codes, scale, offset],
+        x,
+        term,
+    )

@@ -241,6 +241,33 @@ def linear_q4(
     return te.compute(y.shape, lambda *i: y[i].astype(out_dtype), name="linear_q4_cast")
 
 
+def linear_q8g(
+    x: te.Tensor,
+    codes: te.Tensor,
+    scale: te.Tensor,
+    offset: te.Tensor,
+    group: int,
+    out_dtype: str,
+) -> te.Tensor:
+    """5..8-bit group-wise weight-only: ``w[n, k] = (codes[n, k] - offset[n, k/g]) * scale``."""
+    n, kdim = codes.shape
+    k = te.reduce_axis((0, kdim), "k")
+    lead = list(x.shape[:-1])
+
+    def wval(nn: Any, kk: Any) -> Any:
+        g = kk // group
+        return (codes[nn, kk].astype(F32) - _f32(offset[nn, g])) * _f32(scale[nn, g])
+
+    y = te.compute(
+        (*lead, n),
+        lambda *i: te.sum(_f32(x[(*i[:-1], k)]) * wval(i[-1], k), axis=k),
+        name="linear_q8g",
+    )
+    if out_dtype == F32:
+        return y
+    return te.compute(y.shape, lambda *i: y[i].astype(out_dtype), name="linear_q8g_cast")
+
+
 def linear_nm(
     x: te.Tensor, values: te.Tensor, index: te.Tensor, n_keep: int, m: int, out_dtype: str
 ) -> te.Tensor:

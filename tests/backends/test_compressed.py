@@ -1,0 +1,100 @@
+"""Differential tests of compressed graphs (the passes' storage formats) on the CPU backend, and
+their GPU cross-compilation.
+
+One toy LM carries every format at once, so one compile covers every kernel: layer 0's MLP is
+4-bit group-wise (asymmetric), its attention projections W8A8 (``qlinear_a8``), layer 1 is 2:4
+sparse, and the LM head is 8-bit per-channel weight-only. The compiled artifact must match the
+interpreter running the same compressed graph, and the 2:4 weights must be stored compressed
+(never densified).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.backends.conftest import compile_graph, interp_run
+
+
+def compress(graph):
+    from llmc.passes import PassContext
+    from llmc.passes.magnitude import MagnitudePrune
+    from llmc.passes.manager import PassManager
+    from llmc.passes.rtn import RTNQuant
+    from llmc.passes.w8a8 import W8A8
+
+    passes = [
+        MagnitudePrune(pattern="2:4", include=("model.layers.1",), measure=False),
+        RTNQuant(bits=4, group=16, sym=False, include=("model.layers.0.mlp",), measure=False),
+        RTNQuant(bits=8, group=0, include=("lm_head",), exclude=(), measure=False),
+        W8A8(include=("model.layers.0.self_attn",), measure=False),
+    ]
+    PassManager(passes).run(graph, PassContext(calib_samples=2, calib_seqlen=32))
+    return graph
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory, toy_graph):
+    g = compress(toy_graph.copy())
+    return g, compile_graph(g, "cpu", tmp_path_factory.mktemp("mixed") / "cpu")
+
+
+def test_formats_present(mixed):
+    g, _ = mixed
+    fmts = {str(p.format) for p in g.params.values()}
+    assert any("bits=4" in f for f in fmts) and any("nm=2:4" in f for f in fmts)
+    assert any("bits=8, group=0" in f for f in fmts)
+    assert g.find("qlinear_a8")
+
+
+def test_mixed_formats_match_interpreter(mixed):
+    from llmc.runtime.tvm_runner import load
+
+    g, art = mixed
+    lm = load(art)
+    ids = torch.randint(0, 300, (2, 6))
+    pos = torch.arange(6).expand(2, 6).contiguous()
+    past = lm.empty_past(2)
+    got, present = lm.forward(ids, pos, past)
+    want = interp_run(g, [ids, pos, *[t for kv in past for t in kv]])
+    torch.testing.assert_close(got, want[0], rtol=1e-4, atol=1e-4)
+    one = torch.tensor([[3]])
+    got1, _ = lm.forward(one, torch.tensor([[6]]), [(k[:1], v[:1]) for k, v in present])
+    want1 = interp_run(g, [one, torch.tensor([[6]]), *[t[:1] for t in want[1:]]])
+    torch.testing.assert_close(got1, want1[0], rtol=1e-4, atol=1e-4)
+
+
+def test_kernels_and_layouts(mixed):
+    g, art = mixed
+    backend = json.loads((Path(art) / "manifest.json").read_text())["backend"]
+    rules = backend["lowering_rules"]
+    for r in ("cpu.linear.panel_q4", "cpu.linear.panel_nm", "cpu.linear.panel_q8", "qlinear_a8"):
+        assert rules.get(r), (r, rules)
+    layouts = {w["param"]: set() for w in backend["weights"]}
+    for w in backend["weights"]:
+        layouts[w["param"]].add(w["layout"])
+    sparse = [n for n, p in g.params.items() if p.format.sparsity is not None]
+    assert sparse
+    for name in sparse:  # stored compressed: half the values plus 1-byte positions
+        assert layouts[name] == {"panel64.nm.values", "panel64.nm.index"}, layouts[name]
+        w = next(w for w in backend["weights"] if w["param"] == name and "values" in w["layout"])
+        out_f, in_f = g.params[name].type.shape
+        assert w["shape"][1] == in_f // 2
+
+
+def test_compressed_graph_cross_compiles(tmp_path, mixed):
+    from llmc.backends.toolchain import ToolchainError
+
+    g, _ = mixed
+    try:
+        art = compile_graph(g, "h100", tmp_path / "h100")
+    except ToolchainError as e:
+        pytest.skip(str(e))
+    backend = json.loads((art / "manifest.json").read_text())["backend"]
+    used = backend["lowering_rules"]
+    assert used.get("linear.q4") and used.get("linear.nm") and used.get("linear.q8g")
+    layouts = {w["layout"] for w in backend["weights"]}
+    assert {"q4.codes", "nm.values", "nm.index", "q8.codes"} <= layouts
