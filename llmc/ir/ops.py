@@ -927,5 +927,5 @@ defop(
     doc=CondAttrs.__doc__ or "",
 )
 
-import llmc.ir.ops_quant  # noqa: E402,F401  (qlinear_a8, fused_elementwise)
 import llmc.ir.ops_attention  # noqa: E402,F401  (attention_async)
+import llmc.ir.ops_quant  # noqa: E402,F401  (qlinear_a8, fused_elementwise)
