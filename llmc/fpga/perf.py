@@ -1,0 +1,218 @@
+"""Cycle-level performance model: runs an instruction stream on a model of the accelerator.
+
+Execution (what the dependency bits mean, see :mod:`llmc.fpga.isa`): an in-order dispatcher
+issues one instruction every ``issue_cycles`` into per-unit queues; each unit (LOAD, MPE, SFU,
+STORE) runs its instructions in order, one at a time; an instruction starts when its unit is
+free, it has been dispatched, and every token it waits for has been released (a token is
+released when its producer finishes). Loads therefore run ahead of compute as far as the
+double-buffered weight and KV buffers allow, and stores drain behind it.
+
+Durations (cycles at ``clock_mhz``):
+
+- LD/ST: ``latency + bytes / (channels x channel_bw x efficiency)``. Bytes are what the
+  hardware moves: weights as packed (codes, 4-bit indices, scales, bias), activation-class data
+  (activations, KV cache, tables) at ``act_bytes`` per element. Each row is padded to whole
+  bursts of ``burst_bytes``; a row that covers a full stripe (``channels x burst_bytes``) streams
+  from every channel at ``eff_same``, a shorter row goes through the HBM switch at
+  ``eff_cross``. DDR-resident weights use the DDR bandwidth and efficiency.
+- MM/MV (sparse DSP chain): a chain of ``lanes`` DSPs consumes ``lanes`` non-zero products per
+  cycle. With ``dsp.sparse_chain`` the sparse multiplexer feeds only the ``n`` non-zeros of each
+  16-block row and reduction nodes split the chain into ``16/n`` shorter dot products, so an
+  N:16 row costs ``n/16`` of a dense one; without it the chain walks all 16 positions. MV:
+  ``ceil(N / rows) x ceil(K/16 x n / lanes)`` cycles per token and head; MM the same over
+  ``ceil(M / tokens)`` token groups and ``rows`` of the MM unit. Operands wider than 8 bits take
+  ``ceil(bits / 8)`` passes (f16 weights, 16-bit attention operands). Each instruction pays the
+  chain's pipeline fill (``chain_fill_cycles``, plus ``reduction_latency`` when the chain is
+  split).
+- SFU: ``passes x rows x ceil(len / sfu_width) + sfu_latency`` (norms 2-3 passes, softmax 3,
+  element-wise and RoPE 1).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmc.fpga import isa
+from llmc.fpga.arch import FpgaArch
+
+SFU_PASSES = {
+    isa.S_RMSNORM: 2,
+    isa.S_LAYERNORM: 3,
+    isa.S_SOFTMAX: 3,
+}
+_LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)(?:\.|$)")
+
+
+def layer_of(tag: str) -> str:
+    m = _LAYER_RE.search(tag)
+    if m:
+        return f"layer {int(m.group(1))}"
+    if tag.startswith(("input ", "output ")) or tag == "end":
+        return "io"
+    return tag.split(".")[-1] if tag else "other"
+
+
+@dataclass
+class StreamPerf:
+    """What one run of one stream costs."""
+
+    cycles: int
+    instrs: int
+    busy: list[int]  # per unit
+    useful_macs: float
+    hbm_bytes: float
+    ddr_bytes: float
+    by_op: dict[str, list[float]] = field(default_factory=dict)  # op -> [count, cycles, bytes]
+    by_layer: dict[str, list[float]] = field(default_factory=dict)  # layer -> busy per unit
+
+    def scaled_into(self, acc: dict[str, Any], k: float) -> None:
+        for name, src in (("by_op", self.by_op), ("by_layer", self.by_layer)):
+            dst = acc.setdefault(name, {})
+            for key, vals in src.items():
+                cur = dst.setdefault(key, [0.0] * len(vals))
+                for i, v in enumerate(vals):
+                    cur[i] += v * k
+
+
+class PerfModel:
+    """Durations of instructions on one architecture (see the module docstring)."""
+
+    def __init__(self, arch: FpgaArch) -> None:
+        a = self.arch = arch
+        self.clock = a.clock_hz
+        self.ch_bw = a.hbm.channel_bandwidth
+        self.burst = a.hbm.burst_bytes
+        self.lat = a.hbm.latency_ns * 1e-9 * self.clock
+        self.act_scale = a.act_bytes / 4.0
+        self.ddr_bw = a.ddr.bandwidth_gbs * 1e9 * a.ddr.efficiency
+        self.fill = a.dsp.chain_fill_cycles
+        self.red = a.dsp.reduction_latency
+
+    def mem(self, ins: isa.Instr) -> tuple[float, float, bool]:
+        """(cycles, hardware bytes, is_ddr) of a load or store."""
+        f = ins.f
+        rows = f.get("n_outer", 1) * f.get("n_inner", 1)
+        rb = f.get("row_bytes", 0)
+        dclass = f.get("dclass", 0)
+        if dclass == isa.D_ACT:
+            rb = rb * self.act_scale
+        nbytes = rows * rb
+        bursts = math.ceil(rb / self.burst) * self.burst if rb else 0
+        padded = rows * bursts
+        if f.get("channel", 0) == isa.CH_DDR:
+            return self.lat + padded / self.ddr_bw * self.clock, nbytes, True
+        nch = max(1, f.get("nch", 1))
+        h = self.arch.hbm
+        eff = h.eff_same if rb >= nch * self.burst else h.eff_cross
+        return self.lat + padded / (nch * self.ch_bw * eff) * self.clock, nbytes, False
+
+    def mpe(self, ins: isa.Instr) -> tuple[float, float]:
+        """(cycles, useful MACs) of MM/MV."""
+        a = self.arch
+        f = ins.f
+        m, k, n = f["m"], f["k"], f["n"]
+        heads = max(1, f.get("heads", 1))
+        nnz = f.get("nnz", 16)
+        if f.get("wbuf", isa.B_WGT) == isa.B_WGT:
+            bits = isa.WFMT_BITS[f.get("wfmt", 0)]
+        else:  # activation x activation (attention): hardware element width
+            bits = 8 * a.act_bytes
+        passes = max(1, math.ceil(bits / 8))
+        eff_nnz = nnz if a.dsp.sparse_chain else 16
+        per_row = math.ceil(
+            (k // 16) * eff_nnz / (a.mv_unit[1] if ins.op == isa.MV else a.mm_unit[1])
+        )
+        if ins.op == isa.MV:
+            groups = m * math.ceil(n / a.mv_unit[0])
+        else:
+            groups = math.ceil(m / a.mm_unit[0]) * math.ceil(n / a.mm_unit[2])
+        cycles = heads * groups * per_row * passes + self.fill + (self.red if eff_nnz < 16 else 0)
+        useful = heads * m * n * k * nnz / 16.0
+        return cycles, useful
+
+    def sfu(self, ins: isa.Instr) -> float:
+        f = ins.f
+        rows = f.get("n_outer", 1) * f.get("n_inner", 1)
+        passes = SFU_PASSES.get(f.get("func", 0), 1)
+        return (
+            passes * rows * math.ceil(f.get("len", 1) / self.arch.sfu_width) + self.arch.sfu_latency
+        )
+
+
+def simulate_stream(instrs: list[isa.Instr], pm: PerfModel) -> StreamPerf:
+    """Run one stream on the model; returns its cycle count and breakdowns."""
+    a = pm.arch
+    issue = a.issue_cycles
+    unit_free = [0.0, 0.0, 0.0, 0.0]
+    busy = [0.0, 0.0, 0.0, 0.0]
+    queues: list[list[list[float]]] = [[[] for _ in range(4)] for _ in range(4)]
+    heads = [[0] * 4 for _ in range(4)]
+    dispatch = 0.0
+    useful = hbm = ddr = 0.0
+    by_op: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+    by_layer: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0])
+    end_all = 0.0
+    names = isa.OP_NAMES
+    for ins in instrs:
+        op = ins.op
+        dispatch += issue
+        if op == isa.SYNC:
+            t = max(max(unit_free), dispatch)
+            unit_free = [t, t, t, t]
+            end_all = max(end_all, t)
+            by_op["SYNC"][0] += 1
+            continue
+        u = ins.unit
+        nbytes = 0.0
+        if op == isa.LD or op == isa.ST:
+            dur, nbytes, is_ddr = pm.mem(ins)
+            if is_ddr:
+                ddr += nbytes
+            else:
+                hbm += nbytes
+        elif op == isa.SFU:
+            dur = pm.sfu(ins)
+        else:
+            dur, mac = pm.mpe(ins)
+            useful += mac
+        start = unit_free[u]
+        if dispatch > start:
+            start = dispatch
+        w = ins.wait
+        if w:
+            for src in range(4):
+                if w >> src & 1:
+                    q = queues[src][u]
+                    t = q[heads[src][u]]
+                    heads[src][u] += 1
+                    if t > start:
+                        start = t
+        end = start + dur
+        unit_free[u] = end
+        busy[u] += dur
+        r = ins.rel
+        if r:
+            for dst in range(4):
+                if r >> dst & 1:
+                    queues[u][dst].append(end)
+        if end > end_all:
+            end_all = end
+        rec = by_op[names[op]]
+        rec[0] += 1
+        rec[1] += dur
+        rec[2] += nbytes
+        by_layer[layer_of(ins.tag)][u] += dur
+    return StreamPerf(
+        cycles=int(math.ceil(end_all)),
+        instrs=len(instrs),
+        busy=[int(b) for b in busy],
+        useful_macs=useful,
+        hbm_bytes=hbm,
+        ddr_bytes=ddr,
+        by_op=dict(by_op),
+        by_layer=dict(by_layer),
+    )

@@ -1,0 +1,296 @@
+"""End-to-end performance simulation of prefill + decode, and instruction storage accounting.
+
+:func:`simulate` compiles the streams a run needs (prefill chunks, one decode stream per length
+bucket touched), runs each once on the cycle model (a stream's timing does not depend on which
+position of its bucket runs it) and weights decode buckets by how many generated tokens fall in
+them.
+
+Instruction storage (:func:`instruction_storage`): with length-adaptive compilation the device
+keeps one stream per prefill chunk and one per decode bucket; without it, one stream per exact
+prompt length and per exact decode length. Decode stream sizes are affine in the number of
+``mask_block`` key blocks (checked on three lengths; every bucket is counted when not); prompt
+streams of exact length ``L`` are counted as the chunks they run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmc.errors import LlmcError
+from llmc.fpga import isa
+from llmc.fpga.arch import FpgaArch
+from llmc.fpga.perf import PerfModel, StreamPerf, simulate_stream
+from llmc.fpga.program import Program, build_program
+from llmc.ir.graph import Graph
+
+
+@dataclass
+class SimReport:
+    """Simulated performance of one model on one board (times in ms, rates per second)."""
+
+    model: str
+    target: str
+    prefill_tokens: int
+    decode_tokens: int
+    prefill_ms: float
+    decode_ms_per_token: float
+    decode_tokens_per_s: float
+    total_ms: float
+    dsp_utilization: float
+    mpe_utilization: dict[str, float]
+    hbm_bandwidth_utilization: float
+    instruction_bytes: int
+    instruction_storage: dict[str, Any]
+    memory: dict[str, Any]
+    breakdown: dict[str, Any]
+    streams: dict[str, Any]
+    arch: dict[str, Any]
+    sim_seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "target": self.target,
+            "prefill_tokens": self.prefill_tokens,
+            "decode_tokens": self.decode_tokens,
+            "prefill_ms": self.prefill_ms,
+            "decode_ms_per_token": self.decode_ms_per_token,
+            "decode_tokens_per_s": self.decode_tokens_per_s,
+            "total_ms": self.total_ms,
+            "dsp_utilization": self.dsp_utilization,
+            "mpe_utilization": self.mpe_utilization,
+            "hbm_bandwidth_utilization": self.hbm_bandwidth_utilization,
+            "instruction_bytes": self.instruction_bytes,
+            "instruction_storage": self.instruction_storage,
+            "memory": self.memory,
+            "breakdown": self.breakdown,
+            "streams": self.streams,
+            "arch": self.arch,
+            "sim_seconds": self.sim_seconds,
+            "notes": self.notes,
+        }
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent, default=float)
+
+    def summary(self) -> str:
+        lines = [
+            f"{self.model} on {self.target}: prompt {self.prefill_tokens}, generate {self.decode_tokens}",
+            f"  prefill        {self.prefill_ms:10.2f} ms",
+            f"  decode         {self.decode_ms_per_token:10.3f} ms/token  "
+            f"({self.decode_tokens_per_s:.1f} tokens/s)",
+            f"  total          {self.total_ms:10.1f} ms",
+            f"  DSP util       {100 * self.dsp_utilization:9.1f} %  (MPE: prefill "
+            f"{100 * self.mpe_utilization['prefill']:.1f} %, decode "
+            f"{100 * self.mpe_utilization['decode']:.1f} %)",
+            f"  HBM bandwidth  {100 * self.hbm_bandwidth_utilization:9.1f} % of peak (decode)",
+            f"  instructions   {self.instruction_bytes / 1e6:10.2f} MB bucketed"
+            + (
+                f", {self.instruction_storage['unbucketed_bytes'] / 1e6:.1f} MB without "
+                f"({self.instruction_storage['ratio']:.0f}x)"
+                if self.instruction_storage.get("unbucketed_bytes")
+                else ""
+            ),
+        ]
+        return "\n".join(lines)
+
+
+def simulate(
+    graph: Graph | Program,
+    arch: FpgaArch,
+    prefill: int = 128,
+    decode: int = 512,
+    *,
+    storage: bool = True,
+) -> SimReport:
+    """Simulate a prompt of ``prefill`` tokens followed by ``decode`` generated tokens.
+
+    ``graph`` is an LM-ABI graph (architecture-only models are fine: only shapes and storage
+    formats are read) or a :class:`Program` already built for ``arch``. ``storage`` adds the
+    instruction storage with and without length buckets (costs a compile of every prompt chunk).
+    """
+    t0 = time.perf_counter()
+    prog = graph if isinstance(graph, Program) else build_program(graph, arch)
+    a = prog.arch
+    if prefill < 1 or decode < 0:
+        raise LlmcError(f"prefill must be >= 1 and decode >= 0 tokens, got {prefill} and {decode}")
+    if prefill + decode > a.max_tokens:
+        raise LlmcError(
+            f"prompt {prefill} + generated {decode} tokens exceed the accelerator's max_tokens "
+            f"({a.max_tokens}); raise it with --set max_tokens=N"
+        )
+    pm = PerfModel(a)
+    clk = a.clock_hz
+    run_streams: dict[tuple[str, int], StreamPerf] = {}
+
+    def perf(stage: str, b: int) -> StreamPerf:
+        key = (stage, b)
+        if key not in run_streams:
+            run_streams[key] = simulate_stream(prog.stream(stage, b).instrs, pm)
+        return run_streams[key]
+
+    chunks = prog.prefill_chunks(prefill)
+    pre = [perf("prefill", c) for c in range(chunks)]
+    pre_cycles = sum(p.cycles for p in pre)
+    dec_count = Counter(prog.decode_bucket(prefill + j + 1) for j in range(decode))
+    dec = {b: perf("decode", b) for b in sorted(dec_count)}
+    dec_cycles = sum(dec[b].cycles * n for b, n in dec_count.items())
+    prefill_ms = pre_cycles / clk * 1e3
+    decode_ms = dec_cycles / clk * 1e3
+    per_tok = decode_ms / decode if decode else 0.0
+
+    capacity = a.dsps_needed() * a.dsp.macs_per_dsp  # MACs per cycle of the instantiated DSPs
+    pre_mac = sum(p.useful_macs for p in pre)
+    dec_mac = sum(dec[b].useful_macs * n for b, n in dec_count.items())
+    total_cycles = pre_cycles + dec_cycles
+    dsp_util = (pre_mac + dec_mac) / (total_cycles * capacity) if total_cycles else 0.0
+    mpe_util = {
+        "prefill": pre_mac / (pre_cycles * a.mm_macs) if pre_cycles else 0.0,
+        "decode": dec_mac / (dec_cycles * a.mv_macs) if dec_cycles else 0.0,
+    }
+    peak_bw = a.hbm.bandwidth_gbs * 1e9
+    dec_hbm = sum(dec[b].hbm_bytes * n for b, n in dec_count.items())
+    pre_hbm = sum(p.hbm_bytes for p in pre)
+    bw_dec = dec_hbm / (decode_ms / 1e3) / peak_bw if decode_ms else 0.0
+    bw_pre = pre_hbm / (prefill_ms / 1e3) / peak_bw if prefill_ms else 0.0
+
+    acc: dict[str, Any] = {}
+    for p in pre:
+        p.scaled_into(acc, 1.0)
+    for b, n in dec_count.items():
+        dec[b].scaled_into(acc, float(n))
+    ms = 1e3 / clk
+    by_op = {
+        k: {"count": int(v[0]), "busy_ms": v[1] * ms, "mbytes": v[2] / 1e6}
+        for k, v in sorted(acc.get("by_op", {}).items())
+    }
+    by_layer = {
+        k: {u: v[i] * ms for i, u in enumerate(isa.UNIT_NAMES)}
+        for k, v in sorted(acc.get("by_layer", {}).items(), key=lambda kv: _layer_key(kv[0]))
+    }
+    used_bytes = sum(prog.stream(s, b).nbytes for s, b in run_streams)
+    store = instruction_storage(prog) if storage else {}
+    notes = []
+    if prog.hw_bytes("weight", "ddr"):
+        notes.append(
+            f"{prog.hw_bytes('weight', 'ddr') / 2**30:.2f} GiB of weights spill to DDR "
+            f"({a.ddr.bandwidth_gbs:g} GB/s): HBM holds {a.hbm.capacity_bytes / 2**30:.1f} GiB"
+        )
+    return SimReport(
+        model=prog.graph.name,
+        target=a.name,
+        prefill_tokens=prefill,
+        decode_tokens=decode,
+        prefill_ms=prefill_ms,
+        decode_ms_per_token=per_tok,
+        decode_tokens_per_s=1e3 / per_tok if per_tok else 0.0,
+        total_ms=prefill_ms + decode_ms,
+        dsp_utilization=dsp_util,
+        mpe_utilization=mpe_util,
+        hbm_bandwidth_utilization=bw_dec if decode else bw_pre,
+        instruction_bytes=int(store.get("bucketed_bytes", used_bytes)),
+        instruction_storage={"run_bytes": used_bytes, **store},
+        memory=memory_summary(prog),
+        breakdown={
+            "by_instruction": by_op,
+            "by_layer_ms": by_layer,
+            "prefill_bandwidth_utilization": bw_pre,
+            "decode_bandwidth_utilization": bw_dec,
+            "decode_ms_by_bucket": {str(b): dec[b].cycles * ms for b in sorted(dec_count)},
+            "decode_tokens_by_bucket": {str(b): n for b, n in sorted(dec_count.items())},
+        },
+        streams={
+            "prefill_chunks": chunks,
+            "decode_buckets": len(dec_count),
+            "instructions_per_decode_token": sum(dec[b].instrs * n for b, n in dec_count.items())
+            / max(decode, 1),
+        },
+        arch=a.to_dict(),
+        sim_seconds=time.perf_counter() - t0,
+        notes=notes,
+    )
+
+
+def _layer_key(k: str) -> tuple[int, Any]:
+    if k.startswith("layer "):
+        return (1, int(k.split()[1]))
+    return (0 if k in ("io", "embed_tokens") else 2, k)
+
+
+def memory_summary(prog: Program) -> dict[str, Any]:
+    g = 2**30
+    a = prog.arch
+    return {
+        "weights_gib": prog.hw_bytes("weight") / g,
+        "weights_in_ddr_gib": prog.hw_bytes("weight", "ddr") / g,
+        "kv_cache_gib": prog.hw_bytes("kv") / g,
+        "tables_and_io_gib": sum(prog.hw_bytes(k) for k in ("table", "vec", "rope", "in", "out"))
+        / g,
+        "hbm_capacity_gib": a.hbm.capacity_bytes / g,
+        "ddr_capacity_gib": a.ddr.capacity_bytes / g,
+        "formats": _format_counts(prog),
+    }
+
+
+def _format_counts(prog: Program) -> dict[str, int]:
+    c: Counter[str] = Counter(lin.fmt.describe() for lin in prog.linears.values())
+    return dict(sorted(c.items()))
+
+
+def instruction_storage(prog: Program) -> dict[str, Any]:
+    """Bytes of instruction streams with and without length-adaptive compilation."""
+    from llmc.fpga.lower import lower_stream
+
+    a = prog.arch
+    cache = prog.__dict__.setdefault("_storage", {})
+    if cache:
+        return dict(cache)
+    C, dq, mb, mx = a.prefill_bucket, a.decode_bucket, a.mask_block, a.max_tokens
+
+    def count(stage: str, b: int) -> int:
+        if (stage, b) in prog._streams:
+            return len(prog._streams[(stage, b)].instrs)
+        return len(lower_stream(prog, stage, b, deps=False).instrs)
+
+    chunk = [count("prefill", c) for c in range(mx // C)]
+    nblk = lambda t: math.ceil(t / mb)  # noqa: E731
+    pts = sorted({dq, min(mx, max(dq, mb + dq)), mx})
+    cnt = {t: count("decode", t) for t in pts}
+    affine = len(pts) < 3
+    if len(pts) == 3 and nblk(pts[1]) != nblk(pts[0]):
+        slope = (cnt[pts[1]] - cnt[pts[0]]) / (nblk(pts[1]) - nblk(pts[0]))
+        affine = cnt[pts[2]] == cnt[pts[0]] + slope * (nblk(pts[2]) - nblk(pts[0]))
+    if affine and len(pts) >= 2 and nblk(pts[-1]) != nblk(pts[0]):
+        slope = (cnt[pts[-1]] - cnt[pts[0]]) / (nblk(pts[-1]) - nblk(pts[0]))
+        dec = lambda t: int(round(cnt[pts[0]] + slope * (nblk(t) - nblk(pts[0]))))  # noqa: E731
+        method = "affine in key blocks (checked on 3 lengths)"
+    else:
+        full = {t: count("decode", t) for t in range(dq, mx + 1, dq)}
+        dec = lambda t: full[-(-t // dq) * dq]  # noqa: E731
+        method = "every bucket compiled"
+    B = isa.INSTR_BYTES
+    bucketed = (sum(chunk) + sum(dec(t) for t in range(dq, mx + 1, dq))) * B
+    prefix = [0]
+    for c in chunk:
+        prefix.append(prefix[-1] + c)
+    unb_prefill = sum(prefix[math.ceil(L / C)] for L in range(1, mx + 1))
+    unb_decode = sum(dec(t) for t in range(1, mx + 1))
+    unbucketed = (unb_prefill + unb_decode) * B
+    out = {
+        "bucketed_bytes": bucketed,
+        "unbucketed_bytes": unbucketed,
+        "ratio": unbucketed / bucketed if bucketed else 0.0,
+        "streams_bucketed": len(chunk) + mx // dq,
+        "streams_unbucketed": 2 * mx,
+        "prefill_chunk_instructions": chunk,
+        "decode_count_method": method,
+        "bytes_per_instruction": B,
+    }
+    cache.update(out)
+    return dict(out)
