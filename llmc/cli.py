@@ -69,6 +69,7 @@ def cmd_compile(a: argparse.Namespace) -> int:
         allow_pickle=a.allow_pickle,
         pass_options=_pass_options(a),
         analysis_env={"batch": 1, "seq": a.seq, "past": a.past},
+        target_options={"arch": a.arch, "set": a.set} if (a.arch or a.set) else None,
     )
     r = res.report
     if a.json:
@@ -413,13 +414,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-pickle", action="store_true")
     p.set_defaults(func=cmd_bench)
 
-    p = add("simulate", "simulate a model on a FlightLLM FPGA target")
+    p = add("simulate", "simulate a model on a FlightLLM FPGA target (cycle-level model)")
     p.add_argument("model", metavar="MODEL")
-    p.add_argument("--target", default="u280")
-    p.add_argument("--prefill", type=int, default=128)
-    p.add_argument("--decode", type=int, default=512)
-    p.add_argument("--arch", metavar="FILE")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--target", default="u280", help="u280 (default) or vhk158")
+    p.add_argument("--prefill", type=int, default=128, help="prompt tokens (default 128)")
+    p.add_argument("--decode", type=int, default=512, help="generated tokens (default 512)")
+    p.add_argument("--arch", metavar="FILE", help="architecture YAML (may start with base: u280)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override an arch field"
+    )
+    p.add_argument(
+        "--no-fold",
+        action="store_true",
+        help="simulate every layer instead of folding identical layers (slower, same result)",
+    )
     p.add_argument("--allow-pickle", action="store_true")
     _add_pass_args(p)
     p.set_defaults(func=cmd_simulate)

@@ -152,10 +152,16 @@ def compile_model(
     allow_pickle: bool = False,
     pass_options: dict[str, Any] | None = None,
     analysis_env: dict[str, int] | None = None,
+    target_options: dict[str, Any] | None = None,
 ) -> CompileResult:
-    """Load, transform and lower a model; write the artifact atomically to ``out``."""
+    """Load, transform and lower a model; write the artifact atomically to ``out``.
+
+    ``target_options`` configures the target: for FPGA targets ``{"arch": FILE, "set":
+    ["key=value", ...]}`` (``--arch`` / ``--set``)."""
     t_start = time.perf_counter()
     tgt = get_target(target)  # fail fast on an unknown target, before loading anything
+    if target_options:
+        tgt = configure_target(tgt, target_options)
     if tgt.kind not in BACKENDS:
         raise TargetError(f"target {target} has kind {tgt.kind!r}, which no backend handles")
     loaded = model if isinstance(model, Loaded) else load(model, allow_pickle=allow_pickle)
@@ -203,6 +209,20 @@ def compile_model(
             },
         )
     return CompileResult(out, tgt, report, graph)
+
+
+def configure_target(tgt: Target, options: dict[str, Any]) -> Target:
+    """``tgt`` with user options applied (FPGA: another architecture file, field overrides)."""
+    import dataclasses
+
+    if tgt.kind != "fpga":
+        raise TargetError(f"--arch/--set apply to FPGA targets only; {tgt.name} is {tgt.kind}")
+    from llmc.fpga.arch import load_arch
+
+    arch = load_arch(options.get("arch") or tgt.name, list(options.get("set") or ()))
+    return dataclasses.replace(
+        tgt, description=arch.description, spec=arch.hardware_spec(), extra={"arch": arch}
+    )
 
 
 def _compile_ref(graph: Graph, target: Target, tmp: Path, report: dict[str, Any]) -> dict[str, Any]:

@@ -111,6 +111,7 @@ class FpgaArch:
     board: str
     clock_mhz: float
     slrs: int
+    cores: int
     dsp: DspSpec
     mm_unit: tuple[int, int, int]
     mv_unit: tuple[int, int, int]
@@ -146,9 +147,10 @@ class FpgaArch:
         return self.mv_unit[0] * self.mv_unit[1] * self.mv_unit[2]
 
     def dsps_needed(self) -> int:
+        """DSPs of all cores (each core instantiates its own MM/MV units)."""
         mm = math.ceil(self.mm_macs / self.dsp.macs_per_dsp)
         mv = math.ceil(self.mv_macs / self.dsp.macs_per_dsp)
-        return max(mm, mv) if self.dsp.shared_mpe else mm + mv
+        return self.cores * (max(mm, mv) if self.dsp.shared_mpe else mm + mv)
 
     @property
     def memory_bytes(self) -> float:
@@ -179,7 +181,7 @@ class FpgaArch:
         unit, HBM bandwidth and capacity) for roofline and co-design studies."""
         from llmc.backends.targets import HardwareSpec
 
-        peak = 2.0 * self.mm_macs * self.clock_hz
+        peak = 2.0 * self.cores * self.mm_macs * self.clock_hz
         return HardwareSpec(
             {"i8": peak, "i4": peak, "f16": peak / 2, "f32": peak / 4},
             self.hbm.bandwidth_gbs * 1e9,
@@ -228,6 +230,7 @@ FIELDS: tuple[Field, ...] = (
     F("board", "str", None, "", "board and device"),
     F("clock_mhz", "float", _pos, "> 0", "accelerator clock"),
     F("slrs", "int", _pos, ">= 1", "super logic regions (dies)"),
+    F("cores", "int", _pos, ">= 1", "accelerator cores (MPE + SFU each), at most one per SLR"),
     F("dsp.total", "int", _pos, ">= 1", "DSP slices on the device"),
     F("dsp.macs_per_dsp", "int", _pos, ">= 1", "8-bit MACs one DSP performs per cycle (packing)"),
     F("dsp.chain_length", "int", _pos, ">= 1", "DSPs cascaded into one chain (one DSP group)"),
@@ -427,6 +430,7 @@ def _build(
         board=v["board"],
         clock_mhz=v["clock_mhz"],
         slrs=v["slrs"],
+        cores=v["cores"],
         dsp=DspSpec(**{k[4:]: v[k] for k in v if k.startswith("dsp.")}),
         mm_unit=v["mm_unit"],
         mv_unit=v["mv_unit"],
@@ -463,6 +467,8 @@ def validate(a: FpgaArch, where: str = "") -> None:
     def fail(key: str, msg: str) -> None:
         raise ArchError(f"{where}: field '{key}' = {_show(a.get(key))}: {msg}")
 
+    if a.cores > a.slrs:
+        fail("cores", f"more cores than SLRs ({a.slrs}): a core does not span dies")
     b = a.sparse_block
     for n in a.sparse_nnz:
         if b % n:
@@ -477,8 +483,8 @@ def validate(a: FpgaArch, where: str = "") -> None:
     if a.dsps_needed() > a.dsp.total:
         fail(
             "dsp.total",
-            f"the units need {a.dsps_needed()} DSPs (mm_unit {list(a.mm_unit)} and mv_unit "
-            f"{list(a.mv_unit)} at {a.dsp.macs_per_dsp} MACs/DSP)",
+            f"the units need {a.dsps_needed()} DSPs ({a.cores} core(s) of mm_unit "
+            f"{list(a.mm_unit)} and mv_unit {list(a.mv_unit)} at {a.dsp.macs_per_dsp} MACs/DSP)",
         )
     if a.hbm.eff_cross > a.hbm.eff_same:
         fail("hbm.eff_cross", f"cross-channel efficiency above same-channel ({a.hbm.eff_same})")

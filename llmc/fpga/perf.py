@@ -15,6 +15,9 @@ Durations (cycles at ``clock_mhz``):
   bursts of ``burst_bytes``; a row that covers a full stripe (``channels x burst_bytes``) streams
   from every channel at ``eff_same``, a shorter row goes through the HBM switch at
   ``eff_cross``. DDR-resident weights use the DDR bandwidth and efficiency.
+- Cores: ``cores`` copies of the MPE and SFU (one per SLR, as in FlightLLM) split each MM/MV
+  instruction's heads (attention) or output rows (projections), and each SFU instruction's rows;
+  an instruction runs on all cores at once, so the cost below uses the per-core share.
 - MM/MV (sparse DSP chain): a chain of ``lanes`` DSPs consumes ``lanes`` non-zero products per
   cycle. With ``dsp.sparse_chain`` the sparse multiplexer feeds only the ``n`` non-zeros of each
   16-block row and reduction nodes split the chain into ``16/n`` shorter dot products, so an
@@ -68,6 +71,7 @@ class StreamPerf:
     ddr_bytes: float
     by_op: dict[str, list[float]] = field(default_factory=dict)  # op -> [count, cycles, bytes]
     by_layer: dict[str, list[float]] = field(default_factory=dict)  # layer -> busy per unit
+    end: float = 0.0  # the exact (fractional) finishing time; ``cycles`` is its ceiling
 
     def scaled_into(self, acc: dict[str, Any], k: float) -> None:
         for name, src in (("by_op", self.by_op), ("by_layer", self.by_layer)):
@@ -126,11 +130,18 @@ class PerfModel:
         per_row = math.ceil(
             (k // 16) * eff_nnz / (a.mv_unit[1] if ins.op == isa.MV else a.mm_unit[1])
         )
-        if ins.op == isa.MV:
-            groups = m * math.ceil(n / a.mv_unit[0])
+        # the cores split the heads (attention) or the output rows (projections)
+        if heads > 1:
+            core_heads, core_n = math.ceil(heads / a.cores), n
         else:
-            groups = math.ceil(m / a.mm_unit[0]) * math.ceil(n / a.mm_unit[2])
-        cycles = heads * groups * per_row * passes + self.fill + (self.red if eff_nnz < 16 else 0)
+            core_heads, core_n = 1, math.ceil(n / a.cores)
+        if ins.op == isa.MV:
+            groups = m * math.ceil(core_n / a.mv_unit[0])
+        else:
+            groups = math.ceil(m / a.mm_unit[0]) * math.ceil(core_n / a.mm_unit[2])
+        cycles = (
+            core_heads * groups * per_row * passes + self.fill + (self.red if eff_nnz < 16 else 0)
+        )
         useful = heads * m * n * k * nnz / 16.0
         return cycles, useful
 
@@ -138,8 +149,10 @@ class PerfModel:
         f = ins.f
         rows = f.get("n_outer", 1) * f.get("n_inner", 1)
         passes = SFU_PASSES.get(f.get("func", 0), 1)
+        core_rows = math.ceil(rows / self.arch.cores)  # rows are split over the cores
         return (
-            passes * rows * math.ceil(f.get("len", 1) / self.arch.sfu_width) + self.arch.sfu_latency
+            passes * core_rows * math.ceil(f.get("len", 1) / self.arch.sfu_width)
+            + self.arch.sfu_latency
         )
 
 
@@ -215,4 +228,5 @@ def simulate_stream(instrs: list[isa.Instr], pm: PerfModel) -> StreamPerf:
         ddr_bytes=ddr,
         by_op=dict(by_op),
         by_layer=dict(by_layer),
+        end=end_all,
     )

@@ -24,7 +24,8 @@ from typing import Any
 from llmc.errors import LlmcError
 from llmc.fpga import isa
 from llmc.fpga.arch import FpgaArch
-from llmc.fpga.perf import PerfModel, StreamPerf, simulate_stream
+from llmc.fpga.fold import FullCosts, costs_for, foldable
+from llmc.fpga.perf import PerfModel, StreamPerf
 from llmc.fpga.program import Program, build_program
 from llmc.ir.graph import Graph
 
@@ -108,12 +109,15 @@ def simulate(
     decode: int = 512,
     *,
     storage: bool = True,
+    fold: bool = True,
 ) -> SimReport:
     """Simulate a prompt of ``prefill`` tokens followed by ``decode`` generated tokens.
 
     ``graph`` is an LM-ABI graph (architecture-only models are fine: only shapes and storage
     formats are read) or a :class:`Program` already built for ``arch``. ``storage`` adds the
-    instruction storage with and without length buckets (costs a compile of every prompt chunk).
+    instruction storage with and without length buckets. ``fold`` derives the streams of a model
+    with identical layers from its 2-, 3- and 4-layer copies (:mod:`llmc.fpga.fold`), checked per
+    stream; ``fold=False`` lowers and simulates every stream of the whole model.
     """
     t0 = time.perf_counter()
     prog = graph if isinstance(graph, Program) else build_program(graph, arch)
@@ -127,12 +131,13 @@ def simulate(
         )
     pm = PerfModel(a)
     clk = a.clock_hz
+    costs = costs_for(prog, pm, fold=fold)
     run_streams: dict[tuple[str, int], StreamPerf] = {}
 
     def perf(stage: str, b: int) -> StreamPerf:
         key = (stage, b)
         if key not in run_streams:
-            run_streams[key] = simulate_stream(prog.stream(stage, b).instrs, pm)
+            run_streams[key] = costs.perf(stage, b)
         return run_streams[key]
 
     chunks = prog.prefill_chunks(prefill)
@@ -151,8 +156,8 @@ def simulate(
     total_cycles = pre_cycles + dec_cycles
     dsp_util = (pre_mac + dec_mac) / (total_cycles * capacity) if total_cycles else 0.0
     mpe_util = {
-        "prefill": pre_mac / (pre_cycles * a.mm_macs) if pre_cycles else 0.0,
-        "decode": dec_mac / (dec_cycles * a.mv_macs) if dec_cycles else 0.0,
+        "prefill": pre_mac / (pre_cycles * a.cores * a.mm_macs) if pre_cycles else 0.0,
+        "decode": dec_mac / (dec_cycles * a.cores * a.mv_macs) if dec_cycles else 0.0,
     }
     peak_bw = a.hbm.bandwidth_gbs * 1e9
     dec_hbm = sum(dec[b].hbm_bytes * n for b, n in dec_count.items())
@@ -174,9 +179,18 @@ def simulate(
         k: {u: v[i] * ms for i, u in enumerate(isa.UNIT_NAMES)}
         for k, v in sorted(acc.get("by_layer", {}).items(), key=lambda kv: _layer_key(kv[0]))
     }
-    used_bytes = sum(prog.stream(s, b).nbytes for s, b in run_streams)
-    store = instruction_storage(prog) if storage else {}
+    used_bytes = sum(p.instrs for p in run_streams.values()) * isa.INSTR_BYTES
+    store = instruction_storage(prog, costs) if storage else {}
     notes = []
+    why_not = foldable(prog)
+    if fold and why_not is None:
+        n_fb = sum(1 for k in run_streams if k in getattr(costs, "fallbacks", ()))
+        notes.append(
+            f"layer folding: {len(run_streams) - n_fb} of {len(run_streams)} streams derived from "
+            f"the 2-, 3- and 4-layer copies, {n_fb} simulated in full"
+        )
+    elif fold:
+        notes.append(f"layer folding off: {why_not}")
     if prog.hw_bytes("weight", "ddr"):
         notes.append(
             f"{prog.hw_bytes('weight', 'ddr') / 2**30:.2f} GiB of weights spill to DDR "
@@ -243,22 +257,19 @@ def _format_counts(prog: Program) -> dict[str, int]:
     return dict(sorted(c.items()))
 
 
-def instruction_storage(prog: Program) -> dict[str, Any]:
-    """Bytes of instruction streams with and without length-adaptive compilation."""
-    from llmc.fpga.lower import lower_stream
+def instruction_storage(prog: Program, costs: FullCosts | None = None) -> dict[str, Any]:
+    """Bytes of instruction streams with and without length-adaptive compilation.
 
+    Prefill chunk ``c`` attends to ``(c + 1)`` chunks of keys, so, like the decode streams, its
+    size is affine in ``c`` where that holds on three chunks (checked); otherwise every chunk is
+    compiled."""
     a = prog.arch
     cache = prog.__dict__.setdefault("_storage", {})
     if cache:
         return dict(cache)
     C, dq, mb, mx = a.prefill_bucket, a.decode_bucket, a.mask_block, a.max_tokens
-
-    def count(stage: str, b: int) -> int:
-        if (stage, b) in prog._streams:
-            return len(prog._streams[(stage, b)].instrs)
-        return len(lower_stream(prog, stage, b, deps=False).instrs)
-
-    chunk = [count("prefill", c) for c in range(mx // C)]
+    count = (costs or FullCosts(prog, PerfModel(a))).count
+    chunk = _affine_counts(lambda c: count("prefill", c), mx // C)
     nblk = lambda t: math.ceil(t / mb)  # noqa: E731
     pts = sorted({dq, min(mx, max(dq, mb + dq)), mx})
     cnt = {t: count("decode", t) for t in pts}
@@ -294,3 +305,15 @@ def instruction_storage(prog: Program) -> dict[str, Any]:
     }
     cache.update(out)
     return dict(out)
+
+
+def _affine_counts(count: Any, n: int) -> list[int]:
+    """``[count(0), ..., count(n - 1)]``, from three points when the counts are affine (checked
+    on ``0, 1, 2`` and ``n - 1``), else by counting each."""
+    if n <= 4:
+        return [count(i) for i in range(n)]
+    c0, c1, c2, last = count(0), count(1), count(2), count(n - 1)
+    slope = c1 - c0
+    if c2 - c1 == slope and last == c0 + slope * (n - 1):
+        return [c0 + slope * i for i in range(n)]
+    return [c0, c1, c2, *(count(i) for i in range(3, n - 1)), last]

@@ -11,15 +11,17 @@
   causal, so the same graph serves a full forward (``past = 0``), prefill and decode.
 - :func:`replicate_layers`: grows an ``n``-layer graph to ``total`` layers by copying the last
   layer's subgraph with renamed scopes and params (architecture-only models: a 7B graph is built
-  from a 2-layer export in a second).
+  from a 2-layer export in a second); :func:`truncate_layers` is its inverse (the FPGA
+  simulator's layer folding simulates 2-4 layers of a 32-layer model).
 """
 
 from __future__ import annotations
 
+import copy
 import re
 
 from llmc.errors import IRError
-from llmc.ir.graph import Graph, Node, Value
+from llmc.ir.graph import Graph, Node, Value, regions_of
 from llmc.ir.params import Param
 from llmc.ir.types import TensorType, sym
 
@@ -232,3 +234,62 @@ def replicate_layers(g: Graph, prefix: str, total: int) -> None:
         n.inputs = tuple(cur[last_src[id(v)]] if id(v) in last_src else v for v in n.inputs)
     g.outputs = [cur[last_src[id(v)]] if id(v) in last_src else v for v in g.outputs]
     del before
+
+
+def truncate_layers(g: Graph, prefix: str, keep: int) -> Graph:
+    """A new graph with only the first ``keep`` layers of ``g``: what followed the last layer now
+    reads layer ``keep - 1``'s values, and the cache inputs/outputs of the dropped layers are gone.
+
+    The inverse of :func:`replicate_layers` for graphs whose layers are structurally identical
+    (checked against the last layer). Only the kept nodes are copied; params are re-wrapped and
+    share their data with ``g`` (as :meth:`Graph.copy` does); ``g`` is not modified.
+    """
+    have = 0
+    while _layer_nodes(g, prefix, have):
+        have += 1
+    if not 1 <= keep <= have:
+        raise IRError(f"truncate_layers: cannot keep {keep} of {have} layers under {prefix}")
+    if any(regions_of(n) for n in g.nodes):
+        raise IRError("truncate_layers: graphs with regions (cond, fused_elementwise) unsupported")
+    last = _layer_nodes(g, prefix, have - 1)
+    new_last = _layer_nodes(g, prefix, keep - 1)
+    if len(last) != len(new_last) or any(
+        a.op != b.op or a.out.type != b.out.type for a, b in zip(last, new_last, strict=True)
+    ):
+        raise IRError(f"layers {keep - 1} and {have - 1} differ in structure; cannot truncate")
+    dropped = {id(n) for i in range(keep, have) for n in _layer_nodes(g, prefix, i)}
+    remap = {id(a.out): b.out for a, b in zip(last, new_last, strict=True)}
+    kept = [n for n in g.nodes if id(n) not in dropped]
+    # A dropped layer's outputs (its caches) go with it; an output of the last layer that no kept
+    # output already covers (a hidden state) is rewired like the tail.
+    dropped_vals = {id(n.out) for n in g.nodes if id(n) in dropped}
+    outs: list[Value] = []
+    for v in g.outputs:
+        if id(v) in dropped_vals:
+            w = remap.get(id(v))
+            if w is None or any(w is o for o in g.outputs) or any(w is o for o in outs):
+                continue
+            v = w
+        outs.append(v)
+    used = {id(remap.get(id(v), v)) for n in kept for v in n.inputs} | {id(v) for v in outs}
+
+    out = Graph(g.name)
+    out.meta = copy.deepcopy(g.meta)
+    out.meta["num_layers"] = keep
+    vmap: dict[int, Value] = {}
+    for v in g.inputs:
+        if id(v) in used:
+            vmap[id(v)] = out.add_input(v.name, v.type)
+    for n in kept:
+        ins = tuple(vmap[id(remap.get(id(v), v))] for v in n.inputs)
+        out.claim_name(n.out.name)
+        node = Node(n.op, ins, n.attrs, Value(n.out.name, n.out.type), n.scope, n.block)
+        out.append(node)
+        vmap[id(n.out)] = node.out
+        if n.op == "param":
+            p = g.params[n.attrs.name]
+            out.params[p.name] = Param(p.name, p.type, p.format, dict(p.data))
+    out.outputs = [vmap[id(v)] for v in outs]
+    out.dce()
+    out.prune_params()
+    return out

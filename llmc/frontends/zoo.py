@@ -10,7 +10,7 @@ seeded random values where real numbers are needed.
 
 Example::
 
-    g = zoo.build("llama2-7b")                  # f16, 6.74B params on meta, ~1 s
+    g = zoo.build("llama2-7b")                  # f16, 6.74B params on meta (cached on disk)
     analysis.param_summary(g)["parameters"]     # 6738415616
     zoo.materialize(g, seed=0)                  # now runnable (needs the memory)
 """
@@ -18,7 +18,12 @@ Example::
 from __future__ import annotations
 
 import copy
+import hashlib
+import importlib.metadata
+import json
+import os
 import zlib
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -228,12 +233,67 @@ def config(name: str) -> dict[str, Any]:
     return copy.deepcopy(CONFIGS[name])
 
 
-def build(name: str, *, dtype: str | None = None) -> Graph:
-    """The IR graph of a zoo model with ``meta`` params (see the module docstring)."""
+def build(name: str, *, dtype: str | None = None, cache: bool | None = None) -> Graph:
+    """The IR graph of a zoo model with ``meta`` params (see the module docstring).
+
+    The graph is kept in the on-disk cache (:func:`cache_path`) keyed by the config, the dtype,
+    and the versions of llmc's frontend and IR sources, torch and transformers, so a second build
+    skips tracing (seconds for a 7B model, mostly importing transformers) and parses the IR text
+    instead (tenths of a second). ``cache=False`` or ``LLMC_CACHE_DIR=off`` turns it off.
+    """
+    cfg = config(name)
+    path = cache_path(name, cfg, dtype) if cache is not False else None
+    if path is not None and path.is_file():
+        from llmc.ir.parser import parse_graph
+
+        try:
+            return parse_graph(path.read_text())
+        except Exception:  # noqa: BLE001 - a damaged cache entry is rebuilt, never fatal
+            path.unlink(missing_ok=True)
+    g = _build(name, cfg, dtype)
+    if path is not None:
+        _write_cache(path, g)
+    return g
+
+
+def cache_path(name: str, cfg: dict[str, Any], dtype: str | None) -> Path | None:
+    """Where :func:`build` caches ``name`` (``None`` when the cache is off)."""
+    root = os.environ.get("LLMC_CACHE_DIR")
+    if root is not None and root.strip().lower() in ("", "0", "off", "none"):
+        return None
+    base = Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    if not root:
+        base = base / "llmc"
+    h = hashlib.sha256()
+    h.update(json.dumps([cfg, dtype], sort_keys=True).encode())
+    for dist in ("torch", "transformers"):
+        try:
+            h.update(importlib.metadata.version(dist).encode())
+        except importlib.metadata.PackageNotFoundError:
+            h.update(b"-")
+    here = Path(__file__).resolve().parents[1]
+    for src in sorted([*here.glob("frontends/*.py"), *here.glob("ir/*.py")]):
+        h.update(src.name.encode())
+        h.update(src.read_bytes())
+    return base / "zoo" / f"{name}-{h.hexdigest()[:20]}.ir"
+
+
+def _write_cache(path: Path, g: Graph) -> None:
+    from llmc.ir.printer import print_graph
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(print_graph(g))
+        tmp.replace(path)
+    except OSError:  # a read-only or full disk only costs the next build its speed
+        pass
+
+
+def _build(name: str, cfg: dict[str, Any], dtype: str | None) -> Graph:
     from llmc.frontends.hf import from_hf_model
     from llmc.frontends.hf_dir import architecture_of, build_module, parse_dtype
 
-    cfg = config(name)
     where = f"zoo model {name}"
     fam = architecture_of(cfg, where)
     layers_key = "n_layer" if "n_layer" in cfg else "num_hidden_layers"

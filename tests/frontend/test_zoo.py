@@ -96,3 +96,23 @@ def test_materialize_seeded_and_runnable():
     past = [torch.zeros(1, 2, 0, 16)] * 6
     out = run(a, [ids, torch.arange(4)[None], *past])[0]
     assert out.shape == (1, 4, VOCAB) and torch.isfinite(out).all()
+
+
+def test_zoo_graphs_are_cached_on_disk(tmp_path, monkeypatch):
+    from llmc.ir.printer import print_graph
+
+    monkeypatch.setenv("LLMC_CACHE_DIR", str(tmp_path))
+    first = zoo.build("gpt2")
+    (entry,) = (tmp_path / "zoo").glob("gpt2-*.ir")
+    t = time.perf_counter()
+    second = zoo.build("gpt2")
+    assert time.perf_counter() - t < 2.0  # parsed, not traced
+    assert print_graph(second) == print_graph(first)
+    assert all(p.is_meta for p in second.params.values()) and second.meta["zoo"] == "gpt2"
+    # another dtype is another entry; a damaged entry is rebuilt; "off" writes nothing
+    zoo.build("gpt2", dtype="f32")
+    assert len(list((tmp_path / "zoo").glob("gpt2-*.ir"))) == 2
+    entry.write_text("graph @broken {")
+    assert print_graph(zoo.build("gpt2")) == print_graph(first)
+    monkeypatch.setenv("LLMC_CACHE_DIR", "off")
+    assert zoo.cache_path("gpt2", zoo.config("gpt2"), None) is None

@@ -1,0 +1,67 @@
+"""``llmc simulate MODEL --target u280|vhk158 [--passes SPEC] [--prefill N] [--decode M] [--json]``."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from llmc.errors import TargetError
+from llmc.fpga.arch import FpgaArch, builtin_names, load_arch
+
+
+def resolve_arch(target: str, arch_file: str | None, sets: list[str]) -> FpgaArch:
+    """The board for ``--target`` / ``--arch FILE`` with ``--set`` overrides."""
+    if arch_file:
+        return load_arch(arch_file, sets)
+    from llmc.backends.targets import get_target
+
+    t = get_target(target)
+    if t.kind != "fpga":
+        raise TargetError(
+            f"`llmc simulate` needs an FPGA target ({', '.join(builtin_names())}) or --arch FILE; "
+            f"{target} is a {t.kind} target (use `llmc bench` on its artifacts)"
+        )
+    return load_arch(t.name, sets)
+
+
+def simulate_command(a: argparse.Namespace) -> int:
+    from llmc.cli import _pass_options, emit_json, status
+    from llmc.compile import load, run_passes
+    from llmc.fpga.sim import simulate
+
+    t0 = time.perf_counter()
+    arch = resolve_arch(a.target, a.arch, a.set)
+    status(f"loading {a.model} ...")
+    loaded = load(a.model, allow_pickle=a.allow_pickle)
+    t_load = time.perf_counter()
+    report = run_passes(
+        loaded.graph, a.passes, a.recipe, target=arch.name, options=_pass_options(a)
+    )
+    t_passes = time.perf_counter()
+    status(f"simulating on {arch.name} ...")
+    rep = simulate(loaded.graph, arch, a.prefill, a.decode, fold=not a.no_fold)
+    t_end = time.perf_counter()
+    timing = {
+        "load": t_load - t0,
+        "passes": t_passes - t_load,
+        "simulate": t_end - t_passes,
+        "total": t_end - t0,
+    }
+    if a.json:
+        out: dict[str, Any] = rep.to_dict()
+        out["model"] = loaded.name
+        out["passes"] = report
+        out["timing_s"] = timing
+        emit_json(out)
+        return 0
+    print(rep.summary())
+    m = rep.memory
+    print(
+        f"  memory         {m['weights_gib']:.2f} GiB weights ({m['weights_in_ddr_gib']:.2f} in "
+        f"DDR), {m['kv_cache_gib']:.2f} GiB KV cache; HBM {m['hbm_capacity_gib']:.1f} GiB"
+    )
+    for note in rep.notes:
+        print(f"  note           {note}")
+    print(f"  time           {timing['total']:.2f} s (simulation {timing['simulate']:.2f} s)")
+    return 0
