@@ -118,24 +118,31 @@ def seq_sum(cols: np.ndarray) -> np.ndarray:
     return acc
 
 
-def rmsnorm32(x: np.ndarray, g: np.ndarray, eps: float) -> np.ndarray:
+def rmsnorm32(x: np.ndarray, g: np.ndarray | None, eps: float) -> np.ndarray:
     """Per row: ``ss = sum x_j*x_j`` (sequential); ``r = 1 / sqrt(ss / D + eps)``;
-    ``out = (x * r) * g``."""
+    ``out = (x * r) * g`` (``g`` None: ``x * r``)."""
     d = f32(x.shape[-1])
     ss = seq_sum((x * x).astype(f32))
     r = (ONE / np.sqrt(((ss / d).astype(f32) + f32(eps)).astype(f32))).astype(f32)
-    return ((x * r[..., None]).astype(f32) * g).astype(f32)
+    y = (x * r[..., None]).astype(f32)
+    return y if g is None else (y * g).astype(f32)
 
 
-def layernorm32(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
+def layernorm32(
+    x: np.ndarray, g: np.ndarray | None, b: np.ndarray | None, eps: float
+) -> np.ndarray:
     """Per row: ``mean = sum x / D``; ``var = sum (x-mean)^2 / D`` (sequential sums);
-    ``r = 1 / sqrt(var + eps)``; ``out = ((x - mean) * r) * g + b``."""
+    ``r = 1 / sqrt(var + eps)``; ``out = ((x - mean) * r) * g + b`` (a None ``g`` / ``b``
+    skips its step)."""
     d = f32(x.shape[-1])
     mean = (seq_sum(x) / d).astype(f32)
     xc = (x - mean[..., None]).astype(f32)
     var = (seq_sum((xc * xc).astype(f32)) / d).astype(f32)
     r = (ONE / np.sqrt((var + f32(eps)).astype(f32))).astype(f32)
-    return (((xc * r[..., None]).astype(f32) * g).astype(f32) + b).astype(f32)
+    y = (xc * r[..., None]).astype(f32)
+    if g is not None:
+        y = (y * g).astype(f32)
+    return y if b is None else (y + b).astype(f32)
 
 
 def softmax32(s: np.ndarray, visible: np.ndarray | None, scale: float) -> np.ndarray:
@@ -148,7 +155,8 @@ def softmax32(s: np.ndarray, visible: np.ndarray | None, scale: float) -> np.nda
     m = np.where(np.isneginf(m), ZERO, m).astype(f32)
     e = exp32((v - m).astype(f32))
     tot = seq_sum(e)
-    return (e / tot[..., None]).astype(f32)
+    # nothing visible: every e is 0 and so is the sum; dividing by 1 keeps the zeros
+    return (e / np.where(tot == ZERO, ONE, tot)[..., None]).astype(f32)
 
 
 def rope32(
