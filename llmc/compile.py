@@ -51,6 +51,7 @@ RUNNERS: dict[str, str] = {
     "cpu": "llmc.runtime.tvm_runner:load",
     "cuda": "llmc.runtime.tvm_runner:load",
     "rocm": "llmc.runtime.tvm_runner:load",
+    "fpga": "llmc.fpga.runner:load",
 }
 
 
@@ -96,7 +97,7 @@ def runner_for(loaded: Loaded, device: str = "cpu") -> LanguageModel:
     if kind not in RUNNERS:
         raise TargetError(
             f"{loaded.artifact.path}: artifacts for {loaded.artifact.target} ({kind}) cannot run "
-            "on this machine; use `llmc simulate` for FPGA targets"
+            "on this machine"
         )
     return _resolve(RUNNERS[kind])(loaded.artifact.path)
 

@@ -111,3 +111,12 @@ def test_registry_targets():
     t = get_target("vhk158")
     assert t.kind == "fpga" and t.extra["arch"].name == "vhk158"
     assert t.spec.mem_bandwidth == 819.2e9
+
+
+def test_docs_list_every_field():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "fpga.md").read_text()
+    missing = [f.key for f in FIELDS if f.key not in ("description", "board")]
+    missing = [k for k in missing if f"`{k}`" not in text and k not in ("power_w", "price_usd")]
+    assert not missing, f"docs/fpga.md's field table lacks {missing}"

@@ -1,0 +1,86 @@
+"""Running an FPGA artifact on this machine: the functional simulator behind the LM interface.
+
+``llmc run OUT`` and ``llmc eval OUT`` on a ``u280``/``vhk158`` artifact execute the artifact's
+instruction streams bit-accurately (:class:`~llmc.fpga.funcsim.FuncRunner`), so the text they
+print and the perplexity they measure are what the accelerator's arithmetic gives. The device
+holds one sequence: batch 1, a prompt from an empty cache (prefill chunks), then one token per
+call (the decode stream of its bucket). The KV cache lives in the simulated HBM; the caches
+returned to the caller are copies read back from it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from llmc.errors import LlmcError
+from llmc.runtime.lm import KV, LanguageModel
+
+
+class FpgaLM(LanguageModel):
+    """An FPGA artifact on the functional simulator."""
+
+    device = "flightllm-funcsim"
+
+    def __init__(self, path: str | Path) -> None:
+        from llmc.artifact import load_artifact
+        from llmc.fpga.arch import load_arch
+        from llmc.fpga.funcsim import FuncRunner
+        from llmc.fpga.program import build_program
+
+        art = load_artifact(path)
+        if any(p.is_meta for p in art.graph.params.values()):
+            raise LlmcError(
+                f"{path}: an architecture-only model has no weights to run; use `llmc simulate`"
+            )
+        arch = load_arch(str(Path(path) / "fpga" / "arch.yaml"))
+        self.graph = art.graph
+        self.meta = dict(art.graph.meta)
+        self.prog = build_program(art.graph, arch)
+        self.runner = FuncRunner(self.prog)
+        self._caches = list(self.prog.cache_inputs)
+
+    @property
+    def max_positions(self) -> int:
+        return min(int(self.meta.get("max_position_embeddings", 2048)), self.prog.arch.max_tokens)
+
+    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Full-sequence forward from an empty cache, one sequence at a time (batch rows run
+        one after the other, as they would on the device)."""
+        rows = [super(FpgaLM, self).logits(input_ids[i : i + 1]) for i in range(len(input_ids))]
+        return torch.cat(rows)
+
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, past: KV
+    ) -> tuple[torch.Tensor, KV]:
+        if input_ids.shape[0] != 1:
+            raise LlmcError(f"the accelerator runs batch 1, got batch {input_ids.shape[0]}")
+        past_len = int(past[0][0].shape[2]) if past else 0
+        ids = input_ids[0].numpy()
+        pos = positions[0].numpy()
+        if past_len == 0:
+            logits = self.runner.prefill(ids, pos)
+        elif past_len != self.runner.pos:
+            raise LlmcError(
+                f"the device cache holds {self.runner.pos} tokens, the caller's {past_len}: "
+                "an FPGA artifact continues only its own sequence"
+            )
+        else:
+            logits = np.stack(
+                [self.runner.decode(int(t), int(p)) for t, p in zip(ids, pos, strict=True)]
+            )
+        out = torch.from_numpy(np.ascontiguousarray(logits))[None]
+        grown: KV = []
+        names = self._caches
+        for i in range(0, len(names), 2):
+            k = torch.from_numpy(self.runner.cache(names[i]))[None]
+            v = torch.from_numpy(self.runner.cache(names[i + 1]))[None]
+            grown.append((k, v))
+        return out, grown
+
+
+def load(path: str | Path) -> LanguageModel:
+    """The ``fpga`` runner of :data:`llmc.compile.RUNNERS`."""
+    return FpgaLM(path)
