@@ -59,6 +59,15 @@ def host_cpu() -> str:
     return str(tvm_ffi.get_global_func("target.llvm_get_system_cpu")())
 
 
+@cache
+def vector_bits() -> int:
+    """The widest vector register of this machine's CPU (sizes the GEMM register blocks)."""
+    flags = set(host_isa_flags())
+    if "avx512f" in flags:
+        return 512
+    return 256 if "avx" in flags else 128
+
+
 # -- panel layouts of quantized and sparse weights ------------------------------------------------
 
 
@@ -125,8 +134,8 @@ def _linear_panel(ctx: LowerCtx, n: Node) -> relax.Expr:
     w = ctx.weight(p, f"panel{NB}", dt)
     xdt, wdt, m = x.ty.dtype, tvm_dtype(dt), _static_rows(x)
     y = ctx.call_kernel(
-        ("panel_gemm", in_f, out_f, NB, xdt, wdt, m),
-        lambda: cpu_kernels.panel_gemm(in_f, out_f, NB, xdt, wdt, m),
+        ("panel_gemm", in_f, out_f, NB, xdt, wdt, m, vector_bits()),
+        lambda: cpu_kernels.panel_gemm(in_f, out_f, NB, xdt, wdt, m, vector_bits()),
         "panel_gemm",
         [x, w],
         relax.TensorType([_rows(x), out_f], "float32"),
@@ -146,8 +155,8 @@ def _linear_panel_q4(ctx: LowerCtx, n: Node) -> relax.Expr:
     offset = ctx.weight(p, f"panel{NB}.q4.zero", dt)
     xdt, sdt, m = x.ty.dtype, tvm_dtype(dt), _static_rows(x)
     y = ctx.call_kernel(
-        ("panel_gemm_q4", in_f, out_f, NB, g, xdt, sdt, m),
-        lambda: cpu_kernels.panel_gemm_q4(in_f, out_f, NB, g, xdt, sdt, m),
+        ("panel_gemm_q4", in_f, out_f, NB, g, xdt, sdt, m, vector_bits()),
+        lambda: cpu_kernels.panel_gemm_q4(in_f, out_f, NB, g, xdt, sdt, m, vector_bits()),
         "panel_gemm_q4",
         [x, codes, scale, offset],
         relax.TensorType([_rows(x), out_f], "float32"),
@@ -167,8 +176,8 @@ def _linear_panel_q8(ctx: LowerCtx, n: Node) -> relax.Expr:
     offset = ctx.weight(p, f"panel{NB}.q8g.offset", dt)
     xdt, sdt, m = x.ty.dtype, tvm_dtype(dt), _static_rows(x)
     y = ctx.call_kernel(
-        ("panel_gemm_q8", in_f, out_f, NB, g, xdt, sdt, m),
-        lambda: cpu_kernels.panel_gemm_q8(in_f, out_f, NB, g, xdt, sdt, m),
+        ("panel_gemm_q8", in_f, out_f, NB, g, xdt, sdt, m, vector_bits()),
+        lambda: cpu_kernels.panel_gemm_q8(in_f, out_f, NB, g, xdt, sdt, m, vector_bits()),
         "panel_gemm_q8",
         [x, codes, scale, offset],
         relax.TensorType([_rows(x), out_f], "float32"),
@@ -187,8 +196,8 @@ def _linear_panel_nm(ctx: LowerCtx, n: Node) -> relax.Expr:
     idx = ctx.weight(p, f"panel{NB}.nm.index")
     xdt, wdt, rows = x.ty.dtype, tvm_dtype(dt), _static_rows(x)
     y = ctx.call_kernel(
-        ("panel_gemm_nm", in_f, out_f, NB, keep, m, xdt, wdt, rows),
-        lambda: cpu_kernels.panel_gemm_nm(in_f, out_f, NB, keep, m, xdt, wdt, rows),
+        ("panel_gemm_nm", in_f, out_f, NB, keep, m, xdt, wdt, rows, vector_bits()),
+        lambda: cpu_kernels.panel_gemm_nm(in_f, out_f, NB, keep, m, xdt, wdt, rows, vector_bits()),
         "panel_gemm_nm",
         [x, vals, idx],
         relax.TensorType([_rows(x), out_f], "float32"),
