@@ -72,6 +72,29 @@ def test_other_archs(tmp_path, target):
     assert archs == {ARCH[target]}
 
 
+@pytest.mark.parametrize("target", ["a100", "h100"])
+def test_float16_matmuls_compile_for_cuda(tmp_path, target):
+    """A float16 linear large enough for dlight's matmul rule (> 64 on every axis). The 0.27
+    wheel's tensor-core rule crashed the process here, after a 40 s import of its intrinsics
+    (see ``_simt_matmul`` in llmc/backends/gpu.py); neither may happen."""
+    import sys
+
+    import torch
+
+    from llmc.ir import GraphBuilder, TensorType, sym
+
+    b = GraphBuilder("lin16")
+    x = b.input("x", TensorType((sym("batch"), sym("seq"), 128), "f16"))
+    w = b.param("w", torch.randn(128, 128).to(torch.float16))
+    b.output(b.emit("linear", x, w))
+    g = b.finish()
+    g.meta = {"num_layers": 0}
+    art = _build(g, target, tmp_path / target)
+    cubins = elfcheck.find_cubins((art / "model.so").read_bytes())
+    assert {c.arch for c in cubins} == {ARCH[target]}
+    assert "tvm.s_tir.tensor_intrin" not in sys.modules
+
+
 def test_gpu_artifact_refused_without_gpu(toy_gpu):
     import tvm
 
