@@ -113,7 +113,7 @@ register_target(
         "a100",
         "cuda",
         "NVIDIA A100 SXM4 80GB (sm_80)",
-        {"kind": "cuda", "arch": "sm_80"},
+        {"kind": "cuda", "arch": "sm_80", "max_shared_memory_per_block": 49152},
         HardwareSpec(
             {"f32": 19.5 * _T, "tf32": 156 * _T, "f16": 312 * _T, "bf16": 312 * _T, "i8": 624 * _T},
             2039 * _G,
@@ -129,7 +129,7 @@ register_target(
         "h100",
         "cuda",
         "NVIDIA H100 SXM5 80GB (sm_90)",
-        {"kind": "cuda", "arch": "sm_90"},
+        {"kind": "cuda", "arch": "sm_90", "max_shared_memory_per_block": 49152},
         HardwareSpec(
             {
                 "f32": 67 * _T,

@@ -343,6 +343,8 @@ def model_meta(model: torch.nn.Module, fam: Family) -> dict[str, Any]:
         "max_position_embeddings": int(c.max_position_embeddings),
         "layer_prefix": fam.layers,
         "norm": fam.norm,
+        # a learned position table bounds the positions a compiled model may be asked for
+        "position_embedding": "rope" if fam.rotary else "learned",
     }
     if fam.rotary:
         a = rope_attrs(c)

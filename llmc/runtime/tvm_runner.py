@@ -276,6 +276,7 @@ class TVMRunner(LanguageModel):
     ) -> tuple[torch.Tensor, KV]:
         rt = import_tvm_runtime()
         b, s = input_ids.shape
+        self._check_indices(input_ids, positions)
         entry = self._entry(b, s)
         args = [self._arg(rt, input_ids), self._arg(rt, positions)]
         for k, v in past:
@@ -288,6 +289,21 @@ class TVMRunner(LanguageModel):
             (self._keep(outs[1 + 2 * i]), self._keep(outs[2 + 2 * i])) for i in range(len(past))
         ]
         return logits, present
+
+    def _check_indices(self, input_ids: torch.Tensor, positions: torch.Tensor) -> None:
+        """The compiled table lookups (``take`` in TVM's fast mode) do not bounds-check: a token
+        id past the vocabulary, or a position past a learned position table (GPT-2, OPT), would
+        read outside the weights. Refuse them here, as torch's ``embedding`` would."""
+        vocab = self.meta.get("vocab_size")
+        if vocab and input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= vocab):
+            bad = input_ids[(input_ids < 0) | (input_ids >= vocab)][0]
+            raise ValueError(f"token id {int(bad)} is outside the vocabulary [0, {vocab})")
+        limit = self.meta.get("max_position_embeddings")
+        learned = self.meta.get("position_embedding") == "learned"
+        if learned and limit and positions.numel() and positions.max() >= limit:
+            raise ValueError(
+                f"position {int(positions.max())} is past this model's {limit} learned positions"
+            )
 
     def _entry(self, b: int, s: int) -> str:
         for name, fixed in self.backend.get("entries", {}).items():

@@ -111,3 +111,19 @@ def test_meta_weights_need_random_weights_flag(tmp_path: Path):
     lm = load(out, random_weights=True)
     logits, _ = lm.forward(torch.tensor([[1, 2]]), torch.arange(2)[None], lm.empty_past(1))
     assert torch.isfinite(logits).all()
+
+
+def test_out_of_range_indices_refused(toy_cpu: Path):
+    """The compiled lookups do not bounds-check; the runner refuses what torch would."""
+    from llmc.runtime.tvm_runner import load
+
+    lm = load(toy_cpu)
+    vocab = lm.meta["vocab_size"]
+    with pytest.raises(ValueError, match=f"token id {vocab} is outside the vocabulary"):
+        lm.forward(torch.tensor([[1, vocab]]), torch.arange(2)[None], lm.empty_past(1))
+    with pytest.raises(ValueError, match="token id -1"):
+        lm.forward(torch.tensor([[-1]]), torch.arange(1)[None], lm.empty_past(1))
+    lm.meta = {**lm.meta, "position_embedding": "learned"}
+    limit = lm.meta["max_position_embeddings"]
+    with pytest.raises(ValueError, match=f"position {limit} is past"):
+        lm.forward(torch.tensor([[1]]), torch.tensor([[limit]]), lm.empty_past(1))
