@@ -244,9 +244,9 @@ class Pass:
 
     @classmethod
     def summary(cls) -> str:
-        """First line of the docstring (what ``llmc passes`` prints)."""
-        doc = (cls.__doc__ or "").strip()
-        return doc.splitlines()[0].strip() if doc else ""
+        """First paragraph of the docstring on one line (what ``llmc passes`` prints)."""
+        doc = (cls.__doc__ or "").strip().split("\n\n")[0]
+        return " ".join(line.strip() for line in doc.splitlines())
 
 
 def _format(v: Any) -> str:

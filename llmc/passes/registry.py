@@ -41,6 +41,8 @@ BUILTIN: dict[str, str] = {
     "gptq": "llmc.passes.gptq:GPTQQuant",
     "smoothquant": "llmc.passes.smoothquant:SmoothQuant",
     "w8a8": "llmc.passes.w8a8:W8A8",
+    # attention
+    "async-softmax": "llmc.passes.async_softmax:AsyncSoftmax",
 }
 
 _USER: dict[str, type[Pass]] = {}

@@ -27,6 +27,7 @@ from llmc.passes import (
     list_passes,
     parse_spec,
     register_pass,
+    registry,
 )
 from llmc.passes.registry import unregister_pass
 from llmc.passes.rewrite import Rule, apply_rules, find_matches, is_param, replace_pattern
@@ -171,8 +172,26 @@ def test_register_pass_decorator_and_errors() -> None:
 
 def test_list_passes_has_one_line_docs() -> None:
     rows = dict(list_passes())
-    for name in ("dce", "cse", "const-fold", "fuse-elementwise"):
+    for name in ("dce", "cse", "const-fold", "fuse-elementwise", "async-softmax"):
         assert rows[name] and "\n" not in rows[name]
+
+
+def test_every_pass_in_the_package_is_builtin() -> None:
+    """A pass class decorated in ``llmc/passes`` but missing from ``BUILTIN`` would only exist
+    once something imported its module: ``llmc compile --passes NAME`` would call it unknown."""
+    import ast
+    from pathlib import Path
+
+    import llmc.passes
+
+    found = {}
+    for f in Path(llmc.passes.__file__).parent.glob("*.py"):
+        for node in ast.parse(f.read_text()).body:
+            if isinstance(node, ast.ClassDef) and any(
+                isinstance(d, ast.Name) and d.id == "register_pass" for d in node.decorator_list
+            ):
+                found[node.name] = f"llmc.passes.{f.stem}:{node.name}"
+    assert found and set(found.values()) <= set(registry.BUILTIN.values())
 
 
 # ------------------------------------------------------------------------------------ recipes
