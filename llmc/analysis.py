@@ -111,3 +111,34 @@ def param_summary(graph: Graph) -> dict[str, Any]:
         "quantized_parameters": quant,
         "sparse_parameters": sparse,
     }
+
+
+def roofline(cost: Cost, spec: Any, dtype: str, tokens: int) -> dict[str, Any]:
+    """The roofline bound of one call on a target (``spec``: :class:`~llmc.backends.targets.
+    HardwareSpec`): the call takes at least ``max(FLOPs / peak, bytes / bandwidth)``.
+
+    ``bytes`` is the analysis's op-by-op traffic (reads and writes of every node; weights at
+    their storage bytes), so intermediates a fused kernel keeps on chip are counted too: for
+    decode the weights dominate and the bound is tight, for long prefills it is conservative.
+    ``dtype`` picks the peak (the activation dtype; ``f32`` when the spec has no figure for it).
+    ``tokens`` is the number of tokens one call produces (``batch x seq``).
+    """
+    peak_dtype = dtype if dtype in spec.peak_flops else "f32"
+    peak = spec.peak(peak_dtype)
+    nbytes = cost.bytes_read + cost.bytes_written
+    t_mem = nbytes / spec.mem_bandwidth
+    t_comp = cost.flops / peak
+    t = max(t_mem, t_comp)
+    return {
+        "dtype": peak_dtype,
+        "peak_flops": peak,
+        "mem_bandwidth": spec.mem_bandwidth,
+        "arithmetic_intensity": cost.flops / nbytes if nbytes else 0.0,
+        "ridge_point": peak / spec.mem_bandwidth,
+        "memory_ms": t_mem * 1e3,
+        "compute_ms": t_comp * 1e3,
+        "bound": "memory" if t_mem >= t_comp else "compute",
+        "min_ms_per_call": t * 1e3,
+        "max_tokens_per_s": tokens / t if t > 0 else float("inf"),
+        "spec_source": spec.source,
+    }

@@ -97,6 +97,13 @@ def cmd_compile(a: argparse.Namespace) -> int:
         f"cost       {an['flops'] / 1e9:.3f} GFLOP, {an['bytes_read'] / 1e6:.1f} MB read per call "
         f"(batch={env['batch']}, seq={env['seq']}, past={env['past']})"
     )
+    if "roofline" in r:
+        rf = r["roofline"]
+        print(
+            f"roofline   >= {rf['min_ms_per_call']:.3f} ms per call, <= "
+            f"{rf['max_tokens_per_s']:.4g} tokens/s on {res.target.name} ({rf['bound']}-bound, "
+            f"{rf['arithmetic_intensity']:.2f} FLOP/byte vs ridge {rf['ridge_point']:.0f})"
+        )
     print(f"peak RSS   {r['peak_rss_mb']:.0f} MB; {time.perf_counter() - t0:.2f} s")
     if res.out is not None:
         print(f"artifact   {res.out}")

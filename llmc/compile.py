@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmc.analysis import graph_cost, param_summary
+from llmc.analysis import graph_cost, param_summary, roofline
 from llmc.artifact import (
     Artifact,
     artifact_writer,
@@ -173,6 +173,7 @@ def compile_model(
     )
     t_passes = time.perf_counter()
     env = analysis_env or {"batch": 1, "seq": 1, "past": 127}
+    cost = graph_cost(graph, env)
     report: dict[str, Any] = {
         "model": loaded.name,
         "source": loaded.source,
@@ -180,9 +181,12 @@ def compile_model(
         "passes": pass_report,
         "pipeline": passes or (f"recipe:{recipe}" if recipe else ""),
         "params": param_summary(graph),
-        "analysis": {"env": env, **graph_cost(graph, env).to_dict()},
+        "analysis": {"env": env, **cost.to_dict()},
         "timing_s": {"load": t_loaded - t_start, "passes": t_passes - t_loaded},
     }
+    if tgt.spec is not None:
+        dtype = str(graph.meta.get("dtype", "f32"))
+        report["roofline"] = roofline(cost.total, tgt.spec, dtype, env["batch"] * env["seq"])
     if dry_run or out is None:
         report["timing_s"]["total"] = time.perf_counter() - t_start
         report["peak_rss_mb"] = peak_rss_mb()

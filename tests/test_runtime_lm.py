@@ -111,3 +111,26 @@ def test_dry_run_reports_cost(graph) -> None:
         p.value().numel() for p in graph.params.values()
     )
     assert res.report["analysis"]["total"]["flops"] > 0
+    assert "roofline" not in res.report  # the interpreter has no hardware spec
+
+
+def test_dry_run_roofline_for_7b() -> None:
+    """Decode of LLaMA2-7B in fp16 is bound by reading its 13.5 GB of weights: on an H100
+    (3.35 TB/s) no call can beat ~4 ms; a 128-token prefill moves past the ridge point less."""
+    from llmc.backends.targets import get_target
+
+    spec = get_target("h100").spec
+    dec = compile_model("llama2-7b", target="h100", dry_run=True).report
+    rf = dec["roofline"]
+    total = dec["analysis"]["total"]
+    assert rf["bound"] == "memory" and rf["dtype"] == "f16"
+    want = (total["bytes_read"] + total["bytes_written"]) / spec.mem_bandwidth * 1e3
+    assert rf["min_ms_per_call"] == pytest.approx(want)
+    assert 3.9 < rf["min_ms_per_call"] < 4.2 and rf["max_tokens_per_s"] == pytest.approx(
+        1e3 / rf["min_ms_per_call"]
+    )
+    pre = compile_model(
+        "llama2-7b", target="h100", dry_run=True, analysis_env={"batch": 1, "seq": 128, "past": 0}
+    ).report["roofline"]
+    assert pre["arithmetic_intensity"] > 100 * rf["arithmetic_intensity"]
+    assert pre["max_tokens_per_s"] > 100 * rf["max_tokens_per_s"]
