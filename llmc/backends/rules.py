@@ -251,7 +251,7 @@ def _slice(ctx: LowerCtx, n: Node) -> relax.Expr:
 
 def _index_select(ctx: LowerCtx, n: Node) -> relax.Expr:
     x, idx = ctx.args(n)
-    return ctx.emit(relax.op.take(x, idx, axis=n.attrs.dim))
+    return ctx.emit(relax.op.take(x, idx, axis=n.attrs.dim, mode="clip"))
 
 
 _REDUCE = {"reduce_sum": relax.op.sum, "reduce_mean": relax.op.mean, "reduce_max": relax.op.max}
@@ -291,7 +291,9 @@ def _fused_elementwise(ctx: LowerCtx, n: Node) -> relax.Expr:
 
 def _embedding(ctx: LowerCtx, n: Node) -> relax.Expr:
     ids, table = ctx.args(n)
-    return ctx.emit(relax.op.take(table, ids, axis=0))
+    # "clip": an out-of-range id reads a valid row instead of memory past the table (TVM's "fast"
+    # mode does not bounds-check); the runner refuses such ids before they get here
+    return ctx.emit(relax.op.take(table, ids, axis=0, mode="clip"))
 
 
 def _rms_norm(ctx: LowerCtx, n: Node) -> relax.Expr:

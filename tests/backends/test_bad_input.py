@@ -127,3 +127,17 @@ def test_out_of_range_indices_refused(toy_cpu: Path):
     limit = lm.meta["max_position_embeddings"]
     with pytest.raises(ValueError, match=f"position {limit} is past"):
         lm.forward(torch.tensor([[1]]), torch.tensor([[limit]]), lm.empty_past(1))
+
+
+def test_compiled_lookup_clamps_when_the_check_is_bypassed(toy_cpu: Path, monkeypatch):
+    """Defence in depth: without the runner's check, an id past the table reads its last row
+    (TVM's take in "clip" mode), never memory past it."""
+    from llmc.runtime.tvm_runner import load
+
+    lm = load(toy_cpu)
+    vocab = lm.meta["vocab_size"]
+    monkeypatch.setattr(lm, "_check_indices", lambda ids, pos: None)
+    pos = torch.arange(2)[None]
+    bad, _ = lm.forward(torch.tensor([[1, vocab + 1000]]), pos, lm.empty_past(1))
+    last, _ = lm.forward(torch.tensor([[1, vocab - 1]]), pos, lm.empty_past(1))
+    torch.testing.assert_close(bad, last)

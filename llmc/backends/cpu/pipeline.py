@@ -205,13 +205,16 @@ def _linear_panel_nm(ctx: LowerCtx, n: Node) -> relax.Expr:
     return add_bias_cast(ctx, n, unflatten_rows(ctx, y, lead), dt)
 
 
-def _gather_panel(table: te.Tensor, ids: te.Tensor, nb: int) -> te.Tensor:
+def _gather_panel(table: te.Tensor, ids: te.Tensor, nb: int, rows: int) -> te.Tensor:
+    """Rows of a panel-layout table; ids are clamped to ``[0, rows)`` like TVM's ``take`` in
+    "clip" mode (the runner refuses out-of-range ids; this keeps a bad one inside the table)."""
     d = table.shape[1]
-    return te.compute(
-        (*ids.shape, d),
-        lambda *i: table[ids[i[:-1]] // nb, i[-1], ids[i[:-1]] % nb],
-        name="embedding_panel",
-    )
+
+    def row(*i: Any) -> Any:
+        r = tvm.te.max(tvm.te.min(ids[i[:-1]], rows - 1), 0)
+        return table[r // nb, i[-1], r % nb]
+
+    return te.compute((*ids.shape, d), row, name="embedding_panel")
 
 
 def _linear_weights(ctx: LowerCtx) -> set[str]:
@@ -241,7 +244,8 @@ def _embedding_panel(ctx: LowerCtx, n: Node) -> relax.Expr:
     p = ctx.param(n.inputs[1])
     assert p is not None
     table = ctx.weight(p, f"panel{NB}", n.out.type.dtype)
-    return ctx.emit_te(_gather_panel, table, ids, NB, name="embedding_panel")
+    rows = int(p.type.shape[0])
+    return ctx.emit_te(_gather_panel, table, ids, NB, rows, name="embedding_panel")
 
 
 def _dense_param(ctx: LowerCtx, n: Node) -> bool:
