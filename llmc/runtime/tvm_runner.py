@@ -291,9 +291,9 @@ class TVMRunner(LanguageModel):
         return logits, present
 
     def _check_indices(self, input_ids: torch.Tensor, positions: torch.Tensor) -> None:
-        """The compiled table lookups (``take`` in TVM's fast mode) do not bounds-check: a token
-        id past the vocabulary, or a position past a learned position table (GPT-2, OPT), would
-        read outside the weights. Refuse them here, as torch's ``embedding`` would."""
+        """Refuse a token id outside the vocabulary, or a position past a learned position table
+        (GPT-2, OPT), as torch's ``embedding`` would. The compiled lookups clamp their index (so a
+        bad one never reads past a table), which would silently give a wrong answer instead."""
         vocab = self.meta.get("vocab_size")
         if vocab and input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= vocab):
             bad = input_ids[(input_ids < 0) | (input_ids >= vocab)][0]
