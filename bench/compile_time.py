@@ -28,7 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT, cpu_name, git, load_average
+
 GOAL_S = 60.0
 
 
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--targets", default="h100,a100,mi300x,cpu")
     ap.add_argument("--repeats", type=int, default=2, help="warm runs after the cold one")
     a = ap.parse_args(argv)
-    load0 = os.getloadavg()
+    load0 = load_average()
     cache = Path(tempfile.mkdtemp(prefix="llmc-ct-cache-"))
     rows = []
     for i, target in enumerate(a.targets.split(",")):
@@ -93,15 +94,15 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python bench/compile_time.py " + " ".join(argv or sys.argv[1:]),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": {
-            "cpu": _cpu(),
+            "cpu": cpu_name(),
             "cores": os.cpu_count(),
             "platform": platform.platform(),
-            "load_average_at_start": list(load0),
+            "load_average_at_start": load0,
         },
         "versions": {
             "python": platform.python_version(),
             "tvm": tvm.__version__,
-            "llmc_commit": _git("rev-parse", "HEAD"),
+            "llmc_commit": git("rev-parse", "HEAD").strip(),
             "nvcc": _first_line(["nvcc", "--version"], -1),
         },
         "model": a.model,
@@ -111,18 +112,6 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {out}", file=sys.stderr)
     return 0
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
-def _git(*args: str) -> str:
-    p = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
-    return p.stdout.strip()
 
 
 def _first_line(cmd: list[str], index: int = 0) -> str:

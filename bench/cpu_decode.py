@@ -46,7 +46,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT, cpu_name, git, load_average
+
 sys.path.insert(0, str(ROOT))
 
 PROMPT_LEN = 128
@@ -69,12 +70,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    info: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform()}
+    info: dict[str, Any] = {
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+    }
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
         for line in lscpu.splitlines():
@@ -103,10 +103,6 @@ def versions() -> dict[str, Any]:
     import torch
     import transformers
 
-    def git(*args: str) -> str:
-        r = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
-        return r.stdout
-
     dirty = [ln[3:] for ln in git("status", "--porcelain", "llmc").splitlines() if ln.strip()]
     return {
         "python": platform.python_version(),
@@ -116,10 +112,6 @@ def versions() -> dict[str, Any]:
         "llmc_commit": git("rev-parse", "HEAD").strip(),
         "llmc_uncommitted_files": dirty,
     }
-
-
-def load_average() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -31,9 +31,9 @@ import platform
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT, cpu_name, load_average
+
 sys.path.insert(0, str(ROOT))
 
 RECIPES = {
@@ -82,7 +82,7 @@ def stream_busy(prog, arch, stage: str, bucket: int) -> dict[str, float]:
 
 
 def main() -> int:
-    load_at_start = _loadavg()
+    load_at_start = load_average()
     from llmc.fpga.arch import load_arch
     from llmc.fpga.program import build_program
     from llmc.fpga.sim import simulate
@@ -173,7 +173,7 @@ def main() -> int:
         "command": "python bench/fpga_sim.py",
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": {
-            "cpu": _cpu(),
+            "cpu": cpu_name(),
             "platform": platform.platform(),
             "python": platform.python_version(),
             "load_average_at_start": load_at_start,
@@ -237,23 +237,6 @@ def _recipe_md(r: dict) -> list[str]:
         + (f" folded, {u['sim_seconds_full']:.2f} s in full." if "sim_seconds_full" in u else "."),
     ]
     return lines
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def _loadavg() -> list[float]:
-    try:
-        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
-    except OSError:
-        return []
 
 
 if __name__ == "__main__":
