@@ -294,16 +294,19 @@ class TVMRunner(LanguageModel):
         """Refuse a token id outside the vocabulary, or a position past a learned position table
         (GPT-2, OPT), as torch's ``embedding`` would. The compiled lookups clamp their index (so a
         bad one never reads past a table), which would silently give a wrong answer instead."""
+        # on the decode path: one aminmax and two int compares (~3 us; min() and max() are ~15)
         vocab = self.meta.get("vocab_size")
-        if vocab and input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= vocab):
-            bad = input_ids[(input_ids < 0) | (input_ids >= vocab)][0]
-            raise ValueError(f"token id {int(bad)} is outside the vocabulary [0, {vocab})")
+        if vocab and input_ids.numel():
+            lo, hi = (int(x) for x in torch.aminmax(input_ids))
+            if lo < 0 or hi >= vocab:
+                bad = lo if lo < 0 else hi
+                raise ValueError(f"token id {bad} is outside the vocabulary [0, {vocab})")
         limit = self.meta.get("max_position_embeddings")
         learned = self.meta.get("position_embedding") == "learned"
-        if learned and limit and positions.numel() and positions.max() >= limit:
-            raise ValueError(
-                f"position {int(positions.max())} is past this model's {limit} learned positions"
-            )
+        if learned and limit and positions.numel():
+            last = int(positions.max())
+            if last >= limit:
+                raise ValueError(f"position {last} is past this model's {limit} learned positions")
 
     def _entry(self, b: int, s: int) -> str:
         for name, fixed in self.backend.get("entries", {}).items():
