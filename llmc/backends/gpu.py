@@ -48,7 +48,7 @@ def _simt_matmul() -> Any:
     On CUDA sm_70 and newer, ``dl.gpu.Matmul`` hands float16 and int8 matmuls with every extent
     above 64 to ``MatmulTensorization`` / ``MatmulInt8Tensorization``. In the apache-tvm 0.27
     wheel that path is unusable twice over: the float16 rule crashes the process inside
-    ``s_tir.Tensorize`` for every shape we tried (a 128 x 128 ``linear`` included), and before it
+    ``s_tir.Tensorize`` for every shape we tried (a 256 x 256 ``linear`` included), and before it
     even looks at the function (``dlight.do_not_tensorize`` is checked after the import) it imports
     ``tvm.s_tir.tensor_intrin``, whose ~500 TVMScript intrinsics take 40 s to parse. The rule
     below asks ``Matmul`` with the target's ``arch`` set to ``sm_60``, below the tensor-core
