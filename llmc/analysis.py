@@ -11,11 +11,14 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmc.ir.graph import Graph, Node
 from llmc.ir.registry import Cost, get_op
 from llmc.ir.types import DTYPE_BYTES, TensorType
+
+if TYPE_CHECKING:
+    from llmc.backends.targets import HardwareSpec
 
 
 @dataclass
@@ -113,9 +116,9 @@ def param_summary(graph: Graph) -> dict[str, Any]:
     }
 
 
-def roofline(cost: Cost, spec: Any, dtype: str, tokens: int) -> dict[str, Any]:
-    """The roofline bound of one call on a target (``spec``: :class:`~llmc.backends.targets.
-    HardwareSpec`): the call takes at least ``max(FLOPs / peak, bytes / bandwidth)``.
+def roofline(cost: Cost, spec: HardwareSpec, dtype: str, tokens: int) -> dict[str, Any]:
+    """The roofline bound of one call on a target: it takes at least
+    ``max(FLOPs / peak, bytes / bandwidth)``.
 
     ``bytes`` is the analysis's op-by-op traffic (reads and writes of every node; weights at
     their storage bytes), so intermediates a fused kernel keeps on chip are counted too: for
