@@ -11,6 +11,17 @@ Each *entry* is one compiled function with the graph's signature, possibly speci
 keeps every symbolic size, ``decode`` fixes ``batch = seq = 1`` so that GPU schedules see a
 matrix-vector product. Arguments: the graph inputs in order, then the weights; result: a tuple of
 the graph outputs.
+
+**The KV cache stays in place.** The IR's LM ABI is functional (``present_k_i = concat(past_k_i,
+k, dim=2)``, see docs/frontend.md), which compiled as written copies the whole cache on every
+decode step and allocates a new one. When every ``past_*`` input feeds exactly one such concat
+(:func:`find_kv_appends`), the entries take instead a cache *buffer* ``[batch, kv_heads,
+kv_capacity, head_dim]`` per ``past_*`` input plus one ``kv_len: Shape([past])`` argument after the
+graph inputs; the concat becomes ``kv_append`` (``call_tir_inplace``: the new keys are written at
+``past ..``), the attention kernels read the first ``past + seq`` keys of the buffer, and the
+``present_*`` outputs are the buffers themselves. An operand that needs the value as a tensor (the
+TE attention fallback, any other op) gets a slice of it (a copy). The runner owns the buffers
+(:mod:`llmc.runtime.tvm_runner`).
 """
 
 from __future__ import annotations
@@ -27,7 +38,7 @@ from llmc.backends.layouts import WeightArg, get_layout, tvm_dtype
 from llmc.errors import IRError, UnsupportedOpError
 from llmc.ir.graph import Graph, Node, Value
 from llmc.ir.params import Param
-from llmc.ir.types import Dim, TensorType
+from llmc.ir.types import Dim, TensorType, sym
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,48 @@ class ParamRef:
     param: Param
 
 
+@dataclass(frozen=True)
+class KVCacheRef:
+    """A ``present_*`` value kept in place: the first ``length`` keys of the cache ``buf``
+    (``[batch, kv_heads, kv_capacity, head_dim]``)."""
+
+    buf: relax.Expr
+    length: Any  # a PrimExpr: past + seq
+
+
+#: The symbolic capacity of the in-place cache buffers (the runner picks it per sequence).
+KV_CAPACITY = "kv_capacity"
+
+
+def find_kv_appends(graph: Graph) -> dict[int, Node]:
+    """``id(past input) -> its concat`` when *every* ``past_*`` input of the LM ABI is read by
+    exactly one ``concat(past, new, dim=2)`` of a rank-4 cache (then the cache can stay in
+    place); empty otherwise."""
+    users = graph.users()
+    past = [v for v in graph.inputs if v.name.startswith(("past_k_", "past_v_"))]
+    found: dict[int, Node] = {}
+    for v in past:
+        us = users.get(v, [])
+        if len(us) != 1:
+            return {}
+        n = us[0]
+        ok = (
+            n.op == "concat"
+            and n.attrs.dim == 2
+            and len(n.inputs) == 2
+            and n.inputs[0] is v
+            and v.type.rank == 4
+            and isinstance(v.type.shape[1], int)
+            and isinstance(v.type.shape[3], int)
+            and n.inputs[1].type.dtype == v.type.dtype
+            and v.type.shape[2] == sym("past")
+        )
+        if not ok:
+            return {}
+        found[id(v)] = n
+    return found
+
+
 @dataclass
 class Lowered:
     mod: tvm.IRModule
@@ -57,6 +110,7 @@ class Lowered:
     layer_functions: dict[str, int]  # function name -> layers calling it
     rules_used: dict[str, int]
     entry_weights: dict[str, list[str]]  # entry -> its weight arguments (WeightArg names), in order
+    kv_in_place: bool = False  # the entries take cache buffers and kv_len (see the module doc)
 
 
 RuleFn = Callable[["LowerCtx", Node], Any]
@@ -77,6 +131,8 @@ class LowerCtx:
         self.values: dict[int, Any] = {}
         self.node: Node | None = None
         self._weight_hook = weight_hook
+        self.kv_len: relax.Var | None = None  # the Shape([past]) argument, with in-place caches
+        self._sliced: dict[int, relax.Expr] = {}
 
     # -- target ---------------------------------------------------------------------------------
     @property
@@ -137,11 +193,29 @@ class LowerCtx:
         return self._weight_hook(p, layout, dtype or p.type.dtype)
 
     def arg(self, v: Value) -> relax.Expr:
-        """The Relax value of an operand (a param operand in the ``dense`` layout)."""
+        """The Relax value of an operand (a param operand in the ``dense`` layout; an in-place
+        cache as a tensor of its valid keys, which copies them: rules that can read the buffer
+        ask :meth:`kv` first)."""
         x = self.values[id(v)]
         if isinstance(x, ParamRef):
             return self.weight(x.param, "dense")
+        if isinstance(x, KVCacheRef):
+            if id(v) not in self._sliced:
+                self._sliced[id(v)] = self.emit(
+                    relax.op.strided_slice(x.buf, axes=[2], begin=[0], end=[x.length])
+                )
+            return self._sliced[id(v)]
         return x
+
+    def kv(self, v: Value) -> KVCacheRef | None:
+        """The in-place cache behind ``v``, if ``v`` is one (a ``present_*`` value)."""
+        x = self.values.get(id(v))
+        return x if isinstance(x, KVCacheRef) else None
+
+    def result(self, v: Value) -> relax.Expr:
+        """``v`` as a function result: an in-place cache is returned as its buffer."""
+        x = self.values[id(v)]
+        return x.buf if isinstance(x, KVCacheRef) else self.arg(v)
 
     def args(self, n: Node) -> list[relax.Expr]:
         return [self.arg(v) for v in n.inputs]
@@ -195,6 +269,7 @@ class Lowering:
         rules: Sequence[Any],
         *,
         outline_layers: bool = True,
+        kv_in_place: bool = True,
     ) -> None:
         self.graph = graph
         self.target = target
@@ -212,6 +287,9 @@ class Lowering:
         )
         self._symbols: dict[str, tirx.Var] = {}
         self.entry_weights: dict[str, list[str]] = {}
+        self.kv_appends: dict[int, Node] = find_kv_appends(graph) if kv_in_place else {}
+        self._kv_concats = {id(n) for n in self.kv_appends.values()}
+        self._kv_values = {id(n.out) for n in self.kv_appends.values()}
 
     # -- shared pieces ----------------------------------------------------------------------------
     def symbol(self, name: str) -> tirx.Var:
@@ -238,6 +316,19 @@ class Lowering:
     def param_for(self, name: str) -> Param:
         return self._weight_params[name]
 
+    def is_kv_append(self, n: Node) -> bool:
+        """``n`` is a ``present = concat(past, new)`` that writes into the in-place cache."""
+        return id(n) in self._kv_concats
+
+    def _input_type(self, ctx: LowerCtx, v: Value) -> relax.TensorType:
+        if id(v) in self.kv_appends:
+            b, h, _, d = ctx.shape(v.type.shape)
+            return relax.TensorType([b, h, self.symbol(KV_CAPACITY), d], tvm_dtype(v.type.dtype))
+        return ctx.rtype(v.type)
+
+    def _kv_len_var(self, env: dict[str, Any]) -> relax.Var:
+        return relax.Var("kv_len", relax.ShapeType([env["past"]]))
+
     # -- driver -----------------------------------------------------------------------------------
     def lower(self, entries: Sequence[Entry]) -> Lowered:
         for e in entries:
@@ -250,6 +341,7 @@ class Lowering:
             dict(self.layer_calls),
             dict(self.rules_used),
             dict(self.entry_weights),
+            bool(self.kv_appends),
         )
 
     def _env(self, entry: Entry) -> dict[str, Any]:
@@ -277,7 +369,10 @@ class Lowering:
             return weight_vars[wa.name]
 
         ctx = LowerCtx(self, env, hook)
-        inputs = [relax.Var(v.name, ctx.rtype(v.type)) for v in self.graph.inputs]
+        inputs = [relax.Var(v.name, self._input_type(ctx, v)) for v in self.graph.inputs]
+        if self.kv_appends:
+            ctx.kv_len = self._kv_len_var(env)
+            inputs.append(ctx.kv_len)
         with self.bb.function(entry.name, attrs={"llmc.entry": entry.name}):
             with self.bb.dataflow():
                 for v, rv in zip(self.graph.inputs, inputs):
@@ -290,7 +385,7 @@ class Lowering:
                             self._call_layer(ctx, layer, gv, wspec)
                         continue
                     self._lower_node(ctx, n)
-                outs = [ctx.arg(v) for v in self.graph.outputs]
+                outs = [ctx.result(v) for v in self.graph.outputs]
                 out = self.bb.emit_output(relax.Tuple(outs))
             self.bb.emit_func_output(out, params=inputs + list(weight_vars.values()))
         self.entry_weights[entry.name] = list(weight_vars)
@@ -315,7 +410,10 @@ class Lowering:
             return wvars[key]
 
         ctx = LowerCtx(self, env, hook)
-        ins = [relax.Var(f"x{i}", ctx.rtype(v.type)) for i, v in enumerate(layer.inputs)]
+        ins = [relax.Var(f"x{i}", self._input_type(ctx, v)) for i, v in enumerate(layer.inputs)]
+        if any(id(v) in self.kv_appends for v in layer.inputs):
+            ctx.kv_len = self._kv_len_var(env)
+            ins.append(ctx.kv_len)
         name = f"{entry.name}_layer" + (f"{gi}" if gi else "")
         with self.bb.function(name, private=True):
             with self.bb.dataflow():
@@ -325,7 +423,7 @@ class Lowering:
                     ctx.values[id(pn.out)] = ParamRef(self.graph.root().params[pn.attrs.name])
                 for n in layer.nodes:
                     self._lower_node(ctx, n)
-                outs = [ctx.arg(v) for v in layer.outputs]
+                outs = [ctx.result(v) for v in layer.outputs]
                 out = self.bb.emit_output(relax.Tuple(outs))
             gv = self.bb.emit_func_output(out, params=ins + [wvars[k] for k in wspec])
         return gv, wspec
@@ -338,12 +436,18 @@ class Lowering:
         wspec: list[tuple[int, str, str]],
     ) -> None:
         args = [ctx.arg(v) for v in layer.inputs]
+        if any(id(v) in self.kv_appends for v in layer.inputs):
+            assert ctx.kv_len is not None
+            args.append(ctx.kv_len)
         for pi, layout, dtype in wspec:
             p = self.graph.root().params[layer.params[pi].attrs.name]
             args.append(ctx.weight(p, layout, dtype))
         res = ctx.emit(relax.Call(gv, args))
         for i, v in enumerate(layer.outputs):
-            ctx.values[id(v)] = ctx.emit(relax.TupleGetItem(res, i))
+            x = ctx.emit(relax.TupleGetItem(res, i))
+            if id(v) in self._kv_values:
+                x = KVCacheRef(x, ctx.dim(v.type.shape[2]))
+            ctx.values[id(v)] = x
         self.layer_calls[gv.name_hint] = self.layer_calls.get(gv.name_hint, 0) + 1
 
     def _lower_node(self, ctx: LowerCtx, n: Node) -> None:
@@ -351,15 +455,20 @@ class Lowering:
         if n.op == "param":
             ctx.values[id(n.out)] = ParamRef(self.graph.root().params[n.attrs.name])
             return
-        for rule in self.rules:
+        rules = self.rules
+        if self.is_kv_append(n):  # the in-place cache decides the lowering, not a user rule
+            rules = [r for r in self.rules if r.name == "concat.kv_append"]
+        for rule in rules:
             if rule.matches(ctx, n):
                 out = rule.emit(ctx, n)
                 self.rules_used[rule.name] = self.rules_used.get(rule.name, 0) + 1
                 break
         else:  # the rule lists end in a fallback that raises; this is a safety net
             raise ctx.unsupported()
+        if self.is_kv_append(n) and not isinstance(out, KVCacheRef):
+            raise IRError(f"rule {rule.name} lowered the in-place cache append {n.out.name}")
         want = ctx.rtype(n.out.type)
-        got = out.ty
+        got = out.buf.ty if isinstance(out, KVCacheRef) else out.ty
         if isinstance(got, relax.TensorType) and got.dtype != want.dtype:
             raise IRError(
                 f"lowering rule for {n.op} produced {got.dtype}, the IR says {n.out.type}"
@@ -371,4 +480,13 @@ def _var_name(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name)
 
 
-__all__ = ["Entry", "LowerCtx", "Lowered", "Lowering", "ParamRef"]
+__all__ = [
+    "KV_CAPACITY",
+    "Entry",
+    "KVCacheRef",
+    "LowerCtx",
+    "Lowered",
+    "Lowering",
+    "ParamRef",
+    "find_kv_appends",
+]

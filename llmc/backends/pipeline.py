@@ -26,12 +26,12 @@ import tvm
 from tvm import relax
 
 from llmc.backends.layouts import WeightArg, get_layout
-from llmc.backends.lower import Entry, Lowered, Lowering
+from llmc.backends.lower import KV_CAPACITY, Entry, Lowered, Lowering
 from llmc.backends.rules import Rule, check_rules, rule_list
 from llmc.ir.graph import Graph
 
 #: Bumped whenever the compiled ABI (entry signatures, weight file layout) changes.
-BACKEND_ABI = "llmc-tvm-v1"
+BACKEND_ABI = "llmc-tvm-v2"  # v2: the KV cache stays in place (kv_len argument)
 MODEL_LIB = "model.so"
 WEIGHTS_FILE = "weights.safetensors"
 
@@ -42,6 +42,7 @@ class TVMPipeline:
     kind: str = ""
     entries: tuple[Entry, ...] = (Entry("prefill"),)
     outline_layers: bool = True
+    kv_in_place: bool = True  # see llmc.backends.lower: the cache is a buffer the runner owns
 
     # -- tables a target overrides --------------------------------------------------------------
     def tvm_target(self, target: Any) -> tvm.target.Target:
@@ -71,7 +72,12 @@ class TVMPipeline:
         check_rules(rules)
         with tvm_target:
             return Lowering(
-                graph, target, tvm_target, rules, outline_layers=self.outline_layers
+                graph,
+                target,
+                tvm_target,
+                rules,
+                outline_layers=self.outline_layers,
+                kv_in_place=self.kv_in_place,
             ).lower(self.entries)
 
     def legalize(self, mod: tvm.IRModule, tvm_target: tvm.target.Target) -> tvm.IRModule:
@@ -154,6 +160,13 @@ class TVMPipeline:
             "kernels": kernels,
             "weights": weights,
             "inputs": [{"name": v.name, "type": str(v.type)} for v in graph.inputs],
+            # in place: past_* arguments are [b, kv_heads, kv_capacity, head_dim] buffers the
+            # code writes into, then kv_len = Shape([past]); present_* outputs are those buffers
+            "kv_cache": {
+                "in_place": lowered.kv_in_place,
+                "capacity_symbol": KV_CAPACITY,
+                "buffers": _kv_buffers(graph) if lowered.kv_in_place else [],
+            },
             "outputs": [{"name": v.name, "type": str(v.type)} for v in graph.outputs],
             "lowering_rules": lowered.rules_used,
             "model_meta": json.loads(json.dumps(graph.meta, default=str)),
@@ -182,6 +195,18 @@ def device_sources(ex: relax.VMExecutable) -> dict[str, str]:
         elif m.kind in ("hip", "rocm"):
             out[m.kind] = m.inspect_source("asm")
         stack.extend(m.imports)
+    return out
+
+
+def _kv_buffers(graph: Graph) -> list[dict[str, Any]]:
+    """Per ``past_*`` input (argument order): what the runner allocates for it."""
+    out = []
+    for v in graph.inputs:
+        if v.name.startswith(("past_k_", "past_v_")):
+            _, heads, _, hd = v.type.shape
+            out.append(
+                {"name": v.name, "kv_heads": int(heads), "head_dim": int(hd), "dtype": v.type.dtype}
+            )
     return out
 
 

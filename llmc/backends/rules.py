@@ -25,7 +25,7 @@ from tvm import relax
 
 from llmc.backends.kernels import te_ops
 from llmc.backends.layouts import tvm_dtype
-from llmc.backends.lower import LowerCtx
+from llmc.backends.lower import KVCacheRef, LowerCtx
 from llmc.errors import IRError
 from llmc.ir.graph import Node
 from llmc.ir.params import Param
@@ -233,6 +233,23 @@ def _concat(ctx: LowerCtx, n: Node) -> relax.Expr:
     return ctx.emit(relax.op.concat(xs, axis=n.attrs.dim))
 
 
+def _kv_append(ctx: LowerCtx, n: Node) -> KVCacheRef:
+    """``present = concat(past, new, dim=2)`` on an in-place cache: write ``new`` at ``past``."""
+    cache = ctx.arg(n.inputs[0])  # the cache buffer argument [b, kvh, kv_capacity, d]
+    new = ctx.arg(n.inputs[1])
+    _, kvh, _, d = new.ty.shape.values
+    kvh, d = int(kvh), int(d)
+    dt = tvm_dtype(n.out.type.dtype)
+    assert ctx.kv_len is not None
+    past = ctx.kv_len.ty.values[0]
+    mod = attention_kernels(ctx)
+    gv = ctx.lowering.kernel(
+        (mod.__name__, "kv_append", kvh, d, dt), lambda: mod.kv_append(kvh, d, dt), "kv_append"
+    )
+    buf = ctx.emit(relax.call_tir_inplace(gv, [cache, new, relax.prim_value(past)], 0, cache.ty))
+    return KVCacheRef(buf, ctx.dim(n.out.type.shape[2]))
+
+
 def _slice(ctx: LowerCtx, n: Node) -> relax.Expr:
     (x,) = ctx.args(n)
     a = n.attrs
@@ -398,8 +415,19 @@ def _attention_kernel_ok(ctx: LowerCtx, n: Node) -> bool:
     return True
 
 
+def kv_operands(ctx: LowerCtx, n: Node) -> tuple[relax.Expr, relax.Expr, Any]:
+    """The k and v operands of an attention kernel and the number of valid keys: the in-place
+    cache buffers and their length when both are caches, else the tensors and their length."""
+    kr, vr = ctx.kv(n.inputs[1]), ctx.kv(n.inputs[2])
+    if kr is not None and vr is not None:
+        return kr.buf, vr.buf, kr.length
+    k, v = ctx.arg(n.inputs[1]), ctx.arg(n.inputs[2])
+    return k, v, k.ty.shape.values[2]
+
+
 def _attention_kernel(ctx: LowerCtx, n: Node) -> relax.Expr:
-    q, k, v = ctx.args(n)
+    q = ctx.arg(n.inputs[0])
+    k, v, t = kv_operands(ctx, n)
     a = n.attrs
     dims = head_dims(ctx, n)
     assert dims is not None
@@ -412,7 +440,7 @@ def _attention_kernel(ctx: LowerCtx, n: Node) -> relax.Expr:
         key,
         lambda: mod.attention_sync(h, kvh, d, dt, scale, a.causal, a.window),
         "attention",
-        [q, k, v],
+        [q, k, v, relax.prim_value(t)],
         q.ty,
     )
 
@@ -420,7 +448,8 @@ def _attention_kernel(ctx: LowerCtx, n: Node) -> relax.Expr:
 def _attention_async(ctx: LowerCtx, n: Node) -> relax.Expr:
     """FlashDecoding++'s asynchronous softmax: split-KV partials with the unified max, then a
     combine that checks the range per row and recomputes out-of-range rows synchronously."""
-    q, k, v = ctx.args(n)
+    q = ctx.arg(n.inputs[0])
+    k, v, t = kv_operands(ctx, n)
     a = n.attrs
     dims = head_dims(ctx, n)
     assert dims is not None
@@ -429,14 +458,13 @@ def _attention_async(ctx: LowerCtx, n: Node) -> relax.Expr:
     scale = attention_scale(n)
     mod = attention_kernels(ctx)
     b, _, s, _ = q.ty.shape.values
-    t = k.ty.shape.values[2]
     nc = (t + (a.chunk - 1)) // a.chunk
     f32 = "float32"
     parts = ctx.call_kernel(
         (mod.__name__, "partials", h, kvh, d, dt, scale, a.causal, a.window, a.chunk, a.phi),
         lambda: mod.async_partials(h, kvh, d, dt, scale, a.causal, a.window, a.chunk, a.phi),
         "attention_async_partials",
-        [q, k, v],
+        [q, k, v, relax.prim_value(t)],
         [
             relax.TensorType([b, h, s, nc, d], f32),
             relax.TensorType([b, h, s, nc], f32),
@@ -449,7 +477,7 @@ def _attention_async(ctx: LowerCtx, n: Node) -> relax.Expr:
         key,
         lambda: mod.async_combine(h, kvh, d, dt, scale, a.causal, a.window, a.phi, a.lo, a.hi),
         "attention_async_combine",
-        [q, k, v, po, ps, pm],
+        [q, k, v, relax.prim_value(t), po, ps, pm],
         q.ty,
     )
 
@@ -540,6 +568,7 @@ COMMON_RULES: list[Rule] = (
         _r("cast", "cast", _cast),
         _r("reshape", "reshape", _reshape),
         _r("permute", "permute", _permute),
+        _r("concat.kv_append", "concat", _kv_append, when=lambda c, n: c.lowering.is_kv_append(n)),
         _r("concat", "concat", _concat),
         _r("slice", "slice", _slice),
         _r("index_select", "index_select", _index_select),

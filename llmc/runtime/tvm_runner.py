@@ -14,6 +14,16 @@ so ``llmc run``, ``llmc eval`` and ``llmc bench`` work on artifacts unchanged. T
 the device between calls (torch tensors sharing the TVM buffers through DLPack when torch can see
 the device).
 
+**In-place cache** (artifacts whose ``backend.kv_cache.in_place`` is set; see
+:mod:`llmc.backends.lower`). The runner owns one buffer ``[batch, kv_heads, capacity, head_dim]``
+per ``past_*`` input and the compiled code appends the new keys into it, so a decode step neither
+copies the cache nor allocates one. ``forward`` keeps its functional contract: the ``present``
+it returns are views of the first ``past + seq`` keys of the buffers. Given such views back (the
+usual generation loop), it appends in place; the buffers grow by doubling (one copy) when full.
+Given anything else (tensors from another model, or an older ``present`` of this runner after
+the sequence already went on from it) it copies them into new buffers, so a ``present`` handed
+out never changes under its holder.
+
 When the TVM package on this machine has no compiler library (a deployment install), or when
 ``LLMC_TVM_RUNTIME_ONLY=1``, TVM is imported in runtime-only mode (``TVM_USE_RUNTIME_LIB=1``).
 """
@@ -43,7 +53,7 @@ _TVM_DTYPE = {
     torch.int8: "int8",
     torch.uint8: "uint8",
 }
-BACKEND_ABI = "llmc-tvm-v1"  # keep equal to llmc.backends.pipeline.BACKEND_ABI
+BACKEND_ABI = "llmc-tvm-v2"  # keep equal to llmc.backends.pipeline.BACKEND_ABI
 _KIND_DEVICE = {"cpu": "cpu", "cuda": "cuda", "rocm": "rocm"}
 
 
@@ -200,6 +210,10 @@ class TVMRunner(LanguageModel):
         }
         self.load_s = time.perf_counter() - t0
         self._torch_dev = self._torch_device()
+        kv_cfg = self.backend.get("kv_cache", {})
+        self._kv_bufs: list[dict[str, Any]] = list(kv_cfg.get("buffers", []))
+        self._kv_in_place = bool(kv_cfg.get("in_place")) and bool(self._kv_bufs)
+        self._kv: _KVCache | None = None  # the in-place cache of the last sequence
         # stateful convenience API (prefill/decode)
         self._past: KV | None = None
         self._pos = 0
@@ -279,6 +293,8 @@ class TVMRunner(LanguageModel):
         self._check_indices(input_ids, positions)
         entry = self._entry(b, s)
         args = [self._arg(rt, input_ids), self._arg(rt, positions)]
+        if self._kv_in_place:
+            return self._forward_in_place(rt, entry, args, b, s, past)
         for k, v in past:
             args += [self._arg(rt, k), self._arg(rt, v)]
         outs = self._fns[entry](*args, *self._entry_args[entry])
@@ -289,6 +305,42 @@ class TVMRunner(LanguageModel):
             (self._keep(outs[1 + 2 * i]), self._keep(outs[2 + 2 * i])) for i in range(len(past))
         ]
         return logits, present
+
+    def _forward_in_place(
+        self, rt: Any, entry: str, args: list[Any], b: int, s: int, past: KV
+    ) -> tuple[torch.Tensor, KV]:
+        flat = [t for kv in past for t in kv]
+        if len(flat) != len(self._kv_bufs):
+            raise ValueError(
+                f"past has {len(flat)} tensors, this model takes {len(self._kv_bufs)} "
+                "(a key and a value per layer)"
+            )
+        n_past = int(flat[0].shape[2]) if flat else 0
+        cache = self._cache_for(rt, flat, b, n_past, n_past + s)
+        outs = self._fns[entry](
+            *args, *cache.handles, rt.ShapeTuple([n_past]), *self._entry_args[entry]
+        )
+        cache.length = n_past + s
+        logits = self._from_dev(outs[0])
+        if logits.device.type != "cpu":
+            logits = logits.cpu()
+        views = cache.views(cache.length)
+        return logits, [(views[2 * i], views[2 * i + 1]) for i in range(len(views) // 2)]
+
+    def _cache_for(self, rt: Any, past: list[Any], b: int, n_past: int, need: int) -> _KVCache:
+        """The cache to append to: the current one when ``past`` is its valid prefix (grown
+        when full), else a new one holding a copy of ``past``."""
+        c = self._kv
+        grow_from = 0
+        if c is not None and c.batch == b and c.length == n_past and c.holds(past, n_past):
+            if need <= c.capacity:
+                return c
+            past, grow_from = c.views(n_past), c.capacity
+        new = _KVCache(self, rt, b, kv_capacity(need, grow_from))
+        if n_past:
+            new.load(past, n_past)
+        self._kv = new
+        return new
 
     def _check_indices(self, input_ids: torch.Tensor, positions: torch.Tensor) -> None:
         """Refuse a token id outside the vocabulary, or a position past a learned position table
@@ -389,6 +441,93 @@ def _aligned(t: torch.Tensor) -> torch.Tensor:
     if t.numel() and t.data_ptr() % 64:
         t = t.clone()
     return t
+
+
+#: Capacities are multiples of this many keys.
+KV_BLOCK = 256
+
+
+def kv_capacity(need: int, current: int = 0) -> int:
+    """The capacity of a new cache buffer for ``need`` keys: at least double ``current`` (a
+    buffer that filled up), rounded up to :data:`KV_BLOCK` keys."""
+    want = max(need, 2 * current)
+    return -(-want // KV_BLOCK) * KV_BLOCK
+
+
+class _KVCache:
+    """One sequence's in-place cache buffers (see the module docstring)."""
+
+    def __init__(self, runner: TVMRunner, rt: Any, batch: int, capacity: int) -> None:
+        from llmc.ir.types import to_torch_dtype
+
+        self.batch, self.capacity, self.length = batch, capacity, 0
+        self._torch: list[torch.Tensor] | None = None
+        self.handles: list[Any] = []
+        shapes = [
+            (batch, int(e["kv_heads"]), capacity, int(e["head_dim"])) for e in runner._kv_bufs
+        ]
+        dtypes = [to_torch_dtype(e["dtype"]) for e in runner._kv_bufs]
+        if runner._torch_dev is not None:
+            self._torch = [
+                torch.empty(sh, dtype=dt, device=runner._torch_dev)
+                for sh, dt in zip(shapes, dtypes)
+            ]
+            self.handles = [rt.from_dlpack(t) for t in self._torch]
+        else:
+            self.handles = [
+                rt.empty(sh, _TVM_DTYPE[dt], runner.dev) for sh, dt in zip(shapes, dtypes)
+            ]
+
+    def views(self, n: int) -> list[Any]:
+        """The first ``n`` keys of every buffer (no copy)."""
+        if self._torch is not None:
+            return [t[:, :, :n, :] for t in self._torch]
+        return [_KVView(self, i, n) for i in range(len(self.handles))]
+
+    def holds(self, past: list[Any], n: int) -> bool:
+        """``past`` is exactly this cache's first ``n`` keys (views this cache handed out)."""
+        if self._torch is not None:
+            return all(
+                isinstance(p, torch.Tensor)
+                and p.device == t.device
+                and p.data_ptr() == t.data_ptr()
+                and tuple(p.shape) == (t.shape[0], t.shape[1], n, t.shape[3])
+                and p.stride() == t.stride()
+                for p, t in zip(past, self._torch)
+            )
+        return all(isinstance(p, _KVView) and p.cache is self and p.n == n for p in past)
+
+    def load(self, past: list[Any], n: int) -> None:
+        """Copy the first ``n`` keys of ``past`` (tensors, or another cache's views) in."""
+        if self._torch is not None:
+            for t, p in zip(self._torch, past):
+                src = p.full()[:, :, :n] if isinstance(p, _KVView) else p
+                t[:, :, :n].copy_(torch.as_tensor(src))
+            return
+        for h, p in zip(self.handles, past):  # a device torch cannot see: through the host
+            arr = h.numpy()
+            src = p.full()[:, :, :n] if isinstance(p, _KVView) else torch.as_tensor(p).numpy()
+            arr[:, :, :n] = src
+            h.copyfrom(arr)
+
+
+class _KVView:
+    """The first ``n`` keys of an in-place cache buffer on a device torch cannot see."""
+
+    def __init__(self, cache: _KVCache, i: int, n: int) -> None:
+        self.cache, self.i, self.n = cache, i, n
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        b, h, _, d = (int(x) for x in self.cache.handles[self.i].shape)
+        return (b, h, self.n, d)
+
+    def full(self) -> Any:
+        """The whole buffer, on the host (numpy)."""
+        return self.cache.handles[self.i].numpy()
+
+    def numpy(self) -> Any:
+        return self.full()[:, :, : self.n]
 
 
 class _DeviceTensor:

@@ -59,14 +59,14 @@ def attention_sync(h: int, kvh: int, d: int, dtype: str, scale: float, causal: b
 
     # fmt: off
     @T.prim_func(s_tir=True)
-    def attention(q_h: T.handle, k_h: T.handle, v_h: T.handle, o_h: T.handle):
+    def attention(q_h: T.handle, k_h: T.handle, v_h: T.handle, TT: T.int64, o_h: T.handle):
         T.func_attr({"tirx.is_scheduled": True, "tirx.noalias": True})
         B = T.int64()
         S = T.int64()
-        TT = T.int64()
+        CAP = T.int64()
         Q = T.match_buffer(q_h, (B, h, S, d), dtype)
-        K = T.match_buffer(k_h, (B, kvh, TT, d), dtype)
-        V = T.match_buffer(v_h, (B, kvh, TT, d), dtype)
+        K = T.match_buffer(k_h, (B, kvh, CAP, d), dtype)
+        V = T.match_buffer(v_h, (B, kvh, CAP, d), dtype)
         OUT = T.match_buffer(o_h, (B, h, S, d), dtype)
         for row in T.thread_binding(B * h * S, thread="blockIdx.x"):
             for ty in T.thread_binding(bdy, thread="threadIdx.y"):
@@ -153,15 +153,15 @@ def async_partials(
 
     # fmt: off
     @T.prim_func(s_tir=True)
-    def partials(q_h: T.handle, k_h: T.handle, v_h: T.handle, po_h: T.handle, ps_h: T.handle, pm_h: T.handle):
+    def partials(q_h: T.handle, k_h: T.handle, v_h: T.handle, TT: T.int64, po_h: T.handle, ps_h: T.handle, pm_h: T.handle):
         T.func_attr({"tirx.is_scheduled": True, "tirx.noalias": True})
         B = T.int64()
         S = T.int64()
-        TT = T.int64()
+        CAP = T.int64()
         NC = T.int64()
         Q = T.match_buffer(q_h, (B, h, S, d), dtype)
-        K = T.match_buffer(k_h, (B, kvh, TT, d), dtype)
-        V = T.match_buffer(v_h, (B, kvh, TT, d), dtype)
+        K = T.match_buffer(k_h, (B, kvh, CAP, d), dtype)
+        V = T.match_buffer(v_h, (B, kvh, CAP, d), dtype)
         PO = T.match_buffer(po_h, (B, h, S, NC, d), "float32")
         PS = T.match_buffer(ps_h, (B, h, S, NC), "float32")
         PM = T.match_buffer(pm_h, (B, h, S, NC), "float32")
@@ -252,15 +252,15 @@ def async_combine(
 
     # fmt: off
     @T.prim_func(s_tir=True)
-    def combine(q_h: T.handle, k_h: T.handle, v_h: T.handle, po_h: T.handle, ps_h: T.handle, pm_h: T.handle, o_h: T.handle):
+    def combine(q_h: T.handle, k_h: T.handle, v_h: T.handle, TT: T.int64, po_h: T.handle, ps_h: T.handle, pm_h: T.handle, o_h: T.handle):
         T.func_attr({"tirx.is_scheduled": True, "tirx.noalias": True})
         B = T.int64()
         S = T.int64()
-        TT = T.int64()
+        CAP = T.int64()
         NC = T.int64()
         Q = T.match_buffer(q_h, (B, h, S, d), dtype)
-        K = T.match_buffer(k_h, (B, kvh, TT, d), dtype)
-        V = T.match_buffer(v_h, (B, kvh, TT, d), dtype)
+        K = T.match_buffer(k_h, (B, kvh, CAP, d), dtype)
+        V = T.match_buffer(v_h, (B, kvh, CAP, d), dtype)
         PO = T.match_buffer(po_h, (B, h, S, NC, d), "float32")
         PS = T.match_buffer(ps_h, (B, h, S, NC), "float32")
         PM = T.match_buffer(pm_h, (B, h, S, NC), "float32")
@@ -327,3 +327,31 @@ def async_combine(
                             OUT[bi, hh, i, tx * vec + e] = T.Cast(dtype, acc[e] / st[1])
     # fmt: on
     return combine
+
+
+def kv_append(kvh: int, d: int, dtype: str):
+    """Write ``new`` [b, kvh, s, d] into the cache [b, kvh, cap, d] at keys ``past .. past+s``,
+    in place (``call_tir_inplace``): one block per key row, a thread per element (``d`` <= 1024);
+    a key at or past ``cap`` is dropped, never written out of bounds."""
+
+    # fmt: off
+    @T.prim_func(s_tir=True)
+    def kv_append(c_h: T.handle, x_h: T.handle, past: T.int64):
+        T.func_attr({"tirx.is_scheduled": True, "tirx.noalias": True})
+        B = T.int64()
+        CAP = T.int64()
+        S = T.int64()
+        C = T.match_buffer(c_h, (B, kvh, CAP, d), dtype)
+        X = T.match_buffer(x_h, (B, kvh, S, d), dtype)
+        for row in T.thread_binding(B * kvh * S, thread="blockIdx.x"):
+            for e in T.thread_binding(d, thread="threadIdx.x"):
+                with T.sblock("kv_append"):
+                    T.reads()
+                    T.writes()
+                    bi: T.let[T.int64] = row // (kvh * S)
+                    hi: T.let[T.int64] = row // S % kvh
+                    i: T.let[T.int64] = row % S
+                    if past + i < CAP:
+                        C[bi, hi, past + i, e] = X[bi, hi, i, e]
+    # fmt: on
+    return kv_append
