@@ -1,8 +1,11 @@
 """Hand-written CPU attention kernels (TIR): one query row per parallel task.
 
 Same semantics and layouts as :mod:`llmc.backends.kernels.attention_gpu` (q [b, h, s, d], k/v
-[b, kvh, t, d], bottom-right causal mask, sliding window, GQA), parallelised over rows (and, for
-the asynchronous partials, over key chunks too). Accumulation is in float32.
+buffers [b, kvh, cap, d] of which the first ``TT`` keys are valid, bottom-right causal mask,
+sliding window, GQA), parallelised over rows (and, for the asynchronous partials, over key chunks
+too). Accumulation is in float32; each q.k dot keeps :func:`dot_lanes` independent partial sums
+(a vector FMA per key slice instead of one chain of ``d`` dependent adds), and the online
+softmax's rescale factor is computed once per key.
 
 - :func:`attention_sync`: online (synchronized) softmax per row.
 - :func:`async_partials` / :func:`async_combine`: FlashDecoding++'s asynchronous softmax in
@@ -17,9 +20,19 @@ from tvm.script import tirx as T
 from llmc.backends.kernels.attention_gpu import NEG, key_bounds
 
 
+def dot_lanes(d: int) -> int:
+    """Independent partial sums per q.k dot product (breaks the add chain: a 64-element dot as
+    one chain is 64 dependent adds; as 8 it is a vector FMA per 8 elements)."""
+    for lanes in (8, 4, 2):
+        if d % lanes == 0:
+            return lanes
+    return 1
+
+
 def attention_sync(h: int, kvh: int, d: int, dtype: str, scale: float, causal: bool, window: int):
     group = h // kvh
     key_lo, key_hi = key_bounds(causal, window)
+    lanes = dot_lanes(d)
 
     # fmt: off
     @T.prim_func(s_tir=True)
@@ -38,7 +51,8 @@ def attention_sync(h: int, kvh: int, d: int, dtype: str, scale: float, causal: b
                 T.writes()
                 q_loc = T.sblock_alloc_buffer((d,), "float32", scope="local")
                 acc = T.sblock_alloc_buffer((d,), "float32", scope="local")
-                st = T.sblock_alloc_buffer((5,), "float32", scope="local")  # m, l, m_new, p, dot
+                part = T.sblock_alloc_buffer((lanes,), "float32", scope="local")
+                st = T.sblock_alloc_buffer((6,), "float32", scope="local")  # m, l, m_new, p, dot, alpha
                 bi: T.let[T.int64] = row // (h * S)
                 hi: T.let[T.int64] = row // S % h
                 i: T.let[T.int64] = row % S
@@ -52,14 +66,20 @@ def attention_sync(h: int, kvh: int, d: int, dtype: str, scale: float, causal: b
                 st[0] = T.float32(NEG)
                 st[1] = T.float32(0)
                 for jj in T.serial(k_hi - k_lo):
+                    for el in T.vectorized(lanes):
+                        part[el] = T.float32(0)
+                    for eo in T.serial(d // lanes):
+                        for el in T.vectorized(lanes):
+                            part[el] = part[el] + q_loc[eo * lanes + el] * T.Cast("float32", K[bi, kh, k_lo + jj, eo * lanes + el])
                     st[4] = T.float32(0)
-                    for e in T.serial(d):
-                        st[4] = st[4] + q_loc[e] * T.Cast("float32", K[bi, kh, k_lo + jj, e])
+                    for el in T.serial(lanes):
+                        st[4] = st[4] + part[el]
                     st[2] = T.max(st[0], st[4])
                     st[3] = T.exp(st[4] - st[2])
-                    for e in T.serial(d):
-                        acc[e] = acc[e] * T.exp(st[0] - st[2]) + st[3] * T.Cast("float32", V[bi, kh, k_lo + jj, e])
-                    st[1] = st[1] * T.exp(st[0] - st[2]) + st[3]
+                    st[5] = T.exp(st[0] - st[2])
+                    for e in T.vectorized(d):
+                        acc[e] = acc[e] * st[5] + st[3] * T.Cast("float32", V[bi, kh, k_lo + jj, e])
+                    st[1] = st[1] * st[5] + st[3]
                     st[0] = st[2]
                 for e in T.serial(d):
                     OUT[bi, hi, i, e] = T.Cast(dtype, acc[e] / st[1])
@@ -80,6 +100,7 @@ def async_partials(
 ):
     group = h // kvh
     key_lo, key_hi = key_bounds(causal, window)
+    lanes = dot_lanes(d)
 
     # fmt: off
     @T.prim_func(s_tir=True)
@@ -101,6 +122,7 @@ def async_partials(
                 T.writes()
                 q_loc = T.sblock_alloc_buffer((d,), "float32", scope="local")
                 acc = T.sblock_alloc_buffer((d,), "float32", scope="local")
+                part = T.sblock_alloc_buffer((lanes,), "float32", scope="local")
                 st = T.sblock_alloc_buffer((3,), "float32", scope="local")  # sum, max, dot
                 row: T.let[T.int64] = rc // NC
                 c: T.let[T.int64] = rc % NC
@@ -117,13 +139,18 @@ def async_partials(
                 st[0] = T.float32(0)
                 st[1] = T.float32(NEG)
                 for jj in T.serial(T.max(k_hi - k_lo, T.int64(0))):
+                    for el in T.vectorized(lanes):
+                        part[el] = T.float32(0)
+                    for eo in T.serial(d // lanes):
+                        for el in T.vectorized(lanes):
+                            part[el] = part[el] + q_loc[eo * lanes + el] * T.Cast("float32", K[bi, kh, k_lo + jj, eo * lanes + el])
                     st[2] = T.float32(0)
-                    for e in T.serial(d):
-                        st[2] = st[2] + q_loc[e] * T.Cast("float32", K[bi, kh, k_lo + jj, e])
+                    for el in T.serial(lanes):
+                        st[2] = st[2] + part[el]
                     st[1] = T.max(st[1], st[2])
                     st[2] = T.exp(st[2] - T.float32(phi))
                     st[0] = st[0] + st[2]
-                    for e in T.serial(d):
+                    for e in T.vectorized(d):
                         acc[e] = acc[e] + st[2] * T.Cast("float32", V[bi, kh, k_lo + jj, e])
                 for e in T.serial(d):
                     PO[bi, hi, i, c, e] = acc[e]
@@ -147,6 +174,7 @@ def async_combine(
 ):
     group = h // kvh
     key_lo, key_hi = key_bounds(causal, window)
+    lanes = dot_lanes(d)
 
     # fmt: off
     @T.prim_func(s_tir=True)
@@ -169,7 +197,8 @@ def async_combine(
                 T.writes()
                 q_loc = T.sblock_alloc_buffer((d,), "float32", scope="local")
                 acc = T.sblock_alloc_buffer((d,), "float32", scope="local")
-                st = T.sblock_alloc_buffer((5,), "float32", scope="local")  # m/sum, l, m_new/max, p, dot
+                part = T.sblock_alloc_buffer((lanes,), "float32", scope="local")
+                st = T.sblock_alloc_buffer((6,), "float32", scope="local")  # m/sum, l, m_new/max, p, dot, alpha
                 ok = T.sblock_alloc_buffer((1,), "int32", scope="local")
                 bi: T.let[T.int64] = row // (h * S)
                 hh: T.let[T.int64] = row // S % h
@@ -203,14 +232,20 @@ def async_combine(
                     st[0] = T.float32(NEG)
                     st[1] = T.float32(0)
                     for jj in T.serial(k_hi - k_lo):
+                        for el in T.vectorized(lanes):
+                            part[el] = T.float32(0)
+                        for eo in T.serial(d // lanes):
+                            for el in T.vectorized(lanes):
+                                part[el] = part[el] + q_loc[eo * lanes + el] * T.Cast("float32", K[bi, kh, k_lo + jj, eo * lanes + el])
                         st[4] = T.float32(0)
-                        for e in T.serial(d):
-                            st[4] = st[4] + q_loc[e] * T.Cast("float32", K[bi, kh, k_lo + jj, e])
+                        for el in T.serial(lanes):
+                            st[4] = st[4] + part[el]
                         st[2] = T.max(st[0], st[4])
                         st[3] = T.exp(st[4] - st[2])
-                        for e in T.serial(d):
-                            acc[e] = acc[e] * T.exp(st[0] - st[2]) + st[3] * T.Cast("float32", V[bi, kh, k_lo + jj, e])
-                        st[1] = st[1] * T.exp(st[0] - st[2]) + st[3]
+                        st[5] = T.exp(st[0] - st[2])
+                        for e in T.vectorized(d):
+                            acc[e] = acc[e] * st[5] + st[3] * T.Cast("float32", V[bi, kh, k_lo + jj, e])
+                        st[1] = st[1] * st[5] + st[3]
                         st[0] = st[2]
                     for e in T.serial(d):
                         OUT[bi, hh, i, e] = T.Cast(dtype, acc[e] / st[1])
@@ -232,7 +267,7 @@ def kv_append(kvh: int, d: int, dtype: str):
         S = T.int64()
         C = T.match_buffer(c_h, (B, kvh, CAP, d), dtype)
         X = T.match_buffer(x_h, (B, kvh, S, d), dtype)
-        for row in T.parallel(B * kvh * S):
+        for row in T.serial(B * kvh * S):  # a decode step writes a few KB: no thread pool
             with T.sblock("kv_append"):
                 T.reads()
                 T.writes()

@@ -1,8 +1,10 @@
 """Hand-written GPU attention kernels (TIR), for decode and prefill over a KV cache.
 
 dlight has no schedule for attention with a symbolic key count and grouped heads, so these are
-written out. Layout: q [b, h, s, d], k/v [b, kvh, t, d], o [b, h, s, d]; query ``i`` sees key
-``j`` iff ``j <= i + t - s`` (causal, bottom-right) and ``i + t - s - j < window`` (window > 0).
+written out. Layout: q [b, h, s, d], k/v buffers [b, kvh, cap, d] of which the first ``t`` keys
+are valid (``t`` is a scalar argument: the in-place KV cache of :mod:`llmc.backends.lower`), o [b,
+h, s, d]; query ``i`` sees key ``j`` iff ``j <= i + t - s`` (causal, bottom-right) and ``i + t - s -
+j < window`` (window > 0).
 
 One thread block per query row ``(b, h, i)``. A row of ``d`` elements is spread over a warp
 (``bdx`` lanes x ``vec`` elements), so every key row is one coalesced read; ``bdy`` warps take keys
