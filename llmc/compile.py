@@ -31,7 +31,7 @@ from llmc.artifact import (
     write_graph,
     write_manifest,
 )
-from llmc.backends.targets import Target, get_target
+from llmc.backends.targets import Target, get_target, resolve_spec
 from llmc.errors import LlmcError, TargetError
 from llmc.ir.graph import Graph
 from llmc.runtime.lm import InterpLM, LanguageModel
@@ -184,9 +184,10 @@ def compile_model(
         "analysis": {"env": env, **cost.to_dict()},
         "timing_s": {"load": t_loaded - t_start, "passes": t_passes - t_loaded},
     }
-    if tgt.spec is not None:
+    spec = resolve_spec(tgt)
+    if spec is not None:
         dtype = str(graph.meta.get("dtype", "f32"))
-        report["roofline"] = roofline(cost.total, tgt.spec, dtype, env["batch"] * env["seq"])
+        report["roofline"] = roofline(cost.total, spec, dtype, env["batch"] * env["seq"])
     if dry_run or out is None:
         report["timing_s"]["total"] = time.perf_counter() - t_start
         report["peak_rss_mb"] = peak_rss_mb()

@@ -56,6 +56,16 @@ _TARGETS: dict[str, Target] = {}
 _LAZY: dict[str, Callable[[], Target]] = {}
 
 
+def resolve_spec(t: Target) -> HardwareSpec | None:
+    """The spec a report should use: the registry's, or for a target marked
+    ``extra["spec"] == "host"`` (``cpu``) this machine's (:mod:`llmc.backends.hostspec`)."""
+    if t.spec is not None and t.extra.get("spec") == "host":
+        from llmc.backends.hostspec import host_spec
+
+        return host_spec(t.spec)
+    return t.spec
+
+
 def register_target(t: Target) -> Target:
     if t.name in _TARGETS:
         raise TargetError(f"target {t.name!r} registered twice")
@@ -94,7 +104,7 @@ register_target(
         "cpu",
         "host CPU through TVM's LLVM backend",
         {"kind": "llvm"},
-        # Nominal figures for a 2-core AVX2 server slice; the CPU roofline should be measured.
+        # Nominal figures for a 2-core AVX2 server slice (the fallback of the measured host spec).
         HardwareSpec(
             {
                 "f32": 2 * 32 * 3.0 * _G,
@@ -106,6 +116,8 @@ register_target(
             24 * _G,
             source="nominal: 2 cores x 3 GHz x 32 f32 FLOP/cycle (AVX2 FMA x2); 20 GB/s DRAM",
         ),
+        # reports measure the host instead (llmc.backends.hostspec); the above is the fallback
+        extra={"spec": "host"},
     )
 )
 register_target(

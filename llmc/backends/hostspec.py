@@ -1,0 +1,143 @@
+"""The ``cpu`` target's hardware spec, from this machine rather than a data sheet.
+
+The ``cpu`` target is "the host", so its roofline should use the host's figures. Peak FLOP/s is
+computed from the CPU: cores x clock x FLOP per cycle (two FMA pipes of the widest vector unit:
+32 f32 FLOP/cycle with AVX2, 64 with AVX-512). Memory bandwidth is *measured*: the best of five
+``torch.sum`` passes over a 256 MiB float32 tensor (already touched), with the threads a compiled
+artifact would use (``TVM_NUM_THREADS``, else the cores). A cloud slice's bandwidth moves with its
+neighbours (25-35 GB/s over a day on the 2-core EPYC these figures were first taken on), so a
+measurement is a snapshot; it is cached per machine in ``$LLMC_CACHE_DIR`` (default
+``~/.cache/llmc``, file ``host-spec-<key>.json``): delete it to measure again.
+
+``LLMC_HOST_SPEC=nominal`` (or a failed measurement) keeps the registry's nominal figures.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from llmc.backends.cpu_isa import host_isa_flags
+from llmc.backends.targets import HardwareSpec
+
+_G = 1e9
+PROBE_MIB = 256
+
+
+def _cpuinfo() -> dict[str, str]:
+    out: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if ":" in line:
+                    k, v = (x.strip() for x in line.split(":", 1))
+                    out.setdefault(k, v)
+    except OSError:
+        pass
+    return out
+
+
+def _threads() -> int:
+    try:
+        return max(1, int(os.environ.get("TVM_NUM_THREADS", "")))
+    except ValueError:
+        return os.cpu_count() or 1
+
+
+def _cache_file(key: str) -> Path | None:
+    root = os.environ.get("LLMC_CACHE_DIR")
+    if root is not None and root.strip().lower() in ("", "0", "off", "none"):
+        return None
+    base = Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    if not root:
+        base = base / "llmc"
+    return base / f"host-spec-{key}.json"
+
+
+def measure_read_bandwidth(threads: int, mib: int = PROBE_MIB, repeats: int = 5) -> float:
+    """Bytes/s of the best of ``repeats`` sums over ``mib`` MiB of float32 on ``threads``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a = torch.ones(mib * 1024 * 1024 // 4)  # written: no zero pages
+        a.sum()
+        best = float("inf")
+        for _ in range(repeats):
+            t = time.perf_counter()
+            a.sum()
+            best = min(best, time.perf_counter() - t)
+        return a.numel() * 4 / best
+    finally:
+        torch.set_num_threads(before)
+
+
+def host_spec(nominal: HardwareSpec) -> HardwareSpec:
+    """This machine's spec (see the module docstring); ``nominal`` where it cannot be had."""
+    if os.environ.get("LLMC_HOST_SPEC", "").lower() == "nominal":
+        return nominal
+    info = _cpuinfo()
+    cores = os.cpu_count() or 1
+    threads = min(_threads(), cores)
+    model = info.get("model name", "unknown CPU")
+    key = hashlib.sha256(f"{model}|{cores}|{threads}".encode()).hexdigest()[:16]
+    path = _cache_file(key)
+    rec: dict[str, Any] | None = None
+    if path is not None and path.exists():
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, ValueError):
+            rec = None
+    if rec is None:
+        try:
+            bw = measure_read_bandwidth(threads)
+        except Exception:  # noqa: BLE001 - no torch, no memory: the nominal figures stand
+            return nominal
+        rec = {
+            "cpu": model,
+            "cores": cores,
+            "threads": threads,
+            "read_bytes_per_s": bw,
+            "measured": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        }
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(rec, indent=2) + "\n")
+            except OSError:
+                pass
+    flags = set(host_isa_flags())
+    lanes = 16 if "avx512f" in flags else 8 if "avx" in flags else 4
+    try:
+        ghz = float(info.get("cpu MHz", "")) / 1000.0
+    except ValueError:
+        ghz = 0.0
+    ghz = ghz if ghz > 0.5 else 3.0
+    f32 = threads * ghz * _G * 2 * 2 * lanes  # two FMA pipes, 2 FLOP per FMA
+    i8 = 2 * f32 if "avx2" in flags or "avx512_vnni" in flags else f32
+    mem = float(nominal.mem_bytes)
+    try:
+        mem = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        pass
+    bw = float(rec["read_bytes_per_s"])
+    return HardwareSpec(
+        {"f32": f32, "f16": f32, "bf16": f32, "i8": i8},
+        bw,
+        mem,
+        source=(
+            f"this host: {rec['cpu']}, {threads} threads; read bandwidth {bw / _G:.1f} GB/s "
+            f"measured {rec['measured']} (torch.sum over {PROBE_MIB} MiB, best of 5; cached in "
+            f"{path if path is not None else 'nowhere'}); peak {threads} x {ghz:.2f} GHz x "
+            f"{4 * lanes} f32 FLOP/cycle"
+        ),
+    )
+
+
+__all__ = ["host_spec", "measure_read_bandwidth"]
