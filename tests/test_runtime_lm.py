@@ -134,3 +134,12 @@ def test_dry_run_roofline_for_7b() -> None:
     ).report["roofline"]
     assert pre["arithmetic_intensity"] > 100 * rf["arithmetic_intensity"]
     assert pre["max_tokens_per_s"] > 100 * rf["max_tokens_per_s"]
+
+
+def test_interpreter_refuses_bad_token_ids(graph) -> None:
+    """torch's embedding would say only "index out of range in self"; -1 would be a silent
+    wrap in any numpy-backed runner."""
+    lm = InterpLM(graph)
+    for bad in (-1, lm.vocab_size):
+        with pytest.raises(ValueError, match=f"token id {bad} is outside the vocabulary"):
+            lm.forward(torch.tensor([[1, bad]]), torch.arange(2)[None], lm.empty_past(1))

@@ -57,6 +57,7 @@ class FpgaLM(LanguageModel):
     ) -> tuple[torch.Tensor, KV]:
         if input_ids.shape[0] != 1:
             raise LlmcError(f"the accelerator runs batch 1, got batch {input_ids.shape[0]}")
+        self.check_indices(input_ids, positions)
         past_len = int(past[0][0].shape[2]) if past else 0
         ids = input_ids[0].numpy()
         pos = positions[0].numpy()

@@ -52,6 +52,26 @@ class LanguageModel(abc.ABC):
             for _ in range(int(m["num_layers"]))
         ]
 
+    def check_indices(self, input_ids: torch.Tensor, positions: torch.Tensor) -> None:
+        """Refuse a token id outside the vocabulary, or a position past a learned position table
+        (GPT-2, OPT), with a ValueError that says which. Every runner calls it first: the
+        compiled lookups clamp their index (a bad one never reads past a table, but would give
+        a wrong answer), the FPGA simulator indexes numpy arrays (where -1 is the last row), and
+        torch's ``embedding`` says only "index out of range in self"."""
+        # on the decode path: one aminmax and two int compares (~3 us; min() and max() are ~15)
+        vocab = self.meta.get("vocab_size")
+        if vocab and input_ids.numel():
+            lo, hi = (int(x) for x in torch.aminmax(input_ids))
+            if lo < 0 or hi >= vocab:
+                bad = lo if lo < 0 else hi
+                raise ValueError(f"token id {bad} is outside the vocabulary [0, {vocab})")
+        limit = self.meta.get("max_position_embeddings")
+        learned = self.meta.get("position_embedding") == "learned"
+        if learned and limit and positions.numel():
+            last = int(positions.max())
+            if last >= limit:
+                raise ValueError(f"position {last} is past this model's {limit} learned positions")
+
     @property
     def vocab_size(self) -> int:
         return int(self.meta["vocab_size"])
@@ -84,6 +104,7 @@ class InterpLM(LanguageModel):
     ) -> tuple[torch.Tensor, KV]:
         from llmc.runtime.interp import run
 
+        self.check_indices(input_ids, positions)
         args: list[torch.Tensor] = [input_ids, positions]
         for k, v in past:
             args += [k, v]

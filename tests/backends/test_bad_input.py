@@ -136,7 +136,7 @@ def test_compiled_lookup_clamps_when_the_check_is_bypassed(toy_cpu: Path, monkey
 
     lm = load(toy_cpu)
     vocab = lm.meta["vocab_size"]
-    monkeypatch.setattr(lm, "_check_indices", lambda ids, pos: None)
+    monkeypatch.setattr(lm, "check_indices", lambda ids, pos: None)
     pos = torch.arange(2)[None]
     bad, _ = lm.forward(torch.tensor([[1, vocab + 1000]]), pos, lm.empty_past(1))
     last, _ = lm.forward(torch.tensor([[1, vocab - 1]]), pos, lm.empty_past(1))

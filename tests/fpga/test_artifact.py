@@ -84,3 +84,16 @@ def test_compile_bad_arch_override_leaves_nothing(capsys, tmp_path):
     assert not out.exists()
     rc, _, err = run_cli(capsys, "compile", "tiny", "--target", "cpu", "--set", "cores=2")
     assert_one_line_error(rc, err, "FPGA targets only")
+
+
+def test_bad_token_ids_are_refused(artifact):
+    """The simulator indexes numpy arrays, where id -1 would read the last embedding row: the
+    runner refuses it, and an id past the vocabulary, with the LanguageModel check."""
+    import torch
+
+    out, _, g = artifact
+    lm = runner_for(load(str(out)))
+    vocab = lm.vocab_size
+    for bad in (-1, vocab):
+        with pytest.raises(ValueError, match=f"token id {bad} is outside the vocabulary"):
+            lm.forward(torch.tensor([[1, bad]]), torch.arange(2)[None], lm.empty_past(1))
