@@ -12,7 +12,8 @@ second (kernels only; whole buffers, so an in-place write into the KV cache over
 GEMV it is the weight stream: compare with the host's read bandwidth, measured
 here as ``torch.sum`` over a 512 MiB float32 tensor with the same thread count). The hook itself
 costs a few microseconds per call, so the per-kernel sum exceeds the uninstrumented step, which is
-also printed (median of ``--steps`` calls without the hook).
+also printed (median of ``--steps`` calls without the hook), with the minor page faults per step
+(fresh memory the step touched: an allocated-per-step KV cache shows here).
 """
 
 from __future__ import annotations
@@ -68,7 +69,11 @@ def profile(artifact: Path, past: int, steps: int) -> dict[str, Any]:
     lm.prefill([(i * 7 + 3) % vocab for i in range(past)])
     for _ in range(5):
         lm.decode(5)
+    import resource
+
+    faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     plain = [_timed(lambda: lm.decode(5)) for _ in range(steps)]
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / steps
 
     tot: dict[str, float] = collections.defaultdict(float)
     calls: collections.Counter[str] = collections.Counter()
@@ -105,6 +110,7 @@ def profile(artifact: Path, past: int, steps: int) -> dict[str, Any]:
         "steps": steps,
         "decode_ms_uninstrumented_median": round(1e3 * statistics.median(plain), 3),
         "instrumented_sum_ms": round(1e3 * sum(tot.values()) / steps, 3),
+        "minor_page_faults_per_step": round(faults, 1),
         "kernels": rows,
     }
 
@@ -129,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     res["llmc_commit"] = git("rev-parse", "HEAD")
     print(
         f"decode step {res['decode_ms_uninstrumented_median']} ms (median, no hook); "
-        f"instrumented sum {res['instrumented_sum_ms']} ms; host read {res['host_read_gb_s']} GB/s"
+        f"instrumented sum {res['instrumented_sum_ms']} ms; host read {res['host_read_gb_s']} GB/s; "
+        f"{res['minor_page_faults_per_step']} page faults per step"
     )
     for r in res["kernels"][: a.top]:
         bw = f"{r['arg_gb_per_s']:7.1f} GB/s" if r["arg_gb_per_s"] is not None else " " * 12
