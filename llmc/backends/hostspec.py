@@ -24,6 +24,7 @@ from typing import Any
 
 from llmc.backends.cpu_isa import host_isa_flags
 from llmc.backends.targets import HardwareSpec
+from llmc.cache import cache_dir
 
 _G = 1e9
 PROBE_MIB = 256
@@ -50,13 +51,8 @@ def _threads() -> int:
 
 
 def _cache_file(key: str) -> Path | None:
-    root = os.environ.get("LLMC_CACHE_DIR")
-    if root is not None and root.strip().lower() in ("", "0", "off", "none"):
-        return None
-    base = Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    if not root:
-        base = base / "llmc"
-    return base / f"host-spec-{key}.json"
+    base = cache_dir()
+    return None if base is None else base / f"host-spec-{key}.json"
 
 
 def measure_read_bandwidth(threads: int, mib: int = PROBE_MIB, repeats: int = 5) -> float:

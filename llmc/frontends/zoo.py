@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from llmc.cache import cache_dir
 from llmc.errors import ModelLoadError
 from llmc.ir.graph import Graph
 from llmc.ir.params import Param
@@ -258,12 +259,9 @@ def build(name: str, *, dtype: str | None = None, cache: bool | None = None) -> 
 
 def cache_path(name: str, cfg: dict[str, Any], dtype: str | None) -> Path | None:
     """Where :func:`build` caches ``name`` (``None`` when the cache is off)."""
-    root = os.environ.get("LLMC_CACHE_DIR")
-    if root is not None and root.strip().lower() in ("", "0", "off", "none"):
+    base = cache_dir()
+    if base is None:
         return None
-    base = Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    if not root:
-        base = base / "llmc"
     h = hashlib.sha256()
     h.update(json.dumps([cfg, dtype], sort_keys=True).encode())
     for dist in ("torch", "transformers"):
