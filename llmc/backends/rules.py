@@ -180,6 +180,26 @@ def _gelu(ctx: LowerCtx, n: Node) -> relax.Expr:
     return ctx.emit(fn(x))
 
 
+def _gelu_tanh_fast(ctx: LowerCtx, n: Node) -> relax.Expr:
+    """The tanh GELU with TOPI's rational ``fast_tanh`` (vectorizes; within 1e-6 of ``tanh`` at
+    float32): on the CPU, TVM's ``tanh`` is a scalar call per element (GPT-2's 3072-wide MLP
+    activation, with its bias: 26 -> 9 us per call on the 2-core EPYC)."""
+    from tvm import topi
+
+    (x,) = ctx.args(n)
+    c = math.sqrt(2.0 / math.pi)
+
+    def gelu(t):
+        inner = topi.multiply(topi.add(t, topi.multiply(topi.multiply(t, t), t) * 0.044715), c)
+        return topi.multiply(topi.multiply(t, 0.5), topi.add(topi.fast_tanh(inner), 1.0))
+
+    return ctx.emit_te(gelu, x, name="gelu_tanh_fast")
+
+
+def _gelu_fast_ok(ctx: LowerCtx, n: Node) -> bool:
+    return n.attrs.approximate == "tanh" and n.out.type.dtype == "f32"
+
+
 def _binary(ctx: LowerCtx, n: Node) -> relax.Expr:
     x, y = ctx.args(n)
     dt = n.out.type.dtype
@@ -562,6 +582,7 @@ COMMON_RULES: list[Rule] = (
     + [_r(f"binary.{op}", op, _binary) for op in _BINARY]
     + [_r(f"compare.{op}", op, _compare) for op in _COMPARE]
     + [
+        _r("gelu.fast_tanh", "gelu", _gelu_tanh_fast, kinds=("cpu",), when=_gelu_fast_ok),
         _r("gelu", "gelu", _gelu),
         _r("where", "where", _where),
         _r("constant", "constant", _constant),
