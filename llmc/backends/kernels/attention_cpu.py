@@ -20,6 +20,26 @@ from tvm.script import tirx as T
 from llmc.backends.kernels.attention_gpu import NEG, key_bounds
 
 
+def _qk_dot(d: int, lanes: int):
+    """A TIR macro: ``out[idx] = q_loc . K[bi, kh, key, :]`` with ``lanes`` partial sums in
+    ``part`` (see :func:`dot_lanes`); shared by the three kernels' key loops."""
+
+    @T.macro
+    def qk_dot(part, q_loc, K, bi, kh, key, out, idx):
+        for el in T.vectorized(lanes):
+            part[el] = T.float32(0)
+        for eo in T.serial(d // lanes):
+            for el in T.vectorized(lanes):
+                part[el] = part[el] + q_loc[eo * lanes + el] * T.Cast(
+                    "float32", K[bi, kh, key, eo * lanes + el]
+                )
+        out[idx] = T.float32(0)
+        for el in T.serial(lanes):
+            out[idx] = out[idx] + part[el]
+
+    return qk_dot
+
+
 def dot_lanes(d: int) -> int:
     """Independent partial sums per q.k dot product (breaks the add chain: a 64-element dot as
     one chain is 64 dependent adds; as 8 it is a vector FMA per 8 elements)."""
@@ -33,6 +53,7 @@ def attention_sync(h: int, kvh: int, d: int, dtype: str, scale: float, causal: b
     group = h // kvh
     key_lo, key_hi = key_bounds(causal, window)
     lanes = dot_lanes(d)
+    qk_dot = _qk_dot(d, lanes)
 
     # fmt: off
     @T.prim_func(s_tir=True)
@@ -66,14 +87,7 @@ def attention_sync(h: int, kvh: int, d: int, dtype: str, scale: float, causal: b
                 st[0] = T.float32(NEG)
                 st[1] = T.float32(0)
                 for jj in T.serial(k_hi - k_lo):
-                    for el in T.vectorized(lanes):
-                        part[el] = T.float32(0)
-                    for eo in T.serial(d // lanes):
-                        for el in T.vectorized(lanes):
-                            part[el] = part[el] + q_loc[eo * lanes + el] * T.Cast("float32", K[bi, kh, k_lo + jj, eo * lanes + el])
-                    st[4] = T.float32(0)
-                    for el in T.serial(lanes):
-                        st[4] = st[4] + part[el]
+                    qk_dot(part, q_loc, K, bi, kh, k_lo + jj, st, 4)
                     st[2] = T.max(st[0], st[4])
                     st[3] = T.exp(st[4] - st[2])
                     st[5] = T.exp(st[0] - st[2])
@@ -101,6 +115,7 @@ def async_partials(
     group = h // kvh
     key_lo, key_hi = key_bounds(causal, window)
     lanes = dot_lanes(d)
+    qk_dot = _qk_dot(d, lanes)
 
     # fmt: off
     @T.prim_func(s_tir=True)
@@ -139,14 +154,7 @@ def async_partials(
                 st[0] = T.float32(0)
                 st[1] = T.float32(NEG)
                 for jj in T.serial(T.max(k_hi - k_lo, T.int64(0))):
-                    for el in T.vectorized(lanes):
-                        part[el] = T.float32(0)
-                    for eo in T.serial(d // lanes):
-                        for el in T.vectorized(lanes):
-                            part[el] = part[el] + q_loc[eo * lanes + el] * T.Cast("float32", K[bi, kh, k_lo + jj, eo * lanes + el])
-                    st[2] = T.float32(0)
-                    for el in T.serial(lanes):
-                        st[2] = st[2] + part[el]
+                    qk_dot(part, q_loc, K, bi, kh, k_lo + jj, st, 2)
                     st[1] = T.max(st[1], st[2])
                     st[2] = T.exp(st[2] - T.float32(phi))
                     st[0] = st[0] + st[2]
@@ -175,6 +183,7 @@ def async_combine(
     group = h // kvh
     key_lo, key_hi = key_bounds(causal, window)
     lanes = dot_lanes(d)
+    qk_dot = _qk_dot(d, lanes)
 
     # fmt: off
     @T.prim_func(s_tir=True)
@@ -232,14 +241,7 @@ def async_combine(
                     st[0] = T.float32(NEG)
                     st[1] = T.float32(0)
                     for jj in T.serial(k_hi - k_lo):
-                        for el in T.vectorized(lanes):
-                            part[el] = T.float32(0)
-                        for eo in T.serial(d // lanes):
-                            for el in T.vectorized(lanes):
-                                part[el] = part[el] + q_loc[eo * lanes + el] * T.Cast("float32", K[bi, kh, k_lo + jj, eo * lanes + el])
-                        st[4] = T.float32(0)
-                        for el in T.serial(lanes):
-                            st[4] = st[4] + part[el]
+                        qk_dot(part, q_loc, K, bi, kh, k_lo + jj, st, 4)
                         st[2] = T.max(st[0], st[4])
                         st[3] = T.exp(st[4] - st[2])
                         st[5] = T.exp(st[0] - st[2])
