@@ -27,7 +27,7 @@ TE attention fallback, any other op) gets a slice of it (a copy). The runner own
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import tvm
@@ -110,7 +110,12 @@ class Lowered:
     layer_functions: dict[str, int]  # function name -> layers calling it
     rules_used: dict[str, int]
     entry_weights: dict[str, list[str]]  # entry -> its weight arguments (WeightArg names), in order
-    kv_in_place: bool = False  # the entries take cache buffers and kv_len (see the module doc)
+    kv_inputs: list[Value] = field(default_factory=list)  # in-place caches, argument order
+
+    @property
+    def kv_in_place(self) -> bool:
+        """The entries take cache buffers and ``kv_len`` (see the module docstring)."""
+        return bool(self.kv_inputs)
 
 
 RuleFn = Callable[["LowerCtx", Node], Any]
@@ -341,7 +346,7 @@ class Lowering:
             dict(self.layer_calls),
             dict(self.rules_used),
             dict(self.entry_weights),
-            bool(self.kv_appends),
+            [v for v in self.graph.inputs if id(v) in self.kv_appends],
         )
 
     def _env(self, entry: Entry) -> dict[str, Any]:

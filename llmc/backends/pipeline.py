@@ -165,7 +165,7 @@ class TVMPipeline:
             "kv_cache": {
                 "in_place": lowered.kv_in_place,
                 "capacity_symbol": KV_CAPACITY,
-                "buffers": _kv_buffers(graph) if lowered.kv_in_place else [],
+                "buffers": [_kv_buffer(v) for v in lowered.kv_inputs],
             },
             "outputs": [{"name": v.name, "type": str(v.type)} for v in graph.outputs],
             "lowering_rules": lowered.rules_used,
@@ -198,16 +198,10 @@ def device_sources(ex: relax.VMExecutable) -> dict[str, str]:
     return out
 
 
-def _kv_buffers(graph: Graph) -> list[dict[str, Any]]:
-    """Per ``past_*`` input (argument order): what the runner allocates for it."""
-    out = []
-    for v in graph.inputs:
-        if v.name.startswith(("past_k_", "past_v_")):
-            _, heads, _, hd = v.type.shape
-            out.append(
-                {"name": v.name, "kv_heads": int(heads), "head_dim": int(hd), "dtype": v.type.dtype}
-            )
-    return out
+def _kv_buffer(v: Any) -> dict[str, Any]:
+    """What the runner allocates for one in-place ``past_*`` input."""
+    _, heads, _, hd = v.type.shape
+    return {"name": v.name, "kv_heads": int(heads), "head_dim": int(hd), "dtype": v.type.dtype}
 
 
 def _target_dict(t: tvm.target.Target) -> dict[str, Any]:

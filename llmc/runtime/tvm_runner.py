@@ -445,6 +445,7 @@ class _KVCache:
         self.batch, self.capacity, self.length = batch, capacity, 0
         self._torch: list[torch.Tensor] | None = None
         self.handles: list[Any] = []
+        self._handed: list[Any] = []  # the views views() returned last (the decode fast path)
         shapes = [
             (batch, int(e["kv_heads"]), capacity, int(e["head_dim"])) for e in runner._kv_bufs
         ]
@@ -463,11 +464,16 @@ class _KVCache:
     def views(self, n: int) -> list[Any]:
         """The first ``n`` keys of every buffer (no copy)."""
         if self._torch is not None:
-            return [t[:, :, :n, :] for t in self._torch]
-        return [_KVView(self, i, n) for i in range(len(self.handles))]
+            self._handed = [t[:, :, :n, :] for t in self._torch]
+        else:
+            self._handed = [_KVView(self, i, n) for i in range(len(self.handles))]
+        return self._handed
 
     def holds(self, past: list[Any], n: int) -> bool:
         """``past`` is exactly this cache's first ``n`` keys (views this cache handed out)."""
+        handed = self._handed
+        if handed and len(past) == len(handed) and all(p is q for p, q in zip(past, handed)):
+            return handed[0].shape[2] == n  # the generation loop: its own last views
         if self._torch is not None:
             return all(
                 isinstance(p, torch.Tensor)
