@@ -8,10 +8,13 @@ only when stderr is a terminal.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +41,25 @@ def status(msg: str) -> None:
 
 
 def emit_json(obj: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    """One JSON object on stdout. Non-finite floats become ``null``: JSON has no ``Infinity``
+    (a rate over zero seconds, say), and strict parsers reject it."""
+    sys.stdout.write(
+        json.dumps(finite_json(obj), indent=2, default=_json_default, allow_nan=False) + "\n"
+    )
+
+
+def finite_json(o: Any) -> Any:
+    """``o`` with every non-finite float (inf, nan) replaced by None, recursively."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: finite_json(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [finite_json(v) for v in o]
+    return o
 
 
 def _json_default(o: Any) -> Any:
-    if isinstance(o, Path):
-        return str(o)
     return str(o)
 
 
@@ -127,13 +143,22 @@ def _safe_name(model: str) -> str:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from llmc.compile import load, runner_for, tokenizer_or_bytes
+    from llmc.compile import load, require_tokenizer, runner_for
     from llmc.runtime.lm import generate
 
     loaded = load(a.model, allow_pickle=a.allow_pickle)
+    if a.prompt_ids is not None:
+        ids = a.prompt_ids
+        tok = loaded.tokenizer
+        a.prompt = tok.decode(ids) if tok is not None else None
+    else:
+        tok = require_tokenizer(loaded)
+        ids = tok.encode(a.prompt)
+        if not ids:
+            raise LlmcError("--prompt: the prompt encodes to no tokens; give some text")
     lm = runner_for(loaded)
-    tok = tokenizer_or_bytes(loaded)
-    ids = tok.encode(a.prompt)
+    if tok is None:
+        return _run_ids(a, loaded, lm, ids)
     stream = not a.json and sys.stdout.isatty()
     if stream:
         sys.stdout.write(a.prompt)
@@ -189,14 +214,45 @@ def cmd_run(a: argparse.Namespace) -> int:
     return 0
 
 
+def _run_ids(a: argparse.Namespace, loaded: Any, lm: Any, ids: list[int]) -> int:
+    """``llmc run --prompt-ids`` on a model with no tokenizer: ids in, ids out."""
+    from llmc.runtime.lm import generate
+
+    res = generate(
+        lm,
+        ids,
+        a.max_new_tokens,
+        temperature=a.temperature,
+        top_k=a.top_k,
+        top_p=a.top_p,
+        seed=a.seed,
+    )
+    out = {
+        "model": loaded.name,
+        "prompt_ids": ids,
+        "tokens": res.tokens,
+        "prompt_tokens": res.prompt_tokens,
+        "new_tokens": res.new_tokens,
+        "prefill_tokens_per_s": res.prefill_tokens_per_s,
+        "decode_tokens_per_s": res.decode_tokens_per_s,
+    }
+    if a.json:
+        emit_json(out)
+    else:
+        print(" ".join(str(t) for t in res.tokens))
+    return 0
+
+
 def cmd_eval(a: argparse.Namespace) -> int:
-    from llmc.compile import load, run_passes, runner_for
+    from llmc.compile import load, require_tokenizer, run_passes, runner_for
     from llmc.data import eval_windows
     from llmc.runtime.lm import InterpLM, evaluate
 
     loaded = load(a.model, allow_pickle=a.allow_pickle)
-    tok = loaded.tokenizer
+    tok = require_tokenizer(loaded, "the evaluation text")
     window = min(a.window, int(loaded.graph.meta.get("max_position_embeddings", a.window)))
+    if window < 2:
+        raise LlmcError(f"--window: the model has {window} positions; evaluation needs 2")
     windows = eval_windows(window, max_tokens=a.max_tokens, tokenizer=tok)
     reference = None
     t0 = time.perf_counter()
@@ -207,7 +263,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
             )
         reference = InterpLM(loaded.graph.copy())
         pass_report = run_passes(
-            loaded.graph, a.passes, a.recipe, target="ref", options=_pass_options(a)
+            loaded.graph, a.passes, a.recipe, target="ref", options=_pass_options(a), tokenizer=tok
         )
     else:
         pass_report = []
@@ -324,7 +380,14 @@ def cmd_export(a: argparse.Namespace) -> int:
     if a.format != "hf":
         raise LlmcError(f"unknown export format {a.format!r} (supported: hf)")
     loaded = load(a.model, allow_pickle=a.allow_pickle)
-    report = run_passes(loaded.graph, a.passes, a.recipe, target="ref", options=_pass_options(a))
+    report = run_passes(
+        loaded.graph,
+        a.passes,
+        a.recipe,
+        target="ref",
+        options=_pass_options(a),
+        tokenizer=loaded.tokenizer,
+    )
     info = export_hf(loaded.graph, Path(a.out), tokenizer=loaded.tokenizer)
     if a.json:
         emit_json({"out": a.out, "passes": report, **(info or {})})
@@ -348,6 +411,59 @@ def cmd_train_tiny(a: argparse.Namespace) -> int:
 # parser
 
 
+class _ArgError(Exception):
+    """argparse found a bad command line; main() prints it as one ``llmc: error:`` line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        raise _ArgError(f"{message} (see `{self.prog} --help`)")
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer >= ``low``."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"{v} is out of range (must be >= {low})")
+        return v
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def float_in(low: float, high: float, *, low_open: bool = False) -> Callable[[str], float]:
+    """An argparse ``type``: a finite float in ``[low, high]`` (``(low, high]`` if low_open)."""
+
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(v) or v < low or v > high or (low_open and v == low):
+            lo = "(" if low_open else "["
+            raise argparse.ArgumentTypeError(f"{text} is out of range {lo}{low:g}, {high:g}]")
+        return v
+
+    parse.__name__ = "number"
+    return parse
+
+
+def token_ids(text: str) -> list[int]:
+    """An argparse ``type``: comma-separated non-negative token ids, at least one."""
+    try:
+        ids = [int(t) for t in text.replace(" ", "").split(",") if t != ""]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of ids") from None
+    if not ids or min(ids) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give one or more ids >= 0, e.g. 1,2,3")
+    return ids
+
+
 def _add_pass_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument(
@@ -357,22 +473,26 @@ def _add_pass_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--calib", metavar="FILE", help="calibration text file (default: embedded train split)"
     )
-    p.add_argument("--calib-samples", type=int, metavar="N", help="calibration samples")
-    p.add_argument("--calib-seqlen", type=int, metavar="L", help="calibration sequence length")
+    p.add_argument("--calib-samples", type=int_at_least(1), metavar="N", help="calibration samples")
+    p.add_argument(
+        "--calib-seqlen", type=int_at_least(2), metavar="L", help="calibration sequence length"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = _Parser(
         prog="llmc",
         description="Ahead-of-time compiler for transformer language models.",
         epilog="MODEL is a Hugging Face directory, a built-in name (tiny, llama2-7b, ...) or file.py:factory.",
     )
     ap.add_argument("--version", action="version", version=f"llmc {llmc.__version__}")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks (or LLMC_DEBUG=1)")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
 
     def add(name: str, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+        p.add_argument("--debug", action="store_true", help="show tracebacks (or LLMC_DEBUG=1)")
         return p
 
     p = add("compile", "compile a model for a target into an artifact directory")
@@ -384,8 +504,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--allow-pickle", action="store_true", help="allow pickle checkpoints (weights_only)"
     )
-    p.add_argument("--seq", type=int, default=1, help="tokens per call for the cost analysis")
-    p.add_argument("--past", type=int, default=127, help="cached positions for the cost analysis")
+    p.add_argument(
+        "--seq", type=int_at_least(1), default=1, help="tokens per call for the cost analysis"
+    )
+    p.add_argument(
+        "--past", type=int_at_least(0), default=127, help="cached positions for the cost analysis"
+    )
     _add_pass_args(p)
     p.add_argument("--arch", metavar="FILE", help="FPGA architecture YAML (fpga targets)")
     p.add_argument(
@@ -395,37 +519,47 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("run", "generate text with a model or a compiled artifact")
     p.add_argument("model", metavar="OUT|MODEL")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--prompt", help="prompt text (encoded with the model's tokenizer)")
+    g.add_argument("--prompt-ids", type=token_ids, metavar="IDS", help="prompt as token ids: 1,2,3")
+    p.add_argument("--max-new-tokens", type=int_at_least(0), default=64)
+    p.add_argument("--temperature", type=float_in(0, 1e4), default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int_at_least(0), default=0, help="0 = no top-k cut")
+    p.add_argument("--top-p", type=float_in(0, 1, low_open=True), default=1.0)
+    p.add_argument("--seed", type=int_at_least(0), default=0)
     p.add_argument("--allow-pickle", action="store_true")
     p.set_defaults(func=cmd_run)
 
     p = add("eval", "held-out perplexity (and agreement with the unmodified model under --passes)")
     p.add_argument("model", metavar="MODEL|OUT")
-    p.add_argument("--window", type=int, default=256, help="tokens per evaluation window")
-    p.add_argument("--max-tokens", type=int, default=None, help="evaluate only the first N tokens")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument(
+        "--window", type=int_at_least(2), default=256, help="tokens per evaluation window"
+    )
+    p.add_argument(
+        "--max-tokens", type=int_at_least(2), default=None, help="evaluate the first N tokens"
+    )
+    p.add_argument("--batch-size", type=int_at_least(1), default=8)
     p.add_argument("--allow-pickle", action="store_true")
     _add_pass_args(p)
     p.set_defaults(func=cmd_eval)
 
     p = add("bench", "prefill and decode speed on this machine")
     p.add_argument("model", metavar="OUT|MODEL")
-    p.add_argument("--prompt-len", type=int, default=128)
-    p.add_argument("--new-tokens", type=int, default=64)
-    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--prompt-len", type=int_at_least(1), default=128)
+    p.add_argument("--new-tokens", type=int_at_least(1), default=64)
+    p.add_argument("--repeat", type=int_at_least(1), default=3)
     p.add_argument("--allow-pickle", action="store_true")
     p.set_defaults(func=cmd_bench)
 
     p = add("simulate", "simulate a model on a FlightLLM FPGA target (cycle-level model)")
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--target", default="u280", help="u280 (default) or vhk158")
-    p.add_argument("--prefill", type=int, default=128, help="prompt tokens (default 128)")
-    p.add_argument("--decode", type=int, default=512, help="generated tokens (default 512)")
+    p.add_argument(
+        "--prefill", type=int_at_least(1), default=128, help="prompt tokens (default 128)"
+    )
+    p.add_argument(
+        "--decode", type=int_at_least(0), default=512, help="generated tokens (default 512)"
+    )
     p.add_argument("--arch", metavar="FILE", help="architecture YAML (may start with base: u280)")
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override an arch field"
@@ -459,21 +593,60 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the CLI. Every failure is one ``llmc: error:`` line on stderr and a non-zero status
+    (with ``--json``, also one ``{"error", "kind"}`` object on stdout); ``--debug`` or
+    ``LLMC_DEBUG=1`` re-raises instead, for the traceback."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    want_json = "--json" in args
+    debug = "--debug" in args or os.environ.get("LLMC_DEBUG", "") not in ("", "0")
     ap = build_parser()
-    a = ap.parse_args(argv)
+    try:
+        a = ap.parse_args(args)
+    except _ArgError as e:
+        return _fail(str(e), "usage", 2, want_json)
     if not getattr(a, "func", None):
         ap.print_help(sys.stderr)
         return 2
     try:
         return int(a.func(a) or 0)
-    except LlmcError as e:
-        print(f"llmc: error: {_one_line(str(e))}", file=sys.stderr)
-        return e.exit_code
     except KeyboardInterrupt:
         print("llmc: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as e:
+        if debug:
+            raise
+        msg, kind, code = describe_failure(e)
+        return _fail(msg, kind, code, want_json and getattr(a, "json", False))
+
+
+def describe_failure(e: BaseException) -> tuple[str, str, int]:
+    """(one-line message, kind, exit status) of an exception that reached the CLI."""
+    if isinstance(e, LlmcError):
+        return str(e), type(e).__name__, e.exit_code
+    if isinstance(e, OSError):
+        where = f"{e.filename}: " if e.filename else ""
+        what = e.strerror or str(e) or type(e).__name__
+        hint = " (disk full?)" if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else ""
+        return f"{where}{what}{hint}", "OSError", 1
+    if isinstance(e, MemoryError):
+        return "out of memory", "MemoryError", 1
+    text = str(e).strip().splitlines()
+    detail = f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+    return (
+        f"internal error, a bug in llmc ({detail}); rerun with --debug for the traceback",
+        "InternalError",
+        70,
+    )
+
+
+def _fail(msg: str, kind: str, code: int, as_json: bool) -> int:
+    line = _one_line(msg)
+    if as_json:
+        sys.stdout.write(json.dumps({"error": line, "kind": kind}) + "\n")
+    print(f"llmc: error: {line}", file=sys.stderr)
+    return code
 
 
 def _one_line(msg: str) -> str:

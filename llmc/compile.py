@@ -12,6 +12,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import resource
 import shutil
@@ -28,6 +29,7 @@ from llmc.artifact import (
     artifact_writer,
     is_artifact,
     load_artifact,
+    output_lock,
     write_graph,
     write_manifest,
 )
@@ -76,11 +78,7 @@ def load(spec: str, *, allow_pickle: bool = False) -> Loaded:
     """A model spec (HF directory, built-in name, ``file.py:factory``) or a compiled artifact."""
     if is_artifact(spec):
         art = load_artifact(spec)
-        tok = None
-        if (Path(spec) / "tokenizer.json").is_file():
-            from llmc.tokenizer import load_tokenizer
-
-            tok = load_tokenizer(spec)
+        tok = load_artifact_tokenizer(art)
         return Loaded(art.graph, tok, art.manifest.get("model", art.graph.name), str(spec), art)
     from llmc.frontends import load_model
 
@@ -102,14 +100,50 @@ def runner_for(loaded: Loaded, device: str = "cpu") -> LanguageModel:
     return _resolve(RUNNERS[kind])(loaded.artifact.path)
 
 
-def tokenizer_or_bytes(loaded: Loaded) -> Any:
-    if loaded.tokenizer is not None:
-        return loaded.tokenizer
+def require_tokenizer(loaded: Loaded, what: str = "text prompts") -> Any:
+    """The model's tokenizer, or one line saying it has none (never a guessed one)."""
+    from llmc.tokenizer import require_tokenizer as _require
+
+    return _require(loaded.tokenizer, loaded.source, what=what)
+
+
+TOKENIZER_DIR = "tokenizer"
+
+
+def save_tokenizer(tokenizer: Any, tmp: Path) -> dict[str, Any] | None:
+    """Write ``tokenizer`` into ``tmp/tokenizer/``; the manifest's ``tokenizer`` field."""
+    if tokenizer is None:
+        return None
+    if not hasattr(tokenizer, "save"):
+        raise LlmcError(
+            f"the model's tokenizer ({type(tokenizer).__name__}) cannot be saved into the "
+            "artifact; give the model as a directory holding its tokenizer files"
+        )
     from llmc.tokenizer import ByteTokenizer
 
-    if int(loaded.graph.meta.get("vocab_size", 0)) >= 256:
-        return ByteTokenizer()
-    raise LlmcError(f"{loaded.source}: model has no tokenizer and a vocabulary under 256 ids")
+    tokenizer.save(tmp / TOKENIZER_DIR)
+    kind = "byte-level" if isinstance(tokenizer, ByteTokenizer) else "hf"
+    return {"kind": kind, "dir": TOKENIZER_DIR, "vocab_size": int(tokenizer.vocab_size)}
+
+
+def load_artifact_tokenizer(art: Artifact) -> Any:
+    """The tokenizer the manifest names (None when the model had none)."""
+    from llmc.artifact import ArtifactError, listed_dir
+
+    field_ = art.manifest.get("tokenizer")
+    if field_ is None:
+        return None
+    if not isinstance(field_, dict) or field_.get("kind") not in ("byte-level", "hf"):
+        raise ArtifactError(f"{art.path / 'manifest.json'}: malformed 'tokenizer' entry")
+    d = listed_dir(art.path, art.manifest, str(field_.get("dir", "")))
+    from llmc.tokenizer import ByteTokenizer, load_tokenizer
+
+    tok = load_tokenizer(d)
+    if (field_["kind"] == "byte-level") != isinstance(tok, ByteTokenizer):
+        raise ArtifactError(
+            f"{d}: the manifest says a {field_['kind']} tokenizer, the files hold another kind"
+        )
+    return tok
 
 
 def run_passes(
@@ -120,13 +154,16 @@ def run_passes(
     target: str,
     options: dict[str, Any],
     dump_ir: str | None = None,
+    tokenizer: Any = None,
 ) -> list[dict[str, Any]]:
+    """Run a pass pipeline on ``graph`` in place. ``tokenizer`` encodes calibration text: the
+    model's own, never a default one (see :class:`llmc.passes.calibration.Calibration`)."""
     if not spec and not recipe and not dump_ir:
         return []
     from llmc.passes import PassContext, build_pipeline
 
     pm = build_pipeline(spec or None, Path(recipe) if recipe else None)
-    ctx = PassContext(target=target, **options)
+    ctx = PassContext(target=target, tokenizer=tokenizer, **options)
     if dump_ir:
         pm.dump_ir(Path(dump_ir))
     report = pm.run(graph, ctx)
@@ -165,11 +202,50 @@ def compile_model(
         tgt = configure_target(tgt, target_options)
     if tgt.kind not in BACKENDS:
         raise TargetError(f"target {target} has kind {tgt.kind!r}, which no backend handles")
+    with contextlib.ExitStack() as stack:
+        if out is not None and not dry_run:  # refuse a bad or busy -o before any work
+            stack.enter_context(output_lock(Path(out)))
+        return _compile_loaded(
+            model,
+            tgt,
+            t_start,
+            passes=passes,
+            recipe=recipe,
+            out=out,
+            dump_ir=dump_ir,
+            dry_run=dry_run,
+            allow_pickle=allow_pickle,
+            pass_options=pass_options,
+            analysis_env=analysis_env,
+        )
+
+
+def _compile_loaded(
+    model: str | Loaded,
+    tgt: Target,
+    t_start: float,
+    *,
+    passes: str | None,
+    recipe: str | None,
+    out: str | Path | None,
+    dump_ir: str | None,
+    dry_run: bool,
+    allow_pickle: bool,
+    pass_options: dict[str, Any] | None,
+    analysis_env: dict[str, int] | None,
+) -> CompileResult:
+    target = tgt.name
     loaded = model if isinstance(model, Loaded) else load(model, allow_pickle=allow_pickle)
     graph = loaded.graph
     t_loaded = time.perf_counter()
     pass_report = run_passes(
-        graph, passes, recipe, target=target, options=dict(pass_options or {}), dump_ir=dump_ir
+        graph,
+        passes,
+        recipe,
+        target=target,
+        options=dict(pass_options or {}),
+        dump_ir=dump_ir,
+        tokenizer=loaded.tokenizer,
     )
     t_passes = time.perf_counter()
     env = analysis_env or {"batch": 1, "seq": 1, "past": 127}
@@ -193,13 +269,13 @@ def compile_model(
         report["peak_rss_mb"] = peak_rss_mb()
         return CompileResult(None, tgt, report, graph)
     out = Path(out)
+    check_space(out, int(report["params"]["storage_bytes"]))
     with artifact_writer(out) as tmp:
         backend = _resolve(BACKENDS[tgt.kind])
         t_b = time.perf_counter()
         extra = backend(graph, tgt, tmp, report) or {}
         report["timing_s"]["backend"] = time.perf_counter() - t_b
-        if loaded.tokenizer is not None and hasattr(loaded.tokenizer, "save"):
-            loaded.tokenizer.save(tmp)
+        tok_entry = save_tokenizer(loaded.tokenizer, tmp)
         report["timing_s"]["total"] = time.perf_counter() - t_start
         report["peak_rss_mb"] = peak_rss_mb()
         write_report(tmp, report)
@@ -211,6 +287,7 @@ def compile_model(
                 "target": tgt.name,
                 "target_kind": tgt.kind,
                 "pipeline": report["pipeline"],
+                "tokenizer": tok_entry,
                 **extra,
             },
         )
@@ -239,6 +316,29 @@ def _compile_ref(graph: Graph, target: Target, tmp: Path, report: dict[str, Any]
 
 def _load_ref(path: Path) -> LanguageModel:
     return InterpLM(load_artifact(path).graph)
+
+
+def check_space(out: Path, weight_bytes: int) -> None:
+    """Refuse, before building, an artifact that cannot fit: its folder's free space against the
+    weights (stored up to twice: IR params and the backend's layout) plus code, and the process's
+    file-size limit against the largest file. A write failing half-way through is caught too, but
+    a toolchain that writes (LLVM, nvcc) may abort the process instead of raising."""
+    need = 2 * weight_bytes + (64 << 20)
+    try:
+        free = shutil.disk_usage(out.parent).free
+    except OSError:
+        return
+    if free < need:
+        raise LlmcError(
+            f"{out}: {out.parent} has {free / 1e6:.0f} MB free, the artifact needs about "
+            f"{need / 1e6:.0f} MB; free some space or choose another -o"
+        )
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft != resource.RLIM_INFINITY and soft < weight_bytes + (1 << 20):
+        raise LlmcError(
+            f"{out}: the file-size limit (ulimit -f) is {soft} bytes, the weights file needs "
+            f"about {weight_bytes + (1 << 20)}; raise the limit"
+        )
 
 
 def peak_rss_mb() -> float:

@@ -14,6 +14,11 @@ tokenizer writes a small file of its own::
 Any other ``tokenizer.json`` (or none at all) is handed to ``transformers.AutoTokenizer`` with
 ``local_files_only=True`` and ``trust_remote_code=False``: model directories are untrusted input.
 
+Both kinds :meth:`save` themselves into a directory (the HF adapter through ``save_pretrained``), so a
+compiled artifact carries the tokenizer its model was loaded with (``OUT/tokenizer/``, named in the
+manifest). A model with no tokenizer gets none: text is never encoded with a guessed tokenizer
+(:func:`require_tokenizer`).
+
 Example::
 
     >>> tok = ByteTokenizer()
@@ -102,7 +107,8 @@ class ByteTokenizer:
         }
 
     def save(self, model_dir: str | Path) -> Path:
-        """Write ``tokenizer.json`` into ``model_dir`` and return its path."""
+        """Write ``tokenizer.json`` into ``model_dir`` (created if missing); return its path."""
+        Path(model_dir).mkdir(parents=True, exist_ok=True)
         path = Path(model_dir) / TOKENIZER_FILE
         path.write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
         return path
@@ -128,6 +134,13 @@ class HFTokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return str(self.hf.decode(list(ids)))
+
+    def save(self, model_dir: str | Path) -> Path:
+        """Write the tokenizer's files (``save_pretrained``) into ``model_dir``; return it."""
+        model_dir = Path(model_dir)
+        model_dir.mkdir(parents=True, exist_ok=True)
+        self.hf.save_pretrained(str(model_dir))
+        return model_dir
 
     def __repr__(self) -> str:
         return f"HFTokenizer({type(self.hf).__name__}, vocab_size={self.vocab_size})"
@@ -184,3 +197,18 @@ def load_tokenizer(model_dir: str | Path) -> ByteTokenizer | HFTokenizer:
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
         ) from None
     return HFTokenizer(hf)
+
+
+def require_tokenizer(tokenizer: Any, source: str, *, what: str = "text prompts") -> Any:
+    """``tokenizer``, or a :class:`TokenizerError` saying that ``source`` has none.
+
+    llmc never falls back to another tokenizer: bytes fed to a model trained on BPE pieces give
+    fluent-looking garbage with exit status 0 (issue 13).
+    """
+    if tokenizer is not None:
+        return tokenizer
+    raise TokenizerError(
+        f"{source}: the model has no tokenizer, so it cannot encode {what}; give token ids "
+        "instead (llmc run --prompt-ids 1,2,3) or load the model from a directory that holds its "
+        "tokenizer files"
+    )

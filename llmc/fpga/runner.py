@@ -35,7 +35,9 @@ class FpgaLM(LanguageModel):
             raise LlmcError(
                 f"{path}: an architecture-only model has no weights to run; use `llmc simulate`"
             )
-        arch = load_arch(str(Path(path) / "fpga" / "arch.yaml"))
+        from llmc.artifact import listed_file
+
+        arch = load_arch(str(listed_file(path, art.manifest, "fpga/arch.yaml", "architecture")))
         self.graph = art.graph
         self.meta = dict(art.graph.meta)
         self.prog = build_program(art.graph, arch)

@@ -68,6 +68,13 @@ class Calibration:
                 f"use --calib-seqlen {max_pos} or less"
             )
         tok = ctx.tokenizer
+        vocab = int(graph.meta.get("vocab_size", 0) or 0)
+        if tok is None and vocab not in (0, 256):
+            # bytes are llmc's own encoding (256 ids); any other vocabulary needs its tokenizer
+            raise CalibrationError(
+                f"the model has no tokenizer to encode calibration text for its {vocab}-token "
+                "vocabulary; load it from a directory that holds its tokenizer files"
+            )
         if ctx.calib_file is not None:
             toks = self._file_tokens(Path(ctx.calib_file), tok)
             if toks.numel() < length:
@@ -88,7 +95,6 @@ class Calibration:
             except ValueError as e:
                 raise CalibrationError(f"calibration data: {e}") from None
             self.source = "llmc.data train split"
-        vocab = int(graph.meta.get("vocab_size", 0) or 0)
         if vocab and int(windows.max()) >= vocab:
             raise CalibrationError(
                 f"calibration tokens reach id {int(windows.max())} but the model's vocabulary "

@@ -199,7 +199,15 @@ class TVMRunner(LanguageModel):
         kv = [i["type"] for i in self.backend["inputs"][2:3]]
         self.meta.setdefault("kv_dtype", kv[0].split("[")[0] if kv else "f32")
         t0 = time.perf_counter()
-        self.lib = rt.load_module(str(path / "model.so"))
+        from llmc.artifact import listed_file
+
+        so = listed_file(path, manifest, "model.so", "compiled module")
+        try:
+            self.lib = rt.load_module(str(so))
+        except Exception as e:  # TVM raises its own error types for a corrupt library
+            raise ArtifactTargetError(
+                f"{so}: not a loadable compiled module ({_first_line(e)}); recompile the model"
+            ) from None
         self.vm = VirtualMachine(self.lib, self.dev)
         self._fns = {name: self.vm[name] for name in self.backend["functions"]}
         self.weights = self._load_weights(random_weights, seed)
@@ -233,7 +241,8 @@ class TVMRunner(LanguageModel):
     def _load_weights(self, random_weights: bool, seed: int) -> list[Any]:
         from safetensors import safe_open
 
-        from llmc.frontends.checkpoint import read_safetensors_header
+        from llmc.artifact import listed_file
+        from llmc.frontends.checkpoint import SAFETENSORS_DTYPES, read_safetensors_header
         from llmc.ir.types import to_torch_dtype
 
         rt = import_tvm_runtime()
@@ -251,16 +260,23 @@ class TVMRunner(LanguageModel):
                 t = _random_weight(w, to_torch_dtype(w["dtype"]), gen)
             else:
                 if f not in handles:
-                    fp = self.path / f
-                    read_safetensors_header(fp)  # validates offsets before anything is read
-                    handles[f] = safe_open(str(fp), framework="pt")
-                t = handles[f].get_tensor(w["key"])
-                if list(t.shape) != list(w["shape"]):
+                    fp = listed_file(self.path, self.manifest, f, "weights file")
+                    header = read_safetensors_header(fp)  # validates offsets before any read
+                    handles[f] = (safe_open(str(fp), framework="pt"), header)
+                st, header = handles[f]
+                info = header.get(w.get("key"))
+                if info is None:
+                    raise LlmcError(f"{self.path / f}: no tensor {w.get('key')!r}")
+                want = to_torch_dtype(w["dtype"])
+                if (
+                    list(info.shape) != list(w["shape"])
+                    or SAFETENSORS_DTYPES[info.dtype][0] != want
+                ):
                     raise LlmcError(
-                        f"{self.path / f}: tensor {w['key']} has shape {list(t.shape)}, the "
-                        f"compiled code expects {w['shape']}"
+                        f"{self.path / f}: tensor {w['key']} is {info.dtype} {list(info.shape)}, "
+                        f"the compiled code expects {want} {w['shape']}"
                     )
-                t = t.to(to_torch_dtype(w["dtype"]))
+                t = st.get_tensor(w["key"])
             out.append(self._to_dev(rt, t.contiguous()))
         return out
 
@@ -588,13 +604,66 @@ def load(
     artifact_dir: str | Path, *, device_id: int = 0, random_weights: bool = False, seed: int = 0
 ) -> TVMRunner:
     """Load a compiled artifact (checks format, llmc version, file hashes, target and device)."""
-    from llmc.artifact import read_manifest
+    from llmc.artifact import check_target_label, read_manifest
 
     path = Path(artifact_dir)
     manifest = read_manifest(path)
+    check_target_label(path, manifest)
     check_artifact(manifest, path)
+    check_code(manifest, path)
     check_host(manifest, path)
-    return TVMRunner(path, manifest, device_id=device_id, random_weights=random_weights, seed=seed)
+    try:
+        return TVMRunner(
+            path, manifest, device_id=device_id, random_weights=random_weights, seed=seed
+        )
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        # only an edited manifest gets here: compile writes every field the runner reads
+        raise ArtifactTargetError(
+            f"{path / 'manifest.json'}: malformed backend table ({type(e).__name__}: "
+            f"{_first_line(e)}); recompile the model"
+        ) from None
+
+
+def check_code(manifest: dict[str, Any], path: Path) -> None:
+    """The device code inside ``model.so`` must be the target's: CUDA cubins of the target's
+    ``sm_XX`` for cuda, AMDGPU code objects of its ``gfxNNN`` for rocm, neither for cpu. Catches
+    an artifact whose manifest was relabelled for another target."""
+    from llmc.artifact import listed_file
+    from llmc.backends.elfcheck import find_code_objects, find_cubins
+
+    kind = manifest.get("target_kind")
+    so = listed_file(path, manifest, "model.so", "compiled module")
+    blob = so.read_bytes()
+    try:
+        cubins = [c.arch for c in find_cubins(blob)]
+        amd = [c.arch for c in find_code_objects(blob)]
+    except LlmcError:
+        raise ArtifactTargetError(f"{so}: holds a malformed device code object") from None
+    want = manifest["backend"].get("arch")
+    found = {"cuda": cubins, "rocm": amd}
+    for k, archs in found.items():
+        if k != kind and archs:
+            raise ArtifactTargetError(
+                f"{so}: holds {k} code ({', '.join(sorted(set(archs)))}) but the manifest says "
+                f"target {manifest.get('target')!r} ({kind}); recompile the model"
+            )
+    if kind in found:
+        archs = found[kind]
+        if not archs:
+            raise ArtifactTargetError(
+                f"{so}: holds no {kind} device code but the manifest says target "
+                f"{manifest.get('target')!r}; recompile the model"
+            )
+        bad = sorted({a for a in archs if a != want})
+        if bad:
+            raise ArtifactTargetError(
+                f"{so}: holds code for {', '.join(bad)}, the manifest says {want!r}"
+            )
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def read_backend(artifact_dir: str | Path) -> dict[str, Any]:

@@ -219,10 +219,11 @@ def _run_pass(graph, **opts):
     from llmc.passes import PassContext
     from llmc.passes.async_softmax import AsyncSoftmax
     from llmc.passes.manager import PassManager
+    from llmc.tokenizer import ByteTokenizer
 
-    rep = PassManager([AsyncSoftmax(**opts)]).run(
-        graph, PassContext(calib_samples=2, calib_seqlen=64)
-    )
+    # the toy LM has no tokenizer of its own: calibrate it on bytes, said explicitly
+    ctx = PassContext(calib_samples=2, calib_seqlen=64, tokenizer=ByteTokenizer())
+    rep = PassManager([AsyncSoftmax(**opts)]).run(graph, ctx)
     return list(rep)[0]
 
 

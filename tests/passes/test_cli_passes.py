@@ -10,13 +10,15 @@ import pytest
 
 import llmc.compile
 from llmc.cli import main
+from llmc.tokenizer import ByteTokenizer
 from tests.lm_fixtures import toy_lm
 
 
 @pytest.fixture
 def toy(monkeypatch):
     def fake_load(spec, *, allow_pickle=False):
-        return llmc.compile.Loaded(toy_lm(vocab=256), None, "toy", "toy")
+        # a byte-vocabulary toy: its tokenizer is the byte one, given explicitly
+        return llmc.compile.Loaded(toy_lm(vocab=256), ByteTokenizer(), "toy", "toy")
 
     monkeypatch.setattr(llmc.compile, "load", fake_load)
 
