@@ -68,6 +68,17 @@ def test_opt_matches_the_interpreter(opt):
     assert caches["kv_err"] < 1e-5
 
 
+def test_prefill_padding_rows_gather_inside_the_tables(opt):
+    """The last prefill chunk's padding rows repeat the last position: OPT's table here has
+    64 + 2 rows, a 128-token chunk would otherwise gather rows up to 129 for a 13-token prompt."""
+    prog = build_program(opt, load_arch("u280"))
+    r = FuncRunner(prog)
+    r.prefill(np.arange(13) % VOCAB)
+    reg = prog.regions["in:positions"]
+    pos = r.hbm[reg.addr : reg.addr + 4 * prog.chunk].view(np.int32)
+    assert pos[:13].tolist() == list(range(13)) and set(pos[13:].tolist()) == {12}
+
+
 @pytest.mark.parametrize(
     "old, new, message",
     [
