@@ -129,3 +129,13 @@ def test_integer_cast_keeps_the_offset(opt):
     bad = edited(edited(g, '{dtype = "i32"} : i32', '{dtype = "f32"} : f32'), "i64[] @", "f32[] @")
     with pytest.raises(UnsupportedOpError, match="cast %pi .*i64 -> f32 has no FlightLLM"):
         lower_stream(build_program(bad, load_arch("u280")), "decode", 16)
+
+
+def test_compile_refuses_before_writing(opt, tmp_path):
+    from llmc.compile import Loaded, compile_model
+
+    g = edited(opt, "add(%positions, %1)", "mul(%positions, %1)")
+    out = tmp_path / "out"
+    with pytest.raises(UnsupportedOpError, match="mul %2 at model.decoder.embed_positions reads"):
+        compile_model(Loaded(g, None, "opt", "opt"), target="u280", out=out)
+    assert not out.exists() and not list(tmp_path.iterdir())
