@@ -9,6 +9,8 @@ address, so every token got the same wrong row (logit error 0.66, greedy agreeme
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -139,3 +141,25 @@ def test_compile_refuses_before_writing(opt, tmp_path):
     with pytest.raises(UnsupportedOpError, match="mul %2 at model.decoder.embed_positions reads"):
         compile_model(Loaded(g, None, "opt", "opt"), target="u280", out=out)
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_offset_gather_on_the_hls_c_simulation(opt, tmp_path):
+    """The emitted C++ machine runs OPT's streams (the moved gather base included) bit for bit
+    like the functional simulator: every logit and the final HBM image, KV caches included."""
+    from llmc.fpga.hls import HlsToolchainError, csim, emit_project, find_ap_types, find_cxx
+    from llmc.fpga.hls_vectors import make_vectors
+
+    try:
+        find_cxx(), find_ap_types()
+    except HlsToolchainError as e:
+        if os.environ.get("LLMC_REQUIRE_TOOLCHAIN", "") not in ("", "0"):
+            pytest.fail(f"toolchain required (LLMC_REQUIRE_TOOLCHAIN=1) but: {e}")
+        pytest.skip(str(e))
+    prog = build_program(opt, load_arch("u280", ["buffers.weight_kb=128"]))
+    vec = make_vectors(prog, np.arange(13) % VOCAB, 3)
+    emit_project(prog, tmp_path / "hls", vectors=vec)
+    res = csim(tmp_path / "hls", timeout=300)
+    assert res.passed and not res.mismatches, f"{res.summary}\n{res.output[-3000:]}"
+    for name, want in vec.expected.items():
+        assert np.array_equal(res.logits[name].view(np.uint32), want.view(np.uint32)), name
+    assert res.hbm is not None and np.array_equal(res.hbm, vec.hbm_final)
