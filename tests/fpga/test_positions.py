@@ -2,9 +2,10 @@
 RoPE rows) with their constant offset; every other use of them is refused at compile time.
 
 Regression: OPT's learned positions are ``embedding(positions + 2, embed_positions)``. The
-``add`` used to run on the SFU, which reads ``ACT``: it read float words at the address the
+``add`` used to run on the SFU, which reads ``ACT``: it read the float words at the address the
 positions had in ``IDX`` and wrote its result to ``ACT``, and the gather then read ``IDX`` at that
-address, so every token got the same wrong row (logit error 0.66, greedy agreement 0.84).
+``ACT`` address, where nothing is written: row 0 for every token, offset dropped (logit error
+0.66, greedy agreement 0.84 on a 21-token prompt and 4 decode steps).
 """
 
 from __future__ import annotations
