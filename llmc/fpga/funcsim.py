@@ -350,7 +350,10 @@ class FuncRunner:
         chunks = self.prog.prefill_chunks(n)
         padded = chunks * self.prog.chunk
         pos = np.arange(n) if positions is None else np.asarray(positions).reshape(-1)
-        pos = np.concatenate([pos, (pos[-1] if n else -1) + 1 + np.arange(padded - n)])
+        # The padding rows of the last chunk repeat the last position: their results are never
+        # read, but their gathers run, and must stay inside the tables (a learned position
+        # table may end right after the last real position).
+        pos = np.concatenate([pos, np.full(padded - n, pos[-1] if n else 0)])
         self._write_inputs(np.pad(ids, (0, padded - n)), pos)
         for c in range(chunks):
             self._run("prefill", c, 0)

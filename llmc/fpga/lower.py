@@ -22,6 +22,13 @@ SwiGLU's SiLU goes into the gate projection, the product into the up projection,
 into the output and down projections. Every value is freed after its last use (first-fit
 allocation); the peak is checked against ``buffers.act_kb``.
 
+Integer values (token ids, positions) live in ``IDX`` as an :class:`IndexLoc`, and only gathers
+read them: ``embedding`` (a table row per index) and ``rope`` (a cos/sin row per position).
+Adding an integer constant to one (OPT's ``positions + 2``) emits nothing: the constant rides
+along in the ``IndexLoc`` and the gather folds it into its table base address. Any other use of
+an integer value (arithmetic on the SFU, a linear, a reshape) has no lowering and is refused
+before a stream is built; see ``INDEX_USES``.
+
 Structure is read from the IR only: ops and their attributes, shapes, param storage formats,
 scopes (instruction tags, for per-layer reports).
 """
@@ -109,6 +116,21 @@ class KvLoc:
 
 
 STORED = object()  # a graph output the producing instruction already wrote to HBM
+
+
+@dataclass(frozen=True)
+class IndexLoc:
+    """An integer tensor in ``IDX`` (its ``view``) plus ``offset``, a constant added to every
+    element that no instruction has applied yet; ``source`` is the graph input it comes from."""
+
+    view: View
+    source: str
+    offset: int = 0
+
+
+# The ops that may read an integer (IndexLoc) value, and at which input: gathers, and the
+# integer add/sub of a constant that they absorb (see the module docstring).
+INDEX_USES = {"embedding": (0,), "rope": (1,), "add": (0, 1), "sub": (0,), "cast": (0,)}
 
 
 @dataclass
@@ -297,6 +319,7 @@ class Lowerer:
                         f"op '{n.op}' (%{n.out.name} at {n.scope or '?'}) has no FlightLLM "
                         f"lowering; supported: {', '.join(sorted(_handlers()))}"
                     )
+                self._check_index_uses(n)
                 handler(self, n)
                 if id(n.out) in self.out_names:
                     self.store_output(n.out)
@@ -312,17 +335,52 @@ class Lowerer:
         self.act_peak = max(self.act_peak, self.act.peak)
         self.idx_peak = max(self.idx_peak, self.idx.peak)
 
+    def _check_index_uses(self, n: Node) -> None:
+        ok = INDEX_USES.get(n.op, ())
+        for i, v in enumerate(n.inputs):
+            if i not in ok and isinstance(self.vals.get(id(v)), IndexLoc):
+                raise UnsupportedOpError(
+                    f"{n.op} %{n.out.name} at {n.scope or '?'} reads the integer value %{v.name} "
+                    f"(from input %{self.vals[id(v)].source}); on the accelerator integers only "
+                    "index embedding and rope tables, plus an integer constant offset"
+                )
+
     def drop(self, v: Value) -> None:
         loc = self.vals.pop(id(v), None)
+        if isinstance(loc, IndexLoc):
+            loc = loc.view
         if isinstance(loc, View) and loc.block is not None:
             loc.block.refs -= 1
             if loc.block.refs <= 0:
                 (self.act if loc.buf == ACT else self.idx).release(loc.block)
 
     def bind(self, v: Value, loc: Any) -> None:
-        if isinstance(loc, View) and loc.block is not None:
-            loc.block.refs += 1
+        view = loc.view if isinstance(loc, IndexLoc) else loc
+        if isinstance(view, View) and view.block is not None:
+            view.block.refs += 1
         self.vals[id(v)] = loc
+
+    def index(self, v: Value, what: str) -> IndexLoc:
+        """The integer value ``v`` (``what`` names its use, for the error)."""
+        loc = self.loc(v)
+        if not isinstance(loc, IndexLoc):
+            raise UnsupportedOpError(
+                f"{what}: the index %{v.name} is not an integer graph input (ids or positions) "
+                "on the accelerator"
+            )
+        return loc
+
+    def index_bound(self, ix: IndexLoc) -> int:
+        """One past the largest value ``ix`` can hold for a request the runner accepts
+        (:meth:`llmc.runtime.lm.LanguageModel.check_indices` refuses the rest)."""
+        meta = self.g.meta
+        if ix.source == "input_ids" and meta.get("vocab_size"):
+            limit = int(meta["vocab_size"])
+        else:  # positions: the device holds max_tokens; a learned table may allow fewer
+            limit = self.arch.max_tokens
+            if meta.get("position_embedding") == "learned" and meta.get("max_position_embeddings"):
+                limit = min(limit, int(meta["max_position_embeddings"]))
+        return limit + ix.offset
 
     def loc(self, v: Value) -> Any:
         try:
@@ -367,7 +425,7 @@ class Lowerer:
                 writes=[(IDX, blk.addr, blk.addr + n)],
                 tag=f"input {v.name}",
             )
-            return self._bound(view)
+            return IndexLoc(self._bound(view), v.name)
         if v.name in p.cache_inputs:
             reg = p.regions[f"kv:{v.name}"]
             _, h, past, d = self.shape(v)

@@ -12,6 +12,7 @@ from llmc.fpga.lower import (
     STORED,
     WGT,
     ConstLoc,
+    IndexLoc,
     KvLoc,
     Lowerer,
     ParamLoc,
@@ -48,10 +49,22 @@ def h_constant(L: Lowerer, n: Node) -> None:
 
 
 def h_embedding(L: Lowerer, n: Node) -> None:
-    ids = L.loc(n.inputs[0])
+    where = f"embedding %{n.out.name} at {n.scope or '?'}"
+    ix = L.index(n.inputs[0], where)
+    ids = ix.view
     p = L.loc(n.inputs[1]).param
     reg = L.prog.regions[f"t:{p.name}"]
-    d = int(p.type.shape[1])
+    rows, d = (int(x) for x in p.type.shape)
+    # the index's constant offset moves the table base: row (i + offset) is at base + i rows
+    if ix.offset < 0:
+        raise UnsupportedOpError(
+            f"{where}: %{ix.source} - {-ix.offset} can index below row 0 of @{p.name}"
+        )
+    if L.index_bound(ix) > rows:
+        raise UnsupportedOpError(
+            f"{where}: %{ix.source} + {ix.offset} can reach row {L.index_bound(ix) - 1} of "
+            f"@{p.name}, which has {rows} rows"
+        )
     shape = L.shape(n.out)
     out = L.alloc_view(shape, n)
     s = math.prod(shape[:-1])
@@ -60,7 +73,7 @@ def h_embedding(L: Lowerer, n: Node) -> None:
         {
             "buf": ACT,
             "mode": 1,
-            "hbm": reg.addr,
+            "hbm": reg.addr + 4 * d * ix.offset,
             "chip": out.addr,
             "n_outer": 1,
             "n_inner": s,
@@ -233,7 +246,11 @@ def h_linear(L: Lowerer, n: Node) -> None:
 
 def h_rope(L: Lowerer, n: Node) -> None:
     x = L.loc(n.inputs[0])
-    pos = L.loc(n.inputs[1])
+    where = f"rope %{n.out.name} at {n.scope or '?'}"
+    ix = L.index(n.inputs[1], where)
+    if ix.offset != 0:  # the cos/sin tables hold rows 0 .. max_tokens - 1 only
+        raise UnsupportedOpError(f"{where}: positions offset by {ix.offset} are not supported")
+    pos = ix.view
     shape = L.shape(n.out)
     hd = shape[-1]
     rd = n.attrs.rotary_dim or hd
@@ -329,8 +346,27 @@ def h_concat(L: Lowerer, n: Node) -> None:
     L.bind(n.out, out)
 
 
+def h_index_offset(L: Lowerer, n: Node) -> bool:
+    """``index +/- integer constant``: no instruction, the constant joins the IndexLoc (the
+    gathers that read it fold it into their base address). False if ``n`` is not one."""
+    locs = [L.vals.get(id(v)) for v in n.inputs]
+    if not any(isinstance(x, IndexLoc) for x in locs):
+        return False
+    ix, c = locs if isinstance(locs[0], IndexLoc) else locs[::-1]
+    if not (isinstance(c, ConstLoc) and float(c.value).is_integer() and not n.out.type.is_float):
+        raise UnsupportedOpError(
+            f"{n.op} %{n.out.name} at {n.scope or '?'}: integer values take only the add or "
+            "subtraction of an integer constant on the accelerator"
+        )
+    k = int(c.value) if n.op == "add" else -int(c.value)
+    L.bind(n.out, IndexLoc(ix.view, ix.source, ix.offset + k))
+    return True
+
+
 def h_elementwise(L: Lowerer, n: Node) -> None:
     shape = L.shape(n.out)
+    if n.op in ("add", "sub") and h_index_offset(L, n):
+        return
     if n.op in SFU_UNARY or n.op == "gelu" or n.op == "softmax":
         x = L.loc(n.inputs[0])
         out = L.alloc_view(shape, n)
@@ -399,6 +435,10 @@ def h_slice(L: Lowerer, n: Node) -> None:
 
 
 def h_cast(L: Lowerer, n: Node) -> None:
+    src = L.vals.get(id(n.inputs[0]))
+    if isinstance(src, IndexLoc) and n.attrs.dtype in ("i32", "i64"):  # IDX words are int32
+        L.bind(n.out, src)
+        return
     if n.attrs.dtype != n.inputs[0].type.dtype:
         raise UnsupportedOpError(
             f"cast %{n.out.name} at {n.scope or '?'}: {n.inputs[0].type.dtype} -> "
