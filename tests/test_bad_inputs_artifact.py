@@ -299,3 +299,70 @@ def test_untouched_artifacts_still_run(capsys, tiny_cpu: Path, tiny_ref: Path) -
         out, err = capsys.readouterr()
         assert rc == 0, err
         assert json.loads(out)["new_tokens"] == 2
+
+
+# ------------------------------------------------------------------------- FPGA artifacts
+@pytest.fixture(scope="module")
+def tiny_u280(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tiny-u280") / "out"
+    assert main(["compile", "tiny", "--target", "u280", "-o", str(out), "--json"]) == 0
+    return out
+
+
+def _flip_byte(rel: str, at: int = 100) -> Callable[[Path], None]:
+    def edit(art: Path) -> None:
+        p = art / rel
+        raw = bytearray(p.read_bytes())
+        raw[at % len(raw)] ^= 0x01
+        p.write_bytes(bytes(raw))
+        rehash(art, rel)
+
+    return edit
+
+
+FPGA_CASES: dict[str, tuple[Callable[[Path], None], str]] = {
+    # the stream the first decode step runs (16-token bucket) and the first prefill chunk
+    "decode-stream-edited-hash-updated": (
+        _flip_byte("fpga/instructions/decode_t0016.bin"),
+        "decode stream for bucket 16 differs",
+    ),
+    "prefill-stream-edited-hash-updated": (
+        _flip_byte("fpga/instructions/prefill_c00.bin"),
+        "prefill stream for bucket 0 differs",
+    ),
+    "hbm-image-edited-hash-updated": (_flip_byte("fpga/hbm.bin", 4096), "hbm.bin: differs"),
+    "arch-unlisted": (
+        lambda art: (lambda m: (m["files"].pop("fpga/arch.yaml"), save_manifest(art, m)))(
+            manifest(art)
+        ),
+        "'fpga/arch.yaml' is not listed",
+    ),
+    "stream-index-garbage": (
+        lambda art: (
+            (art / "fpga/instructions/index.json").write_text('{"entries": 3}'),
+            rehash(art, "fpga/instructions/index.json"),
+        ),
+        "malformed stream index",
+    ),
+    "u280-relabelled-cpu": (_relabel("cpu"), "is a cpu target but the artifact says kind"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FPGA_CASES))
+def test_tampered_fpga_artifact(capsys, tiny_u280: Path, tmp_path: Path, case: str) -> None:
+    """The functional simulator runs streams lowered from the graph: each must be the one the
+    artifact ships, and so must the HBM image (an edited instructions file used to be ignored)."""
+    edit, needle = FPGA_CASES[case]
+    art = tmp_path / "art"
+    shutil.copytree(tiny_u280, art, symlinks=True)
+    edit(art)
+    rc = main(["run", str(art), "--prompt", "The", "--max-new-tokens", "2"])
+    out, err = capsys.readouterr()
+    _expect_one_line(rc, out, err, needle)
+
+
+def test_untouched_fpga_artifact_runs(capsys, tiny_u280: Path) -> None:
+    rc = main(["run", str(tiny_u280), "--prompt", "The", "--max-new-tokens", "2", "--json"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert json.loads(out)["new_tokens"] == 2

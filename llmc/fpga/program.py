@@ -99,6 +99,9 @@ class Program:
     cache_inputs: dict[str, Value]
     int_inputs: dict[str, Value]
     _streams: dict[tuple[str, int], Any] = field(default_factory=dict, repr=False)
+    #: (stage, bucket) -> sha256 of the encoded stream an artifact shipped; when set, every stream
+    #: lowered here must encode to those bytes (the runner executes what the artifact holds)
+    shipped: dict[tuple[str, int], str] | None = field(default=None, repr=False)
 
     # -- streams -------------------------------------------------------------------------------
     @property
@@ -120,7 +123,10 @@ class Program:
         if key not in self._streams:
             from llmc.fpga.lower import lower_stream
 
-            self._streams[key] = lower_stream(self, stage, bucket)
+            s = lower_stream(self, stage, bucket)
+            if self.shipped is not None:
+                _check_shipped(self.shipped, stage, bucket, s.encode())
+            self._streams[key] = s
         return self._streams[key]
 
     def all_buckets(self) -> list[tuple[str, int]]:
@@ -336,3 +342,18 @@ def _static(d: Any, v: Value, what: str) -> int:
             f"%{v.name}: {what} dimension {d} must be static for the accelerator ({v.type})"
         )
     return d
+
+
+def _check_shipped(
+    shipped: dict[tuple[str, int], str], stage: str, bucket: int, raw: bytes
+) -> None:
+    import hashlib
+
+    want = shipped.get((stage, bucket))
+    if want is None:
+        raise LlmcError(f"the artifact ships no {stage} stream for bucket {bucket}; recompile")
+    if hashlib.sha256(raw).hexdigest() != want:
+        raise LlmcError(
+            f"the artifact's {stage} stream for bucket {bucket} differs from the one this llmc "
+            "lowers from its graph (edited, or built by another llmc); recompile the model"
+        )

@@ -10,7 +10,10 @@ returned to the caller are copies read back from it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,13 +22,29 @@ from llmc.errors import LlmcError
 from llmc.runtime.lm import KV, LanguageModel
 
 
+def shipped_streams(path: Path, manifest: dict[str, Any]) -> dict[tuple[str, int], str]:
+    """(stage, bucket) -> sha256 of each instruction stream file the artifact lists."""
+    from llmc.artifact import ArtifactError, listed_file, sha256_file
+
+    index_path = listed_file(path, manifest, "fpga/instructions/index.json", "stream index")
+    try:
+        entries = json.loads(index_path.read_text())["entries"]
+        out = {}
+        for e in entries:
+            f = listed_file(path, manifest, f"fpga/instructions/{e['file']}", "stream")
+            out[(str(e["stage"]), int(e["bucket"]))] = sha256_file(f)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ArtifactError(f"{index_path}: malformed stream index ({e})") from None
+    return out
+
+
 class FpgaLM(LanguageModel):
     """An FPGA artifact on the functional simulator."""
 
     device = "flightllm-funcsim"
 
     def __init__(self, path: str | Path) -> None:
-        from llmc.artifact import load_artifact
+        from llmc.artifact import listed_file, load_artifact, sha256_file
         from llmc.fpga.arch import load_arch
         from llmc.fpga.funcsim import FuncRunner
         from llmc.fpga.program import build_program
@@ -35,12 +54,19 @@ class FpgaLM(LanguageModel):
             raise LlmcError(
                 f"{path}: an architecture-only model has no weights to run; use `llmc simulate`"
             )
-        from llmc.artifact import listed_file
-
         arch = load_arch(str(listed_file(path, art.manifest, "fpga/arch.yaml", "architecture")))
         self.graph = art.graph
         self.meta = dict(art.graph.meta)
         self.prog = build_program(art.graph, arch)
+        # The simulator runs streams lowered from the graph; each must be the artifact's own
+        # (checked as it is first used) and so must the HBM image: what runs is what shipped.
+        self.prog.shipped = shipped_streams(Path(path), art.manifest)
+        image = listed_file(path, art.manifest, "fpga/hbm.bin", "HBM image")
+        if hashlib.sha256(self.prog.hbm_image().tobytes()).hexdigest() != sha256_file(image):
+            raise LlmcError(
+                f"{image}: differs from the HBM image this llmc lays out from the artifact's "
+                "graph and weights (edited, or built by another llmc); recompile the model"
+            )
         self.runner = FuncRunner(self.prog)
         self._caches = list(self.prog.cache_inputs)
 
