@@ -77,7 +77,9 @@ class PruneBase(Pass):
     pattern: str = ""
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = DEFAULT_EXCLUDE
-    measure: bool = True  # measure each layer's output error on calibration data
+    # measure each layer's output error on calibration data; default: only when the method
+    # reads calibration data anyway (a data-free method stays data-free and fast)
+    measure: bool | None = None
 
     #: the method reads activation statistics (and the Hessian when ``needs_hessian``)
     needs_calibration: ClassVar[bool] = False
@@ -158,7 +160,8 @@ class PruneBase(Pass):
                 seconds=round(time.perf_counter() - t0, 4),
             )
 
-        calibrate = self.needs_calibration or self.measure
+        measure = self.needs_calibration if self.measure is None else self.measure
+        calibrate = self.needs_calibration or measure
         if calibrate:
             try:
                 info = run_layerwise(
@@ -166,7 +169,7 @@ class PruneBase(Pass):
                     ctx,
                     [t.node for t in targets],
                     lambda seg, stats: [do(by_node[id(n)], s) for n, s in stats.items()],
-                    hessian=self.needs_hessian or self.measure,
+                    hessian=self.needs_hessian or measure,
                 )
                 rep.set(**info.to_dict())
             except CalibrationError:

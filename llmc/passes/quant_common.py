@@ -135,7 +135,9 @@ class QuantBase(Pass):
     sym: bool = True
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = DEFAULT_EXCLUDE
-    measure: bool = True  # measure each layer's output error on calibration data
+    # measure each layer's output error on calibration data; default: only when the method
+    # reads calibration data anyway (a data-free method stays data-free and fast)
+    measure: bool | None = None
 
     needs_calibration: ClassVar[bool] = False
     needs_hessian: ClassVar[bool] = False
@@ -213,7 +215,8 @@ class QuantBase(Pass):
                 seconds=round(time.perf_counter() - t0, 4),
             )
 
-        calibrate = self.needs_calibration or self.measure
+        measure = self.needs_calibration if self.measure is None else self.measure
+        calibrate = self.needs_calibration or measure
         if calibrate:
             try:
                 info = run_layerwise(
@@ -221,7 +224,7 @@ class QuantBase(Pass):
                     ctx,
                     [t.node for t in targets],
                     lambda seg, stats: [do(by_node[id(n)], s) for n, s in stats.items()],
-                    hessian=self.needs_hessian or self.measure,
+                    hessian=self.needs_hessian or measure,
                 )
                 rep.set(**info.to_dict())
             except CalibrationError:

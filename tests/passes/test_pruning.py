@@ -25,7 +25,10 @@ def test_prune_hits_the_target_and_verifies(lm, ctx, method, target) -> None:
         assert row["sparsity"] == pytest.approx(
             0.5 if "2:4" in target or "4:8" in target or "0.5" in target else 14 / 16, abs=1e-3
         )
-        assert row["rel_error"] is not None and row["rel_error"] > 0
+        if method == "magnitude":  # data-free: no calibration, so no error measured by default
+            assert row["rel_error"] is None
+        else:
+            assert row["rel_error"] is not None and row["rel_error"] > 0
     assert lm.params["lm_head.weight"].format.is_dense  # excluded by default
     p = lm.params["model.layers.0.mlp.down_proj.weight"]
     assert p.format.sparsity is not None
@@ -34,7 +37,20 @@ def test_prune_hits_the_target_and_verifies(lm, ctx, method, target) -> None:
         assert (p.format.sparsity.kind, p.format.sparsity.n, p.format.sparsity.m) == ("nm", n, m)
         nz = (p.value() != 0).reshape(p.value().shape[0], -1, m).sum(-1)
         assert int(nz.max()) <= n
-    assert r["calib_peak_activation_mb"] > 0
+    if method == "magnitude":
+        assert "calib_peak_activation_mb" not in r
+    else:
+        assert r["calib_peak_activation_mb"] > 0
+
+
+@pytest.mark.parametrize("spec", ["magnitude:sparsity=0.5", "rtn:bits=4:group=32"])
+def test_data_free_passes_measure_only_when_asked(lm, ctx, spec) -> None:
+    quiet = build_pipeline(spec).run(lm.copy(), ctx)[0]
+    assert "calib_peak_activation_mb" not in quiet
+    assert all(row["rel_error"] is None for row in quiet["layers"])
+    loud = build_pipeline(f"{spec}:measure=true").run(lm, ctx)[0]
+    assert loud["calib_peak_activation_mb"] > 0
+    assert all(row["rel_error"] > 0 for row in loud["layers"])
 
 
 def test_wanda_prunes_half_of_every_row(lm, ctx) -> None:
