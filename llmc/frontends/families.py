@@ -135,16 +135,16 @@ def head_dim(config: Any) -> int:
     return int(hd) if hd else config.hidden_size // config.num_attention_heads
 
 
-_SUPPORTED_ROPE = {"default": "", "linear": "linear", "llama3": "llama3"}
+SUPPORTED_ROPE = {"default": "", "linear": "linear", "llama3": "llama3"}
 
 
 def rope_attrs(config: Any) -> RopeAttrs:
     """The IR rope attributes of a config (``rope_parameters`` as transformers standardizes it)."""
     rp = dict(getattr(config, "rope_parameters", None) or {})
     rtype = rp.get("rope_type", rp.get("type", "default"))
-    if rtype not in _SUPPORTED_ROPE:
+    if rtype not in SUPPORTED_ROPE:
         raise UnsupportedOpError(
-            f"rope_type {rtype!r} is not supported (supported: {', '.join(_SUPPORTED_ROPE)}); "
+            f"rope_type {rtype!r} is not supported (supported: {', '.join(SUPPORTED_ROPE)}); "
             "llmc's rope op implements default, linear and llama3 scaling"
         )
     hd = head_dim(config)
@@ -153,7 +153,7 @@ def rope_attrs(config: Any) -> RopeAttrs:
     return RopeAttrs(
         theta=float(rp.get("rope_theta", 10000.0)),
         rotary_dim=0 if rd == hd else rd,
-        scaling=_SUPPORTED_ROPE[rtype],
+        scaling=SUPPORTED_ROPE[rtype],
         factor=float(rp.get("factor", 1.0)),
         low_freq_factor=float(rp.get("low_freq_factor", 1.0)),
         high_freq_factor=float(rp.get("high_freq_factor", 4.0)),
