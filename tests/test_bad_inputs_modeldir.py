@@ -38,7 +38,7 @@ IDX = "model.safetensors.index.json"
 def bases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("bases")
     out = {}
-    for fam in ("llama", "gpt2"):
+    for fam in ("llama", "gpt2", "opt", "gpt_neox"):
         make(fam).save_pretrained(root / fam)
         out[fam] = root / fam
     return out
@@ -422,6 +422,18 @@ CASES: list[tuple[str, str, Callable[[Path], None], tuple[str, ...], tuple[str, 
     ("gpt2-n-layer-vs-tensors", "gpt2", cfg_edit(n_layer=5), ("config.json", "n_layer is 5", "2 layers"), ()),
     ("gpt2-n-embd-vs-embedding", "gpt2", cfg_edit(n_embd=128), ("config.json", "n_embd is 128", "wte"), ()),
     ("gpt2-n-positions-vs-tensors", "gpt2", cfg_edit(n_positions=4096), ("config.json implies", "wpe", "n_positions = 4096"), ()),
+    ("gpt2-dropout-negative", "gpt2", cfg_edit(attn_pdrop=-1), ("config.json", "attn_pdrop", "probability"), ()),
+    ("llama-dropout-three", "llama", cfg_edit(attention_dropout=3), ("config.json", "attention_dropout", "probability"), ()),
+    ("eos-outside-vocab", "llama", cfg_edit(eos_token_id=[2, 96]), ("config.json", "eos_token_id", "below vocab_size 96"), ()),
+    ("opt-proj-dim-vs-embedding", "opt", cfg_edit(word_embed_proj_dim=32), ("config.json", "word_embed_proj_dim is 32", "embed_tokens"), ()),
+    ("opt-ffn-dim-huge", "opt", cfg_edit(ffn_dim=10**7), ("config.json", "ffn_dim", "at most"), ()),
+    ("opt-ffn-dim-vs-tensors", "opt", cfg_edit(ffn_dim=200), ("config.json implies", "fc1", "ffn_dim = 200"), ()),
+    ("opt-dropout-three", "opt", cfg_edit(dropout=3), ("config.json", "dropout is 3", "probability"), ()),
+    ("opt-layer-norm-flag", "opt", cfg_edit(do_layer_norm_before="no"), ("config.json", "do_layer_norm_before"), ()),
+    ("opt-legacy-names-layer-gap", "opt", tensors(lambda sd: [sd.__setitem__(k.replace("model.decoder.layers.1.", "decoder.layers.7."), sd.pop(k)) for k in list(sd) if ".layers.1." in k]), (ST, "has layer 7", "no layer 1"), ()),
+    ("neox-rotary-pct-zero", "gpt_neox", cfg_edit(rotary_pct=0), ("config.json", "rotary_pct"), ()),
+    ("neox-layers-vs-tensors", "gpt_neox", cfg_edit(num_hidden_layers=64), ("config.json", "num_hidden_layers is 64", "gpt_neox.layers.1"), ()),
+    ("neox-vocab-vs-embedding", "gpt_neox", cfg_edit(vocab_size=1000), ("config.json", "vocab_size is 1000", "embed_in"), ()),
     ("gpt2-eps-bool", "gpt2", cfg_edit(layer_norm_epsilon=True), ("config.json", "layer_norm_epsilon"), ()),
     # the shard index
     ("index-not-json", "llama", sharded(_index_raw("{nope")), (IDX, "not valid JSON"), ()),

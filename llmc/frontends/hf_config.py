@@ -43,7 +43,7 @@ _SIZES: tuple[tuple[tuple[str, ...], int, bool], ...] = (
     (("sliding_window",), 1 << 24, True),  # 0 (no window) is allowed below
 )
 _EPS = ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon")
-_POSITIVE = ("rope_theta", "rotary_emb_base")
+_POSITIVE = ("rope_theta", "rotary_emb_base", "initializer_range")
 _FRACTIONS = ("partial_rotary_factor", "rotary_pct")
 _FLAGS = (
     "tie_word_embeddings",
@@ -118,6 +118,10 @@ def check_values(cfg: dict[str, Any], where: str) -> None:
     for k in _POSITIVE:
         if k in cfg and cfg[k] is not None and not (_is_number(cfg[k]) and cfg[k] > 0):
             raise bad(k, cfg[k], "a positive number")
+    for k, v in cfg.items():  # dropout probabilities (not applied at inference, but validated)
+        if (k.endswith(("dropout", "_pdrop")) or k == "layerdrop") and v is not None:
+            if not (_is_number(v) and 0 <= v <= 1):
+                raise bad(k, v, "a probability between 0 and 1")
     for k in _FRACTIONS:
         if k in cfg and cfg[k] is not None and not (_is_number(cfg[k]) and 0 < cfg[k] <= 1):
             raise bad(k, cfg[k], "a number in (0, 1]")
@@ -136,8 +140,12 @@ def check_values(cfg: dict[str, Any], where: str) -> None:
     for k in _TOKEN_IDS:
         v = cfg.get(k)
         ids = v if isinstance(v, list) else [v]
-        if k in cfg and v is not None and not all(_is_int(i) and i >= 0 for i in ids):
+        low = -1 if k == "pad_token_id" else 0  # old Llama conversions say pad_token_id: -1
+        if k in cfg and v is not None and not all(_is_int(i) and i >= low for i in ids):
             raise bad(k, v, "a token id (a non-negative integer), a list of them, or null")
+        vocab = cfg.get("vocab_size")
+        if v is not None and _is_int(vocab) and any(i >= vocab for i in ids):
+            raise bad(k, v, f"a token id below vocab_size {vocab}")
     for k in _ROPE_DICTS:
         _check_rope(cfg, k, where, bad)
     _check_heads(cfg, where)
