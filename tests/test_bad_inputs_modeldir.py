@@ -288,6 +288,19 @@ def _pickle_outside(d: Path) -> None:
     outside("pytorch_model.bin")(d)
 
 
+def _header_len_off_by(k: int) -> Callable[[Path], None]:
+    """Pad the header with spaces (valid), then make its length field ``k`` bytes off: every
+    tensor would be read shifted by ``k`` bytes."""
+
+    def f(d: Path) -> None:
+        raw = (d / ST).read_bytes()
+        (n,) = struct.unpack("<Q", raw[:8])
+        h = raw[8 : 8 + n] + b" " * 8
+        (d / ST).write_bytes(struct.pack("<Q", len(h) + k) + h + raw[8 + n :])
+
+    return f
+
+
 def _deep(n: int) -> str:
     return "[" * n + "]" * n
 
@@ -337,6 +350,9 @@ CASES: list[tuple[str, str, Callable[[Path], None], tuple[str, ...], tuple[str, 
     ("st-offsets-past-end", "llama", st_file({"a": one(shape=(32,), offs=(0, 128))}), (ST, "'a'", "outside the data section"), ()),
     ("st-offsets-reversed", "llama", st_file({"a": one(offs=(8, 0))}), (ST, "'a'", "outside"), ()),
     ("st-offsets-negative", "llama", st_file({"a": one(offs=(-8, 0))}), (ST, "'a'", "outside"), ()),
+    ("st-gap", "llama", st_file({"a": one(offs=(0, 8)), "b": one(offs=(16, 24))}, bytes(24)), (ST, "8 unclaimed bytes before tensor 'b'"), ()),
+    ("st-trailing-bytes", "llama", st_file({"a": one(offs=(0, 8))}, bytes(12)), (ST, "4 bytes after the last tensor"), ()),
+    ("st-header-len-short", "llama", _header_len_off_by(-2), (ST, "2 bytes after the last tensor"), ()),
     ("st-size-mismatch", "llama", st_file({"a": one(shape=(4,), offs=(0, 8))}), (ST, "'a'", "needs 16"), ()),
     ("st-dtype-unknown", "llama", st_file({"a": one(dtype="F8_E4M3")}), (ST, "unsupported dtype"), ()),
     ("st-dtype-not-string", "llama", st_file({"a": one(dtype=[1])}), (ST, "unsupported dtype"), ()),

@@ -12,7 +12,8 @@ untrusted"): this module is the only code that opens their files.
 - Weights come from ``*.safetensors`` (one file, or shards listed by
   ``model.safetensors.index.json``). Each header is parsed and checked *before* any tensor is
   allocated: header length within the file, known dtypes, bounded shapes, offsets inside the
-  data section, sizes that match ``numel * itemsize``, no overlapping tensors, no repeated names,
+  data section, sizes that match ``numel * itemsize``, tensors that tile the data section (no
+  overlaps, gaps or trailing bytes), no repeated names,
   shard names that stay inside the directory, an index that agrees with the shards. With
   ``expected`` (name -> shape), missing and mis-shaped tensors are reported before loading.
 - Pickle checkpoints (``pytorch_model.bin``, ``*.pt``) are refused unless ``allow_pickle=True``,
@@ -303,10 +304,24 @@ def read_safetensors_header(
             )
         spans.append((b, e, name))
         out[name] = TensorInfo(name, dt, tuple(shape), data_start + b, data_start + e, p)
+    # The format (and the safetensors library) requires the tensors to tile the data section:
+    # sorted by offset, each starts where the previous ended, the last ends at the file's end.
+    # A header length off by a few bytes would otherwise shift every tensor silently.
     spans.sort()
-    for (_b1, e1, n1), (b2, _e2, n2) in zip(spans, spans[1:]):
-        if b2 < e1:
-            raise ModelLoadError(f"{p}: tensors {n1!r} and {n2!r} overlap in the data section")
+    at, prev = 0, None
+    for b, e, name in spans:
+        if b < at:
+            raise ModelLoadError(f"{p}: tensors {prev!r} and {name!r} overlap in the data section")
+        if b > at:
+            raise ModelLoadError(
+                f"{p}: {b - at} unclaimed bytes before tensor {name!r} in the data section: "
+                "corrupt file or wrong header length"
+            )
+        at, prev = e, name
+    if at != data_len:
+        raise ModelLoadError(
+            f"{p}: {data_len - at} bytes after the last tensor: truncated, padded or corrupt file"
+        )
     return out
 
 
