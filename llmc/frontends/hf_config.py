@@ -101,6 +101,14 @@ def check_values(cfg: dict[str, Any], where: str) -> None:
     def bad(k: str, v: Any, want: str) -> ModelLoadError:
         return ModelLoadError(f"{where}: {k} is {_show(v)}; expected {want}")
 
+    q = cfg.get("quantization_config")
+    if q is not None:
+        method = q.get("quant_method", "?") if isinstance(q, dict) else q
+        raise ModelLoadError(
+            f"{where}: quantization_config (quant_method {_show(method)}): pre-quantized "
+            "checkpoints are not supported; load the unquantized checkpoint and quantize with "
+            "llmc's passes (e.g. --passes rtn:bits=4 or --passes gptq)"
+        )
     for keys, limit, nullable in _SIZES:
         for k in keys:
             if k not in cfg:

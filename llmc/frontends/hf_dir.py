@@ -87,7 +87,9 @@ def build_module(cfg: dict[str, Any], fam: Family, where: str, *, device: str = 
 
     arch = next(a for a in cfg["architectures"] if ARCHITECTURES.get(a) is fam)
     cls = getattr(transformers, arch)
-    conf = {k: v for k, v in cfg.items() if k not in ("auto_map", "_name_or_path")}
+    # Private keys (_name_or_path, _attn_implementation, ...) are transformers' run-time state,
+    # not the architecture: llmc chooses the attention implementation itself.
+    conf = {k: v for k, v in cfg.items() if k != "auto_map" and not k.startswith("_")}
     try:
         hf_cfg = cls.config_class.from_dict(conf)
         with torch.device(device):
