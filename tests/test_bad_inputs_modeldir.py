@@ -583,3 +583,22 @@ def test_sharded_directory_loads(bases, tmp_path, capsys) -> None:
     shutil.copytree(bases["llama"], d)
     sharded()(d)
     _compiles(d, tmp_path, capsys)
+
+
+def test_hugging_face_cache_blob_linking_out_is_refused(bases, tmp_path, capsys) -> None:
+    """The cache exception covers the repo's own blobs/, resolved fully: a blob that is itself a
+    link out of the cache is refused."""
+    repo = tmp_path / "models--org--evil"
+    snap = repo / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    (repo / "blobs").mkdir()
+    for f in os.listdir(bases["llama"]):
+        shutil.copy(bases["llama"] / f, snap / f)
+    secret = tmp_path / "secret.json"
+    secret.write_text((snap / "config.json").read_text())
+    (repo / "blobs" / "sha0").symlink_to(secret)
+    (snap / "config.json").unlink()
+    (snap / "config.json").symlink_to(Path("..") / ".." / "blobs" / "sha0")
+    out = tmp_path / "OUT"
+    rc = main(["compile", str(snap), "--target", "ref", "-o", str(out)])
+    check_one_line(rc, capsys.readouterr().err, out, "config.json", "secret.json", "outside")
