@@ -469,6 +469,8 @@ CASES: list[tuple[str, str, Callable[[Path], None], tuple[str, ...], tuple[str, 
     ("index-wrong-shard", "llama", sharded(_index_lies), (IDX, "weight_map puts tensor"), ()),
     ("index-names-absent-tensor", "llama", sharded(_wm_set(lambda i: i["weight_map"].__setitem__("ghost.weight", S1))), (IDX, "'ghost.weight'", "in no shard"), ()),
     # pickles
+    ("no-weights", "llama", lambda d: (d / ST).unlink(), ("model", "no *.safetensors weights"), ()),
+    ("pickle-sharded", "llama", lambda d: ((d / ST).unlink(), write("pytorch_model.bin.index.json", "{}")(d)), ("pytorch_model.bin.index.json", "sharded pickle"), ("--allow-pickle",)),
     ("pickle-refused", "llama", pickled(lambda sd: sd), ("pytorch_model.bin", "--allow-pickle"), ()),
     ("pickle-code", "llama", pickled(lambda sd: {"w": Evil()}), ("pytorch_model.bin", "GLOBAL print"), ("--allow-pickle",)),
     ("pickle-garbage", "llama", pickled(None, raw=b"\x80\x02garbage" * 10), ("pytorch_model.bin", "cannot load pickle"), ("--allow-pickle",)),

@@ -465,6 +465,11 @@ def _read_tensor(fh: IO[bytes], info: TensorInfo) -> torch.Tensor:
 def _load_pickles(d: Path, allow_pickle: bool) -> StateDict:
     pick = pickle_files(d)
     if not pick:
+        if (d / "pytorch_model.bin.index.json").exists():
+            raise ModelLoadError(
+                f"{d / 'pytorch_model.bin.index.json'}: sharded pickle checkpoints are not "
+                "supported; convert the model to safetensors"
+            )
         raise ModelLoadError(f"{d}: no *.safetensors weights found")
     if not allow_pickle:
         raise ModelLoadError(
