@@ -428,6 +428,8 @@ CASES: list[tuple[str, str, Callable[[Path], None], tuple[str, ...], tuple[str, 
     ("rope-not-object", "llama", cfg_edit(rope_parameters=[1, 2]), ("config.json", "rope_parameters"), ()),
     ("rope-theta-string", "llama", cfg_edit(rope_parameters={"rope_type": "default", "rope_theta": "abc"}), ("config.json", "rope_parameters.rope_theta"), ()),
     ("rope-factor-negative", "llama", cfg_edit(rope_parameters={"rope_type": "linear", "rope_theta": 1e4, "factor": -2}), ("config.json", "rope_parameters.factor"), ()),
+    ("rope-factor-below-one", "llama", cfg_edit(rope_parameters={"rope_type": "linear", "rope_theta": 1e4, "factor": 0.5}), ("config.json", "rope_parameters.factor", "at least 1"), ()),
+    ("rope-llama3-freqs-inverted", "llama", cfg_edit(rope_parameters={"rope_type": "llama3", "rope_theta": 1e4, "factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 1.0, "original_max_position_embeddings": 16}), ("config.json", "rope_parameters.high_freq_factor", "low_freq_factor 4.0"), ()),
     ("rope-type-unknown", "llama", cfg_edit(rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0}), ("config.json", "rope_parameters.rope_type", "yarn"), ()),
     ("tie-string", "llama", cfg_edit(tie_word_embeddings="yes"), ("config.json", "tie_word_embeddings"), ()),
     ("act-number", "llama", cfg_edit(hidden_act=5), ("config.json", "hidden_act"), ()),
@@ -503,7 +505,7 @@ def check_one_line(rc: int, err: str, out: Path, *needles: str) -> str:
 
 
 @pytest.mark.parametrize("case_id,base,mutate,needles,extra", CASES, ids=[c[0] for c in CASES])
-def test_bad_model_dir(case_id, base, mutate, needles, extra, bases, tmp_path, capsys) -> None:
+def test_bad_model_dir(case_id, base, mutate, needles, extra, bases, tmp_path, capfd) -> None:
     d = tmp_path / "model"
     shutil.copytree(bases[base], d)
     mutate(d)
@@ -519,7 +521,7 @@ def test_bad_model_dir(case_id, base, mutate, needles, extra, bases, tmp_path, c
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
     assert time.perf_counter() - t0 < 10, "a refusal must come before anything large is built"
-    check_one_line(rc, capsys.readouterr().err, out, *needles)
+    check_one_line(rc, capfd.readouterr().err, out, *needles)
 
 
 def test_case_ids_unique() -> None:
@@ -550,14 +552,14 @@ def test_fifo_weights_subprocess(bases, tmp_path) -> None:
 # what must keep working
 
 
-def _compiles(d: Path, tmp_path: Path, capsys) -> None:
+def _compiles(d: Path, tmp_path: Path, capfd) -> None:
     out = tmp_path / "OUT"
     rc = main(["compile", str(d), "--target", "ref", "-o", str(out)])
-    assert rc == 0, capsys.readouterr().err
+    assert rc == 0, capfd.readouterr().err
     assert (out / "manifest.json").is_file()
 
 
-def test_symlinks_inside_the_directory_are_followed(bases, tmp_path, capsys) -> None:
+def test_symlinks_inside_the_directory_are_followed(bases, tmp_path, capfd) -> None:
     d = tmp_path / "model"
     shutil.copytree(bases["llama"], d)
     (d / "weights").mkdir()
@@ -565,10 +567,10 @@ def test_symlinks_inside_the_directory_are_followed(bases, tmp_path, capsys) -> 
     (d / ST).symlink_to(Path("weights") / ST)
     link = tmp_path / "link-to-model"  # the directory itself may be a link
     link.symlink_to(d)
-    _compiles(link, tmp_path, capsys)
+    _compiles(link, tmp_path, capfd)
 
 
-def test_hugging_face_cache_layout(bases, tmp_path, capsys) -> None:
+def test_hugging_face_cache_layout(bases, tmp_path, capfd) -> None:
     """snapshots/REV/file -> ../../blobs/SHA is how the HF cache stores every file."""
     repo = tmp_path / "models--org--tiny"
     snap = repo / "snapshots" / "abc123"
@@ -577,17 +579,17 @@ def test_hugging_face_cache_layout(bases, tmp_path, capsys) -> None:
     for i, f in enumerate(sorted(os.listdir(bases["llama"]))):
         shutil.copy(bases["llama"] / f, repo / "blobs" / f"sha{i}")
         (snap / f).symlink_to(Path("..") / ".." / "blobs" / f"sha{i}")
-    _compiles(snap, tmp_path, capsys)
+    _compiles(snap, tmp_path, capfd)
 
 
-def test_sharded_directory_loads(bases, tmp_path, capsys) -> None:
+def test_sharded_directory_loads(bases, tmp_path, capfd) -> None:
     d = tmp_path / "model"
     shutil.copytree(bases["llama"], d)
     sharded()(d)
-    _compiles(d, tmp_path, capsys)
+    _compiles(d, tmp_path, capfd)
 
 
-def test_hugging_face_cache_blob_linking_out_is_refused(bases, tmp_path, capsys) -> None:
+def test_hugging_face_cache_blob_linking_out_is_refused(bases, tmp_path, capfd) -> None:
     """The cache exception covers the repo's own blobs/, resolved fully: a blob that is itself a
     link out of the cache is refused."""
     repo = tmp_path / "models--org--evil"
@@ -603,4 +605,4 @@ def test_hugging_face_cache_blob_linking_out_is_refused(bases, tmp_path, capsys)
     (snap / "config.json").symlink_to(Path("..") / ".." / "blobs" / "sha0")
     out = tmp_path / "OUT"
     rc = main(["compile", str(snap), "--target", "ref", "-o", str(out)])
-    check_one_line(rc, capsys.readouterr().err, out, "config.json", "secret.json", "outside")
+    check_one_line(rc, capfd.readouterr().err, out, "config.json", "secret.json", "outside")

@@ -177,6 +177,12 @@ def _check_rope(cfg: dict[str, Any], k: str, where: str, bad: Any) -> None:
         _is_number(rp["partial_rotary_factor"]) and 0 < rp["partial_rotary_factor"] <= 1
     ):
         raise bad(f"{k}.partial_rotary_factor", rp["partial_rotary_factor"], "a number in (0, 1]")
+    scaled = rp.get("rope_type", rp.get("type")) in ("linear", "llama3")
+    if scaled and _is_number(rp.get("factor")) and rp["factor"] < 1:
+        raise bad(f"{k}.factor", rp["factor"], "at least 1 (a context-extension factor)")
+    lo, hi = rp.get("low_freq_factor"), rp.get("high_freq_factor")
+    if scaled and _is_number(lo) and _is_number(hi) and hi <= lo:
+        raise bad(f"{k}.high_freq_factor", hi, f"more than low_freq_factor {lo}")
     f = "original_max_position_embeddings"
     if f in rp and rp[f] is not None and not (_is_int(rp[f]) and 0 < rp[f] <= 1 << 24):
         raise bad(f"{k}.{f}", rp[f], "a positive integer")

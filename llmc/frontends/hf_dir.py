@@ -90,6 +90,10 @@ def build_module(cfg: dict[str, Any], fam: Family, where: str, *, device: str = 
     # Private keys (_name_or_path, _attn_implementation, ...) are transformers' run-time state,
     # not the architecture: llmc chooses the attention implementation itself.
     conf = {k: v for k, v in cfg.items() if k != "auto_map" and not k.startswith("_")}
+    # transformers logs its own opinions of a config (unknown rope keys, ...) on stderr; llmc's
+    # checks (hf_config) are the user's channel, and stderr carries one line per error.
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
     try:
         hf_cfg = cls.config_class.from_dict(conf)
         with torch.device(device):
@@ -99,6 +103,8 @@ def build_module(cfg: dict[str, Any], fam: Family, where: str, *, device: str = 
         msg = re.sub(r"^Class validation error for validator '\w+':\s*", "", msg)
         msg = msg if len(msg) <= 300 else msg[:297] + "..."
         raise ModelLoadError(f"{where}: not a valid {arch} config ({msg})") from None
+    finally:
+        transformers.logging.set_verbosity(verbosity)
     return model.eval()
 
 
