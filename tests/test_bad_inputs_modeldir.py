@@ -606,3 +606,17 @@ def test_hugging_face_cache_blob_linking_out_is_refused(bases, tmp_path, capfd) 
     out = tmp_path / "OUT"
     rc = main(["compile", str(snap), "--target", "ref", "-o", str(out)])
     check_one_line(rc, capfd.readouterr().err, out, "config.json", "secret.json", "outside")
+
+
+@pytest.mark.parametrize("fam", ["gpt2", "gpt_neox"])
+def test_stray_head_dim_is_ignored_like_transformers_does(fam, bases, tmp_path) -> None:
+    """GPT-2, OPT and GPT-NeoX modeling ignore ``head_dim``; llmc's LM ABI must too (it used to
+    take it, giving a cache shape that disagrees with the graph)."""
+    from llmc.frontends import load_model
+
+    d = tmp_path / "model"
+    shutil.copytree(bases[fam], d)
+    cfg_edit(head_dim=2)(d)
+    g = load_model(str(d)).graph
+    assert g.meta["head_dim"] == 16
+    assert g.inputs[2].type.shape[-1] == 16

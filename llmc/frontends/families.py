@@ -130,8 +130,15 @@ def family_of(model: torch.nn.Module) -> Family:
 # config-derived facts
 
 
+# Families whose transformers modeling reads ``config.head_dim``; the others compute
+# hidden_size // num_attention_heads and ignore a stray ``head_dim`` key, and so must llmc.
+_EXPLICIT_HEAD_DIM = ("llama", "mistral", "qwen2")
+
+
 def head_dim(config: Any) -> int:
     hd = getattr(config, "head_dim", None)
+    if getattr(config, "model_type", None) not in _EXPLICIT_HEAD_DIM:
+        hd = None
     return int(hd) if hd else config.hidden_size // config.num_attention_heads
 
 
