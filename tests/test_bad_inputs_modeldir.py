@@ -608,15 +608,19 @@ def test_hugging_face_cache_blob_linking_out_is_refused(bases, tmp_path, capfd) 
     check_one_line(rc, capfd.readouterr().err, out, "config.json", "secret.json", "outside")
 
 
-@pytest.mark.parametrize("fam", ["gpt2", "gpt_neox"])
-def test_stray_head_dim_is_ignored_like_transformers_does(fam, bases, tmp_path) -> None:
-    """GPT-2, OPT and GPT-NeoX modeling ignore ``head_dim``; llmc's LM ABI must too (it used to
-    take it, giving a cache shape that disagrees with the graph)."""
+@pytest.mark.parametrize("fam", ["gpt2", "opt"])
+def test_stray_keys_are_ignored_like_transformers_does(fam, bases, tmp_path) -> None:
+    """GPT-2, OPT and GPT-NeoX modeling ignore ``head_dim`` and ``num_key_value_heads`` (and
+    each reads its own intermediate-size field); llmc's LM ABI must too (it used to take them,
+    giving a cache shape that disagrees with the graph)."""
     from llmc.frontends import load_model
 
     d = tmp_path / "model"
     shutil.copytree(bases[fam], d)
-    cfg_edit(head_dim=2)(d)
+    stray = {"intermediate_size": 5} if fam == "opt" else {"intermediate_size": 5, "ffn_dim": 7}
+    cfg_edit(head_dim=2, num_key_value_heads=1, **stray)(d)
     g = load_model(str(d)).graph
     assert g.meta["head_dim"] == 16
-    assert g.inputs[2].type.shape[-1] == 16
+    assert g.meta["num_kv_heads"] == 4
+    assert g.meta["intermediate_size"] == (256 if fam == "gpt2" else 96)
+    assert [str(s) for s in g.inputs[2].type.shape[1:]] == ["4", "past", "16"]

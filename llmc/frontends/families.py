@@ -330,19 +330,20 @@ def model_meta(model: torch.nn.Module, fam: Family) -> dict[str, Any]:
     c = model.config
     heads = int(c.num_attention_heads)
     hidden = int(c.hidden_size)
-    inter = (
-        getattr(c, "intermediate_size", None)
-        or getattr(c, "ffn_dim", None)
-        or getattr(c, "n_inner", None)
-        or 4 * hidden
-    )
+    # Each family's own field (a stray key of another family's spelling is ignored, as
+    # transformers ignores it).
+    gqa = getattr(c, "model_type", None) in _EXPLICIT_HEAD_DIM
+    inter = {
+        "opt": lambda: getattr(c, "ffn_dim", None),
+        "gpt2": lambda: getattr(c, "n_inner", None) or 4 * hidden,
+    }.get(fam.name, lambda: getattr(c, "intermediate_size", None))()
     meta: dict[str, Any] = {
         "abi": "llmc-lm-v1",
         "family": fam.name,
         "architecture": type(model).__name__,
         "num_layers": int(c.num_hidden_layers),
         "num_heads": heads,
-        "num_kv_heads": int(getattr(c, "num_key_value_heads", None) or heads),
+        "num_kv_heads": int((getattr(c, "num_key_value_heads", None) if gqa else None) or heads),
         "head_dim": head_dim(c),
         "hidden_size": hidden,
         "intermediate_size": int(inter),
