@@ -346,6 +346,7 @@ CASES: list[tuple[str, str, Callable[[Path], None], tuple[str, ...], tuple[str, 
     ("st-header-nan", "llama", st_file(None, raw=b'{"__metadata__": {"x": NaN}}'), (ST, "NaN"), ()),
     ("st-header-deep", "llama", st_file(None, raw=('{"w": ' + _deep(100_000) + "}").encode()), (ST, "nested too deeply"), ()),
     ("st-header-huge-int", "llama", st_file(None, raw=b'{"w": {"shape": [' + b"9" * 5000 + b"]}}"), (ST, "not valid JSON"), ()),
+    ("st-long-name", "llama", st_file({"w" * 1_000_000: one(dtype="Q9")}), (ST, "'wwww", "...", "unsupported dtype"), ()),
     ("st-overlap", "llama", st_file({"a": one(offs=(0, 8)), "b": one(offs=(4, 12))}), (ST, "overlap"), ()),
     ("st-offsets-past-end", "llama", st_file({"a": one(shape=(32,), offs=(0, 128))}), (ST, "'a'", "outside the data section"), ()),
     ("st-offsets-reversed", "llama", st_file({"a": one(offs=(8, 0))}), (ST, "'a'", "outside"), ()),
@@ -465,6 +466,8 @@ CASES: list[tuple[str, str, Callable[[Path], None], tuple[str, ...], tuple[str, 
     ("index-shard-outside", "llama", sharded(_index_outside), (IDX, "'../x.safetensors'"), ()),
     ("index-shard-absolute", "llama", sharded(_wm_set(lambda i: i["weight_map"].__setitem__(_first(i), "/etc/x.safetensors"))), (IDX, "/etc/x.safetensors"), ()),
     ("index-shard-not-safetensors", "llama", sharded(_wm_set(lambda i: i["weight_map"].__setitem__(_first(i), "config.json"))), (IDX, "'config.json'"), ()),
+    ("index-shard-name-too-long", "llama", sharded(_wm_set(lambda i: i["weight_map"].__setitem__(_first(i), "a" * 300 + ".safetensors"))), (IDX, "shard name", "..."), ()),
+    ("index-shard-name-nul", "llama", sharded(_wm_set(lambda i: i["weight_map"].__setitem__(_first(i), "a\0.safetensors"))), (IDX, "shard name"), ()),
     ("index-shard-missing", "llama", sharded(_missing_shard), (S2, "missing"), ()),
     ("index-tensor-in-two-shards", "llama", sharded(_dup_tensor_in_both), (S2, "also appears in", S1), ()),
     ("index-key-twice", "llama", sharded(_index_dup_key), (IDX, "appears twice"), ()),
@@ -496,6 +499,7 @@ def check_one_line(rc: int, err: str, out: Path, *needles: str) -> str:
     assert len(lines) == 1, err
     line = lines[0]
     assert line.startswith("llmc: error: "), line
+    assert len(line) < 1000, f"{len(line)} characters: not a readable line"
     for n in needles:
         assert n in line, (n, line)
     assert "weights_only=False" not in line and "weights_only` set to `False" not in line

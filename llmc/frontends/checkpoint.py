@@ -159,7 +159,7 @@ def _no_duplicates(where: str) -> Any:
         out: dict[str, Any] = {}
         for k, v in pairs:
             if k in out:
-                raise ModelLoadError(f"{where}: key {k!r} appears twice")
+                raise ModelLoadError(f"{where}: key {quote(k)} appears twice")
             out[k] = v
         return out
 
@@ -270,10 +270,10 @@ def read_safetensors_header(
         if name == "__metadata__":
             continue
         if not isinstance(info, dict):
-            raise ModelLoadError(f"{p}: tensor {name!r}: bad header entry")
+            raise ModelLoadError(f"{p}: tensor {quote(name)}: bad header entry")
         dt, shape, offs = info.get("dtype"), info.get("shape"), info.get("data_offsets")
         if not isinstance(dt, str) or dt not in SAFETENSORS_DTYPES:
-            raise ModelLoadError(f"{p}: tensor {name!r}: unsupported dtype {dt!r}")
+            raise ModelLoadError(f"{p}: tensor {quote(name)}: unsupported dtype {_short(dt)}")
         if (
             not isinstance(shape, list)
             or len(shape) > MAX_RANK
@@ -281,13 +281,13 @@ def read_safetensors_header(
                 isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_DIM for s in shape
             )
         ):
-            raise ModelLoadError(f"{p}: tensor {name!r}: bad shape {_short(shape)}")
+            raise ModelLoadError(f"{p}: tensor {quote(name)}: bad shape {_short(shape)}")
         if (
             not isinstance(offs, list)
             or len(offs) != 2
             or not all(isinstance(o, int) and not isinstance(o, bool) for o in offs)
         ):
-            raise ModelLoadError(f"{p}: tensor {name!r}: bad data_offsets {_short(offs)}")
+            raise ModelLoadError(f"{p}: tensor {quote(name)}: bad data_offsets {_short(offs)}")
         b, e = offs
         numel = 1
         for s in shape:
@@ -295,12 +295,12 @@ def read_safetensors_header(
         want = numel * SAFETENSORS_DTYPES[dt][1]
         if not (0 <= b <= e <= data_len):
             raise ModelLoadError(
-                f"{p}: tensor {name!r}: data_offsets [{b}, {e}] lie outside the data section "
+                f"{p}: tensor {quote(name)}: data_offsets [{b}, {e}] lie outside the data section "
                 f"({data_len} bytes): truncated or corrupt file"
             )
         if e - b != want:
             raise ModelLoadError(
-                f"{p}: tensor {name!r}: offsets give {e - b} bytes but {dt}{shape} needs {want}"
+                f"{p}: tensor {quote(name)}: offsets give {e - b} bytes but {dt}{shape} needs {want}"
             )
         spans.append((b, e, name))
         out[name] = TensorInfo(name, dt, tuple(shape), data_start + b, data_start + e, p)
@@ -311,10 +311,12 @@ def read_safetensors_header(
     at, prev = 0, None
     for b, e, name in spans:
         if b < at:
-            raise ModelLoadError(f"{p}: tensors {prev!r} and {name!r} overlap in the data section")
+            raise ModelLoadError(
+                f"{p}: tensors {quote(prev)} and {quote(name)} overlap in the data section"
+            )
         if b > at:
             raise ModelLoadError(
-                f"{p}: {b - at} unclaimed bytes before tensor {name!r} in the data section: "
+                f"{p}: {b - at} unclaimed bytes before tensor {quote(name)} in the data section: "
                 "corrupt file or wrong header length"
             )
         at, prev = e, name
@@ -330,6 +332,13 @@ def _short(v: Any) -> str:
     return s if len(s) <= 60 else s[:57] + "..."
 
 
+def quote(name: Any) -> str:
+    """``repr`` of a name read from a file, shortened: an error is one readable line even when
+    the file holds a megabyte-long tensor name."""
+    s = repr(name)
+    return s if len(s) <= 100 else s[:97] + "..."
+
+
 def _read_index(d: Path, index: Path) -> tuple[list[Path], dict[str, str]]:
     obj = read_json(index, d, MAX_INDEX_BYTES)
     wm = obj.get("weight_map") if isinstance(obj, dict) else None
@@ -340,9 +349,14 @@ def _read_index(d: Path, index: Path) -> tuple[list[Path], dict[str, str]]:
     for t, n in wm.items():
         if not isinstance(n, str):
             raise ModelLoadError(
-                f"{index}: weight_map[{t!r}] must be a shard file name, got {_short(n)}"
+                f"{index}: weight_map[{quote(t)}] must be a shard file name, got {_short(n)}"
             )
-        if Path(n).name != n or n in (".", "..") or not n.endswith(".safetensors"):
+        if (
+            Path(n).name != n
+            or len(n.encode()) > 255
+            or "\0" in n
+            or not n.endswith(".safetensors")
+        ):
             raise ModelLoadError(
                 f"{index}: shard name {_short(n)} must be a file in the directory, named *.safetensors"
             )
@@ -405,7 +419,7 @@ class Checkpoint:
             for name, info in read_safetensors_header(f, d).items():
                 if name in self.infos:
                     raise ModelLoadError(
-                        f"{f}: tensor {name!r} also appears in {self.infos[name].file.name}"
+                        f"{f}: tensor {quote(name)} also appears in {self.infos[name].file.name}"
                     )
                 self.infos[name] = info
         if wm is not None:
@@ -414,7 +428,7 @@ class Checkpoint:
                 if got is None or got.file.name != n:
                     where = f"is in {got.file.name}" if got else "is in no shard"
                     raise ModelLoadError(
-                        f"{index}: weight_map puts tensor {t!r} in {n}, but it {where}"
+                        f"{index}: weight_map puts tensor {quote(t)} in {n}, but it {where}"
                     )
 
     @property
@@ -458,7 +472,9 @@ def _read_tensor(fh: IO[bytes], info: TensorInfo) -> torch.Tensor:
     buf = bytearray(nbytes)
     fh.seek(info.begin)
     if fh.readinto(buf) != nbytes:
-        raise ModelLoadError(f"{info.file}: tensor {info.name!r}: file shrank while being read")
+        raise ModelLoadError(
+            f"{info.file}: tensor {quote(info.name)}: file shrank while being read"
+        )
     return torch.frombuffer(buf, dtype=dtype).reshape(info.shape)
 
 
@@ -493,7 +509,7 @@ def _load_pickles(d: Path, allow_pickle: bool) -> StateDict:
             raise ModelLoadError(f"{f}: expected a flat dict of tensors")
         for k, v in obj.items():
             if k in sd:
-                raise ModelLoadError(f"{f}: tensor {k!r} also appears in {sd.files[k]}")
+                raise ModelLoadError(f"{f}: tensor {quote(k)} also appears in {sd.files[k]}")
             sd[k] = v
             sd.files[k] = f.name
     return sd
@@ -525,12 +541,12 @@ def _check_expected(
     missing = sorted(set(expected) - set(shapes))
     if missing:
         raise ModelLoadError(
-            f"{d}: checkpoint lacks {len(missing)} tensor(s) the config needs, e.g. {missing[0]!r}"
+            f"{d}: checkpoint lacks {len(missing)} tensor(s) the config needs, e.g. {quote(missing[0])}"
         )
     for name, want in expected.items():
         got = tuple(shapes[name])
         if got != tuple(want):
             raise ModelLoadError(
-                f"{d / files.get(name, '?')}: tensor {name!r} has shape {list(got)} but the "
+                f"{d / files.get(name, '?')}: tensor {quote(name)} has shape {list(got)} but the "
                 f"config implies {list(want)}"
             )

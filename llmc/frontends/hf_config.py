@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from llmc.errors import ModelLoadError
+from llmc.frontends.checkpoint import quote
 from llmc.frontends.families import SUPPORTED_ROPE, Family
 
 # (json keys, the first being the name used in messages; upper limit; may be null)
@@ -252,7 +253,7 @@ def check_against_tensors(
     if missing:
         i = max(found)
         raise ModelLoadError(
-            f"{Path(where).parent / shapes[found[i]][1]}: has layer {i} ({found[i]!r}) but no "
+            f"{Path(where).parent / shapes[found[i]][1]}: has layer {i} ({quote(found[i])}) but no "
             f"layer {missing[0]}: layers must be numbered 0..N-1"
         )
     if n_layers != count:
@@ -273,13 +274,13 @@ def check_against_tensors(
         hk, hidden = dims[0], cfg[dims[0]]
     if len(shape) != 2:
         raise ModelLoadError(
-            f"{where}: the token embedding {emb!r} in {file} has shape {list(shape)}, not "
+            f"{where}: the token embedding {quote(emb)} in {file} has shape {list(shape)}, not "
             f"[{vk}, {hk}]"
         )
     for key, val, got in ((vk, vocab, shape[0]), (hk, hidden, shape[1])):
         if val != got:
             raise ModelLoadError(
-                f"{where}: {key} is {val} but the token embedding {emb!r} in {file} has shape "
+                f"{where}: {key} is {val} but the token embedding {quote(emb)} in {file} has shape "
                 f"{list(shape)} ({key} {got})"
             )
 

@@ -19,6 +19,7 @@ import torch
 
 from llmc.errors import ModelLoadError
 from llmc.frontends import checkpoint, hf_config
+from llmc.frontends.checkpoint import quote
 from llmc.frontends.families import ARCHITECTURES, Family, supported_architectures
 from llmc.ir.graph import Graph
 from llmc.ir.types import DTYPES, to_torch_dtype
@@ -71,12 +72,12 @@ def architecture_of(cfg: dict[str, Any], where: str) -> Family:
             mt = cfg.get("model_type")
             if mt is not None and mt != fam.model_type:
                 raise ModelLoadError(
-                    f"{where}: model_type {mt!r} does not match architecture {a} "
+                    f"{where}: model_type {quote(mt)} does not match architecture {a} "
                     f"(expected {fam.model_type!r})"
                 )
             return fam
     raise ModelLoadError(
-        f"{where}: architecture {archs[0]} is not supported "
+        f"{where}: architecture {quote(archs[0])} is not supported "
         f"(supported: {', '.join(supported_architectures())})"
     )
 
@@ -155,7 +156,7 @@ def _check(
     for src, dst in rename.items():
         if dst in seen:
             raise ModelLoadError(
-                f"{d / shapes[src][1]}: tensors {seen[dst]!r} and {src!r} are both {dst!r}"
+                f"{d / shapes[src][1]}: tensors {quote(seen[dst])} and {quote(src)} are both {quote(dst)}"
             )
         seen[dst] = src
     have = set(rename.values())
@@ -163,7 +164,7 @@ def _check(
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise ModelLoadError(
-            f"{d}: checkpoint lacks tensor {missing[0]!r}{more}, which the config requires"
+            f"{d}: checkpoint lacks tensor {quote(missing[0])}{more}, which the config requires"
         )
     for src, dst in rename.items():
         shape, file = shapes[src]
@@ -175,7 +176,7 @@ def _check(
                 key = hf_config.field_with(cfg, diff[0]) if diff else None
                 hint = f" (config.json: {key} = {diff[0]})" if key else ""
             raise ModelLoadError(
-                f"{d / file}: tensor {src!r} has shape {list(shape)} but config.json implies "
+                f"{d / file}: tensor {quote(src)} has shape {list(shape)} but config.json implies "
                 f"{list(want)}{hint}"
             )
     return rename
@@ -211,7 +212,7 @@ def load_hf_dir(
     for src in rename:
         if not ckpt.dtype(src).is_floating_point:
             raise ModelLoadError(
-                f"{d / shapes[src][1]}: tensor {src!r} has dtype {ckpt.dtype(src)}; weights must "
+                f"{d / shapes[src][1]}: tensor {quote(src)} has dtype {ckpt.dtype(src)}; weights must "
                 "be floating point"
             )
     sd = ckpt.load(rename)
@@ -230,11 +231,11 @@ def load_hf_dir(
         )
     for n, p in model.named_parameters():
         if p.device.type == "meta":
-            raise ModelLoadError(f"{d}: weight {n!r} was not loaded (internal error)")
+            raise ModelLoadError(f"{d}: weight {quote(n)} was not loaded (internal error)")
     graph = from_hf_model(model, name=name or d.name)
     bad = [n for n, p in graph.params.items() if p.is_meta]
     if bad:
-        raise ModelLoadError(f"{d}: the traced graph reads {bad[0]!r}, which has no data")
+        raise ModelLoadError(f"{d}: the traced graph reads {quote(bad[0])}, which has no data")
     return graph, cfg
 
 
