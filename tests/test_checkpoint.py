@@ -155,3 +155,40 @@ def test_shard_index_path_traversal(good: Path) -> None:
 def test_no_weights(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="no \\*.safetensors weights"):
         load_state_dict(tmp_path)
+
+
+def test_device_and_fifo_refused_without_opening(tmp_path: Path) -> None:
+    """read_safetensors_header (also used on artifacts, without a root) takes regular files only;
+    a FIFO is refused from its stat, never opened (an open would block)."""
+    import os
+
+    with pytest.raises(ModelLoadError, match="character device"):
+        read_safetensors_header("/dev/zero")
+    os.mkfifo(tmp_path / "m.safetensors")
+    with pytest.raises(ModelLoadError, match="is a FIFO"):
+        read_safetensors_header(tmp_path / "m.safetensors")
+
+
+def test_root_confines_resolved_path(good: Path, tmp_path_factory) -> None:
+    other = tmp_path_factory.mktemp("other")
+    (other / "x.safetensors").write_bytes((good / "model.safetensors").read_bytes())
+    (good / "x.safetensors").symlink_to(other / "x.safetensors")
+    read_safetensors_header(good / "x.safetensors")  # no root: links are the caller's business
+    with pytest.raises(ModelLoadError, match="outside the model directory"):
+        read_safetensors_header(good / "x.safetensors", good)
+
+
+def test_checkpoint_reads_only_what_is_asked(good: Path) -> None:
+    from llmc.frontends.checkpoint import Checkpoint
+
+    ck = Checkpoint(good)
+    assert ck.shapes == {"a": ((3, 4), "model.safetensors"), "b": ((2,), "model.safetensors")}
+    sd = ck.load(["b"])
+    assert list(sd) == ["b"] and torch.equal(sd["b"], torch.ones(2))
+
+
+def test_trailing_bytes_refused(good: Path) -> None:
+    f = good / "model.safetensors"
+    f.write_bytes(f.read_bytes() + b"\0" * 4)
+    with pytest.raises(ModelLoadError, match="4 bytes after the last tensor"):
+        load_state_dict(good)

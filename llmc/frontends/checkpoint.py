@@ -1,13 +1,21 @@
-"""Reading model directories safely. Model directories are untrusted input (design.md, last
-section): this module is the only code that opens their files.
+"""Reading model directories safely. Model directories are untrusted input (design.md, "Inputs are
+untrusted"): this module is the only code that opens their files.
 
-- ``config.json`` must be a JSON object; ``auto_map`` (remote code) is refused.
+- Every file is opened through :func:`open_model_file`: its *resolved* path must lie inside the
+  resolved model directory (a symlink to ``/etc/passwd`` named ``config.json`` is refused; the
+  Hugging Face cache layout, ``snapshots/REV/x -> ../../blobs/SHA``, is allowed), and it must be
+  a regular file (a FIFO, device, socket or directory is refused before it is opened, and again
+  with ``fstat`` after an ``O_NONBLOCK`` open, so a swapped-in FIFO cannot hang the load).
+- JSON files (``config.json``, the shard index) are size-limited, must be UTF-8, may not repeat a
+  key, and may not contain ``NaN``/``Infinity``; ``config.json`` must be an object and
+  ``auto_map`` (remote code) is refused.
 - Weights come from ``*.safetensors`` (one file, or shards listed by
   ``model.safetensors.index.json``). Each header is parsed and checked *before* any tensor is
-  allocated: header length within the file, known dtypes, non-negative shapes, offsets inside the
-  data section, sizes that match ``numel * itemsize``, no overlapping tensors, shard names that stay
-  inside the directory. With ``expected`` (name -> shape), missing and mis-shaped tensors
-  are reported before loading (unexpected extra tensors are ignored).
+  allocated: header length within the file, known dtypes, bounded shapes, offsets inside the
+  data section, sizes that match ``numel * itemsize``, tensors that tile the data section (no
+  overlaps, gaps or trailing bytes), no repeated names,
+  shard names that stay inside the directory, an index that agrees with the shards. With
+  ``expected`` (name -> shape), missing and mis-shaped tensors are reported before loading.
 - Pickle checkpoints (``pytorch_model.bin``, ``*.pt``) are refused unless ``allow_pickle=True``,
   and then loaded with ``torch.load(weights_only=True)``.
 
@@ -17,17 +25,24 @@ Every failure is a :class:`~llmc.errors.ModelLoadError` whose message names the 
 from __future__ import annotations
 
 import json
+import os
+import re
+import stat
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
 from llmc.errors import ModelLoadError
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+MAX_CONFIG_BYTES = 4 * 1024 * 1024  # real config.json files are a few KB
+MAX_INDEX_BYTES = 64 * 1024 * 1024  # a 100k-tensor index is ~10 MB
+MAX_RANK = 8
+MAX_DIM = 1 << 40
 
 SAFETENSORS_DTYPES: dict[str, tuple[torch.dtype, int]] = {
     "F64": (torch.float64, 8),
@@ -42,6 +57,7 @@ SAFETENSORS_DTYPES: dict[str, tuple[torch.dtype, int]] = {
     "BOOL": (torch.bool, 1),
 }
 PICKLE_NAMES = ("pytorch_model.bin", "model.bin", "model.pt", "pytorch_model.pt")
+INDEX_NAME = "model.safetensors.index.json"
 
 
 @dataclass(frozen=True)
@@ -60,8 +76,135 @@ class StateDict(dict):
     files: dict[str, str]
 
 
-def _rel(path: Path) -> str:
-    return str(path)
+# ----------------------------------------------------------------------------------------------
+# opening files
+
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def _roots(root: Path) -> list[Path]:
+    """Where files of the (resolved) directory ``root`` may resolve to: the directory itself, and
+    for a Hugging Face cache snapshot (``models--org--name/snapshots/REV``) the repo's blobs."""
+    roots = [root]
+    if root.parent.name == "snapshots" and root.parent.parent.name.startswith(
+        ("models--", "datasets--")
+    ):
+        roots.append(root.parent.parent / "blobs")
+    return roots
+
+
+def confined(path: Path, root: Path) -> Path:
+    """The resolved ``path``, refused unless it lies inside the resolved directory ``root``."""
+    try:
+        real = Path(os.path.realpath(path, strict=True))
+        base = Path(os.path.realpath(root, strict=True))
+    except FileNotFoundError:
+        raise ModelLoadError(f"{path}: missing (a dangling symbolic link?)") from None
+    except OSError as e:
+        raise ModelLoadError(f"{path}: cannot resolve ({e.strerror or e})") from None
+    if not any(real.is_relative_to(r) for r in _roots(base)):
+        raise ModelLoadError(
+            f"{path}: resolves to {real}, outside the model directory {base}; llmc reads only "
+            "files inside the model directory (copy the file in instead of linking it)"
+        )
+    return real
+
+
+def open_model_file(path: str | Path, root: str | Path | None = None) -> IO[bytes]:
+    """``path`` opened for binary reading, after checking that it is a regular file and (with
+    ``root``) that its resolved path lies inside ``root``. Never blocks on a FIFO."""
+    p = Path(path)
+    real = confined(p, Path(root)) if root is not None else p
+    try:
+        st = os.stat(real)
+    except OSError as e:
+        raise ModelLoadError(f"{p}: cannot read ({e.strerror or e})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ModelLoadError(f"{p}: is {_kind(st.st_mode)}; expected a regular file")
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(real, flags)
+    except OSError as e:
+        raise ModelLoadError(f"{p}: cannot read ({e.strerror or e})") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):  # swapped between stat and open
+        os.close(fd)
+        raise ModelLoadError(f"{p}: is {_kind(st.st_mode)}; expected a regular file")
+    return os.fdopen(fd, "rb")
+
+
+def check_model_files(model_dir: str | Path, names: Iterable[str]) -> None:
+    """Refuse any of ``names`` that exists in ``model_dir`` (or is a dangling link) but is not a
+    regular file inside it: for files other code opens by name (tokenizer files)."""
+    d = Path(model_dir)
+    for n in names:
+        p = d / n
+        if p.is_symlink() or p.exists():
+            open_model_file(p, d).close()
+
+
+def _no_duplicates(where: str) -> Any:
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in pairs:
+            if k in out:
+                raise ModelLoadError(f"{where}: key {quote(k)} appears twice")
+            out[k] = v
+        return out
+
+    return hook
+
+
+def _bad_constant(where: str) -> Any:
+    def hook(name: str) -> Any:
+        raise ModelLoadError(f"{where}: {name} is not valid JSON")
+
+    return hook
+
+
+def parse_json(raw: bytes, where: str) -> Any:
+    """Strict JSON: UTF-8, no repeated keys, no NaN/Infinity, bounded nesting."""
+    try:
+        text = raw.decode("utf-8")
+        return json.loads(
+            text, object_pairs_hook=_no_duplicates(where), parse_constant=_bad_constant(where)
+        )
+    except UnicodeDecodeError as e:
+        raise ModelLoadError(f"{where}: not UTF-8 text (byte {e.start})") from None
+    except RecursionError:
+        raise ModelLoadError(f"{where}: JSON nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError, and int() of a number with > 4300 digits
+        raise ModelLoadError(f"{where}: not valid JSON ({_one_line(str(e))})") from None
+
+
+def read_json(path: Path, root: Path, limit: int) -> Any:
+    with open_model_file(path, root) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > limit:
+            raise ModelLoadError(f"{path}: {size} bytes is too large (at most {limit})")
+        raw = f.read(limit + 1)
+    if len(raw) > limit:
+        raise ModelLoadError(f"{path}: too large (at most {limit} bytes)")
+    return parse_json(raw, str(path))
+
+
+def _one_line(s: str) -> str:
+    return " ".join(s.split())
+
+
+# ----------------------------------------------------------------------------------------------
+# config.json
 
 
 def read_config(model_dir: str | Path) -> dict[str, Any]:
@@ -72,12 +215,9 @@ def read_config(model_dir: str | Path) -> dict[str, Any]:
     if not d.is_dir():
         raise ModelLoadError(f"{d}: not a model directory (expected a folder with config.json)")
     cfg_path = d / "config.json"
-    if not cfg_path.is_file():
+    if not (cfg_path.exists() or cfg_path.is_symlink()):
         raise ModelLoadError(f"{cfg_path}: missing (a model directory needs config.json)")
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelLoadError(f"{cfg_path}: not valid JSON ({e})") from None
+    cfg = read_json(cfg_path, d, MAX_CONFIG_BYTES)
     if not isinstance(cfg, dict):
         raise ModelLoadError(f"{cfg_path}: expected a JSON object, got {type(cfg).__name__}")
     if "auto_map" in cfg:
@@ -88,12 +228,19 @@ def read_config(model_dir: str | Path) -> dict[str, Any]:
     return cfg
 
 
-def read_safetensors_header(path: str | Path) -> dict[str, TensorInfo]:
-    """Parse and validate one safetensors file's header without reading tensor data."""
+# ----------------------------------------------------------------------------------------------
+# safetensors
+
+
+def read_safetensors_header(
+    path: str | Path, root: str | Path | None = None
+) -> dict[str, TensorInfo]:
+    """Parse and validate one safetensors file's header without reading tensor data. With
+    ``root``, the file must resolve to a path inside that directory."""
     p = Path(path)
     try:
-        size = p.stat().st_size
-        with p.open("rb") as f:
+        with open_model_file(p, root) as f:
+            size = os.fstat(f.fileno()).st_size
             head = f.read(8)
             if len(head) < 8:
                 raise ModelLoadError(f"{p}: truncated safetensors file ({size} bytes, no header)")
@@ -103,14 +250,18 @@ def read_safetensors_header(path: str | Path) -> dict[str, TensorInfo]:
                     f"{p}: header length {n} exceeds the file ({size} bytes): truncated or corrupt"
                 )
             raw = f.read(n)
+            if len(raw) != n:
+                raise ModelLoadError(f"{p}: file shrank while its header was read")
     except OSError as e:
-        raise ModelLoadError(f"{p}: cannot read ({e.strerror})") from None
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelLoadError(f"{p}: safetensors header is not valid JSON ({e})") from None
+        raise ModelLoadError(f"{p}: cannot read ({e.strerror or e})") from None
+    header = parse_json(raw, f"{p}: safetensors header")
     if not isinstance(header, dict):
         raise ModelLoadError(f"{p}: safetensors header is not a JSON object")
+    meta = header.get("__metadata__")
+    if meta is not None and not (
+        isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())
+    ):
+        raise ModelLoadError(f"{p}: safetensors __metadata__ must map names to strings")
     data_start = 8 + n
     data_len = size - data_start
     out: dict[str, TensorInfo] = {}
@@ -119,20 +270,24 @@ def read_safetensors_header(path: str | Path) -> dict[str, TensorInfo]:
         if name == "__metadata__":
             continue
         if not isinstance(info, dict):
-            raise ModelLoadError(f"{p}: tensor {name!r}: bad header entry")
+            raise ModelLoadError(f"{p}: tensor {quote(name)}: bad header entry")
         dt, shape, offs = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        if dt not in SAFETENSORS_DTYPES:
-            raise ModelLoadError(f"{p}: tensor {name!r}: unsupported dtype {dt!r}")
-        if not isinstance(shape, list) or not all(
-            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape
+        if not isinstance(dt, str) or dt not in SAFETENSORS_DTYPES:
+            raise ModelLoadError(f"{p}: tensor {quote(name)}: unsupported dtype {_short(dt)}")
+        if (
+            not isinstance(shape, list)
+            or len(shape) > MAX_RANK
+            or not all(
+                isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_DIM for s in shape
+            )
         ):
-            raise ModelLoadError(f"{p}: tensor {name!r}: bad shape {shape!r}")
+            raise ModelLoadError(f"{p}: tensor {quote(name)}: bad shape {_short(shape)}")
         if (
             not isinstance(offs, list)
             or len(offs) != 2
             or not all(isinstance(o, int) and not isinstance(o, bool) for o in offs)
         ):
-            raise ModelLoadError(f"{p}: tensor {name!r}: bad data_offsets {offs!r}")
+            raise ModelLoadError(f"{p}: tensor {quote(name)}: bad data_offsets {_short(offs)}")
         b, e = offs
         numel = 1
         for s in shape:
@@ -140,47 +295,224 @@ def read_safetensors_header(path: str | Path) -> dict[str, TensorInfo]:
         want = numel * SAFETENSORS_DTYPES[dt][1]
         if not (0 <= b <= e <= data_len):
             raise ModelLoadError(
-                f"{p}: tensor {name!r}: data_offsets [{b}, {e}] lie outside the data section "
+                f"{p}: tensor {quote(name)}: data_offsets [{b}, {e}] lie outside the data section "
                 f"({data_len} bytes): truncated or corrupt file"
             )
         if e - b != want:
             raise ModelLoadError(
-                f"{p}: tensor {name!r}: offsets give {e - b} bytes but {dt}{shape} needs {want}"
+                f"{p}: tensor {quote(name)}: offsets give {e - b} bytes but {dt}{shape} needs {want}"
             )
         spans.append((b, e, name))
         out[name] = TensorInfo(name, dt, tuple(shape), data_start + b, data_start + e, p)
+    # The format (and the safetensors library) requires the tensors to tile the data section:
+    # sorted by offset, each starts where the previous ended, the last ends at the file's end.
+    # A header length off by a few bytes would otherwise shift every tensor silently.
     spans.sort()
-    for (_b1, e1, n1), (b2, _e2, n2) in zip(spans, spans[1:]):
-        if b2 < e1:
-            raise ModelLoadError(f"{p}: tensors {n1!r} and {n2!r} overlap in the data section")
+    at, prev = 0, None
+    for b, e, name in spans:
+        if b < at:
+            raise ModelLoadError(
+                f"{p}: tensors {quote(prev)} and {quote(name)} overlap in the data section"
+            )
+        if b > at:
+            raise ModelLoadError(
+                f"{p}: {b - at} unclaimed bytes before tensor {quote(name)} in the data section: "
+                "corrupt file or wrong header length"
+            )
+        at, prev = e, name
+    if at != data_len:
+        raise ModelLoadError(
+            f"{p}: {data_len - at} bytes after the last tensor: truncated, padded or corrupt file"
+        )
     return out
+
+
+def _short(v: Any) -> str:
+    s = repr(v)
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+def quote(name: Any) -> str:
+    """``repr`` of a name read from a file, shortened: an error is one readable line even when
+    the file holds a megabyte-long tensor name."""
+    s = repr(name)
+    return s if len(s) <= 100 else s[:97] + "..."
+
+
+def _read_index(d: Path, index: Path) -> tuple[list[Path], dict[str, str]]:
+    obj = read_json(index, d, MAX_INDEX_BYTES)
+    wm = obj.get("weight_map") if isinstance(obj, dict) else None
+    if not isinstance(wm, dict):
+        raise ModelLoadError(f"{index}: not a valid shard index (needs a 'weight_map' object)")
+    if not wm:
+        raise ModelLoadError(f"{index}: 'weight_map' lists no tensors")
+    for t, n in wm.items():
+        if not isinstance(n, str):
+            raise ModelLoadError(
+                f"{index}: weight_map[{quote(t)}] must be a shard file name, got {_short(n)}"
+            )
+        if (
+            Path(n).name != n
+            or len(n.encode()) > 255
+            or "\0" in n
+            or not n.endswith(".safetensors")
+        ):
+            raise ModelLoadError(
+                f"{index}: shard name {_short(n)} must be a file in the directory, named *.safetensors"
+            )
+    files = []
+    for n in sorted(set(wm.values())):
+        f = d / n
+        if not (f.exists() or f.is_symlink()):
+            raise ModelLoadError(f"{f}: listed in {index.name} but missing")
+        files.append(f)
+    return files, wm
 
 
 def weight_files(model_dir: str | Path) -> list[Path]:
     """The safetensors files of a model directory (shards resolved through the index)."""
     d = Path(model_dir)
-    index = d / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            wm = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
-            raise ModelLoadError(f"{index}: not a valid shard index ({e})") from None
-        names = sorted(set(wm.values()))
-        files = []
-        for n in names:
-            if not isinstance(n, str) or Path(n).name != n or not n.endswith(".safetensors"):
-                raise ModelLoadError(f"{index}: shard name {n!r} must be a file in the directory")
-            f = d / n
-            if not f.is_file():
-                raise ModelLoadError(f"{f}: listed in {index.name} but missing")
-            files.append(f)
-        return files
-    return sorted(d.glob("*.safetensors"))
+    index = d / INDEX_NAME
+    if index.exists() or index.is_symlink():
+        return _read_index(d, index)[0]
+    return sorted(f for f in d.glob("*.safetensors"))
 
 
 def pickle_files(model_dir: str | Path) -> list[Path]:
     d = Path(model_dir)
-    return [d / n for n in PICKLE_NAMES if (d / n).is_file()]
+    return [d / n for n in PICKLE_NAMES if (d / n).exists() or (d / n).is_symlink()]
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _pickle_reason(e: BaseException) -> str:
+    """The useful part of torch.load's error, without its advice to load with weights_only=False
+    (which would run the pickle's code: never pass that on to users)."""
+    s = _ANSI.sub("", str(e))
+    m = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\s*Please use|\n\n|$)", s, re.S)
+    reason = _one_line(m.group(1) if m else (s.splitlines()[0] if s.strip() else ""))
+    if not reason or "weights_only" in reason or "trust" in reason:
+        reason = type(e).__name__
+    return reason.rstrip(".")
+
+
+class Checkpoint:
+    """The weights of a model directory: names, shapes and files known (from the safetensors
+    headers, validated) before any tensor is read; :meth:`load` reads the tensors asked for."""
+
+    def __init__(self, model_dir: str | Path, *, allow_pickle: bool = False) -> None:
+        d = Path(model_dir)
+        self.dir = d
+        self.infos: dict[str, TensorInfo] = {}
+        self._pickled: StateDict | None = None
+        index = d / INDEX_NAME
+        wm: dict[str, str] | None = None
+        if index.exists() or index.is_symlink():
+            files, wm = _read_index(d, index)
+        else:
+            files = sorted(d.glob("*.safetensors"))
+        if not files:
+            self._pickled = _load_pickles(d, allow_pickle)
+            return
+        for f in files:
+            for name, info in read_safetensors_header(f, d).items():
+                if name in self.infos:
+                    raise ModelLoadError(
+                        f"{f}: tensor {quote(name)} also appears in {self.infos[name].file.name}"
+                    )
+                self.infos[name] = info
+        if wm is not None:
+            for t, n in wm.items():
+                got = self.infos.get(t)
+                if got is None or got.file.name != n:
+                    where = f"is in {got.file.name}" if got else "is in no shard"
+                    raise ModelLoadError(
+                        f"{index}: weight_map puts tensor {quote(t)} in {n}, but it {where}"
+                    )
+
+    @property
+    def shapes(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """``name -> (shape, file name)`` of every tensor in the checkpoint."""
+        if self._pickled is not None:
+            return {k: (tuple(v.shape), self._pickled.files[k]) for k, v in self._pickled.items()}
+        return {k: (v.shape, v.file.name) for k, v in self.infos.items()}
+
+    def dtype(self, name: str) -> torch.dtype:
+        if self._pickled is not None:
+            return self._pickled[name].dtype
+        return SAFETENSORS_DTYPES[self.infos[name].dtype][0]
+
+    def load(self, names: Iterable[str] | None = None) -> StateDict:
+        """The tensors ``names`` (all by default), read from the files checked at construction."""
+        want = list(self.shapes) if names is None else list(names)
+        sd = StateDict()
+        sd.files = {}
+        if self._pickled is not None:
+            for n in want:
+                sd[n] = self._pickled[n]
+                sd.files[n] = self._pickled.files[n]
+            return sd
+        by_file: dict[Path, list[TensorInfo]] = {}
+        for n in want:
+            by_file.setdefault(self.infos[n].file, []).append(self.infos[n])
+        for f, infos in by_file.items():
+            with open_model_file(f, self.dir) as fh:
+                for info in sorted(infos, key=lambda i: i.begin):
+                    sd[info.name] = _read_tensor(fh, info)
+                    sd.files[info.name] = f.name
+        return sd
+
+
+def _read_tensor(fh: IO[bytes], info: TensorInfo) -> torch.Tensor:
+    dtype = SAFETENSORS_DTYPES[info.dtype][0]
+    nbytes = info.end - info.begin
+    if nbytes == 0:
+        return torch.empty(info.shape, dtype=dtype)
+    buf = bytearray(nbytes)
+    fh.seek(info.begin)
+    if fh.readinto(buf) != nbytes:
+        raise ModelLoadError(
+            f"{info.file}: tensor {quote(info.name)}: file shrank while being read"
+        )
+    return torch.frombuffer(buf, dtype=dtype).reshape(info.shape)
+
+
+def _load_pickles(d: Path, allow_pickle: bool) -> StateDict:
+    pick = pickle_files(d)
+    if not pick:
+        if (d / "pytorch_model.bin.index.json").exists():
+            raise ModelLoadError(
+                f"{d / 'pytorch_model.bin.index.json'}: sharded pickle checkpoints are not "
+                "supported; convert the model to safetensors"
+            )
+        raise ModelLoadError(f"{d}: no *.safetensors weights found")
+    if not allow_pickle:
+        raise ModelLoadError(
+            f"{pick[0]}: pickle checkpoints can run arbitrary code when loaded; convert it to "
+            "safetensors, or pass --allow-pickle to load it with torch.load(weights_only=True)"
+        )
+    sd = StateDict()
+    sd.files = {}
+    for f in pick:
+        with open_model_file(f, d) as fh:
+            try:
+                obj = torch.load(fh, map_location="cpu", weights_only=True)
+            except Exception as e:  # torch raises many types for bad pickles
+                raise ModelLoadError(
+                    f"{f}: cannot load pickle checkpoint safely ({_pickle_reason(e)}); "
+                    "convert it to safetensors"
+                ) from None
+        if not isinstance(obj, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+        ):
+            raise ModelLoadError(f"{f}: expected a flat dict of tensors")
+        for k, v in obj.items():
+            if k in sd:
+                raise ModelLoadError(f"{f}: tensor {quote(k)} also appears in {sd.files[k]}")
+            sd[k] = v
+            sd.files[k] = f.name
+    return sd
 
 
 def load_state_dict(
@@ -191,58 +523,16 @@ def load_state_dict(
 ) -> StateDict:
     """All weights of a model directory, validated (see the module docstring)."""
     d = Path(model_dir)
-    files = weight_files(d)
-    sd = StateDict()
-    sd.files = {}
-    if not files:
-        pick = pickle_files(d)
-        if not pick:
-            raise ModelLoadError(f"{d}: no *.safetensors weights found")
-        if not allow_pickle:
-            raise ModelLoadError(
-                f"{pick[0]}: pickle checkpoints can run arbitrary code when loaded; convert it to "
-                "safetensors, or pass --allow-pickle to load it with torch.load(weights_only=True)"
-            )
-        for f in pick:
-            try:
-                obj = torch.load(f, map_location="cpu", weights_only=True)
-            except Exception as e:  # torch raises many types for bad pickles
-                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-                raise ModelLoadError(f"{f}: cannot load pickle checkpoint safely ({msg})") from None
-            if not isinstance(obj, dict) or not all(
-                isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
-            ):
-                raise ModelLoadError(f"{f}: expected a flat dict of tensors")
-            for k, v in obj.items():
-                sd[k] = v
-                sd.files[k] = f.name
-        _check_expected(sd, {k: tuple(v.shape) for k, v in sd.items()}, expected, d)
-        return sd
-    infos: dict[str, TensorInfo] = {}
-    for f in files:
-        for name, info in read_safetensors_header(f).items():
-            if name in infos:
-                raise ModelLoadError(
-                    f"{f}: tensor {name!r} also appears in {infos[name].file.name}"
-                )
-            infos[name] = info
-    sd.files = {k: v.file.name for k, v in infos.items()}
-    _check_expected(sd, {k: v.shape for k, v in infos.items()}, expected, d)
-    from safetensors import safe_open
-
-    for f in files:
-        try:
-            with safe_open(str(f), framework="pt") as st:
-                for name in st.keys():  # noqa: SIM118  (safe_open has no __iter__)
-                    sd[name] = st.get_tensor(name)
-        except Exception as e:  # safetensors raises its own error types
-            raise ModelLoadError(f"{f}: cannot read safetensors data ({e})") from None
-    return sd
+    ck = Checkpoint(d, allow_pickle=allow_pickle)
+    shapes = ck.shapes
+    _check_expected({k: v[0] for k, v in shapes.items()}, {k: v[1] for k, v in shapes.items()},
+                    expected, d)  # fmt: skip
+    return ck.load()
 
 
 def _check_expected(
-    sd: StateDict,
     shapes: Mapping[str, tuple[int, ...]],
+    files: Mapping[str, str],
     expected: Mapping[str, tuple[int, ...]] | None,
     d: Path,
 ) -> None:
@@ -251,12 +541,12 @@ def _check_expected(
     missing = sorted(set(expected) - set(shapes))
     if missing:
         raise ModelLoadError(
-            f"{d}: checkpoint lacks {len(missing)} tensor(s) the config needs, e.g. {missing[0]!r}"
+            f"{d}: checkpoint lacks {len(missing)} tensor(s) the config needs, e.g. {quote(missing[0])}"
         )
     for name, want in expected.items():
         got = tuple(shapes[name])
         if got != tuple(want):
             raise ModelLoadError(
-                f"{d / sd.files.get(name, '?')}: tensor {name!r} has shape {list(got)} but the "
+                f"{d / files.get(name, '?')}: tensor {quote(name)} has shape {list(got)} but the "
                 f"config implies {list(want)}"
             )

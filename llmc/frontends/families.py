@@ -130,21 +130,28 @@ def family_of(model: torch.nn.Module) -> Family:
 # config-derived facts
 
 
+# Families whose transformers modeling reads ``config.head_dim``; the others compute
+# hidden_size // num_attention_heads and ignore a stray ``head_dim`` key, and so must llmc.
+_EXPLICIT_HEAD_DIM = ("llama", "mistral", "qwen2")
+
+
 def head_dim(config: Any) -> int:
     hd = getattr(config, "head_dim", None)
+    if getattr(config, "model_type", None) not in _EXPLICIT_HEAD_DIM:
+        hd = None
     return int(hd) if hd else config.hidden_size // config.num_attention_heads
 
 
-_SUPPORTED_ROPE = {"default": "", "linear": "linear", "llama3": "llama3"}
+SUPPORTED_ROPE = {"default": "", "linear": "linear", "llama3": "llama3"}
 
 
 def rope_attrs(config: Any) -> RopeAttrs:
     """The IR rope attributes of a config (``rope_parameters`` as transformers standardizes it)."""
     rp = dict(getattr(config, "rope_parameters", None) or {})
     rtype = rp.get("rope_type", rp.get("type", "default"))
-    if rtype not in _SUPPORTED_ROPE:
+    if rtype not in SUPPORTED_ROPE:
         raise UnsupportedOpError(
-            f"rope_type {rtype!r} is not supported (supported: {', '.join(_SUPPORTED_ROPE)}); "
+            f"rope_type {rtype!r} is not supported (supported: {', '.join(SUPPORTED_ROPE)}); "
             "llmc's rope op implements default, linear and llama3 scaling"
         )
     hd = head_dim(config)
@@ -153,7 +160,7 @@ def rope_attrs(config: Any) -> RopeAttrs:
     return RopeAttrs(
         theta=float(rp.get("rope_theta", 10000.0)),
         rotary_dim=0 if rd == hd else rd,
-        scaling=_SUPPORTED_ROPE[rtype],
+        scaling=SUPPORTED_ROPE[rtype],
         factor=float(rp.get("factor", 1.0)),
         low_freq_factor=float(rp.get("low_freq_factor", 1.0)),
         high_freq_factor=float(rp.get("high_freq_factor", 4.0)),
@@ -323,19 +330,20 @@ def model_meta(model: torch.nn.Module, fam: Family) -> dict[str, Any]:
     c = model.config
     heads = int(c.num_attention_heads)
     hidden = int(c.hidden_size)
-    inter = (
-        getattr(c, "intermediate_size", None)
-        or getattr(c, "ffn_dim", None)
-        or getattr(c, "n_inner", None)
-        or 4 * hidden
-    )
+    # Each family's own field (a stray key of another family's spelling is ignored, as
+    # transformers ignores it).
+    gqa = getattr(c, "model_type", None) in _EXPLICIT_HEAD_DIM
+    inter = {
+        "opt": lambda: getattr(c, "ffn_dim", None),
+        "gpt2": lambda: getattr(c, "n_inner", None) or 4 * hidden,
+    }.get(fam.name, lambda: getattr(c, "intermediate_size", None))()
     meta: dict[str, Any] = {
         "abi": "llmc-lm-v1",
         "family": fam.name,
         "architecture": type(model).__name__,
         "num_layers": int(c.num_hidden_layers),
         "num_heads": heads,
-        "num_kv_heads": int(getattr(c, "num_key_value_heads", None) or heads),
+        "num_kv_heads": int((getattr(c, "num_key_value_heads", None) if gqa else None) or heads),
         "head_dim": head_dim(c),
         "hidden_size": hidden,
         "intermediate_size": int(inter),

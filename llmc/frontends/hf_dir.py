@@ -11,13 +11,15 @@ are ignored. Tied weights are one tensor.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from llmc.errors import ModelLoadError
-from llmc.frontends import checkpoint
+from llmc.frontends import checkpoint, hf_config
+from llmc.frontends.checkpoint import quote
 from llmc.frontends.families import ARCHITECTURES, Family, supported_architectures
 from llmc.ir.graph import Graph
 from llmc.ir.types import DTYPES, to_torch_dtype
@@ -33,6 +35,17 @@ _DTYPE_ALIASES = {
     "float64": "f64",
 }
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+# Read by transformers' AutoTokenizer by name: checked (regular, inside the directory) up front.
+_OTHER_TOKENIZER_FILES = (
+    "merges.txt",
+    "vocab.txt",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "spiece.model",
+    "chat_template.jinja",
+    "chat_template.json",
+    "generation_config.json",
+)
 
 
 def parse_dtype(dtype: Any, where: str = "dtype") -> str | None:
@@ -44,7 +57,8 @@ def parse_dtype(dtype: Any, where: str = "dtype") -> str | None:
     d = str(dtype).lower()
     d = _DTYPE_ALIASES.get(d, d)
     if d not in ("f32", "f16", "bf16", "f64"):
-        raise ModelLoadError(f"{where}: unsupported dtype {dtype!r} (use f32, f16 or bf16)")
+        shown = repr(dtype) if len(repr(dtype)) <= 40 else repr(dtype)[:37] + "..."
+        raise ModelLoadError(f"{where}: unsupported dtype {shown} (use f32, f16 or bf16)")
     return d
 
 
@@ -58,12 +72,12 @@ def architecture_of(cfg: dict[str, Any], where: str) -> Family:
             mt = cfg.get("model_type")
             if mt is not None and mt != fam.model_type:
                 raise ModelLoadError(
-                    f"{where}: model_type {mt!r} does not match architecture {a} "
+                    f"{where}: model_type {quote(mt)} does not match architecture {a} "
                     f"(expected {fam.model_type!r})"
                 )
             return fam
     raise ModelLoadError(
-        f"{where}: architecture {archs[0]} is not supported "
+        f"{where}: architecture {quote(archs[0])} is not supported "
         f"(supported: {', '.join(supported_architectures())})"
     )
 
@@ -74,14 +88,24 @@ def build_module(cfg: dict[str, Any], fam: Family, where: str, *, device: str = 
 
     arch = next(a for a in cfg["architectures"] if ARCHITECTURES.get(a) is fam)
     cls = getattr(transformers, arch)
-    conf = {k: v for k, v in cfg.items() if k not in ("auto_map", "_name_or_path")}
+    # Private keys (_name_or_path, _attn_implementation, ...) are transformers' run-time state,
+    # not the architecture: llmc chooses the attention implementation itself.
+    conf = {k: v for k, v in cfg.items() if k != "auto_map" and not k.startswith("_")}
+    # transformers logs its own opinions of a config (unknown rope keys, ...) on stderr; llmc's
+    # checks (hf_config) are the user's channel, and stderr carries one line per error.
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
     try:
         hf_cfg = cls.config_class.from_dict(conf)
         with torch.device(device):
             model = cls(hf_cfg)
     except Exception as e:  # transformers raises ValueError, TypeError, ... for bad configs
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        msg = " ".join(str(e).split()) or type(e).__name__
+        msg = re.sub(r"^Class validation error for validator '\w+':\s*", "", msg)
+        msg = msg if len(msg) <= 300 else msg[:297] + "..."
         raise ModelLoadError(f"{where}: not a valid {arch} config ({msg})") from None
+    finally:
+        transformers.logging.set_verbosity(verbosity)
     return model.eval()
 
 
@@ -125,21 +149,35 @@ def _check(
     expected: dict[str, tuple[int, ...]],
     prefix: str,
     fam: Family,
+    cfg: dict[str, Any] | None = None,
 ) -> dict[str, str]:
     rename = _rename(list(shapes), expected, prefix, fam)
+    seen: dict[str, str] = {}
+    for src, dst in rename.items():
+        if dst in seen:
+            raise ModelLoadError(
+                f"{d / shapes[src][1]}: tensors {quote(seen[dst])} and {quote(src)} are both {quote(dst)}"
+            )
+        seen[dst] = src
     have = set(rename.values())
     missing = [n for n in expected if n not in have]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise ModelLoadError(
-            f"{d}: checkpoint lacks tensor {missing[0]!r}{more}, which the config requires"
+            f"{d}: checkpoint lacks tensor {quote(missing[0])}{more}, which the config requires"
         )
     for src, dst in rename.items():
         shape, file = shapes[src]
-        if tuple(shape) != expected[dst]:
+        want = expected[dst]
+        if tuple(shape) != want:
+            hint = ""
+            if cfg is not None and len(shape) == len(want):
+                diff = [w for g, w in zip(shape, want) if g != w]
+                key = hf_config.field_with(cfg, diff[0]) if diff else None
+                hint = f" (config.json: {key} = {diff[0]})" if key else ""
             raise ModelLoadError(
-                f"{d / file}: tensor {src!r} has shape {list(shape)} but the config implies "
-                f"{list(expected[dst])}"
+                f"{d / file}: tensor {quote(src)} has shape {list(shape)} but config.json implies "
+                f"{list(want)}{hint}"
             )
     return rename
 
@@ -147,43 +185,40 @@ def _check(
 def load_hf_dir(
     path: str | Path, *, allow_pickle: bool = False, dtype: str | None = None, name: str = ""
 ) -> tuple[Graph, dict[str, Any]]:
-    """The IR graph (LM ABI) of a local HF directory and its config dict."""
+    """The IR graph (LM ABI) of a local HF directory and its config dict.
+
+    Order matters (inputs are untrusted): the config's values, then the checkpoint's headers, then
+    the config against the tensors present, and only then is a module built (on ``meta``) and
+    are the tensors it needs read."""
     from llmc.frontends.hf import from_hf_model
 
     d = Path(path)
     cfg = checkpoint.read_config(d)
     where = str(d / "config.json")
     fam = architecture_of(cfg, where)
+    hf_config.check_values(cfg, where)
+    target = parse_dtype(dtype, "--dtype") or parse_dtype(
+        cfg.get("torch_dtype") or cfg.get("dtype"), f"{where}: torch_dtype"
+    )
+    checkpoint.check_model_files(d, TOKENIZER_FILES + _OTHER_TOKENIZER_FILES)
+    ckpt = checkpoint.Checkpoint(d, allow_pickle=allow_pickle)
+    shapes = ckpt.shapes
+    arch = next(a for a in cfg["architectures"] if ARCHITECTURES.get(a) is fam)
+    hf_config.check_against_tensors(cfg, fam, arch, shapes, where)
     model = build_module(cfg, fam, where)
     expected, aliases = _expected(model)
     prefix = getattr(model, "base_model_prefix", "") or ""
-    files = checkpoint.weight_files(d)
-    if files:  # check names and shapes from the headers before reading any data
-        shapes = {}
-        for f in files:
-            for n, info in checkpoint.read_safetensors_header(f).items():
-                shapes[n] = (info.shape, f.name)
-        _check(d, shapes, expected, prefix, fam)
-    sd = checkpoint.load_state_dict(d, allow_pickle=allow_pickle)
-    files_of = getattr(sd, "files", {}) or {}
-    rename = _check(
-        d,
-        {n: (tuple(t.shape), files_of.get(n, "?")) for n, t in sd.items()},
-        expected,
-        prefix,
-        fam,
-    )
-    target = parse_dtype(dtype, "--dtype") or parse_dtype(
-        cfg.get("torch_dtype") or cfg.get("dtype"), where
-    )
+    rename = _check(d, shapes, expected, prefix, fam, cfg)
+    for src in rename:
+        if not ckpt.dtype(src).is_floating_point:
+            raise ModelLoadError(
+                f"{d / shapes[src][1]}: tensor {quote(src)} has dtype {ckpt.dtype(src)}; weights must "
+                "be floating point"
+            )
+    sd = ckpt.load(rename)
     weights: dict[str, torch.Tensor] = {}
     for src, dst in rename.items():
         t = sd[src]
-        if not t.is_floating_point():
-            raise ModelLoadError(
-                f"{d / files_of.get(src, '?')}: tensor {src!r} has dtype {t.dtype}; weights must "
-                "be floating point"
-            )
         if target is None:
             target = {v: k for k, v in DTYPES.items()}.get(t.dtype, "f32")
         weights[dst] = t.to(to_torch_dtype(target))
@@ -196,11 +231,11 @@ def load_hf_dir(
         )
     for n, p in model.named_parameters():
         if p.device.type == "meta":
-            raise ModelLoadError(f"{d}: weight {n!r} was not loaded (internal error)")
+            raise ModelLoadError(f"{d}: weight {quote(n)} was not loaded (internal error)")
     graph = from_hf_model(model, name=name or d.name)
     bad = [n for n, p in graph.params.items() if p.is_meta]
     if bad:
-        raise ModelLoadError(f"{d}: the traced graph reads {bad[0]!r}, which has no data")
+        raise ModelLoadError(f"{d}: the traced graph reads {quote(bad[0])}, which has no data")
     return graph, cfg
 
 
