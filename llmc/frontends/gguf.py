@@ -385,8 +385,8 @@ def check_tensors(
     for hf, shape in expected.items():
         if hf not in have:
             g = gguf_of.get(hf, hf)
-            why = f"{ARCH}.block_count={layers} requires" if g.startswith("blk.") else "needs"
-            raise ModelLoadError(f"{f.path}: lacks tensor {g!r}, which {why} it")
+            why = f"{ARCH}.block_count={layers} implies" if g.startswith("blk.") else "is required"
+            raise ModelLoadError(f"{f.path}: lacks tensor {g!r}, which {why}")
         t = f.tensors[have[hf]]
         if t.shape != tuple(shape):
             raise ModelLoadError(_shape_error(f, t, tuple(shape), cfg))
