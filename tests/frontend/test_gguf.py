@@ -296,6 +296,7 @@ TEXTS = [
     "naïve café — 🙂 ünïcödé",
     "<|endoftext|>special<|endoftext|> in text",
     " leading space",
+    "steps:\n   1. first\n   2. second  3",
     "",
 ]
 CORPUS = [
