@@ -90,6 +90,8 @@ def load_model(spec: str, *, allow_pickle: bool = False, dtype: str | None = Non
     if p.is_dir() or p.suffix.lower() == ".gguf":
         from llmc.frontends.gguf import gguf_in_dir, is_gguf, load_gguf
 
+        if not p.exists():
+            raise ModelLoadError(f"{p}: no such file")
         g = p if is_gguf(p) else gguf_in_dir(p) if p.is_dir() else None
         if g is not None and not (p.is_dir() and (p / "config.json").is_file()):
             graph, cfg, tok = load_gguf(g, dtype=dtype, name=_graph_name(g.stem))

@@ -185,6 +185,8 @@ def test_directory_with_one_gguf(tmp_path):
     write_gguf(tmp_path / "other.gguf", gguf_tensors(model, True))
     with pytest.raises(ModelLoadError, match="holds 2 GGUF files"):
         load_model(str(tmp_path))
+    with pytest.raises(ModelLoadError, match="missing.gguf: no such file"):
+        load_model(str(tmp_path / "missing.gguf"))
 
 
 # --- bad input: one line naming the file and the field; no tensor data read before the checks ---
