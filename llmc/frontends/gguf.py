@@ -25,6 +25,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,7 @@ from llmc.errors import ModelLoadError
 __all__ = ["GGUF_SUFFIX", "SUPPORTED_TYPES", "gguf_in_dir", "is_gguf", "load_gguf", "read_gguf"]
 
 GGUF_SUFFIX = ".gguf"
-#: ggml tensor types that llmc dequantizes (name -> (block size, bytes per block)).
+#: ggml tensor types that llmc dequantizes (through ``gguf.quants``).
 SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
 ARCH = "llama"
 
@@ -124,6 +125,7 @@ def gguf_in_dir(d: str | Path) -> Path | None:
     return found[0] if found else None
 
 
+@functools.cache
 def _reader_class() -> type:
     import gguf
 
@@ -188,9 +190,6 @@ def _tensor_header(
             f"{begin}..{begin + nbytes} but the file has {size}: truncated file"
         )
     return GGUFTensor(name, qtype.name, tuple(reversed(ne)), begin, nbytes)
-
-
-_BIG_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type")
 
 
 def read_gguf(path: str | Path) -> GGUFFile:
@@ -328,9 +327,6 @@ def gguf_config(f: GGUFFile) -> dict[str, Any]:
         v = f.field(f"tokenizer.ggml.{key}")
         if isinstance(v, (int, np.integer)) and 0 <= int(v) < vocab:
             cfg[hf] = int(v)
-    name = f.field("general.name")
-    if isinstance(name, str):
-        cfg["_gguf_name"] = name
     return cfg
 
 
@@ -446,11 +442,11 @@ def load_gguf(
 
     f = read_gguf(path)
     cfg = gguf_config(f)
-    tok = tokenizer_from_gguf(f) if f.field("tokenizer.ggml.model") is not None else None
     where = str(f.path)
     model = build_module(cfg, ARCHITECTURES["LlamaForCausalLM"], where)  # meta: no memory
     expected, aliases = _expected(model)
     rename = check_tensors(f, cfg, expected)
+    tok = tokenizer_from_gguf(f) if f.field("tokenizer.ggml.model") is not None else None
     target = parse_dtype(dtype, "--dtype") or "f32"
     weights = gguf_state_dict(f, cfg, rename, to_torch_dtype(target))
     model.load_state_dict(weights, strict=False, assign=True)
