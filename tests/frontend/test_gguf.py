@@ -228,6 +228,11 @@ def _refused(path, pattern, no_dequant):
         ({"llama.block_count": "two"}, r"'llama\.block_count' = 'two' must be a positive integer"),
         ({"llama.rope.dimension_count": 8}, r"rope\.dimension_count 8 must equal the head size 16"),
         ({"llama.expert_count": 8}, r"expert_count = 8: mixture-of-experts"),
+        ({"llama.vocab_size": 65}, r"'token_embd\.weight'.*vocab_size=65, .*\[65, 64\]"),
+        (
+            {"llama.vocab_size": 64, "tokenizer.ggml.tokens": ["a"] * 10},
+            r"tokens has 10 entries but the vocabulary .* 64",
+        ),
     ],
 )
 def test_lying_metadata(tmp_path, over, pattern, no_dequant):
