@@ -6,7 +6,8 @@ package's memory-mapped reader, and checked before any weight is dequantized:
 - ``general.architecture`` must be ``llama`` (no experts, no rope scaling, full rotary);
 - the ``llama.*`` hyper-parameters must be positive integers that agree with each other
   (``embedding_length`` divisible by ``attention.head_count``, ...);
-- every tensor must have a known, supported type (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0),
+- every tensor must have a known, supported type (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+  and the k-quants Q2_K..Q6_K),
   rows that are whole quantization blocks, and data that lies inside the file;
 - the tensors must be exactly those of ``llama.block_count`` Llama blocks, each with the shape the
   metadata implies (``output.weight`` may be absent: the head is then tied to ``token_embd``).
@@ -40,7 +41,10 @@ __all__ = ["GGUF_SUFFIX", "SUPPORTED_TYPES", "gguf_in_dir", "is_gguf", "load_ggu
 
 GGUF_SUFFIX = ".gguf"
 #: ggml tensor types that llmc dequantizes (through ``gguf.quants``).
-SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
+SUPPORTED_TYPES = (
+    *("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"),
+    *("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"),
+)
 ARCH = "llama"
 
 # GGUF tensor name (block-relative for blk.N) -> HF Llama state-dict name

@@ -157,6 +157,8 @@ def logits(graph, ids: torch.Tensor) -> torch.Tensor:
         (Q.Q8_0, True),
         (Q.Q4_0, False),
         (Q.Q4_1, True),
+        (Q.Q5_0, False),
+        (Q.Q5_1, True),
     ],
     ids=lambda x: x.name if isinstance(x, Q) else ("tied" if x else "untied"),
 )
@@ -175,6 +177,47 @@ def test_matches_transformers_on_dequantized_weights(tmp_path, qtype, tie):
         want = model(input_ids=ids, use_cache=False).logits
     got = logits(lm.graph, ids)
     assert float((got - want).abs().max() / want.abs().max()) <= 1e-5
+
+
+# where each block type keeps its f16 scales (set to sane values; random bytes there may be NaN)
+F16_FIELDS = {
+    Q.Q4_0: (0,),
+    Q.Q4_1: (0, 2),
+    Q.Q8_0: (0,),
+    Q.Q2_K: (80, 82),
+    Q.Q3_K: (108,),
+    Q.Q4_K: (0, 2),
+    Q.Q5_K: (0, 2),
+    Q.Q6_K: (208,),
+}
+
+
+def test_dequantize_agrees_with_transformers(tmp_path):
+    """gguf.quants cannot quantize k-quants, so random blocks are written instead, and llmc's
+    reading of them is compared with transformers' independent torch dequantizer."""
+    tf_dequant = pytest.importorskip("transformers.integrations.gguf.dequant").dequantize
+    rng = np.random.default_rng(0)
+    w = gguf.GGUFWriter(str(tmp_path / "q.gguf"), "llama")
+    blocks = {}
+    for t, fields in F16_FIELDS.items():
+        bs, ts = gguf.GGML_QUANT_SIZES[t]
+        b = rng.integers(0, 256, (4, 512 // bs * ts), dtype=np.uint8)
+        for row in b:
+            per_block = row.reshape(-1, ts)
+            for o in fields:
+                scale = rng.uniform(1e-3, 5e-2, per_block.shape[0]).astype(np.float16)
+                per_block[:, o : o + 2] = scale.view(np.uint8).reshape(-1, 2)
+        blocks[t] = b
+        w.add_tensor(f"{t.name}.weight", b, raw_dtype=t)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    f = G.read_gguf(tmp_path / "q.gguf")
+    for t, b in blocks.items():
+        got = G.dequantize(f, f.tensors[f"{t.name}.weight"])
+        want = tf_dequant(torch.from_numpy(b.reshape(-1).copy()), int(t)).reshape(4, 512)
+        assert got.shape == (4, 512) and torch.equal(got, want), t.name
 
 
 def test_directory_with_one_gguf(tmp_path):
@@ -264,7 +307,7 @@ def _patch_type(path, name: str, raw: int) -> None:
 
 @pytest.mark.parametrize(
     "raw,pattern",
-    [(99, r"'blk\.0\.ffn_up\.weight' has unknown ggml type 99"), (14, r"is Q6_K, a type llmc")],
+    [(99, r"'blk\.0\.ffn_up\.weight' has unknown ggml type 99"), (20, r"is IQ4_NL, a type llmc")],
 )
 def test_unknown_quantization_type(tmp_path, raw, pattern, no_dequant):
     path = write_gguf(tmp_path / "q.gguf", _tensors(), qtype=Q.Q8_0)
