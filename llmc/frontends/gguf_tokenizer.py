@@ -22,6 +22,7 @@ reads back from a compiled artifact.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from llmc.errors import ModelLoadError
@@ -53,8 +54,12 @@ PRE_TOKENIZERS: dict[str | None, tuple[tuple[str, ...], bool]] = {
 class GGUFTokenizer(HFTokenizer):
     """An :class:`HFTokenizer` built from GGUF metadata; ``save`` writes HF tokenizer files."""
 
-    def save(self, model_dir: Any) -> None:
+    def save(self, model_dir: Any) -> Path:
+        """Write ``tokenizer.json`` and ``tokenizer_config.json`` into ``model_dir``."""
+        model_dir = Path(model_dir)
+        model_dir.mkdir(parents=True, exist_ok=True)
         self.hf.save_pretrained(str(model_dir))
+        return model_dir
 
 
 def _list(f: Any, key: str, n: int | None, kind: type | tuple[type, ...]) -> list | None:
