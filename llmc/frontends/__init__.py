@@ -4,6 +4,8 @@
 
 - a local Hugging Face directory (``config.json`` + ``*.safetensors``), read only through
   :mod:`llmc.frontends.checkpoint`;
+- a llama.cpp GGUF file (Llama family), or a directory holding exactly one ``*.gguf`` and no
+  ``*.safetensors`` (:mod:`llmc.frontends.gguf`);
 - ``tiny``: the trained model shipped in ``llmc/models/tiny``;
 - an architecture-only zoo name (:func:`llmc.frontends.zoo.names`): real configs, ``meta`` weights;
 - ``path/to/file.py:factory``: a function returning an ``nn.Module`` or ``(module, example_inputs)``.
@@ -85,6 +87,15 @@ def load_model(spec: str, *, allow_pickle: bool = False, dtype: str | None = Non
     if is_factory_spec(spec):
         return _load_factory(spec, dtype)
     p = Path(spec)
+    if p.is_dir() or p.suffix.lower() == ".gguf":
+        from llmc.frontends.gguf import gguf_in_dir, is_gguf, load_gguf
+
+        if not p.exists():
+            raise ModelLoadError(f"{p}: no such file")
+        g = p if is_gguf(p) else gguf_in_dir(p) if p.is_dir() else None
+        if g is not None and not (p.is_dir() and (p / "config.json").is_file()):
+            graph, cfg, tok = load_gguf(g, dtype=dtype, name=_graph_name(g.stem))
+            return LoadedModel(graph, cfg, tok, g.stem, str(p))
     if p.is_dir():
         return _load_dir(p, p.resolve().name, str(p), allow_pickle, dtype)
     if spec == "tiny":

@@ -1,0 +1,468 @@
+"""Importing llama.cpp's GGUF files (Llama family) into the IR.
+
+A GGUF file is untrusted input (design.md, "Inputs are untrusted"). It is read through the ``gguf``
+package's memory-mapped reader, and checked before any weight is dequantized:
+
+- ``general.architecture`` must be ``llama`` (no experts, no rope scaling, full rotary);
+- the ``llama.*`` hyper-parameters must be positive integers that agree with each other
+  (``embedding_length`` divisible by ``attention.head_count``, ...);
+- every tensor must have a known, supported type (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+  and the k-quants Q2_K..Q6_K),
+  rows that are whole quantization blocks, and data that lies inside the file;
+- the tensors must be exactly those of ``llama.block_count`` Llama blocks, each with the shape the
+  metadata implies (``output.weight`` may be absent: the head is then tied to ``token_embd``).
+
+Each failure is one :class:`~llmc.errors.ModelLoadError` line naming the file and the field or
+tensor. The weights are then dequantized to float, llama.cpp's row permutation of ``attn_q`` and
+``attn_k`` (its rotary convention, ``convert_hf_to_gguf.py``'s ``permute``) is undone, and the
+result is an HF Llama config dict plus state dict, built into a ``transformers`` module with the
+same helpers as a Hugging Face directory (:mod:`llmc.frontends.hf_dir`) and traced to the IR.
+The tokenizer comes from the ``tokenizer.ggml.*`` metadata (:mod:`llmc.frontends.gguf_tokenizer`).
+
+Example::
+
+    graph, cfg, tok = load_gguf("SmolLM2-135M-Instruct.Q4_1.gguf")
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from llmc.errors import ModelLoadError
+
+__all__ = ["GGUF_SUFFIX", "SUPPORTED_TYPES", "gguf_in_dir", "is_gguf", "load_gguf", "read_gguf"]
+
+GGUF_SUFFIX = ".gguf"
+#: ggml tensor types that llmc dequantizes (through ``gguf.quants``).
+SUPPORTED_TYPES = (
+    *("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"),
+    *("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"),
+)
+ARCH = "llama"
+
+# GGUF tensor name (block-relative for blk.N) -> HF Llama state-dict name
+_GLOBAL = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+_BLOCK = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "attn_q.weight": "self_attn.q_proj.weight",
+    "attn_k.weight": "self_attn.k_proj.weight",
+    "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_output.weight": "self_attn.o_proj.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+}
+# which metadata fields decide each tensor's shape (named in shape errors)
+_SHAPE_FIELDS = {
+    "token_embd": ("vocab_size", "embedding_length"),
+    "output": ("vocab_size", "embedding_length"),
+    "attn_q": ("embedding_length", "attention.head_count"),
+    "attn_output": ("embedding_length", "attention.head_count"),
+    "attn_k": ("embedding_length", "attention.head_count_kv"),
+    "attn_v": ("embedding_length", "attention.head_count_kv"),
+    "ffn_gate": ("embedding_length", "feed_forward_length"),
+    "ffn_up": ("embedding_length", "feed_forward_length"),
+    "ffn_down": ("embedding_length", "feed_forward_length"),
+}
+_BLK = re.compile(r"blk\.(\d+)\.(.+)")
+
+
+@dataclass(frozen=True)
+class GGUFTensor:
+    """One tensor's header: ``shape`` in torch order (ggml's ``ne`` reversed), its ggml type name,
+    and the absolute byte span of its data in the file."""
+
+    name: str
+    type: str
+    shape: tuple[int, ...]
+    begin: int
+    nbytes: int
+
+
+@dataclass
+class GGUFFile:
+    """A validated GGUF header: metadata (``key -> value``) and tensor headers, data unread."""
+
+    path: Path
+    metadata: dict[str, Any]
+    tensors: dict[str, GGUFTensor]
+    reader: Any
+
+    def field(self, key: str) -> Any:
+        return self.metadata.get(key)
+
+    def data(self, t: GGUFTensor) -> np.ndarray:
+        """The raw bytes of ``t`` (a read-only view of the memory map)."""
+        return self.reader.data[t.begin : t.begin + t.nbytes]
+
+
+def is_gguf(path: str | Path) -> bool:
+    p = Path(path)
+    return p.suffix.lower() == GGUF_SUFFIX and p.is_file()
+
+
+def gguf_in_dir(d: str | Path) -> Path | None:
+    """The one ``*.gguf`` of a directory that has no ``*.safetensors``; None when it has none.
+
+    Raises ModelLoadError for a directory holding several GGUF files (which one is meant?)."""
+    d = Path(d)
+    if any(d.glob("*.safetensors")):
+        return None
+    found = sorted(p for p in d.iterdir() if p.suffix.lower() == GGUF_SUFFIX and p.is_file())
+    if len(found) > 1:
+        names = ", ".join(p.name for p in found[:3])
+        raise ModelLoadError(
+            f"{d}: holds {len(found)} GGUF files ({names}); pass the one to load as MODEL"
+        )
+    return found[0] if found else None
+
+
+@functools.cache
+def _reader_class() -> type:
+    import gguf
+
+    class Reader(gguf.GGUFReader):
+        """gguf's reader, with tensor headers checked here instead of mapped (unknown types and
+        truncated data end in ModelLoadError naming the tensor, not a numpy reshape error)."""
+
+        def __init__(self, path: Path) -> None:
+            self.path = path
+            super().__init__(str(path))
+
+        def _build_tensors(self, start_offs: int, fields: list) -> None:
+            self.tensor_headers = []
+            size = len(self.data)
+            for field in fields:
+                _n, name_data, _nd, dims, raw_dtype, offset = field.parts
+                name = bytes(name_data).decode("utf-8", errors="replace")
+                self.tensor_headers.append(
+                    _tensor_header(
+                        self.path, name, dims, int(raw_dtype[0]), start_offs, offset, size
+                    )
+                )
+            self.tensors = []
+
+    return Reader
+
+
+def _tensor_header(
+    path: Path, name: str, dims: Any, raw: int, start: int, offset: Any, size: int
+) -> GGUFTensor:
+    import gguf
+
+    try:
+        qtype = gguf.GGMLQuantizationType(raw)
+    except ValueError:
+        raise ModelLoadError(
+            f"{path}: tensor {name!r} has unknown ggml type {raw} "
+            f"(supported: {', '.join(SUPPORTED_TYPES)})"
+        ) from None
+    if qtype.name not in SUPPORTED_TYPES:
+        raise ModelLoadError(
+            f"{path}: tensor {name!r} is {qtype.name}, a type llmc does not dequantize "
+            f"(supported: {', '.join(SUPPORTED_TYPES)}); re-quantize the model with one of them"
+        )
+    ne = [int(x) for x in dims]
+    if not ne or any(x <= 0 for x in ne):
+        raise ModelLoadError(f"{path}: tensor {name!r} has bad dimensions {ne}")
+    block, bsize = gguf.GGML_QUANT_SIZES[qtype]
+    if ne[0] % block:
+        raise ModelLoadError(
+            f"{path}: tensor {name!r}: rows of {ne[0]} values are not whole {qtype.name} blocks "
+            f"of {block}"
+        )
+    n = 1
+    for x in ne:
+        n *= x
+    nbytes = n // block * bsize
+    begin = start + int(offset[0])
+    if begin + nbytes > size:
+        raise ModelLoadError(
+            f"{path}: tensor {name!r} ({qtype.name}{list(reversed(ne))}) needs bytes "
+            f"{begin}..{begin + nbytes} but the file has {size}: truncated file"
+        )
+    return GGUFTensor(name, qtype.name, tuple(reversed(ne)), begin, nbytes)
+
+
+def read_gguf(path: str | Path) -> GGUFFile:
+    """Parse and check a GGUF file's header (metadata and tensor headers); no data is read."""
+    p = Path(path)
+    try:
+        reader = _reader_class()(p)
+    except ModelLoadError:
+        raise
+    except (ValueError, IndexError, OverflowError, OSError, UnicodeDecodeError, KeyError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelLoadError(f"{p}: not a readable GGUF file ({msg})") from None
+    meta: dict[str, Any] = {}
+    for key, f in reader.fields.items():
+        try:
+            meta[key] = f.contents()
+        except (ValueError, IndexError, UnicodeDecodeError) as e:
+            raise ModelLoadError(f"{p}: metadata field {key!r} cannot be read ({e})") from None
+    tensors: dict[str, GGUFTensor] = {}
+    for t in reader.tensor_headers:
+        if t.name in tensors:
+            raise ModelLoadError(f"{p}: tensor {t.name!r} appears twice")
+        tensors[t.name] = t
+    spans = sorted((t.begin, t.begin + t.nbytes, t.name) for t in tensors.values())
+    for (_b1, e1, n1), (b2, _e2, n2) in zip(spans, spans[1:]):
+        if b2 < e1:
+            raise ModelLoadError(f"{p}: tensors {n1!r} and {n2!r} overlap in the data section")
+    return GGUFFile(p, meta, tensors, reader)
+
+
+# --- config -------------------------------------------------------------------------------------
+
+
+def _int(f: GGUFFile, key: str, default: int | None = None) -> int:
+    v = f.field(key)
+    if v is None:
+        if default is None:
+            raise ModelLoadError(f"{f.path}: metadata lacks {key!r}, which a Llama GGUF needs")
+        return default
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or int(v) <= 0:
+        raise ModelLoadError(f"{f.path}: metadata {key!r} = {v!r} must be a positive integer")
+    return int(v)
+
+
+def _float(f: GGUFFile, key: str, default: float | None = None) -> float:
+    v = f.field(key)
+    if v is None:
+        if default is None:
+            raise ModelLoadError(f"{f.path}: metadata lacks {key!r}, which a Llama GGUF needs")
+        return default
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not float(v) > 0:
+        raise ModelLoadError(f"{f.path}: metadata {key!r} = {v!r} must be a positive number")
+    return float(v)
+
+
+def gguf_config(f: GGUFFile) -> dict[str, Any]:
+    """The Hugging Face ``LlamaConfig`` dict that a Llama GGUF's metadata describes."""
+    arch = f.field("general.architecture")
+    if arch != ARCH:
+        raise ModelLoadError(
+            f"{f.path}: general.architecture {arch!r} is not supported (llmc imports 'llama' "
+            "GGUF files: Llama, Mistral, SmolLM, TinyLlama, ...)"
+        )
+    a = f"{ARCH}."
+    if f.field(a + "expert_count"):
+        raise ModelLoadError(
+            f"{f.path}: {a}expert_count = {f.field(a + 'expert_count')}: mixture-of-experts "
+            "GGUF files are not supported"
+        )
+    scaling = f.field(a + "rope.scaling.type")
+    if scaling not in (None, "none"):
+        raise ModelLoadError(f"{f.path}: {a}rope.scaling.type {scaling!r} is not supported")
+    hidden = _int(f, a + "embedding_length")
+    heads = _int(f, a + "attention.head_count")
+    kv = _int(f, a + "attention.head_count_kv", heads)
+    if hidden % heads and f.field(a + "attention.key_length") is None:
+        raise ModelLoadError(
+            f"{f.path}: {a}embedding_length {hidden} is not a multiple of "
+            f"{a}attention.head_count {heads}"
+        )
+    head_dim = _int(f, a + "attention.key_length", hidden // heads)
+    if _int(f, a + "attention.value_length", head_dim) != head_dim:
+        raise ModelLoadError(
+            f"{f.path}: {a}attention.value_length differs from the key length {head_dim}"
+        )
+    if heads % kv:
+        raise ModelLoadError(
+            f"{f.path}: {a}attention.head_count {heads} is not a multiple of "
+            f"{a}attention.head_count_kv {kv}"
+        )
+    rot = _int(f, a + "rope.dimension_count", head_dim)
+    if rot != head_dim or head_dim % 2:
+        raise ModelLoadError(
+            f"{f.path}: {a}rope.dimension_count {rot} must equal the head size {head_dim} "
+            "(partial rotary embeddings are not supported)"
+        )
+    tokens = f.field("tokenizer.ggml.tokens")
+    n_tok = len(tokens) if isinstance(tokens, list) else None
+    emb = f.tensors.get("token_embd.weight")
+    if f.field(a + "vocab_size") is not None:
+        vocab = _int(f, a + "vocab_size")
+    elif n_tok:
+        vocab = n_tok
+    elif emb is not None and len(emb.shape) == 2:
+        vocab = emb.shape[0]
+    else:
+        raise ModelLoadError(f"{f.path}: no {a}vocab_size, tokenizer or token_embd.weight")
+    if n_tok is not None and n_tok != vocab:
+        raise ModelLoadError(
+            f"{f.path}: tokenizer.ggml.tokens has {n_tok} entries but the vocabulary size is {vocab}"
+        )
+    cfg: dict[str, Any] = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": hidden,
+        "intermediate_size": _int(f, a + "feed_forward_length"),
+        "num_hidden_layers": _int(f, a + "block_count"),
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv,
+        "head_dim": head_dim,
+        "vocab_size": vocab,
+        "max_position_embeddings": _int(f, a + "context_length", 2048),
+        "rms_norm_eps": _float(f, a + "attention.layer_norm_rms_epsilon"),
+        "rope_parameters": {
+            "rope_theta": _float(f, a + "rope.freq_base", 10000.0),
+            "rope_type": "default",
+        },
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": "output.weight" not in f.tensors,
+        "dtype": "float32",
+    }
+    for key, hf in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id")):
+        v = f.field(f"tokenizer.ggml.{key}")
+        if isinstance(v, (int, np.integer)) and 0 <= int(v) < vocab:
+            cfg[hf] = int(v)
+    return cfg
+
+
+# --- tensors ------------------------------------------------------------------------------------
+
+
+def _hf_name(f: GGUFFile, name: str, layers: int) -> str:
+    if name in _GLOBAL:
+        return _GLOBAL[name]
+    m = _BLK.fullmatch(name)
+    if m and m.group(2) in _BLOCK:
+        i = int(m.group(1))
+        if i >= layers:
+            raise ModelLoadError(
+                f"{f.path}: tensor {name!r} belongs to block {i} but {ARCH}.block_count is "
+                f"{layers}: the metadata does not match the tensors"
+            )
+        return f"model.layers.{i}.{_BLOCK[m.group(2)]}"
+    hint = " (llama3 rope scaling is not supported)" if name == "rope_freqs.weight" else ""
+    raise ModelLoadError(f"{f.path}: unexpected tensor {name!r} in a Llama GGUF{hint}")
+
+
+def _shape_error(f: GGUFFile, t: GGUFTensor, want: tuple[int, ...], cfg: dict[str, Any]) -> str:
+    kind = t.name.rsplit(".", 1)[0].split(".")[-1]
+    fields = _SHAPE_FIELDS.get(kind, ("embedding_length",))
+    vals = {
+        "vocab_size": cfg["vocab_size"],
+        "embedding_length": cfg["hidden_size"],
+        "feed_forward_length": cfg["intermediate_size"],
+        "attention.head_count": cfg["num_attention_heads"],
+        "attention.head_count_kv": cfg["num_key_value_heads"],
+    }
+    implied = ", ".join(f"{k}={vals[k]}" for k in fields)
+    return (
+        f"{f.path}: tensor {t.name!r} has shape {list(t.shape)} but the metadata ({implied}) "
+        f"implies {list(want)}"
+    )
+
+
+def check_tensors(
+    f: GGUFFile, cfg: dict[str, Any], expected: dict[str, tuple[int, ...]]
+) -> dict[str, str]:
+    """GGUF name -> HF name for every tensor, after checking names, count and shapes against
+    ``expected`` (HF name -> shape of the module the config builds)."""
+    layers = cfg["num_hidden_layers"]
+    rename = {n: _hf_name(f, n, layers) for n in f.tensors}
+    have = {v: k for k, v in rename.items()}
+    gguf_of = {v: k for k, v in _GLOBAL.items()}
+    for i in range(layers):
+        for k, v in _BLOCK.items():
+            gguf_of[f"model.layers.{i}.{v}"] = f"blk.{i}.{k}"
+    for hf, shape in expected.items():
+        if hf not in have:
+            g = gguf_of.get(hf, hf)
+            why = f"{ARCH}.block_count={layers} implies" if g.startswith("blk.") else "is required"
+            raise ModelLoadError(f"{f.path}: lacks tensor {g!r}, which {why}")
+        t = f.tensors[have[hf]]
+        if t.shape != tuple(shape):
+            raise ModelLoadError(_shape_error(f, t, tuple(shape), cfg))
+    return rename
+
+
+def _unpermute(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Undo llama.cpp's ``permute`` of q/k rows (interleaved rotary pairs -> HF's halves)."""
+    rows = w.shape[0]
+    return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+
+
+def dequantize(f: GGUFFile, t: GGUFTensor) -> torch.Tensor:
+    """A tensor's values as float32 in torch layout."""
+    import gguf
+
+    qtype = gguf.GGMLQuantizationType[t.type]
+    raw = f.data(t)
+    if t.type == "F32":
+        arr = np.array(raw.view(np.float32), copy=True)
+    elif t.type == "F16":
+        arr = raw.view(np.float16).astype(np.float32)
+    else:
+        byte_shape = gguf.quant_shape_to_byte_shape(t.shape, qtype)
+        arr = gguf.quants.dequantize(raw.reshape(byte_shape), qtype).astype(np.float32)
+    return torch.from_numpy(np.ascontiguousarray(arr).reshape(t.shape))
+
+
+def gguf_state_dict(
+    f: GGUFFile, cfg: dict[str, Any], rename: dict[str, str], dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
+    """HF Llama state dict (dequantized, q/k rows un-permuted) of a checked GGUF."""
+    out = {}
+    for name, t in f.tensors.items():
+        w = dequantize(f, t)
+        if ".attn_q." in name:
+            w = _unpermute(w, cfg["num_attention_heads"])
+        elif ".attn_k." in name:
+            w = _unpermute(w, cfg["num_key_value_heads"])
+        out[rename[name]] = w.to(dtype)
+    return out
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+def load_gguf(
+    path: str | Path, *, dtype: str | None = None, name: str = ""
+) -> tuple[Any, dict[str, Any], Any]:
+    """``(graph, config, tokenizer)`` of a Llama GGUF file; tokenizer is None when the file has
+    no ``tokenizer.ggml.model``."""
+    from llmc.frontends.families import ARCHITECTURES
+    from llmc.frontends.gguf_tokenizer import tokenizer_from_gguf
+    from llmc.frontends.hf import from_hf_model
+    from llmc.frontends.hf_dir import _expected, build_module, parse_dtype
+    from llmc.ir.types import to_torch_dtype
+
+    f = read_gguf(path)
+    cfg = gguf_config(f)
+    where = str(f.path)
+    model = build_module(cfg, ARCHITECTURES["LlamaForCausalLM"], where)  # meta: no memory
+    expected, aliases = _expected(model)
+    rename = check_tensors(f, cfg, expected)
+    tok = tokenizer_from_gguf(f) if f.field("tokenizer.ggml.model") is not None else None
+    target = parse_dtype(dtype, "--dtype") or "f32"
+    weights = gguf_state_dict(f, cfg, rename, to_torch_dtype(target))
+    model.load_state_dict(weights, strict=False, assign=True)
+    for alias, canon in aliases.items():  # re-tie: assign replaced the shared tensor
+        mod_name, _, attr = alias.rpartition(".")
+        src_mod, _, src_attr = canon.rpartition(".")
+        setattr(
+            model.get_submodule(mod_name), attr, getattr(model.get_submodule(src_mod), src_attr)
+        )
+    for n, p in model.named_parameters():
+        if p.device.type == "meta":
+            raise ModelLoadError(f"{where}: weight {n!r} was not loaded (internal error)")
+    cfg["dtype"] = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}.get(target, target)
+    graph = from_hf_model(model, name=name or f.path.stem)
+    return graph, cfg, tok
