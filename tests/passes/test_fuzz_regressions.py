@@ -46,3 +46,23 @@ def test_smoothquant_leaves_a_tied_lm_head_alone() -> None:
     report = build_pipeline("smoothquant:alpha=0.5").run(g2, PassContext(calib_inputs=[x]))
     torch.testing.assert_close(run(g2, x)[0], want, rtol=1e-5, atol=1e-5)
     assert report[0]["groups"] == 0 and "also read outside" in report[0]["skipped"][0]
+
+
+def test_flap_refuses_to_break_an_nm_pattern() -> None:
+    """Found by test_any_pipeline_succeeds_or_refuses_cleanly: FLAP removed input channels of an
+    N:M-sparse down_proj, leaving groups with more than N non-zeros (the verifier failed after
+    the pass). It now refuses with a message that says what to do."""
+    from tests.lm_fixtures import toy_lm
+
+    g = toy_lm(layers=1, hidden=16, heads=2, kv_heads=1, ffn=32, vocab=16)
+    x = _batch()
+    x["past_k_0"] = x["past_v_0"] = torch.zeros(2, 1, 0, 8)
+    ctx = PassContext(calib_inputs=[x])
+    build_pipeline("magnitude:pattern=2:4").run(g, ctx)
+    try:
+        build_pipeline("flap:ratio=0.25:align=8").run(g, ctx)
+    except Exception as e:  # noqa: BLE001
+        assert "run flap before N:M pruning" in str(e), e
+    else:
+        raise AssertionError("flap accepted an N:M-sparse down_proj")
+    build_pipeline("flap:ratio=0.0:align=1").run(g, ctx)  # removing nothing is fine
