@@ -136,6 +136,8 @@ def _archs(dtypes: tuple[str, ...], max_layers: int, cache: bool | None) -> Any:
                 "scaling": draw(st.sampled_from(("", "linear", "llama3"))),
                 "factor": 2.0,
             }
+        if a["heads"] * a["head_dim"] < 8:  # keep every width a multiple of 8 (N:M up to 4:8)
+            a["head_dim"] = 8
         return a
 
     return arch()
