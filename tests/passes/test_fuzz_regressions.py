@@ -43,7 +43,8 @@ def test_smoothquant_leaves_a_tied_lm_head_alone() -> None:
     g, x = _tied_lm(), _batch()
     want = run(g, x)[0]
     g2 = g.copy()
-    report = build_pipeline("smoothquant:alpha=0.5").run(g2, PassContext(calib_inputs=[x]))
+    spec = "smoothquant:alpha=0.5:exclude="  # the head too (excluded by default)
+    report = build_pipeline(spec).run(g2, PassContext(calib_inputs=[x]))
     torch.testing.assert_close(run(g2, x)[0], want, rtol=1e-5, atol=1e-5)
     assert report[0]["groups"] == 0 and "also read outside" in report[0]["skipped"][0]
 
@@ -66,3 +67,17 @@ def test_flap_refuses_to_break_an_nm_pattern() -> None:
     else:
         raise AssertionError("flap accepted an N:M-sparse down_proj")
     build_pipeline("flap:ratio=0.0:align=1").run(g, ctx)  # removing nothing is fine
+
+
+def test_default_exclude_keeps_a_tied_lm_head_dense() -> None:
+    """Found while reducing the smoothquant case: ``lm_head`` is excluded by default, but a tied
+    head's weight is named after the embedding table, so rtn/wanda/... compressed it (and the
+    embedding with it). Exclusion now also matches the linear's scope."""
+    from llmc.passes.select import select_linears
+
+    g = _tied_lm()
+    assert select_linears(g) == []
+    assert [t.path for t in select_linears(g, exclude=())] == ["model.embed_tokens"]
+    g2 = g.copy()
+    build_pipeline("rtn:bits=4:group=8").run(g2, PassContext(calib_inputs=[_batch()]))
+    assert g2.params["model.embed_tokens.weight"].format.is_dense
