@@ -110,3 +110,12 @@ def test_exact_passes_match_the_interpreter(data: st.DataObject) -> None:
     ref = run(widen(case.graph), widen_inputs(case.inputs))
     for i, (a, b, r) in enumerate(zip(after, before, ref, strict=True)):
         check_accuracy(a, b, r, case.dtype, f"{spec}: output {i} (%{g.outputs[i].name})")
+
+
+def test_every_builtin_pass_is_fuzzed() -> None:
+    """A new built-in pass must get its options into ``tests/fuzz_common.py`` (``_opts``)."""
+    from llmc.passes.registry import BUILTIN
+    from tests.fuzz_common import ALL_PASSES
+
+    missing = set(BUILTIN) - set(ALL_PASSES)
+    assert not missing, f"not fuzzed: {sorted(missing)}; add them to tests/fuzz_common.py"
