@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from llmc.ir.graph import Graph
@@ -113,7 +113,14 @@ def test_cpu_lowering_matches_the_interpreter(cc: tuple[LMCase, str], slack: int
     entries = ["prefill"]
     if case.env["batch"] == 1 and case.env["seq"] == 1 and "decode" in lowered.entry_weights:
         entries.append("decode")
+    event(f"dtype {case.dtype}")
+    event("compressed by a pipeline" if spec else "weights as generated")
+    event("KV cache in place" if lowered.kv_in_place else "no in-place KV cache")
+    for rule in lowered.rules_used:
+        if rule.startswith(("cpu.linear", "linear", "qlinear", "attention", "embedding")):
+            event(f"rule {rule}")
     for entry in entries:
+        event(f"entry {entry}")
         got = run_compiled(ex, lowered, g, case, entry, slack)
         for i, (a, b, r) in enumerate(zip(got, base, ref, strict=True)):
             what = f"cpu {entry} after '{spec}': output {i} (%{g.outputs[i].name})"

@@ -18,7 +18,7 @@ Sizes come from the hypothesis profile (``tests/hypothesis_profiles.py``).
 from __future__ import annotations
 
 import torch
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from llmc.ir import verify
@@ -78,7 +78,9 @@ def test_any_pipeline_succeeds_or_refuses_cleanly(case: LMCase, spec: str) -> No
         g, _ = _apply(case, spec)
     except Exception as e:  # noqa: BLE001 - the property is about which exceptions
         assert is_clean_refusal(e), f"{spec}: {type(e).__name__}: {e}"
+        event("refused (typed error)")
         return
+    event("succeeded")
     _check_runs(case, g)
 
 
