@@ -21,7 +21,7 @@ import os
 from hypothesis import HealthCheck, settings
 
 #: name -> example budget of a test with weight 1.0
-BUDGETS = {"ci": 40, "nightly": 500}
+BUDGETS = {"ci": 40, "nightly": 1000}
 DEFAULT = "ci"
 
 for _name, _n in BUDGETS.items():

@@ -17,7 +17,7 @@ Stable API (other suites import it)::
 ``lm_cases(*, dtypes=DTYPES, formats=FORMATS, max_layers=2, cache=None) -> SearchStrategy[LMCase]``
     An :class:`LMCase`: a graph that passes :func:`llmc.ir.verify` (asserted), concrete inputs by
     name (``input_ids`` below the vocabulary, ``positions = past + arange(seq)``, caches ~ N(0, 1))
-    and the symbol sizes (``batch`` 1..2, ``seq`` 1..5, ``past`` 0..4; ``past`` is 0 without a
+    and the symbol sizes (``batch`` 1..3, ``seq`` 1..9, ``past`` 0..6; ``past`` is 0 without a
     cache). ``dtypes``: the model dtypes to draw from (params, activations and caches all in it);
     ``formats``: the storage formats linear weights may get, a subset of :data:`FORMATS`
     (``dense``, ``unstructured``, ``nm``, ``quant`` int2..int8 per channel or grouped, symmetric
@@ -47,7 +47,7 @@ __all__ = ["DTYPES", "FORMATS", "LMCase", "lm_cases", "lm_inputs", "widen", "wid
 
 DTYPES = ("f32", "f16", "bf16")
 FORMATS = frozenset({"dense", "unstructured", "nm", "quant", "quant_nm"})
-SIZES = {"batch": (1, 2), "seq": (1, 5), "past": (0, 4)}  # inclusive ranges of concrete values
+SIZES = {"batch": (1, 3), "seq": (1, 9), "past": (0, 6)}  # inclusive ranges of concrete values
 MLPS = ("swiglu", "geglu", "gelu", "gelu_tanh", "relu")
 
 
@@ -107,12 +107,12 @@ def _archs(dtypes: tuple[str, ...], max_layers: int, cache: bool | None) -> Any:
         a: dict[str, Any] = {
             "dtype": draw(st.sampled_from(dtypes), label="dtype"),
             "layers": layers,
-            "hidden": draw(st.sampled_from((16, 32)), label="hidden"),
+            "hidden": draw(st.sampled_from((16, 32, 48)), label="hidden"),
             "kv_heads": kvh,
             "heads": kvh * draw(st.sampled_from((1, 2, 4)), label="group size"),
             "head_dim": draw(st.sampled_from((4, 8, 16)), label="head dim"),
-            "ffn": draw(st.sampled_from((16, 24, 32, 48)), label="ffn"),
-            "vocab": draw(st.sampled_from((16, 40)), label="vocab"),
+            "ffn": draw(st.sampled_from((16, 24, 48, 72, 136)), label="ffn"),
+            "vocab": draw(st.sampled_from((16, 40, 100)), label="vocab"),
             "norm": draw(st.sampled_from(("rms_norm", "layer_norm")), label="norm"),
             "mlp": draw(st.sampled_from(MLPS), label="mlp"),
             "positions": draw(st.sampled_from(("rope", "learned")), label="positions"),
