@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from llmc import data
 from llmc.models import TINY_DIR
 from llmc.tokenizer import ByteTokenizer, TokenizerError, load_tokenizer
+from tests.hypothesis_profiles import examples
 
 # ---------------------------------------------------------------------------------------- corpus
 
@@ -100,7 +101,7 @@ def test_token_batches_stream() -> None:
 # ------------------------------------------------------------------------------------- tokenizer
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(5), deadline=None)
 @given(st.text())
 def test_byte_tokenizer_round_trips_unicode(text: str) -> None:
     tok = ByteTokenizer()

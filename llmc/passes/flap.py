@@ -130,6 +130,13 @@ class FlapPrune(Pass):
             if t.param.format.quant is not None:
                 raise PassOptionError(f"{t.path} is quantized; run flap before quantization")
         groups = find_ffn_groups(graph, targets)
+        for g in groups:
+            sp = g.down.param.format.sparsity
+            if sp is not None and sp.kind == "nm" and self.kept(g.width) < g.width:
+                raise PassOptionError(
+                    f"{g.down.path} is {sp.n}:{sp.m} sparse; removing its input channels would "
+                    "break the N:M groups: run flap before N:M pruning"
+                )
         rep = ctx.report
         rep.set(ratio=self.ratio, ffn_groups=len(groups))
         if not groups:

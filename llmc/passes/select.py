@@ -7,8 +7,10 @@ Hugging Face module path for models from the frontend.
 Patterns (``include`` / ``exclude``, several joined by ``|``) are shell globs matched against
 the module path, anchored at dotted components: ``lm_head`` matches ``lm_head``; ``down_proj``
 matches every ``*.down_proj``; ``model.layers.0`` matches everything under it;
-``*.layers.[0-1].*`` is a plain glob. ``exclude`` wins over ``include``; ``lm_head`` is excluded
-by default (pruning or quantizing the output projection costs far more quality than it saves).
+``*.layers.[0-1].*`` is a plain glob. ``exclude`` wins over ``include``, and also matches the
+linear node's scope (a tied LM head, whose weight is the embedding table, is still ``lm_head``);
+``lm_head`` is excluded by default (pruning or quantizing the output projection costs far more
+quality than it saves).
 """
 
 from __future__ import annotations
@@ -81,8 +83,11 @@ def select_linears(
                 f"{where}include pattern '{pat}' matches no linear layer (paths look like "
                 f"'{example}')"
             )
+    # exclude also by the linear's own module scope: a tied LM head reads the embedding table
+    # (path ``model.embed_tokens``) from scope ``lm_head``, and ``lm_head`` must still exclude it
     return [
         t
         for t in all_targets
-        if any(matches(t.path, p) for p in include) and not any(matches(t.path, p) for p in exclude)
+        if any(matches(t.path, p) for p in include)
+        and not any(matches(t.path, p) or matches(t.node.scope, p) for p in exclude)
     ]

@@ -58,6 +58,11 @@ def _find_groups(
         if any(id(u) not in targets for u in readers) or x in graph.outputs:
             skipped.append(f"{label}: %{x.name} also feeds non-target ops")
             continue
+        if not all(_private_weight(graph, n, lins, users) for n in lins):
+            # a tied weight (an LM head sharing the embedding table): scaling its columns
+            # would change the other reader too
+            skipped.append(f"{label}: a weight is also read outside these linears")
+            continue
         if prod.op in ("rms_norm", "layer_norm") and len(prod.inputs) >= 2:
             w = graph.param_of(prod.inputs[1])
             b = graph.param_of(prod.inputs[2]) if len(prod.inputs) > 2 else None
@@ -74,6 +79,22 @@ def _find_groups(
         else:
             skipped.append(f"{label}: produced by {prod.op}, which cannot absorb the scales")
     return groups, skipped
+
+
+def _private_weight(graph: Graph, n: Node, lins: list[Node], users) -> bool:
+    """The weight of linear ``n`` is read only as the weight of the linears in ``lins``."""
+    p = graph.param_of(n.inputs[1])
+    if p is None:
+        return False
+    ids = {id(m) for m in lins}
+    for _, pn in graph.walk():
+        if pn.op == "param" and pn.attrs.name == p.name:
+            for u in users.get(pn.out, []):
+                if id(u) not in ids or any(v is pn.out for v in (u.inputs[:1] + u.inputs[2:])):
+                    return False
+            if pn.out in graph.outputs:
+                return False
+    return True
 
 
 def _param_reads(graph: Graph, name: str) -> int:

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from llmc.ir import GraphBuilder, TensorType, sym
 from llmc.ir.ops import AttentionAttrs, _attention_ref
 from llmc.ir.ops_attention import AsyncAttentionAttrs, async_attention, count_fallbacks
+from tests.hypothesis_profiles import examples
 
 H, KVH, D = 4, 2, 32
 PHI, LO, HI, CHUNK = 0.0, -8.0, 8.0, 16
@@ -144,7 +145,7 @@ def _logit_rounding_bound(q, k, v) -> float:
 
 
 @settings(
-    max_examples=40,
+    max_examples=examples(),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from llmc.fpga import isa
 from llmc.fpga.isa import Instr
+from tests.hypothesis_profiles import examples
 
 
 @st.composite
@@ -25,7 +26,7 @@ def instrs(draw):
     return ins
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(5), deadline=None)
 @given(instrs())
 def test_encode_decode_round_trip(ins):
     raw = isa.encode(ins)

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from llmc.fpga import numerics as nm
 from llmc.fpga.funcsim import chain
+from tests.hypothesis_profiles import examples
 
 U = 2.0**-24
 f32 = np.float32
@@ -46,7 +47,7 @@ def test_activations_within_bounds():
     assert np.all(np.abs(nm.gelu32(x) - gelu) <= 0.5 * np.abs(xd) * (1.5e-7 + 16 * U) + 4 * U)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(), deadline=None)
 @given(
     st.integers(1, 3),  # tokens
     st.integers(1, 6),  # rows

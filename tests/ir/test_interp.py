@@ -17,6 +17,7 @@ from llmc.ir import Graph, GraphBuilder, Param, QuantSpec, SparsitySpec, Storage
 from llmc.ir.params import dequantize
 from llmc.ir.types import sym
 from llmc.runtime.interp import run
+from tests.hypothesis_profiles import examples
 from tests.ir.examples import llama_block, quantized, with_cond
 from tests.ir.strategies import concrete_inputs, graphs_with_inputs
 
@@ -75,7 +76,7 @@ def _expected_frees(g: Graph) -> dict[int, set[str]]:
     return frees
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(graphs_with_inputs())
 def test_freeing_does_not_change_results(case) -> None:
     g, inputs = case

@@ -34,10 +34,11 @@ from llmc.ir.graph import Value
 from llmc.ir.registry import Cost
 from llmc.ir.types import DTYPE_BYTES, from_torch_dtype, sym
 from llmc.runtime.interp import bind_symbols, run
+from tests.hypothesis_profiles import examples
 from tests.ir.strategies import graphs_with_inputs
 
 _SETTINGS = settings(
-    max_examples=12,
+    max_examples=examples(0.3),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
@@ -499,7 +500,7 @@ def test_shape_rule_matches_reference(op: str, data: Any) -> None:
         check_case(op, case, symbolic=case.symbolic)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(graphs_with_inputs())
 def test_every_node_of_random_graphs_matches_its_type(case) -> None:
     """Run random graphs with a hook that checks each result (regions included) against the

@@ -17,11 +17,14 @@ from llmc.errors import ParseError
 from llmc.ir import GraphBuilder, Param, TensorType, parse_graph, print_graph, sym, verify
 from llmc.ir.compare import graph_diff, graph_equal
 from llmc.ir.params import QuantSpec, StorageFormat
+from tests.hypothesis_profiles import examples
 from tests.ir.examples import GOLDEN_GRAPHS, mlp, with_cond
 from tests.ir.strategies import graphs
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
-_SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+_SETTINGS = settings(
+    max_examples=examples(1.5), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 # ---------------------------------------------------------------------------------- property
@@ -37,7 +40,7 @@ def test_parse_print_roundtrip(g) -> None:
     verify(g2)  # parsed params are meta tensors: still a valid graph
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(0.5), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(graphs())
 def test_copy_is_structurally_equal_and_shares_data(g) -> None:
     c = g.copy()

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 
 from llmc.ir import Graph, SymDim, all_ops
 from llmc.runtime.interp import run
+from tests.hypothesis_profiles import examples
 from tests.ir.strategies import FEATURES, dims, graphs, graphs_with_inputs
 
 
@@ -88,7 +89,7 @@ def test_every_construct_is_reached(sweep: str) -> None:
         pass
 
     @settings(
-        max_examples=200,
+        max_examples=examples(5),
         phases=[Phase.generate],
         derandomize=True,
         database=None,
@@ -113,21 +114,21 @@ def test_unknown_feature_is_rejected() -> None:
         graphs_with_inputs(features={"linaer"})
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=examples(0.375), deadline=None)
 @given(graphs(symbolic=False))
 def test_static_graphs_have_no_symbols(g: Graph) -> None:
     for _, n in g.walk():
         assert not any(isinstance(d, SymDim) for d in n.type.shape), n
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=examples(0.375), deadline=None)
 @given(graphs(symbolic=True, features=FEATURES - {"embedding"}))
 def test_symbolic_graphs_have_symbolic_inputs(g: Graph) -> None:
     x = next(v for v in g.inputs if v.name == "x")
     assert x.type.shape[0] == SymDim((((("batch",), 1)),)) and isinstance(x.type.shape[1], SymDim)
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=examples(0.375), deadline=None)
 @given(graphs_with_inputs(features={"linear", "unary"}, max_steps=3))
 def test_features_subset_is_respected(case) -> None:
     g, inputs = case
@@ -147,7 +148,7 @@ def test_features_subset_is_respected(case) -> None:
     assert all(torch.isfinite(o).all() for o in run(g, inputs))
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(0.75), deadline=None)
 @given(dims())
 def test_dims_are_canonical(d) -> None:
     assert isinstance(d, int) or (isinstance(d, SymDim) and all(c for _, c in d.terms))

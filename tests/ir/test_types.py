@@ -21,9 +21,10 @@ from llmc.ir.types import (
     promote_dtypes,
 )
 from llmc.runtime.interp import bind_symbols
+from tests.hypothesis_profiles import examples
 from tests.ir.strategies import SYMBOLS, dims
 
-_FAST = settings(max_examples=150, deadline=None)
+_FAST = settings(max_examples=examples(3.75), deadline=None)
 envs = st.fixed_dictionaries({s: st.integers(-5, 9) for s in SYMBOLS})
 
 # ---------------------------------------------------------------------------------- algebra
@@ -237,7 +238,7 @@ def test_bind_errors(shapes, types, match) -> None:
         _bind(shapes, types)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(1.5), deadline=None)
 @given(st.integers(1, 3), st.integers(0, 5), st.integers(1, 5), st.permutations(range(3)))
 def test_bind_any_input_order(batch, past, seq, order) -> None:
     items = [

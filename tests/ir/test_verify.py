@@ -18,6 +18,7 @@ from llmc.ir.ops import GeluAttrs, NormAttrs
 from llmc.ir.params import Param, QuantSpec, SparsitySpec, StorageFormat
 from llmc.ir.types import sym
 from llmc.ir.verify import RULES
+from tests.hypothesis_profiles import examples
 from tests.ir.examples import GOLDEN_GRAPHS, llama_block, mlp, quantized, with_cond
 from tests.ir.strategies import graphs
 
@@ -324,7 +325,7 @@ def test_hand_built_graphs_pass(name: str) -> None:
     verify(GOLDEN_GRAPHS[name]())
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(0.75), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(graphs())
 def test_random_graphs_pass(g: Graph) -> None:
     assert check(g) == []

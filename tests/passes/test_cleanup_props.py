@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from llmc.ir import verify
 from llmc.passes import PassContext, build_pipeline
 from llmc.runtime.interp import run
+from tests.hypothesis_profiles import examples
 from tests.passes.strategies import graphs, random_inputs
 
 PIPELINES = [
@@ -21,7 +22,7 @@ PIPELINES = [
 ]
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(g=graphs(), spec=st.sampled_from(PIPELINES), batch=st.integers(1, 3))
 def test_exact_passes_preserve_semantics(g, spec, batch) -> None:
     xs = random_inputs(g, batch)
@@ -39,7 +40,7 @@ def test_exact_passes_preserve_semantics(g, spec, batch) -> None:
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(0.625), deadline=None)
 @given(g=graphs())
 def test_cleanups_never_grow_the_graph(g) -> None:
     n0 = len(g.nodes)
