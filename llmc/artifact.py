@@ -252,12 +252,18 @@ def save_params(graph: Graph, path: Path) -> None:
     from safetensors.torch import save_file
 
     tensors: dict[str, torch.Tensor] = {}
+    meta: list[str] = []
     for p in graph.params.values():
-        if p.is_meta:
+        if p.is_meta:  # an architecture-only model: shapes only, recorded as such
+            meta.append(p.name)
             continue
         for field, t in p.data.items():
             tensors[f"{p.name}::{field}"] = t.detach().contiguous().cpu()
-    save_file(tensors, str(path))
+    save_file(tensors, str(path), metadata={META_PARAMS_KEY: json.dumps(sorted(meta))})
+
+
+#: safetensors metadata key listing the params stored without data (architecture-only models)
+META_PARAMS_KEY = "llmc.meta_params"
 
 
 def load_params(graph: Graph, path: Path) -> None:
@@ -269,7 +275,13 @@ def load_params(graph: Graph, path: Path) -> None:
 
     with safe_open(str(path), framework="pt") as st:
         keys = set(st.keys())
+        try:
+            meta = set(json.loads((st.metadata() or {}).get(META_PARAMS_KEY, "[]")))
+        except (ValueError, TypeError):
+            raise ArtifactError(f"{path}: malformed {META_PARAMS_KEY!r} metadata") from None
         for p in graph.params.values():
+            if p.name in meta:  # no data was stored; the parsed graph's meta tensors stay
+                continue
             data = {}
             for field in p.data:
                 key = f"{p.name}::{field}"

@@ -77,6 +77,7 @@ def cmd_compile(a: argparse.Namespace) -> int:
     res = compile_model(
         a.model,
         target=a.target,
+        dtype=a.dtype,
         passes=a.passes,
         recipe=a.recipe,
         out=None if a.dry_run else a.out,
@@ -248,7 +249,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from llmc.data import eval_windows
     from llmc.runtime.lm import InterpLM, evaluate
 
-    loaded = load(a.model, allow_pickle=a.allow_pickle)
+    loaded = load(a.model, allow_pickle=a.allow_pickle, dtype=a.dtype)
     tok = require_tokenizer(loaded, "the evaluation text")
     window = min(a.window, int(loaded.graph.meta.get("max_position_embeddings", a.window)))
     if window < 2:
@@ -307,8 +308,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
     from llmc.compile import load, runner_for
     from llmc.runtime.lm import generate
 
-    loaded = load(a.model, allow_pickle=a.allow_pickle)
-    lm = runner_for(loaded)
+    loaded = load(a.model, allow_pickle=a.allow_pickle, dtype=a.dtype)
+    lm = runner_for(loaded, random_weights=a.random_weights)
     prompt = [(i * 7 + 3) % min(lm.vocab_size, 256) for i in range(a.prompt_len)]
     generate(lm, prompt[: min(8, len(prompt))], 2)  # warm-up (lazy init, kernel loading)
     best = None
@@ -328,6 +329,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
         "decode_tokens_per_s": best.decode_tokens_per_s,
         "decode_ms_per_token": 1000.0 * best.decode_s / steps,
         "repeat": a.repeat,
+        "random_weights": bool(a.random_weights),
     }
     if a.json:
         emit_json(out)
@@ -464,6 +466,14 @@ def token_ids(text: str) -> list[int]:
     return ids
 
 
+def _add_dtype_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dtype",
+        choices=("f32", "f16", "bf16"),
+        help="convert the model's weights and compute to this dtype (models, not artifacts)",
+    )
+
+
 def _add_pass_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument(
@@ -504,6 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--allow-pickle", action="store_true", help="allow pickle checkpoints (weights_only)"
     )
+    _add_dtype_arg(p)
     p.add_argument(
         "--seq", type=int_at_least(1), default=1, help="tokens per call for the cost analysis"
     )
@@ -539,6 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-tokens", type=int_at_least(2), default=None, help="evaluate the first N tokens"
     )
     p.add_argument("--batch-size", type=int_at_least(1), default=8)
+    _add_dtype_arg(p)
     p.add_argument("--allow-pickle", action="store_true")
     _add_pass_args(p)
     p.set_defaults(func=cmd_eval)
@@ -548,6 +560,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-len", type=int_at_least(1), default=128)
     p.add_argument("--new-tokens", type=int_at_least(1), default=64)
     p.add_argument("--repeat", type=int_at_least(1), default=3)
+    _add_dtype_arg(p)
+    p.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="run an artifact of an architecture-only model with seeded random weights",
+    )
     p.add_argument("--allow-pickle", action="store_true")
     p.set_defaults(func=cmd_bench)
 

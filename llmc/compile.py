@@ -74,29 +74,52 @@ class Loaded:
     config: dict[str, Any] = field(default_factory=dict)
 
 
-def load(spec: str, *, allow_pickle: bool = False) -> Loaded:
-    """A model spec (HF directory, built-in name, ``file.py:factory``) or a compiled artifact."""
+def load(spec: str, *, allow_pickle: bool = False, dtype: str | None = None) -> Loaded:
+    """A model spec (HF directory, GGUF file, built-in name, ``file.py:factory``) or a compiled
+    artifact. ``dtype`` (``f32``, ``f16``, ``bf16``) converts a model's weights; an artifact keeps
+    the dtype it was compiled with."""
     if is_artifact(spec):
+        if dtype is not None:
+            raise LlmcError(
+                f"{spec}: --dtype applies to models; an artifact runs in the dtype it was "
+                "compiled with (recompile with --dtype)"
+            )
         art = load_artifact(spec)
         tok = load_artifact_tokenizer(art)
         return Loaded(art.graph, tok, art.manifest.get("model", art.graph.name), str(spec), art)
     from llmc.frontends import load_model
 
-    m = load_model(spec, allow_pickle=allow_pickle)
+    m = load_model(spec, allow_pickle=allow_pickle, dtype=dtype)
     return Loaded(m.graph, m.tokenizer, m.name, m.source, None, dict(m.config or {}))
 
 
-def runner_for(loaded: Loaded, device: str = "cpu") -> LanguageModel:
+def runner_for(
+    loaded: Loaded, device: str = "cpu", *, random_weights: bool = False
+) -> LanguageModel:
     """An executable model: the interpreter for graphs and ref artifacts, the backend's runtime
-    for compiled artifacts."""
+    for compiled artifacts. ``random_weights`` lets a compiled artifact of an architecture-only
+    model run (for speed measurements) with seeded random weights in place of the missing ones."""
+    kind = get_target(loaded.artifact.target).kind if loaded.artifact is not None else "ref"
+    if random_weights and kind not in ("cpu", "cuda", "rocm"):
+        raise LlmcError(
+            f"{loaded.source}: --random-weights applies to compiled TVM artifacts (cpu, GPU) of "
+            "architecture-only models; compile the model for such a target first"
+        )
+    if kind == "ref" and any(p.is_meta for p in loaded.graph.params.values()):
+        raise LlmcError(
+            f"{loaded.source}: an architecture-only model has no weights to run; compile it for a "
+            "target and run `llmc bench OUT --random-weights`, or analyse it with "
+            "`llmc compile --dry-run` / `llmc simulate`"
+        )
     if loaded.artifact is None:
         return InterpLM(loaded.graph, device=device)
-    kind = get_target(loaded.artifact.target).kind
     if kind not in RUNNERS:
         raise TargetError(
             f"{loaded.artifact.path}: artifacts for {loaded.artifact.target} ({kind}) cannot run "
             "on this machine"
         )
+    if random_weights:
+        return _resolve(RUNNERS[kind])(loaded.artifact.path, random_weights=True)
     return _resolve(RUNNERS[kind])(loaded.artifact.path)
 
 
@@ -191,6 +214,7 @@ def compile_model(
     pass_options: dict[str, Any] | None = None,
     analysis_env: dict[str, int] | None = None,
     target_options: dict[str, Any] | None = None,
+    dtype: str | None = None,
 ) -> CompileResult:
     """Load, transform and lower a model; write the artifact atomically to ``out``.
 
@@ -217,6 +241,7 @@ def compile_model(
             allow_pickle=allow_pickle,
             pass_options=pass_options,
             analysis_env=analysis_env,
+            dtype=dtype,
         )
 
 
@@ -233,9 +258,15 @@ def _compile_loaded(
     allow_pickle: bool,
     pass_options: dict[str, Any] | None,
     analysis_env: dict[str, int] | None,
+    dtype: str | None = None,
 ) -> CompileResult:
     target = tgt.name
-    loaded = model if isinstance(model, Loaded) else load(model, allow_pickle=allow_pickle)
+    if isinstance(model, Loaded):
+        if dtype is not None:
+            raise LlmcError("dtype applies when compile_model loads the model (give a spec)")
+        loaded = model
+    else:
+        loaded = load(model, allow_pickle=allow_pickle, dtype=dtype)
     graph = loaded.graph
     t_loaded = time.perf_counter()
     pass_report = run_passes(
@@ -262,8 +293,8 @@ def _compile_loaded(
     }
     spec = resolve_spec(tgt)
     if spec is not None:
-        dtype = str(graph.meta.get("dtype", "f32"))
-        report["roofline"] = roofline(cost.total, spec, dtype, env["batch"] * env["seq"])
+        graph_dtype = str(graph.meta.get("dtype", "f32"))
+        report["roofline"] = roofline(cost.total, spec, graph_dtype, env["batch"] * env["seq"])
     if dry_run or out is None:
         report["timing_s"]["total"] = time.perf_counter() - t_start
         report["peak_rss_mb"] = peak_rss_mb()

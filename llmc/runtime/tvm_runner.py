@@ -255,7 +255,8 @@ class TVMRunner(LanguageModel):
                 if not random_weights:
                     raise LlmcError(
                         f"{self.path}: weight {w['param']} has no data (architecture-only model);"
-                        " load(..., random_weights=True) to benchmark with random weights"
+                        " `llmc bench OUT --random-weights` (Python: load(OUT, random_weights="
+                        "True)) measures its speed with random weights"
                     )
                 t = _random_weight(w, to_torch_dtype(w["dtype"]), gen)
             else:
