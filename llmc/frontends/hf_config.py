@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from llmc.errors import ModelLoadError
-from llmc.frontends.checkpoint import quote
 from llmc.frontends.families import SUPPORTED_ROPE, Family
+from llmc.frontends.untrusted import quote
 
 # (json keys, the first being the name used in messages; upper limit; may be null)
 _SIZES: tuple[tuple[tuple[str, ...], int, bool], ...] = (

@@ -19,8 +19,8 @@ import torch
 
 from llmc.errors import ModelLoadError
 from llmc.frontends import checkpoint, hf_config
-from llmc.frontends.checkpoint import quote
 from llmc.frontends.families import ARCHITECTURES, Family, supported_architectures
+from llmc.frontends.untrusted import check_model_files, quote
 from llmc.ir.graph import Graph
 from llmc.ir.types import DTYPES, to_torch_dtype
 
@@ -76,8 +76,9 @@ def architecture_of(cfg: dict[str, Any], where: str) -> Family:
                     f"(expected {fam.model_type!r})"
                 )
             return fam
+    shown = archs[0] if len(archs[0]) <= 100 else archs[0][:97] + "..."
     raise ModelLoadError(
-        f"{where}: architecture {quote(archs[0])} is not supported "
+        f"{where}: architecture {shown} is not supported "
         f"(supported: {', '.join(supported_architectures())})"
     )
 
@@ -200,7 +201,7 @@ def load_hf_dir(
     target = parse_dtype(dtype, "--dtype") or parse_dtype(
         cfg.get("torch_dtype") or cfg.get("dtype"), f"{where}: torch_dtype"
     )
-    checkpoint.check_model_files(d, TOKENIZER_FILES + _OTHER_TOKENIZER_FILES)
+    check_model_files(d, TOKENIZER_FILES + _OTHER_TOKENIZER_FILES)
     ckpt = checkpoint.Checkpoint(d, allow_pickle=allow_pickle)
     shapes = ckpt.shapes
     arch = next(a for a in cfg["architectures"] if ARCHITECTURES.get(a) is fam)
