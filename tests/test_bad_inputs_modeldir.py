@@ -628,3 +628,32 @@ def test_stray_keys_are_ignored_like_transformers_does(fam, bases, tmp_path) -> 
     assert g.meta["num_kv_heads"] == 4
     assert g.meta["intermediate_size"] == (256 if fam == "gpt2" else 96)
     assert [str(s) for s in g.inputs[2].type.shape[1:]] == ["4", "past", "16"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "{d}", "--prompt", "x"],
+        ["eval", "{d}"],
+        ["simulate", "{d}", "--target", "u280"],
+        ["export", "{d}", "-o", "{out}"],
+    ],
+    ids=["run", "eval", "simulate", "export"],
+)
+@pytest.mark.parametrize("case_id", ["weights-is-fifo", "config-symlink-out", "layers-million"])
+def test_other_commands_refuse_the_same_way(argv, case_id, bases, tmp_path, capfd) -> None:
+    """Every command that takes MODEL goes through the same loader."""
+    _, base, mutate, needles, _extra = next(c for c in CASES if c[0] == case_id)
+    d = tmp_path / "model"
+    shutil.copytree(bases[base], d)
+    mutate(d)
+    old = signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(20)
+    try:
+        rc = main([a.format(d=d, out=tmp_path / "OUT") for a in argv])
+    except _Hang:
+        pytest.fail(f"{case_id}: llmc {argv[0]} hung")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    check_one_line(rc, capfd.readouterr().err, tmp_path / "OUT", *needles)
