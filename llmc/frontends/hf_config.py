@@ -96,8 +96,9 @@ def _key(cfg: dict[str, Any], keys: tuple[str, ...]) -> str | None:
     return next((k for k in keys if k in cfg), None)
 
 
-def check_values(cfg: dict[str, Any], where: str) -> None:
-    """Types and ranges of every field llmc or transformers reads as a size, number or flag."""
+def check_values(cfg: dict[str, Any], where: str, fam: Family | None = None) -> None:
+    """Types and ranges of every field llmc or transformers reads as a size, number or flag (and,
+    given the family, the rotary dimensions they imply)."""
 
     def bad(k: str, v: Any, want: str) -> ModelLoadError:
         return ModelLoadError(f"{where}: {k} is {_show(v)}; expected {want}")
@@ -158,6 +159,8 @@ def check_values(cfg: dict[str, Any], where: str) -> None:
     for k in _ROPE_DICTS:
         _check_rope(cfg, k, where, bad)
     _check_heads(cfg, where)
+    if fam is not None and fam.rotary:
+        _check_rotary_dims(cfg, fam, where)
 
 
 def _check_rope(cfg: dict[str, Any], k: str, where: str, bad: Any) -> None:
@@ -205,6 +208,30 @@ def _check_heads(cfg: dict[str, Any], where: str) -> None:
         raise ModelLoadError(
             f"{where}: num_key_value_heads {kv} must divide {nk} {heads} (grouped-query attention)"
         )
+
+
+def _check_rotary_dims(cfg: dict[str, Any], fam: Family, where: str) -> None:
+    """head_dim x partial rotary factor must leave a positive even number of rotated channels
+    (transformers truncates it with int(): a factor of 0.01 would rotate nothing)."""
+    hk, nk = _key(cfg, ("hidden_size",)), _key(cfg, ("num_attention_heads",))
+    if hk is None or nk is None:
+        return
+    hd = cfg.get("head_dim") if fam.name in ("llama", "mistral", "qwen2") else None
+    hd = hd or cfg[hk] // cfg[nk]
+    rp = cfg.get("rope_parameters") if isinstance(cfg.get("rope_parameters"), dict) else {}
+    for key, val in (
+        ("rope_parameters.partial_rotary_factor", rp.get("partial_rotary_factor")),
+        ("partial_rotary_factor", cfg.get("partial_rotary_factor")),
+        ("rotary_pct", cfg.get("rotary_pct")),
+    ):
+        if val is not None:
+            rd = int(hd * val)
+            if rd < 2 or rd % 2:
+                raise ModelLoadError(
+                    f"{where}: {key} {val} rotates {rd} of head_dim {hd} channels; it must be a "
+                    "positive even number"
+                )
+            return
 
 
 def _effective(cfg: dict[str, Any], keys: tuple[str, ...], arch: str) -> tuple[str, Any]:

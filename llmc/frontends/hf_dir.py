@@ -197,7 +197,7 @@ def load_hf_dir(
     cfg = checkpoint.read_config(d)
     where = str(d / "config.json")
     fam = architecture_of(cfg, where)
-    hf_config.check_values(cfg, where)
+    hf_config.check_values(cfg, where, fam)
     target = parse_dtype(dtype, "--dtype") or parse_dtype(
         cfg.get("torch_dtype") or cfg.get("dtype"), f"{where}: torch_dtype"
     )
