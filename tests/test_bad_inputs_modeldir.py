@@ -373,6 +373,7 @@ CASES: list[tuple[str, str, Callable[[Path], None], tuple[str, ...], tuple[str, 
     ("st-embedding-misshaped", "llama", tensors(lambda sd: sd.__setitem__(EMB, sd[EMB][:-1])), ("config.json", "vocab_size", EMB), ()),
     ("st-layer-gap", "llama", tensors(lambda sd: [sd.__setitem__(k.replace("layers.1.", "layers.5."), sd.pop(k)) for k in list(sd) if ".layers.1." in k]), (ST, "has layer 5", "no layer 1"), ()),
     ("st-extra-layer", "llama", tensors(lambda sd: sd.__setitem__("model.layers.2.mlp.up_proj.weight", torch.zeros(1))), ("config.json", "num_hidden_layers is 2", "3 layers"), ()),
+    ("tied-but-different", "llama", cfg_edit(tie_word_embeddings=True), (ST, "'lm_head.weight' differs from 'model.embed_tokens.weight'", "tie_word_embeddings"), ()),
     ("st-same-weight-twice", "gpt2", tensors(lambda sd: sd.__setitem__("h.0.ln_1.weight", sd["transformer.h.0.ln_1.weight"].clone())), (ST, "both", "h.0.ln_1.weight"), ()),
     # config.json: the file
     ("config-missing", "llama", lambda d: (d / "config.json").unlink(), ("config.json", "missing"), ()),
@@ -659,3 +660,11 @@ def test_other_commands_refuse_the_same_way(argv, case_id, bases, tmp_path, capf
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
     check_one_line(rc, capfd.readouterr().err, tmp_path / "OUT", *needles)
+
+
+def test_tied_weight_stored_twice_identically_loads(bases, tmp_path, capfd) -> None:
+    d = tmp_path / "model"
+    shutil.copytree(bases["llama"], d)
+    tensors(lambda sd: sd.__setitem__("lm_head.weight", sd[EMB].clone()))(d)
+    cfg_edit(tie_word_embeddings=True)(d)
+    _compiles(d, tmp_path, capfd)

@@ -216,7 +216,20 @@ def load_hf_dir(
                 f"{d / shapes[src][1]}: tensor {quote(src)} has dtype {ckpt.dtype(src)}; weights must "
                 "be floating point"
             )
-    sd = ckpt.load(rename)
+    # A tied weight the checkpoint also stores (lm_head.weight with tie_word_embeddings): ties
+    # are only safe when the stored copy is the same tensor; transformers versions disagree on
+    # which one wins otherwise, so a differing copy is refused rather than silently dropped.
+    tied = _rename(list(shapes), {a: () for a in aliases}, prefix, fam)
+    sd = ckpt.load([*rename, *tied])
+    canon_src = {dst: src for src, dst in rename.items()}
+    for src, alias in tied.items():
+        other = canon_src.get(aliases[alias])
+        if other is not None and not torch.equal(sd[src], sd[other]):
+            raise ModelLoadError(
+                f"{d / shapes[src][1]}: tensor {quote(src)} differs from {quote(other)}, but "
+                f"config.json ties them (tie_word_embeddings); set it to false to use both, or "
+                f"remove {quote(src)}"
+            )
     weights: dict[str, torch.Tensor] = {}
     for src, dst in rename.items():
         t = sd[src]
