@@ -38,7 +38,7 @@ IDX = "model.safetensors.index.json"
 def bases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("bases")
     out = {}
-    for fam in ("llama", "gpt2", "opt", "gpt_neox"):
+    for fam in ("llama", "gpt2", "opt", "gpt_neox", "mistral", "qwen2"):
         make(fam).save_pretrained(root / fam)
         out[fam] = root / fam
     return out
@@ -424,6 +424,11 @@ CASES: list[tuple[str, str, Callable[[Path], None], tuple[str, ...], tuple[str, 
     ("max-positions-negative", "llama", cfg_edit(max_position_embeddings=-5), ("config.json", "max_position_embeddings", "positive integer"), ()),
     ("sliding-window-negative", "llama", cfg_edit(sliding_window=-1), ("config.json", "sliding_window"), ()),
     # config.json: other values
+    ("layer-types-not-list", "llama", cfg_edit(layer_types="full_attention"), ("config.json", "layer_types must be a list"), ()),
+    ("layer-types-unknown", "llama", cfg_edit(layer_types=["full_attention", "chunked_attention"]), ("config.json", "layer_types must be a list"), ()),
+    ("layer-types-length", "llama", cfg_edit(layer_types=["full_attention"] * 3), ("config.json", "layer_types lists 3 layers", "num_hidden_layers is 2"), ()),
+    ("mistral-layer-types-mixed", "mistral", cfg_edit(layer_types=["full_attention", "sliding_attention"]), ("config.json", "layer_types mixes"), ()),
+    ("qwen2-sliding-layers-window-off", "qwen2", cfg_edit(layer_types=["sliding_attention", "full_attention"], use_sliding_window=False, sliding_window=2), ("config.json", "use_sliding_window is false"), ()),
     ("eps-string", "llama", cfg_edit(rms_norm_eps="1e-5"), ("config.json", "rms_norm_eps"), ()),
     ("eps-negative", "llama", cfg_edit(rms_norm_eps=-1e-5), ("config.json", "rms_norm_eps"), ()),
     ("eps-zero", "llama", cfg_edit(rms_norm_eps=0), ("config.json", "rms_norm_eps"), ()),
@@ -449,6 +454,7 @@ CASES: list[tuple[str, str, Callable[[Path], None], tuple[str, ...], tuple[str, 
     ("opt-proj-dim-vs-embedding", "opt", cfg_edit(word_embed_proj_dim=32), ("config.json", "word_embed_proj_dim is 32", "embed_tokens"), ()),
     ("opt-ffn-dim-huge", "opt", cfg_edit(ffn_dim=10**7), ("config.json", "ffn_dim", "at most"), ()),
     ("opt-ffn-dim-vs-tensors", "opt", cfg_edit(ffn_dim=200), ("config.json implies", "fc1", "ffn_dim = 200"), ()),
+    ("opt-remove-final-norm-string", "opt", cfg_edit(_remove_final_layer_norm="yes"), ("config.json", "_remove_final_layer_norm"), ()),
     ("opt-dropout-three", "opt", cfg_edit(dropout=3), ("config.json", "dropout is 3", "probability"), ()),
     ("opt-layer-norm-flag", "opt", cfg_edit(do_layer_norm_before="no"), ("config.json", "do_layer_norm_before"), ()),
     ("opt-legacy-names-layer-gap", "opt", tensors(lambda sd: [sd.__setitem__(k.replace("model.decoder.layers.1.", "decoder.layers.7."), sd.pop(k)) for k in list(sd) if ".layers.1." in k]), (ST, "has layer 7", "no layer 1"), ()),
@@ -668,3 +674,15 @@ def test_tied_weight_stored_twice_identically_loads(bases, tmp_path, capfd) -> N
     tensors(lambda sd: sd.__setitem__("lm_head.weight", sd[EMB].clone()))(d)
     cfg_edit(tie_word_embeddings=True)(d)
     _compiles(d, tmp_path, capfd)
+
+
+def test_opt_remove_final_layer_norm_is_honoured(bases, tmp_path) -> None:
+    """A private-looking key that is architecture (OPT-350m has it): the final norm is skipped as
+    transformers skips it (6c21cd0 dropped every _key and compiled the norm in)."""
+    from llmc.frontends import load_model
+
+    d = tmp_path / "model"
+    shutil.copytree(bases["opt"], d)
+    cfg_edit(_remove_final_layer_norm=True)(d)
+    g = load_model(str(d)).graph
+    assert "model.decoder.final_layer_norm.weight" not in g.params

@@ -58,6 +58,7 @@ _FLAGS = (
     "mlp_bias",
     "enable_bias",
     "use_cache",
+    "_remove_final_layer_norm",
 )
 _STRINGS = ("hidden_act", "activation_function", "model_type")
 _TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
@@ -161,6 +162,8 @@ def check_values(cfg: dict[str, Any], where: str, fam: Family | None = None) -> 
     _check_heads(cfg, where)
     if fam is not None and fam.rotary:
         _check_rotary_dims(cfg, fam, where)
+    if fam is not None:
+        _check_layer_types(cfg, fam, where)
 
 
 def _check_rope(cfg: dict[str, Any], k: str, where: str, bad: Any) -> None:
@@ -208,6 +211,36 @@ def _check_heads(cfg: dict[str, Any], where: str) -> None:
         raise ModelLoadError(
             f"{where}: num_key_value_heads {kv} must divide {nk} {heads} (grouped-query attention)"
         )
+
+
+def _check_layer_types(cfg: dict[str, Any], fam: Family, where: str) -> None:
+    """``layer_types`` (per-layer full or sliding attention) as transformers can run it."""
+    lt = cfg.get("layer_types")
+    if lt is None:
+        return
+    kinds = ("full_attention", "sliding_attention")
+    if not isinstance(lt, list) or not all(isinstance(t, str) and t in kinds for t in lt):
+        raise ModelLoadError(
+            f"{where}: layer_types must be a list of {' or '.join(map(repr, kinds))}"
+        )
+    n = cfg.get("num_hidden_layers")
+    if _is_int(n) and len(lt) != n:
+        raise ModelLoadError(
+            f"{where}: layer_types lists {len(lt)} layers but num_hidden_layers is {n}"
+        )
+    if fam.name == "mistral" and "sliding_attention" in lt and "full_attention" in lt:
+        # transformers' Mistral masks every layer with the window but warns that layer_types
+        # belongs to Ministral: the two disagree, so neither answer is safe to compile.
+        raise ModelLoadError(
+            f"{where}: layer_types mixes full and sliding attention, which Mistral does not "
+            "support (a Ministral config?)"
+        )
+    if "sliding_attention" in lt and fam.name in ("mistral", "qwen2"):
+        sw = cfg.get("sliding_window")
+        off = fam.name == "qwen2" and not cfg.get("use_sliding_window", False)
+        if not sw or off:
+            why = "use_sliding_window is false" if off else "sliding_window is not set"
+            raise ModelLoadError(f"{where}: layer_types has sliding_attention layers but {why}")
 
 
 def _check_rotary_dims(cfg: dict[str, Any], fam: Family, where: str) -> None:

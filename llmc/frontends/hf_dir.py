@@ -89,9 +89,10 @@ def build_module(cfg: dict[str, Any], fam: Family, where: str, *, device: str = 
 
     arch = next(a for a in cfg["architectures"] if ARCHITECTURES.get(a) is fam)
     cls = getattr(transformers, arch)
-    # Private keys (_name_or_path, _attn_implementation, ...) are transformers' run-time state,
-    # not the architecture: llmc chooses the attention implementation itself.
-    conf = {k: v for k, v in cfg.items() if k != "auto_map" and not k.startswith("_")}
+    # transformers' run-time state, not the architecture: llmc chooses the attention
+    # implementation itself. (Other private keys stay: OPT's _remove_final_layer_norm is real.)
+    drop = ("auto_map", "_name_or_path", "_commit_hash", "_attn_implementation")
+    conf = {k: v for k, v in cfg.items() if k not in drop and not k.startswith("_attn_impl")}
     # transformers logs its own opinions of a config (unknown rope keys, ...) on stderr; llmc's
     # checks (hf_config) are the user's channel, and stderr carries one line per error.
     verbosity = transformers.logging.get_verbosity()
