@@ -1,5 +1,5 @@
 """Reading model directories safely. Model directories are untrusted input (design.md, "Inputs are
-untrusted"): this module is the only code that opens their files.
+untrusted"): with :mod:`llmc.frontends.untrusted`, this module opens their files.
 
 - Every file is opened through :func:`open_model_file`: its *resolved* path must lie inside the
   resolved model directory (a symlink to ``/etc/passwd`` named ``config.json`` is refused; the
@@ -24,10 +24,8 @@ Every failure is a :class:`~llmc.errors.ModelLoadError` whose message names the 
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import stat
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -37,6 +35,14 @@ from typing import IO, Any
 import torch
 
 from llmc.errors import ModelLoadError
+from llmc.frontends.untrusted import (
+    one_line,
+    open_model_file,
+    parse_json,
+    quote,
+    read_json,
+    shorten,
+)
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 MAX_CONFIG_BYTES = 4 * 1024 * 1024  # real config.json files are a few KB
@@ -74,133 +80,6 @@ class StateDict(dict):
     """``name -> tensor``, plus ``files``: ``name -> file it came from`` (for error messages)."""
 
     files: dict[str, str]
-
-
-# ----------------------------------------------------------------------------------------------
-# opening files
-
-
-_KINDS = (
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISFIFO, "a FIFO"),
-    (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-)
-
-
-def _kind(mode: int) -> str:
-    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
-
-
-def _roots(root: Path) -> list[Path]:
-    """Where files of the (resolved) directory ``root`` may resolve to: the directory itself, and
-    for a Hugging Face cache snapshot (``models--org--name/snapshots/REV``) the repo's blobs."""
-    roots = [root]
-    if root.parent.name == "snapshots" and root.parent.parent.name.startswith(
-        ("models--", "datasets--")
-    ):
-        roots.append(root.parent.parent / "blobs")
-    return roots
-
-
-def confined(path: Path, root: Path) -> Path:
-    """The resolved ``path``, refused unless it lies inside the resolved directory ``root``."""
-    try:
-        real = Path(os.path.realpath(path, strict=True))
-        base = Path(os.path.realpath(root, strict=True))
-    except FileNotFoundError:
-        raise ModelLoadError(f"{path}: missing (a dangling symbolic link?)") from None
-    except OSError as e:
-        raise ModelLoadError(f"{path}: cannot resolve ({e.strerror or e})") from None
-    if not any(real.is_relative_to(r) for r in _roots(base)):
-        raise ModelLoadError(
-            f"{path}: resolves to {real}, outside the model directory {base}; llmc reads only "
-            "files inside the model directory (copy the file in instead of linking it)"
-        )
-    return real
-
-
-def open_model_file(path: str | Path, root: str | Path | None = None) -> IO[bytes]:
-    """``path`` opened for binary reading, after checking that it is a regular file and (with
-    ``root``) that its resolved path lies inside ``root``. Never blocks on a FIFO."""
-    p = Path(path)
-    real = confined(p, Path(root)) if root is not None else p
-    try:
-        st = os.stat(real)
-    except OSError as e:
-        raise ModelLoadError(f"{p}: cannot read ({e.strerror or e})") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ModelLoadError(f"{p}: is {_kind(st.st_mode)}; expected a regular file")
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(real, flags)
-    except OSError as e:
-        raise ModelLoadError(f"{p}: cannot read ({e.strerror or e})") from None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):  # swapped between stat and open
-        os.close(fd)
-        raise ModelLoadError(f"{p}: is {_kind(st.st_mode)}; expected a regular file")
-    return os.fdopen(fd, "rb")
-
-
-def check_model_files(model_dir: str | Path, names: Iterable[str]) -> None:
-    """Refuse any of ``names`` that exists in ``model_dir`` (or is a dangling link) but is not a
-    regular file inside it: for files other code opens by name (tokenizer files)."""
-    d = Path(model_dir)
-    for n in names:
-        p = d / n
-        if p.is_symlink() or p.exists():
-            open_model_file(p, d).close()
-
-
-def _no_duplicates(where: str) -> Any:
-    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in pairs:
-            if k in out:
-                raise ModelLoadError(f"{where}: key {quote(k)} appears twice")
-            out[k] = v
-        return out
-
-    return hook
-
-
-def _bad_constant(where: str) -> Any:
-    def hook(name: str) -> Any:
-        raise ModelLoadError(f"{where}: {name} is not valid JSON")
-
-    return hook
-
-
-def parse_json(raw: bytes, where: str) -> Any:
-    """Strict JSON: UTF-8, no repeated keys, no NaN/Infinity, bounded nesting."""
-    try:
-        text = raw.decode("utf-8")
-        return json.loads(
-            text, object_pairs_hook=_no_duplicates(where), parse_constant=_bad_constant(where)
-        )
-    except UnicodeDecodeError as e:
-        raise ModelLoadError(f"{where}: not UTF-8 text (byte {e.start})") from None
-    except RecursionError:
-        raise ModelLoadError(f"{where}: JSON nested too deeply") from None
-    except ValueError as e:  # JSONDecodeError, and int() of a number with > 4300 digits
-        raise ModelLoadError(f"{where}: not valid JSON ({_one_line(str(e))})") from None
-
-
-def read_json(path: Path, root: Path, limit: int) -> Any:
-    with open_model_file(path, root) as f:
-        size = os.fstat(f.fileno()).st_size
-        if size > limit:
-            raise ModelLoadError(f"{path}: {size} bytes is too large (at most {limit})")
-        raw = f.read(limit + 1)
-    if len(raw) > limit:
-        raise ModelLoadError(f"{path}: too large (at most {limit} bytes)")
-    return parse_json(raw, str(path))
-
-
-def _one_line(s: str) -> str:
-    return " ".join(s.split())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -273,7 +152,7 @@ def read_safetensors_header(
             raise ModelLoadError(f"{p}: tensor {quote(name)}: bad header entry")
         dt, shape, offs = info.get("dtype"), info.get("shape"), info.get("data_offsets")
         if not isinstance(dt, str) or dt not in SAFETENSORS_DTYPES:
-            raise ModelLoadError(f"{p}: tensor {quote(name)}: unsupported dtype {_short(dt)}")
+            raise ModelLoadError(f"{p}: tensor {quote(name)}: unsupported dtype {shorten(dt)}")
         if (
             not isinstance(shape, list)
             or len(shape) > MAX_RANK
@@ -281,13 +160,13 @@ def read_safetensors_header(
                 isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_DIM for s in shape
             )
         ):
-            raise ModelLoadError(f"{p}: tensor {quote(name)}: bad shape {_short(shape)}")
+            raise ModelLoadError(f"{p}: tensor {quote(name)}: bad shape {shorten(shape)}")
         if (
             not isinstance(offs, list)
             or len(offs) != 2
             or not all(isinstance(o, int) and not isinstance(o, bool) for o in offs)
         ):
-            raise ModelLoadError(f"{p}: tensor {quote(name)}: bad data_offsets {_short(offs)}")
+            raise ModelLoadError(f"{p}: tensor {quote(name)}: bad data_offsets {shorten(offs)}")
         b, e = offs
         numel = 1
         for s in shape:
@@ -327,18 +206,6 @@ def read_safetensors_header(
     return out
 
 
-def _short(v: Any) -> str:
-    s = repr(v)
-    return s if len(s) <= 60 else s[:57] + "..."
-
-
-def quote(name: Any) -> str:
-    """``repr`` of a name read from a file, shortened: an error is one readable line even when
-    the file holds a megabyte-long tensor name."""
-    s = repr(name)
-    return s if len(s) <= 100 else s[:97] + "..."
-
-
 def _read_index(d: Path, index: Path) -> tuple[list[Path], dict[str, str]]:
     obj = read_json(index, d, MAX_INDEX_BYTES)
     wm = obj.get("weight_map") if isinstance(obj, dict) else None
@@ -349,7 +216,7 @@ def _read_index(d: Path, index: Path) -> tuple[list[Path], dict[str, str]]:
     for t, n in wm.items():
         if not isinstance(n, str):
             raise ModelLoadError(
-                f"{index}: weight_map[{quote(t)}] must be a shard file name, got {_short(n)}"
+                f"{index}: weight_map[{quote(t)}] must be a shard file name, got {shorten(n)}"
             )
         if (
             Path(n).name != n
@@ -358,7 +225,7 @@ def _read_index(d: Path, index: Path) -> tuple[list[Path], dict[str, str]]:
             or not n.endswith(".safetensors")
         ):
             raise ModelLoadError(
-                f"{index}: shard name {_short(n)} must be a file in the directory, named *.safetensors"
+                f"{index}: shard name {shorten(n)} must be a file in the directory, named *.safetensors"
             )
     files = []
     for n in sorted(set(wm.values())):
@@ -391,7 +258,7 @@ def _pickle_reason(e: BaseException) -> str:
     (which would run the pickle's code: never pass that on to users)."""
     s = _ANSI.sub("", str(e))
     m = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\s*Please use|\n\n|$)", s, re.S)
-    reason = _one_line(m.group(1) if m else (s.splitlines()[0] if s.strip() else ""))
+    reason = one_line(m.group(1) if m else (s.splitlines()[0] if s.strip() else ""))
     if not reason or "weights_only" in reason or "trust" in reason:
         reason = type(e).__name__
     return reason.rstrip(".")

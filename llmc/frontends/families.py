@@ -157,6 +157,11 @@ def rope_attrs(config: Any) -> RopeAttrs:
     hd = head_dim(config)
     partial = float(rp.get("partial_rotary_factor", 1.0) or 1.0)
     rd = int(hd * partial)
+    if rd < 2 or rd % 2:
+        raise UnsupportedOpError(
+            f"rotary dimensions {rd} (head_dim {hd} x partial_rotary_factor {partial}) must be a "
+            "positive even number"
+        )
     return RopeAttrs(
         theta=float(rp.get("rope_theta", 10000.0)),
         rotary_dim=0 if rd == hd else rd,
@@ -168,12 +173,28 @@ def rope_attrs(config: Any) -> RopeAttrs:
     )
 
 
-def _check_rope(module: torch.nn.Module, attrs: RopeAttrs, hd: int) -> None:
+def _inv_freq(module: torch.nn.Module) -> torch.Tensor | None:
+    """The rotary module's ``inv_freq``; for a module built on ``meta`` (a model directory, the
+    zoo) a CPU twin is built from its config, so the cross-check below runs for those too."""
     inv = getattr(module, "inv_freq", None)
+    if inv is None or inv.device.type != "meta":
+        return inv
+    cfg = getattr(module, "config", None)
+    if cfg is None:
+        return None
+    try:
+        with torch.device("cpu"):
+            return type(module)(cfg).inv_freq
+    except Exception:  # a rotary class with another constructor: no twin, no cross-check
+        return None
+
+
+def _check_rope(module: torch.nn.Module, attrs: RopeAttrs, hd: int) -> None:
     scaling = float(getattr(module, "attention_scaling", 1.0) or 1.0)
     if scaling != 1.0:
         raise UnsupportedOpError(f"rotary attention_scaling {scaling} is not supported")
-    if inv is None or inv.device.type == "meta":
+    inv = _inv_freq(module)
+    if inv is None:
         return
     mine = rope_inv_freq(attrs, attrs.rotary_dim or hd)
     if mine.shape != inv.shape or not torch.allclose(mine, inv.float().cpu(), rtol=1e-5):

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from llmc.errors import ModelLoadError
-from llmc.frontends.checkpoint import quote
 from llmc.frontends.families import SUPPORTED_ROPE, Family
+from llmc.frontends.untrusted import quote
 
 # (json keys, the first being the name used in messages; upper limit; may be null)
 _SIZES: tuple[tuple[tuple[str, ...], int, bool], ...] = (
@@ -58,6 +58,7 @@ _FLAGS = (
     "mlp_bias",
     "enable_bias",
     "use_cache",
+    "_remove_final_layer_norm",
 )
 _STRINGS = ("hidden_act", "activation_function", "model_type")
 _TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
@@ -96,8 +97,9 @@ def _key(cfg: dict[str, Any], keys: tuple[str, ...]) -> str | None:
     return next((k for k in keys if k in cfg), None)
 
 
-def check_values(cfg: dict[str, Any], where: str) -> None:
-    """Types and ranges of every field llmc or transformers reads as a size, number or flag."""
+def check_values(cfg: dict[str, Any], where: str, fam: Family | None = None) -> None:
+    """Types and ranges of every field llmc or transformers reads as a size, number or flag (and,
+    given the family, the rotary dimensions they imply)."""
 
     def bad(k: str, v: Any, want: str) -> ModelLoadError:
         return ModelLoadError(f"{where}: {k} is {_show(v)}; expected {want}")
@@ -158,6 +160,10 @@ def check_values(cfg: dict[str, Any], where: str) -> None:
     for k in _ROPE_DICTS:
         _check_rope(cfg, k, where, bad)
     _check_heads(cfg, where)
+    if fam is not None and fam.rotary:
+        _check_rotary_dims(cfg, fam, where)
+    if fam is not None:
+        _check_layer_types(cfg, fam, where)
 
 
 def _check_rope(cfg: dict[str, Any], k: str, where: str, bad: Any) -> None:
@@ -205,6 +211,60 @@ def _check_heads(cfg: dict[str, Any], where: str) -> None:
         raise ModelLoadError(
             f"{where}: num_key_value_heads {kv} must divide {nk} {heads} (grouped-query attention)"
         )
+
+
+def _check_layer_types(cfg: dict[str, Any], fam: Family, where: str) -> None:
+    """``layer_types`` (per-layer full or sliding attention) as transformers can run it."""
+    lt = cfg.get("layer_types")
+    if lt is None:
+        return
+    kinds = ("full_attention", "sliding_attention")
+    if not isinstance(lt, list) or not all(isinstance(t, str) and t in kinds for t in lt):
+        raise ModelLoadError(
+            f"{where}: layer_types must be a list of {' or '.join(map(repr, kinds))}"
+        )
+    n = cfg.get("num_hidden_layers")
+    if _is_int(n) and len(lt) != n:
+        raise ModelLoadError(
+            f"{where}: layer_types lists {len(lt)} layers but num_hidden_layers is {n}"
+        )
+    if fam.name == "mistral" and "sliding_attention" in lt and "full_attention" in lt:
+        # transformers' Mistral masks every layer with the window but warns that layer_types
+        # belongs to Ministral: the two disagree, so neither answer is safe to compile.
+        raise ModelLoadError(
+            f"{where}: layer_types mixes full and sliding attention, which Mistral does not "
+            "support (a Ministral config?)"
+        )
+    if "sliding_attention" in lt and fam.name in ("mistral", "qwen2"):
+        sw = cfg.get("sliding_window")
+        off = fam.name == "qwen2" and not cfg.get("use_sliding_window", False)
+        if not sw or off:
+            why = "use_sliding_window is false" if off else "sliding_window is not set"
+            raise ModelLoadError(f"{where}: layer_types has sliding_attention layers but {why}")
+
+
+def _check_rotary_dims(cfg: dict[str, Any], fam: Family, where: str) -> None:
+    """head_dim x partial rotary factor must leave a positive even number of rotated channels
+    (transformers truncates it with int(): a factor of 0.01 would rotate nothing)."""
+    hk, nk = _key(cfg, ("hidden_size",)), _key(cfg, ("num_attention_heads",))
+    if hk is None or nk is None:
+        return
+    hd = cfg.get("head_dim") if fam.name in ("llama", "mistral", "qwen2") else None
+    hd = hd or cfg[hk] // cfg[nk]
+    rp = cfg.get("rope_parameters") if isinstance(cfg.get("rope_parameters"), dict) else {}
+    for key, val in (
+        ("rope_parameters.partial_rotary_factor", rp.get("partial_rotary_factor")),
+        ("partial_rotary_factor", cfg.get("partial_rotary_factor")),
+        ("rotary_pct", cfg.get("rotary_pct")),
+    ):
+        if val is not None:
+            rd = int(hd * val)
+            if rd < 2 or rd % 2:
+                raise ModelLoadError(
+                    f"{where}: {key} {val} rotates {rd} of head_dim {hd} channels; it must be a "
+                    "positive even number"
+                )
+            return
 
 
 def _effective(cfg: dict[str, Any], keys: tuple[str, ...], arch: str) -> tuple[str, Any]:

@@ -19,8 +19,8 @@ import torch
 
 from llmc.errors import ModelLoadError
 from llmc.frontends import checkpoint, hf_config
-from llmc.frontends.checkpoint import quote
 from llmc.frontends.families import ARCHITECTURES, Family, supported_architectures
+from llmc.frontends.untrusted import check_model_files, quote
 from llmc.ir.graph import Graph
 from llmc.ir.types import DTYPES, to_torch_dtype
 
@@ -76,8 +76,9 @@ def architecture_of(cfg: dict[str, Any], where: str) -> Family:
                     f"(expected {fam.model_type!r})"
                 )
             return fam
+    shown = archs[0] if len(archs[0]) <= 100 else archs[0][:97] + "..."
     raise ModelLoadError(
-        f"{where}: architecture {quote(archs[0])} is not supported "
+        f"{where}: architecture {shown} is not supported "
         f"(supported: {', '.join(supported_architectures())})"
     )
 
@@ -88,9 +89,10 @@ def build_module(cfg: dict[str, Any], fam: Family, where: str, *, device: str = 
 
     arch = next(a for a in cfg["architectures"] if ARCHITECTURES.get(a) is fam)
     cls = getattr(transformers, arch)
-    # Private keys (_name_or_path, _attn_implementation, ...) are transformers' run-time state,
-    # not the architecture: llmc chooses the attention implementation itself.
-    conf = {k: v for k, v in cfg.items() if k != "auto_map" and not k.startswith("_")}
+    # transformers' run-time state, not the architecture: llmc chooses the attention
+    # implementation itself. (Other private keys stay: OPT's _remove_final_layer_norm is real.)
+    drop = ("auto_map", "_name_or_path", "_commit_hash", "_attn_implementation")
+    conf = {k: v for k, v in cfg.items() if k not in drop and not k.startswith("_attn_impl")}
     # transformers logs its own opinions of a config (unknown rope keys, ...) on stderr; llmc's
     # checks (hf_config) are the user's channel, and stderr carries one line per error.
     verbosity = transformers.logging.get_verbosity()
@@ -196,11 +198,11 @@ def load_hf_dir(
     cfg = checkpoint.read_config(d)
     where = str(d / "config.json")
     fam = architecture_of(cfg, where)
-    hf_config.check_values(cfg, where)
+    hf_config.check_values(cfg, where, fam)
     target = parse_dtype(dtype, "--dtype") or parse_dtype(
         cfg.get("torch_dtype") or cfg.get("dtype"), f"{where}: torch_dtype"
     )
-    checkpoint.check_model_files(d, TOKENIZER_FILES + _OTHER_TOKENIZER_FILES)
+    check_model_files(d, TOKENIZER_FILES + _OTHER_TOKENIZER_FILES)
     ckpt = checkpoint.Checkpoint(d, allow_pickle=allow_pickle)
     shapes = ckpt.shapes
     arch = next(a for a in cfg["architectures"] if ARCHITECTURES.get(a) is fam)
@@ -215,7 +217,20 @@ def load_hf_dir(
                 f"{d / shapes[src][1]}: tensor {quote(src)} has dtype {ckpt.dtype(src)}; weights must "
                 "be floating point"
             )
-    sd = ckpt.load(rename)
+    # A tied weight the checkpoint also stores (lm_head.weight with tie_word_embeddings): ties
+    # are only safe when the stored copy is the same tensor; transformers versions disagree on
+    # which one wins otherwise, so a differing copy is refused rather than silently dropped.
+    tied = _rename(list(shapes), {a: () for a in aliases}, prefix, fam)
+    sd = ckpt.load([*rename, *tied])
+    canon_src = {dst: src for src, dst in rename.items()}
+    for src, alias in tied.items():
+        other = canon_src.get(aliases[alias])
+        if other is not None and not torch.equal(sd[src], sd[other]):
+            raise ModelLoadError(
+                f"{d / shapes[src][1]}: tensor {quote(src)} differs from {quote(other)}, but "
+                f"config.json ties them (tie_word_embeddings); set it to false to use both, or "
+                f"remove {quote(src)}"
+            )
     weights: dict[str, torch.Tensor] = {}
     for src, dst in rename.items():
         t = sd[src]
