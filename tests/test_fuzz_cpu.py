@@ -125,3 +125,41 @@ def test_cpu_lowering_matches_the_interpreter(cc: tuple[LMCase, str], slack: int
         for i, (a, b, r) in enumerate(zip(got, base, ref, strict=True)):
             what = f"cpu {entry} after '{spec}': output {i} (%{g.outputs[i].name})"
             check_accuracy(a, b, r, case.dtype, what)
+
+
+@settings(max_examples=examples(0.05))
+@given(case=lm_cases())
+def test_cpu_artifact_runner_matches_the_interpreter(case: LMCase) -> None:
+    """The whole path users take: an atomic artifact (``llmc.compile.compile_model``), loaded by
+    the TVM runner, a forward on the case's cache, then one decode step on the runner's own
+    cache, each against the interpreter."""
+    import tempfile
+    from pathlib import Path
+
+    from llmc.compile import Loaded, compile_model
+    from llmc.runtime.tvm_runner import load
+
+    g, x, env = case.graph, case.inputs, case.env
+    layers = case.arch["layers"] if case.arch["cache"] else 0
+    past = [(x[f"past_k_{i}"], x[f"past_v_{i}"]) for i in range(layers)]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "art"
+        compile_model(Loaded(g, None, "fuzz", "tests"), target="cpu", out=out)
+        lm = load(out)
+        logits, present = lm.forward(x["input_ids"], x["positions"], past)
+        want, ref = run(g, x), run(widen(g), widen_inputs(x))
+        got = [logits, *[t for kv in present for t in kv]]
+        for i, (a, b, r) in enumerate(zip(got, want, ref, strict=True)):
+            check_accuracy(a, b, r, case.dtype, f"runner output {i} (%{g.outputs[i].name})")
+        if not layers:
+            return
+        # one more token per row, on the cache the runner handed back
+        n = env["past"] + env["seq"]
+        x1 = dict(x)
+        x1["input_ids"] = x["input_ids"][:, -1:].flip(0).contiguous()
+        x1["positions"] = torch.full((env["batch"], 1), n)
+        for i in range(layers):
+            x1[f"past_k_{i}"], x1[f"past_v_{i}"] = want[1 + 2 * i], want[2 + 2 * i]
+        logits1, _ = lm.forward(x1["input_ids"], x1["positions"], present)
+        ref1 = run(widen(g), widen_inputs(x1))[0]
+        check_accuracy(logits1, run(g, x1)[0], ref1, case.dtype, "decode logits")

@@ -273,6 +273,8 @@ class _Builder:
             "max_position_embeddings": 16,
             "dtype": self.dt,
         }
+        if a["positions"] == "learned":
+            g.meta["position_embedding"] = "learned"
         return g
 
     def layer(
