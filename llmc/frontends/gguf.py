@@ -109,8 +109,8 @@ class GGUFFile:
 
 
 def is_gguf(path: str | Path) -> bool:
-    p = Path(path)
-    return p.suffix.lower() == GGUF_SUFFIX and p.is_file()
+    p = Path(path)  # any existing non-directory: load_gguf refuses what is not a regular file
+    return p.suffix.lower() == GGUF_SUFFIX and p.exists() and not p.is_dir()
 
 
 def gguf_in_dir(d: str | Path) -> Path | None:
@@ -120,12 +120,16 @@ def gguf_in_dir(d: str | Path) -> Path | None:
     d = Path(d)
     if any(d.glob("*.safetensors")):
         return None
-    found = sorted(p for p in d.iterdir() if p.suffix.lower() == GGUF_SUFFIX and p.is_file())
+    found = sorted(p for p in d.iterdir() if p.suffix.lower() == GGUF_SUFFIX)
     if len(found) > 1:
         names = ", ".join(p.name for p in found[:3])
         raise ModelLoadError(
             f"{d}: holds {len(found)} GGUF files ({names}); pass the one to load as MODEL"
         )
+    if found:  # a directory's file must stay inside it (a link out of it is refused)
+        from llmc.frontends.untrusted import confined
+
+        confined(found[0], d)
     return found[0] if found else None
 
 
@@ -442,8 +446,11 @@ def load_gguf(
     from llmc.frontends.gguf_tokenizer import tokenizer_from_gguf
     from llmc.frontends.hf import from_hf_model
     from llmc.frontends.hf_dir import _expected, build_module, parse_dtype
+    from llmc.frontends.untrusted import open_model_file
     from llmc.ir.types import to_torch_dtype
 
+    with open_model_file(path):  # a regular file (a FIFO or device is refused, never read)
+        pass
     f = read_gguf(path)
     cfg = gguf_config(f)
     where = str(f.path)

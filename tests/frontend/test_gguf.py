@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import struct
+from pathlib import Path
 
 import gguf
 import numpy as np
@@ -499,3 +500,25 @@ def test_bad_tokenizer_metadata(tmp_path, meta, pattern):
     }
     with pytest.raises(ModelLoadError, match=pattern):
         _tokenizer_gguf(tmp_path, {**base, **meta})
+
+
+def test_gguf_special_files_and_links_out_of_a_directory(capsys, tmp_path: Path) -> None:
+    """A FIFO named model.gguf is refused (not read, never hangs); a directory's GGUF that links
+    outside the directory is refused, as model directories' files are."""
+    import os
+
+    from llmc.cli import main
+
+    fifo = tmp_path / "fifo.gguf"
+    os.mkfifo(fifo)
+    assert main(["compile", str(fifo), "--dry-run"]) != 0
+    err = capsys.readouterr().err
+    assert "expected a regular file" in err and len(err.strip().splitlines()) == 1
+    outside = tmp_path / "elsewhere.gguf"
+    outside.write_bytes(b"GGUF")
+    d = tmp_path / "dir"
+    d.mkdir()
+    os.symlink(outside, d / "model.gguf")
+    assert main(["compile", str(d), "--dry-run"]) != 0
+    err = capsys.readouterr().err
+    assert "outside the model directory" in err and len(err.strip().splitlines()) == 1
