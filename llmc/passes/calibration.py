@@ -8,7 +8,8 @@ perplexity is measured on, so quality numbers stay honest. Language-model graphs
 get ``input_ids``, ``positions`` and empty KV caches; other graphs take ``ctx.calib_inputs``.
 
 **Layer by layer.** :func:`run_layerwise` executes the graph one *segment* at a time (a segment
-starts where a new ``layers.<i>`` scope starts), over every calibration batch, keeping only the
+starts where a new decoder layer's scope starts, in
+every family's naming: :mod:`llmc.ir.structure`), over every calibration batch, keeping only the
 values that cross the segment boundary (the residual stream, positions, ...). While a segment
 runs, hooks accumulate statistics of the inputs of the target linears (:class:`InputStats`:
 token count, per-channel sum, sum of squares and absolute maximum, and the Hessian ``XᵀX`` when
@@ -21,7 +22,6 @@ activations or all Hessians at once (the memory blow-up llm-compressor users rep
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,19 +32,8 @@ import torch
 from llmc.errors import IRError
 from llmc.ir.graph import Graph, Node
 from llmc.ir.registry import get_op
+from llmc.ir.structure import Structure, is_lm
 from llmc.passes.base import CalibrationError, PassContext
-
-_LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)(?:\.|$)")
-
-
-def layer_index(scope: str) -> int | None:
-    m = _LAYER_RE.search(scope)
-    return int(m.group(1)) if m else None
-
-
-def is_lm(graph: Graph) -> bool:
-    names = [v.name for v in graph.inputs]
-    return names[:2] == ["input_ids", "positions"]
 
 
 class Calibration:
@@ -268,22 +257,10 @@ class LayerwiseInfo:
 
 
 def segments(graph: Graph) -> list[Segment]:
-    """Split the top-level nodes where a new ``layers.<i>`` scope begins."""
-    segs: list[Segment] = []
-    cur: list[Node] = []
-    label = "pre"
-    seen: set[int] = set()
-    for n in graph.nodes:
-        li = layer_index(n.scope)
-        if li is not None and li not in seen:
-            seen.add(li)
-            if cur:
-                segs.append(Segment(len(segs), label, cur))
-            cur, label = [], f"layers.{li}"
-        cur.append(n)
-    if cur:
-        segs.append(Segment(len(segs), label, cur))
-    return segs
+    """Split the top-level nodes where a new layer begins (:meth:`Structure.segments`)."""
+    return [
+        Segment(i, label, nodes) for i, (label, nodes) in enumerate(Structure(graph).segments())
+    ]
 
 
 ApplyFn = Callable[[Segment, dict[Node, InputStats]], Any]

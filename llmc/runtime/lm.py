@@ -26,6 +26,7 @@ import torch
 
 from llmc.errors import LlmcError
 from llmc.ir.graph import Graph
+from llmc.ir.structure import check_lm_abi
 from llmc.ir.types import to_torch_dtype
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]
@@ -111,21 +112,6 @@ class InterpLM(LanguageModel):
         outs = run(self.graph, args, device=self.device)
         present = [(outs[1 + 2 * i], outs[2 + 2 * i]) for i in range(len(past))]
         return outs[0], present
-
-
-def check_lm_abi(graph: Graph) -> None:
-    names = [v.name for v in graph.inputs]
-    if names[:2] != ["input_ids", "positions"] or "num_layers" not in graph.meta:
-        raise LlmcError(
-            f"graph @{graph.name} does not follow the LM ABI llmc-lm-v1 (inputs input_ids, "
-            f"positions, past_k_i, past_v_i; meta num_layers): got inputs {names[:4]}"
-        )
-    n = int(graph.meta["num_layers"])
-    if len(graph.inputs) != 2 + 2 * n or len(graph.outputs) != 1 + 2 * n:
-        raise LlmcError(
-            f"graph @{graph.name}: {n} layers need {2 + 2 * n} inputs and {1 + 2 * n} outputs, "
-            f"got {len(graph.inputs)} and {len(graph.outputs)}"
-        )
 
 
 # ----------------------------------------------------------------------------------------------
