@@ -31,7 +31,6 @@ import torch
 
 from llmc.errors import IRError
 from llmc.ir.graph import Graph, Node
-from llmc.ir.registry import get_op
 from llmc.ir.structure import Structure, is_lm
 from llmc.passes.base import CalibrationError, PassContext
 
@@ -284,7 +283,7 @@ def run_layerwise(
     """
     import time
 
-    from llmc.runtime.interp import RunContext, bind_symbols
+    from llmc.runtime.interp import Interpreter
 
     t0 = time.perf_counter()
     cal = ctx.calibration()
@@ -302,15 +301,14 @@ def run_layerwise(
         for n in s.nodes:
             for v in n.inputs:
                 last_seg[id(v)] = s.index
-    # per batch: the run context and the live values
+    # per batch: an interpreter (its symbols bound) and the live values
     rts = []
     states: list[dict[int, torch.Tensor]] = []
     tokens = 0
     for b in batches:
-        args = [b[v.name].to(device) for v in graph.inputs]
-        env: dict[str, int] = {}
-        bind_symbols(args, [v.type for v in graph.inputs], env)
-        rts.append(RunContext(graph, device, env))
+        interp = Interpreter(graph, device=device)
+        args = interp.bind({v.name: b[v.name] for v in graph.inputs})
+        rts.append(interp)
         states.append({id(v): a for v, a in zip(graph.inputs, args, strict=True)})
         first = args[0]
         tokens += int(first.numel()) if first.dtype == torch.int64 else int(first.shape[0])
@@ -359,41 +357,25 @@ def run_layerwise(
 def _run_segment(
     seg: Segment,
     state: dict[int, torch.Tensor],
-    rt: Any,
+    interp: Any,
     last_seg: dict[int, int],
     observe: dict[Node, InputStats],
 ) -> dict[int, torch.Tensor]:
     """Run ``seg`` on one batch (``state`` is not changed); returns the values it produced that
-    later segments read. Nodes in ``observe`` have their input 0 accumulated."""
-    local: dict[int, torch.Tensor] = {}
-    last_local: dict[int, int] = {}
-    for i, n in enumerate(seg.nodes):
-        for v in n.inputs:
-            last_local[id(v)] = i
-    for i, n in enumerate(seg.nodes):
-        args = []
-        for v in n.inputs:
-            t = local.get(id(v))
-            if t is None:
-                t = state.get(id(v))
-            if t is None:
-                raise IRError(
-                    f"calibration: %{v.name} (read by %{n.out.name}) is not available in segment "
-                    f"{seg.label}; is the graph in execution order?"
-                )
-            args.append(t)
+    later segments read. Nodes in ``observe`` have their input 0 accumulated (by the hook)."""
+
+    def hook(n: Node, args: list[torch.Tensor], out: torch.Tensor) -> None:
         st = observe.get(n)
         if st is not None:
             st.add(args[0])
-        local[id(n.out)] = get_op(n.op).ref(args, n.attrs, rt)
-        for v in n.inputs:
-            if (
-                last_local.get(id(v)) == i
-                and id(v) in local
-                and last_seg.get(id(v), -1) <= seg.index
-            ):
-                del local[id(v)]
-    return {k: t for k, t in local.items() if last_seg.get(k, -1) > seg.index}
+
+    interp.hook = hook if observe else None
+    try:
+        return interp.run_nodes(
+            seg.nodes, state, keep=lambda v: last_seg.get(id(v), -1) > seg.index
+        )
+    except IRError as e:
+        raise IRError(f"calibration, segment {seg.label}: {e}") from None
 
 
 def _commit(
