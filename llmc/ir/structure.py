@@ -41,7 +41,7 @@ Example::
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from llmc.errors import LlmcError
@@ -56,6 +56,7 @@ _ANY_LAYER = re.compile(r"(?:^|\.)(?:" + "|".join(LAYER_LISTS) + r")\.(\d+)(?=\.
 LM_ABI_V1 = "llmc-lm-v1"
 LM_ABI_V2 = "llmc-lm-v2"
 LM_ABIS = (LM_ABI_V1, LM_ABI_V2)
+_PER_LAYER_PAST = re.compile(r"past_\d+")
 
 
 def split_layer(scope: str, prefix: str | None = None) -> tuple[str, int, str] | None:
@@ -302,3 +303,22 @@ def check_kv_lengths(abi: LMAbi, lengths: Sequence[int]) -> None:
                 f"KV cache layers {j} and {i} hold {m} and {n} positions, but the model gives them "
                 f"one length ({d}): per-layer lengths need an {LM_ABI_V2} graph"
             )
+
+
+def complete_env(graph: Graph, env: Mapping[str, int]) -> dict[str, int]:
+    """``env`` (over ``batch``, ``seq``, ``past``) extended to ``graph``'s per-layer symbols, for
+    static analysis at a chosen size: a layer's cache length ``past_{i}`` defaults to ``past`` and
+    a length bound at run time (``gather_rows``) to ``seq``, i.e. nothing pruned (an upper bound).
+    Symbols already in ``env`` keep their values."""
+    from llmc.ir.ops_adaptive import fresh_symbols
+
+    out = dict(env)
+    for v in graph.inputs:
+        for s in v.type.symbols():
+            if s not in out and _PER_LAYER_PAST.fullmatch(s) and "past" in env:
+                out[s] = env["past"]
+    for _, n in graph.walk():
+        for s in fresh_symbols(n.op, n.attrs):
+            if s not in out and "seq" in env:
+                out[s] = env["seq"]
+    return out
