@@ -65,6 +65,8 @@ def test_pruned_graph_follows_abi_v2():
     verify(g)
     lm = InterpLM(g)
     assert lm.abi.version == "llmc-lm-v2" and not lm.abi.uniform
+    assert lm.abi.past == (sym("past_0"), sym("past_1"), sym("past_2"))
+    assert lm.abi.rows == (sym("seq"), sym("keep_1"), sym("keep_1"))
     ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
     logits, past = lm.forward(ids, torch.arange(6)[None], lm.empty_past(1))
     assert logits.shape == (1, 4, 300)  # the dropped tokens have no logits

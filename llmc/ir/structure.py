@@ -19,7 +19,9 @@ exactly; otherwise the prefix is inferred from the first scope whose path has a 
 component (``layers``, ``h``, ``blocks``, ``layer``) followed by an index.
 
 A node's *block* is its ``block`` tag (``attn``, ``ffn``, ``norm``, ...; see
-:data:`llmc.ir.graph.BLOCK_TAGS`). Glue the frontend leaves unscoped (a residual ``add``) belongs to the
+:data:`llmc.ir.graph.BLOCK_TAGS`), which the frontend sets from the module path with
+:func:`block_tag` (:data:`COMPONENT_TAGS`: ``mlp``/``fc1`` -> ``ffn``, ``self_attn``/``attn`` ->
+``attn``, ...). Glue the frontend leaves unscoped (a residual ``add``) belongs to the
 layer of the nearest scoped node before it (:meth:`Structure.layer`).
 
 **The LM ABI** (docs/frontend.md, "The LM ABI"). :func:`check_lm_abi` validates a graph and
@@ -46,7 +48,7 @@ from dataclasses import dataclass
 
 from llmc.errors import LlmcError
 from llmc.ir.graph import Graph, Node
-from llmc.ir.types import Dim
+from llmc.ir.types import Dim, SymDim, dim_sub
 
 #: Module-path components that hold a list of decoder layers, in every supported family.
 LAYER_LISTS = ("layers", "h", "blocks", "layer")
@@ -114,6 +116,39 @@ def layer_label(tag: str) -> str | None:
     """``"layer N"`` for a scope-like tag inside a decoder layer (reports group by it)."""
     i = layer_of(tag)
     return None if i is None else f"layer {i}"
+
+
+#: Module-path components that decide a node's block tag (innermost match wins), in every
+#: family's naming; :data:`OP_TAGS` override (norm ops are "norm", rope "rope", lookups "embed").
+COMPONENT_TAGS: dict[str, str] = {
+    "embed_tokens": "embed",
+    "wte": "embed",
+    "wpe": "embed",
+    "embed_in": "embed",
+    "embed_positions": "embed",
+    "project_in": "embed",
+    "self_attn": "attn",
+    "attn": "attn",
+    "attention": "attn",
+    "mlp": "ffn",
+    "fc1": "ffn",
+    "fc2": "ffn",
+    "activation_fn": "ffn",
+    "lm_head": "head",
+    "embed_out": "head",
+    "project_out": "head",
+}
+OP_TAGS = {"rms_norm": "norm", "layer_norm": "norm", "rope": "rope", "embedding": "embed"}
+
+
+def block_tag(op: str, scope: str, tags: Mapping[str, str] = COMPONENT_TAGS) -> str:
+    """The block tag the frontend gives a node of ``op`` at ``scope`` (``mlp`` -> ``ffn``)."""
+    if op in OP_TAGS:
+        return OP_TAGS[op]
+    for part in reversed(scope.split(".")):
+        if part in tags:
+            return tags[part]
+    return ""
 
 
 class Structure:
@@ -229,6 +264,8 @@ class LMAbi:
     version: str
     num_layers: int
     past: tuple[Dim, ...]  # per layer: the cache length dim of past_k_i / past_v_i
+    #: per layer: the rows it runs on (``seq``, or a ``gather_rows`` length): present - past
+    rows: tuple[Dim | None, ...] = ()
 
     @property
     def uniform(self) -> bool:
@@ -281,13 +318,24 @@ def check_lm_abi(graph: Graph) -> LMAbi:
                 "[batch, kv_heads, past, head_dim] with one length"
             )
         past.append(k.shape[2])
-    abi = LMAbi(version, n, tuple(past))
+    rows: list[Dim | None] = []
+    for i in range(n):
+        t = graph.outputs[1 + 2 * i].type
+        r = dim_sub(t.shape[2], past[i]) if t.rank == 4 else None
+        rows.append(
+            r if r is None or isinstance(r, int) or not (r.symbols & _syms(past[i])) else None
+        )
+    abi = LMAbi(version, n, tuple(past), tuple(rows))
     if version == LM_ABI_V1 and not abi.uniform:
         raise LMAbiError(
             f"graph @{graph.name}: layers have different cache lengths "
             f"({', '.join(sorted({str(d) for d in past}))}); that needs meta abi {LM_ABI_V2!r}"
         )
     return abi
+
+
+def _syms(d: Dim) -> frozenset[str]:
+    return d.symbols if isinstance(d, SymDim) else frozenset()
 
 
 def check_kv_lengths(abi: LMAbi, lengths: Sequence[int]) -> None:

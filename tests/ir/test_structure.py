@@ -12,6 +12,7 @@ from llmc.ir.structure import (
     LM_ABI_V2,
     LMAbiError,
     Structure,
+    block_tag,
     check_kv_lengths,
     check_lm_abi,
     layer_label,
@@ -62,6 +63,23 @@ def test_prefix_is_exact():
     assert layer_label("transformer.h.4.attn") == "layer 4" and layer_label("lm_head") is None
 
 
+@pytest.mark.parametrize(
+    "op, scope, tag",
+    [
+        ("linear", "model.layers.0.mlp.down_proj", "ffn"),
+        ("linear", "model.decoder.layers.0.fc1", "ffn"),
+        ("linear", "transformer.h.0.attn.c_attn", "attn"),
+        ("linear", "gpt_neox.layers.0.attention.dense", "attn"),
+        ("rms_norm", "model.layers.0.mlp", "norm"),  # op tags win
+        ("embedding", "transformer.wpe", "embed"),
+        ("linear", "lm_head", "head"),
+        ("add", "model.layers.0", ""),
+    ],
+)
+def test_block_tags(op, scope, tag):
+    assert block_tag(op, scope) == tag
+
+
 @pytest.fixture(scope="module", params=sorted(PREFIXES))
 def family_graph(request):
     from llmc.frontends.hf import from_hf_model
@@ -84,7 +102,8 @@ def _check_two_layer_lm(g, prefix: str) -> None:
     assert head and all(s.layer(n) is None for n in head)
     labels = [label for label, _ in s.segments()]
     assert labels == ["pre", "layers.0", "layers.1"]
-    assert check_lm_abi(g).num_layers == 2 and check_lm_abi(g).uniform
+    abi = check_lm_abi(g)
+    assert abi.num_layers == 2 and abi.uniform and abi.rows == (sym("seq"),) * 2
 
 
 def test_every_family(family_graph):
