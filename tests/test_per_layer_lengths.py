@@ -178,3 +178,23 @@ def test_pruned_graph_round_trips_through_text():
     back = parse_graph(print_graph(g))
     assert graph_equal(back, g), graph_diff(back, g)
     assert '{length = "keep_1"}' in print_graph(g)
+
+
+def test_calibration_inputs_and_layerwise_run_on_pruned_graph():
+    from llmc.passes.base import PassContext
+    from llmc.passes.calibration import lm_inputs, run_layerwise
+
+    g = toy_lm(layers=3, prune=(1, LO, HI))
+    ids = torch.randint(0, 300, (2, 8), generator=torch.Generator().manual_seed(3))
+    inputs = lm_inputs(g, ids)
+    assert inputs["past_k_2"].shape == (2, 2, 0, 8)
+    downs = [n for n in g.nodes if n.op == "linear" and "down_proj" in n.inputs[1].name]
+    seen = {}
+
+    def apply(seg, stats):
+        for st in stats.values():
+            seen[seg.label] = st.tokens
+
+    ctx = PassContext(calib_inputs=[inputs])
+    run_layerwise(g, ctx, downs, apply)
+    assert seen == {"layers.0": 16, "layers.1": 12, "layers.2": 12}  # 2 x 8, then 2 x 6 kept

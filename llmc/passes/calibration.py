@@ -31,7 +31,7 @@ import torch
 
 from llmc.errors import IRError
 from llmc.ir.graph import Graph, Node
-from llmc.ir.structure import Structure, is_lm
+from llmc.ir.structure import Structure, complete_env, is_lm
 from llmc.passes.base import CalibrationError, PassContext
 
 
@@ -133,7 +133,7 @@ def lm_inputs(graph: Graph, ids: torch.Tensor) -> dict[str, torch.Tensor]:
     from llmc.ir.types import to_torch_dtype
 
     b, s = ids.shape
-    env = {"batch": b, "seq": s, "past": 0}
+    env = complete_env(graph, {"batch": b, "seq": s, "past": 0})  # per-layer past_i = 0 too
     out: dict[str, torch.Tensor] = {}
     for v in graph.inputs:
         if v.name == "input_ids":
