@@ -198,3 +198,9 @@ def test_calibration_inputs_and_layerwise_run_on_pruned_graph():
     ctx = PassContext(calib_inputs=[inputs])
     run_layerwise(g, ctx, downs, apply)
     assert seen == {"layers.0": 16, "layers.1": 12, "layers.2": 12}  # 2 x 8, then 2 x 6 kept
+
+
+def test_a_call_that_keeps_no_token_is_refused():
+    lm = InterpLM(toy_lm(layers=2, prune=(1, 0, 100)))  # drops every position below 100
+    with pytest.raises(LlmcError, match="kept none of the 3 new tokens"):
+        lm.forward(torch.tensor([[1, 2, 3]]), torch.arange(3)[None], lm.empty_past(1))

@@ -47,7 +47,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from llmc.errors import LlmcError
-from llmc.ir.graph import Graph, Node
+from llmc.ir.graph import Graph, Node, regions_of
 from llmc.ir.types import Dim, SymDim, dim_sub
 
 #: Module-path components that hold a list of decoder layers, in every supported family.
@@ -201,13 +201,20 @@ class Structure:
         """Indices of the layers that have nodes, ascending."""
         return list(self.spans)
 
-    def nodes(self, layer: int) -> list[Node]:
-        """Top-level nodes of ``layer`` (params included), in graph order."""
-        return [n for n in self.graph.nodes if self.layer(n) == layer]
+    def nodes(self, layer: int, *, regions: bool = False) -> list[Node]:
+        """Top-level nodes of ``layer`` (params included), in graph order; with ``regions``, each
+        followed by the nodes of its regions (a ``cond`` holding a skippable FFN block)."""
+        out: list[Node] = []
+        for n in self.graph.nodes:
+            if self.layer(n) == layer:
+                out.append(n)
+                if regions:
+                    out.extend(_region_nodes(n))
+        return out
 
-    def blocks(self, layer: int, tag: str) -> list[Node]:
-        """Top-level nodes of ``layer`` tagged ``tag``, in graph order."""
-        return [n for n in self.nodes(layer) if n.block == tag]
+    def blocks(self, layer: int, tag: str, *, regions: bool = False) -> list[Node]:
+        """Nodes of ``layer`` tagged ``tag``, in graph order (see :meth:`nodes`)."""
+        return [n for n in self.nodes(layer, regions=regions) if n.block == tag]
 
     def interleaved(self, layer: int) -> bool:
         """Whether ``layer``'s span holds a node scoped to another layer."""
@@ -247,6 +254,15 @@ class Structure:
         if cur:
             segs.append((label, cur))
         return segs
+
+
+def _region_nodes(n: Node) -> list[Node]:
+    out: list[Node] = []
+    for r in regions_of(n):
+        for m in r.nodes:
+            out.append(m)
+            out.extend(_region_nodes(m))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------

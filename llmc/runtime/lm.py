@@ -123,6 +123,11 @@ class InterpLM(LanguageModel):
         for k, v in past:
             args += [k, v]
         outs = run(self.graph, args, device=self.device)
+        if outs[0].shape[1] == 0 and input_ids.shape[1]:
+            raise LlmcError(
+                f"graph @{self.graph.name} kept none of the {input_ids.shape[1]} new tokens: a "
+                "pruning mask must keep the last token (LM ABI, llmc-lm-v2)"
+            )
         present = [(outs[1 + 2 * i], outs[2 + 2 * i]) for i in range(len(past))]
         return outs[0], present
 

@@ -184,3 +184,16 @@ def test_ir_imports_nothing_above_it():
                 if m.startswith("llmc") and not m.startswith(("llmc.ir", "llmc.errors"))
             ]
     assert not bad, bad
+
+
+def test_region_nodes_belong_to_the_layer_of_their_cond():
+    from tests.ir.examples import with_cond
+
+    g = with_cond()
+    s = Structure(g)
+    assert s.layers == [0, 1]
+    top = s.nodes(0)
+    assert [n.op for n in top] == ["cond"]
+    inner = s.nodes(0, regions=True)
+    assert len(inner) > len(top) and "mul" in [n.op for n in inner]
+    assert s.blocks(1, "skip") == s.nodes(1)
