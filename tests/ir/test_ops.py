@@ -33,7 +33,7 @@ from llmc.ir import (
 from llmc.ir.graph import Value
 from llmc.ir.registry import Cost
 from llmc.ir.types import DTYPE_BYTES, from_torch_dtype, sym
-from llmc.runtime.interp import Interpreter, bind_symbols, run
+from llmc.runtime.interp import bind_symbols, run
 from tests.ir.strategies import graphs_with_inputs
 
 _SETTINGS = settings(
@@ -465,6 +465,8 @@ def build(op: str, case: OpCase, symbolic: bool | str) -> tuple[Graph, dict[str,
 def check_case(op: str, case: OpCase, symbolic: bool | str) -> None:
     g, feeds = build(op, case, symbolic)
     out = g.outputs[0]
+    from llmc.runtime.interp import Interpreter
+
     interp = Interpreter(g)
     (res,) = interp.run(feeds)  # binds the inputs' symbols and any an op makes at run time
     env = dict(interp.env)
