@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from llmc.ir.graph import Graph, Node
 from llmc.ir.registry import Cost, get_op
+from llmc.ir.structure import complete_env
 from llmc.ir.types import DTYPE_BYTES, TensorType
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ def graph_cost(graph: Graph, env: Mapping[str, int], *, keep_nodes: bool = False
     by_op: dict[str, Cost] = defaultdict(Cost)
     by_block: dict[str, Cost] = defaultdict(Cost)
     per_node: list[tuple[Node, Cost]] = []
+    env = complete_env(graph, env)  # per-layer lengths (token pruning): see ir/structure.py
     total = _cost(graph, env, by_op, by_block, per_node if keep_nodes else None)
     return CostReport(total, dict(by_op), dict(by_block), per_node)
 

@@ -18,7 +18,12 @@ def toy_lm(
     ffn: int = 64,
     vocab: int = 300,
     seed: int = 0,
+    prune: tuple[int, int, int] | None = None,
 ) -> Graph:
+    """With ``prune = (layer, lo, hi)``, the tokens at positions ``lo <= p < hi`` are dropped
+    before ``layer`` (a ``gather_rows`` of the residual stream and the positions): layers from
+    ``layer`` on see fewer rows and keep shorter caches, an ``llmc-lm-v2`` graph whose layer ``i``
+    caches ``past_{i}`` positions."""
     g = torch.Generator().manual_seed(seed)
 
     def w(*shape: int, std: float = 0.2) -> torch.Tensor:
@@ -31,14 +36,23 @@ def toy_lm(
     pos = b.input("positions", TensorType((B, S), "i64"))
     past = []
     for i in range(layers):
-        k = b.input(f"past_k_{i}", TensorType((B, kv_heads, P, hd), "f32"))
-        v = b.input(f"past_v_{i}", TensorType((B, kv_heads, P, hd), "f32"))
+        Pi = sym(f"past_{i}") if prune else P
+        k = b.input(f"past_k_{i}", TensorType((B, kv_heads, Pi, hd), "f32"))
+        v = b.input(f"past_v_{i}", TensorType((B, kv_heads, Pi, hd), "f32"))
         past.append((k, v))
     with b.scope("model.embed_tokens", "embed"):
         h = b.emit("embedding", ids, b.param("model.embed_tokens.weight", w(vocab, hidden)))
     presents = []
     for i in range(layers):
         pre = f"model.layers.{i}"
+        if prune and i == prune[0]:
+            with b.scope(f"{pre}.prune", "prune"):
+                lo = b.emit("lt", pos, b.emit("constant", value=float(prune[1]), dtype="i64"))
+                hi = b.emit("ge", pos, b.emit("constant", value=float(prune[2]), dtype="i64"))
+                keep = b.emit("where", lo, lo, hi, name=f"keep_mask_{i}")
+                h = b.emit("gather_rows", h, keep, length=f"keep_{i}")
+                pos = b.emit("gather_rows", pos, keep, length=f"keep_{i}")
+                S = sym(f"keep_{i}")
         with b.scope(f"{pre}.input_layernorm", "norm"):
             x = b.emit(
                 "rms_norm",
@@ -94,7 +108,7 @@ def toy_lm(
     b.output(logits, *presents)
     graph = b.finish()
     graph.meta = {
-        "abi": "llmc-lm-v1",
+        "abi": "llmc-lm-v2" if prune else "llmc-lm-v1",
         "family": "toy",
         "num_layers": layers,
         "num_heads": heads,

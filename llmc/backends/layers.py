@@ -12,18 +12,11 @@ anywhere); layers whose spans interleave are lowered inline, which is always cor
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from llmc.ir.graph import Graph, Node, Value, regions_of
 from llmc.ir.printer import format_attrs
-
-LAYER_RE = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)(?:\.|$)")
-
-
-def layer_index(scope: str) -> int | None:
-    m = LAYER_RE.search(scope)
-    return int(m.group(1)) if m else None
+from llmc.ir.structure import Structure
 
 
 @dataclass
@@ -50,6 +43,7 @@ def plan_layers(graph: Graph, *, min_layers: int = 2) -> LayerPlan:
     """Each layer spans from the first to the last node whose scope names it; untagged nodes in
     between (a residual ``add`` the frontend left unscoped) belong to it. A span that contains a
     node of another layer is not outlined."""
+    layer_index = Structure(graph).scope_layer  # which layer a scope names (ir/structure.py)
     non_param = [n for n in graph.nodes if n.op != "param"]
     first: dict[int, int] = {}
     last: dict[int, int] = {}

@@ -31,6 +31,7 @@ from typing import Any
 from llmc.fpga.perf import PerfModel, StreamPerf, simulate_stream
 from llmc.fpga.program import Program, build_program
 from llmc.ir.graph import Graph, Node
+from llmc.ir.structure import layer_of
 
 POINTS = (2, 3, 4)
 MIN_LAYERS = 6  # below this, folding saves nothing
@@ -140,7 +141,7 @@ def _layer_signatures(g: Graph, prefix: str, n: int) -> list[tuple[Any, ...]] | 
     by_layer: list[list[Node]] = [[] for _ in range(n)]
     seen: list[int] = []
     for node in g.nodes:
-        i = _layer_of(node.scope, prefix)
+        i = layer_of(node.scope, prefix)
         if i is None or i >= n:
             continue
         if not seen or seen[-1] != i:
@@ -159,14 +160,6 @@ def _layer_signatures(g: Graph, prefix: str, n: int) -> list[tuple[Any, ...]] | 
                 sig.append((node.op, node.attrs, node.out.type))
         out.append(tuple(sig))
     return out
-
-
-def _layer_of(scope: str, prefix: str) -> int | None:
-    head = prefix + "."
-    if not scope.startswith(head):
-        return None
-    idx = scope[len(head) :].split(".", 1)[0]
-    return int(idx) if idx.isdigit() else None
 
 
 # -- affine arithmetic on StreamPerf ---------------------------------------------------------------

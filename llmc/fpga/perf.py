@@ -34,26 +34,25 @@ Durations (cycles at ``clock_mhz``):
 from __future__ import annotations
 
 import math
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 from llmc.fpga import isa
 from llmc.fpga.arch import FpgaArch
+from llmc.ir.structure import layer_label
 
 SFU_PASSES = {
     isa.S_RMSNORM: 2,
     isa.S_LAYERNORM: 3,
     isa.S_SOFTMAX: 3,
 }
-_LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)(?:\.|$)")
 
 
 def layer_of(tag: str) -> str:
-    m = _LAYER_RE.search(tag)
-    if m:
-        return f"layer {int(m.group(1))}"
+    label = layer_label(tag)
+    if label is not None:
+        return label
     if tag.startswith(("input ", "output ")) or tag == "end":
         return "io"
     return tag.split(".")[-1] if tag else "other"

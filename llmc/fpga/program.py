@@ -212,6 +212,10 @@ class _Alloc:
 
 def build_program(graph: Graph, arch: FpgaArch) -> Program:
     """Lay out a model's memory on a board (see the module docstring)."""
+    if any(n.op == "gather_rows" for _, n in graph.walk()):
+        raise UnsupportedOpError(
+            "the FlightLLM model has no gather_rows (token pruning: per-layer KV lengths) yet"
+        )
     al = _Alloc(arch)
     act = arch.act_bytes
     users = graph.users()

@@ -18,11 +18,11 @@
 from __future__ import annotations
 
 import copy
-import re
 
 from llmc.errors import IRError
 from llmc.ir.graph import Graph, Node, Value, regions_of
 from llmc.ir.params import Param
+from llmc.ir.structure import layer_of, rename_layer
 from llmc.ir.types import TensorType, sym
 
 
@@ -127,11 +127,9 @@ def add_kv_cache(g: Graph, layer_prefix: str) -> int:
     if [v.name for v in g.inputs] != ["input_ids", "positions"]:
         raise IRError(f"add_kv_cache expects inputs input_ids, positions; got {g.inputs}")
     attn = [n for n in g.nodes if n.op == "attention"]
-    pat = re.compile(re.escape(layer_prefix) + r"\.(\d+)(\.|$)")
     past = sym("past")
     for i, n in enumerate(attn):
-        m = pat.search(n.scope)
-        if m is None or int(m.group(1)) != i:
+        if layer_of(n.scope, layer_prefix) != i:
             raise IRError(
                 f"attention #{i} is at scope {n.scope!r}, not in layer {layer_prefix}.{i}: "
                 "layers must run in order with one attention each"
@@ -161,8 +159,7 @@ def add_kv_cache(g: Graph, layer_prefix: str) -> int:
 
 
 def _layer_nodes(g: Graph, prefix: str, i: int) -> list[Node]:
-    head = f"{prefix}.{i}"
-    return [n for n in g.nodes if n.scope == head or n.scope.startswith(head + ".")]
+    return [n for n in g.nodes if layer_of(n.scope, prefix) == i]
 
 
 def replicate_layers(g: Graph, prefix: str, total: int) -> None:
@@ -193,12 +190,10 @@ def replicate_layers(g: Graph, prefix: str, total: int) -> None:
         raise IRError(f"layer {src_i} is not contiguous in the node list; cannot replicate")
     idx_src = {id(n.out): j for j, n in enumerate(src)}
     idx_prev = {id(n.out): j for j, n in enumerate(prev)}
-    old_head, rx = f"{prefix}.{src_i}", re.compile(re.escape(f"{prefix}.{src_i}") + r"(?=\.|$)")
     cur: list[Value] = [n.out for n in src]  # values of the newest layer
     before: list[Value] = [n.out for n in prev]  # values of the layer before it
     new_nodes: list[Node] = []
     for layer in range(have, total):
-        head = f"{prefix}.{layer}"
         made: list[Value] = []
         for n in src:
             ins = []
@@ -211,14 +206,14 @@ def replicate_layers(g: Graph, prefix: str, total: int) -> None:
                     ins.append(v)
             attrs = n.attrs
             if n.op == "param":
-                pname = rx.sub(head, attrs.name)
+                pname = rename_layer(attrs.name, prefix, src_i, layer)
                 if pname == attrs.name:
                     raise IRError(f"param @{attrs.name} of layer {src_i} has no layer index")
                 if pname not in g.params:
                     p = g.params[attrs.name]
                     g.add_param(Param(pname, p.type, p.format, dict(p.data)))
                 attrs = type(attrs)(name=pname)
-            scope = rx.sub(head, n.scope) if n.scope.startswith(old_head) else n.scope
+            scope = rename_layer(n.scope, prefix, src_i, layer)
             hint = n.out.name.replace(f"_{src_i}_", f"_{layer}_") if n.op == "param" else ""
             node = g.make_node(
                 n.op, ins, attrs, name=hint, scope=scope, block=n.block, type=n.out.type

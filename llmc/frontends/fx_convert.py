@@ -33,41 +33,11 @@ import torch.fx
 from llmc.errors import IRError, UnsupportedOpError
 from llmc.ir.graph import Graph, GraphBuilder, Value
 from llmc.ir.params import Param
+from llmc.ir.structure import COMPONENT_TAGS, OP_TAGS, block_tag  # noqa: F401  (block tags)
 from llmc.ir.types import Dim, SymDim, TensorType, dim_add, dim_mul, from_torch_dtype
 
 aten = torch.ops.aten
 INT64_MAX = 2**63 - 1
-
-# Module-path components that decide a node's block tag (innermost match wins); ops override
-# (norm ops are "norm", rope is "rope", embedding lookups are "embed").
-COMPONENT_TAGS: dict[str, str] = {
-    "embed_tokens": "embed",
-    "wte": "embed",
-    "wpe": "embed",
-    "embed_in": "embed",
-    "embed_positions": "embed",
-    "project_in": "embed",
-    "self_attn": "attn",
-    "attn": "attn",
-    "attention": "attn",
-    "mlp": "ffn",
-    "fc1": "ffn",
-    "fc2": "ffn",
-    "activation_fn": "ffn",
-    "lm_head": "head",
-    "embed_out": "head",
-    "project_out": "head",
-}
-OP_TAGS = {"rms_norm": "norm", "layer_norm": "norm", "rope": "rope", "embedding": "embed"}
-
-
-def block_tag(op: str, scope: str, tags: Mapping[str, str] = COMPONENT_TAGS) -> str:
-    if op in OP_TAGS:
-        return OP_TAGS[op]
-    for part in reversed(scope.split(".")):
-        if part in tags:
-            return tags[part]
-    return ""
 
 
 @dataclass

@@ -12,8 +12,9 @@ Groups, with the law each obeys (rewrites may rely on it):
   ``dim``) and compute in float32 whatever the input dtype.
 - ``LLM``: ``embedding``, ``rope``, ``attention``: the canonical transformer pieces the frontend
   folds traced arithmetic into.
-- ``LAYOUT``: ``reshape``/``permute``/``concat``/``slice``/``index_select``/``cast``: move or
-  reinterpret data, no arithmetic (``cast`` rounds).
+- ``LAYOUT``: ``reshape``/``permute``/``concat``/``slice``/``index_select``/``cast``/
+  ``gather_rows``: move or reinterpret data, no arithmetic (``cast`` rounds); ``gather_rows``'s
+  output length is a fresh symbol bound at run time (:mod:`llmc.ir.ops_adaptive`).
 - ``REDUCE``: ``reduce_sum``/``reduce_mean``/``reduce_max`` over ``dims``.
 - ``CONTROL``: ``cond`` runs one of two regions; the only op with nested graphs.
 
@@ -927,5 +928,6 @@ defop(
     doc=CondAttrs.__doc__ or "",
 )
 
+import llmc.ir.ops_adaptive  # noqa: E402,F401  (gather_rows)
 import llmc.ir.ops_attention  # noqa: E402,F401  (attention_async)
 import llmc.ir.ops_quant  # noqa: E402,F401  (qlinear_a8, fused_elementwise)

@@ -35,7 +35,7 @@ from llmc.errors import IRError
 # Imported from ops.py's bottom line: ops.py is fully initialised by then.
 from llmc.ir.ops import _linear_infer, defop, nbytes, numel
 from llmc.ir.registry import Cost, get_op
-from llmc.ir.types import TensorType
+from llmc.ir.types import TensorType, bind_symbols
 
 # ----------------------------------------------------------------------------------------------
 # qlinear_a8
@@ -165,8 +165,6 @@ def _fused_ref(args: list[torch.Tensor], a: FusedAttrs, rt: Any) -> torch.Tensor
 def _fused_cost(
     ins: list[TensorType], out: TensorType, a: FusedAttrs, in_bytes: list[float]
 ) -> Cost:
-    from llmc.runtime.interp import bind_symbols
-
     env: dict[str, int] = {}
     metas = [torch.empty(tuple(int(d) for d in t.shape), device="meta") for t in ins]
     bind_symbols(metas, [v.type for v in a.body.inputs], env)

@@ -12,9 +12,9 @@ Text form: ``f32[batch, seq, 256]``, ``i64[batch, past + seq]``, ``f16[batch*seq
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Union
+from typing import Any, Union
 
 import torch
 
@@ -315,3 +315,39 @@ def promote_dtypes(a: str, b: str) -> str:
         return a
     ta, tb = DTYPES[a], DTYPES[b]
     return TORCH_TO_DTYPE[torch.promote_types(ta, tb)]
+
+
+def bind_symbols(values: Sequence[Any], types: Sequence[Any], env: dict[str, int]) -> None:
+    """Bind symbolic dims of ``types`` from the concrete shapes of ``values`` (checks ranks,
+    static dims and consistency; solves single-symbol linear dims such as ``past + seq``)."""
+    pending: list[tuple[Any, int, str]] = []
+    for v, t in zip(values, types, strict=True):
+        if v.dim() != t.rank:
+            raise IRError(f"input for {t} has rank {v.dim()} (shape {tuple(v.shape)})")
+        for d, n in zip(t.shape, v.shape, strict=True):
+            if isinstance(d, int):
+                if d != n:
+                    raise IRError(f"input for {t} has shape {tuple(v.shape)}")
+            else:
+                pending.append((d, int(n), str(t)))
+    progress = True
+    while pending and progress:  # each round solves at least one symbol or stops
+        left = []
+        for d, n, where in pending:
+            unknown = d.symbols - env.keys()
+            if not unknown:
+                if d.evaluate(env) != n:
+                    raise IRError(f"input for {where}: {d} = {d.evaluate(env)} but got {n}")
+            elif len(unknown) == 1 and all(len(m) <= 1 for m, _ in d.terms):
+                (s,) = unknown
+                coef = dict(d.terms)[(s,)]
+                rest = sum(c * (env[m[0]] if m else 1) for m, c in d.terms if m != (s,))
+                if (n - rest) % coef or (n - rest) // coef < 0:
+                    raise IRError(f"input for {where}: cannot solve {d} = {n}")
+                env[s] = (n - rest) // coef
+            else:
+                left.append((d, n, where))
+        progress = len(left) < len(pending)
+        pending = left
+    if pending:
+        raise IRError(f"cannot bind symbolic dims {[str(d) for d, _, _ in pending]}")

@@ -12,6 +12,8 @@ Invariants checked (cite them by rule name in errors elsewhere):
 - ``params``: ``param`` nodes name existing params; each param satisfies its storage format
   (shapes of codes and scales, code range, N:M pattern).
 - ``provenance``: scopes are dotted identifiers, block tags come from ``BLOCK_TAGS``.
+- ``symbols``: a symbol bound at run time (``gather_rows``'s ``length``) is fresh: no graph input
+  mentions it, and every node that binds it reads the same mask (so they agree by construction).
 """
 
 from __future__ import annotations
@@ -109,12 +111,33 @@ def rule_provenance(g: Graph) -> Iterator[str]:
             yield f"%{n.out.name}: unknown block tag {n.block!r} (known: {sorted(BLOCK_TAGS)})"
 
 
+def rule_symbols(g: Graph) -> Iterator[str]:
+    from llmc.ir.ops_adaptive import fresh_symbols
+
+    given: set[str] = set()
+    for v in g.inputs:
+        given |= v.type.symbols()
+    bound: dict[str, tuple[str, int]] = {}  # symbol -> (first binder, id of its mask)
+    for _, n in g.walk():
+        for s in fresh_symbols(n.op, n.attrs):
+            mask = id(n.inputs[-1]) if n.inputs else 0
+            if s in given:
+                yield f"%{n.out.name} = {n.op}: symbol {s} is bound by a graph input, not fresh"
+            elif s in bound and bound[s][1] != mask:
+                yield (
+                    f"%{n.out.name} = {n.op}: symbol {s} is already bound by %{bound[s][0]} "
+                    "from another mask"
+                )
+            bound.setdefault(s, (n.out.name, mask))
+
+
 RULES: dict[str, Rule] = {
     "ssa": rule_ssa,
     "ops": rule_ops,
     "types": rule_types,
     "params": rule_params,
     "provenance": rule_provenance,
+    "symbols": rule_symbols,
 }
 
 

@@ -8,7 +8,8 @@ perplexity is measured on, so quality numbers stay honest. Language-model graphs
 get ``input_ids``, ``positions`` and empty KV caches; other graphs take ``ctx.calib_inputs``.
 
 **Layer by layer.** :func:`run_layerwise` executes the graph one *segment* at a time (a segment
-starts where a new ``layers.<i>`` scope starts), over every calibration batch, keeping only the
+starts where a new decoder layer's scope starts, in
+every family's naming: :mod:`llmc.ir.structure`), over every calibration batch, keeping only the
 values that cross the segment boundary (the residual stream, positions, ...). While a segment
 runs, hooks accumulate statistics of the inputs of the target linears (:class:`InputStats`:
 token count, per-channel sum, sum of squares and absolute maximum, and the Hessian ``XᵀX`` when
@@ -21,7 +22,6 @@ activations or all Hessians at once (the memory blow-up llm-compressor users rep
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,20 +31,8 @@ import torch
 
 from llmc.errors import IRError
 from llmc.ir.graph import Graph, Node
-from llmc.ir.registry import get_op
+from llmc.ir.structure import Structure, complete_env, is_lm
 from llmc.passes.base import CalibrationError, PassContext
-
-_LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)(?:\.|$)")
-
-
-def layer_index(scope: str) -> int | None:
-    m = _LAYER_RE.search(scope)
-    return int(m.group(1)) if m else None
-
-
-def is_lm(graph: Graph) -> bool:
-    names = [v.name for v in graph.inputs]
-    return names[:2] == ["input_ids", "positions"]
 
 
 class Calibration:
@@ -145,7 +133,7 @@ def lm_inputs(graph: Graph, ids: torch.Tensor) -> dict[str, torch.Tensor]:
     from llmc.ir.types import to_torch_dtype
 
     b, s = ids.shape
-    env = {"batch": b, "seq": s, "past": 0}
+    env = complete_env(graph, {"batch": b, "seq": s, "past": 0})  # per-layer past_i = 0 too
     out: dict[str, torch.Tensor] = {}
     for v in graph.inputs:
         if v.name == "input_ids":
@@ -268,22 +256,10 @@ class LayerwiseInfo:
 
 
 def segments(graph: Graph) -> list[Segment]:
-    """Split the top-level nodes where a new ``layers.<i>`` scope begins."""
-    segs: list[Segment] = []
-    cur: list[Node] = []
-    label = "pre"
-    seen: set[int] = set()
-    for n in graph.nodes:
-        li = layer_index(n.scope)
-        if li is not None and li not in seen:
-            seen.add(li)
-            if cur:
-                segs.append(Segment(len(segs), label, cur))
-            cur, label = [], f"layers.{li}"
-        cur.append(n)
-    if cur:
-        segs.append(Segment(len(segs), label, cur))
-    return segs
+    """Split the top-level nodes where a new layer begins (:meth:`Structure.segments`)."""
+    return [
+        Segment(i, label, nodes) for i, (label, nodes) in enumerate(Structure(graph).segments())
+    ]
 
 
 ApplyFn = Callable[[Segment, dict[Node, InputStats]], Any]
@@ -307,7 +283,7 @@ def run_layerwise(
     """
     import time
 
-    from llmc.runtime.interp import RunContext, bind_symbols
+    from llmc.runtime.interp import Interpreter
 
     t0 = time.perf_counter()
     cal = ctx.calibration()
@@ -325,15 +301,14 @@ def run_layerwise(
         for n in s.nodes:
             for v in n.inputs:
                 last_seg[id(v)] = s.index
-    # per batch: the run context and the live values
+    # per batch: an interpreter (its symbols bound) and the live values
     rts = []
     states: list[dict[int, torch.Tensor]] = []
     tokens = 0
     for b in batches:
-        args = [b[v.name].to(device) for v in graph.inputs]
-        env: dict[str, int] = {}
-        bind_symbols(args, [v.type for v in graph.inputs], env)
-        rts.append(RunContext(graph, device, env))
+        interp = Interpreter(graph, device=device)
+        args = interp.bind({v.name: b[v.name] for v in graph.inputs})
+        rts.append(interp)
         states.append({id(v): a for v, a in zip(graph.inputs, args, strict=True)})
         first = args[0]
         tokens += int(first.numel()) if first.dtype == torch.int64 else int(first.shape[0])
@@ -382,41 +357,25 @@ def run_layerwise(
 def _run_segment(
     seg: Segment,
     state: dict[int, torch.Tensor],
-    rt: Any,
+    interp: Any,
     last_seg: dict[int, int],
     observe: dict[Node, InputStats],
 ) -> dict[int, torch.Tensor]:
     """Run ``seg`` on one batch (``state`` is not changed); returns the values it produced that
-    later segments read. Nodes in ``observe`` have their input 0 accumulated."""
-    local: dict[int, torch.Tensor] = {}
-    last_local: dict[int, int] = {}
-    for i, n in enumerate(seg.nodes):
-        for v in n.inputs:
-            last_local[id(v)] = i
-    for i, n in enumerate(seg.nodes):
-        args = []
-        for v in n.inputs:
-            t = local.get(id(v))
-            if t is None:
-                t = state.get(id(v))
-            if t is None:
-                raise IRError(
-                    f"calibration: %{v.name} (read by %{n.out.name}) is not available in segment "
-                    f"{seg.label}; is the graph in execution order?"
-                )
-            args.append(t)
+    later segments read. Nodes in ``observe`` have their input 0 accumulated (by the hook)."""
+
+    def hook(n: Node, args: list[torch.Tensor], out: torch.Tensor) -> None:
         st = observe.get(n)
         if st is not None:
             st.add(args[0])
-        local[id(n.out)] = get_op(n.op).ref(args, n.attrs, rt)
-        for v in n.inputs:
-            if (
-                last_local.get(id(v)) == i
-                and id(v) in local
-                and last_seg.get(id(v), -1) <= seg.index
-            ):
-                del local[id(v)]
-    return {k: t for k, t in local.items() if last_seg.get(k, -1) > seg.index}
+
+    interp.hook = hook if observe else None
+    try:
+        return interp.run_nodes(
+            seg.nodes, state, keep=lambda v: last_seg.get(id(v), -1) > seg.index
+        )
+    except IRError as e:
+        raise IRError(f"calibration, segment {seg.label}: {e}") from None
 
 
 def _commit(

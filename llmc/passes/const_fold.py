@@ -77,13 +77,13 @@ def _fold_scalars(n: Node, rw: Rewriter) -> Value | None:
     if od.has_side_effects or od.region_fields:
         return None
     from llmc.ir.types import to_torch_dtype
-    from llmc.runtime.interp import RunContext
+    from llmc.runtime.interp import Interpreter
 
     args = [
         torch.tensor(v, dtype=to_torch_dtype(x.type.dtype))
         for v, x in zip(vals, n.inputs, strict=True)
     ]
-    res = od.ref(args, n.attrs, RunContext(rw.graph, torch.device("cpu"), {}))
+    res = Interpreter(rw.graph).eval_node(n, args)
     return rw.emit(
         "constant", value=float(res), dtype=from_torch_dtype(res.dtype), name=n.out.name + "_c"
     )
@@ -107,31 +107,29 @@ RULES: list[Rule] = [
 
 
 def _fold_params(graph: Graph) -> int:
-    """Nodes whose operands are all dense params or constants -> a new dense param."""
-    from llmc.runtime.interp import RunContext
+    """Nodes whose operands are all dense params or constants -> a new dense param.
 
-    rt = RunContext(graph, torch.device("cpu"), {})
-    count = 0
-    for n in list(graph.nodes):
-        if n.op in ("param", "constant") or not n.inputs or n.out.type.symbols():
-            continue
+    One partial evaluation by the interpreter: dense params and constants are known, and so is
+    every node computed from known values alone; the hook records each computed node."""
+    from llmc.runtime.interp import Interpreter
+
+    def can_run(n: Node) -> bool:
+        if n.op == "constant":
+            return True
+        if n.op == "param":
+            p = graph.params[n.attrs.name]
+            return p.format.is_dense and not p.is_meta
         od = get_op(n.op)
-        if od.has_side_effects or od.region_fields:
-            continue
-        ok = True
-        args = []
-        for v in n.inputs:
-            p = graph.param_of(v)
-            if p is not None and p.format.is_dense and not p.is_meta:
-                args.append(rt.param(p.name))
-            elif v.node is not None and v.node.op == "constant":
-                args.append(od_ref_const(v, rt))
-            else:
-                ok = False
-                break
-        if not ok:
-            continue
-        value = od.ref(args, n.attrs, rt)
+        return not (od.has_side_effects or od.region_fields or n.out.type.symbols())
+
+    folded: list[tuple[Node, torch.Tensor]] = []
+
+    def hook(n: Node, args: list[torch.Tensor], out: torch.Tensor) -> None:
+        if n.op not in ("param", "constant"):
+            folded.append((n, out))
+
+    Interpreter(graph, hook=hook).partial({}, can_run)
+    for n, value in folded:
         base = (n.scope + "." if n.scope else "") + f"folded_{n.out.name}"
         pname, i = base, 1
         while pname in graph.params:
@@ -142,14 +140,7 @@ def _fold_params(graph: Graph) -> int:
         )
         graph.insert_before(n, new)
         graph.replace_uses(n.out, new.out)
-        count += 1
-    return count
-
-
-def od_ref_const(v: Value, rt) -> torch.Tensor:
-    n = v.node
-    assert n is not None
-    return get_op("constant").ref([], n.attrs, rt)
+    return len(folded)
 
 
 @dataclass(frozen=True)

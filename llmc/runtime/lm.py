@@ -3,12 +3,17 @@
 Every executable form of a model (the reference interpreter over an IR graph, a compiled TVM
 artifact) implements :class:`LanguageModel`: one call runs ``seq`` new tokens at absolute
 ``positions`` on top of a KV cache and returns the logits and the grown cache. The graph ABI
-(``llmc-lm-v1``, produced by the frontend) is:
+(docs/frontend.md, "The LM ABI"; checked by :func:`llmc.ir.structure.check_lm_abi`) is:
 
 - inputs ``input_ids: i64[batch, seq]``, ``positions: i64[batch, seq]``, then per layer
-  ``past_k_{i}``, ``past_v_{i}``: ``[batch, kv_heads, past, head_dim]``;
-- outputs ``logits: [batch, seq, vocab]``, then per layer ``present_k_{i}``, ``present_v_{i}``:
-  ``[batch, kv_heads, past + seq, head_dim]``.
+  ``past_k_{i}``, ``past_v_{i}``: ``[batch, kv_heads, past_i, head_dim]``;
+- outputs ``logits: [batch, rows, vocab]``, then per layer ``present_k_{i}``, ``present_v_{i}``:
+  ``[batch, kv_heads, past_i + rows_i, head_dim]``.
+
+Without token pruning (``llmc-lm-v1``) every layer's ``past_i`` is one ``past`` and ``rows_i`` is
+``seq``. With it (``llmc-lm-v2``) a layer keeps only the rows its ``gather_rows`` kept, so the cache
+(:data:`KV`) carries a length per layer; positions stay the tokens' original positions, so the
+next token's position is the number of tokens seen, never a cache length.
 
 Generation is prefill (the whole prompt in one call) then decode (one token per call).
 """
@@ -26,9 +31,17 @@ import torch
 
 from llmc.errors import LlmcError
 from llmc.ir.graph import Graph
+from llmc.ir.structure import check_kv_lengths, check_lm_abi
 from llmc.ir.types import to_torch_dtype
 
+#: The KV cache: per layer ``(k, v)``, each ``[batch, kv_heads, past_i, head_dim]``; ``past_i`` may
+#: differ between layers (token pruning, ``llmc-lm-v2``).
 KV = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def kv_lengths(past: KV) -> list[int]:
+    """Positions cached per layer (``past_i``)."""
+    return [int(k.shape[2]) for k, _ in past]
 
 
 class LanguageModel(abc.ABC):
@@ -91,7 +104,7 @@ class InterpLM(LanguageModel):
     """The reference interpreter over an IR graph that follows the LM ABI."""
 
     def __init__(self, graph: Graph, device: str = "cpu") -> None:
-        check_lm_abi(graph)
+        self.abi = check_lm_abi(graph)
         self.graph = graph
         self.meta = dict(graph.meta)
         self.meta.setdefault(
@@ -105,27 +118,18 @@ class InterpLM(LanguageModel):
         from llmc.runtime.interp import run
 
         self.check_indices(input_ids, positions)
+        check_kv_lengths(self.abi, kv_lengths(past))
         args: list[torch.Tensor] = [input_ids, positions]
         for k, v in past:
             args += [k, v]
         outs = run(self.graph, args, device=self.device)
+        if outs[0].shape[1] == 0 and input_ids.shape[1]:
+            raise LlmcError(
+                f"graph @{self.graph.name} kept none of the {input_ids.shape[1]} new tokens: a "
+                "pruning mask must keep the last token (LM ABI, llmc-lm-v2)"
+            )
         present = [(outs[1 + 2 * i], outs[2 + 2 * i]) for i in range(len(past))]
         return outs[0], present
-
-
-def check_lm_abi(graph: Graph) -> None:
-    names = [v.name for v in graph.inputs]
-    if names[:2] != ["input_ids", "positions"] or "num_layers" not in graph.meta:
-        raise LlmcError(
-            f"graph @{graph.name} does not follow the LM ABI llmc-lm-v1 (inputs input_ids, "
-            f"positions, past_k_i, past_v_i; meta num_layers): got inputs {names[:4]}"
-        )
-    n = int(graph.meta["num_layers"])
-    if len(graph.inputs) != 2 + 2 * n or len(graph.outputs) != 1 + 2 * n:
-        raise LlmcError(
-            f"graph @{graph.name}: {n} layers need {2 + 2 * n} inputs and {1 + 2 * n} outputs, "
-            f"got {len(graph.inputs)} and {len(graph.outputs)}"
-        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -257,23 +261,35 @@ def evaluate(
     reference: LanguageModel | None = None,
     batch_size: int = 4,
     progress: Callable[[int], None] | None = None,
+    prompt: int = 0,
 ) -> QualityResult:
     """Perplexity over ``windows [n, L]`` (predicting tokens 1..L-1 of each from its prefix) and,
     with a ``reference`` model, next-token agreement: the fraction of positions where both models'
-    argmax predictions are equal."""
+    argmax predictions are equal.
+
+    With ``prompt = P > 0`` only the continuation is scored: each window's first ``P`` tokens are
+    prefilled in one call (a token-pruning model prunes them), then tokens ``P..L-1`` are fed one
+    per call against that cache and tokens ``P+1..L-1`` plus the one after the prompt are
+    predicted. A model that prunes rows has no logits for its pruned tokens, so it must be scored
+    this way (design.md, "Adaptive execution"); a full forward that returns fewer rows than it was
+    given is refused."""
+    if not 0 <= prompt < windows.shape[1]:
+        raise LlmcError(
+            f"prompt {prompt} must lie in [0, {windows.shape[1]}) for windows of that length"
+        )
     nll = 0.0
     count = 0
     agree = 0
     for i in range(0, windows.shape[0], batch_size):
         chunk = windows[i : i + batch_size]
-        logits = lm.logits(chunk).to(torch.float32)
-        lp = torch.log_softmax(logits[:, :-1], dim=-1)
-        tgt = chunk[:, 1:]
+        logits = _scored_logits(lm, chunk, prompt)
+        tgt = chunk[:, max(prompt, 1) :]
+        lp = torch.log_softmax(logits, dim=-1)
         nll -= float(lp.gather(-1, tgt[..., None]).sum())
         count += tgt.numel()
         if reference is not None:
-            ref = reference.logits(chunk).to(torch.float32)
-            agree += int((ref[:, :-1].argmax(-1) == logits[:, :-1].argmax(-1)).sum())
+            ref = _scored_logits(reference, chunk, prompt)
+            agree += int((ref.argmax(-1) == logits.argmax(-1)).sum())
         if progress is not None:
             progress(chunk.shape[0])
     mean = nll / max(count, 1)
@@ -285,3 +301,23 @@ def evaluate(
         windows=int(windows.shape[0]),
         window=int(windows.shape[1]),
     )
+
+
+def _scored_logits(lm: LanguageModel, chunk: torch.Tensor, prompt: int) -> torch.Tensor:
+    """float32 logits predicting ``chunk[:, max(prompt, 1):]``."""
+    b, length = chunk.shape
+    if prompt == 0:
+        logits = lm.logits(chunk)
+        if logits.shape[1] != length:
+            raise LlmcError(
+                f"the model returned logits for {logits.shape[1]} of {length} tokens (it prunes "
+                "rows): score it on a continuation with evaluate(..., prompt=N)"
+            )
+        return logits[:, :-1].to(torch.float32)
+    pos = torch.arange(prompt, dtype=torch.int64).expand(b, prompt)
+    logits, past = lm.forward(chunk[:, :prompt], pos, lm.empty_past(b))
+    rows = [logits[:, -1:].to(torch.float32)]
+    for t in range(prompt, length - 1):
+        step, past = lm.forward(chunk[:, t : t + 1], torch.full((b, 1), t, dtype=torch.int64), past)
+        rows.append(step[:, -1:].to(torch.float32))
+    return torch.cat(rows, dim=1)

@@ -42,6 +42,7 @@ from typing import Any
 import torch
 
 from llmc.errors import LlmcError
+from llmc.ir.structure import LMAbiError
 from llmc.runtime.lm import KV, GenerationResult, LanguageModel, generate
 
 _TVM_DTYPE = {
@@ -353,6 +354,12 @@ class TVMRunner(LanguageModel):
             if need <= c.capacity:
                 return c
             past, grow_from = c.views(n_past), c.capacity
+        if any(int(t.shape[2]) != n_past for t in past):  # (the loop's own views skip this)
+            raise LMAbiError(
+                f"KV cache layers hold {sorted({int(t.shape[2]) for t in past})} positions: this "
+                "compiled model keeps one length for every layer (per-layer lengths, llmc-lm-v2, "
+                "run in the interpreter only)"
+            )
         new = _KVCache(self, rt, b, kv_capacity(need, grow_from))
         if n_past:
             new.load(past, n_past)

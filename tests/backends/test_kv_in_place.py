@@ -165,3 +165,18 @@ def test_opaque_device_buffers(toy_graph, toy_cpu):
     foreign = [(ref[2 * i], ref[2 * i + 1]) for i in range(len(ref) // 2)]
     c, _ = lm.forward(one, p3, foreign)
     torch.testing.assert_close(c, a, **TOL)
+
+
+def test_ragged_cache_is_refused_in_one_line(toy_runner):
+    """A compiled model keeps one cache length for every layer (llmc-lm-v1); a cache whose layers
+    differ (an llmc-lm-v2 interpreter's) is refused, not copied wrongly."""
+    import pytest
+
+    from llmc.ir.structure import LMAbiError
+
+    past = toy_runner.empty_past(1)
+    k, v = past[0]
+    grown = torch.zeros(k.shape[0], k.shape[1], 3, k.shape[3], dtype=k.dtype)
+    past[0] = (grown, grown.clone())
+    with pytest.raises(LMAbiError, match="KV cache layers hold \\[0, 3\\] positions"):
+        toy_runner.forward(torch.tensor([[1]]), torch.tensor([[3]]), past)

@@ -302,6 +302,18 @@ def index_select_case(m: Maker) -> OpCase:
     return OpCase([x, idx], {"dim": ax})
 
 
+def gather_rows_case(m: Maker) -> OpCase:
+    x = m.tensor(m.shape(2, 4))
+    ax = m.int(1, x.dim() - 1)
+    lead, rows = x.shape[:ax], x.shape[ax]
+    n = m.int(0, rows)  # every leading index keeps n rows, at random places
+    keep = torch.zeros(math.prod(lead), rows, dtype=torch.bool)
+    for r in keep:
+        r[torch.randperm(rows, generator=m.gen)[:n]] = True
+    attrs = {"length": "kept", "dim": ax - x.dim() if m.flip() else ax}
+    return OpCase([x, keep.reshape(*lead, rows)], attrs)
+
+
 def reduce_case(m: Maker) -> OpCase:
     x = m.tensor(m.shape(1, 4))
     dims = m.data.draw(st.sets(st.integers(0, x.dim() - 1), min_size=1))
@@ -404,6 +416,7 @@ CASES: dict[str, Callable[[Maker], OpCase]] = {
     "concat": concat_case,
     "slice": slice_case,
     "index_select": index_select_case,
+    "gather_rows": gather_rows_case,
     "reduce_sum": reduce_case,
     "reduce_mean": reduce_case,
     "reduce_max": reduce_case,
@@ -453,9 +466,11 @@ def build(op: str, case: OpCase, symbolic: bool | str) -> tuple[Graph, dict[str,
 def check_case(op: str, case: OpCase, symbolic: bool | str) -> None:
     g, feeds = build(op, case, symbolic)
     out = g.outputs[0]
-    (res,) = run(g, feeds)
-    env: dict[str, int] = {}
-    bind_symbols(list(feeds.values()), [v.type for v in g.inputs], env)
+    from llmc.runtime.interp import Interpreter
+
+    interp = Interpreter(g)
+    (res,) = interp.run(feeds)  # binds the inputs' symbols and any an op makes at run time
+    env = dict(interp.env)
     want = out.type.concrete(env)
     assert tuple(res.shape) == want, (
         f"{op}: shape rule says {out.type} = {want}, reference gave {tuple(res.shape)}"

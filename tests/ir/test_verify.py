@@ -220,6 +220,17 @@ def duplicate_name_across_region(g: Graph) -> None:
     then.nodes[0].out.name = "pred"
 
 
+def pruned_lm() -> Graph:
+    from tests.lm_fixtures import toy_lm
+
+    return toy_lm(layers=2, prune=(1, 1, 3))
+
+
+def gather_symbol_not_fresh(g: Graph) -> None:
+    n = next(n for n in g.nodes if n.op == "gather_rows")
+    n.attrs = type(n.attrs)(length="past_0", dim=n.attrs.dim)
+
+
 CASES: list[tuple[str, Callable[[], Graph], Callable[[Graph], None], str, str]] = [
     # (case, builder, mutation, rule, message fragment)
     ("undefined operand", mlp, undefined_operand, "ssa", "%ghost is not defined before use"),
@@ -265,6 +276,7 @@ CASES: list[tuple[str, Callable[[], Graph], Callable[[Graph], None], str, str]] 
     ("cond branch types", with_cond, cond_branch_types_differ, "types", "different types"),
     ("cond region inputs", with_cond, cond_region_inputs_mismatch, "types", "region inputs"),
     ("cond predicate", with_cond, cond_pred_not_bool, "types", "predicate must be a bool scalar"),
+    ("fresh symbol", pruned_lm, gather_symbol_not_fresh, "symbols", "past_0 is bound by a graph"),
 ]
 
 
