@@ -48,7 +48,7 @@ from dataclasses import dataclass
 
 from llmc.errors import LlmcError
 from llmc.ir.graph import Graph, Node, regions_of
-from llmc.ir.types import Dim, SymDim, dim_sub
+from llmc.ir.types import Dim, SymDim, TensorType, dim_sub
 
 #: Module-path components that hold a list of decoder layers, in every supported family.
 LAYER_LISTS = ("layers", "h", "blocks", "layer")
@@ -59,6 +59,13 @@ LM_ABI_V1 = "llmc-lm-v1"
 LM_ABI_V2 = "llmc-lm-v2"
 LM_ABIS = (LM_ABI_V1, LM_ABI_V2)
 _PER_LAYER_PAST = re.compile(r"past_\d+")
+
+#: Optional scalar inputs after the KV inputs, in this order; a runner supplies each one a graph
+#: declares. ``decode_start: i64[]`` is the position of the first generated token (the prompt
+#: length): adaptive graphs (``ffn-skip``) never skip for rows at earlier positions (the prompt).
+#: A caller that does not know it passes :data:`NO_DECODE` (every row counts as prompt: dense).
+LM_OPTIONAL_INPUTS = ("decode_start",)
+NO_DECODE = 2**62
 
 
 def split_layer(scope: str, prefix: str | None = None) -> tuple[str, int, str] | None:
@@ -282,6 +289,12 @@ class LMAbi:
     past: tuple[Dim, ...]  # per layer: the cache length dim of past_k_i / past_v_i
     #: per layer: the rows it runs on (``seq``, or a ``gather_rows`` length): present - past
     rows: tuple[Dim | None, ...] = ()
+    #: optional inputs the graph declares after the KV inputs (:data:`LM_OPTIONAL_INPUTS`)
+    extra: tuple[str, ...] = ()
+
+    @property
+    def takes_decode_start(self) -> bool:
+        return "decode_start" in self.extra
 
     @property
     def uniform(self) -> bool:
@@ -314,14 +327,26 @@ def check_lm_abi(graph: Graph) -> LMAbi:
             f"graph @{graph.name}: unknown LM ABI {version!r} (this llmc reads {', '.join(LM_ABIS)})"
         )
     n = int(meta["num_layers"])
-    if len(graph.inputs) != 2 + 2 * n or len(graph.outputs) != 1 + 2 * n:
+    extra = tuple(names[2 + 2 * n :])
+    if not set(extra) <= set(LM_OPTIONAL_INPUTS):
+        extra = ()  # not optional inputs: the count check below names the problem
+    elif list(extra) != [x for x in LM_OPTIONAL_INPUTS if x in extra] or any(
+        graph.inputs[names.index(x)].type != TensorType((), "i64") for x in extra
+    ):
+        raise LMAbiError(
+            f"graph @{graph.name}: inputs after the KV cache must be i64[] scalars among "
+            f"{', '.join(LM_OPTIONAL_INPUTS)}, in that order; got {', '.join(extra)}"
+        )
+    if len(graph.inputs) != 2 + 2 * n + len(extra) or len(graph.outputs) != 1 + 2 * n:
         raise LMAbiError(
             f"graph @{graph.name}: {n} layers need {2 + 2 * n} inputs and {1 + 2 * n} outputs, "
             f"got {len(graph.inputs)} and {len(graph.outputs)}"
         )
     want = kv_input_names(n)
-    if names[2:] != want:
-        bad = next(i for i, (a, b) in enumerate(zip(names[2:], want, strict=True)) if a != b)
+    if names[2 : 2 + 2 * n] != want:
+        bad = next(
+            i for i, (a, b) in enumerate(zip(names[2 : 2 + 2 * n], want, strict=True)) if a != b
+        )
         raise LMAbiError(
             f"graph @{graph.name}: input {2 + bad} is %{names[2 + bad]}, expected %{want[bad]}"
         )
@@ -341,7 +366,7 @@ def check_lm_abi(graph: Graph) -> LMAbi:
         rows.append(
             r if r is None or isinstance(r, int) or not (r.symbols & _syms(past[i])) else None
         )
-    abi = LMAbi(version, n, tuple(past), tuple(rows))
+    abi = LMAbi(version, n, tuple(past), tuple(rows), extra)
     if version == LM_ABI_V1 and not abi.uniform:
         raise LMAbiError(
             f"graph @{graph.name}: layers have different cache lengths "

@@ -41,6 +41,9 @@ BUILTIN: dict[str, str] = {
     "gptq": "llmc.passes.gptq:GPTQQuant",
     "smoothquant": "llmc.passes.smoothquant:SmoothQuant",
     "w8a8": "llmc.passes.w8a8:W8A8",
+    # adaptive execution
+    "ffn-skip": "llmc.passes.ffn_skip:FFNSkip",
+    "ffn-drop": "llmc.passes.ffn_skip:FFNDrop",
     # attention
     "async-softmax": "llmc.passes.async_softmax:AsyncSoftmax",
 }

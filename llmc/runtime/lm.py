@@ -16,6 +16,19 @@ Without token pruning (``llmc-lm-v1``) every layer's ``past_i`` is one ``past`` 
 next token's position is the number of tokens seen, never a cache length.
 
 Generation is prefill (the whole prompt in one call) then decode (one token per call).
+
+**Decode start.** A graph may declare the optional scalar input ``decode_start: i64[]`` after the
+KV inputs (``ffn-skip`` does): the position of the first generated token. A runner supplies
+``lm.decode_start`` (:func:`generate` sets it to the prompt length, :func:`evaluate` to the
+prompt of its windows); unset, the graph gets :data:`~llmc.ir.structure.NO_DECODE` and runs as
+the dense model. Rows at positions ``>= decode_start`` are *decode rows*.
+
+**FFN-skip statistics.** :class:`InterpLM` counts, with the Interpreter hook on each ``#skip``
+``cond`` (whose second operand is the per-row skip mask), the FFN blocks skipped per layer among
+decode rows: ``lm.skip_stats()`` gives ``ffn_skip_fraction`` = skipped blocks / (decode rows x
+layers), i.e. the fraction of the dense model's decode FFN blocks that did not run, and
+``ffn_skip_histogram`` (skips per layer); ``lm.last_skips`` is the last call's ``[batch, seq,
+layers]`` bool decisions.
 """
 
 from __future__ import annotations
@@ -31,7 +44,7 @@ import torch
 
 from llmc.errors import LlmcError
 from llmc.ir.graph import Graph
-from llmc.ir.structure import check_kv_lengths, check_lm_abi
+from llmc.ir.structure import NO_DECODE, check_kv_lengths, check_lm_abi, layer_of
 from llmc.ir.types import to_torch_dtype
 
 #: The KV cache: per layer ``(k, v)``, each ``[batch, kv_heads, past_i, head_dim]``; ``past_i`` may
@@ -49,6 +62,17 @@ class LanguageModel(abc.ABC):
 
     meta: dict[str, Any]
     device: str = "cpu"
+    #: position of the first generated token, for graphs that declare ``decode_start``
+    decode_start: int | None = None
+
+    def skip_stats(self) -> dict[str, Any] | None:
+        """FFN-skip counters since the last :meth:`reset_skip_stats` (None: the model skips
+        nothing, or this runner does not count)."""
+        return None
+
+    def reset_skip_stats(self) -> None:
+        """Zero the FFN-skip counters (nothing to do for a runner that does not count)."""
+        return None
 
     @abc.abstractmethod
     def forward(
@@ -111,6 +135,29 @@ class InterpLM(LanguageModel):
             "kv_dtype", graph.inputs[2].type.dtype if len(graph.inputs) > 2 else "f32"
         )
         self.device = device
+        prefix = graph.meta.get("layer_prefix")
+        #: id of each top-level FFN-skip ``cond`` -> its layer
+        self._skip_layer = {
+            id(n): layer_of(n.scope, prefix)
+            for n in graph.nodes
+            if n.op == "cond" and n.block == "skip" and layer_of(n.scope, prefix) is not None
+        }
+        self.last_skips: torch.Tensor | None = None
+        self.reset_skip_stats()
+
+    def reset_skip_stats(self) -> None:
+        self._skips = [0] * self.abi.num_layers
+        self._decode_rows = 0
+
+    def skip_stats(self) -> dict[str, Any] | None:
+        if not self._skip_layer:
+            return None
+        total = self._decode_rows * self.abi.num_layers
+        return {
+            "ffn_skip_fraction": sum(self._skips) / total if total else 0.0,
+            "ffn_skip_histogram": list(self._skips),
+            "ffn_decode_rows": self._decode_rows,
+        }
 
     def forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, past: KV
@@ -122,7 +169,25 @@ class InterpLM(LanguageModel):
         args: list[torch.Tensor] = [input_ids, positions]
         for k, v in past:
             args += [k, v]
-        outs = run(self.graph, args, device=self.device)
+        start = NO_DECODE if self.decode_start is None else int(self.decode_start)
+        if self.abi.takes_decode_start:
+            args.append(torch.tensor(start, dtype=torch.int64))
+        hook = None
+        if self._skip_layer:
+            b, s = input_ids.shape
+            skips = torch.zeros((b, s, self.abi.num_layers), dtype=torch.bool)
+
+            def hook(n: Any, ins: list[torch.Tensor], out: torch.Tensor) -> None:
+                layer = self._skip_layer.get(id(n))
+                if layer is not None:
+                    skips[..., layer] = ins[1].reshape(b, s).cpu()
+
+        outs = run(self.graph, args, device=self.device, hook=hook)
+        if self._skip_layer:
+            self.last_skips = skips
+            self._decode_rows += int((positions >= start).sum())
+            for i, c in enumerate(skips.sum((0, 1)).tolist()):
+                self._skips[i] += int(c)
         if outs[0].shape[1] == 0 and input_ids.shape[1]:
             raise LlmcError(
                 f"graph @{self.graph.name} kept none of the {input_ids.shape[1]} new tokens: a "
@@ -203,6 +268,27 @@ def generate(
             f"prompt ({len(prompt)} tokens) + {max_new_tokens} new tokens exceed the model's "
             f"{limit} positions"
         )
+    saved = lm.decode_start
+    lm.decode_start = len(prompt)
+    try:
+        return _generate(
+            lm, prompt, max_new_tokens, temperature, top_k, top_p, seed, eos_id, on_token
+        )
+    finally:
+        lm.decode_start = saved
+
+
+def _generate(
+    lm: LanguageModel,
+    prompt: Sequence[int],
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    seed: int,
+    eos_id: int | None,
+    on_token: Callable[[int], None] | None,
+) -> GenerationResult:
     gen = torch.Generator().manual_seed(seed)
     ids = torch.tensor([list(prompt)], dtype=torch.int64)
     pos = torch.arange(len(prompt), dtype=torch.int64)[None]
@@ -262,6 +348,7 @@ def evaluate(
     batch_size: int = 4,
     progress: Callable[[int], None] | None = None,
     prompt: int = 0,
+    decode_start: int = 1,
 ) -> QualityResult:
     """Perplexity over ``windows [n, L]`` (predicting tokens 1..L-1 of each from its prefix) and,
     with a ``reference`` model, next-token agreement: the fraction of positions where both models'
@@ -272,7 +359,29 @@ def evaluate(
     per call against that cache and tokens ``P+1..L-1`` plus the one after the prompt are
     predicted. A model that prunes rows has no logits for its pruned tokens, so it must be scored
     this way (design.md, "Adaptive execution"); a full forward that returns fewer rows than it was
-    given is refused."""
+    given is refused.
+
+    A graph that declares ``decode_start`` (``ffn-skip``) gets ``prompt`` when it is given, else
+    ``decode_start`` (default 1: each window is a one-token prompt and its generated, teacher-forced
+    continuation, scored in one forward). Its skip decisions are row-wise (the FFN is row-wise and
+    attention never skipped), so the one-pass forward takes, per token, the decisions token-by-token
+    decoding takes (tests/passes/test_ffn_skip_eval.py)."""
+    saved = lm.decode_start
+    lm.decode_start = prompt if prompt else decode_start
+    try:
+        return _evaluate(lm, windows, reference, batch_size, progress, prompt)
+    finally:
+        lm.decode_start = saved
+
+
+def _evaluate(
+    lm: LanguageModel,
+    windows: torch.Tensor,
+    reference: LanguageModel | None,
+    batch_size: int,
+    progress: Callable[[int], None] | None,
+    prompt: int,
+) -> QualityResult:
     if not 0 <= prompt < windows.shape[1]:
         raise LlmcError(
             f"prompt {prompt} must lie in [0, {windows.shape[1]}) for windows of that length"
