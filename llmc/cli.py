@@ -198,6 +198,7 @@ def cmd_run(a: argparse.Namespace) -> int:
                 "new_tokens": res.new_tokens,
                 "prefill_tokens_per_s": res.prefill_tokens_per_s,
                 "decode_tokens_per_s": res.decode_tokens_per_s,
+                **_skip_fields(lm),
             }
         )
         return 0
@@ -236,12 +237,22 @@ def _run_ids(a: argparse.Namespace, loaded: Any, lm: Any, ids: list[int]) -> int
         "new_tokens": res.new_tokens,
         "prefill_tokens_per_s": res.prefill_tokens_per_s,
         "decode_tokens_per_s": res.decode_tokens_per_s,
+        **_skip_fields(lm),
     }
     if a.json:
         emit_json(out)
     else:
         print(" ".join(str(t) for t in res.tokens))
     return 0
+
+
+def _skip_fields(lm: Any) -> dict[str, Any]:
+    """``ffn_skip_fraction`` and ``ffn_skip_histogram`` of a model that skips FFN blocks
+    (``ffn-skip``; docs/adaptive.md), else nothing."""
+    stats = lm.skip_stats() if hasattr(lm, "skip_stats") else None
+    if not stats:
+        return {}
+    return {k: stats[k] for k in ("ffn_skip_fraction", "ffn_skip_histogram")}
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
@@ -289,6 +300,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     }
     if q.agreement is not None:
         out["agreement"] = q.agreement
+    out.update(_skip_fields(lm))
     if pass_report:
         out["pass_report"] = pass_report
     if a.json:
@@ -301,6 +313,11 @@ def cmd_eval(a: argparse.Namespace) -> int:
     print(f"uniform      {vocab} (vocabulary size)")
     if q.agreement is not None:
         print(f"agreement    {q.agreement:.4f} next-token agreement with the unmodified model")
+    if "ffn_skip_fraction" in out:
+        print(
+            f"ffn skipped  {out['ffn_skip_fraction']:.4f} of decode FFN blocks "
+            f"(per layer {out['ffn_skip_histogram']})"
+        )
     return 0
 
 
@@ -314,6 +331,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
     generate(lm, prompt[: min(8, len(prompt))], 2)  # warm-up (lazy init, kernel loading)
     best = None
     for _ in range(a.repeat):
+        lm.reset_skip_stats()  # greedy on a fixed prompt: every repeat skips alike
         r = generate(lm, prompt, a.new_tokens)
         if best is None or r.decode_s < best.decode_s:
             best = r
@@ -330,6 +348,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
         "decode_ms_per_token": 1000.0 * best.decode_s / steps,
         "repeat": a.repeat,
         "random_weights": bool(a.random_weights),
+        **_skip_fields(lm),
     }
     if a.json:
         emit_json(out)

@@ -261,3 +261,26 @@ def test_ffn_skip_twice_is_refused(tiny) -> None:
     g, _ = _pass(tiny, "ffn-skip:threshold=0.9")
     with pytest.raises(PassError, match="already skips FFN blocks"):
         build_pipeline("ffn-skip:threshold=0.9").run(g, PassContext())
+
+
+def test_cli_eval_reports_skip_fraction(monkeypatch, capsys, tmp_path) -> None:
+    import json
+
+    import llmc.compile
+    from llmc.tokenizer import ByteTokenizer
+    from tests.lm_fixtures import toy_lm
+
+    def fake_load(spec, *, allow_pickle=False, dtype=None):
+        return llmc.compile.Loaded(toy_lm(layers=4, vocab=256), ByteTokenizer(), "toy", "toy")
+
+    monkeypatch.setattr(llmc.compile, "load", fake_load)
+    spec = "ffn-skip:ratio=0.25"
+    args = ["--passes", spec, "--calib-samples", "4", "--calib-seqlen", "64", "--json"]
+    assert main(["eval", "toy", "--max-tokens", "512", "--window", "64", *args]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert 0 < out["ffn_skip_fraction"] <= 0.5 and len(out["ffn_skip_histogram"]) == 4
+    rep = out["pass_report"][0]
+    assert rep["layers_skippable"] == [1, 2] and -1 <= rep["threshold"] <= 1
+    assert abs(rep["expected_skip_fraction"] - 0.25) < 0.05
+    assert main(["eval", "toy", "--max-tokens", "256", "--window", "64", "--json"]) == 0
+    assert "ffn_skip_fraction" not in json.loads(capsys.readouterr().out)  # dense: no field
