@@ -163,6 +163,23 @@ def _plan(graph: Graph, pname: str, protect: int) -> tuple[dict[int, FFNBlock], 
     return blocks, num, skippable
 
 
+def _check_target(pname: str, target: str) -> None:
+    """Refuse, at compile time and in one line, a target whose model has no skip yet: the
+    FlightLLM instruction stream has no predicated skip (TVM targets refuse ``cond`` themselves
+    until its lowering lands)."""
+    if target == "ref":
+        return
+    from llmc.backends.targets import get_target  # the target registry (data), not a backend
+
+    kind = get_target(target).kind
+    if kind == "fpga":
+        raise PassError(
+            f"pass '{pname}' cannot apply to target {target} ({kind}): the FlightLLM model has no "
+            "predicated FFN skip yet; measure it on the reference interpreter (--target ref) or "
+            "compare with ffn-drop, which needs no skip"
+        )
+
+
 def _cosine_rows(r: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
     """Per-row cosine similarity (float32), as the graph computes it."""
     r = r.to(torch.float32)
@@ -266,6 +283,7 @@ class FFNSkip(Pass):
         _layer_list("monitor", self.monitor)
 
     def run(self, graph: Graph, ctx: PassContext) -> None:
+        _check_target(self.name, ctx.target)
         blocks, num, skippable = _plan(graph, self.name, self.protect)
         monitor = self._monitor(blocks, skippable, num)
         rep = ctx.report

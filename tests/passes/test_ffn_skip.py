@@ -284,3 +284,9 @@ def test_cli_eval_reports_skip_fraction(monkeypatch, capsys, tmp_path) -> None:
     assert abs(rep["expected_skip_fraction"] - 0.25) < 0.05
     assert main(["eval", "toy", "--max-tokens", "256", "--window", "64", "--json"]) == 0
     assert "ffn_skip_fraction" not in json.loads(capsys.readouterr().out)  # dense: no field
+
+
+def test_fpga_targets_are_refused_at_compile_time() -> None:
+    g = parse_graph(textwrap.dedent(LM3))
+    with pytest.raises(PassError, match="cannot apply to target u280 \\(fpga\\)"):
+        build_pipeline("ffn-skip:threshold=0.9").run(g, PassContext(target="u280"))
