@@ -1,6 +1,6 @@
 """FFN skipping vs FFN dropping at equal ratios, in the reference interpreter.
 
-    python bench/ffn_skip.py [--model tiny] [--max-tokens N] [--ratios 0.1,0.2,0.3,0.4]
+    python bench/ffn_skip.py [--model tiny] [--max-tokens N] [--ratios 0.1,0.2,0.3,0.4] [--protect P]
 
 Per ratio, ``ffn-skip:ratio=R`` and ``ffn-drop:ratio=R`` are applied to the model and scored on
 the held-out split exactly as ``llmc eval MODEL --passes SPEC --json`` scores them (windows of
@@ -64,6 +64,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--calib-samples", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--protect", type=int, default=None, help="both passes' protect option")
     ap.add_argument("--out", default=str(ROOT / "bench" / "ffn_skip.json"))
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -79,6 +80,8 @@ def main() -> None:
     for r in [float(x) for x in a.ratios.split(",")]:
         for method in ("ffn-skip", "ffn-drop"):
             spec = f"{method}:ratio={r}"
+            if a.protect is not None:
+                spec += f":protect={a.protect}"
             g = m.graph.copy()
             t = time.perf_counter()
             ctx = PassContext(calib_samples=a.calib_samples, tokenizer=tok)
@@ -102,6 +105,7 @@ def main() -> None:
         "windows": int(windows.shape[0]),
         "tokens": rows[0]["tokens"],
         "calib_samples": a.calib_samples,
+        "protect": a.protect,
         "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(),
         "threads": a.threads,
