@@ -253,6 +253,67 @@ def fit_threshold(
     return hi, frac(hi)
 
 
+def measured_fraction(
+    graph: Graph,
+    ctx: PassContext,
+    skippable: list[int],
+    monitor: list[int],
+    warmup: int,
+    threshold: float,
+) -> float:
+    """The skip fraction the rewritten graph really takes on the calibration windows (one
+    forward per batch, rows at positions ``>= warmup``): skipping earlier tokens changes what
+    later tokens attend to, which the dense cosines of :func:`fit_threshold` do not see."""
+    from llmc.runtime.lm import InterpLM
+
+    g = graph.copy()
+    rewrite_skip(g, ffn_blocks(g), skippable, monitor, threshold, warmup)
+    lm = InterpLM(g, device=ctx.device)
+    lm.decode_start = 0
+    windows = ctx.calibration().tokens(graph)
+    skipped = 0
+    for i in range(0, windows.shape[0], ctx.calib_batch):
+        lm.logits(windows[i : i + ctx.calib_batch])
+        assert lm.last_skips is not None
+        skipped += int(lm.last_skips[:, warmup:].sum())
+    rows = windows.shape[0] * max(windows.shape[1] - warmup, 1)
+    return skipped / (rows * lm.abi.num_layers)
+
+
+def refine_threshold(
+    graph: Graph,
+    ctx: PassContext,
+    cos: dict[int, torch.Tensor],
+    plan: tuple[list[int], list[int], int, int],
+    ratio: float,
+    steps: int,
+) -> tuple[float, float, list[tuple[float, float, float]]]:
+    """Closed loop: bisect the *open-loop target* ``r'`` (the threshold is
+    ``fit_threshold(cos, ..., r')``) until the measured fraction (:func:`measured_fraction`) is
+    within 1% of ``ratio`` or ``steps`` graphs were measured; returns the threshold whose measured fraction is closest, that fraction, and every
+    ``(r', threshold, measured)`` tried."""
+    skippable, monitor, num, warmup = plan
+    top = sum(1 for s in skippable if s > min(monitor)) / num
+
+    def trial(r: float) -> tuple[float, float, float]:
+        t, _ = fit_threshold(cos, monitor, skippable, num, r)
+        return r, t, measured_fraction(graph, ctx, skippable, monitor, warmup, t)
+
+    tried = [trial(ratio)]
+    lo, hi = (ratio, top) if tried[0][2] < ratio else (0.0, ratio)
+    for _ in range(steps - 1):
+        if abs(tried[-1][2] - ratio) <= 0.01 * ratio:  # within 1%: done
+            break
+        got = trial((lo + hi) / 2)
+        tried.append(got)
+        if got[2] < ratio:
+            lo = got[0]
+        else:
+            hi = got[0]
+    best = min(tried, key=lambda x: abs(x[2] - ratio))
+    return best[1], best[2], tried
+
+
 # ----------------------------------------------------------------------------------------------
 # ffn-skip
 
@@ -268,8 +329,11 @@ class FFNSkip(Pass):
     protect: int = 1
     warmup: int = 4
     monitor: tuple[str, ...] = ()
+    refine: int = 0  # closed-loop bisection steps: measure the skip graph itself on the text
 
     def check(self) -> None:
+        if self.refine < 0:
+            raise PassOptionError(f"refine must be >= 0, got {self.refine}")
         if self.ratio is not None and self.threshold is not None:
             raise PassOptionError("give ratio or threshold, not both")
         if self.ratio is not None and not 0 <= self.ratio < 1:
@@ -301,6 +365,13 @@ class FFNSkip(Pass):
                 )
             cos = calibrate_cosines(graph, ctx, blocks, self.warmup)
             threshold, expected = fit_threshold(cos, monitor, skippable, num, ratio)
+            if self.refine:
+                rep.set(open_loop_threshold=threshold, open_loop_fraction=expected)
+                plan = (skippable, monitor, num, self.warmup)
+                threshold, expected, steps = refine_threshold(
+                    graph, ctx, cos, plan, ratio, self.refine
+                )
+                rep.set(refine_steps=[list(x) for x in steps])
             rep.set(
                 ratio=ratio,
                 threshold=threshold,

@@ -290,3 +290,12 @@ def test_fpga_targets_are_refused_at_compile_time() -> None:
     g = parse_graph(textwrap.dedent(LM3))
     with pytest.raises(PassError, match="cannot apply to target u280 \\(fpga\\)"):
         build_pipeline("ffn-skip:threshold=0.9").run(g, PassContext(target="u280"))
+
+
+def test_refine_measures_the_skip_graph_on_the_calibration_text(tiny) -> None:
+    g, rep = _pass(tiny, "ffn-skip:ratio=0.3:refine=3")
+    steps = rep["refine_steps"]
+    assert 1 <= len(steps) <= 3 and steps[0][0] == 0.3
+    best = min(steps, key=lambda x: abs(x[2] - 0.3))
+    assert rep["threshold"] == best[1] and rep["expected_skip_fraction"] == best[2]
+    assert abs(rep["expected_skip_fraction"] - 0.3) < 0.05
