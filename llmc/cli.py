@@ -339,6 +339,18 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect(a: argparse.Namespace) -> int:
+    from llmc.compile import load
+    from llmc.inspect import inspect_loaded, render
+
+    info = inspect_loaded(load(a.model, allow_pickle=a.allow_pickle))
+    if a.json:
+        emit_json(info)
+    else:
+        print(render(info))
+    return 0
+
+
 def cmd_targets(a: argparse.Namespace) -> int:
     from llmc.backends.targets import get_target, target_names
 
@@ -598,6 +610,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-pickle", action="store_true")
     _add_pass_args(p)
     p.set_defaults(func=cmd_export)
+
+    p = add("inspect", "describe a model or an artifact: shapes, params by layer, files")
+    p.add_argument("model", metavar="OUT|MODEL")
+    p.add_argument("--allow-pickle", action="store_true")
+    p.set_defaults(func=cmd_inspect)
 
     p = add("targets", "list targets")
     p.set_defaults(func=cmd_targets)
