@@ -22,11 +22,20 @@ graph inputs; the concat becomes ``kv_append`` (``call_tir_inplace``: the new ke
 ``present_*`` outputs are the buffers themselves. An operand that needs the value as a tensor (the
 TE attention fallback, any other op) gets a slice of it (a copy). The runner owns the buffers
 (:mod:`llmc.runtime.tvm_runner`).
+
+**Control flow.** A ``cond`` lowers to a Relax ``If`` whose branches are the lowered regions
+(:meth:`Lowering.lower_region`). Relax allows an ``If`` only outside dataflow blocks, so a function
+that holds a ``cond`` (an outlined layer or an entry) is emitted as plain binding blocks, and the
+``legalize`` phase runs ``ConvertToDataflow`` first, which regroups the pure bindings before, after
+and inside each branch into dataflow blocks for fusion. At run time the VM reads the predicate and
+jumps: the branch not taken launches no kernel and allocates nothing (docs/backends.md, "Control
+flow").
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,6 +120,7 @@ class Lowered:
     rules_used: dict[str, int]
     entry_weights: dict[str, list[str]]  # entry -> its weight arguments (WeightArg names), in order
     kv_inputs: list[Value] = field(default_factory=list)  # in-place caches, argument order
+    control_flow: int = 0  # ``cond`` nodes lowered to a Relax ``If`` (all entries together)
 
     @property
     def kv_in_place(self) -> bool:
@@ -295,6 +305,8 @@ class Lowering:
         self.kv_appends: dict[int, Node] = find_kv_appends(graph) if kv_in_place else {}
         self._kv_concats = {id(n) for n in self.kv_appends.values()}
         self._kv_values = {id(n.out) for n in self.kv_appends.values()}
+        self._dataflow = True  # the function being emitted is one dataflow block
+        self._scope_params: list[relax.Var] = []  # its non-weight arguments (see _body)
 
     # -- shared pieces ----------------------------------------------------------------------------
     def symbol(self, name: str) -> tirx.Var:
@@ -347,6 +359,7 @@ class Lowering:
             dict(self.rules_used),
             dict(self.entry_weights),
             [v for v in self.graph.inputs if id(v) in self.kv_appends],
+            self.rules_used.get("cond", 0),
         )
 
     def _env(self, entry: Entry) -> dict[str, Any]:
@@ -378,8 +391,9 @@ class Lowering:
         if self.kv_appends:
             ctx.kv_len = self._kv_len_var(env)
             inputs.append(ctx.kv_len)
+        inline = [n for n in self.graph.nodes if id(n) not in self.plan.covered]
         with self.bb.function(entry.name, attrs={"llmc.entry": entry.name}):
-            with self.bb.dataflow():
+            with self._body(inline, inputs):
                 for v, rv in zip(self.graph.inputs, inputs):
                     ctx.values[id(v)] = rv
                 for n in self.graph.nodes:
@@ -391,7 +405,7 @@ class Lowering:
                         continue
                     self._lower_node(ctx, n)
                 outs = [ctx.result(v) for v in self.graph.outputs]
-                out = self.bb.emit_output(relax.Tuple(outs))
+                out = self._output(relax.Tuple(outs))
             self.bb.emit_func_output(out, params=inputs + list(weight_vars.values()))
         self.entry_weights[entry.name] = list(weight_vars)
 
@@ -421,7 +435,7 @@ class Lowering:
             ins.append(ctx.kv_len)
         name = f"{entry.name}_layer" + (f"{gi}" if gi else "")
         with self.bb.function(name, private=True):
-            with self.bb.dataflow():
+            with self._body(layer.nodes, ins):
                 for v, rv in zip(layer.inputs, ins):
                     ctx.values[id(v)] = rv
                 for pn in layer.params:
@@ -429,9 +443,55 @@ class Lowering:
                 for n in layer.nodes:
                     self._lower_node(ctx, n)
                 outs = [ctx.result(v) for v in layer.outputs]
-                out = self.bb.emit_output(relax.Tuple(outs))
+                out = self._output(relax.Tuple(outs))
             gv = self.bb.emit_func_output(out, params=ins + [wvars[k] for k in wspec])
         return gv, wspec
+
+    @contextmanager
+    def _body(self, nodes: Sequence[Node], params: list[relax.Var]) -> Iterator[None]:
+        """A function body: one dataflow block, or plain binding blocks when it holds a ``cond``
+        (Relax's ``If`` cannot sit in a dataflow block; ``ConvertToDataflow`` regroups later).
+
+        The function's parameters are only given at its end (weights are discovered while
+        lowering), so its scope does not yet define the symbolic sizes: an ``If`` would then
+        join its branches' types to ``Tensor(ndim=2)`` and lose the shape. ``params`` (the
+        non-weight arguments, which bind every symbolic size) open a scope that does."""
+        self._dataflow = not any(n.op == "cond" for n in nodes)
+        if self._dataflow:
+            with self.bb.dataflow():
+                yield
+        else:
+            self._scope_params = params
+            self.bb.begin_scope(params)
+            yield
+            self.bb.end_scope()
+
+    def _output(self, expr: relax.Expr) -> relax.Expr:
+        return self.bb.emit_output(expr) if self._dataflow else self.bb.emit(expr)
+
+    def lower_region(
+        self, ctx: LowerCtx, region: Graph, operands: Sequence[Value]
+    ) -> relax.SeqExpr:
+        """One branch of a ``cond``: ``region`` lowered, its inputs bound to ``operands``, as a
+        Relax ``SeqExpr`` in its own scope (values it defines are invisible after it)."""
+        if self.bb.current_block_is_dataflow():
+            raise IRError(
+                f"cond %{ctx.node.out.name if ctx.node else '?'} reached inside a dataflow "
+                "block: the function holding it must be emitted as binding blocks (Lowering._body)"
+            )
+        saved_node, saved_sliced = ctx.node, ctx._sliced
+        ctx._sliced = dict(saved_sliced)  # cache slices made inside the branch stay inside it
+        self.bb.begin_scope(self._scope_params)  # a nested If needs the sizes too
+        self.bb._begin_binding_block()
+        for v, x in zip(region.inputs, operands, strict=True):
+            ctx.values[id(v)] = ctx.values[id(x)]
+        for n in region.nodes:
+            self._lower_node(ctx, n)
+        res = ctx.arg(region.outputs[0])
+        block = self.bb._end_block()
+        self.bb.end_scope()
+        ctx.node, ctx._sliced = saved_node, saved_sliced
+        return relax.SeqExpr([block], res)
 
     def _call_layer(
         self,

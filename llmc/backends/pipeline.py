@@ -83,6 +83,9 @@ class TVMPipeline:
     def legalize(self, mod: tvm.IRModule, tvm_target: tvm.target.Target) -> tvm.IRModule:
         seq = tvm.transform.Sequential(
             [
+                # functions holding a cond were emitted as binding blocks (Relax's If cannot sit
+                # in a dataflow block): regroup their pure bindings so that fusion sees them
+                relax.transform.ConvertToDataflow(min_size=1),
                 relax.transform.LegalizeOps(),
                 relax.transform.AnnotateTIROpPattern(),
                 relax.transform.FoldConstant(),
