@@ -78,7 +78,7 @@ def plan_layers(graph: Graph, *, min_layers: int = 2) -> LayerPlan:
                     seen.add(id(v))
                     layer.inputs.append(v)
             for region in regions_of(n):  # a cond's branches read weights through param nodes
-                for pn in _region_params(region):
+                for pn in region_params(region):
                     if id(pn) not in seen:
                         seen.add(id(pn))
                         layer.params.append(pn)
@@ -102,15 +102,26 @@ def plan_layers(graph: Graph, *, min_layers: int = 2) -> LayerPlan:
     )
 
 
-def _region_params(region: Graph) -> list[Node]:
+def region_params(region: Graph) -> list[Node]:
     """The param nodes of ``region`` and of the regions nested in it, in order."""
     out: list[Node] = []
     for n in region.nodes:
         if n.op == "param":
             out.append(n)
         for r in regions_of(n):
-            out += _region_params(r)
+            out += region_params(r)
     return out
+
+
+def region_signature(graph: Graph, region: Graph, params: list[Node]) -> tuple:
+    """Two regions with equal signatures lower to the same function: the same structure
+    (:func:`region_key`, params by position in ``params``) and params of the same types and
+    storage formats."""
+    prm = {id(n): i for i, n in enumerate(params)}
+    kinds = tuple(
+        (str(p.type), str(p.format)) for p in (graph.root().params[pn.attrs.name] for pn in params)
+    )
+    return (region_key(region, prm), kinds)
 
 
 def _signature(graph: Graph, layer: Layer) -> tuple:

@@ -44,10 +44,25 @@ def _predicate(b: GraphBuilder, how: str, pos: Value, h_in: Value, h: Value, thr
     raise ValueError(f"unknown predicate {how!r}")
 
 
+def _ffn(b: GraphBuilder, h: Value, pre: str, params: dict) -> Value:
+    """``h + SwiGLU(rms_norm(h))`` with the toy LM's weights for layer prefix ``pre``."""
+
+    def w(name: str) -> Value:
+        return b.param(name, params[name])
+
+    with b.scope(f"{pre}.post_attention_layernorm", "norm"):
+        x = b.emit("rms_norm", h, w(f"{pre}.post_attention_layernorm.weight"), eps=1e-5)
+    gate = b.emit("linear", x, w(f"{pre}.mlp.gate_proj.weight"))
+    up = b.emit("linear", x, w(f"{pre}.mlp.up_proj.weight"))
+    m = b.emit("linear", b.emit("mul", b.emit("silu", gate), up), w(f"{pre}.mlp.down_proj.weight"))
+    return b.emit("add", h, m)
+
+
 def cond_lm(
     pred: str = "parity",
     threshold: float = 0.0,
     *,
+    block: str = "cond",
     layers: int = 2,
     hidden: int = 32,
     heads: int = 4,
@@ -56,7 +71,9 @@ def cond_lm(
     vocab: int = 300,
     seed: int = 0,
 ) -> Graph:
-    """The toy LM (same arguments, same weights) with every FFN block behind a ``cond``."""
+    """The toy LM (same arguments, same weights) with every FFN block behind a ``cond``
+    (``block="cond"``), or, as baselines for measurements, the FFN always run without a ``cond``
+    (``"plain"``, the toy LM's computation) or removed (``"none"``)."""
     toy = toy_lm(
         layers=layers,
         hidden=hidden,
@@ -119,32 +136,26 @@ def cond_lm(
             a = b.emit("linear", a, b.param(w, params[w]))
         with b.scope(pre):
             h = b.emit("add", h, a)
-        with b.scope(f"{pre}.mlp", "ffn"):
-            flag = _predicate(b, pred, pos, h_in, h, threshold)
-            run_b, (hr,) = b.region(h.type, hint="ffn_in")
-            with run_b.scope(f"{pre}.post_attention_layernorm", "norm"):
-                w = f"{pre}.post_attention_layernorm.weight"
-                xr = run_b.emit("rms_norm", hr, run_b.param(w, params[w]), eps=1e-5)
-
-            def mlp_w(name: str, pre: str = pre, rb: GraphBuilder = run_b) -> Value:
-                return rb.param(f"{pre}.mlp.{name}.weight", params[f"{pre}.mlp.{name}.weight"])
-
-            gate = run_b.emit("linear", xr, mlp_w("gate_proj"))
-            up = run_b.emit("linear", xr, mlp_w("up_proj"))
-            m = run_b.emit(
-                "linear", run_b.emit("mul", run_b.emit("silu", gate), up), mlp_w("down_proj")
-            )
-            run_b.output(run_b.emit("add", hr, m))
-            skip_b, (hs,) = b.region(h.type, hint="ffn_skip")
-            skip_b.output(hs)
-            h = b.emit(
-                "cond",
-                flag,
-                h,
-                then_branch=run_b.finish(),
-                else_branch=skip_b.finish(),
-                name=f"ffn_{i}",
-            )
+        if block == "plain":
+            with b.scope(f"{pre}.mlp", "ffn"):
+                h = _ffn(b, h, pre, params)
+        elif block == "cond":
+            with b.scope(f"{pre}.mlp", "ffn"):
+                flag = _predicate(b, pred, pos, h_in, h, threshold)
+                run_b, (hr,) = b.region(h.type, hint="ffn_in")
+                run_b.output(_ffn(run_b, hr, pre, params))
+                skip_b, (hs,) = b.region(h.type, hint="ffn_skip")
+                skip_b.output(hs)
+                h = b.emit(
+                    "cond",
+                    flag,
+                    h,
+                    then_branch=run_b.finish(),
+                    else_branch=skip_b.finish(),
+                    name=f"ffn_{i}",
+                )
+        elif block != "none":
+            raise ValueError(f"unknown block {block!r}")
     with b.scope("model.norm", "norm"):
         h = b.emit(
             "rms_norm", h, b.param("model.norm.weight", params["model.norm.weight"]), eps=1e-5

@@ -73,6 +73,10 @@ def test_cond_lowers_to_if_and_layers_stay_outlined(cond_artifacts):
         backend = json.loads((Path(path) / "manifest.json").read_text())["backend"]
         assert backend["lowering_rules"]["cond"] == 2  # one per entry: the layer is outlined once
         assert backend["layer_functions"] == {"prefill_layer": 2, "decode_layer": 2}
+        # the FFN branch is one function per entry, called from the layer function; the skip
+        # branch returns its operand and is no function at all
+        fns = backend["branch_functions"]
+        assert sorted(fns.values()) == [1, 1] and all(f.endswith("_then") for f in fns)
 
 
 def test_parity_alternates_and_matches_interpreter(cond_artifacts, cond_runners):
@@ -184,3 +188,74 @@ def test_cond_lm_cross_compiles(target, tmp_path):
         (co,) = elfcheck.find_code_objects(blob)
         names = {k.removesuffix("_kernel") for k in co.kernels}
     assert set(backend["kernels"]) <= names  # the FFN kernels inside the branch are device code
+
+
+def _run_vm(graph, args, **pipeline_overrides):
+    """Compile ``graph`` for the CPU (the pipeline's attributes overridden) and run ``prefill``."""
+    import copy
+
+    import tvm
+    from tvm.runtime.vm import VirtualMachine
+
+    from llmc.backends import pipeline_for
+    from llmc.backends.layouts import get_layout
+    from llmc.backends.targets import get_target
+
+    t = get_target("cpu")
+    pipeline = copy.copy(pipeline_for(t))
+    for k, v in pipeline_overrides.items():
+        setattr(pipeline, k, v)
+    ex, lowered, _ = pipeline.compile(graph, t)
+    by_name = {w.name: w for w in lowered.weights}
+    ws = [
+        get_layout(by_name[n].layout).transform(graph.params[by_name[n].param], by_name[n].dtype)
+        for n in lowered.entry_weights["prefill"]
+    ]
+    fn = VirtualMachine(ex, tvm.cpu())["prefill"]
+    outs = fn(
+        *[tvm.runtime.tensor(a.numpy()) for a in args],
+        *[tvm.runtime.tensor(w.contiguous().numpy()) for w in ws],
+    )
+    return [torch.from_numpy(outs[i].numpy()) for i in range(len(graph.outputs))], lowered
+
+
+def test_branch_needing_sizes_its_inputs_do_not_bind():
+    """A branch whose types use ``past`` and ``seq`` while its input is ``[batch, past + seq,
+    8]``: the branch function takes them as a ``Shape`` argument."""
+    from llmc.ir import GraphBuilder, TensorType, sym
+
+    B, S, P = sym("batch"), sym("seq"), sym("past")
+    b = GraphBuilder("sizes")
+    x = b.input("x", TensorType((B, S, 8), "f32"))
+    cache = b.input("cache", TensorType((B, P, 8), "f32"))
+    flag = b.input("flag", TensorType((), "bool"))
+    allx = b.emit("concat", cache, x, dim=1)
+    then_b, (a,) = b.region(allx.type)
+    new = then_b.emit("slice", a, dim=1, start=P)
+    then_b.output(then_b.emit("mul", new, new))
+    else_b, (c,) = b.region(allx.type)
+    else_b.output(else_b.emit("slice", c, dim=1, start=P))
+    b.output(b.emit("cond", flag, allx, then_branch=then_b.finish(), else_branch=else_b.finish()))
+    g = b.finish()
+    g.meta = {"num_layers": 0}
+    for flag_v in (True, False):
+        args = [torch.randn(2, 3, 8), torch.randn(2, 5, 8), torch.tensor(flag_v)]
+        (got,), lowered = _run_vm(g, args)
+        torch.testing.assert_close(got, interp_run(g, args)[0])
+    assert len(lowered.branch_functions) == 4  # both arms are functions, in both entries
+
+
+def test_inline_branches_match_and_outlined_branches_dedupe():
+    """``cond_branches="inline"`` (the branch lowered into the If, unfused) computes the same;
+    without layer outlining, the layers' identical FFN branches share one function."""
+    g = cond_lm("parity")
+    gen = torch.Generator().manual_seed(3)
+    args = [torch.randint(0, 300, (1, 4), generator=gen), torch.arange(4)[None]]
+    args += [torch.zeros(1, 2, 0, 8) for _ in range(4)]
+    want = interp_run(g, args)
+    got, lowered = _run_vm(g, args, cond_branches="inline", kv_in_place=False)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-4, atol=1e-4)
+    assert lowered.branch_functions == {}
+    got, lowered = _run_vm(g, args, outline_layers=False, kv_in_place=False)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-4, atol=1e-4)
+    assert sorted(lowered.branch_functions.values()) == [2, 2]  # prefill's and decode's: 2 calls
