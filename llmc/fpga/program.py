@@ -212,6 +212,12 @@ class _Alloc:
 
 def build_program(graph: Graph, arch: FpgaArch) -> Program:
     """Lay out a model's memory on a board (see the module docstring)."""
+    for _, n in graph.walk():  # before anything else reads the graph: one line naming the op
+        if n.op == "cond":
+            raise UnsupportedOpError(
+                f"op 'cond' (%{n.out.name} at {n.scope or '?'}) has no FlightLLM lowering: the "
+                "instruction stream has no predicated skip yet; compile it for a TVM target"
+            )
     al = _Alloc(arch)
     act = arch.act_bytes
     users = graph.users()
