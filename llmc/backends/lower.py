@@ -386,9 +386,9 @@ class Lowering:
     def _lower_entry(self, entry: Entry) -> None:
         env = self._env(entry)
         self._entry = entry
-        # Branch functions first, then layer functions (BlockBuilder builds one at a time).
+        # Branch functions, then layer functions, then the entry (BlockBuilder builds one
+        # function at a time, so a callee is complete before its caller is opened).
         self._prepare_branches(entry, env, self.graph.nodes)
-        # Layer functions first (BlockBuilder builds one function at a time).
         layer_gvs: dict[tuple, tuple[tvm.ir.GlobalVar, list[tuple[int, str, str]]]] = {}
         for gi, (sig, members) in enumerate(self.plan.groups.items()):
             layer_gvs[sig] = self._lower_layer_fn(entry, env, members[0], gi)
