@@ -148,9 +148,9 @@ def cmd_run(a: argparse.Namespace) -> int:
     from llmc.runtime.lm import generate
 
     loaded = load(a.model, allow_pickle=a.allow_pickle)
-    if a.prompt_ids is not None:
-        ids = a.prompt_ids
-        tok = loaded.tokenizer
+    tok = loaded.tokenizer
+    if a.prompt_ids is not None:  # ids in; text out only when the model has a tokenizer
+        ids = list(a.prompt_ids)
         a.prompt = tok.decode(ids) if tok is not None else None
     else:
         tok = require_tokenizer(loaded)
@@ -158,9 +158,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         if not ids:
             raise LlmcError("--prompt: the prompt encodes to no tokens; give some text")
     lm = runner_for(loaded)
-    if tok is None:
-        return _run_ids(a, loaded, lm, ids)
-    stream = not a.json and sys.stdout.isatty()
+    stream = tok is not None and not a.json and sys.stdout.isatty()
     if stream:
         sys.stdout.write(a.prompt)
         sys.stdout.flush()
@@ -186,63 +184,35 @@ def cmd_run(a: argparse.Namespace) -> int:
         eos_id=getattr(tok, "eos_id", None),
         on_token=on_token,
     )
-    text = tok.decode(res.tokens)
+    out: dict[str, Any] = {"model": loaded.name}
+    if tok is not None:
+        out.update(prompt=a.prompt, completion=tok.decode(res.tokens))
+    else:
+        out["prompt_ids"] = ids
+    out.update(
+        tokens=res.tokens,
+        prompt_tokens=res.prompt_tokens,
+        new_tokens=res.new_tokens,
+        prefill_tokens_per_s=res.prefill_tokens_per_s,
+        decode_tokens_per_s=res.decode_tokens_per_s,
+        **_skip_fields(lm),
+    )
     if a.json:
-        emit_json(
-            {
-                "model": loaded.name,
-                "prompt": a.prompt,
-                "completion": text,
-                "tokens": res.tokens,
-                "prompt_tokens": res.prompt_tokens,
-                "new_tokens": res.new_tokens,
-                "prefill_tokens_per_s": res.prefill_tokens_per_s,
-                "decode_tokens_per_s": res.decode_tokens_per_s,
-                **_skip_fields(lm),
-            }
-        )
+        emit_json(out)
         return 0
-    if stream:
+    if tok is None:
+        print(" ".join(str(t) for t in res.tokens))
+    elif stream:
         if pieces:
             sys.stdout.write(tok.decode(pieces))
         sys.stdout.write("\n")
     else:
-        print(a.prompt + text)
+        print(a.prompt + out["completion"])
     print(
         f"[{res.prompt_tokens} prompt tokens, {res.new_tokens} new; "
         f"prefill {res.prefill_tokens_per_s:.1f} tok/s, decode {res.decode_tokens_per_s:.1f} tok/s]",
         file=sys.stderr,
     )
-    return 0
-
-
-def _run_ids(a: argparse.Namespace, loaded: Any, lm: Any, ids: list[int]) -> int:
-    """``llmc run --prompt-ids`` on a model with no tokenizer: ids in, ids out."""
-    from llmc.runtime.lm import generate
-
-    res = generate(
-        lm,
-        ids,
-        a.max_new_tokens,
-        temperature=a.temperature,
-        top_k=a.top_k,
-        top_p=a.top_p,
-        seed=a.seed,
-    )
-    out = {
-        "model": loaded.name,
-        "prompt_ids": ids,
-        "tokens": res.tokens,
-        "prompt_tokens": res.prompt_tokens,
-        "new_tokens": res.new_tokens,
-        "prefill_tokens_per_s": res.prefill_tokens_per_s,
-        "decode_tokens_per_s": res.decode_tokens_per_s,
-        **_skip_fields(lm),
-    }
-    if a.json:
-        emit_json(out)
-    else:
-        print(" ".join(str(t) for t in res.tokens))
     return 0
 
 
@@ -355,6 +325,18 @@ def cmd_bench(a: argparse.Namespace) -> int:
     else:
         for k, v in out.items():
             print(f"{k:22s} {v:.3f}" if isinstance(v, float) else f"{k:22s} {v}")
+    return 0
+
+
+def cmd_inspect(a: argparse.Namespace) -> int:
+    from llmc.compile import load
+    from llmc.inspect import inspect_loaded, render
+
+    info = inspect_loaded(load(a.model, allow_pickle=a.allow_pickle))
+    if a.json:
+        emit_json(info)
+    else:
+        print(render(info))
     return 0
 
 
@@ -617,6 +599,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-pickle", action="store_true")
     _add_pass_args(p)
     p.set_defaults(func=cmd_export)
+
+    p = add("inspect", "describe a model or an artifact: shapes, params by layer, files")
+    p.add_argument("model", metavar="OUT|MODEL")
+    p.add_argument("--allow-pickle", action="store_true")
+    p.set_defaults(func=cmd_inspect)
 
     p = add("targets", "list targets")
     p.set_defaults(func=cmd_targets)

@@ -68,3 +68,31 @@ def test_architecture_only_model_refuses_to_run(capsys) -> None:
     assert rc != 0 and "architecture-only" in err and "--random-weights" in err
     rc, o, err = run(capsys, "bench", "tiny", "--random-weights", "--new-tokens", "1")
     assert rc != 0 and "--random-weights applies to compiled TVM artifacts" in err
+
+
+def test_inspect_model_and_artifact(capsys, tmp_path: Path) -> None:
+    import hashlib
+
+    rc, o, err = run(capsys, "inspect", "tiny", "--json")
+    assert rc == 0, err
+    info = json.loads(o)
+    rows = info["params"]["by_layer"]
+    assert [r["layer"] for r in rows] == ["embed", 0, 1, 2, 3, "head"]
+    assert sum(r["parameters"] for r in rows) == info["params"]["parameters"] == 3_082_496
+    assert info["tokenizer"]["vocab_size"] == 256 and info["kind"] == "model"
+    out = tmp_path / "w4"
+    rc, o, err = run(capsys, "compile", "tiny", "--passes", "rtn:bits=4:group=64", "-o", str(out))
+    assert rc == 0, err
+    rc, o, err = run(capsys, "inspect", str(out), "--json")
+    assert rc == 0, err
+    info = json.loads(o)
+    art = info["artifact"]
+    assert art["pipeline"] == "rtn:bits=4:group=64" and art["target"] == "ref"
+    for f in art["files"]:
+        assert hashlib.sha256((out / f["path"]).read_bytes()).hexdigest() == f["sha256"]
+    assert info["params"]["quantized_parameters"] > 0
+    assert any("quant(bits=4" in k for r in info["params"]["by_layer"] for k in r["formats"])
+    rc, o, err = run(capsys, "inspect", str(out))
+    assert rc == 0 and "pipeline rtn:bits=4:group=64" in o
+    rc, o, err = run(capsys, "inspect", "llama2-7b")
+    assert rc == 0 and "architecture only" in o

@@ -71,6 +71,11 @@ def plan_layers(graph: Graph, *, min_layers: int = 2) -> LayerPlan:
                 elif (v.node is None or id(v.node) not in inside) and id(v) not in seen:
                     seen.add(id(v))
                     layer.inputs.append(v)
+            for region in regions_of(n):  # a cond's branches read weights through param nodes
+                for pn in region_params(region):
+                    if id(pn) not in seen:
+                        seen.add(id(pn))
+                        layer.params.append(pn)
         for n in layer.nodes:
             outside_use = any(id(u) not in inside for u in users.get(n.out, []))
             if outside_use or id(n.out) in graph_outputs:
@@ -91,10 +96,33 @@ def plan_layers(graph: Graph, *, min_layers: int = 2) -> LayerPlan:
     )
 
 
+def region_params(region: Graph) -> list[Node]:
+    """The param nodes of ``region`` and of the regions nested in it, in order."""
+    out: list[Node] = []
+    for n in region.nodes:
+        if n.op == "param":
+            out.append(n)
+        for r in regions_of(n):
+            out += region_params(r)
+    return out
+
+
+def region_signature(graph: Graph, region: Graph, params: list[Node]) -> tuple:
+    """Two regions with equal signatures lower to the same function: the same structure
+    (:func:`region_key`, params by position in ``params``) and params of the same types and
+    storage formats."""
+    prm = {id(n): i for i, n in enumerate(params)}
+    kinds = tuple(
+        (str(p.type), str(p.format)) for p in (graph.root().params[pn.attrs.name] for pn in params)
+    )
+    return (region_key(region, prm), kinds)
+
+
 def _signature(graph: Graph, layer: Layer) -> tuple:
     local = {id(n.out): i for i, n in enumerate(layer.nodes)}
     ext = {id(v): i for i, v in enumerate(layer.inputs)}
     prm = {id(n.out): i for i, n in enumerate(layer.params)}
+    region_prm = {id(n): i for i, n in enumerate(layer.params)}
     sig: list[tuple] = [tuple(str(v.type) for v in layer.inputs)]
     for pn in layer.params:
         p = graph.root().params[pn.attrs.name]
@@ -108,29 +136,33 @@ def _signature(graph: Graph, layer: Layer) -> tuple:
                 refs.append(("p", prm[id(v)]))
             else:
                 refs.append(("x", ext[id(v)]))
-        sig.append((n.op, _attrs_key(n), tuple(refs), str(n.out.type)))
+        sig.append((n.op, _attrs_key(n, region_prm), tuple(refs), str(n.out.type)))
     sig.append(tuple(local[id(v)] for v in layer.outputs))
     return tuple(sig)
 
 
-def _attrs_key(n: Node) -> str:
-    # Regions print with their contents; attributes naming params (qlinear_a8's `weight`) differ
-    # per layer by design and are compared through the operand signature instead.
+def _attrs_key(n: Node, params: dict[int, int] | None = None) -> str:
+    # Regions print with their contents; attributes naming params (qlinear_a8's `weight`, a
+    # region's `param` nodes) differ per layer by design and are compared by position in the
+    # layer's params (whose types and formats are part of the signature) instead.
     if n.op == "qlinear_a8":
         return f"act_scale={n.attrs.act_scale}"
+    if n.op == "param" and params is not None and id(n) in params:
+        return f"param#{params[id(n)]}"
     regions = regions_of(n)
     if regions:
-        return repr([region_key(r) for r in regions])
+        return repr([region_key(r, params) for r in regions])
     return format_attrs(n.attrs)
 
 
-def region_key(region: Graph) -> tuple:
-    """A region's structure with value names replaced by positions."""
+def region_key(region: Graph, params: dict[int, int] | None = None) -> tuple:
+    """A region's structure with value names replaced by positions (and, given ``params``,
+    ``id(param node) -> position``, the params it reads by position)."""
     ids: dict[int, str] = {id(v): f"a{i}" for i, v in enumerate(region.inputs)}
     out: list[tuple] = [tuple(str(v.type) for v in region.inputs)]
     for i, n in enumerate(region.nodes):
         ids[id(n.out)] = f"n{i}"
         refs = tuple(ids.get(id(v), "free") for v in n.inputs)
-        out.append((n.op, _attrs_key(n), refs, str(n.out.type)))
+        out.append((n.op, _attrs_key(n, params), refs, str(n.out.type)))
     out.append(tuple(ids.get(id(v), "free") for v in region.outputs))
     return tuple(out)

@@ -22,23 +22,36 @@ graph inputs; the concat becomes ``kv_append`` (``call_tir_inplace``: the new ke
 ``present_*`` outputs are the buffers themselves. An operand that needs the value as a tensor (the
 TE attention fallback, any other op) gets a slice of it (a copy). The runner owns the buffers
 (:mod:`llmc.runtime.tvm_runner`).
+
+**Control flow.** A ``cond`` lowers to a Relax ``If``. Each branch region with nodes becomes a
+private function (``prefill_cond0_then``: its inputs, the sizes its types need and its weights,
+lowered like a layer and deduplicated the same way) and the branch is one call of it; a region that
+returns an input unchanged (a skipped block) is no call at all. Relax fuses only inside dataflow
+blocks and its ``FuseOps`` does not look into ``If`` branches, so a branch inlined into the ``If``
+would run unfused; as a function it is one dataflow block, fused like any other
+(``cond_branches="inline"`` keeps the inline form, for comparison). Relax allows an ``If`` only
+outside dataflow blocks, so a function that holds a ``cond`` is emitted as plain binding blocks,
+and the ``legalize`` phase runs ``ConvertToDataflow`` first, which regroups the pure bindings
+around the ``If`` into dataflow blocks. At run time the VM reads the predicate and jumps: the
+branch not taken launches no kernel and allocates nothing (docs/backends.md, "Control flow").
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 import tvm
 from tvm import relax, tirx
 
-from llmc.backends.layers import Layer, LayerPlan, plan_layers
+from llmc.backends.layers import Layer, LayerPlan, plan_layers, region_params, region_signature
 from llmc.backends.layouts import WeightArg, get_layout, tvm_dtype
 from llmc.errors import IRError, UnsupportedOpError
-from llmc.ir.graph import Graph, Node, Value
+from llmc.ir.graph import Graph, Node, Value, regions_of
 from llmc.ir.params import Param
-from llmc.ir.types import Dim, TensorType, sym
+from llmc.ir.types import Dim, SymDim, TensorType, sym
 
 
 @dataclass(frozen=True)
@@ -111,6 +124,8 @@ class Lowered:
     rules_used: dict[str, int]
     entry_weights: dict[str, list[str]]  # entry -> its weight arguments (WeightArg names), in order
     kv_inputs: list[Value] = field(default_factory=list)  # in-place caches, argument order
+    control_flow: int = 0  # ``cond`` nodes lowered to a Relax ``If`` (all entries together)
+    branch_functions: dict[str, int] = field(default_factory=dict)  # function -> call sites
 
     @property
     def kv_in_place(self) -> bool:
@@ -275,7 +290,11 @@ class Lowering:
         *,
         outline_layers: bool = True,
         kv_in_place: bool = True,
+        cond_branches: str = "function",
     ) -> None:
+        if cond_branches not in ("function", "inline"):
+            raise ValueError(f"cond_branches must be 'function' or 'inline', not {cond_branches!r}")
+        self.cond_branches = cond_branches
         self.graph = graph
         self.target = target
         self.tvm_target = tvm_target
@@ -286,6 +305,7 @@ class Lowering:
         self._kernels: dict[tuple, tvm.ir.GlobalVar] = {}
         self._layer_fns: dict[tuple, tvm.ir.GlobalVar] = {}
         self.layer_calls: dict[str, int] = {}
+        self.branch_calls: dict[str, int] = {}  # branch function -> call sites
         self.rules_used: dict[str, int] = {}
         self.plan: LayerPlan = (
             plan_layers(graph) if outline_layers else LayerPlan([], {}, {}, set())
@@ -295,6 +315,11 @@ class Lowering:
         self.kv_appends: dict[int, Node] = find_kv_appends(graph) if kv_in_place else {}
         self._kv_concats = {id(n) for n in self.kv_appends.values()}
         self._kv_values = {id(n.out) for n in self.kv_appends.values()}
+        self._dataflow = True  # the function being emitted is one dataflow block
+        self._scope_params: list[relax.Var] = []  # its non-weight arguments (see _body)
+        self._entry = Entry("")
+        self._branch_fns: dict[tuple, BranchFn] = {}  # (entry, id(region)) -> its function
+        self._branch_sigs: dict[tuple, BranchFn] = {}  # (entry, region signature) -> function
 
     # -- shared pieces ----------------------------------------------------------------------------
     def symbol(self, name: str) -> tirx.Var:
@@ -347,6 +372,8 @@ class Lowering:
             dict(self.rules_used),
             dict(self.entry_weights),
             [v for v in self.graph.inputs if id(v) in self.kv_appends],
+            self.rules_used.get("cond", 0),
+            dict(self.branch_calls),
         )
 
     def _env(self, entry: Entry) -> dict[str, Any]:
@@ -358,7 +385,10 @@ class Lowering:
 
     def _lower_entry(self, entry: Entry) -> None:
         env = self._env(entry)
-        # Layer functions first (BlockBuilder builds one function at a time).
+        self._entry = entry
+        # Branch functions, then layer functions, then the entry (BlockBuilder builds one
+        # function at a time, so a callee is complete before its caller is opened).
+        self._prepare_branches(entry, env, self.graph.nodes)
         layer_gvs: dict[tuple, tuple[tvm.ir.GlobalVar, list[tuple[int, str, str]]]] = {}
         for gi, (sig, members) in enumerate(self.plan.groups.items()):
             layer_gvs[sig] = self._lower_layer_fn(entry, env, members[0], gi)
@@ -378,8 +408,9 @@ class Lowering:
         if self.kv_appends:
             ctx.kv_len = self._kv_len_var(env)
             inputs.append(ctx.kv_len)
+        inline = [n for n in self.graph.nodes if id(n) not in self.plan.covered]
         with self.bb.function(entry.name, attrs={"llmc.entry": entry.name}):
-            with self.bb.dataflow():
+            with self._body(inline, inputs):
                 for v, rv in zip(self.graph.inputs, inputs):
                     ctx.values[id(v)] = rv
                 for n in self.graph.nodes:
@@ -391,7 +422,7 @@ class Lowering:
                         continue
                     self._lower_node(ctx, n)
                 outs = [ctx.result(v) for v in self.graph.outputs]
-                out = self.bb.emit_output(relax.Tuple(outs))
+                out = self._output(relax.Tuple(outs))
             self.bb.emit_func_output(out, params=inputs + list(weight_vars.values()))
         self.entry_weights[entry.name] = list(weight_vars)
 
@@ -421,7 +452,7 @@ class Lowering:
             ins.append(ctx.kv_len)
         name = f"{entry.name}_layer" + (f"{gi}" if gi else "")
         with self.bb.function(name, private=True):
-            with self.bb.dataflow():
+            with self._body(layer.nodes, ins):
                 for v, rv in zip(layer.inputs, ins):
                     ctx.values[id(v)] = rv
                 for pn in layer.params:
@@ -429,9 +460,120 @@ class Lowering:
                 for n in layer.nodes:
                     self._lower_node(ctx, n)
                 outs = [ctx.result(v) for v in layer.outputs]
-                out = self.bb.emit_output(relax.Tuple(outs))
+                out = self._output(relax.Tuple(outs))
             gv = self.bb.emit_func_output(out, params=ins + [wvars[k] for k in wspec])
         return gv, wspec
+
+    @contextmanager
+    def _body(self, nodes: Sequence[Node], params: list[relax.Var]) -> Iterator[None]:
+        """A function body: one dataflow block, or plain binding blocks when it holds a ``cond``
+        (Relax's ``If`` cannot sit in a dataflow block; ``ConvertToDataflow`` regroups later).
+
+        The function's parameters are only given at its end (weights are discovered while
+        lowering), so its scope does not yet define the symbolic sizes: an ``If`` would then
+        join its branches' types to ``Tensor(ndim=2)`` and lose the shape. ``params`` (the
+        non-weight arguments, which bind every symbolic size) open a scope that does."""
+        self._dataflow = not any(n.op == "cond" for n in nodes)
+        if self._dataflow:
+            with self.bb.dataflow():
+                yield
+        else:
+            self._scope_params = params
+            self.bb.begin_scope(params)
+            yield
+            self.bb.end_scope()
+
+    def _output(self, expr: relax.Expr) -> relax.Expr:
+        return self.bb.emit_output(expr) if self._dataflow else self.bb.emit(expr)
+
+    def lower_region(
+        self, ctx: LowerCtx, region: Graph, operands: Sequence[Value]
+    ) -> relax.SeqExpr:
+        """One branch of a ``cond`` as a Relax ``SeqExpr`` in its own scope: the call of the
+        region's function (:meth:`_prepare_branches`), the operand a pass-through region
+        returns, or (``cond_branches="inline"``) the region's nodes lowered in place."""
+        if self.bb.current_block_is_dataflow():
+            raise IRError(
+                f"cond %{ctx.node.out.name if ctx.node else '?'} reached inside a dataflow "
+                "block: the function holding it must be emitted as binding blocks (Lowering._body)"
+            )
+        saved_node, saved_sliced = ctx.node, ctx._sliced
+        ctx._sliced = dict(saved_sliced)  # cache slices made inside the branch stay inside it
+        self.bb.begin_scope(self._scope_params)  # a nested If needs the sizes too
+        self.bb._begin_binding_block()
+        fn = self._branch_fns.get((self._entry.name, id(region)))
+        if fn is not None:
+            args = [ctx.arg(x) for x in operands]
+            if fn.sizes:
+                args.append(relax.ShapeExpr([ctx.env[n] for n in fn.sizes]))
+            params = region_params(region)
+            for pi, layout, dtype in fn.wspec:
+                p = self.graph.root().params[params[pi].attrs.name]
+                args.append(ctx.weight(p, layout, dtype))
+            res = ctx.emit(relax.Call(fn.gv, args))
+            self.branch_calls[fn.gv.name_hint] = self.branch_calls.get(fn.gv.name_hint, 0) + 1
+        else:
+            for v, x in zip(region.inputs, operands, strict=True):
+                ctx.values[id(v)] = ctx.values[id(x)]
+            for n in region.nodes:
+                self._lower_node(ctx, n)
+            res = ctx.arg(region.outputs[0])
+        block = self.bb._end_block()
+        self.bb.end_scope()
+        ctx.node, ctx._sliced = saved_node, saved_sliced
+        return relax.SeqExpr([block], res)
+
+    def _prepare_branches(self, entry: Entry, env: dict[str, Any], nodes: Sequence[Node]) -> None:
+        """Lower every ``cond`` branch under ``nodes`` (inner ones first) as a private function,
+        before the function that calls it is opened. Pass-through regions get none."""
+        if self.cond_branches != "function":
+            return
+        for n in nodes:
+            for region in regions_of(n) if n.op == "cond" else ():
+                self._prepare_branches(entry, env, region.nodes)
+                if region.nodes and (entry.name, id(region)) not in self._branch_fns:
+                    self._branch_fns[(entry.name, id(region))] = self._branch_fn(
+                        entry, env, region, "then" if region is n.attrs.then_branch else "else"
+                    )
+
+    def _branch_fn(self, entry: Entry, env: dict[str, Any], region: Graph, arm: str) -> BranchFn:
+        params = region_params(region)
+        sig = (entry.name, region_signature(self.graph, region, params))
+        if sig in self._branch_sigs:  # the same branch in another layer: one function
+            return self._branch_sigs[sig]
+        pos: dict[str, int] = {}
+        for i, pn in enumerate(params):
+            pos.setdefault(pn.attrs.name, i)
+        wspec: list[tuple[int, str, str]] = []
+        wvars: dict[tuple[int, str, str], relax.Var] = {}
+
+        def hook(p: Param, layout: str, dtype: str) -> relax.Expr:
+            key = (pos[p.name], layout, dtype)
+            if key not in wvars:
+                wa = self.weight_arg(p, layout, dtype)
+                wvars[key] = relax.Var(
+                    f"w{len(wvars)}", relax.TensorType(list(wa.shape), tvm_dtype(wa.dtype))
+                )
+                wspec.append(key)
+            return wvars[key]
+
+        ctx = LowerCtx(self, env, hook)
+        ins = [relax.Var(f"x{i}", ctx.rtype(v.type)) for i, v in enumerate(region.inputs)]
+        sizes = _free_sizes(region, env)
+        if sizes:
+            ins.append(relax.Var("sizes", relax.ShapeType([env[n] for n in sizes])))
+        name = f"{entry.name}_cond{len(self._branch_sigs)}_{arm}"
+        with self.bb.function(name, private=True):
+            with self._body(region.nodes, ins):
+                for v, rv in zip(region.inputs, ins):
+                    ctx.values[id(v)] = rv
+                for n in region.nodes:
+                    self._lower_node(ctx, n)
+                out = self._output(ctx.arg(region.outputs[0]))
+            gv = self.bb.emit_func_output(out, params=ins + [wvars[k] for k in wspec])
+        fn = BranchFn(gv, wspec, sizes)
+        self._branch_sigs[sig] = fn
+        return fn
 
     def _call_layer(
         self,
@@ -479,6 +621,42 @@ class Lowering:
                 f"lowering rule for {n.op} produced {got.dtype}, the IR says {n.out.type}"
             )
         ctx.values[id(n.out)] = out
+
+
+@dataclass(frozen=True)
+class BranchFn:
+    """A ``cond`` branch lowered as a private function: called with the region's operands, then
+    ``Shape(sizes)`` when its types need sizes its inputs do not bind, then its weights
+    (``wspec``: position in :func:`~llmc.backends.layers.region_params`, layout, dtype)."""
+
+    gv: tvm.ir.GlobalVar
+    wspec: list[tuple[int, str, str]]
+    sizes: list[str]
+
+
+def _free_sizes(region: Graph, env: dict[str, Any]) -> list[str]:
+    """Symbolic sizes the region's types use that no input dimension binds by itself."""
+    bound = set()
+    for v in region.inputs:
+        for d in v.type.shape:
+            if not isinstance(d, int) and len(d.terms) == 1:
+                ((mono, coef),) = d.terms
+                if len(mono) == 1 and coef == 1:
+                    bound.add(mono[0])
+    used: set[str] = set()
+    for _, n in region.walk():
+        used |= n.out.type.symbols()
+        if is_dataclass(n.attrs):  # a slice's start, a reshape's shape, ...
+            used |= _symbols_in([getattr(n.attrs, f.name) for f in fields(n.attrs)])
+    return sorted(s for s in used - bound if not isinstance(env.get(s), int))
+
+
+def _symbols_in(x: Any) -> set[str]:
+    if isinstance(x, SymDim):
+        return set(x.symbols)
+    if isinstance(x, list | tuple):
+        return set().union(*(_symbols_in(y) for y in x)) if x else set()
+    return set()
 
 
 def _var_name(name: str) -> str:

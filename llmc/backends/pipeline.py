@@ -43,6 +43,7 @@ class TVMPipeline:
     entries: tuple[Entry, ...] = (Entry("prefill"),)
     outline_layers: bool = True
     kv_in_place: bool = True  # see llmc.backends.lower: the cache is a buffer the runner owns
+    cond_branches: str = "function"  # see llmc.backends.lower, "Control flow"
 
     # -- tables a target overrides --------------------------------------------------------------
     def tvm_target(self, target: Any) -> tvm.target.Target:
@@ -78,11 +79,15 @@ class TVMPipeline:
                 rules,
                 outline_layers=self.outline_layers,
                 kv_in_place=self.kv_in_place,
+                cond_branches=self.cond_branches,
             ).lower(self.entries)
 
     def legalize(self, mod: tvm.IRModule, tvm_target: tvm.target.Target) -> tvm.IRModule:
         seq = tvm.transform.Sequential(
             [
+                # functions holding a cond were emitted as binding blocks (Relax's If cannot sit
+                # in a dataflow block): regroup their pure bindings so that fusion sees them
+                relax.transform.ConvertToDataflow(min_size=1),
                 relax.transform.LegalizeOps(),
                 relax.transform.AnnotateTIROpPattern(),
                 relax.transform.FoldConstant(),
@@ -157,6 +162,7 @@ class TVMPipeline:
             "entries": {e.name: dict(e.fixed) for e in lowered.entries},
             "entry_weights": lowered.entry_weights,
             "layer_functions": lowered.layer_functions,
+            "branch_functions": lowered.branch_functions,
             "kernels": kernels,
             "weights": weights,
             "inputs": [{"name": v.name, "type": str(v.type)} for v in graph.inputs],

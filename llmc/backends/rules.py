@@ -322,6 +322,20 @@ def _fused_elementwise(ctx: LowerCtx, n: Node) -> relax.Expr:
     return ctx.values[id(region.outputs[0])]
 
 
+def _cond(ctx: LowerCtx, n: Node) -> relax.Expr:
+    """``cond(pred, *args)`` -> a Relax ``If`` on the bool scalar ``pred``, each branch its region
+    lowered in place (:meth:`~llmc.backends.lower.Lowering.lower_region`). The VM reads ``pred``
+    (a copy to the host on a GPU) and runs one branch: the other costs nothing."""
+    pred = ctx.arg(n.inputs[0])
+    a = n.attrs
+    then = ctx.lowering.lower_region(ctx, a.then_branch, n.inputs[1:])
+    other = ctx.lowering.lower_region(ctx, a.else_branch, n.inputs[1:])
+    out = ctx.emit(relax.If(pred, then, other))
+    if not isinstance(out.ty.shape, relax.ShapeExpr):  # the branches joined to a shapeless type
+        out = ctx.bb.match_cast(out, ctx.rtype(n.out.type))
+    return out
+
+
 # ----------------------------------------------------------------------------------------------
 # LLM ops
 
@@ -572,6 +586,14 @@ def _fallback(ctx: LowerCtx, n: Node) -> relax.Expr:
     raise ctx.unsupported()
 
 
+def _gather_rows_refused(ctx: LowerCtx, n: Node) -> relax.Expr:
+    # its output length is data-dependent (a fresh symbol bound at run time) and the in-place
+    # KV cache has one length for every layer: both are token pruning's TVM work, not done yet
+    raise ctx.unsupported(
+        "token pruning's data-dependent row count and per-layer KV lengths are not lowered yet"
+    )
+
+
 def _r(name: str, op: str | None, fn: Callable[[LowerCtx, Node], relax.Expr], **kw: Any) -> Rule:
     kinds = kw.pop("kinds", None)
     return Rule(name, op, fn, kinds=frozenset(kinds) if kinds else None, **kw)
@@ -597,6 +619,7 @@ COMMON_RULES: list[Rule] = (
         _r("softmax", "softmax", _softmax),
         _r("matmul", "matmul", _matmul),
         _r("fused_elementwise", "fused_elementwise", _fused_elementwise),
+        _r("cond", "cond", _cond),
         _r("embedding", "embedding", _embedding),
         _r("rms_norm", "rms_norm", _rms_norm),
         _r("layer_norm", "layer_norm", _layer_norm),
@@ -614,6 +637,7 @@ COMMON_RULES: list[Rule] = (
         _r("linear.nm", "linear", _linear_nm, when=fmt_is(is_nm)),
         _r("linear.dense", "linear", _linear_dense, when=lambda c, n: _dense_or_value(c, n)),
         _r("qlinear_a8", "qlinear_a8", _qlinear_a8),
+        _r("gather_rows.refused", "gather_rows", _gather_rows_refused),
     ]
 )
 

@@ -212,10 +212,17 @@ class _Alloc:
 
 def build_program(graph: Graph, arch: FpgaArch) -> Program:
     """Lay out a model's memory on a board (see the module docstring)."""
-    if any(n.op == "gather_rows" for _, n in graph.walk()):
-        raise UnsupportedOpError(
-            "the FlightLLM model has no gather_rows (token pruning: per-layer KV lengths) yet"
-        )
+    for _, n in graph.walk():  # before anything else reads the graph: one line naming the op
+        if n.op == "cond":
+            raise UnsupportedOpError(
+                f"op 'cond' (%{n.out.name} at {n.scope or '?'}) has no FlightLLM lowering: the "
+                "instruction stream has no predicated skip yet; compile it for a TVM target"
+            )
+        if n.op == "gather_rows":
+            raise UnsupportedOpError(
+                f"op 'gather_rows' (%{n.out.name} at {n.scope or '?'}) has no FlightLLM "
+                "lowering: token pruning's per-layer KV lengths are not in the model yet"
+            )
     al = _Alloc(arch)
     act = arch.act_bytes
     users = graph.users()

@@ -444,8 +444,7 @@ def load_gguf(
     no ``tokenizer.ggml.model``."""
     from llmc.frontends.families import ARCHITECTURES
     from llmc.frontends.gguf_tokenizer import tokenizer_from_gguf
-    from llmc.frontends.hf import from_hf_model
-    from llmc.frontends.hf_dir import _expected, build_module, parse_dtype
+    from llmc.frontends.hf_dir import _expected, build_module, parse_dtype, trace_with_weights
     from llmc.frontends.untrusted import open_model_file
     from llmc.ir.types import to_torch_dtype
 
@@ -460,16 +459,6 @@ def load_gguf(
     tok = tokenizer_from_gguf(f) if f.field("tokenizer.ggml.model") is not None else None
     target = parse_dtype(dtype, "--dtype") or "f32"
     weights = gguf_state_dict(f, cfg, rename, to_torch_dtype(target))
-    model.load_state_dict(weights, strict=False, assign=True)
-    for alias, canon in aliases.items():  # re-tie: assign replaced the shared tensor
-        mod_name, _, attr = alias.rpartition(".")
-        src_mod, _, src_attr = canon.rpartition(".")
-        setattr(
-            model.get_submodule(mod_name), attr, getattr(model.get_submodule(src_mod), src_attr)
-        )
-    for n, p in model.named_parameters():
-        if p.device.type == "meta":
-            raise ModelLoadError(f"{where}: weight {n!r} was not loaded (internal error)")
     cfg["dtype"] = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}.get(target, target)
-    graph = from_hf_model(model, name=name or f.path.stem)
+    graph = trace_with_weights(model, weights, aliases, where, name or f.path.stem)
     return graph, cfg, tok

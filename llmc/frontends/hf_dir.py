@@ -192,7 +192,6 @@ def load_hf_dir(
     Order matters (inputs are untrusted): the config's values, then the checkpoint's headers, then
     the config against the tensors present, and only then is a module built (on ``meta``) and
     are the tensors it needs read."""
-    from llmc.frontends.hf import from_hf_model
 
     d = Path(path)
     cfg = checkpoint.read_config(d)
@@ -237,6 +236,20 @@ def load_hf_dir(
         if target is None:
             target = {v: k for k, v in DTYPES.items()}.get(t.dtype, "f32")
         weights[dst] = t.to(to_torch_dtype(target))
+    graph = trace_with_weights(model, weights, aliases, str(d), name or d.name)
+    return graph, cfg
+
+
+def trace_with_weights(
+    model: torch.nn.Module,
+    weights: dict[str, torch.Tensor],
+    aliases: dict[str, str],
+    where: str,
+    name: str,
+) -> Any:
+    """Assign ``weights`` (module names, checked) to the meta-built ``model``, re-tie its tied
+    weights (``aliases``: alias -> canonical name, from :func:`_expected`), check that every
+    weight got data, and trace it. Shared by model directories and GGUF files."""
     model.load_state_dict(weights, strict=False, assign=True)
     for alias, canon_name in aliases.items():  # re-tie: assign replaced the shared tensor
         mod_name, _, attr = alias.rpartition(".")
@@ -246,12 +259,14 @@ def load_hf_dir(
         )
     for n, p in model.named_parameters():
         if p.device.type == "meta":
-            raise ModelLoadError(f"{d}: weight {quote(n)} was not loaded (internal error)")
-    graph = from_hf_model(model, name=name or d.name)
+            raise ModelLoadError(f"{where}: weight {quote(n)} was not loaded (internal error)")
+    from llmc.frontends.hf import from_hf_model
+
+    graph = from_hf_model(model, name=name)
     bad = [n for n, p in graph.params.items() if p.is_meta]
     if bad:
-        raise ModelLoadError(f"{d}: the traced graph reads {quote(bad[0])}, which has no data")
-    return graph, cfg
+        raise ModelLoadError(f"{where}: the traced graph reads {quote(bad[0])}, which has no data")
+    return graph
 
 
 def has_tokenizer(d: str | Path) -> bool:

@@ -16,7 +16,7 @@ from tests.lm_fixtures import toy_lm
 
 @pytest.fixture
 def toy(monkeypatch):
-    def fake_load(spec, *, allow_pickle=False):
+    def fake_load(spec, *, allow_pickle=False, dtype=None):
         # a byte-vocabulary toy: its tokenizer is the byte one, given explicitly
         return llmc.compile.Loaded(toy_lm(vocab=256), ByteTokenizer(), "toy", "toy")
 
