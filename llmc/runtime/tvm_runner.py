@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from llmc.errors import LlmcError
-from llmc.ir.structure import LMAbiError
+from llmc.ir.structure import NO_DECODE, LMAbiError
 from llmc.runtime.lm import KV, GenerationResult, LanguageModel, generate
 
 _TVM_DTYPE = {
@@ -223,6 +223,10 @@ class TVMRunner(LanguageModel):
         self._kv_bufs: list[dict[str, Any]] = list(kv_cfg.get("buffers", []))
         self._kv_in_place = bool(kv_cfg.get("in_place")) and bool(self._kv_bufs)
         self._kv: _KVCache | None = None  # the in-place cache of the last sequence
+        #: the graph declares the LM-ABI input decode_start (ffn-skip): passed after the cache
+        self._takes_decode_start = any(
+            i.get("name") == "decode_start" for i in self.backend.get("inputs", [])
+        )
         # stateful convenience API (prefill/decode)
         self._past: KV | None = None
         self._pos = 0
@@ -311,11 +315,15 @@ class TVMRunner(LanguageModel):
         self.check_indices(input_ids, positions)
         entry = self._entry(b, s)
         args = [self._arg(rt, input_ids), self._arg(rt, positions)]
+        extra = []
+        if self._takes_decode_start:
+            start = NO_DECODE if self.decode_start is None else int(self.decode_start)
+            extra.append(self._arg(rt, torch.tensor(start, dtype=torch.int64)))
         if self._kv_in_place:
-            return self._forward_in_place(rt, entry, args, b, s, past)
+            return self._forward_in_place(rt, entry, args, b, s, past, extra)
         for k, v in past:
             args += [self._arg(rt, k), self._arg(rt, v)]
-        outs = self._fns[entry](*args, *self._entry_args[entry])
+        outs = self._fns[entry](*args, *extra, *self._entry_args[entry])
         logits = self._from_dev(outs[0])
         if logits.device.type != "cpu":
             logits = logits.cpu()
@@ -325,7 +333,7 @@ class TVMRunner(LanguageModel):
         return logits, present
 
     def _forward_in_place(
-        self, rt: Any, entry: str, args: list[Any], b: int, s: int, past: KV
+        self, rt: Any, entry: str, args: list[Any], b: int, s: int, past: KV, extra: list[Any]
     ) -> tuple[torch.Tensor, KV]:
         flat = [t for kv in past for t in kv]
         if len(flat) != len(self._kv_bufs):
@@ -336,7 +344,7 @@ class TVMRunner(LanguageModel):
         n_past = int(flat[0].shape[2]) if flat else 0
         cache = self._cache_for(rt, flat, b, n_past, n_past + s)
         outs = self._fns[entry](
-            *args, *cache.handles, rt.ShapeTuple([n_past]), *self._entry_args[entry]
+            *args, *cache.handles, *extra, rt.ShapeTuple([n_past]), *self._entry_args[entry]
         )
         cache.length = n_past + s
         logits = self._from_dev(outs[0])
