@@ -419,10 +419,11 @@ def rewrite_skip(
         start = graph.add_input("decode_start", TensorType((), "i64"))
     sat: Value | None = None
     elig: Value | None = None
+    prefix = Structure(graph).prefix or "model.layers"
     for layer in sorted(set(skippable) | set(monitor)):
         blk = blocks[layer]
         where = blk.add
-        scope = layer_scope(Structure(graph).prefix or "model.layers", layer)
+        scope = layer_scope(prefix, layer)
         emit = _Emitter(graph, scope)
         if elig is None:
             w = emit("add", start, emit("constant", value=float(warmup), dtype="i64"))

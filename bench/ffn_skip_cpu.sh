@@ -1,0 +1,1 @@
+for i in 1 2 3 4 5; do for m in densecpu skipcpu dropcpu; do echo -n "$m "; PYTHONPATH=/work/wt-skip timeout 300 /work/main/.venv/bin/python -m llmc.cli bench /tmp/$m --json --new-tokens 128 --prompt-len 32 --repeat 5 2>&1 | grep -E "decode_ms_per_token" ; done; done
