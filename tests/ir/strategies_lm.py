@@ -3,11 +3,12 @@
 :mod:`tests.ir.strategies` grows arbitrary graphs from a pool of values; this module builds what the
 frontends produce for real language models, with the architecture drawn at random: an embedding
 (learned positions or RoPE), ``layers`` decoder blocks of ``norm -> q/k/v (separate or fused and
-sliced, optional biases) -> RoPE -> KV-cache concat -> attention (GQA, causal, sliding windows per
-layer) -> o_proj -> residual`` and ``norm -> MLP (SwiGLU, GeGLU, GELU, GELU-tanh or ReLU) ->
-residual`` (or GPT-J's parallel residual), a final norm and an LM head (possibly tied to the
-embedding). Everything follows the LM ABI (``llmc-lm-v1``: inputs ``input_ids``, ``positions``,
-``past_k_<i>``, ``past_v_<i>``; outputs ``logits``, ``present_k_<i>``, ``present_v_<i>``), so the
+sliced, optional biases) -> per-head q/k RMSNorm (optional) -> RoPE -> KV-cache concat ->
+attention (GQA, causal, sliding windows per layer, default or explicit scale) -> o_proj ->
+residual`` and ``norm -> MLP (SwiGLU, GeGLU, GELU, GELU-tanh or ReLU) -> residual`` (or GPT-J's
+parallel residual), a final norm and an LM head (possibly tied to the embedding). Everything
+follows the LM ABI (``llmc-lm-v1``: inputs ``input_ids``, ``positions``, ``past_k_<i>``,
+``past_v_<i>``; outputs ``logits``, ``present_k_<i>``, ``present_v_<i>``), so the
 graphs calibrate, lower and run like frontend models.
 
 Stable API (other suites import it)::
@@ -102,7 +103,7 @@ def lm_cases(
 def _archs(dtypes: tuple[str, ...], max_layers: int, cache: bool | None) -> Any:
     @st.composite
     def arch(draw: Any) -> dict[str, Any]:
-        kvh = draw(st.sampled_from((1, 2)), label="kv heads")
+        kvh = draw(st.sampled_from((1, 2, 4)), label="kv heads")
         layers = draw(st.integers(1, max(1, max_layers)), label="layers")
         a: dict[str, Any] = {
             "dtype": draw(st.sampled_from(dtypes), label="dtype"),
@@ -117,6 +118,8 @@ def _archs(dtypes: tuple[str, ...], max_layers: int, cache: bool | None) -> Any:
             "mlp": draw(st.sampled_from(MLPS), label="mlp"),
             "positions": draw(st.sampled_from(("rope", "learned")), label="positions"),
             "fused_qkv": draw(st.booleans(), label="fused qkv"),
+            "qk_norm": draw(st.booleans(), label="qk norm"),  # Qwen3 / OLMo 2: per-head RMSNorm
+            "attn_scale": draw(st.sampled_from((0.0, 0.0, 0.125, 0.5)), label="attention scale"),
             "qkv_bias": draw(st.booleans(), label="qkv bias"),
             "mlp_bias": draw(st.booleans(), label="mlp bias"),
             "parallel": draw(st.booleans(), label="parallel residual"),
@@ -305,6 +308,10 @@ class _Builder:
             heads: dict[str, Value] = {}
             for name, t, nh in (("q", q, H), ("k", k, KVH), ("v", v, KVH)):
                 t = b.emit("reshape", t, shape=(B, S, nh, D))
+                if a["qk_norm"] and name != "v":
+                    with b.scope(f"{att}.{name}_norm", "norm"):
+                        w = self.dense(f"{att}.{name}_norm.weight", 1.0 + self.rand(D, std=0.1))
+                        t = b.emit("rms_norm", t, w, eps=1e-6)
                 heads[name] = b.emit("permute", t, perm=(0, 2, 1, 3))
             if a["positions"] == "rope":
                 with b.scope(att, "rope"):
@@ -319,6 +326,8 @@ class _Builder:
             kw: dict[str, Any] = {}
             if a["windows"][i]:
                 kw["window"] = a["windows"][i]
+            if a["attn_scale"]:
+                kw["scale"] = a["attn_scale"]
             o = b.emit("attention", heads["q"], heads["k"], heads["v"], **kw)
             o = b.emit("reshape", b.emit("permute", o, perm=(0, 2, 1, 3)), shape=(B, S, H * D))
         o = self.linear(o, f"{att}.o_proj", a["hidden"], a["qkv_bias"], "attn")
