@@ -30,7 +30,18 @@ K = 3.0
 PRUNERS = ("magnitude", "wanda", "sparsegpt")
 QUANTIZERS = ("rtn", "gptq", "w8a8")
 CLEANUPS = ("dce", "cse", "const-fold", "fuse-elementwise")
-ALL_PASSES = (*PRUNERS, "flap", *QUANTIZERS, "smoothquant", "async-softmax", *CLEANUPS)
+#: input-adaptive passes: they refuse models too shallow to skip in (a typed error), so the
+#: ordered pipelines, which must succeed on every model, do not draw them
+ADAPTIVE = ("ffn-skip", "ffn-drop")
+ALL_PASSES = (
+    *PRUNERS,
+    "flap",
+    *QUANTIZERS,
+    "smoothquant",
+    "async-softmax",
+    *CLEANUPS,
+    *ADAPTIVE,
+)
 
 
 def _opts(name: str, draw: st.DrawFn) -> list[str]:
@@ -61,6 +72,13 @@ def _opts(name: str, draw: st.DrawFn) -> list[str]:
     elif name == "smoothquant":
         o.append(f"alpha={draw(st.sampled_from((0.0, 0.5, 0.85, 1.0)))}")
         o.append(f"mlp_down={draw(st.booleans())}".lower())
+    elif name in ADAPTIVE:
+        o.append(f"protect={draw(st.sampled_from((0, 1)))}")
+        if name == "ffn-skip" and draw(st.booleans(), label="threshold"):
+            o.append(f"threshold={draw(st.sampled_from((-1.0, 0.5, 0.99, 1.0)))}")
+            o.append(f"warmup={draw(st.sampled_from((0, 2)))}")
+        else:
+            o.append(f"ratio={draw(st.sampled_from((0.0, 0.25)))}")
     elif name == "async-softmax":
         o.append(f"coverage={draw(st.sampled_from((0.9, 0.9999, 1.0)))}")
         o.append("dtype=" + draw(st.sampled_from(("f32", "f16", "bf16"))))
@@ -94,7 +112,7 @@ def ordered_pipelines(draw: st.DrawFn) -> str:
         stages.append(draw(pass_specs(("async-softmax",))))
     stages += draw(st.lists(st.sampled_from(CLEANUPS), max_size=3), label="cleanups")
     if not stages:
-        stages.append(draw(pass_specs()))
+        stages.append(draw(pass_specs(tuple(n for n in ALL_PASSES if n not in ADAPTIVE))))
     return ",".join(stages)
 
 
@@ -143,6 +161,7 @@ def finite(t: torch.Tensor) -> bool:
 
 
 __all__ = [
+    "ADAPTIVE",
     "ALL_PASSES",
     "CLEANUPS",
     "K",

@@ -46,7 +46,10 @@ def _ctx(case: LMCase) -> PassContext:
 
 def _check_runs(case: LMCase, g) -> list[torch.Tensor]:
     verify(g, "after the pipeline")
-    outs = run(g, case.inputs)
+    inputs = dict(case.inputs)
+    if any(v.name == "decode_start" for v in g.inputs):  # ffn-skip: every row may skip
+        inputs["decode_start"] = torch.tensor(0, dtype=torch.int64)
+    outs = run(g, inputs)
     assert len(outs) == len(g.outputs)
     for o, v in zip(outs, g.outputs, strict=True):
         assert tuple(o.shape) == v.type.concrete(case.env), (v, tuple(o.shape))

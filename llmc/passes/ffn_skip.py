@@ -204,7 +204,9 @@ def calibrate_cosines(
         if hit is not None:
             layer, b = hit
             r = ins[0] if n.inputs[0] is b.resid else ins[1]
-            got[layer].append(_cosine_rows(r, out)[:, warmup:].reshape(-1))
+            c = _cosine_rows(r, out)
+            skip_first = warmup if c.shape[-1] > warmup else 0  # short windows: every row
+            got[layer].append(c[..., skip_first:].reshape(-1))
 
     interp = Interpreter(graph, device=ctx.device, hook=hook)
     for batch in ctx.calibration().batches(graph):
@@ -348,6 +350,12 @@ class FFNSkip(Pass):
 
     def run(self, graph: Graph, ctx: PassContext) -> None:
         _check_target(self.name, ctx.target)
+        pos = [v for v in graph.inputs if v.name == "positions"]
+        if not pos or pos[0].type.dtype != "i64" or pos[0].type.rank != 2:
+            raise PassError(
+                f"pass '{self.name}': the graph has no LM-ABI input positions: i64[batch, seq] "
+                "(a token may skip only after the prompt and the warm-up)"
+            )
         blocks, num, skippable = _plan(graph, self.name, self.protect)
         monitor = self._monitor(blocks, skippable, num)
         rep = ctx.report
@@ -398,7 +406,13 @@ class FFNSkip(Pass):
                     f"skippable layer after it (skippable: {skippable})"
                 )
             return sorted(set(got))
-        return [i for i in sorted(blocks) if i < max(skippable)]
+        got = [i for i in sorted(blocks) if i < max(skippable)]
+        if not got:
+            raise PassOptionError(
+                f"pass '{self.name}': no FFN layer before the skippable ones ({skippable}) to "
+                f"monitor; lower protect={self.protect} or use a deeper model"
+            )
+        return got
 
 
 def rewrite_skip(

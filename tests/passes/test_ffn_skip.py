@@ -299,3 +299,36 @@ def test_refine_measures_the_skip_graph_on_the_calibration_text(tiny) -> None:
     best = min(steps, key=lambda x: abs(x[2] - 0.3))
     assert rep["threshold"] == best[1] and rep["expected_skip_fraction"] == best[2]
     assert abs(rep["expected_skip_fraction"] - 0.3) < 0.05
+
+
+# ----------------------------------------------------------------------------------------------
+# on random LLM-shaped graphs (every family shape the fuzz strategy draws)
+
+from hypothesis import event, given, settings  # noqa: E402
+
+from tests.fuzz_common import ADAPTIVE, is_clean_refusal, pass_specs  # noqa: E402
+from tests.hypothesis_profiles import examples  # noqa: E402
+from tests.ir.strategies_lm import LMCase, lm_cases  # noqa: E402
+
+
+@settings(max_examples=examples(1.0), deadline=None)
+@given(case=lm_cases(formats={"dense"}), spec=pass_specs(ADAPTIVE))
+def test_random_lms_skip_or_refuse_cleanly(case: LMCase, spec: str) -> None:
+    from llmc.runtime.interp import run
+
+    g = case.graph.copy()
+    try:
+        build_pipeline(spec).run(g, PassContext(calib_inputs=[case.inputs]))
+    except Exception as e:  # noqa: BLE001 - the property is about which exceptions
+        assert is_clean_refusal(e), f"{spec}: {type(e).__name__}: {e}"
+        event(f"refused: {str(e).split(': ')[-1][:40]}")
+        return
+    event("rewritten")
+    verify(g)
+    inputs = dict(case.inputs)
+    if any(v.name == "decode_start" for v in g.inputs):
+        inputs["decode_start"] = torch.tensor(0, dtype=torch.int64)
+    outs = run(g, inputs)
+    if "threshold=1.0" in spec:  # never skips: the input graph's values exactly
+        for a, b in zip(outs, run(case.graph, case.inputs), strict=True):
+            assert torch.equal(a, b)
