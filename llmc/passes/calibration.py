@@ -114,6 +114,10 @@ class Calibration:
         if self.ctx.calib_inputs is not None:
             if not self.ctx.calib_inputs:
                 raise CalibrationError("calib_inputs is empty: give at least one input batch")
+            if any(v.name == "decode_start" for v in graph.inputs):
+                # an ffn-skip graph (LM-ABI optional input): calibrate on what decoding runs
+                start = torch.tensor(0, dtype=torch.int64)
+                return [{"decode_start": start, **b} for b in self.ctx.calib_inputs]
             return list(self.ctx.calib_inputs)
         if not is_lm(graph):
             raise CalibrationError(
