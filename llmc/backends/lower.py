@@ -426,12 +426,16 @@ class Lowering:
             self.bb.emit_func_output(out, params=inputs + list(weight_vars.values()))
         self.entry_weights[entry.name] = list(weight_vars)
 
-    def _lower_layer_fn(
-        self, entry: Entry, env: dict[str, Any], layer: Layer, gi: int
-    ) -> tuple[tvm.ir.GlobalVar, list[tuple[int, str, str]]]:
-        """Lower one representative layer as a private function; returns it and, per weight
-        argument, (position in ``layer.params``, layout, dtype)."""
-        pos = {pn.attrs.name: i for i, pn in enumerate(layer.params)}
+    def _weight_args(
+        self, pos: dict[str, int]
+    ) -> tuple[
+        Callable[[Param, str, str], relax.Expr],
+        list[tuple[int, str, str]],
+        dict[tuple[int, str, str], relax.Var],
+    ]:
+        """A weight hook for a private function (a layer, a cond branch): each distinct
+        (param position in ``pos``, layout, dtype) becomes one argument variable; the list fills
+        in the order the arguments appear, the dict maps each to its variable."""
         wspec: list[tuple[int, str, str]] = []
         wvars: dict[tuple[int, str, str], relax.Var] = {}
 
@@ -445,6 +449,15 @@ class Lowering:
                 wspec.append(key)
             return wvars[key]
 
+        return hook, wspec, wvars
+
+    def _lower_layer_fn(
+        self, entry: Entry, env: dict[str, Any], layer: Layer, gi: int
+    ) -> tuple[tvm.ir.GlobalVar, list[tuple[int, str, str]]]:
+        """Lower one representative layer as a private function; returns it and, per weight
+        argument, (position in ``layer.params``, layout, dtype)."""
+        pos = {pn.attrs.name: i for i, pn in enumerate(layer.params)}
+        hook, wspec, wvars = self._weight_args(pos)
         ctx = LowerCtx(self, env, hook)
         ins = [relax.Var(f"x{i}", self._input_type(ctx, v)) for i, v in enumerate(layer.inputs)]
         if any(id(v) in self.kv_appends for v in layer.inputs):
@@ -544,19 +557,7 @@ class Lowering:
         pos: dict[str, int] = {}
         for i, pn in enumerate(params):
             pos.setdefault(pn.attrs.name, i)
-        wspec: list[tuple[int, str, str]] = []
-        wvars: dict[tuple[int, str, str], relax.Var] = {}
-
-        def hook(p: Param, layout: str, dtype: str) -> relax.Expr:
-            key = (pos[p.name], layout, dtype)
-            if key not in wvars:
-                wa = self.weight_arg(p, layout, dtype)
-                wvars[key] = relax.Var(
-                    f"w{len(wvars)}", relax.TensorType(list(wa.shape), tvm_dtype(wa.dtype))
-                )
-                wspec.append(key)
-            return wvars[key]
-
+        hook, wspec, wvars = self._weight_args(pos)
         ctx = LowerCtx(self, env, hook)
         ins = [relax.Var(f"x{i}", ctx.rtype(v.type)) for i, v in enumerate(region.inputs)]
         sizes = _free_sizes(region, env)
