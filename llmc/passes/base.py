@@ -111,7 +111,8 @@ class PassContext:
       :mod:`llmc.data`, never the held-out text that quality is measured on), ``calib_samples``
       windows of ``calib_seqlen`` tokens, run ``calib_batch`` at a time; ``calib_inputs`` gives
       explicit input batches (dicts by graph-input name) for graphs that are not language models;
-    - ``tokenizer`` to encode a calibration file (default: the byte tokenizer);
+    - ``tokenizer``: the model's own, to encode calibration text; without one only a 256-id
+      (byte) vocabulary is calibrated, on bytes, and any other vocabulary is refused;
     - ``report``: the record of the pass now running (set by the PassManager);
     - ``device``: where calibration runs (``cpu`` unless told).
     """
