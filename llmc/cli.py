@@ -197,6 +197,12 @@ def cmd_run(a: argparse.Namespace) -> int:
         decode_tokens_per_s=res.decode_tokens_per_s,
         **_skip_fields(lm),
     )
+    if _prunes(loaded.graph):
+        out.update(
+            _prune_fields(
+                loaded.graph, res.prompt_tokens, res.prefill_token_fraction, res.kv_after_prefill
+            )
+        )
     if a.json:
         emit_json(out)
         return 0
@@ -225,6 +231,46 @@ def _skip_fields(lm: Any) -> dict[str, Any]:
     return {k: stats[k] for k in ("ffn_skip_fraction", "ffn_skip_histogram")}
 
 
+def _prunes(graph: Any) -> bool:
+    return any(n.op == "gather_rows" for _, n in graph.walk())
+
+
+def _prune_fields(
+    graph: Any, prompt: int, fraction: float, kv: list[int] | None = None
+) -> dict[str, Any]:
+    """``prefill_token_fraction`` (mean over layers of kept / prompt tokens) and the FLOPs of a
+    ``prompt``-token prefill with the kept counts (``kv``: each layer's cache length after
+    prefill; else the pass's schedule) and without pruning (every count = ``prompt``)."""
+    from llmc.analysis import graph_cost
+    from llmc.ir.ops_adaptive import fresh_symbols
+    from llmc.ir.structure import Structure
+
+    s = Structure(graph)
+    sched = graph.meta.get("token_prune", {}).get("schedule") or []
+    base = {"batch": 1, "seq": prompt, "past": 0}
+    base.update({f"past_{i}": 0 for i in range(int(graph.meta.get("num_layers", 0)))})
+    dense, pruned = dict(base), dict(base)
+    for _, n in graph.walk():
+        layer = s.layer(n)
+        for name in fresh_symbols(n.op, n.attrs):
+            dense[name] = prompt
+            if kv is not None and layer is not None and layer < len(kv):
+                pruned[name] = kv[layer]
+            elif layer is not None and layer < len(sched):
+                pruned[name] = max(1, round(sched[layer] * prompt))
+    f_pruned = graph_cost(graph, pruned).total.flops
+    f_dense = graph_cost(graph, dense).total.flops
+    out: dict[str, Any] = {
+        "prefill_token_fraction": fraction,
+        "prefill_flops": f_pruned,
+        "prefill_flops_dense": f_dense,
+        "prefill_flops_ratio": f_pruned / f_dense if f_dense else 1.0,
+    }
+    if kv is not None:
+        out["prefill_kept_per_layer"] = list(kv)
+    return out
+
+
 def cmd_eval(a: argparse.Namespace) -> int:
     from llmc.compile import load, require_tokenizer, run_passes, runner_for
     from llmc.data import eval_windows
@@ -251,8 +297,24 @@ def cmd_eval(a: argparse.Namespace) -> int:
         pass_report = []
     t_passes = time.perf_counter() - t0
     lm = runner_for(loaded)
+    prunes = _prunes(loaded.graph)
+    prompt = a.prompt_len if a.prompt_len is not None else (3 * window // 4 if prunes else 0)
+    if prompt >= window:
+        raise LlmcError(f"--prompt-len {prompt} must be below --window {window}")
+    if prunes and prompt == 0:
+        raise LlmcError(
+            "--prompt-len 0: a token-pruning model has no logits for the tokens it prunes; "
+            "score a continuation (--prompt-len N, N < --window)"
+        )
     bar = progress(int(windows.shape[0]), "eval")
-    q = evaluate(lm, windows, reference=reference, batch_size=a.batch_size, progress=bar.update)
+    q = evaluate(
+        lm,
+        windows,
+        reference=reference,
+        batch_size=a.batch_size,
+        progress=bar.update,
+        prompt=prompt,
+    )
     bar.close()
     vocab = int(loaded.graph.meta.get("vocab_size", 0))
     out = {
@@ -268,9 +330,13 @@ def cmd_eval(a: argparse.Namespace) -> int:
         "passes": a.passes or "",
         "pass_seconds": t_passes,
     }
+    if prompt:
+        out["prompt_len"] = prompt
     if q.agreement is not None:
         out["agreement"] = q.agreement
     out.update(_skip_fields(lm))
+    if prunes and q.prefill_token_fraction is not None:
+        out.update(_prune_fields(loaded.graph, prompt, q.prefill_token_fraction))
     if pass_report:
         out["pass_report"] = pass_report
     if a.json:
@@ -287,6 +353,11 @@ def cmd_eval(a: argparse.Namespace) -> int:
         print(
             f"ffn skipped  {out['ffn_skip_fraction']:.4f} of decode FFN blocks "
             f"(per layer {out['ffn_skip_histogram']})"
+        )
+    if "prefill_token_fraction" in out:
+        print(
+            f"tokens kept  {out['prefill_token_fraction']:.4f} of the {prompt}-token prompts "
+            f"(mean over layers); prefill FLOPs {out['prefill_flops_ratio']:.3f} of dense"
         )
     return 0
 
@@ -320,6 +391,12 @@ def cmd_bench(a: argparse.Namespace) -> int:
         "random_weights": bool(a.random_weights),
         **_skip_fields(lm),
     }
+    if _prunes(loaded.graph):
+        out.update(
+            _prune_fields(
+                loaded.graph, best.prompt_tokens, best.prefill_token_fraction, best.kv_after_prefill
+            )
+        )
     if a.json:
         emit_json(out)
     else:
@@ -551,6 +628,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-tokens", type=int_at_least(2), default=None, help="evaluate the first N tokens"
     )
     p.add_argument("--batch-size", type=int_at_least(1), default=8)
+    p.add_argument(
+        "--prompt-len",
+        type=int_at_least(0),
+        default=None,
+        help="score only the continuation after prefilling each window's first N tokens "
+        "(default 0: every token; a token-pruning model: 3/4 of the window)",
+    )
     _add_dtype_arg(p)
     p.add_argument("--allow-pickle", action="store_true")
     _add_pass_args(p)

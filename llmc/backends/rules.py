@@ -638,6 +638,8 @@ COMMON_RULES: list[Rule] = (
         _r("linear.dense", "linear", _linear_dense, when=lambda c, n: _dense_or_value(c, n)),
         _r("qlinear_a8", "qlinear_a8", _qlinear_a8),
         _r("gather_rows.refused", "gather_rows", _gather_rows_refused),
+        _r("token_scores.refused", "token_scores", _gather_rows_refused),
+        _r("keep_rows.refused", "keep_rows", _gather_rows_refused),
     ]
 )
 

@@ -351,3 +351,21 @@ def bind_symbols(values: Sequence[Any], types: Sequence[Any], env: dict[str, int
         pending = left
     if pending:
         raise IRError(f"cannot bind symbolic dims {[str(d) for d, _, _ in pending]}")
+
+
+def dim_substitute(d: Dim, mapping: Mapping[str, Dim]) -> Dim:
+    """``d`` with each symbol in ``mapping`` replaced by its dimension (polynomial substitution)."""
+    if not isinstance(d, SymDim) or not (d.symbols & set(mapping)):
+        return d
+    out: Dim = 0
+    for mono, coef in d.terms:
+        term: Dim = coef
+        for s in mono:
+            term = dim_mul(term, mapping[s] if s in mapping else SymDim((((s,), 1),)))
+        out = dim_add(out, term)
+    return out
+
+
+def type_substitute(t: TensorType, mapping: Mapping[str, Dim]) -> TensorType:
+    """``t`` with :func:`dim_substitute` applied to every dimension."""
+    return t.with_shape(tuple(dim_substitute(d, mapping) for d in t.shape))

@@ -44,6 +44,7 @@ BUILTIN: dict[str, str] = {
     # adaptive execution
     "ffn-skip": "llmc.passes.ffn_skip:FFNSkip",
     "ffn-drop": "llmc.passes.ffn_skip:FFNDrop",
+    "token-prune": "llmc.passes.token_prune:TokenPrune",
     # attention
     "async-softmax": "llmc.passes.async_softmax:AsyncSoftmax",
 }

@@ -208,6 +208,14 @@ class GenerationResult:
     prefill_s: float
     decode_s: float
     step_s: list[float] = field(default_factory=list)
+    #: each layer's cache length right after prefill (the prompt tokens it kept)
+    kv_after_prefill: list[int] = field(default_factory=list)
+
+    @property
+    def prefill_token_fraction(self) -> float:
+        """Mean over layers of kept / prompt tokens after prefill (1.0 without pruning)."""
+        k = self.kv_after_prefill
+        return sum(k) / (len(k) * self.prompt_tokens) if k and self.prompt_tokens else 1.0
 
     @property
     def new_tokens(self) -> int:
@@ -295,6 +303,7 @@ def _generate(
     t0 = time.perf_counter()
     logits, past = lm.forward(ids, pos, lm.empty_past(1))
     prefill_s = time.perf_counter() - t0
+    kept = kv_lengths(past)
     out: list[int] = []
     steps: list[float] = []
     nxt = sample_next(logits[0, -1], temperature, gen, top_k, top_p)
@@ -311,7 +320,7 @@ def _generate(
         )
         steps.append(time.perf_counter() - t)
         nxt = sample_next(logits[0, -1], temperature, gen, top_k, top_p)
-    return GenerationResult(out, len(prompt), prefill_s, sum(steps), steps)
+    return GenerationResult(out, len(prompt), prefill_s, sum(steps), steps, kept)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -326,6 +335,9 @@ class QualityResult:
     agreement: float | None = None
     windows: int = 0
     window: int = 0
+    #: continuation scoring (``prompt > 0``): mean over windows and layers of the prompt tokens
+    #: each layer's cache kept after prefill (1.0 unless the model prunes tokens)
+    prefill_token_fraction: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = {
@@ -337,6 +349,8 @@ class QualityResult:
         }
         if self.agreement is not None:
             d["agreement"] = self.agreement
+        if self.prefill_token_fraction is not None:
+            d["prefill_token_fraction"] = self.prefill_token_fraction
         return d
 
 
@@ -389,15 +403,16 @@ def _evaluate(
     nll = 0.0
     count = 0
     agree = 0
+    kept: list[float] = []
     for i in range(0, windows.shape[0], batch_size):
         chunk = windows[i : i + batch_size]
-        logits = _scored_logits(lm, chunk, prompt)
+        logits = _scored_logits(lm, chunk, prompt, kept)
         tgt = chunk[:, max(prompt, 1) :]
         lp = torch.log_softmax(logits, dim=-1)
         nll -= float(lp.gather(-1, tgt[..., None]).sum())
         count += tgt.numel()
         if reference is not None:
-            ref = _scored_logits(reference, chunk, prompt)
+            ref = _scored_logits(reference, chunk, prompt, [])
             agree += int((ref.argmax(-1) == logits.argmax(-1)).sum())
         if progress is not None:
             progress(chunk.shape[0])
@@ -409,11 +424,21 @@ def _evaluate(
         agreement=(agree / count) if reference is not None and count else None,
         windows=int(windows.shape[0]),
         window=int(windows.shape[1]),
+        prefill_token_fraction=sum(kept) / len(kept) if kept else None,
     )
 
 
-def _scored_logits(lm: LanguageModel, chunk: torch.Tensor, prompt: int) -> torch.Tensor:
-    """float32 logits predicting ``chunk[:, max(prompt, 1):]``."""
+def kept_fraction(past: KV, prompt: int) -> float:
+    """Mean over layers of the prompt tokens a freshly prefilled cache kept, over ``prompt``."""
+    lengths = kv_lengths(past)
+    return sum(lengths) / (len(lengths) * prompt) if lengths and prompt else 1.0
+
+
+def _scored_logits(
+    lm: LanguageModel, chunk: torch.Tensor, prompt: int, kept: list[float]
+) -> torch.Tensor:
+    """float32 logits predicting ``chunk[:, max(prompt, 1):]``; with ``prompt``, appends the
+    prefill's kept fraction (:func:`kept_fraction`) to ``kept``."""
     b, length = chunk.shape
     if prompt == 0:
         logits = lm.logits(chunk)
@@ -425,6 +450,7 @@ def _scored_logits(lm: LanguageModel, chunk: torch.Tensor, prompt: int) -> torch
         return logits[:, :-1].to(torch.float32)
     pos = torch.arange(prompt, dtype=torch.int64).expand(b, prompt)
     logits, past = lm.forward(chunk[:, :prompt], pos, lm.empty_past(b))
+    kept.append(kept_fraction(past, prompt))
     rows = [logits[:, -1:].to(torch.float32)]
     for t in range(prompt, length - 1):
         step, past = lm.forward(chunk[:, t : t + 1], torch.full((b, 1), t, dtype=torch.int64), past)

@@ -314,6 +314,27 @@ def gather_rows_case(m: Maker) -> OpCase:
     return OpCase([x, keep.reshape(*lead, rows)], attrs)
 
 
+def token_scores_case(m: Maker) -> OpCase:
+    b, rows, d = m.int(1, 2), m.int(1, 6), 8
+    kvh = m.int(1, 2)
+    h = kvh * m.int(1, 2)
+    past = m.int(0, 3)
+    q = m.tensor((b, h, rows, d))
+    k = m.tensor((b, kvh, past + rows, d))
+    pos = torch.arange(past, past + rows).expand(b, rows).contiguous()
+    method = ["attention", "pagerank", "random"][m.int(0, 2)]
+    return OpCase([q, k, pos], {"method": method, "window": m.int(0, 3), "seed": m.int(0, 2)})
+
+
+def keep_rows_case(m: Maker) -> OpCase:
+    b, rows = m.int(1, 2), m.int(1, 8)
+    scores = m.tensor((b, rows)).to(torch.float32)
+    pos = torch.arange(rows).expand(b, rows).contiguous()
+    method = ["topk", "uniform", "threshold"][m.int(0, 2)]
+    attrs = {"keep": 0.25 * m.int(1, 4), "recent": m.int(1, 2), "method": method}
+    return OpCase([scores, pos], attrs)
+
+
 def reduce_case(m: Maker) -> OpCase:
     x = m.tensor(m.shape(1, 4))
     dims = m.data.draw(st.sets(st.integers(0, x.dim() - 1), min_size=1))
@@ -417,6 +438,8 @@ CASES: dict[str, Callable[[Maker], OpCase]] = {
     "slice": slice_case,
     "index_select": index_select_case,
     "gather_rows": gather_rows_case,
+    "token_scores": token_scores_case,
+    "keep_rows": keep_rows_case,
     "reduce_sum": reduce_case,
     "reduce_mean": reduce_case,
     "reduce_max": reduce_case,
