@@ -412,7 +412,7 @@ def _evaluate(
         nll -= float(lp.gather(-1, tgt[..., None]).sum())
         count += tgt.numel()
         if reference is not None:
-            ref = _scored_logits(reference, chunk, prompt, [])
+            ref = _scored_logits(reference, chunk, prompt)
             agree += int((ref.argmax(-1) == logits.argmax(-1)).sum())
         if progress is not None:
             progress(chunk.shape[0])
@@ -435,7 +435,7 @@ def kept_fraction(past: KV, prompt: int) -> float:
 
 
 def _scored_logits(
-    lm: LanguageModel, chunk: torch.Tensor, prompt: int, kept: list[float]
+    lm: LanguageModel, chunk: torch.Tensor, prompt: int, kept: list[float] | None = None
 ) -> torch.Tensor:
     """float32 logits predicting ``chunk[:, max(prompt, 1):]``; with ``prompt``, appends the
     prefill's kept fraction (:func:`kept_fraction`) to ``kept``."""
@@ -450,7 +450,8 @@ def _scored_logits(
         return logits[:, :-1].to(torch.float32)
     pos = torch.arange(prompt, dtype=torch.int64).expand(b, prompt)
     logits, past = lm.forward(chunk[:, :prompt], pos, lm.empty_past(b))
-    kept.append(kept_fraction(past, prompt))
+    if kept is not None:
+        kept.append(kept_fraction(past, prompt))
     rows = [logits[:, -1:].to(torch.float32)]
     for t in range(prompt, length - 1):
         step, past = lm.forward(chunk[:, t : t + 1], torch.full((b, 1), t, dtype=torch.int64), past)
