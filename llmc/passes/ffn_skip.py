@@ -440,17 +440,25 @@ def rewrite_skip(
     else:
         start = graph.add_input("decode_start", TensorType((), "i64"))
     sat: Value | None = None
-    elig: Value | None = None
+    e: Value | None = None
+    eligs: dict[tuple[object, ...], Value] = {}
     prefix = Structure(graph).prefix or "model.layers"
     for layer in sorted(set(skippable) | set(monitor)):
         blk = blocks[layer]
         where = blk.add
         scope = layer_scope(prefix, layer)
         emit = _Emitter(graph, scope)
-        if elig is None:
+        # the block's rows: [batch, seq] for most families, [batch*seq] where the FFN runs on
+        # flattened rows (OPT); the masks follow the rows of the block they are used in
+        rows = (*blk.resid.type.shape[:-1], 1)
+        if e is None:
             w = emit("add", start, emit("constant", value=float(warmup), dtype="i64"))
             e = emit("ge", pos, w)
-            elig = emit("reshape", e, shape=(*pos.type.shape, 1))
+        if rows not in eligs:
+            eligs[rows] = emit("reshape", e, shape=rows)
+        elig = eligs[rows]
+        if sat is not None and sat.type.shape != rows:
+            sat = emit("reshape", sat, shape=rows)
         result = blk.add.out
         if layer in skippable and sat is not None:
             result = _emit_cond(graph, blk, sat, emit)

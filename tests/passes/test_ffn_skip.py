@@ -341,3 +341,29 @@ def test_random_lms_skip_or_refuse_cleanly(case: LMCase, spec: str) -> None:
     if "threshold=1.0" in spec:  # never skips: the input graph's values exactly
         for a, b in zip(outs, run(case.graph, case.inputs), strict=True):
             assert torch.equal(a, b)
+
+
+# ----------------------------------------------------------------------------------------------
+# every family the HF frontend reads (OPT runs its FFN on flattened [batch*seq] rows)
+
+
+@pytest.mark.parametrize("family", ["llama", "opt", "gpt2", "qwen2", "gpt_neox", "mistral"])
+def test_every_family_skips_as_ffn_drop(family, tmp_path) -> None:
+    from tests.frontend.hf_models import FAMILIES, VOCAB
+
+    if family not in FAMILIES:
+        pytest.skip(f"no {family} in tests/frontend/hf_models.py")
+    cfg_cls, model_cls, kw = FAMILIES[family]
+    torch.manual_seed(0)
+    model_cls(cfg_cls(**{**kw, "num_hidden_layers": 4})).eval().save_pretrained(tmp_path)
+    g = load_model(str(tmp_path)).graph
+    ids = torch.randint(0, VOCAB, (2, 5))
+    never, _ = _pass(g, "ffn-skip:threshold=1.0:warmup=0")
+    skip, _ = _pass(g, "ffn-skip:threshold=-1:warmup=0:monitor=0")
+    drop, _ = _pass(g, "ffn-drop:layers=1|2")
+    dense, nv, sk, dr = InterpLM(g), InterpLM(never), InterpLM(skip), InterpLM(drop)
+    nv.decode_start = sk.decode_start = 0
+    assert torch.equal(nv.logits(ids), dense.logits(ids))
+    assert torch.equal(sk.logits(ids), dr.logits(ids))
+    st = sk.skip_stats()
+    assert st["ffn_skip_fraction"] == 0.5 and st["ffn_skip_histogram"] == [0, 10, 10, 0]
