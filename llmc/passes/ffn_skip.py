@@ -174,12 +174,6 @@ def _check_target(pname: str, target: str) -> None:
     from llmc.backends.targets import get_target  # the target registry (data), not a backend
 
     kind = get_target(target).kind
-    if kind == "cuda":
-        raise PassError(
-            f"pass '{pname}' cannot apply to target {target} ({kind}) yet: TVM 0.27's CUDA code "
-            "generator miscompiles its per-row keep mask (a vectorized select on a bool tensor); "
-            "rocm and cpu targets build it"
-        )
     if kind == "fpga":
         raise PassError(
             f"pass '{pname}' cannot apply to target {target} ({kind}): the FlightLLM model has no "

@@ -4,6 +4,7 @@ decisions in a batch, the LM-ABI input ``decode_start``, and one-line errors for
 
 from __future__ import annotations
 
+import json
 import textwrap
 
 import pytest
@@ -292,13 +293,21 @@ def test_fpga_targets_are_refused_at_compile_time() -> None:
         build_pipeline("ffn-skip:threshold=0.9").run(g, PassContext(target="u280"))
 
 
-@pytest.mark.parametrize("target", ["h100", "a100"])
-def test_cuda_targets_are_refused_at_compile_time(target: str) -> None:
-    """Until the keep mask avoids TVM 0.27's CUDA select bug (nvcc rejected the generated
-    `float2 v = make_ushort2(..)` in fused_linear1_add2_where3 on tiny), not a wall of nvcc output."""
-    g = parse_graph(textwrap.dedent(LM3))
-    with pytest.raises(PassError, match=f"cannot apply to target {target} \\(cuda\\) yet"):
-        build_pipeline("ffn-skip:threshold=0.9").run(g, PassContext(target=target))
+def test_cuda_target_builds_the_skip_with_a_bitwise_select(tiny, tmp_path) -> None:
+    """TVM 0.27's CUDA codegen turned the per-row keep mask (a select on a bool tensor fused into
+    a matmul epilogue) into ``float2 v = make_ushort2(..)``, which nvcc rejected; the rule
+    ``cuda.where.bits`` selects on the float's bits instead (bit-exact: tests/backends)."""
+    from llmc.backends.toolchain import ToolchainError
+    from llmc.compile import Loaded, compile_model
+
+    g, _ = _pass(tiny, "ffn-skip:threshold=0.9")
+    try:
+        compile_model(Loaded(g, None, "tiny", "tests"), target="h100", out=tmp_path / "a")
+    except ToolchainError as e:
+        pytest.skip(str(e))
+    man = json.loads((tmp_path / "a" / "manifest.json").read_text())["backend"]
+    assert man["lowering_rules"].get("cuda.where.bits", 0) >= 1
+    assert man["lowering_rules"].get("cond", 0) >= 1 and man["device_code"]
 
 
 def test_refine_measures_the_skip_graph_on_the_calibration_text(tiny) -> None:
