@@ -43,7 +43,7 @@ import torch
 
 from llmc.errors import LlmcError
 from llmc.ir.structure import NO_DECODE, LMAbiError
-from llmc.runtime.lm import KV, GenerationResult, LanguageModel, generate
+from llmc.runtime.lm import KV, GenerationResult, LanguageModel, SkipCounter, generate
 
 _TVM_DTYPE = {
     torch.float32: "float32",
@@ -227,6 +227,11 @@ class TVMRunner(LanguageModel):
         self._takes_decode_start = any(
             i.get("name") == "decode_start" for i in self.backend.get("inputs", [])
         )
+        #: the ffn_skipped output (ffn-skip), counted as every runner counts it
+        out_names = [o.get("name") for o in self.backend.get("outputs", [])]
+        self._skip_out = out_names.index("ffn_skipped") if "ffn_skipped" in out_names else None
+        if self._skip_out is not None:
+            self.skip_counter = SkipCounter(int(self.meta["num_layers"]))
         # stateful convenience API (prefill/decode)
         self._past: KV | None = None
         self._pos = 0
@@ -320,10 +325,11 @@ class TVMRunner(LanguageModel):
             start = NO_DECODE if self.decode_start is None else int(self.decode_start)
             extra.append(self._arg(rt, torch.tensor(start, dtype=torch.int64)))
         if self._kv_in_place:
-            return self._forward_in_place(rt, entry, args, b, s, past, extra)
+            return self._forward_in_place(rt, entry, args, b, s, past, extra, positions)
         for k, v in past:
             args += [self._arg(rt, k), self._arg(rt, v)]
         outs = self._fns[entry](*args, *extra, *self._entry_args[entry])
+        self._count_skips(outs, positions)
         logits = self._from_dev(outs[0])
         if logits.device.type != "cpu":
             logits = logits.cpu()
@@ -333,7 +339,15 @@ class TVMRunner(LanguageModel):
         return logits, present
 
     def _forward_in_place(
-        self, rt: Any, entry: str, args: list[Any], b: int, s: int, past: KV, extra: list[Any]
+        self,
+        rt: Any,
+        entry: str,
+        args: list[Any],
+        b: int,
+        s: int,
+        past: KV,
+        extra: list[Any],
+        positions: torch.Tensor,
     ) -> tuple[torch.Tensor, KV]:
         flat = [t for kv in past for t in kv]
         if len(flat) != len(self._kv_bufs):
@@ -347,11 +361,17 @@ class TVMRunner(LanguageModel):
             *args, *cache.handles, *extra, rt.ShapeTuple([n_past]), *self._entry_args[entry]
         )
         cache.length = n_past + s
+        self._count_skips(outs, positions)
         logits = self._from_dev(outs[0])
         if logits.device.type != "cpu":
             logits = logits.cpu()
         views = cache.views(cache.length)
         return logits, [(views[2 * i], views[2 * i + 1]) for i in range(len(views) // 2)]
+
+    def _count_skips(self, outs: Any, positions: torch.Tensor) -> None:
+        if self.skip_counter is not None and self._skip_out is not None:
+            start = NO_DECODE if self.decode_start is None else int(self.decode_start)
+            self.skip_counter.count(self._from_dev(outs[self._skip_out]), positions, start)
 
     def _cache_for(self, rt: Any, past: list[Any], b: int, n_past: int, need: int) -> _KVCache:
         """The cache to append to: the current one when ``past`` is its valid prefix (grown

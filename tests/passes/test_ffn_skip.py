@@ -103,7 +103,10 @@ def test_ffn_skip_golden() -> None:
           %w2 = param() {name = "model.layers.2.mlp.weight"} : f32[4, 4] @model.layers.2.mlp #ffn
           %f2 = linear(%30, %w2) : f32[batch, seq, 4] @model.layers.2.mlp #ffn
           %h2 = add(%30, %f2) : f32[batch, seq, 4] @model.layers.2
-          return %h2
+          %31 = gt(%positions, %positions) : bool[batch, seq] #skip
+          %32 = reshape(%31) {shape = ["batch", "seq", 1]} : bool[batch, seq, 1] #skip
+          %ffn_skipped = concat(%32, %17, %32) {dim = 2} : bool[batch, seq, 3] #skip
+          return %h2, %ffn_skipped
         }
         """
     )
@@ -347,8 +350,12 @@ def test_random_lms_skip_or_refuse_cleanly(case: LMCase, spec: str) -> None:
     if any(v.name == "decode_start" for v in g.inputs):
         inputs["decode_start"] = torch.tensor(0, dtype=torch.int64)
     outs = run(g, inputs)
+    want = run(case.graph, case.inputs)
+    if spec.startswith("ffn-skip"):  # it reports its decisions in the output ffn_skipped
+        assert g.outputs[-1].name == "ffn_skipped" and len(outs) == len(want) + 1
     if "threshold=1.0" in spec:  # never skips: the input graph's values exactly
-        for a, b in zip(outs, run(case.graph, case.inputs), strict=True):
+        assert not outs[-1].any()
+        for a, b in zip(outs, want, strict=False):
             assert torch.equal(a, b)
 
 
