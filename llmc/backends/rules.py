@@ -404,6 +404,7 @@ def _attention(ctx: LowerCtx, n: Node) -> relax.Expr:
         a.causal,
         a.window,
         tvm_dtype(dt),
+        a.softcap,
         name="attn_softmax",
     )
     o = ctx.emit_te(te_ops.attn_pv, p, v, tvm_dtype(dt), name="attn_pv")
@@ -469,10 +470,10 @@ def _attention_kernel(ctx: LowerCtx, n: Node) -> relax.Expr:
     dt = tvm_dtype(n.out.type.dtype)
     scale = attention_scale(n)
     mod = attention_kernels(ctx)
-    key = (mod.__name__, "sync", h, kvh, d, dt, scale, a.causal, a.window)
+    key = (mod.__name__, "sync", h, kvh, d, dt, scale, a.causal, a.window, a.softcap)
     return ctx.call_kernel(
         key,
-        lambda: mod.attention_sync(h, kvh, d, dt, scale, a.causal, a.window),
+        lambda: mod.attention_sync(h, kvh, d, dt, scale, a.causal, a.window, a.softcap),
         "attention",
         [q, k, v, relax.prim_value(t)],
         q.ty,

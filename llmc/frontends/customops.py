@@ -5,7 +5,7 @@ to these ops (see :mod:`llmc.frontends.patches`), so ``torch.export`` records ea
 the converter maps 1:1 onto the IR op of the same name. Their eager implementations *are* the IR
 ops' reference semantics (:mod:`llmc.ir.ops`), so a patched model computes exactly what the IR will.
 
-- ``llmc::attention(q, k, v, scale, causal, window)``: q ``[b, h, s, d]``, k/v ``[b, kv_h, t, d]``
+- ``llmc::attention(q, k, v, scale, causal, window, softcap)``: q ``[b, h, s, d]``, k/v ``[b, kv_h, t, d]``
   (grouped-query attention without ``repeat_kv``), causal mask bottom-right aligned.
 - ``llmc::rms_norm(x, weight, eps)``.
 - ``llmc::rope(x, positions, attrs)``: ``attrs`` is the JSON of :class:`~llmc.ir.ops.RopeAttrs`
@@ -41,13 +41,20 @@ def rope_attrs_from_json(text: str) -> RopeAttrs:
 
 @torch.library.custom_op("llmc::attention", mutates_args=())
 def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool, window: int
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    causal: bool,
+    window: int,
+    softcap: float = 0.0,
 ) -> torch.Tensor:
-    return _attention_ref([q, k, v], AttentionAttrs(scale, causal, window), None).contiguous()
+    a = AttentionAttrs(scale, causal, window, softcap)
+    return _attention_ref([q, k, v], a, None).contiguous()
 
 
 @attention.register_fake
-def _attention_fake(q, k, v, scale, causal, window):  # noqa: ANN001, ANN202
+def _attention_fake(q, k, v, scale, causal, window, softcap=0.0):  # noqa: ANN001, ANN202
     return q.new_empty(tuple(q.shape[:3]) + (v.shape[3],))
 
 
