@@ -390,7 +390,22 @@ def convert_exported(
     ep: torch.export.ExportedProgram, name: str, opts: ConvertOptions | None = None
 ) -> Graph:
     """The IR graph of an exported program (see the module docstring)."""
-    return Converter(ep, name, opts or ConvertOptions()).run()
+    return Converter(functional(ep), name, opts or ConvertOptions()).run()
+
+
+def _mutates(n: torch.fx.Node) -> bool:
+    schema = getattr(n.target, "_schema", None)
+    return n.op == "call_function" and schema is not None and schema.is_mutable
+
+
+def functional(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """``ep`` without in-place ATen ops (``x += y`` in a module's forward exports as
+    ``aten.add_``, which a value graph cannot express): functionalised by
+    ``run_decompositions`` with an empty table, which decomposes nothing else. Programs with
+    no in-place op are returned as they are."""
+    if not any(_mutates(n) for n in ep.graph.nodes):
+        return ep
+    return ep.run_decompositions({})
 
 
 __all__ = ["COMPONENT_TAGS", "ConvertOptions", "Converter", "block_tag", "convert_exported"]

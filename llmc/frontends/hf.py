@@ -129,6 +129,9 @@ def finish_lm_graph(
         meta["num_layers"] = num_layers
     g.dce()
     n = canon.add_kv_cache(g, fam.layers)
+    if len(g.inputs) > 2:  # the traced cache layout is the truth (Falcon's multi-query: 1 head)
+        kv = g.inputs[2].type.shape
+        meta["num_kv_heads"], meta["head_dim"] = int(kv[1]), int(kv[3])
     if n != meta["num_layers"]:
         raise LlmcError(
             f"{type(model).__name__}: traced {n} attention layers but the config has "

@@ -84,8 +84,9 @@ def test_abi_and_structure(case):
     ops = [nd.op for nd in g.nodes]
     assert ops.count("attention") == n
     norms = ops.count("rms_norm") + ops.count("layer_norm")
-    assert norms == 2 * n + 1
-    if fam in ("llama", "mistral", "qwen2", "gpt_neox"):
+    per_layer = {"falcon": 1, "gemma2": 4, "gemma3": 6}.get(fam, 2)  # gemma3: + q/k norms
+    assert norms == per_layer * n + 1
+    if fam in ("llama", "mistral", "qwen2", "gpt_neox", "phi3", "falcon", "gemma2", "gemma3"):
         assert ops.count("rope") == 2 * n
     else:
         assert "rope" not in ops
@@ -120,4 +121,5 @@ def test_scopes_and_blocks(case):
     head = g.outputs[0].node
     assert head.block == "head"
     ffn = [nd for nd in g.nodes if nd.block == "ffn" and nd.op == "linear"]
-    assert len(ffn) == (3 if fam in ("llama", "mistral", "qwen2") else 2) * g.meta["num_layers"]
+    gated = ("llama", "mistral", "qwen2", "gemma2", "gemma3")  # phi3's gate_up is one linear
+    assert len(ffn) == (3 if fam in gated else 2) * g.meta["num_layers"]
