@@ -19,6 +19,7 @@ import torch
 
 from llmc.errors import ModelLoadError
 from llmc.frontends import checkpoint, hf_config
+from llmc.frontends.archs import refusal
 from llmc.frontends.families import ARCHITECTURES, Family, supported_architectures
 from llmc.frontends.untrusted import check_model_files, quote
 from llmc.ir.graph import Graph
@@ -66,6 +67,9 @@ def architecture_of(cfg: dict[str, Any], where: str) -> Family:
     archs = cfg.get("architectures")
     if not isinstance(archs, list) or not archs or not all(isinstance(a, str) for a in archs):
         raise ModelLoadError(f"{where}: 'architectures' must be a non-empty list of names")
+    why = refusal(cfg, where)
+    if why:
+        raise ModelLoadError(why)
     for a in archs:
         if a in ARCHITECTURES:
             fam = ARCHITECTURES[a]

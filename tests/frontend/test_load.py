@@ -111,10 +111,12 @@ def test_wrong_shape_names_file_and_tensor(tmp_path):
 def test_unsupported_architecture(tmp_path):
     _save("llama", tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
-    cfg["architectures"] = ["FalconForCausalLM"]
-    cfg["model_type"] = "falcon"
+    cfg["architectures"] = ["MixtralForCausalLM"]
+    cfg["model_type"] = "mixtral"
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ModelLoadError, match="FalconForCausalLM is not supported"):
+    with pytest.raises(
+        ModelLoadError, match="MixtralForCausalLM is not supported: mixture-of-experts"
+    ):
         load_model(str(tmp_path))
 
 
