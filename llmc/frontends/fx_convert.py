@@ -23,6 +23,7 @@ Conventions the handlers follow:
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -405,7 +406,9 @@ def functional(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgram
     no in-place op are returned as they are."""
     if not any(_mutates(n) for n in ep.graph.nodes):
         return ep
-    return ep.run_decompositions({})
+    with warnings.catch_warnings():  # torch's own pytree deprecation notice, not the user's
+        warnings.simplefilter("ignore", FutureWarning)
+        return ep.run_decompositions({})
 
 
 __all__ = ["COMPONENT_TAGS", "ConvertOptions", "Converter", "block_tag", "convert_exported"]
