@@ -30,13 +30,13 @@ SUPPORTED: dict[str, str] = {
     "FalconForCausalLM": "falcon",
     "Gemma2ForCausalLM": "gemma2",
     "Gemma3ForCausalLM": "gemma3_text",
+    "MixtralForCausalLM": "mixtral",
+    "Qwen2MoeForCausalLM": "qwen2_moe",
 }
 
 #: Well-known architectures llmc does not read, and why (said in the refusal).
 WHY_NOT: dict[str, str] = {
-    "MixtralForCausalLM": "mixture-of-experts layers (no moe op yet)",
-    "Qwen2MoeForCausalLM": "mixture-of-experts layers (no moe op yet)",
-    "Qwen3MoeForCausalLM": "mixture-of-experts layers (no moe op yet)",
+    "Qwen3MoeForCausalLM": "q/k-normed attention with mixture-of-experts layers (not added yet)",
     "DeepseekV3ForCausalLM": "mixture-of-experts layers and latent attention",
     "Gemma3ForConditionalGeneration": (
         "the multimodal Gemma 3 (a vision tower); its text-only checkpoints "

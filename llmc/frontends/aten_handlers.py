@@ -461,6 +461,14 @@ def _llmc_attention(c: Converter, n, q, k, v, scale, causal, window, softcap=0.0
     )
 
 
+@handles(torch.ops.llmc.moe.default)
+def _llmc_moe(c: Converter, n, x, router, gate_up, down, top_k, normalize, activation):
+    ins = [c.value(t) for t in (x, router, gate_up, down)]
+    return c.emit(
+        "moe", *ins, top_k=int(top_k), normalize=bool(normalize), activation=str(activation)
+    )
+
+
 @handles(torch.ops.llmc.rms_norm.default)
 def _llmc_rms_norm(c: Converter, n, x, w, eps):
     return c.emit("rms_norm", c.value(x), c.value(w), eps=float(eps))

@@ -52,6 +52,8 @@ class Family:
     # Attention modules whose forward is replaced as a whole (families that do not call
     # transformers' attention interface): class name -> forward factory in this module.
     attention_forwards: tuple[tuple[str, str], ...] = ()
+    # Sparse MoE blocks whose forward becomes llmc::moe (+ a shared expert where they have one).
+    moe_blocks: tuple[str, ...] = ()
 
 
 _T = "transformers.models"
@@ -156,6 +158,28 @@ FAMILIES: dict[str, Family] = {
             rotary=True,
             rms_offset=True,
         ),
+        # routed experts (llmc::moe) in place of the data-dependent expert loop
+        Family(
+            "mixtral",
+            ("MixtralForCausalLM",),
+            "mixtral",
+            f"{_T}.mixtral.modeling_mixtral",
+            "model.layers",
+            ("MixtralRMSNorm",),
+            rotary=True,
+            moe_blocks=("MixtralSparseMoeBlock",),
+        ),
+        # routed experts plus a sigmoid-gated shared expert
+        Family(
+            "qwen2_moe",
+            ("Qwen2MoeForCausalLM",),
+            "qwen2_moe",
+            f"{_T}.qwen2_moe.modeling_qwen2_moe",
+            "model.layers",
+            ("Qwen2MoeRMSNorm",),
+            rotary=True,
+            moe_blocks=("Qwen2MoeSparseMoeBlock",),
+        ),
     )
 }
 ARCHITECTURES: dict[str, Family] = {a: f for f in FAMILIES.values() for a in f.architectures}
@@ -182,7 +206,16 @@ def family_of(model: torch.nn.Module) -> Family:
 
 # Families whose transformers modeling reads ``config.head_dim``; the others compute
 # hidden_size // num_attention_heads and ignore a stray ``head_dim`` key, and so must llmc.
-_EXPLICIT_HEAD_DIM = ("llama", "mistral", "qwen2", "phi3", "gemma2", "gemma3_text")
+_EXPLICIT_HEAD_DIM = (
+    "llama",
+    "mistral",
+    "qwen2",
+    "phi3",
+    "gemma2",
+    "gemma3_text",
+    "mixtral",
+    "qwen2_moe",
+)
 LAYER_TYPES = ("full_attention", "sliding_attention")
 
 
@@ -423,6 +456,40 @@ def _capped_head_forward(mod: torch.nn.Module, cap: float) -> Any:
     return forward
 
 
+def _moe_forward(mod: torch.nn.Module) -> Any:
+    """A sparse MoE block as ``llmc::moe`` on the rows (plus Qwen2-MoE's shared expert, gated by
+    a sigmoid, in ordinary ops)."""
+    experts, gate = mod.experts, mod.gate
+    normalize = bool(getattr(gate, "norm_topk_prob", True))
+    act = experts.act_fn
+    name = {"SiLUActivation": "silu", "SiLU": "silu", "ReLU": "relu", "GELUActivation": "gelu",
+            "GELU": "gelu"}.get(type(act).__name__)  # fmt: skip
+    if name is None:
+        raise UnsupportedOpError(
+            f"{type(mod).__name__}: expert activation {type(act).__name__} is not supported "
+            "(silu, gelu, relu)"
+        )
+    if getattr(mod, "jitter_noise", 0) and mod.training:
+        raise UnsupportedOpError(f"{type(mod).__name__}: router jitter in training mode")
+    shared = getattr(mod, "shared_expert", None)
+
+    def forward(hidden_states: torch.Tensor) -> torch.Tensor:
+        out = torch.ops.llmc.moe(
+            hidden_states,
+            gate.weight,
+            experts.gate_up_proj,
+            experts.down_proj,
+            int(gate.top_k),
+            normalize,
+            name,
+        )
+        if shared is not None:
+            out = out + torch.sigmoid(mod.shared_expert_gate(hidden_states)) * shared(hidden_states)
+        return out
+
+    return forward
+
+
 def _positions_forward(x: torch.Tensor, position_ids: torch.Tensor | None = None, *a: Any,
                        **kw: Any) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     if position_ids is None:
@@ -477,6 +544,8 @@ def canonical_pieces(model: torch.nn.Module, fam: Family) -> Iterator[RopeAttrs 
                 new = _linear_forward(mod)
             elif cls.endswith("ScaledWordEmbedding") and hasattr(mod, "scalar_embed_scale"):
                 new = _scaled_embedding_forward(mod)
+            elif cls in fam.moe_blocks:
+                new = _moe_forward(mod)
             elif cls in attention_forwards:
                 new = globals()[attention_forwards[cls]](mod)
             if fam.rotary and isinstance(getattr(mod, "layer_type", None), str):
@@ -528,6 +597,7 @@ def model_meta(model: torch.nn.Module, fam: Family) -> dict[str, Any]:
         "opt": lambda: getattr(c, "ffn_dim", None),
         "gpt2": lambda: getattr(c, "n_inner", None) or 4 * hidden,
         "falcon": lambda: getattr(c, "ffn_hidden_size", None) or 4 * hidden,
+        "qwen2_moe": lambda: getattr(c, "moe_intermediate_size", None),
     }.get(fam.name, lambda: getattr(c, "intermediate_size", None))()
     meta: dict[str, Any] = {
         "abi": "llmc-lm-v1",
@@ -570,6 +640,9 @@ def model_meta(model: torch.nn.Module, fam: Family) -> dict[str, Any]:
     if fam.name == "gemma3" and isinstance(lt, (list, tuple)) and "sliding_attention" in lt:
         a = rope_attrs(c, "sliding_attention")
         meta["rope_local"] = {"theta": a.theta, "scaling": a.scaling or "none"}
+    if fam.moe_blocks:
+        meta["num_experts"] = int(getattr(c, "num_local_experts", None) or c.num_experts)
+        meta["experts_per_token"] = int(c.num_experts_per_tok)
     for key in ("attn_logit_softcapping", "final_logit_softcapping"):
         if getattr(c, key, None):
             meta[key] = float(getattr(c, key))

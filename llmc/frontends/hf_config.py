@@ -42,6 +42,10 @@ _SIZES: tuple[tuple[tuple[str, ...], int, bool], ...] = (
     (("ffn_hidden_size",), 1 << 20, True),
     (("query_pre_attn_scalar",), 1 << 17, True),
     (("sliding_window_pattern",), 1 << 12, True),
+    (("num_local_experts", "num_experts"), 1 << 12, True),
+    (("num_experts_per_tok",), 1 << 12, True),
+    (("moe_intermediate_size",), 1 << 20, True),
+    (("shared_expert_intermediate_size",), 1 << 20, True),
     (("head_dim",), 1 << 12, True),
     (("vocab_size",), 1 << 23, False),
     (("max_position_embeddings", "n_positions", "n_ctx"), 1 << 24, False),
@@ -77,6 +81,8 @@ _FLAGS = (
     "alibi",
     "bias",
     "use_bidirectional_attention",
+    "norm_topk_prob",
+    "output_router_logits",
 )
 _STRINGS = ("hidden_act", "activation_function", "model_type", "hidden_activation", "activation")
 _TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
@@ -95,6 +101,8 @@ _EMBEDDING = {
     "falcon": "word_embeddings.weight",
     "gemma2": "embed_tokens.weight",
     "gemma3": "embed_tokens.weight",
+    "mixtral": "embed_tokens.weight",
+    "qwen2_moe": "embed_tokens.weight",
 }
 
 
@@ -182,6 +190,10 @@ def check_values(cfg: dict[str, Any], where: str, fam: Family | None = None) -> 
     for k in _ROPE_DICTS:
         _check_rope(cfg, k, where, bad)
     _check_heads(cfg, where)
+    ne = cfg.get("num_local_experts", cfg.get("num_experts"))
+    k = cfg.get("num_experts_per_tok")
+    if _is_int(ne) and _is_int(k) and k > ne:
+        raise bad("num_experts_per_tok", k, f"at most the number of experts ({ne})")
     if fam is not None and fam.rotary:
         _check_rotary_dims(cfg, fam, where)
     if fam is not None:

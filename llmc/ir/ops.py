@@ -941,4 +941,5 @@ defop(
 
 import llmc.ir.ops_adaptive  # noqa: E402,F401  (gather_rows)
 import llmc.ir.ops_attention  # noqa: E402,F401  (attention_async)
+import llmc.ir.ops_moe  # noqa: E402,F401  (moe)
 import llmc.ir.ops_quant  # noqa: E402,F401  (qlinear_a8, fused_elementwise)

@@ -7,7 +7,8 @@ offset (OPT), Conv1D with [in, out] weights and tied embeddings (GPT-2), partial
 parallel residual (GPT-NeoX), fused qkv/gate_up with partial rotary and a window (Phi-3),
 multi-query attention from a fused query_key_value with a parallel attention + MLP (Falcon),
 attention and final logit soft-capping, alternating sliding/full layers, scaled embeddings and
-(1 + w) norms (Gemma 2), q/k norms and a local/global rope base per layer type (Gemma 3).
+(1 + w) norms (Gemma 2), q/k norms and a local/global rope base per layer type (Gemma 3), 4 routed experts with top-2
+(Mixtral normalizes the top-2 weights; Qwen2-MoE does not and adds a gated shared expert).
 """
 
 from __future__ import annotations
@@ -136,6 +137,23 @@ FAMILIES: dict[str, tuple[type, type, dict]] = {
             pad_token_id=0,
             bos_token_id=1,
             eos_token_id=2,
+        ),
+    ),  # fmt: skip
+    "mixtral": (
+        T.MixtralConfig,
+        T.MixtralForCausalLM,
+        dict(RMS, intermediate_size=48, num_local_experts=4, num_experts_per_tok=2),
+    ),
+    "qwen2_moe": (
+        T.Qwen2MoeConfig,
+        T.Qwen2MoeForCausalLM,
+        dict(
+            RMS,
+            moe_intermediate_size=48,
+            shared_expert_intermediate_size=80,
+            num_experts=4,
+            num_experts_per_tok=2,
+            norm_topk_prob=False,
         ),
     ),  # fmt: skip
 }

@@ -39,8 +39,8 @@ print(rc, round(time.perf_counter() - t, 3), "torch" in sys.modules, "transforme
 """
 
 
-def test_cli_refuses_mixtral_fast_without_torch(tmp_path):
-    d = _dir(tmp_path, {"architectures": ["MixtralForCausalLM"], "model_type": "mixtral"})
+def test_cli_refuses_unsupported_fast_without_torch(tmp_path):
+    d = _dir(tmp_path, {"architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3"})
     t0 = time.perf_counter()
     r = subprocess.run(
         [sys.executable, "-c", PROBE, str(d)],
@@ -56,8 +56,8 @@ def test_cli_refuses_mixtral_fast_without_torch(tmp_path):
     assert float(inner) < 1.0 and wall < 5.0  # the process (interpreter start included)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
-    assert "config.json: architecture MixtralForCausalLM is not supported" in lines[0]
-    assert "mixture-of-experts" in lines[0]
+    assert "config.json: architecture DeepseekV3ForCausalLM is not supported" in lines[0]
+    assert "latent attention" in lines[0]
 
 
 @pytest.mark.parametrize(
