@@ -106,6 +106,23 @@ FAMILIES: dict[str, tuple[type, type, dict]] = {
             eos_token_id=2,
         ),
     ),  # fmt: skip
+    # Falcon-40B's layout: new_decoder_architecture (grouped kv heads, two LayerNorms), biases
+    "falcon40": (
+        T.FalconConfig,
+        T.FalconForCausalLM,
+        dict(
+            COMMON,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_kv_heads=2,
+            new_decoder_architecture=True,
+            alibi=False,
+            bias=True,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+    ),  # fmt: skip
     "gemma2": (
         T.Gemma2Config,
         T.Gemma2ForCausalLM,
