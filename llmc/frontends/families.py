@@ -13,6 +13,8 @@ model's pieces for the ``llmc::`` custom ops (:mod:`llmc.frontends.customops`):
   them, with theta / partial rotary / scaling read from the config (and cross-checked against the
   module's ``inv_freq``).
 - tanh-approximated GELUs written as Python arithmetic (``gelu_new``) -> ``F.gelu(tanh)``.
+- family-specific modules (Falcon's attention and linears, Gemma's scaled embeddings and final
+  soft-cap, sparse MoE blocks) -> the forwards of :mod:`llmc.frontends.family_pieces`.
 
 Everything is restored on exit; the model is unchanged afterwards.
 
@@ -32,6 +34,7 @@ import torch.nn.functional as F
 
 from llmc.errors import UnsupportedOpError
 from llmc.frontends import customops
+from llmc.frontends import family_pieces as pieces
 from llmc.ir.ops import RopeAttrs, rope_inv_freq
 
 
@@ -50,7 +53,7 @@ class Family:
     # RMSNorms that scale by ``1 + weight`` (Gemma) rather than ``weight``.
     rms_offset: bool = False
     # Attention modules whose forward is replaced as a whole (families that do not call
-    # transformers' attention interface): class name -> forward factory in this module.
+    # transformers' attention interface): class name -> forward factory in family_pieces.
     attention_forwards: tuple[tuple[str, str], ...] = ()
     # Sparse MoE blocks whose forward becomes llmc::moe (+ a shared expert where they have one).
     moe_blocks: tuple[str, ...] = ()
@@ -133,7 +136,7 @@ FAMILIES: dict[str, Family] = {
             "transformer.h",
             rotary=True,
             norm="layer",
-            attention_forwards=(("FalconAttention", "_falcon_attention"),),
+            attention_forwards=(("FalconAttention", "falcon_attention"),),
         ),
         # logit soft-capping (attention and final), alternating sliding/full layers, scaled
         # embeddings, (1 + w) RMSNorms, four norms per layer
@@ -387,109 +390,6 @@ def _rms_forward(mod: torch.nn.Module, offset: bool = False) -> Any:
     return forward
 
 
-def _scaled_embedding_forward(mod: torch.nn.Module) -> Any:
-    """Gemma's ``embedding * sqrt(hidden)``, with the scale a constant rounded to the weight's
-    dtype as transformers rounds it (its buffer copy is not persistent: a checkpoint lacks it)."""
-    scale = float(torch.tensor(float(mod.scalar_embed_scale), dtype=mod.weight.dtype))
-
-    def forward(input_ids: torch.Tensor) -> torch.Tensor:
-        return F.embedding(input_ids, mod.weight) * scale
-
-    return forward
-
-
-def _falcon_attention(mod: torch.nn.Module) -> Any:
-    """Falcon's attention (it calls no attention interface): the fused ``query_key_value``
-    split into q, k, v for the three layouts (multi-head, multi-query, grouped
-    ``new_decoder_architecture``), rope, ``llmc::attention``, ``dense``."""
-    h, hd = mod.num_heads, mod.head_dim
-    new_arch, mq = bool(mod.new_decoder_architecture), bool(mod.multi_query)
-    kvh = int(mod.num_kv_heads) if new_arch else (1 if mq else h)
-    modeling = importlib.import_module(FAMILIES["falcon"].modeling)
-
-    def forward(hidden_states: torch.Tensor, alibi: Any = None, *a: Any, **kw: Any) -> Any:
-        if alibi is not None:
-            raise UnsupportedOpError(
-                "FalconAttention: ALiBi position biases (config alibi: true) are not supported"
-            )
-        b, s, _ = hidden_states.shape
-        fused = mod.query_key_value(hidden_states)
-        if new_arch:
-            qkv = fused.view(b, s, kvh, h // kvh + 2, hd)
-            q = qkv[:, :, :, :-2].reshape(b, s, h, hd)
-            k, v = qkv[:, :, :, -2], qkv[:, :, :, -1]
-        elif mq:
-            qkv = fused.view(b, s, h + 2, hd)
-            q, k, v = qkv[:, :, :-2], qkv[:, :, -2:-1], qkv[:, :, -1:]
-        else:
-            qkv = fused.view(b, s, h, 3, hd)
-            q, k, v = qkv[..., 0, :], qkv[..., 1, :], qkv[..., 2, :]
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-        cos, sin = kw["position_embeddings"]
-        q, k = modeling.apply_rotary_pos_emb(q, k, cos, sin)
-        out = torch.ops.llmc.attention(q, k, v, 0.0, True, 0, 0.0)
-        out = out.transpose(1, 2).reshape(b, s, h * hd)
-        return mod.dense(out), None
-
-    return forward
-
-
-def _linear_forward(mod: torch.nn.Module) -> Any:
-    """A linear written as ``x @ w.T (+ b)`` (FalconLinear) as ``F.linear``, so it traces as
-    one ``linear`` reading its weight in place."""
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, mod.weight, mod.bias)
-
-    return forward
-
-
-_LINEARS = ("FalconLinear",)
-
-
-def _capped_head_forward(mod: torch.nn.Module, cap: float) -> Any:
-    """The LM head followed by logit soft-capping, in transformers' order."""
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(F.linear(x, mod.weight, mod.bias) / cap) * cap
-
-    return forward
-
-
-def _moe_forward(mod: torch.nn.Module) -> Any:
-    """A sparse MoE block as ``llmc::moe`` on the rows (plus Qwen2-MoE's shared expert, gated by
-    a sigmoid, in ordinary ops)."""
-    experts, gate = mod.experts, mod.gate
-    normalize = bool(getattr(gate, "norm_topk_prob", True))
-    act = experts.act_fn
-    name = {"SiLUActivation": "silu", "SiLU": "silu", "ReLU": "relu", "GELUActivation": "gelu",
-            "GELU": "gelu"}.get(type(act).__name__)  # fmt: skip
-    if name is None:
-        raise UnsupportedOpError(
-            f"{type(mod).__name__}: expert activation {type(act).__name__} is not supported "
-            "(silu, gelu, relu)"
-        )
-    if getattr(mod, "jitter_noise", 0) and mod.training:
-        raise UnsupportedOpError(f"{type(mod).__name__}: router jitter in training mode")
-    shared = getattr(mod, "shared_expert", None)
-
-    def forward(hidden_states: torch.Tensor) -> torch.Tensor:
-        out = torch.ops.llmc.moe(
-            hidden_states,
-            gate.weight,
-            experts.gate_up_proj,
-            experts.down_proj,
-            int(gate.top_k),
-            normalize,
-            name,
-        )
-        if shared is not None:
-            out = out + torch.sigmoid(mod.shared_expert_gate(hidden_states)) * shared(hidden_states)
-        return out
-
-    return forward
-
-
 def _positions_forward(x: torch.Tensor, position_ids: torch.Tensor | None = None, *a: Any,
                        **kw: Any) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     if position_ids is None:
@@ -540,14 +440,14 @@ def canonical_pieces(model: torch.nn.Module, fam: Family) -> Iterator[RopeAttrs 
                 new = _positions_forward
             elif cls in _ACTIVATIONS and not getattr(mod, "_llmc_keep", False):
                 new = _ACTIVATIONS[cls]
-            elif cls in _LINEARS:
-                new = _linear_forward(mod)
+            elif cls in pieces.LINEARS:
+                new = pieces.linear_forward(mod)
             elif cls.endswith("ScaledWordEmbedding") and hasattr(mod, "scalar_embed_scale"):
-                new = _scaled_embedding_forward(mod)
+                new = pieces.scaled_embedding_forward(mod)
             elif cls in fam.moe_blocks:
-                new = _moe_forward(mod)
+                new = pieces.moe_forward(mod)
             elif cls in attention_forwards:
-                new = globals()[attention_forwards[cls]](mod)
+                new = getattr(pieces, attention_forwards[cls])(mod)
             if fam.rotary and isinstance(getattr(mod, "layer_type", None), str):
                 # the rope of this attention module's layer type (Gemma 3: local / global base)
                 la = rope_attrs(model.config, mod.layer_type)
@@ -571,7 +471,7 @@ def canonical_pieces(model: torch.nn.Module, fam: Family) -> Iterator[RopeAttrs 
             # are still the head's output for the passes that look for it.
             model.config.final_logit_softcapping = None
             undo.append(lambda: setattr(model.config, "final_logit_softcapping", cap))
-            head.forward = _capped_head_forward(head, float(cap))
+            head.forward = pieces.capped_head_forward(head, float(cap))
             undo.append(lambda: head.__dict__.pop("forward"))
         if fam.rotary:
             assert attrs is not None
