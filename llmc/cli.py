@@ -716,6 +716,12 @@ def main(argv: list[str] | None = None) -> int:
         ap.print_help(sys.stderr)
         return 2
     try:
+        model = getattr(a, "model", None)
+        if isinstance(model, str) and os.path.isdir(model):
+            # refuse an unsupported architecture from config.json alone, before torch loads
+            from llmc.frontends.archs import precheck_dir
+
+            precheck_dir(model)
         return int(a.func(a) or 0)
     except KeyboardInterrupt:
         print("llmc: interrupted", file=sys.stderr)

@@ -499,8 +499,16 @@ def view_strides(
     return tuple(res)
 
 
+def h_moe(L: Lowerer, n: Node) -> None:
+    raise UnsupportedOpError(
+        f"moe %{n.out.name} at {n.scope or '?'}: mixture-of-experts routing (a data-dependent "
+        "choice of expert weights per token) is not supported by the FlightLLM instruction set"
+    )
+
+
 HANDLERS = {
     "param": h_param,
+    "moe": h_moe,
     "constant": h_constant,
     "embedding": h_embedding,
     "rms_norm": h_norm,

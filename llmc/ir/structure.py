@@ -142,6 +142,7 @@ COMPONENT_TAGS: dict[str, str] = {
     "self_attn": "attn",
     "attn": "attn",
     "attention": "attn",
+    "self_attention": "attn",
     "mlp": "ffn",
     "fc1": "ffn",
     "fc2": "ffn",
