@@ -26,6 +26,7 @@ from tvm import relax
 from llmc.backends.kernels import te_ops
 from llmc.backends.layouts import tvm_dtype
 from llmc.backends.lower import KVCacheRef, LowerCtx
+from llmc.backends.rules_prune import PRUNE_RULES
 from llmc.errors import IRError
 from llmc.ir.graph import Node
 from llmc.ir.params import Param
@@ -261,7 +262,7 @@ def _kv_append(ctx: LowerCtx, n: Node) -> KVCacheRef:
     kvh, d = int(kvh), int(d)
     dt = tvm_dtype(n.out.type.dtype)
     assert ctx.kv_len is not None
-    past = ctx.kv_len.ty.values[0]
+    past = ctx.dim(n.inputs[0].type.shape[2])  # this layer's cache length (past, or past_i)
     mod = attention_kernels(ctx)
     gv = ctx.lowering.kernel(
         (mod.__name__, "kv_append", kvh, d, dt), lambda: mod.kv_append(kvh, d, dt), "kv_append"
@@ -586,14 +587,6 @@ def _fallback(ctx: LowerCtx, n: Node) -> relax.Expr:
     raise ctx.unsupported()
 
 
-def _gather_rows_refused(ctx: LowerCtx, n: Node) -> relax.Expr:
-    # its output length is data-dependent (a fresh symbol bound at run time) and the in-place
-    # KV cache has one length for every layer: both are token pruning's TVM work, not done yet
-    raise ctx.unsupported(
-        "token pruning's data-dependent row count and per-layer KV lengths are not lowered yet"
-    )
-
-
 def _r(name: str, op: str | None, fn: Callable[[LowerCtx, Node], relax.Expr], **kw: Any) -> Rule:
     kinds = kw.pop("kinds", None)
     return Rule(name, op, fn, kinds=frozenset(kinds) if kinds else None, **kw)
@@ -637,9 +630,8 @@ COMMON_RULES: list[Rule] = (
         _r("linear.nm", "linear", _linear_nm, when=fmt_is(is_nm)),
         _r("linear.dense", "linear", _linear_dense, when=lambda c, n: _dense_or_value(c, n)),
         _r("qlinear_a8", "qlinear_a8", _qlinear_a8),
-        _r("gather_rows.refused", "gather_rows", _gather_rows_refused),
-        _r("token_scores.refused", "token_scores", _gather_rows_refused),
-        _r("keep_rows.refused", "keep_rows", _gather_rows_refused),
+        # token pruning (rules_prune.py): scores, the keep mask, the gathers with a fresh length
+        *[_r(op, op, fn) for op, fn in PRUNE_RULES],
     ]
 )
 
