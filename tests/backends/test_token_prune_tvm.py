@@ -127,3 +127,23 @@ def test_gpu_targets_cross_compile(build, target, code):
     blob = (art / "model.so").read_bytes()
     found = elfcheck.find_cubins(blob) if target == "h100" else elfcheck.find_code_objects(blob)
     assert {c.arch for c in found} == {code}
+
+
+def test_cli_bench_and_run_report_the_pruning(build, capsys):
+    """`llmc bench/run --json` on the CPU artifact report prefill_token_fraction, the kept count
+    per layer and the FLOPs as the interpreter does (same kept counts on the bench prompt)."""
+    from llmc.cli import main
+
+    art = build("token-prune:average=0.5")
+    rc = main(["bench", str(art), "--json", "--prompt-len", "32", "--new-tokens", "4"])
+    assert rc == 0
+    rep = json.loads(capsys.readouterr().out)
+    _, want_kv = _forward(
+        InterpLM(load_artifact(art).graph), [(i * 7 + 3) % 256 for i in range(32)]
+    )
+    assert rep["prefill_kept_per_layer"] == kv_lengths(want_kv)
+    assert rep["prefill_token_fraction"] == sum(kv_lengths(want_kv)) / (4 * 32)
+    assert 0 < rep["prefill_flops_ratio"] < 1
+    assert main(["run", str(art), "--prompt", "hello pruned world", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert 0 < rep["prefill_token_fraction"] < 1 and len(rep["prefill_kept_per_layer"]) == 4
