@@ -11,8 +11,8 @@ and the same with ``--passes token-prune:average=0.5``, in this process), loads 
 runner and, ``--repeats`` times, alternating dense and pruned (a pause between runs), runs batch 1
 with a ``--prompt-len``-token prompt, then ``--new-tokens`` greedy decode steps. Per run it records
 the prefill call's process CPU time (all threads; less sensitive to other processes on a shared
-machine than wall time) and wall time, and decode tokens/s (decode calls / their summed wall
-time). Medians over the runs; the speedup is median(dense) / median(pruned). The ideal speedup is
+machine than wall time) and wall time, decode tokens/s (decode calls / their summed wall time)
+and the decode calls' CPU time per token (the host loop's argmax included, alike for both). Medians over the runs; the speedup is median(dense) / median(pruned). The ideal speedup is
 1 / the FLOP ratio of the two prefills from llmc's cost model (``prefill_flops_ratio``, as
 ``llmc bench --json`` reports it, at the counts each layer actually kept). The JSON records the
 machine, the load average before and after, the versions and every sample.
@@ -67,6 +67,7 @@ def run_once(lm: Any, prompt: list[int], new_tokens: int) -> dict[str, Any]:
     kept = kv_lengths(past)
     tokens = [int(logits[0, -1].argmax())]
     steps = []
+    d0 = time.process_time()
     for i in range(new_tokens - 1):
         t = time.perf_counter()
         logits, past = lm.forward(
@@ -74,10 +75,12 @@ def run_once(lm: Any, prompt: list[int], new_tokens: int) -> dict[str, Any]:
         )
         steps.append(time.perf_counter() - t)
         tokens.append(int(logits[0, -1].argmax()))
+    d1 = time.process_time()
     return {
         "prefill_cpu_ms": 1000 * (c1 - c0),
         "prefill_wall_ms": 1000 * (w1 - w0),
         "decode_tokens_per_s": len(steps) / sum(steps) if steps else 0.0,
+        "decode_cpu_ms_per_token": 1000 * (d1 - d0) / len(steps) if steps else 0.0,
         "kept_per_layer": kept,
         "tokens": tokens,
     }
@@ -156,7 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in samples:
         summary[name] = {
             key: round(med(name, key), 3)
-            for key in ("prefill_cpu_ms", "prefill_wall_ms", "decode_tokens_per_s")
+            for key in (
+                "prefill_cpu_ms",
+                "prefill_wall_ms",
+                "decode_tokens_per_s",
+                "decode_cpu_ms_per_token",
+            )
         }
     summary["prefill_speedup_cpu_time"] = round(
         med("dense", "prefill_cpu_ms") / med("pruned", "prefill_cpu_ms"), 3
@@ -166,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     summary["decode_ratio_pruned_over_dense"] = round(
         med("pruned", "decode_tokens_per_s") / med("dense", "decode_tokens_per_s"), 3
+    )
+    summary["decode_cpu_time_ratio_pruned_over_dense"] = round(
+        med("pruned", "decode_cpu_ms_per_token") / med("dense", "decode_cpu_ms_per_token"), 3
     )
     summary["prefill_flops_ratio"] = round(flops["prefill_flops_ratio"], 4)
     summary["ideal_prefill_speedup"] = round(1 / flops["prefill_flops_ratio"], 3)
