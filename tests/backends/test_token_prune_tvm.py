@@ -147,3 +147,25 @@ def test_cli_bench_and_run_report_the_pruning(build, capsys):
     assert main(["run", str(art), "--prompt", "hello pruned world", "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert 0 < rep["prefill_token_fraction"] < 1 and len(rep["prefill_kept_per_layer"]) == 4
+
+
+def test_decode_on_a_cache_the_runner_did_not_make(build):
+    """Handed per-layer caches it did not make (the interpreter's tensors), the runner copies
+    each layer's own length into its buffers and decodes as the interpreter does; a layer whose
+    keys and values hold different lengths is refused in one line."""
+    from llmc.ir.structure import LMAbiError
+    from llmc.runtime.tvm_runner import load
+
+    art = build("token-prune:average=0.5")
+    ref, cpu = InterpLM(load_artifact(art).graph), load(art)
+    _, kv = _forward(ref)
+    step = (torch.tensor([[7]]), torch.tensor([[len(PROMPT)]]))
+    got, got_kv = cpu.forward(*step, kv)
+    want, want_kv = ref.forward(*step, kv)
+    assert kv_lengths(got_kv) == kv_lengths(want_kv) == [n + 1 for n in kv_lengths(kv)]
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    bad = list(kv)
+    bad[2] = (kv[2][0], kv[2][1][:, :, :-1])
+    with pytest.raises(LMAbiError, match="keys and values must hold as many") as e:
+        cpu.forward(*step, bad)
+    assert "\n" not in str(e.value)
