@@ -26,6 +26,7 @@ from tvm import relax, tirx
 from llmc.backends.kernels import te_ops
 from llmc.backends.layouts import tvm_dtype
 from llmc.backends.lower import KVCacheRef, LowerCtx
+from llmc.backends.rules_prune import PRUNE_RULES
 from llmc.errors import IRError
 from llmc.ir.graph import Node
 from llmc.ir.params import Param
@@ -261,7 +262,7 @@ def _kv_append(ctx: LowerCtx, n: Node) -> KVCacheRef:
     kvh, d = int(kvh), int(d)
     dt = tvm_dtype(n.out.type.dtype)
     assert ctx.kv_len is not None
-    past = ctx.kv_len.ty.values[0]
+    past = ctx.dim(n.inputs[0].type.shape[2])  # this layer's cache length (past, or past_i)
     mod = attention_kernels(ctx)
     gv = ctx.lowering.kernel(
         (mod.__name__, "kv_append", kvh, d, dt), lambda: mod.kv_append(kvh, d, dt), "kv_append"
@@ -587,14 +588,6 @@ def _fallback(ctx: LowerCtx, n: Node) -> relax.Expr:
     raise ctx.unsupported()
 
 
-def _gather_rows_refused(ctx: LowerCtx, n: Node) -> relax.Expr:
-    # its output length is data-dependent (a fresh symbol bound at run time) and the in-place
-    # KV cache has one length for every layer: both are token pruning's TVM work, not done yet
-    raise ctx.unsupported(
-        "token pruning's data-dependent row count and per-layer KV lengths are not lowered yet"
-    )
-
-
 def _moe(ctx: LowerCtx, n: Node) -> relax.Expr:
     """``moe`` dense over experts, in float32: the router's top-k weights scattered into an
     ``[N, E]`` matrix (zero for experts a row did not choose), every expert's gated FFN run as
@@ -680,9 +673,8 @@ COMMON_RULES: list[Rule] = (
         _r("linear.dense", "linear", _linear_dense, when=lambda c, n: _dense_or_value(c, n)),
         _r("qlinear_a8", "qlinear_a8", _qlinear_a8),
         _r("moe.dense", "moe", _moe),
-        _r("gather_rows.refused", "gather_rows", _gather_rows_refused),
-        _r("token_scores.refused", "token_scores", _gather_rows_refused),
-        _r("keep_rows.refused", "keep_rows", _gather_rows_refused),
+        # token pruning (rules_prune.py): scores, the keep mask, the gathers with a fresh length
+        *[_r(op, op, fn) for op, fn in PRUNE_RULES],
     ]
 )
 

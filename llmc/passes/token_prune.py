@@ -361,7 +361,7 @@ def _check_target(pname: str, target: str) -> None:
 
 
 #: target kinds whose backends lower token pruning (grown as backends learn it)
-PRUNE_TARGET_KINDS: tuple[str, ...] = ()
+PRUNE_TARGET_KINDS: tuple[str, ...] = ("cpu", "cuda", "rocm")
 
 
 def calibrate_thetas(

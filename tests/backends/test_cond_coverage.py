@@ -37,6 +37,10 @@ def test_every_op_has_a_rule_on_every_tvm_kind(kind):
     ]
     assert missing == [], f"ops with no lowering rule on {kind}: {missing}"
     assert any(r.name == "cond" for r in rules)
+    # token pruning lowers (rules_prune.py) rather than refusing, on every TVM kind
+    prune = {r.op: r.name for r in rules if r.op in ("token_scores", "keep_rows", "gather_rows")}
+    assert prune == {op: op for op in ("token_scores", "keep_rows", "gather_rows")}
+    assert not [r.name for r in rules if "refused" in r.name]
 
 
 def test_unmatched_op_is_refused_in_one_line_naming_it():
