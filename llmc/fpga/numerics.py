@@ -206,8 +206,9 @@ def maxc32(x: np.ndarray, c: float) -> np.ndarray:
 
 
 def sqrt32(x: np.ndarray) -> np.ndarray:
-    """Correctly rounded float32 square root (IEEE-754)."""
-    return np.sqrt(x.astype(f32)).astype(f32)
+    """Correctly rounded float32 square root (IEEE-754; a negative gives NaN)."""
+    with np.errstate(invalid="ignore"):
+        return np.sqrt(x.astype(f32)).astype(f32)
 
 
 COMPARE = {

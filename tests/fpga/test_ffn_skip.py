@@ -12,6 +12,7 @@ import torch
 from llmc.fpga import isa
 from llmc.fpga.arch import load_arch
 from llmc.fpga.funcsim import FuncRunner
+from llmc.fpga.isa import Instr
 from llmc.fpga.program import build_program
 from llmc.runtime.lm import InterpLM
 
@@ -126,3 +127,88 @@ def test_branch_body_is_fenced(tiny_graph):
     assert [(i.op, i.f.get("skip", 0)) for i in back] == [
         (i.op, i.f.get("skip", 0)) for i in instrs
     ]
+
+
+def test_hls_csim_is_bit_exact_with_skipping(tiny_graph, tmp_path):
+    """The emitted C++ runs BR, the int -> float load and the new SFU functions exactly as the
+    functional simulator does: the whole HBM image after every stream, with branches taken."""
+    from llmc.fpga.hls import HlsToolchainError, csim, emit_project, find_ap_types, find_cxx
+    from llmc.fpga.hls_vectors import make_vectors
+
+    try:
+        find_cxx(), find_ap_types()
+    except HlsToolchainError as e:
+        pytest.skip(str(e))
+    tiny_graph("dense")
+    g = _skip_graph("int4-8of16", "ffn-skip:threshold=0.5:warmup=1")
+    prog = build_program(g, load_arch("u280", SMALL))
+    vec = make_vectors(prog, PROMPT, 5, decode_start=len(PROMPT))
+    assert sum(len(t) for t in vec.taken) >= 4  # decode steps took branches
+    assert not any(vec.taken[:2])  # the prefill chunks did not
+    emit_project(prog, tmp_path / "hls", vectors=vec)
+    res = csim(tmp_path / "hls", timeout=300, cache_dir=tmp_path / "builds")
+    assert res.passed, f"{res.summary}\n{res.output[-3000:]}"
+    for name, want in vec.expected.items():
+        assert np.array_equal(res.logits[name].view(np.uint32), want.view(np.uint32)), name
+    assert res.hbm is not None and np.array_equal(res.hbm, vec.hbm_final)
+
+
+def test_new_unit_functions_and_branches_match_funcsim(tiny_graph, tmp_path):
+    """A hand-made stream through the C simulation: every SFU function the skip test uses (on
+    edge inputs: zeros of both signs, subnormals, huge values, negatives under sqrt), the
+    per-row operand, the int -> float load of negative and large ints, and BR taken / not taken
+    in both senses (a taken branch must leave its body's output untouched)."""
+    from llmc.fpga.hls import HlsConfig, HlsToolchainError, csim, emit_project
+    from llmc.fpga.hls import find_ap_types, find_cxx
+    from llmc.fpga.hls_vectors import record_vectors
+    from tests.fpga.test_hls import _UnitStream
+
+    try:
+        find_cxx(), find_ap_types()
+    except HlsToolchainError as e:
+        pytest.skip(str(e))
+    u = _UnitStream(np.random.default_rng(3), 2048)  # ACT[0:8] = 0, -0, +-1e-40, +-90, +-1e30
+    rows = (2, 3, 64)
+    a = dict(a_addr=8, a_so=3 * 64, a_si=64)
+    b = dict(b_addr=900, b_so=0, b_si=64)
+    c = dict(c_addr=1300, c_so=64, c_si=0)
+    u.sfu(isa.S_SQRT, *rows, **a)
+    u.sfu(isa.S_SQRT, 1, 1, 8, a_addr=0)
+    for fn in (isa.S_DIV, isa.S_GT, isa.S_GE, isa.S_LT, isa.S_LE):
+        u.sfu(fn, *rows, **a, **b)
+    for fn in (isa.S_MAXC, isa.S_RSUBC, isa.S_GTC, isa.S_GEC, isa.S_LTC, isa.S_LEC):
+        u.sfu(fn, *rows, **a, fparam=isa.f32_bits(0.25))
+    u.sfu(isa.S_GT, *rows, **a, **b)
+    mask = u.instrs[-1].f["o_addr"]
+    u.sfu(isa.S_SELECT, *rows, a_addr=mask, a_so=3 * 64, a_si=64, **b, **c)
+    u.sfu(isa.S_SELECT, *rows, a_addr=0, a_so=3, a_si=1, **b, **c, flags=isa.SF_ROW_A)
+    for fn in (isa.S_SUM, isa.S_MAX):
+        u.sfu(fn, *rows, **a)
+        u.sfu(fn, 1, 1, 12, a_addr=0)  # over the edge values: NaN-free, +-inf sums
+    ints = np.array([0, -1, 7, -(2**31), 2**31 - 1, 2**24 + 1, 123456789, -5], dtype=np.int32)
+    dst = u.alloc(len(ints))
+    u.ld(isa.B_ACT, dst, ints.tobytes())
+    u.instrs[-1].f["mode"] = isa.M_I2F
+    # branches: ACT[0] = +0.0, ACT[1] = -0.0 (both "false"), ACT[2] = 1e-40 ("true")
+    for addr, neg in ((0, 0), (1, 0), (2, 0), (0, 1), (2, 1)):
+        u.instrs.append(Instr(isa.BR, {"addr": addr, "skip": 1, "neg": neg}))
+        u.sfu(isa.S_MULC, 1, 1, 16, a_addr=8, fparam=isa.f32_bits(2.0))
+        u.instrs.append(Instr(isa.SYNC, {"end": 0}))
+    hbm, instrs = u.finish()
+    tiny_graph("dense")
+    prog = build_program(
+        _skip_graph("int4-8of16", "ffn-skip:threshold=0.5:warmup=1"), load_arch("u280", SMALL)
+    )
+    k_max = HlsConfig.for_program(prog).k_max
+    vec = record_vectors(prog.arch, hbm, [("unit", instrs, 0)], k_max)
+    emit_project(prog, tmp_path / "hls", vectors=vec)
+    res = csim(tmp_path / "hls", timeout=300, cache_dir=tmp_path / "builds")
+    assert res.passed, f"{res.summary}\n{res.output[-3000:]}"
+    assert np.array_equal(res.hbm, vec.hbm_final)
+    st = instrs[-2].f
+    out = vec.hbm_final[st["hbm"] : st["hbm"] + st["row_bytes"]].view(np.float32)
+    np.testing.assert_array_equal(out[dst : dst + len(ints)], ints.astype(np.float32))
+    # the five branch bodies: taken for (2, 0) and (0, 1) only -> three ran, two left zeros
+    bodies = [i.f["o_addr"] for i in instrs if i.op == isa.SFU and i.f["func"] == isa.S_MULC]
+    ran = [bool(out[o : o + 16].any()) for o in bodies]
+    assert ran == [True, True, False, False, True]
