@@ -75,6 +75,13 @@ class FpgaLM(LanguageModel):
         """FFN-skip counters from the branches the device took (None: the model skips nothing)."""
         return self.runner.skip_stats() if self._skips else None
 
+    def device_timing(self) -> dict[str, Any]:
+        """The cycle model's time for the streams run since the last reset, each charged with
+        the branches it took (:func:`llmc.fpga.sim.replay`): ``fpga_decode_ms_per_token``..."""
+        from llmc.fpga.sim import replay
+
+        return replay(self.prog, self.runner.trace) if self.runner.trace else {}
+
     def reset_skip_stats(self) -> None:
         r = self.runner
         r.skipped = [0] * len(r.skipped)

@@ -158,8 +158,14 @@ def test_new_unit_functions_and_branches_match_funcsim(tiny_graph, tmp_path):
     edge inputs: zeros of both signs, subnormals, huge values, negatives under sqrt), the
     per-row operand, the int -> float load of negative and large ints, and BR taken / not taken
     in both senses (a taken branch must leave its body's output untouched)."""
-    from llmc.fpga.hls import HlsConfig, HlsToolchainError, csim, emit_project
-    from llmc.fpga.hls import find_ap_types, find_cxx
+    from llmc.fpga.hls import (
+        HlsConfig,
+        HlsToolchainError,
+        csim,
+        emit_project,
+        find_ap_types,
+        find_cxx,
+    )
     from llmc.fpga.hls_vectors import record_vectors
     from tests.fpga.test_hls import _UnitStream
 
@@ -212,3 +218,158 @@ def test_new_unit_functions_and_branches_match_funcsim(tiny_graph, tmp_path):
     bodies = [i.f["o_addr"] for i in instrs if i.op == isa.SFU and i.f["func"] == isa.S_MULC]
     ran = [bool(out[o : o + 16].any()) for o in bodies]
     assert ran == [True, True, False, False, True]
+
+
+# ----------------------------------------------------------------------------------------------
+# the cycle model: executed blocks only
+
+
+def test_cycle_model_charges_executed_blocks_only(tiny_graph):
+    from llmc.fpga.perf import PerfModel, simulate_stream
+    from llmc.fpga.sim import branches, replay
+
+    tiny_graph("dense")
+    g = _skip_graph("int4-8of16", "ffn-skip:threshold=0.5:warmup=1")
+    prog = build_program(g, load_arch("u280", SMALL))
+    pm = PerfModel(prog.arch)
+    instrs = prog.stream("decode", 160).instrs
+    brs = branches(instrs)
+    full, one, both = (
+        simulate_stream(instrs, pm, brs[len(brs) - k :] if k else ()) for k in (0, 1, 2)
+    )
+    assert full.cycles > one.cycles > both.cycles
+    assert full.by_op["MV"][0] > one.by_op["MV"][0] > both.by_op["MV"][0]
+    assert full.hbm_bytes > one.hbm_bytes > both.hbm_bytes  # skipped weights are not loaded
+    assert full.instrs == len(instrs) > both.instrs
+    # replay of a recorded run charges each stream with the branches it took
+    r = FuncRunner(prog)
+    r.decode_start = 20
+    r.prefill(PROMPT[:20])
+    tok = 0
+    for _ in range(4):
+        tok = int(np.argmax(r.decode(tok)))
+    assert [len(t) for s, _, t in r.trace if s == "decode"][1:] == [2, 2, 2]
+    got = replay(prog, r.trace)
+    want = sum(
+        simulate_stream(prog.stream(s, b).instrs, pm, t).cycles
+        for s, b, t in r.trace
+        if s == "decode"
+    )
+    assert got["fpga_decode_steps"] == 4
+    assert abs(got["fpga_decode_ms_per_token"] - want / 4 / prog.arch.clock_hz * 1e3) < 1e-12
+
+
+def test_simulated_decode_time_falls_with_the_skip_rate(tiny_graph):
+    from llmc.fpga.sim import simulate
+
+    tiny_graph("dense")
+    g = _skip_graph("int4-8of16", "ffn-skip:threshold=0.5:warmup=1")
+    arch = load_arch("u280")
+    ms = [
+        simulate(g, arch, 128, 64, skip_rate=r).decode_ms_per_token
+        for r in (0, 0.125, 0.25, 0.375, 0.5)
+    ]
+    assert all(a > b for a, b in zip(ms, ms[1:])), ms
+    # a fractional count mixes its neighbours: 0.125 x 4 layers = half a block per token
+    assert abs(ms[1] - (ms[0] + ms[2]) / 2) < 1e-9 * ms[0]
+    # no rate: every block runs, as rate 0
+    assert simulate(g, arch, 128, 64).decode_ms_per_token == ms[0]
+    prefill = {simulate(g, arch, 128, 64, skip_rate=r).prefill_ms for r in (0, 0.5)}
+    assert len(prefill) == 1  # the prompt never skips
+
+
+def test_simulate_skip_rate_cli(capsys):
+    import json
+
+    from tests.test_cli import run_cli
+
+    base = (
+        "simulate",
+        "tiny",
+        "--passes",
+        "ffn-skip:threshold=0.5",
+        "--prefill",
+        "20",
+        "--decode",
+        "8",
+        "--json",
+    )
+    rc, out, err = run_cli(capsys, *base, "--skip-rate", "0")
+    assert rc == 0, err
+    d0 = json.loads(out)
+    rc, out, err = run_cli(capsys, *base, "--skip-rate", "0.5")
+    assert rc == 0, err
+    d5 = json.loads(out)
+    assert d5["ffn_skip_rate"] == 0.5 and d5["decode_ms_per_token"] < d0["decode_ms_per_token"]
+    assert d5["prefill_ms"] == d0["prefill_ms"]
+    assert any("ffn-skip" in n for n in d5["notes"])
+
+
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (("--passes", "ffn-skip:threshold=0.5", "--skip-rate", "1.5"), ("--skip-rate", "[0, 1]")),
+        (
+            ("--passes", "ffn-skip:threshold=0.5", "--skip-rate", "x"),
+            ("--skip-rate", "not a number"),
+        ),
+        (
+            ("--passes", "ffn-skip:threshold=0.5", "--skip-rate", "0.75"),
+            ("--skip-rate 0.75", "at most 2 of its 4"),
+        ),
+        (("--skip-rate", "0.25"), ("--skip-rate", "ffn-skip")),
+    ],
+)
+def test_bad_skip_rate_is_one_line(capsys, args, needles):
+    from tests.test_cli import assert_one_line_error, run_cli
+
+    rc, _, err = run_cli(capsys, "simulate", "tiny", "--prefill", "20", "--decode", "8", *args)
+    assert_one_line_error(rc, err, *needles)
+
+
+def test_fpga_artifact_bench_and_run_report_skips(capsys, tmp_path):
+    """`llmc compile --target u280 --passes ffn-skip:...` then `llmc bench/run --json`: the
+    skip fraction and per-layer histogram from the branches the device took, and the cycle
+    model's decode time of exactly those streams."""
+    import json
+
+    from tests.test_cli import run_cli
+
+    out = tmp_path / "tiny-u280-skip"
+    rc, _, err = run_cli(
+        capsys,
+        "compile",
+        "tiny",
+        "--target",
+        "u280",
+        "--passes",
+        "ffn-skip:threshold=0.5",
+        "-o",
+        str(out),
+    )
+    assert rc == 0, err
+    rc, o, err = run_cli(
+        capsys,
+        "bench",
+        str(out),
+        "--prompt-len",
+        "12",
+        "--new-tokens",
+        "8",
+        "--repeat",
+        "1",
+        "--json",
+    )
+    assert rc == 0, err
+    d = json.loads(o)
+    assert 0 < d["ffn_skip_fraction"] <= 0.5 and len(d["ffn_skip_histogram"]) == 4
+    assert d["ffn_skip_histogram"][0] == d["ffn_skip_histogram"][3] == 0
+    assert (
+        d["fpga_decode_ms_per_token"] > 0 and d["fpga_decode_steps"] == 7
+    )  # the first new token comes from the prefill
+    rc, o, err = run_cli(
+        capsys, "run", str(out), "--prompt", "def fib(n):", "--max-new-tokens", "6", "--json"
+    )
+    assert rc == 0, err
+    d2 = json.loads(o)
+    assert "ffn_skip_fraction" in d2 and "fpga_decode_ms_per_token" in d2
