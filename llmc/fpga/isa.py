@@ -1,4 +1,4 @@
-"""The FlightLLM-style instruction set: six instruction types, fixed 512-bit encoding.
+"""The FlightLLM-style instruction set: six instruction types plus a branch, 512-bit encoding.
 
 Units and instruction types::
 
