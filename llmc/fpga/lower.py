@@ -29,6 +29,10 @@ along in the ``IndexLoc`` and the gather folds it into its table base address. A
 an integer value (arithmetic on the SFU, a linear, a reshape) has no lowering and is refused
 before a stream is built; see ``INDEX_USES``.
 
+A ``cond`` (ffn-skip) is lowered inline as a predicated forward branch over its non-identity
+region (:mod:`llmc.fpga.lower_cond`, through :meth:`Lowerer.lower_nodes`); the integer inputs it
+compares are loaded again from HBM as floats.
+
 Structure is read from the IR only: ops and their attributes, shapes, param storage formats,
 scopes (instruction tags, for per-layer reports).
 """
