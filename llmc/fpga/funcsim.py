@@ -48,6 +48,8 @@ class Machine:
         self.r_pos = 0
         #: indices of the ``BR`` instructions taken by the last :meth:`run`
         self.taken: list[int] = []
+        #: BR index -> the per-row decisions it saw (``run(..., probes)``), for skip counts
+        self.masks: dict[int, np.ndarray] = {}
 
     def ensure_act(self, words: int) -> None:
         if words > self.act.size:
@@ -57,9 +59,13 @@ class Machine:
         return (self.idx, self.act, self.wgt, self.kv)[b]
 
     # -- execution ------------------------------------------------------------------------------
-    def run(self, instrs: list[isa.Instr]) -> None:
-        """Execute in program order; a taken ``BR`` skips its body (recorded in ``taken``)."""
+    def run(
+        self, instrs: list[isa.Instr], probes: dict[int, tuple[int, int, int]] | None = None
+    ) -> None:
+        """Execute in program order; a taken ``BR`` skips its body (recorded in ``taken``).
+        ``probes`` (:attr:`llmc.fpga.lower.Stream.probes`): per-row masks read at their BR."""
         self.taken = []
+        self.masks = {}
         j, n = 0, len(instrs)
         while j < n:
             ins = instrs[j]
@@ -67,6 +73,9 @@ class Machine:
                 a = ins.f.get("addr", 0)
                 if a >= self.act.size:
                     raise FuncSimError(f"instruction {j} ({ins!r}): ACT word {a} out of range")
+                if probes and j in probes:
+                    pa, ps, pn = probes[j]
+                    self.masks[j] = self.act[pa + ps * np.arange(pn)] != 0
                 if (self.act[a] != 0) != bool(ins.f.get("neg", 0)):
                     self.taken.append(j)
                     j += 1 + ins.f.get("skip", 0)
@@ -388,28 +397,38 @@ class FuncRunner:
             v = np.asarray(vals, dtype=np.int32)
             self.hbm[reg.addr : reg.addr + v.nbytes] = v.view(np.uint8)
 
-    def _run(self, stage: str, bucket: int, r_pos: int, decode_rows: int = 0) -> None:
+    def _run(
+        self, stage: str, bucket: int, r_pos: int, rows: int = 0, decode_rows: int = 0
+    ) -> None:
+        """Run one stream; ``rows`` real rows (the rest is padding), ``decode_rows`` of them at
+        positions ``>= decode_start``. Skips are counted per row, as the interpreter counts them:
+        a row whose decision mask is set at a ``BR`` (skipped, or kept by the per-row select when
+        other rows of the call run the block); without a mask, a taken branch skips every row."""
         s = self.prog.stream(stage, bucket)
         if self.executor is not None:
             self.executor(s, r_pos)
             return
         self.m.ensure_act(s.act_peak)
         self.m.r_pos = r_pos
-        self.m.run(s.instrs)
+        self.m.run(s.instrs, s.probes)
         self.trace.append((stage, bucket, list(self.m.taken)))
         self.decode_rows += decode_rows
-        if decode_rows and self.m.taken:
-            from llmc.ir.structure import layer_of
+        if not decode_rows:
+            return
+        from llmc.ir.structure import layer_of
 
-            prefix = self.prog.graph.meta.get("layer_prefix")
-            for j in self.m.taken:
-                layer = layer_of(s.instrs[j].tag, prefix)
-                if layer is not None and layer < len(self.skipped):
-                    self.skipped[layer] += decode_rows
+        prefix = self.prog.graph.meta.get("layer_prefix")
+        counts = {j: int(m[:rows].sum()) for j, m in self.m.masks.items()}
+        counts.update({j: decode_rows for j in self.m.taken if j not in counts})
+        for j, c in counts.items():
+            layer = layer_of(s.instrs[j].tag, prefix)
+            if layer is not None and layer < len(self.skipped):
+                self.skipped[layer] += c
 
     def skip_stats(self) -> dict[str, object]:
-        """``ffn_skip_fraction`` (blocks not run / (decode rows x layers)) and the per-layer
-        histogram, from the branches the streams took (as ``InterpLM.skip_stats``)."""
+        """``ffn_skip_fraction`` (skipped blocks / (decode rows x layers)) and the per-layer
+        histogram, from the decisions the device took (as ``InterpLM.skip_stats``; see
+        :meth:`_run`)."""
         total = self.decode_rows * len(self.skipped)
         return {
             "ffn_skip_fraction": sum(self.skipped) / total if total else 0.0,
@@ -440,7 +459,8 @@ class FuncRunner:
         self._write_inputs(np.pad(ids, (0, padded - n)), pos)
         C = self.prog.chunk
         for c in range(chunks):
-            self._run("prefill", c, 0, self._decode_rows(pos[c * C : min(n, (c + 1) * C)]))
+            real = pos[c * C : min(n, (c + 1) * C)]
+            self._run("prefill", c, 0, len(real), self._decode_rows(real))
         self.pos = n
         return self.output(self._logits_name(), n)
 
@@ -448,7 +468,8 @@ class FuncRunner:
         """One generated token at position ``self.pos``; returns ``logits [vocab]``."""
         p = self.pos if position is None else position
         self._write_inputs(np.array([token]), np.array([p]))
-        self._run("decode", self.prog.decode_bucket(self.pos + 1), self.pos, self._decode_rows([p]))
+        bucket = self.prog.decode_bucket(self.pos + 1)
+        self._run("decode", bucket, self.pos, 1, self._decode_rows([p]))
         self.pos += 1
         return self.output(self._logits_name(), 1)[0]
 

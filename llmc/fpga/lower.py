@@ -40,7 +40,7 @@ scopes (instruction tags, for per-layer reports).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from llmc.errors import UnsupportedOpError
@@ -64,6 +64,9 @@ class Stream:
     idx_peak: int
     chunks: int
     fused: int = 0  # nodes absorbed into a linear
+    #: BR index -> (ACT address, row stride, rows) of its cond's per-row decision mask (ffn-skip's
+    #: saturated rows): bookkeeping for the simulator's skip counts, not encoded
+    probes: dict[int, tuple[int, int, int]] = field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:
@@ -250,6 +253,7 @@ class Lowerer:
         self.out_names = {id(v) for v in self.g.outputs}
         self.place: dict[int, View] = {}
         self.skip: set[int] = set()
+        self.probes: dict[int, tuple[int, int, int]] = {}
 
     # -- emission helpers -----------------------------------------------------------------------
     def emit(self, op: int, f: dict[str, int], reads=(), writes=(), tag: str = "") -> Instr:
@@ -309,7 +313,9 @@ class Lowerer:
         self.emit(isa.SYNC, {"end": 1}, tag="end")
         if deps:
             isa.insert_dependencies(self.instrs)
-        return Stream(stage, bucket, self.instrs, self.act_peak, self.idx_peak, 1, self.fused)
+        return Stream(
+            stage, bucket, self.instrs, self.act_peak, self.idx_peak, 1, self.fused, self.probes
+        )
 
     def instance(self, seq: int, past: int, q_off: int, in_row: int) -> None:
         self.env = {"batch": 1, "seq": seq, "past": past}

@@ -206,6 +206,10 @@ def h_cond(L: Lowerer, n: Node) -> None:
         reads=[(ACT, pred.addr, pred.addr + 1)],
     )
     start = len(L.instrs)
+    mask = L.vals.get(id(n.inputs[1]))
+    if n.inputs[1].type.dtype == "bool" and isinstance(mask, View) and len(mask.shape) >= 2:
+        # ffn-skip's per-row decisions ([batch, seq, 1]): where the simulator counts skips
+        L.probes[start - 1] = (mask.addr, mask.strides[1], mask.shape[1])
     rope_rows = dict(L.rope_rows)
     for v, arg in zip(body.inputs, n.inputs[1:], strict=True):
         L.bind(v, L.loc(arg))

@@ -102,6 +102,8 @@ def test_rows_take_their_own_decision_in_a_window(tiny_graph):
     assert lm.last_skips[0, 21:].any() and not lm.last_skips[0, :20].any()
     assert r.trace[-1][2] == []  # the chunk has rows that run the block: no branch taken
     np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
+    # skips are counted per row, as the interpreter counts them (what decoding would skip)
+    assert r.skip_stats() == lm.skip_stats() and r.skip_stats()["ffn_skip_fraction"] > 0
 
 
 def test_branch_body_is_fenced(tiny_graph):
