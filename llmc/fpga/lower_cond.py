@@ -157,12 +157,14 @@ def h_reduce(L: Lowerer, n: Node) -> None:
     shape = L.shape(n.out)
     out = L.alloc_view(shape, n)
     if dims == list(range(rank)):  # everything: one row of numel elements
-        if x.strides != contiguous(ishape):
-            x = L.contiguous_copy(x)
+        tmp = L.contiguous_copy(x) if x.strides != contiguous(ishape) else None
+        src = tmp or x
         total = 1
         for d in ishape:
             total *= d
-        L.sfu(func, (1, total), View(ACT, x.addr, (1, total), (total, 1)), _flat1(out))
+        L.sfu(func, (1, total), View(ACT, src.addr, (1, total), (total, 1)), _flat1(out))
+        if tmp is not None:
+            L.free_temp(tmp)
     elif dims == [rank - 1]:
         rows = ishape[:-1]  # one word per row (the last stride only satisfies the row split)
         o = View(ACT, out.addr, ishape, (*contiguous(rows), 1), out.block)
