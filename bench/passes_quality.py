@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from llmc.passes import PassContext  # noqa: E402
+from llmc.passes.calibration import DEFAULT_SEQLEN  # noqa: E402
 from llmc.passes.quality import eval_windows, evaluate, reference  # noqa: E402
 
 ROWS: list[tuple[str, str]] = [
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         "calibration": {
             "source": "llmc.data train split",
             "samples": PassContext().calib_samples,
-            "seqlen": PassContext().calib_seqlen,
+            "seqlen": DEFAULT_SEQLEN,
         },
         "dense_perplexity": ref.perplexity,
         "rows": rows,

@@ -32,7 +32,7 @@ QUANTIZERS = ("rtn", "gptq", "w8a8")
 CLEANUPS = ("dce", "cse", "const-fold", "fuse-elementwise")
 #: input-adaptive passes: they refuse models too shallow to skip in (a typed error), so the
 #: ordered pipelines, which must succeed on every model, do not draw them
-ADAPTIVE = ("ffn-skip", "ffn-drop")
+ADAPTIVE = ("ffn-skip", "ffn-drop", "token-prune")
 ALL_PASSES = (
     *PRUNERS,
     "flap",
@@ -72,6 +72,17 @@ def _opts(name: str, draw: st.DrawFn) -> list[str]:
     elif name == "smoothquant":
         o.append(f"alpha={draw(st.sampled_from((0.0, 0.5, 0.85, 1.0)))}")
         o.append(f"mlp_down={draw(st.booleans())}".lower())
+    elif name == "token-prune":
+        if draw(st.booleans(), label="average"):
+            o.append(f"average={draw(st.sampled_from((0.5, 0.75, 1.0)))}")
+        else:
+            o.append(f"keep={draw(st.sampled_from((0.25, 0.5, 1.0)))}")
+        score = draw(st.sampled_from(("attention", "pagerank", "uniform", "random")))
+        o.append(f"score={score}")
+        o.append(f"window={draw(st.sampled_from((0, 1, 8)))}")
+        o.append(f"recent={draw(st.sampled_from((1, 4)))}")
+        if score in ("attention", "pagerank") and draw(st.booleans(), label="adaptive"):
+            o.append("adaptive=true")
     elif name in ADAPTIVE:
         o.append(f"protect={draw(st.sampled_from((0, 1)))}")
         if name == "ffn-skip" and draw(st.booleans(), label="threshold"):

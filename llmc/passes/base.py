@@ -109,7 +109,8 @@ class PassContext:
     - ``target``: the target name the pipeline compiles for (``ref``, ``h100``, ``u280``, ...);
     - calibration: ``calib_file`` (a UTF-8 text file; default: the embedded *train* split of
       :mod:`llmc.data`, never the held-out text that quality is measured on), ``calib_samples``
-      windows of ``calib_seqlen`` tokens, run ``calib_batch`` at a time; ``calib_inputs`` gives
+      windows of ``calib_seqlen`` tokens (unset: 256, or the model's positions when it has fewer),
+      run ``calib_batch`` at a time; ``calib_inputs`` gives
       explicit input batches (dicts by graph-input name) for graphs that are not language models;
     - ``tokenizer``: the model's own, to encode calibration text; without one only a 256-id
       (byte) vocabulary is calibrated, on bytes, and any other vocabulary is refused;
@@ -120,7 +121,7 @@ class PassContext:
     target: str = "ref"
     calib_file: str | Path | None = None
     calib_samples: int = 64
-    calib_seqlen: int = 256
+    calib_seqlen: int | None = None
     calib_batch: int = 8
     calib_seed: int = 0
     calib_inputs: list[dict[str, torch.Tensor]] | None = None
@@ -133,10 +134,12 @@ class PassContext:
     def __post_init__(self) -> None:
         for key in ("calib_samples", "calib_seqlen", "calib_batch"):
             v = getattr(self, key)
+            if key == "calib_seqlen" and v is None:
+                continue
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 flag = "--" + key.replace("_", "-")
                 raise CalibrationError(f"{flag} must be a positive integer, got {v!r}")
-        if self.calib_seqlen < 2:
+        if self.calib_seqlen is not None and self.calib_seqlen < 2:
             raise CalibrationError(f"--calib-seqlen must be at least 2, got {self.calib_seqlen}")
 
     def calibration(self) -> Calibration:

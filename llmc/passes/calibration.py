@@ -34,6 +34,9 @@ from llmc.ir.graph import Graph, Node
 from llmc.ir.structure import Structure, complete_env, is_lm
 from llmc.passes.base import CalibrationError, PassContext
 
+#: calibration window length when ``--calib-seqlen`` is not given (capped at the model's positions)
+DEFAULT_SEQLEN = 256
+
 
 class Calibration:
     """Calibration batches for one pipeline run (created by ``ctx.calibration()``)."""
@@ -50,7 +53,9 @@ class Calibration:
         ctx = self.ctx
         n, length = ctx.calib_samples, ctx.calib_seqlen
         max_pos = int(graph.meta.get("max_position_embeddings", 0) or 0)
-        if max_pos and length > max_pos:
+        if length is None:  # not given: 256 tokens, or every position of a shorter model
+            length = min(DEFAULT_SEQLEN, max_pos) if max_pos else DEFAULT_SEQLEN
+        elif max_pos and length > max_pos:
             raise CalibrationError(
                 f"--calib-seqlen {length} exceeds the model's {max_pos} positions; "
                 f"use --calib-seqlen {max_pos} or less"

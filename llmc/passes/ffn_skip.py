@@ -163,26 +163,6 @@ def _plan(graph: Graph, pname: str, protect: int) -> tuple[dict[int, FFNBlock], 
     return blocks, num, skippable
 
 
-def _check_target(pname: str, target: str) -> None:
-    """Refuse, at compile time and in one line, a target whose model has no skip yet: on CUDA
-    TVM 0.27's code generator
-    emits ``float2 v = make_ushort2(...)`` for the per-row keep mask (a vectorized select on a
-    bool tensor fused into dlight's matmul epilogue, ``fused_linear*_add*_where*``), which nvcc
-    rejects. ROCm (LLVM) and CPU build it; the FlightLLM model (u280, vhk158) lowers the skip to
-    a predicated branch (``llmc/fpga/lower_cond.py``)."""
-    if target == "ref":
-        return
-    from llmc.backends.targets import get_target  # the target registry (data), not a backend
-
-    kind = get_target(target).kind
-    if kind == "cuda":
-        raise PassError(
-            f"pass '{pname}' cannot apply to target {target} ({kind}) yet: TVM 0.27's CUDA code "
-            "generator miscompiles its per-row keep mask (a vectorized select on a bool tensor); "
-            "rocm and cpu targets build it"
-        )
-
-
 def _cosine_rows(r: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
     """Per-row cosine similarity (float32), as the graph computes it."""
     r = r.to(torch.float32)
@@ -352,7 +332,6 @@ class FFNSkip(Pass):
         _layer_list("monitor", self.monitor)
 
     def run(self, graph: Graph, ctx: PassContext) -> None:
-        _check_target(self.name, ctx.target)
         pos = [v for v in graph.inputs if v.name == "positions"]
         if not pos or pos[0].type.dtype != "i64" or pos[0].type.rank != 2:
             raise PassError(
@@ -435,17 +414,25 @@ def rewrite_skip(
     else:
         start = graph.add_input("decode_start", TensorType((), "i64"))
     sat: Value | None = None
-    elig: Value | None = None
+    e: Value | None = None
+    eligs: dict[tuple[object, ...], Value] = {}
     prefix = Structure(graph).prefix or "model.layers"
     for layer in sorted(set(skippable) | set(monitor)):
         blk = blocks[layer]
         where = blk.add
         scope = layer_scope(prefix, layer)
         emit = _Emitter(graph, scope)
-        if elig is None:
+        # the block's rows: [batch, seq] for most families, [batch*seq] where the FFN runs on
+        # flattened rows (OPT); the masks follow the rows of the block they are used in
+        rows = (*blk.resid.type.shape[:-1], 1)
+        if e is None:
             w = emit("add", start, emit("constant", value=float(warmup), dtype="i64"))
             e = emit("ge", pos, w)
-            elig = emit("reshape", e, shape=(*pos.type.shape, 1))
+        if rows not in eligs:
+            eligs[rows] = emit("reshape", e, shape=rows)
+        elig = eligs[rows]
+        if sat is not None and sat.type.shape != rows:
+            sat = emit("reshape", sat, shape=rows)
         result = blk.add.out
         if layer in skippable and sat is not None:
             result = _emit_cond(graph, blk, sat, emit)

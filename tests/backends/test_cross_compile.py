@@ -131,3 +131,31 @@ def test_missing_lld_names_the_tool(tmp_path, monkeypatch):
     with pytest.raises(ToolchainError, match="ld.lld"):
         compile_graph(small_graph(), "mi300x", tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_where_bits_is_bit_exact(dtype):
+    """``te_ops.where_bits`` (CUDA's select on a bool mask) against ``np.where``, bit for bit:
+    NaN payloads, signed zeros and infinities pass through; the mask broadcasts over rows and
+    ``y`` over the leading axes."""
+    import numpy as np
+    import tvm
+    from tvm import te
+
+    from llmc.backends.kernels import te_ops
+
+    c = te.placeholder((2, 3, 1), "bool", name="c")
+    x = te.placeholder((2, 3, 8), dtype, name="x")
+    y = te.placeholder((8,), dtype, name="y")
+    f = tvm.compile(te.create_prim_func([c, x, y, te_ops.where_bits(c, x, y)]), target="llvm")
+    rng = np.random.default_rng(0)
+    xs = rng.standard_normal((2, 3, 8)).astype(dtype)
+    xs[0, 0, :4] = [np.nan, -0.0, np.inf, -np.inf]
+    ys = rng.standard_normal(8).astype(dtype)
+    ys[:2] = [-0.0, np.nan]
+    ui = np.uint32 if dtype == "float32" else np.uint16
+    xs.view(ui)[1, 2, 0] = 0x7FC00123 if dtype == "float32" else 0x7E05  # a NaN payload
+    cs = np.array([True, False, True, False, False, True]).reshape(2, 3, 1)
+    out = tvm.runtime.empty((2, 3, 8), dtype)
+    f(*(tvm.runtime.tensor(a) for a in (cs, xs, ys)), out)
+    np.testing.assert_array_equal(out.numpy().view(ui), np.where(cs, xs, ys).view(ui))

@@ -385,14 +385,7 @@ def test_fpga_artifact_bench_and_run_report_skips(capsys, tmp_path):
         "qwen2",
         "gpt2",
         "gpt_neox",  # parallel residual: the FFN block reads the layer input
-        pytest.param(
-            "opt",
-            marks=pytest.mark.xfail(
-                reason="ffn-skip's rewrite on OPT's [batch*seq, hidden] FFN (a pass bug, fixed "
-                "separately in llmc/passes/ffn_skip.py)",
-                strict=False,
-            ),
-        ),
+        "opt",  # the FFN runs on flattened [batch*seq, hidden] rows
     ],
 )
 def test_skipping_on_every_family(family):

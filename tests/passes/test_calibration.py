@@ -84,3 +84,19 @@ def test_peak_memory_is_one_layer_not_the_model() -> None:
         naive_mb = tokens * layers * (64 + 64 + 64 + 256) * 4 / 2**20
         assert peaks[layers] < naive_mb / 2
     assert peaks[6] < 1.2 * peaks[2], peaks
+
+
+def test_default_window_fits_a_model_with_few_positions() -> None:
+    """``--calib-seqlen`` not given: 256 tokens, or every position of a model that has fewer;
+    given and too long: one line naming the flag."""
+    from llmc.errors import LlmcError
+    from llmc.ir import parse_graph
+
+    g = parse_graph(
+        'graph @g {\n  meta {"max_position_embeddings": 64, "vocab_size": 256}\n'
+        "  input %input_ids : i64[batch, seq]\n  return %input_ids\n}\n"
+    )
+    ctx = PassContext(calib_samples=2)
+    assert ctx.calibration().tokens(g).shape == (2, 64)
+    with pytest.raises(LlmcError, match="--calib-seqlen 100 exceeds the model's 64 positions"):
+        PassContext(calib_samples=2, calib_seqlen=100).calibration().tokens(g)

@@ -4,6 +4,7 @@ decisions in a batch, the LM-ABI input ``decode_start``, and one-line errors for
 
 from __future__ import annotations
 
+import json
 import textwrap
 
 import pytest
@@ -293,13 +294,21 @@ def test_fpga_targets_take_the_skip() -> None:
     assert any(n.op == "cond" for n in g.nodes)
 
 
-@pytest.mark.parametrize("target", ["h100", "a100"])
-def test_cuda_targets_are_refused_at_compile_time(target: str) -> None:
-    """Until the keep mask avoids TVM 0.27's CUDA select bug (nvcc rejected the generated
-    `float2 v = make_ushort2(..)` in fused_linear1_add2_where3 on tiny), not a wall of nvcc output."""
-    g = parse_graph(textwrap.dedent(LM3))
-    with pytest.raises(PassError, match=f"cannot apply to target {target} \\(cuda\\) yet"):
-        build_pipeline("ffn-skip:threshold=0.9").run(g, PassContext(target=target))
+def test_cuda_target_builds_the_skip_with_a_bitwise_select(tiny, tmp_path) -> None:
+    """TVM 0.27's CUDA codegen turned the per-row keep mask (a select on a bool tensor fused into
+    a matmul epilogue) into ``float2 v = make_ushort2(..)``, which nvcc rejected; the rule
+    ``cuda.where.bits`` selects on the float's bits instead (bit-exact: tests/backends)."""
+    from llmc.backends.toolchain import ToolchainError
+    from llmc.compile import Loaded, compile_model
+
+    g, _ = _pass(tiny, "ffn-skip:threshold=0.9")
+    try:
+        compile_model(Loaded(g, None, "tiny", "tests"), target="h100", out=tmp_path / "a")
+    except ToolchainError as e:
+        pytest.skip(str(e))
+    man = json.loads((tmp_path / "a" / "manifest.json").read_text())["backend"]
+    assert man["lowering_rules"].get("cuda.where.bits", 0) >= 1
+    assert man["lowering_rules"].get("cond", 0) >= 1 and man["device_code"]
 
 
 def test_refine_measures_the_skip_graph_on_the_calibration_text(tiny) -> None:
@@ -342,3 +351,29 @@ def test_random_lms_skip_or_refuse_cleanly(case: LMCase, spec: str) -> None:
     if "threshold=1.0" in spec:  # never skips: the input graph's values exactly
         for a, b in zip(outs, run(case.graph, case.inputs), strict=True):
             assert torch.equal(a, b)
+
+
+# ----------------------------------------------------------------------------------------------
+# every family the HF frontend reads (OPT runs its FFN on flattened [batch*seq] rows)
+
+
+@pytest.mark.parametrize("family", ["llama", "opt", "gpt2", "qwen2", "gpt_neox", "mistral"])
+def test_every_family_skips_as_ffn_drop(family, tmp_path) -> None:
+    from tests.frontend.hf_models import FAMILIES, VOCAB
+
+    if family not in FAMILIES:
+        pytest.skip(f"no {family} in tests/frontend/hf_models.py")
+    cfg_cls, model_cls, kw = FAMILIES[family]
+    torch.manual_seed(0)
+    model_cls(cfg_cls(**{**kw, "num_hidden_layers": 4})).eval().save_pretrained(tmp_path)
+    g = load_model(str(tmp_path)).graph
+    ids = torch.randint(0, VOCAB, (2, 5))
+    never, _ = _pass(g, "ffn-skip:threshold=1.0:warmup=0")
+    skip, _ = _pass(g, "ffn-skip:threshold=-1:warmup=0:monitor=0")
+    drop, _ = _pass(g, "ffn-drop:layers=1|2")
+    dense, nv, sk, dr = InterpLM(g), InterpLM(never), InterpLM(skip), InterpLM(drop)
+    nv.decode_start = sk.decode_start = 0
+    assert torch.equal(nv.logits(ids), dense.logits(ids))
+    assert torch.equal(sk.logits(ids), dr.logits(ids))
+    st = sk.skip_stats()
+    assert st["ffn_skip_fraction"] == 0.5 and st["ffn_skip_histogram"] == [0, 10, 10, 0]

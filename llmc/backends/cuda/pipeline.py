@@ -26,10 +26,30 @@ from llmc.backends.export import (
     split_payload,
 )
 from llmc.backends.gpu import GPUPipeline
+from llmc.backends.kernels import te_ops
+from llmc.backends.lower import LowerCtx
+from llmc.backends.rules import Rule
+from llmc.ir.graph import Node
+
+
+def _where_bits(ctx: LowerCtx, n: Node) -> relax.Expr:
+    c, x, y = ctx.args(n)
+    dt = n.out.type.dtype
+    return ctx.emit_te(te_ops.where_bits, c, ctx.cast(x, dt), ctx.cast(y, dt), name="where")
+
+
+def _float_select(ctx: LowerCtx, n: Node) -> bool:
+    return n.inputs[0].type.dtype == "bool" and n.out.type.dtype in ("f32", "f16", "bf16")
 
 
 class CUDAPipeline(GPUPipeline):
     kind = "cuda"
+
+    def target_rules(self) -> list[Rule]:
+        # a bool-masked select as bit operations: TVM 0.27's CUDA codegen vectorizes a select on
+        # a bool tensor into ``float2 v = make_ushort2(...)`` (seen with ffn-skip's per-row keep
+        # mask fused into a matmul epilogue), which nvcc rejects
+        return [Rule("cuda.where.bits", "where", _where_bits, when=_float_select)]
 
     def toolchain(self) -> AbstractContextManager[Any]:
         from llmc.backends.toolchain import cuda_toolchain

@@ -334,3 +334,52 @@ def int8_linear(
         lambda i, j: (acc[i, j].astype(F32) * xs[i] * ws[j]).astype(out_dtype),
         name="a8_rescale",
     )
+
+
+# -- select ---------------------------------------------------------------------------------------
+
+#: the unsigned integer type of each float type's bits
+_BITS = {"float32": "uint32", "float16": "uint16", "bfloat16": "uint16", "float64": "uint64"}
+_WIDTH = {"uint16": 2, "uint32": 4, "uint64": 8}
+
+
+def _broadcast_index(t: te.Tensor, out_rank: int, idx: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``t``'s element for the output index ``idx`` under numpy broadcasting (right-aligned,
+    size-1 axes repeat)."""
+    lead = out_rank - len(t.shape)
+    return tuple(
+        0 if isinstance(d, tirx.IntImm) and d.value == 1 else idx[lead + a]
+        for a, d in enumerate(t.shape)
+    )
+
+
+def _broadcast_shape(*ts: te.Tensor) -> list[Any]:
+    rank = max(len(t.shape) for t in ts)
+    out: list[Any] = []
+    for a in range(rank):
+        dims = [t.shape[a - rank + len(t.shape)] for t in ts if a - rank + len(t.shape) >= 0]
+        big = [d for d in dims if not (isinstance(d, tirx.IntImm) and d.value == 1)]
+        out.append(big[0] if big else dims[0])
+    return out
+
+
+def where_bits(c: te.Tensor, x: te.Tensor, y: te.Tensor) -> te.Tensor:
+    """``where(c, x, y)`` for float ``x``, ``y`` as a bitwise select on their bits:
+    ``(x & m) | (y & ~m)`` with ``m`` all ones where ``c`` holds. Bit-exact with ``where``
+    (NaN payloads and signed zeros included); used on CUDA, where TVM 0.27 vectorizes a select on
+    a bool tensor into ``float2 v = make_ushort2(...)``, which nvcc rejects."""
+    dt = str(x.dtype)
+    ut = _BITS[dt]
+    out_shape = _broadcast_shape(c, x, y)
+    rank = len(out_shape)
+
+    def f(*i: Any) -> Any:
+        keep = c[_broadcast_index(c, rank, i)].astype(ut)
+        # all ones or zero (as a product: TVM's simplifier folds ``0 - keep`` on unsigned types
+        # to 0)
+        m = keep * tirx.const((1 << (8 * _WIDTH[ut])) - 1, ut)
+        xb = tirx.reinterpret(ut, x[_broadcast_index(x, rank, i)])
+        yb = tirx.reinterpret(ut, y[_broadcast_index(y, rank, i)])
+        return tirx.reinterpret(dt, (xb & m) | (yb & ~m))
+
+    return te.compute(out_shape, f, name="where_bits")
