@@ -605,6 +605,15 @@ class Lowering:
         for i, pn in enumerate(params):
             pos.setdefault(pn.attrs.name, i)
         hook, wspec, wvars = self._weight_args(pos)
+        # sizes bound at run time in the caller (token pruning's kept counts ``keep_l``) are not
+        # in ``env`` yet: the branch function gets its own symbolic variables for them, which
+        # its arguments' shapes (or ``sizes``) define
+        used: set[str] = set()
+        for v in region.inputs:
+            used |= v.type.symbols()
+        for _, n in region.walk():
+            used |= n.out.type.symbols()
+        env = {**env, **{s: tirx.Var(s, "int64") for s in sorted(used) if s not in env}}
         ctx = LowerCtx(self, env, hook)
         ins = [relax.Var(f"x{i}", ctx.rtype(v.type)) for i, v in enumerate(region.inputs)]
         sizes = _free_sizes(region, env)

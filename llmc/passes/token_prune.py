@@ -166,7 +166,10 @@ def rewrite_prune(
         s = Structure(graph)
         at = _anchor(graph, s, pt.layer)
         live = _live_rows(graph, at, rows)
-        h = [v for v in live if v is not pos]
+        # the residual stream, and per-row bool masks that ride along with it (ffn-skip's
+        # eligibility and saturation masks): each is gathered with the same keep mask
+        h = [v for v in live if v is not pos and v.type.dtype != "bool"]
+        masks = [v for v in live if v.type.dtype == "bool"]
         if len(h) != 1 or all(v is not pos for v in live):
             raise PassError(
                 f"pass 'token-prune': the values entering layer {pt.layer} with a row axis are "
@@ -207,10 +210,13 @@ def rewrite_prune(
         name = f"keep_{pt.layer}"
         h2 = emit("gather_rows", h[0], mask, length=name)
         p2 = emit("gather_rows", pos, mask, length=name)
+        m2 = [emit("gather_rows", m, mask, length=name) for m in masks]
         graph.nodes[at:at] = new
         last = new[-1]
         graph.replace_uses(h[0], h2, after=last)
         graph.replace_uses(pos, p2, after=last)
+        for m, g2 in zip(masks, m2, strict=True):
+            graph.replace_uses(m, g2, after=last)
         _subst_nodes(graph, graph.nodes[at + len(new) :], {_sym_name(rows): sym(name)})
         pt.scores = sc.node
         rows, pos = sym(name), p2

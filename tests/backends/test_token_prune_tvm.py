@@ -169,3 +169,23 @@ def test_decode_on_a_cache_the_runner_did_not_make(build):
     with pytest.raises(LMAbiError, match="keys and values must hold as many") as e:
         cpu.forward(*step, bad)
     assert "\n" not in str(e.value)
+
+
+def test_ffn_skip_then_token_prune_on_cpu(build):
+    """Both adaptive passes in one model: token-prune gathers ffn-skip's per-row masks with the
+    residual stream, the cond branches get their own symbols for the run-time kept counts; the
+    CPU artifact prunes, skips and counts as the interpreter does. The other order is refused in
+    one line (ffn-skip must see the unpruned rows)."""
+    from llmc.passes import PassContext, PipelineError, build_pipeline
+    from llmc.runtime.tvm_runner import load
+
+    art = build("ffn-skip:threshold=0.5:warmup=0,token-prune:keep=0.5")
+    ref, cpu = InterpLM(load_artifact(art).graph), load(art)
+    a, b = generate(cpu, PROMPT, 12), generate(ref, PROMPT, 12)
+    assert a.tokens == b.tokens and a.kv_after_prefill == b.kv_after_prefill
+    assert b.kv_after_prefill[0] > b.kv_after_prefill[-1]  # pruned
+    st = ref.skip_stats()
+    assert st["ffn_skip_fraction"] > 0 and cpu.skip_stats() == st
+    with pytest.raises(PipelineError, match="run ffn-skip before token-prune"):
+        g = load_artifact(build("")).graph
+        build_pipeline("token-prune:keep=0.5,ffn-skip:threshold=0.5").run(g, PassContext())
