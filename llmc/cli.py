@@ -281,15 +281,22 @@ def _prune_fields(
 
 def cmd_eval(a: argparse.Namespace) -> int:
     from llmc.compile import load, require_tokenizer, run_passes, runner_for
-    from llmc.data import eval_windows
+    from llmc.data import eval_windows, read_documents, text_windows
     from llmc.runtime.lm import InterpLM, evaluate
 
+    if a.data is not None:
+        read_documents(a.data)  # a bad file fails before the model loads
     loaded = load(a.model, allow_pickle=a.allow_pickle, dtype=a.dtype)
     tok = require_tokenizer(loaded, "the evaluation text")
     window = min(a.window, int(loaded.graph.meta.get("max_position_embeddings", a.window)))
     if window < 2:
         raise LlmcError(f"--window: the model has {window} positions; evaluation needs 2")
-    windows = eval_windows(window, max_tokens=a.max_tokens, tokenizer=tok)
+    if a.data is not None:
+        windows = text_windows(a.data, window, max_tokens=a.max_tokens, tokenizer=tok)
+    else:
+        windows = eval_windows(window, max_tokens=a.max_tokens, tokenizer=tok)
+    if a.limit is not None:
+        windows = windows[: a.limit]
     reference = None
     t0 = time.perf_counter()
     if a.passes or a.recipe:
@@ -334,7 +341,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
         "nll": q.nll,
         "window": q.window,
         "windows": q.windows,
-        "split": "heldout",
+        "split": "heldout" if a.data is None else "file",
+        **({"data": str(a.data)} if a.data is not None else {}),
         "passes": a.passes or "",
         "pass_seconds": t_passes,
     }
@@ -636,6 +644,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-tokens", type=int_at_least(2), default=None, help="evaluate the first N tokens"
     )
+    p.add_argument(
+        "--data",
+        metavar="FILE",
+        default=None,
+        help="evaluate on this text file (UTF-8; .jsonl: one object per line with a field "
+        '"text") instead of the embedded held-out split',
+    )
+    p.add_argument("--limit", type=int_at_least(1), default=None, help="evaluate at most N windows")
     p.add_argument("--batch-size", type=int_at_least(1), default=8)
     p.add_argument(
         "--prompt-len",

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -138,6 +139,68 @@ def eval_windows(
     if n == 0:
         raise ValueError(
             f"{split} split has {tokens.numel()} tokens: fewer than one window of {length}"
+        )
+    return tokens[: n * length].view(n, length).clone()
+
+
+class DataFileError(LlmcError):
+    """A user's text file (``llmc eval --data``, ``--calib``) cannot be read as text."""
+
+
+def read_documents(path: str | Path, what: str = "data file") -> list[str]:
+    """The documents of a text file: a ``.jsonl`` file holds one JSON object per line with a
+    string field ``text`` (blank lines skipped); any other file is one UTF-8 document. Errors
+    are one line naming the file (and the line)."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise DataFileError(f"{p}: {what} not found") from None
+    except IsADirectoryError:
+        raise DataFileError(f"{p}: {what} is a directory, not a text file") from None
+    except OSError as e:
+        raise DataFileError(f"{p}: cannot read {what}: {e.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataFileError(f"{p}: {what} is not UTF-8 text (byte {e.start})") from None
+    if p.suffix.lower() != ".jsonl":
+        return [text] if text.strip() else []
+    import json
+
+    docs = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataFileError(f"{p}:{i}: not a JSON object ({e.msg})") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+            raise DataFileError(f'{p}:{i}: each line needs a string field "text"')
+        docs.append(obj["text"])
+    return docs
+
+
+def text_windows(
+    path: str | Path,
+    length: int,
+    *,
+    max_tokens: int | None = None,
+    tokenizer: Tokenizer | None = None,
+) -> torch.Tensor:
+    """:func:`eval_windows` over a user's file (:func:`read_documents`; documents joined by a
+    blank line, as the embedded corpus joins its topics)."""
+    docs = read_documents(path)
+    tok = tokenizer if tokenizer is not None else ByteTokenizer()
+    tokens = torch.tensor(tok.encode(_SEPARATOR.join(docs)), dtype=torch.int64)
+    if max_tokens is not None:
+        tokens = tokens[:max_tokens]
+    n = tokens.numel() // length
+    if n == 0:
+        raise DataFileError(
+            f"{path}: {tokens.numel()} tokens, fewer than one window of {length}; give more text "
+            "or a smaller --window"
         )
     return tokens[: n * length].view(n, length).clone()
 

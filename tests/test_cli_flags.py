@@ -96,3 +96,53 @@ def test_inspect_model_and_artifact(capsys, tmp_path: Path) -> None:
     assert rc == 0 and "pipeline rtn:bits=4:group=64" in o
     rc, o, err = run(capsys, "inspect", "llama2-7b")
     assert rc == 0 and "architecture only" in o
+
+
+def test_eval_data_file_text_and_jsonl(capsys, tmp_path: Path) -> None:
+    """``--data FILE``: a text file's windows (the same text as JSONL documents, joined by a blank
+    line, gives the same perplexity); ``--limit`` bounds the windows; the held-out split is not
+    what is scored."""
+    from llmc.data import corpus_text
+
+    text = corpus_text("heldout")[:6000]
+    docs = text.split("\n\n")
+    (tmp_path / "a.txt").write_text("\n\n".join(docs), encoding="utf-8")
+    (tmp_path / "a.jsonl").write_text(
+        "\n".join(json.dumps({"text": d, "id": i}) for i, d in enumerate(docs)) + "\n\n",
+        encoding="utf-8",
+    )
+    res = {}
+    for name in ("a.txt", "a.jsonl"):
+        rc, out, err = run(capsys, "eval", "tiny", "--data", str(tmp_path / name), "--json")
+        assert rc == 0, err
+        res[name] = json.loads(out)
+    assert res["a.txt"]["perplexity"] == res["a.jsonl"]["perplexity"]
+    assert res["a.txt"]["windows"] == 6000 // 256 and res["a.txt"]["split"] == "file"
+    rc, out, err = run(capsys, "eval", "tiny", "--data", str(tmp_path / "a.txt"), "--limit", "3")
+    assert rc == 0, err
+    rc, out, err = run(
+        capsys, "eval", "tiny", "--data", str(tmp_path / "a.txt"), "--limit", "3", "--json"
+    )
+    assert json.loads(out)["windows"] == 3
+
+
+def test_eval_data_bad_files_are_one_line(capsys, tmp_path: Path) -> None:
+    cases = {
+        "missing.txt": (None, "data file not found"),
+        "bad.jsonl": (
+            '{"text": "ok"}\n{"txt": "no"}\n',
+            'bad.jsonl:2: each line needs a string field "text"',
+        ),
+        "broken.jsonl": ("{not json\n", "broken.jsonl:1: not a JSON object"),
+        "latin.txt": (b"caf\xe9 " * 100, "is not UTF-8 text (byte 3)"),
+        "short.txt": ("tiny text", "fewer than one window of 256"),
+    }
+    for name, (content, msg) in cases.items():
+        p = tmp_path / name
+        if isinstance(content, bytes):
+            p.write_bytes(content)
+        elif content is not None:
+            p.write_text(content, encoding="utf-8")
+        rc, out, err = run(capsys, "eval", "tiny", "--data", str(p))
+        assert rc != 0 and msg in err and str(p) in err, (name, err)
+        assert len(err.strip().splitlines()) == 1, err

@@ -98,21 +98,17 @@ class Calibration:
 
     @staticmethod
     def _file_tokens(path: Path, tok: Any) -> torch.Tensor:
+        from llmc.data import DataFileError, read_documents
+
         try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise CalibrationError(f"{path}: calibration file not found") from None
-        except UnicodeDecodeError as e:
-            raise CalibrationError(
-                f"{path}: calibration file is not UTF-8 text (byte {e.start})"
-            ) from None
-        except OSError as e:
-            raise CalibrationError(f"{path}: cannot read calibration file: {e.strerror}") from None
+            docs = read_documents(path, "calibration file")
+        except DataFileError as e:
+            raise CalibrationError(str(e)) from None
         if tok is None:
             from llmc.tokenizer import ByteTokenizer
 
             tok = ByteTokenizer()
-        return torch.tensor(tok.encode(text), dtype=torch.int64)
+        return torch.tensor(tok.encode("\n\n".join(docs)), dtype=torch.int64)
 
     def batches(self, graph: Graph) -> list[dict[str, torch.Tensor]]:
         """Input dicts for ``graph``, ``calib_batch`` samples each."""
