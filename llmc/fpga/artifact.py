@@ -129,6 +129,8 @@ def write_streams(prog: Program, out: Path) -> dict[str, Any]:
         s = prog.stream(stage, b)
         raw = s.encode()
         name = f"prefill_c{b:02d}.bin" if stage == "prefill" else f"decode_t{b:04d}.bin"
+        if stage not in ("prefill", "decode"):  # token pruning: pseg{s}_cCC, psel{k}_nNN
+            name = f"{stage}_{'c' if stage.startswith('pseg') else 'n'}{b:02d}.bin"
         (out / name).write_bytes(raw)
         total += len(raw)
         entries.append(

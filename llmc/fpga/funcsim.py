@@ -45,7 +45,15 @@ class Machine:
         self.idx = np.zeros(max(int(arch.buffers.index_kb * 1024 // 4), 16), dtype=np.int32)
         self.wgt = np.zeros(int(arch.buffers.weight_kb * 1024), dtype=np.uint8)
         self.kv = np.zeros(int(arch.buffers.kv_kb * 1024 / arch.act_bytes), dtype=f32)
-        self.r_pos = 0
+        self.regs = [0] * isa.N_REGS  # register 0 is R_POS
+
+    @property
+    def r_pos(self) -> int:
+        return self.regs[0]
+
+    @r_pos.setter
+    def r_pos(self, v: int) -> None:
+        self.regs[0] = v
 
     def ensure_act(self, words: int) -> None:
         if words > self.act.size:
@@ -77,7 +85,7 @@ def _ld_st(m: Machine, f: dict[str, int], store: bool) -> None:
     rb = f.get("row_bytes", 0)
     n = rb // unit
     no, ni = max(1, f.get("n_outer", 1)), max(1, f.get("n_inner", 1))
-    base = f.get("hbm", 0) + m.r_pos * f.get("relb", 0)
+    base = f.get("hbm", 0) + m.regs[f.get("preg", 0)] * f.get("relb", 0)
     hso, hsi = f.get("hbm_so", 0), f.get("hbm_si", 0)
     cso, csi = f.get("chip_so", 0), f.get("chip_si", 0)
     chip = f.get("chip", 0)
@@ -246,6 +254,9 @@ def _operand(m: Machine, f: dict[str, int], p: str, length: int) -> np.ndarray:
 
 def x_sfu(m: Machine, f: dict[str, int]) -> None:
     fn = f.get("func", 0)
+    if fn in PRUNE_SFU:
+        PRUNE_SFU[fn](m, f)
+        return
     length = f.get("len", 1)
     no, ni = max(1, f.get("n_outer", 1)), max(1, f.get("n_inner", 1))
     flags = f.get("flags", 0)
@@ -260,13 +271,14 @@ def x_sfu(m: Machine, f: dict[str, int]) -> None:
         b = None if flags & isa.SF_NO_C else _operand(m, f, "c", length)
         y = nm.layernorm32(a, g, b, fp)
     elif fn == isa.S_SOFTMAX:
+        r_pos = m.regs[f.get("preg", 0)]
         t = np.arange(length)[None, None, :]
-        q = (m.r_pos + f.get("ival0", 0) + np.arange(ni))[None, :, None]
+        q = (r_pos + f.get("ival0", 0) + np.arange(ni))[None, :, None]
         vis = np.ones((1, ni, length), dtype=bool)
         if flags & isa.SF_CAUSAL:
             vis &= t <= q
         if flags & isa.SF_KEYLEN:
-            vis &= t < m.r_pos + f.get("ival0", 0) + ni
+            vis &= t < r_pos + f.get("ival0", 0) + ni
         if f.get("ival1", 0) > 0:
             vis &= (q - t) < f["ival1"]
         y = nm.softmax32(a, np.broadcast_to(vis, a.shape), float(fp))
@@ -301,6 +313,60 @@ def x_sync(m: Machine, f: dict[str, int]) -> None:
     pass
 
 
+# ----------------------------------------------------------------------------------------------
+# token pruning (isa.S_TSCORE, isa.S_TOPK; the semantics are in llmc.fpga.isa)
+
+
+def x_tscore(m: Machine, f: dict[str, int]) -> None:
+    length = f.get("len", 1)
+    no, ni = max(1, f.get("n_outer", 1)), max(1, f.get("n_inner", 1))
+    r, w, row0 = int(m.idx[f.get("ival0", 0)]), f.get("ival1", 0), f.get("c_addr", 0)
+    lo = max(0, r - w) if w > 0 else 0
+    a = _operand(m, f, "a", length)
+    o = f.get("o_addr", 0)
+    acc = m.act[o : o + length].copy() if f.get("flags", 0) & isa.SF_ACC else None
+    if acc is None:
+        acc = np.zeros(length, dtype=f32)
+    for oo in range(no):
+        for i in range(ni):
+            if lo <= row0 + i < r:
+                acc = (acc + a[oo, i]).astype(f32)
+    m.act[o : o + length] = acc
+
+
+def topk_rows(scores: np.ndarray, pos: np.ndarray, recent: int, sink: bool, kc: int) -> list[int]:
+    """The kept rows of ``topk`` (ascending): forced rows first, then by descending score,
+    ties to the lower row (a row's rank counts the rows before it in that order)."""
+    r = scores.size
+    forced = np.arange(r) >= r - recent
+    if sink:
+        forced |= pos == 0
+    c = min(r, max(int(forced.sum()), kc))
+    key = np.where(forced, f32(np.inf), scores.astype(f32))
+    order = np.argsort(-key, kind="stable")[:c]
+    return sorted(int(i) for i in order)
+
+
+def x_topk(m: Machine, f: dict[str, int]) -> None:
+    n = f.get("len", 1)
+    r, kc = int(m.idx[f.get("ival0", 0)]), int(m.idx[f.get("ival1", 0)])
+    if not 1 <= r <= n:
+        raise FuncSimError(f"topk: {r} rows for a capacity of {n}")
+    a, b = f.get("a_addr", 0), f.get("b_addr", 0)
+    pos = m.idx[b : b + r].copy()
+    keep = topk_rows(
+        m.act[a : a + r], pos, f.get("n_outer", 1), bool(f.get("flags", 0) & isa.SF_SINK), kc
+    )
+    rows = np.array(keep + [keep[-1]] * (n - len(keep)), dtype=np.int32)
+    o, c = f.get("o_addr", 0), f.get("c_addr", 0)
+    m.idx[o : o + n] = rows
+    m.idx[c : c + n] = pos[rows]
+    m.idx[f.get("ival1", 0) + 1] = len(keep)
+
+
+PRUNE_SFU = {isa.S_TSCORE: x_tscore, isa.S_TOPK: x_topk}
+
+
 EXEC = {isa.LD: x_ld, isa.ST: x_st, isa.MM: x_mpe, isa.MV: x_mpe, isa.SFU: x_sfu, isa.SYNC: x_sync}
 
 
@@ -314,7 +380,8 @@ class FuncRunner:
         peak = max((prog.stream(s, b).act_peak for s, b in prog._streams), default=16)
         self.m = Machine(self.hbm, peak, prog.arch)
         self.pos = 0  # tokens in the cache
-        self.executor = None  # optional callable(stream, r_pos) replacing Machine.run
+        self.executor = None  # optional callable(stream, regs) replacing Machine.run
+        self.lens: list[int] = []  # token pruning: each segment's KV length (llmc.fpga.prune)
 
     def _ids_pos(self) -> tuple[str, str]:
         names = list(self.prog.int_inputs)
@@ -329,13 +396,15 @@ class FuncRunner:
             v = np.asarray(vals, dtype=np.int32)
             self.hbm[reg.addr : reg.addr + v.nbytes] = v.view(np.uint8)
 
-    def _run(self, stage: str, bucket: int, r_pos: int) -> None:
+    def _run(self, stage: str, bucket: int, r_pos: int | list[int]) -> None:
+        """Run a stream with ``R_POS = r_pos`` (or the whole register file ``r_pos``)."""
         s = self.prog.stream(stage, bucket)
+        regs = [r_pos] + [0] * (isa.N_REGS - 1) if isinstance(r_pos, int) else list(r_pos)
         if self.executor is not None:
-            self.executor(s, r_pos)
+            self.executor(s, regs)
             return
         self.m.ensure_act(s.act_peak)
-        self.m.r_pos = r_pos
+        self.m.regs = regs
         self.m.run(s.instrs)
 
     def output(self, name: str, rows: int) -> np.ndarray:
@@ -355,6 +424,12 @@ class FuncRunner:
         # table may end right after the last real position).
         pos = np.concatenate([pos, np.full(padded - n, pos[-1] if n else 0)])
         self._write_inputs(np.pad(ids, (0, padded - n)), pos)
+        if self.prog.prune is not None:
+            from llmc.fpga import prune
+
+            lens = prune.prefill(self, ids, pos)
+            self.pos = n
+            return self.output(self._logits_name(), lens[-1])
         for c in range(chunks):
             self._run("prefill", c, 0)
         self.pos = n
@@ -364,7 +439,12 @@ class FuncRunner:
         """One generated token at position ``self.pos``; returns ``logits [vocab]``."""
         p = self.pos if position is None else position
         self._write_inputs(np.array([token]), np.array([p]))
-        self._run("decode", self.prog.decode_bucket(self.pos + 1), self.pos)
+        if self.prog.prune is not None:  # every segment's layers at their own KV length
+            regs = self.lens + [0] * (isa.N_REGS - len(self.lens))
+            self._run("decode", self.prog.decode_bucket(max(self.lens) + 1), regs)
+            self.lens = [x + 1 for x in self.lens]
+        else:
+            self._run("decode", self.prog.decode_bucket(self.pos + 1), self.pos)
         self.pos += 1
         return self.output(self._logits_name(), 1)[0]
 
@@ -381,4 +461,7 @@ class FuncRunner:
         heads, hd = int(v.type.shape[1]), int(v.type.shape[3])
         full = self.hbm[reg.addr : reg.addr + reg.size].view(f32)
         full = full.reshape(heads, self.prog.arch.max_tokens, hd)
-        return full[:, : (self.pos if length is None else length)].copy()
+        if length is None:
+            seg = self.prog.kv_reg.get(f"kv:{name}", 0)
+            length = self.lens[seg] if self.lens else self.pos
+        return full[:, :length].copy()

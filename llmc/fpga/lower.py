@@ -131,6 +131,8 @@ class IndexLoc:
 # The ops that may read an integer (IndexLoc) value, and at which input: gathers, and the
 # integer add/sub of a constant that they absorb (see the module docstring).
 INDEX_USES = {"embedding": (0,), "rope": (1,), "add": (0, 1), "sub": (0,), "cast": (0,)}
+# token pruning (llmc.fpga.prune): positions are scored, masked and gathered with the rows
+INDEX_USES.update({"token_scores": (2,), "keep_rows": (1,), "gather_rows": (0,)})
 
 
 @dataclass
@@ -236,6 +238,11 @@ class Lowerer:
         self.fused = 0
         self.act_peak = self.idx_peak = 0
         self.out_names = {id(v) for v in self.g.outputs}
+        # token pruning (llmc.fpga.prune): the segment a prefill stream runs, values stored to
+        # scratch regions instead of output regions, attention nodes that also score tokens
+        self.seg: Any = None
+        self.out_regions: dict[int, Any] = {}
+        self.score_hooks: dict[int, Any] = {}
 
     # -- emission helpers -----------------------------------------------------------------------
     def emit(self, op: int, f: dict[str, int], reads=(), writes=(), tag: str = "") -> Instr:
@@ -295,6 +302,10 @@ class Lowerer:
 
     def instance(self, seq: int, past: int, q_off: int, in_row: int) -> None:
         self.env = {"batch": 1, "seq": seq, "past": past}
+        plan = getattr(self.prog, "prune", None)
+        if plan is not None:  # per-layer cache lengths and kept-row symbols
+            self.env.update(plan.env(seq, past))
+        seg = self.seg
         self.seq, self.q_off, self.in_row = seq, q_off, in_row
         self.keys = past + seq
         self._shapes: dict[int, tuple[int, ...]] = {}
@@ -309,8 +320,14 @@ class Lowerer:
                 last[id(v)] = i
         self.skip: set[int] = set()
         for v in self.g.inputs:
+            if seg is not None and not seg.reads_input(v):
+                continue
             self.vals[id(v)] = self.input_loc(v)
+        if seg is not None:
+            seg.enter(self)
         for i, n in enumerate(nodes):
+            if seg is not None and not seg.runs(i, n):
+                continue
             if id(n) not in self.skip:  # (skipped: absorbed into a linear already emitted)
                 self.tag = n.scope or n.op
                 handler = _handlers().get(n.op)
@@ -534,7 +551,7 @@ class Lowerer:
             return
         if not isinstance(loc, View):
             raise UnsupportedOpError(f"output %{v.name} is not computed on the accelerator")
-        reg = self.prog.regions[f"out:{v.name}"]
+        reg = self.out_regions.get(id(v)) or self.prog.regions[f"out:{v.name}"]
         shape = loc.shape
         row = math.prod(shape[2:]) if len(shape) > 2 else shape[-1]
         s = shape[1] if len(shape) > 2 else 1
@@ -588,4 +605,8 @@ def _handlers() -> dict:
 
 
 def lower_stream(prog: Any, stage: str, bucket: int, deps: bool = True) -> Stream:
+    if stage not in ("prefill", "decode"):  # a pruned model's prefill streams
+        from llmc.fpga.prune import lower_pruned
+
+        return lower_pruned(prog, stage, bucket, deps)
     return Lowerer(prog).run(stage, bucket, deps)

@@ -65,6 +65,8 @@ def h_attention(L: Lowerer, n: Node) -> None:
     q_ext, out_ext = (ACT, *q.extent()), (ACT, *out.extent())
     scale = n.attrs.scale or 1.0 / math.sqrt(hd)
     flags = isa.SF_KEYLEN | (isa.SF_CAUSAL if n.attrs.causal else 0)
+    preg = L.prog.kv_reg.get(k.region.name, 0)  # token pruning: this layer's own KV length
+    hook = L.score_hooks.get(id(n))  # token pruning: this attention also scores the tokens
     qb_size = min(s, a.mask_block)
     for h0 in range(0, nh, hg):
         hn = min(hg, nh - h0)
@@ -179,9 +181,14 @@ def h_attention(L: Lowerer, n: Node) -> None:
                         "ival0": L.q_off,
                         "ival1": n.attrs.window,
                         "flags": flags,
+                        **({"preg": preg} if preg else {}),
                     },
                     reads=[sc_ext],
                     writes=[sc_ext],
                 )
+                if hook is not None:
+                    hook.group(L, scores, hn, s, T, h0)
         L.act.release(scores.block)
+    if hook is not None:
+        hook.done(L, T)
     L.bind(n.out, out)

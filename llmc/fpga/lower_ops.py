@@ -22,6 +22,7 @@ from llmc.fpga.lower import (
     split_rows,
 )
 from llmc.fpga.lower_attention import h_attention
+from llmc.fpga.prune import DECODE_HANDLERS
 from llmc.ir.graph import Node
 from llmc.ir.types import eval_dim
 
@@ -324,6 +325,7 @@ def h_concat(L: Lowerer, n: Node) -> None:
                 "relb": 4 * hd,
                 "dclass": isa.D_ACT,
                 **L.ch(reg),
+                **({"preg": L.prog.kv_reg[reg.name]} if L.prog.kv_reg.get(reg.name) else {}),
             },
             reads=[(ACT, *new.extent())],
             writes=[(isa.HBM, reg.addr, reg.addr + reg.size)],
@@ -515,3 +517,4 @@ HANDLERS = {
     "cast": h_cast,
     **{k: h_elementwise for k in (*SFU_UNARY, "gelu", "softmax", *SFU_BINARY)},
 }
+HANDLERS.update(DECODE_HANDLERS)  # token pruning in decode steps (llmc.fpga.prune)

@@ -140,8 +140,14 @@ def simulate(
             run_streams[key] = costs.perf(stage, b)
         return run_streams[key]
 
-    chunks = prog.prefill_chunks(prefill)
-    pre = [perf("prefill", c) for c in range(chunks)]
+    if prog.prune is not None:  # token pruning: segment chunks and top-k streams
+        keys = prog.prune.prefill_streams(prefill, a.prefill_bucket)
+        prog.prefill_chunks(prefill)  # (checks the length)
+        chunks = sum(1 for st, _ in keys if st.startswith("pseg"))
+        pre = [perf(st, b) for st, b in keys]
+    else:
+        chunks = prog.prefill_chunks(prefill)
+        pre = [perf("prefill", c) for c in range(chunks)]
     pre_cycles = sum(p.cycles for p in pre)
     dec_count = Counter(prog.decode_bucket(prefill + j + 1) for j in range(decode))
     dec = {b: perf("decode", b) for b in sorted(dec_count)}
@@ -267,6 +273,9 @@ def instruction_storage(prog: Program, costs: FullCosts | None = None) -> dict[s
     cache = prog.__dict__.setdefault("_storage", {})
     if cache:
         return dict(cache)
+    if prog.prune is not None:
+        cache.update(_pruned_storage(prog, costs))
+        return dict(cache)
     C, dq, mb, mx = a.prefill_bucket, a.decode_bucket, a.mask_block, a.max_tokens
     count = (costs or FullCosts(prog, PerfModel(a))).count
     chunk = _affine_counts(lambda c: count("prefill", c), mx // C)
@@ -305,6 +314,30 @@ def instruction_storage(prog: Program, costs: FullCosts | None = None) -> dict[s
     }
     cache.update(out)
     return dict(out)
+
+
+def _pruned_storage(prog: Program, costs: FullCosts | None) -> dict[str, Any]:
+    """Instruction bytes of a token-pruning program (llmc.fpga.prune): every segment's chunk
+    streams, every top-k stream and the decode buckets (counts affine where checked)."""
+    a = prog.arch
+    count = (costs or FullCosts(prog, PerfModel(a))).count
+    n = a.max_tokens // a.prefill_bucket
+    plan = prog.prune
+    seg = {s: _affine_counts(lambda c, s=s: count(f"pseg{s}", c), n) for s in range(plan.K + 1)}
+    sel = {
+        k: _affine_counts(lambda b, k=k: count(f"psel{k}", b + 1), n) for k in range(1, plan.K + 1)
+    }
+    dq = a.decode_bucket
+    dec = _affine_counts(lambda i: count("decode", dq * (i + 1)), a.max_tokens // dq)
+    B = isa.INSTR_BYTES
+    total = sum(map(sum, seg.values())) + sum(map(sum, sel.values())) + sum(dec)
+    return {
+        "bucketed_bytes": total * B,
+        "streams_bucketed": sum(map(len, seg.values())) + sum(map(len, sel.values())) + len(dec),
+        "segment_chunk_instructions": {str(s): v for s, v in seg.items()},
+        "topk_stream_instructions": {str(k): v for k, v in sel.items()},
+        "bytes_per_instruction": B,
+    }
 
 
 def _affine_counts(count: Any, n: int) -> list[int]:

@@ -1,0 +1,145 @@
+"""token-prune on the FlightLLM model (llmc/fpga/prune.py): the segmented prefill and the decode
+steps after it on the functional simulator against the interpreter, per-layer KV lengths, the
+CLI compile, and one-line refusals of what the accelerator does not run."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+from llmc.cli import main
+from llmc.errors import PassError
+from llmc.fpga.arch import load_arch
+from llmc.fpga.funcsim import FuncRunner, topk_rows
+from llmc.fpga.program import build_program
+from llmc.fpga.verify import compare_lm
+from llmc.ir import verify
+from llmc.passes import PassContext, build_pipeline
+
+# 157 prompt tokens: two chunks in the first segment (the second padded), one in the pruned ones
+PROMPT = np.frombuffer(
+    b"def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n" * 3, dtype=np.uint8
+)[:157]
+
+
+@functools.lru_cache(maxsize=4)
+def _pruned(spec: str, recipe: str = "dense"):
+    from llmc.fpga.compress import compress
+    from llmc.frontends import load_model
+    from tests.fpga.conftest import RECIPES
+
+    g = load_model("tiny").graph
+    for kw in RECIPES[recipe]:
+        compress(g, **kw)
+    build_pipeline(spec).run(g, PassContext(target="u280"))
+    verify(g)
+    return g
+
+
+@pytest.mark.parametrize(
+    "spec, recipe, wkb",
+    [
+        ("token-prune:keep=0.5", "dense", None),
+        ("token-prune:keep=0.3:l1=1:l2=3", "int4-8of16", 128),
+    ],
+)
+def test_pruned_prefill_and_decode_match_interpreter(spec, recipe, wkb):
+    g = _pruned(spec, recipe)
+    arch = load_arch("u280", [f"buffers.weight_kb={wkb}"] if wkb else [])
+    prog = build_program(g, arch)
+    runner = FuncRunner(prog)
+    ag, caches = compare_lm(g, runner, PROMPT, decode_steps=5)
+    # the kept rows are the interpreter's (else the logits rows would not line up), the logits
+    # within torch's accuracy rule, greedy tokens identical, each layer's cache what it kept
+    assert ag.within(k=4.0), ag
+    assert ag.sim_vs_interp < 1e-4 and ag.argmax_agree == 1.0, ag
+    assert caches["kv_err"] < 1e-4
+    want = prog.prune.counts(PROMPT.size)
+    assert runner.lens == [n + 5 for n in want]
+    assert want[-1] < want[0]  # something was pruned
+
+
+def test_topk_rows_follows_keep_rows():
+    import torch
+
+    from llmc.ir.ops_adaptive import KeepRowsAttrs, keep_count, keep_rows
+
+    rng = np.random.default_rng(3)
+    for r in (5, 17, 64):
+        s = rng.random(r).astype(np.float32)
+        s[3] = s[1]  # a tie: the lower row first
+        pos = np.arange(r, dtype=np.int32)
+        for keep in (0.2, 0.5, 0.9):
+            a = KeepRowsAttrs(keep=keep, recent=3)
+            want = keep_rows(torch.from_numpy(s)[None], torch.from_numpy(pos)[None].long(), a, r)
+            got = topk_rows(s, pos, 3, True, keep_count(keep, r))
+            assert got == want[0].nonzero().flatten().tolist()
+
+
+def test_compile_and_run_cli(tmp_path, capsys):
+    out = tmp_path / "tiny-u280-prune"
+    assert (
+        main(
+            [
+                "compile",
+                "tiny",
+                "--target",
+                "u280",
+                "--passes",
+                "token-prune:keep=0.5",
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    files = sorted(p.name for p in (out / "fpga" / "instructions").iterdir())
+    assert "pseg0_c00.bin" in files and "psel1_n01.bin" in files
+    assert (
+        main(
+            [
+                "run",
+                str(out),
+                "--prompt-ids",
+                ",".join(map(str, PROMPT[:40])),
+                "--max-new-tokens",
+                "3",
+                "--json",
+            ]
+        )
+        == 0
+    )
+
+
+@pytest.mark.parametrize(
+    "opts, msg",
+    [
+        ("adaptive=true", "adaptive=true is not supported on u280"),
+        ("score=pagerank", "score=pagerank is not supported on u280"),
+    ],
+)
+def test_refused_in_one_line(opts, msg, capsys):
+    rc = main(
+        [
+            "compile",
+            "tiny",
+            "--target",
+            "u280",
+            "--passes",
+            f"token-prune:keep=0.5:{opts}",
+            "-o",
+            "/nonexistent/x",
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and msg in err and len(err.splitlines()) == 1, err
+
+
+def test_pass_error_is_typed():
+    from llmc.frontends import load_model
+
+    g = load_model("tiny").graph
+    with pytest.raises(PassError, match="adaptive=true"):
+        build_pipeline("token-prune:keep=0.5:adaptive=true").run(g, PassContext(target="vhk158"))
