@@ -361,6 +361,8 @@ def write_vectors(vec: TestVectors, vdir: Path, cfg: HlsConfig) -> list[str]:
     shapes: dict[str, list[int]] = {}
     for st in vec.steps:
         lines.append(f"step {st.stream} {st.r_pos}")
+        if st.regs is not None:  # token pruning: registers 1 .. N_REGS - 1
+            lines.append("regs " + " ".join(str(int(x)) for x in st.regs[1 : isa.N_REGS]))
         for kind, patches in (("host", st.host), ("expect", st.expect)):
             for addr, data in patches:
                 lines.append(f"{kind} {addr} {len(data)} {len(blob)}")

@@ -272,10 +272,12 @@ class ScoreHook:
         s = self.seg.s
         return self.seg.cnt + (0 if s == 0 else 2 * s)
 
+    def prepare(self, L: Lowerer, T: int) -> None:
+        self.acc = L.alloc_view((T,))
+
     def group(self, L: Lowerer, scores: View, hn: int, s: int, T: int, h0: int) -> None:
-        if self.acc is None:
-            self.acc = L.alloc_view((T,))
         acc = self.acc
+        assert acc is not None
         first = h0 == 0
         L.emit(
             isa.SFU,

@@ -143,3 +143,40 @@ def test_pass_error_is_typed():
     g = load_model("tiny").graph
     with pytest.raises(PassError, match="adaptive=true"):
         build_pipeline("token-prune:keep=0.5:adaptive=true").run(g, PassContext(target="vhk158"))
+
+
+# ----------------------------------------------------------------------------------------------
+# the HLS C simulation of a pruned run, bit for bit against the functional simulator
+
+
+def test_csim_of_a_pruned_run_matches_funcsim_bit_for_bit(tmp_path):
+    import os
+
+    from llmc.fpga.hls import HlsToolchainError, csim, emit_project, find_ap_types, find_cxx
+    from llmc.fpga.hls_vectors import make_vectors
+
+    try:
+        find_cxx()
+        find_ap_types()
+    except HlsToolchainError as e:
+        if os.environ.get("LLMC_REQUIRE_TOOLCHAIN", "") not in ("", "0"):
+            pytest.fail(f"toolchain required (LLMC_REQUIRE_TOOLCHAIN=1) but: {e}")
+        pytest.skip(str(e))
+    # three pruning points (one layer per segment), two chunks in the first segment, decode
+    # steps against three per-segment KV lengths (registers 1..3)
+    g = _pruned("token-prune:keep=0.3:l1=1:l2=3", "int4-8of16")
+    prog = build_program(g, load_arch("u280", ["buffers.weight_kb=128"]))
+    vec = make_vectors(prog, PROMPT, 3)
+    names = [vec.streams[s.stream][0] for s in vec.steps]
+    assert names == [
+        "pseg0_0", "pseg0_1", "psel1_2", "pseg1_0", "psel2_1", "pseg2_0", "psel3_1", "pseg3_0",
+    ] + ["decode_160"] * 3  # fmt: skip
+    assert vec.steps[-1].regs[:4] == [
+        n + 2 for n in prog.prune.counts(PROMPT.size)
+    ]  # 157 120 84 47
+    emit_project(prog, tmp_path, vectors=vec)
+    res = csim(tmp_path, timeout=600, cache_dir=tmp_path / "build")
+    assert res.passed and res.returncode == 0 and not res.mismatches, res.output[-3000:]
+    assert res.hbm is not None and np.array_equal(res.hbm, vec.hbm_final)
+    for name, want in vec.expected.items():
+        assert np.array_equal(res.logits[name].view(np.uint32), want.view(np.uint32)), name

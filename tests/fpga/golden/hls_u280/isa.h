@@ -70,6 +70,8 @@ static const uint32_t SFU_SUB = 13;
 static const uint32_t SFU_ROPE = 14;
 static const uint32_t SFU_ADDC = 15;
 static const uint32_t SFU_MULC = 16;
+static const uint32_t SFU_TSCORE = 17;
+static const uint32_t SFU_TOPK = 18;
 
 // SFU flags
 static const uint32_t SF_CAUSAL = 1;
@@ -77,8 +79,13 @@ static const uint32_t SF_INTERLEAVED = 2;
 static const uint32_t SF_NO_B = 4;
 static const uint32_t SF_NO_C = 8;
 static const uint32_t SF_KEYLEN = 16;
+static const uint32_t SF_ACC = 32;
+static const uint32_t SF_SINK = 64;
 
-// LD, ST: 344 of 512 bits
+// registers (R_POS is 0; token pruning's per-segment KV lengths)
+static const uint32_t N_REGS = 16;
+
+// LD, ST: 348 of 512 bits
 struct LdStFields {
   uint32_t op;  // bits [0, 4)
   uint32_t wait;  // bits [4, 8)
@@ -99,6 +106,7 @@ struct LdStFields {
   uint32_t channel;  // bits [329, 335)
   uint32_t nch;  // bits [335, 342)
   uint32_t dclass;  // bits [342, 344)
+  uint32_t preg;  // bits [344, 348)
 };
 
 // MM, MV: 475 of 512 bits
@@ -134,7 +142,7 @@ struct MmMvFields {
   uint32_t aux_hs;  // bits [447, 475)
 };
 
-// SFU: 490 of 512 bits
+// SFU: 494 of 512 bits
 struct SfuFields {
   uint32_t op;  // bits [0, 4)
   uint32_t wait;  // bits [4, 8)
@@ -159,6 +167,7 @@ struct SfuFields {
   uint32_t ival0;  // bits [442, 462)
   uint32_t ival1;  // bits [462, 482)
   uint32_t flags;  // bits [482, 490)
+  uint32_t preg;  // bits [490, 494)
 };
 
 // SYNC: 13 of 512 bits
