@@ -305,6 +305,9 @@ class Lowerer:
         plan = getattr(self.prog, "prune", None)
         if plan is not None:  # per-layer cache lengths and kept-row symbols
             self.env.update(plan.env(seq, past))
+        for v in self.prog.cache_inputs.values():  # LM ABI v2 (past_i) with nothing pruned
+            for s in getattr(v.type.shape[2], "symbols", ()):
+                self.env.setdefault(s, past)
         seg = self.seg
         self.seq, self.q_off, self.in_row = seq, q_off, in_row
         self.keys = past + seq

@@ -180,3 +180,15 @@ def test_csim_of_a_pruned_run_matches_funcsim_bit_for_bit(tmp_path):
     assert res.hbm is not None and np.array_equal(res.hbm, vec.hbm_final)
     for name, want in vec.expected.items():
         assert np.array_equal(res.logits[name].view(np.uint32), want.view(np.uint32)), name
+
+
+def test_keep_one_is_the_dense_model():
+    from llmc.frontends import load_model
+
+    dense = load_model("tiny").graph
+    g = _pruned("token-prune:keep=1.0")
+    arch = load_arch("u280")
+    a, b = build_program(dense, arch), build_program(g, arch)
+    assert b.prune is None  # per-layer cache symbols, nothing pruned
+    for key in (("prefill", 0), ("decode", 32)):
+        assert a.stream(*key).encode() == b.stream(*key).encode()
