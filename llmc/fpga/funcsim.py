@@ -334,14 +334,36 @@ def x_tscore(m: Machine, f: dict[str, int]) -> None:
     m.act[o : o + length] = acc
 
 
-def topk_rows(scores: np.ndarray, pos: np.ndarray, recent: int, sink: bool, kc: int) -> list[int]:
+def position_hash32(pos: np.ndarray, seed: int) -> np.ndarray:
+    """llmc.ir.ops_adaptive.position_hash in numpy int64 arithmetic (score=random)."""
+    x = (pos.astype(np.int64) + seed * (1 << 20)) & 0xFFFFFFFF
+    for _ in range(2):
+        x = x ^ (x >> 16)
+        x = (x * 0x45D9F3B) & 0xFFFFFFFF
+    x = x ^ (x >> 16)
+    return (x.astype(np.float64) / 2.0**32).astype(f32)
+
+
+def topk_rows(
+    scores: np.ndarray, pos: np.ndarray, recent: int, sink: bool, kc: int, uniform: bool = False
+) -> list[int]:
     """The kept rows of ``topk`` (ascending): forced rows first, then by descending score,
-    ties to the lower row (a row's rank counts the rows before it in that order)."""
+    ties to the lower row (a row's rank counts the rows before it in that order); ``uniform``:
+    the others evenly spaced instead."""
     r = scores.size
     forced = np.arange(r) >= r - recent
     if sink:
         forced |= pos == 0
-    c = min(r, max(int(forced.sum()), kc))
+    nf = int(forced.sum())
+    c = min(r, max(nf, kc))
+    if uniform:
+        keep = forced.copy()
+        free = np.flatnonzero(~forced)
+        need = c - nf
+        if need > 0:
+            pick = ((np.arange(need, dtype=np.float64) + 0.5) * free.size / need).astype(np.int64)
+            keep[free[pick]] = True
+        return [int(i) for i in np.flatnonzero(keep)]
     key = np.where(forced, f32(np.inf), scores.astype(f32))
     order = np.argsort(-key, kind="stable")[:c]
     return sorted(int(i) for i in order)
@@ -354,8 +376,18 @@ def x_topk(m: Machine, f: dict[str, int]) -> None:
         raise FuncSimError(f"topk: {r} rows for a capacity of {n}")
     a, b = f.get("a_addr", 0), f.get("b_addr", 0)
     pos = m.idx[b : b + r].copy()
+    flags = f.get("flags", 0)
+    if flags & isa.SF_HASH:
+        scores = position_hash32(pos, f.get("fparam", 0))
+    else:
+        scores = m.act[a : a + r]
     keep = topk_rows(
-        m.act[a : a + r], pos, f.get("n_outer", 1), bool(f.get("flags", 0) & isa.SF_SINK), kc
+        scores,
+        pos,
+        f.get("n_outer", 1),
+        bool(flags & isa.SF_SINK),
+        kc,
+        uniform=f.get("n_inner", 0) == 1,
     )
     rows = np.array(keep + [keep[-1]] * (n - len(keep)), dtype=np.int32)
     o, c = f.get("o_addr", 0), f.get("c_addr", 0)

@@ -389,10 +389,13 @@ def check_tokens(instrs: Sequence[Instr]) -> None:
 #             ties to the lower row. Writes the kept rows in ascending order to ``IDX[o_addr +
 #             j]`` and their positions to ``IDX[c_addr + j]`` for ``j < c``, then repeats the
 #             last kept row / position up to ``len`` (padding rows), and ``c`` to
-#             ``IDX[ival1 + 1]``.
+#             ``IDX[ival1 + 1]``. Flag HASH: the scores are ``position_hash(position, seed =
+#             fparam)`` (score=random; ``a`` is not read). ``n_inner = 1``: keep_rows' ``uniform``
+#             rule instead of the order (forced rows, then ``c - forced`` of the others evenly
+#             spaced: the ``floor((i + 0.5) * free / need)``-th, in float64).
 S_TSCORE, S_TOPK = 17, 18
 SFU_NAMES = SFU_NAMES + ("tscore", "topk")
-SF_ACC, SF_SINK = 32, 64
+SF_ACC, SF_SINK, SF_HASH = 32, 64, 128
 N_REGS = 16
 FIELDS[LD] = FIELDS[LD] + (("preg", 4),)
 FIELDS[ST] = FIELDS[LD]

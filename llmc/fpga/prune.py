@@ -59,6 +59,11 @@ class PrunePoint:
     def sym(self) -> str:
         return str(self.gh.attrs.length)
 
+    @property
+    def scored(self) -> bool:
+        """Attention scores (else the position hash of score=random, or score=uniform)."""
+        return self.scores.attrs.method == "attention" and self.keep.attrs.method == "topk"
+
 
 @dataclass
 class PrunePlan:
@@ -134,15 +139,16 @@ def plan_pruning(graph: Graph, cache_inputs: dict[str, Value]) -> PrunePlan | No
         if n.op != "token_scores":
             continue
         where = f"token_scores %{n.out.name} at {n.scope or '?'}"
-        if n.attrs.method != "attention":
+        if n.attrs.method not in ("attention", "random"):
             raise UnsupportedOpError(
                 f"{where}: method {n.attrs.method!r} has no FlightLLM lowering (the accelerator "
-                "scores by the attention received: token-prune score=attention)"
+                "scores by the attention received, or a position hash: token-prune "
+                "score=attention|random|uniform)"
             )
         keeps = [u for u in users.get(n.out, []) if u.op == "keep_rows"]
-        if len(keeps) != 1 or keeps[0].attrs.method != "topk":
+        if len(keeps) != 1 or keeps[0].attrs.method not in ("topk", "uniform"):
             raise UnsupportedOpError(
-                f"{where}: the accelerator runs one top-k keep_rows per score (not "
+                f"{where}: the accelerator runs one top-k or uniform keep_rows per score (not "
                 f"{', '.join(u.attrs.method for u in keeps) or 'none'}; adaptive=true is refused)"
             )
         keep = keeps[0]
@@ -161,12 +167,13 @@ def plan_pruning(graph: Graph, cache_inputs: dict[str, Value]) -> PrunePlan | No
             for a in nodes
             if a.op == "attention" and a.inputs[0] is n.inputs[0] and a.inputs[1] is n.inputs[1]
         ]
-        if len(attn) != 1:
+        if len(attn) != 1 and n.attrs.method == "attention":
             raise UnsupportedOpError(f"{where}: scores no single attention node's probabilities")
         layer = _layer_of(gh[0].attrs.length)
         if layer is None:
             raise UnsupportedOpError(f"{where}: cannot tell the layer from {gh[0].attrs.length}")
         ids = [index[id(x)] for x in (n, keep, gh[0], gp[0])]
+        attn = attn or [n]  # (unscored: not read)
         points.append(
             PrunePoint(
                 len(points) + 1, layer, n, keep, gh[0], gp[0], attn[0], min(ids), max(ids) + 1
@@ -258,7 +265,8 @@ class Segment:
             hv = p.gh.inputs[0]
             L.out_names.add(id(hv))
             L.out_regions[id(hv)] = L.prog.regions[f"ps:h{s % 2}"]
-            L.score_hooks[id(p.attn)] = ScoreHook(self, p)
+            if p.scored:
+                L.score_hooks[id(p.attn)] = ScoreHook(self, p)
 
 
 class ScoreHook:
@@ -415,26 +423,32 @@ def _select(L: Lowerer, plan: PrunePlan, k: int, N: int) -> None:
     cnt = load_counts(L)
     n = 2 * plan.K + 1
     sc = L.act.alloc(N)
-    _ld(L, ACT, "ps:score", 0, sc.addr, 4 * N, "scores")
+    if p.scored:
+        _ld(L, ACT, "ps:score", 0, sc.addr, 4 * N, "scores")
+    ts, a = p.scores.attrs, p.keep.attrs
+    flags = isa.SF_SINK if a.sink else 0
+    if ts.method == "random" and a.method == "topk":
+        flags |= isa.SF_HASH
     pos = L.idx.alloc(N)
     src = f"in:{plan.pos_input}" if k == 1 else "ps:kpos"
     _ld(L, IDX, src, 0, pos.addr, 4 * N, "positions")
     kidx, kpos = L.idx.alloc(N), L.idx.alloc(N)
-    a = p.keep.attrs
     r_word = cnt + (0 if k == 1 else 2 * (k - 1))
     L.emit(
         isa.SFU,
         {
             "func": isa.S_TOPK,
             "n_outer": int(a.recent),
+            "n_inner": int(a.method == "uniform"),
             "len": N,
+            "fparam": int(ts.seed) if flags & isa.SF_HASH else 0,
             "a_addr": sc.addr,
             "b_addr": pos.addr,
             "o_addr": kidx.addr,
             "c_addr": kpos.addr,
             "ival0": r_word,
             "ival1": cnt + 2 * k - 1,
-            "flags": isa.SF_SINK if a.sink else 0,
+            "flags": flags,
         },
         reads=[(ACT, sc.addr, sc.addr + N), (IDX, pos.addr, pos.addr + N), (IDX, cnt, cnt + n)],
         writes=[

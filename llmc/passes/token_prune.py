@@ -382,10 +382,11 @@ def _check_fpga(opts: TokenPrune, target: str | None) -> None:
             "data-dependent, and the accelerator's streams are compiled per row count; use the "
             "fixed schedule (keep=/average=)"
         )
-    if opts.score != "attention":
+    if opts.score == "pagerank":
         raise PassError(
-            f"pass '{opts.name}': score={opts.score} is not supported on {target}: the "
-            "accelerator scores tokens by the attention they receive (score=attention)"
+            f"pass '{opts.name}': score=pagerank is not supported on {target}: the accelerator "
+            "scores tokens by the attention they receive (score=attention), or by the uniform / "
+            "random baselines"
         )
 
 

@@ -43,6 +43,8 @@ def _pruned(spec: str, recipe: str = "dense"):
     [
         ("token-prune:keep=0.5", "dense", None),
         ("token-prune:keep=0.3:l1=1:l2=3", "int4-8of16", 128),
+        ("token-prune:keep=0.5:score=random:seed=3", "int4-8of16", 128),
+        ("token-prune:keep=0.4:score=uniform:recent=2:sink=false", "int4-8of16", 128),
     ],
 )
 def test_pruned_prefill_and_decode_match_interpreter(spec, recipe, wkb):
@@ -59,6 +61,33 @@ def test_pruned_prefill_and_decode_match_interpreter(spec, recipe, wkb):
     want = prog.prune.counts(PROMPT.size)
     assert runner.lens == [n + 5 for n in want]
     assert want[-1] < want[0]  # something was pruned
+
+
+def test_position_hash_matches_the_interpreter():
+    import torch
+
+    from llmc.fpga.funcsim import position_hash32
+    from llmc.ir.ops_adaptive import position_hash
+
+    pos = np.arange(2048, dtype=np.int32)
+    for seed in (0, 1, 4095):
+        want = position_hash(torch.from_numpy(pos).long(), seed).numpy()
+        assert np.array_equal(position_hash32(pos, seed).view(np.uint32), want.view(np.uint32))
+
+
+def test_uniform_rows_follow_keep_rows():
+    import torch
+
+    from llmc.ir.ops_adaptive import KeepRowsAttrs, keep_count, keep_rows
+
+    for r in (5, 17, 64, 157):
+        pos = np.arange(r, dtype=np.int32)
+        for keep, recent, sink in ((0.2, 3, True), (0.5, 1, False), (0.9, 4, True)):
+            a = KeepRowsAttrs(keep=keep, recent=recent, sink=sink, method="uniform")
+            s = torch.zeros(1, r)
+            want = keep_rows(s, torch.from_numpy(pos)[None].long(), a, r)
+            got = topk_rows(s[0].numpy(), pos, recent, sink, keep_count(keep, r), uniform=True)
+            assert got == want[0].nonzero().flatten().tolist()
 
 
 def test_topk_rows_follows_keep_rows():
@@ -149,7 +178,20 @@ def test_pass_error_is_typed():
 # the HLS C simulation of a pruned run, bit for bit against the functional simulator
 
 
-def test_csim_of_a_pruned_run_matches_funcsim_bit_for_bit(tmp_path):
+@pytest.fixture(scope="session")
+def hls_build(tmp_path_factory):
+    return tmp_path_factory.mktemp("prune-hls-build")
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "token-prune:keep=0.3:l1=1:l2=3",
+        "token-prune:keep=0.3:l1=1:l2=3:score=random:seed=5",
+        "token-prune:keep=0.3:l1=1:l2=3:score=uniform:sink=false",
+    ],
+)
+def test_csim_of_a_pruned_run_matches_funcsim_bit_for_bit(tmp_path, hls_build, spec):
     import os
 
     from llmc.fpga.hls import HlsToolchainError, csim, emit_project, find_ap_types, find_cxx
@@ -164,7 +206,7 @@ def test_csim_of_a_pruned_run_matches_funcsim_bit_for_bit(tmp_path):
         pytest.skip(str(e))
     # three pruning points (one layer per segment), two chunks in the first segment, decode
     # steps against three per-segment KV lengths (registers 1..3)
-    g = _pruned("token-prune:keep=0.3:l1=1:l2=3", "int4-8of16")
+    g = _pruned(spec, "int4-8of16")
     prog = build_program(g, load_arch("u280", ["buffers.weight_kb=128"]))
     vec = make_vectors(prog, PROMPT, 3)
     names = [vec.streams[s.stream][0] for s in vec.steps]
@@ -175,7 +217,7 @@ def test_csim_of_a_pruned_run_matches_funcsim_bit_for_bit(tmp_path):
         n + 2 for n in prog.prune.counts(PROMPT.size)
     ]  # 157 120 84 47
     emit_project(prog, tmp_path, vectors=vec)
-    res = csim(tmp_path, timeout=600, cache_dir=tmp_path / "build")
+    res = csim(tmp_path, timeout=600, cache_dir=hls_build)
     assert res.passed and res.returncode == 0 and not res.mismatches, res.output[-3000:]
     assert res.hbm is not None and np.array_equal(res.hbm, vec.hbm_final)
     for name, want in vec.expected.items():

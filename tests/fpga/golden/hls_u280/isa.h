@@ -81,6 +81,7 @@ static const uint32_t SF_NO_C = 8;
 static const uint32_t SF_KEYLEN = 16;
 static const uint32_t SF_ACC = 32;
 static const uint32_t SF_SINK = 64;
+static const uint32_t SF_HASH = 128;
 
 // registers (R_POS is 0; token pruning's per-segment KV lengths)
 static const uint32_t N_REGS = 16;

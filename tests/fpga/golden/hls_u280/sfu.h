@@ -373,11 +373,37 @@ sfu_outer:
   return 0;
 }
 
-// topk: keep_rows (topk) as an index list. Rows j < r = IDX[ival0]; forced: j >= r - n_outer, or
-// IDX[b_addr + j] == 0 with flag SINK; key = forced ? +inf : a[j]; row i comes before row j when
-// key_i > key_j, or they are equal and i < j; the first c = min(r, max(forced, IDX[ival1])) in
-// that order survive. Writes the kept rows ascending to IDX[o_addr ..], their positions to
-// IDX[c_addr ..], pads both to len with the last kept row, and c to IDX[ival1 + 1].
+// score=random: llmc.ir.ops_adaptive.position_hash (two rounds of x ^= x >> 16; x *= 0x45d9f3b
+// mod 2^32, then x ^= x >> 16, of pos + seed * 2^20), x / 2^32 in double, rounded to float.
+static inline float position_hash32(int64_t pos, uint32_t seed) {
+  uint64_t x = (uint64_t)((pos + (int64_t)seed * ((int64_t)1 << 20)) & 0xFFFFFFFFLL);
+  x = x ^ (x >> 16);
+  x = (x * 0x45D9F3BULL) & 0xFFFFFFFFULL;
+  x = x ^ (x >> 16);
+  x = (x * 0x45D9F3BULL) & 0xFFFFFFFFULL;
+  x = x ^ (x >> 16);
+  return (float)((double)x / 4294967296.0);
+}
+
+// topk: keep_rows as an index list. Rows j < r = IDX[ival0]; forced: j >= r - n_outer, or
+// IDX[b_addr + j] == 0 with flag SINK; c = min(r, max(forced, IDX[ival1])) rows survive.
+// n_inner 0 (top-k): key = forced ? +inf : score (a[j], or with flag HASH the position hash,
+// seed fparam); row i comes before row j when key_i > key_j, or they are equal and i < j; the
+// first c in that order survive. n_inner 1 (uniform): the forced rows and, of the others, the
+// floor((q + 0.5) * free / need)-th for q < need = c - forced (in double). Writes the kept rows
+// ascending to IDX[o_addr ..], their positions to IDX[c_addr ..], pads both to len with the last
+// kept row, and c to IDX[ival1 + 1].
+static inline bool topk_forced(const SfuFields& f, const int32_t idx[IDX_WORDS], int64_t j,
+                               int64_t r) {
+  return j >= r - (int64_t)f.n_outer || ((f.flags & SF_SINK) && idx[f.b_addr + j] == 0);
+}
+
+static inline float topk_key(const SfuFields& f, const float act[ACT_WORDS],
+                             const int32_t idx[IDX_WORDS], int64_t j, int64_t r) {
+  if (topk_forced(f, idx, j, r)) return F_INF;
+  return (f.flags & SF_HASH) ? position_hash32(idx[f.b_addr + j], f.fparam) : act[f.a_addr + j];
+}
+
 static uint32_t sfu_topk(const SfuFields& f, const float act[ACT_WORDS], int32_t idx[IDX_WORDS]) {
   const int64_t n = f.len;
   const int64_t W = IDX_WORDS;
@@ -388,30 +414,42 @@ static uint32_t sfu_topk(const SfuFields& f, const float act[ACT_WORDS], int32_t
   const int64_t r = idx[f.ival0];
   const int64_t kc = idx[f.ival1];
   if (r < 1 || r > n) return FAULT_IDX_RANGE;
-  const int64_t recent = f.n_outer;
-  const bool sink = (f.flags & SF_SINK) != 0;
   int64_t nf = 0;
-topk_forced:
+topk_count:
   for (int64_t j = 0; j < r; j++) {
 #pragma HLS PIPELINE II=1
-    nf += (j >= r - recent || (sink && idx[f.b_addr + j] == 0));
+    nf += topk_forced(f, idx, j, r);
   }
   int64_t c = nf > kc ? nf : kc;
   if (c > r) c = r;
-  int64_t m = 0, last = 0;
+  const bool uniform = f.n_inner == 1;
+  const int64_t nfree = r - nf, need = c - nf;
+  int64_t m = 0, last = 0, fi = 0, q = 0;
 sfu_outer:
   for (int64_t j = 0; j < r; j++) {
-    const bool fj = j >= r - recent || (sink && idx[f.b_addr + j] == 0);
-    const float kj = fj ? F_INF : act[f.a_addr + j];
-    int64_t rank = 0;
-  topk_rank:
-    for (int64_t i = 0; i < r; i++) {
+    bool keep;
+    if (uniform) {
+      if (topk_forced(f, idx, j, r)) {
+        keep = true;
+      } else {
+        const int64_t pick =
+            q < need ? (int64_t)((((double)q + 0.5) * (double)nfree) / (double)need) : -1;
+        keep = fi == pick;
+        q += keep;
+        fi++;
+      }
+    } else {
+      const float kj = topk_key(f, act, idx, j, r);
+      int64_t rank = 0;
+    topk_rank:
+      for (int64_t i = 0; i < r; i++) {
 #pragma HLS PIPELINE II=1
-      const bool fi = i >= r - recent || (sink && idx[f.b_addr + i] == 0);
-      const float ki = fi ? F_INF : act[f.a_addr + i];
-      rank += (ki > kj || (ki == kj && i < j));
+        const float ki = topk_key(f, act, idx, i, r);
+        rank += (ki > kj || (ki == kj && i < j));
+      }
+      keep = rank < c;
     }
-    if (rank < c) {
+    if (keep) {
       idx[f.o_addr + m] = (int32_t)j;
       idx[f.c_addr + m] = idx[f.b_addr + j];
       last = j;
@@ -419,10 +457,10 @@ sfu_outer:
     }
   }
 topk_pad:
-  for (int64_t q = m; q < n; q++) {
+  for (int64_t p = m; p < n; p++) {
 #pragma HLS PIPELINE II=1
-    idx[f.o_addr + q] = (int32_t)last;
-    idx[f.c_addr + q] = idx[f.b_addr + last];
+    idx[f.o_addr + p] = (int32_t)last;
+    idx[f.c_addr + p] = idx[f.b_addr + last];
   }
   idx[f.ival1 + 1] = (int32_t)m;
   return 0;
