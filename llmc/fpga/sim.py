@@ -197,6 +197,12 @@ def simulate(
         )
     elif fold:
         notes.append(f"layer folding off: {why_not}")
+    if prog.prune is not None:
+        notes.append(
+            f"token pruning: {prog.prune.K} pruning points, rows per segment "
+            f"{prog.prune.counts(prefill)} (llmc.fpga.prune); decode steps are charged at the "
+            "longest layer's bucket"
+        )
     if prog.hw_bytes("weight", "ddr"):
         notes.append(
             f"{prog.hw_bytes('weight', 'ddr') / 2**30:.2f} GiB of weights spill to DDR "

@@ -234,3 +234,17 @@ def test_keep_one_is_the_dense_model():
     assert b.prune is None  # per-layer cache symbols, nothing pruned
     for key in (("prefill", 0), ("decode", 32)):
         assert a.stream(*key).encode() == b.stream(*key).encode()
+
+
+def test_simulate_charges_the_kept_rows():
+    from llmc.fpga.sim import simulate
+
+    arch = load_arch("u280")
+    dense = simulate(_pruned("token-prune:keep=1.0"), arch, 512, 4, storage=False)
+    half = simulate(_pruned("token-prune:keep=0.5"), arch, 512, 4, storage=False)
+    prog = build_program(_pruned("token-prune:keep=0.5"), arch)
+    assert prog.prune.counts(512) == [512, 384, 256]
+    # segment 0: 4 chunks; top-k; segment 1: 3 chunks; top-k; segment 2: 2 chunks
+    assert half.streams["prefill_chunks"] == 9
+    assert half.prefill_ms < dense.prefill_ms
+    assert any("rows per segment [512, 384, 256]" in n for n in half.notes)
