@@ -248,3 +248,16 @@ def test_simulate_charges_the_kept_rows():
     assert half.streams["prefill_chunks"] == 9
     assert half.prefill_ms < dense.prefill_ms
     assert any("rows per segment [512, 384, 256]" in n for n in half.notes)
+
+
+@pytest.mark.parametrize("n", [3, 9, 128, 129, 300])
+def test_prompt_lengths_around_chunks_and_window(n):
+    # shorter than the window / the forced rows, a whole chunk, one row past it, three chunks
+    g = _pruned("token-prune:keep=0.5", "int4-8of16")
+    prog = build_program(g, load_arch("u280", ["buffers.weight_kb=128"]))
+    ids = np.resize(PROMPT, n)
+    runner = FuncRunner(prog)
+    ag, caches = compare_lm(g, runner, ids, decode_steps=2)
+    assert ag.within(k=4.0) and ag.argmax_agree == 1.0, ag
+    assert caches["kv_err"] < 1e-4
+    assert runner.lens == [c + 2 for c in prog.prune.counts(n)]
