@@ -107,39 +107,27 @@ def test_topk_rows_follows_keep_rows():
             assert got == want[0].nonzero().flatten().tolist()
 
 
-def test_compile_and_run_cli(tmp_path, capsys):
+def test_compile_run_and_eval_cli(tmp_path, capsys):
+    import json
+
     out = tmp_path / "tiny-u280-prune"
-    assert (
-        main(
-            [
-                "compile",
-                "tiny",
-                "--target",
-                "u280",
-                "--passes",
-                "token-prune:keep=0.5",
-                "-o",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    spec = "token-prune:keep=0.5"
+    assert main(["compile", "tiny", "--target", "u280", "--passes", spec, "-o", str(out)]) == 0
     files = sorted(p.name for p in (out / "fpga" / "instructions").iterdir())
     assert "pseg0_c00.bin" in files and "psel1_n01.bin" in files
-    assert (
-        main(
-            [
-                "run",
-                str(out),
-                "--prompt-ids",
-                ",".join(map(str, PROMPT[:40])),
-                "--max-new-tokens",
-                "3",
-                "--json",
-            ]
-        )
-        == 0
-    )
+    ids = ",".join(map(str, PROMPT[:40]))
+    assert main(["run", str(out), "--prompt-ids", ids, "--max-new-tokens", "3", "--json"]) == 0
+    capsys.readouterr()
+    # continuation perplexity (windows of 64, the first 48 prefilled and pruned), the artifact on
+    # the functional simulator against the interpreter with the same pass
+    ev = ["--window", "64", "--max-tokens", "256", "--json"]
+    assert main(["eval", str(out), *ev]) == 0
+    fpga = json.loads(capsys.readouterr().out)
+    assert main(["eval", "tiny", "--passes", spec, *ev]) == 0
+    ref = json.loads(capsys.readouterr().out)
+    assert fpga["prompt_len"] == ref["prompt_len"] == 48
+    assert fpga["prefill_token_fraction"] == ref["prefill_token_fraction"] < 1
+    assert abs(fpga["nll"] - ref["nll"]) < 1e-5
 
 
 @pytest.mark.parametrize(
