@@ -9,6 +9,8 @@ What the directory holds (besides the common ``manifest.json``, ``report.json``/
     fpga/instructions/          one stream per length bucket (length-adaptive compilation):
         prefill_cCC.bin         prompt chunk CC (tokens [CC*C, (CC+1)*C), C = prefill_bucket)
         decode_tTTTT.bin        a decode step whose attention sees at most TTTT tokens
+        psegS_cCC.bin           token pruning (llmc.fpga.prune): segment S's layers, chunk CC
+        pselK_nNN.bin           token pruning: top-k of pruning point K over NN chunks of rows
         index.json              bucket -> file, instructions, bytes, sha256; storage totals
     fpga/hbm.bin                the initial HBM image (packed weights, tables); only for models
                                 with real weights
