@@ -150,8 +150,8 @@ def test_uniform_model_refuses_ragged_cache():
     ],
 )
 def test_compiled_targets_refuse_in_one_line(tmp_path, target, match):
-    """Lowering gather_rows (and per-layer caches in the runners) is not done yet: every compiled
-    target refuses a pruned graph at compile time, in one line, writing nothing."""
+    """A gather_rows the backend cannot lower (cpu: not yet; u280: one outside token-prune's
+    scoring steps) is refused at compile time, in one line, writing nothing."""
     from llmc.errors import UnsupportedOpError
     from tests.backends.conftest import compile_graph
 

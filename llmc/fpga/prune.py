@@ -179,10 +179,13 @@ def plan_pruning(graph: Graph, cache_inputs: dict[str, Value]) -> PrunePlan | No
                 len(points) + 1, layer, n, keep, gh[0], gp[0], attn[0], min(ids), max(ids) + 1
             )
         )
-    if not points or sum(n.op == "gather_rows" for n in nodes) != 2 * len(points):
-        raise UnsupportedOpError(
-            "gather_rows outside token-prune's scoring steps has no FlightLLM lowering"
-        )
+    ours = {id(x) for p in points for x in (p.gh, p.gp)}
+    for n in nodes:
+        if n.op == "gather_rows" and id(n) not in ours:
+            raise UnsupportedOpError(
+                f"op 'gather_rows' (%{n.out.name} at {n.scope or '?'}) has no FlightLLM lowering "
+                "outside token-prune's scoring steps (token_scores, keep_rows, gather_rows)"
+            )
     segs, lo = [], 0
     for p in points:
         segs.append((lo, p.lo))
