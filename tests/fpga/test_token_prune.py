@@ -249,3 +249,22 @@ def test_prompt_lengths_around_chunks_and_window(n):
     assert ag.within(k=4.0) and ag.argmax_agree == 1.0, ag
     assert caches["kv_err"] < 1e-4
     assert runner.lens == [c + 2 for c in prog.prune.counts(n)]
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt_neox"])
+def test_hf_families(family, tmp_path):
+    # Llama 3.1 rope scaling and GQA, Qwen2's qkv bias, GPT-NeoX's partial rotary and parallel
+    # residual (the other families: the pass refuses them, or the sliding window)
+    from llmc.compile import load
+    from tests.frontend.hf_models import VOCAB, make
+
+    make(family).save_pretrained(tmp_path, safe_serialization=True)
+    g = load(str(tmp_path)).graph
+    build_pipeline("token-prune:keep=0.5").run(g, PassContext(target="u280"))
+    prog = build_program(g, load_arch("u280"))
+    runner = FuncRunner(prog)
+    ids = np.random.default_rng(7).integers(0, VOCAB, 40)
+    ag, caches = compare_lm(g, runner, ids, decode_steps=3)
+    assert ag.within(k=4.0, atol=2e-6) and ag.argmax_agree == 1.0, ag
+    assert caches["kv_err"] < 1e-5
+    assert runner.lens[-1] < runner.lens[0]
