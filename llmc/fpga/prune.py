@@ -179,6 +179,12 @@ def plan_pruning(graph: Graph, cache_inputs: dict[str, Value]) -> PrunePlan | No
                 len(points) + 1, layer, n, keep, gh[0], gp[0], attn[0], min(ids), max(ids) + 1
             )
         )
+    if len(points) >= isa.N_REGS:
+        raise UnsupportedOpError(
+            f"token-prune: {len(points)} pruning points, but the accelerator has "
+            f"{isa.N_REGS - 1} KV length registers (one per pruned segment); bring l1 and l2 "
+            "closer together"
+        )
     ours = {id(x) for p in points for x in (p.gh, p.gp)}
     for n in nodes:
         if n.op == "gather_rows" and id(n) not in ours:

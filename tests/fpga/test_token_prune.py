@@ -268,3 +268,10 @@ def test_hf_families(family, tmp_path):
     assert ag.within(k=4.0, atol=2e-6) and ag.argmax_agree == 1.0, ag
     assert caches["kv_err"] < 1e-5
     assert runner.lens[-1] < runner.lens[0]
+
+
+def test_too_many_pruning_points_refused(capsys):
+    rc = main(["simulate", "llama2-7b", "--target", "u280", "--passes",
+               "token-prune:keep=0.5:l1=1:l2=30"])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and "30 pruning points" in err and len(err.splitlines()) == 1, err
