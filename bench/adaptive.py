@@ -65,10 +65,15 @@ def agreement(outs: list[list[int]], ref: list[list[int]]) -> dict[str, float]:
     return {"greedy_exact": exact / len(ref), "greedy_prefix": prefix / len(ref)}
 
 
-def apply(graph, spec: str, tok, calib: int) -> tuple[InterpLM, dict, float]:
+def apply(
+    graph, spec: str, tok, calib: int, seqlen: int | None = None
+) -> tuple[InterpLM, dict, float]:
+    """The pass applied to a copy; ``seqlen``: calibration window (token-prune: the prompt length
+    it will prune, so that adaptive thresholds see prompts of the length they are used on)."""
     g = graph.copy()
     t = time.perf_counter()
-    rep = dict(build_pipeline(spec).run(g, PassContext(calib_samples=calib, tokenizer=tok))[0])
+    ctx = PassContext(calib_samples=calib, calib_seqlen=seqlen, tokenizer=tok)
+    rep = dict(build_pipeline(spec).run(g, ctx)[0])
     return InterpLM(g), rep, time.perf_counter() - t
 
 
@@ -139,8 +144,11 @@ def prune_part(m, tok, a) -> list[dict]:
             if k >= 1.0 and (score != "attention" or extra):
                 continue
             spec = f"token-prune:average={k}{sched}:score={score}{extra}"
-            lm, rep, secs = apply(m.graph, spec, tok, a.calib_samples)
-            q = evaluate(lm, windows, reference=dense_lm, batch_size=a.batch, prompt=a.prompt)
+            lm, rep, secs = apply(m.graph, spec, tok, a.calib_samples, a.prompt)
+            # adaptive thresholds decide per prompt; a batch keeps, per layer, the largest count
+            # any of its prompts passes (rectangular tensors), so score adaptive one at a time
+            bs = 1 if extra else a.batch
+            q = evaluate(lm, windows, reference=dense_lm, batch_size=bs, prompt=a.prompt)
             got = q.to_dict()
             flops = _prune_fields(lm.graph, a.prompt, q.prefill_token_fraction or 1.0)
             got["prefill_flops_ratio"] = flops["prefill_flops_ratio"]

@@ -196,6 +196,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         prefill_tokens_per_s=res.prefill_tokens_per_s,
         decode_tokens_per_s=res.decode_tokens_per_s,
         **_skip_fields(lm),
+        **_device_fields(lm),
     )
     if _prunes(loaded.graph):
         out.update(
@@ -229,6 +230,13 @@ def _skip_fields(lm: Any) -> dict[str, Any]:
     if not stats:
         return {}
     return {k: stats[k] for k in ("ffn_skip_fraction", "ffn_skip_histogram")}
+
+
+def _device_fields(lm: Any) -> dict[str, Any]:
+    """What a simulated device adds about the run (FPGA: the cycle model's replay of the
+    streams it ran, ``fpga_decode_ms_per_token``...), else nothing."""
+    timing = getattr(lm, "device_timing", None)
+    return timing() if timing is not None else {}
 
 
 def _prunes(graph: Any) -> bool:
@@ -390,6 +398,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
         "repeat": a.repeat,
         "random_weights": bool(a.random_weights),
         **_skip_fields(lm),
+        **_device_fields(lm),
     }
     if _prunes(loaded.graph):
         out.update(
@@ -672,6 +681,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="simulate every layer instead of folding identical layers (slower, same result)",
     )
+    from llmc.fpga.cli import skip_rate_arg
+
+    p.add_argument(
+        "--skip-rate",
+        type=skip_rate_arg,
+        metavar="R",
+        help="ffn-skip models: fraction of decode FFN blocks skipped, in [0, 1] (no data needed)",
+    )
     p.add_argument("--allow-pickle", action="store_true")
     _add_pass_args(p)
     p.set_defaults(func=cmd_simulate)
@@ -716,6 +733,12 @@ def main(argv: list[str] | None = None) -> int:
         ap.print_help(sys.stderr)
         return 2
     try:
+        model = getattr(a, "model", None)
+        if isinstance(model, str) and os.path.isdir(model):
+            # refuse an unsupported architecture from config.json alone, before torch loads
+            from llmc.frontends.archs import precheck_dir
+
+            precheck_dir(model)
         return int(a.func(a) or 0)
     except KeyboardInterrupt:
         print("llmc: interrupted", file=sys.stderr)

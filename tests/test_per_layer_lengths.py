@@ -139,25 +139,35 @@ def test_uniform_model_refuses_ragged_cache():
         lm.forward(torch.tensor([[1]]), torch.tensor([[3]]), past)
 
 
-@pytest.mark.parametrize(
-    "target, match",
-    [
-        (
-            "cpu",
-            "op 'gather_rows' \\(%\\d+ at model.layers.1.prune\\) is not supported on target cpu",
-        ),
-        ("u280", r"op 'gather_rows' \(%\d+ at model.layers.1.prune\) has no FlightLLM"),
-    ],
-)
-def test_compiled_targets_refuse_in_one_line(tmp_path, target, match):
-    """A gather_rows the backend cannot lower (cpu: not yet; u280: one outside token-prune's
-    scoring steps) is refused at compile time, in one line, writing nothing."""
+def test_fpga_refuses_in_one_line(tmp_path):
+    """A gather_rows outside token-prune's scoring steps (the fixture's position mask) has no
+    FlightLLM lowering: refused at compile time, in one line, writing nothing."""
     from llmc.errors import UnsupportedOpError
     from tests.backends.conftest import compile_graph
 
+    match = r"op 'gather_rows' \(%\d+ at model.layers.1.prune\) has no FlightLLM"
     with pytest.raises(UnsupportedOpError, match=match) as e:
-        compile_graph(toy_lm(layers=2, prune=(1, LO, HI)), target, tmp_path / "out")
+        compile_graph(toy_lm(layers=2, prune=(1, LO, HI)), "u280", tmp_path / "out")
     assert "\n" not in str(e.value) and not (tmp_path / "out").exists()
+
+
+def test_cpu_artifact_keeps_per_layer_lengths(tmp_path):
+    """A gather_rows whose mask is not keep_rows' (the fixture's position test) compiles for the
+    CPU with a run-time row count in prefill and decode; the artifact's caches have the
+    interpreter's per-layer lengths and it generates what the interpreter generates."""
+    from llmc.runtime.tvm_runner import load
+    from tests.backends.conftest import compile_graph
+
+    g = toy_lm(layers=3, prune=(1, LO, HI))
+    cpu, ref = load(compile_graph(g, "cpu", tmp_path / "out")), InterpLM(g)
+    assert cpu.backend["kv_cache"]["per_layer"]
+    ids = torch.tensor([[5, 17, 42, 9, 77, 3]])
+    pos = torch.arange(6)[None]
+    got, got_kv = cpu.forward(ids, pos, cpu.empty_past(1))
+    want, want_kv = ref.forward(ids, pos, ref.empty_past(1))
+    assert kv_lengths(got_kv) == kv_lengths(want_kv) == [6, 4, 4]
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert generate(cpu, [5, 17, 42, 9], 6).tokens == generate(ref, [5, 17, 42, 9], 6).tokens
 
 
 def test_cost_analysis_takes_per_layer_symbols():

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from llmc.ir.graph import Graph, Node, Value, regions_of
+from llmc.ir.ops_adaptive import fresh_symbols
 from llmc.ir.printer import format_attrs
 from llmc.ir.structure import Structure
 
@@ -59,6 +60,8 @@ def plan_layers(graph: Graph, *, min_layers: int = 2) -> LayerPlan:
         span = non_param[first[idx] : last[idx] + 1]
         if any(layer_index(n.scope) not in (None, idx) for n in span):
             continue  # interleaved layers: lower inline
+        if any(fresh_symbols(n.op, n.attrs) for n in span):
+            continue  # binds a run-time size (token pruning's gather_rows) the caller needs
         inside = {id(n) for n in span}
         layer = Layer(idx, span)
         seen: set[int] = set()

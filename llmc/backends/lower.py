@@ -19,7 +19,11 @@ decode step and allocates a new one. When every ``past_*`` input feeds exactly o
 kv_capacity, head_dim]`` per ``past_*`` input plus one ``kv_len: Shape([past])`` argument after the
 graph inputs; the concat becomes ``kv_append`` (``call_tir_inplace``: the new keys are written at
 ``past ..``), the attention kernels read the first ``past + seq`` keys of the buffer, and the
-``present_*`` outputs are the buffers themselves. An operand that needs the value as a tensor (the
+``present_*`` outputs are the buffers themselves. With token pruning (``llmc-lm-v2``) each layer's
+cache has its own length symbol ``past_i``: ``kv_len`` is ``Shape([past_0, .., past_{L-1}])``
+(:func:`kv_length_symbol`; the order is recorded in the manifest), layer ``i`` appends at
+``past_i``, and the entries return one more output, ``Shape`` of the new lengths
+(``past_i + keep_l``, where ``keep_l`` is bound at run time: :mod:`llmc.backends.rules_prune`). An operand that needs the value as a tensor (the
 TE attention fallback, any other op) gets a slice of it (a copy). The runner owns the buffers
 (:mod:`llmc.runtime.tvm_runner`).
 
@@ -51,7 +55,7 @@ from llmc.backends.layouts import WeightArg, get_layout, tvm_dtype
 from llmc.errors import IRError, UnsupportedOpError
 from llmc.ir.graph import Graph, Node, Value, regions_of
 from llmc.ir.params import Param
-from llmc.ir.types import Dim, SymDim, TensorType, sym
+from llmc.ir.types import Dim, SymDim, TensorType
 
 
 @dataclass(frozen=True)
@@ -107,12 +111,26 @@ def find_kv_appends(graph: Graph) -> dict[int, Node]:
             and isinstance(v.type.shape[1], int)
             and isinstance(v.type.shape[3], int)
             and n.inputs[1].type.dtype == v.type.dtype
-            and v.type.shape[2] == sym("past")
+            and kv_length_symbol(v) is not None
         )
         if not ok:
             return {}
         found[id(v)] = n
     return found
+
+
+def kv_length_symbol(v: Value) -> str | None:
+    """The cache length symbol of a ``past_*`` input: ``past`` (one length for every layer,
+    ``llmc-lm-v1``) or ``past_<i>`` (layer ``i``'s own, ``llmc-lm-v2``: token pruning)."""
+    d = v.type.shape[2] if v.type.rank == 4 else None
+    if not isinstance(d, SymDim) or len(d.terms) != 1:
+        return None
+    ((mono, coef),) = d.terms
+    if coef != 1 or len(mono) != 1:
+        return None
+    name = mono[0]
+    ok = name == "past" or (name.startswith("past_") and name[5:].isdigit())
+    return name if ok else None
 
 
 @dataclass
@@ -126,11 +144,18 @@ class Lowered:
     kv_inputs: list[Value] = field(default_factory=list)  # in-place caches, argument order
     control_flow: int = 0  # ``cond`` nodes lowered to a Relax ``If`` (all entries together)
     branch_functions: dict[str, int] = field(default_factory=dict)  # function -> call sites
+    kv_lengths: list[str] = field(default_factory=list)  # the symbols of kv_len, in order
 
     @property
     def kv_in_place(self) -> bool:
         """The entries take cache buffers and ``kv_len`` (see the module docstring)."""
         return bool(self.kv_inputs)
+
+    @property
+    def kv_per_layer(self) -> bool:
+        """Each layer's cache has its own length (token pruning): ``kv_len`` holds one per
+        layer and the entries return the new lengths as a last ``Shape`` output."""
+        return self.kv_lengths not in ([], ["past"])
 
 
 RuleFn = Callable[["LowerCtx", Node], Any]
@@ -153,6 +178,9 @@ class LowerCtx:
         self._weight_hook = weight_hook
         self.kv_len: relax.Var | None = None  # the Shape([past]) argument, with in-place caches
         self._sliced: dict[int, relax.Expr] = {}
+        #: id(keep mask) -> (kept-row sources, the fresh length variable): the gathers that
+        #: share a mask share one index computation and one length (rules_prune.py)
+        self.prune_sources: dict[int, tuple[relax.Expr, tirx.Var]] = {}
 
     # -- target ---------------------------------------------------------------------------------
     @property
@@ -315,6 +343,12 @@ class Lowering:
         self.kv_appends: dict[int, Node] = find_kv_appends(graph) if kv_in_place else {}
         self._kv_concats = {id(n) for n in self.kv_appends.values()}
         self._kv_values = {id(n.out) for n in self.kv_appends.values()}
+        #: the cache length symbols (``past``, or ``past_0 ..``), in input order: kv_len's shape
+        self.kv_syms: list[str] = []
+        for v in graph.inputs:
+            name = kv_length_symbol(v) if id(v) in self.kv_appends else None
+            if name is not None and name not in self.kv_syms:
+                self.kv_syms.append(name)
         self._dataflow = True  # the function being emitted is one dataflow block
         self._scope_params: list[relax.Var] = []  # its non-weight arguments (see _body)
         self._entry = Entry("")
@@ -357,7 +391,17 @@ class Lowering:
         return ctx.rtype(v.type)
 
     def _kv_len_var(self, env: dict[str, Any]) -> relax.Var:
-        return relax.Var("kv_len", relax.ShapeType([env["past"]]))
+        return relax.Var("kv_len", relax.ShapeType([env[s] for s in self.kv_syms]))
+
+    def _kv_new_lengths(self, ctx: LowerCtx) -> relax.ShapeExpr:
+        """Per cache length symbol, the length after this call (``past_i + rows_i``)."""
+        out = {}
+        for v in self.graph.inputs:
+            n = self.kv_appends.get(id(v))
+            name = kv_length_symbol(v) if n is not None else None
+            if n is not None and name not in out:
+                out[name] = ctx.dim(n.out.type.shape[2])
+        return relax.ShapeExpr([out[s] for s in self.kv_syms])
 
     # -- driver -----------------------------------------------------------------------------------
     def lower(self, entries: Sequence[Entry]) -> Lowered:
@@ -374,6 +418,7 @@ class Lowering:
             [v for v in self.graph.inputs if id(v) in self.kv_appends],
             self.rules_used.get("cond", 0),
             dict(self.branch_calls),
+            list(self.kv_syms),
         )
 
     def _env(self, entry: Entry) -> dict[str, Any]:
@@ -422,6 +467,8 @@ class Lowering:
                         continue
                     self._lower_node(ctx, n)
                 outs = [ctx.result(v) for v in self.graph.outputs]
+                if self.kv_syms not in ([], ["past"]):  # per-layer lengths: return the new ones
+                    outs.append(self._kv_new_lengths(ctx))
                 out = self._output(relax.Tuple(outs))
             self.bb.emit_func_output(out, params=inputs + list(weight_vars.values()))
         self.entry_weights[entry.name] = list(weight_vars)
@@ -673,4 +720,5 @@ __all__ = [
     "Lowering",
     "ParamRef",
     "find_kv_appends",
+    "kv_length_symbol",
 ]

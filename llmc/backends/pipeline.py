@@ -172,6 +172,10 @@ class TVMPipeline:
                 "in_place": lowered.kv_in_place,
                 "capacity_symbol": KV_CAPACITY,
                 "buffers": [_kv_buffer(v) for v in lowered.kv_inputs],
+                # per layer (token pruning): kv_len = Shape([past_0, ..]) in this order, and
+                # the entries return the new lengths as a last Shape output
+                "per_layer": lowered.kv_per_layer,
+                "lengths": lowered.kv_lengths,
             },
             "outputs": [{"name": v.name, "type": str(v.type)} for v in graph.outputs],
             "lowering_rules": lowered.rules_used,
@@ -207,7 +211,15 @@ def device_sources(ex: relax.VMExecutable) -> dict[str, str]:
 def _kv_buffer(v: Any) -> dict[str, Any]:
     """What the runner allocates for one in-place ``past_*`` input."""
     _, heads, _, hd = v.type.shape
-    return {"name": v.name, "kv_heads": int(heads), "head_dim": int(hd), "dtype": v.type.dtype}
+    from llmc.backends.lower import kv_length_symbol
+
+    return {
+        "name": v.name,
+        "kv_heads": int(heads),
+        "head_dim": int(hd),
+        "dtype": v.type.dtype,
+        "length": kv_length_symbol(v),
+    }
 
 
 def _target_dict(t: tvm.target.Target) -> dict[str, Any]:

@@ -21,11 +21,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from tvm import relax
+from tvm import relax, tirx
 
 from llmc.backends.kernels import te_ops
 from llmc.backends.layouts import tvm_dtype
 from llmc.backends.lower import KVCacheRef, LowerCtx
+from llmc.backends.rules_prune import PRUNE_RULES
 from llmc.errors import IRError
 from llmc.ir.graph import Node
 from llmc.ir.params import Param
@@ -261,7 +262,7 @@ def _kv_append(ctx: LowerCtx, n: Node) -> KVCacheRef:
     kvh, d = int(kvh), int(d)
     dt = tvm_dtype(n.out.type.dtype)
     assert ctx.kv_len is not None
-    past = ctx.kv_len.ty.values[0]
+    past = ctx.dim(n.inputs[0].type.shape[2])  # this layer's cache length (past, or past_i)
     mod = attention_kernels(ctx)
     gv = ctx.lowering.kernel(
         (mod.__name__, "kv_append", kvh, d, dt), lambda: mod.kv_append(kvh, d, dt), "kv_append"
@@ -404,6 +405,7 @@ def _attention(ctx: LowerCtx, n: Node) -> relax.Expr:
         a.causal,
         a.window,
         tvm_dtype(dt),
+        a.softcap,
         name="attn_softmax",
     )
     o = ctx.emit_te(te_ops.attn_pv, p, v, tvm_dtype(dt), name="attn_pv")
@@ -469,10 +471,10 @@ def _attention_kernel(ctx: LowerCtx, n: Node) -> relax.Expr:
     dt = tvm_dtype(n.out.type.dtype)
     scale = attention_scale(n)
     mod = attention_kernels(ctx)
-    key = (mod.__name__, "sync", h, kvh, d, dt, scale, a.causal, a.window)
+    key = (mod.__name__, "sync", h, kvh, d, dt, scale, a.causal, a.window, a.softcap)
     return ctx.call_kernel(
         key,
-        lambda: mod.attention_sync(h, kvh, d, dt, scale, a.causal, a.window),
+        lambda: mod.attention_sync(h, kvh, d, dt, scale, a.causal, a.window, a.softcap),
         "attention",
         [q, k, v, relax.prim_value(t)],
         q.ty,
@@ -586,12 +588,45 @@ def _fallback(ctx: LowerCtx, n: Node) -> relax.Expr:
     raise ctx.unsupported()
 
 
-def _gather_rows_refused(ctx: LowerCtx, n: Node) -> relax.Expr:
-    # its output length is data-dependent (a fresh symbol bound at run time) and the in-place
-    # KV cache has one length for every layer: both are token pruning's TVM work, not done yet
-    raise ctx.unsupported(
-        "token pruning's data-dependent row count and per-layer KV lengths are not lowered yet"
-    )
+def _moe(ctx: LowerCtx, n: Node) -> relax.Expr:
+    """``moe`` dense over experts, in float32: the router's top-k weights scattered into an
+    ``[N, E]`` matrix (zero for experts a row did not choose), every expert's gated FFN run as
+    one batched matmul pair over all rows (``[E, N, 2I]``, ``[E, N, H]``), and the weighted sum
+    over experts. Exact for the op's semantics; it spends ``E / top_k`` times the routed work
+    (a routed kernel that gathers each expert's rows is the next step)."""
+    x, router, gate_up, down = ctx.args(n)
+    a = n.attrs
+    e, h = (int(d) for d in n.inputs[1].type.shape)
+    inter = int(n.inputs[3].type.shape[2])
+    f32 = "f32"
+    x2 = ctx.cast(ctx.emit(relax.op.reshape(x, [-1, h])), f32)
+    logits = ctx.emit(relax.op.matmul(x2, relax.op.permute_dims(ctx.cast(router, f32))))
+    probs = ctx.emit(relax.op.nn.softmax(logits, axis=-1))
+    # top-k as k rounds of argmax (k is small; Relax's topk has no legalization here): each
+    # round takes the largest remaining probability and knocks it out (probabilities are <= 1)
+    one = relax.prim_value(tirx.FloatImm("float32", 1.0))
+    zero = relax.prim_value(tirx.FloatImm("float32", 0.0))
+    rest, w = probs, None
+    for _ in range(a.top_k):
+        hot = ctx.emit(relax.op.one_hot(relax.op.argmax(rest, axis=-1), one, zero, e, axis=-1))
+        top = relax.op.multiply(hot, relax.op.max(rest, axis=[-1], keepdims=True))
+        w = ctx.emit(top if w is None else relax.op.add(w, top))
+        rest = ctx.emit(relax.op.subtract(rest, relax.op.multiply(hot, relax.const(2.0))))
+    assert w is not None
+    if a.normalize:
+        w = ctx.emit(relax.op.divide(w, relax.op.sum(w, axis=[-1], keepdims=True)))
+    gu = relax.op.permute_dims(ctx.cast(gate_up, f32), [0, 2, 1])  # [E, H, 2I]
+    hid = ctx.emit(relax.op.matmul(relax.op.expand_dims(x2, 0), gu))  # [E, N, 2I]
+    g = relax.op.strided_slice(hid, axes=[2], begin=[0], end=[inter])
+    u = relax.op.strided_slice(hid, axes=[2], begin=[inter], end=[2 * inter])
+    act = {"silu": relax.op.nn.silu, "gelu": relax.op.nn.gelu, "relu": relax.op.nn.relu}
+    gated = ctx.emit(relax.op.multiply(act[a.activation](g), u))
+    dn = relax.op.permute_dims(ctx.cast(down, f32), [0, 2, 1])  # [E, I, H]
+    y = ctx.emit(relax.op.matmul(gated, dn))  # [E, N, H]
+    wt = relax.op.expand_dims(relax.op.permute_dims(w, [1, 0]), -1)  # [E, N, 1]
+    out = ctx.emit(relax.op.sum(relax.op.multiply(y, wt), axis=[0]))  # [N, H]
+    out = ctx.emit(relax.op.reshape(out, x.ty.shape))
+    return ctx.cast(out, n.out.type.dtype)
 
 
 def _r(name: str, op: str | None, fn: Callable[[LowerCtx, Node], relax.Expr], **kw: Any) -> Rule:
@@ -637,9 +672,9 @@ COMMON_RULES: list[Rule] = (
         _r("linear.nm", "linear", _linear_nm, when=fmt_is(is_nm)),
         _r("linear.dense", "linear", _linear_dense, when=lambda c, n: _dense_or_value(c, n)),
         _r("qlinear_a8", "qlinear_a8", _qlinear_a8),
-        _r("gather_rows.refused", "gather_rows", _gather_rows_refused),
-        _r("token_scores.refused", "token_scores", _gather_rows_refused),
-        _r("keep_rows.refused", "keep_rows", _gather_rows_refused),
+        _r("moe.dense", "moe", _moe),
+        # token pruning (rules_prune.py): scores, the keep mask, the gathers with a fresh length
+        *[_r(op, op, fn) for op, fn in PRUNE_RULES],
     ]
 )
 

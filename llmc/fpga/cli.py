@@ -10,6 +10,19 @@ from llmc.errors import TargetError
 from llmc.fpga.arch import FpgaArch, builtin_names, load_arch
 
 
+def skip_rate_arg(text: str) -> float:
+    """``--skip-rate``: a fraction in [0, 1] (argparse type; one-line error otherwise)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= v <= 1.0:  # NaN fails too
+        raise argparse.ArgumentTypeError(
+            f"{text} is out of range: a fraction of the decode FFN blocks, in [0, 1]"
+        )
+    return v
+
+
 def resolve_arch(target: str, arch_file: str | None, sets: list[str]) -> FpgaArch:
     """The board for ``--target`` / ``--arch FILE`` with ``--set`` overrides."""
     if arch_file:
@@ -40,7 +53,8 @@ def simulate_command(a: argparse.Namespace) -> int:
     )
     t_passes = time.perf_counter()
     status(f"simulating on {arch.name} ...")
-    rep = simulate(loaded.graph, arch, a.prefill, a.decode, fold=not a.no_fold)
+    rate = getattr(a, "skip_rate", None)
+    rep = simulate(loaded.graph, arch, a.prefill, a.decode, fold=not a.no_fold, skip_rate=rate)
     t_end = time.perf_counter()
     timing = {
         "load": t_load - t0,
@@ -51,6 +65,8 @@ def simulate_command(a: argparse.Namespace) -> int:
     if a.json:
         out: dict[str, Any] = rep.to_dict()
         out["model"] = loaded.name
+        if rate is not None:
+            out["ffn_skip_rate"] = rate
         out["passes"] = report
         out["timing_s"] = timing
         emit_json(out)

@@ -44,12 +44,14 @@ class FullCosts:
 
     def __init__(self, prog: Program, pm: PerfModel) -> None:
         self.prog, self.pm = prog, pm
-        self._perf: dict[tuple[str, int], StreamPerf] = {}
+        self._perf: dict[tuple[str, int, tuple[int, ...]], StreamPerf] = {}
 
-    def perf(self, stage: str, bucket: int) -> StreamPerf:
-        key = (stage, bucket)
+    def perf(self, stage: str, bucket: int, taken: tuple[int, ...] = ()) -> StreamPerf:
+        """The stream's cost; ``taken``: the ``BR``s this run takes (FFN-skip)."""
+        key = (stage, bucket, taken)
         if key not in self._perf:
-            self._perf[key] = simulate_stream(self.prog.stream(stage, bucket).instrs, self.pm)
+            s = self.prog.stream(stage, bucket).instrs
+            self._perf[key] = simulate_stream(s, self.pm, taken)
         return self._perf[key]
 
     def count(self, stage: str, bucket: int) -> int:
@@ -80,8 +82,10 @@ class FoldedCosts(FullCosts):
             self._small_perf[key] = simulate_stream(s.instrs, self.pm)
         return self._small_perf[key]
 
-    def perf(self, stage: str, bucket: int) -> StreamPerf:
-        key = (stage, bucket)
+    def perf(self, stage: str, bucket: int, taken: tuple[int, ...] = ()) -> StreamPerf:
+        key = (stage, bucket, taken)
+        if taken:  # a folded model has no branches (its layers would differ)
+            return super().perf(stage, bucket, taken)
         if key in self._perf:
             return self._perf[key]
         p2, p3, p4 = (self._sp(k, stage, bucket) for k in POINTS)
@@ -89,7 +93,7 @@ class FoldedCosts(FullCosts):
         if _predicts(_extrapolate(p2, p3, 4, prefix), p4):
             got = _extrapolate(p2, p3, self.layers, prefix)
         else:
-            self.fallbacks.append(key)
+            self.fallbacks.append((stage, bucket))
             got = simulate_stream(self.prog.stream(stage, bucket).instrs, self.pm)
         self._perf[key] = got
         return got

@@ -46,6 +46,10 @@ class Machine:
         self.wgt = np.zeros(int(arch.buffers.weight_kb * 1024), dtype=np.uint8)
         self.kv = np.zeros(int(arch.buffers.kv_kb * 1024 / arch.act_bytes), dtype=f32)
         self.regs = [0] * isa.N_REGS  # register 0 is R_POS
+        #: indices of the ``BR`` instructions taken by the last :meth:`run`
+        self.taken: list[int] = []
+        #: BR index -> the per-row decisions it saw (``run(..., probes)``), for skip counts
+        self.masks: dict[int, np.ndarray] = {}
 
     @property
     def r_pos(self) -> int:
@@ -63,12 +67,34 @@ class Machine:
         return (self.idx, self.act, self.wgt, self.kv)[b]
 
     # -- execution ------------------------------------------------------------------------------
-    def run(self, instrs: list[isa.Instr]) -> None:
-        for j, ins in enumerate(instrs):
+    def run(
+        self, instrs: list[isa.Instr], probes: dict[int, tuple[int, int, int]] | None = None
+    ) -> None:
+        """Execute in program order; a taken ``BR`` skips its body (recorded in ``taken``).
+        ``probes`` (:attr:`llmc.fpga.lower.Stream.probes`): per-row masks read at their BR."""
+        self.taken = []
+        self.masks = {}
+        j, n = 0, len(instrs)
+        while j < n:
+            ins = instrs[j]
+            if ins.op == isa.BR:
+                a = ins.f.get("addr", 0)
+                if a >= self.act.size:
+                    raise FuncSimError(f"instruction {j} ({ins!r}): ACT word {a} out of range")
+                if probes and j in probes:
+                    pa, ps, pn = probes[j]
+                    self.masks[j] = self.act[pa + ps * np.arange(pn)] != 0
+                if (self.act[a] != 0) != bool(ins.f.get("neg", 0)):
+                    self.taken.append(j)
+                    j += 1 + ins.f.get("skip", 0)
+                    continue
+                j += 1
+                continue
             try:
                 EXEC[ins.op](self, ins.f)
             except (IndexError, ValueError) as e:
                 raise FuncSimError(f"instruction {j} ({ins!r}) failed: {e}") from e
+            j += 1
 
 
 def _rows(f: dict[str, int], pre: str = "") -> np.ndarray:
@@ -89,7 +115,9 @@ def _ld_st(m: Machine, f: dict[str, int], store: bool) -> None:
     hso, hsi = f.get("hbm_so", 0), f.get("hbm_si", 0)
     cso, csi = f.get("chip_so", 0), f.get("chip_si", 0)
     chip = f.get("chip", 0)
-    gather = f.get("mode", 0) == 1
+    mode = f.get("mode", 0)
+    gather = mode == isa.M_GATHER
+    i2f = mode == isa.M_I2F and b == isa.B_ACT and not store
     hbm = m.hbm
     for o in range(no):
         for i in range(ni):
@@ -105,6 +133,8 @@ def _ld_st(m: Machine, f: dict[str, int], store: bool) -> None:
                 hbm[src : src + rb] = buf[dst : dst + n].view(np.uint8)
             elif b == isa.B_WGT:
                 buf[dst : dst + n] = hbm[src : src + rb]
+            elif i2f:  # int32 words -> float32 (exact below 2^24, else correctly rounded)
+                buf[dst : dst + n] = hbm[src : src + rb].view(np.int32).astype(f32)
             else:
                 buf[dst : dst + n] = hbm[src : src + rb].view(buf.dtype)
 
@@ -261,7 +291,9 @@ def x_sfu(m: Machine, f: dict[str, int]) -> None:
     no, ni = max(1, f.get("n_outer", 1)), max(1, f.get("n_inner", 1))
     flags = f.get("flags", 0)
     fp = f32(isa.bits_f32(f.get("fparam", 0)))
-    a = _operand(m, f, "a", length)
+    a = _operand(m, f, "a", 1 if flags & isa.SF_ROW_A else length)
+    if flags & isa.SF_ROW_A:
+        a = np.broadcast_to(a, (a.shape[0], a.shape[1], length))
     if fn == isa.S_COPY:
         y = a
     elif fn == isa.S_RMSNORM:
@@ -298,6 +330,23 @@ def x_sfu(m: Machine, f: dict[str, int]) -> None:
         y = (a + fp).astype(f32)
     elif fn == isa.S_MULC:
         y = (a * fp).astype(f32)
+    elif fn == isa.S_RSUBC:
+        y = (fp - a).astype(f32)
+    elif fn == isa.S_SQRT:
+        y = nm.sqrt32(a)
+    elif fn == isa.S_DIV:
+        y = (a / _operand(m, f, "b", length)).astype(f32)
+    elif fn == isa.S_MAXC:
+        y = nm.maxc32(a, fp)
+    elif fn in isa.SFU_COMPARE:
+        name = isa.SFU_NAMES[fn]
+        other = fp if name.endswith("c") else _operand(m, f, "b", length)
+        y = nm.compare32(name.rstrip("c"), a, other)
+    elif fn == isa.S_SELECT:
+        y = nm.select32(a, _operand(m, f, "b", length), _operand(m, f, "c", length))
+    elif fn in isa.SFU_REDUCE:
+        y = (nm.seq_sum(a) if fn == isa.S_SUM else nm.seq_max(a))[..., None]
+        length = 1
     else:
         y = nm.UNARY[isa.SFU_NAMES[fn]](a)
     o = (
@@ -377,7 +426,8 @@ def x_topk(m: Machine, f: dict[str, int]) -> None:
     a, b = f.get("a_addr", 0), f.get("b_addr", 0)
     pos = m.idx[b : b + r].copy()
     flags = f.get("flags", 0)
-    if flags & isa.SF_HASH:
+    mode = f.get("n_inner", 0)
+    if mode == isa.TOPK_HASH:
         scores = position_hash32(pos, f.get("fparam", 0))
     else:
         scores = m.act[a : a + r]
@@ -387,7 +437,7 @@ def x_topk(m: Machine, f: dict[str, int]) -> None:
         f.get("n_outer", 1),
         bool(flags & isa.SF_SINK),
         kc,
-        uniform=f.get("n_inner", 0) == 1,
+        uniform=mode == isa.TOPK_UNIFORM,
     )
     rows = np.array(keep + [keep[-1]] * (n - len(keep)), dtype=np.int32)
     o, c = f.get("o_addr", 0), f.get("c_addr", 0)
@@ -399,7 +449,14 @@ def x_topk(m: Machine, f: dict[str, int]) -> None:
 PRUNE_SFU = {isa.S_TSCORE: x_tscore, isa.S_TOPK: x_topk}
 
 
-EXEC = {isa.LD: x_ld, isa.ST: x_st, isa.MM: x_mpe, isa.MV: x_mpe, isa.SFU: x_sfu, isa.SYNC: x_sync}
+EXEC = {
+    isa.LD: x_ld,
+    isa.ST: x_st,
+    isa.MM: x_mpe,
+    isa.MV: x_mpe,
+    isa.SFU: x_sfu,
+    isa.SYNC: x_sync,
+}
 
 
 class FuncRunner:
@@ -414,22 +471,45 @@ class FuncRunner:
         self.pos = 0  # tokens in the cache
         self.executor = None  # optional callable(stream, regs) replacing Machine.run
         self.lens: list[int] = []  # token pruning: each segment's KV length (llmc.fpga.prune)
+        #: position of the first generated token (graphs with ``decode_start``: ffn-skip); None
+        #: writes ``max_tokens``, which no position reaches (the dense model)
+        self.decode_start: int | None = None
+        #: FFN-skip counters: blocks skipped per layer among decode rows (taken ``BR``s)
+        self.skipped = [0] * int(prog.graph.meta.get("num_layers", 0) or 0)
+        self.decode_rows = 0
+        #: (stage, bucket, indices of the BRs taken) of every stream run, in order
+        self.trace: list[tuple[str, int, list[int]]] = []
 
     def _ids_pos(self) -> tuple[str, str]:
-        names = list(self.prog.int_inputs)
+        names = [n for n in self.prog.int_inputs if n != "decode_start"]
         ids = next((n for n in names if "pos" not in n), names[0])
         pos = next((n for n in names if n != ids), ids)
         return ids, pos
 
     def _write_inputs(self, ids: np.ndarray, positions: np.ndarray) -> None:
         ids_name, pos_name = self._ids_pos()
-        for name, vals in ((ids_name, ids), (pos_name, positions)):
+        todo = [(ids_name, ids), (pos_name, positions)]
+        if "decode_start" in self.prog.int_inputs:
+            ds = self.prog.arch.max_tokens if self.decode_start is None else self.decode_start
+            todo.append(("decode_start", np.array([min(ds, 2**31 - 1)])))
+        for name, vals in todo:
             reg = self.prog.regions[f"in:{name}"]
             v = np.asarray(vals, dtype=np.int32)
             self.hbm[reg.addr : reg.addr + v.nbytes] = v.view(np.uint8)
 
-    def _run(self, stage: str, bucket: int, r_pos: int | list[int]) -> None:
-        """Run a stream with ``R_POS = r_pos`` (or the whole register file ``r_pos``)."""
+    def _run(
+        self,
+        stage: str,
+        bucket: int,
+        r_pos: int | list[int],
+        rows: int = 0,
+        decode_rows: int = 0,
+    ) -> None:
+        """Run one stream with ``R_POS = r_pos`` (or the whole register file ``r_pos``: token
+        pruning's KV lengths); ``rows`` real rows (the rest is padding), ``decode_rows`` of them at
+        positions ``>= decode_start``. Skips are counted per row, as the interpreter counts them:
+        a row whose decision mask is set at a ``BR`` (skipped, or kept by the per-row select when
+        other rows of the call run the block); without a mask, a taken branch skips every row."""
         s = self.prog.stream(stage, bucket)
         regs = [r_pos] + [0] * (isa.N_REGS - 1) if isinstance(r_pos, int) else list(r_pos)
         if self.executor is not None:
@@ -437,7 +517,35 @@ class FuncRunner:
             return
         self.m.ensure_act(s.act_peak)
         self.m.regs = regs
-        self.m.run(s.instrs)
+        self.m.run(s.instrs, s.probes)
+        self.trace.append((stage, bucket, list(self.m.taken)))
+        self.decode_rows += decode_rows
+        if not decode_rows:
+            return
+        from llmc.ir.structure import layer_of
+
+        prefix = self.prog.graph.meta.get("layer_prefix")
+        counts = {j: int(m[:rows].sum()) for j, m in self.m.masks.items()}
+        counts.update({j: decode_rows for j in self.m.taken if j not in counts})
+        for j, c in counts.items():
+            layer = layer_of(s.instrs[j].tag, prefix)
+            if layer is not None and layer < len(self.skipped):
+                self.skipped[layer] += c
+
+    def skip_stats(self) -> dict[str, object]:
+        """``ffn_skip_fraction`` (skipped blocks / (decode rows x layers)) and the per-layer
+        histogram, from the decisions the device took (as ``InterpLM.skip_stats``; see
+        :meth:`_run`)."""
+        total = self.decode_rows * len(self.skipped)
+        return {
+            "ffn_skip_fraction": sum(self.skipped) / total if total else 0.0,
+            "ffn_skip_histogram": list(self.skipped),
+            "ffn_decode_rows": self.decode_rows,
+        }
+
+    def _decode_rows(self, positions: np.ndarray) -> int:
+        ds = self.prog.arch.max_tokens if self.decode_start is None else self.decode_start
+        return int((np.asarray(positions) >= ds).sum())
 
     def output(self, name: str, rows: int) -> np.ndarray:
         reg = self.prog.regions[f"out:{name}"]
@@ -462,8 +570,10 @@ class FuncRunner:
             lens = prune.prefill(self, ids, pos)
             self.pos = n
             return self.output(self._logits_name(), lens[-1])
+        C = self.prog.chunk
         for c in range(chunks):
-            self._run("prefill", c, 0)
+            real = pos[c * C : min(n, (c + 1) * C)]
+            self._run("prefill", c, 0, len(real), self._decode_rows(real))
         self.pos = n
         return self.output(self._logits_name(), n)
 
@@ -473,10 +583,12 @@ class FuncRunner:
         self._write_inputs(np.array([token]), np.array([p]))
         if self.prog.prune is not None:  # every segment's layers at their own KV length
             regs = self.lens + [0] * (isa.N_REGS - len(self.lens))
-            self._run("decode", self.prog.decode_bucket(max(self.lens) + 1), regs)
+            bucket = self.prog.decode_bucket(max(self.lens) + 1)
+            self._run("decode", bucket, regs, 1, self._decode_rows([p]))
             self.lens = [x + 1 for x in self.lens]
         else:
-            self._run("decode", self.prog.decode_bucket(self.pos + 1), self.pos)
+            bucket = self.prog.decode_bucket(self.pos + 1)
+            self._run("decode", bucket, self.pos, 1, self._decode_rows([p]))
         self.pos += 1
         return self.output(self._logits_name(), 1)[0]
 

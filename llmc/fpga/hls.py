@@ -234,6 +234,7 @@ def _isa_constants() -> str:
         ),
         _const_block("on-chip buffers", [(f"BUF_{n}", i) for i, n in enumerate(isa.BUF_NAMES)]),
         _const_block("load / store data classes", _prefixed("D_") + [("CH_DDR", isa.CH_DDR)]),
+        _const_block("load modes", [(f"LD_MODE_{n[2:]}", v) for n, v in _prefixed("M_")]),
         _const_block(
             "weight formats", [(f"WFMT_{n.upper()}", i) for i, n in enumerate(isa.WFMT_NAMES)]
         ),
@@ -247,7 +248,7 @@ def _isa_constants() -> str:
         _const_block("SFU flags", _prefixed("SF_")),
         _const_block(
             "registers (R_POS is 0; token pruning's per-segment KV lengths)",
-            [("N_REGS", isa.N_REGS)],
+            [("N_REGS", isa.N_REGS)] + _prefixed("TOPK_"),
         ),
     ]
     return "\n\n".join(blocks)

@@ -65,6 +65,7 @@ class TestVectors:
     hbm_final: np.ndarray  # uint8: the functional simulator's image after the last step
     expected: dict[str, np.ndarray]  # the dumps as the functional simulator computed them
     tokens: list[int] = field(default_factory=list)  # prompt + generated (LM runs)
+    taken: list[list[int]] = field(default_factory=list)  # BRs taken per step (LM runs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -128,12 +129,17 @@ class Recorder:
         )
 
 
-def make_vectors(prog: Program, prompt: np.ndarray, decode_steps: int) -> TestVectors:
+def make_vectors(
+    prog: Program, prompt: np.ndarray, decode_steps: int, decode_start: int | None = None
+) -> TestVectors:
     """Run the functional simulator on a prompt (+ decode steps) and record everything the test
     bench needs: initial HBM image, the streams run in order with their R_POS, the expected HBM
-    image / logits after each."""
+    image / logits after each. ``decode_start`` (graphs with the input: ffn-skip) lets decode
+    rows skip; the branches the functional simulator took are in ``TestVectors.taken``."""
     cfg = HlsConfig.for_program(prog)
     runner = FuncRunner(prog)
+    runner.decode_start = decode_start
+    taken: list[list[int]] = []
     rec = Recorder(runner.hbm, cfg)
 
     def execute(s, regs: list[int]) -> None:
@@ -141,6 +147,7 @@ def make_vectors(prog: Program, prompt: np.ndarray, decode_steps: int) -> TestVe
             runner.m.ensure_act(s.act_peak)
             runner.m.regs = list(regs)
             runner.m.run(s.instrs)
+            taken.append(list(runner.m.taken))
 
         pruned = prog.prune is not None
         rec.step(f"{s.stage}_{s.bucket}", s.instrs, list(regs) if pruned else regs[0], run)
@@ -159,7 +166,9 @@ def make_vectors(prog: Program, prompt: np.ndarray, decode_steps: int) -> TestVe
         tokens.append(int(np.argmax(logits[-1] if logits.ndim == 2 else logits)))
         logits = runner.decode(tokens[-1])
         rec.dump(f"decode_{i}", reg.addr, (row,))
-    return rec.finish(tokens)
+    vec = rec.finish(tokens)
+    vec.taken = taken
+    return vec
 
 
 def record_vectors(
@@ -241,14 +250,22 @@ def _check_sfu(f: dict[str, int]) -> str:
     elif fn == isa.S_ROPE:
         operands += ["b", "c"]
         blen = f.get("ival0", 0)
-    elif fn in (isa.S_ADD, isa.S_MUL, isa.S_SUB):
+    elif fn in (isa.S_ADD, isa.S_MUL, isa.S_SUB, isa.S_DIV, isa.S_GT, isa.S_GE, isa.S_LT, isa.S_LE):
         operands.append("b")
+    elif fn == isa.S_SELECT:
+        operands += ["b", "c"]
+    alen = 1 if flags & isa.SF_ROW_A else length
+    olen = 1 if fn in isa.SFU_REDUCE else length
 
     def rows(p: str, n: int) -> np.ndarray:
         return _rows2(f.get(f"{p}_addr", 0), f.get(f"{p}_so", 0), f.get(f"{p}_si", 0), no, ni, n)
 
-    reads = [(p, rows(p, length if p == "a" else blen), False, fn != isa.S_ROPE) for p in operands]
-    return _hazard(rows("o", length), reads)
+    # a reduction reads its whole row before writing the row's one word: same row in place is fine
+    reads = [
+        (p, rows(p, alen if p == "a" else blen), fn in isa.SFU_REDUCE, fn != isa.S_ROPE)
+        for p in operands
+    ]
+    return _hazard(rows("o", olen), reads)
 
 
 def _check_prune_sfu(f: dict[str, int]) -> str:
@@ -321,6 +338,15 @@ def check_stream(instrs: Sequence[Instr], cfg: HlsConfig, where: str = "") -> No
         elif ins.op == isa.SYNC:
             last = j == len(instrs) - 1
             why = "" if last or not ins.get("end") else "SYNC end before the last instruction"
+        elif ins.op == isa.BR:
+            k = ins.get("skip")
+            why = (
+                f"BR reads ACT word {ins.get('addr')} of {cfg.act_words}"
+                if ins.get("addr") >= cfg.act_words
+                else ""
+                if j + 1 + k < len(instrs)
+                else f"BR skips {k} instructions past the end of the stream"
+            )
         else:
             why = f"unknown opcode {ins.op}"
         if why:

@@ -1,4 +1,4 @@
-"""The FlightLLM-style instruction set: six instruction types, fixed 512-bit encoding.
+"""The FlightLLM-style instruction set: six instruction types plus a branch, 512-bit encoding.
 
 Units and instruction types::
 
@@ -8,6 +8,8 @@ Units and instruction types::
            MV    matrix-vector (decode): the same datapath, one token
     SFU    SFU   special functions: rms/layer norm, softmax (masked), SiLU/GELU, add/mul, RoPE
     CTRL   SYNC  barrier: every unit drains; ``end`` finishes the stream
+           BR    predicated forward branch: when the ACT word at ``addr`` is not 0.0 (``neg``:
+                 is 0.0), skip the next ``skip`` instructions (``cond``, :mod:`llmc.fpga.lower_cond`)
 
 Every instruction carries ``wait`` and ``release`` bits, one per unit (LOAD, MPE, SFU, STORE):
 units run their own instructions in program order, and instruction ``j`` on unit B that needs a
@@ -38,8 +40,9 @@ from llmc.errors import LlmcError
 INSTR_BYTES = 64
 
 # opcodes
-LD, ST, MM, MV, SFU, SYNC = 1, 2, 3, 4, 5, 6
-OP_NAMES = {LD: "LD", ST: "ST", MM: "MM", MV: "MV", SFU: "SFU", SYNC: "SYNC"}
+LD, ST, MM, MV, SFU, SYNC, BR = 1, 2, 3, 4, 5, 6, 7
+OP_NAMES = {LD: "LD", ST: "ST", MM: "MM", MV: "MV", SFU: "SFU", SYNC: "SYNC", BR: "BR"}
+CONTROL = (SYNC, BR)  # no unit: both drain every unit first (see insert_dependencies)
 
 # units (bit positions in wait/release)
 U_LOAD, U_MPE, U_SFU, U_STORE = 0, 1, 2, 3
@@ -53,6 +56,8 @@ HBM = "HBM"
 
 # load/store data classes (what the cycle model scales by the hardware element width)
 D_WEIGHT, D_ACT, D_INDEX = 0, 1, 2
+# load modes: rows in order, gather (row r from IDX[idx + r]), int32 words -> float32 (ACT)
+M_ROWS, M_GATHER, M_I2F = 0, 1, 2
 CH_DDR = 63  # channel id of the DDR spill memory
 
 # weight formats
@@ -83,7 +88,22 @@ FUSE_NAMES = ("none", "silu", "gelu", "gelu_tanh", "add", "mul", "relu")
     S_ROPE,
     S_ADDC,
     S_MULC,
-) = range(17)
+    S_SQRT,
+    S_DIV,
+    S_MAXC,
+    S_RSUBC,
+    S_GT,
+    S_GE,
+    S_LT,
+    S_LE,
+    S_GTC,
+    S_GEC,
+    S_LTC,
+    S_LEC,
+    S_SELECT,
+    S_SUM,
+    S_MAX,
+) = range(32)
 SFU_NAMES = (
     "copy",
     "rmsnorm",
@@ -102,12 +122,34 @@ SFU_NAMES = (
     "rope",
     "addc",
     "mulc",
+    "sqrt",
+    "div",
+    "maxc",
+    "rsubc",
+    "gt",
+    "ge",
+    "lt",
+    "le",
+    "gtc",
+    "gec",
+    "ltc",
+    "lec",
+    "select",
+    "sum",
+    "max",
 )
+# comparisons give 1.0 / 0.0 (bools live in ACT as floats); ...C compares with fparam; SELECT is
+# ``a != 0 ? b : c``; SUM and MAX reduce each row of ``len`` to one word at the row's output
+# address (SUM left to right from +0.0, MAX from -inf with NaN sticking).
+SFU_COMPARE = (S_GT, S_GE, S_LT, S_LE, S_GTC, S_GEC, S_LTC, S_LEC)
+SFU_REDUCE = (S_SUM, S_MAX)
 # SFU flags. Softmax rows are (outer, inner = query i); key t is visible when t < len and:
 # CAUSAL t <= R_POS + ival0 + i; KEYLEN t < R_POS + ival0 + n_inner (the filled cache);
 # window ival1 > 0: R_POS + ival0 + i - t < ival1. INTERLEAVED: RoPE rotates pairs. NO_B / NO_C:
 # norms without weight / bias.
 SF_CAUSAL, SF_INTERLEAVED, SF_NO_B, SF_NO_C, SF_KEYLEN = 1, 2, 4, 8, 16
+# ROW_A: operand a is one word per row, used for every element of the row (a per-row mask)
+SF_ROW_A = 32
 
 _HEAD = (("op", 4), ("wait", 4), ("rel", 4))
 FIELDS: dict[int, tuple[tuple[str, int], ...]] = {
@@ -183,6 +225,7 @@ FIELDS: dict[int, tuple[tuple[str, int], ...]] = {
         ("flags", 8),
     ),
     SYNC: _HEAD + (("end", 1),),
+    BR: _HEAD + (("addr", 28), ("skip", 24), ("neg", 1)),
 }
 FIELDS[ST] = FIELDS[LD]
 FIELDS[MV] = FIELDS[MM]
@@ -294,14 +337,16 @@ def insert_dependencies(instrs: list[Instr]) -> None:
     a token from an A-instruction at or after ``i``, ``i`` releases a token to B and ``j`` waits
     for it. Tokens between a pair of units are then released and consumed in the same order, so
     the FIFO semantics of the hardware queues hold. Same-unit order is implicit. ``SYNC`` orders
-    everything before it against everything after it.
+    everything before it against everything after it, and so does ``BR``: a skipped
+    instruction must neither wait for nor release a token that crosses the branch, so the
+    lowering also ends every branch body with a ``SYNC`` (the branch target).
     """
     covered = [[-1] * 4 for _ in range(4)]  # covered[A][B]: latest A-instr whose token B consumed
     # space -> {(start, end): [writer unit, writer index, [latest reader index per unit]]}
     records: dict[Any, dict[tuple[int, int], list[Any]]] = {}
     barrier = -1
     for j, ins in enumerate(instrs):
-        if ins.op == SYNC:
+        if ins.op in CONTROL:  # a branch may skip what follows: no token crosses it either
             barrier = j
             records.clear()
             continue
@@ -389,13 +434,16 @@ def check_tokens(instrs: Sequence[Instr]) -> None:
 #             ties to the lower row. Writes the kept rows in ascending order to ``IDX[o_addr +
 #             j]`` and their positions to ``IDX[c_addr + j]`` for ``j < c``, then repeats the
 #             last kept row / position up to ``len`` (padding rows), and ``c`` to
-#             ``IDX[ival1 + 1]``. Flag HASH: the scores are ``position_hash(position, seed =
-#             fparam)`` (score=random; ``a`` is not read). ``n_inner = 1``: keep_rows' ``uniform``
-#             rule instead of the order (forced rows, then ``c - forced`` of the others evenly
-#             spaced: the ``floor((i + 0.5) * free / need)``-th, in float64).
-S_TSCORE, S_TOPK = 17, 18
+#             ``IDX[ival1 + 1]``. ``n_inner`` selects the order: 0 the scores ``a``, 2 the
+#             position hash (score=random: ``position_hash(position, seed = fparam)``, ``a`` not
+#             read), 1 keep_rows' ``uniform`` rule (forced rows, then ``c - forced`` of the others
+#             evenly spaced: the ``floor((i + 0.5) * free / need)``-th, in float64).
+#
+# Flags (the SFU's 8 flag bits are per function): tscore ACC, topk SINK.
+S_TSCORE, S_TOPK = len(SFU_NAMES), len(SFU_NAMES) + 1
 SFU_NAMES = SFU_NAMES + ("tscore", "topk")
-SF_ACC, SF_SINK, SF_HASH = 32, 64, 128
+SF_ACC, SF_SINK = 64, 128
+TOPK_SCORES, TOPK_UNIFORM, TOPK_HASH = 0, 1, 2
 N_REGS = 16
 FIELDS[LD] = FIELDS[LD] + (("preg", 4),)
 FIELDS[ST] = FIELDS[LD]

@@ -29,6 +29,10 @@ along in the ``IndexLoc`` and the gather folds it into its table base address. A
 an integer value (arithmetic on the SFU, a linear, a reshape) has no lowering and is refused
 before a stream is built; see ``INDEX_USES``.
 
+A ``cond`` (ffn-skip) is lowered inline as a predicated forward branch over its non-identity
+region (:mod:`llmc.fpga.lower_cond`, through :meth:`Lowerer.lower_nodes`); the integer inputs it
+compares are loaded again from HBM as floats.
+
 Structure is read from the IR only: ops and their attributes, shapes, param storage formats,
 scopes (instruction tags, for per-layer reports).
 """
@@ -36,7 +40,7 @@ scopes (instruction tags, for per-layer reports).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from llmc.errors import UnsupportedOpError
@@ -60,6 +64,9 @@ class Stream:
     idx_peak: int
     chunks: int
     fused: int = 0  # nodes absorbed into a linear
+    #: BR index -> (ACT address, row stride, rows) of its cond's per-row decision mask (ffn-skip's
+    #: saturated rows): bookkeeping for the simulator's skip counts, not encoded
+    probes: dict[int, tuple[int, int, int]] = field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:
@@ -130,7 +137,15 @@ class IndexLoc:
 
 # The ops that may read an integer (IndexLoc) value, and at which input: gathers, and the
 # integer add/sub of a constant that they absorb (see the module docstring).
-INDEX_USES = {"embedding": (0,), "rope": (1,), "add": (0, 1), "sub": (0,), "cast": (0,)}
+INDEX_USES = {
+    "embedding": (0,),
+    "rope": (1,),
+    "add": (0, 1),
+    "sub": (0,),
+    "cast": (0,),
+    # compared on the SFU after an int -> float load (FFN-skip's eligibility, lower_cond.py)
+    **{c: (0, 1) for c in ("gt", "ge", "lt", "le")},
+}
 # token pruning (llmc.fpga.prune): positions are scored, masked and gathered with the rows
 INDEX_USES.update({"token_scores": (2,), "keep_rows": (1,), "gather_rows": (0,)})
 
@@ -238,6 +253,9 @@ class Lowerer:
         self.fused = 0
         self.act_peak = self.idx_peak = 0
         self.out_names = {id(v) for v in self.g.outputs}
+        self.place: dict[int, View] = {}
+        self.skip: set[int] = set()
+        self.probes: dict[int, tuple[int, int, int]] = {}
         # token pruning (llmc.fpga.prune): the segment a prefill stream runs, values stored to
         # scratch regions instead of output regions, attention nodes that also score tokens
         self.seg: Any = None
@@ -258,6 +276,10 @@ class Lowerer:
     def alloc_view(self, shape: tuple[int, ...], node: Node | None = None) -> View:
         """A fresh contiguous ACT tensor; in the permuted order when ``node``'s only user is a
         ``permute`` (so the permute is free)."""
+        if node is not None and id(node) in self.place:
+            placed = self.place.pop(id(node))
+            if placed.shape == shape:
+                return placed
         n = math.prod(shape)
         blk = self.act.alloc(n)
         if self.act.peak > self.act_cap:
@@ -298,7 +320,9 @@ class Lowerer:
         self.emit(isa.SYNC, {"end": 1}, tag="end")
         if deps:
             isa.insert_dependencies(self.instrs)
-        return Stream(stage, bucket, self.instrs, self.act_peak, self.idx_peak, 1, self.fused)
+        return Stream(
+            stage, bucket, self.instrs, self.act_peak, self.idx_peak, 1, self.fused, self.probes
+        )
 
     def instance(self, seq: int, past: int, q_off: int, in_row: int) -> None:
         self.env = {"batch": 1, "seq": seq, "past": past}
@@ -316,18 +340,34 @@ class Lowerer:
         self.idx = _Allocator()
         self.vals: dict[int, Any] = {}
         self.rope_rows: dict[tuple[Any, int], tuple[View, View]] = {}
-        nodes = self.g.nodes
-        last: dict[int, int] = {}
-        for i, n in enumerate(nodes):
-            for v in n.inputs:
-                last[id(v)] = i
         self.skip: set[int] = set()
+        self.place: dict[int, View] = {}  # node id -> the view its result must take (cond)
         for v in self.g.inputs:
             if seg is not None and not seg.reads_input(v):
                 continue
             self.vals[id(v)] = self.input_loc(v)
         if seg is not None:
             seg.enter(self)
+        self.lower_nodes(self.g.nodes, top=True)
+        for v in list(self.g.inputs):
+            self.drop(v)
+        for v in self.g.outputs:
+            self.drop(v)
+        self.act_peak = max(self.act_peak, self.act.peak)
+        self.idx_peak = max(self.idx_peak, self.idx.peak)
+
+    def lower_nodes(
+        self, nodes: list[Node], keep: tuple[Value, ...] = (), top: bool = False
+    ) -> None:
+        """Lower ``nodes`` in order, dropping each value after its last use among them (values
+        in ``keep``, a region's result, stay bound for the caller); ``top``: the graph's own
+        nodes (a token-pruning segment runs only its part of them)."""
+        seg = self.seg if top else None
+        last: dict[int, int] = {}
+        for i, n in enumerate(nodes):
+            for v in n.inputs:
+                last[id(v)] = i
+        kept = {id(v) for v in keep}
         for i, n in enumerate(nodes):
             if seg is not None and not seg.runs(i, n):
                 continue
@@ -344,16 +384,10 @@ class Lowerer:
                 if id(n.out) in self.out_names:
                     self.store_output(n.out)
             for v in n.inputs:
-                if last.get(id(v)) == i:
+                if last.get(id(v)) == i and id(v) not in kept:
                     self.drop(v)
-            if id(n.out) not in last:
+            if id(n.out) not in last and id(n.out) not in kept:
                 self.drop(n.out)
-        for v in list(self.g.inputs):
-            self.drop(v)
-        for v in self.g.outputs:
-            self.drop(v)
-        self.act_peak = max(self.act_peak, self.act.peak)
-        self.idx_peak = max(self.idx_peak, self.idx.peak)
 
     def _check_index_uses(self, n: Node) -> None:
         ok = INDEX_USES.get(n.op, ())
@@ -423,9 +457,9 @@ class Lowerer:
         p = self.prog
         if v.name in p.int_inputs:
             s = self.shape(v)
-            if s[0] != 1:
+            if s and s[0] != 1:
                 raise UnsupportedOpError(f"input %{v.name}: batch must be 1, got {s}")
-            n = s[1]
+            n = s[1] if s else 1  # a scalar (decode_start) is one word at the region's start
             blk = self.idx.alloc(n)
             reg = p.regions[f"in:{v.name}"]
             view = View(IDX, blk.addr, s, contiguous(s), blk)
@@ -433,7 +467,7 @@ class Lowerer:
                 isa.LD,
                 {
                     "buf": IDX,
-                    "hbm": reg.addr + 4 * self.in_row,
+                    "hbm": reg.addr + (4 * self.in_row if s else 0),
                     "chip": blk.addr,
                     "n_outer": 1,
                     "n_inner": 1,

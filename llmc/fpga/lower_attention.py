@@ -27,6 +27,11 @@ if TYPE_CHECKING:
 
 def h_attention(L: Lowerer, n: Node) -> None:
     a = L.arch
+    if n.attrs.softcap > 0:
+        raise UnsupportedOpError(
+            f"attention %{n.out.name} at {n.scope or '?'}: logit soft-capping (softcap "
+            f"{n.attrs.softcap:g}) is not supported by the FlightLLM special function unit"
+        )
     q = L.loc(n.inputs[0])
     k, v = L.loc(n.inputs[1]), L.loc(n.inputs[2])
     if not isinstance(k, KvLoc) or not isinstance(v, KvLoc):

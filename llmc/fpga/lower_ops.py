@@ -22,6 +22,7 @@ from llmc.fpga.lower import (
     split_rows,
 )
 from llmc.fpga.lower_attention import h_attention
+from llmc.fpga.lower_cond import HANDLERS as COND_HANDLERS
 from llmc.fpga.prune import DECODE_HANDLERS
 from llmc.ir.graph import Node
 from llmc.ir.types import eval_dim
@@ -33,8 +34,9 @@ SFU_UNARY = {
     "sigmoid": isa.S_SIGMOID,
     "tanh": isa.S_TANH,
     "exp": isa.S_EXP,
+    "sqrt": isa.S_SQRT,
 }
-SFU_BINARY = {"add": isa.S_ADD, "mul": isa.S_MUL, "sub": isa.S_SUB}
+SFU_BINARY = {"add": isa.S_ADD, "mul": isa.S_MUL, "sub": isa.S_SUB, "div": isa.S_DIV}
 FUSABLE_BINARY = {"add": isa.F_ADD, "mul": isa.F_MUL}
 
 # ----------------------------------------------------------------------------------------------
@@ -393,6 +395,8 @@ def h_elementwise(L: Lowerer, n: Node) -> None:
         L.sfu(isa.S_MULC if n.op == "mul" else isa.S_ADDC, shape, a, out, fparam=c)
     elif b is not None and ca is not None and n.op in ("add", "mul"):
         L.sfu(isa.S_MULC if n.op == "mul" else isa.S_ADDC, shape, b, out, fparam=ca)
+    elif b is not None and ca is not None and n.op == "sub":  # c - x (ffn-skip's 1 - sat)
+        L.sfu(isa.S_RSUBC, shape, b, out, fparam=ca)
     else:
         raise UnsupportedOpError(
             f"{n.op} %{n.out.name} at {n.scope or '?'}: operands not supported"
@@ -440,6 +444,12 @@ def h_cast(L: Lowerer, n: Node) -> None:
     src = L.vals.get(id(n.inputs[0]))
     if isinstance(src, IndexLoc) and n.attrs.dtype in ("i32", "i64"):  # IDX words are int32
         L.bind(n.out, src)
+        return
+    floats = ("f32", "f16", "bf16")
+    if n.inputs[0].type.dtype in (*floats, "bool") and n.attrs.dtype in floats:
+        # bools live in ACT as 1.0 / 0.0; every float activation is float32 in the functional
+        # model (act_bytes wide in the cycle model), so a float cast moves nothing
+        L.bind(n.out, L.loc(n.inputs[0]))
         return
     if n.attrs.dtype != n.inputs[0].type.dtype:
         raise UnsupportedOpError(
@@ -501,8 +511,16 @@ def view_strides(
     return tuple(res)
 
 
+def h_moe(L: Lowerer, n: Node) -> None:
+    raise UnsupportedOpError(
+        f"moe %{n.out.name} at {n.scope or '?'}: mixture-of-experts routing (a data-dependent "
+        "choice of expert weights per token) is not supported by the FlightLLM instruction set"
+    )
+
+
 HANDLERS = {
     "param": h_param,
+    "moe": h_moe,
     "constant": h_constant,
     "embedding": h_embedding,
     "rms_norm": h_norm,
@@ -516,5 +534,6 @@ HANDLERS = {
     "slice": h_slice,
     "cast": h_cast,
     **{k: h_elementwise for k in (*SFU_UNARY, "gelu", "softmax", *SFU_BINARY)},
+    **COND_HANDLERS,
 }
 HANDLERS.update(DECODE_HANDLERS)  # token pruning in decode steps (llmc.fpga.prune)

@@ -186,3 +186,44 @@ UNARY = {
     "tanh": tanh32,
     "exp": exp32,
 }
+
+
+# -- FFN-skip's saturation test on chip (lower_cond.py): cosine similarity, compares, select ----
+
+
+def seq_max(cols: np.ndarray) -> np.ndarray:
+    """Sequential max over the last axis from -inf; a NaN sticks (as torch.amax propagates it)."""
+    m = np.full(cols.shape[:-1], -np.inf, dtype=f32)
+    for j in range(cols.shape[-1]):
+        v = cols[..., j]
+        m = np.where(np.isnan(v) | (v > m), v, m).astype(f32)
+    return m
+
+
+def maxc32(x: np.ndarray, c: float) -> np.ndarray:
+    """``max(x, c)``, NaN in ``x`` propagating: ``x != x or x > c ? x : c``."""
+    return np.where(np.isnan(x) | (x > f32(c)), x, f32(c)).astype(f32)
+
+
+def sqrt32(x: np.ndarray) -> np.ndarray:
+    """Correctly rounded float32 square root (IEEE-754; a negative gives NaN)."""
+    with np.errstate(invalid="ignore"):
+        return np.sqrt(x.astype(f32)).astype(f32)
+
+
+COMPARE = {
+    "gt": np.greater,
+    "ge": np.greater_equal,
+    "lt": np.less,
+    "le": np.less_equal,
+}
+
+
+def compare32(name: str, a: np.ndarray, b: np.ndarray | float) -> np.ndarray:
+    """``1.0`` where ``a <op> b`` holds, else ``0.0`` (NaN compares false)."""
+    return np.where(COMPARE[name](a, b), ONE, ZERO).astype(f32)
+
+
+def select32(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``c != 0 ? a : b`` (a NaN condition selects ``a``, as a bool cast of NaN is true)."""
+    return np.where(c != ZERO, a, b).astype(f32)

@@ -29,6 +29,10 @@ Durations (cycles at ``clock_mhz``):
   split).
 - SFU: ``passes x rows x ceil(len / sfu_width) + sfu_latency`` (norms 2-3 passes, softmax 3,
   element-wise and RoPE 1).
+- SYNC and BR drain every unit (and take no unit time). A ``BR`` (FFN-skip) is taken or not as a
+  run decided: :func:`simulate_stream` gets the indices of the taken branches (a trace the
+  functional simulator recorded, or a skip pattern), skips their bodies and charges only what
+  runs; without them no branch is taken (every block runs).
 - Token pruning (llmc.fpga.prune): ``tscore`` as an element-wise pass over the rows of the
   scoring window only (at most ``min(n_inner, window)`` query rows per head; the others are
   skipped by a row compare); ``topk`` as a bitonic sorting network of the ``N`` scores on one SFU,
@@ -40,6 +44,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -175,8 +180,11 @@ class PerfModel:
         return math.ceil(rows / a.cores) * lanes + a.sfu_latency
 
 
-def simulate_stream(instrs: list[isa.Instr], pm: PerfModel) -> StreamPerf:
-    """Run one stream on the model; returns its cycle count and breakdowns."""
+def simulate_stream(
+    instrs: list[isa.Instr], pm: PerfModel, taken: Collection[int] = ()
+) -> StreamPerf:
+    """Run one stream on the model; returns its cycle count and breakdowns. ``taken``: indices
+    of the ``BR`` instructions this run takes (their bodies are not executed, not charged)."""
     a = pm.arch
     issue = a.issue_cycles
     unit_free = [0.0, 0.0, 0.0, 0.0]
@@ -189,14 +197,22 @@ def simulate_stream(instrs: list[isa.Instr], pm: PerfModel) -> StreamPerf:
     by_layer: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0])
     end_all = 0.0
     names = isa.OP_NAMES
-    for ins in instrs:
+    taken = set(taken)
+    executed = 0
+    pc, n_instrs = 0, len(instrs)
+    while pc < n_instrs:
+        ins = instrs[pc]
+        pc += 1
+        executed += 1
         op = ins.op
         dispatch += issue
-        if op == isa.SYNC:
+        if op == isa.SYNC or op == isa.BR:
             t = max(max(unit_free), dispatch)
             unit_free = [t, t, t, t]
             end_all = max(end_all, t)
-            by_op["SYNC"][0] += 1
+            by_op[names[op]][0] += 1
+            if op == isa.BR and pc - 1 in taken:
+                pc += ins.f.get("skip", 0)
             continue
         u = ins.unit
         nbytes = 0.0
@@ -240,7 +256,7 @@ def simulate_stream(instrs: list[isa.Instr], pm: PerfModel) -> StreamPerf:
         by_layer[layer_of(ins.tag)][u] += dur
     return StreamPerf(
         cycles=int(math.ceil(end_all)),
-        instrs=len(instrs),
+        instrs=executed,
         busy=[int(b) for b in busy],
         useful_macs=useful,
         hbm_bytes=hbm,

@@ -436,8 +436,9 @@ def _select(L: Lowerer, plan: PrunePlan, k: int, N: int) -> None:
         _ld(L, ACT, "ps:score", 0, sc.addr, 4 * N, "scores")
     ts, a = p.scores.attrs, p.keep.attrs
     flags = isa.SF_SINK if a.sink else 0
+    mode = isa.TOPK_UNIFORM if a.method == "uniform" else isa.TOPK_SCORES
     if ts.method == "random" and a.method == "topk":
-        flags |= isa.SF_HASH
+        mode = isa.TOPK_HASH
     pos = L.idx.alloc(N)
     src = f"in:{plan.pos_input}" if k == 1 else "ps:kpos"
     _ld(L, IDX, src, 0, pos.addr, 4 * N, "positions")
@@ -448,9 +449,9 @@ def _select(L: Lowerer, plan: PrunePlan, k: int, N: int) -> None:
         {
             "func": isa.S_TOPK,
             "n_outer": int(a.recent),
-            "n_inner": int(a.method == "uniform"),
+            "n_inner": mode,
             "len": N,
-            "fparam": int(ts.seed) if flags & isa.SF_HASH else 0,
+            "fparam": int(ts.seed) if mode == isa.TOPK_HASH else 0,
             "a_addr": sc.addr,
             "b_addr": pos.addr,
             "o_addr": kidx.addr,

@@ -71,6 +71,24 @@ class FpgaLM(LanguageModel):
             )
         self.runner = FuncRunner(self.prog)
         self._caches = list(self.prog.cache_inputs)
+        self._skips = "decode_start" in self.prog.int_inputs
+
+    def skip_stats(self) -> dict[str, Any] | None:
+        """FFN-skip counters from the branches the device took (None: the model skips nothing)."""
+        return self.runner.skip_stats() if self._skips else None
+
+    def device_timing(self) -> dict[str, Any]:
+        """The cycle model's time for the streams run since the last reset, each charged with
+        the branches it took (:func:`llmc.fpga.sim.replay`): ``fpga_decode_ms_per_token``..."""
+        from llmc.fpga.sim import replay
+
+        return replay(self.prog, self.runner.trace) if self.runner.trace else {}
+
+    def reset_skip_stats(self) -> None:
+        r = self.runner
+        r.skipped = [0] * len(r.skipped)
+        r.decode_rows = 0
+        r.trace.clear()
 
     @property
     def max_positions(self) -> int:
@@ -91,6 +109,7 @@ class FpgaLM(LanguageModel):
         past_len = int(past[0][0].shape[2]) if past else 0
         ids = input_ids[0].numpy()
         pos = positions[0].numpy()
+        self.runner.decode_start = self.decode_start  # ffn-skip: rows from here may skip
         if past_len == 0:
             logits = self.runner.prefill(ids, pos)
         elif past_len != self.runner.pos:

@@ -5,6 +5,13 @@ bucket touched), runs each once on the cycle model (a stream's timing does not d
 position of its bucket runs it) and weights decode buckets by how many generated tokens fall in
 them.
 
+FFN-skip (a graph compiled with ``ffn-skip``: one ``BR`` per skippable FFN block) is charged
+for the blocks that run only. ``skip_rate`` R, when there is no data, has each decode token skip
+``R x num_layers`` FFN blocks (the definition of ``ffn_skip_fraction``): the *last* skippable
+blocks, as the greedy rule skips every block after the first saturated one; a fractional count
+is a mix of the two neighbouring counts over the tokens. :func:`replay` charges a recorded run
+instead: the streams the functional simulator ran, each with the branches it took.
+
 Instruction storage (:func:`instruction_storage`): with length-adaptive compilation the device
 keeps one stream per prefill chunk and one per decode bucket; without it, one stream per exact
 prompt length and per exact decode length. Decode stream sizes are affine in the number of
@@ -110,6 +117,7 @@ def simulate(
     *,
     storage: bool = True,
     fold: bool = True,
+    skip_rate: float | None = None,
 ) -> SimReport:
     """Simulate a prompt of ``prefill`` tokens followed by ``decode`` generated tokens.
 
@@ -117,7 +125,8 @@ def simulate(
     formats are read) or a :class:`Program` already built for ``arch``. ``storage`` adds the
     instruction storage with and without length buckets. ``fold`` derives the streams of a model
     with identical layers from its 2-, 3- and 4-layer copies (:mod:`llmc.fpga.fold`), checked per
-    stream; ``fold=False`` lowers and simulates every stream of the whole model.
+    stream; ``fold=False`` lowers and simulates every stream of the whole model. ``skip_rate``:
+    the fraction of decode FFN blocks an ffn-skip graph skips (module docstring).
     """
     t0 = time.perf_counter()
     prog = graph if isinstance(graph, Program) else build_program(graph, arch)
@@ -151,6 +160,16 @@ def simulate(
     pre_cycles = sum(p.cycles for p in pre)
     dec_count = Counter(prog.decode_bucket(prefill + j + 1) for j in range(decode))
     dec = {b: perf("decode", b) for b in sorted(dec_count)}
+    notes = []
+    if skip_rate is not None:
+        mixes = {b: skip_mix(prog, b, skip_rate) for b in dec}
+        dec = {
+            b: mix_perf([(w, costs.perf("decode", b, t)) for w, t in m]) for b, m in mixes.items()
+        }
+        notes.append(
+            f"ffn-skip: {skip_rate:g} of the decode FFN blocks skipped (the last skippable ones "
+            "per token); prefill runs every block"
+        )
     dec_cycles = sum(dec[b].cycles * n for b, n in dec_count.items())
     prefill_ms = pre_cycles / clk * 1e3
     decode_ms = dec_cycles / clk * 1e3
@@ -185,9 +204,8 @@ def simulate(
         k: {u: v[i] * ms for i, u in enumerate(isa.UNIT_NAMES)}
         for k, v in sorted(acc.get("by_layer", {}).items(), key=lambda kv: _layer_key(kv[0]))
     }
-    used_bytes = sum(p.instrs for p in run_streams.values()) * isa.INSTR_BYTES
+    used_bytes = int(sum(p.instrs for p in run_streams.values())) * isa.INSTR_BYTES
     store = instruction_storage(prog, costs) if storage else {}
-    notes = []
     why_not = foldable(prog)
     if fold and why_not is None:
         n_fb = sum(1 for k in run_streams if k in getattr(costs, "fallbacks", ()))
@@ -241,6 +259,82 @@ def simulate(
         sim_seconds=time.perf_counter() - t0,
         notes=notes,
     )
+
+
+def branches(instrs: list[isa.Instr]) -> list[int]:
+    """Indices of the stream's ``BR`` instructions (one per skippable FFN block), in order."""
+    return [j for j, ins in enumerate(instrs) if ins.op == isa.BR]
+
+
+def skip_mix(prog: Program, bucket: int, rate: float) -> list[tuple[float, tuple[int, ...]]]:
+    """``(weight, taken branches)`` of a decode stream at skip rate ``rate``: each token skips
+    ``rate x num_layers`` blocks, the last skippable ones (a fraction: two neighbouring counts)."""
+    brs = branches(prog.stream("decode", bucket).instrs)
+    layers = int(prog.graph.meta.get("num_layers") or 0)
+    if not brs or not layers:
+        raise LlmcError(
+            "--skip-rate: the model skips no FFN block (no predicated branch in its streams); "
+            "compile it with --passes ffn-skip:..."
+        )
+    if not 0 <= rate <= len(brs) / layers:
+        raise LlmcError(
+            f"--skip-rate {rate:g}: this model can skip at most {len(brs)} of its {layers} FFN "
+            f"blocks per token ({len(brs) / layers:.4g}); give a rate in [0, "
+            f"{len(brs) / layers:.4g}]"
+        )
+    want = rate * layers
+    lo = min(int(math.floor(want + 1e-9)), len(brs))
+    frac = want - lo if lo < len(brs) else 0.0
+
+    def last(k: int) -> tuple[int, ...]:
+        return tuple(brs[len(brs) - k :]) if k else ()
+
+    out = [(1.0 - frac, last(lo))]
+    if frac > 1e-9:
+        out.append((frac, last(lo + 1)))
+    return out
+
+
+def mix_perf(parts: list[tuple[float, StreamPerf]]) -> StreamPerf:
+    """The weighted mean of stream runs (weights summing to 1): what one run costs on average."""
+    if len(parts) == 1:
+        return parts[0][1]
+    acc: dict[str, Any] = {}
+    for w, p in parts:
+        p.scaled_into(acc, w)
+    return StreamPerf(
+        cycles=sum(w * p.cycles for w, p in parts),  # type: ignore[arg-type]
+        instrs=sum(w * p.instrs for w, p in parts),  # type: ignore[arg-type]
+        busy=[sum(w * p.busy[u] for w, p in parts) for u in range(4)],  # type: ignore[misc]
+        useful_macs=sum(w * p.useful_macs for w, p in parts),
+        hbm_bytes=sum(w * p.hbm_bytes for w, p in parts),
+        ddr_bytes=sum(w * p.ddr_bytes for w, p in parts),
+        by_op=acc.get("by_op", {}),
+        by_layer=acc.get("by_layer", {}),
+        end=sum(w * p.end for w, p in parts),
+    )
+
+
+def replay(prog: Program, trace: list[tuple[str, int, list[int]]]) -> dict[str, Any]:
+    """The cycle model's time for a recorded run (:attr:`llmc.fpga.funcsim.FuncRunner.trace`):
+    every stream the run executed, charged with the branches it took. Returns
+    ``fpga_prefill_ms``, ``fpga_decode_ms_per_token`` (over the decode steps) and
+    ``fpga_decode_tokens_per_s``."""
+    pm = PerfModel(prog.arch)
+    costs = FullCosts(prog, pm)
+    ms = {"prefill": 0.0, "decode": 0.0}
+    steps = 0
+    for stage, bucket, taken in trace:
+        key = "decode" if stage == "decode" else "prefill"  # (token pruning: pseg*, psel*)
+        ms[key] += costs.perf(stage, bucket, tuple(taken)).cycles / prog.arch.clock_hz * 1e3
+        steps += stage == "decode"
+    per_tok = ms["decode"] / steps if steps else 0.0
+    return {
+        "fpga_prefill_ms": ms["prefill"],
+        "fpga_decode_ms_per_token": per_tok,
+        "fpga_decode_tokens_per_s": 1e3 / per_tok if per_tok else 0.0,
+        "fpga_decode_steps": steps,
+    }
 
 
 def _layer_key(k: str) -> tuple[int, Any]:

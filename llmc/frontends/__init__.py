@@ -23,10 +23,12 @@ import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmc.errors import ModelLoadError
-from llmc.ir.graph import Graph
+
+if TYPE_CHECKING:  # importing llmc.ir imports torch: llmc.frontends.archs must stay light
+    from llmc.ir.graph import Graph
 
 __all__ = ["LoadedModel", "load_model", "from_hf_model", "from_module"]
 

@@ -447,7 +447,7 @@ def _canon_scale(scale: float | None, q: Value) -> float:
 
 
 @handles(torch.ops.llmc.attention.default)
-def _llmc_attention(c: Converter, n, q, k, v, scale, causal, window):
+def _llmc_attention(c: Converter, n, q, k, v, scale, causal, window, softcap=0.0):
     qv = c.value(q)
     return c.emit(
         "attention",
@@ -457,6 +457,15 @@ def _llmc_attention(c: Converter, n, q, k, v, scale, causal, window):
         scale=_canon_scale(scale or None, qv),
         causal=bool(causal),
         window=int(window),
+        softcap=float(softcap or 0.0),
+    )
+
+
+@handles(torch.ops.llmc.moe.default)
+def _llmc_moe(c: Converter, n, x, router, gate_up, down, top_k, normalize, activation):
+    ins = [c.value(t) for t in (x, router, gate_up, down)]
+    return c.emit(
+        "moe", *ins, top_k=int(top_k), normalize=bool(normalize), activation=str(activation)
     )
 
 

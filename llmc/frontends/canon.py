@@ -18,6 +18,8 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
+from typing import Any
 
 from llmc.errors import IRError
 from llmc.ir.graph import Graph, Node, Value, regions_of
@@ -162,11 +164,21 @@ def _layer_nodes(g: Graph, prefix: str, i: int) -> list[Node]:
     return [n for n in g.nodes if layer_of(n.scope, prefix) == i]
 
 
-def replicate_layers(g: Graph, prefix: str, total: int) -> None:
+def replicate_layers(
+    g: Graph,
+    prefix: str,
+    total: int,
+    kinds: Sequence[str] | None = None,
+    built: Sequence[str] | None = None,
+) -> None:
     """Copy the last layer until the graph has ``total`` layers (see the module docstring).
 
     Needs at least two layers with identical structure, laid out contiguously; new params share
     the source layer's (meta) data tensors, so this is meant for architecture-only graphs.
+    ``kinds`` (one per layer of the result, e.g. Gemma's ``layer_types``) and ``built`` (the
+    kinds of the layers the graph has) let the layers differ in their ops' attributes (a
+    sliding window, a rope base): every layer ``i``, built ones included, takes the attributes
+    of the built layer of kind ``kinds[i]``.
     """
     have = 0
     while _layer_nodes(g, prefix, have):
@@ -175,15 +187,33 @@ def replicate_layers(g: Graph, prefix: str, total: int) -> None:
         raise IRError(f"replicate_layers needs >= 2 layers under {prefix}, found {have}")
     if total <= have:
         return
+    if kinds is not None and len(kinds) != total:
+        raise IRError(f"replicate_layers: {len(kinds)} layer kinds for {total} layers")
     src_i = have - 1
     prev = _layer_nodes(g, prefix, src_i - 1)
     src = _layer_nodes(g, prefix, src_i)
     same = len(prev) == len(src) and all(
-        a.op == b.op and (a.op == "param" or a.attrs == b.attrs) and a.out.type == b.out.type
+        a.op == b.op
+        and (a.op == "param" or kinds is not None or a.attrs == b.attrs)
+        and a.out.type == b.out.type
         for a, b in zip(prev, src, strict=False)
     )
     if not same:
         raise IRError(f"layers {src_i - 1} and {src_i} differ in structure; cannot replicate")
+    templates: dict[str, list[Any]] = {}
+    if kinds is not None:
+        built = list(built if built is not None else kinds[:have])
+        if len(built) != have:
+            raise IRError(f"replicate_layers: {len(built)} built layer kinds for {have} layers")
+        for j in range(have):
+            templates[built[j]] = [n.attrs for n in _layer_nodes(g, prefix, j)]
+        missing = sorted(set(kinds) - set(templates))
+        if missing:
+            raise IRError(f"replicate_layers: no built layer of kind {missing[0]!r} to copy")
+        for j in range(have):  # the built layers take their own kind's attributes too
+            for n, a in zip(_layer_nodes(g, prefix, j), templates[kinds[j]], strict=True):
+                if n.op != "param":
+                    n.attrs = a
     pos = {id(n): i for i, n in enumerate(g.nodes)}
     first, last = pos[id(src[0])], pos[id(src[-1])]
     if last - first + 1 != len(src):
@@ -195,7 +225,8 @@ def replicate_layers(g: Graph, prefix: str, total: int) -> None:
     new_nodes: list[Node] = []
     for layer in range(have, total):
         made: list[Value] = []
-        for n in src:
+        like = templates[kinds[layer]] if kinds is not None else [n.attrs for n in src]
+        for n, tmpl_attrs in zip(src, like, strict=True):
             ins = []
             for v in n.inputs:
                 if id(v) in idx_src:
@@ -204,8 +235,9 @@ def replicate_layers(g: Graph, prefix: str, total: int) -> None:
                     ins.append(cur[idx_prev[id(v)]])
                 else:
                     ins.append(v)
-            attrs = n.attrs
+            attrs = tmpl_attrs
             if n.op == "param":
+                attrs = n.attrs
                 pname = rename_layer(attrs.name, prefix, src_i, layer)
                 if pname == attrs.name:
                     raise IRError(f"param @{attrs.name} of layer {src_i} has no layer index")

@@ -5,9 +5,11 @@ to these ops (see :mod:`llmc.frontends.patches`), so ``torch.export`` records ea
 the converter maps 1:1 onto the IR op of the same name. Their eager implementations *are* the IR
 ops' reference semantics (:mod:`llmc.ir.ops`), so a patched model computes exactly what the IR will.
 
-- ``llmc::attention(q, k, v, scale, causal, window)``: q ``[b, h, s, d]``, k/v ``[b, kv_h, t, d]``
+- ``llmc::attention(q, k, v, scale, causal, window, softcap)``: q ``[b, h, s, d]``, k/v ``[b, kv_h, t, d]``
   (grouped-query attention without ``repeat_kv``), causal mask bottom-right aligned.
 - ``llmc::rms_norm(x, weight, eps)``.
+- ``llmc::moe(x, router, gate_up, down, top_k, normalize, activation)``: the routed experts
+  (:mod:`llmc.ir.ops_moe`), whose data-dependent dispatch export cannot trace.
 - ``llmc::rope(x, positions, attrs)``: ``attrs`` is the JSON of :class:`~llmc.ir.ops.RopeAttrs`
   (a custom op's schema has no dataclass type; JSON keeps every field in one string).
 """
@@ -28,7 +30,7 @@ from llmc.ir.ops import (
     _rope_ref,
 )
 
-__all__ = ["attention", "rms_norm", "rope", "rope_attrs_json", "rope_attrs_from_json"]
+__all__ = ["attention", "moe", "rms_norm", "rope", "rope_attrs_json", "rope_attrs_from_json"]
 
 
 def rope_attrs_json(a: RopeAttrs) -> str:
@@ -41,13 +43,20 @@ def rope_attrs_from_json(text: str) -> RopeAttrs:
 
 @torch.library.custom_op("llmc::attention", mutates_args=())
 def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool, window: int
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    causal: bool,
+    window: int,
+    softcap: float = 0.0,
 ) -> torch.Tensor:
-    return _attention_ref([q, k, v], AttentionAttrs(scale, causal, window), None).contiguous()
+    a = AttentionAttrs(scale, causal, window, softcap)
+    return _attention_ref([q, k, v], a, None).contiguous()
 
 
 @attention.register_fake
-def _attention_fake(q, k, v, scale, causal, window):  # noqa: ANN001, ANN202
+def _attention_fake(q, k, v, scale, causal, window, softcap=0.0):  # noqa: ANN001, ANN202
     return q.new_empty(tuple(q.shape[:3]) + (v.shape[3],))
 
 
@@ -68,4 +77,25 @@ def rope(x: torch.Tensor, positions: torch.Tensor, attrs: str) -> torch.Tensor:
 
 @rope.register_fake
 def _rope_fake(x, positions, attrs):  # noqa: ANN001, ANN202
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("llmc::moe", mutates_args=())
+def moe(
+    x: torch.Tensor,
+    router: torch.Tensor,
+    gate_up: torch.Tensor,
+    down: torch.Tensor,
+    top_k: int,
+    normalize: bool,
+    activation: str,
+) -> torch.Tensor:
+    from llmc.ir.ops_moe import MoeAttrs, _moe_ref
+
+    a = MoeAttrs(top_k, normalize, activation)
+    return _moe_ref([x, router, gate_up, down], a, None).contiguous()
+
+
+@moe.register_fake
+def _moe_fake(x, router, gate_up, down, top_k, normalize, activation):  # noqa: ANN001, ANN202
     return torch.empty_like(x)

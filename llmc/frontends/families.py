@@ -13,6 +13,8 @@ model's pieces for the ``llmc::`` custom ops (:mod:`llmc.frontends.customops`):
   them, with theta / partial rotary / scaling read from the config (and cross-checked against the
   module's ``inv_freq``).
 - tanh-approximated GELUs written as Python arithmetic (``gelu_new``) -> ``F.gelu(tanh)``.
+- family-specific modules (Falcon's attention and linears, Gemma's scaled embeddings and final
+  soft-cap, sparse MoE blocks) -> the forwards of :mod:`llmc.frontends.family_pieces`.
 
 Everything is restored on exit; the model is unchanged afterwards.
 
@@ -32,6 +34,7 @@ import torch.nn.functional as F
 
 from llmc.errors import UnsupportedOpError
 from llmc.frontends import customops
+from llmc.frontends import family_pieces as pieces
 from llmc.ir.ops import RopeAttrs, rope_inv_freq
 
 
@@ -47,6 +50,13 @@ class Family:
     norm: str = "rms"
     # Checkpoint-name prefixes renamed on load (legacy names transformers still writes).
     renames: tuple[tuple[str, str], ...] = ()
+    # RMSNorms that scale by ``1 + weight`` (Gemma) rather than ``weight``.
+    rms_offset: bool = False
+    # Attention modules whose forward is replaced as a whole (families that do not call
+    # transformers' attention interface): class name -> forward factory in family_pieces.
+    attention_forwards: tuple[tuple[str, str], ...] = ()
+    # Sparse MoE blocks whose forward becomes llmc::moe (+ a shared expert where they have one).
+    moe_blocks: tuple[str, ...] = ()
 
 
 _T = "transformers.models"
@@ -106,6 +116,73 @@ FAMILIES: dict[str, Family] = {
             norm="layer",
             renames=(("embed_out.", "lm_head."),),
         ),
+        # fused qkv_proj and gate_up_proj (sliced in the traced graph), a sliding window
+        Family(
+            "phi3",
+            ("Phi3ForCausalLM",),
+            "phi3",
+            f"{_T}.phi3.modeling_phi3",
+            "model.layers",
+            ("Phi3RMSNorm",),
+            rotary=True,
+        ),
+        # parallel attention + MLP, multi-query (or grouped, new_decoder_architecture) attention
+        # from one fused query_key_value; no attention interface: the attention is replaced
+        Family(
+            "falcon",
+            ("FalconForCausalLM",),
+            "falcon",
+            f"{_T}.falcon.modeling_falcon",
+            "transformer.h",
+            rotary=True,
+            norm="layer",
+            attention_forwards=(("FalconAttention", "falcon_attention"),),
+        ),
+        # logit soft-capping (attention and final), alternating sliding/full layers, scaled
+        # embeddings, (1 + w) RMSNorms, four norms per layer
+        Family(
+            "gemma2",
+            ("Gemma2ForCausalLM",),
+            "gemma2",
+            f"{_T}.gemma2.modeling_gemma2",
+            "model.layers",
+            ("Gemma2RMSNorm",),
+            rotary=True,
+            rms_offset=True,
+        ),
+        # Gemma 2 plus q/k norms and a rope base per layer type (local / global)
+        Family(
+            "gemma3",
+            ("Gemma3ForCausalLM",),
+            "gemma3_text",
+            f"{_T}.gemma3.modeling_gemma3",
+            "model.layers",
+            ("Gemma3RMSNorm",),
+            rotary=True,
+            rms_offset=True,
+        ),
+        # routed experts (llmc::moe) in place of the data-dependent expert loop
+        Family(
+            "mixtral",
+            ("MixtralForCausalLM",),
+            "mixtral",
+            f"{_T}.mixtral.modeling_mixtral",
+            "model.layers",
+            ("MixtralRMSNorm",),
+            rotary=True,
+            moe_blocks=("MixtralSparseMoeBlock",),
+        ),
+        # routed experts plus a sigmoid-gated shared expert
+        Family(
+            "qwen2_moe",
+            ("Qwen2MoeForCausalLM",),
+            "qwen2_moe",
+            f"{_T}.qwen2_moe.modeling_qwen2_moe",
+            "model.layers",
+            ("Qwen2MoeRMSNorm",),
+            rotary=True,
+            moe_blocks=("Qwen2MoeSparseMoeBlock",),
+        ),
     )
 }
 ARCHITECTURES: dict[str, Family] = {a: f for f in FAMILIES.values() for a in f.architectures}
@@ -132,7 +209,17 @@ def family_of(model: torch.nn.Module) -> Family:
 
 # Families whose transformers modeling reads ``config.head_dim``; the others compute
 # hidden_size // num_attention_heads and ignore a stray ``head_dim`` key, and so must llmc.
-_EXPLICIT_HEAD_DIM = ("llama", "mistral", "qwen2")
+_EXPLICIT_HEAD_DIM = (
+    "llama",
+    "mistral",
+    "qwen2",
+    "phi3",
+    "gemma2",
+    "gemma3_text",
+    "mixtral",
+    "qwen2_moe",
+)
+LAYER_TYPES = ("full_attention", "sliding_attention")
 
 
 def head_dim(config: Any) -> int:
@@ -145,9 +232,18 @@ def head_dim(config: Any) -> int:
 SUPPORTED_ROPE = {"default": "", "linear": "linear", "llama3": "llama3"}
 
 
-def rope_attrs(config: Any) -> RopeAttrs:
-    """The IR rope attributes of a config (``rope_parameters`` as transformers standardizes it)."""
+def rope_parameters(config: Any, layer_type: str | None = None) -> dict[str, Any]:
+    """The config's rope parameters for a layer type (Gemma 3 keys them by layer type: a local
+    and a global base; the others have one set, and ``layer_type`` is ignored)."""
     rp = dict(getattr(config, "rope_parameters", None) or {})
+    if rp and set(rp) <= set(LAYER_TYPES):
+        return dict(rp.get(layer_type or "full_attention") or rp.get("full_attention") or {})
+    return rp
+
+
+def rope_attrs(config: Any, layer_type: str | None = None) -> RopeAttrs:
+    """The IR rope attributes of a config (``rope_parameters`` as transformers standardizes it)."""
+    rp = rope_parameters(config, layer_type)
     rtype = rp.get("rope_type", rp.get("type", "default"))
     if rtype not in SUPPORTED_ROPE:
         raise UnsupportedOpError(
@@ -173,10 +269,11 @@ def rope_attrs(config: Any) -> RopeAttrs:
     )
 
 
-def _inv_freq(module: torch.nn.Module) -> torch.Tensor | None:
-    """The rotary module's ``inv_freq``; for a module built on ``meta`` (a model directory, the
-    zoo) a CPU twin is built from its config, so the cross-check below runs for those too."""
-    inv = getattr(module, "inv_freq", None)
+def _inv_freq(module: torch.nn.Module, attr: str = "inv_freq") -> torch.Tensor | None:
+    """The rotary module's ``inv_freq`` (``attr``); for a module built on ``meta`` (a model
+    directory, the zoo) a CPU twin is built from its config, so the cross-check below runs for
+    those too."""
+    inv = getattr(module, attr, None)
     if inv is None or inv.device.type != "meta":
         return inv
     cfg = getattr(module, "config", None)
@@ -184,24 +281,31 @@ def _inv_freq(module: torch.nn.Module) -> torch.Tensor | None:
         return None
     try:
         with torch.device("cpu"):
-            return type(module)(cfg).inv_freq
+            return getattr(type(module)(cfg), attr)
     except Exception:  # a rotary class with another constructor: no twin, no cross-check
         return None
 
 
-def _check_rope(module: torch.nn.Module, attrs: RopeAttrs, hd: int) -> None:
-    scaling = float(getattr(module, "attention_scaling", 1.0) or 1.0)
-    if scaling != 1.0:
-        raise UnsupportedOpError(f"rotary attention_scaling {scaling} is not supported")
-    inv = _inv_freq(module)
-    if inv is None:
-        return
-    mine = rope_inv_freq(attrs, attrs.rotary_dim or hd)
-    if mine.shape != inv.shape or not torch.allclose(mine, inv.float().cpu(), rtol=1e-5):
-        raise UnsupportedOpError(
-            f"{type(module).__name__}: its inv_freq does not match llmc's rope for {attrs} "
-            "(an unsupported rotary variant)"
-        )
+def _check_rope(module: torch.nn.Module, config: Any, hd: int) -> None:
+    """The rotary module's frequencies (per layer type where it keeps one set per type, as
+    Gemma 3 does) against llmc's rope for the config."""
+    types = getattr(module, "layer_types", None)
+    kinds = [(lt, f"{lt}_inv_freq", f"{lt}_attention_scaling") for lt in types] if isinstance(
+        types, (list, tuple)) else [(None, "inv_freq", "attention_scaling")]  # fmt: skip
+    for lt, inv_attr, scaling_attr in kinds:
+        attrs = rope_attrs(config, lt)
+        scaling = float(getattr(module, scaling_attr, 1.0) or 1.0)
+        if scaling != 1.0:
+            raise UnsupportedOpError(f"rotary attention_scaling {scaling} is not supported")
+        inv = _inv_freq(module, inv_attr)
+        if inv is None:
+            continue
+        mine = rope_inv_freq(attrs, attrs.rotary_dim or hd)
+        if mine.shape != inv.shape or not torch.allclose(mine, inv.float().cpu(), rtol=1e-5):
+            raise UnsupportedOpError(
+                f"{type(module).__name__}: its inv_freq does not match llmc's rope for {attrs} "
+                "(an unsupported rotary variant)"
+            )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -227,11 +331,17 @@ def _llmc_attention(
             f"{where}: an explicit attention mask (padding) is not supported; llmc's attention is "
             "causal over the whole sequence"
         )
-    if softcap or s_aux is not None:
-        raise UnsupportedOpError(f"{where}: attention softcapping / sinks are not supported")
+    if s_aux is not None:
+        raise UnsupportedOpError(f"{where}: attention sinks are not supported")
     causal = bool(getattr(module, "is_causal", True))
     out = torch.ops.llmc.attention(
-        query, key, value, float(scaling or 0.0), causal, int(sliding_window or 0)
+        query,
+        key,
+        value,
+        float(scaling or 0.0),
+        causal,
+        int(sliding_window or 0),
+        float(softcap or 0.0),
     )
     return out.transpose(1, 2).contiguous(), None
 
@@ -266,14 +376,16 @@ _ACTIVATIONS = {
 }
 
 
-def _rms_forward(mod: torch.nn.Module) -> Any:
+def _rms_forward(mod: torch.nn.Module, offset: bool = False) -> Any:
     eps = getattr(mod, "variance_epsilon", None)
     if eps is None:
         eps = getattr(mod, "eps", 1e-6)
     eps = float(eps)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.llmc.rms_norm(x, mod.weight, eps)
+        # Gemma scales by (1 + w), in float32 before rounding (llmc's rms_norm does the same)
+        w = 1.0 + mod.weight.float() if offset else mod.weight
+        return torch.ops.llmc.rms_norm(x, w, eps)
 
     return forward
 
@@ -285,8 +397,9 @@ def _positions_forward(x: torch.Tensor, position_ids: torch.Tensor | None = None
     return position_ids, position_ids
 
 
-def _rope_function(attrs: RopeAttrs) -> Any:
-    text = customops.rope_attrs_json(attrs)
+def _rope_function(current: dict[str, RopeAttrs]) -> Any:
+    """``apply_rotary_pos_emb`` as ``llmc::rope`` with ``current["attrs"]`` (set per attention
+    module by a pre-forward hook where the rope differs by layer type)."""
 
     def apply_rotary_pos_emb(q: Any, k: Any, cos: Any, sin: Any, *a: Any, **kw: Any) -> Any:
         if cos.dtype not in (torch.int64, torch.int32):
@@ -294,6 +407,7 @@ def _rope_function(attrs: RopeAttrs) -> Any:
                 "apply_rotary_pos_emb received cos/sin tables, not positions: the rotary module "
                 "of this model was not substituted (internal frontend error)"
             )
+        text = customops.rope_attrs_json(current["attrs"])
         return torch.ops.llmc.rope(q, cos, text), torch.ops.llmc.rope(k, cos, text)
 
     return apply_rotary_pos_emb
@@ -314,17 +428,33 @@ def canonical_pieces(model: torch.nn.Module, fam: Family) -> Iterator[RopeAttrs 
             cfg._attn_implementation = "llmc"
             undo.append(lambda cfg=cfg, old=old: setattr(cfg, "_attn_implementation", old))
         hd = head_dim(model.config)
+        current: dict[str, Any] = {"attrs": attrs}
+        attention_forwards = dict(fam.attention_forwards)
         for mod in model.modules():
             cls = type(mod).__name__
             new = None
             if cls in fam.rms_norm_classes:
-                new = _rms_forward(mod)
+                new = _rms_forward(mod, fam.rms_offset)
             elif fam.rotary and cls.endswith("RotaryEmbedding"):
-                assert attrs is not None
-                _check_rope(mod, attrs, hd)
+                _check_rope(mod, model.config, hd)
                 new = _positions_forward
             elif cls in _ACTIVATIONS and not getattr(mod, "_llmc_keep", False):
                 new = _ACTIVATIONS[cls]
+            elif cls in pieces.LINEARS:
+                new = pieces.linear_forward(mod)
+            elif cls.endswith("ScaledWordEmbedding") and hasattr(mod, "scalar_embed_scale"):
+                new = pieces.scaled_embedding_forward(mod)
+            elif cls in fam.moe_blocks:
+                new = pieces.moe_forward(mod)
+            elif cls in attention_forwards:
+                new = getattr(pieces, attention_forwards[cls])(mod)
+            if fam.rotary and isinstance(getattr(mod, "layer_type", None), str):
+                # the rope of this attention module's layer type (Gemma 3: local / global base)
+                la = rope_attrs(model.config, mod.layer_type)
+                hook = mod.register_forward_pre_hook(
+                    lambda m, args, la=la: current.__setitem__("attrs", la)
+                )
+                undo.append(hook.remove)
             if new is not None:
                 had = "forward" in mod.__dict__
                 old_fwd = mod.__dict__.get("forward")
@@ -334,11 +464,20 @@ def canonical_pieces(model: torch.nn.Module, fam: Family) -> Iterator[RopeAttrs 
                         setattr(mod, "forward", old_fwd) if had else mod.__dict__.pop("forward")
                     )
                 )
+        cap = getattr(model.config, "final_logit_softcapping", None)
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        if cap and head is not None:
+            # Gemma 2's final soft-cap, moved into the head's scope (block ``head``): the logits
+            # are still the head's output for the passes that look for it.
+            model.config.final_logit_softcapping = None
+            undo.append(lambda: setattr(model.config, "final_logit_softcapping", cap))
+            head.forward = pieces.capped_head_forward(head, float(cap))
+            undo.append(lambda: head.__dict__.pop("forward"))
         if fam.rotary:
             assert attrs is not None
             modeling = importlib.import_module(fam.modeling)
             old_fn = modeling.apply_rotary_pos_emb
-            modeling.apply_rotary_pos_emb = _rope_function(attrs)
+            modeling.apply_rotary_pos_emb = _rope_function(current)
             undo.append(lambda: setattr(modeling, "apply_rotary_pos_emb", old_fn))
         yield attrs
     finally:
@@ -357,6 +496,8 @@ def model_meta(model: torch.nn.Module, fam: Family) -> dict[str, Any]:
     inter = {
         "opt": lambda: getattr(c, "ffn_dim", None),
         "gpt2": lambda: getattr(c, "n_inner", None) or 4 * hidden,
+        "falcon": lambda: getattr(c, "ffn_hidden_size", None) or 4 * hidden,
+        "qwen2_moe": lambda: getattr(c, "moe_intermediate_size", None),
     }.get(fam.name, lambda: getattr(c, "intermediate_size", None))()
     meta: dict[str, Any] = {
         "abi": "llmc-lm-v1",
@@ -390,8 +531,21 @@ def model_meta(model: torch.nn.Module, fam: Family) -> dict[str, Any]:
                 original_max_position=a.original_max_position,
             )
     sw = getattr(c, "sliding_window", None)
-    if sw and (fam.name == "mistral" or getattr(c, "use_sliding_window", False)):
+    windowed = fam.name in ("mistral", "phi3", "gemma2", "gemma3")
+    if sw and (windowed or getattr(c, "use_sliding_window", False)):
         meta["sliding_window"] = int(sw)
+    lt = getattr(c, "layer_types", None)
+    if fam.name in ("gemma2", "gemma3") and lt:
+        meta["layer_types"] = [str(t) for t in lt]
+    if fam.name == "gemma3" and isinstance(lt, (list, tuple)) and "sliding_attention" in lt:
+        a = rope_attrs(c, "sliding_attention")
+        meta["rope_local"] = {"theta": a.theta, "scaling": a.scaling or "none"}
+    if fam.moe_blocks:
+        meta["num_experts"] = int(getattr(c, "num_local_experts", None) or c.num_experts)
+        meta["experts_per_token"] = int(c.num_experts_per_tok)
+    for key in ("attn_logit_softcapping", "final_logit_softcapping"):
+        if getattr(c, key, None):
+            meta[key] = float(getattr(c, key))
     act = getattr(c, "hidden_act", None) or getattr(c, "activation_function", None)
     if act:
         meta["activation"] = str(act)

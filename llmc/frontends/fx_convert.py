@@ -23,6 +23,7 @@ Conventions the handlers follow:
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -390,7 +391,24 @@ def convert_exported(
     ep: torch.export.ExportedProgram, name: str, opts: ConvertOptions | None = None
 ) -> Graph:
     """The IR graph of an exported program (see the module docstring)."""
-    return Converter(ep, name, opts or ConvertOptions()).run()
+    return Converter(functional(ep), name, opts or ConvertOptions()).run()
+
+
+def _mutates(n: torch.fx.Node) -> bool:
+    schema = getattr(n.target, "_schema", None)
+    return n.op == "call_function" and schema is not None and schema.is_mutable
+
+
+def functional(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """``ep`` without in-place ATen ops (``x += y`` in a module's forward exports as
+    ``aten.add_``, which a value graph cannot express): functionalised by
+    ``run_decompositions`` with an empty table, which decomposes nothing else. Programs with
+    no in-place op are returned as they are."""
+    if not any(_mutates(n) for n in ep.graph.nodes):
+        return ep
+    with warnings.catch_warnings():  # torch's own pytree deprecation notice, not the user's
+        warnings.simplefilter("ignore", FutureWarning)
+        return ep.run_decompositions({})
 
 
 __all__ = ["COMPONENT_TAGS", "ConvertOptions", "Converter", "block_tag", "convert_exported"]

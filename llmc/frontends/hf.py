@@ -88,12 +88,18 @@ def export_lm(model: torch.nn.Module) -> torch.export.ExportedProgram:
 
 
 def from_hf_model(
-    model: torch.nn.Module, *, name: str, num_layers: int | None = None, verify_graph: bool = True
+    model: torch.nn.Module,
+    *,
+    name: str,
+    num_layers: int | None = None,
+    layer_types: list[str] | None = None,
+    verify_graph: bool = True,
 ) -> Graph:
     """The IR graph (LM ABI ``llmc-lm-v1``) of a Hugging Face causal LM of a supported family.
 
     ``num_layers`` > the model's layer count replicates the last layer (architecture-only models
-    on the ``meta`` device; see :func:`llmc.frontends.canon.replicate_layers`).
+    on the ``meta`` device; see :func:`llmc.frontends.canon.replicate_layers`); ``layer_types``
+    (one per layer of the result) replicates each layer from a built layer of its type.
     """
     fam = family_of(model)
     was_training = model.training
@@ -111,7 +117,9 @@ def from_hf_model(
         output_names=["logits"],
     )
     g = convert_exported(ep, name, opts)
-    return finish_lm_graph(g, model, fam, num_layers=num_layers, verify_graph=verify_graph)
+    return finish_lm_graph(
+        g, model, fam, num_layers=num_layers, layer_types=layer_types, verify_graph=verify_graph
+    )
 
 
 def finish_lm_graph(
@@ -120,15 +128,22 @@ def finish_lm_graph(
     fam: Family,
     *,
     num_layers: int | None = None,
+    layer_types: list[str] | None = None,
     verify_graph: bool = True,
 ) -> Graph:
     canon.fold_flat_linear(g)
     meta = model_meta(model, fam)
     if num_layers is not None and num_layers > meta["num_layers"]:
-        canon.replicate_layers(g, fam.layers, num_layers)
+        built = meta.get("layer_types") if layer_types is not None else None
+        canon.replicate_layers(g, fam.layers, num_layers, layer_types, built)
         meta["num_layers"] = num_layers
+        if layer_types is not None:
+            meta["layer_types"] = list(layer_types)
     g.dce()
     n = canon.add_kv_cache(g, fam.layers)
+    if len(g.inputs) > 2:  # the traced cache layout is the truth (Falcon's multi-query: 1 head)
+        kv = g.inputs[2].type.shape
+        meta["num_kv_heads"], meta["head_dim"] = int(kv[1]), int(kv[3])
     if n != meta["num_layers"]:
         raise LlmcError(
             f"{type(model).__name__}: traced {n} attention layers but the config has "

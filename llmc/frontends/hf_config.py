@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from llmc.errors import ModelLoadError
-from llmc.frontends.families import SUPPORTED_ROPE, Family
+from llmc.frontends.families import _EXPLICIT_HEAD_DIM as EXPLICIT_HEAD_DIM
+from llmc.frontends.families import LAYER_TYPES, SUPPORTED_ROPE, Family
 from llmc.frontends.untrusted import quote
 
 # (json keys, the first being the name used in messages; upper limit; may be null)
@@ -37,6 +38,14 @@ _SIZES: tuple[tuple[tuple[str, ...], int, bool], ...] = (
     (("n_inner",), 1 << 20, True),
     (("num_attention_heads", "n_head"), 1 << 12, False),
     (("num_key_value_heads",), 1 << 12, True),
+    (("num_kv_heads",), 1 << 12, True),  # Falcon's spelling
+    (("ffn_hidden_size",), 1 << 20, True),
+    (("query_pre_attn_scalar",), 1 << 17, True),
+    (("sliding_window_pattern",), 1 << 12, True),
+    (("num_local_experts", "num_experts"), 1 << 12, True),
+    (("num_experts_per_tok",), 1 << 12, True),
+    (("moe_intermediate_size",), 1 << 20, True),
+    (("shared_expert_intermediate_size",), 1 << 20, True),
     (("head_dim",), 1 << 12, True),
     (("vocab_size",), 1 << 23, False),
     (("max_position_embeddings", "n_positions", "n_ctx"), 1 << 24, False),
@@ -44,7 +53,14 @@ _SIZES: tuple[tuple[tuple[str, ...], int, bool], ...] = (
     (("sliding_window",), 1 << 24, True),  # 0 (no window) is allowed below
 )
 _EPS = ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon")
-_POSITIVE = ("rope_theta", "rotary_emb_base", "initializer_range")
+_POSITIVE = (
+    "rope_theta",
+    "rotary_emb_base",
+    "initializer_range",
+    "rope_local_base_freq",
+    "attn_logit_softcapping",
+    "final_logit_softcapping",
+)
 _FRACTIONS = ("partial_rotary_factor", "rotary_pct")
 _FLAGS = (
     "tie_word_embeddings",
@@ -59,8 +75,16 @@ _FLAGS = (
     "enable_bias",
     "use_cache",
     "_remove_final_layer_norm",
+    "parallel_attn",
+    "multi_query",
+    "new_decoder_architecture",
+    "alibi",
+    "bias",
+    "use_bidirectional_attention",
+    "norm_topk_prob",
+    "output_router_logits",
 )
-_STRINGS = ("hidden_act", "activation_function", "model_type")
+_STRINGS = ("hidden_act", "activation_function", "model_type", "hidden_activation", "activation")
 _TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 _ROPE_DICTS = ("rope_scaling", "rope_parameters")
 _ROPE_NUMBERS = ("factor", "low_freq_factor", "high_freq_factor", "rope_theta")
@@ -73,6 +97,12 @@ _EMBEDDING = {
     "opt": "decoder.embed_tokens.weight",
     "gpt2": "wte.weight",
     "gpt_neox": "embed_in.weight",
+    "phi3": "embed_tokens.weight",
+    "falcon": "word_embeddings.weight",
+    "gemma2": "embed_tokens.weight",
+    "gemma3": "embed_tokens.weight",
+    "mixtral": "embed_tokens.weight",
+    "qwen2_moe": "embed_tokens.weight",
 }
 
 
@@ -142,7 +172,7 @@ def check_values(cfg: dict[str, Any], where: str, fam: Family | None = None) -> 
     for k in _STRINGS:
         if k in cfg and cfg[k] is not None and not isinstance(cfg[k], str):
             raise bad(k, cfg[k], "a string")
-    for k in ("hidden_act", "activation_function"):
+    for k in ("hidden_act", "activation_function", "hidden_activation", "activation"):
         if isinstance(cfg.get(k), str):
             from transformers.activations import ACT2FN
 
@@ -160,6 +190,10 @@ def check_values(cfg: dict[str, Any], where: str, fam: Family | None = None) -> 
     for k in _ROPE_DICTS:
         _check_rope(cfg, k, where, bad)
     _check_heads(cfg, where)
+    ne = cfg.get("num_local_experts", cfg.get("num_experts"))
+    k = cfg.get("num_experts_per_tok")
+    if _is_int(ne) and _is_int(k) and k > ne:
+        raise bad("num_experts_per_tok", k, f"at most the number of experts ({ne})")
     if fam is not None and fam.rotary:
         _check_rotary_dims(cfg, fam, where)
     if fam is not None:
@@ -172,6 +206,10 @@ def _check_rope(cfg: dict[str, Any], k: str, where: str, bad: Any) -> None:
         return
     if not isinstance(rp, dict):
         raise bad(k, rp, "an object or null")
+    if rp and set(rp) <= set(LAYER_TYPES):  # Gemma 3: one set per layer type
+        for lt, sub in rp.items():
+            _check_rope({f"{k}.{lt}": sub}, f"{k}.{lt}", where, bad)
+        return
     for f in ("rope_type", "type"):
         if f in rp and (not isinstance(rp[f], str) or rp[f] not in SUPPORTED_ROPE):
             raise bad(
@@ -206,11 +244,12 @@ def _check_heads(cfg: dict[str, Any], where: str) -> None:
             f"{where}: {hk} {hidden} is not divisible by {nk} {heads} (each head gets "
             f"{hk} / {nk} channels)"
         )
-    kv = cfg.get("num_key_value_heads")
-    if kv is not None and (kv > heads or heads % kv):
-        raise ModelLoadError(
-            f"{where}: num_key_value_heads {kv} must divide {nk} {heads} (grouped-query attention)"
-        )
+    for kk in ("num_key_value_heads", "num_kv_heads"):
+        kv = cfg.get(kk)
+        if kv is not None and (kv > heads or heads % kv):
+            raise ModelLoadError(
+                f"{where}: {kk} {kv} must divide {nk} {heads} (grouped-query attention)"
+            )
 
 
 def _check_layer_types(cfg: dict[str, Any], fam: Family, where: str) -> None:
@@ -235,7 +274,7 @@ def _check_layer_types(cfg: dict[str, Any], fam: Family, where: str) -> None:
             f"{where}: layer_types mixes full and sliding attention, which Mistral does not "
             "support (a Ministral config?)"
         )
-    if "sliding_attention" in lt and fam.name in ("mistral", "qwen2"):
+    if "sliding_attention" in lt and fam.name in ("mistral", "qwen2", "gemma2", "gemma3"):
         sw = cfg.get("sliding_window")
         off = fam.name == "qwen2" and not cfg.get("use_sliding_window", False)
         if not sw or off:
@@ -249,7 +288,7 @@ def _check_rotary_dims(cfg: dict[str, Any], fam: Family, where: str) -> None:
     hk, nk = _key(cfg, ("hidden_size",)), _key(cfg, ("num_attention_heads",))
     if hk is None or nk is None:
         return
-    hd = cfg.get("head_dim") if fam.name in ("llama", "mistral", "qwen2") else None
+    hd = cfg.get("head_dim") if fam.model_type in EXPLICIT_HEAD_DIM else None
     hd = hd or cfg[hk] // cfg[nk]
     rp = cfg.get("rope_parameters") if isinstance(cfg.get("rope_parameters"), dict) else {}
     for key, val in (

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from llmc.errors import ModelLoadError
-from llmc.frontends import checkpoint, hf_config
+from llmc.frontends import checkpoint, experts, hf_config
+from llmc.frontends.archs import refusal
 from llmc.frontends.families import ARCHITECTURES, Family, supported_architectures
 from llmc.frontends.untrusted import check_model_files, quote
 from llmc.ir.graph import Graph
@@ -66,6 +67,9 @@ def architecture_of(cfg: dict[str, Any], where: str) -> Family:
     archs = cfg.get("architectures")
     if not isinstance(archs, list) or not archs or not all(isinstance(a, str) for a in archs):
         raise ModelLoadError(f"{where}: 'architectures' must be a non-empty list of names")
+    why = refusal(cfg, where)
+    if why:
+        raise ModelLoadError(why)
     for a in archs:
         if a in ARCHITECTURES:
             fam = ARCHITECTURES[a]
@@ -203,7 +207,12 @@ def load_hf_dir(
     )
     check_model_files(d, TOKENIZER_FILES + _OTHER_TOKENIZER_FILES)
     ckpt = checkpoint.Checkpoint(d, allow_pickle=allow_pickle)
-    shapes = ckpt.shapes
+    # per-expert MoE tensors on disk -> the module's stacked ones (llmc.frontends.experts)
+    shapes, merges = experts.plan(fam.name, ckpt.shapes, d)
+
+    def first_source(name: str) -> str:
+        return merges.sources[name][0][0] if name in merges.sources else name
+
     arch = next(a for a in cfg["architectures"] if ARCHITECTURES.get(a) is fam)
     hf_config.check_against_tensors(cfg, fam, arch, shapes, where)
     model = build_module(cfg, fam, where)
@@ -211,16 +220,24 @@ def load_hf_dir(
     prefix = getattr(model, "base_model_prefix", "") or ""
     rename = _check(d, shapes, expected, prefix, fam, cfg)
     for src in rename:
-        if not ckpt.dtype(src).is_floating_point:
+        dt = ckpt.dtype(first_source(src))
+        if not dt.is_floating_point:
             raise ModelLoadError(
-                f"{d / shapes[src][1]}: tensor {quote(src)} has dtype {ckpt.dtype(src)}; weights must "
-                "be floating point"
+                f"{d / shapes[src][1]}: tensor {quote(first_source(src))} has dtype {dt}; weights "
+                "must be floating point"
             )
     # A tied weight the checkpoint also stores (lm_head.weight with tie_word_embeddings): ties
     # are only safe when the stored copy is the same tensor; transformers versions disagree on
     # which one wins otherwise, so a differing copy is refused rather than silently dropped.
     tied = _rename(list(shapes), {a: () for a in aliases}, prefix, fam)
-    sd = ckpt.load([*rename, *tied])
+    wanted = [*rename, *tied]
+    sd = ckpt.load(
+        [n for n in wanted if n not in merges.sources]
+        + [s for n in wanted if n in merges.sources for g in merges.sources[n] for s in g]
+    )
+    for n in wanted:
+        if n in merges.sources:
+            sd[n] = experts.assemble(merges, n, sd)
     canon_src = {dst: src for src, dst in rename.items()}
     for src, alias in tied.items():
         other = canon_src.get(aliases[alias])

@@ -204,6 +204,148 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "task_specific_params": {"text-generation": {"do_sample": True, "max_length": 50}},
         "vocab_size": 50257,
     },
+    # https://huggingface.co/microsoft/Phi-3-mini-4k-instruct/blob/main/config.json
+    # (auto_map and _name_or_path dropped: transformers has the class, llmc runs no remote code)
+    "phi-3-mini": {
+        "architectures": ["Phi3ForCausalLM"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": 1,
+        "embd_pdrop": 0.0,
+        "eos_token_id": 32000,
+        "hidden_act": "silu",
+        "hidden_size": 3072,
+        "initializer_range": 0.02,
+        "intermediate_size": 8192,
+        "max_position_embeddings": 4096,
+        "model_type": "phi3",
+        "num_attention_heads": 32,
+        "num_hidden_layers": 32,
+        "num_key_value_heads": 32,
+        "original_max_position_embeddings": 4096,
+        "pad_token_id": 32000,
+        "resid_pdrop": 0.0,
+        "rms_norm_eps": 1e-05,
+        "rope_scaling": None,
+        "rope_theta": 10000.0,
+        "sliding_window": 2047,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "use_cache": True,
+        "vocab_size": 32064,
+    },
+    # https://huggingface.co/tiiuae/falcon-7b/blob/main/config.json
+    "falcon-7b": {
+        "alibi": False,
+        "apply_residual_connection_post_layernorm": False,
+        "architectures": ["FalconForCausalLM"],
+        "attention_dropout": 0.0,
+        "bias": False,
+        "bos_token_id": 11,
+        "eos_token_id": 11,
+        "hidden_dropout": 0.0,
+        "hidden_size": 4544,
+        "initializer_range": 0.02,
+        "layer_norm_epsilon": 1e-05,
+        "model_type": "falcon",
+        "multi_query": True,
+        "new_decoder_architecture": False,
+        "num_attention_heads": 71,
+        "num_hidden_layers": 32,
+        "parallel_attn": True,
+        "torch_dtype": "bfloat16",
+        "use_cache": True,
+        "vocab_size": 65024,
+    },
+    # https://huggingface.co/google/gemma-2-2b/blob/main/config.json
+    "gemma-2-2b": {
+        "architectures": ["Gemma2ForCausalLM"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "attn_logit_softcapping": 50.0,
+        "bos_token_id": 2,
+        "cache_implementation": "hybrid",
+        "eos_token_id": 1,
+        "final_logit_softcapping": 30.0,
+        "head_dim": 256,
+        "hidden_act": "gelu_pytorch_tanh",
+        "hidden_activation": "gelu_pytorch_tanh",
+        "hidden_size": 2304,
+        "initializer_range": 0.02,
+        "intermediate_size": 9216,
+        "max_position_embeddings": 8192,
+        "model_type": "gemma2",
+        "num_attention_heads": 8,
+        "num_hidden_layers": 26,
+        "num_key_value_heads": 4,
+        "pad_token_id": 0,
+        "query_pre_attn_scalar": 256,
+        "rms_norm_eps": 1e-06,
+        "rope_theta": 10000.0,
+        "sliding_window": 4096,
+        "torch_dtype": "float32",
+        "use_cache": True,
+        "vocab_size": 256000,
+    },
+    # https://huggingface.co/google/gemma-3-1b-pt/blob/main/config.json
+    "gemma-3-1b": {
+        "architectures": ["Gemma3ForCausalLM"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "attn_logit_softcapping": None,
+        "bos_token_id": 2,
+        "cache_implementation": "hybrid",
+        "eos_token_id": 1,
+        "final_logit_softcapping": None,
+        "head_dim": 256,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "hidden_size": 1152,
+        "initializer_range": 0.02,
+        "intermediate_size": 6912,
+        "max_position_embeddings": 32768,
+        "model_type": "gemma3_text",
+        "num_attention_heads": 4,
+        "num_hidden_layers": 26,
+        "num_key_value_heads": 1,
+        "pad_token_id": 0,
+        "query_pre_attn_scalar": 256,
+        "rms_norm_eps": 1e-06,
+        "rope_local_base_freq": 10000,
+        "rope_scaling": None,
+        "rope_theta": 1000000,
+        "sliding_window": 512,
+        "sliding_window_pattern": 6,
+        "torch_dtype": "bfloat16",
+        "use_cache": True,
+        "vocab_size": 262144,
+    },
+    # https://huggingface.co/mistralai/Mixtral-8x7B-v0.1/blob/main/config.json
+    "mixtral-8x7b": {
+        "architectures": ["MixtralForCausalLM"],
+        "attention_dropout": 0.0,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "hidden_act": "silu",
+        "hidden_size": 4096,
+        "initializer_range": 0.02,
+        "intermediate_size": 14336,
+        "max_position_embeddings": 32768,
+        "model_type": "mixtral",
+        "num_attention_heads": 32,
+        "num_experts_per_tok": 2,
+        "num_hidden_layers": 32,
+        "num_key_value_heads": 8,
+        "num_local_experts": 8,
+        "output_router_logits": False,
+        "rms_norm_eps": 1e-05,
+        "rope_theta": 1000000.0,
+        "router_aux_loss_coef": 0.02,
+        "sliding_window": None,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "use_cache": True,
+        "vocab_size": 32000,
+    },
 }
 
 # Published parameter counts (tied embeddings counted once), checked by the tests.
@@ -215,6 +357,11 @@ PARAM_COUNTS: dict[str, int] = {
     "opt-6.7b": 6_658_473_984,
     "gpt2": 124_439_808,
     "gpt2-xl": 1_557_611_200,
+    "phi-3-mini": 3_821_079_552,
+    "falcon-7b": 6_921_720_704,
+    "gemma-2-2b": 2_614_341_888,
+    "gemma-3-1b": 999_885_952,
+    "mixtral-8x7b": 46_702_792_704,
 }
 
 
@@ -298,11 +445,29 @@ def _build(name: str, cfg: dict[str, Any], dtype: str | None) -> Graph:
     layers = int(cfg[layers_key])
     target = parse_dtype(dtype, "dtype") or parse_dtype(cfg.get("torch_dtype"), where) or "f32"
     small = dict(cfg, **{layers_key: min(layers, 2)})
+    kinds = _layer_types(cfg, fam, where)
+    if kinds is not None:  # build one layer of each type (Gemma: sliding and full attention)
+        first = kinds[0]
+        other = next((k for k in kinds if k != first), first)
+        small["layer_types"] = [first, other][: min(layers, 2)]
     model = build_module(small, fam, where, device="meta").to(to_torch_dtype(target))
-    g = from_hf_model(model, name=name, num_layers=layers)
+    g = from_hf_model(model, name=name, num_layers=layers, layer_types=kinds)
     g.meta["zoo"] = name
     g.meta["architecture_only"] = True
     return g
+
+
+def _layer_types(cfg: dict[str, Any], fam: Any, where: str) -> list[str] | None:
+    """The per-layer attention types transformers derives from the config (Gemma's
+    alternation, ``sliding_window_pattern``), or None for families without them."""
+    if fam.name not in ("gemma2", "gemma3"):
+        return None
+    import transformers
+
+    arch = next(a for a in cfg["architectures"] if hasattr(transformers, a))
+    conf = {k: v for k, v in cfg.items() if k != "architectures"}
+    lt = getattr(transformers, arch).config_class.from_dict(conf).layer_types
+    return [str(t) for t in lt] if lt else None
 
 
 def _seed_for(name: str, seed: int) -> int:

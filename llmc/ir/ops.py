@@ -591,12 +591,18 @@ class AttentionAttrs:
     ``causal``: query ``i`` sees key ``j`` iff ``j <= i + (t - s)`` (bottom-right aligned, so the
     same op serves a full forward, prefill after a cache, and one-token decode). ``window`` > 0
     additionally hides keys with ``(i + t - s) - j >= window`` (sliding window). ``h`` must be a
-    multiple of ``kv_h`` (grouped-query attention).
+    multiple of ``kv_h`` (grouped-query attention). ``softcap`` > 0 soft-caps the scaled logits
+    before masking: ``x -> softcap * tanh(x / softcap)`` (Gemma 2's attention logit capping).
     """
 
     scale: float = 0.0  # 0: 1/sqrt(head_dim)
     causal: bool = True
     window: int = 0
+    softcap: float = 0.0  # 0: no soft-capping
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.softcap) and self.softcap >= 0):
+            raise IRError(f"attention: softcap must be a finite number >= 0, got {self.softcap}")
 
 
 def _attention_infer(ins: list[TensorType], a: AttentionAttrs, g: Any) -> TensorType:
@@ -636,6 +642,8 @@ def _attention_ref(args: list[torch.Tensor], a: AttentionAttrs, rt: Any) -> torc
         v = v.repeat_interleave(h // kvh, dim=1)
     scale = a.scale or 1.0 / math.sqrt(q.shape[-1])
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    if a.softcap > 0:
+        scores = torch.tanh(scores / a.softcap) * a.softcap
     mask = attention_mask(q.shape[2], k.shape[2], a.causal, a.window, q.device)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
@@ -647,8 +655,11 @@ def _attention_cost(ins: list[TensorType], out: TensorType, a: Any, in_bytes: li
     b, h, s, d = (int(x) for x in ins[0].shape)
     t, dv = int(ins[1].shape[2]), int(ins[2].shape[3])
     # Causal masking halves the useful work only when s == t; count the full products q @ k.T
-    # and p @ v (what dense kernels execute) plus softmax.
-    return Cost(2.0 * b * h * s * t * (d + dv) + 5.0 * b * h * s * t, sum(in_bytes), nbytes(out))
+    # and p @ v (what dense kernels execute) plus softmax (and the soft-cap's divide, tanh,
+    # multiply per logit).
+    per_logit = 5.0 + (3.0 if getattr(a, "softcap", 0.0) > 0 else 0.0)
+    flops = 2.0 * b * h * s * t * (d + dv) + per_logit * b * h * s * t
+    return Cost(flops, sum(in_bytes), nbytes(out))
 
 
 defop(
@@ -930,4 +941,5 @@ defop(
 
 import llmc.ir.ops_adaptive  # noqa: E402,F401  (gather_rows)
 import llmc.ir.ops_attention  # noqa: E402,F401  (attention_async)
+import llmc.ir.ops_moe  # noqa: E402,F401  (moe)
 import llmc.ir.ops_quant  # noqa: E402,F401  (qlinear_a8, fused_elementwise)

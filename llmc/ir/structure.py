@@ -66,6 +66,11 @@ _PER_LAYER_PAST = re.compile(r"past_\d+")
 #: A caller that does not know it passes :data:`NO_DECODE` (every row counts as prompt: dense).
 LM_OPTIONAL_INPUTS = ("decode_start",)
 NO_DECODE = 2**62
+#: Optional outputs after the present KV outputs, in this order (the output value's name).
+#: ``ffn_skipped: bool[batch, seq, num_layers]`` is, per row and layer, whether the row's FFN block
+#: did not run (``ffn-skip``); runners count decode rows' skips from it (``ffn_skip_fraction``) on
+#: every backend, the interpreter included.
+LM_OPTIONAL_OUTPUTS = ("ffn_skipped",)
 
 
 def split_layer(scope: str, prefix: str | None = None) -> tuple[str, int, str] | None:
@@ -137,6 +142,7 @@ COMPONENT_TAGS: dict[str, str] = {
     "self_attn": "attn",
     "attn": "attn",
     "attention": "attn",
+    "self_attention": "attn",
     "mlp": "ffn",
     "fc1": "ffn",
     "fc2": "ffn",
@@ -291,10 +297,19 @@ class LMAbi:
     rows: tuple[Dim | None, ...] = ()
     #: optional inputs the graph declares after the KV inputs (:data:`LM_OPTIONAL_INPUTS`)
     extra: tuple[str, ...] = ()
+    #: optional outputs after the present KV outputs (:data:`LM_OPTIONAL_OUTPUTS`)
+    extra_outputs: tuple[str, ...] = ()
 
     @property
     def takes_decode_start(self) -> bool:
         return "decode_start" in self.extra
+
+    @property
+    def skip_output(self) -> int | None:
+        """Index of the ``ffn_skipped`` output, if the graph has one."""
+        if "ffn_skipped" not in self.extra_outputs:
+            return None
+        return 1 + 2 * self.num_layers + self.extra_outputs.index("ffn_skipped")
 
     @property
     def uniform(self) -> bool:
@@ -337,11 +352,27 @@ def check_lm_abi(graph: Graph) -> LMAbi:
             f"graph @{graph.name}: inputs after the KV cache must be i64[] scalars among "
             f"{', '.join(LM_OPTIONAL_INPUTS)}, in that order; got {', '.join(extra)}"
         )
-    if len(graph.inputs) != 2 + 2 * n + len(extra) or len(graph.outputs) != 1 + 2 * n:
+    extra_out = tuple(v.name for v in graph.outputs[1 + 2 * n :])
+    if not set(extra_out) <= set(LM_OPTIONAL_OUTPUTS):
+        extra_out = ()  # not optional outputs: the count check below names the problem
+    if len(graph.inputs) != 2 + 2 * n + len(extra) or len(graph.outputs) != 1 + 2 * n + len(
+        extra_out
+    ):
         raise LMAbiError(
             f"graph @{graph.name}: {n} layers need {2 + 2 * n} inputs and {1 + 2 * n} outputs, "
             f"got {len(graph.inputs)} and {len(graph.outputs)}"
         )
+    if list(extra_out) != [x for x in LM_OPTIONAL_OUTPUTS if x in extra_out]:
+        raise LMAbiError(
+            f"graph @{graph.name}: outputs after the KV cache must be among "
+            f"{', '.join(LM_OPTIONAL_OUTPUTS)}, in that order; got {', '.join(extra_out)}"
+        )
+    if "ffn_skipped" in extra_out:
+        t = graph.outputs[1 + 2 * n + extra_out.index("ffn_skipped")].type
+        if t.dtype != "bool" or t.rank != 3 or t.shape[2] != n:
+            raise LMAbiError(
+                f"graph @{graph.name}: output ffn_skipped must be bool[batch, seq, {n}], got {t}"
+            )
     want = kv_input_names(n)
     if names[2 : 2 + 2 * n] != want:
         bad = next(
@@ -366,7 +397,7 @@ def check_lm_abi(graph: Graph) -> LMAbi:
         rows.append(
             r if r is None or isinstance(r, int) or not (r.symbols & _syms(past[i])) else None
         )
-    abi = LMAbi(version, n, tuple(past), tuple(rows), extra)
+    abi = LMAbi(version, n, tuple(past), tuple(rows), extra, extra_out)
     if version == LM_ABI_V1 and not abi.uniform:
         raise LMAbiError(
             f"graph @{graph.name}: layers have different cache lengths "

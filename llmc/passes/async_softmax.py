@@ -138,6 +138,18 @@ class AsyncSoftmax(Pass):
         if not att:
             rep.set(applied=False, reason="no attention op in the graph")
             return
+        capped = [n for n in att if n.attrs.softcap > 0]
+        if capped:
+            # The unified max phi bounds x - phi for raw logits; a soft-capped logit is a
+            # different function of q.k, and the split-KV kernels do not apply the cap.
+            reason = (
+                f"{len(capped)} attention op(s) soft-cap their logits (softcap "
+                f"{capped[0].attrs.softcap:g} at {capped[0].scope or '?'}); the asynchronous "
+                "softmax does not apply a soft-cap, so attention is left synchronized"
+            )
+            rep.set(applied=False, reason=reason)
+            ctx.info(f"async-softmax: declined: {reason}")
+            return
         max_pos = self.max_positions or int(graph.meta.get("max_position_embeddings", 4096))
         lo, hi = safe_window(self.dtype, max_pos, self.headroom)
         rng = calibrate_logits(graph, ctx, self.coverage)

@@ -163,25 +163,6 @@ def _plan(graph: Graph, pname: str, protect: int) -> tuple[dict[int, FFNBlock], 
     return blocks, num, skippable
 
 
-def _check_target(pname: str, target: str) -> None:
-    """Refuse, at compile time and in one line, a target whose model has no skip yet: the
-    FlightLLM instruction stream has no predicated skip, and on CUDA TVM 0.27's code generator
-    emits ``float2 v = make_ushort2(...)`` for the per-row keep mask (a vectorized select on a
-    bool tensor fused into dlight's matmul epilogue, ``fused_linear*_add*_where*``), which nvcc
-    rejects. ROCm (LLVM) and CPU build it."""
-    if target == "ref":
-        return
-    from llmc.backends.targets import get_target  # the target registry (data), not a backend
-
-    kind = get_target(target).kind
-    if kind == "fpga":
-        raise PassError(
-            f"pass '{pname}' cannot apply to target {target} ({kind}): the FlightLLM model has no "
-            "predicated FFN skip yet; measure it on the reference interpreter (--target ref) or "
-            "compare with ffn-drop, which needs no skip"
-        )
-
-
 def _cosine_rows(r: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
     """Per-row cosine similarity (float32), as the graph computes it."""
     r = r.to(torch.float32)
@@ -351,7 +332,6 @@ class FFNSkip(Pass):
         _layer_list("monitor", self.monitor)
 
     def run(self, graph: Graph, ctx: PassContext) -> None:
-        _check_target(self.name, ctx.target)
         pos = [v for v in graph.inputs if v.name == "positions"]
         if not pos or pos[0].type.dtype != "i64" or pos[0].type.rank != 2:
             raise PassError(
@@ -436,6 +416,7 @@ def rewrite_skip(
     sat: Value | None = None
     e: Value | None = None
     eligs: dict[tuple[object, ...], Value] = {}
+    skipped: dict[int, Value] = {}  # layer -> the per-row mask its cond skips on
     prefix = Structure(graph).prefix or "model.layers"
     for layer in sorted(set(skippable) | set(monitor)):
         blk = blocks[layer]
@@ -456,6 +437,7 @@ def rewrite_skip(
         result = blk.add.out
         if layer in skippable and sat is not None:
             result = _emit_cond(graph, blk, sat, emit)
+            skipped[layer] = sat
         if layer in monitor:
             r32, o32 = blk.resid, result
             if r32.type.dtype != "f32":
@@ -473,6 +455,7 @@ def rewrite_skip(
             graph.replace_uses(blk.add.out, result, after=result.node)
             for n in [*blk.nodes, blk.add]:
                 graph.remove(n)
+    _skip_output(graph, pos, skipped)
     graph.dce()
     graph.meta["ffn_skip"] = {
         "threshold": threshold,
@@ -480,6 +463,29 @@ def rewrite_skip(
         "monitor": list(monitor),
         "warmup": warmup,
     }
+
+
+def _skip_output(graph: Graph, pos: Value, skipped: dict[int, Value]) -> None:
+    """Append the LM-ABI output ``ffn_skipped: bool[batch, seq, num_layers]``: per row and layer,
+    whether the row's FFN block did not run (false in layers that always run), so that every
+    runner, compiled ones included, counts skips from the graph's outputs."""
+    if any(v.name == "ffn_skipped" for v in graph.outputs):
+        raise PassError("pass 'ffn-skip': the graph already reports skipped FFN blocks")
+    num = int(graph.meta["num_layers"])
+    emit = _Emitter(graph, "")
+    rows = (*pos.type.shape, 1)
+    never = emit("reshape", emit("gt", pos, pos), shape=rows)  # false for every row
+    cols = []
+    for layer in range(num):
+        m = skipped.get(layer)
+        if m is not None and m.type.shape != rows:
+            m = emit("reshape", m, shape=rows)
+        cols.append(never if m is None else m)
+    cat = graph.make_node("concat", cols, {"dim": 2}, name="ffn_skipped", block="skip")
+    if cat.out.name != "ffn_skipped":
+        raise PassError("pass 'ffn-skip': the value name ffn_skipped is taken in the graph")
+    graph.nodes.extend([*emit.nodes, cat])
+    graph.outputs.append(cat.out)
 
 
 class _Emitter:

@@ -362,7 +362,7 @@ def _check_target(pname: str, target: str) -> None:
 
 
 #: target kinds whose backends lower token pruning (grown as backends learn it)
-PRUNE_TARGET_KINDS: tuple[str, ...] = ()
+PRUNE_TARGET_KINDS: tuple[str, ...] = ("cpu", "cuda", "rocm")
 
 #: the FlightLLM model (llmc/fpga/prune.py): attention scores, top-k, a fixed schedule
 FPGA_PRUNE_KINDS: tuple[str, ...] = ("fpga",)
@@ -398,46 +398,51 @@ def calibrate_thetas(
     score_attrs: dict[str, Any],
     opts: TokenPrune,
 ) -> tuple[dict[int, float], float]:
-    """Per prune point, the threshold ``theta`` (in units of the mean score) whose kept fraction
-    of the rows entering that layer, averaged over the calibration windows, is the schedule's
-    step ``f_l / f_{l-1}``: open loop, from one dense forward (every layer scored on all rows)."""
+    """Per prune point, the threshold ``theta`` (in units of the mean score of the rows entering
+    that layer) under which a calibration window keeps, on average, the schedule's fraction
+    ``f_l`` of its prompt. Closed loop, one point after the other: point ``l`` is fitted on the
+    scores of the rows that the already-fitted thresholds of the earlier points let through
+    (each window alone, as a single prompt is pruned), so pruning earlier layers, which
+    changes the scores later layers see, is accounted for."""
     from llmc.runtime.interp import Interpreter
 
-    g = graph.copy()
-    full = [PrunePoint(p.layer, 1.0) for p in points]
-    # score every prune layer without pruning: keep = 1 keeps every row
-    rewrite_prune(g, full, opts.score, keep_attrs, score_attrs)
-    ids = {id(p.scores): p.layer for p in full}
-    got: dict[int, list[torch.Tensor]] = {p.layer: [] for p in points}
-
-    def hook(n: Node, ins: list[torch.Tensor], out: torch.Tensor) -> None:
-        layer = ids.get(id(n))
-        if layer is not None:
-            got[layer].append(out.detach().to(torch.float32).cpu())
-
-    interp = Interpreter(g, device=ctx.device, hook=hook)
-    for batch in ctx.calibration().batches(graph):
-        interp.run(dict(batch))
-        interp.rt.env.clear()
-    prev = 1.0
     thetas: dict[int, float] = {}
     fracs = []
-    for p in points:
-        step = p.fraction / prev
-        prev = p.fraction
-        scores = torch.cat(got[p.layer])
-        thetas[p.layer], f = _fit_theta(scores, step, p.fraction / 2 / step, keep_attrs)
+    for i, p in enumerate(points):
+        g = graph.copy()
+        # the fitted points as they will run (floor: half the schedule), this one keeping all
+        pts = [PrunePoint(q.layer, q.fraction / 2) for q in points[:i]] + [PrunePoint(p.layer, 1.0)]
+        rewrite_prune(g, pts, opts.score, keep_attrs, score_attrs, {**thetas, p.layer: 0.0})
+        node = pts[-1].scores
+        got: list[tuple[torch.Tensor, torch.Tensor, int]] = []
+
+        def hook(n: Node, ins: list[torch.Tensor], out: torch.Tensor, node=node, got=got) -> None:
+            if n is node:
+                for r in range(out.shape[0]):
+                    got.append((out[r : r + 1].detach().float().cpu(), ins[2][r : r + 1].cpu(), 0))
+
+        interp = Interpreter(g, device=ctx.device, hook=hook)
+        for batch in ctx.calibration().batches(graph):
+            for r in range(batch["input_ids"].shape[0]):  # one prompt at a time
+                one = {k: (v[r : r + 1] if v.dim() else v) for k, v in batch.items()}
+                interp.run(one)
+                interp.rt.env.clear()
+        total = int(batch["input_ids"].shape[1])
+        thetas[p.layer], f = _fit_theta(got, p.fraction, p.fraction / 2, total, keep_attrs)
         fracs.append(f)
     return thetas, (sum(fracs) / len(fracs) if fracs else 1.0)
 
 
 def _fit_theta(
-    scores: torch.Tensor, step: float, floor: float, keep_attrs: dict[str, Any]
+    windows: list[tuple[torch.Tensor, torch.Tensor, int]],
+    target: float,
+    floor: float,
+    total: int,
+    keep_attrs: dict[str, Any],
 ) -> tuple[float, float]:
-    """Bisect ``theta`` so the mean kept fraction of rows (threshold rule, per window) is
-    ``step``; ``floor`` is the rule's minimum fraction of the rows."""
-    n = scores.shape[-1]
-    pos = torch.arange(n)[None].expand_as(scores)
+    """Bisect ``theta`` so that the threshold rule keeps, averaged over the windows (each
+    ``(scores [1, rows], positions [1, rows], _)``), ``target`` of each window's ``total``
+    prompt tokens; ``floor``: the rule's minimum kept fraction of the prompt."""
 
     def frac(theta: float) -> float:
         a = KeepRowsAttrs(
@@ -446,16 +451,13 @@ def _fit_theta(
             theta=theta,
             **{k: v for k, v in keep_attrs.items() if k != "total"},
         )
-        kept = [
-            int(keep_rows(scores[i : i + 1], pos[i : i + 1], a, n).sum())
-            for i in range(len(scores))
-        ]
-        return sum(kept) / (n * len(kept))
+        kept = [int(keep_rows(sc, pos, a, total).sum()) for sc, pos, _ in windows]
+        return sum(kept) / (total * len(kept)) if kept else 1.0
 
-    lo, hi = 0.0, 64.0  # frac(lo) = 1, frac(hi) = the floor
+    lo, hi = 0.0, 64.0  # frac(lo) = every row entering, frac(hi) = the floor
     for _ in range(40):
         mid = (lo + hi) / 2
-        if frac(mid) > step:
+        if frac(mid) > target:
             lo = mid
         else:
             hi = mid

@@ -23,12 +23,13 @@ KV inputs (``ffn-skip`` does): the position of the first generated token. A runn
 prompt of its windows); unset, the graph gets :data:`~llmc.ir.structure.NO_DECODE` and runs as
 the dense model. Rows at positions ``>= decode_start`` are *decode rows*.
 
-**FFN-skip statistics.** :class:`InterpLM` counts, with the Interpreter hook on each ``#skip``
-``cond`` (whose second operand is the per-row skip mask), the FFN blocks skipped per layer among
-decode rows: ``lm.skip_stats()`` gives ``ffn_skip_fraction`` = skipped blocks / (decode rows x
-layers), i.e. the fraction of the dense model's decode FFN blocks that did not run, and
-``ffn_skip_histogram`` (skips per layer); ``lm.last_skips`` is the last call's ``[batch, seq,
-layers]`` bool decisions.
+**FFN-skip statistics.** A graph that skips FFN blocks (``ffn-skip``) has the optional LM-ABI
+output ``ffn_skipped: bool[batch, seq, layers]`` (:data:`~llmc.ir.structure.LM_OPTIONAL_OUTPUTS`);
+every runner (:class:`InterpLM`, the TVM runner, the FPGA runner) feeds it to its
+:class:`SkipCounter`, which counts the FFN blocks skipped per layer among decode rows:
+``lm.skip_stats()`` gives ``ffn_skip_fraction`` = skipped blocks / (decode rows x layers), i.e.
+the fraction of the dense model's decode FFN blocks that did not run, and ``ffn_skip_histogram``
+(skips per layer); ``lm.last_skips`` is the last call's ``[batch, seq, layers]`` decisions.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ import torch
 
 from llmc.errors import LlmcError
 from llmc.ir.graph import Graph
-from llmc.ir.structure import NO_DECODE, check_kv_lengths, check_lm_abi, layer_of
+from llmc.ir.structure import NO_DECODE, check_kv_lengths, check_lm_abi
 from llmc.ir.types import to_torch_dtype
 
 #: The KV cache: per layer ``(k, v)``, each ``[batch, kv_heads, past_i, head_dim]``; ``past_i`` may
@@ -57,6 +58,36 @@ def kv_lengths(past: KV) -> list[int]:
     return [int(k.shape[2]) for k, _ in past]
 
 
+class SkipCounter:
+    """FFN-skip counters of a runner whose graph has the ``ffn_skipped`` output (see the module
+    docstring); a runner calls :meth:`count_skips` with that output after each call."""
+
+    def __init__(self, num_layers: int) -> None:
+        self.num_layers = num_layers
+        self.last_skips: torch.Tensor | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        self.skips = [0] * self.num_layers
+        self.decode_rows = 0
+
+    def count(self, mask: torch.Tensor, positions: torch.Tensor, start: int) -> None:
+        """``mask``: the call's ``ffn_skipped`` output; rows at positions ``>= start`` decode."""
+        mask = mask.to("cpu", torch.bool)
+        self.last_skips = mask
+        self.decode_rows += int((positions.cpu() >= start).sum())
+        for i, c in enumerate(mask.sum((0, 1)).tolist()):
+            self.skips[i] += int(c)
+
+    def stats(self) -> dict[str, Any]:
+        total = self.decode_rows * self.num_layers
+        return {
+            "ffn_skip_fraction": sum(self.skips) / total if total else 0.0,
+            "ffn_skip_histogram": list(self.skips),
+            "ffn_decode_rows": self.decode_rows,
+        }
+
+
 class LanguageModel(abc.ABC):
     """A model that runs new tokens on top of a KV cache."""
 
@@ -65,14 +96,23 @@ class LanguageModel(abc.ABC):
     #: position of the first generated token, for graphs that declare ``decode_start``
     decode_start: int | None = None
 
+    #: set by a runner whose graph has the ``ffn_skipped`` output
+    skip_counter: SkipCounter | None = None
+
     def skip_stats(self) -> dict[str, Any] | None:
         """FFN-skip counters since the last :meth:`reset_skip_stats` (None: the model skips
-        nothing, or this runner does not count)."""
-        return None
+        nothing)."""
+        return None if self.skip_counter is None else self.skip_counter.stats()
 
     def reset_skip_stats(self) -> None:
-        """Zero the FFN-skip counters (nothing to do for a runner that does not count)."""
-        return None
+        """Zero the FFN-skip counters."""
+        if self.skip_counter is not None:
+            self.skip_counter.reset()
+
+    @property
+    def last_skips(self) -> torch.Tensor | None:
+        """The last call's ``[batch, seq, layers]`` skip decisions (None: the model skips none)."""
+        return None if self.skip_counter is None else self.skip_counter.last_skips
 
     @abc.abstractmethod
     def forward(
@@ -135,29 +175,8 @@ class InterpLM(LanguageModel):
             "kv_dtype", graph.inputs[2].type.dtype if len(graph.inputs) > 2 else "f32"
         )
         self.device = device
-        prefix = graph.meta.get("layer_prefix")
-        #: id of each top-level FFN-skip ``cond`` -> its layer
-        self._skip_layer = {
-            id(n): layer_of(n.scope, prefix)
-            for n in graph.nodes
-            if n.op == "cond" and n.block == "skip" and layer_of(n.scope, prefix) is not None
-        }
-        self.last_skips: torch.Tensor | None = None
-        self.reset_skip_stats()
-
-    def reset_skip_stats(self) -> None:
-        self._skips = [0] * self.abi.num_layers
-        self._decode_rows = 0
-
-    def skip_stats(self) -> dict[str, Any] | None:
-        if not self._skip_layer:
-            return None
-        total = self._decode_rows * self.abi.num_layers
-        return {
-            "ffn_skip_fraction": sum(self._skips) / total if total else 0.0,
-            "ffn_skip_histogram": list(self._skips),
-            "ffn_decode_rows": self._decode_rows,
-        }
+        if self.abi.skip_output is not None:
+            self.skip_counter = SkipCounter(self.abi.num_layers)
 
     def forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, past: KV
@@ -172,22 +191,9 @@ class InterpLM(LanguageModel):
         start = NO_DECODE if self.decode_start is None else int(self.decode_start)
         if self.abi.takes_decode_start:
             args.append(torch.tensor(start, dtype=torch.int64))
-        hook = None
-        if self._skip_layer:
-            b, s = input_ids.shape
-            skips = torch.zeros((b, s, self.abi.num_layers), dtype=torch.bool)
-
-            def hook(n: Any, ins: list[torch.Tensor], out: torch.Tensor) -> None:
-                layer = self._skip_layer.get(id(n))
-                if layer is not None:
-                    skips[..., layer] = ins[1].reshape(b, s).cpu()
-
-        outs = run(self.graph, args, device=self.device, hook=hook)
-        if self._skip_layer:
-            self.last_skips = skips
-            self._decode_rows += int((positions >= start).sum())
-            for i, c in enumerate(skips.sum((0, 1)).tolist()):
-                self._skips[i] += int(c)
+        outs = run(self.graph, args, device=self.device)
+        if self.skip_counter is not None:
+            self.skip_counter.count(outs[self.abi.skip_output], positions, start)
         if outs[0].shape[1] == 0 and input_ids.shape[1]:
             raise LlmcError(
                 f"graph @{self.graph.name} kept none of the {input_ids.shape[1]} new tokens: a "

@@ -20,6 +20,8 @@ per ``past_*`` input and the compiled code appends the new keys into it, so a de
 copies the cache nor allocates one. ``forward`` keeps its functional contract: the ``present``
 it returns are views of the first ``past + seq`` keys of the buffers. Given such views back (the
 usual generation loop), it appends in place; the buffers grow by doubling (one copy) when full.
+With token pruning (``kv_cache.per_layer``) each layer's buffers have their own length: the call
+takes them in ``kv_len`` and returns the new ones (what each layer kept), and the views follow.
 Given anything else (tensors from another model, or an older ``present`` of this runner after
 the sequence already went on from it) it copies them into new buffers, so a ``present`` handed
 out never changes under its holder.
@@ -43,7 +45,7 @@ import torch
 
 from llmc.errors import LlmcError
 from llmc.ir.structure import NO_DECODE, LMAbiError
-from llmc.runtime.lm import KV, GenerationResult, LanguageModel, generate
+from llmc.runtime.lm import KV, GenerationResult, LanguageModel, SkipCounter, generate
 
 _TVM_DTYPE = {
     torch.float32: "float32",
@@ -222,11 +224,21 @@ class TVMRunner(LanguageModel):
         kv_cfg = self.backend.get("kv_cache", {})
         self._kv_bufs: list[dict[str, Any]] = list(kv_cfg.get("buffers", []))
         self._kv_in_place = bool(kv_cfg.get("in_place")) and bool(self._kv_bufs)
+        #: token pruning: every layer's cache has its own length; kv_len holds one per symbol
+        #: of ``lengths`` and the entries return the new ones as a last Shape output
+        self._kv_per_layer = bool(kv_cfg.get("per_layer"))
+        self._kv_syms: list[str] = list(kv_cfg.get("lengths") or ["past"])
+        self._kv_buf_sym = [str(e.get("length") or "past") for e in self._kv_bufs]
         self._kv: _KVCache | None = None  # the in-place cache of the last sequence
         #: the graph declares the LM-ABI input decode_start (ffn-skip): passed after the cache
         self._takes_decode_start = any(
             i.get("name") == "decode_start" for i in self.backend.get("inputs", [])
         )
+        #: the ffn_skipped output (ffn-skip), counted as every runner counts it
+        out_names = [o.get("name") for o in self.backend.get("outputs", [])]
+        self._skip_out = out_names.index("ffn_skipped") if "ffn_skipped" in out_names else None
+        if self._skip_out is not None:
+            self.skip_counter = SkipCounter(int(self.meta["num_layers"]))
         # stateful convenience API (prefill/decode)
         self._past: KV | None = None
         self._pos = 0
@@ -320,10 +332,11 @@ class TVMRunner(LanguageModel):
             start = NO_DECODE if self.decode_start is None else int(self.decode_start)
             extra.append(self._arg(rt, torch.tensor(start, dtype=torch.int64)))
         if self._kv_in_place:
-            return self._forward_in_place(rt, entry, args, b, s, past, extra)
+            return self._forward_in_place(rt, entry, args, b, s, past, extra, positions)
         for k, v in past:
             args += [self._arg(rt, k), self._arg(rt, v)]
         outs = self._fns[entry](*args, *extra, *self._entry_args[entry])
+        self._count_skips(outs, positions)
         logits = self._from_dev(outs[0])
         if logits.device.type != "cpu":
             logits = logits.cpu()
@@ -333,7 +346,15 @@ class TVMRunner(LanguageModel):
         return logits, present
 
     def _forward_in_place(
-        self, rt: Any, entry: str, args: list[Any], b: int, s: int, past: KV, extra: list[Any]
+        self,
+        rt: Any,
+        entry: str,
+        args: list[Any],
+        b: int,
+        s: int,
+        past: KV,
+        extra: list[Any],
+        positions: torch.Tensor,
     ) -> tuple[torch.Tensor, KV]:
         flat = [t for kv in past for t in kv]
         if len(flat) != len(self._kv_bufs):
@@ -341,35 +362,56 @@ class TVMRunner(LanguageModel):
                 f"past has {len(flat)} tensors, this model takes {len(self._kv_bufs)} "
                 "(a key and a value per layer)"
             )
-        n_past = int(flat[0].shape[2]) if flat else 0
-        cache = self._cache_for(rt, flat, b, n_past, n_past + s)
-        outs = self._fns[entry](
-            *args, *cache.handles, *extra, rt.ShapeTuple([n_past]), *self._entry_args[entry]
-        )
-        cache.length = n_past + s
+        n_past = [int(t.shape[2]) for t in flat]
+        cache = self._cache_for(rt, flat, b, n_past, max(n_past, default=0) + s)
+        by_sym = dict(zip(self._kv_buf_sym, n_past))
+        kv_len = rt.ShapeTuple([by_sym.get(name, 0) for name in self._kv_syms])
+        outs = self._fns[entry](*args, *cache.handles, *extra, kv_len, *self._entry_args[entry])
+        if self._kv_per_layer:  # the new length of each symbol, as the compiled code kept rows
+            new = dict(zip(self._kv_syms, (int(x) for x in outs[len(outs) - 1])))
+            cache.lengths = [new[name] for name in self._kv_buf_sym]
+        else:
+            cache.lengths = [n + s for n in n_past]
+        self._count_skips(outs, positions)
         logits = self._from_dev(outs[0])
         if logits.device.type != "cpu":
             logits = logits.cpu()
-        views = cache.views(cache.length)
+        views = cache.views(cache.lengths)
         return logits, [(views[2 * i], views[2 * i + 1]) for i in range(len(views) // 2)]
 
-    def _cache_for(self, rt: Any, past: list[Any], b: int, n_past: int, need: int) -> _KVCache:
+    def _count_skips(self, outs: Any, positions: torch.Tensor) -> None:
+        if self.skip_counter is not None and self._skip_out is not None:
+            start = NO_DECODE if self.decode_start is None else int(self.decode_start)
+            self.skip_counter.count(self._from_dev(outs[self._skip_out]), positions, start)
+
+    def _cache_for(
+        self, rt: Any, past: list[Any], b: int, n_past: list[int], need: int
+    ) -> _KVCache:
         """The cache to append to: the current one when ``past`` is its valid prefix (grown
-        when full), else a new one holding a copy of ``past``."""
+        when full), else a new one holding a copy of ``past``. ``n_past``: each buffer's
+        length (equal for every layer unless the model prunes tokens)."""
         c = self._kv
         grow_from = 0
-        if c is not None and c.batch == b and c.length == n_past and c.holds(past, n_past):
+        if c is not None and c.batch == b and c.lengths == n_past and c.holds(past, n_past):
             if need <= c.capacity:
                 return c
             past, grow_from = c.views(n_past), c.capacity
-        if any(int(t.shape[2]) != n_past for t in past):  # (the loop's own views skip this)
+        if not self._kv_per_layer and len(set(n_past)) > 1:
             raise LMAbiError(
-                f"KV cache layers hold {sorted({int(t.shape[2]) for t in past})} positions: this "
-                "compiled model keeps one length for every layer (per-layer lengths, llmc-lm-v2, "
-                "run in the interpreter only)"
+                f"KV cache layers hold {sorted(set(n_past))} positions: this compiled model keeps "
+                "one length for every layer (per-layer lengths, llmc-lm-v2, come from a model "
+                "compiled with token-prune)"
             )
+        if self._kv_per_layer:  # a layer's key and value caches share one length symbol
+            for name in set(self._kv_buf_sym):
+                got = {n for n, m in zip(n_past, self._kv_buf_sym) if m == name}
+                if len(got) > 1:
+                    raise LMAbiError(
+                        f"KV cache: the caches of length {name} hold {sorted(got)} positions; "
+                        "a layer's keys and values must hold as many"
+                    )
         new = _KVCache(self, rt, b, kv_capacity(need, grow_from))
-        if n_past:
+        if any(n_past):
             new.load(past, n_past)
         self._kv = new
         return new
@@ -474,7 +516,8 @@ class _KVCache:
     def __init__(self, runner: TVMRunner, rt: Any, batch: int, capacity: int) -> None:
         from llmc.ir.types import to_torch_dtype
 
-        self.batch, self.capacity, self.length = batch, capacity, 0
+        self.batch, self.capacity = batch, capacity
+        self.lengths: list[int] = [0] * len(runner._kv_bufs)  # valid keys per buffer
         self._torch: list[torch.Tensor] | None = None
         self.handles: list[Any] = []
         self._handed: list[Any] = []  # the views views() returned last (the decode fast path)
@@ -493,19 +536,20 @@ class _KVCache:
                 rt.empty(sh, _TVM_DTYPE[dt], runner.dev) for sh, dt in zip(shapes, dtypes)
             ]
 
-    def views(self, n: int) -> list[Any]:
-        """The first ``n`` keys of every buffer (no copy)."""
+    def views(self, ns: list[int]) -> list[Any]:
+        """The first ``ns[i]`` keys of buffer ``i`` (no copy)."""
         if self._torch is not None:
-            self._handed = [t[:, :, :n, :] for t in self._torch]
+            self._handed = [t[:, :, :n, :] for t, n in zip(self._torch, ns)]
         else:
-            self._handed = [_KVView(self, i, n) for i in range(len(self.handles))]
+            self._handed = [_KVView(self, i, n) for i, n in enumerate(ns)]
         return self._handed
 
-    def holds(self, past: list[Any], n: int) -> bool:
-        """``past`` is exactly this cache's first ``n`` keys (views this cache handed out)."""
+    def holds(self, past: list[Any], ns: list[int]) -> bool:
+        """``past`` is exactly this cache's first ``ns[i]`` keys per buffer (views this cache
+        handed out)."""
         handed = self._handed
         if handed and len(past) == len(handed) and all(p is q for p, q in zip(past, handed)):
-            return handed[0].shape[2] == n  # the generation loop: its own last views
+            return [p.shape[2] for p in handed] == ns  # the generation loop: its last views
         if self._torch is not None:
             return all(
                 isinstance(p, torch.Tensor)
@@ -513,18 +557,20 @@ class _KVCache:
                 and p.data_ptr() == t.data_ptr()
                 and tuple(p.shape) == (t.shape[0], t.shape[1], n, t.shape[3])
                 and p.stride() == t.stride()
-                for p, t in zip(past, self._torch)
+                for p, t, n in zip(past, self._torch, ns)
             )
-        return all(isinstance(p, _KVView) and p.cache is self and p.n == n for p in past)
+        return all(
+            isinstance(p, _KVView) and p.cache is self and p.n == n for p, n in zip(past, ns)
+        )
 
-    def load(self, past: list[Any], n: int) -> None:
-        """Copy the first ``n`` keys of ``past`` (tensors, or another cache's views) in."""
+    def load(self, past: list[Any], ns: list[int]) -> None:
+        """Copy the first ``ns[i]`` keys of ``past[i]`` (tensors, or another cache's views) in."""
         if self._torch is not None:
-            for t, p in zip(self._torch, past):
+            for t, p, n in zip(self._torch, past, ns):
                 src = p.full()[:, :, :n] if isinstance(p, _KVView) else p
                 t[:, :, :n].copy_(torch.as_tensor(src))
             return
-        for h, p in zip(self.handles, past):  # a device torch cannot see: through the host
+        for h, p, n in zip(self.handles, past, ns):  # a device torch cannot see: via the host
             arr = h.numpy()
             src = p.full()[:, :, :n] if isinstance(p, _KVView) else torch.as_tensor(p).numpy()
             arr[:, :, :n] = src

@@ -84,8 +84,9 @@ def test_abi_and_structure(case):
     ops = [nd.op for nd in g.nodes]
     assert ops.count("attention") == n
     norms = ops.count("rms_norm") + ops.count("layer_norm")
-    assert norms == 2 * n + 1
-    if fam in ("llama", "mistral", "qwen2", "gpt_neox"):
+    per_layer = {"falcon": 1, "gemma2": 4, "gemma3": 6}.get(fam, 2)  # gemma3: + q/k norms
+    assert norms == per_layer * n + 1
+    if fam not in ("opt", "gpt2"):
         assert ops.count("rope") == 2 * n
     else:
         assert "rope" not in ops
@@ -120,4 +121,11 @@ def test_scopes_and_blocks(case):
     head = g.outputs[0].node
     assert head.block == "head"
     ffn = [nd for nd in g.nodes if nd.block == "ffn" and nd.op == "linear"]
-    assert len(ffn) == (3 if fam in ("llama", "mistral", "qwen2") else 2) * g.meta["num_layers"]
+    gated = ("llama", "mistral", "qwen2", "gemma2", "gemma3")  # phi3's gate_up is one linear
+    # MoE: the routed experts are one moe op; Qwen2-MoE's shared expert is 3 linears + its gate
+    per_layer = {"mixtral": 0, "qwen2_moe": 4}.get(fam, 3 if fam in gated else 2)
+    assert len(ffn) == per_layer * g.meta["num_layers"]
+    if fam in ("mixtral", "qwen2_moe"):
+        moe = [nd for nd in g.nodes if nd.op == "moe"]
+        assert len(moe) == g.meta["num_layers"] and all(nd.block == "ffn" for nd in moe)
+        assert moe[0].attrs.normalize == (fam == "mixtral") and moe[0].attrs.top_k == 2

@@ -111,10 +111,10 @@ def test_wrong_shape_names_file_and_tensor(tmp_path):
 def test_unsupported_architecture(tmp_path):
     _save("llama", tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
-    cfg["architectures"] = ["FalconForCausalLM"]
-    cfg["model_type"] = "falcon"
+    cfg["architectures"] = ["Qwen3MoeForCausalLM"]
+    cfg["model_type"] = "qwen3_moe"
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ModelLoadError, match="FalconForCausalLM is not supported"):
+    with pytest.raises(ModelLoadError, match="Qwen3MoeForCausalLM is not supported: q/k-normed"):
         load_model(str(tmp_path))
 
 

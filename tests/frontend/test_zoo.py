@@ -51,7 +51,47 @@ def test_zoo_param_counts(name):
     if name == "llama3-8b":
         assert {n.attrs.theta for n in g.find("rope")} == {500000.0}
         assert g.meta["num_kv_heads"] == 8
+    if name == "falcon-7b":
+        assert g.meta["num_kv_heads"] == 1 and g.meta["head_dim"] == 64  # multi-query
+    if name.startswith("gemma"):
+        # every layer has its type's window (and, for Gemma 3, its rope base), although only
+        # one layer of each type was traced
+        kinds = g.meta["layer_types"]
+        assert len(kinds) == g.meta["num_layers"]
+        windows = [n.attrs.window for n in g.find("attention")]
+        assert windows == [cfg["sliding_window"] if k == "sliding_attention" else 0 for k in kinds]
+        thetas = [n.attrs.theta for n in g.find("rope")][::2]
+        local = cfg.get("rope_local_base_freq", cfg["rope_theta"])
+        assert thetas == [local if k == "sliding_attention" else cfg["rope_theta"] for k in kinds]
+        caps = {n.attrs.softcap for n in g.find("attention")}
+        assert caps == {cfg.get("attn_logit_softcapping") or 0.0}
+    if name == "gemma-3-1b":
+        assert g.meta["layer_types"][:6] == ["sliding_attention"] * 5 + ["full_attention"]
     verify(g)
+
+
+def test_replicated_layer_types_compute_like_the_deep_model():
+    """Gemma 3 built with one sliding and one full layer, replicated to four layers of types
+    [sliding, sliding, full, sliding] == the 4-layer HF model (layers 1-3 copy layer 1)."""
+    small = make("gemma3")
+    kinds = ["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"]
+    cfg = small.config.to_dict()
+    deep = type(small)(type(small.config).from_dict(
+        {**cfg, "num_hidden_layers": 4, "layer_types": kinds})).eval()  # fmt: skip
+    sd = small.state_dict()
+    for k, v in list(sd.items()):
+        if k.startswith("model.layers.1."):
+            for j in (2, 3):
+                sd[k.replace("model.layers.1.", f"model.layers.{j}.")] = v
+    deep.load_state_dict(sd)
+    g = from_hf_model(small, name="rep", num_layers=4, layer_types=kinds)
+    assert g.meta["layer_types"] == kinds
+    ids = torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(3))
+    past = [torch.zeros(2, g.meta["num_kv_heads"], 0, g.meta["head_dim"])] * 8
+    got = run(g, [ids, torch.arange(9).expand(2, -1), *past])[0]
+    with torch.no_grad():
+        want = deep(input_ids=ids, use_cache=False).logits
+    assert float((got - want).abs().max() / want.abs().max()) <= 1e-4
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])

@@ -240,6 +240,20 @@ def attention_case(m: Maker) -> OpCase:
     return OpCase([q, k, v], attrs)
 
 
+def attention_softcap_case(m: Maker) -> OpCase:
+    case = attention_case(m)
+    assert isinstance(case.attrs, dict)
+    return OpCase(case.inputs, {**case.attrs, "softcap": m.pick((0.0, 0.5, 30.0))})
+
+
+def moe_case(m: Maker) -> OpCase:
+    e, h, i = m.int(1, 4), m.int(1, 4), m.int(1, 3)
+    x = m.tensor((*m.shape(0, 2), h))
+    ws = [m.tensor((e, h)), m.tensor((e, 2 * i, h)), m.tensor((e, h, i))]
+    attrs = {"top_k": m.int(1, e), "normalize": m.flip(), "activation": m.pick(("silu", "relu"))}
+    return OpCase([x, *ws], attrs)
+
+
 def attention_async_case(m: Maker) -> OpCase:
     case = attention_case(m)
     assert isinstance(case.attrs, dict)
@@ -431,7 +445,7 @@ CASES: dict[str, Callable[[Maker], OpCase]] = {
     "softmax": softmax_case,
     "embedding": embedding_case,
     "rope": rope_case,
-    "attention": attention_case,
+    "attention": attention_softcap_case,
     "reshape": reshape_case,
     "permute": permute_case,
     "concat": concat_case,
@@ -449,6 +463,8 @@ CASES: dict[str, Callable[[Maker], OpCase]] = {
     "fused_elementwise": fused_elementwise_case,
     # ops_attention.py
     "attention_async": attention_async_case,
+    # ops_moe.py
+    "moe": moe_case,
 }
 
 # ---------------------------------------------------------------------------------- runner

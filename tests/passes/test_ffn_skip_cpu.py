@@ -23,12 +23,14 @@ def test_cpu_artifact_skips_as_the_interpreter(tmp_path) -> None:
     assert 0 < ref.skip_stats()["ffn_skip_fraction"]  # the run really skipped
     assert generate(cpu, prompt, 24).tokens == want.tokens
     assert cpu.decode_start is None  # generate restores it
+    # the artifact counts skips from its ffn_skipped output as the interpreter does
+    assert cpu.skip_stats() == ref.skip_stats()
     # one forward in which rows skip: the artifact's logits are the interpreter's skipping ones,
     # not the dense model's
     ids = torch.tensor([prompt * 3])
     cpu.decode_start = ref.decode_start = 0
     got, skipped = cpu.logits(ids), ref.logits(ids)
-    assert ref.last_skips.any()
+    assert ref.last_skips.any() and torch.equal(cpu.last_skips, ref.last_skips)
     torch.testing.assert_close(got, skipped, atol=1e-4, rtol=1e-4)
     ref.decode_start = None
     assert not torch.allclose(got, ref.logits(ids), atol=1e-3)

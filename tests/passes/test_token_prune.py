@@ -334,3 +334,18 @@ def test_abi_check_passes_after_pruning():
     lm = _pruned("token-prune:keep=0.5")
     abi = check_lm_abi(lm.graph)
     assert abi.past == tuple(sym(f"past_{i}") for i in range(4))
+
+
+def test_adaptive_thresholds_hit_the_budget_per_prompt():
+    """Closed-loop calibration: each point's threshold is fitted on the rows the earlier points
+    let through, so a held-out prompt pruned alone keeps about the average asked for."""
+    from llmc.data import eval_windows
+    from llmc.frontends import load_model
+    from llmc.runtime.lm import InterpLM, evaluate
+
+    g = load_model("tiny").graph
+    build_pipeline("token-prune:average=0.5:adaptive=true").run(
+        g, PassContext(calib_samples=4, calib_seqlen=96)
+    )
+    q = evaluate(InterpLM(g), eval_windows(112)[:4], batch_size=1, prompt=96)
+    assert abs(q.prefill_token_fraction - 0.5) < 0.05, q.prefill_token_fraction

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from tvm.script import tirx as T
 
-from llmc.backends.kernels.attention_gpu import NEG, key_bounds
+from llmc.backends.kernels.attention_gpu import NEG, key_bounds, logit
 
 
 def _qk_dot(d: int, lanes: int):
@@ -49,11 +49,21 @@ def dot_lanes(d: int) -> int:
     return 1
 
 
-def attention_sync(h: int, kvh: int, d: int, dtype: str, scale: float, causal: bool, window: int):
+def attention_sync(
+    h: int,
+    kvh: int,
+    d: int,
+    dtype: str,
+    scale: float,
+    causal: bool,
+    window: int,
+    softcap: float = 0.0,
+):
     group = h // kvh
     key_lo, key_hi = key_bounds(causal, window)
     lanes = dot_lanes(d)
     qk_dot = _qk_dot(d, lanes)
+    cap = logit(1.0, softcap)  # q is pre-scaled: the dot is the scaled logit
 
     # fmt: off
     @T.prim_func(s_tir=True)
@@ -88,8 +98,8 @@ def attention_sync(h: int, kvh: int, d: int, dtype: str, scale: float, causal: b
                 st[1] = T.float32(0)
                 for jj in T.serial(k_hi - k_lo):
                     qk_dot(part, q_loc, K, bi, kh, k_lo + jj, st, 4)
-                    st[2] = T.max(st[0], st[4])
-                    st[3] = T.exp(st[4] - st[2])
+                    st[2] = T.max(st[0], cap(st[4]))
+                    st[3] = T.exp(cap(st[4]) - st[2])
                     st[5] = T.exp(st[0] - st[2])
                     for e in T.vectorized(d):
                         acc[e] = acc[e] * st[5] + st[3] * T.Cast("float32", V[bi, kh, k_lo + jj, e])

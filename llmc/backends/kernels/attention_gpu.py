@@ -54,10 +54,33 @@ def key_bounds(causal: bool, window: int):
     return k_lo, k_hi
 
 
-def attention_sync(h: int, kvh: int, d: int, dtype: str, scale: float, causal: bool, window: int):
+def logit(scale: float, softcap: float = 0.0):
+    """The attention logit of a raw ``q . k``: ``scale * x``, soft-capped when ``softcap`` > 0
+    (``softcap * tanh(scale * x / softcap)``, the IR's ``attention`` semantics)."""
+
+    def f(x):
+        y = x if scale == 1.0 else x * T.float32(scale)
+        if softcap > 0:
+            return T.float32(softcap) * T.tanh(y * T.float32(1.0 / softcap))
+        return y
+
+    return f
+
+
+def attention_sync(
+    h: int,
+    kvh: int,
+    d: int,
+    dtype: str,
+    scale: float,
+    causal: bool,
+    window: int,
+    softcap: float = 0.0,
+):
     group = h // kvh
     bdx, vec, bdy = warp_layout(d)
     key_lo, key_hi = key_bounds(causal, window)
+    lg = logit(scale, softcap)
 
     # fmt: off
     @T.prim_func(s_tir=True)
@@ -107,8 +130,8 @@ def attention_sync(h: int, kvh: int, d: int, dtype: str, scale: float, causal: b
                                 T.attr(T.comm_reducer(lambda x0, y0: x0 + y0, [T.float32(0)]), "reduce_scope", T.int32(0))
                                 T.tvm_thread_allreduce(T.uint32(1), part[0], True, dot[0], tx, dtype="void")
                             if j < k_hi:
-                                st[2] = T.max(st[0], dot[0] * T.float32(scale))
-                                st[3] = T.exp(dot[0] * T.float32(scale) - st[2])
+                                st[2] = T.max(st[0], lg(dot[0]))
+                                st[3] = T.exp(lg(dot[0]) - st[2])
                                 for e in T.serial(vec):
                                     acc[e] = acc[e] * T.exp(st[0] - st[2]) + st[3] * T.Cast("float32", V[bi, kh, j, tx * vec + e])
                                 st[1] = st[1] * T.exp(st[0] - st[2]) + st[3]

@@ -137,13 +137,25 @@ def attn_qk(q: te.Tensor, k: te.Tensor) -> te.Tensor:
 
 
 def masked_softmax(
-    qk: te.Tensor, s: Any, scale: float, causal: bool, window: int, out_dtype: str
+    qk: te.Tensor,
+    s: Any,
+    scale: float,
+    causal: bool,
+    window: int,
+    out_dtype: str,
+    softcap: float = 0.0,
 ) -> te.Tensor:
     """Softmax over keys of ``scale * qk`` ([b, kvh, g*s, t], query row ``r`` is position
     ``r % s``) with invisible keys excluded, in float32, rounded to ``out_dtype`` (the
-    reference's ``softmax(..., dtype=float32).to(q.dtype)``)."""
+    reference's ``softmax(..., dtype=float32).to(q.dtype)``); ``softcap`` > 0 soft-caps the
+    scaled logits first (``softcap * tanh(x / softcap)``)."""
     b, h, rows, t = qk.shape
-    sc = tirx.const(scale, F32)
+
+    def sc_(x: Any) -> Any:
+        y = x * tirx.const(scale, F32)
+        if softcap > 0:
+            y = tirx.const(softcap, F32) * tirx.tanh(y * tirx.const(1.0 / softcap, F32))
+        return y
 
     def vis(r: Any, j: Any) -> Any:
         return visible(tirx.floormod(r, s), j, s, t, causal, window)
@@ -152,14 +164,14 @@ def masked_softmax(
     mx = te.compute(
         (b, h, rows),
         lambda bi, hi, i: te.max(
-            tirx.if_then_else(vis(i, j1), qk[bi, hi, i, j1] * sc, tirx.min_value(F32)), axis=j1
+            tirx.if_then_else(vis(i, j1), sc_(qk[bi, hi, i, j1]), tirx.min_value(F32)), axis=j1
         ),
         name="softmax_max",
     )
     e = te.compute(
         (b, h, rows, t),
         lambda bi, hi, i, j: tirx.if_then_else(
-            vis(i, j), tirx.exp(qk[bi, hi, i, j] * sc - mx[bi, hi, i]), tirx.const(0.0, F32)
+            vis(i, j), tirx.exp(sc_(qk[bi, hi, i, j]) - mx[bi, hi, i]), tirx.const(0.0, F32)
         ),
         name="softmax_exp",
     )

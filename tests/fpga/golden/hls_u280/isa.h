@@ -15,6 +15,7 @@ static const uint32_t OP_MM = 3;
 static const uint32_t OP_MV = 4;
 static const uint32_t OP_SFU = 5;
 static const uint32_t OP_SYNC = 6;
+static const uint32_t OP_BR = 7;
 
 // units (bit positions in wait / release)
 static const uint32_t UNIT_LOAD = 0;
@@ -33,6 +34,11 @@ static const uint32_t D_WEIGHT = 0;
 static const uint32_t D_ACT = 1;
 static const uint32_t D_INDEX = 2;
 static const uint32_t CH_DDR = 63;
+
+// load modes
+static const uint32_t LD_MODE_ROWS = 0;
+static const uint32_t LD_MODE_GATHER = 1;
+static const uint32_t LD_MODE_I2F = 2;
 
 // weight formats
 static const uint32_t WFMT_INT4 = 0;
@@ -70,8 +76,23 @@ static const uint32_t SFU_SUB = 13;
 static const uint32_t SFU_ROPE = 14;
 static const uint32_t SFU_ADDC = 15;
 static const uint32_t SFU_MULC = 16;
-static const uint32_t SFU_TSCORE = 17;
-static const uint32_t SFU_TOPK = 18;
+static const uint32_t SFU_SQRT = 17;
+static const uint32_t SFU_DIV = 18;
+static const uint32_t SFU_MAXC = 19;
+static const uint32_t SFU_RSUBC = 20;
+static const uint32_t SFU_GT = 21;
+static const uint32_t SFU_GE = 22;
+static const uint32_t SFU_LT = 23;
+static const uint32_t SFU_LE = 24;
+static const uint32_t SFU_GTC = 25;
+static const uint32_t SFU_GEC = 26;
+static const uint32_t SFU_LTC = 27;
+static const uint32_t SFU_LEC = 28;
+static const uint32_t SFU_SELECT = 29;
+static const uint32_t SFU_SUM = 30;
+static const uint32_t SFU_MAX = 31;
+static const uint32_t SFU_TSCORE = 32;
+static const uint32_t SFU_TOPK = 33;
 
 // SFU flags
 static const uint32_t SF_CAUSAL = 1;
@@ -79,12 +100,15 @@ static const uint32_t SF_INTERLEAVED = 2;
 static const uint32_t SF_NO_B = 4;
 static const uint32_t SF_NO_C = 8;
 static const uint32_t SF_KEYLEN = 16;
-static const uint32_t SF_ACC = 32;
-static const uint32_t SF_SINK = 64;
-static const uint32_t SF_HASH = 128;
+static const uint32_t SF_ROW_A = 32;
+static const uint32_t SF_ACC = 64;
+static const uint32_t SF_SINK = 128;
 
 // registers (R_POS is 0; token pruning's per-segment KV lengths)
 static const uint32_t N_REGS = 16;
+static const uint32_t TOPK_SCORES = 0;
+static const uint32_t TOPK_UNIFORM = 1;
+static const uint32_t TOPK_HASH = 2;
 
 // LD, ST: 348 of 512 bits
 struct LdStFields {
@@ -177,5 +201,15 @@ struct SyncFields {
   uint32_t wait;  // bits [4, 8)
   uint32_t rel;  // bits [8, 12)
   uint32_t end;  // bits [12, 13)
+};
+
+// BR: 65 of 512 bits
+struct BrFields {
+  uint32_t op;  // bits [0, 4)
+  uint32_t wait;  // bits [4, 8)
+  uint32_t rel;  // bits [8, 12)
+  uint32_t addr;  // bits [12, 40)
+  uint32_t skip;  // bits [40, 64)
+  uint32_t neg;  // bits [64, 65)
 };
 #endif  // LLMC_ISA_H

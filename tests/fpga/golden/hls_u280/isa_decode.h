@@ -116,4 +116,16 @@ static inline SyncFields decode_sync(const instr_word_t& w) {
   f.end = w.range(12, 12).to_uint();
   return f;
 }
+
+static inline BrFields decode_br(const instr_word_t& w) {
+#pragma HLS INLINE
+  BrFields f;
+  f.op = w.range(3, 0).to_uint();
+  f.wait = w.range(7, 4).to_uint();
+  f.rel = w.range(11, 8).to_uint();
+  f.addr = w.range(39, 12).to_uint();
+  f.skip = w.range(63, 40).to_uint();
+  f.neg = w.range(64, 64).to_uint();
+  return f;
+}
 #endif  // LLMC_ISA_DECODE_H

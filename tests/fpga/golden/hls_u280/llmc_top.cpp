@@ -11,8 +11,8 @@
 // ---- LOAD / STORE ----------------------------------------------------------------------------
 // Rows r = o * n_inner + i of row_bytes bytes: HBM byte address hbm + R_POS * relb + o * hbm_so
 // + (mode 1: IDX[idx + r], else i) * hbm_si; on-chip word (WGT: byte) address chip + o * chip_so
-// + i * chip_si. The HBM port moves 32-bit words: HBM addresses, strides and row lengths are
-// multiples of 4 bytes (so are WGT addresses).
+// + i * chip_si. Mode 2 loads int32 words into ACT as float32. The HBM port moves 32-bit words:
+// HBM addresses, strides and row lengths are multiples of 4 bytes (so are WGT addresses).
 static uint32_t ldst_exec(const LdStFields& f, bool store, uint32_t* hbm, uint64_t hbm_bytes,
                           uint32_t r_pos, int32_t idx_buf[IDX_WORDS], float act_buf[ACT_WORDS],
                           uint32_t wgt_buf[WGT_WORDS], float kv_buf[KV_WORDS]) {
@@ -26,7 +26,8 @@ static uint32_t ldst_exec(const LdStFields& f, bool store, uint32_t* hbm, uint64
   const int64_t no = f.n_outer ? f.n_outer : 1;
   const int64_t ni = f.n_inner ? f.n_inner : 1;
   const int64_t base = (int64_t)f.hbm + (int64_t)r_pos * (int64_t)f.relb;
-  const bool gather = f.mode == 1;
+  const bool gather = f.mode == LD_MODE_GATHER;
+  const bool i2f = f.mode == LD_MODE_I2F && b == BUF_ACT && !store;
   const int64_t words = rb / 4;
 ldst_outer:
   for (int64_t o = 0; o < no; o++) {
@@ -57,7 +58,7 @@ ldst_outer:
           const uint32_t v = hbm[hw + j];
           switch (b) {
             case BUF_IDX: idx_buf[cw + j] = (int32_t)v; break;
-            case BUF_ACT: act_buf[cw + j] = bits_f32(v); break;
+            case BUF_ACT: act_buf[cw + j] = i2f ? (float)(int32_t)v : bits_f32(v); break;
             case BUF_WGT: wgt_buf[cw + j] = v; break;
             default: kv_buf[cw + j] = bits_f32(v); break;
           }
@@ -121,6 +122,15 @@ exec_loop:
         break;
       }
       case OP_SYNC: end = decode_sync(w).end != 0; break;
+      case OP_BR: {  // predicated forward branch: skip the body when ACT[addr] != 0 (neg: == 0)
+        const BrFields br = decode_br(w);
+        if (br.addr >= (uint32_t)ACT_WORDS) {
+          fault = FAULT_ACT_RANGE;
+        } else if ((act_buf[br.addr] != 0.0f) != (br.neg != 0)) {
+          pc += br.skip;
+        }
+        break;
+      }
       default: fault = FAULT_OPCODE; break;
     }
     if (fault) return (fault << 24) | ((pc + 1) & 0xffffffu);

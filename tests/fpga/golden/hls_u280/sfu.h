@@ -88,6 +88,9 @@ static inline float tanh32(float x) { return 1.0f - 2.0f / (exp32(2.0f * x) + 1.
 
 static inline float relu32(float x) { return x > 0.0f ? x : 0.0f; }
 
+// max(x, c) with a NaN x propagating (numerics.maxc32).
+static inline float maxc32(float x, float c) { return (x != x || x > c) ? x : c; }
+
 // Abramowitz-Stegun 7.1.26.
 static inline float erf32(float z) {
   const float a = std::fabs(z);
@@ -119,6 +122,7 @@ static inline float sfu_unary(uint32_t func, float x) {
     case SFU_SIGMOID: return sigmoid32(x);
     case SFU_TANH: return tanh32(x);
     case SFU_EXP: return exp32(x);
+    case SFU_SQRT: return std::sqrt(x);
     default: return x;
   }
 }
@@ -128,24 +132,55 @@ static inline float sfu_unary(uint32_t func, float x) {
 // writing element l of the output, so an output that is exactly its input (in place) is safe;
 // llmc.fpga.hls_vectors.check_stream rejects every other overlap.
 
-static void sfu_pointwise(float act[ACT_WORDS], uint32_t func, int64_t a, int64_t b, int64_t o,
-                          int64_t len, float fp) {
+// Comparisons give 1.0 / 0.0 (NaN compares false); SELECT is a != 0 ? b : c. With row_a, operand
+// a is one word for the whole row (a per-row mask).
+static void sfu_pointwise(float act[ACT_WORDS], uint32_t func, int64_t a, int64_t b, int64_t c,
+                          int64_t o, int64_t len, float fp, bool row_a) {
 sfu_pointwise_loop:
   for (int64_t l = 0; l < len; l++) {
 #pragma HLS PIPELINE II=1
-    const float x = act[a + l];
+    const float x = act[row_a ? a : a + l];
     float y;
     switch (func) {
       case SFU_COPY: y = x; break;
       case SFU_ADD: y = x + act[b + l]; break;
       case SFU_MUL: y = x * act[b + l]; break;
       case SFU_SUB: y = x - act[b + l]; break;
+      case SFU_DIV: y = x / act[b + l]; break;
       case SFU_ADDC: y = x + fp; break;
       case SFU_MULC: y = x * fp; break;
+      case SFU_RSUBC: y = fp - x; break;
+      case SFU_MAXC: y = maxc32(x, fp); break;
+      case SFU_GT: y = x > act[b + l] ? 1.0f : 0.0f; break;
+      case SFU_GE: y = x >= act[b + l] ? 1.0f : 0.0f; break;
+      case SFU_LT: y = x < act[b + l] ? 1.0f : 0.0f; break;
+      case SFU_LE: y = x <= act[b + l] ? 1.0f : 0.0f; break;
+      case SFU_GTC: y = x > fp ? 1.0f : 0.0f; break;
+      case SFU_GEC: y = x >= fp ? 1.0f : 0.0f; break;
+      case SFU_LTC: y = x < fp ? 1.0f : 0.0f; break;
+      case SFU_LEC: y = x <= fp ? 1.0f : 0.0f; break;
+      case SFU_SELECT: y = x != 0.0f ? act[b + l] : act[c + l]; break;
       default: y = sfu_unary(func, x); break;
     }
     act[o + l] = y;
   }
+}
+
+// SUM: left to right from +0.0; MAX: from -inf, a NaN sticks (numerics.seq_sum / seq_max). One
+// word out per row.
+static void sfu_reduce(float act[ACT_WORDS], uint32_t func, int64_t a, int64_t o, int64_t len) {
+  float acc = func == SFU_SUM ? 0.0f : -F_INF;
+sfu_reduce_loop:
+  for (int64_t l = 0; l < len; l++) {
+#pragma HLS PIPELINE II=1
+    const float v = act[a + l];
+    if (func == SFU_SUM) {
+      acc = acc + v;
+    } else if (v != v || v > acc) {
+      acc = v;
+    }
+  }
+  act[o] = acc;
 }
 
 // ss = sum x*x; r = 1 / sqrt(ss / D + eps); out = (x * r) * g.
@@ -284,9 +319,11 @@ static uint32_t sfu_exec(const SfuFields& f, float act[ACT_WORDS], uint32_t r_po
   const int64_t ni = f.n_inner ? f.n_inner : 1;
   const int64_t len = f.len;
   const uint32_t fn = f.func;
-  if (fn > SFU_MULC) return FAULT_SFU_FUNC;
+  if (fn > SFU_MAX) return FAULT_SFU_FUNC;
   bool use_b = false, use_c = false;
   int64_t bc_len = len;
+  const bool row_a = (f.flags & SF_ROW_A) != 0;
+  const bool reduce = fn == SFU_SUM || fn == SFU_MAX;
   switch (fn) {
     case SFU_RMSNORM: use_b = !(f.flags & SF_NO_B); break;
     case SFU_LAYERNORM:
@@ -299,11 +336,17 @@ static uint32_t sfu_exec(const SfuFields& f, float act[ACT_WORDS], uint32_t r_po
       break;
     case SFU_ADD:
     case SFU_MUL:
-    case SFU_SUB: use_b = true; break;
+    case SFU_SUB:
+    case SFU_DIV:
+    case SFU_GT:
+    case SFU_GE:
+    case SFU_LT:
+    case SFU_LE: use_b = true; break;
+    case SFU_SELECT: use_b = use_c = true; break;
     default: break;
   }
-  if (!sfu_in_act(f.a_addr, f.a_so, f.a_si, no, ni, len) ||
-      !sfu_in_act(f.o_addr, f.o_so, f.o_si, no, ni, len) ||
+  if (!sfu_in_act(f.a_addr, f.a_so, f.a_si, no, ni, row_a ? 1 : len) ||
+      !sfu_in_act(f.o_addr, f.o_so, f.o_si, no, ni, reduce ? 1 : len) ||
       (use_b && !sfu_in_act(f.b_addr, f.b_so, f.b_si, no, ni, bc_len)) ||
       (use_c && !sfu_in_act(f.c_addr, f.c_so, f.c_si, no, ni, bc_len)))
     return FAULT_ACT_RANGE;
@@ -326,7 +369,9 @@ sfu_outer:
         case SFU_ROPE:
           sfu_rope(act, a, b, c, out, len, f.ival0, (f.flags & SF_INTERLEAVED) != 0);
           break;
-        default: sfu_pointwise(act, fn, a, b, out, len, fp); break;
+        case SFU_SUM:
+        case SFU_MAX: sfu_reduce(act, fn, a, out, len); break;
+        default: sfu_pointwise(act, fn, a, b, c, out, len, fp, row_a); break;
       }
     }
   }
@@ -387,9 +432,9 @@ static inline float position_hash32(int64_t pos, uint32_t seed) {
 
 // topk: keep_rows as an index list. Rows j < r = IDX[ival0]; forced: j >= r - n_outer, or
 // IDX[b_addr + j] == 0 with flag SINK; c = min(r, max(forced, IDX[ival1])) rows survive.
-// n_inner 0 (top-k): key = forced ? +inf : score (a[j], or with flag HASH the position hash,
-// seed fparam); row i comes before row j when key_i > key_j, or they are equal and i < j; the
-// first c in that order survive. n_inner 1 (uniform): the forced rows and, of the others, the
+// n_inner TOPK_SCORES / TOPK_HASH (top-k): key = forced ? +inf : a[j] (TOPK_HASH: the position
+// hash, seed fparam); row i comes before row j when key_i > key_j, or they are equal and i < j; the
+// first c in that order survive. n_inner TOPK_UNIFORM: the forced rows and, of the others, the
 // floor((q + 0.5) * free / need)-th for q < need = c - forced (in double). Writes the kept rows
 // ascending to IDX[o_addr ..], their positions to IDX[c_addr ..], pads both to len with the last
 // kept row, and c to IDX[ival1 + 1].
@@ -401,7 +446,8 @@ static inline bool topk_forced(const SfuFields& f, const int32_t idx[IDX_WORDS],
 static inline float topk_key(const SfuFields& f, const float act[ACT_WORDS],
                              const int32_t idx[IDX_WORDS], int64_t j, int64_t r) {
   if (topk_forced(f, idx, j, r)) return F_INF;
-  return (f.flags & SF_HASH) ? position_hash32(idx[f.b_addr + j], f.fparam) : act[f.a_addr + j];
+  return f.n_inner == TOPK_HASH ? position_hash32(idx[f.b_addr + j], f.fparam)
+                                 : act[f.a_addr + j];
 }
 
 static uint32_t sfu_topk(const SfuFields& f, const float act[ACT_WORDS], int32_t idx[IDX_WORDS]) {
@@ -422,7 +468,7 @@ topk_count:
   }
   int64_t c = nf > kc ? nf : kc;
   if (c > r) c = r;
-  const bool uniform = f.n_inner == 1;
+  const bool uniform = f.n_inner == TOPK_UNIFORM;
   const int64_t nfree = r - nf, need = c - nf;
   int64_t m = 0, last = 0, fi = 0, q = 0;
 sfu_outer:
