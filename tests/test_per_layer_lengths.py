@@ -140,8 +140,8 @@ def test_uniform_model_refuses_ragged_cache():
 
 
 def test_fpga_refuses_in_one_line(tmp_path):
-    """The FlightLLM stream has no gather_rows (nor per-layer lengths) yet: it refuses a pruned
-    graph at compile time, in one line, writing nothing."""
+    """A gather_rows outside token-prune's scoring steps (the fixture's position mask) has no
+    FlightLLM lowering: refused at compile time, in one line, writing nothing."""
     from llmc.errors import UnsupportedOpError
     from tests.backends.conftest import compile_graph
 

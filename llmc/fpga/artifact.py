@@ -9,6 +9,8 @@ What the directory holds (besides the common ``manifest.json``, ``report.json``/
     fpga/instructions/          one stream per length bucket (length-adaptive compilation):
         prefill_cCC.bin         prompt chunk CC (tokens [CC*C, (CC+1)*C), C = prefill_bucket)
         decode_tTTTT.bin        a decode step whose attention sees at most TTTT tokens
+        psegS_cCC.bin           token pruning (llmc.fpga.prune): segment S's layers, chunk CC
+        pselK_nNN.bin           token pruning: top-k of pruning point K over NN chunks of rows
         index.json              bucket -> file, instructions, bytes, sha256; storage totals
     fpga/hbm.bin                the initial HBM image (packed weights, tables); only for models
                                 with real weights
@@ -129,6 +131,8 @@ def write_streams(prog: Program, out: Path) -> dict[str, Any]:
         s = prog.stream(stage, b)
         raw = s.encode()
         name = f"prefill_c{b:02d}.bin" if stage == "prefill" else f"decode_t{b:04d}.bin"
+        if stage not in ("prefill", "decode"):  # token pruning: pseg{s}_cCC, psel{k}_nNN
+            name = f"{stage}_{'c' if stage.startswith('pseg') else 'n'}{b:02d}.bin"
         (out / name).write_bytes(raw)
         total += len(raw)
         entries.append(

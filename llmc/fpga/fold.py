@@ -123,6 +123,8 @@ def costs_for(prog: Program, pm: PerfModel, *, fold: bool = True) -> FullCosts:
 def foldable(prog: Program) -> str | None:
     """``None`` when layer folding applies to ``prog``, else the reason it does not."""
     g = prog.graph
+    if prog.prune is not None:
+        return "token pruning: layers run on different row counts (segmented prefill)"
     prefix = g.meta.get("layer_prefix")
     n = g.meta.get("num_layers")
     if not prefix or not isinstance(n, int):

@@ -45,11 +45,19 @@ class Machine:
         self.idx = np.zeros(max(int(arch.buffers.index_kb * 1024 // 4), 16), dtype=np.int32)
         self.wgt = np.zeros(int(arch.buffers.weight_kb * 1024), dtype=np.uint8)
         self.kv = np.zeros(int(arch.buffers.kv_kb * 1024 / arch.act_bytes), dtype=f32)
-        self.r_pos = 0
+        self.regs = [0] * isa.N_REGS  # register 0 is R_POS
         #: indices of the ``BR`` instructions taken by the last :meth:`run`
         self.taken: list[int] = []
         #: BR index -> the per-row decisions it saw (``run(..., probes)``), for skip counts
         self.masks: dict[int, np.ndarray] = {}
+
+    @property
+    def r_pos(self) -> int:
+        return self.regs[0]
+
+    @r_pos.setter
+    def r_pos(self, v: int) -> None:
+        self.regs[0] = v
 
     def ensure_act(self, words: int) -> None:
         if words > self.act.size:
@@ -103,7 +111,7 @@ def _ld_st(m: Machine, f: dict[str, int], store: bool) -> None:
     rb = f.get("row_bytes", 0)
     n = rb // unit
     no, ni = max(1, f.get("n_outer", 1)), max(1, f.get("n_inner", 1))
-    base = f.get("hbm", 0) + m.r_pos * f.get("relb", 0)
+    base = f.get("hbm", 0) + m.regs[f.get("preg", 0)] * f.get("relb", 0)
     hso, hsi = f.get("hbm_so", 0), f.get("hbm_si", 0)
     cso, csi = f.get("chip_so", 0), f.get("chip_si", 0)
     chip = f.get("chip", 0)
@@ -276,6 +284,9 @@ def _operand(m: Machine, f: dict[str, int], p: str, length: int) -> np.ndarray:
 
 def x_sfu(m: Machine, f: dict[str, int]) -> None:
     fn = f.get("func", 0)
+    if fn in PRUNE_SFU:
+        PRUNE_SFU[fn](m, f)
+        return
     length = f.get("len", 1)
     no, ni = max(1, f.get("n_outer", 1)), max(1, f.get("n_inner", 1))
     flags = f.get("flags", 0)
@@ -292,13 +303,14 @@ def x_sfu(m: Machine, f: dict[str, int]) -> None:
         b = None if flags & isa.SF_NO_C else _operand(m, f, "c", length)
         y = nm.layernorm32(a, g, b, fp)
     elif fn == isa.S_SOFTMAX:
+        r_pos = m.regs[f.get("preg", 0)]
         t = np.arange(length)[None, None, :]
-        q = (m.r_pos + f.get("ival0", 0) + np.arange(ni))[None, :, None]
+        q = (r_pos + f.get("ival0", 0) + np.arange(ni))[None, :, None]
         vis = np.ones((1, ni, length), dtype=bool)
         if flags & isa.SF_CAUSAL:
             vis &= t <= q
         if flags & isa.SF_KEYLEN:
-            vis &= t < m.r_pos + f.get("ival0", 0) + ni
+            vis &= t < r_pos + f.get("ival0", 0) + ni
         if f.get("ival1", 0) > 0:
             vis &= (q - t) < f["ival1"]
         y = nm.softmax32(a, np.broadcast_to(vis, a.shape), float(fp))
@@ -350,6 +362,93 @@ def x_sync(m: Machine, f: dict[str, int]) -> None:
     pass
 
 
+# ----------------------------------------------------------------------------------------------
+# token pruning (isa.S_TSCORE, isa.S_TOPK; the semantics are in llmc.fpga.isa)
+
+
+def x_tscore(m: Machine, f: dict[str, int]) -> None:
+    length = f.get("len", 1)
+    no, ni = max(1, f.get("n_outer", 1)), max(1, f.get("n_inner", 1))
+    r, w, row0 = int(m.idx[f.get("ival0", 0)]), f.get("ival1", 0), f.get("c_addr", 0)
+    lo = max(0, r - w) if w > 0 else 0
+    a = _operand(m, f, "a", length)
+    o = f.get("o_addr", 0)
+    acc = m.act[o : o + length].copy() if f.get("flags", 0) & isa.SF_ACC else None
+    if acc is None:
+        acc = np.zeros(length, dtype=f32)
+    for oo in range(no):
+        for i in range(ni):
+            if lo <= row0 + i < r:
+                acc = (acc + a[oo, i]).astype(f32)
+    m.act[o : o + length] = acc
+
+
+def position_hash32(pos: np.ndarray, seed: int) -> np.ndarray:
+    """llmc.ir.ops_adaptive.position_hash in numpy int64 arithmetic (score=random)."""
+    x = (pos.astype(np.int64) + seed * (1 << 20)) & 0xFFFFFFFF
+    for _ in range(2):
+        x = x ^ (x >> 16)
+        x = (x * 0x45D9F3B) & 0xFFFFFFFF
+    x = x ^ (x >> 16)
+    return (x.astype(np.float64) / 2.0**32).astype(f32)
+
+
+def topk_rows(
+    scores: np.ndarray, pos: np.ndarray, recent: int, sink: bool, kc: int, uniform: bool = False
+) -> list[int]:
+    """The kept rows of ``topk`` (ascending): forced rows first, then by descending score,
+    ties to the lower row (a row's rank counts the rows before it in that order); ``uniform``:
+    the others evenly spaced instead."""
+    r = scores.size
+    forced = np.arange(r) >= r - recent
+    if sink:
+        forced |= pos == 0
+    nf = int(forced.sum())
+    c = min(r, max(nf, kc))
+    if uniform:
+        keep = forced.copy()
+        free = np.flatnonzero(~forced)
+        need = c - nf
+        if need > 0:
+            pick = ((np.arange(need, dtype=np.float64) + 0.5) * free.size / need).astype(np.int64)
+            keep[free[pick]] = True
+        return [int(i) for i in np.flatnonzero(keep)]
+    key = np.where(forced, f32(np.inf), scores.astype(f32))
+    order = np.argsort(-key, kind="stable")[:c]
+    return sorted(int(i) for i in order)
+
+
+def x_topk(m: Machine, f: dict[str, int]) -> None:
+    n = f.get("len", 1)
+    r, kc = int(m.idx[f.get("ival0", 0)]), int(m.idx[f.get("ival1", 0)])
+    if not 1 <= r <= n:
+        raise FuncSimError(f"topk: {r} rows for a capacity of {n}")
+    a, b = f.get("a_addr", 0), f.get("b_addr", 0)
+    pos = m.idx[b : b + r].copy()
+    flags = f.get("flags", 0)
+    mode = f.get("n_inner", 0)
+    if mode == isa.TOPK_HASH:
+        scores = position_hash32(pos, f.get("fparam", 0))
+    else:
+        scores = m.act[a : a + r]
+    keep = topk_rows(
+        scores,
+        pos,
+        f.get("n_outer", 1),
+        bool(flags & isa.SF_SINK),
+        kc,
+        uniform=mode == isa.TOPK_UNIFORM,
+    )
+    rows = np.array(keep + [keep[-1]] * (n - len(keep)), dtype=np.int32)
+    o, c = f.get("o_addr", 0), f.get("c_addr", 0)
+    m.idx[o : o + n] = rows
+    m.idx[c : c + n] = pos[rows]
+    m.idx[f.get("ival1", 0) + 1] = len(keep)
+
+
+PRUNE_SFU = {isa.S_TSCORE: x_tscore, isa.S_TOPK: x_topk}
+
+
 EXEC = {
     isa.LD: x_ld,
     isa.ST: x_st,
@@ -370,7 +469,8 @@ class FuncRunner:
         peak = max((prog.stream(s, b).act_peak for s, b in prog._streams), default=16)
         self.m = Machine(self.hbm, peak, prog.arch)
         self.pos = 0  # tokens in the cache
-        self.executor = None  # optional callable(stream, r_pos) replacing Machine.run
+        self.executor = None  # optional callable(stream, regs) replacing Machine.run
+        self.lens: list[int] = []  # token pruning: each segment's KV length (llmc.fpga.prune)
         #: position of the first generated token (graphs with ``decode_start``: ffn-skip); None
         #: writes ``max_tokens``, which no position reaches (the dense model)
         self.decode_start: int | None = None
@@ -398,18 +498,25 @@ class FuncRunner:
             self.hbm[reg.addr : reg.addr + v.nbytes] = v.view(np.uint8)
 
     def _run(
-        self, stage: str, bucket: int, r_pos: int, rows: int = 0, decode_rows: int = 0
+        self,
+        stage: str,
+        bucket: int,
+        r_pos: int | list[int],
+        rows: int = 0,
+        decode_rows: int = 0,
     ) -> None:
-        """Run one stream; ``rows`` real rows (the rest is padding), ``decode_rows`` of them at
+        """Run one stream with ``R_POS = r_pos`` (or the whole register file ``r_pos``: token
+        pruning's KV lengths); ``rows`` real rows (the rest is padding), ``decode_rows`` of them at
         positions ``>= decode_start``. Skips are counted per row, as the interpreter counts them:
         a row whose decision mask is set at a ``BR`` (skipped, or kept by the per-row select when
         other rows of the call run the block); without a mask, a taken branch skips every row."""
         s = self.prog.stream(stage, bucket)
+        regs = [r_pos] + [0] * (isa.N_REGS - 1) if isinstance(r_pos, int) else list(r_pos)
         if self.executor is not None:
-            self.executor(s, r_pos)
+            self.executor(s, regs)
             return
         self.m.ensure_act(s.act_peak)
-        self.m.r_pos = r_pos
+        self.m.regs = regs
         self.m.run(s.instrs, s.probes)
         self.trace.append((stage, bucket, list(self.m.taken)))
         self.decode_rows += decode_rows
@@ -457,6 +564,12 @@ class FuncRunner:
         # table may end right after the last real position).
         pos = np.concatenate([pos, np.full(padded - n, pos[-1] if n else 0)])
         self._write_inputs(np.pad(ids, (0, padded - n)), pos)
+        if self.prog.prune is not None:
+            from llmc.fpga import prune
+
+            lens = prune.prefill(self, ids, pos)
+            self.pos = n
+            return self.output(self._logits_name(), lens[-1])
         C = self.prog.chunk
         for c in range(chunks):
             real = pos[c * C : min(n, (c + 1) * C)]
@@ -468,8 +581,14 @@ class FuncRunner:
         """One generated token at position ``self.pos``; returns ``logits [vocab]``."""
         p = self.pos if position is None else position
         self._write_inputs(np.array([token]), np.array([p]))
-        bucket = self.prog.decode_bucket(self.pos + 1)
-        self._run("decode", bucket, self.pos, 1, self._decode_rows([p]))
+        if self.prog.prune is not None:  # every segment's layers at their own KV length
+            regs = self.lens + [0] * (isa.N_REGS - len(self.lens))
+            bucket = self.prog.decode_bucket(max(self.lens) + 1)
+            self._run("decode", bucket, regs, 1, self._decode_rows([p]))
+            self.lens = [x + 1 for x in self.lens]
+        else:
+            bucket = self.prog.decode_bucket(self.pos + 1)
+            self._run("decode", bucket, self.pos, 1, self._decode_rows([p]))
         self.pos += 1
         return self.output(self._logits_name(), 1)[0]
 
@@ -486,4 +605,7 @@ class FuncRunner:
         heads, hd = int(v.type.shape[1]), int(v.type.shape[3])
         full = self.hbm[reg.addr : reg.addr + reg.size].view(f32)
         full = full.reshape(heads, self.prog.arch.max_tokens, hd)
-        return full[:, : (self.pos if length is None else length)].copy()
+        if length is None:
+            seg = self.prog.kv_reg.get(f"kv:{name}", 0)
+            length = self.lens[seg] if self.lens else self.pos
+        return full[:, :length].copy()

@@ -246,6 +246,10 @@ def _isa_constants() -> str:
             "SFU functions", [(f"SFU_{n.upper()}", i) for i, n in enumerate(isa.SFU_NAMES)]
         ),
         _const_block("SFU flags", _prefixed("SF_")),
+        _const_block(
+            "registers (R_POS is 0; token pruning's per-segment KV lengths)",
+            [("N_REGS", isa.N_REGS)] + _prefixed("TOPK_"),
+        ),
     ]
     return "\n\n".join(blocks)
 

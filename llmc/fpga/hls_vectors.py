@@ -48,6 +48,8 @@ class Step:
     host: list[tuple[int, bytes]] = field(default_factory=list)
     expect: list[tuple[int, bytes]] = field(default_factory=list)
     dumps: list[tuple[str, int, tuple[int, ...]]] = field(default_factory=list)  # float32
+    #: the whole register file (token pruning: per-segment KV lengths); None: R_POS alone
+    regs: list[int] | None = None
 
 
 @dataclass
@@ -94,12 +96,16 @@ class Recorder:
         self.steps: list[Step] = []
         self.expected: dict[str, np.ndarray] = {}
 
-    def step(self, name: str, instrs: Sequence[Instr], r_pos: int, run: Callable[[], None]) -> None:
+    def step(
+        self, name: str, instrs: Sequence[Instr], r_pos: int | list[int], run: Callable[[], None]
+    ) -> None:
         if name not in self.index:
             check_stream(instrs, self.cfg, where=name)
             self.index[name] = len(self.streams)
             self.streams.append((name, isa.encode_stream(instrs)))
-        st = Step(self.index[name], r_pos, host=_diff(self.seen, self.hbm))
+        regs = list(r_pos) if isinstance(r_pos, list) else None
+        r0 = regs[0] if regs is not None else int(r_pos)
+        st = Step(self.index[name], r0, host=_diff(self.seen, self.hbm), regs=regs)
         before = self.hbm.copy()
         run()
         st.expect = _diff(before, self.hbm)
@@ -136,14 +142,15 @@ def make_vectors(
     taken: list[list[int]] = []
     rec = Recorder(runner.hbm, cfg)
 
-    def execute(s, r_pos: int) -> None:
+    def execute(s, regs: list[int]) -> None:
         def run() -> None:  # what FuncRunner runs without an executor
             runner.m.ensure_act(s.act_peak)
-            runner.m.r_pos = r_pos
+            runner.m.regs = list(regs)
             runner.m.run(s.instrs)
             taken.append(list(runner.m.taken))
 
-        rec.step(f"{s.stage}_{s.bucket}", s.instrs, r_pos, run)
+        pruned = prog.prune is not None
+        rec.step(f"{s.stage}_{s.bucket}", s.instrs, list(regs) if pruned else regs[0], run)
 
     runner.executor = execute
     outs = [k for k in prog.regions if k.startswith("out:")]
@@ -229,6 +236,8 @@ def _check_sfu(f: dict[str, int]) -> str:
     fn = f.get("func", 0)
     if fn >= len(isa.SFU_NAMES):
         return f"unknown SFU function {fn}"
+    if fn in (isa.S_TSCORE, isa.S_TOPK):
+        return _check_prune_sfu(f)
     no, ni = max(1, f.get("n_outer", 0)), max(1, f.get("n_inner", 0))
     length = f.get("len", 0)
     flags = f.get("flags", 0)
@@ -257,6 +266,27 @@ def _check_sfu(f: dict[str, int]) -> str:
         for p in operands
     ]
     return _hazard(rows("o", olen), reads)
+
+
+def _check_prune_sfu(f: dict[str, int]) -> str:
+    """Token pruning (isa.S_TSCORE, isa.S_TOPK): the output must not overlap an input (the units
+    read every input before they write, funcsim too, but the check keeps streams simple)."""
+    n = f.get("len", 0)
+    if f.get("func") == isa.S_TSCORE:
+        no, ni = max(1, f.get("n_outer", 0)), max(1, f.get("n_inner", 0))
+        a = _rows2(f.get("a_addr", 0), f.get("a_so", 0), f.get("a_si", 0), no, ni, n)
+        o = f.get("o_addr", 0)
+        if int(a.min()) < o + n and o < int(a.max()) + 1:
+            return "tscore: the accumulator overlaps the probabilities"
+        return ""
+    spans = [(f.get(k, 0), f.get(k, 0) + n) for k in ("b_addr", "o_addr", "c_addr")]
+    spans.append((f.get("ival0", 0), f.get("ival0", 0) + 1))
+    spans.append((f.get("ival1", 0), f.get("ival1", 0) + 2))
+    for i, (s0, e0) in enumerate(spans):
+        for s1, e1 in spans[i + 1 :]:
+            if s0 < e1 and s1 < e0 and (s0, e0) != (s1, e1) and e0 - s0 > 2 and e1 - s1 > 2:
+                return "topk: IDX operands overlap"
+    return ""
 
 
 def _check_mpe(f: dict[str, int], k_max: int) -> str:
@@ -357,6 +387,8 @@ def write_vectors(vec: TestVectors, vdir: Path, cfg: HlsConfig) -> list[str]:
     shapes: dict[str, list[int]] = {}
     for st in vec.steps:
         lines.append(f"step {st.stream} {st.r_pos}")
+        if st.regs is not None:  # token pruning: registers 1 .. N_REGS - 1
+            lines.append("regs " + " ".join(str(int(x)) for x in st.regs[1 : isa.N_REGS]))
         for kind, patches in (("host", st.host), ("expect", st.expect)):
             for addr, data in patches:
                 lines.append(f"{kind} {addr} {len(data)} {len(blob)}")

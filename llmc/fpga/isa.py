@@ -408,3 +408,45 @@ def check_tokens(instrs: Sequence[Instr]) -> None:
     left = [(UNIT_NAMES[a], UNIT_NAMES[c]) for a in range(4) for c in range(4) if pending[a][c]]
     if left:
         raise IsaError(f"tokens released but never consumed: {left}")
+
+
+# ----------------------------------------------------------------------------------------------
+# token pruning (branch fpga-prune; see docs/fpga.md, "Token pruning"). Kept apart from the
+# tables above so other additions merge cleanly.
+#
+# Registers: ``R_POS`` is register 0 of a small register file; the layers after a model's k-th
+# pruning point keep their own KV length in register k. ``preg`` (LD/ST: the register that
+# ``relb`` multiplies; SFU softmax: the register of the KEYLEN/CAUSAL masks) selects it; 0 is
+# R_POS, so streams of unpruned models encode exactly as before.
+#
+# Two SFU functions (fields reinterpreted as below; every address named IDX is a word address in
+# the IDX buffer, the rest ACT):
+#
+# ``tscore``  attention received, accumulated: rows (outer = head, inner = query row) of
+#             softmax probabilities ``a`` [n_outer, n_inner, len]; inner row ``i`` is global row
+#             ``c_addr + i``; the window is the global rows ``[r - w, r)`` (``w = ival1``, 0: all
+#             rows; ``r = IDX[ival0]``, the real row count). ``o[0:len]`` = (flag ACC ? o : 0) +
+#             the window rows, summed in (outer, inner) order in float32.
+# ``topk``    the keep mask of ``keep_rows`` (method topk) as an index list: scores ``a[0:r]``
+#             (``r = IDX[ival0]``), positions ``IDX[b_addr + j]``; forced rows: the last
+#             ``n_outer`` (recent) and, with flag SINK, those at position 0; ``c = min(r,
+#             max(forced, IDX[ival1]))`` rows survive: forced first, then by descending score,
+#             ties to the lower row. Writes the kept rows in ascending order to ``IDX[o_addr +
+#             j]`` and their positions to ``IDX[c_addr + j]`` for ``j < c``, then repeats the
+#             last kept row / position up to ``len`` (padding rows), and ``c`` to
+#             ``IDX[ival1 + 1]``. ``n_inner`` selects the order: 0 the scores ``a``, 2 the
+#             position hash (score=random: ``position_hash(position, seed = fparam)``, ``a`` not
+#             read), 1 keep_rows' ``uniform`` rule (forced rows, then ``c - forced`` of the others
+#             evenly spaced: the ``floor((i + 0.5) * free / need)``-th, in float64).
+#
+# Flags (the SFU's 8 flag bits are per function): tscore ACC, topk SINK.
+S_TSCORE, S_TOPK = len(SFU_NAMES), len(SFU_NAMES) + 1
+SFU_NAMES = SFU_NAMES + ("tscore", "topk")
+SF_ACC, SF_SINK = 64, 128
+TOPK_SCORES, TOPK_UNIFORM, TOPK_HASH = 0, 1, 2
+N_REGS = 16
+FIELDS[LD] = FIELDS[LD] + (("preg", 4),)
+FIELDS[ST] = FIELDS[LD]
+FIELDS[SFU] = FIELDS[SFU] + (("preg", 4),)
+for _op, _fs in FIELDS.items():
+    assert sum(b for _, b in _fs) <= INSTR_BYTES * 8, (_op, sum(b for _, b in _fs))

@@ -146,6 +146,8 @@ INDEX_USES = {
     # compared on the SFU after an int -> float load (FFN-skip's eligibility, lower_cond.py)
     **{c: (0, 1) for c in ("gt", "ge", "lt", "le")},
 }
+# token pruning (llmc.fpga.prune): positions are scored, masked and gathered with the rows
+INDEX_USES.update({"token_scores": (2,), "keep_rows": (1,), "gather_rows": (0,)})
 
 
 @dataclass
@@ -254,6 +256,11 @@ class Lowerer:
         self.place: dict[int, View] = {}
         self.skip: set[int] = set()
         self.probes: dict[int, tuple[int, int, int]] = {}
+        # token pruning (llmc.fpga.prune): the segment a prefill stream runs, values stored to
+        # scratch regions instead of output regions, attention nodes that also score tokens
+        self.seg: Any = None
+        self.out_regions: dict[int, Any] = {}
+        self.score_hooks: dict[int, Any] = {}
 
     # -- emission helpers -----------------------------------------------------------------------
     def emit(self, op: int, f: dict[str, int], reads=(), writes=(), tag: str = "") -> Instr:
@@ -319,6 +326,13 @@ class Lowerer:
 
     def instance(self, seq: int, past: int, q_off: int, in_row: int) -> None:
         self.env = {"batch": 1, "seq": seq, "past": past}
+        plan = getattr(self.prog, "prune", None)
+        if plan is not None:  # per-layer cache lengths and kept-row symbols
+            self.env.update(plan.env(seq, past))
+        for v in self.prog.cache_inputs.values():  # LM ABI v2 (past_i) with nothing pruned
+            for s in getattr(v.type.shape[2], "symbols", ()):
+                self.env.setdefault(s, past)
+        seg = self.seg
         self.seq, self.q_off, self.in_row = seq, q_off, in_row
         self.keys = past + seq
         self._shapes: dict[int, tuple[int, ...]] = {}
@@ -329,8 +343,12 @@ class Lowerer:
         self.skip: set[int] = set()
         self.place: dict[int, View] = {}  # node id -> the view its result must take (cond)
         for v in self.g.inputs:
+            if seg is not None and not seg.reads_input(v):
+                continue
             self.vals[id(v)] = self.input_loc(v)
-        self.lower_nodes(self.g.nodes)
+        if seg is not None:
+            seg.enter(self)
+        self.lower_nodes(self.g.nodes, top=True)
         for v in list(self.g.inputs):
             self.drop(v)
         for v in self.g.outputs:
@@ -338,15 +356,21 @@ class Lowerer:
         self.act_peak = max(self.act_peak, self.act.peak)
         self.idx_peak = max(self.idx_peak, self.idx.peak)
 
-    def lower_nodes(self, nodes: list[Node], keep: tuple[Value, ...] = ()) -> None:
+    def lower_nodes(
+        self, nodes: list[Node], keep: tuple[Value, ...] = (), top: bool = False
+    ) -> None:
         """Lower ``nodes`` in order, dropping each value after its last use among them (values
-        in ``keep``, a region's result, stay bound for the caller)."""
+        in ``keep``, a region's result, stay bound for the caller); ``top``: the graph's own
+        nodes (a token-pruning segment runs only its part of them)."""
+        seg = self.seg if top else None
         last: dict[int, int] = {}
         for i, n in enumerate(nodes):
             for v in n.inputs:
                 last[id(v)] = i
         kept = {id(v) for v in keep}
         for i, n in enumerate(nodes):
+            if seg is not None and not seg.runs(i, n):
+                continue
             if id(n) not in self.skip:  # (skipped: absorbed into a linear already emitted)
                 self.tag = n.scope or n.op
                 handler = _handlers().get(n.op)
@@ -564,7 +588,7 @@ class Lowerer:
             return
         if not isinstance(loc, View):
             raise UnsupportedOpError(f"output %{v.name} is not computed on the accelerator")
-        reg = self.prog.regions[f"out:{v.name}"]
+        reg = self.out_regions.get(id(v)) or self.prog.regions[f"out:{v.name}"]
         shape = loc.shape
         row = math.prod(shape[2:]) if len(shape) > 2 else shape[-1]
         s = shape[1] if len(shape) > 2 else 1
@@ -618,4 +642,8 @@ def _handlers() -> dict:
 
 
 def lower_stream(prog: Any, stage: str, bucket: int, deps: bool = True) -> Stream:
+    if stage not in ("prefill", "decode"):  # a pruned model's prefill streams
+        from llmc.fpga.prune import lower_pruned
+
+        return lower_pruned(prog, stage, bucket, deps)
     return Lowerer(prog).run(stage, bucket, deps)

@@ -52,6 +52,9 @@ def h_attention(L: Lowerer, n: Node) -> None:
     blk_max = a.mask_block
     # Head groups: scores [hg, s, T] must fit next to what is live; K/V blocks of the group's
     # kv heads must fit one KV buffer slot.
+    hook = L.score_hooks.get(id(n))  # token pruning: this attention also scores the tokens
+    if hook is not None:  # (its accumulator first, so the head groups are sized around it)
+        hook.prepare(L, T)
     free_elems = L.act_cap - L.act.top
     hg = min(nh, max(0, free_elems // max(1, s * T)))
     kv_fit = L.kv_half // (blk_max * hd)
@@ -70,6 +73,7 @@ def h_attention(L: Lowerer, n: Node) -> None:
     q_ext, out_ext = (ACT, *q.extent()), (ACT, *out.extent())
     scale = n.attrs.scale or 1.0 / math.sqrt(hd)
     flags = isa.SF_KEYLEN | (isa.SF_CAUSAL if n.attrs.causal else 0)
+    preg = L.prog.kv_reg.get(k.region.name, 0)  # token pruning: this layer's own KV length
     qb_size = min(s, a.mask_block)
     for h0 in range(0, nh, hg):
         hn = min(hg, nh - h0)
@@ -184,9 +188,14 @@ def h_attention(L: Lowerer, n: Node) -> None:
                         "ival0": L.q_off,
                         "ival1": n.attrs.window,
                         "flags": flags,
+                        **({"preg": preg} if preg else {}),
                     },
                     reads=[sc_ext],
                     writes=[sc_ext],
                 )
+                if hook is not None:
+                    hook.group(L, scores, hn, s, T, h0)
         L.act.release(scores.block)
+    if hook is not None:
+        hook.done(L, T)
     L.bind(n.out, out)

@@ -23,6 +23,7 @@ from llmc.fpga.lower import (
 )
 from llmc.fpga.lower_attention import h_attention
 from llmc.fpga.lower_cond import HANDLERS as COND_HANDLERS
+from llmc.fpga.prune import DECODE_HANDLERS
 from llmc.ir.graph import Node
 from llmc.ir.types import eval_dim
 
@@ -326,6 +327,7 @@ def h_concat(L: Lowerer, n: Node) -> None:
                 "relb": 4 * hd,
                 "dclass": isa.D_ACT,
                 **L.ch(reg),
+                **({"preg": L.prog.kv_reg[reg.name]} if L.prog.kv_reg.get(reg.name) else {}),
             },
             reads=[(ACT, *new.extent())],
             writes=[(isa.HBM, reg.addr, reg.addr + reg.size)],
@@ -534,3 +536,4 @@ HANDLERS = {
     **{k: h_elementwise for k in (*SFU_UNARY, "gelu", "softmax", *SFU_BINARY)},
     **COND_HANDLERS,
 }
+HANDLERS.update(DECODE_HANDLERS)  # token pruning in decode steps (llmc.fpga.prune)

@@ -33,6 +33,11 @@ Durations (cycles at ``clock_mhz``):
   run decided: :func:`simulate_stream` gets the indices of the taken branches (a trace the
   functional simulator recorded, or a skip pattern), skips their bodies and charges only what
   runs; without them no branch is taken (every block runs).
+- Token pruning (llmc.fpga.prune): ``tscore`` as an element-wise pass over the rows of the
+  scoring window only (at most ``min(n_inner, window)`` query rows per head; the others are
+  skipped by a row compare); ``topk`` as a bitonic sorting network of the ``N`` scores on one SFU,
+  ``ceil(N / sfu_width) x log2 N (log2 N + 1) / 2`` compare-exchange cycles, plus a pass writing
+  the ``N`` kept indices and positions.
 """
 
 from __future__ import annotations
@@ -151,6 +156,8 @@ class PerfModel:
 
     def sfu(self, ins: isa.Instr) -> float:
         f = ins.f
+        if f.get("func", 0) in (isa.S_TSCORE, isa.S_TOPK):
+            return self.prune_sfu(f)
         rows = f.get("n_outer", 1) * f.get("n_inner", 1)
         passes = SFU_PASSES.get(f.get("func", 0), 1)
         core_rows = math.ceil(rows / self.arch.cores)  # rows are split over the cores
@@ -158,6 +165,19 @@ class PerfModel:
             passes * core_rows * math.ceil(f.get("len", 1) / self.arch.sfu_width)
             + self.arch.sfu_latency
         )
+
+    def prune_sfu(self, f: dict[str, int]) -> float:
+        """Token pruning's SFU functions (module docstring)."""
+        a = self.arch
+        n = max(1, f.get("len", 1))
+        lanes = math.ceil(n / a.sfu_width)
+        if f.get("func") == isa.S_TOPK:
+            stages = math.ceil(math.log2(max(n, 2)))
+            return lanes * stages * (stages + 1) / 2 + lanes + a.sfu_latency
+        ni = max(1, f.get("n_inner", 1))
+        w = f.get("ival1", 0)
+        rows = max(1, f.get("n_outer", 1)) * (min(ni, w) if w else ni)
+        return math.ceil(rows / a.cores) * lanes + a.sfu_latency
 
 
 def simulate_stream(

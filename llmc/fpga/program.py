@@ -99,6 +99,9 @@ class Program:
     cache_inputs: dict[str, Value]
     int_inputs: dict[str, Value]
     _streams: dict[tuple[str, int], Any] = field(default_factory=dict, repr=False)
+    #: token pruning (llmc.fpga.prune): the plan, and the register of each KV region's length
+    prune: Any = None
+    kv_reg: dict[str, int] = field(default_factory=dict)
     #: (stage, bucket) -> sha256 of the encoded stream an artifact shipped; when set, every stream
     #: lowered here must encode to those bytes (the runner executes what the artifact holds)
     shipped: dict[tuple[str, int], str] | None = field(default=None, repr=False)
@@ -131,6 +134,8 @@ class Program:
 
     def all_buckets(self) -> list[tuple[str, int]]:
         a = self.arch
+        if self.prune is not None:
+            return self.prune.buckets(a)
         return [("prefill", c) for c in range(a.max_tokens // a.prefill_bucket)] + [
             ("decode", t) for t in range(a.decode_bucket, a.max_tokens + 1, a.decode_bucket)
         ]
@@ -217,12 +222,6 @@ class _Alloc:
 
 def build_program(graph: Graph, arch: FpgaArch) -> Program:
     """Lay out a model's memory on a board (see the module docstring)."""
-    for _, n in graph.walk():  # before anything else reads the graph: one line naming the op
-        if n.op == "gather_rows":
-            raise UnsupportedOpError(
-                f"op 'gather_rows' (%{n.out.name} at {n.scope or '?'}) has no FlightLLM "
-                "lowering: token pruning's per-layer KV lengths are not in the model yet"
-            )
     al = _Alloc(arch)
     act = arch.act_bytes
     users = graph.users()
@@ -313,7 +312,14 @@ def build_program(graph: Graph, arch: FpgaArch) -> Program:
             continue
         row = int(math.prod(_static(d, v, "output") for d in v.type.shape[2:]))
         al.add(f"out:{v.name}", "out", 4 * arch.max_tokens * row, act * arch.max_tokens * row)
+    from llmc.fpga.prune import plan_pruning
+
+    plan = plan_pruning(graph, cache_inputs)
+    if plan is not None:
+        plan.add_regions(al, arch)
     prog = Program(graph, arch, al.regions, linears, ropes, al.addr, cache_inputs, int_inputs)
+    if plan is not None:
+        prog.prune, prog.kv_reg = plan, plan.kv_reg
     _place(prog)
     return prog
 

@@ -42,6 +42,8 @@ class FpgaLM(LanguageModel):
     """An FPGA artifact on the functional simulator."""
 
     device = "flightllm-funcsim"
+    #: the device holds one sequence: continuations (token pruning's eval) run row by row
+    max_batch = 1
 
     def __init__(self, path: str | Path) -> None:
         from llmc.artifact import listed_file, load_artifact, sha256_file

@@ -149,8 +149,14 @@ def simulate(
             run_streams[key] = costs.perf(stage, b)
         return run_streams[key]
 
-    chunks = prog.prefill_chunks(prefill)
-    pre = [perf("prefill", c) for c in range(chunks)]
+    if prog.prune is not None:  # token pruning: segment chunks and top-k streams
+        keys = prog.prune.prefill_streams(prefill, a.prefill_bucket)
+        prog.prefill_chunks(prefill)  # (checks the length)
+        chunks = sum(1 for st, _ in keys if st.startswith("pseg"))
+        pre = [perf(st, b) for st, b in keys]
+    else:
+        chunks = prog.prefill_chunks(prefill)
+        pre = [perf("prefill", c) for c in range(chunks)]
     pre_cycles = sum(p.cycles for p in pre)
     dec_count = Counter(prog.decode_bucket(prefill + j + 1) for j in range(decode))
     dec = {b: perf("decode", b) for b in sorted(dec_count)}
@@ -209,6 +215,12 @@ def simulate(
         )
     elif fold:
         notes.append(f"layer folding off: {why_not}")
+    if prog.prune is not None:
+        notes.append(
+            f"token pruning: {prog.prune.K} pruning points, rows per segment "
+            f"{prog.prune.counts(prefill)} (llmc.fpga.prune); decode steps are charged at the "
+            "longest layer's bucket"
+        )
     if prog.hw_bytes("weight", "ddr"):
         notes.append(
             f"{prog.hw_bytes('weight', 'ddr') / 2**30:.2f} GiB of weights spill to DDR "
@@ -313,7 +325,8 @@ def replay(prog: Program, trace: list[tuple[str, int, list[int]]]) -> dict[str, 
     ms = {"prefill": 0.0, "decode": 0.0}
     steps = 0
     for stage, bucket, taken in trace:
-        ms[stage] += costs.perf(stage, bucket, tuple(taken)).cycles / prog.arch.clock_hz * 1e3
+        key = "decode" if stage == "decode" else "prefill"  # (token pruning: pseg*, psel*)
+        ms[key] += costs.perf(stage, bucket, tuple(taken)).cycles / prog.arch.clock_hz * 1e3
         steps += stage == "decode"
     per_tok = ms["decode"] / steps if steps else 0.0
     return {
@@ -360,6 +373,9 @@ def instruction_storage(prog: Program, costs: FullCosts | None = None) -> dict[s
     cache = prog.__dict__.setdefault("_storage", {})
     if cache:
         return dict(cache)
+    if prog.prune is not None:
+        cache.update(_pruned_storage(prog, costs))
+        return dict(cache)
     C, dq, mb, mx = a.prefill_bucket, a.decode_bucket, a.mask_block, a.max_tokens
     count = (costs or FullCosts(prog, PerfModel(a))).count
     chunk = _affine_counts(lambda c: count("prefill", c), mx // C)
@@ -398,6 +414,30 @@ def instruction_storage(prog: Program, costs: FullCosts | None = None) -> dict[s
     }
     cache.update(out)
     return dict(out)
+
+
+def _pruned_storage(prog: Program, costs: FullCosts | None) -> dict[str, Any]:
+    """Instruction bytes of a token-pruning program (llmc.fpga.prune): every segment's chunk
+    streams, every top-k stream and the decode buckets (counts affine where checked)."""
+    a = prog.arch
+    count = (costs or FullCosts(prog, PerfModel(a))).count
+    n = a.max_tokens // a.prefill_bucket
+    plan = prog.prune
+    seg = {s: _affine_counts(lambda c, s=s: count(f"pseg{s}", c), n) for s in range(plan.K + 1)}
+    sel = {
+        k: _affine_counts(lambda b, k=k: count(f"psel{k}", b + 1), n) for k in range(1, plan.K + 1)
+    }
+    dq = a.decode_bucket
+    dec = _affine_counts(lambda i: count("decode", dq * (i + 1)), a.max_tokens // dq)
+    B = isa.INSTR_BYTES
+    total = sum(map(sum, seg.values())) + sum(map(sum, sel.values())) + sum(dec)
+    return {
+        "bucketed_bytes": total * B,
+        "streams_bucketed": sum(map(len, seg.values())) + sum(map(len, sel.values())) + len(dec),
+        "segment_chunk_instructions": {str(s): v for s, v in seg.items()},
+        "topk_stream_instructions": {str(k): v for k, v in sel.items()},
+        "bytes_per_instruction": B,
+    }
 
 
 def _affine_counts(count: Any, n: int) -> list[int]:

@@ -314,6 +314,7 @@ class TokenPrune(Pass):
                 "covers; llmc refuses rather than change the model silently"
             )
         _check_target(self.name, ctx.target)
+        _check_fpga(self, ctx.target)
         num = abi.num_layers
         l1, l2, floor, frac = self.plan(num)
         points = [
@@ -358,7 +359,7 @@ def _check_target(pname: str, target: str) -> None:
 
     kind = get_target(target).kind
     support = PRUNE_TARGET_KINDS
-    if kind not in support:
+    if kind not in support and kind not in FPGA_PRUNE_KINDS:
         raise PassError(
             f"pass '{pname}' cannot apply to target {target} ({kind}) yet: its backend does not "
             "lower token_scores/keep_rows/gather_rows or keep per-layer KV lengths; measure it "
@@ -368,6 +369,31 @@ def _check_target(pname: str, target: str) -> None:
 
 #: target kinds whose backends lower token pruning (grown as backends learn it)
 PRUNE_TARGET_KINDS: tuple[str, ...] = ("cpu", "cuda", "rocm")
+
+#: the FlightLLM model (llmc/fpga/prune.py): attention scores, top-k, a fixed schedule
+FPGA_PRUNE_KINDS: tuple[str, ...] = ("fpga",)
+
+
+def _check_fpga(opts: TokenPrune, target: str | None) -> None:
+    """What the FlightLLM model does not lower, refused at compile time in one line."""
+    if not target or target == "ref":
+        return
+    from llmc.backends.targets import get_target
+
+    if get_target(target).kind not in FPGA_PRUNE_KINDS:
+        return
+    if opts.adaptive:
+        raise PassError(
+            f"pass '{opts.name}': adaptive=true is not supported on {target}: its kept counts are "
+            "data-dependent, and the accelerator's streams are compiled per row count; use the "
+            "fixed schedule (keep=/average=)"
+        )
+    if opts.score == "pagerank":
+        raise PassError(
+            f"pass '{opts.name}': score=pagerank is not supported on {target}: the accelerator "
+            "scores tokens by the attention they receive (score=attention), or by the uniform / "
+            "random baselines"
+        )
 
 
 def calibrate_thetas(

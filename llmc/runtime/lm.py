@@ -446,6 +446,8 @@ def _scored_logits(
     """float32 logits predicting ``chunk[:, max(prompt, 1):]``; with ``prompt``, appends the
     prefill's kept fraction (:func:`kept_fraction`) to ``kept``."""
     b, length = chunk.shape
+    if prompt and b > 1 and getattr(lm, "max_batch", 0) == 1:  # one sequence at a time (FPGA)
+        return torch.cat([_scored_logits(lm, chunk[i : i + 1], prompt, kept) for i in range(b)])
     if prompt == 0:
         logits = lm.logits(chunk)
         if logits.shape[1] != length:

@@ -91,6 +91,8 @@ static const uint32_t SFU_LEC = 28;
 static const uint32_t SFU_SELECT = 29;
 static const uint32_t SFU_SUM = 30;
 static const uint32_t SFU_MAX = 31;
+static const uint32_t SFU_TSCORE = 32;
+static const uint32_t SFU_TOPK = 33;
 
 // SFU flags
 static const uint32_t SF_CAUSAL = 1;
@@ -99,8 +101,16 @@ static const uint32_t SF_NO_B = 4;
 static const uint32_t SF_NO_C = 8;
 static const uint32_t SF_KEYLEN = 16;
 static const uint32_t SF_ROW_A = 32;
+static const uint32_t SF_ACC = 64;
+static const uint32_t SF_SINK = 128;
 
-// LD, ST: 344 of 512 bits
+// registers (R_POS is 0; token pruning's per-segment KV lengths)
+static const uint32_t N_REGS = 16;
+static const uint32_t TOPK_SCORES = 0;
+static const uint32_t TOPK_UNIFORM = 1;
+static const uint32_t TOPK_HASH = 2;
+
+// LD, ST: 348 of 512 bits
 struct LdStFields {
   uint32_t op;  // bits [0, 4)
   uint32_t wait;  // bits [4, 8)
@@ -121,6 +131,7 @@ struct LdStFields {
   uint32_t channel;  // bits [329, 335)
   uint32_t nch;  // bits [335, 342)
   uint32_t dclass;  // bits [342, 344)
+  uint32_t preg;  // bits [344, 348)
 };
 
 // MM, MV: 475 of 512 bits
@@ -156,7 +167,7 @@ struct MmMvFields {
   uint32_t aux_hs;  // bits [447, 475)
 };
 
-// SFU: 490 of 512 bits
+// SFU: 494 of 512 bits
 struct SfuFields {
   uint32_t op;  // bits [0, 4)
   uint32_t wait;  // bits [4, 8)
@@ -181,6 +192,7 @@ struct SfuFields {
   uint32_t ival0;  // bits [442, 462)
   uint32_t ival1;  // bits [462, 482)
   uint32_t flags;  // bits [482, 490)
+  uint32_t preg;  // bits [490, 494)
 };
 
 // SYNC: 13 of 512 bits

@@ -38,6 +38,7 @@ static inline LdStFields decode_ldst(const instr_word_t& w) {
   f.channel = w.range(334, 329).to_uint();
   f.nch = w.range(341, 335).to_uint();
   f.dclass = w.range(343, 342).to_uint();
+  f.preg = w.range(347, 344).to_uint();
   return f;
 }
 
@@ -102,6 +103,7 @@ static inline SfuFields decode_sfu(const instr_word_t& w) {
   f.ival0 = w.range(461, 442).to_uint();
   f.ival1 = w.range(481, 462).to_uint();
   f.flags = w.range(489, 482).to_uint();
+  f.preg = w.range(493, 490).to_uint();
   return f;
 }
 

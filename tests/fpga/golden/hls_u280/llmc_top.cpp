@@ -72,7 +72,7 @@ ldst_outer:
 // ---- the top level ---------------------------------------------------------------------------
 
 uint32_t llmc_top(const instr_word_t* instr, uint32_t n_instr, uint32_t* hbm, uint64_t hbm_bytes,
-                uint32_t r_pos) {
+                uint32_t r_pos, const uint32_t regs_hi[N_REGS - 1]) {
 #pragma HLS INTERFACE m_axi port=instr offset=slave bundle=gmem_instr max_read_burst_length=16
 #pragma HLS INTERFACE m_axi port=hbm offset=slave bundle=gmem_hbm max_read_burst_length=256 max_write_burst_length=256 num_read_outstanding=16 num_write_outstanding=16
 #pragma HLS INTERFACE s_axilite port=instr bundle=control
@@ -80,6 +80,7 @@ uint32_t llmc_top(const instr_word_t* instr, uint32_t n_instr, uint32_t* hbm, ui
 #pragma HLS INTERFACE s_axilite port=n_instr bundle=control
 #pragma HLS INTERFACE s_axilite port=hbm_bytes bundle=control
 #pragma HLS INTERFACE s_axilite port=r_pos bundle=control
+#pragma HLS INTERFACE s_axilite port=regs_hi bundle=control
 #pragma HLS INTERFACE s_axilite port=return bundle=control
   // On-chip buffers (isa.py: IDX int32, ACT / KV float32, WGT bytes), persistent across calls.
   static int32_t idx_buf[IDX_WORDS];
@@ -91,6 +92,11 @@ uint32_t llmc_top(const instr_word_t* instr, uint32_t n_instr, uint32_t* hbm, ui
   // The chain reads a whole 16-wide block of codes / positions (WGT) or of K/V (KV) per cycle.
 #pragma HLS ARRAY_PARTITION variable=wgt_buf type=cyclic factor=16
 #pragma HLS ARRAY_PARTITION variable=kv_buf type=cyclic factor=16
+  // The register file: R_POS, then the KV lengths of a pruned model's segments (field preg).
+  uint32_t regs[N_REGS];
+  regs[0] = r_pos;
+regs_copy:
+  for (uint32_t i = 1; i < N_REGS; i++) regs[i] = regs_hi[i - 1];
 exec_loop:
   for (uint32_t pc = 0; pc < n_instr; pc++) {
     const instr_word_t w = instr[pc];
@@ -99,16 +105,22 @@ exec_loop:
     bool end = false;
     switch (op) {
       case OP_LD:
-        fault = ldst_exec(decode_ldst(w), false, hbm, hbm_bytes, r_pos, idx_buf, act_buf,
+      case OP_ST: {
+        const LdStFields f = decode_ldst(w);
+        fault = ldst_exec(f, op == OP_ST, hbm, hbm_bytes, regs[f.preg], idx_buf, act_buf,
                           wgt_buf, kv_buf);
         break;
-      case OP_ST:
-        fault = ldst_exec(decode_ldst(w), true, hbm, hbm_bytes, r_pos, idx_buf, act_buf, wgt_buf,
-                          kv_buf);
-        break;
+      }
       case OP_MM:
       case OP_MV: fault = mpe_exec(decode_mmmv(w), act_buf, wgt_buf, kv_buf); break;
-      case OP_SFU: fault = sfu_exec(decode_sfu(w), act_buf, r_pos); break;
+      case OP_SFU: {
+        const SfuFields f = decode_sfu(w);
+        if (f.func == SFU_TSCORE || f.func == SFU_TOPK)
+          fault = sfu_prune_exec(f, act_buf, idx_buf);  // token pruning (sfu.h)
+        else
+          fault = sfu_exec(f, act_buf, regs[f.preg]);
+        break;
+      }
       case OP_SYNC: end = decode_sync(w).end != 0; break;
       case OP_BR: {  // predicated forward branch: skip the body when ACT[addr] != 0 (neg: == 0)
         const BrFields br = decode_br(w);

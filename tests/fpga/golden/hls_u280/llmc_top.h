@@ -8,10 +8,12 @@
 #include "llmc_config.h"
 
 // Runs n_instr instructions of one stream (a prefill chunk or a decode bucket) on the HBM image
-// of hbm_bytes bytes, with the runtime register R_POS = r_pos. On-chip buffers keep their
-// contents between calls, as on the device. Returns 0, or (fault kind << 24) | (index + 1) of
-// the instruction that faulted (it and everything after it did not run).
+// of hbm_bytes bytes, with the runtime register R_POS = r_pos and registers 1 .. N_REGS - 1 =
+// regs_hi (token pruning: the KV length of the layers after each pruning point; zeros
+// otherwise). On-chip buffers keep their contents between calls, as on the device. Returns 0,
+// or (fault kind << 24) | (index + 1) of the instruction that faulted (it and everything after
+// it did not run).
 uint32_t llmc_top(const instr_word_t* instr, uint32_t n_instr, uint32_t* hbm, uint64_t hbm_bytes,
-                uint32_t r_pos);
+                uint32_t r_pos, const uint32_t regs_hi[N_REGS - 1]);
 
 #endif  // LLMC_TOP_H

@@ -378,4 +378,142 @@ sfu_outer:
   return 0;
 }
 
+// ---- token pruning (isa.S_TSCORE, isa.S_TOPK; funcsim.x_tscore / x_topk) ------------------
+
+// tscore: o[t] = (ACC ? o[t] : +0) + a[o, i, t] over rows (outer, inner) in order whose global
+// row c_addr + i lies in the window [r - w, r) (w = ival1, 0: [0, r)), r = IDX[ival0].
+static uint32_t sfu_tscore(const SfuFields& f, float act[ACT_WORDS], const int32_t idx[IDX_WORDS]) {
+  const int64_t no = f.n_outer ? f.n_outer : 1;
+  const int64_t ni = f.n_inner ? f.n_inner : 1;
+  const int64_t len = f.len;
+  if ((int64_t)f.ival0 >= (int64_t)IDX_WORDS) return FAULT_IDX_RANGE;
+  if (!sfu_in_act(f.a_addr, f.a_so, f.a_si, no, ni, len) || !sfu_in_act(f.o_addr, 0, 0, 1, 1, len))
+    return FAULT_ACT_RANGE;
+  const int64_t r = idx[f.ival0];
+  const int64_t w = f.ival1;
+  const int64_t lo = (w > 0 && r - w > 0) ? r - w : 0;
+  const int64_t row0 = f.c_addr;
+  if (!(f.flags & SF_ACC)) {
+  tscore_zero:
+    for (int64_t t = 0; t < len; t++) {
+#pragma HLS PIPELINE II=1
+      act[f.o_addr + t] = 0.0f;
+    }
+  }
+  // Row by row into the accumulator: per element, the same sum order as funcsim's.
+sfu_outer:
+  for (int64_t o = 0; o < no; o++) {
+  sfu_inner:
+    for (int64_t i = 0; i < ni; i++) {
+      const int64_t g = row0 + i;
+      if (g < lo || g >= r) continue;
+      const int64_t a = f.a_addr + o * f.a_so + i * f.a_si;
+    tscore_lane:
+      for (int64_t t = 0; t < len; t++) {
+#pragma HLS PIPELINE II=1
+        act[f.o_addr + t] = act[f.o_addr + t] + act[a + t];
+      }
+    }
+  }
+  return 0;
+}
+
+// score=random: llmc.ir.ops_adaptive.position_hash (two rounds of x ^= x >> 16; x *= 0x45d9f3b
+// mod 2^32, then x ^= x >> 16, of pos + seed * 2^20), x / 2^32 in double, rounded to float.
+static inline float position_hash32(int64_t pos, uint32_t seed) {
+  uint64_t x = (uint64_t)((pos + (int64_t)seed * ((int64_t)1 << 20)) & 0xFFFFFFFFLL);
+  x = x ^ (x >> 16);
+  x = (x * 0x45D9F3BULL) & 0xFFFFFFFFULL;
+  x = x ^ (x >> 16);
+  x = (x * 0x45D9F3BULL) & 0xFFFFFFFFULL;
+  x = x ^ (x >> 16);
+  return (float)((double)x / 4294967296.0);
+}
+
+// topk: keep_rows as an index list. Rows j < r = IDX[ival0]; forced: j >= r - n_outer, or
+// IDX[b_addr + j] == 0 with flag SINK; c = min(r, max(forced, IDX[ival1])) rows survive.
+// n_inner TOPK_SCORES / TOPK_HASH (top-k): key = forced ? +inf : a[j] (TOPK_HASH: the position
+// hash, seed fparam); row i comes before row j when key_i > key_j, or they are equal and i < j; the
+// first c in that order survive. n_inner TOPK_UNIFORM: the forced rows and, of the others, the
+// floor((q + 0.5) * free / need)-th for q < need = c - forced (in double). Writes the kept rows
+// ascending to IDX[o_addr ..], their positions to IDX[c_addr ..], pads both to len with the last
+// kept row, and c to IDX[ival1 + 1].
+static inline bool topk_forced(const SfuFields& f, const int32_t idx[IDX_WORDS], int64_t j,
+                               int64_t r) {
+  return j >= r - (int64_t)f.n_outer || ((f.flags & SF_SINK) && idx[f.b_addr + j] == 0);
+}
+
+static inline float topk_key(const SfuFields& f, const float act[ACT_WORDS],
+                             const int32_t idx[IDX_WORDS], int64_t j, int64_t r) {
+  if (topk_forced(f, idx, j, r)) return F_INF;
+  return f.n_inner == TOPK_HASH ? position_hash32(idx[f.b_addr + j], f.fparam)
+                                 : act[f.a_addr + j];
+}
+
+static uint32_t sfu_topk(const SfuFields& f, const float act[ACT_WORDS], int32_t idx[IDX_WORDS]) {
+  const int64_t n = f.len;
+  const int64_t W = IDX_WORDS;
+  if ((int64_t)f.ival0 >= W || (int64_t)f.ival1 + 1 >= W || (int64_t)f.b_addr + n > W ||
+      (int64_t)f.o_addr + n > W || (int64_t)f.c_addr + n > W)
+    return FAULT_IDX_RANGE;
+  if ((int64_t)f.a_addr + n > (int64_t)ACT_WORDS) return FAULT_ACT_RANGE;
+  const int64_t r = idx[f.ival0];
+  const int64_t kc = idx[f.ival1];
+  if (r < 1 || r > n) return FAULT_IDX_RANGE;
+  int64_t nf = 0;
+topk_count:
+  for (int64_t j = 0; j < r; j++) {
+#pragma HLS PIPELINE II=1
+    nf += topk_forced(f, idx, j, r);
+  }
+  int64_t c = nf > kc ? nf : kc;
+  if (c > r) c = r;
+  const bool uniform = f.n_inner == TOPK_UNIFORM;
+  const int64_t nfree = r - nf, need = c - nf;
+  int64_t m = 0, last = 0, fi = 0, q = 0;
+sfu_outer:
+  for (int64_t j = 0; j < r; j++) {
+    bool keep;
+    if (uniform) {
+      if (topk_forced(f, idx, j, r)) {
+        keep = true;
+      } else {
+        const int64_t pick =
+            q < need ? (int64_t)((((double)q + 0.5) * (double)nfree) / (double)need) : -1;
+        keep = fi == pick;
+        q += keep;
+        fi++;
+      }
+    } else {
+      const float kj = topk_key(f, act, idx, j, r);
+      int64_t rank = 0;
+    topk_rank:
+      for (int64_t i = 0; i < r; i++) {
+#pragma HLS PIPELINE II=1
+        const float ki = topk_key(f, act, idx, i, r);
+        rank += (ki > kj || (ki == kj && i < j));
+      }
+      keep = rank < c;
+    }
+    if (keep) {
+      idx[f.o_addr + m] = (int32_t)j;
+      idx[f.c_addr + m] = idx[f.b_addr + j];
+      last = j;
+      m++;
+    }
+  }
+topk_pad:
+  for (int64_t p = m; p < n; p++) {
+#pragma HLS PIPELINE II=1
+    idx[f.o_addr + p] = (int32_t)last;
+    idx[f.c_addr + p] = idx[f.b_addr + last];
+  }
+  idx[f.ival1 + 1] = (int32_t)m;
+  return 0;
+}
+
+static uint32_t sfu_prune_exec(const SfuFields& f, float act[ACT_WORDS], int32_t idx[IDX_WORDS]) {
+  return f.func == SFU_TSCORE ? sfu_tscore(f, act, idx) : sfu_topk(f, act, idx);
+}
+
 #endif  // LLMC_SFU_H

@@ -35,6 +35,7 @@ struct Dump {
 struct Step {
   size_t stream;
   uint32_t r_pos;
+  uint32_t regs_hi[N_REGS - 1] = {};  // manifest "regs": token pruning's KV length registers
   std::vector<Patch> host, expect;
   std::vector<Dump> dumps;
 };
@@ -129,6 +130,9 @@ int main(int argc, char** argv) {
       man >> st.stream >> st.r_pos;
       if (st.stream >= streams.size()) return fail_setup("step names an unknown stream");
       steps.push_back(st);
+    } else if (key == "regs") {
+      if (steps.empty()) return fail_setup("regs before the first step");
+      for (uint32_t i = 0; i + 1 < N_REGS; i++) man >> steps.back().regs_hi[i];
     } else if (key == "host" || key == "expect") {
       Patch p;
       man >> p.addr >> p.nbytes >> p.off;
@@ -153,7 +157,8 @@ int main(int argc, char** argv) {
     if (!apply(hbm, hbm_bytes, st.host, blob) || !apply(expected, hbm_bytes, st.host, blob))
       return fail_setup("a host write is out of range");
     const uint32_t status =
-        llmc_top(s.words.data(), (uint32_t)s.words.size(), hbm.data(), hbm_bytes, st.r_pos);
+        llmc_top(s.words.data(), (uint32_t)s.words.size(), hbm.data(), hbm_bytes, st.r_pos,
+               st.regs_hi);
     instrs += (long)s.words.size();
     if (!apply(expected, hbm_bytes, st.expect, blob))
       return fail_setup("an expected change is out of range");
