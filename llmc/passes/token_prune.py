@@ -314,7 +314,7 @@ class TokenPrune(Pass):
                 "covers; llmc refuses rather than change the model silently"
             )
         _check_target(self.name, ctx.target)
-        _check_fpga(self, ctx.target)
+        _check_fpga(self, ctx.target, graph)
         num = abi.num_layers
         l1, l2, floor, frac = self.plan(num)
         points = [
@@ -374,7 +374,7 @@ PRUNE_TARGET_KINDS: tuple[str, ...] = ("cpu", "cuda", "rocm")
 FPGA_PRUNE_KINDS: tuple[str, ...] = ("fpga",)
 
 
-def _check_fpga(opts: TokenPrune, target: str | None) -> None:
+def _check_fpga(opts: TokenPrune, target: str | None, graph: Graph | None = None) -> None:
     """What the FlightLLM model does not lower, refused at compile time in one line."""
     if not target or target == "ref":
         return
@@ -387,6 +387,12 @@ def _check_fpga(opts: TokenPrune, target: str | None) -> None:
             f"pass '{opts.name}': adaptive=true is not supported on {target}: its kept counts are "
             "data-dependent, and the accelerator's streams are compiled per row count; use the "
             "fixed schedule (keep=/average=)"
+        )
+    if graph is not None and "ffn_skip" in graph.meta:
+        raise PassError(
+            f"pass '{opts.name}' after ffn-skip is not supported on {target} yet: the accelerator's "
+            "segmented prefill does not carry ffn-skip's per-row masks across a pruning point; "
+            "use one of the two passes on the FPGA (both together run on cpu/cuda/rocm)"
         )
     if opts.score == "pagerank":
         raise PassError(

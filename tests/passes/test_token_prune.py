@@ -349,3 +349,17 @@ def test_adaptive_thresholds_hit_the_budget_per_prompt():
     )
     q = evaluate(InterpLM(g), eval_windows(112)[:4], batch_size=1, prompt=96)
     assert abs(q.prefill_token_fraction - 0.5) < 0.05, q.prefill_token_fraction
+
+
+def test_after_ffn_skip_the_fpga_refuses_in_one_line():
+    """Both passes together run on the TVM targets (tests/backends/test_token_prune_tvm.py); the
+    FlightLLM model's segmented prefill does not carry ffn-skip's masks: one line at compile time."""
+    from llmc.frontends import load_model
+    from llmc.passes import PipelineError
+
+    g = load_model("tiny").graph
+    with pytest.raises(PipelineError, match="after ffn-skip is not supported on u280 yet") as e:
+        build_pipeline("ffn-skip:threshold=0.9,token-prune:keep=0.5").run(
+            g, PassContext(target="u280")
+        )
+    assert "\n" not in str(e.value)
