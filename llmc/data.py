@@ -133,14 +133,21 @@ def eval_windows(
     if length < 2:
         raise ValueError(f"window length must be at least 2, got {length}")
     tokens = corpus_tokens(split, tokenizer)
-    if max_tokens is not None:
-        tokens = tokens[:max_tokens]
-    n = tokens.numel() // length
-    if n == 0:
+    out = _cut(tokens, length, max_tokens)
+    if out is None:
         raise ValueError(
             f"{split} split has {tokens.numel()} tokens: fewer than one window of {length}"
         )
-    return tokens[: n * length].view(n, length).clone()
+    return out
+
+
+def _cut(tokens: torch.Tensor, length: int, max_tokens: int | None) -> torch.Tensor | None:
+    """Non-overlapping ``[n, length]`` windows from the first ``max_tokens`` of ``tokens`` (the
+    tail dropped); None when there is not one."""
+    if max_tokens is not None:
+        tokens = tokens[:max_tokens]
+    n = tokens.numel() // length
+    return tokens[: n * length].view(n, length).clone() if n else None
 
 
 class DataFileError(LlmcError):
@@ -194,15 +201,13 @@ def text_windows(
     docs = read_documents(path)
     tok = tokenizer if tokenizer is not None else ByteTokenizer()
     tokens = torch.tensor(tok.encode(_SEPARATOR.join(docs)), dtype=torch.int64)
-    if max_tokens is not None:
-        tokens = tokens[:max_tokens]
-    n = tokens.numel() // length
-    if n == 0:
+    out = _cut(tokens, length, max_tokens)
+    if out is None:
         raise DataFileError(
-            f"{path}: {tokens.numel()} tokens, fewer than one window of {length}; give more text "
-            "or a smaller --window"
+            f"{path}: {min(tokens.numel(), max_tokens or tokens.numel())} tokens, fewer than one "
+            f"window of {length}; give more text or a smaller --window"
         )
-    return tokens[: n * length].view(n, length).clone()
+    return out
 
 
 def random_windows(
