@@ -38,6 +38,7 @@ def _hf_logits(out_dir, ids: torch.Tensor) -> torch.Tensor:
 def test_export_loads_in_transformers_with_llmc_logits(family, tmp_path) -> None:
     lm = load_model(str(_hf_dir(family, tmp_path / "src")))
     ids = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(0))
+    logits = []
     for spec in ("", COMPRESSED):
         g = lm.graph.copy()
         if spec:
@@ -53,6 +54,8 @@ def test_export_loads_in_transformers_with_llmc_logits(family, tmp_path) -> None
         want = run(g, lm_inputs(g, ids))[0]
         got = _hf_logits(out, ids)
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4, msg=f"{family} {spec!r}")
+        logits.append(got)
+    assert not torch.allclose(logits[0], logits[1], atol=1e-3)  # compression reached transformers
 
 
 def _bpe_tokenizer():
