@@ -28,8 +28,8 @@ W8A8 the activation rounding is not applied (the config says where it belongs).
 
 Supported: every family the frontend reads (:data:`llmc.frontends.families.FAMILIES`: Llama,
 Mistral, Qwen2, OPT, GPT-2, GPT-NeoX, Phi-3, Falcon, Gemma 2/3, Mixtral, Qwen2-MoE) given the
-model's Hugging Face config (``config``: the loaded ``config.json``); without one (a compiled
-artifact, a GGUF file) the config is rebuilt from the graph's metadata for the Llama family only.
+model's Hugging Face config (``config``: the loaded ``config.json``, a GGUF file's equivalent, or
+a compiled artifact's manifest ``hf_config``); without one the config is rebuilt from the graph's metadata for the Llama family only.
 Weights keep the family's module names (the frontend's parameter names are the checkpoint's);
 GPT-2's Conv1D weights, which the IR holds as ``[out, in]``, are written back as ``[in, out]``.
 Before anything is written, every tensor is checked against the ``transformers`` module that the

@@ -138,10 +138,19 @@ def test_cli_export_of_a_directory_and_of_an_artifact(capsys, tmp_path) -> None:
     art = tmp_path / "art"
     assert main(["compile", str(src), "--passes", spec, "-o", str(art)]) == 0
     capsys.readouterr()
-    rc = main(["export", str(art), "-o", str(tmp_path / "hf2")])
-    err = capsys.readouterr().err.strip()
-    # an artifact keeps no Hugging Face config: only Llama-family graphs are rebuilt from meta
-    assert rc != 0 and len(err.splitlines()) == 1 and "family 'gpt2'" in err, err
+    rc = main(["export", str(art), "--passes", "rtn:bits=8", "-o", str(tmp_path / "hf2")])
+    assert rc == 0, capsys.readouterr().err
+    # the artifact's manifest keeps the HF config: a GPT-2 config.json, the pipeline appended to
+    cfg = json.loads((tmp_path / "hf2" / "config.json").read_text())
+    assert cfg["architectures"] == ["GPT2LMHeadModel"] and cfg["n_embd"] == 64
+    comp = json.loads((tmp_path / "hf2" / "llmc_compression.json").read_text())
+    assert comp["pipeline"] == f"{spec},rtn:bits=8"
+    g = load_model(str(src)).graph
+    build_pipeline(f"{spec},rtn:bits=8").run(g, PassContext())
+    ids = torch.randint(0, VOCAB, (1, 10), generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(
+        _hf_logits(tmp_path / "hf2", ids), run(g, lm_inputs(g, ids))[0], rtol=1e-4, atol=1e-4
+    )
     tiny_art = tmp_path / "tiny-art"
     assert main(["compile", "tiny", "--passes", spec, "-o", str(tiny_art)]) == 0
     rc = main(["export", str(tiny_art), "--passes", "rtn:bits=8", "-o", str(tmp_path / "t")])
