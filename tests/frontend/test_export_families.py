@@ -157,3 +157,18 @@ def test_cli_export_of_a_directory_and_of_an_artifact(capsys, tmp_path) -> None:
     assert rc == 0
     comp = json.loads((tmp_path / "t" / "llmc_compression.json").read_text())
     assert comp["pipeline"] == f"{spec},rtn:bits=8"
+
+
+def test_export_keeps_the_loaded_dtype(tmp_path) -> None:
+    from safetensors import safe_open
+
+    lm = load_model(str(_hf_dir("qwen2", tmp_path / "src")), dtype="bf16")
+    export_hf(lm.graph, tmp_path / "out", config=lm.config)
+    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert cfg.get("dtype", cfg.get("torch_dtype")) == "bfloat16"
+    with safe_open(str(tmp_path / "out" / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype="auto")
+    assert model.dtype == torch.bfloat16
