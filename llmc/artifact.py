@@ -3,7 +3,9 @@
 ::
 
     OUT/
-      manifest.json       format, model, target, pass pipeline, versions, file hashes
+      manifest.json       format, model, target, pass pipeline, versions, file hashes, and
+                          ``hf_config``: the model's Hugging Face config when it has one
+                          (``llmc export OUT`` writes it as ``config.json``)
       graph.ir            the IR after all passes (text form)
       params.safetensors  weights in their storage format (``<param>::<field>`` keys)
       tokenizer/          the model's tokenizer files, when it has a tokenizer (manifest

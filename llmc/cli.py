@@ -477,6 +477,9 @@ def cmd_export(a: argparse.Namespace) -> int:
     if a.format != "hf":
         raise LlmcError(f"unknown export format {a.format!r} (supported: hf)")
     loaded = load(a.model, allow_pickle=a.allow_pickle)
+    if loaded.artifact is not None and not loaded.graph.pipeline:
+        # the passes an artifact was compiled with are in its manifest
+        loaded.graph.pipeline = str(loaded.artifact.manifest.get("pipeline", "") or "")
     report = run_passes(
         loaded.graph,
         a.passes,
@@ -485,7 +488,9 @@ def cmd_export(a: argparse.Namespace) -> int:
         options=_pass_options(a),
         tokenizer=loaded.tokenizer,
     )
-    info = export_hf(loaded.graph, Path(a.out), tokenizer=loaded.tokenizer)
+    info = export_hf(
+        loaded.graph, Path(a.out), tokenizer=loaded.tokenizer, config=loaded.config or None
+    )
     if a.json:
         emit_json({"out": a.out, "passes": report, **(info or {})})
     else:

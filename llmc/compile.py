@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import resource
 import shutil
 import sys
@@ -86,7 +87,15 @@ def load(spec: str, *, allow_pickle: bool = False, dtype: str | None = None) -> 
             )
         art = load_artifact(spec)
         tok = load_artifact_tokenizer(art)
-        return Loaded(art.graph, tok, art.manifest.get("model", art.graph.name), str(spec), art)
+        cfg = art.manifest.get("hf_config")
+        return Loaded(
+            art.graph,
+            tok,
+            art.manifest.get("model", art.graph.name),
+            str(spec),
+            art,
+            dict(cfg) if isinstance(cfg, dict) else {},
+        )
     from llmc.frontends import load_model
 
     m = load_model(spec, allow_pickle=allow_pickle, dtype=dtype)
@@ -319,10 +328,22 @@ def _compile_loaded(
                 "target_kind": tgt.kind,
                 "pipeline": report["pipeline"],
                 "tokenizer": tok_entry,
+                **_hf_config_entry(loaded.config),
                 **extra,
             },
         )
     return CompileResult(out, tgt, report, graph)
+
+
+def _hf_config_entry(config: dict[str, Any]) -> dict[str, Any]:
+    """The model's Hugging Face config for the manifest (``llmc export`` of the artifact writes
+    it as ``config.json``); nothing for models without one."""
+    if not config or not config.get("architectures"):
+        return {}
+    try:
+        return {"hf_config": json.loads(json.dumps(config))}
+    except (TypeError, ValueError):  # a config with values JSON cannot hold: export rebuilds one
+        return {}
 
 
 def configure_target(tgt: Target, options: dict[str, Any]) -> Target:

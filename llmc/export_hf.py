@@ -16,14 +16,28 @@ Layout written (atomically: a temporary sibling directory renamed into place)::
                                   sparsity (unstructured density or N:M), which linears quantize
                                   activations (W8A8: int8, per token, dynamic, symmetric, or a
                                   static per-tensor scale), and the pipeline that produced it
-    OUT/tokenizer.json            when the model has a tokenizer
+    OUT/tokenizer.json            when the model has a tokenizer, in the Hugging Face format
+    OUT/tokenizer_config.json     (``AutoTokenizer.from_pretrained(OUT)`` loads it): the model's own
+                                  HF tokenizer as loaded (HF directory, or rebuilt from a GGUF
+                                  file's vocabulary), or for llmc's byte tokenizer (``tiny``) a
+                                  byte-level BPE with no merges whose id ``i`` is byte ``i``
 
 What transformers runs from this directory is the dense-float equivalent of the compressed model:
 identical for pruning, weight-only quantization, SmoothQuant smoothing and structured pruning; for
 W8A8 the activation rounding is not applied (the config says where it belongs).
 
-Supported: Llama-family graphs (``llama``, ``mistral``, ``qwen2`` meta families with Llama module
-names). Example::
+Supported: every family the frontend reads (:data:`llmc.frontends.families.FAMILIES`: Llama,
+Mistral, Qwen2, OPT, GPT-2, GPT-NeoX, Phi-3, Falcon, Gemma 2/3, Mixtral, Qwen2-MoE) given the
+model's Hugging Face config (``config``: the loaded ``config.json``, a GGUF file's equivalent, or
+a compiled artifact's manifest ``hf_config``); without one the config is rebuilt from the graph's metadata for the Llama family only.
+Weights keep the family's module names (the frontend's parameter names are the checkpoint's);
+GPT-2's Conv1D weights, which the IR holds as ``[out, in]``, are written back as ``[in, out]``.
+Before anything is written, every tensor is checked against the ``transformers`` module that the
+config builds (on the meta device): a name or shape it does not have (e.g. structured pruning of
+a family whose config cannot say so) is refused in one line naming the weight.
+
+The pipeline recorded is ``pipeline`` when given, else the passes that produced the graph
+(``graph.pipeline``, appended by :class:`llmc.passes.PassManager`). Example::
 
     export_hf(graph, Path("out/tiny-2of4"), tokenizer=tok, config=loaded.config)
 """
@@ -41,6 +55,7 @@ import torch
 
 from llmc.errors import LlmcError
 from llmc.ir.graph import Graph
+from llmc.tokenizer import ByteTokenizer
 
 SCHEMA = "llmc-compression-v1"
 _LLAMA_LIKE = {
@@ -54,14 +69,27 @@ class ExportError(LlmcError):
     """The graph cannot be written as a Hugging Face directory (the message says why)."""
 
 
+def _family(graph: Graph, has_config: bool) -> Any:
+    from llmc.frontends.families import FAMILIES
+
+    family = str(graph.meta.get("family", ""))
+    if not has_config and family not in _LLAMA_LIKE:
+        raise ExportError(
+            f"export to Hugging Face without the model's config supports Llama-family graphs "
+            f"({', '.join(_LLAMA_LIKE)}); graph @{graph.name} is family {family!r} (export from "
+            "the model directory, which has its config.json)"
+        )
+    if family not in FAMILIES:
+        raise ExportError(
+            f"export to Hugging Face: family {family!r} of graph @{graph.name} is not supported "
+            f"(supported: {', '.join(FAMILIES)})"
+        )
+    return FAMILIES[family]
+
+
 def _config_from_meta(graph: Graph) -> dict[str, Any]:
     m = graph.meta
     family = str(m.get("family", ""))
-    if family not in _LLAMA_LIKE:
-        raise ExportError(
-            f"export to Hugging Face supports Llama-family graphs ({', '.join(_LLAMA_LIKE)}); "
-            f"graph @{graph.name} is family {family!r}"
-        )
     eps = next((float(n.attrs.eps) for n in graph.nodes if n.op == "rms_norm"), 1e-6)
     rope = m.get("rope") or {}
     scaling = rope.get("scaling", "none") or "none"
@@ -107,7 +135,7 @@ def export_hf(
     *,
     tokenizer: Any = None,
     config: dict[str, Any] | None = None,
-    pipeline: str = "",
+    pipeline: str | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write ``graph`` to ``out_dir`` (see the module docstring); returns a summary dict."""
@@ -122,11 +150,17 @@ def export_hf(
         raise ExportError(
             f"graph @{graph.name} has no weight data (architecture-only model): nothing to export"
         )
+    fam = _family(graph, bool(config))
     cfg = dict(config) if config else _config_from_meta(graph)
     cfg.pop("quantization_config", None)
+    if not cfg.get("architectures"):
+        cfg["architectures"] = [fam.architectures[0]]
+    if pipeline is None:
+        pipeline = graph.pipeline
+    transposed = set(graph.meta.get("transposed_params", ()))
     n_layers = int(cfg.get("num_hidden_layers", graph.meta.get("num_layers", 0)))
     prefix = str(graph.meta.get("layer_prefix", "model.layers"))
-    widths = _ffn_widths(graph, n_layers, prefix)
+    widths = _ffn_widths(graph, n_layers, prefix) if fam.name in _LLAMA_LIKE else set()
     if len(widths) > 1:
         raise ExportError(
             f"FFN widths differ between layers ({sorted(widths)}); a Hugging Face config has one "
@@ -138,8 +172,11 @@ def export_hf(
     quantized: dict[str, torch.Tensor] = {}
     weights: dict[str, Any] = {}
     for name, p in graph.params.items():
-        tensors[name] = p.value().contiguous().clone()
+        value = p.value()
+        tensors[name] = (value.t() if name in transposed else value).contiguous().clone()
         entry: dict[str, Any] = {}
+        if name in transposed:
+            entry["layout"] = "codes and scales are [out, in]: model.safetensors holds [in, out]"
         q, s = p.format.quant, p.format.sparsity
         if q is not None:
             entry["quant"] = {
@@ -170,12 +207,12 @@ def export_hf(
                 bname = f"{prefix}.{i}.mlp.{proj}.bias"
                 if w is not None and bname not in tensors:
                     tensors[bname] = torch.zeros(w.shape[0], dtype=w.dtype)
-    if cfg.get("tie_word_embeddings") and "lm_head.weight" in tensors:
-        emb = tensors.get("model.embed_tokens.weight")
-        if emb is not None and torch.equal(emb, tensors["lm_head.weight"]):
-            del tensors["lm_head.weight"]
-        else:
-            cfg["tie_word_embeddings"] = False
+    dtypes = {
+        str(t.dtype).removeprefix("torch.") for t in tensors.values() if t.is_floating_point()
+    }
+    if len(dtypes) == 1:
+        cfg["dtype" if "dtype" in cfg or "torch_dtype" not in cfg else "torch_dtype"] = dtypes.pop()
+    _match_module(graph, cfg, fam, tensors)
     activations = {}
     for n in graph.nodes:
         if n.op == "qlinear_a8":
@@ -210,7 +247,9 @@ def export_hf(
             save_file(quantized, str(tmp / "llmc_quantized.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         (tmp / "llmc_compression.json").write_text(json.dumps(compression, indent=2) + "\n")
-        if tokenizer is not None and hasattr(tokenizer, "save"):
+        if isinstance(tokenizer, ByteTokenizer):
+            tokenizer.save_hf(tmp)
+        elif tokenizer is not None and hasattr(tokenizer, "save"):
             tokenizer.save(tmp)
         if out.exists():
             shutil.rmtree(out)
@@ -224,4 +263,56 @@ def export_hf(
         "quantized_weights": sum(1 for w in weights.values() if "quant" in w),
         "sparse_weights": sum(1 for w in weights.values() if "sparsity" in w),
         "intermediate_size": cfg.get("intermediate_size"),
+        "architecture": cfg["architectures"][0],
+        "pipeline": pipeline,
     }
+
+
+def _match_module(
+    graph: Graph, cfg: dict[str, Any], fam: Any, tensors: dict[str, torch.Tensor]
+) -> None:
+    """Check ``tensors`` against the module ``cfg`` builds (meta device); drop a head that the
+    config ties to the embedding when it equals it, untie the config when it does not."""
+    from llmc.frontends.hf_dir import build_module
+
+    model = build_module(cfg, fam, f"export of @{graph.name}")
+    arch = type(model).__name__
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    emb = model.get_input_embeddings()
+    head = model.get_output_embeddings()
+    tied = emb is not None and head is not None and head.weight is emb.weight
+    names = {id(p): n for n, p in model.named_parameters()}
+    if tied:
+        emb_name = names[id(emb.weight)]
+        head_name = next(
+            n
+            for n, p in model.named_parameters(remove_duplicate=False)
+            if p is emb.weight and n != emb_name
+        )
+        if head_name in tensors:
+            if torch.equal(tensors[head_name], tensors[emb_name]):
+                del tensors[head_name]
+            else:
+                cfg["tie_word_embeddings"] = False
+                for sub in ("text_config",):
+                    if isinstance(cfg.get(sub), dict):
+                        cfg[sub]["tie_word_embeddings"] = False
+        else:
+            expected.pop(head_name, None)
+    for name, t in tensors.items():
+        if name not in expected:
+            raise ExportError(
+                f"export: weight {name!r} has no place in a {arch} with this config "
+                f"(family {fam.name})"
+            )
+        if tuple(t.shape) != expected[name]:
+            raise ExportError(
+                f"export: weight {name!r} is {list(t.shape)} but a {arch} with this config has "
+                f"{list(expected[name])} (a {fam.name} config cannot express this change)"
+            )
+    missing = sorted(set(expected) - set(tensors))
+    if missing:
+        raise ExportError(
+            f"export: graph @{graph.name} lacks {len(missing)} weight(s) of a {arch}, "
+            f"e.g. {missing[0]!r}"
+        )

@@ -113,8 +113,48 @@ class ByteTokenizer:
         path.write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
         return path
 
+    def to_hf(self) -> Any:
+        """The same tokenizer as a ``transformers`` fast tokenizer: byte-level BPE with no merges
+        whose vocabulary maps GPT-2's printable stand-in for byte ``i`` to id ``i``, so its ids
+        equal :meth:`encode`'s for every string (no special tokens, no prefix space)."""
+        from tokenizers import Tokenizer as HFTok
+        from tokenizers import decoders, models, pre_tokenizers
+        from transformers import PreTrainedTokenizerFast
+
+        chars = _byte_chars()
+        tok = HFTok(models.BPE(vocab={chars[b]: b for b in range(256)}, merges=[]))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        tok.decoder = decoders.ByteLevel()
+        return PreTrainedTokenizerFast(tokenizer_object=tok, clean_up_tokenization_spaces=False)
+
+    def save_hf(self, model_dir: str | Path) -> Path:
+        """Write ``tokenizer.json`` + ``tokenizer_config.json`` in the Hugging Face format
+        (:meth:`to_hf`), which ``AutoTokenizer.from_pretrained`` loads; return ``model_dir``."""
+        model_dir = Path(model_dir)
+        model_dir.mkdir(parents=True, exist_ok=True)
+        self.to_hf().save_pretrained(str(model_dir))
+        cfg_path = model_dir / "tokenizer_config.json"
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        # the class every transformers version (4.x and 5.x) knows for a bare tokenizer.json
+        cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+        cfg_path.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+        return model_dir
+
     def __repr__(self) -> str:
         return "ByteTokenizer(vocab_size=256)"
+
+
+def _byte_chars() -> dict[int, str]:
+    """GPT-2's byte -> printable character table (``tokenizers``' ByteLevel alphabet): printable
+    Latin-1 bytes stand for themselves, the other 68 map to U+0100 onwards in byte order."""
+    keep = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    out = {b: chr(b) for b in keep}
+    extra = 0
+    for b in range(256):
+        if b not in out:
+            out[b] = chr(256 + extra)
+            extra += 1
+    return out
 
 
 class HFTokenizer:

@@ -92,6 +92,9 @@ class Graph:
         self.outputs: list[Value] = []
         self.params: dict[str, Param] = {}
         self.meta: dict[str, Any] = {}
+        # the pass specs that produced this graph, comma-joined in order (PassManager appends;
+        # not part of the printed IR, so passes stay comparable by their printed output)
+        self.pipeline: str = ""
         self.parent: Graph | None = None  # set for regions (cond branches)
         self._names: set[str] = set()
         self._counter = itertools.count()
@@ -245,6 +248,7 @@ class Graph:
         for name, p in self.params.items():
             g.params[name] = Param(p.name, p.type, p.format, dict(p.data))
         g.meta = _deepcopy_meta(self.meta)
+        g.pipeline = self.pipeline
         return g
 
     def __repr__(self) -> str:

@@ -214,6 +214,8 @@ class PassManager:
                     )
                     raise self._error(i, names, f"left the IR invalid: {shown}")
             report.append(record)
+            # the passes that produced the graph, in order (export records it)
+            graph.pipeline = f"{graph.pipeline},{p.spec()}" if graph.pipeline else p.spec()
             for inst in self.instruments:
                 inst.after_pass(i, p, graph, ctx, record)
         for inst in self.instruments:

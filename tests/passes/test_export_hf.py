@@ -41,13 +41,14 @@ def test_round_trip_through_transformers(tiny, tmp_path, spec) -> None:
     g = tiny.graph.copy()
     ctx = PassContext(calib_samples=4, calib_seqlen=64)
     build_pipeline(spec).run(g, ctx)
-    info = export_hf(
-        g, tmp_path / "hf", tokenizer=tiny.tokenizer, config=tiny.config, pipeline=spec
-    )
+    info = export_hf(g, tmp_path / "hf", tokenizer=tiny.tokenizer, config=tiny.config)
     files = sorted(p.name for p in (tmp_path / "hf").iterdir())
     assert "model.safetensors" in files and "llmc_compression.json" in files
     comp = json.loads((tmp_path / "hf" / "llmc_compression.json").read_text())
-    assert comp["schema"] == "llmc-compression-v1" and comp["pipeline"] == spec
+    # the pipeline is the one the graph recorded as its passes ran (canonical spec strings)
+    assert comp["schema"] == "llmc-compression-v1"
+    assert comp["pipeline"] == info["pipeline"] == build_pipeline(spec).spec()
+    assert comp["pipeline"].startswith("wanda:pattern=2:4" if "wanda" in spec else "flap:")
     ids = torch.randint(0, 256, (1, 40), generator=torch.Generator().manual_seed(0))
     got = hf_logits(tmp_path / "hf", ids)
     if "w8a8" in spec:
@@ -77,3 +78,34 @@ def test_export_refuses_what_it_cannot_write(tiny, tmp_path) -> None:
     with pytest.raises(ExportError, match="supports Llama-family graphs"):
         export_hf(toy_lm(), tmp_path / "toy")
     assert not (tmp_path / "toy").exists()
+    with pytest.raises(ExportError, match="family 'toy-x' of graph .* is not supported"):
+        g = toy_lm()
+        g.meta["family"] = "toy-x"
+        export_hf(g, tmp_path / "toy", config={"architectures": ["ToyForCausalLM"]})
+
+
+TEXTS = [
+    "hello world",
+    "  leading and trailing spaces  ",
+    "naïve café, résumé — ∑ 🙂 日本語",
+    "tabs\tand\nnewlines\r\n",
+    "\x00\x01\x7f control bytes",
+    "",
+]
+
+
+def test_tiny_tokenizer_loads_in_transformers_and_encodes_as_llmc(tiny, tmp_path) -> None:
+    from transformers import AutoTokenizer
+
+    from llmc.tokenizer import ByteTokenizer, load_tokenizer
+
+    assert isinstance(tiny.tokenizer, ByteTokenizer)
+    export_hf(tiny.graph, tmp_path / "hf", tokenizer=tiny.tokenizer, config=tiny.config)
+    assert (tmp_path / "hf" / "tokenizer_config.json").is_file()
+    hf = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    again = load_tokenizer(tmp_path / "hf")  # llmc reads its own export back
+    assert len(hf) == again.vocab_size == 256
+    for s in TEXTS:
+        want = tiny.tokenizer.encode(s)
+        assert hf.encode(s, add_special_tokens=False) == want == again.encode(s), s
+        assert hf.decode(want) == s
