@@ -366,7 +366,7 @@ def export_gguf(
         "format": "gguf",
         "gguf_type": gguf_type,
         "tensors": len(tensors),
-        "tied_output": bool(skip),
+        "tied_output": head is None or bool(skip),
         "exact": exact_names,
         "requantized": requantized,
         "quantized": quantized,
