@@ -71,6 +71,10 @@ _IN_BLOCK = {
     "self_attn.k_proj.weight": "attn_k.weight",
     "self_attn.v_proj.weight": "attn_v.weight",
     "self_attn.o_proj.weight": "attn_output.weight",
+    "self_attn.q_proj.bias": "attn_q.bias",
+    "self_attn.k_proj.bias": "attn_k.bias",
+    "self_attn.v_proj.bias": "attn_v.bias",
+    "self_attn.o_proj.bias": "attn_output.bias",
     "post_attention_layernorm.weight": "ffn_norm.weight",
     "mlp.gate_proj.weight": "ffn_gate.weight",
     "mlp.up_proj.weight": "ffn_up.weight",
@@ -87,7 +91,7 @@ def _gguf_name(graph: Graph, name: str, prefix: str) -> str:
         if idx.isdigit() and sub in _IN_BLOCK:
             return f"blk.{int(idx)}.{_IN_BLOCK[sub]}"
     hint = (
-        " (a bias: GGUF's llama architecture as llmc writes it has none)"
+        " (llama.cpp's llama architecture has attention biases only)"
         if name.endswith(".bias")
         else ""
     )
@@ -312,6 +316,20 @@ def export_gguf(
             value = _permute(value, perm)
         tensors.append((gname, gguf.quants.quantize(value.contiguous().numpy(), qtype), qtype))
 
+    # llama.cpp's llama loads attention biases one by one; llmc's import (an HF Llama with
+    # attention_bias) wants all four: Qwen2's missing o_proj bias is written as zeros
+    zero_biases = []
+    if any(g.endswith(".attn_q.bias") for g in names.values()):
+        have = set(names.values())
+        rows = {"attn_q": heads * head_dim, "attn_k": kv * head_dim, "attn_v": kv * head_dim}
+        rows["attn_output"] = hidden
+        for i in range(n_layers):
+            for part, n in rows.items():
+                g = f"blk.{i}.{part}.bias"
+                if g not in have:
+                    tensors.append((g, np.zeros(n, dtype=np.float32), None))
+                    zero_biases.append(g)
+
     ftype = {
         "f32": gguf.LlamaFileType.ALL_F32,
         "f16": gguf.LlamaFileType.MOSTLY_F16,
@@ -371,6 +389,7 @@ def export_gguf(
         "requantized": requantized,
         "quantized": quantized,
         "dequantized": dequantized,
+        "zero_biases": zero_biases,
         "tokenizer": tok_note,
         "notes": notes,
         "pipeline": graph.pipeline,
