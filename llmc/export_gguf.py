@@ -121,8 +121,12 @@ def _check_model(graph: Graph, cfg: dict[str, Any]) -> None:
             "(llmc's GGUF import reads unscaled rope only)"
         )
     ctx = int(m.get("max_position_embeddings", cfg.get("max_position_embeddings", 2048)))
-    window = cfg.get("sliding_window")
-    if cfg.get("use_sliding_window", True) and window and int(window) < ctx:
+    from llmc.ir.ops import AttentionAttrs
+
+    # the window the graph's attention applies (the frontend turns the config's into attributes)
+    windows = [n.attrs.window for n in graph.nodes if isinstance(n.attrs, AttentionAttrs)]
+    window = max(windows, default=0)
+    if window and int(window) < ctx:
         raise ExportError(
             f"export to GGUF: @{graph.name} attends through a sliding window of {window} < its "
             f"context {ctx}; a llama GGUF has no sliding window"

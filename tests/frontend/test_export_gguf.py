@@ -256,6 +256,16 @@ def test_cli_export_gguf(tmp_path) -> None:
     assert r.returncode == 0, r.stderr
     assert "Q8_0: 28 weight(s) keep llmc's codes" in r.stdout
     assert gguf.GGUFReader(str(out)).fields["general.architecture"].contents() == "llama"
+    # from a compiled artifact: its codes, as compiled
+    art = tmp_path / "art"
+    spec = ["--passes", "rtn:bits=4:group=32"]
+    base = [sys.executable, "-m", "llmc.cli"]
+    run_ = dict(capture_output=True, text=True, env=env, cwd=tmp_path)
+    r = subprocess.run([*base, "compile", "tiny", "--target", "ref", *spec, "-o", str(art)], **run_)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([*base, "export", str(art), "--format", "gguf", "--gguf-type", "q4_0",
+                        "--gguf-exact", "-o", str(tmp_path / "a.gguf")], **run_)  # fmt: skip
+    assert r.returncode == 0 and "Q4_0: 28 weight(s) keep llmc's codes" in r.stdout, r.stderr
     r = subprocess.run(
         [*cmd, "--gguf-type", "q3", "-o", str(tmp_path / "b.gguf")],
         capture_output=True,
