@@ -13,8 +13,10 @@ What is written (atomically: a temporary sibling file renamed into place):
   ``output`` omitted when the head is tied to the embedding), with ``attn_q``/``attn_k`` rows
   permuted as ``convert_hf_to_gguf.py``'s ``permute`` does (llmc's import undoes it);
 - the tokenizer as ``tokenizer.ggml.*`` when llama.cpp can represent it: llmc's byte tokenizer
-  (``tiny``) becomes a ``gpt2`` byte-level BPE with no merges whose token ``i`` is byte ``i``.
-  Other tokenizers are not written yet (the summary's ``tokenizer`` says so in one line).
+  (``tiny``) becomes a ``gpt2`` byte-level BPE with no merges whose token ``i`` is byte ``i``; a
+  Hugging Face byte-level BPE a ``gpt2`` vocabulary with its merges and the ``tokenizer.ggml.pre``
+  whose regexes it uses. Other tokenizers are not written (the summary's ``tokenizer`` says why
+  in one line).
 
 ``gguf_type`` (:data:`GGUF_TYPES`) is the type of every 2-D weight; 1-D norms stay F32 as in
 llama.cpp. For ``q8_0``/``q4_0`` a weight that llmc's RTN (or GPTQ, W8A8) quantized maps onto the
@@ -182,9 +184,75 @@ def _write_tokenizer(w: Any, tokenizer: Any, vocab: int) -> str:
             gguf.Keys.Tokenizer.MERGES, [], gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.STRING
         )
         return "gpt2 byte-level BPE, no merges (token i = byte i)"
+    meta = _byte_level_bpe(tokenizer, vocab)
+    if isinstance(meta, str):
+        return meta
+    tokens, types, merges, pre = meta
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_key_value(
+        gguf.Keys.Tokenizer.MERGES, merges, gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.STRING
+    )
+    return f"gpt2 byte-level BPE, {len(merges)} merges, pre {pre!r}"
+
+
+def _byte_level_bpe(tokenizer: Any, vocab: int) -> tuple[list, list, list, str] | str:
+    """A Hugging Face byte-level BPE (an HF directory's, or a GGUF ``gpt2`` vocabulary as llmc
+    rebuilt it) as GGUF ``gpt2`` metadata: tokens, token types, merges and the
+    ``tokenizer.ggml.pre`` whose regexes (:data:`PRE_TOKENIZERS`) are the tokenizer's; a
+    one-line reason when llama.cpp cannot represent it this way."""
+    import json
+
+    from llmc.frontends.gguf_tokenizer import _GPT2_SPLIT, PRE_TOKENIZERS
+
+    name = type(tokenizer).__name__
+    backend = getattr(getattr(tokenizer, "hf", None), "backend_tokenizer", None)
+    if backend is None:
+        return f"not written: a {name} has no Hugging Face fast tokenizer to convert"
+    data = json.loads(backend.to_str())
+    model = data.get("model") or {}
+    if model.get("type") != "BPE" or data.get("normalizer"):
+        return (
+            f"not written: only byte-level BPE tokenizers (no normalizer) are exported to GGUF; "
+            f"this one is {model.get('type')} with normalizer "
+            f"{(data.get('normalizer') or {}).get('type')}"
+        )
+    pre = data.get("pre_tokenizer") or {}
+    items = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    if not items or items[-1].get("type") != "ByteLevel":
+        return "not written: the BPE's pre-tokenizer does not end in ByteLevel (not byte-level)"
+    splits: list[str] = []
+    for item in items[:-1]:
+        if item.get("type") == "Split" and "Regex" in (item.get("pattern") or {}):
+            splits.append(item["pattern"]["Regex"])
+        elif item.get("type") == "Digits" and item.get("individual_digits"):
+            splits.append(r"\p{N}")
+        else:
+            return f"not written: pre-tokenizer step {item.get('type')} has no llama.cpp 'pre'"
+    if items[-1].get("use_regex", True):
+        splits.append(_GPT2_SPLIT)
+    ignore = bool(model.get("ignore_merges"))
+    pre_name = next(
+        (k for k, (r, ig) in PRE_TOKENIZERS.items() if k and r == tuple(splits) and ig == ignore),
+        None,
+    )
+    if pre_name is None:
+        return "not written: the pre-tokenizer's regexes match no tokenizer.ggml.pre llmc knows"
+    by_id: dict[int, str] = {int(i): t for t, i in model["vocab"].items()}
+    types = {}
+    for t in data.get("added_tokens") or []:
+        by_id[int(t["id"])] = t["content"]
+        types[int(t["id"])] = 3 if t.get("special") else 4
+    if sorted(by_id) != list(range(vocab)):
+        return f"not written: the tokenizer's ids are not 0..{vocab - 1} (the model's vocabulary)"
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
     return (
-        f"not written: exporting a {type(tokenizer).__name__} as tokenizer.ggml.* is not "
-        "supported yet (only llmc's byte tokenizer)"
+        [by_id[i] for i in range(vocab)],
+        [types.get(i, 1) for i in range(vocab)],
+        merges,
+        pre_name,
     )
 
 
@@ -366,7 +434,9 @@ def export_gguf(
             ("bos_token_id", w.add_bos_token_id),
             ("eos_token_id", w.add_eos_token_id),
         ):
-            v = cfg.get(key)
+            v = getattr(tokenizer, key.replace("_token", ""), None)  # the tokenizer's first
+            if v is None:
+                v = cfg.get(key)
             if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < vocab:
                 add(v)
         tok_note = _write_tokenizer(w, tokenizer, vocab)

@@ -297,3 +297,63 @@ def test_cli_rejects_gguf_options_for_hf(tmp_path, capsys) -> None:
     err = capsys.readouterr().err.strip()
     assert "--gguf-type and --gguf-exact apply to --format gguf only" in err
     assert "\n" not in err and not (tmp_path / "o").exists()
+
+
+TEXTS = ["Hello world, hello there! Numbers 123 4567", "don't they're", "café naïve 🙂", ""]
+
+
+@pytest.mark.parametrize("digits", [False, True])  # GPT-2's regex; SmolLM's split digits first
+def test_byte_level_bpe_tokenizer_round_trips(tmp_path, digits) -> None:
+    """An HF directory's byte-level BPE -> tokenizer.ggml.* (gpt2, merges, pre) -> llmc's GGUF
+    import encodes as the original; and again from that GGUF (llmc's rebuilt tokenizer)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    vocab = 320
+    orig = Tokenizer(models.BPE())
+    bl = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    orig.pre_tokenizer = (
+        pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), bl])
+        if digits
+        else bl
+    )
+    orig.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    orig.train_from_iterator(TEXTS * 50 + ["the quick brown fox jumps over"] * 50, trainer)
+    vocab = orig.get_vocab_size()  # what the small corpus gives (about 320)
+    torch.manual_seed(0)
+    d = tmp_path / "hf"
+    T.LlamaForCausalLM(T.LlamaConfig(**{**RMS, "vocab_size": vocab})).save_pretrained(d)
+    T.PreTrainedTokenizerFast(tokenizer_object=orig, eos_token="<|endoftext|>").save_pretrained(d)
+    lm = load_model(str(d))
+    first = tmp_path / "a.gguf"
+    info = export_gguf(lm.graph, first, tokenizer=lm.tokenizer, config=lm.config)
+    pre = "smollm" if digits else "gpt-2"
+    assert info["tokenizer"].startswith("gpt2 byte-level BPE") and repr(pre) in info["tokenizer"]
+    meta = {k: f.contents() for k, f in gguf.GGUFReader(str(first)).fields.items()}
+    assert meta["tokenizer.ggml.pre"] == pre and meta["tokenizer.ggml.eos_token_id"] == 0
+    assert meta["tokenizer.ggml.token_type"][0] == 3  # <|endoftext|>: control
+    back = load_model(str(first))
+    second = tmp_path / "b.gguf"
+    export_gguf(back.graph, second, tokenizer=back.tokenizer, config=back.config)
+    again = load_model(str(second))
+    for text in TEXTS:
+        want = orig.encode(text).ids
+        assert back.tokenizer.encode(text) == want == again.tokenizer.encode(text), text
+
+
+def test_tokenizer_llama_cpp_cannot_hold_is_reported(tiny, tmp_path) -> None:
+    from tokenizers import Tokenizer, models, normalizers
+
+    from llmc.tokenizer import HFTokenizer
+
+    tk = Tokenizer(models.WordLevel({f"w{i}": i for i in range(256)}, unk_token="w0"))
+    tk.normalizer = normalizers.Lowercase()
+    tok = HFTokenizer(T.PreTrainedTokenizerFast(tokenizer_object=tk))
+    info = export_gguf(tiny.graph, tmp_path / "w.gguf", gguf_type="f32", tokenizer=tok)
+    assert info["tokenizer"].startswith("not written: only byte-level BPE")
+    assert "tokenizer.ggml.model" not in gguf.GGUFReader(str(tmp_path / "w.gguf")).fields
+    assert load_model(str(tmp_path / "w.gguf")).tokenizer is None
