@@ -3,6 +3,11 @@ many weights keep llmc's codes, and max |logits| of llmc's re-import of the file
 interpreter on the exported graph (the numbers in docs/passes.md, "Export").
 
     PYTHONPATH=. python tools/measure_export_gguf.py
+    PYTHONPATH=. python tools/measure_export_gguf.py --real   # SmolLM2-135M Q4_1 (fetched once)
+
+``--real``: the GGUF of ``tools/fetch_real_model.py`` loaded by llmc, exported as f16/q8_0/q4_0
+and loaded back: file size, max |logits| against the loaded model, top-1 agreement on a prompt,
+and whether the re-imported tokenizer encodes as the original.
 """
 
 from __future__ import annotations
@@ -77,5 +82,41 @@ def main() -> None:
             )
 
 
+def real() -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import fetch_real_model
+
+    src = fetch_real_model.model_path()
+    if src is None:
+        raise SystemExit("run python tools/fetch_real_model.py first")
+    lm = load_model(str(src))
+    texts = ["The capital of France is Paris, and the capital of Italy is", "naïve café 🙂 123"]
+    ids = torch.tensor([lm.tokenizer.encode(texts[0])])
+    a = run(lm.graph, lm_inputs(lm.graph, ids))[0]
+    print(f"source {src.name}: {src.stat().st_size} bytes, {ids.shape[1]} prompt tokens")
+    print("| --gguf-type | bytes | tensors | max abs logit diff | top-1 agree | tokenizer |")
+    print("|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for gtype in ("f16", "q8_0", "q4_0"):
+            out = Path(tmp) / f"{gtype}.gguf"
+            info = export_gguf(
+                lm.graph, out, gguf_type=gtype, tokenizer=lm.tokenizer, config=lm.config
+            )
+            back = load_model(str(out))
+            b = run(back.graph, lm_inputs(back.graph, ids))[0]
+            agree = float((a.argmax(-1) == b.argmax(-1)).float().mean())
+            same = all(back.tokenizer.encode(t) == lm.tokenizer.encode(t) for t in texts)
+            print(
+                f"| {gtype} | {out.stat().st_size} | {info['tensors']} | "
+                f"{float((a - b).abs().max()):.3f} | {agree:.3f} | "
+                f"{'same ids' if same else 'DIFFERENT'} ({info['tokenizer']}) |",
+                flush=True,
+            )
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    real() if "--real" in sys.argv else main()
