@@ -26,14 +26,17 @@ the block (Q8_0: int8; Q4_0: -8..7, so 4-bit or fewer). The only change is the s
 stores as float16: the exported values are ``code * float16(scale)``. Any other weight is
 dequantized and requantized by ``gguf.quants`` (listed in the summary's ``requantized``, with
 the reason; float weights such as the embedding and head are quantized as llama.cpp does and
-listed in ``quantized``); with
-``exact=True`` (CLI ``--gguf-exact``) a quantized weight that does not map is refused in one line
-instead. ``f32``/``f16`` write the dequantized values (``f16`` rounds them).
+listed in ``quantized``); with ``exact=True`` (CLI ``--gguf-exact``) a quantized weight that does
+not map is refused in one line instead. ``f32``/``f16`` write the dequantized values (``f16`` rounds them).
 
-Refused in one line, before anything is written: families other than Llama/Mistral/Qwen2, rope
-scaling, a sliding window shorter than the context, biases (Qwen2's q/k/v biases: llmc's GGUF
-import and llama.cpp's ``llama`` architecture as llmc writes it have none), FFN widths that differ
-between layers, and q-type rows that are not whole blocks of 32.
+Attention biases (Qwen2's q/k/v) are written as llama.cpp's optional ``blk.N.attn_q.bias`` ...
+(F32; q/k permuted like their rows), a missing one (Qwen2's ``o_proj``) as zeros, so that all four
+are there (llmc's import builds an HF Llama with ``attention_bias``, which has all four).
+
+Refused in one line, before anything is written: an unknown ``gguf_type``, families other than
+Llama/Mistral/Qwen2, rope scaling, a sliding window shorter than the context, other biases (FFN
+biases from FLAP's compensation), FFN widths that differ between layers, q-type rows that are not
+whole blocks of 32, and an existing output file (unless ``overwrite``).
 
 Example::
 
@@ -52,6 +55,7 @@ import torch
 
 from llmc.export_hf import ExportError
 from llmc.ir.graph import Graph
+from llmc.ir.ops import AttentionAttrs
 from llmc.tokenizer import ByteTokenizer
 
 __all__ = ["GGUF_TYPES", "export_gguf"]
@@ -123,8 +127,6 @@ def _check_model(graph: Graph, cfg: dict[str, Any]) -> None:
             "(llmc's GGUF import reads unscaled rope only)"
         )
     ctx = int(m.get("max_position_embeddings", cfg.get("max_position_embeddings", 2048)))
-    from llmc.ir.ops import AttentionAttrs
-
     # the window the graph's attention applies (the frontend turns the config's into attributes)
     windows = [n.attrs.window for n in graph.nodes if isinstance(n.attrs, AttentionAttrs)]
     window = max(windows, default=0)
