@@ -16,7 +16,8 @@ What is written (atomically: a temporary sibling file renamed into place):
   (``tiny``) becomes a ``gpt2`` byte-level BPE with no merges whose token ``i`` is byte ``i``; a
   Hugging Face byte-level BPE a ``gpt2`` vocabulary with its merges and the ``tokenizer.ggml.pre``
   whose regexes it uses. Other tokenizers are not written (the summary's ``tokenizer`` says why
-  in one line).
+  in one line) and the file says ``tokenizer.ggml.model = no_vocab`` (llama.cpp loads no file
+  without that key; it then takes token ids only).
 
 ``gguf_type`` (:data:`GGUF_TYPES`) is the type of every 2-D weight; 1-D norms stay F32 as in
 llama.cpp. For ``q8_0``/``q4_0`` a weight that llmc's RTN (or GPTQ, W8A8) quantized maps onto the
@@ -442,6 +443,8 @@ def export_gguf(
             if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < vocab:
                 add(v)
         tok_note = _write_tokenizer(w, tokenizer, vocab)
+        if not tok_note.startswith("gpt2"):  # llama.cpp loads no file without the key
+            w.add_tokenizer_model("no_vocab")
         for gname, arr, qtype in tensors:
             w.add_tensor(gname, arr, raw_dtype=qtype)
         w.write_header_to_file()

@@ -464,7 +464,8 @@ def load_gguf(
     model = build_module(cfg, ARCHITECTURES["LlamaForCausalLM"], where)  # meta: no memory
     expected, aliases = _expected(model)
     rename = check_tensors(f, cfg, expected)
-    tok = tokenizer_from_gguf(f) if f.field("tokenizer.ggml.model") is not None else None
+    kind = f.field("tokenizer.ggml.model")  # llama.cpp's "no_vocab": a file without a tokenizer
+    tok = tokenizer_from_gguf(f) if kind not in (None, "no_vocab", "none") else None
     target = parse_dtype(dtype, "--dtype") or "f32"
     weights = gguf_state_dict(f, cfg, rename, to_torch_dtype(target))
     cfg["dtype"] = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}.get(target, target)
