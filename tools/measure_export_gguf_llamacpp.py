@@ -56,6 +56,14 @@ def main() -> None:
             same = llm.tokenize(text.encode(), add_bos=False, special=False) == list(text.encode())
             name = f"tiny {gtype}" + (f" after `{spec}`" if spec else "")
             print(f"| {name} | {compare(out, ids)} | {'= llmc' if same else 'DIFFERENT'} |")
+        # Qwen2 (q/k/v biases) written as llama + attn_*.bias, no tokenizer (no_vocab)
+        from tests.frontend.hf_models import make
+
+        make("qwen2").save_pretrained(Path(tmp) / "qwen2")
+        q = load_model(str(Path(tmp) / "qwen2"))
+        out = Path(tmp) / "qwen2.gguf"
+        export_gguf(q.graph, out, gguf_type="f32", config=q.config)
+        print(f"| random Qwen2 (hf_models) f32 | {compare(out, list(range(3, 40)))} | none |")
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         import fetch_real_model
 
