@@ -474,8 +474,17 @@ def cmd_export(a: argparse.Namespace) -> int:
     from llmc.compile import load, run_passes
     from llmc.export_hf import export_hf
 
-    if a.format != "hf":
-        raise LlmcError(f"unknown export format {a.format!r} (supported: hf)")
+    if a.format not in ("hf", "gguf"):
+        raise LlmcError(f"unknown export format {a.format!r} (supported: hf, gguf)")
+    if a.format != "gguf" and (a.gguf_type is not None or a.gguf_exact):
+        raise LlmcError("--gguf-type and --gguf-exact apply to --format gguf only")
+    if a.format == "gguf":
+        from llmc.export_gguf import GGUF_TYPES
+
+        if (a.gguf_type or "f16") not in GGUF_TYPES:  # before loading the model
+            raise LlmcError(
+                f"--gguf-type {a.gguf_type!r} is not supported (supported: {', '.join(GGUF_TYPES)})"
+            )
     loaded = load(a.model, allow_pickle=a.allow_pickle)
     if loaded.artifact is not None and not loaded.graph.pipeline:
         # the passes an artifact was compiled with are in its manifest
@@ -488,13 +497,37 @@ def cmd_export(a: argparse.Namespace) -> int:
         options=_pass_options(a),
         tokenizer=loaded.tokenizer,
     )
-    info = export_hf(
-        loaded.graph, Path(a.out), tokenizer=loaded.tokenizer, config=loaded.config or None
-    )
+    if a.format == "gguf":
+        from llmc.export_gguf import export_gguf
+
+        info = export_gguf(
+            loaded.graph,
+            Path(a.out),
+            gguf_type=a.gguf_type or "f16",
+            tokenizer=loaded.tokenizer,
+            config=loaded.config or None,
+            exact=a.gguf_exact,
+        )
+    else:
+        info = export_hf(
+            loaded.graph, Path(a.out), tokenizer=loaded.tokenizer, config=loaded.config or None
+        )
     if a.json:
         emit_json({"out": a.out, "passes": report, **(info or {})})
     else:
         print(f"exported {loaded.name} to {a.out}")
+        if a.format == "gguf":
+            t = info["gguf_type"].upper()
+            print(
+                f"  {t}: {len(info['exact'])} weight(s) keep llmc's codes (scales as float16), "
+                f"{len(info['requantized'])} requantized, {len(info['quantized'])} float "
+                f"weight(s) quantized, {len(info['dequantized'])} dequantized"
+            )
+            for name, why in info["requantized"].items():
+                print(f"  requantized {name}: {why}")
+            print(f"  tokenizer: {info['tokenizer']}")
+            for note in info["notes"]:
+                print(f"  note: {note}")
     return 0
 
 
@@ -714,10 +747,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pass_args(p)
     p.set_defaults(func=cmd_simulate)
 
-    p = add("export", "export a (compressed) model as a Hugging Face directory")
+    p = add("export", "export a (compressed) model as a Hugging Face directory or a GGUF file")
     p.add_argument("model", metavar="MODEL|OUT")
-    p.add_argument("--format", default="hf")
+    p.add_argument("--format", default="hf", help="hf (a directory) or gguf (one file)")
     p.add_argument("-o", "--out", required=True)
+    p.add_argument(
+        "--gguf-type",
+        default=None,
+        metavar="T",
+        help="gguf: f32, f16 (default), q8_0 or q4_0 for every 2-D weight",
+    )
+    p.add_argument(
+        "--gguf-exact",
+        action="store_true",
+        help="gguf: refuse a quantized weight whose codes do not map onto the GGUF blocks",
+    )
     p.add_argument("--allow-pickle", action="store_true")
     _add_pass_args(p)
     p.set_defaults(func=cmd_export)

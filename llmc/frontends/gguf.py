@@ -10,7 +10,9 @@ package's memory-mapped reader, and checked before any weight is dequantized:
   and the k-quants Q2_K..Q6_K),
   rows that are whole quantization blocks, and data that lies inside the file;
 - the tensors must be exactly those of ``llama.block_count`` Llama blocks, each with the shape the
-  metadata implies (``output.weight`` may be absent: the head is then tied to ``token_embd``).
+  metadata implies (``output.weight`` may be absent: the head is then tied to ``token_embd``;
+  ``attn_q/attn_k/attn_v/attn_output.bias`` all four or none, as ``llmc export --format gguf``
+  writes Qwen2).
 
 Each failure is one :class:`~llmc.errors.ModelLoadError` line naming the file and the field or
 tensor. The weights are then dequantized to float, llama.cpp's row permutation of ``attn_q`` and
@@ -59,6 +61,12 @@ _BLOCK = {
     "attn_k.weight": "self_attn.k_proj.weight",
     "attn_v.weight": "self_attn.v_proj.weight",
     "attn_output.weight": "self_attn.o_proj.weight",
+    # optional attention biases (llama.cpp's llama architecture loads bq/bk/bv/bo when present;
+    # Qwen2 exported as llama): all four or none, q/k permuted like their weights
+    "attn_q.bias": "self_attn.q_proj.bias",
+    "attn_k.bias": "self_attn.k_proj.bias",
+    "attn_v.bias": "self_attn.v_proj.bias",
+    "attn_output.bias": "self_attn.o_proj.bias",
     "ffn_norm.weight": "post_attention_layernorm.weight",
     "ffn_gate.weight": "mlp.gate_proj.weight",
     "ffn_up.weight": "mlp.up_proj.weight",
@@ -326,7 +334,7 @@ def gguf_config(f: GGUFFile) -> dict[str, Any]:
             "rope_type": "default",
         },
         "hidden_act": "silu",
-        "attention_bias": False,
+        "attention_bias": "blk.0.attn_q.bias" in f.tensors,
         "mlp_bias": False,
         "tie_word_embeddings": "output.weight" not in f.tensors,
         "dtype": "float32",
@@ -456,7 +464,8 @@ def load_gguf(
     model = build_module(cfg, ARCHITECTURES["LlamaForCausalLM"], where)  # meta: no memory
     expected, aliases = _expected(model)
     rename = check_tensors(f, cfg, expected)
-    tok = tokenizer_from_gguf(f) if f.field("tokenizer.ggml.model") is not None else None
+    kind = f.field("tokenizer.ggml.model")  # llama.cpp's "no_vocab": a file without a tokenizer
+    tok = tokenizer_from_gguf(f) if kind not in (None, "no_vocab", "none") else None
     target = parse_dtype(dtype, "--dtype") or "f32"
     weights = gguf_state_dict(f, cfg, rename, to_torch_dtype(target))
     cfg["dtype"] = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}.get(target, target)
