@@ -48,6 +48,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -129,23 +131,70 @@ def _ffn_widths(graph: Graph, n_layers: int, prefix: str) -> set[int]:
     return out
 
 
-def export_hf(
-    graph: Graph,
-    out_dir: Path | str,
-    *,
-    tokenizer: Any = None,
-    config: dict[str, Any] | None = None,
-    pipeline: str | None = None,
-    overwrite: bool = False,
-) -> dict[str, Any]:
-    """Write ``graph`` to ``out_dir`` (see the module docstring); returns a summary dict."""
-    from safetensors.torch import save_file
+@dataclass
+class HFTensors:
+    """What a Hugging Face directory holds, before anything is written: the config, every tensor
+    by checkpoint name (dense, in the model's dtype), the integer form of quantized weights, and
+    per weight its quantization/sparsity (``weights``) and W8A8 activation scheme
+    (``activations``). :func:`export_hf` writes it as is; other exports (compressed-tensors)
+    replace quantized tensors by their own encoding."""
 
-    out = Path(out_dir)
+    cfg: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+    quantized: dict[str, torch.Tensor]
+    weights: dict[str, Any]
+    activations: dict[str, Any]
+    pipeline: str
+    transposed: set[str]
+
+    def compression(self, notes: str) -> dict[str, Any]:
+        """The ``llmc_compression.json`` record (schema ``llmc-compression-v1``)."""
+        return {
+            "schema": SCHEMA,
+            "producer": "llmc",
+            "pipeline": self.pipeline,
+            "weights": self.weights,
+            "input_activations": self.activations,
+            "notes": notes,
+        }
+
+
+def check_out_dir(out: Path, overwrite: bool) -> None:
+    """Refuse an ``out`` that exists and is not an empty directory (unless ``overwrite``)."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise ExportError(
             f"{out}: exists and is not an empty directory; remove it or choose another"
         )
+
+
+def write_dir(out: Path, fill: Callable[[Path], None]) -> None:
+    """Atomically create directory ``out``: ``fill`` writes into a temporary sibling that is
+    renamed into place; nothing is left behind when it raises."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        fill(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_tokenizer_hf(tokenizer: Any, tmp: Path) -> None:
+    """Write the tokenizer files ``AutoTokenizer.from_pretrained`` loads (see the module doc)."""
+    if isinstance(tokenizer, ByteTokenizer):
+        tokenizer.save_hf(tmp)
+    elif tokenizer is not None and hasattr(tokenizer, "save"):
+        tokenizer.save(tmp)
+
+
+def collect_hf(
+    graph: Graph, config: dict[str, Any] | None = None, pipeline: str | None = None
+) -> HFTensors:
+    """The config and tensors of ``graph`` as a Hugging Face checkpoint, checked against the
+    ``transformers`` module the config builds (see the module docstring)."""
     if any(p.is_meta for p in graph.params.values()):
         raise ExportError(
             f"graph @{graph.name} has no weight data (architecture-only model): nothing to export"
@@ -227,44 +276,50 @@ def export_hf(
                 if n.attrs.act_scale > 0
                 else {"bits": 8, "symmetric": True, "granularity": "per-token", "dynamic": True}
             )
-    compression = {
-        "schema": SCHEMA,
-        "producer": "llmc",
-        "pipeline": pipeline,
-        "weights": weights,
-        "input_activations": activations,
-        "notes": (
-            "model.safetensors holds dense (dequantized, pruned) weights that transformers loads "
-            "as is; llmc_quantized.safetensors holds the integer codes. input_activations lists "
-            "the linears whose inputs a W8A8 runtime quantizes (not applied by transformers)."
-        ),
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        if quantized:
-            save_file(quantized, str(tmp / "llmc_quantized.safetensors"), metadata={"format": "pt"})
+    return HFTensors(cfg, tensors, quantized, weights, activations, pipeline, transposed)
+
+
+def export_hf(
+    graph: Graph,
+    out_dir: Path | str,
+    *,
+    tokenizer: Any = None,
+    config: dict[str, Any] | None = None,
+    pipeline: str | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write ``graph`` to ``out_dir`` (see the module docstring); returns a summary dict."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    check_out_dir(out, overwrite)
+    hf = collect_hf(graph, config, pipeline)
+    cfg, weights = hf.cfg, hf.weights
+    compression = hf.compression(
+        "model.safetensors holds dense (dequantized, pruned) weights that transformers loads "
+        "as is; llmc_quantized.safetensors holds the integer codes. input_activations lists "
+        "the linears whose inputs a W8A8 runtime quantizes (not applied by transformers)."
+    )
+
+    def fill(tmp: Path) -> None:
+        save_file(hf.tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if hf.quantized:
+            save_file(
+                hf.quantized, str(tmp / "llmc_quantized.safetensors"), metadata={"format": "pt"}
+            )
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         (tmp / "llmc_compression.json").write_text(json.dumps(compression, indent=2) + "\n")
-        if isinstance(tokenizer, ByteTokenizer):
-            tokenizer.save_hf(tmp)
-        elif tokenizer is not None and hasattr(tokenizer, "save"):
-            tokenizer.save(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        save_tokenizer_hf(tokenizer, tmp)
+
+    write_dir(out, fill)
     return {
         "out": str(out),
-        "tensors": len(tensors),
+        "tensors": len(hf.tensors),
         "quantized_weights": sum(1 for w in weights.values() if "quant" in w),
         "sparse_weights": sum(1 for w in weights.values() if "sparsity" in w),
         "intermediate_size": cfg.get("intermediate_size"),
         "architecture": cfg["architectures"][0],
-        "pipeline": pipeline,
+        "pipeline": hf.pipeline,
     }
 
 
