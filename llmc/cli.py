@@ -470,12 +470,17 @@ def cmd_simulate(a: argparse.Namespace) -> int:
     return simulate_command(a)
 
 
+EXPORT_FORMATS = ("hf", "compressed-tensors", "gguf")
+
+
 def cmd_export(a: argparse.Namespace) -> int:
     from llmc.compile import load, run_passes
     from llmc.export_hf import export_hf
 
-    if a.format not in ("hf", "gguf"):
-        raise LlmcError(f"unknown export format {a.format!r} (supported: hf, gguf)")
+    if a.format not in EXPORT_FORMATS:
+        raise LlmcError(
+            f"unknown export format {a.format!r} (supported: {', '.join(EXPORT_FORMATS)})"
+        )
     if a.format != "gguf" and (a.gguf_type is not None or a.gguf_exact):
         raise LlmcError("--gguf-type and --gguf-exact apply to --format gguf only")
     if a.format == "gguf":
@@ -485,10 +490,19 @@ def cmd_export(a: argparse.Namespace) -> int:
             raise LlmcError(
                 f"--gguf-type {a.gguf_type!r} is not supported (supported: {', '.join(GGUF_TYPES)})"
             )
+    if a.format == "compressed-tensors":
+        from llmc.export_ct import require_library
+
+        require_library()  # before loading the model
     loaded = load(a.model, allow_pickle=a.allow_pickle)
     if loaded.artifact is not None and not loaded.graph.pipeline:
         # the passes an artifact was compiled with are in its manifest
         loaded.graph.pipeline = str(loaded.artifact.manifest.get("pipeline", "") or "")
+    if a.format == "compressed-tensors":
+        from llmc.export_ct import refuse_unrepresentable
+
+        # before running passes that the checkpoint could not hold
+        refuse_unrepresentable(loaded.graph, f"{loaded.graph.pipeline},{a.passes or ''}")
     report = run_passes(
         loaded.graph,
         a.passes,
@@ -507,6 +521,12 @@ def cmd_export(a: argparse.Namespace) -> int:
             tokenizer=loaded.tokenizer,
             config=loaded.config or None,
             exact=a.gguf_exact,
+        )
+    elif a.format == "compressed-tensors":
+        from llmc.export_ct import export_compressed_tensors
+
+        info = export_compressed_tensors(
+            loaded.graph, Path(a.out), tokenizer=loaded.tokenizer, config=loaded.config or None
         )
     else:
         info = export_hf(
@@ -528,6 +548,13 @@ def cmd_export(a: argparse.Namespace) -> int:
             print(f"  tokenizer: {info['tokenizer']}")
             for note in info["notes"]:
                 print(f"  note: {note}")
+        elif a.format == "compressed-tensors":
+            print(
+                f"  compressed-tensors {info['compressed_tensors']}: format {info['format']}, "
+                f"{info['quantized_weights']} quantized weight(s) in {info['config_groups']} "
+                f"config group(s), {info['sparse_weights']} sparse weight(s) with their zeros "
+                "stored (the library has no sparse compressor)"
+            )
     return 0
 
 
@@ -747,9 +774,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pass_args(p)
     p.set_defaults(func=cmd_simulate)
 
-    p = add("export", "export a (compressed) model as a Hugging Face directory or a GGUF file")
+    p = add(
+        "export",
+        "export a (compressed) model as a Hugging Face or compressed-tensors directory, or a "
+        "GGUF file",
+    )
     p.add_argument("model", metavar="MODEL|OUT")
-    p.add_argument("--format", default="hf", help="hf (a directory) or gguf (one file)")
+    p.add_argument(
+        "--format",
+        default="hf",
+        help="hf (a directory of dense weights), compressed-tensors (a directory in the "
+        "compressed-tensors format vLLM reads) or gguf (one file)",
+    )
     p.add_argument("-o", "--out", required=True)
     p.add_argument(
         "--gguf-type",
