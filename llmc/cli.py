@@ -555,6 +555,8 @@ def cmd_export(a: argparse.Namespace) -> int:
                 f"config group(s), {info['sparse_weights']} sparse weight(s) with their zeros "
                 "stored (the library has no sparse compressor)"
             )
+            for note in info["notes"]:
+                print(f"  note: {note}")
     return 0
 
 

@@ -273,6 +273,7 @@ def export_compressed_tensors(
             groups.append(grp)
         grp.modules.append(module)
     formats = sorted({g.scheme.format for g in groups})
+    notes = _notes(groups)
     qconfig = None
     if groups:
         config_groups = {}
@@ -290,7 +291,7 @@ def export_compressed_tensors(
         "config.json): quantized linears in the library's format, every other weight dense; "
         "pruned weights keep their zeros (compressed-tensors 0.20 has no sparse compressor)."
     )
-    compression["compressed_tensors"] = {"version": version, "formats": formats}
+    compression["compressed_tensors"] = {"version": version, "formats": formats, "notes": notes}
 
     def fill(tmp: Path) -> None:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
@@ -320,4 +321,28 @@ def export_compressed_tensors(
         "architecture": hf.cfg["architectures"][0],
         "pipeline": hf.pipeline,
         "compressed_tensors": version,
+        "notes": notes,
     }
+
+
+def _notes(groups: list[_Group]) -> list[str]:
+    """What a reader of the checkpoint should know about its schemes (one line each)."""
+    notes = []
+    odd = sorted({g.scheme.weights.num_bits for g in groups} - {4, 8})
+    if odd:
+        notes.append(
+            f"int{'/int'.join(map(str, odd))} weights: compressed-tensors stores and decompresses "
+            "them exactly; vLLM's pack-quantized (WNA16) kernels take 4 or 8 bits"
+        )
+    if any(not g.scheme.weights.symmetric for g in groups):
+        notes.append(
+            "asymmetric packed weights: the library decompresses them; transformers 5 with "
+            "compressed-tensors 0.20 fails to load asymmetric pack-quantized checkpoints, the "
+            "library's own included (vllm-project/llm-compressor#1618)"
+        )
+    if any(g.scheme.input_activations is not None for g in groups):
+        notes.append(
+            "W8A8 activations: llmc rounds with max|x| / 127 into [-127, 127]; compressed-tensors' "
+            "reference (and transformers) with max|x| / 127.5 into [-128, 127] for the same scheme"
+        )
+    return notes

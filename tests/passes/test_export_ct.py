@@ -155,6 +155,23 @@ def test_w8a8_is_int_quantized_with_llmcs_activation_scheme(tiny, tmp_path, act)
     got = _hf_logits(out, IDS)
     want = run(g, lm_inputs(g, IDS))[0]
     err = (got - want).abs().mean().item()
+    # the rounding transformers applies is compressed-tensors': check it on one linear
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    lin = model.model.layers[1].mlp.down_proj
+    seen = {}
+    hook = lin.register_forward_hook(lambda m, i, o: seen.update(x=i[0], y=o))
+    with torch.no_grad():
+        model(input_ids=IDS, use_cache=False)
+    hook.remove()
+
+    def fake_quant(x, qmax, qmin):
+        s = x.abs().amax(-1, keepdim=True) / qmax
+        return (torch.clamp(torch.round(x / s), qmin, 127) * s) @ lin.weight.t()
+
+    torch.testing.assert_close(fake_quant(seen["x"], 127.5, -128), seen["y"])
+    assert not torch.allclose(fake_quant(seen["x"], 127.0, -127), seen["y"])
     assert err < 0.05 * want.abs().mean().item()
     assert (got.argmax(-1) == want.argmax(-1)).float().mean() >= 0.9
 
