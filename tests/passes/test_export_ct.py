@@ -20,7 +20,7 @@ from llmc.passes import PassContext, build_pipeline  # noqa: E402
 from llmc.passes.calibration import lm_inputs  # noqa: E402
 from llmc.runtime.interp import run  # noqa: E402
 
-CTX = dict(calib_samples=4, calib_seqlen=64)
+CTX = dict(calib_samples=2, calib_seqlen=32)
 
 
 @pytest.fixture(scope="module")
