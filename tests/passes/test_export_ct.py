@@ -70,9 +70,13 @@ def _check_weights(g: Graph, out: Path) -> tuple[dict, dict]:
     for name, p in g.params.items():
         if name not in weights:  # a head tied to the embedding
             continue
-        want = p.value().to(torch.float32)
-        got = weights[name].to(torch.float32)
-        assert torch.equal(got, want), f"{name}: max diff {(got - want).abs().max()}"
+        # llmc's value is the fp32 product (q - zero) * scale in the model's dtype; the library
+        # decompresses with llmc's fp32 scales, so in fp32: cast to the model's dtype to compare
+        want = p.value()
+        got = weights[name].to(want.dtype)
+        assert torch.equal(got, want), (
+            f"{name}: max diff {(got.float() - want.float()).abs().max()}"
+        )
     return schemes, raw
 
 
@@ -210,12 +214,13 @@ def test_sparse_only_keeps_dense_weights_and_loads(tiny, tmp_path) -> None:
     )
 
 
-def test_another_family_qwen2(tmp_path) -> None:
+@pytest.mark.parametrize("dtype", [None, "bf16"])
+def test_another_family_qwen2(tmp_path, dtype) -> None:
     from llmc.frontends import load_model
     from tests.frontend.hf_models import VOCAB, make
 
     make("qwen2").save_pretrained(tmp_path / "src")
-    lm = load_model(str(tmp_path / "src"))
+    lm = load_model(str(tmp_path / "src"), dtype=dtype)
     g = lm.graph.copy()
     build_pipeline("rtn:bits=4:group=32").run(g, PassContext(calib_samples=2, calib_seqlen=16))
     out = tmp_path / "ct"
@@ -223,9 +228,16 @@ def test_another_family_qwen2(tmp_path) -> None:
     assert info["architecture"] == "Qwen2ForCausalLM" and info["quantized_weights"] > 0
     _check_weights(g, out)
     ids = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(1))
-    torch.testing.assert_close(
-        _hf_logits(out, ids), run(g, lm_inputs(g, ids))[0], rtol=1e-4, atol=1e-4
-    )
+    want = run(g, lm_inputs(g, ids))[0].float()
+    if dtype is None:
+        torch.testing.assert_close(_hf_logits(out, ids), want, rtol=1e-4, atol=1e-4)
+    else:  # transformers computes in bf16: bf16 tolerance
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(out).eval()
+        with torch.no_grad():
+            got = model(input_ids=ids, use_cache=False).logits.float()
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
 
 
 def test_refusals_are_one_line_and_write_nothing(tiny, tmp_path, monkeypatch) -> None:
@@ -305,3 +317,22 @@ def test_cli_export_compressed_tensors(tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert rc != 0 and err.count("\n") == 1 and "ffn-skip" in err
     assert not (tmp_path / "x").exists()
+    # a compiled artifact: its manifest's pipeline, then the export's own passes
+    art = tmp_path / "art"
+    assert main(["compile", "tiny", "--passes", "magnitude:pattern=2:4", "-o", str(art)]) == 0
+    ct = tmp_path / "from-art"
+    argv = ["export", str(art), "--format", "compressed-tensors", "--passes", "rtn", "-o", str(ct)]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert "pack-quantized" in capsys.readouterr().out
+    comp = json.loads((ct / "llmc_compression.json").read_text())
+    assert comp["pipeline"] == "magnitude:pattern=2:4,rtn"
+    raw = json.loads((ct / "config.json").read_text())["quantization_config"]
+    assert raw["sparsity_config"]["sparsity_structure"] == "2:4"
+    # an artifact whose pipeline holds a pass the checkpoint cannot hold
+    skip = tmp_path / "skip-art"
+    assert main(["compile", "tiny", "--passes", "ffn-skip:ratio=0.2", "-o", str(skip)]) == 0
+    capsys.readouterr()
+    argv = ["export", str(skip), "--format", "compressed-tensors", "-o", str(tmp_path / "y")]
+    assert main(argv) != 0
+    assert "pass ffn-skip cannot be exported" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()
