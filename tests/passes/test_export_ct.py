@@ -248,6 +248,7 @@ def test_refusals_are_one_line_and_write_nothing(tiny, tmp_path, monkeypatch) ->
     for spec, name in [
         ("ffn-skip:ratio=0.25", "ffn-skip"),
         ("token-prune:keep=0.5", "token-prune"),
+        ("ffn-drop:ratio=0.25", "ffn-drop"),
     ]:
         g = _compressed(tiny, spec)
         with pytest.raises(ExportError, match=f"pass {name} cannot be exported") as e:
