@@ -30,7 +30,8 @@ Sparsity: compressed-tensors 0.20 has no sparse compressor (``sparse-24-bitmask`
 Pruned weights are therefore stored with their zeros (dense, or inside the quantized codes, whose
 zero code is the zero point) and declared in ``quantization_config.sparsity_config`` with the
 library's ``DenseSparsityConfig`` (``format: dense``, ``sparsity_structure`` ``"2:4"`` or
-``"unstructured"``, ``global_sparsity``, ``targets``: the pruned linears).
+``"unstructured"``, ``global_sparsity``: the fraction of zero parameters, ``targets``: the pruned
+linears).
 
 Refused in one line (before anything is written): pipelines whose model a checkpoint cannot hold
 (:data:`REFUSED_PASSES`: per-token FFN skipping, token pruning, dropped FFN blocks), quantized
@@ -215,15 +216,12 @@ def _sparsity_config(graph: Graph, hf: HFTensors) -> dict[str, Any] | None:
         f"{s.n}:{s.m}" if s.kind == "nm" else "unstructured"
         for s in (p.format.sparsity for p in sparse.values())
     }
-    zeros = total = 0
-    for n in sparse:
-        t = hf.tensors.get(n)
-        if t is not None:
-            zeros += int((t == 0).sum())
-            total += t.numel()
+    # as llm-compressor's SparsityConfigMetadata: the fraction of zero parameters in the model
+    zeros = sum(int((t == 0).sum()) for t in hf.tensors.values())
+    total = sum(t.numel() for t in hf.tensors.values())
     cfg = DenseSparsityConfig(
         targets=sorted(n.removesuffix(".weight") for n in sparse),
-        global_sparsity=round(100.0 * zeros / max(total, 1), 4),
+        global_sparsity=round(zeros / max(total, 1), 6),
         sparsity_structure=kinds.pop() if len(kinds) == 1 else "unstructured",
     )
     return cfg.model_dump()

@@ -189,7 +189,7 @@ def test_2of4_sparse_and_int4_combined(tiny, tmp_path) -> None:
     _check_weights(g, out)
     sp = raw["sparsity_config"]
     assert sp["format"] == "dense" and sp["sparsity_structure"] == "2:4"
-    assert sp["global_sparsity"] >= 50.0
+    assert 0.45 < sp["global_sparsity"] < 0.5  # the float embedding and head are dense
     assert sorted(sp["targets"]) == sorted(
         n.removesuffix(".weight") for n in g.params if ".layers." in n and n.endswith("proj.weight")
     )
