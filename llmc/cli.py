@@ -470,6 +470,12 @@ def cmd_simulate(a: argparse.Namespace) -> int:
     return simulate_command(a)
 
 
+def cmd_roofline(a: argparse.Namespace) -> int:
+    from llmc.codesign.cli import roofline_command
+
+    return roofline_command(a)
+
+
 def cmd_export(a: argparse.Namespace) -> int:
     from llmc.compile import load, run_passes
     from llmc.export_hf import export_hf
@@ -746,6 +752,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-pickle", action="store_true")
     _add_pass_args(p)
     p.set_defaults(func=cmd_simulate)
+
+    p = add("roofline", "per-layer roofline of a model on a target, for prefill and decode")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--target", required=True, help="target name (see `llmc targets`)")
+    p.add_argument("--batch", type=int_at_least(1), default=1, help="prompts per request (1)")
+    p.add_argument("--prompt", type=int_at_least(1), default=512, help="prompt tokens (512)")
+    p.add_argument("--decode", type=int_at_least(0), default=128, help="generated tokens (128)")
+    p.add_argument(
+        "--kv-bits", type=int, choices=(4, 8, 16, 32), default=None, help="KV cache width"
+    )
+    p.add_argument(
+        "--act-bits",
+        type=int,
+        choices=(4, 8, 16, 32),
+        default=None,
+        help="activation width (<= 8: int8 matrix products)",
+    )
+    p.add_argument(
+        "--skip-rate",
+        type=skip_rate_arg,
+        metavar="R",
+        help="ffn-skip models: fraction of decode FFN blocks skipped, in [0, 1]",
+    )
+    p.add_argument("--csv", metavar="FILE", help="write every row (stage, layer, group) as CSV")
+    p.add_argument("--plot", metavar="FILE", help="write the roofline chart (.png, .svg, .pdf)")
+    p.add_argument("--arch", metavar="FILE", help="FPGA architecture YAML (fpga targets)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec field"
+    )
+    p.add_argument("--allow-pickle", action="store_true")
+    _add_dtype_arg(p)
+    _add_pass_args(p)
+    p.set_defaults(func=cmd_roofline)
 
     p = add("export", "export a (compressed) model as a Hugging Face directory or a GGUF file")
     p.add_argument("model", metavar="MODEL|OUT")

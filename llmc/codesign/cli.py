@@ -1,0 +1,64 @@
+"""``llmc roofline MODEL --target T [--passes ...] [--batch B] [--prompt N] [--decode M]
+[--kv-bits 16|8|4] [--act-bits 16|8|4] [--skip-rate R] [--csv FILE] [--plot FILE] [--json]``."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from llmc.errors import LlmcError
+
+
+def roofline_command(a: argparse.Namespace) -> int:
+    from llmc.backends.targets import get_target, resolve_spec
+    from llmc.cli import _pass_options, emit_json, status
+    from llmc.codesign.roofline import Scenario, analyze, simulator_summary, write_outputs
+    from llmc.compile import configure_target, load, run_passes
+
+    t0 = time.perf_counter()
+    scenario = Scenario(
+        batch=a.batch,
+        prompt=a.prompt,
+        decode=a.decode,
+        kv_bits=a.kv_bits,
+        act_bits=a.act_bits,
+        skip_rate=a.skip_rate,
+    )
+    tgt = get_target(a.target)
+    if a.arch or a.set:
+        tgt = configure_target(tgt, {"arch": a.arch, "set": a.set})
+    spec = resolve_spec(tgt)
+    if spec is None:
+        raise LlmcError(f"--target {tgt.name}: no hardware spec to draw a roofline against")
+    for path, flag in ((a.csv, "--csv"), (a.plot, "--plot")):
+        if path and path.endswith("/"):
+            raise LlmcError(f"{flag} {path}: give a file name, not a folder")
+    status(f"loading {a.model} ...")
+    loaded = load(a.model, allow_pickle=a.allow_pickle, dtype=a.dtype)
+    graph = loaded.graph
+    passes = run_passes(graph, a.passes, a.recipe, target=tgt.name, options=_pass_options(a))
+    status("analysing ...")
+    rep = analyze(graph, spec, scenario, model=loaded.name, target=tgt.name)
+    if tgt.kind == "fpga":
+        if scenario.batch != 1:
+            rep.notes.append(
+                "the FPGA simulator runs batch 1: no simulator figures for --batch > 1"
+            )
+        else:
+            from llmc.fpga.arch import load_arch
+
+            arch = tgt.extra.get("arch") or load_arch(tgt.name)
+            status(f"simulating on {arch.name} ...")
+            rep.simulator = simulator_summary(graph, arch, scenario)
+    written = write_outputs(rep, csv_path=a.csv, plot_path=a.plot)
+    if a.json:
+        out = rep.to_dict()
+        out["passes"] = passes
+        out["files"] = written
+        out["seconds"] = time.perf_counter() - t0
+        emit_json(out)
+        return 0
+    print(rep.table())
+    for w in written:
+        print(f"wrote    {w}")
+    return 0
