@@ -342,6 +342,7 @@ class _Walker:
             if v.name.startswith(_KV_INPUT):
                 self.kv_values.add(id(v))
         self.rows: dict[tuple[int | None, str], Row] = {}
+        self.cond_rate = cond_rate(graph, scenario.skip_rate)
         self.kv_dtype_bits = self.dtype_bits
         for v in graph.inputs:
             if v.name.startswith(_KV_INPUT):
@@ -371,7 +372,7 @@ class _Walker:
     def walk_cond(self, n: Node, od: Any, env: Mapping[str, int], weight: float) -> None:
         regions = od.regions(n.attrs)
         totals = [_region_bytes(r, env, self.root) for r in regions]
-        rate = self.sc.skip_rate if self.stage == "decode" else None
+        rate = self.cond_rate if self.stage == "decode" else None
         if rate is None or len(regions) != 2:
             # the more expensive branch: an upper bound (the prompt never skips)
             self.walk(regions[totals.index(max(totals))], env, weight)
@@ -434,6 +435,27 @@ class _Walker:
         row.bytes_written += weight * written
         row.weight_bytes += weight * w_bytes
         row.kv_bytes += weight * kv_bytes
+
+
+def cond_rate(graph: Graph, skip_rate: float | None) -> float | None:
+    """The probability that each skippable FFN block (``cond``) is skipped, for a skip rate
+    defined as ``ffn_skip_fraction`` is: skipped blocks over *all* the layers' FFN blocks (as
+    ``llmc simulate --skip-rate``)."""
+    if skip_rate is None:
+        return None
+    conds = sum(1 for n in graph.nodes if n.op == "cond")
+    layers = int(graph.meta.get("num_layers") or 0)
+    if not conds or not layers:
+        raise RooflineError(
+            "--skip-rate: the model skips no FFN block (no cond in its graph); "
+            "give it --passes ffn-skip:..."
+        )
+    if skip_rate * layers > conds + 1e-9:
+        raise RooflineError(
+            f"--skip-rate {skip_rate:g}: this model can skip at most {conds} of its {layers} FFN "
+            f"blocks per token; give a rate in [0, {conds / layers:.4g}]"
+        )
+    return skip_rate * layers / conds
 
 
 def _region_bytes(g: Graph, env: Mapping[str, int], root: Graph) -> float:
