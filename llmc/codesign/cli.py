@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from llmc.errors import LlmcError
 
@@ -61,4 +62,60 @@ def roofline_command(a: argparse.Namespace) -> int:
     print(rep.table())
     for w in written:
         print(f"wrote    {w}")
+    return 0
+
+
+def study_command(a: argparse.Namespace) -> int:
+    from llmc.cli import emit_json, progress, status
+    from llmc.codesign.study import Study, parse_grid, parse_vary, run_study
+
+    study = Study(
+        model=a.model,
+        target=a.target,
+        axes=tuple(parse_vary(v) for v in a.vary),
+        grid=parse_grid(a.passes_grid),
+        arch=a.arch,
+        sets=tuple(a.set),
+        prompt=a.prompt,
+        decode=a.decode,
+        batch=a.batch,
+        skip_rate=a.skip_rate,
+        metric=a.metric,
+        quality=not a.no_quality,
+        quality_model=a.quality_model,
+        window=a.window,
+        max_tokens=a.max_tokens,
+        jobs=a.jobs,
+        allow_pickle=a.allow_pickle,
+    )
+    n = len(study.points())
+    status(f"study: {n} points ({len(study.grid)} settings) on {a.target} ...")
+    bar = progress(n, "points")
+    res = run_study(study, a.out, progress=bar.update)
+    bar.close()
+    feasible = sum(1 for r in res.rows if r["feasible"])
+    if a.json:
+        emit_json(
+            {
+                "out": a.out,
+                "points": len(res.rows),
+                "feasible": feasible,
+                "pareto": res.pareto,
+                "quality": res.quality,
+                "seconds": res.seconds,
+                "files": res.files,
+            }
+        )
+        return 0
+    m = study.metric
+    print(
+        f"{len(res.rows)} points ({len(res.rows) - feasible} infeasible) in "
+        f"{res.seconds['total']:.1f} s; Pareto front:"
+    )
+    for r in res.pareto[:12]:
+        hw = ", ".join(f"{ax.key}={r.get('hw.' + ax.key)}" for ax in study.axes)
+        ppl = r.get("perplexity")
+        q = f", ppl {ppl:.3f}" if isinstance(ppl, float) and ppl == ppl else ""
+        print(f"  {r['passes']:32s} {hw:40s} {r[m]:10.2f} {m}{q}")
+    print(f"wrote {a.out}/: " + ", ".join(Path(f).name for f in res.files))
     return 0
