@@ -635,7 +635,10 @@ def _pareto_png(res: StudyResult) -> bytes:
         fontsize=10,
     )
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
+    if ok:
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no feasible point", ha="center", va="center", transform=ax.transAxes)
     return _png(fig)
 
 
