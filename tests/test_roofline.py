@@ -239,3 +239,18 @@ def test_cli_cpu_and_bad_input(tmp_path, capsys, monkeypatch) -> None:
     assert rc != 0 and err.count("\n") == 1 and "nosuch" in err
     rc = main(["roofline", "tiny", "--target", "cpu", "--batch", "0"])
     assert rc == 2 and capsys.readouterr().err.count("\n") == 1
+
+
+def test_compile_report_has_layer_roofline(tmp_path) -> None:
+    from llmc.compile import compile_model
+
+    res = compile_model("tiny", target="u280", out=tmp_path / "a")
+    rl = res.report["roofline_layers"]
+    assert rl["target"] == "u280" and {r["stage"] for r in rl["rows"]} == {"prefill", "decode"}
+    assert {r["layer"] for r in rl["rows"]} == {None, 0, 1, 2, 3}
+    md = (tmp_path / "a" / "report.md").read_text()
+    assert "## Roofline per layer" in md and "| decode | ffn.down_proj |" in md
+    page = (tmp_path / "a" / "report.html").read_text()
+    assert page.count("<svg") == 1 and page.count("<circle") > 10 and "<table>" in page
+    dry = compile_model("llama2-7b", target="h100", dry_run=True)
+    assert len(dry.report["roofline_layers"]["rows"]) > 32 * 10 * 2
