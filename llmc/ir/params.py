@@ -19,7 +19,6 @@ Sparse and quantized combine (an N:16-pruned int4 weight for the FPGA). Data ten
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass, field
 
 import torch
