@@ -183,7 +183,7 @@ def main() -> int:
     result = {
         "benchmark": "roofline prediction vs measured CPU decode/prefill, GPT-2 small (random init)",
         "command": " ".join(["python", *sys.argv]),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform()},
         "load_average": {"before": load_before, "per_round": loads, "after": load_average()},
         "llmc_commit": git("rev-parse", "HEAD").strip(),
