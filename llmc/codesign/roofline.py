@@ -709,6 +709,9 @@ def write_outputs(
                 Path(tmp).write_text(report.to_csv())
             else:
                 plot(report, tmp)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is for secrets, not reports
             os.replace(tmp, p)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

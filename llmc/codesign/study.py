@@ -662,11 +662,14 @@ def _heatmap_png(res: StudyResult) -> bytes:
             i = ax_a.values.index(r[f"hw.{ax_a.key}"])
             j = ax_b.values.index(r[f"hw.{ax_b.key}"])
             z[i, j] = r[m]
-        im = ax.imshow(z, origin="lower", aspect="auto", cmap="viridis")
+        cmap = plt.get_cmap("viridis").copy()
+        cmap.set_bad("#dddddd")
+        im = ax.imshow(np.ma.masked_invalid(z), origin="lower", aspect="auto", cmap=cmap)
         for i in range(z.shape[0]):
             for j in range(z.shape[1]):
-                txt = "infeasible" if np.isnan(z[i, j]) else f"{z[i, j]:.3g}"
-                ax.text(j, i, txt, ha="center", va="center", fontsize=7, color="w")
+                bad = np.isnan(z[i, j])
+                txt = "infeasible" if bad else f"{z[i, j]:.3g}"
+                ax.text(j, i, txt, ha="center", va="center", fontsize=7, color="k" if bad else "w")
         ax.set_xticks(range(len(ax_b.values)), ax_b.values, fontsize=7)
         ax.set_yticks(range(len(ax_a.values)), ax_a.values, fontsize=7)
         ax.set_xlabel(ax_b.key)
