@@ -470,6 +470,18 @@ def cmd_simulate(a: argparse.Namespace) -> int:
     return simulate_command(a)
 
 
+def cmd_roofline(a: argparse.Namespace) -> int:
+    from llmc.codesign.cli import roofline_command
+
+    return roofline_command(a)
+
+
+def cmd_study(a: argparse.Namespace) -> int:
+    from llmc.codesign.cli import study_command
+
+    return study_command(a)
+
+
 EXPORT_FORMATS = ("hf", "compressed-tensors", "gguf")
 
 
@@ -775,6 +787,103 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-pickle", action="store_true")
     _add_pass_args(p)
     p.set_defaults(func=cmd_simulate)
+
+    p = add("roofline", "per-layer roofline of a model on a target, for prefill and decode")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--target", required=True, help="target name (see `llmc targets`)")
+    p.add_argument("--batch", type=int_at_least(1), default=1, help="prompts per request (1)")
+    p.add_argument("--prompt", type=int_at_least(1), default=512, help="prompt tokens (512)")
+    p.add_argument("--decode", type=int_at_least(0), default=128, help="generated tokens (128)")
+    p.add_argument(
+        "--kv-bits", type=int, choices=(4, 8, 16, 32), default=None, help="KV cache width"
+    )
+    p.add_argument(
+        "--act-bits",
+        type=int,
+        choices=(4, 8, 16, 32),
+        default=None,
+        help="activation width (<= 8: int8 matrix products)",
+    )
+    p.add_argument(
+        "--skip-rate",
+        type=skip_rate_arg,
+        metavar="R",
+        help="ffn-skip models: fraction of decode FFN blocks skipped, in [0, 1]",
+    )
+    p.add_argument("--csv", metavar="FILE", help="write every row (stage, layer, group) as CSV")
+    p.add_argument("--plot", metavar="FILE", help="write the roofline chart (.png, .svg, .pdf)")
+    p.add_argument("--arch", metavar="FILE", help="FPGA architecture YAML (fpga targets)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec field"
+    )
+    p.add_argument("--allow-pickle", action="store_true")
+    _add_dtype_arg(p)
+    _add_pass_args(p)
+    p.set_defaults(func=cmd_roofline)
+
+    p = add("study", "hardware/compression design-space studies")
+    study_sub = p.add_subparsers(dest="study_command", metavar="STUDY", required=True)
+    p = study_sub.add_parser(
+        "sweep",
+        help="sweep hardware overrides x compression settings: speed, quality, cost, Pareto",
+        description="Evaluate every combination of --vary values and --passes-grid settings; "
+        "write points.csv/json, pareto.csv, plots and report.md/html into -o DIR.",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--debug", action="store_true", help="show tracebacks (or LLMC_DEBUG=1)")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--target", required=True, help="target name (see `llmc targets`)")
+    p.add_argument(
+        "--vary",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help="a hardware field and its values (repeatable; any key --set accepts)",
+    )
+    p.add_argument(
+        "--passes-grid",
+        metavar='"SPEC;SPEC;..."',
+        default=None,
+        help="compression settings, ';'-separated ('dense' = no passes)",
+    )
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="fixed override")
+    p.add_argument("--arch", metavar="FILE", help="FPGA architecture YAML (fpga targets)")
+    p.add_argument("--prompt", type=int_at_least(1), default=128, help="prompt tokens (128)")
+    p.add_argument("--decode", type=int_at_least(0), default=512, help="generated tokens (512)")
+    p.add_argument("--batch", type=int_at_least(1), default=1, help="prompts per request (1)")
+    p.add_argument(
+        "--skip-rate",
+        type=skip_rate_arg,
+        metavar="R",
+        help="ffn-skip settings: fraction of decode FFN blocks skipped",
+    )
+    p.add_argument(
+        "--metric",
+        default="decode_tokens_per_s",
+        help="speed axis: decode_tokens_per_s (default), prefill_tokens_per_s, request_per_s, "
+        "tokens_per_s_per_kw",
+    )
+    p.add_argument(
+        "--quality-model",
+        metavar="M",
+        help="measure perplexity on M (default: the model, or tiny for architecture-only ones)",
+    )
+    p.add_argument("--no-quality", action="store_true", help="speed and cost only")
+    p.add_argument(
+        "--window", type=int_at_least(2), default=256, help="quality: tokens per window (256)"
+    )
+    p.add_argument(
+        "--max-tokens",
+        type=int_at_least(2),
+        default=16384,
+        help="quality: evaluate the first N held-out tokens (16384)",
+    )
+    p.add_argument(
+        "-j", "--jobs", type=int_at_least(0), default=0, help="worker processes (0: every core)"
+    )
+    p.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--allow-pickle", action="store_true")
+    p.set_defaults(func=cmd_study)
 
     p = add(
         "export",

@@ -301,9 +301,13 @@ def _compile_loaded(
         "timing_s": {"load": t_loaded - t_start, "passes": t_passes - t_loaded},
     }
     spec = resolve_spec(tgt)
+    layers = None
     if spec is not None:
         graph_dtype = str(graph.meta.get("dtype", "f32"))
         report["roofline"] = roofline(cost.total, spec, graph_dtype, env["batch"] * env["seq"])
+        layers = layer_roofline(graph, spec, loaded.name, tgt.name)
+        if layers is not None:
+            report["roofline_layers"] = layers.to_dict()
     if dry_run or out is None:
         report["timing_s"]["total"] = time.perf_counter() - t_start
         report["peak_rss_mb"] = peak_rss_mb()
@@ -318,7 +322,7 @@ def _compile_loaded(
         tok_entry = save_tokenizer(loaded.tokenizer, tmp)
         report["timing_s"]["total"] = time.perf_counter() - t_start
         report["peak_rss_mb"] = peak_rss_mb()
-        write_report(tmp, report)
+        write_report(tmp, report, layers)
         write_manifest(
             tmp,
             {
@@ -398,14 +402,85 @@ def peak_rss_mb() -> float:
     return kb / 1024.0 if sys.platform != "darwin" else kb / 1024.0 / 1024.0
 
 
-def write_report(tmp: Path, report: dict[str, Any]) -> None:
+def layer_roofline(graph: Graph, spec: Any, model: str, target: str) -> Any:
+    """The per-layer roofline (:mod:`llmc.codesign.roofline`) of an LM graph for a report: a
+    prompt of 512 tokens (at most half the model's positions) and 128 generated ones; ``None``
+    for graphs without the LM ABI."""
+    from llmc.ir.structure import is_lm
+
+    if not is_lm(graph):
+        return None
+    from llmc.codesign.roofline import Scenario, analyze
+
+    positions = int(graph.meta.get("max_position_embeddings") or 2048)
+    prompt = max(1, min(512, positions // 2))
+    decode = max(0, min(128, positions - prompt))
+    return analyze(graph, spec, Scenario(prompt=prompt, decode=decode), model=model, target=target)
+
+
+def write_report(tmp: Path, report: dict[str, Any], layers: Any = None) -> None:
     import json
 
     (tmp / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    (tmp / "report.md").write_text(render_report_md(report))
+    md = render_report_md(report, layers)
+    (tmp / "report.md").write_text(md)
+    (tmp / "report.html").write_text(render_report_html(md, layers))
 
 
-def render_report_md(r: dict[str, Any]) -> str:
+def render_report_html(md: str, layers: Any = None) -> str:
+    """``report.md`` as a self-contained HTML page, with the roofline chart (inline SVG)."""
+    import html
+
+    parts: list[str] = []
+    in_table = in_code = False
+    for line in md.splitlines():
+        if line.startswith("```"):
+            parts.append("</pre>" if in_code else "<pre>")
+            in_code = not in_code
+            continue
+        if in_code:
+            parts.append(html.escape(line))
+            continue
+        if line.startswith("|"):
+            if line.startswith("|---"):
+                continue
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            tag = "td" if in_table else "th"
+            if not in_table:
+                parts.append("<table>")
+                in_table = True
+            parts.append(
+                "<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>"
+            )
+            continue
+        if in_table:
+            parts.append("</table>")
+            in_table = False
+        if line.startswith("## "):
+            parts.append(f"<h2>{html.escape(line[3:])}</h2>")
+            if line.startswith("## Roofline per layer") and layers is not None:
+                from llmc.codesign.svg import roofline_svg
+
+                parts.append(roofline_svg(layers))
+        elif line.startswith("# "):
+            parts.append(f"<h1>{html.escape(line[2:])}</h1>")
+        elif line.startswith("- "):
+            parts.append(f"<li>{html.escape(line[2:])}</li>")
+        elif line.strip():
+            parts.append(f"<p>{html.escape(line)}</p>")
+    if in_table:
+        parts.append("</table>")
+    style = (
+        "body{font-family:sans-serif;max-width:1000px;margin:auto}table{border-collapse:collapse;"
+        "font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}pre{font-size:11px}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>llmc report</title>"
+        f"<style>{style}</style></head><body>" + "\n".join(parts) + "</body></html>\n"
+    )
+
+
+def render_report_md(r: dict[str, Any], layers: Any = None) -> str:
     p = r["params"]
     lines = [
         f"# llmc report: {r['model']} -> {r['target']}",
@@ -447,10 +522,46 @@ def render_report_md(r: dict[str, Any]) -> str:
     ]
     for k, v in a["by_block"].items():
         lines.append(f"| {k} | {v['flops'] / 1e9:.4f} | {v['bytes_read'] / 1e6:.3f} |")
+    if layers is not None:
+        lines += ["", *_roofline_md(layers)]
     for key in ("backend", "fpga", "roofline"):
         if key in r:
             lines += ["", f"## {key}", "", "```json", _json(r[key]), "```"]
     return "\n".join(lines) + "\n"
+
+
+def _roofline_md(rep: Any) -> list[str]:
+    sc = rep.scenario
+    t = rep.totals
+    lines = [
+        f"## Roofline per layer (prompt {sc.prompt}, decode {sc.decode}, batch {sc.batch})",
+        "",
+        f"On {rep.target} ({rep.spec['mem_bandwidth'] / 1e9:.0f} GB/s; {rep.spec['source']}): "
+        f"prefill {t['prefill']['time_ms']:.4g} ms, decode {t['decode']['ms_per_token']:.4g} "
+        f"ms/token ({t['decode']['tokens_per_s']:.4g} tokens/s), KV cache "
+        f"{rep.kv_cache['bytes'] / 2**20:.1f} MiB. Each op group summed over the layers; every "
+        "row per layer is in report.json (`roofline_layers.rows`), and `llmc roofline` varies "
+        "the request.",
+        "",
+        "| stage | group | GFLOP | MB | FLOP/byte | bound | ms | share |",
+        "|---|---|---:|---:|---:|---|---:|---:|",
+    ]
+    for stage in ("prefill", "decode"):
+        tot = t[stage]["time_ms"] or 1.0
+        for g in rep.groups(stage):
+            ai = "inf" if g.intensity == float("inf") else f"{g.intensity:.3g}"
+            lines.append(
+                f"| {stage} | {g.group} | {g.flops / 1e9:.4g} | {g.bytes / 1e6:.4g} | {ai} | "
+                f"{g.bound} | {g.time_ms:.4g} | {100 * g.time_ms / tot:.1f}% |"
+            )
+    by_layer: dict[Any, list[float]] = {}
+    for r in rep.rows:
+        by_layer.setdefault(r.layer, [0.0, 0.0])[0 if r.stage == "prefill" else 1] += r.time_ms
+    lines += ["", "| layer | prefill ms | decode ms/token |", "|---|---:|---:|"]
+    for layer, (pre, dec) in by_layer.items():
+        name = "outside layers" if layer is None else str(layer)
+        lines.append(f"| {name} | {pre:.4g} | {dec:.4g} |")
+    return lines
 
 
 def _short(v: Any) -> str:

@@ -31,7 +31,7 @@ def normalized(art: Path) -> dict[str, object]:
         if rel == "manifest.json":
             m = json.loads(f.read_text())
             m.pop("created")
-            for k in (*NOT_REPRODUCIBLE, "report.json", "report.md"):  # compared below
+            for k in (*NOT_REPRODUCIBLE, "report.json", "report.md", "report.html"):  # below
                 m["files"].pop(k, None)
             out[rel] = m
         elif rel == "report.json":
@@ -43,6 +43,9 @@ def normalized(art: Path) -> dict[str, object]:
         elif rel == "report.md":
             text = re.sub(r"- peak RSS: .*\n", "", f.read_text())
             out[rel] = re.sub(r'"timing_s": \{[^}]*\}', "", text)
+        elif rel == "report.html":
+            text = re.sub(r"<li>peak RSS: .*</li>\n", "", f.read_text())
+            out[rel] = re.sub(r"&quot;timing_s&quot;: \{[^}]*\}", "", text)
         else:
             out[rel] = f.read_bytes()
     return out

@@ -544,3 +544,23 @@ __all__ = [
     "load_arch",
     "validate",
 ]
+
+
+def check_override(text: str, flag: str = "--set") -> None:
+    """Raise :class:`ArchError` when ``KEY=VALUE`` is wrong on its own: an unknown key, a value of
+    the wrong type, or one the field's rule forbids. Whether it fits the rest of a board (enough
+    DSPs for the units, ...) is :func:`validate`'s question: a sweep reports such points as
+    infeasible instead of failing."""
+    if "=" not in text:
+        raise ArchError(f"{flag} {text!r}: expected KEY=VALUE (e.g. hbm.bandwidth_gbs=460)")
+    k, _, raw = text.partition("=")
+    k = k.strip()
+    f = FIELD_BY_KEY.get(k)
+    if f is None:
+        raise ArchError(f"{flag} {text!r}: unknown field '{k}'{_suggest(k)}")
+    try:
+        v = _coerce(f, yaml.safe_load(raw), flag)
+    except yaml.YAMLError:
+        raise ArchError(f"{flag} {text!r}: value is not valid YAML") from None
+    if f.rule is not None and not f.rule(v):
+        raise ArchError(f"{flag} {text!r}: impossible value (must be {f.rule_text}; {f.doc})")

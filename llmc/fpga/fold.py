@@ -108,10 +108,15 @@ class FoldedCosts(FullCosts):
         return super().count(stage, bucket)
 
 
-def costs_for(prog: Program, pm: PerfModel, *, fold: bool = True) -> FullCosts:
+def costs_for(
+    prog: Program, pm: PerfModel, *, fold: bool = True, small: dict[int, Program] | None = None
+) -> FullCosts:
     """:class:`FoldedCosts` when folding applies to ``prog`` (see :func:`foldable`), else
-    :class:`FullCosts`."""
+    :class:`FullCosts`. ``small``: the 2-, 3- and 4-layer programs, when already built for a
+    board of the same structure (:class:`llmc.fpga.sim.SimCache`)."""
     if fold and foldable(prog) is None:
+        if small:
+            return FoldedCosts(prog, pm, small)
         g, prefix = prog.graph, prog.graph.meta["layer_prefix"]
         from llmc.frontends.canon import truncate_layers
 

@@ -42,6 +42,7 @@ Durations (cycles at ``clock_mhz``):
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import defaultdict
 from collections.abc import Collection
@@ -59,7 +60,10 @@ SFU_PASSES = {
 }
 
 
+@functools.lru_cache(maxsize=65536)
 def layer_of(tag: str) -> str:
+    """The breakdown row of an instruction's tag (``layer 3``, ``io``, ...); memoized: a stream
+    repeats a few hundred tags over thousands of instructions."""
     label = layer_label(tag)
     if label is not None:
         return label

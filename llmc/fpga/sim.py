@@ -109,6 +109,61 @@ class SimReport:
         return "\n".join(lines)
 
 
+#: Arch fields that only time the instruction streams (the perf model reads them), never shape
+#: them: two boards that differ only here run the same streams (tests/fpga/test_sim_cache.py
+#: lowers every stream under each override and compares the encodings).
+TIMING_KEYS = frozenset(
+    {
+        "description",
+        "board",
+        "clock_mhz",
+        "dsp.total",
+        "dsp.chain_fill_cycles",
+        "dsp.reduction_latency",
+        "sfu_latency",
+        "hbm.bandwidth_gbs",
+        "hbm.eff_same",
+        "hbm.eff_cross",
+        "hbm.latency_ns",
+        "ddr.bandwidth_gbs",
+        "ddr.efficiency",
+        "issue_cycles",
+        "power_w",
+        "price_usd",
+    }
+)
+
+
+def structure_key(arch: FpgaArch) -> tuple[Any, ...]:
+    """What the lowered streams of a board depend on: every field but :data:`TIMING_KEYS`."""
+    return tuple((k, repr(v)) for k, v in sorted(arch.to_dict().items()) if k not in TIMING_KEYS)
+
+
+class SimCache:
+    """Lowered programs shared between simulations of one graph on boards of the same structure
+    (design-space sweeps over clock, bandwidth, DSP budget, ...): a hit re-times the streams
+    with the new board's perf model instead of lowering them again."""
+
+    def __init__(self) -> None:
+        self._progs: dict[tuple[int, tuple[Any, ...]], tuple[Program, dict[int, Program]]] = {}
+
+    def program(self, graph: Graph, arch: FpgaArch) -> tuple[Program, dict[int, Program]]:
+        import dataclasses
+
+        key = (id(graph), structure_key(arch))
+        got = self._progs.get(key)
+        if got is None:
+            got = (build_program(graph, arch), {})
+            self._progs[key] = got
+        prog, small = got
+        if prog.arch is arch:
+            return prog, small
+        # the same streams (shared ``_streams`` dicts), timed on ``arch``
+        return dataclasses.replace(prog, arch=arch), {
+            k: dataclasses.replace(p, arch=arch) for k, p in small.items()
+        }
+
+
 def simulate(
     graph: Graph | Program,
     arch: FpgaArch,
@@ -118,6 +173,7 @@ def simulate(
     storage: bool = True,
     fold: bool = True,
     skip_rate: float | None = None,
+    cache: SimCache | None = None,
 ) -> SimReport:
     """Simulate a prompt of ``prefill`` tokens followed by ``decode`` generated tokens.
 
@@ -129,7 +185,13 @@ def simulate(
     the fraction of decode FFN blocks an ffn-skip graph skips (module docstring).
     """
     t0 = time.perf_counter()
-    prog = graph if isinstance(graph, Program) else build_program(graph, arch)
+    small: dict[int, Program] | None = None
+    if isinstance(graph, Program):
+        prog = graph
+    elif cache is not None:
+        prog, small = cache.program(graph, arch)
+    else:
+        prog = build_program(graph, arch)
     a = prog.arch
     if prefill < 1 or decode < 0:
         raise LlmcError(f"prefill must be >= 1 and decode >= 0 tokens, got {prefill} and {decode}")
@@ -140,7 +202,9 @@ def simulate(
         )
     pm = PerfModel(a)
     clk = a.clock_hz
-    costs = costs_for(prog, pm, fold=fold)
+    costs = costs_for(prog, pm, fold=fold, small=small)
+    if cache is not None and small is not None and not small and hasattr(costs, "small"):
+        cache.program(prog.graph, a)[1].update(costs.small)  # keep the folded copies too
     run_streams: dict[tuple[str, int], StreamPerf] = {}
 
     def perf(stage: str, b: int) -> StreamPerf:

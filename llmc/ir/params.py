@@ -18,6 +18,7 @@ Sparse and quantized combine (an N:16-pruned int4 weight for the FPGA). Data ten
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -140,15 +141,24 @@ class Param:
         self._dense_cache.clear()
 
     def storage_bytes(self) -> float:
-        """Bytes the weight occupies in its storage format (codes + scales + zeros; sparse
-        metadata is counted by the backend that chooses an encoding, not here)."""
+        """Bytes the weight occupies in its storage format: codes + scales + zeros, and for N:M
+        sparsity only the ``N/M`` kept values plus a ``ceil(log2 M)``-bit position per kept value
+        (2:4: 2 bits, as cuSPARSELt and FlightLLM's sparse DSP chain store it; a backend may
+        spend more, e.g. the CPU layout's byte per index). Unstructured sparsity has no encoding
+        any backend exploits, so it is charged dense."""
         numel = 1
         for d in self.type.shape:
             numel *= int(d)
         q = self.format.quant
+        s = self.format.sparsity
+        kept = float(numel)
+        index_bytes = 0.0
+        if s is not None and s.kind == "nm" and s.m > 0:
+            kept = numel * s.n / s.m
+            index_bytes = kept * math.ceil(math.log2(s.m)) / 8 if s.m > 1 else 0.0
         if q is None:
-            return float(numel * DTYPE_BYTES[self.type.dtype])
-        nbytes = numel * q.bits / 8
+            return float(kept * DTYPE_BYTES[self.type.dtype] + index_bytes)
+        nbytes = kept * q.bits / 8 + index_bytes
         for key in ("scale", "zero"):
             t = self.data.get(key)
             if t is not None:

@@ -107,7 +107,7 @@ def evaluate(
 
     Returns ``perplexity``, ``agreement`` (1.0 without passes), ``nll``, ``tokens``,
     ``pass_seconds``, ``weight_bytes`` (stored bytes of all params: quantized weights count their
-    codes and scales; pruned weights count dense, their encoding being a backend's choice),
+    codes and scales; N:M-sparse weights count their kept values and positions, unstructured ones dense),
     ``passes`` and ``report`` (the pipeline's records). ``graph`` itself is
     not modified. Pass ``ref`` (from :func:`reference`) to reuse the dense predictions across
     many evaluations.

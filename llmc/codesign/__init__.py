@@ -1,0 +1,1 @@
+"""Hardware co-design: per-layer rooflines (:mod:`llmc.codesign.roofline`) for every target."""
