@@ -810,6 +810,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="R",
         help="ffn-skip models: fraction of decode FFN blocks skipped, in [0, 1]",
     )
+    p.add_argument(
+        "--efficiency",
+        metavar="FILE",
+        help="also estimate with measured per-kernel-class efficiency factors "
+        "(bench/roofline_validate.json)",
+    )
     p.add_argument("--csv", metavar="FILE", help="write every row (stage, layer, group) as CSV")
     p.add_argument("--plot", metavar="FILE", help="write the roofline chart (.png, .svg, .pdf)")
     p.add_argument("--arch", metavar="FILE", help="FPGA architecture YAML (fpga targets)")

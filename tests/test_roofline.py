@@ -254,3 +254,76 @@ def test_compile_report_has_layer_roofline(tmp_path) -> None:
     assert page.count("<svg") == 1 and page.count("<circle") > 10 and "<table>" in page
     dry = compile_model("llama2-7b", target="h100", dry_run=True)
     assert len(dry.report["roofline_layers"]["rows"]) > 32 * 10 * 2
+
+
+@pytest.mark.parametrize(
+    "passes,cls",
+    [
+        ("", "f32"),
+        ("rtn:bits=8:group=0", "int8 weight-only"),
+        ("rtn:bits=4:group=32", "int4 weight-only"),
+        ("w8a8", "int8 x int8"),
+        ("magnitude:pattern=2:4", "N:M sparse"),
+    ],
+)
+def test_kernel_class_of_compressed_graphs(passes, cls) -> None:
+    from llmc.codesign.roofline import kernel_class
+    from llmc.compile import load, run_passes
+
+    g = load("tiny").graph
+    run_passes(g, passes, None, target="cpu", options={})
+    assert kernel_class(g) == cls
+
+
+def test_efficiency_calibration(tmp_path, capsys) -> None:
+    """--efficiency divides each stage's roofline time by the factor measured for the graph's
+    kernel class; the rows stay the roofline's, and bad files fail in one line naming the flag."""
+    from llmc.codesign.roofline import calibrate, load_efficiency
+
+    f = tmp_path / "eff.json"
+    f.write_text(
+        json.dumps(
+            {
+                "machine": "m",
+                "date": "d",
+                "efficiency_by_kernel_class": {
+                    "f32": {"prefill": 0.5, "decode": 0.8},
+                    "int8 weight-only": {"prefill": 0.25, "decode": 0.4},
+                },
+            }
+        )
+    )
+    eff = load_efficiency(f)
+    assert eff["source"].endswith("(m, d)")
+    from llmc.compile import load
+
+    g = load("tiny").graph
+    rep = analyze(g, resolve_spec(get_target("cpu")), Scenario(prompt=64, decode=16))
+    calibrate(rep, g, eff)
+    c = rep.calibration
+    assert c["kernel_class"] == "f32"
+    assert math.isclose(c["prefill_ms"], rep.totals["prefill"]["time_ms"] / 0.5)
+    assert math.isclose(c["decode_ms_per_token"], rep.totals["decode"]["time_ms"] / 0.8)
+    assert math.isclose(c["request_ms"], c["prefill_ms"] + 16 * c["decode_ms_per_token"])
+    assert "measured-efficiency estimate (f32 kernels" in rep.table()
+    # a class the file does not have: a note, no estimate
+    only_int8 = {"factors": {"int8 weight-only": {"prefill": 1.0, "decode": 1.0}}, "source": "x"}
+    rep2 = analyze(g, resolve_spec(get_target("cpu")), Scenario(prompt=64, decode=16))
+    calibrate(rep2, g, only_int8)
+    assert rep2.calibration is None and any("no efficiency factor for f32" in n for n in rep2.notes)
+
+    assert main(["roofline", "tiny", "--target", "cpu", "--efficiency", str(f), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["calibration"]["factors"] == {"prefill": 0.5, "decode": 0.8}
+    for body, msg in (
+        ("[]", "expected {kernel class"),
+        ('{"f32": {"decode": 0.5}}', "needs prefill and decode"),
+        ('{"f32": {"decode": 0, "prefill": 1}}', "must be a number in (0, 10)"),
+        ('{"int3": {"decode": 1, "prefill": 1}}', "unknown kernel class 'int3'"),
+        ("{", "not JSON"),
+    ):
+        f.write_text(body)
+        assert main(["roofline", "tiny", "--target", "cpu", "--efficiency", str(f)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"llmc: error: --efficiency {f}") and msg in err, err
+        assert len(err.splitlines()) == 1

@@ -1,5 +1,6 @@
 """``llmc roofline MODEL --target T [--passes ...] [--batch B] [--prompt N] [--decode M]
-[--kv-bits 16|8|4] [--act-bits 16|8|4] [--skip-rate R] [--csv FILE] [--plot FILE] [--json]``."""
+[--kv-bits 16|8|4] [--act-bits 16|8|4] [--skip-rate R] [--efficiency FILE] [--csv FILE]
+[--plot FILE] [--json]``."""
 
 from __future__ import annotations
 
@@ -13,7 +14,14 @@ from llmc.errors import LlmcError
 def roofline_command(a: argparse.Namespace) -> int:
     from llmc.backends.targets import get_target, resolve_spec
     from llmc.cli import _pass_options, emit_json, status
-    from llmc.codesign.roofline import Scenario, analyze, simulator_summary, write_outputs
+    from llmc.codesign.roofline import (
+        Scenario,
+        analyze,
+        calibrate,
+        load_efficiency,
+        simulator_summary,
+        write_outputs,
+    )
     from llmc.compile import configure_target, load, run_passes
 
     t0 = time.perf_counter()
@@ -34,12 +42,15 @@ def roofline_command(a: argparse.Namespace) -> int:
     for path, flag in ((a.csv, "--csv"), (a.plot, "--plot")):
         if path and path.endswith("/"):
             raise LlmcError(f"{flag} {path}: give a file name, not a folder")
+    efficiency = load_efficiency(a.efficiency) if a.efficiency else None
     status(f"loading {a.model} ...")
     loaded = load(a.model, allow_pickle=a.allow_pickle, dtype=a.dtype)
     graph = loaded.graph
     passes = run_passes(graph, a.passes, a.recipe, target=tgt.name, options=_pass_options(a))
     status("analysing ...")
     rep = analyze(graph, spec, scenario, model=loaded.name, target=tgt.name)
+    if efficiency is not None:
+        calibrate(rep, graph, efficiency)
     if tgt.kind == "fpga":
         if scenario.batch != 1:
             rep.notes.append(

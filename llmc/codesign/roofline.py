@@ -190,6 +190,7 @@ class RooflineReport:
     kv_cache: dict[str, Any]
     simulator: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    calibration: dict[str, Any] | None = None
 
     def groups(self, stage: str) -> list[Row]:
         """The stage's rows summed over layers, one per op group, in first-seen order."""
@@ -223,6 +224,7 @@ class RooflineReport:
             "groups": {s: [r.to_dict() for r in self.groups(s)] for s in STAGES},
             "rows": [r.to_dict() for r in self.rows],
             "simulator": self.simulator,
+            "calibration": self.calibration,
             "notes": self.notes,
         }
 
@@ -273,6 +275,14 @@ class RooflineReport:
             f"KV cache {kv['bytes'] / 2**20:.1f} MiB at {kv['tokens']} tokens "
             f"({kv['bits']}-bit); weights {t['weight_bytes'] / 2**20:.1f} MiB"
         )
+        if self.calibration:
+            c = self.calibration
+            lines.append(
+                f"measured-efficiency estimate ({c['kernel_class']} kernels: "
+                f"prefill x{c['factors']['prefill']:.2f}, decode x{c['factors']['decode']:.2f} "
+                f"of the roofline): prefill {c['prefill_ms']:.3f} ms, decode "
+                f"{c['decode_ms_per_token']:.4f} ms/step ({c['decode_tokens_per_s']:.1f} tokens/s)"
+            )
         if self.simulator:
             s = self.simulator
             lines.append(
@@ -614,6 +624,93 @@ def analyze(
         "source": spec.source,
     }
     return RooflineReport(model, target, scenario, spec_d, rows, totals, kv, None, notes)
+
+
+# ----------------------------------------------------------------------------------------------
+# measured efficiency: the roofline corrected by factors fitted on a real machine
+
+#: the kernel classes ``bench/roofline_validate.py`` fits one efficiency factor per stage for
+KERNEL_CLASSES = ("f32", "int8 weight-only", "int4 weight-only", "int8 x int8", "N:M sparse")
+
+
+def kernel_class(graph: Graph) -> str:
+    """The class of the kernels that carry most of ``graph``'s weight bytes: ``int8 x int8`` when
+    any linear takes int8 activations, else the storage format of the largest share of matrix
+    weights (N:M sparse first, then the quantization width), else ``f32`` (dense)."""
+    if any(n.op in _INT8_ACT_OPS for _, n in graph.walk()):
+        return "int8 x int8"
+    share: dict[str, float] = {}
+    for p in graph.params.values():
+        if len(p.type.shape) != 2:
+            continue
+        fmt = p.format
+        if fmt.sparsity is not None and fmt.sparsity.kind == "nm":
+            cls = "N:M sparse"
+        elif fmt.quant is not None and fmt.quant.bits <= 4:
+            cls = "int4 weight-only"
+        elif fmt.quant is not None:
+            cls = "int8 weight-only"
+        else:
+            cls = "f32"
+        share[cls] = share.get(cls, 0.0) + p.storage_bytes()
+    return max(share, key=share.__getitem__) if share else "f32"
+
+
+def load_efficiency(path: str | Path) -> dict[str, Any]:
+    """Per-kernel-class efficiency factors (measured / roofline time, per stage) from a JSON file:
+    ``bench/roofline_validate.json`` (its ``efficiency_by_kernel_class``) or a plain
+    ``{class: {"prefill": f, "decode": f}}`` mapping. Returns ``{"factors", "source"}``."""
+    import json
+
+    try:
+        doc = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise RooflineError(f"--efficiency {path}: cannot read ({e.strerror or e})") from None
+    except ValueError as e:
+        raise RooflineError(f"--efficiency {path}: not JSON ({e})") from None
+    table = doc.get("efficiency_by_kernel_class", doc) if isinstance(doc, dict) else None
+    if not isinstance(table, dict) or not table:
+        raise RooflineError(f"--efficiency {path}: expected {{kernel class: {{stage: factor}}}}")
+    factors: dict[str, dict[str, float]] = {}
+    for cls, by_stage in table.items():
+        if cls not in KERNEL_CLASSES:
+            raise RooflineError(
+                f"--efficiency {path}: unknown kernel class {cls!r} ({', '.join(KERNEL_CLASSES)})"
+            )
+        if not isinstance(by_stage, dict) or set(by_stage) != set(STAGES):
+            raise RooflineError(f"--efficiency {path}: {cls!r} needs prefill and decode factors")
+        for stage, f in by_stage.items():
+            if not isinstance(f, (int, float)) or isinstance(f, bool) or not 0 < f < 10:
+                raise RooflineError(
+                    f"--efficiency {path}: {cls!r} {stage} factor must be a number in (0, 10)"
+                )
+        factors[cls] = {st: float(by_stage[st]) for st in STAGES}
+    where = ", ".join(str(doc[k]) for k in ("machine", "date") if isinstance(doc.get(k), str))
+    return {"factors": factors, "source": f"{path}" + (f" ({where})" if where else "")}
+
+
+def calibrate(report: RooflineReport, graph: Graph, efficiency: Mapping[str, Any]) -> None:
+    """Add the measured-efficiency estimate to ``report``: each stage's roofline time divided by
+    the factor fitted for ``graph``'s kernel class. The roofline rows stay as they are (the factor
+    is fitted on whole stages, not per op group); a class the file lacks is a note, not a guess."""
+    cls = kernel_class(graph)
+    f = efficiency["factors"].get(cls)
+    if f is None:
+        report.notes.append(
+            f"no efficiency factor for {cls} kernels in {efficiency['source']}: roofline only"
+        )
+        return
+    pre = report.totals["prefill"]["time_ms"] / f["prefill"]
+    dec = report.totals["decode"]["time_ms"] / f["decode"]
+    report.calibration = {
+        "kernel_class": cls,
+        "factors": dict(f),
+        "source": efficiency["source"],
+        "prefill_ms": pre,
+        "decode_ms_per_token": dec,
+        "decode_tokens_per_s": 1e3 * report.scenario.batch / dec if dec else math.inf,
+        "request_ms": pre + report.scenario.decode * dec,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
