@@ -48,9 +48,7 @@ def simulate_command(a: argparse.Namespace) -> int:
     status(f"loading {a.model} ...")
     loaded = load(a.model, allow_pickle=a.allow_pickle)
     t_load = time.perf_counter()
-    report = run_passes(
-        loaded.graph, a.passes, a.recipe, target=arch.name, options=pass_options(a)
-    )
+    report = run_passes(loaded.graph, a.passes, a.recipe, target=arch.name, options=pass_options(a))
     t_passes = time.perf_counter()
     status(f"simulating on {arch.name} ...")
     rate = getattr(a, "skip_rate", None)

@@ -28,8 +28,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
 from llmc.errors import TargetError
 
 _G = 1e9
@@ -126,7 +124,13 @@ def check_key(key: str, flag: str = "--set") -> None:
 
 def check_value(key: str, value: Any, where: str) -> float:
     """``value`` as a positive finite number (``power_w``/``price_usd`` may be 0), else one line
-    naming ``where`` and the key."""
+    naming ``where`` and the key. A string is read with ``float()`` (YAML 1.1 leaves ``2e3`` a
+    string)."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TargetError(f"{where}: {key} = {value!r} is not a number")
     v = float(value)
@@ -144,11 +148,7 @@ def parse_override(text: str, flag: str = "--set") -> tuple[str, float]:
     key, _, raw = text.partition("=")
     key = key.strip()
     check_key(key, flag)
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError:
-        raise TargetError(f"{flag} {text!r}: value is not a number") from None
-    return key, check_value(key, value, f"{flag} {text.strip()}")
+    return key, check_value(key, raw.strip(), f"{flag} {text.strip()}")
 
 
 @dataclass(frozen=True)
