@@ -644,9 +644,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--past", type=int_at_least(0), default=127, help="cached positions for the cost analysis"
     )
     _add_pass_args(p)
-    p.add_argument("--arch", metavar="FILE", help="FPGA architecture YAML (fpga targets)")
     p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override an arch field"
+        "--arch",
+        metavar="FILE",
+        help="target YAML: an FPGA board file, or `base: h100` + a spec: section (docs/backends.md)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec key (bandwidth_gbs, mem_gb, peak_tflops.<dtype>, power_w, "
+        "price_usd) or an FPGA board field (dsp.total, hbm.bandwidth_gbs, ...)",
     )
     p.set_defaults(func=cmd_compile)
 
@@ -760,9 +769,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--csv", metavar="FILE", help="write every row (stage, layer, group) as CSV")
     p.add_argument("--plot", metavar="FILE", help="write the roofline chart (.png, .svg, .pdf)")
-    p.add_argument("--arch", metavar="FILE", help="FPGA architecture YAML (fpga targets)")
     p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec field"
+        "--arch",
+        metavar="FILE",
+        help="target YAML: an FPGA board file, or `base: h100` + a spec: section (docs/backends.md)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec key (bandwidth_gbs, mem_gb, peak_tflops.<dtype>, power_w, "
+        "price_usd) or an FPGA board field (dsp.total, hbm.bandwidth_gbs, ...)",
     )
     p.add_argument("--allow-pickle", action="store_true")
     _add_dtype_arg(p)
@@ -794,8 +812,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="compression settings, ';'-separated ('dense' = no passes)",
     )
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="fixed override")
-    p.add_argument("--arch", metavar="FILE", help="FPGA architecture YAML (fpga targets)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fixed override: a spec key (bandwidth_gbs, mem_gb, peak_tflops.<dtype>, power_w, "
+        "price_usd) or an FPGA board field (dsp.total, hbm.bandwidth_gbs, ...)",
+    )
+    p.add_argument(
+        "--arch",
+        metavar="FILE",
+        help="target YAML: an FPGA board file, or `base: h100` + a spec: section (docs/backends.md)",
+    )
     p.add_argument("--prompt", type=int_at_least(1), default=128, help="prompt tokens (128)")
     p.add_argument("--decode", type=int_at_least(0), default=512, help="generated tokens (512)")
     p.add_argument("--batch", type=int_at_least(1), default=1, help="prompts per request (1)")
