@@ -232,7 +232,7 @@ def micro(k: int, rounds: int, branches: str) -> dict[str, Any]:
     from tvm.runtime.vm import VirtualMachine
 
     from llmc.backends.cpu.pipeline import PIPELINE
-    from llmc.backends.targets import get_target
+    from llmc.targets import get_target
 
     PIPELINE.cond_branches = branches
     t = get_target("cpu")

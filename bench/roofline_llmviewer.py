@@ -131,9 +131,9 @@ def main() -> int:
     ap.add_argument("-o", "--out", default=None)
     a = ap.parse_args()
 
-    from llmc.backends.targets import get_target, resolve_spec
     from llmc.codesign.roofline import Scenario, analyze
     from llmc.frontends import zoo
+    from llmc.targets import get_target, resolve_spec
 
     spec = resolve_spec(get_target("a100"))
     assert spec.mem_bandwidth == BW and spec.peak("f16") == PEAK

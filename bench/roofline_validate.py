@@ -97,9 +97,9 @@ def compile_all(work: Path, names: list[str]) -> dict[str, Any]:
 
 
 def predict(art: Path) -> dict[str, Any]:
-    from llmc.backends.targets import get_target, resolve_spec
     from llmc.codesign.roofline import Scenario, analyze
     from llmc.compile import load
+    from llmc.targets import get_target, resolve_spec
 
     spec = resolve_spec(get_target("cpu"))
     g = load(str(art)).graph

@@ -19,7 +19,7 @@ from llmc.ir.structure import complete_env
 from llmc.ir.types import DTYPE_BYTES, TensorType
 
 if TYPE_CHECKING:
-    from llmc.backends.targets import HardwareSpec
+    from llmc.targets import HardwareSpec
 
 
 @dataclass

@@ -500,7 +500,7 @@ def load_artifact(path: str | Path, *, expect_target: str | None = None) -> Arti
 def check_target_label(d: Path, manifest: dict[str, Any]) -> None:
     """The manifest's ``target`` must be a known target of the manifest's ``target_kind``: a CPU
     artifact relabelled ``h100`` is refused here (and its code is checked by its runner)."""
-    from llmc.backends.targets import get_target
+    from llmc.targets import get_target
 
     name = manifest.get("target", "ref")
     try:

@@ -19,49 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import llmc
+from llmc.console import emit_json, pass_options, progress, status
 from llmc.errors import LlmcError
-
-
-def _progress_enabled() -> bool:
-    return sys.stderr.isatty() and not os.environ.get("LLMC_NO_PROGRESS")
-
-
-def progress(total: int | None, desc: str) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total, desc=desc, disable=not _progress_enabled(), file=sys.stderr, leave=False
-    )
-
-
-def status(msg: str) -> None:
-    """A one-line status message on stderr (never stdout: stdout is for results and JSON)."""
-    if _progress_enabled():
-        print(msg, file=sys.stderr)
-
-
-def emit_json(obj: dict[str, Any]) -> None:
-    """One JSON object on stdout. Non-finite floats become ``null``: JSON has no ``Infinity``
-    (a rate over zero seconds, say), and strict parsers reject it."""
-    sys.stdout.write(
-        json.dumps(finite_json(obj), indent=2, default=_json_default, allow_nan=False) + "\n"
-    )
-
-
-def finite_json(o: Any) -> Any:
-    """``o`` with every non-finite float (inf, nan) replaced by None, recursively."""
-    if isinstance(o, float):
-        return o if math.isfinite(o) else None
-    if isinstance(o, dict):
-        return {k: finite_json(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [finite_json(v) for v in o]
-    return o
-
-
-def _json_default(o: Any) -> Any:
-    return str(o)
-
 
 # ----------------------------------------------------------------------------------------------
 # commands
@@ -84,7 +43,7 @@ def cmd_compile(a: argparse.Namespace) -> int:
         dump_ir=a.dump_ir,
         dry_run=a.dry_run,
         allow_pickle=a.allow_pickle,
-        pass_options=_pass_options(a),
+        pass_options=pass_options(a),
         analysis_env={"batch": 1, "seq": a.seq, "past": a.past},
         target_options={"arch": a.arch, "set": a.set} if (a.arch or a.set) else None,
     )
@@ -125,17 +84,6 @@ def cmd_compile(a: argparse.Namespace) -> int:
     if res.out is not None:
         print(f"artifact   {res.out}")
     return 0
-
-
-def _pass_options(a: argparse.Namespace) -> dict[str, Any]:
-    opts: dict[str, Any] = {}
-    if getattr(a, "calib", None):
-        opts["calib_file"] = a.calib
-    if getattr(a, "calib_samples", None):
-        opts["calib_samples"] = a.calib_samples
-    if getattr(a, "calib_seqlen", None):
-        opts["calib_seqlen"] = a.calib_seqlen
-    return opts
 
 
 def _safe_name(model: str) -> str:
@@ -306,7 +254,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
             )
         reference = InterpLM(loaded.graph.copy())
         pass_report = run_passes(
-            loaded.graph, a.passes, a.recipe, target="ref", options=_pass_options(a), tokenizer=tok
+            loaded.graph, a.passes, a.recipe, target="ref", options=pass_options(a), tokenizer=tok
         )
     else:
         pass_report = []
@@ -435,7 +383,7 @@ def cmd_inspect(a: argparse.Namespace) -> int:
 
 
 def cmd_targets(a: argparse.Namespace) -> int:
-    from llmc.backends.targets import get_target, target_names
+    from llmc.targets import get_target, target_names
 
     rows = []
     for name in target_names():
@@ -520,7 +468,7 @@ def cmd_export(a: argparse.Namespace) -> int:
         a.passes,
         a.recipe,
         target="ref",
-        options=_pass_options(a),
+        options=pass_options(a),
         tokenizer=loaded.tokenizer,
     )
     if a.format == "gguf":
@@ -696,9 +644,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--past", type=int_at_least(0), default=127, help="cached positions for the cost analysis"
     )
     _add_pass_args(p)
-    p.add_argument("--arch", metavar="FILE", help="FPGA architecture YAML (fpga targets)")
     p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override an arch field"
+        "--arch",
+        metavar="FILE",
+        help="target YAML: an FPGA board file, or `base: h100` + a spec: section (docs/backends.md)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec key (bandwidth_gbs, mem_gb, peak_tflops.<dtype>, power_w, "
+        "price_usd) or an FPGA board field (dsp.total, hbm.bandwidth_gbs, ...)",
     )
     p.set_defaults(func=cmd_compile)
 
@@ -818,9 +775,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--csv", metavar="FILE", help="write every row (stage, layer, group) as CSV")
     p.add_argument("--plot", metavar="FILE", help="write the roofline chart (.png, .svg, .pdf)")
-    p.add_argument("--arch", metavar="FILE", help="FPGA architecture YAML (fpga targets)")
     p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec field"
+        "--arch",
+        metavar="FILE",
+        help="target YAML: an FPGA board file, or `base: h100` + a spec: section (docs/backends.md)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec key (bandwidth_gbs, mem_gb, peak_tflops.<dtype>, power_w, "
+        "price_usd) or an FPGA board field (dsp.total, hbm.bandwidth_gbs, ...)",
     )
     p.add_argument("--allow-pickle", action="store_true")
     _add_dtype_arg(p)
@@ -852,8 +818,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="compression settings, ';'-separated ('dense' = no passes)",
     )
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="fixed override")
-    p.add_argument("--arch", metavar="FILE", help="FPGA architecture YAML (fpga targets)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fixed override: a spec key (bandwidth_gbs, mem_gb, peak_tflops.<dtype>, power_w, "
+        "price_usd) or an FPGA board field (dsp.total, hbm.bandwidth_gbs, ...)",
+    )
+    p.add_argument(
+        "--arch",
+        metavar="FILE",
+        help="target YAML: an FPGA board file, or `base: h100` + a spec: section (docs/backends.md)",
+    )
     p.add_argument("--prompt", type=int_at_least(1), default=128, help="prompt tokens (128)")
     p.add_argument("--decode", type=int_at_least(0), default=512, help="generated tokens (512)")
     p.add_argument("--batch", type=int_at_least(1), default=1, help="prompts per request (1)")

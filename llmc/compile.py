@@ -1,7 +1,8 @@
 """The compile driver: model -> passes -> backend -> artifact, plus the Python API behind the CLI.
 
-Backends are found through :data:`BACKENDS`, keyed by target *kind* (never by target name): a new
-GPU is a registry entry in :mod:`llmc.backends.targets`, a new kind of hardware is one line here.
+Backends are found through the kind registry (:data:`llmc.targets.kinds.KINDS`, keyed by target
+*kind*, never by target name): a new GPU is a data file in ``llmc/targets/data/``, a new kind of
+hardware is one :class:`~llmc.targets.kinds.TargetKind`.
 
 Example::
 
@@ -13,13 +14,11 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import resource
 import shutil
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,33 +33,10 @@ from llmc.artifact import (
     write_graph,
     write_manifest,
 )
-from llmc.backends.targets import Target, get_target, resolve_spec
 from llmc.errors import LlmcError, TargetError
 from llmc.ir.graph import Graph
 from llmc.runtime.lm import InterpLM, LanguageModel
-
-# target kind -> "module:function" taking (graph, target, tmp_dir, report) and returning extra
-# manifest fields. Imported lazily so that, e.g., the FPGA model never loads TVM.
-BACKENDS: dict[str, str] = {
-    "ref": "llmc.compile:_compile_ref",
-    "cpu": "llmc.backends:compile_for_target",
-    "cuda": "llmc.backends:compile_for_target",
-    "rocm": "llmc.backends:compile_for_target",
-    "fpga": "llmc.fpga:compile_for_target",
-}
-# target kind -> "module:function" taking the artifact directory and returning a LanguageModel.
-RUNNERS: dict[str, str] = {
-    "ref": "llmc.compile:_load_ref",
-    "cpu": "llmc.runtime.tvm_runner:load",
-    "cuda": "llmc.runtime.tvm_runner:load",
-    "rocm": "llmc.runtime.tvm_runner:load",
-    "fpga": "llmc.fpga.runner:load",
-}
-
-
-def _resolve(spec: str) -> Callable[..., Any]:
-    mod, fn = spec.split(":")
-    return getattr(importlib.import_module(mod), fn)
+from llmc.targets import Target, configure_target, get_kind, get_target, resolve_spec
 
 
 @dataclass
@@ -122,14 +98,15 @@ def runner_for(
         )
     if loaded.artifact is None:
         return InterpLM(loaded.graph, device=device)
-    if kind not in RUNNERS:
+    if get_kind(kind).load is None:
         raise TargetError(
             f"{loaded.artifact.path}: artifacts for {loaded.artifact.target} ({kind}) cannot run "
             "on this machine"
         )
+    load_fn = get_kind(kind).hook("load")
     if random_weights:
-        return _resolve(RUNNERS[kind])(loaded.artifact.path, random_weights=True)
-    return _resolve(RUNNERS[kind])(loaded.artifact.path)
+        return load_fn(loaded.artifact.path, random_weights=True)
+    return load_fn(loaded.artifact.path)
 
 
 def require_tokenizer(loaded: Loaded, what: str = "text prompts") -> Any:
@@ -227,13 +204,13 @@ def compile_model(
 ) -> CompileResult:
     """Load, transform and lower a model; write the artifact atomically to ``out``.
 
-    ``target_options`` configures the target: for FPGA targets ``{"arch": FILE, "set":
-    ["key=value", ...]}`` (``--arch`` / ``--set``)."""
+    ``target_options`` configures the target, any kind: ``{"arch": FILE, "set": ["key=value",
+    ...]}`` (``--arch`` / ``--set``; see :func:`llmc.targets.configure_target`)."""
     t_start = time.perf_counter()
     tgt = get_target(target)  # fail fast on an unknown target, before loading anything
     if target_options:
         tgt = configure_target(tgt, target_options)
-    if tgt.kind not in BACKENDS:
+    if get_kind(tgt.kind).lower is None:
         raise TargetError(f"target {target} has kind {tgt.kind!r}, which no backend handles")
     with contextlib.ExitStack() as stack:
         if out is not None and not dry_run:  # refuse a bad or busy -o before any work
@@ -315,7 +292,7 @@ def _compile_loaded(
     out = Path(out)
     check_space(out, int(report["params"]["storage_bytes"]))
     with artifact_writer(out) as tmp:
-        backend = _resolve(BACKENDS[tgt.kind])
+        backend = get_kind(tgt.kind).hook("lower")
         t_b = time.perf_counter()
         extra = backend(graph, tgt, tmp, report) or {}
         report["timing_s"]["backend"] = time.perf_counter() - t_b
@@ -348,20 +325,6 @@ def _hf_config_entry(config: dict[str, Any]) -> dict[str, Any]:
         return {"hf_config": json.loads(json.dumps(config))}
     except (TypeError, ValueError):  # a config with values JSON cannot hold: export rebuilds one
         return {}
-
-
-def configure_target(tgt: Target, options: dict[str, Any]) -> Target:
-    """``tgt`` with user options applied (FPGA: another architecture file, field overrides)."""
-    import dataclasses
-
-    if tgt.kind != "fpga":
-        raise TargetError(f"--arch/--set apply to FPGA targets only; {tgt.name} is {tgt.kind}")
-    from llmc.fpga.arch import load_arch
-
-    arch = load_arch(options.get("arch") or tgt.name, list(options.get("set") or ()))
-    return dataclasses.replace(
-        tgt, description=arch.description, spec=arch.hardware_spec(), extra={"arch": arch}
-    )
 
 
 def _compile_ref(graph: Graph, target: Target, tmp: Path, report: dict[str, Any]) -> dict[str, Any]:

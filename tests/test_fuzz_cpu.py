@@ -36,7 +36,7 @@ pytest.importorskip("tvm")
 def compile_cpu(graph: Graph) -> tuple[Any, Any]:
     """The VM executable and the lowering's decisions for ``graph`` on the host CPU."""
     from llmc.backends import pipeline_for
-    from llmc.backends.targets import get_target
+    from llmc.targets import get_target
 
     t = get_target("cpu")
     ex, lowered, _ = pipeline_for(t).compile(graph, t)

@@ -70,7 +70,7 @@ def test_two_compiles_are_identical(capsys, tmp_path: Path, target: str) -> None
 def _llvm_functions(seed_graph) -> dict[str, str]:
     """LLVM IR of one CPU build of ``seed_graph``, by function name (host module and imports)."""
     from llmc.backends import pipeline_for
-    from llmc.backends.targets import get_target
+    from llmc.targets import get_target
 
     target = get_target("cpu")
     ex, _, _ = pipeline_for(target).compile(seed_graph, target)

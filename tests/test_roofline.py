@@ -9,12 +9,12 @@ import math
 import pytest
 import torch
 
-from llmc.backends.targets import get_target, resolve_spec
 from llmc.cli import main
 from llmc.codesign.roofline import Scenario, analyze, pruned_lengths
 from llmc.frontends import zoo
 from llmc.ir.params import Param, QuantSpec, SparsitySpec, StorageFormat
 from llmc.ir.types import TensorType
+from llmc.targets import get_target, resolve_spec
 
 H, FFN, LAYERS = 4096, 11008, 32  # LLaMA2-7B
 

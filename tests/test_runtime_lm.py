@@ -117,7 +117,7 @@ def test_dry_run_reports_cost(graph) -> None:
 def test_dry_run_roofline_for_7b() -> None:
     """Decode of LLaMA2-7B in fp16 is bound by reading its 13.5 GB of weights: on an H100
     (3.35 TB/s) no call can beat ~4 ms; a 128-token prefill moves past the ridge point less."""
-    from llmc.backends.targets import get_target
+    from llmc.targets import get_target
 
     spec = get_target("h100").spec
     dec = compile_model("llama2-7b", target="h100", dry_run=True).report

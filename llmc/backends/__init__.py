@@ -1,6 +1,6 @@
 """Backends: lowering the IR to TVM for CPUs and GPUs (the FPGA model lives in ``llmc.fpga``).
 
-Public API (what ``llmc compile --target`` calls, through ``llmc.compile.BACKENDS``)::
+Public API (what ``llmc compile --target`` calls, through the kinds' ``lower`` hooks)::
 
     from llmc.backends import compile_model
     fields = compile_model(graph, "cpu", "out/tiny")     # writes model.so, weights, graph.ir
@@ -10,37 +10,30 @@ Public API (what ``llmc compile --target`` calls, through ``llmc.compile.BACKEND
     lm = load("out/tiny")                                 # needs only the TVM runtime
     logits = lm.prefill(ids); logits = lm.decode(token)
 
-Targets come from :mod:`llmc.backends.targets`; the pipeline is chosen by the target's *kind*
-through :data:`PIPELINES` (``cpu``, ``cuda``, ``rocm``), never by name. Importing this package does
+Targets come from :mod:`llmc.targets`; the pipeline is chosen by the target's *kind* (its
+``pipeline`` hook in :data:`llmc.targets.kinds.KINDS`: ``cpu``, ``cuda``, ``rocm``), never by name. Importing this package does
 not import TVM; compiling does.
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
-from llmc.backends.targets import Target, get_target
 from llmc.errors import TargetError
-
-#: target kind -> "module:attribute" of its TVMPipeline instance.
-PIPELINES: dict[str, str] = {
-    "cpu": "llmc.backends.cpu.pipeline:PIPELINE",
-    "cuda": "llmc.backends.cuda.pipeline:PIPELINE",
-    "rocm": "llmc.backends.rocm.pipeline:PIPELINE",
-}
+from llmc.targets import Target, get_kind, get_target
+from llmc.targets.kinds import kinds_with
 
 
 def pipeline_for(target: Target) -> Any:
-    spec = PIPELINES.get(target.kind)
-    if spec is None:
+    """The TVM pipeline of ``target``'s kind."""
+    kind = get_kind(target.kind)
+    if kind.pipeline is None:
         raise TargetError(
             f"target {target.name} has kind {target.kind!r}; the TVM backends handle "
-            f"{', '.join(sorted(PIPELINES))}"
+            f"{', '.join(kinds_with('pipeline'))}"
         )
-    mod, attr = spec.split(":")
-    return getattr(importlib.import_module(mod), attr)
+    return kind.hook("pipeline")
 
 
 def compile_for_target(
@@ -63,4 +56,4 @@ def compile_model(
     return compile_for_target(graph, get_target(target_name), out, {} if report is None else report)
 
 
-__all__ = ["PIPELINES", "compile_for_target", "compile_model", "pipeline_for"]
+__all__ = ["compile_for_target", "compile_model", "pipeline_for"]

@@ -29,9 +29,9 @@ from llmc.backends.layouts import WeightArg, get_layout
 from llmc.backends.lower import KV_CAPACITY, Entry, Lowered, Lowering
 from llmc.backends.rules import Rule, check_rules, rule_list
 from llmc.ir.graph import Graph
+from llmc.targets.kinds import BACKEND_ABI
 
 #: Bumped whenever the compiled ABI (entry signatures, weight file layout) changes.
-BACKEND_ABI = "llmc-tvm-v2"  # v2: the KV cache stays in place (kv_len argument)
 MODEL_LIB = "model.so"
 WEIGHTS_FILE = "weights.safetensors"
 

@@ -12,8 +12,6 @@ from llmc.errors import LlmcError
 
 
 def roofline_command(a: argparse.Namespace) -> int:
-    from llmc.backends.targets import get_target, resolve_spec
-    from llmc.cli import _pass_options, emit_json, status
     from llmc.codesign.roofline import (
         Scenario,
         analyze,
@@ -22,7 +20,9 @@ def roofline_command(a: argparse.Namespace) -> int:
         simulator_summary,
         write_outputs,
     )
-    from llmc.compile import configure_target, load, run_passes
+    from llmc.compile import load, run_passes
+    from llmc.console import emit_json, pass_options, status
+    from llmc.targets import configure_target, get_target, resolve_spec
 
     t0 = time.perf_counter()
     scenario = Scenario(
@@ -46,7 +46,7 @@ def roofline_command(a: argparse.Namespace) -> int:
     status(f"loading {a.model} ...")
     loaded = load(a.model, allow_pickle=a.allow_pickle, dtype=a.dtype)
     graph = loaded.graph
-    passes = run_passes(graph, a.passes, a.recipe, target=tgt.name, options=_pass_options(a))
+    passes = run_passes(graph, a.passes, a.recipe, target=tgt.name, options=pass_options(a))
     status("analysing ...")
     rep = analyze(graph, spec, scenario, model=loaded.name, target=tgt.name)
     if efficiency is not None:
@@ -77,8 +77,8 @@ def roofline_command(a: argparse.Namespace) -> int:
 
 
 def study_command(a: argparse.Namespace) -> int:
-    from llmc.cli import emit_json, progress, status
     from llmc.codesign.study import Study, parse_grid, parse_vary, run_study
+    from llmc.console import emit_json, progress, status
 
     study = Study(
         model=a.model,

@@ -154,8 +154,7 @@ def _graph(study: Study, passes: str) -> Any:
 
 
 def _configure(study: Study, hw: dict[str, str]) -> Any:
-    from llmc.backends.targets import get_target
-    from llmc.compile import configure_target
+    from llmc.targets import configure_target, get_target
 
     tgt = get_target(study.target)
     sets = [*study.sets, *(f"{k}={v}" for k, v in hw.items())]
@@ -168,8 +167,8 @@ def evaluate_point(study: Study, point: dict[str, Any]) -> dict[str, Any]:
     """Speed, memory and cost of one point; ``feasible: False`` with a ``reason`` when the board
     refuses the overrides or the model does not fit."""
     global _SIM_CACHE
-    from llmc.backends.targets import resolve_spec
     from llmc.codesign.roofline import Scenario, analyze
+    from llmc.targets import resolve_spec
 
     row: dict[str, Any] = {
         "id": point["id"],
@@ -264,29 +263,14 @@ def _reason(e: Exception) -> str:
 def check_overrides(study: Study) -> None:
     """Each ``--vary`` value and ``--set`` on its own: an unknown key or a bad value is an error
     (one line naming it), not an infeasible point."""
-    from llmc.backends.targets import get_target
+    from llmc.targets import check_override, get_target
 
     tgt = get_target(study.target)
     items = [("--set", s) for s in study.sets] + [
         ("--vary", f"{a.key}={v}") for a in study.axes for v in a.values
     ]
-    if tgt.kind == "fpga" or study.arch:
-        from llmc.fpga.arch import check_override
-
-        for flag, text in items:
-            check_override(text, flag)
-        return
-    for flag, text in items:  # other kinds: the target's own override check
-        try:
-            _configure_sets(tgt, [text])
-        except LlmcError as e:
-            raise StudyError(f"{flag} {text}: {str(e).splitlines()[0]}") from None
-
-
-def _configure_sets(tgt: Any, sets: list[str]) -> Any:
-    from llmc.compile import configure_target
-
-    return configure_target(tgt, {"arch": None, "set": sets})
+    for flag, text in items:  # the target kind's own check (FPGA board fields, spec keys)
+        check_override(tgt, text, flag)
 
 
 def _worker(args: tuple[Study, list[dict[str, Any]]]) -> list[dict[str, Any]]:

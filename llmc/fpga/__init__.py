@@ -45,7 +45,7 @@ def compile_artifact(graph: Any, arch: FpgaArch, out_dir: Any, **kw: Any) -> dic
 
 
 def compile_for_target(graph: Any, target: Any, tmp: Any, report: dict[str, Any]) -> dict[str, Any]:
-    """The ``fpga`` backend of ``llmc compile`` (see :data:`llmc.compile.BACKENDS`)."""
+    """The ``fpga`` backend of ``llmc compile`` (the ``fpga`` kind's ``lower`` hook)."""
     from llmc.fpga.artifact import compile_for_target as _cft
 
     return _cft(graph, target, tmp, report)

@@ -1,6 +1,6 @@
 """FlightLLM accelerator architecture: one description per board, loaded from YAML.
 
-A board file (``llmc/fpga/arch/<name>.yaml``) gives every parameter as ``{value: ..., source:
+A board file (``llmc/targets/data/<name>.yaml``, ``kind: fpga``) gives every parameter as ``{value: ..., source:
 "..."}``: where the figure comes from (the board's data sheet, the FlightLLM paper, or an
 assumption of ours) travels with it into reports. A user file may start with ``base: u280`` and
 override only some keys; ``--set key=value`` (dotted keys, YAML values) overrides last.
@@ -25,7 +25,9 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import functools
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -35,8 +37,10 @@ from typing import Any
 import yaml
 
 from llmc.errors import LlmcError
+from llmc.targets.files import DATA_DIR, data_files, file_kind
+from llmc.targets.spec import HardwareSpec, Target
 
-ARCH_DIR = Path(__file__).resolve().parent / "arch"
+ARCH_DIR = DATA_DIR  # the board files live with the other targets (kind: fpga)
 
 
 class ArchError(LlmcError):
@@ -177,10 +181,8 @@ class FpgaArch:
         return out
 
     def hardware_spec(self) -> Any:
-        """The registry's :class:`~llmc.backends.targets.HardwareSpec` (peak MAC rate of the MM
+        """The registry's :class:`~llmc.targets.spec.HardwareSpec` (peak MAC rate of the MM
         unit, HBM bandwidth and capacity) for roofline and co-design studies."""
-        from llmc.backends.targets import HardwareSpec
-
         peak = 2.0 * self.cores * self.mm_macs * self.clock_hz
         return HardwareSpec(
             {"i8": peak, "i4": peak, "f16": peak / 2, "f32": peak / 4},
@@ -188,7 +190,7 @@ class FpgaArch:
             self.hbm.capacity_bytes,
             power_w=self.power_w,
             price_usd=self.price_usd,
-            source=f"FlightLLM model ({self.board}); see llmc/fpga/arch/{self.name}.yaml",
+            source=f"FlightLLM model ({self.board}); see llmc/targets/data/{self.name}.yaml",
         )
 
     def replace(self, overrides: Iterable[str]) -> FpgaArch:
@@ -274,7 +276,13 @@ FIELD_BY_KEY = {f.key: f for f in FIELDS}
 
 
 def builtin_names() -> list[str]:
-    return sorted(p.stem for p in ARCH_DIR.glob("*.yaml"))
+    """The built-in boards: the target data files of kind ``fpga``."""
+    return list(_builtin_names())
+
+
+@functools.cache
+def _builtin_names() -> tuple[str, ...]:  # read once: sweeps load boards per point
+    return tuple(sorted(n for n, p in data_files().items() if file_kind(p) == "fpga"))
 
 
 def load_arch(name_or_path: str | Path, overrides: Iterable[str] = ()) -> FpgaArch:
@@ -321,6 +329,9 @@ def _load_file(spec: str, seen: set[str]) -> tuple[dict[str, Any], dict[str, str
         values, sources, name, _ = _load_file(base, seen)
     if "name" in doc:
         name = str(doc.pop("name"))
+    kind = doc.pop("kind", "fpga")
+    if kind != "fpga":
+        raise ArchError(f"{path}: kind '{kind}' is not an FPGA board (kind: fpga)")
     for k, v in _flatten(doc).items():
         if k not in FIELD_BY_KEY:
             raise ArchError(f"{path}: unknown field '{k}'{_suggest(k)}")
@@ -564,3 +575,21 @@ def check_override(text: str, flag: str = "--set") -> None:
         raise ArchError(f"{flag} {text!r}: value is not valid YAML") from None
     if f.rule is not None and not f.rule(v):
         raise ArchError(f"{flag} {text!r}: impossible value (must be {f.rule_text}; {f.doc})")
+
+
+# ----------------------------------------------------------------------------------------------
+# the ``fpga`` kind's hooks (llmc.targets.kinds)
+
+
+def target_from_file(name: str, path: Path) -> Target:
+    """The registry's target for a board file (the kind's ``build`` hook)."""
+    a = load_arch(str(path))
+    return Target(name, "fpga", a.description, None, a.hardware_spec(), {"arch": a})
+
+
+def configure_target(tgt: Target, arch_file: str | None, sets: list[str]) -> Target:
+    """``tgt`` with another board file and/or ``--set`` board fields (the ``configure`` hook)."""
+    a = load_arch(arch_file or tgt.name, sets)
+    return dataclasses.replace(
+        tgt, description=a.description, spec=a.hardware_spec(), extra={"arch": a}
+    )

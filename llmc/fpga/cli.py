@@ -27,7 +27,7 @@ def resolve_arch(target: str, arch_file: str | None, sets: list[str]) -> FpgaArc
     """The board for ``--target`` / ``--arch FILE`` with ``--set`` overrides."""
     if arch_file:
         return load_arch(arch_file, sets)
-    from llmc.backends.targets import get_target
+    from llmc.targets import get_target
 
     t = get_target(target)
     if t.kind != "fpga":
@@ -39,8 +39,8 @@ def resolve_arch(target: str, arch_file: str | None, sets: list[str]) -> FpgaArc
 
 
 def simulate_command(a: argparse.Namespace) -> int:
-    from llmc.cli import _pass_options, emit_json, status
     from llmc.compile import load, run_passes
+    from llmc.console import emit_json, pass_options, status
     from llmc.fpga.sim import simulate
 
     t0 = time.perf_counter()
@@ -48,9 +48,7 @@ def simulate_command(a: argparse.Namespace) -> int:
     status(f"loading {a.model} ...")
     loaded = load(a.model, allow_pickle=a.allow_pickle)
     t_load = time.perf_counter()
-    report = run_passes(
-        loaded.graph, a.passes, a.recipe, target=arch.name, options=_pass_options(a)
-    )
+    report = run_passes(loaded.graph, a.passes, a.recipe, target=arch.name, options=pass_options(a))
     t_passes = time.perf_counter()
     status(f"simulating on {arch.name} ...")
     rate = getattr(a, "skip_rate", None)

@@ -132,5 +132,5 @@ class FpgaLM(LanguageModel):
 
 
 def load(path: str | Path) -> LanguageModel:
-    """The ``fpga`` runner of :data:`llmc.compile.RUNNERS`."""
+    """The ``fpga`` kind's ``load`` hook (:mod:`llmc.targets.kinds`)."""
     return FpgaLM(path)

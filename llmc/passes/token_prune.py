@@ -355,7 +355,7 @@ def _check_target(pname: str, target: str) -> None:
     """Targets whose backend cannot run a pruned graph refuse at compile time, in one line."""
     if target == "ref":
         return
-    from llmc.backends.targets import get_target
+    from llmc.targets import get_target
 
     kind = get_target(target).kind
     support = PRUNE_TARGET_KINDS
@@ -378,7 +378,7 @@ def _check_fpga(opts: TokenPrune, target: str | None, graph: Graph | None = None
     """What the FlightLLM model does not lower, refused at compile time in one line."""
     if not target or target == "ref":
         return
-    from llmc.backends.targets import get_target
+    from llmc.targets import get_target
 
     if get_target(target).kind not in FPGA_PRUNE_KINDS:
         return

@@ -260,4 +260,4 @@ def run(
     return Interpreter(graph, device=device, hook=combined if fns else hook).run(inputs)
 
 
-__all__ = ["Hook", "Interpreter", "RunContext", "bind_symbols", "run", "regions_of"]
+__all__ = ["Hook", "Interpreter", "RunContext", "run", "regions_of"]

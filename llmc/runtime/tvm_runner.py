@@ -46,6 +46,7 @@ import torch
 from llmc.errors import LlmcError
 from llmc.ir.structure import NO_DECODE, LMAbiError
 from llmc.runtime.lm import KV, GenerationResult, LanguageModel, SkipCounter, generate
+from llmc.targets.kinds import BACKEND_ABI
 
 _TVM_DTYPE = {
     torch.float32: "float32",
@@ -56,7 +57,6 @@ _TVM_DTYPE = {
     torch.int8: "int8",
     torch.uint8: "uint8",
 }
-BACKEND_ABI = "llmc-tvm-v2"  # keep equal to llmc.backends.pipeline.BACKEND_ABI
 _KIND_DEVICE = {"cpu": "cpu", "cuda": "cuda", "rocm": "rocm"}
 
 
@@ -146,7 +146,7 @@ def check_host(manifest: dict[str, Any], path: Path) -> None:
     kind = manifest.get("target_kind")
     target = manifest.get("target")
     if kind == "cpu":
-        from llmc.backends.cpu_isa import host_isa_flags
+        from llmc.targets.cpu_isa import host_isa_flags
 
         want = manifest["backend"].get("cpu", {}).get("isa", [])
         have = set(host_isa_flags())

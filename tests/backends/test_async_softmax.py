@@ -101,7 +101,7 @@ def _async_graph(dtype: str = "f32"):
 @pytest.fixture(scope="module")
 def cpu_kernels():
     from llmc.backends import pipeline_for
-    from llmc.backends.targets import get_target
+    from llmc.targets import get_target
 
     t = get_target("cpu")
     ex, lowered, _ = pipeline_for(t).compile(_async_graph(), t)
@@ -177,8 +177,8 @@ def test_compiled_over_logit_ranges(cpu_kernels, shift, spread, s, extra, seed):
 
 def test_gpu_kernels_cross_compile():
     from llmc.backends import pipeline_for
-    from llmc.backends.targets import get_target
     from llmc.backends.toolchain import ToolchainError
+    from llmc.targets import get_target
 
     for name in ("h100", "mi300x"):
         t = get_target(name)
@@ -199,7 +199,7 @@ def test_gpu_kernels_run():
     from tvm.runtime.vm import VirtualMachine
 
     from llmc.backends import pipeline_for
-    from llmc.backends.targets import get_target
+    from llmc.targets import get_target
 
     t = get_target("h100")
     ex, _, _ = pipeline_for(t).compile(_async_graph(), t)

@@ -51,7 +51,7 @@ def test_kernels_match_reference_for_any_head_dim(d, causal, window):
     from tvm.runtime.vm import VirtualMachine
 
     from llmc.backends import pipeline_for
-    from llmc.backends.targets import get_target
+    from llmc.targets import get_target
 
     t = get_target("cpu")
     ex, lowered, _ = pipeline_for(t).compile(_graph(d, causal, window), t)

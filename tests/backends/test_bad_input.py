@@ -53,7 +53,7 @@ def test_artifact_for_other_target_refused(toy_cpu: Path, tmp_path: Path):
         m["backend"]["cpu"]["isa"] = ["avx512f", "amx_tile", "avx512_fp16", "avx2"]
         m["backend"]["cpu"]["mcpu"] = "future-cpu"
 
-    from llmc.backends.cpu_isa import host_isa_flags
+    from llmc.targets.cpu_isa import host_isa_flags
 
     if not {"amx_tile", "avx512_fp16"} <= set(host_isa_flags()):
         with pytest.raises(LlmcError, match="recompile"):

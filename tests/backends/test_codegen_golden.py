@@ -83,7 +83,7 @@ def _check_golden(name: str, text: str) -> None:
 def _compile(target: str):
     from llmc.backends import pipeline_for
     from llmc.backends.pipeline import device_sources
-    from llmc.backends.targets import get_target
+    from llmc.targets import get_target
 
     t = get_target(target)
     ex, lowered, mod = pipeline_for(t).compile(small_graph(), t)

@@ -142,7 +142,7 @@ def test_predicate_input_nested_cond_and_region_param():
 
     from llmc.backends import pipeline_for
     from llmc.backends.layouts import get_layout
-    from llmc.backends.targets import get_target
+    from llmc.targets import get_target
     from tests.ir.examples import with_cond
 
     g = with_cond()
@@ -199,7 +199,7 @@ def _run_vm(graph, args, **pipeline_overrides):
 
     from llmc.backends import pipeline_for
     from llmc.backends.layouts import get_layout
-    from llmc.backends.targets import get_target
+    from llmc.targets import get_target
 
     t = get_target("cpu")
     pipeline = copy.copy(pipeline_for(t))

@@ -21,7 +21,7 @@ TVM_TARGETS = {"cpu": "cpu", "cuda": "h100", "rocm": "mi300x"}
 def test_every_op_has_a_rule_on_every_tvm_kind(kind):
     from llmc.backends import pipeline_for
     from llmc.backends.rules import FALLBACK, check_rules, rule_list
-    from llmc.backends.targets import get_target
+    from llmc.targets import get_target
 
     target = get_target(TVM_TARGETS[kind])
     assert target.kind == kind
@@ -47,7 +47,7 @@ def test_unmatched_op_is_refused_in_one_line_naming_it():
     """What the fallback says when no rule matches (here: a rule list of the fallback alone)."""
     from llmc.backends.lower import Entry, Lowering
     from llmc.backends.rules import FALLBACK
-    from llmc.backends.targets import get_target
+    from llmc.targets import get_target
     from tests.backends.cond_lm import cond_lm
 
     t = get_target("cpu")

@@ -88,8 +88,8 @@ def test_gelu_tanh_fast_matches_torch():
     from tvm.runtime.vm import VirtualMachine
 
     from llmc.backends import pipeline_for
-    from llmc.backends.targets import get_target
     from llmc.ir import GraphBuilder, TensorType, sym
+    from llmc.targets import get_target
 
     b = GraphBuilder("g")
     x = b.input("x", TensorType((sym("n"), 64), "f32"))

@@ -85,7 +85,7 @@ def test_cpu_kernel_matches_reference(window):
     from tvm.runtime.vm import VirtualMachine
 
     from llmc.backends import pipeline_for
-    from llmc.backends.targets import get_target
+    from llmc.targets import get_target
 
     t = get_target("cpu")
     ex, lowered, _ = pipeline_for(t).compile(_graph(window=window), t)
@@ -102,8 +102,8 @@ def test_cpu_kernel_matches_reference(window):
 
 def test_gpu_kernels_cross_compile():
     from llmc.backends import pipeline_for
-    from llmc.backends.targets import get_target
     from llmc.backends.toolchain import ToolchainError
+    from llmc.targets import get_target
 
     for name in ("h100", "mi300x"):
         t = get_target(name)

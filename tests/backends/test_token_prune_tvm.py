@@ -103,7 +103,7 @@ def test_decode_entry_is_dense(build, target):
     """The decode entry fixes seq = 1, so keep_l = 1: no scores, no mask, no gather, no
     run-time shape; the prefill entry binds keep_l with tensor_to_shape + match_cast."""
     from llmc.backends import pipeline_for
-    from llmc.backends.targets import get_target
+    from llmc.targets import get_target
 
     graph = load_artifact(build("token-prune:average=0.5")).graph
     tgt = get_target(target)

@@ -105,7 +105,7 @@ def test_bad_files(tmp_path):
 
 
 def test_registry_targets():
-    from llmc.backends.targets import get_target
+    from llmc.targets import get_target
 
     assert set(builtin_names()) >= {"u280", "vhk158"}
     t = get_target("vhk158")

@@ -82,8 +82,9 @@ def test_compile_bad_arch_override_leaves_nothing(capsys, tmp_path):
     )
     assert_one_line_error(rc, err, "'hbm.eff_same'")
     assert not out.exists()
+    # a board field on a CPU target: CPU targets take spec keys (llmc.targets.spec)
     rc, _, err = run_cli(capsys, "compile", "tiny", "--target", "cpu", "--set", "cores=2")
-    assert_one_line_error(rc, err, "FPGA targets only")
+    assert_one_line_error(rc, err, "--set cores", "unknown spec key")
 
 
 def test_bad_token_ids_are_refused(artifact):

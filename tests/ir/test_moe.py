@@ -89,7 +89,7 @@ def test_cpu_lowering_matches_reference(k, normalize):
     from tvm.runtime.vm import VirtualMachine
 
     from llmc.backends import pipeline_for
-    from llmc.backends.targets import get_target
+    from llmc.targets import get_target
 
     t = get_target("cpu")
     ex, lowered, _ = pipeline_for(t).compile(_graph(k, normalize), t)

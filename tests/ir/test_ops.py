@@ -32,8 +32,8 @@ from llmc.ir import (
 )
 from llmc.ir.graph import Value
 from llmc.ir.registry import Cost
-from llmc.ir.types import DTYPE_BYTES, from_torch_dtype, sym
-from llmc.runtime.interp import bind_symbols, run
+from llmc.ir.types import DTYPE_BYTES, bind_symbols, from_torch_dtype, sym
+from llmc.runtime.interp import run
 from tests.hypothesis_profiles import examples
 from tests.ir.strategies import graphs_with_inputs
 

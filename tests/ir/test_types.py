@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from llmc.errors import IRError
 from llmc.ir import SymDim, TensorType, sym
 from llmc.ir.types import (
+    bind_symbols,
     broadcast_shapes,
     dim_add,
     dim_div_exact,
@@ -20,7 +21,6 @@ from llmc.ir.types import (
     normalize_axis,
     promote_dtypes,
 )
-from llmc.runtime.interp import bind_symbols
 from tests.hypothesis_profiles import examples
 from tests.ir.strategies import SYMBOLS, dims
 

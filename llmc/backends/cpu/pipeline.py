@@ -19,7 +19,6 @@ from typing import Any
 import tvm
 from tvm import relax, te
 
-from llmc.backends.cpu_isa import host_isa_flags
 from llmc.backends.kernels import cpu as cpu_kernels
 from llmc.backends.layouts import (
     Layout,
@@ -45,6 +44,7 @@ from llmc.backends.rules import (
 )
 from llmc.ir.graph import Node
 from llmc.ir.params import Param
+from llmc.targets.cpu_isa import host_isa_flags
 
 #: Output rows per panel: 64 float32 = four AVX-512 registers (the layout is part of the
 #: artifact's ABI; the ISA check on load keeps it on the kind of CPU it was tuned for).

@@ -1,4 +1,4 @@
-"""The ``cpu`` target's roofline uses this machine's measured figures (llmc.backends.hostspec)."""
+"""The ``cpu`` target's roofline uses this machine's measured figures (llmc.targets.host)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from llmc.backends import hostspec
-from llmc.backends.targets import get_target, resolve_spec
+from llmc.targets import get_target, resolve_spec
+from llmc.targets import host as hostspec
 
 
 def test_measured_once_then_cached(tmp_path, monkeypatch):

@@ -9,7 +9,8 @@ neighbours (25-35 GB/s over a day on the 2-core EPYC these figures were first ta
 measurement is a snapshot; it is cached per machine in ``$LLMC_CACHE_DIR`` (default
 ``~/.cache/llmc``, file ``host-spec-<key>.json``): delete it to measure again.
 
-``LLMC_HOST_SPEC=nominal`` (or a failed measurement) keeps the registry's nominal figures.
+``LLMC_HOST_SPEC=nominal`` (or a failed measurement) keeps the nominal figures of
+``llmc/targets/data/cpu.yaml``.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from llmc.backends.cpu_isa import host_isa_flags
-from llmc.backends.targets import HardwareSpec
 from llmc.cache import cache_dir
+from llmc.targets.cpu_isa import host_isa_flags
+from llmc.targets.spec import HardwareSpec
 
 _G = 1e9
 PROBE_MIB = 256
@@ -123,16 +124,24 @@ def host_spec(nominal: HardwareSpec) -> HardwareSpec:
     except (ValueError, OSError, AttributeError):
         pass
     bw = float(rec["read_bytes_per_s"])
+    measured = f"measured {rec['measured']} (torch.sum over {PROBE_MIB} MiB, best of 5)"
+    peak = f"{threads} x {ghz:.2f} GHz x {4 * lanes} f32 FLOP/cycle"
     return HardwareSpec(
         {"f32": f32, "f16": f32, "bf16": f32, "i8": i8},
         bw,
         mem,
+        power_w=nominal.power_w,
+        price_usd=nominal.price_usd,
         source=(
             f"this host: {rec['cpu']}, {threads} threads; read bandwidth {bw / _G:.1f} GB/s "
-            f"measured {rec['measured']} (torch.sum over {PROBE_MIB} MiB, best of 5; cached in "
-            f"{path if path is not None else 'nowhere'}); peak {threads} x {ghz:.2f} GHz x "
-            f"{4 * lanes} f32 FLOP/cycle"
+            f"{measured}; cached in {path if path is not None else 'nowhere'}); peak {peak}"
         ),
+        sources={
+            **nominal.sources,
+            "bandwidth_gbs": f"this host, {measured}",
+            "mem_gb": "this host (physical pages)",
+            **{f"peak_tflops.{d}": f"this host: {peak}" for d in ("f32", "f16", "bf16", "i8")},
+        },
     )
 
 
