@@ -21,6 +21,7 @@ from tvm import relax, te
 
 from llmc.backends.cpu_isa import host_isa_flags
 from llmc.backends.kernels import cpu as cpu_kernels
+from llmc.backends.kernels import cpu_vnni
 from llmc.backends.layouts import (
     Layout,
     get_layout,
@@ -68,6 +69,20 @@ def vector_bits() -> int:
     return 256 if "avx" in flags else 128
 
 
+@cache
+def kernel_isa() -> str:
+    """Which decode kernels this host gets: ``"avx512_vnni"`` (:mod:`.kernels.cpu_vnni`) or
+    ``"portable"`` (the float panel kernels, any CPU). The artifact records the host's ISA
+    flags, so a VNNI artifact is refused on a CPU without VNNI."""
+    return "avx512_vnni" if "avx512_vnni" in host_isa_flags() else "portable"
+
+
+#: Signed 8-bit digits per activation element in the int4 VNNI kernel: 3 (24-bit fixed point,
+#: float32-level error) or 1 (llama.cpp-style int8 activations, ~1e-2 relative error); see
+#: bench/cpu_quant_decode.json for what each costs.
+Q4_ACT_PARTS = 3
+
+
 # -- panel layouts of quantized and sparse weights ------------------------------------------------
 
 
@@ -111,6 +126,35 @@ for _base in (
     "nm.index",
 ):
     register_layout(_panelled(_base, NB))
+
+
+def _vnni_q4_codes(p: Param, dt: str):
+    """``[P, K'/8, 64, 4]`` uint8: byte (b, n, i) holds nibble ``k = 8b+i`` (low) and
+    ``k = 8b+4+i`` (high) of output ``n``; K and N zero-padded."""
+    import torch
+
+    q = p.format.quant
+    assert q is not None
+    n, k = (int(d) for d in p.type.shape)
+    kp = cpu_vnni.padded_k(k, q.group or k)
+    shape = (panel_count(n, NB), kp // 8, NB, 4)
+    if p.is_meta:
+        return torch.empty(shape, dtype=torch.uint8, device="meta")
+    u = (p.data["qvalue"].to(torch.int16) - q.qmin).to(torch.uint8).reshape(n, k)
+    full = torch.zeros(shape[0] * NB, kp, dtype=torch.uint8)
+    full[:n, :k] = u
+    t = full.reshape(shape[0], NB, kp // 8, 2, 4)
+    return (t[:, :, :, 0, :] | (t[:, :, :, 1, :] << 4)).permute(0, 2, 1, 3).contiguous()
+
+
+def _vnni_q4_shape(p: Param, dt: str) -> tuple[int, ...]:
+    q = p.format.quant
+    assert q is not None
+    n, k = (int(d) for d in p.type.shape)
+    return (panel_count(n, NB), cpu_vnni.padded_k(k, q.group or k) // 8, NB, 4)
+
+
+register_layout(Layout(f"vnni{NB}.q4.codes", _vnni_q4_shape, lambda p, dt: "u8", _vnni_q4_codes))
 
 # -- rules ----------------------------------------------------------------------------------------
 
@@ -159,6 +203,45 @@ def _linear_panel_q4(ctx: LowerCtx, n: Node) -> relax.Expr:
         lambda: cpu_kernels.panel_gemm_q4(in_f, out_f, NB, g, xdt, sdt, m, vector_bits()),
         "panel_gemm_q4",
         [x, codes, scale, offset],
+        relax.TensorType([_rows(x), out_f], "float32"),
+    )
+    return add_bias_cast(ctx, n, unflatten_rows(ctx, y, lead), dt)
+
+
+def _vnni_q4_ok(ctx: LowerCtx, n: Node) -> bool:
+    p = weight_param(ctx, n)
+    if kernel_isa() != "avx512_vnni" or p is None or not is_q4(p):
+        return False
+    k = int(p.type.shape[1])
+    return cpu_vnni.supports_q4(k, p.format.quant.group or k)
+
+
+def _linear_vnni_q4(ctx: LowerCtx, n: Node) -> relax.Expr:
+    dt = n.out.type.dtype
+    p = weight_param(ctx, n)
+    assert p is not None and p.format.quant is not None
+    out_f, in_f = (int(d) for d in p.type.shape)
+    g = p.format.quant.group or in_f
+    x, lead = flatten_rows(ctx, ctx.arg(n.inputs[0]))
+    kp, ab, parts = cpu_vnni.padded_k(in_f, g), cpu_vnni.act_block(in_f, g), Q4_ACT_PARTS
+    dig = ctx.emit_te(cpu_vnni.act_digits, x, kp, ab, parts, name="vnni_digits")
+    gsum = ctx.emit_te(cpu_vnni.group_sums, x, g, name="vnni_gsum")
+    codes = ctx.weight(p, f"vnni{NB}.q4.codes")
+    scale = ctx.weight(p, f"panel{NB}.q4.scale", dt)
+    offset = ctx.weight(p, f"panel{NB}.q4.zero", dt)
+    sdt, m = tvm_dtype(dt), _static_rows(x)
+    y = ctx.call_kernel(
+        ("q4_vnni", in_f, out_f, g, parts, sdt, m),
+        lambda: cpu_vnni.q4_vnni(in_f, out_f, g, parts, sdt, m),
+        "q4_vnni",
+        [
+            ctx.emit(relax.TupleGetItem(dig, 0)),
+            ctx.emit(relax.TupleGetItem(dig, 1)),
+            gsum,
+            codes,
+            scale,
+            offset,
+        ],
         relax.TensorType([_rows(x), out_f], "float32"),
     )
     return add_bias_cast(ctx, n, unflatten_rows(ctx, y, lead), dt)
@@ -265,6 +348,7 @@ class CPUPipeline(TVMPipeline):
 
     def target_rules(self) -> list[Rule]:
         return [
+            Rule("cpu.linear.vnni_q4", "linear", _linear_vnni_q4, when=_vnni_q4_ok),
             Rule("cpu.linear.panel_q4", "linear", _linear_panel_q4, when=fmt_is(is_q4)),
             Rule("cpu.linear.panel_q8", "linear", _linear_panel_q8, when=fmt_is(is_q8g)),
             Rule("cpu.linear.panel_nm", "linear", _linear_panel_nm, when=fmt_is(is_nm)),
