@@ -73,8 +73,10 @@ def test_kernels_and_layouts(mixed):
     rules = backend["lowering_rules"]
     from llmc.backends.cpu.pipeline import kernel_isa
 
-    q4 = "cpu.linear.vnni_q4" if kernel_isa() == "avx512_vnni" else "cpu.linear.panel_q4"
-    for r in (q4, "cpu.linear.panel_nm", "cpu.linear.panel_q8", "qlinear_a8"):
+    vnni = kernel_isa() == "avx512_vnni"
+    q4 = "cpu.linear.vnni_q4" if vnni else "cpu.linear.panel_q4"
+    a8 = "cpu.qlinear_a8.vnni" if vnni else "qlinear_a8"
+    for r in (q4, "cpu.linear.panel_nm", "cpu.linear.panel_q8", a8):
         assert rules.get(r), (r, rules)
     layouts = {w["param"]: set() for w in backend["weights"]}
     for w in backend["weights"]:

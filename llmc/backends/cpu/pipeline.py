@@ -21,7 +21,7 @@ from tvm import relax, te
 
 from llmc.backends.cpu_isa import host_isa_flags
 from llmc.backends.kernels import cpu as cpu_kernels
-from llmc.backends.kernels import cpu_vnni
+from llmc.backends.kernels import cpu_vnni, te_ops
 from llmc.backends.layouts import (
     Layout,
     get_layout,
@@ -156,6 +156,49 @@ def _vnni_q4_shape(p: Param, dt: str) -> tuple[int, ...]:
 
 register_layout(Layout(f"vnni{NB}.q4.codes", _vnni_q4_shape, lambda p, dt: "u8", _vnni_q4_codes))
 
+
+def _vnni_q8_shape(p: Param, dt: str) -> tuple[int, ...]:
+    n, k = (int(d) for d in p.type.shape)
+    return (panel_count(n, NB), (k + 3) // 4, NB, 4)
+
+
+def _vnni_q8_codes(p: Param, dt: str):
+    """W8A8 codes ``[P, K'/4, 64, 4]`` int8: byte (b, n, i) is ``w[n, 4b+i]``; zero-padded."""
+    import torch
+
+    shape = _vnni_q8_shape(p, dt)
+    if p.is_meta:
+        return torch.empty(shape, dtype=torch.int8, device="meta")
+    n, k = (int(d) for d in p.type.shape)
+    full = torch.zeros(shape[0] * NB, shape[1] * 4, dtype=torch.int8)
+    full[:n, :k] = p.data["qvalue"].to(torch.int8)
+    return full.reshape(shape[0], NB, shape[1], 4).permute(0, 2, 1, 3).contiguous()
+
+
+def _vnni_q8_wsum(p: Param, dt: str):
+    """Row sums of the W8A8 codes ``[P, 64]`` int32 (the u8 offset's correction)."""
+    import torch
+
+    n = int(p.type.shape[0])
+    shape = (panel_count(n, NB), NB)
+    if p.is_meta:
+        return torch.empty(shape, dtype=torch.int32, device="meta")
+    s = torch.zeros(shape[0] * NB, dtype=torch.int32)
+    s[:n] = p.data["qvalue"].to(torch.int32).sum(1)
+    return s.reshape(shape)
+
+
+register_layout(Layout(f"vnni{NB}.q8.codes", _vnni_q8_shape, lambda p, dt: "i8", _vnni_q8_codes))
+register_layout(
+    Layout(
+        f"vnni{NB}.q8.wsum",
+        lambda p, dt: (panel_count(int(p.type.shape[0]), NB), NB),
+        lambda p, dt: "i32",
+        _vnni_q8_wsum,
+    )
+)
+register_layout(_panelled("q8.scale", NB))
+
 # -- rules ----------------------------------------------------------------------------------------
 
 
@@ -245,6 +288,35 @@ def _linear_vnni_q4(ctx: LowerCtx, n: Node) -> relax.Expr:
         relax.TensorType([_rows(x), out_f], "float32"),
     )
     return add_bias_cast(ctx, n, unflatten_rows(ctx, y, lead), dt)
+
+
+def _vnni_host(ctx: LowerCtx, n: Node) -> bool:
+    return kernel_isa() == "avx512_vnni"
+
+
+def _qlinear_a8_vnni(ctx: LowerCtx, n: Node) -> relax.Expr:
+    dt = n.out.type.dtype
+    p = ctx.graph.root().params[n.attrs.weight]
+    out_f, in_f = (int(d) for d in p.type.shape)
+    x, lead = flatten_rows(ctx, ctx.arg(n.inputs[0]))
+    q = ctx.emit_te(te_ops.act_quant, x, n.attrs.act_scale, name="act_quant")
+    m = _static_rows(x)
+    y = ctx.call_kernel(
+        ("w8a8_vnni", in_f, out_f, m),
+        lambda: cpu_vnni.w8a8_vnni(in_f, out_f, m),
+        "w8a8_vnni",
+        [
+            ctx.emit(relax.TupleGetItem(q, 0)),
+            ctx.emit(relax.TupleGetItem(q, 1)),
+            ctx.weight(p, f"vnni{NB}.q8.codes"),
+            ctx.weight(p, f"vnni{NB}.q8.wsum"),
+            ctx.weight(p, f"panel{NB}.q8.scale"),
+        ],
+        relax.TensorType([_rows(x), out_f], "float32"),
+    )
+    if len(n.inputs) == 3:
+        y = ctx.emit(relax.op.add(y, ctx.cast(ctx.arg(n.inputs[2]), "f32")))
+    return ctx.cast(unflatten_rows(ctx, y, lead), dt)
 
 
 def _linear_panel_q8(ctx: LowerCtx, n: Node) -> relax.Expr:
@@ -350,6 +422,7 @@ class CPUPipeline(TVMPipeline):
         return [
             Rule("cpu.linear.vnni_q4", "linear", _linear_vnni_q4, when=_vnni_q4_ok),
             Rule("cpu.linear.panel_q4", "linear", _linear_panel_q4, when=fmt_is(is_q4)),
+            Rule("cpu.qlinear_a8.vnni", "qlinear_a8", _qlinear_a8_vnni, when=_vnni_host),
             Rule("cpu.linear.panel_q8", "linear", _linear_panel_q8, when=fmt_is(is_q8g)),
             Rule("cpu.linear.panel_nm", "linear", _linear_panel_nm, when=fmt_is(is_nm)),
             Rule("cpu.linear.panel", "linear", _linear_panel, when=_dense_param),
