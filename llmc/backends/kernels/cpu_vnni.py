@@ -147,6 +147,9 @@ def q4_vnni(
     # blocks of one group (per-channel: all blocks, the padded tail included)
     bpg = nblk if g == k_dim else g // ab
     quads = ab // 8  # byte rows (8 k each) per block
+    # low and high nibbles into separate accumulators (two independent vpdpbusd chains) where
+    # the registers allow it: 8 accumulators for 1 digit; 3 digits already have 12 chains
+    split = 2 if parts == 1 else 1
     rows: Any = tirx.Var("m", "int64") if m is None else m
     name = f"q4_vnni_k{k_dim}_n{n_dim}_g{group}_p{parts}"
 
@@ -172,14 +175,14 @@ def q4_vnni(
                     T.writes(c[i, p * NB : p * NB + NB])
                     y = T.alloc_buffer((NB,), F32, scope="local")
                     t = T.alloc_buffer((NB,), F32, scope="local")
-                    acc = T.alloc_buffer((parts * NB,), "int32", scope="local")
+                    acc = T.alloc_buffer((parts * split * NB,), "int32", scope="local")
                     for q in T.unroll(4):
                         y[T.ramp(q * 16, 1, 16)] = T.broadcast(T.float32(0), 16)
                     for gi in range(ngroups):
                         for q in T.unroll(4):
                             t[T.ramp(q * 16, 1, 16)] = T.broadcast(T.float32(0), 16)
                         for bi in range(bpg):
-                            for a in T.unroll(parts * 4):
+                            for a in T.unroll(parts * split * 4):
                                 acc[T.ramp(a * 16, 1, 16)] = T.broadcast(T.int32(0), 16)
                             for kb in range(quads):
                                 row = (gi * bpg + bi) * quads + kb
@@ -195,28 +198,31 @@ def q4_vnni(
                                     )
                                     for j in T.unroll(parts):
                                         k0 = row * 8
-                                        a0 = acc.vload([(j * 4 + q) * 16], "int32x16")
-                                        a1 = T.call_llvm_pure_intrin(
+                                        a_lo = ((j * 4 + q) * split) * 16
+                                        a_hi = ((j * 4 + q) * split + split - 1) * 16
+                                        acc[T.ramp(a_lo, 1, 16)] = T.call_llvm_pure_intrin(
                                             T.llvm_lookup_intrinsic_id(VPDPBUSD),
-                                            a0,
+                                            acc[T.ramp(a_lo, 1, 16)],
                                             lo,
                                             _bcast4(xd, [i, j, k0]),
                                             dtype="int32x16",
                                         )
-                                        acc[T.ramp((j * 4 + q) * 16, 1, 16)] = (
-                                            T.call_llvm_pure_intrin(
-                                                T.llvm_lookup_intrinsic_id(VPDPBUSD),
-                                                a1,
-                                                hi,
-                                                _bcast4(xd, [i, j, k0 + 4]),
-                                                dtype="int32x16",
-                                            )
+                                        acc[T.ramp(a_hi, 1, 16)] = T.call_llvm_pure_intrin(
+                                            T.llvm_lookup_intrinsic_id(VPDPBUSD),
+                                            acc[T.ramp(a_hi, 1, 16)],
+                                            hi,
+                                            _bcast4(xd, [i, j, k0 + 4]),
+                                            dtype="int32x16",
                                         )
                             for j in T.unroll(parts):
                                 for q in T.unroll(4):
-                                    t[T.ramp(q * 16, 1, 16)] = t[T.ramp(q * 16, 1, 16)] + T.Cast(
-                                        "float32x16", acc[T.ramp((j * 4 + q) * 16, 1, 16)]
-                                    ) * T.broadcast(xs[i, gi * bpg + bi, j], 16)
+                                    for h in T.unroll(split):
+                                        t[T.ramp(q * 16, 1, 16)] = t[
+                                            T.ramp(q * 16, 1, 16)
+                                        ] + T.Cast(
+                                            "float32x16",
+                                            acc[T.ramp(((j * 4 + q) * split + h) * 16, 1, 16)],
+                                        ) * T.broadcast(xs[i, gi * bpg + bi, j], 16)
                         for q in T.unroll(4):
                             sc = T.Cast("float32x16", scale.vload([p, gi, q * 16], s_dtype + "x16"))
                             of = T.Cast(
