@@ -18,6 +18,11 @@ preparation (quantization, digit split, group sums):
 - ``w8a8_portable``: ``act_quant`` + ``int8_linear`` (plain loops, what non-VNNI hosts run);
 - ``w8a8_vnni``: ``act_quant`` + ``w8a8_vnni``.
 
+With ``--whole-model WORK``, it also compiles GPT-2 small (``bench/cpu_decode.py``'s random-weight
+checkpoint) as dense, ``rtn:bits=8``, ``rtn:bits=4:group=128`` and ``w8a8`` (the last two with the
+VNNI kernels and, forced, with the portable ones) and measures decode tokens/s of a 32-token
+prompt and 128 greedy tokens, interleaved, batch 1.
+
 Variants run interleaved (A B C ... A B C ...) ``--repeats`` times, ``--tokens`` tokens each;
 the JSON has every sample, the medians, the bytes each token reads, and % of the roofline
 ``bytes / measured read bandwidth`` (``llmc.backends.hostspec.measure_read_bandwidth``, on the
@@ -233,6 +238,63 @@ def model_shapes(model: str) -> list[tuple[int, int]]:
     return shapes + ([GPT2_HEAD] if model == "gpt2" else [])
 
 
+MODELS = {
+    "dense": ("", "avx512_vnni"),
+    "rtn8": ("rtn:bits=8:measure=false", "avx512_vnni"),
+    "rtn4_portable": ("rtn:bits=4:group=128:measure=false", "portable"),
+    "rtn4_vnni": ("rtn:bits=4:group=128:measure=false", "avx512_vnni"),
+    "w8a8_portable": ("w8a8:measure=false", "portable"),
+    "w8a8_vnni": ("w8a8:measure=false", "avx512_vnni"),
+}
+
+_COMPILE = """
+import sys
+import llmc.backends.cpu.pipeline as p
+from llmc.compile import compile_model
+if sys.argv[3] == "portable":
+    p.kernel_isa = lambda: "portable"
+compile_model(sys.argv[1], target="cpu", passes=sys.argv[2] or None, out=sys.argv[4])
+"""
+
+
+def whole_model(work: Path, repeats: int) -> dict[str, Any]:
+    """Decode tokens/s of GPT-2 small artifacts, interleaved (see the module docstring)."""
+    import subprocess
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import cpu_decode
+
+    from llmc.runtime.lm import generate
+    from llmc.runtime.tvm_runner import load
+
+    hf = cpu_decode.hf_dir("gpt2", work)
+    lms = {}
+    for name, (spec, isa) in MODELS.items():
+        out = work / f"gpt2-{name}"
+        if not (out / "manifest.json").is_file():
+            cmd = [sys.executable, "-c", _COMPILE, str(hf), spec, isa, str(out)]
+            subprocess.run(cmd, check=True, capture_output=True)
+        lms[name] = load(out)
+    prompt = list(range(100, 132))
+    for lm in lms.values():
+        generate(lm, prompt, 8)  # warm-up
+    samples: dict[str, list[float]] = {n: [] for n in lms}
+    for _ in range(repeats):
+        for name, lm in lms.items():
+            r = generate(lm, prompt, 128)
+            samples[name].append(len(r.step_s) / sum(r.step_s))
+            time.sleep(0.5)
+    return {
+        n: {
+            "passes": MODELS[n][0],
+            "kernels": MODELS[n][1],
+            "decode_tokens_per_s_samples": [round(x, 1) for x in s],
+            "decode_tokens_per_s_median": round(statistics.median(s), 1),
+        }
+        for n, s in samples.items()
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="gpt2,llama7b-layer")
@@ -240,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--tokens", type=int, default=10)
     ap.add_argument("--out", default=str(ROOT / "bench" / "cpu_quant_decode.json"))
+    ap.add_argument("--whole-model", metavar="WORK", help="also time GPT-2 small artifacts")
     args = ap.parse_args(argv)
     from llmc.backends.cpu.pipeline import kernel_isa
     from llmc.backends.hostspec import measure_read_bandwidth
@@ -281,6 +344,13 @@ def main(argv: list[str] | None = None) -> int:
             }
         results[model] = {"shapes": shapes, "variants": res}
         print(model, {v: (r["ms_per_token_median"], r["pct_of_roofline"]) for v, r in res.items()})
+    whole = None
+    if args.whole_model:
+        Path(args.whole_model).mkdir(parents=True, exist_ok=True)
+        load_whole = load_average()
+        whole = whole_model(Path(args.whole_model), args.repeats)
+        whole = {"load_average_before": load_whole, "load_average_after": load_average(), **whole}
+        print("whole model", whole)
     doc = {
         "what": "decode linears of one token, kernel level, interleaved; see the script docstring",
         "command": f"TVM_NUM_THREADS={threads} python {shlex.join(sys.argv)}",
@@ -294,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": args.repeats,
         "tokens_per_sample": args.tokens,
         "results": results,
+        "whole_model_gpt2": whole,
     }
     Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
     return 0

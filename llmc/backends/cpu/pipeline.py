@@ -253,7 +253,8 @@ def _linear_panel_q4(ctx: LowerCtx, n: Node) -> relax.Expr:
 
 def _vnni_q4_ok(ctx: LowerCtx, n: Node) -> bool:
     p = weight_param(ctx, n)
-    if kernel_isa() != "avx512_vnni" or p is None or not is_q4(p):
+    # float32 models only: the half-precision scale loads are not tested on the CPU yet
+    if kernel_isa() != "avx512_vnni" or p is None or not is_q4(p) or n.out.type.dtype != "f32":
         return False
     k = int(p.type.shape[1])
     return cpu_vnni.supports_q4(k, p.format.quant.group or k)
