@@ -16,13 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from llmc.backends.cpu_isa import host_isa_flags
+from llmc.backends.cpu.pipeline import kernel_isa
 from tests.backends.conftest import compile_graph, interp_run
 from tests.lm_fixtures import toy_lm
 
-vnni = pytest.mark.skipif(
-    "avx512_vnni" not in host_isa_flags(), reason="host CPU has no AVX-512 VNNI"
-)
+vnni = pytest.mark.skipif(kernel_isa() != "avx512_vnni", reason="host CPU has no AVX-512 VNNI")
 
 
 def _target():
