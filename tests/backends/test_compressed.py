@@ -71,7 +71,12 @@ def test_kernels_and_layouts(mixed):
     g, art = mixed
     backend = json.loads((Path(art) / "manifest.json").read_text())["backend"]
     rules = backend["lowering_rules"]
-    for r in ("cpu.linear.panel_q4", "cpu.linear.panel_nm", "cpu.linear.panel_q8", "qlinear_a8"):
+    from llmc.backends.cpu.pipeline import kernel_isa
+
+    vnni = kernel_isa() == "avx512_vnni"
+    q4 = "cpu.linear.vnni_q4" if vnni else "cpu.linear.panel_q4"
+    a8 = "cpu.qlinear_a8.vnni" if vnni else "qlinear_a8"
+    for r in (q4, "cpu.linear.panel_nm", "cpu.linear.panel_q8", a8):
         assert rules.get(r), (r, rules)
     layouts = {w["param"]: set() for w in backend["weights"]}
     for w in backend["weights"]:

@@ -20,6 +20,7 @@ import tvm
 from tvm import relax, te
 
 from llmc.backends.kernels import cpu as cpu_kernels
+from llmc.backends.kernels import cpu_vnni, te_ops
 from llmc.backends.layouts import (
     Layout,
     get_layout,
@@ -68,6 +69,20 @@ def vector_bits() -> int:
     return 256 if "avx" in flags else 128
 
 
+@cache
+def kernel_isa() -> str:
+    """Which decode kernels this host gets: ``"avx512_vnni"`` (:mod:`.kernels.cpu_vnni`) or
+    ``"portable"`` (the float panel kernels, any CPU). The artifact records the host's ISA
+    flags, so a VNNI artifact is refused on a CPU without VNNI."""
+    return "avx512_vnni" if "avx512_vnni" in host_isa_flags() else "portable"
+
+
+#: Signed 8-bit digits per activation element in the int4 VNNI kernel: 3 (24-bit fixed point,
+#: float32-level error) or 1 (llama.cpp-style int8 activations, ~1e-2 relative error); see
+#: bench/cpu_quant_decode.json for what each costs.
+Q4_ACT_PARTS = 3
+
+
 # -- panel layouts of quantized and sparse weights ------------------------------------------------
 
 
@@ -111,6 +126,78 @@ for _base in (
     "nm.index",
 ):
     register_layout(_panelled(_base, NB))
+
+
+def _vnni_q4_codes(p: Param, dt: str):
+    """``[P, K'/8, 64, 4]`` uint8: byte (b, n, i) holds nibble ``k = 8b+i`` (low) and
+    ``k = 8b+4+i`` (high) of output ``n``; K and N zero-padded."""
+    import torch
+
+    q = p.format.quant
+    assert q is not None
+    n, k = (int(d) for d in p.type.shape)
+    kp = cpu_vnni.padded_k(k, q.group or k)
+    shape = (panel_count(n, NB), kp // 8, NB, 4)
+    if p.is_meta:
+        return torch.empty(shape, dtype=torch.uint8, device="meta")
+    u = (p.data["qvalue"].to(torch.int16) - q.qmin).to(torch.uint8).reshape(n, k)
+    full = torch.zeros(shape[0] * NB, kp, dtype=torch.uint8)
+    full[:n, :k] = u
+    t = full.reshape(shape[0], NB, kp // 8, 2, 4)
+    return (t[:, :, :, 0, :] | (t[:, :, :, 1, :] << 4)).permute(0, 2, 1, 3).contiguous()
+
+
+def _vnni_q4_shape(p: Param, dt: str) -> tuple[int, ...]:
+    q = p.format.quant
+    assert q is not None
+    n, k = (int(d) for d in p.type.shape)
+    return (panel_count(n, NB), cpu_vnni.padded_k(k, q.group or k) // 8, NB, 4)
+
+
+register_layout(Layout(f"vnni{NB}.q4.codes", _vnni_q4_shape, lambda p, dt: "u8", _vnni_q4_codes))
+
+
+def _vnni_q8_shape(p: Param, dt: str) -> tuple[int, ...]:
+    n, k = (int(d) for d in p.type.shape)
+    return (panel_count(n, NB), (k + 3) // 4, NB, 4)
+
+
+def _vnni_q8_codes(p: Param, dt: str):
+    """W8A8 codes ``[P, K'/4, 64, 4]`` int8: byte (b, n, i) is ``w[n, 4b+i]``; zero-padded."""
+    import torch
+
+    shape = _vnni_q8_shape(p, dt)
+    if p.is_meta:
+        return torch.empty(shape, dtype=torch.int8, device="meta")
+    n, k = (int(d) for d in p.type.shape)
+    full = torch.zeros(shape[0] * NB, shape[1] * 4, dtype=torch.int8)
+    full[:n, :k] = p.data["qvalue"].to(torch.int8)
+    return full.reshape(shape[0], NB, shape[1], 4).permute(0, 2, 1, 3).contiguous()
+
+
+def _vnni_q8_wsum(p: Param, dt: str):
+    """Row sums of the W8A8 codes ``[P, 64]`` int32 (the u8 offset's correction)."""
+    import torch
+
+    n = int(p.type.shape[0])
+    shape = (panel_count(n, NB), NB)
+    if p.is_meta:
+        return torch.empty(shape, dtype=torch.int32, device="meta")
+    s = torch.zeros(shape[0] * NB, dtype=torch.int32)
+    s[:n] = p.data["qvalue"].to(torch.int32).sum(1)
+    return s.reshape(shape)
+
+
+register_layout(Layout(f"vnni{NB}.q8.codes", _vnni_q8_shape, lambda p, dt: "i8", _vnni_q8_codes))
+register_layout(
+    Layout(
+        f"vnni{NB}.q8.wsum",
+        lambda p, dt: (panel_count(int(p.type.shape[0]), NB), NB),
+        lambda p, dt: "i32",
+        _vnni_q8_wsum,
+    )
+)
+register_layout(_panelled("q8.scale", NB))
 
 # -- rules ----------------------------------------------------------------------------------------
 
@@ -162,6 +249,75 @@ def _linear_panel_q4(ctx: LowerCtx, n: Node) -> relax.Expr:
         relax.TensorType([_rows(x), out_f], "float32"),
     )
     return add_bias_cast(ctx, n, unflatten_rows(ctx, y, lead), dt)
+
+
+def _vnni_q4_ok(ctx: LowerCtx, n: Node) -> bool:
+    p = weight_param(ctx, n)
+    # float32 models only: the half-precision scale loads are not tested on the CPU yet
+    if kernel_isa() != "avx512_vnni" or p is None or not is_q4(p) or n.out.type.dtype != "f32":
+        return False
+    k = int(p.type.shape[1])
+    return cpu_vnni.supports_q4(k, p.format.quant.group or k)
+
+
+def _linear_vnni_q4(ctx: LowerCtx, n: Node) -> relax.Expr:
+    dt = n.out.type.dtype
+    p = weight_param(ctx, n)
+    assert p is not None and p.format.quant is not None
+    out_f, in_f = (int(d) for d in p.type.shape)
+    g = p.format.quant.group or in_f
+    x, lead = flatten_rows(ctx, ctx.arg(n.inputs[0]))
+    kp, ab, parts = cpu_vnni.padded_k(in_f, g), cpu_vnni.act_block(in_f, g), Q4_ACT_PARTS
+    dig = ctx.emit_te(cpu_vnni.act_digits, x, kp, ab, parts, name="vnni_digits")
+    gsum = ctx.emit_te(cpu_vnni.group_sums, x, g, name="vnni_gsum")
+    codes = ctx.weight(p, f"vnni{NB}.q4.codes")
+    scale = ctx.weight(p, f"panel{NB}.q4.scale", dt)
+    offset = ctx.weight(p, f"panel{NB}.q4.zero", dt)
+    sdt, m = tvm_dtype(dt), _static_rows(x)
+    y = ctx.call_kernel(
+        ("q4_vnni", in_f, out_f, g, parts, sdt, m),
+        lambda: cpu_vnni.q4_vnni(in_f, out_f, g, parts, sdt, m),
+        "q4_vnni",
+        [
+            ctx.emit(relax.TupleGetItem(dig, 0)),
+            ctx.emit(relax.TupleGetItem(dig, 1)),
+            gsum,
+            codes,
+            scale,
+            offset,
+        ],
+        relax.TensorType([_rows(x), out_f], "float32"),
+    )
+    return add_bias_cast(ctx, n, unflatten_rows(ctx, y, lead), dt)
+
+
+def _vnni_host(ctx: LowerCtx, n: Node) -> bool:
+    return kernel_isa() == "avx512_vnni"
+
+
+def _qlinear_a8_vnni(ctx: LowerCtx, n: Node) -> relax.Expr:
+    dt = n.out.type.dtype
+    p = ctx.graph.root().params[n.attrs.weight]
+    out_f, in_f = (int(d) for d in p.type.shape)
+    x, lead = flatten_rows(ctx, ctx.arg(n.inputs[0]))
+    q = ctx.emit_te(te_ops.act_quant, x, n.attrs.act_scale, name="act_quant")
+    m = _static_rows(x)
+    y = ctx.call_kernel(
+        ("w8a8_vnni", in_f, out_f, m),
+        lambda: cpu_vnni.w8a8_vnni(in_f, out_f, m),
+        "w8a8_vnni",
+        [
+            ctx.emit(relax.TupleGetItem(q, 0)),
+            ctx.emit(relax.TupleGetItem(q, 1)),
+            ctx.weight(p, f"vnni{NB}.q8.codes"),
+            ctx.weight(p, f"vnni{NB}.q8.wsum"),
+            ctx.weight(p, f"panel{NB}.q8.scale"),
+        ],
+        relax.TensorType([_rows(x), out_f], "float32"),
+    )
+    if len(n.inputs) == 3:
+        y = ctx.emit(relax.op.add(y, ctx.cast(ctx.arg(n.inputs[2]), "f32")))
+    return ctx.cast(unflatten_rows(ctx, y, lead), dt)
 
 
 def _linear_panel_q8(ctx: LowerCtx, n: Node) -> relax.Expr:
@@ -265,7 +421,9 @@ class CPUPipeline(TVMPipeline):
 
     def target_rules(self) -> list[Rule]:
         return [
+            Rule("cpu.linear.vnni_q4", "linear", _linear_vnni_q4, when=_vnni_q4_ok),
             Rule("cpu.linear.panel_q4", "linear", _linear_panel_q4, when=fmt_is(is_q4)),
+            Rule("cpu.qlinear_a8.vnni", "qlinear_a8", _qlinear_a8_vnni, when=_vnni_host),
             Rule("cpu.linear.panel_q8", "linear", _linear_panel_q8, when=fmt_is(is_q8g)),
             Rule("cpu.linear.panel_nm", "linear", _linear_panel_nm, when=fmt_is(is_nm)),
             Rule("cpu.linear.panel", "linear", _linear_panel, when=_dense_param),

@@ -1,0 +1,306 @@
+"""CPU decode kernels on AVX-512 VNNI (``vpdpbusd``: 64 u8 x s8 products summed in 16 int32 lanes).
+
+Both kernels read the weight in a *VNNI panel* layout: ``[ceil(N/64), K'/4, 64, 4]`` bytes, so one
+64-byte load holds 4 consecutive input elements of 16 outputs, which is the operand ``vpdpbusd``
+wants; 4 such loads cover a panel of 64 outputs and reuse one broadcast of 4 activation bytes.
+
+- :func:`q4_vnni` (int4 weight-only): two k-quads per byte (``[P, K'/8, 64, 4]``: low nibble
+  ``k = 8b + i``, high nibble ``k = 8b + 4 + i``), unpacked with an AND and a shift into u8
+  operands. The activation row is quantized per block of ``AB`` elements to ``parts`` signed
+  8-bit digits (:func:`act_digits`): ``parts = 1`` is llama.cpp's q8 activation (int8 per block,
+  relative error ~1e-3), ``parts = 3`` a 24-bit fixed-point split whose error is at float32's
+  level (three ``vpdpbusd`` per weight quad instead of one). The zero point is applied once
+  per group with the exact float sum of the activations:
+  ``y = sum_g scale * (sum_k x*nibble - offset * sum_k x)``.
+- :func:`w8a8_vnni` (``qlinear_a8``): the int8 activation codes shifted by 128 into u8, so
+  ``sum (x+128)*w - 128*sum(w)`` is the exact int32 dot product of the portable kernel.
+
+Rows are processed one after another inside a panel (decode has one; a prefill chunk re-reads
+the panel from cache). The K padding (``K'``) holds zero codes and zero activations.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tvm import te, tirx
+from tvm.script import tirx as T
+
+F32 = "float32"
+NB = 64  # outputs per panel: 4 zmm accumulators of 16 int32
+VPDPBUSD = "llvm.x86.avx512.vpdpbusd.512"
+
+
+def act_block(k_dim: int, group: int) -> int:
+    """Activation quantization block: the largest of 128/64/32/16/8 dividing the weight group
+    (per-channel: 128, or 32 for short rows; ``K`` is then padded to whole blocks)."""
+    if group >= k_dim:
+        return 128 if k_dim >= 128 else 32
+    for ab in (128, 64, 32, 16, 8):
+        if group % ab == 0:
+            return ab
+    raise ValueError(f"group {group} is not a multiple of 8")
+
+
+def padded_k(k_dim: int, group: int) -> int:
+    ab = act_block(k_dim, group)
+    return (k_dim + ab - 1) // ab * ab
+
+
+def supports_q4(k_dim: int, group: int) -> bool:
+    """Whether :func:`q4_vnni` handles this shape (groups must be whole 8-element quads)."""
+    return group >= k_dim or group % 8 == 0
+
+
+def act_digits(x: te.Tensor, k_pad: int, ab: int, parts: int) -> tuple[te.Tensor, te.Tensor]:
+    """Per block of ``ab`` elements: ``x ~= sum_j digit_j * s_j`` with signed 8-bit digits.
+
+    Returns ``digits [M, parts, k_pad]`` (int8; zero past K) and ``s [M, k_pad/ab, parts]``.
+    ``parts = 1``: ``round(x / s)``, ``s = amax/127``; ``parts = 3``: ``q = round(x * 2^16 / s)``
+    split into balanced base-256 digits (h, m, l) with scales ``s, s/256, s/65536``.
+    """
+    m, k_dim = x.shape
+    nblk = k_pad // ab
+    r = te.reduce_axis((0, ab), "r")
+
+    def xv(i: Any, k: Any) -> Any:
+        return tirx.if_then_else(k < k_dim, x[i, tirx.min(k, k_dim - 1)].astype(F32), 0.0)
+
+    amax = te.compute(
+        (m, nblk), lambda i, b: te.max(tirx.abs(xv(i, b * ab + r)), axis=r), name="vnni_amax"
+    )
+    base = te.compute(
+        (m, nblk),
+        lambda i, b: tirx.max(amax[i, b], tirx.const(1e-30, F32)) / tirx.const(127.0, F32),
+        name="vnni_base",
+    )
+    mult = float(256 ** (parts - 1))
+
+    def q(i: Any, k: Any) -> Any:
+        v = tirx.round(xv(i, k) / base[i, k // ab] * tirx.const(mult, F32))
+        lim = tirx.const(127.0 * mult, F32)
+        return tirx.max(tirx.min(v, lim), -lim).astype("int32")
+
+    qi = te.compute((m, k_pad), q, name="vnni_q")
+
+    def digit(i: Any, j: Any, k: Any) -> Any:
+        v = qi[i, k]
+        if parts == 1:
+            return v.astype("int8")
+        # balanced base-256 digits, most significant first (h, m, l), each in [-128, 127]
+        lo = ((v + 128) & 255) - 128
+        v1 = (v - lo) >> 8
+        mid = ((v1 + 128) & 255) - 128
+        hi = (v1 - mid) >> 8
+        return tirx.Select(j == 0, hi, tirx.Select(j == 1, mid, lo)).astype("int8")
+
+    digits = te.compute((m, parts, k_pad), digit, name="vnni_digits")
+    s = te.compute(
+        (m, nblk, parts),
+        lambda i, b, j: base[i, b] / tirx.const(mult, F32) * _pow256(parts - 1 - j),
+        name="vnni_scale",
+    )
+    return digits, s
+
+
+def _pow256(e: Any) -> Any:
+    return tirx.Select(
+        e == 2,
+        tirx.const(65536.0, F32),
+        tirx.Select(e == 1, tirx.const(256.0, F32), tirx.const(1.0, F32)),
+    )
+
+
+def group_sums(x: te.Tensor, group: int) -> te.Tensor:
+    """``[M, K/group]`` float32 sums of the activations (the zero point's term)."""
+    m, k_dim = x.shape
+    g = min(group, int(k_dim))
+    r = te.reduce_axis((0, g), "r")
+    return te.compute(
+        (m, int(k_dim) // g),
+        lambda i, b: te.sum(x[i, b * g + r].astype(F32), axis=r),
+        name="vnni_gsum",
+    )
+
+
+def _bcast4(buf: Any, idx: list[Any]) -> Any:
+    """Four int8 at ``idx`` as one int32 broadcast to 16 lanes."""
+    w = T.broadcast(T.reinterpret(buf.vload(idx, "int8x4"), dtype="int32"), 16)
+    return T.reinterpret(w, dtype="int8x64")
+
+
+def q4_vnni(
+    k_dim: int, n_dim: int, group: int, parts: int, s_dtype: str, m: int | None = None
+) -> tirx.PrimFunc:
+    """``C[M, N] = X @ W.T`` for int4 W (VNNI panel codes, ``panel64`` scales/offsets).
+
+    Arguments: ``digits [M, parts, K']`` int8 and ``xs [M, K'/AB, parts]`` (:func:`act_digits`),
+    ``gsum [M, K/group]`` (:func:`group_sums`), ``codes [P, K'/8, 64, 4]`` uint8,
+    ``scale``/``offset [P, K/group, 64]``; float32 result.
+    """
+    g = min(group, k_dim)
+    ab = act_block(k_dim, group)
+    kp = padded_k(k_dim, group)
+    panels = (n_dim + NB - 1) // NB
+    ngroups = k_dim // g
+    nblk = kp // ab
+    # blocks of one group (per-channel: all blocks, the padded tail included)
+    bpg = nblk if g == k_dim else g // ab
+    quads = ab // 8  # byte rows (8 k each) per block
+    # low and high nibbles into separate accumulators (two independent vpdpbusd chains) where
+    # the registers allow it: 8 accumulators for 1 digit; 3 digits already have 12 chains
+    split = 2 if parts == 1 else 1
+    rows: Any = tirx.Var("m", "int64") if m is None else m
+    name = f"q4_vnni_k{k_dim}_n{n_dim}_g{group}_p{parts}"
+
+    @T.prim_func(private=True, s_tir=True)
+    def f(
+        xd_h: T.handle,
+        xs_h: T.handle,
+        gs_h: T.handle,
+        codes: T.Buffer((panels, kp // 8, NB, 4), "uint8"),
+        scale: T.Buffer((panels, ngroups, NB), s_dtype),
+        offset: T.Buffer((panels, ngroups, NB), s_dtype),
+        c_h: T.handle,
+    ):
+        T.func_attr({"tirx.noalias": True})
+        xd = T.match_buffer(xd_h, (rows, parts, kp), "int8")
+        xs = T.match_buffer(xs_h, (rows, nblk, parts), F32)
+        gs = T.match_buffer(gs_h, (rows, ngroups), F32)
+        c = T.match_buffer(c_h, (rows, n_dim), F32)
+        for p in T.parallel(panels):
+            for i in range(rows):
+                with T.sblock("panel"):
+                    T.reads(xd[i, 0:parts, 0:kp], codes[p, 0 : kp // 8, 0:NB, 0:4])
+                    T.writes(c[i, p * NB : p * NB + NB])
+                    y = T.alloc_buffer((NB,), F32, scope="local")
+                    t = T.alloc_buffer((NB,), F32, scope="local")
+                    acc = T.alloc_buffer((parts * split * NB,), "int32", scope="local")
+                    for q in T.unroll(4):
+                        y[T.ramp(q * 16, 1, 16)] = T.broadcast(T.float32(0), 16)
+                    for gi in range(ngroups):
+                        for q in T.unroll(4):
+                            t[T.ramp(q * 16, 1, 16)] = T.broadcast(T.float32(0), 16)
+                        for bi in range(bpg):
+                            for a in T.unroll(parts * split * 4):
+                                acc[T.ramp(a * 16, 1, 16)] = T.broadcast(T.int32(0), 16)
+                            for kb in range(quads):
+                                row = (gi * bpg + bi) * quads + kb
+                                for q in T.unroll(4):
+                                    raw = codes.vload([p, row, q * 16, 0], "uint8x64")
+                                    lo = T.reinterpret(
+                                        T.bitwise_and(raw, T.broadcast(T.uint8(15), 64)),
+                                        dtype="int8x64",
+                                    )
+                                    hi = T.reinterpret(
+                                        T.shift_right(raw, T.broadcast(T.uint8(4), 64)),
+                                        dtype="int8x64",
+                                    )
+                                    for j in T.unroll(parts):
+                                        k0 = row * 8
+                                        a_lo = ((j * 4 + q) * split) * 16
+                                        a_hi = ((j * 4 + q) * split + split - 1) * 16
+                                        acc[T.ramp(a_lo, 1, 16)] = T.call_llvm_pure_intrin(
+                                            T.llvm_lookup_intrinsic_id(VPDPBUSD),
+                                            acc[T.ramp(a_lo, 1, 16)],
+                                            lo,
+                                            _bcast4(xd, [i, j, k0]),
+                                            dtype="int32x16",
+                                        )
+                                        acc[T.ramp(a_hi, 1, 16)] = T.call_llvm_pure_intrin(
+                                            T.llvm_lookup_intrinsic_id(VPDPBUSD),
+                                            acc[T.ramp(a_hi, 1, 16)],
+                                            hi,
+                                            _bcast4(xd, [i, j, k0 + 4]),
+                                            dtype="int32x16",
+                                        )
+                            for j in T.unroll(parts):
+                                for q in T.unroll(4):
+                                    for h in T.unroll(split):
+                                        t[T.ramp(q * 16, 1, 16)] = t[
+                                            T.ramp(q * 16, 1, 16)
+                                        ] + T.Cast(
+                                            "float32x16",
+                                            acc[T.ramp(((j * 4 + q) * split + h) * 16, 1, 16)],
+                                        ) * T.broadcast(xs[i, gi * bpg + bi, j], 16)
+                        for q in T.unroll(4):
+                            sc = T.Cast("float32x16", scale.vload([p, gi, q * 16], s_dtype + "x16"))
+                            of = T.Cast(
+                                "float32x16", offset.vload([p, gi, q * 16], s_dtype + "x16")
+                            )
+                            y[T.ramp(q * 16, 1, 16)] = y[T.ramp(q * 16, 1, 16)] + sc * (
+                                t[T.ramp(q * 16, 1, 16)] - of * T.broadcast(gs[i, gi], 16)
+                            )
+                    for lane in T.vectorized(NB):
+                        if p * NB + lane < n_dim:
+                            c[i, p * NB + lane] = y[lane]
+
+    return _finish(f, name)
+
+
+def w8a8_vnni(k_dim: int, n_dim: int, m: int | None = None) -> tirx.PrimFunc:
+    """``C[M, N] = float(sum xq*wq) * xs[m] * ws[n]``: ``xq [M, K]`` int8 codes and ``xs [M]``
+    (``act_quant``), ``codes [P, K'/4, 64, 4]`` int8, ``wsum [P, 64]`` int32 (row sums of the
+    codes), ``ws [P, 64]`` float32."""
+    kq = (k_dim + 3) // 4
+    panels = (n_dim + NB - 1) // NB
+    rows: Any = tirx.Var("m", "int64") if m is None else m
+    name = f"w8a8_vnni_k{k_dim}_n{n_dim}"
+
+    @T.prim_func(private=True, s_tir=True)
+    def f(
+        xq_h: T.handle,
+        xs_h: T.handle,
+        codes: T.Buffer((panels, kq, NB, 4), "int8"),
+        wsum: T.Buffer((panels, NB), "int32"),
+        ws: T.Buffer((panels, NB), F32),
+        c_h: T.handle,
+    ):
+        T.func_attr({"tirx.noalias": True})
+        xq = T.match_buffer(xq_h, (rows, k_dim), "int8")
+        xs = T.match_buffer(xs_h, (rows,), F32)
+        c = T.match_buffer(c_h, (rows, n_dim), F32)
+        for p in T.parallel(panels):
+            for i in range(rows):
+                with T.sblock("panel"):
+                    T.reads(xq[i, 0:k_dim], codes[p, 0:kq, 0:NB, 0:4])
+                    T.writes(c[i, p * NB : p * NB + NB])
+                    acc = T.alloc_buffer((NB,), "int32", scope="local")
+                    xu = T.alloc_buffer((kq * 4,), "uint8", scope="local")
+                    for k in range(kq * 4):
+                        xu[k] = T.if_then_else(
+                            k < k_dim,
+                            T.Cast("uint8", T.Cast("int32", xq[i, T.min(k, k_dim - 1)]) + 128),
+                            T.uint8(128),
+                        )
+                    for q in T.unroll(4):
+                        acc[T.ramp(q * 16, 1, 16)] = T.broadcast(T.int32(0), 16)
+                    for kb in range(kq):
+                        xb = T.reinterpret(
+                            T.broadcast(
+                                T.reinterpret(xu.vload([kb * 4], "uint8x4"), dtype="int32"), 16
+                            ),
+                            dtype="int8x64",
+                        )
+                        for q in T.unroll(4):
+                            acc[T.ramp(q * 16, 1, 16)] = T.call_llvm_pure_intrin(
+                                T.llvm_lookup_intrinsic_id(VPDPBUSD),
+                                acc[T.ramp(q * 16, 1, 16)],
+                                xb,
+                                codes.vload([p, kb, q * 16, 0], "int8x64"),
+                                dtype="int32x16",
+                            )
+                    for lane in T.vectorized(NB):
+                        if p * NB + lane < n_dim:
+                            c[i, p * NB + lane] = (
+                                T.Cast("float32", acc[lane] - wsum[p, lane] * 128)
+                                * xs[i]
+                                * ws[p, lane]
+                            )
+
+    return _finish(f, name)
+
+
+def _finish(f: tirx.PrimFunc, name: str) -> tirx.PrimFunc:
+    f = f.with_attr("global_symbol", name)
+    return f.with_attr("op_pattern", 8).with_attr("tirx.is_scheduled", True)
