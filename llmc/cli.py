@@ -87,6 +87,7 @@ def cmd_compile(a: argparse.Namespace) -> int:
         pass_options=_pass_options(a),
         analysis_env={"batch": 1, "seq": a.seq, "past": a.past},
         target_options={"arch": a.arch, "set": a.set} if (a.arch or a.set) else None,
+        random_weights=a.random_weights,
     )
     r = res.report
     if a.json:
@@ -699,6 +700,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", metavar="FILE", help="FPGA architecture YAML (fpga targets)")
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override an arch field"
+    )
+    p.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="fill an architecture-only model with seeded random weights before compiling",
     )
     p.set_defaults(func=cmd_compile)
 
