@@ -528,6 +528,7 @@ def materialize(graph: Graph, seed: int = 0, std: float = 0.02) -> Graph:
             )
         else:
             gen = torch.Generator().manual_seed(_seed_for(pname, seed))
-            value = (torch.randn(shape, generator=gen) * std).to(dt)
+            # in place: no second full-size temporary (the values are the same bits)
+            value = torch.randn(shape, generator=gen).mul_(std).to(dt)
         graph.params[pname] = Param(pname, p.type, p.format, {"value": value})
     return graph
