@@ -7,7 +7,9 @@
                           ``hf_config``: the model's Hugging Face config when it has one
                           (``llmc export OUT`` writes it as ``config.json``)
       graph.ir            the IR after all passes (text form)
-      params.safetensors  weights in their storage format (``<param>::<field>`` keys)
+      params.safetensors  weights in their storage format (``<param>::<field>`` keys), less
+                          those a backend stores once in a compiled layout
+                          (:data:`DERIVED_PARAMS_KEY`; rebuilt on load)
       tokenizer/          the model's tokenizer files, when it has a tokenizer (manifest
                           ``tokenizer``: kind ``byte-level`` or ``hf``); none is ever guessed
       report.json / report.md   what each pass did and cost, analysis, measured numbers
