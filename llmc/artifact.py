@@ -343,7 +343,7 @@ def _derived_fields(
     try:
         table = json.loads(raw)
         items = [
-            (str(pn), str(fn), str(e["file"]), str(e["key"]), str(e["layout"]))
+            (str(pn), str(fn), str(e["file"]), str(e["key"]), str(e["layout"]), e.get("index_key"))
             for pn, fields in table.items()
             for fn, e in fields.items()
         ]
@@ -354,13 +354,13 @@ def _derived_fields(
             f"{path}: its weights are stored in compiled layouts in other files of an artifact; "
             "load the artifact folder, not this file alone"
         )
-    from llmc.backends.layouts import invert_layout
+    from llmc.backends.layouts import invert_layout, invert_nm
     from llmc.frontends.checkpoint import read_safetensors_header
     from llmc.safetensors_io import map_safetensors
 
     files: dict[str, dict[str, torch.Tensor]] = {}
     out: dict[str, torch.Tensor] = {}
-    for pname, field, fname, key, layout in items:
+    for pname, field, fname, key, layout, index_key in items:
         p = graph.params.get(pname)
         if p is None or field not in p.data:
             raise ArtifactError(f"{path}: {DERIVED_PARAMS_KEY!r} names unknown {pname}::{field}")
@@ -375,7 +375,15 @@ def _derived_fields(
         if t is None:
             raise ArtifactError(f"{path}: {pname}::{field} is stored as {fname}:{key}, absent")
         try:
-            inv = invert_layout(layout, t, p)
+            if index_key is not None:  # N:M: values + positions
+                idx = files[fname].get(str(index_key))
+                if idx is None or field != "value":
+                    raise ArtifactError(
+                        f"{path}: {pname}::{field} names N:M index {fname}:{index_key}, absent"
+                    )
+                inv = ("value", invert_nm(layout, t, idx, p))
+            else:
+                inv = invert_layout(layout, t, p)
         except (RuntimeError, ValueError, IndexError, LlmcError) as e:
             raise ArtifactError(
                 f"{path}: {pname}::{field} cannot be rebuilt from layout {layout!r} ({e})"

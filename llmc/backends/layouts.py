@@ -405,3 +405,18 @@ def invert_layout(name: str, t: torch.Tensor, p: Param) -> tuple[str, torch.Tens
         base = rest or "dense"
     fn = _INVERSES.get(base)
     return None if fn is None else fn(t, p)
+
+
+def invert_nm(
+    values_layout: str, values: torch.Tensor, index: torch.Tensor, p: Param
+) -> torch.Tensor:
+    """The dense ``[out, in]`` value of an N:M param from its ``nm.values``/``nm.index`` tensors
+    (``panel{NB}.`` variants untiled first): each group's kept values scattered back to their
+    positions, zeros elsewhere (:func:`compress_nm` inverted)."""
+    n_, m_ = nm_of(p)
+    out, k = _shape(p)
+    if values_layout.startswith("panel"):
+        values, index = _untile(values, out), _untile(index, out)
+    g = torch.zeros(out, k // m_, m_, dtype=values.dtype)
+    g.scatter_(-1, index.reshape(out, -1, n_).to(torch.int64), values.reshape(out, -1, n_))
+    return g.reshape(out, k)

@@ -261,7 +261,7 @@ def write_weights(graph: Graph, args: Sequence[WeightArg], out: Path) -> list[di
     import torch
 
     from llmc.artifact import write_graph
-    from llmc.backends.layouts import invert_layout
+    from llmc.backends.layouts import invert_layout, invert_nm
     from llmc.ir.types import to_torch_dtype
     from llmc.safetensors_io import Entry as TensorEntry
     from llmc.safetensors_io import write_safetensors
@@ -293,23 +293,44 @@ def write_weights(graph: Graph, args: Sequence[WeightArg], out: Path) -> list[di
             entry["file"], entry["key"] = WEIGHTS_FILE, wa.name
         table.append(entry)
     derived: dict[str, dict[str, dict[str, str]]] = {}
+    nm_half: dict[str, tuple[WeightArg, torch.Tensor]] = {}  # N:M values/index seen first
+
+    def same(v: torch.Tensor, want: torch.Tensor | None) -> bool:
+        return (
+            want is not None
+            and v.dtype == want.dtype
+            and v.shape == want.shape
+            and torch.equal(v, want)
+        )
 
     def check(e: TensorEntry, t: torch.Tensor) -> None:
         wa = by_key[e.key]
         if wa.param in read_from_params:
             return
         p = root.params[wa.param]
+        if wa.layout.endswith(("nm.values", "nm.index")):  # inverted from the pair
+            if wa.param not in nm_half:
+                nm_half[wa.param] = (wa, t)
+                return
+            other, t2 = nm_half.pop(wa.param)
+            (va, vt), (ia, it) = sorted(
+                [(wa, t), (other, t2)], key=lambda x: "index" in x[0].layout
+            )
+            if not (va.layout.endswith("nm.values") and ia.layout.endswith("nm.index")):
+                return
+            if same(invert_nm(va.layout, vt, it, p), p.data.get("value")):
+                derived.setdefault(wa.param, {})["value"] = {
+                    "file": WEIGHTS_FILE,
+                    "key": va.name,
+                    "layout": va.layout,
+                    "index_key": ia.name,
+                }
+            return
         inv = invert_layout(wa.layout, t, p)
         if inv is None:
             return
         field, v = inv
-        want = p.data.get(field)
-        if (
-            want is not None
-            and v.dtype == want.dtype
-            and v.shape == want.shape
-            and torch.equal(v, want)
-        ):
+        if same(v, p.data.get(field)):
             derived.setdefault(wa.param, {})[field] = {
                 "file": WEIGHTS_FILE,
                 "key": wa.name,

@@ -116,11 +116,11 @@ def test_artifact_stores_each_weight_once(mixed):
     in_weights = {w["param"]: w["layout"] for w in backend["weights"] if w["file"]}
     for name, p in g.params.items():
         layouts = {w["layout"] for w in backend["weights"] if w["param"] == name}
-        if p.format.quant is not None or layouts == {"panel64"}:
-            assert name in derived, (name, layouts)  # 4/8-bit codes, scales, dense panels
+        if p.format.quant is not None or p.format.sparsity is not None or layouts == {"panel64"}:
+            assert name in derived, (name, layouts)  # codes, scales, N:M pairs, dense panels
         if name not in in_weights or in_weights[name] == "dense":
             assert name in stored  # norms, biases: read from params.safetensors as they are
-    assert any(g.params[n].format.sparsity is not None for n in stored)  # N:M: no inverse yet
+    assert any("index_key" in f.get("value", {}) for f in derived.values())  # N:M: values+index
     back = load_artifact(art).graph
     for name, p in g.params.items():
         assert set(back.params[name].data) == set(p.data)
