@@ -12,6 +12,20 @@ zoo graph cache are part of the time as a user sees it: the first run of a model
 export, where export includes nvcc or the AMDGPU link). ``llama2-7b`` is architecture-only (meta
 weights): the artifact records its weight layout but holds no weight data, so the time is the
 compiler's, not a 13 GB write. Goal (issue 4): <= 60 s for llama2-7b on h100.
+
+Memory (issue 14 item 5)::
+
+    python bench/compile_time.py --memory              # updates the "memory" key of the JSON
+
+compiles, each in a fresh process whose peak RSS is read from ``wait4`` (the kernel's
+``ru_maxrss``, as ``/usr/bin/time -v`` reports it), GPT-2 small (the zoo's ``gpt2`` config,
+``GPT2LMHeadModel`` initialized under ``torch.manual_seed(0)`` and saved as safetensors in
+WORK, so the real checkpoint path is measured) dense, ``rtn:bits=4:group=128`` and
+``rtn:bits=8``, and TinyLlama-1.1B's architecture with seeded random weights in f32
+(``llmc compile tinyllama-1.1b --random-weights --dtype f32``) dense and rtn4, all for
+``--target cpu``. Each row records wall time, peak RSS, the stored weight bytes (of the source,
+before passes), the bound ``stored + 2 GB``, the artifact's bytes and the compile report's
+phase times. The machine is shared: wall times are indicative, RSS is reliable.
 """
 
 from __future__ import annotations
@@ -58,12 +72,128 @@ def run(model: str, target: str, cache_dir: Path) -> dict:
     }
 
 
+GB = 1_000_000_000
+#: (label, model, extra compile arguments); GPT2 is replaced by the generated HF directory
+MEMORY_RUNS = [
+    ("gpt2 dense", "GPT2", []),
+    ("gpt2 rtn4 g128", "GPT2", ["--passes", "rtn:bits=4:group=128"]),
+    ("gpt2 rtn8", "GPT2", ["--passes", "rtn:bits=8"]),
+    ("tinyllama-1.1b dense f32", "tinyllama-1.1b", ["--random-weights", "--dtype", "f32"]),
+    (
+        "tinyllama-1.1b rtn4 g128 f32",
+        "tinyllama-1.1b",
+        ["--random-weights", "--dtype", "f32", "--passes", "rtn:bits=4:group=128"],
+    ),
+]
+
+
+def gpt2_dir(work: Path) -> Path:
+    d = work / "gpt2-hf"
+    if not (d / "model.safetensors").is_file():
+        import torch
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        from llmc.frontends import zoo
+
+        torch.manual_seed(0)
+        GPT2LMHeadModel(GPT2Config(**zoo.config("gpt2"))).eval().save_pretrained(d)
+    return d
+
+
+def measure(model: str, extra: list[str], cache_dir: Path) -> dict:
+    """One compile in a fresh process: wall time and the kernel's peak RSS of that process."""
+    out = Path(tempfile.mkdtemp(prefix="llmc-mem-")) / "a"
+    cmd = [sys.executable, "-m", "llmc.cli", "compile", model, "--target", "cpu", *extra]
+    cmd += ["-o", str(out), "--json"]
+    env = dict(os.environ, LLMC_CACHE_DIR=str(cache_dir), PYTHONPATH=str(ROOT))
+    load0 = load_average()
+    t0 = time.perf_counter()
+    with tempfile.TemporaryFile() as so, tempfile.TemporaryFile() as se:
+        p = subprocess.Popen(cmd, stdout=so, stderr=se, env=env)
+        _, status, ru = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - t0
+        so.seek(0)
+        se.seek(0)
+        stdout, stderr = so.read().decode(), se.read().decode()
+    if p.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed: {stderr.strip()[-2000:]}")
+    rep = json.loads(stdout)
+    files = {f.name: f.stat().st_size for f in out.rglob("*.safetensors")}
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    shutil.rmtree(out.parent, ignore_errors=True)
+    passes = rep.get("passes") or []
+    return {
+        "command": "llmc " + " ".join(cmd[3:]).replace(str(out), "OUT"),
+        "load_average_at_start": load0,
+        "wall_s": round(wall, 2),
+        "peak_rss_bytes": ru.ru_maxrss * 1024,
+        "timing_s": rep.get("timing_s"),
+        "pass_calibration": [e.get("calibration") for e in passes if isinstance(e, dict)],
+        "artifact_bytes": size,
+        "safetensors_bytes": files,
+    }
+
+
+def memory_suite(work: Path) -> list[dict]:
+    from llmc.analysis import param_summary
+    from llmc.compile import load
+
+    cache = Path(tempfile.mkdtemp(prefix="llmc-mem-cache-"))
+    src = {"GPT2": str(gpt2_dir(work))}
+    rows = []
+    for label, model, extra in MEMORY_RUNS:
+        model = src.get(model, model)
+        dtype = extra[extra.index("--dtype") + 1] if "--dtype" in extra else None
+        stored = int(param_summary(load(model, dtype=dtype).graph)["storage_bytes"])
+        r = measure(model, extra, cache)
+        r = {"label": label, "stored_weight_bytes": stored, **r}
+        r["bound_bytes"] = stored + 2 * GB
+        r["within_bound"] = r["peak_rss_bytes"] <= r["bound_bytes"]
+        rows.append(r)
+        print(
+            f"{label}: {r['wall_s']:.1f} s, peak RSS {r['peak_rss_bytes'] / GB:.2f} GB "
+            f"(weights {stored / GB:.2f} GB, bound {r['bound_bytes'] / GB:.2f} GB), "
+            f"artifact {r['artifact_bytes'] / GB:.2f} GB",
+            file=sys.stderr,
+        )
+    shutil.rmtree(cache, ignore_errors=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="llama2-7b")
     ap.add_argument("--targets", default="h100,a100,mi300x,cpu")
     ap.add_argument("--repeats", type=int, default=2, help="warm runs after the cold one")
+    ap.add_argument(
+        "--memory", action="store_true", help="peak RSS and wall time suite (issue 14 item 5)"
+    )
+    ap.add_argument("--work", default="/tmp/llmc-compile-mem", help="generated model folder")
     a = ap.parse_args(argv)
+    if a.memory:
+        out = ROOT / "bench" / "compile_time.json"
+        result = json.loads(out.read_text()) if out.is_file() else {}
+        load0 = load_average()
+        rows = memory_suite(Path(a.work))
+        result["memory"] = {
+            "command": "python bench/compile_time.py " + " ".join(argv or sys.argv[1:]),
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "machine": {
+                "cpu": cpu_name(),
+                "cores": os.cpu_count(),
+                "platform": platform.platform(),
+                "load_average_at_start": load0,
+                "load_average_at_end": load_average(),
+                "note": "shared machine: wall times are indicative, peak RSS is reliable",
+            },
+            "llmc_commit": git("rev-parse", "HEAD").strip(),
+            "bound": "peak RSS <= stored weight bytes + 2 GB (issue 14 item 5)",
+            "runs": rows,
+        }
+        out.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {out} (memory)", file=sys.stderr)
+        return 0
     load0 = load_average()
     cache = Path(tempfile.mkdtemp(prefix="llmc-ct-cache-"))
     rows = []
@@ -109,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         "results": rows,
     }
     out = ROOT / "bench" / "compile_time.json"
+    if out.is_file() and "memory" in (old := json.loads(out.read_text())):
+        result["memory"] = old["memory"]
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {out}", file=sys.stderr)
     return 0

@@ -7,7 +7,9 @@
                           ``hf_config``: the model's Hugging Face config when it has one
                           (``llmc export OUT`` writes it as ``config.json``)
       graph.ir            the IR after all passes (text form)
-      params.safetensors  weights in their storage format (``<param>::<field>`` keys)
+      params.safetensors  weights in their storage format (``<param>::<field>`` keys), less
+                          those a backend stores once in a compiled layout
+                          (:data:`DERIVED_PARAMS_KEY`; rebuilt on load)
       tokenizer/          the model's tokenizer files, when it has a tokenizer (manifest
                           ``tokenizer``: kind ``byte-level`` or ``hf``); none is ever guessed
       report.json / report.md   what each pass did and cost, analysis, measured numbers
@@ -40,7 +42,7 @@ import shutil
 import stat
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -250,25 +252,45 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def save_params(graph: Graph, path: Path) -> None:
-    from safetensors.torch import save_file
+def save_params(
+    graph: Graph, path: Path, derived: dict[str, dict[str, dict[str, str]]] | None = None
+) -> None:
+    """Write ``graph``'s params (``<param>::<field>`` keys) one tensor at a time. ``derived``
+    names the params stored in another file of the artifact in a compiled layout (``param ->
+    field -> {file, key, layout}``; see :data:`DERIVED_PARAMS_KEY`): they are left out here."""
+    from llmc.safetensors_io import Entry, write_safetensors
 
-    tensors: dict[str, torch.Tensor] = {}
+    derived = derived or {}
+    entries: list[Entry] = []
     meta: list[str] = []
     for p in graph.params.values():
         if p.is_meta:  # an architecture-only model: shapes only, recorded as such
             meta.append(p.name)
             continue
+        if p.name in derived:
+            continue
         for field, t in p.data.items():
-            tensors[f"{p.name}::{field}"] = t.detach().contiguous().cpu()
-    save_file(tensors, str(path), metadata={META_PARAMS_KEY: json.dumps(sorted(meta))})
+            entries.append(
+                Entry(f"{p.name}::{field}", tuple(t.shape), t.dtype, lambda t=t: t.cpu())
+            )
+    metadata = {META_PARAMS_KEY: json.dumps(sorted(meta))}
+    if derived:
+        metadata[DERIVED_PARAMS_KEY] = json.dumps(derived, sort_keys=True)
+    write_safetensors(path, entries, metadata)
 
 
 #: safetensors metadata key listing the params stored without data (architecture-only models)
 META_PARAMS_KEY = "llmc.meta_params"
+#: safetensors metadata key of the params stored once, in their compiled layout in another file
+#: of the artifact (``param -> field -> {"file", "key", "layout"}``): the loader rebuilds the
+#: field with :func:`llmc.backends.layouts.invert_layout`, which the compiler checked is exact
+DERIVED_PARAMS_KEY = "llmc.derived_params"
 
 
-def load_params(graph: Graph, path: Path) -> None:
+def load_params(graph: Graph, path: Path, resolve: Callable[[str], Path] | None = None) -> None:
+    """Fill ``graph``'s params from ``path`` (checking every tensor's shape and dtype); fields
+    stored in another file of the artifact (:data:`DERIVED_PARAMS_KEY`) are read from
+    ``resolve(file name)`` (the artifact's listed, hashed file) and rebuilt from their layout."""
     from llmc.frontends.checkpoint import SAFETENSORS_DTYPES, read_safetensors_header
 
     read_safetensors_header(path)  # validates offsets before anything is allocated
@@ -281,15 +303,19 @@ def load_params(graph: Graph, path: Path) -> None:
             meta = set(json.loads((st.metadata() or {}).get(META_PARAMS_KEY, "[]")))
         except (ValueError, TypeError):
             raise ArtifactError(f"{path}: malformed {META_PARAMS_KEY!r} metadata") from None
+        derived = _derived_fields(graph, path, st.metadata() or {}, resolve)
         for p in graph.params.values():
             if p.name in meta:  # no data was stored; the parsed graph's meta tensors stay
                 continue
             data = {}
             for field in p.data:
                 key = f"{p.name}::{field}"
+                want = p.data[field]
+                if key in derived:
+                    data[field] = derived[key]
+                    continue
                 if key not in keys:
                     raise ArtifactError(f"{path}: missing tensor {key!r}")
-                want = p.data[field]
                 sl = st.get_slice(key)
                 shape, dtype = list(sl.get_shape()), str(sl.get_dtype())
                 if shape != list(want.shape):
@@ -304,6 +330,77 @@ def load_params(graph: Graph, path: Path) -> None:
                     )
                 data[field] = st.get_tensor(key)
             graph.params[p.name] = Param(p.name, p.type, p.format, data)
+
+
+def _derived_fields(
+    graph: Graph, path: Path, metadata: dict[str, str], resolve: Callable[[str], Path] | None
+) -> dict[str, torch.Tensor]:
+    """``<param>::<field> -> tensor`` for the fields :data:`DERIVED_PARAMS_KEY` lists, read
+    from their files and rebuilt from their layouts (the file's header is validated first)."""
+    raw = metadata.get(DERIVED_PARAMS_KEY)
+    if raw is None:
+        return {}
+    try:
+        table = json.loads(raw)
+        items = [
+            (str(pn), str(fn), str(e["file"]), str(e["key"]), str(e["layout"]), e.get("index_key"))
+            for pn, fields in table.items()
+            for fn, e in fields.items()
+        ]
+    except (ValueError, TypeError, KeyError, AttributeError):
+        raise ArtifactError(f"{path}: malformed {DERIVED_PARAMS_KEY!r} metadata") from None
+    if resolve is None:
+        raise ArtifactError(
+            f"{path}: its weights are stored in compiled layouts in other files of an artifact; "
+            "load the artifact folder, not this file alone"
+        )
+    from llmc.backends.layouts import invert_layout, invert_nm
+    from llmc.frontends.checkpoint import read_safetensors_header
+    from llmc.safetensors_io import map_safetensors
+
+    files: dict[str, dict[str, torch.Tensor]] = {}
+    out: dict[str, torch.Tensor] = {}
+    for pname, field, fname, key, layout, index_key in items:
+        p = graph.params.get(pname)
+        if p is None or field not in p.data:
+            raise ArtifactError(f"{path}: {DERIVED_PARAMS_KEY!r} names unknown {pname}::{field}")
+        if fname not in files:
+            fp = resolve(fname)
+            try:
+                read_safetensors_header(fp)
+            except LlmcError as e:
+                raise ArtifactError(str(e)) from None
+            files[fname] = map_safetensors(fp)
+        t = files[fname].get(key)
+        if t is None:
+            raise ArtifactError(f"{path}: {pname}::{field} is stored as {fname}:{key}, absent")
+        try:
+            if index_key is not None:  # N:M: values + positions
+                idx = files[fname].get(str(index_key))
+                if idx is None or field != "value":
+                    raise ArtifactError(
+                        f"{path}: {pname}::{field} names N:M index {fname}:{index_key}, absent"
+                    )
+                inv = ("value", invert_nm(layout, t, idx, p))
+            else:
+                inv = invert_layout(layout, t, p)
+        except (RuntimeError, ValueError, IndexError, LlmcError) as e:
+            raise ArtifactError(
+                f"{path}: {pname}::{field} cannot be rebuilt from layout {layout!r} ({e})"
+            ) from None
+        want = p.data[field]
+        if inv is None or inv[0] != field:
+            raise ArtifactError(
+                f"{path}: layout {layout!r} of {fname}:{key} does not hold {pname}::{field}"
+            )
+        if list(inv[1].shape) != list(want.shape) or inv[1].dtype != want.dtype:
+            raise ArtifactError(
+                f"{resolve(fname)}: tensor {key!r} ({t.dtype} {list(t.shape)}) does not rebuild "
+                f"{pname}::{field}: the compiled code expects {want.dtype} {list(want.shape)} "
+                f"from layout {layout!r}"
+            )
+        out[f"{pname}::{field}"] = inv[1].contiguous()
+    return out
 
 
 def versions() -> dict[str, str]:
@@ -339,9 +436,13 @@ def write_manifest(tmp: Path, fields: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
-def write_graph(graph: Graph, tmp: Path) -> None:
+def write_graph(
+    graph: Graph, tmp: Path, derived: dict[str, dict[str, dict[str, str]]] | None = None
+) -> None:
+    """``graph.ir`` and ``params.safetensors`` (less the ``derived`` params, see
+    :func:`save_params`)."""
     (tmp / "graph.ir").write_text(print_graph(graph))
-    save_params(graph, tmp / "params.safetensors")
+    save_params(graph, tmp / "params.safetensors", derived)
 
 
 @dataclass
@@ -493,7 +594,11 @@ def load_artifact(path: str | Path, *, expect_target: str | None = None) -> Arti
         graph = parse_graph(text)
     except ParseError as e:
         raise ArtifactError(f"{gpath}: {e}") from None
-    load_params(graph, listed_file(d, manifest, "params.safetensors"))
+    load_params(
+        graph,
+        listed_file(d, manifest, "params.safetensors"),
+        lambda f: listed_file(d, manifest, f, "weights file"),
+    )
     return Artifact(d, manifest, graph)
 
 

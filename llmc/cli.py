@@ -46,6 +46,7 @@ def cmd_compile(a: argparse.Namespace) -> int:
         pass_options=pass_options(a),
         analysis_env={"batch": 1, "seq": a.seq, "past": a.past},
         target_options={"arch": a.arch, "set": a.set} if (a.arch or a.set) else None,
+        random_weights=a.random_weights,
     )
     r = res.report
     if a.json:
@@ -656,6 +657,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a spec key (bandwidth_gbs, mem_gb, peak_tflops.<dtype>, power_w, "
         "price_usd) or an FPGA board field (dsp.total, hbm.bandwidth_gbs, ...)",
+    )
+    p.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="fill an architecture-only model with seeded random weights before compiling",
     )
     p.set_defaults(func=cmd_compile)
 

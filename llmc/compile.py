@@ -201,11 +201,15 @@ def compile_model(
     analysis_env: dict[str, int] | None = None,
     target_options: dict[str, Any] | None = None,
     dtype: str | None = None,
+    random_weights: bool = False,
 ) -> CompileResult:
     """Load, transform and lower a model; write the artifact atomically to ``out``.
 
     ``target_options`` configures the target, any kind: ``{"arch": FILE, "set": ["key=value",
-    ...]}`` (``--arch`` / ``--set``; see :func:`llmc.targets.configure_target`)."""
+    ...]}`` (``--arch`` / ``--set``; see :func:`llmc.targets.configure_target`). ``random_weights``
+    fills an architecture-only model with seeded random weights
+    (:func:`llmc.frontends.zoo.materialize`) before the passes, so passes compute and the artifact
+    holds real data (memory and time measurements of whole compiles)."""
     t_start = time.perf_counter()
     tgt = get_target(target)  # fail fast on an unknown target, before loading anything
     if target_options:
@@ -228,6 +232,7 @@ def compile_model(
             pass_options=pass_options,
             analysis_env=analysis_env,
             dtype=dtype,
+            random_weights=random_weights,
         )
 
 
@@ -245,6 +250,7 @@ def _compile_loaded(
     pass_options: dict[str, Any] | None,
     analysis_env: dict[str, int] | None,
     dtype: str | None = None,
+    random_weights: bool = False,
 ) -> CompileResult:
     target = tgt.name
     if isinstance(model, Loaded):
@@ -254,6 +260,17 @@ def _compile_loaded(
     else:
         loaded = load(model, allow_pickle=allow_pickle, dtype=dtype)
     graph = loaded.graph
+    if random_weights:
+        if not graph.meta.get("architecture_only"):
+            raise LlmcError(
+                f"{loaded.source}: --random-weights applies to architecture-only models (llmc "
+                "compile NAME for a name in `llmc.frontends.zoo`); this model has its weights"
+            )
+        from llmc.frontends.zoo import materialize
+
+        materialize(graph, seed=0)
+        graph.meta["architecture_only"] = False
+        graph.meta["random_weights_seed"] = 0
     t_loaded = time.perf_counter()
     pass_report = run_passes(
         graph,

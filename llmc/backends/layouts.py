@@ -340,3 +340,83 @@ def _nm_index(p: Param, dt: str) -> torch.Tensor:
 
 register_layout(Layout("nm.values", _nm_shape, lambda p, dt: dt, _nm_values))
 register_layout(Layout("nm.index", _nm_shape, lambda p, dt: "u8", _nm_index))
+
+
+# -- inverses: a param's storage from its compiled layout -----------------------------------------
+# An artifact stores each weight once (issue 14 item 5): when the compiled layout of a param's
+# field can be turned back into the field exactly, params.safetensors omits the field and the
+# artifact loader rebuilds it from weights.safetensors. Exactness is checked at compile time
+# (llmc.backends.pipeline.write_weights compares the inverse with the stored field bit for bit),
+# so a layout without an inverse here, or one whose inverse is lossy (a cast to f16), is simply
+# stored twice.
+
+
+def _untile(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """``[P, *rest, NB]`` panels -> ``[rows, *rest]`` (drops the zero-padded tail)."""
+    return t.movedim(-1, 1).reshape(-1, *t.shape[1:-1])[:rows]
+
+
+def _inv_q4_codes(t: torch.Tensor, p: Param) -> tuple[str, torch.Tensor]:
+    n = t.shape[0]
+    u = torch.stack([t & 0xF, t >> 4], dim=-1).reshape(n, -1)
+    return "qvalue", (u.to(torch.int16) + _q(p).qmin).to(torch.int8)
+
+
+def _inv_scale(t: torch.Tensor, p: Param) -> tuple[str, torch.Tensor]:
+    return "scale", t.reshape(p.data["scale"].shape)
+
+
+def _inv_q4_zero(t: torch.Tensor, p: Param) -> tuple[str, torch.Tensor] | None:
+    if "zero" not in p.data:
+        return None  # symmetric: the offsets are the constant -qmin, nothing to rebuild
+    z = (t.to(torch.float32) + _q(p).qmin).to(torch.int8)
+    return "zero", z.reshape(p.data["zero"].shape)
+
+
+def _inv_q8g_offset(t: torch.Tensor, p: Param) -> tuple[str, torch.Tensor] | None:
+    if "zero" not in p.data:
+        return None
+    return "zero", t.to(torch.int8).reshape(p.data["zero"].shape)
+
+
+_INVERSES: dict[str, Callable[[torch.Tensor, Param], tuple[str, torch.Tensor] | None]] = {
+    "dense": lambda t, p: ("value", t),
+    "q4.codes": _inv_q4_codes,
+    "q4.scale": _inv_scale,
+    "q4.zero": _inv_q4_zero,
+    "q8g.codes": lambda t, p: ("qvalue", t),
+    "q8g.offset": _inv_q8g_offset,
+    "q8.codes": lambda t, p: ("qvalue", t),
+    "q8.scale": _inv_scale,
+}
+
+
+def invert_layout(name: str, t: torch.Tensor, p: Param) -> tuple[str, torch.Tensor] | None:
+    """``(field, tensor)``: the storage field of ``p`` that the layout ``name`` holds, rebuilt
+    from ``t``; None when the layout has no inverse. Panel layouts (``panel{NB}`` and
+    ``panel{NB}.{base}``) are untiled first. The result is not checked against ``p``; the
+    compiler keeps a param out of params.safetensors only when it is bit-identical."""
+    base = name
+    if name.startswith("panel"):
+        head, _, rest = name.partition(".")
+        if not head[5:].isdigit() or t.dim() < 2:
+            return None
+        t = _untile(t, int(p.type.shape[0]))
+        base = rest or "dense"
+    fn = _INVERSES.get(base)
+    return None if fn is None else fn(t, p)
+
+
+def invert_nm(
+    values_layout: str, values: torch.Tensor, index: torch.Tensor, p: Param
+) -> torch.Tensor:
+    """The dense ``[out, in]`` value of an N:M param from its ``nm.values``/``nm.index`` tensors
+    (``panel{NB}.`` variants untiled first): each group's kept values scattered back to their
+    positions, zeros elsewhere (:func:`compress_nm` inverted)."""
+    n_, m_ = nm_of(p)
+    out, k = _shape(p)
+    if values_layout.startswith("panel"):
+        values, index = _untile(values, out), _untile(index, out)
+    g = torch.zeros(out, k // m_, m_, dtype=values.dtype)
+    g.scatter_(-1, index.reshape(out, -1, n_).to(torch.int64), values.reshape(out, -1, n_))
+    return g.reshape(out, k)

@@ -248,28 +248,97 @@ def _timed(timing: dict[str, float], name: str) -> Iterator[None]:
 
 
 def write_weights(graph: Graph, args: Sequence[WeightArg], out: Path) -> list[dict[str, Any]]:
-    """Write ``graph.ir`` + ``params.safetensors`` (the IR's own storage, which the artifact
-    loader reads) and ``weights.safetensors`` with every weight whose compiled layout differs
-    from its storage; returns the manifest's weight table (argument order)."""
-    from safetensors.torch import save_file
+    """Write ``weights.safetensors`` with every weight whose compiled layout differs from its
+    storage, then ``graph.ir`` + ``params.safetensors`` (the IR's own storage, which the
+    artifact loader reads); returns the manifest's weight table (argument order).
+
+    Each weight is stored once: a param whose every storage field is rebuilt bit for bit from
+    its compiled layouts (:func:`llmc.backends.layouts.invert_layout`, checked here on the
+    tensors as they are written) is left out of params.safetensors, which records where it is
+    (:data:`llmc.artifact.DERIVED_PARAMS_KEY`). Weights are produced, written and dropped one at
+    a time (:func:`llmc.safetensors_io.write_safetensors`), so writing adds one weight's memory.
+    """
+    import torch
 
     from llmc.artifact import write_graph
+    from llmc.backends.layouts import invert_layout, invert_nm
+    from llmc.ir.types import to_torch_dtype
+    from llmc.safetensors_io import Entry as TensorEntry
+    from llmc.safetensors_io import write_safetensors
 
-    write_graph(graph, out)
-    tensors = {}
+    root = graph.root()
+    entries: list[TensorEntry] = []
     table = []
+    by_key: dict[str, WeightArg] = {}
+    read_from_params: set[str] = set()  # params some argument reads from params.safetensors
     for wa in args:
-        p = graph.root().params[wa.param]
+        p = root.params[wa.param]
         entry = wa.to_json()
         if p.is_meta:
             entry["file"] = None  # architecture-only: the runner must be given weights
         elif wa.layout == "dense" and wa.dtype == p.type.dtype and p.format.quant is None:
             entry["file"], entry["key"] = "params.safetensors", f"{wa.param}::value"
+            read_from_params.add(wa.param)
         else:
-            t = get_layout(wa.layout).transform(p, wa.dtype)
-            tensors[wa.name] = t.contiguous()
+            layout = get_layout(wa.layout)
+            entries.append(
+                TensorEntry(
+                    wa.name,
+                    tuple(int(d) for d in wa.shape),
+                    to_torch_dtype(wa.dtype),
+                    lambda layout=layout, p=p, dt=wa.dtype: layout.transform(p, dt),
+                )
+            )
+            by_key[wa.name] = wa
             entry["file"], entry["key"] = WEIGHTS_FILE, wa.name
         table.append(entry)
-    if tensors:
-        save_file(tensors, str(out / WEIGHTS_FILE))
+    derived: dict[str, dict[str, dict[str, str]]] = {}
+    nm_half: dict[str, tuple[WeightArg, torch.Tensor]] = {}  # N:M values/index seen first
+
+    def same(v: torch.Tensor, want: torch.Tensor | None) -> bool:
+        return (
+            want is not None
+            and v.dtype == want.dtype
+            and v.shape == want.shape
+            and torch.equal(v, want)
+        )
+
+    def check(e: TensorEntry, t: torch.Tensor) -> None:
+        wa = by_key[e.key]
+        if wa.param in read_from_params:
+            return
+        p = root.params[wa.param]
+        if wa.layout.endswith(("nm.values", "nm.index")):  # inverted from the pair
+            if wa.param not in nm_half:
+                nm_half[wa.param] = (wa, t)
+                return
+            other, t2 = nm_half.pop(wa.param)
+            (va, vt), (ia, it) = sorted(
+                [(wa, t), (other, t2)], key=lambda x: "index" in x[0].layout
+            )
+            if not (va.layout.endswith("nm.values") and ia.layout.endswith("nm.index")):
+                return
+            if same(invert_nm(va.layout, vt, it, p), p.data.get("value")):
+                derived.setdefault(wa.param, {})["value"] = {
+                    "file": WEIGHTS_FILE,
+                    "key": va.name,
+                    "layout": va.layout,
+                    "index_key": ia.name,
+                }
+            return
+        inv = invert_layout(wa.layout, t, p)
+        if inv is None:
+            return
+        field, v = inv
+        if same(v, p.data.get(field)):
+            derived.setdefault(wa.param, {})[field] = {
+                "file": WEIGHTS_FILE,
+                "key": wa.name,
+                "layout": wa.layout,
+            }
+
+    if entries:
+        write_safetensors(out / WEIGHTS_FILE, entries, on_tensor=check)
+    complete = {n: f for n, f in derived.items() if set(f) == set(root.params[n].data)}
+    write_graph(graph, out, complete)
     return table

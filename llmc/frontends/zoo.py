@@ -57,6 +57,30 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "use_cache": True,
         "vocab_size": 32000,
     },
+    # https://huggingface.co/TinyLlama/TinyLlama-1.1B-Chat-v1.0/blob/main/config.json
+    "tinyllama-1.1b": {
+        "architectures": ["LlamaForCausalLM"],
+        "attention_bias": False,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "hidden_act": "silu",
+        "hidden_size": 2048,
+        "initializer_range": 0.02,
+        "intermediate_size": 5632,
+        "max_position_embeddings": 2048,
+        "model_type": "llama",
+        "num_attention_heads": 32,
+        "num_hidden_layers": 22,
+        "num_key_value_heads": 4,
+        "pretraining_tp": 1,
+        "rms_norm_eps": 1e-05,
+        "rope_scaling": None,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "use_cache": True,
+        "vocab_size": 32000,
+    },
     # https://huggingface.co/meta-llama/Llama-2-13b-hf/blob/main/config.json
     "llama2-13b": {
         "architectures": ["LlamaForCausalLM"],
@@ -361,6 +385,7 @@ PARAM_COUNTS: dict[str, int] = {
     "falcon-7b": 6_921_720_704,
     "gemma-2-2b": 2_614_341_888,
     "gemma-3-1b": 999_885_952,
+    "tinyllama-1.1b": 1_100_048_384,
     "mixtral-8x7b": 46_702_792_704,
 }
 
@@ -503,6 +528,7 @@ def materialize(graph: Graph, seed: int = 0, std: float = 0.02) -> Graph:
             )
         else:
             gen = torch.Generator().manual_seed(_seed_for(pname, seed))
-            value = (torch.randn(shape, generator=gen) * std).to(dt)
+            # in place: no second full-size temporary (the values are the same bits)
+            value = torch.randn(shape, generator=gen).mul_(std).to(dt)
         graph.params[pname] = Param(pname, p.type, p.format, {"value": value})
     return graph

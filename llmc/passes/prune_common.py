@@ -172,10 +172,15 @@ class PruneBase(Pass):
                     hessian=self.needs_hessian or measure,
                 )
                 rep.set(**info.to_dict())
-            except CalibrationError:
+            except CalibrationError as e:
                 if self.needs_calibration:
                     raise
                 calibrate = False
+                rep.set(calibration=f"unavailable ({e}); no error measured")
+            else:
+                rep.set(calibration="calibrated" if self.needs_calibration else "measured")
+        else:
+            rep.set(calibration="data-free")
         if not calibrate:
             for t in targets:
                 do(t, None)

@@ -206,8 +206,9 @@ class QuantBase(Pass):
             codes, scale, zero = self.quantize(w, g, stats, keep)
             spec = QuantSpec(self.bits, g, self.sym, self.method)
             store_quantized(t.param, codes, scale, zero, spec)
-            new = t.param.value().to(torch.float32)
-            err = output_error(w, new, stats) if stats is not None else float("nan")
+            err = float("nan")
+            if stats is not None:  # the dequantized weight only when the error is measured
+                err = output_error(w, t.param.value().to(torch.float32), stats)
             rep.layer(
                 t.path,
                 group=g,
@@ -227,10 +228,15 @@ class QuantBase(Pass):
                     hessian=self.needs_hessian or measure,
                 )
                 rep.set(**info.to_dict())
-            except CalibrationError:
+            except CalibrationError as e:
                 if self.needs_calibration:
                     raise
                 calibrate = False
+                rep.set(calibration=f"unavailable ({e}); no error measured")
+            else:
+                rep.set(calibration="calibrated" if self.needs_calibration else "measured")
+        else:
+            rep.set(calibration="data-free")
         if not calibrate:
             for t in targets:
                 do(t, None)

@@ -256,11 +256,10 @@ class TVMRunner(LanguageModel):
             )
 
     def _load_weights(self, random_weights: bool, seed: int) -> list[Any]:
-        from safetensors import safe_open
-
         from llmc.artifact import listed_file
         from llmc.frontends.checkpoint import SAFETENSORS_DTYPES, read_safetensors_header
         from llmc.ir.types import to_torch_dtype
+        from llmc.safetensors_io import map_safetensors
 
         rt = import_tvm_runtime()
         handles: dict[str, Any] = {}
@@ -280,7 +279,7 @@ class TVMRunner(LanguageModel):
                 if f not in handles:
                     fp = listed_file(self.path, self.manifest, f, "weights file")
                     header = read_safetensors_header(fp)  # validates offsets before any read
-                    handles[f] = (safe_open(str(fp), framework="pt"), header)
+                    handles[f] = (map_safetensors(fp), header)  # views of the file
                 st, header = handles[f]
                 info = header.get(w.get("key"))
                 if info is None:
@@ -294,7 +293,7 @@ class TVMRunner(LanguageModel):
                         f"{self.path / f}: tensor {w['key']} is {info.dtype} {list(info.shape)}, "
                         f"the compiled code expects {want} {w['shape']}"
                     )
-                t = st.get_tensor(w["key"])
+                t = st[w["key"]]
             out.append(self._to_dev(rt, t.contiguous()))
         return out
 

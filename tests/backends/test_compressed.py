@@ -103,3 +103,32 @@ def test_compressed_graph_cross_compiles(tmp_path, mixed):
     assert used.get("linear.q4") and used.get("linear.nm") and used.get("linear.q8g")
     layouts = {w["layout"] for w in backend["weights"]}
     assert {"q4.codes", "nm.values", "nm.index", "q8.codes"} <= layouts
+
+
+def test_artifact_stores_each_weight_once(mixed):
+    """A param whose compiled layouts rebuild its storage exactly is not also in
+    params.safetensors; loading the artifact rebuilds it bit for bit."""
+    from safetensors import safe_open
+
+    from llmc.artifact import DERIVED_PARAMS_KEY, load_artifact
+
+    g, art = mixed
+    with safe_open(str(Path(art) / "params.safetensors"), framework="pt") as st:
+        stored = {k.split("::")[0] for k in st.keys()}
+        derived = json.loads(st.metadata()[DERIVED_PARAMS_KEY])
+    assert derived and not stored & set(derived)
+    backend = json.loads((Path(art) / "manifest.json").read_text())["backend"]
+    in_weights = {w["param"]: w["layout"] for w in backend["weights"] if w["file"]}
+    for name, p in g.params.items():
+        layouts = {w["layout"] for w in backend["weights"] if w["param"] == name}
+        if p.format.quant is not None or p.format.sparsity is not None or layouts == {"panel64"}:
+            assert name in derived, (name, layouts)  # codes, scales, N:M pairs, dense panels
+        if name not in in_weights or in_weights[name] == "dense":
+            assert name in stored  # norms, biases: read from params.safetensors as they are
+    assert any("index_key" in f.get("value", {}) for f in derived.values())  # N:M: values+index
+    back = load_artifact(art).graph
+    for name, p in g.params.items():
+        assert set(back.params[name].data) == set(p.data)
+        for field, t in p.data.items():
+            got = back.params[name].data[field]
+            assert got.dtype == t.dtype and torch.equal(got, t), (name, field)

@@ -43,14 +43,30 @@ def test_prune_hits_the_target_and_verifies(lm, ctx, method, target) -> None:
         assert r["calib_peak_activation_mb"] > 0
 
 
+class _NoCalibration(PassContext):
+    """A context whose calibration source fails the test if anything reads it."""
+
+    def calibration(self):  # type: ignore[override]
+        raise AssertionError("a data-free pass touched the calibration data")
+
+
 @pytest.mark.parametrize("spec", ["magnitude:sparsity=0.5", "rtn:bits=4:group=32"])
 def test_data_free_passes_measure_only_when_asked(lm, ctx, spec) -> None:
-    quiet = build_pipeline(spec).run(lm.copy(), ctx)[0]
+    dense = lm.copy()
+    quiet = build_pipeline(spec).run(dense, _NoCalibration(calib_samples=8, calib_seqlen=64))[0]
+    assert quiet["calibration"] == "data-free"
     assert "calib_peak_activation_mb" not in quiet
     assert all(row["rel_error"] is None for row in quiet["layers"])
+    with pytest.raises(PipelineError, match="touched the calibration"):
+        build_pipeline(f"{spec}:measure=true").run(lm.copy(), _NoCalibration())
     loud = build_pipeline(f"{spec}:measure=true").run(lm, ctx)[0]
+    assert loud["calibration"] == "measured"
     assert loud["calib_peak_activation_mb"] > 0
     assert all(row["rel_error"] > 0 for row in loud["layers"])
+    # measuring reads data but does not change the weights: same result as the data-free run
+    for name, p in lm.params.items():
+        for field, t in p.data.items():
+            assert torch.equal(t, dense.params[name].data[field]), (name, field)
 
 
 def test_wanda_prunes_half_of_every_row(lm, ctx) -> None:

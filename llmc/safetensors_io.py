@@ -1,0 +1,135 @@
+"""Streaming safetensors writes and memory-mapped reads (bounded compile and load memory).
+
+``safetensors.torch.save_file`` needs every tensor in memory at once and serializes them into
+one more buffer, so writing N bytes of weights peaks at about 2N. :func:`write_safetensors`
+takes the tensors as a list of :class:`Entry` whose data is produced one at a time: the header
+is computed from shapes and dtypes alone, then each tensor is produced, written and dropped, so
+the peak is one tensor. The header is padded with spaces (which the format allows) so that the
+data starts 64-byte aligned.
+
+:func:`map_safetensors` reads a file (its header already validated by
+:func:`llmc.frontends.checkpoint.read_safetensors_header`) as tensors that view a private
+memory map of it: nothing is copied, pages are read from the page cache when first touched.
+
+Example::
+
+    write_safetensors(path, [Entry("w", (2, 3), torch.float32, lambda: torch.ones(2, 3))])
+    tensors = map_safetensors(path)             # {"w": tensor viewing the file}
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from llmc.errors import LlmcError
+
+#: torch dtype -> safetensors dtype name
+DTYPE_NAMES: dict[torch.dtype, str] = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+_BY_NAME = {v: k for k, v in DTYPE_NAMES.items()}
+#: where the data section starts (a multiple of this, counted from the file's first byte)
+DATA_ALIGN = 64
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One tensor of a file being written: its key, shape, dtype and a producer of its data."""
+
+    key: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    produce: Callable[[], torch.Tensor]
+
+    @property
+    def nbytes(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= int(d)
+        return n * torch.empty((), dtype=self.dtype).element_size()
+
+
+def write_safetensors(
+    path: str | Path,
+    entries: Sequence[Entry],
+    metadata: dict[str, str] | None = None,
+    *,
+    on_tensor: Callable[[Entry, torch.Tensor], None] | None = None,
+) -> None:
+    """Write ``entries`` to ``path`` one tensor at a time; ``on_tensor(entry, tensor)`` sees
+    each produced tensor before it is dropped. A producer whose tensor has another shape or
+    dtype than its entry declares raises :class:`LlmcError` (an internal error: the file is
+    left incomplete; callers write into an artifact's temporary directory)."""
+    header: dict[str, object] = {}
+    if metadata:
+        header["__metadata__"] = dict(metadata)
+    offset = 0
+    for e in entries:
+        if e.dtype not in DTYPE_NAMES:
+            raise LlmcError(f"{path}: tensor {e.key!r}: dtype {e.dtype} has no safetensors name")
+        header[e.key] = {
+            "dtype": DTYPE_NAMES[e.dtype],
+            "shape": [int(d) for d in e.shape],
+            "data_offsets": [offset, offset + e.nbytes],
+        }
+        offset += e.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * ((-(8 + len(raw))) % DATA_ALIGN)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for e in entries:
+            t = e.produce().detach()
+            if tuple(t.shape) != tuple(int(d) for d in e.shape) or t.dtype != e.dtype:
+                raise LlmcError(
+                    f"{path}: tensor {e.key!r} was produced as {t.dtype} {list(t.shape)}, its "
+                    f"entry says {e.dtype} {list(e.shape)} (internal error)"
+                )
+            t = t.contiguous().cpu()
+            if t.numel():
+                f.write(t.reshape(-1).view(torch.uint8).numpy().data)
+            if on_tensor is not None:
+                on_tensor(e, t)
+            del t
+
+
+def map_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of ``path`` as a view of a private (copy-on-write) memory map of the file.
+
+    The caller validates the header first (:func:`~llmc.frontends.checkpoint.
+    read_safetensors_header` checks that offsets lie inside the file and do not overlap)."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        size = f.seek(0, 2)
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
+    base = 8 + n
+    out: dict[str, torch.Tensor] = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        dtype = _BY_NAME[info["dtype"]]
+        begin, end = (int(x) for x in info["data_offsets"])
+        shape = [int(d) for d in info["shape"]]
+        if end == begin or mm is None:
+            out[key] = torch.empty(shape, dtype=dtype)
+            continue
+        flat = torch.frombuffer(mm, dtype=torch.uint8, count=end - begin, offset=base + begin)
+        out[key] = flat.view(dtype).reshape(shape)
+    return out
