@@ -37,6 +37,7 @@ from llmc.artifact import (
 from llmc.backends.targets import Target, get_target, resolve_spec
 from llmc.errors import LlmcError, TargetError
 from llmc.ir.graph import Graph
+from llmc.ir.structure import is_lm
 from llmc.runtime.lm import InterpLM, LanguageModel
 
 # target kind -> "module:function" taking (graph, target, tmp_dir, report) and returning extra
@@ -119,6 +120,12 @@ def runner_for(
             f"{loaded.source}: an architecture-only model has no weights to run; compile it for a "
             "target and run `llmc bench OUT --random-weights`, or analyse it with "
             "`llmc compile --dry-run` / `llmc simulate`"
+        )
+    if not is_lm(loaded.graph):
+        raise LlmcError(
+            f"{loaded.source}: not a language model (inputs "
+            f"{', '.join(v.name for v in loaded.graph.inputs)}); run it with "
+            "`llmc run OUT --inputs x.safetensors` or `llmc.load(OUT)(*tensors)`"
         )
     if loaded.artifact is None:
         return InterpLM(loaded.graph, device=device)

@@ -427,10 +427,21 @@ def _aten_rms_norm(c: Converter, n, x, shape, weight=None, eps=None):
 @handles(aten.scaled_dot_product_attention.default)
 def _sdpa(c: Converter, n, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, *, scale=None,
           enable_gqa=False):  # fmt: skip
-    if attn_mask is not None:
-        raise c.unsupported("scaled_dot_product_attention with an explicit mask")
+    if attn_mask is not None and not _no_op_mask(c, attn_mask):
+        raise c.unsupported(
+            "scaled_dot_product_attention with an explicit mask (llmc folds only a constant "
+            "all-visible mask: export without attention_mask, fixed shapes)"
+        )
     qv, kv, vv = c.value(q), c.value(k), c.value(v)
     return c.emit("attention", qv, kv, vv, scale=_canon_scale(scale, qv), causal=bool(is_causal))
+
+
+def _no_op_mask(c: Converter, mask: Any) -> bool:
+    """True for a mask folded at import that hides nothing (all True, or all 0.0 when additive)."""
+    t = c.folded(mask)
+    if t is None:
+        return False
+    return bool(t.all()) if t.dtype == torch.bool else bool((t == 0).all())
 
 
 def _canon_scale(scale: float | None, q: Value) -> float:
