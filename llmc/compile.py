@@ -121,12 +121,7 @@ def runner_for(
             "target and run `llmc bench OUT --random-weights`, or analyse it with "
             "`llmc compile --dry-run` / `llmc simulate`"
         )
-    if not is_lm(loaded.graph):
-        raise LlmcError(
-            f"{loaded.source}: not a language model (inputs "
-            f"{', '.join(v.name for v in loaded.graph.inputs)}); run it with "
-            "`llmc run OUT --inputs x.safetensors` or `llmc.load(OUT)(*tensors)`"
-        )
+    require_lm(loaded)
     if loaded.artifact is None:
         return InterpLM(loaded.graph, device=device)
     if kind not in RUNNERS:
@@ -139,8 +134,19 @@ def runner_for(
     return _resolve(RUNNERS[kind])(loaded.artifact.path)
 
 
+def require_lm(loaded: Loaded) -> None:
+    """Refuse, in one line, a graph that is not a language model (prompts, eval, bench)."""
+    if not is_lm(loaded.graph):
+        raise LlmcError(
+            f"{loaded.source}: not a language model (inputs "
+            f"{', '.join(v.name for v in loaded.graph.inputs)}); run it with "
+            "`llmc run OUT --inputs x.safetensors` or `llmc.load(OUT)(*tensors)`"
+        )
+
+
 def require_tokenizer(loaded: Loaded, what: str = "text prompts") -> Any:
     """The model's tokenizer, or one line saying it has none (never a guessed one)."""
+    require_lm(loaded)
     from llmc.tokenizer import require_tokenizer as _require
 
     return _require(loaded.tokenizer, loaded.source, what=what)

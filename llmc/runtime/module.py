@@ -118,4 +118,46 @@ def load(path: str | Path, *, device_id: int = 0) -> CompiledModule:
     return CompiledModule(p, art.target, kind, art.graph, runner)
 
 
-__all__ = ["CompiledModule", "load"]
+def load_module(path: str | Path) -> CompiledModule:
+    """:func:`load` for the CLI: a model spec (not an artifact) is refused in one line."""
+    from llmc.artifact import is_artifact
+
+    if not is_artifact(str(path)):
+        raise InputError(
+            f"{path}: --inputs runs a compiled artifact; compile it first "
+            f"(`llmc compile {path} -o OUT --target ref|cpu`)"
+        )
+    return load(path)
+
+
+def load_inputs(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, by name (one line naming the file when unreadable)."""
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise InputError(f"{path}: no such file (--inputs)")
+    try:
+        return dict(load_file(str(path)))
+    except Exception as e:  # safetensors raises its own error types for a bad file
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise InputError(f"{path}: not a safetensors file ({first})") from None
+
+
+def save_outputs(outs: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Write ``outs`` to ``path`` atomically (a temporary file renamed into place)."""
+    import os
+
+    from safetensors.torch import save_file
+
+    if not path.parent.is_dir():
+        raise InputError(f"{path}: the folder {path.parent} does not exist (--outputs)")
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        save_file({k: v.contiguous() for k, v in outs.items()}, str(tmp))
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"{path}: cannot write the outputs ({e.strerror})") from None
+
+
+__all__ = ["CompiledModule", "load", "load_inputs", "load_module", "save_outputs"]
