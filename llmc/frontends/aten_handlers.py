@@ -58,6 +58,41 @@ def _linear(c: Converter, n, x, w, b=None):
     return c.emit("linear", *ins)
 
 
+@handles(aten.conv2d.default)
+def _conv2d(c: Converter, n, x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
+    """A non-overlapping patch embedding (ViT: stride == kernel, no padding) as
+    patches -> ``linear`` -> image layout; other convolutions are refused."""
+    xv = c.value(x)
+    wt = w.meta["val"]
+    o, ch, kh, kw = (int(s) for s in wt.shape)
+    pair = lambda v: tuple(v) if isinstance(v, (list, tuple)) else (v, v)  # noqa: E731
+    bsz, _, h, wd = xv.type.shape
+    if (
+        pair(stride) != (kh, kw)
+        or any(pair(padding))
+        or pair(dilation) != (1, 1)
+        or groups != 1
+        or not (isinstance(h, int) and isinstance(wd, int) and h % kh == 0 and wd % kw == 0)
+    ):
+        raise c.unsupported(
+            "conv2d other than a non-overlapping patch embedding (stride == kernel, no padding, "
+            "fixed image size)"
+        )
+    hp, wp = h // kh, wd // kw
+    src = c.params.get(w) if isinstance(w, torch.fx.Node) else None
+    if src is not None:
+        flat = type(src)(src.name, src.tensor.reshape(o, ch * kh * kw))
+        wv = c.param_value(flat)
+    else:
+        wv = c.emit("reshape", c.value(w), shape=(o, ch * kh * kw))
+    v = c.emit("reshape", xv, shape=(bsz, ch, hp, kh, wp, kw))
+    v = c.emit("permute", v, perm=(0, 2, 4, 1, 3, 5))
+    v = c.emit("reshape", v, shape=(bsz, hp * wp, ch * kh * kw))
+    v = c.emit("linear", v, wv, *([c.value(b)] if b is not None else []))
+    v = c.emit("reshape", v, shape=(bsz, hp, wp, o))
+    return c.emit("permute", v, perm=(0, 3, 1, 2))
+
+
 @handles(aten.addmm.default)
 def _addmm(c: Converter, n, bias, x, w, beta=1, alpha=1):
     if w in c.params and c.params[w].transposed and beta == 1 and alpha == 1:
@@ -427,21 +462,35 @@ def _aten_rms_norm(c: Converter, n, x, shape, weight=None, eps=None):
 @handles(aten.scaled_dot_product_attention.default)
 def _sdpa(c: Converter, n, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, *, scale=None,
           enable_gqa=False):  # fmt: skip
-    if attn_mask is not None and not _no_op_mask(c, attn_mask):
-        raise c.unsupported(
-            "scaled_dot_product_attention with an explicit mask (llmc folds only a constant "
-            "all-visible mask: export without attention_mask, fixed shapes)"
-        )
     qv, kv, vv = c.value(q), c.value(k), c.value(v)
+    if attn_mask is not None:
+        kind = _const_mask_kind(c, attn_mask)
+        if kind is None:
+            raise c.unsupported(
+                "scaled_dot_product_attention with an explicit mask (llmc folds only a constant "
+                "all-visible or causal mask: export without attention_mask, fixed shapes)"
+            )
+        is_causal = is_causal or kind == "causal"
     return c.emit("attention", qv, kv, vv, scale=_canon_scale(scale, qv), causal=bool(is_causal))
 
 
-def _no_op_mask(c: Converter, mask: Any) -> bool:
-    """True for a mask folded at import that hides nothing (all True, or all 0.0 when additive)."""
+def _const_mask_kind(c: Converter, mask: Any) -> str | None:
+    """``"none"`` for a mask folded at import that hides nothing (all True, or all 0.0 when
+    additive), ``"causal"`` for the lower-triangular one over a square score matrix, else None."""
     t = c.folded(mask)
     if t is None:
-        return False
-    return bool(t.all()) if t.dtype == torch.bool else bool((t == 0).all())
+        return None
+    visible = t if t.dtype == torch.bool else t == 0
+    if t.dtype != torch.bool and not bool(((t == 0) | (t == float("-inf")) | (t <= -1e30)).all()):
+        return None  # an additive bias, not a mask
+    if bool(visible.all()):
+        return "none"
+    s_q, s_k = visible.shape[-2], visible.shape[-1]
+    if s_q == s_k:
+        tril = torch.ones(s_q, s_k, dtype=torch.bool).tril()
+        if bool((visible == tril).all()):
+            return "causal"
+    return None
 
 
 def _canon_scale(scale: float | None, q: Value) -> float:

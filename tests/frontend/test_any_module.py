@@ -41,9 +41,22 @@ FACTORIES = textwrap.dedent(
         cfg = T.AlbertConfig(vocab_size=99, embedding_size=16, hidden_size=32, num_hidden_layers=2,
                              num_attention_heads=4, intermediate_size=37, max_position_embeddings=64)
         return T.AlbertModel(cfg).eval(), (_ids(),)
+
+    def gpt2():  # causal: the folded lower-triangular mask becomes attention(causal=True)
+        torch.manual_seed(0)
+        cfg = T.GPT2Config(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                           bos_token_id=0, eos_token_id=0, use_cache=False)
+        return T.GPT2Model(cfg).eval(), (_ids(),)
+
+    def vit():  # conv2d patch embedding
+        torch.manual_seed(0)
+        cfg = T.ViTConfig(image_size=16, patch_size=8, num_channels=3, hidden_size=32,
+                          num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
+        x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+        return T.ViTModel(cfg).eval(), (x,)
     """
 )
-FAMILIES = ["bert", "distilbert", "albert"]
+FAMILIES = ["bert", "distilbert", "albert", "gpt2", "vit"]
 TARGETS = ["ref", "cpu"]
 
 
@@ -66,6 +79,7 @@ def _reference(factory_file: Path, family: str) -> tuple[torch.Tensor, list[torc
     model, (ids,) = load_factory(f"{factory_file}:{family}")
     with torch.no_grad():
         out = model(ids)
+    assert getattr(out, "past_key_values", None) is None
     want = [out.last_hidden_state]
     if getattr(out, "pooler_output", None) is not None:
         want.append(out.pooler_output)
