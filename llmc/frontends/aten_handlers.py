@@ -81,7 +81,7 @@ def _conv2d(c: Converter, n, x, w, b=None, stride=1, padding=0, dilation=1, grou
     hp, wp = h // kh, wd // kw
     src = c.params.get(w) if isinstance(w, torch.fx.Node) else None
     if src is not None:
-        flat = type(src)(src.name, src.tensor.reshape(o, ch * kh * kw))
+        flat = type(src)(src.name, src.tensor.reshape(o, ch * kh * kw).clone())
         wv = c.param_value(flat)
     else:
         wv = c.emit("reshape", c.value(w), shape=(o, ch * kh * kw))
@@ -180,7 +180,23 @@ def _expand(c: Converter, n, x, *args, **kwargs):
         return v
     if v.type.numel() == out.numel():  # only inserts size-1 axes
         return c.emit("reshape", v, shape=out.shape)
+    if c.opts.fold_constants:  # stock modules: materialize (GQA's repeat_kv) as copies
+        return _broadcast_copies(c, v, out)
     raise c.unsupported("broadcasting expand has no llmc equivalent (it is left to consumers)")
+
+
+def _broadcast_copies(c: Converter, v: Value, out: TensorType) -> Value:
+    """``expand`` of size-1 axes to fixed sizes as ``concat`` of copies (fixed shapes only)."""
+    lead = out.rank - v.type.rank
+    if lead:
+        v = c.emit("reshape", v, shape=(1,) * lead + tuple(v.type.shape))
+    for axis, (have, want) in enumerate(zip(v.type.shape, out.shape, strict=True)):
+        if have == want:
+            continue
+        if have != 1 or not isinstance(want, int):
+            raise c.unsupported(f"expand of axis {axis} from {have} to {want}")
+        v = c.emit("concat", *([v] * want), dim=axis)
+    return v
 
 
 @handles(aten.transpose.int, aten.t.default, aten.permute.default, aten.numpy_T.default)

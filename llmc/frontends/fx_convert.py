@@ -249,7 +249,7 @@ class Converter:
             return self.const(t.item(), from_torch_dtype(t.dtype))
         if n not in self.folded_values:
             name = f"folded.{n.name}"
-            self.folded_values[n] = self.param_value(_ParamSource(name, t.contiguous()))
+            self.folded_values[n] = self.param_value(_ParamSource(name, t.contiguous().clone()))
         return self.folded_values[n]
 
     def folded(self, a: Any) -> torch.Tensor | None:

@@ -48,6 +48,13 @@ FACTORIES = textwrap.dedent(
                            bos_token_id=0, eos_token_id=0, use_cache=False)
         return T.GPT2Model(cfg).eval(), (_ids(),)
 
+    def llama():  # bare LlamaModel: rotary tables folded, GQA's expand as copies
+        torch.manual_seed(0)
+        cfg = T.LlamaConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, intermediate_size=37,
+                            max_position_embeddings=64, use_cache=False)
+        return T.LlamaModel(cfg).eval(), (_ids(),)
+
     def vit():  # conv2d patch embedding
         torch.manual_seed(0)
         cfg = T.ViTConfig(image_size=16, patch_size=8, num_channels=3, hidden_size=32,
@@ -56,7 +63,7 @@ FACTORIES = textwrap.dedent(
         return T.ViTModel(cfg).eval(), (x,)
     """
 )
-FAMILIES = ["bert", "distilbert", "albert", "gpt2", "vit"]
+FAMILIES = ["bert", "distilbert", "albert", "gpt2", "llama", "vit"]
 TARGETS = ["ref", "cpu"]
 
 
