@@ -204,3 +204,27 @@ def test_masked_attention_is_refused(tmp_path, capsys):
     )
     _one_line(rc, err, "aten.", "modeling_bert.py")
     assert not (tmp_path / "o").exists()
+
+
+def test_cuda_build_bert(factory_file, tmp_path):
+    """The CUDA build of a stock encoder (no GPU needed to build): real sm_90 cubins for every
+    kernel; calling it on a machine without the GPU is refused in one line."""
+    from llmc.backends import elfcheck
+    from llmc.backends.toolchain import ToolchainError
+    from llmc.compile import compile_model
+
+    out = tmp_path / "bert-h100"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            compile_model(f"{factory_file}:bert", target="h100", out=out)
+    except ToolchainError as e:
+        pytest.skip(str(e))
+    cubins = elfcheck.find_cubins((out / "model.so").read_bytes())
+    assert cubins and {c.arch for c in cubins} == {"sm_90"}
+    kernels = set(json.loads((out / "manifest.json").read_text())["backend"]["kernels"])
+    assert kernels <= {k.removesuffix("_kernel") for c in cubins for k in c.kernels}
+    if not torch.cuda.is_available():
+        with pytest.raises(llmc.errors.LlmcError, match="cuda") as e:
+            llmc.load(str(out))
+        assert "\n" not in str(e.value)
