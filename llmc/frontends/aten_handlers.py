@@ -311,7 +311,7 @@ def _getitem(c: Converter, n, seq, idx):
 def _binary(op: str, swap: bool = False) -> Handler:
     def h(c: Converter, n, a, b, alpha=1):
         dt = _out_dtype(c)
-        compare = op in ("lt", "gt", "le", "ge", "eq")
+        compare = op in ("lt", "gt", "le", "ge", "eq", "ne")
         x = c.operand(a, dt)
         # Scalars take the tensor's dtype (torch's "wrapped number" rule).
         y = c.operand(b, x.type.dtype if compare else dt)
@@ -339,6 +339,7 @@ for _op, _targets in {
     "le": (aten.le.Tensor, aten.le.Scalar),
     "ge": (aten.ge.Tensor, aten.ge.Scalar),
     "eq": (aten.eq.Tensor, aten.eq.Scalar),
+    "ne": (aten.ne.Tensor, aten.ne.Scalar),
 }.items():
     for _t in _targets:
         HANDLERS[_t] = _binary(_op)
@@ -375,6 +376,23 @@ for _op, _targets in {
 }.items():
     for _t in _targets:
         HANDLERS[_t] = _unary(_op)
+
+
+@handles(aten.gather.default)
+def _gather(c: Converter, n, x, dim, index, *, sparse_grad=False):
+    """Only a gather from a constant tensor that holds one value (RoBERTa's all-zero
+    ``token_type_ids`` buffer indexed by computed positions): the result is that value."""
+    t = c.folded(x)
+    if t is None or t.numel() == 0 or not bool((t == t.flatten()[0]).all()):
+        raise c.unsupported("gather (llmc maps only a gather from a constant, uniform tensor)")
+    val = n.meta["val"]
+    return c.folded_value(n, torch.full(tuple(val.shape), t.flatten()[0].item(), dtype=t.dtype))
+
+
+@handles(aten.cumsum.default)
+def _cumsum(c: Converter, n, x, dim, *, dtype=None):
+    v = c.cast(c.value(x), _out_dtype(c))
+    return c.emit("cumsum", v, dim=int(dim) % max(v.type.rank, 1))
 
 
 @handles(aten.gelu.default)

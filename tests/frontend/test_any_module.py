@@ -42,6 +42,13 @@ FACTORIES = textwrap.dedent(
                              num_attention_heads=4, intermediate_size=37, max_position_embeddings=64)
         return T.AlbertModel(cfg).eval(), (_ids(),)
 
+    def roberta():  # position ids from input_ids != pad: ne, cumsum; padding inside the input
+        torch.manual_seed(0)
+        cfg = T.RobertaConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2,
+                              num_attention_heads=4, intermediate_size=37,
+                              max_position_embeddings=64)
+        return T.RobertaModel(cfg).eval(), (torch.tensor([[0, 5, 7, 1, 1, 9, 3, 2]]),)
+
     def gpt2():  # causal: the folded lower-triangular mask becomes attention(causal=True)
         torch.manual_seed(0)
         cfg = T.GPT2Config(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_positions=64,
@@ -63,7 +70,7 @@ FACTORIES = textwrap.dedent(
         return T.ViTModel(cfg).eval(), (x,)
     """
 )
-FAMILIES = ["bert", "distilbert", "albert", "gpt2", "llama", "vit"]
+FAMILIES = ["bert", "distilbert", "albert", "roberta", "gpt2", "llama", "vit"]
 TARGETS = ["ref", "cpu"]
 
 
