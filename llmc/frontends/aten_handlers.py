@@ -415,6 +415,11 @@ def _reciprocal(c: Converter, n, x):
 @handles(aten.where.self, aten.where.ScalarOther, aten.where.ScalarSelf, aten.where.Scalar)
 def _where(c: Converter, n, cond, a, b):
     dt = _out_dtype(c)
+    t = c.folded(cond)
+    if t is not None and (bool(t.all()) or not bool(t.any())):  # where(True, a, b) -> a
+        picked = c.operand(a if bool(t.all()) else b, dt)
+        if picked.type == _out_type(c):
+            return picked
     return c.emit("where", c.value(cond), c.operand(a, dt), c.operand(b, dt))
 
 
@@ -499,6 +504,8 @@ def _sdpa(c: Converter, n, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=Fal
     qv, kv, vv = c.value(q), c.value(k), c.value(v)
     if attn_mask is not None:
         kind = _const_mask_kind(c, attn_mask)
+        if kind is None and c.opts.fold_constants and not is_causal:
+            return _sdpa_with_bias(c, qv, kv, vv, attn_mask, scale)
         if kind is None:
             raise c.unsupported(
                 "scaled_dot_product_attention with an explicit mask (llmc folds only a constant "
@@ -506,6 +513,27 @@ def _sdpa(c: Converter, n, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=Fal
             )
         is_causal = is_causal or kind == "causal"
     return c.emit("attention", qv, kv, vv, scale=_canon_scale(scale, qv), causal=bool(is_causal))
+
+
+def _sdpa_with_bias(c: Converter, q: Value, k: Value, v: Value, mask: Any, scale) -> Value:
+    """Attention with an additive bias or a boolean mask computed in the graph (T5's relative
+    position bias), in stock modules only: ``softmax(q @ k^T * scale + bias) @ v`` from
+    ``matmul``/``softmax`` (the fused ``attention`` op takes no bias)."""
+    if q.type.shape[:-2] != k.type.shape[:-2]:
+        raise c.unsupported("scaled_dot_product_attention with a mask and grouped heads")
+    dt = q.type.dtype
+    r = k.type.rank
+    kt = c.emit("permute", k, perm=tuple(range(r - 2)) + (r - 1, r - 2))
+    scores = c.emit("matmul", q, kt)
+    d = q.type.shape[-1]
+    factor = float(scale) if scale is not None else 1.0 / math.sqrt(int(d))
+    if factor != 1.0:
+        scores = c.emit("mul", scores, c.const(factor, dt))
+    m = c.value(mask) if c.folded(mask) is None or c.folded(mask).dim() else c.operand(mask, dt)
+    if m.type.dtype == "bool":
+        m = c.emit("where", m, c.const(0.0, dt), c.const(float("-inf"), dt))
+    scores = c.emit("add", scores, c.cast(m, dt))
+    return c.emit("matmul", c.emit("softmax", scores, dim=-1), v)
 
 
 def _const_mask_kind(c: Converter, mask: Any) -> str | None:
