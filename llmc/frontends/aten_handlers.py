@@ -389,6 +389,38 @@ def _gather(c: Converter, n, x, dim, index, *, sparse_grad=False):
     return c.folded_value(n, torch.full(tuple(val.shape), t.flatten()[0].item(), dtype=t.dtype))
 
 
+@handles(aten.index.Tensor)
+def _index(c: Converter, n, x, indices):
+    """Advanced indexing with constant index tensors (BERT's mask expansion
+    ``mask[batch_idx, kv_idx]``): flatten, ``index_select`` the folded flat positions, reshape."""
+    v = c.value(x)
+    shape = v.type.shape
+    idx = [None if i is None else c.folded(i) for i in indices]
+    if (
+        any(t is None for t in idx)
+        or len(idx) != len(shape)
+        or not all(isinstance(d, int) for d in shape)
+    ):
+        raise c.unsupported("index with computed or partial indices (llmc maps constant ones)")
+    strides = [1] * len(shape)
+    for d in range(len(shape) - 2, -1, -1):
+        strides[d] = strides[d + 1] * int(shape[d + 1])
+    flat_idx = sum(t.long() % int(s) * st for t, s, st in zip(idx, shape, strides, strict=True))
+    out = _out_type(c)
+    flat = c.emit("reshape", v, shape=(-1,))
+    sel = c.emit("index_select", flat, c.folded_value(n, flat_idx.reshape(-1)), dim=0)
+    return c.emit("reshape", sel, shape=out.shape)
+
+
+@handles(aten.__and__.Tensor, aten.bitwise_and.Tensor, aten.logical_and.default)
+def _and(c: Converter, n, a, b):
+    """Boolean and as ``where(a, b, False)``."""
+    x, y = c.value(a), c.value(b)
+    if x.type.dtype != "bool" or y.type.dtype != "bool":
+        raise c.unsupported("bitwise and of integers (llmc maps boolean and)")
+    return c.emit("where", x, y, c.const(False, "bool"))
+
+
 @handles(aten.cumsum.default)
 def _cumsum(c: Converter, n, x, dim, *, dtype=None):
     v = c.cast(c.value(x), _out_dtype(c))

@@ -30,6 +30,10 @@ FACTORIES = textwrap.dedent(
                            num_attention_heads=4, intermediate_size=37, max_position_embeddings=64)
         return T.BertModel(cfg).eval(), (_ids(),)
 
+    def bert_masked():  # attention_mask as an input: padding hidden from attention
+        m, (ids,) = bert()
+        return m, (ids, torch.tensor([[1, 1, 1, 1, 1, 1, 0, 0]]))
+
     def distilbert():
         torch.manual_seed(0)
         cfg = T.DistilBertConfig(vocab_size=99, dim=32, n_layers=2, n_heads=4, hidden_dim=37,
@@ -75,7 +79,7 @@ FACTORIES = textwrap.dedent(
         return T.ViTModel(cfg).eval(), (x,)
     """
 )
-FAMILIES = ["bert", "distilbert", "albert", "roberta", "t5", "gpt2", "llama", "vit"]
+FAMILIES = ["bert", "bert_masked", "distilbert", "albert", "roberta", "t5", "gpt2", "llama", "vit"]
 TARGETS = ["ref", "cpu"]
 
 
@@ -92,17 +96,17 @@ def factory_file(tmp_path_factory) -> Path:
     return p
 
 
-def _reference(factory_file: Path, family: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def _reference(factory_file: Path, family: str) -> tuple[tuple, list[torch.Tensor]]:
     from llmc.frontends.generic import load_factory
 
-    model, (ids,) = load_factory(f"{factory_file}:{family}")
+    model, example = load_factory(f"{factory_file}:{family}")
     with torch.no_grad():
-        out = model(ids)
+        out = model(*example)
     assert getattr(out, "past_key_values", None) is None
     want = [out.last_hidden_state]
     if getattr(out, "pooler_output", None) is not None:
         want.append(out.pooler_output)
-    return ids, want
+    return tuple(example), want
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +128,8 @@ def artifacts(factory_file, tmp_path_factory) -> dict[tuple[str, str], Path]:
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_load_matches_transformers(factory_file, artifacts, family, target):
-    ids, want = _reference(factory_file, family)
-    got = llmc.load(str(artifacts[family, target]))(ids)
+    example, want = _reference(factory_file, family)
+    got = llmc.load(str(artifacts[family, target]))(*example)
     got = list(got) if isinstance(got, tuple) else [got]
     assert len(got) == len(want)
     for g, w in zip(got, want, strict=True):
@@ -134,7 +138,7 @@ def test_load_matches_transformers(factory_file, artifacts, family, target):
 
 def test_cli_run_inputs_bert(factory_file, artifacts, tmp_path, capsys):
     """The done-when item: `llmc run OUT --inputs x.safetensors` equals transformers."""
-    ids, want = _reference(factory_file, "bert")
+    (ids,), want = _reference(factory_file, "bert")
     x, y = tmp_path / "x.safetensors", tmp_path / "y.safetensors"
     save_file({"input_ids": ids}, str(x))
     for target in TARGETS:
@@ -203,18 +207,19 @@ def test_fpga_refuses_non_lm(factory_file, tmp_path, capsys):
     assert not dest.exists()
 
 
-def test_masked_attention_is_refused(tmp_path, capsys):
-    """A mask that depends on the inputs (attention_mask given) is refused in one line, naming
-    the op and the source line (masked attention is not in the IR yet)."""
-    p = tmp_path / "masked.py"
+def test_general_gather_is_refused(tmp_path, capsys):
+    """Ops outside the mapped cases are refused in one line naming the op and the source line."""
+    p = tmp_path / "gather.py"
     p.write_text(
-        FACTORIES
-        + "\ndef masked():\n    m, (ids,) = bert()\n    return m, (ids, torch.ones_like(ids))\n"
+        "import torch\n"
+        "class G(torch.nn.Module):\n"
+        "    def forward(self, x, i):\n"
+        "        return torch.gather(x, 1, i)\n"
+        "def make():\n"
+        "    return G(), (torch.randn(2, 5), torch.zeros(2, 3, dtype=torch.int64))\n"
     )
-    rc, _, err = _cli(
-        capsys, "compile", f"{p}:masked", "-o", str(tmp_path / "o"), "--target", "ref"
-    )
-    _one_line(rc, err, "aten.", "modeling_bert.py")
+    rc, _, err = _cli(capsys, "compile", f"{p}:make", "-o", str(tmp_path / "o"), "--target", "ref")
+    _one_line(rc, err, "aten.gather", "gather.py")
     assert not (tmp_path / "o").exists()
 
 
