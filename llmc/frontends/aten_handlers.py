@@ -19,6 +19,7 @@ import torch
 from llmc.frontends.customops import rope_attrs_from_json
 from llmc.frontends.fx_convert import INT64_MAX, Converter
 from llmc.ir.graph import Value
+from llmc.ir.types import DTYPES as DTYPES_TORCH
 from llmc.ir.types import Dim, TensorType, dim_add, from_torch_dtype
 
 aten = torch.ops.aten
@@ -479,7 +480,11 @@ def _sdpa_with_bias(c: Converter, q: Value, k: Value, v: Value, mask: Any, scale
         scores = c.emit("mul", scores, c.const(factor, dt))
     m = c.value(mask) if c.folded(mask) is None or c.folded(mask).dim() else c.operand(mask, dt)
     if m.type.dtype == "bool":
-        m = c.emit("where", m, c.const(0.0, dt), c.const(float("-inf"), dt))
+        # hidden -> the most negative finite value (as transformers' own masks), by arithmetic:
+        # a `where` fused into the matmul epilogue does not compile for CUDA (TVM 0.27 emits `~`
+        # on a uint2 vector)
+        lowest = float(torch.finfo(DTYPES_TORCH[dt]).min)
+        m = c.emit("mul", c.emit("sub", c.const(1.0, dt), c.cast(m, dt)), c.const(lowest, dt))
     scores = c.emit("add", scores, c.cast(m, dt))
     return c.emit("matmul", c.emit("softmax", scores, dim=-1), v)
 

@@ -223,11 +223,12 @@ def test_general_gather_is_refused(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("family", ["bert", "t5"])
+@pytest.mark.parametrize("family", ["bert", "bert_masked", "t5"])
 def test_cuda_build(factory_file, tmp_path, family):
     """The CUDA build of a stock encoder (no GPU needed to build): real sm_90 cubins for every
-    kernel; calling it on a machine without the GPU is refused in one line. (T5's all-visible
-    bool mask once reached nvcc as a vectorized ``~`` on ``uint2``: it folds away now.)"""
+    kernel; calling it on a machine without the GPU is refused in one line. (A bool mask
+    ``where`` fused into a matmul epilogue once reached nvcc as ``~`` on a ``uint2``: T5's
+    constant one folds away, BERT's padding mask becomes a bias by arithmetic.)"""
     from llmc.backends import elfcheck
     from llmc.backends.toolchain import ToolchainError
     from llmc.compile import compile_model
