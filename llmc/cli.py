@@ -92,7 +92,45 @@ def _safe_name(model: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in base)
 
 
+def cmd_run_module(a: argparse.Namespace) -> int:
+    """``llmc run OUT --inputs x.safetensors``: one call of a non-LM artifact."""
+    import time
+
+    from llmc.runtime.module import load_inputs, load_module, save_outputs
+
+    mod = load_module(a.model)
+    inputs = load_inputs(Path(a.inputs))
+    t0 = time.perf_counter()
+    outs = mod.named(inputs)
+    seconds = time.perf_counter() - t0
+    dest = Path(a.outputs) if a.outputs else Path(a.inputs).with_suffix(".out.safetensors")
+    save_outputs(outs, dest)
+    out = {
+        "model": str(a.model),
+        "target": mod.target,
+        "inputs": {k: _tensor_fields(v) for k, v in inputs.items()},
+        "outputs": {k: _tensor_fields(v) for k, v in outs.items()},
+        "outputs_file": str(dest),
+        "seconds": seconds,
+    }
+    if a.json:
+        emit_json(out)
+        return 0
+    for k, v in outs.items():
+        print(f"{k:<12} {str(v.dtype).removeprefix('torch.')}{list(v.shape)}")
+    print(f"wrote {dest} ({seconds * 1e3:.1f} ms)")
+    return 0
+
+
+def _tensor_fields(t: Any) -> dict[str, Any]:
+    return {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
+
+
 def cmd_run(a: argparse.Namespace) -> int:
+    if a.inputs is not None:
+        return cmd_run_module(a)
+    if a.outputs is not None:
+        raise LlmcError("--outputs goes with --inputs (a non-LM artifact's outputs)")
     from llmc.compile import load, require_tokenizer, runner_for
     from llmc.runtime.lm import generate
 
@@ -665,11 +703,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_compile)
 
-    p = add("run", "generate text with a model or a compiled artifact")
+    p = add("run", "generate text with a model or a compiled artifact, or call any artifact")
     p.add_argument("model", metavar="OUT|MODEL")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--prompt", help="prompt text (encoded with the model's tokenizer)")
     g.add_argument("--prompt-ids", type=token_ids, metavar="IDS", help="prompt as token ids: 1,2,3")
+    g.add_argument(
+        "--inputs",
+        metavar="X.safetensors",
+        help="call a compiled artifact (any module) once on these tensors, named as its inputs",
+    )
+    p.add_argument(
+        "--outputs",
+        metavar="Y.safetensors",
+        default=None,
+        help="with --inputs: where to write the outputs (default: X.out.safetensors)",
+    )
     p.add_argument("--max-new-tokens", type=int_at_least(0), default=64)
     p.add_argument("--temperature", type=float_in(0, 1e4), default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=int_at_least(0), default=0, help="0 = no top-k cut")

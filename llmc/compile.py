@@ -35,6 +35,7 @@ from llmc.artifact import (
 )
 from llmc.errors import LlmcError, TargetError
 from llmc.ir.graph import Graph
+from llmc.ir.structure import is_lm
 from llmc.runtime.lm import InterpLM, LanguageModel
 from llmc.targets import Target, configure_target, get_kind, get_target, resolve_spec
 
@@ -96,6 +97,7 @@ def runner_for(
             "target and run `llmc bench OUT --random-weights`, or analyse it with "
             "`llmc compile --dry-run` / `llmc simulate`"
         )
+    require_lm(loaded)
     if loaded.artifact is None:
         return InterpLM(loaded.graph, device=device)
     if get_kind(kind).load is None:
@@ -109,8 +111,19 @@ def runner_for(
     return load_fn(loaded.artifact.path)
 
 
+def require_lm(loaded: Loaded) -> None:
+    """Refuse, in one line, a graph that is not a language model (prompts, eval, bench)."""
+    if not is_lm(loaded.graph):
+        raise LlmcError(
+            f"{loaded.source}: not a language model (inputs "
+            f"{', '.join(v.name for v in loaded.graph.inputs)}); run it with "
+            "`llmc run OUT --inputs x.safetensors` or `llmc.load(OUT)(*tensors)`"
+        )
+
+
 def require_tokenizer(loaded: Loaded, what: str = "text prompts") -> Any:
     """The model's tokenizer, or one line saying it has none (never a guessed one)."""
+    require_lm(loaded)
     from llmc.tokenizer import require_tokenizer as _require
 
     return _require(loaded.tokenizer, loaded.source, what=what)

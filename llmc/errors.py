@@ -46,3 +46,7 @@ class TargetError(LlmcError):
 
 class PassError(LlmcError):
     """A pass failed, or was given impossible options."""
+
+
+class InputError(LlmcError):
+    """Inputs given to a compiled module do not match its signature (names the input and why)."""

@@ -167,6 +167,7 @@ _COMPARE: dict[str, Callable[[relax.Expr, relax.Expr], relax.Expr]] = {
     "le": relax.op.less_equal,
     "ge": relax.op.greater_equal,
     "eq": relax.op.equal,
+    "ne": relax.op.not_equal,
 }
 
 
@@ -293,6 +294,15 @@ def _index_select(ctx: LowerCtx, n: Node) -> relax.Expr:
 
 
 _REDUCE = {"reduce_sum": relax.op.sum, "reduce_mean": relax.op.mean, "reduce_max": relax.op.max}
+
+
+def _cumsum(ctx: LowerCtx, n: Node) -> relax.Expr:
+    """TOPI's scan (Relax's ``cumsum`` is not legalized before VM codegen in TVM 0.27)."""
+    from tvm import topi
+
+    (x,) = ctx.args(n)
+    dim, dt = n.attrs.dim, tvm_dtype(n.out.type.dtype)
+    return ctx.emit_te(lambda t: topi.cumsum(t, axis=dim, dtype=dt), x, name="cumsum")
 
 
 def _reduce(ctx: LowerCtx, n: Node) -> relax.Expr:
@@ -651,6 +661,7 @@ COMMON_RULES: list[Rule] = (
         _r("slice", "slice", _slice),
         _r("index_select", "index_select", _index_select),
         *[_r(op, op, _reduce) for op in _REDUCE],
+        _r("cumsum", "cumsum", _cumsum),
         _r("softmax", "softmax", _softmax),
         _r("matmul", "matmul", _matmul),
         _r("fused_elementwise", "fused_elementwise", _fused_elementwise),

@@ -34,9 +34,11 @@ from typing import Any
 import numpy as np
 import yaml
 
+from llmc.errors import TargetError
 from llmc.fpga.arch import FpgaArch
 from llmc.fpga.program import Program, build_program
 from llmc.ir.graph import Graph
+from llmc.ir.structure import is_lm
 
 # Functional-simulation vectors go into the HLS project when the HBM image is at most this big.
 VECTOR_LIMIT_BYTES = 64 * 2**20
@@ -75,6 +77,12 @@ def compile_artifact(
     """
     from llmc.fpga.sim import memory_summary, simulate
 
+    if not is_lm(graph):
+        raise TargetError(
+            f"{arch.name}: the FPGA target runs language models only (inputs input_ids, "
+            f"positions, ...); graph @{graph.name} takes "
+            f"{', '.join(v.name for v in graph.inputs)}: compile it for ref or cpu"
+        )
     out = Path(out_dir)
     (out / "instructions").mkdir(parents=True, exist_ok=True)
     prog = build_program(graph, arch)

@@ -19,6 +19,7 @@ import torch
 from llmc.frontends.customops import rope_attrs_from_json
 from llmc.frontends.fx_convert import INT64_MAX, Converter
 from llmc.ir.graph import Value
+from llmc.ir.types import DTYPES as DTYPES_TORCH
 from llmc.ir.types import Dim, TensorType, dim_add, from_torch_dtype
 
 aten = torch.ops.aten
@@ -145,7 +146,23 @@ def _expand(c: Converter, n, x, *args, **kwargs):
         return v
     if v.type.numel() == out.numel():  # only inserts size-1 axes
         return c.emit("reshape", v, shape=out.shape)
+    if c.opts.fold_constants:  # stock modules: materialize (GQA's repeat_kv) as copies
+        return _broadcast_copies(c, v, out)
     raise c.unsupported("broadcasting expand has no llmc equivalent (it is left to consumers)")
+
+
+def _broadcast_copies(c: Converter, v: Value, out: TensorType) -> Value:
+    """``expand`` of size-1 axes to fixed sizes as ``concat`` of copies (fixed shapes only)."""
+    lead = out.rank - v.type.rank
+    if lead:
+        v = c.emit("reshape", v, shape=(1,) * lead + tuple(v.type.shape))
+    for axis, (have, want) in enumerate(zip(v.type.shape, out.shape, strict=True)):
+        if have == want:
+            continue
+        if have != 1 or not isinstance(want, int):
+            raise c.unsupported(f"expand of axis {axis} from {have} to {want}")
+        v = c.emit("concat", *([v] * want), dim=axis)
+    return v
 
 
 @handles(aten.transpose.int, aten.t.default, aten.permute.default, aten.numpy_T.default)
@@ -260,7 +277,7 @@ def _getitem(c: Converter, n, seq, idx):
 def _binary(op: str, swap: bool = False) -> Handler:
     def h(c: Converter, n, a, b, alpha=1):
         dt = _out_dtype(c)
-        compare = op in ("lt", "gt", "le", "ge", "eq")
+        compare = op in ("lt", "gt", "le", "ge", "eq", "ne")
         x = c.operand(a, dt)
         # Scalars take the tensor's dtype (torch's "wrapped number" rule).
         y = c.operand(b, x.type.dtype if compare else dt)
@@ -288,6 +305,7 @@ for _op, _targets in {
     "le": (aten.le.Tensor, aten.le.Scalar),
     "ge": (aten.ge.Tensor, aten.ge.Scalar),
     "eq": (aten.eq.Tensor, aten.eq.Scalar),
+    "ne": (aten.ne.Tensor, aten.ne.Scalar),
 }.items():
     for _t in _targets:
         HANDLERS[_t] = _binary(_op)
@@ -346,6 +364,11 @@ def _reciprocal(c: Converter, n, x):
 @handles(aten.where.self, aten.where.ScalarOther, aten.where.ScalarSelf, aten.where.Scalar)
 def _where(c: Converter, n, cond, a, b):
     dt = _out_dtype(c)
+    t = c.folded(cond)
+    if t is not None and (bool(t.all()) or not bool(t.any())):  # where(True, a, b) -> a
+        picked = c.operand(a if bool(t.all()) else b, dt)
+        if picked.type == _out_type(c):
+            return picked
     return c.emit("where", c.value(cond), c.operand(a, dt), c.operand(b, dt))
 
 
@@ -427,10 +450,62 @@ def _aten_rms_norm(c: Converter, n, x, shape, weight=None, eps=None):
 @handles(aten.scaled_dot_product_attention.default)
 def _sdpa(c: Converter, n, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, *, scale=None,
           enable_gqa=False):  # fmt: skip
-    if attn_mask is not None:
-        raise c.unsupported("scaled_dot_product_attention with an explicit mask")
     qv, kv, vv = c.value(q), c.value(k), c.value(v)
+    if attn_mask is not None:
+        kind = _const_mask_kind(c, attn_mask)
+        if kind is None and c.opts.fold_constants and not is_causal:
+            return _sdpa_with_bias(c, qv, kv, vv, attn_mask, scale)
+        if kind is None:
+            raise c.unsupported(
+                "scaled_dot_product_attention with an explicit mask (llmc folds only a constant "
+                "all-visible or causal mask: export without attention_mask, fixed shapes)"
+            )
+        is_causal = is_causal or kind == "causal"
     return c.emit("attention", qv, kv, vv, scale=_canon_scale(scale, qv), causal=bool(is_causal))
+
+
+def _sdpa_with_bias(c: Converter, q: Value, k: Value, v: Value, mask: Any, scale) -> Value:
+    """Attention with an additive bias or a boolean mask computed in the graph (T5's relative
+    position bias), in stock modules only: ``softmax(q @ k^T * scale + bias) @ v`` from
+    ``matmul``/``softmax`` (the fused ``attention`` op takes no bias)."""
+    if q.type.shape[:-2] != k.type.shape[:-2]:
+        raise c.unsupported("scaled_dot_product_attention with a mask and grouped heads")
+    dt = q.type.dtype
+    r = k.type.rank
+    kt = c.emit("permute", k, perm=tuple(range(r - 2)) + (r - 1, r - 2))
+    scores = c.emit("matmul", q, kt)
+    d = q.type.shape[-1]
+    factor = float(scale) if scale is not None else 1.0 / math.sqrt(int(d))
+    if factor != 1.0:
+        scores = c.emit("mul", scores, c.const(factor, dt))
+    m = c.value(mask) if c.folded(mask) is None or c.folded(mask).dim() else c.operand(mask, dt)
+    if m.type.dtype == "bool":
+        # hidden -> the most negative finite value (as transformers' own masks), by arithmetic:
+        # a `where` fused into the matmul epilogue does not compile for CUDA (TVM 0.27 emits `~`
+        # on a uint2 vector)
+        lowest = float(torch.finfo(DTYPES_TORCH[dt]).min)
+        m = c.emit("mul", c.emit("sub", c.const(1.0, dt), c.cast(m, dt)), c.const(lowest, dt))
+    scores = c.emit("add", scores, c.cast(m, dt))
+    return c.emit("matmul", c.emit("softmax", scores, dim=-1), v)
+
+
+def _const_mask_kind(c: Converter, mask: Any) -> str | None:
+    """``"none"`` for a mask folded at import that hides nothing (all True, or all 0.0 when
+    additive), ``"causal"`` for the lower-triangular one over a square score matrix, else None."""
+    t = c.folded(mask)
+    if t is None:
+        return None
+    visible = t if t.dtype == torch.bool else t == 0
+    if t.dtype != torch.bool and not bool(((t == 0) | (t == float("-inf")) | (t <= -1e30)).all()):
+        return None  # an additive bias, not a mask
+    if bool(visible.all()):
+        return "none"
+    s_q, s_k = visible.shape[-2], visible.shape[-1]
+    if s_q == s_k:
+        tril = torch.ones(s_q, s_k, dtype=torch.bool).tril()
+        if bool((visible == tril).all()):
+            return "causal"
+    return None
 
 
 def _canon_scale(scale: float | None, q: Value) -> float:
@@ -480,3 +555,5 @@ def _llmc_rope(c: Converter, n, x, pos, attrs):
 
 
 __all__ = ["HANDLERS", "IGNORED", "handles"]
+
+from llmc.frontends import aten_stock  # noqa: E402, F401  (registers the stock-module handlers)

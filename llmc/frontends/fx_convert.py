@@ -35,7 +35,7 @@ from llmc.errors import IRError, UnsupportedOpError
 from llmc.ir.graph import Graph, GraphBuilder, Value
 from llmc.ir.params import Param
 from llmc.ir.structure import COMPONENT_TAGS, OP_TAGS, block_tag  # noqa: F401  (block tags)
-from llmc.ir.types import Dim, SymDim, TensorType, dim_add, dim_mul, from_torch_dtype
+from llmc.ir.types import DTYPES, Dim, SymDim, TensorType, dim_add, dim_mul, from_torch_dtype
 
 aten = torch.ops.aten
 INT64_MAX = 2**63 - 1
@@ -58,18 +58,29 @@ class _Scalar:
     dtype: str
 
 
+@dataclass(frozen=True)
+class _Folded:
+    """A tensor computed at import from buffers and literals only (``fold_constants``)."""
+
+    tensor: torch.Tensor
+
+
 @dataclass
 class ConvertOptions:
     """How to name things. ``dims``: input name -> {axis: symbol name} for dynamic axes;
     ``strip_prefix``: removed from module paths and weight names (a wrapper module's attribute);
     ``param_name``: maps an exported weight FQN (prefix stripped) to its IR param name (tied
-    weights map to one name); ``output_names``: names for the graph outputs."""
+    weights map to one name); ``output_names``: names for the graph outputs;
+    ``fold_constants``: evaluate, at import, every op whose operands are buffers, lifted
+    constants and literals only (position ids from ``arange``, ``gather`` of a buffer, an
+    all-ones mask) instead of mapping it; fixed shapes only."""
 
     dims: dict[str, dict[int, str]] = field(default_factory=dict)
     strip_prefix: str = ""
     param_name: Callable[[str], str] | None = None
     output_names: list[str] = field(default_factory=list)
     tags: Mapping[str, str] = field(default_factory=lambda: COMPONENT_TAGS)
+    fold_constants: bool = False
 
 
 _SCOPE_CLEAN = re.compile(r"[^A-Za-z0-9_.]")
@@ -88,6 +99,7 @@ class Converter:
         self.node: torch.fx.Node | None = None
         self.scope = ""
         self.tied: dict[str, str] = {}
+        self.folded_values: dict[torch.fx.Node, Value] = {}
 
     # -- naming -----------------------------------------------------------------------------
     def strip(self, path: str) -> str:
@@ -197,6 +209,8 @@ class Converter:
                 return v
             if isinstance(v, _Scalar):
                 return self.const(v.value, v.dtype)
+            if isinstance(v, _Folded):
+                return self.folded_value(a, v.tensor)
             if v is None:
                 raise self.unsupported(f"operand {a.name} has no value (internal frontend error)")
             raise self.unsupported(f"operand {a.name} is a {type(v).__name__}, not a tensor")
@@ -228,6 +242,54 @@ class Converter:
                     "param", name=_param_value_name(src.name), attrs={"name": src.name}
                 )
         return self.param_values[key]
+
+    def folded_value(self, n: torch.fx.Node, t: torch.Tensor) -> Value:
+        """A folded tensor as a graph constant: a rank-0 one as ``constant``, others as a param."""
+        if t.dim() == 0:
+            return self.const(t.item(), from_torch_dtype(t.dtype))
+        if n not in self.folded_values:
+            name = f"folded.{n.name}"
+            self.folded_values[n] = self.param_value(_ParamSource(name, t.contiguous().clone()))
+        return self.folded_values[n]
+
+    def folded(self, a: Any) -> torch.Tensor | None:
+        """The import-time tensor of an FX argument, or None when it is not a constant."""
+        if isinstance(a, torch.fx.Node):
+            v = self.env.get(a)
+            if isinstance(v, _Folded):
+                return v.tensor
+            if isinstance(v, _Scalar):
+                return torch.tensor(v.value, dtype=DTYPES[v.dtype])
+        return None
+
+    def try_fold(self, n: torch.fx.Node) -> bool:
+        """Evaluate ``n`` now when every tensor operand is a folded constant (see ConvertOptions)."""
+        val = n.meta.get("val")
+        if not isinstance(val, torch.Tensor) or any(not isinstance(s, int) for s in val.shape):
+            return False
+        if not isinstance(n.target, torch._ops.OpOverload) or _mutates(n):
+            return False
+        ok = True
+
+        def conv(a: Any) -> Any:
+            nonlocal ok
+            if isinstance(a, torch.fx.Node):
+                t = self.folded(a)
+                if t is None:
+                    ok = False
+                return t
+            return a
+
+        args = torch.fx.node.map_aggregate(n.args, conv)
+        kwargs = torch.fx.node.map_aggregate(n.kwargs, conv)
+        if not ok:
+            return False
+        with torch.no_grad():
+            out = n.target(*args, **kwargs)
+        if not isinstance(out, torch.Tensor) or out.device.type == "meta":
+            return False
+        self.env[n] = _Folded(out)
+        return True
 
     def cast(self, v: Value, dtype: str) -> Value:
         return v if v.type.dtype == dtype else self.emit("cast", v, dtype=dtype)
@@ -261,6 +323,11 @@ class Converter:
                     name = self.opts.param_name(name)
                 if tensor.dim() == 0 and tensor.device.type != "meta":
                     self.env[n] = _Scalar(tensor.item(), from_torch_dtype(tensor.dtype))
+                    continue
+                foldable = n.name in consts or n.name in sig.inputs_to_buffers
+                if self.opts.fold_constants and foldable and tensor.device.type != "meta":
+                    self.env[n] = _Folded(tensor)
+                    self.params[n] = _ParamSource(name, tensor, _used_transposed(n))
                     continue
                 self.params[n] = _ParamSource(name, tensor, _used_transposed(n))
             elif n.name in user_inputs:
@@ -306,6 +373,8 @@ class Converter:
             return
         from llmc.frontends.aten_handlers import HANDLERS, IGNORED
 
+        if self.opts.fold_constants and self.try_fold(n):
+            return
         handler = HANDLERS.get(n.target)
         if handler is None:
             if n.target in IGNORED:

@@ -60,7 +60,8 @@ def from_module(
         module.train(was_training)
     n_out = len(ep.graph_signature.user_outputs)
     outs = ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
-    g = convert_exported(ep, name, ConvertOptions(dims=dims or {}, output_names=outs))
+    opts = ConvertOptions(dims=dims or {}, output_names=outs, fold_constants=True)
+    g = convert_exported(ep, name, opts)
     canon.fuse_rms_norm(g)
     canon.fold_flat_linear(g)
     g.meta = {"family": "custom", "architecture": type(module).__name__}

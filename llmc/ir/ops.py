@@ -296,6 +296,7 @@ for _name, _fn in {
     "le": torch.le,
     "ge": torch.ge,
     "eq": torch.eq,
+    "ne": torch.ne,
 }.items():
     defop(
         _name,
@@ -887,6 +888,27 @@ for _name, _fn in {
         attrs=ReduceAttrs,
         doc=f"{_name[7:]} over `dims`.",
     )
+
+
+@dataclass(frozen=True)
+class CumsumAttrs:
+    dim: int
+
+
+def _cumsum_infer(ins: list[TensorType], a: CumsumAttrs, g: Any) -> TensorType:
+    normalize_axis(a.dim, ins[0].rank)
+    return ins[0]
+
+
+defop(
+    "cumsum",
+    "REDUCE",
+    _cumsum_infer,
+    lambda args, a, rt: torch.cumsum(args[0], dim=a.dim).to(args[0].dtype),
+    elementwise_cost(1),
+    attrs=CumsumAttrs,
+    doc="Inclusive prefix sum along `dim`, in the input's dtype (RoBERTa's position ids).",
+)
 
 # ----------------------------------------------------------------------------------------------
 # CONTROL

@@ -438,6 +438,14 @@ class TVMRunner(LanguageModel):
             return torch.from_dlpack(x)
         return _DeviceTensor(x)
 
+    def call_entry(self, entry: str, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Run ``entry`` once on the graph's inputs (a non-LM module); its outputs on the CPU."""
+        rt = import_tvm_runtime()
+        outs = self._fns[entry](*[self._arg(rt, t) for t in inputs], *self._entry_args[entry])
+        if not isinstance(outs, (list, tuple)) and not type(outs).__name__.endswith("Array"):
+            outs = [outs]
+        return [self._from_dev(o).cpu().clone() for o in outs]
+
     # -- convenience API --------------------------------------------------------------------------
     def reset(self) -> None:
         self._past, self._pos = None, 0

@@ -356,6 +356,11 @@ def reduce_case(m: Maker) -> OpCase:
     return OpCase([x], {"dims": dims, "keepdim": m.flip()})
 
 
+def cumsum_case(m: Maker) -> OpCase:
+    x = m.tensor(m.shape(1, 4))
+    return OpCase([x], {"dim": m.data.draw(st.integers(-x.dim(), x.dim() - 1))})
+
+
 def _region(parent: Graph, types: list[TensorType], body: Callable[..., Value]) -> Graph:
     r = Graph("region")
     r.parent = parent
@@ -435,6 +440,7 @@ CASES: dict[str, Callable[[Maker], OpCase]] = {
             "le",
             "ge",
             "eq",
+            "ne",
         )
     },
     "where": where_case,
@@ -457,6 +463,7 @@ CASES: dict[str, Callable[[Maker], OpCase]] = {
     "reduce_sum": reduce_case,
     "reduce_mean": reduce_case,
     "reduce_max": reduce_case,
+    "cumsum": cumsum_case,
     "cond": cond_case,
     # ops_quant.py
     "qlinear_a8": qlinear_a8_case,
