@@ -214,6 +214,14 @@ def check_prepared(gpu_dir: Path) -> dict[str, Any]:
 
 # -------------------------------------------------------------------------------- the result
 
+
+class Nullable:
+    """A schema entry that may also be null (``pytest`` is null when it was not run)."""
+
+    def __init__(self, schema: Any) -> None:
+        self.schema = schema
+
+
 #: bench/gpu.json: key -> type (nested dicts checked key by key; "?" means may be null)
 RESULT_SCHEMA: dict[str, Any] = {
     "command": str,
@@ -222,7 +230,7 @@ RESULT_SCHEMA: dict[str, Any] = {
     "machine": {"gpu": str, "driver": str, "torch": str, "cuda": str, "python": str},
     "commit": str,
     "prepared": dict,
-    "pytest": {"rc": int, "passed": int, "failed": int, "skipped": int, "errors": int},
+    "pytest": Nullable({"rc": int, "passed": int, "failed": int, "skipped": int, "errors": int}),
     "shape": {"model": str, "prompt_tokens": int, "new_tokens": int, "batch": int},
     "bandwidth": {"bytes": int, "GBps": float},
     "runs": list,
@@ -240,6 +248,8 @@ RUN_SCHEMA: dict[str, Any] = {
 
 
 def _check(obj: Any, schema: Any, where: str) -> list[str]:
+    if isinstance(schema, Nullable):
+        return [] if obj is None else _check(obj, schema.schema, where)
     if isinstance(schema, dict):
         if not isinstance(obj, dict):
             return [f"{where}: expected an object"]
