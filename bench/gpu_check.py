@@ -287,6 +287,22 @@ def pytest_summary(junit: Path | None, rc: int | None) -> dict[str, int] | None:
     return counts
 
 
+def compare(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """llmc's decode speed over each peer's, and the goals of docs/backends.md ("GPU numbers"):
+    fp16 at >= 85% of the roofline, W4A16 at >= 2.5x transformers eager (None: not measured)."""
+    tok = {r["name"]: r["decode_tok_s"] for r in results if r["status"] == "ok"}
+    pct = {r["name"]: r["pct_roofline"] for r in results if r["status"] == "ok"}
+    out: dict[str, Any] = {}
+    for mine in ("llmc-f16", "llmc-w4a16"):
+        for peer in ("hf-eager", "hf-compile"):
+            if mine in tok and peer in tok:
+                out[f"{mine} / {peer}"] = round(tok[mine] / tok[peer], 2)
+    f16, w4, eager = pct.get("llmc-f16"), tok.get("llmc-w4a16"), tok.get("hf-eager")
+    out["goal llmc-f16 >= 85% of roofline"] = None if f16 is None else f16 >= 85.0
+    out["goal llmc-w4a16 >= 2.5x hf-eager"] = None if w4 is None or not eager else w4 >= 2.5 * eager
+    return out
+
+
 def _commit(prepared: dict[str, Any]) -> str:
     p = subprocess.run(["git", "rev-parse", "HEAD"], cwd=gs.ROOT, capture_output=True, text=True)
     return p.stdout.strip() or f"{prepared.get('commit', 'unknown')} (prepared.json)"
@@ -338,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         empty |= dict.fromkeys(("roofline_tok_s", "pct_roofline"))
         results.append({"name": name, **empty, **res})
     out = {
+        "compare": compare(results),
         "command": " ".join(
             [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]
         ),

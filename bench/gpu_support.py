@@ -225,6 +225,7 @@ class Nullable:
 #: bench/gpu.json: key -> type (nested dicts checked key by key; "?" means may be null)
 RESULT_SCHEMA: dict[str, Any] = {
     "command": str,
+    "compare": dict,
     "date": str,
     "dry_run": bool,
     "machine": {"gpu": str, "driver": str, "torch": str, "cuda": str, "python": str},

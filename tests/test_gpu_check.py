@@ -162,3 +162,29 @@ def test_dry_run_result_schema(prepared: Path, tmp_path: Path):
         "gpu.json.runs[2].decode_tok_s: expected float, got str",
         "gpu.json.runs[3]: status ok without decode_tok_s",
     ]
+
+
+def test_compare_and_goals():
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "bench/gpu_check.py")
+    gc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gc)
+
+    def run(name, tok, pct, status="ok"):
+        return {"name": name, "status": status, "decode_tok_s": tok, "pct_roofline": pct}
+
+    res = [
+        run("llmc-f16", 190.0, 86.0),
+        run("llmc-w4a16", 80.0, 20.0),
+        run("hf-eager", 33.0, 14.0),
+        run("hf-compile", 0.0, 0.0, status="failed"),
+    ]
+    assert gc.compare(res) == {
+        "llmc-f16 / hf-eager": 5.76,
+        "llmc-w4a16 / hf-eager": 2.42,
+        "goal llmc-f16 >= 85% of roofline": True,
+        "goal llmc-w4a16 >= 2.5x hf-eager": False,
+    }
+    assert gc.compare(res[2:]) == {
+        "goal llmc-f16 >= 85% of roofline": None,
+        "goal llmc-w4a16 >= 2.5x hf-eager": None,
+    }
