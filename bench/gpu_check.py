@@ -43,8 +43,9 @@ TINY = dict(
     hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
     num_key_value_heads=4, vocab_size=256, max_position_embeddings=256, rms_norm_eps=1e-5,
 )  # fmt: skip
-RUNS = ("llmc-f16", "llmc-w4a16", "hf-eager", "hf-compile")
-TIMEOUT_S = {"bandwidth": 120, "llmc-f16": 180, "llmc-w4a16": 180, "hf-eager": 180}
+RUNS = ("llmc-f16", "llmc-w4a16", "llmc-f16-tc", "hf-eager", "hf-compile")
+TIMEOUT_S = {"bandwidth": 120, "llmc-f16": 180, "llmc-w4a16": 180, "llmc-f16-tc": 180}
+TIMEOUT_S["hf-eager"] = 180
 TIMEOUT_S["hf-compile"] = 300
 
 
@@ -293,7 +294,7 @@ def compare(results: list[dict[str, Any]]) -> dict[str, Any]:
     tok = {r["name"]: r["decode_tok_s"] for r in results if r["status"] == "ok"}
     pct = {r["name"]: r["pct_roofline"] for r in results if r["status"] == "ok"}
     out: dict[str, Any] = {}
-    for mine in ("llmc-f16", "llmc-w4a16"):
+    for mine in ("llmc-f16", "llmc-w4a16", "llmc-f16-tc"):
         for peer in ("hf-eager", "hf-compile"):
             if mine in tok and peer in tok:
                 out[f"{mine} / {peer}"] = round(tok[mine] / tok[peer], 2)

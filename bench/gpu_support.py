@@ -12,6 +12,7 @@ tool's 64 MiB::
     .gpu/tvm-runtime.tar.gz            the ``tvm`` package without its 260 MB compiler library
     .gpu/artifacts/llama2-7b-f16/      ``llmc compile llama2-7b --target h100`` (sm_90, no weights)
     .gpu/artifacts/llama2-7b-w4a16/    the same with ``--passes rtn:bits=4:group=128``
+    .gpu/artifacts/llama2-7b-f16-tc/   fp16 with the tensor-core prefill GEMM (opt-in)
 
 Weights are not in it: the check draws them on the GPU (``random_weights=True``).
 """
@@ -33,7 +34,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 BUDGET_BYTES = 64 * 1024 * 1024  # the device tool's limit on the tree that travels
-ARTIFACTS = {"f16": "llama2-7b-f16", "w4a16": "llama2-7b-w4a16"}
+ARTIFACTS = {"f16": "llama2-7b-f16", "w4a16": "llama2-7b-w4a16", "f16-tc": "llama2-7b-f16-tc"}
 TVM_TARBALL = "tvm-runtime.tar.gz"
 #: parts of the tvm package a runtime-only import never reads (the compiler is 260 MB alone)
 TVM_DROP = ("lib/libtvm_compiler.so", "3rdparty", "src", "include", "web", "__pycache__")
@@ -151,10 +152,12 @@ def finish(gpu_dir: Path, repo_bytes: int, budget: int = BUDGET_BYTES) -> dict[s
 # -------------------------------------------------------------------------------- checking
 
 
-def check_artifact(art: Path) -> dict[str, Any]:
+def check_artifact(art: Path, tensor_cores: bool = False) -> dict[str, Any]:
     """A cross-compiled CUDA artifact holds an ``sm_90`` cubin with every kernel and ``sm_90``
-    PTX (read from the fatbin inside ``model.so``); returns what was found."""
-    from llmc.backends.fatbin import find_fatbins
+    PTX (read from the fatbin inside ``model.so``), with ``mma.sync`` instructions in the PTX
+    when ``tensor_cores``; returns what was found."""
+    from llmc.backends.fatbin import find_fatbins, ptx_text
+    from llmc.backends.toolchain import ToolchainError
 
     try:
         manifest = json.loads((art / "manifest.json").read_text())
@@ -178,9 +181,17 @@ def check_artifact(art: Path) -> dict[str, Any]:
     missing = sorted(set(backend.get("kernels", [])) - symbols)
     if missing:
         raise PrepError(f"{art / 'model.so'}: kernels without device code: {missing[:5]}")
+    try:
+        ptx = ptx_text(next(e for e in fb.entries if e.kind == "ptx"))
+        mma: int | None = ptx.count("mma.sync.aligned.m16n8k16")
+    except ToolchainError:  # no zstd here: the count is unknown, not zero
+        mma = None
+    if tensor_cores and mma == 0:
+        raise PrepError(f"{art / 'model.so'}: no mma.sync in its PTX (tensor-core build expected)")
     return {
         "target": manifest.get("target"),
         "arch": backend["arch"],
+        "mma_instructions": mma,
         "kernels": len(backend.get("kernels", [])),
         "cubin_archs": sorted(fb.archs("elf")),
         "ptx_archs": sorted(fb.archs("ptx")),
@@ -208,7 +219,10 @@ def check_prepared(gpu_dir: Path) -> dict[str, Any]:
     absent = [n for n in TVM_NEEDS if n not in names]
     if absent or "tvm/lib/libtvm_compiler.so" in names:
         raise PrepError(f"{gpu_dir / TVM_TARBALL}: not a runtime-only tvm package ({absent})")
-    arts = {k: check_artifact(gpu_dir / "artifacts" / v) for k, v in ARTIFACTS.items()}
+    arts = {
+        k: check_artifact(gpu_dir / "artifacts" / v, k.endswith("-tc"))
+        for k, v in ARTIFACTS.items()
+    }
     return {"wheels": [w.name for w in wheels], "artifacts": arts, **account(gpu_dir, 0)}
 
 

@@ -89,10 +89,13 @@ def test_size_accounting(tmp_path: Path):
 
 def test_prepared_folder(prepared: Path):
     info = gs.check_prepared(prepared)
-    assert set(info["artifacts"]) == {"f16", "w4a16"}
+    assert set(info["artifacts"]) == {"f16", "w4a16", "f16-tc"}
     for art in info["artifacts"].values():
         assert art["arch"] == "sm_90" and art["cubin_archs"] == art["ptx_archs"] == ["sm_90"]
         assert art["kernels"] > 10
+    mma = {k: a["mma_instructions"] for k, a in info["artifacts"].items()}
+    if mma["f16"] is not None:  # None: no zstd tool to read the PTX
+        assert mma["f16"] == mma["w4a16"] == 0 and mma["f16-tc"] > 0
     assert info["wheels"][0].startswith("apache_tvm_ffi-") and "-cp312-" in info["wheels"][0]
     listing = json.loads((prepared / "prepared.json").read_text())
     assert listing["total_bytes"] == listing["gpu_dir_bytes"] + listing["repo_bytes"]
@@ -145,7 +148,8 @@ def test_dry_run_result_schema(prepared: Path, tmp_path: Path):
     assert gs.validate_result(res) == []
     assert res["dry_run"] is True and res["pytest"] is None and res["bandwidth"]["GBps"] > 0
     runs = {r["name"]: r for r in res["runs"]}
-    assert [runs[n]["status"] for n in ("llmc-f16", "llmc-w4a16")] == ["skipped", "skipped"]
+    llmc_runs = ("llmc-f16", "llmc-w4a16", "llmc-f16-tc")
+    assert [runs[n]["status"] for n in llmc_runs] == ["skipped"] * 3
     for name in ("hf-eager", "hf-compile"):
         r = runs[name]
         assert r["status"] == "ok" and r["decode_tok_s"] > 0 and 0 < r["pct_roofline"] < 100
@@ -155,12 +159,12 @@ def test_dry_run_result_schema(prepared: Path, tmp_path: Path):
     # the schema check catches what a broken driver would write
     broken = json.loads(out.read_text())
     del broken["machine"]["gpu"]
-    broken["runs"][2]["decode_tok_s"] = "fast"
-    broken["runs"][3].update(status="ok", decode_tok_s=None)
+    broken["runs"][3]["decode_tok_s"] = "fast"
+    broken["runs"][4].update(status="ok", decode_tok_s=None)
     assert gs.validate_result(broken) == [
         "gpu.json.machine.gpu: missing",
-        "gpu.json.runs[2].decode_tok_s: expected float, got str",
-        "gpu.json.runs[3]: status ok without decode_tok_s",
+        "gpu.json.runs[3].decode_tok_s: expected float, got str",
+        "gpu.json.runs[4]: status ok without decode_tok_s",
     ]
 
 

@@ -19,7 +19,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 GPU_DIR = Path(os.environ.get("LLMC_GPU_DIR", ROOT / ".gpu"))
-ARTIFACTS = {"f16": "llama2-7b-f16", "w4a16": "llama2-7b-w4a16"}
+ARTIFACTS = {"f16": "llama2-7b-f16", "w4a16": "llama2-7b-w4a16", "f16-tc": "llama2-7b-f16-tc"}
 
 pytestmark = pytest.mark.gpu
 
@@ -73,7 +73,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-@pytest.mark.parametrize("kind", ["f16", "w4a16"])
+@pytest.mark.parametrize("kind", ["f16", "w4a16", "f16-tc"])
 def test_artifact_matches_transformers(gpu: Path, kind: str):
     from llmc.runtime.tvm_runner import load
 
