@@ -90,7 +90,7 @@ def _roofline(run: dict[str, Any], weight_bytes: int, kv_pos: int, a: argparse.N
     if a.bandwidth_GBps and run.get("decode_tok_s"):
         roof = a.bandwidth_GBps * 1e9 / run["bytes_per_token"]
         run["roofline_tok_s"] = round(roof, 1)
-        run["pct_roofline"] = round(100.0 * run["decode_tok_s"] / roof, 1)
+        run["pct_roofline"] = float(f"{100.0 * run['decode_tok_s'] / roof:.3g}")  # 3 digits
 
 
 def measure_llmc(art: Path, a: argparse.Namespace) -> dict[str, Any]:
