@@ -6,6 +6,8 @@ the ELF machine (``EM_AMDGPU`` = 224, ``EM_CUDA`` = 190), the GPU architecture e
 
 Pure Python ELF64 little-endian parsing (header, section headers, symbol tables, notes); only the
 disassembly runs a tool (``llvm-objdump``, see :mod:`llmc.backends.toolchain`).
+The fatbin that wraps a CUDA artifact's cubins (with PTX beside them) is read by
+:mod:`llmc.backends.fatbin`.
 
 >>> objs = find_code_objects(Path("out/mi300x/model.so").read_bytes())  # doctest: +SKIP
 >>> objs[0].arch, objs[0].code_object_version, objs[0].kernels        # doctest: +SKIP
