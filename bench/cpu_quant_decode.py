@@ -25,7 +25,7 @@ prompt and 128 greedy tokens, interleaved, batch 1.
 
 Variants run interleaved (A B C ... A B C ...) ``--repeats`` times, ``--tokens`` tokens each;
 the JSON has every sample, the medians, the bytes each token reads, and % of the roofline
-``bytes / measured read bandwidth`` (``llmc.backends.hostspec.measure_read_bandwidth``, on the
+``bytes / measured read bandwidth`` (``llmc.targets.host.measure_read_bandwidth``, on the
 same threads), the machine, the date, the load average before and after, and the command.
 """
 
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--whole-model", metavar="WORK", help="also time GPT-2 small artifacts")
     args = ap.parse_args(argv)
     from llmc.backends.cpu.pipeline import kernel_isa
-    from llmc.backends.hostspec import measure_read_bandwidth
+    from llmc.targets.host import measure_read_bandwidth
 
     threads = int(os.environ.get("TVM_NUM_THREADS", os.cpu_count() or 1))
     load_before = load_average()

@@ -98,7 +98,7 @@ class CompiledModule:
 def load(path: str | Path, *, device_id: int = 0) -> CompiledModule:
     """A compiled artifact (ref, cpu, cuda, rocm) as a :class:`CompiledModule`."""
     from llmc.artifact import is_artifact, load_artifact
-    from llmc.backends.targets import get_target
+    from llmc.targets import get_target
 
     p = Path(path)
     if not is_artifact(str(p)):
