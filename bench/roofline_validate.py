@@ -47,13 +47,6 @@ SETTINGS = {
     "w8a8": "w8a8",
     "nm-2:4": "magnitude:pattern=2:4",
 }
-KERNEL_CLASS = {
-    "dense": "f32",
-    "rtn8": "int8 weight-only",
-    "rtn4-g128": "int4 weight-only",
-    "w8a8": "int8 x int8",
-    "nm-2:4": "N:M sparse",
-}
 
 
 def llmc(*args: str) -> dict[str, Any]:
@@ -97,7 +90,7 @@ def compile_all(work: Path, names: list[str]) -> dict[str, Any]:
 
 
 def predict(art: Path) -> dict[str, Any]:
-    from llmc.codesign.roofline import Scenario, analyze
+    from llmc.codesign.roofline import Scenario, analyze, kernel_class
     from llmc.compile import load
     from llmc.targets import get_target, resolve_spec
 
@@ -106,6 +99,7 @@ def predict(art: Path) -> dict[str, Any]:
     rep = analyze(g, spec, Scenario(prompt=PROMPT, decode=NEW))
     t = rep.totals
     return {
+        "kernel_class": kernel_class(g),
         "decode_ms_per_token": t["decode"]["ms_per_token"],
         "prefill_ms": t["prefill"]["time_ms"],
         "decode_bytes": t["decode"]["bytes"],
@@ -169,7 +163,7 @@ def main() -> int:
             {
                 "setting": n,
                 "passes": SETTINGS[n] or "(none)",
-                "kernel_class": KERNEL_CLASS[n],
+                "kernel_class": p["kernel_class"],
                 "predicted_decode_ms": p["decode_ms_per_token"],
                 "measured_decode_ms": dec,
                 "decode_efficiency": p["decode_ms_per_token"] / dec,

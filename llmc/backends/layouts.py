@@ -391,6 +391,13 @@ _INVERSES: dict[str, Callable[[torch.Tensor, Param], tuple[str, torch.Tensor] | 
 }
 
 
+def register_inverse(
+    name: str, fn: Callable[[torch.Tensor, Param], tuple[str, torch.Tensor] | None]
+) -> None:
+    """Register the inverse of a backend's own layout ``name`` (see :func:`invert_layout`)."""
+    _INVERSES[name] = fn
+
+
 def invert_layout(name: str, t: torch.Tensor, p: Param) -> tuple[str, torch.Tensor] | None:
     """``(field, tensor)``: the storage field of ``p`` that the layout ``name`` holds, rebuilt
     from ``t``; None when the layout has no inverse. Panel layouts (``panel{NB}`` and
