@@ -391,11 +391,24 @@ _INVERSES: dict[str, Callable[[torch.Tensor, Param], tuple[str, torch.Tensor] | 
 }
 
 
-def register_inverse(
-    name: str, fn: Callable[[torch.Tensor, Param], tuple[str, torch.Tensor] | None]
-) -> None:
-    """Register the inverse of a backend's own layout ``name`` (see :func:`invert_layout`)."""
-    _INVERSES[name] = fn
+def _inv_vnni(kind: str, nb: int, t: torch.Tensor, p: Param) -> tuple[str, torch.Tensor] | None:
+    """``qvalue`` from the CPU's VNNI panels (``llmc/backends/cpu/pipeline.py``):
+    ``vnni{NB}.q4.codes`` ``[P, K'/8, NB, 4]`` u8, byte (b, n, i) holding nibbles ``8b+i`` (low)
+    and ``8b+4+i`` (high) of output n; ``vnni{NB}.q8.codes`` ``[P, K'/4, NB, 4]`` i8, byte
+    (b, n, i) = ``w[n, 4b+i]``. K and N zero-padded."""
+    n, k = (int(d) for d in p.type.shape)
+    if t.dim() != 4:
+        return None
+    panels, kb = int(t.shape[0]), int(t.shape[1])
+    want = p.data["qvalue"].shape
+    if kind == "q8.codes":
+        w = t.permute(0, 2, 1, 3).reshape(panels * nb, kb * 4)[:n, :k]
+        return "qvalue", w.reshape(want)
+    if kind == "q4.codes":
+        u = torch.stack([t & 0xF, t >> 4], dim=3).permute(0, 2, 1, 3, 4)  # [P, NB, K'/8, 2, 4]
+        u = u.reshape(panels * nb, kb * 8)[:n, :k]
+        return "qvalue", (u.to(torch.int16) + _q(p).qmin).to(torch.int8).reshape(want)
+    return None
 
 
 def invert_layout(name: str, t: torch.Tensor, p: Param) -> tuple[str, torch.Tensor] | None:
@@ -404,6 +417,9 @@ def invert_layout(name: str, t: torch.Tensor, p: Param) -> tuple[str, torch.Tens
     ``panel{NB}.{base}``) are untiled first. The result is not checked against ``p``; the
     compiler keeps a param out of params.safetensors only when it is bit-identical."""
     base = name
+    if name.startswith("vnni"):
+        head, _, rest = name.partition(".")
+        return _inv_vnni(rest, int(head[4:]), t, p) if head[4:].isdigit() else None
     if name.startswith("panel"):
         head, _, rest = name.partition(".")
         if not head[5:].isdigit() or t.dim() < 2:

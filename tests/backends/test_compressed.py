@@ -132,3 +132,23 @@ def test_artifact_stores_each_weight_once(mixed):
         for field, t in p.data.items():
             got = back.params[name].data[field]
             assert got.dtype == t.dtype and torch.equal(got, t), (name, field)
+
+
+def test_artifact_params_load_without_the_backend(mixed):
+    """A fresh process that never imports the CPU backend (the interpreter's load path, as
+    `llmc.compile.load` of an artifact) rebuilds every derived param: the inverses of every
+    layout, the VNNI panels included, live in llmc.backends.layouts."""
+    import subprocess
+    import sys
+
+    _, art = mixed
+    code = (
+        "import sys\n"
+        "from llmc.artifact import load_artifact\n"
+        f"a = load_artifact({str(art)!r})\n"
+        "assert 'llmc.backends.cpu.pipeline' not in sys.modules\n"
+        "print(len(a.graph.params))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert int(r.stdout.strip()) > 0

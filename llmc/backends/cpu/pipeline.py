@@ -26,7 +26,6 @@ from llmc.backends.layouts import (
     get_layout,
     nm_of,
     panel_count,
-    register_inverse,
     register_layout,
     tvm_dtype,
 )
@@ -155,21 +154,7 @@ def _vnni_q4_shape(p: Param, dt: str) -> tuple[int, ...]:
     return (panel_count(n, NB), cpu_vnni.padded_k(k, q.group or k) // 8, NB, 4)
 
 
-def _inv_vnni_q4_codes(t, p: Param):
-    """``qvalue`` from :func:`_vnni_q4_codes` (the artifact stores each weight once)."""
-    import torch
-
-    q = p.format.quant
-    assert q is not None
-    n, k = (int(d) for d in p.type.shape)
-    panels, kb = int(t.shape[0]), int(t.shape[1])
-    u = torch.stack([t & 0xF, t >> 4], dim=3).permute(0, 2, 1, 3, 4)  # [P, NB, K'/8, 2, 4]
-    u = u.reshape(panels * NB, kb * 8)[:n, :k]
-    return "qvalue", (u.to(torch.int16) + q.qmin).to(torch.int8).reshape(p.data["qvalue"].shape)
-
-
 register_layout(Layout(f"vnni{NB}.q4.codes", _vnni_q4_shape, lambda p, dt: "u8", _vnni_q4_codes))
-register_inverse(f"vnni{NB}.q4.codes", _inv_vnni_q4_codes)
 
 
 def _vnni_q8_shape(p: Param, dt: str) -> tuple[int, ...]:
@@ -203,16 +188,7 @@ def _vnni_q8_wsum(p: Param, dt: str):
     return s.reshape(shape)
 
 
-def _inv_vnni_q8_codes(t, p: Param):
-    """``qvalue`` from :func:`_vnni_q8_codes`."""
-    n, k = (int(d) for d in p.type.shape)
-    panels, kb = int(t.shape[0]), int(t.shape[1])
-    w = t.permute(0, 2, 1, 3).reshape(panels * NB, kb * 4)[:n, :k]
-    return "qvalue", w.reshape(p.data["qvalue"].shape)
-
-
 register_layout(Layout(f"vnni{NB}.q8.codes", _vnni_q8_shape, lambda p, dt: "i8", _vnni_q8_codes))
-register_inverse(f"vnni{NB}.q8.codes", _inv_vnni_q8_codes)
 register_layout(
     Layout(
         f"vnni{NB}.q8.wsum",
