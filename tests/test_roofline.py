@@ -327,3 +327,17 @@ def test_efficiency_calibration(tmp_path, capsys) -> None:
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"llmc: error: --efficiency {f}") and msg in err, err
         assert len(err.splitlines()) == 1
+
+
+def test_kernel_class_ignores_a_dense_tied_head() -> None:
+    """GPT-2's tied lm_head stays f32 under rtn (most of the weight bytes): the class is still the
+    quantized kernels' (bench/roofline_validate.py fits factors on such whole models)."""
+    from llmc.codesign.roofline import kernel_class
+
+    g = zoo.build("gpt2")
+    big = max(g.params.values(), key=lambda p: p.type.numel())  # the tied embedding/head
+    fmt = StorageFormat(quant=QuantSpec(bits=4, group=128))
+    for p in g.params.values():
+        if len(p.type.shape) == 2 and p is not big and "wte" not in p.name and "wpe" not in p.name:
+            p.format = fmt
+    assert kernel_class(g) == "int4 weight-only"

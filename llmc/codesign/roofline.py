@@ -634,26 +634,25 @@ KERNEL_CLASSES = ("f32", "int8 weight-only", "int4 weight-only", "int8 x int8", 
 
 
 def kernel_class(graph: Graph) -> str:
-    """The class of the kernels that carry most of ``graph``'s weight bytes: ``int8 x int8`` when
-    any linear takes int8 activations, else the storage format of the largest share of matrix
-    weights (N:M sparse first, then the quantization width), else ``f32`` (dense)."""
+    """The class of the kernels the passes introduced: ``int8 x int8`` when any linear takes int8
+    activations, else the first of N:M sparse, int4, int8 weight-only that any matrix weight is
+    stored as, else ``f32`` (dense). A part left dense (a tied ``lm_head``, the embedding) does
+    not change the class: the factors are fitted on such whole models."""
     if any(n.op in _INT8_ACT_OPS for _, n in graph.walk()):
         return "int8 x int8"
-    share: dict[str, float] = {}
+    found: set[str] = set()
     for p in graph.params.values():
-        if len(p.type.shape) != 2:
-            continue
         fmt = p.format
+        if len(p.type.shape) != 2 or fmt.is_dense:
+            continue
         if fmt.sparsity is not None and fmt.sparsity.kind == "nm":
-            cls = "N:M sparse"
-        elif fmt.quant is not None and fmt.quant.bits <= 4:
-            cls = "int4 weight-only"
+            found.add("N:M sparse")
         elif fmt.quant is not None:
-            cls = "int8 weight-only"
-        else:
-            cls = "f32"
-        share[cls] = share.get(cls, 0.0) + p.storage_bytes()
-    return max(share, key=share.__getitem__) if share else "f32"
+            found.add("int4 weight-only" if fmt.quant.bits <= 4 else "int8 weight-only")
+    for cls in ("N:M sparse", "int4 weight-only", "int8 weight-only"):
+        if cls in found:
+            return cls
+    return "f32"
 
 
 def load_efficiency(path: str | Path) -> dict[str, Any]:
