@@ -165,7 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         resolve_spec(get_target("cpu"))  # measures the bandwidth and writes the record if new
         path = record_path()
         if path is None or not path.exists():
-            print("bench/cpu_peak.py: no host-spec record to update (LLMC_CACHE_DIR?)", file=sys.stderr)
+            print(
+                "bench/cpu_peak.py: no host-spec record to update (LLMC_CACHE_DIR?)",
+                file=sys.stderr,
+            )
             return 1
         rec = json.loads(path.read_text())
         rec["peak"] = {

@@ -40,7 +40,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _common import ROOT, cpu_name, git, load_average
 
 sys.path.insert(0, str(ROOT))
@@ -63,6 +62,10 @@ def _vnni(wq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     full[:n, :k] = wq
     codes = np.ascontiguousarray(full.reshape(p, 64, kq, 4).transpose(0, 2, 1, 3))
     return codes, full.astype(np.int32).sum(1).astype(np.int32).reshape(p, 64)
+
+
+def _bind(fn, *args):
+    return lambda: fn(*args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,7 +101,12 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "llvm_mcpu": host_cpu()},
         "llmc_commit": git("rev-parse", "HEAD").strip(),
-        "settings": {"rows": m, "rounds": args.rounds, "inner": args.inner, "threads": args.threads},
+        "settings": {
+            "rows": m,
+            "rounds": args.rounds,
+            "inner": args.inner,
+            "threads": args.threads,
+        },
         "peak": {"f32": pf32, "i8": pi8, "source": f"{Path(args.peak).name} (CPU time x threads)"},
         "shapes": [],
     }
@@ -125,11 +133,11 @@ def main(argv: list[str] | None = None) -> int:
         i8_new = build(G.w8a8_prefill(k, n))
         xt, wt = torch.from_numpy(x), torch.from_numpy(w)
         kernels = {
-            "f32_panel": ("f32", lambda: f32_old(t["x"], t["w"], c)),
-            "f32_blocked": ("f32", lambda: f32_new(t["x"], t["w"], c)),
-            "i8_vnni_rows": ("i8", lambda: i8_old(*qa, c)),
-            "i8_prefill": ("i8", lambda: i8_new(*qa, c)),
-            "torch_f32": ("f32", lambda: torch.matmul(xt, wt.T)),
+            "f32_panel": ("f32", _bind(f32_old, t["x"], t["w"], c)),
+            "f32_blocked": ("f32", _bind(f32_new, t["x"], t["w"], c)),
+            "i8_vnni_rows": ("i8", _bind(i8_old, *qa, c)),
+            "i8_prefill": ("i8", _bind(i8_new, *qa, c)),
+            "torch_f32": ("f32", _bind(torch.matmul, xt, wt.T)),
         }
         # correctness of each TVM kernel before timing
         ref = x @ w.T

@@ -6,6 +6,8 @@ rows than one register block."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -72,9 +74,7 @@ def _w8a8_args(rows: int, k: int, n: int):
 
 
 @vnni
-@pytest.mark.parametrize(
-    "rows,k,n", [(1, 4, 3), (13, 772, 100), (200, 64, 130), (97, 3072, 64)]
-)
+@pytest.mark.parametrize("rows,k,n", [(1, 4, 3), (13, 772, 100), (200, 64, 130), (97, 3072, 64)])
 def test_w8a8_prefill_exact(rows, k, n):
     import tvm
 
@@ -132,14 +132,8 @@ def test_w8a8_model_prefill_uses_the_blocked_kernel(tmp_path):
     got1, _ = lm.forward(one, torch.tensor([[13]]), present)
     want1 = interp_run(g, [one, torch.tensor([[13]]), *want[1:]])
     torch.testing.assert_close(got1, want1[0], rtol=1e-4, atol=1e-4)
-    syms = _symbols(art)
-    assert any(s.startswith("w8a8_prefill_k64_n") for s in syms), syms
-    assert any(s.startswith("w8a8_prefill_k200_n64") for s in syms), syms
-    assert any(s.startswith("w8a8_vnni_k64_n") for s in syms), syms
-
-
-def _symbols(art) -> set[str]:
-    import re
-
+    # one kernel per distinct linear shape and entry: every decode W8A8 kernel has its prefill twin
     text = b"".join(p.read_bytes() for p in art.rglob("*.so"))
-    return {m.decode() for m in re.findall(rb"(w8a8_(?:prefill|vnni)_k\d+_n\d+)", text)}
+    pre = set(re.findall(rb"__tvm_ffi_w8a8_prefill\d*", text))
+    dec = set(re.findall(rb"__tvm_ffi_w8a8_vnni\d*", text))
+    assert len(pre) == len(dec) >= 3, (pre, dec)

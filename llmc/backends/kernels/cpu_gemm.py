@@ -21,8 +21,6 @@ zero padding of the last panel) are computed and never stored.
 
 from __future__ import annotations
 
-from typing import Any
-
 from tvm import tirx
 from tvm.script import tirx as T
 
@@ -82,12 +80,12 @@ def gemm_prefill(
                                         T.float32(0), 16
                                     )
                                 else:
-                                    for l in T.vectorized(16):
-                                        acc[r * NB + q * 16 + l] = T.if_then_else(
-                                            p * NB + q * 16 + l < n_dim,
+                                    for ln in T.vectorized(16):
+                                        acc[r * NB + q * 16 + ln] = T.if_then_else(
+                                            p * NB + q * 16 + ln < n_dim,
                                             c[
                                                 T.min(r0 + ib * mb + r, rows - 1),
-                                                T.min(p * NB + q * 16 + l, n_dim - 1),
+                                                T.min(p * NB + q * 16 + ln, n_dim - 1),
                                             ],
                                             T.float32(0),
                                         )
@@ -103,10 +101,10 @@ def gemm_prefill(
                                     ] + xb * T.Cast("float32x16", w.vload([p, kk, q * 16], wv))
                         for r in T.unroll(mb):
                             for q in T.unroll(4):
-                                for l in T.vectorized(16):
-                                    if r0 + ib * mb + r < rows and p * NB + q * 16 + l < n_dim:
-                                        c[r0 + ib * mb + r, p * NB + q * 16 + l] = acc[
-                                            r * NB + q * 16 + l
+                                for ln in T.vectorized(16):
+                                    if r0 + ib * mb + r < rows and p * NB + q * 16 + ln < n_dim:
+                                        c[r0 + ib * mb + r, p * NB + q * 16 + ln] = acc[
+                                            r * NB + q * 16 + ln
                                         ]
 
     return _finish(f, name)
