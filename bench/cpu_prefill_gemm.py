@@ -19,6 +19,11 @@ artifact's layouts):
   register block: what the prefill entry uses now);
 - ``torch_f32`` — ``torch.matmul(x, w.T)``.
 
+``--artifacts NAME=DIR,...`` (``--shapes ""`` to skip the kernels) times whole-model prefill of
+``--rows`` tokens instead: each artifact loaded once (``random_weights=True`` for an
+architecture-only compile), one batch-1 prefill call per sample, artifacts interleaved, wall and
+CPU time, tokens/s (e.g. GPT-2 small ``w8a8`` compiled by the old and the new checkout).
+
 Each round runs every kernel once in turn (interleaved A/B/...), each sample being the best of
 ``--inner`` calls, timed two ways: wall time, and process CPU time (``time.process_time``; it
 leaves out the time the threads were descheduled by other users of the machine, which is what a
@@ -68,6 +73,41 @@ def _bind(fn, *args):
     return lambda: fn(*args)
 
 
+def _whole_model(args: argparse.Namespace, torch) -> dict:
+    from llmc.runtime.tvm_runner import load
+
+    arts = dict(a.split("=", 1) for a in args.artifacts.split(","))
+    lms = {name: load(d, random_weights=True) for name, d in arts.items()}
+    m = args.rows
+    ids = torch.randint(0, 50000, (1, m), generator=torch.Generator().manual_seed(0))
+    pos = torch.arange(m)[None]
+    samples: dict = {name: {"wall": [], "cpu": []} for name in lms}
+    loads = []
+    for lm in lms.values():  # warm-up
+        lm.forward(ids, pos, lm.empty_past(1))
+    for _ in range(args.rounds):
+        for name, lm in lms.items():
+            past = lm.empty_past(1)
+            time.sleep(0.2)
+            t0, c0 = time.perf_counter(), time.process_time()
+            lm.forward(ids, pos, past)
+            w, c = time.perf_counter() - t0, (time.process_time() - c0) / args.threads
+            samples[name]["wall"].append(round(m / w, 1))
+            samples[name]["cpu"].append(round(m / c, 1))
+        loads.append(load_average())
+    res: dict = {"tokens": m, "artifacts": arts, "load_average": loads, "tok_per_s": {}}
+    for name, s in samples.items():
+        res["tok_per_s"][name] = {
+            **s,
+            "best_wall": max(s["wall"]),
+            "median_wall": statistics.median(s["wall"]),
+            "best_cpu": max(s["cpu"]),
+            "median_cpu": statistics.median(s["cpu"]),
+        }
+        print(f"{name}: prefill {m} tokens, best tok/s wall {max(s['wall'])} cpu {max(s['cpu'])}")
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=512)
@@ -75,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--inner", type=int, default=5, help="calls per sample (best taken)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--artifacts", default="", help="NAME=DIR,...: whole-model prefill")
     ap.add_argument("--peak", default=str(ROOT / "bench" / "cpu_peak.json"))
     ap.add_argument("--out", default=str(ROOT / "bench" / "cpu_prefill_gemm.json"))
     args = ap.parse_args(argv)
@@ -114,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     def build(f):
         return tvm.compile(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), target=tgt)
 
-    for shape in args.shapes.split(","):
+    if args.artifacts:
+        out["whole_model"] = _whole_model(args, torch)
+    for shape in filter(None, args.shapes.split(",")):
         k, n = (int(v) for v in shape.split("x"))
         x = rng.standard_normal((m, k)).astype(np.float32)
         w = rng.standard_normal((n, k)).astype(np.float32)
