@@ -105,7 +105,35 @@ def _whole_model(args: argparse.Namespace, torch) -> dict:
             "median_cpu": statistics.median(s["cpu"]),
         }
         print(f"{name}: prefill {m} tokens, best tok/s wall {max(s['wall'])} cpu {max(s['cpu'])}")
+    res["kernels_cpu_ms"] = {name: _profile(lm, ids, pos) for name, lm in lms.items()}
     return res
+
+
+def _profile(lm, ids, pos, calls: int = 2) -> dict[str, float]:
+    """CPU ms per prefill of each kernel (the VM's instrument hook; process CPU time around each
+    call, both threads), the top 12; name suffixes (``w8a8_prefill2``) are distinct shapes."""
+    import collections
+
+    cpu: dict[str, float] = collections.defaultdict(float)
+    t0 = [0.0]
+
+    def hook(func, sym: str, before: bool, ret, *args) -> int:
+        if before:
+            t0[0] = time.process_time()
+        else:
+            cpu[sym] += time.process_time() - t0[0]
+        return 0
+
+    lm.vm.set_instrument(hook)
+    for _ in range(calls):
+        lm.forward(ids, pos, lm.empty_past(1))
+    lm.vm.set_instrument(None)
+    skip = set(lm.backend["functions"]) | set(lm.backend.get("layer_functions", {}))
+    ks = {k: v for k, v in cpu.items() if k not in skip and not k.startswith("vm.builtin.")}
+    top = sorted(ks.items(), key=lambda kv: -kv[1])[:12]
+    out = {k: round(1e3 * v / calls, 1) for k, v in top}
+    out["all kernels"] = round(1e3 * sum(ks.values()) / calls, 1)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
