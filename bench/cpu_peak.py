@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     f32 = max(rate("f32_fma_zmm", "cpu", t) / t for t in range(1, th + 1))
     i8 = max(rate("i8_vpdpbusd_zmm", "cpu", t) / t for t in range(1, th + 1))
     stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    command = "python bench/cpu_peak.py" + (" --record" if args.record else "")
+    command = " ".join(["python bench/cpu_peak.py", *(sys.argv[1:] if argv is None else argv)])
     res = {
         "benchmark": "host peak: independent vfmadd231ps / vpdpbusd chains (C, OpenMP)",
         "command": command,
