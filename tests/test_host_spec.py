@@ -53,3 +53,36 @@ def test_compile_report_uses_host_spec(tmp_path, monkeypatch):
     (tmp_path / "spec.json").write_text(json.dumps(rec))
     rf = compile_model("tiny", target="cpu", dry_run=True).report["roofline"]
     assert rf["mem_bandwidth"] == 1e10 and "10.0 GB/s" in rf["spec_source"]
+
+
+def test_recorded_peak_is_used(tmp_path, monkeypatch):
+    """bench/cpu_peak.py --record stores per-core rates; the spec multiplies by the threads and
+    names the measurement as the source."""
+    monkeypatch.setenv("LLMC_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("LLMC_HOST_SPEC", raising=False)
+    monkeypatch.setenv("TVM_NUM_THREADS", "1")
+    rec = {"cpu": "t", "cores": 1, "threads": 1, "read_bytes_per_s": 1e10, "measured": "then"}
+    rec["peak"] = {
+        "f32_per_core": 1.17e11,
+        "i8_per_core": 4.68e11,
+        "measured": "now",
+        "command": "c",
+    }
+    monkeypatch.setattr(hostspec, "_cache_file", lambda key: tmp_path / "spec.json")
+    (tmp_path / "spec.json").write_text(json.dumps(rec))
+    s = resolve_spec(get_target("cpu"))
+    assert s.peak("f32") == pytest.approx(1.17e11) and s.peak("i8") == pytest.approx(4.68e11)
+    assert "measured now by c" in s.sources["peak_tflops.f32"]
+    del rec["peak"]
+    (tmp_path / "spec.json").write_text(json.dumps(rec))
+    s = resolve_spec(get_target("cpu"))
+    assert "FLOP/cycle" in s.sources["peak_tflops.f32"]
+
+
+def test_flop_per_cycle_zen4_double_pumps():
+    avx512 = {"avx", "avx2", "avx512f", "avx512_vnni"}
+    zen4 = {"vendor_id": "AuthenticAMD", "cpu family": "25"}
+    intel = {"vendor_id": "GenuineIntel", "cpu family": "6"}
+    assert hostspec.flop_per_cycle(avx512, zen4)[:2] == (32, 128)
+    assert hostspec.flop_per_cycle(avx512, intel)[:2] == (64, 256)
+    assert hostspec.flop_per_cycle({"avx", "avx2"}, intel)[:2] == (32, 64)

@@ -20,7 +20,7 @@ import tvm
 from tvm import relax, te
 
 from llmc.backends.kernels import cpu as cpu_kernels
-from llmc.backends.kernels import cpu_vnni, te_ops
+from llmc.backends.kernels import cpu_gemm, cpu_vnni, te_ops
 from llmc.backends.layouts import (
     Layout,
     get_layout,
@@ -302,10 +302,22 @@ def _qlinear_a8_vnni(ctx: LowerCtx, n: Node) -> relax.Expr:
     x, lead = flatten_rows(ctx, ctx.arg(n.inputs[0]))
     q = ctx.emit_te(te_ops.act_quant, x, n.attrs.act_scale, name="act_quant")
     m = _static_rows(x)
+    if m is None and cpu_gemm.supports_w8a8(in_f):  # prefill: register-blocked over rows
+        key, make, kname = (
+            ("w8a8_prefill", in_f, out_f),
+            lambda: cpu_gemm.w8a8_prefill(in_f, out_f),
+            "w8a8_prefill",
+        )
+    else:
+        key, make, kname = (
+            ("w8a8_vnni", in_f, out_f, m),
+            lambda: cpu_vnni.w8a8_vnni(in_f, out_f, m),
+            "w8a8_vnni",
+        )
     y = ctx.call_kernel(
-        ("w8a8_vnni", in_f, out_f, m),
-        lambda: cpu_vnni.w8a8_vnni(in_f, out_f, m),
-        "w8a8_vnni",
+        key,
+        make,
+        kname,
         [
             ctx.emit(relax.TupleGetItem(q, 0)),
             ctx.emit(relax.TupleGetItem(q, 1)),

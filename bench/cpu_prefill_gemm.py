@@ -1,0 +1,269 @@
+"""Prefill GEMM kernels at M = 512 rows against this host's measured peak, old vs new, and
+``torch.matmul`` (MKL/oneDNN, float32) in the same process as a peer.
+
+Usage::
+
+    python bench/cpu_prefill_gemm.py                  # writes bench/cpu_prefill_gemm.json
+    python bench/cpu_prefill_gemm.py --rounds 3 --shapes 768x768 --out /tmp/x.json
+
+Kernels (all at a symbolic row count, as the prefill entry compiles them; weights in the
+artifact's layouts):
+
+- ``f32_panel`` — :func:`llmc.backends.kernels.cpu.panel_gemm` (the prefill kernel for float
+  weights, unchanged);
+- ``f32_blocked`` — :func:`llmc.backends.kernels.cpu_gemm.gemm_prefill` (K-sliced 6 x 64 block),
+  measured as a candidate;
+- ``i8_vnni_rows`` — :func:`llmc.backends.kernels.cpu_vnni.w8a8_vnni` (W8A8, the kernel prefill
+  used before: one row at a time per panel);
+- ``i8_prefill`` — :func:`llmc.backends.kernels.cpu_gemm.w8a8_prefill` (W8A8, 6 x 64 int32
+  register block: what the prefill entry uses now);
+- ``torch_f32`` — ``torch.matmul(x, w.T)``.
+
+``--artifacts NAME=DIR,...`` (``--shapes ""`` to skip the kernels) times whole-model prefill of
+``--rows`` tokens instead: each artifact loaded once (``random_weights=True`` for an
+architecture-only compile), one batch-1 prefill call per sample, artifacts interleaved, wall and
+CPU time, tokens/s (e.g. GPT-2 small ``w8a8`` compiled by the old and the new checkout).
+
+Each round runs every kernel once in turn (interleaved A/B/...), each sample being the best of
+``--inner`` calls, timed two ways: wall time, and process CPU time (``time.process_time``; it
+leaves out the time the threads were descheduled by other users of the machine, which is what a
+shared 2-core machine mostly measures; TVM's idle workers spin, which CPU time counts, so it is
+conservative). The JSON holds every sample, the load average per round, the best and median
+GFLOP/s (int8: GOP/s) per clock, and each best against the peak of bench/cpu_peak.json (CPU-time
+per-core rate x threads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from _common import ROOT, cpu_name, git, load_average
+
+sys.path.insert(0, str(ROOT))
+
+SHAPES = "768x768,768x2304,768x3072,3072x768,2048x5632"  # K x N
+
+
+def _panel(w: np.ndarray) -> np.ndarray:
+    n, k = w.shape
+    p = (n + 63) // 64
+    wp = np.zeros((p * 64, k), w.dtype)
+    wp[:n] = w
+    return np.ascontiguousarray(wp.reshape(p, 64, k).transpose(0, 2, 1))
+
+
+def _vnni(wq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    n, k = wq.shape
+    p, kq = (n + 63) // 64, (k + 3) // 4
+    full = np.zeros((p * 64, kq * 4), np.int8)
+    full[:n, :k] = wq
+    codes = np.ascontiguousarray(full.reshape(p, 64, kq, 4).transpose(0, 2, 1, 3))
+    return codes, full.astype(np.int32).sum(1).astype(np.int32).reshape(p, 64)
+
+
+def _bind(fn, *args):
+    return lambda: fn(*args)
+
+
+def _whole_model(args: argparse.Namespace, torch) -> dict:
+    from llmc.runtime.tvm_runner import load
+
+    arts = dict(a.split("=", 1) for a in args.artifacts.split(","))
+    lms = {name: load(d, random_weights=True) for name, d in arts.items()}
+    m = args.rows
+    ids = torch.randint(0, 50000, (1, m), generator=torch.Generator().manual_seed(0))
+    pos = torch.arange(m)[None]
+    samples: dict = {name: {"wall": [], "cpu": []} for name in lms}
+    loads = []
+    for lm in lms.values():  # warm-up
+        lm.forward(ids, pos, lm.empty_past(1))
+    for _ in range(args.rounds):
+        for name, lm in lms.items():
+            past = lm.empty_past(1)
+            time.sleep(0.2)
+            t0, c0 = time.perf_counter(), time.process_time()
+            lm.forward(ids, pos, past)
+            w, c = time.perf_counter() - t0, (time.process_time() - c0) / args.threads
+            samples[name]["wall"].append(round(m / w, 1))
+            samples[name]["cpu"].append(round(m / c, 1))
+        loads.append(load_average())
+    res: dict = {"tokens": m, "artifacts": arts, "load_average": loads, "tok_per_s": {}}
+    for name, s in samples.items():
+        res["tok_per_s"][name] = {
+            **s,
+            "best_wall": max(s["wall"]),
+            "median_wall": statistics.median(s["wall"]),
+            "best_cpu": max(s["cpu"]),
+            "median_cpu": statistics.median(s["cpu"]),
+        }
+        print(f"{name}: prefill {m} tokens, best tok/s wall {max(s['wall'])} cpu {max(s['cpu'])}")
+    res["kernels_cpu_ms"] = {name: _profile(lm, ids, pos) for name, lm in lms.items()}
+    return res
+
+
+def _profile(lm, ids, pos, calls: int = 2) -> dict[str, float]:
+    """CPU ms per prefill of each kernel (the VM's instrument hook; process CPU time around each
+    call, both threads), the top 12; name suffixes (``w8a8_prefill2``) are distinct shapes."""
+    import collections
+
+    cpu: dict[str, float] = collections.defaultdict(float)
+    t0 = [0.0]
+
+    def hook(func, sym: str, before: bool, ret, *args) -> int:
+        if before:
+            t0[0] = time.process_time()
+        else:
+            cpu[sym] += time.process_time() - t0[0]
+        return 0
+
+    lm.vm.set_instrument(hook)
+    for _ in range(calls):
+        lm.forward(ids, pos, lm.empty_past(1))
+    lm.vm.set_instrument(None)
+    skip = set(lm.backend["functions"]) | set(lm.backend.get("layer_functions", {}))
+    ks = {k: v for k, v in cpu.items() if k not in skip and not k.startswith("vm.builtin.")}
+    top = sorted(ks.items(), key=lambda kv: -kv[1])[:12]
+    out = {k: round(1e3 * v / calls, 1) for k, v in top}
+    out["all kernels"] = round(1e3 * sum(ks.values()) / calls, 1)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", type=int, default=512)
+    ap.add_argument("--shapes", default=SHAPES, help="comma-separated KxN")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--inner", type=int, default=5, help="calls per sample (best taken)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--artifacts", default="", help="NAME=DIR,...: whole-model prefill")
+    ap.add_argument("--peak", default=str(ROOT / "bench" / "cpu_peak.json"))
+    ap.add_argument("--out", default=str(ROOT / "bench" / "cpu_prefill_gemm.json"))
+    args = ap.parse_args(argv)
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)
+    import torch
+    import tvm
+
+    from llmc.backends.cpu.pipeline import host_cpu
+    from llmc.backends.kernels import cpu as K
+    from llmc.backends.kernels import cpu_gemm as G
+    from llmc.backends.kernels import cpu_vnni as V
+
+    torch.set_num_threads(args.threads)
+    peak = json.loads(Path(args.peak).read_text())["peak"]
+    pf32 = peak["f32_per_core"] * args.threads
+    pi8 = peak["i8_per_core"] * args.threads
+    tgt = tvm.target.Target({"kind": "llvm", "mcpu": host_cpu()})
+    dev = tvm.cpu()
+    rng = np.random.default_rng(0)
+    m = args.rows
+    out: dict = {
+        "benchmark": "prefill GEMM kernels vs measured peak (symbolic rows, weights in artifact layouts)",
+        "command": "python bench/cpu_prefill_gemm.py " + " ".join(argv or sys.argv[1:]),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "llvm_mcpu": host_cpu()},
+        "llmc_commit": git("rev-parse", "HEAD").strip(),
+        "settings": {
+            "rows": m,
+            "rounds": args.rounds,
+            "inner": args.inner,
+            "threads": args.threads,
+        },
+        "peak": {"f32": pf32, "i8": pi8, "source": f"{Path(args.peak).name} (CPU time x threads)"},
+        "shapes": [],
+    }
+
+    def build(f):
+        return tvm.compile(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), target=tgt)
+
+    if args.artifacts:
+        out["whole_model"] = _whole_model(args, torch)
+    for shape in filter(None, args.shapes.split(",")):
+        k, n = (int(v) for v in shape.split("x"))
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        w = rng.standard_normal((n, k)).astype(np.float32)
+        xq = rng.integers(-127, 128, (m, k)).astype(np.int8)
+        wq = rng.integers(-127, 128, (n, k)).astype(np.int8)
+        xs = rng.random(m).astype(np.float32)
+        ws = rng.random(n).astype(np.float32)
+        codes, wsum = _vnni(wq)
+        wsp = _panel(ws[:, None])[:, 0, :]
+        t = {a: tvm.runtime.tensor(v, dev) for a, v in dict(x=x, w=_panel(w)).items()}
+        qa = [tvm.runtime.tensor(v, dev) for v in (xq, xs, codes, wsum, wsp)]
+        c = tvm.runtime.tensor(np.zeros((m, n), np.float32), dev)
+        f32_old = build(K.panel_gemm(k, n, 64, "float32", "float32", None))
+        f32_new = build(G.gemm_prefill(k, n))
+        i8_old = build(V.w8a8_vnni(k, n, None))
+        i8_new = build(G.w8a8_prefill(k, n))
+        xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+        kernels = {
+            "f32_panel": ("f32", _bind(f32_old, t["x"], t["w"], c)),
+            "f32_blocked": ("f32", _bind(f32_new, t["x"], t["w"], c)),
+            "i8_vnni_rows": ("i8", _bind(i8_old, *qa, c)),
+            "i8_prefill": ("i8", _bind(i8_new, *qa, c)),
+            "torch_f32": ("f32", _bind(torch.matmul, xt, wt.T)),
+        }
+        # correctness of each TVM kernel before timing
+        ref = x @ w.T
+        refq = (xq.astype(np.int64) @ wq.T.astype(np.int64)).astype(np.float32) * xs[:, None] * ws
+        for name, (kind, fn) in kernels.items():
+            if name.startswith("torch"):
+                continue
+            fn()
+            r = ref if kind == "f32" else refq
+            err = float(np.abs(c.numpy() - r).max() / np.abs(r).max())
+            assert err < 1e-5, (shape, name, err)
+        flops = 2.0 * m * k * n
+        samples: dict = {name: {"wall": [], "cpu": []} for name in kernels}
+        loads = []
+        for _ in range(args.rounds):
+            for name, (_, fn) in kernels.items():
+                fn()
+                bw = bc = float("inf")
+                for _ in range(args.inner):
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    fn()
+                    bw = min(bw, time.perf_counter() - t0)
+                    bc = min(bc, (time.process_time() - c0) / args.threads)
+                samples[name]["wall"].append(flops / bw / 1e9)
+                samples[name]["cpu"].append(flops / bc / 1e9)
+                time.sleep(0.2)  # let TVM's spinning workers stop before the next kernel
+            loads.append(load_average())
+        row = {"K": k, "N": n, "M": m, "load_average": loads, "kernels": {}}
+        for name, (kind, _) in kernels.items():
+            pk = (pf32 if kind == "f32" else pi8) / 1e9
+            s = samples[name]
+            row["kernels"][name] = {
+                "unit": "GFLOP/s" if kind == "f32" else "GOP/s",
+                "wall": [round(v, 1) for v in s["wall"]],
+                "cpu": [round(v, 1) for v in s["cpu"]],
+                "best_wall": round(max(s["wall"]), 1),
+                "median_wall": round(statistics.median(s["wall"]), 1),
+                "best_cpu": round(max(s["cpu"]), 1),
+                "median_cpu": round(statistics.median(s["cpu"]), 1),
+                "of_peak_best_wall": round(max(s["wall"]) / pk, 3),
+                "of_peak_best_cpu": round(max(s["cpu"]) / pk, 3),
+            }
+        out["shapes"].append(row)
+        ks = row["kernels"]
+        print(
+            f"K={k} N={n} load {loads[-1][0]:.2f}: "
+            + "  ".join(
+                f"{nm} {v['best_wall']:.0f}/{v['best_cpu']:.0f} ({v['of_peak_best_cpu']:.0%})"
+                for nm, v in ks.items()
+            ),
+            flush=True,
+        )
+    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
