@@ -10,7 +10,6 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from safetensors import safe_open
 
 from llmc.artifact import DERIVED_PARAMS_KEY, load_artifact

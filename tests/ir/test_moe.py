@@ -109,7 +109,10 @@ def _param_graph(w, k: int, normalize: bool, activation: str = "silu"):
     b = GraphBuilder("moe")
     x = b.input("x", TensorType((sym("batch"), sym("seq"), H), "f32"))
     with b.scope("model.layers.0.mlp", "ffn"):
-        r, gu, dn = (b.param(f"model.layers.0.mlp.{nm}", t) for nm, t in zip(("router", "gate_up", "down"), w))
+        r, gu, dn = (
+            b.param(f"model.layers.0.mlp.{nm}", t)
+            for nm, t in zip(("router", "gate_up", "down"), w)
+        )
         y = b.emit("moe", x, r, gu, dn, top_k=k, normalize=normalize, activation=activation)
     b.output(y)
     g = b.finish()
@@ -118,7 +121,8 @@ def _param_graph(w, k: int, normalize: bool, activation: str = "silu"):
 
 
 @pytest.mark.parametrize(
-    "k,normalize,act", [(1, True, "silu"), (2, True, "silu"), (2, False, "gelu"), (4, False, "silu")]
+    "k,normalize,act",
+    [(1, True, "silu"), (2, True, "silu"), (2, False, "gelu"), (4, False, "silu")],
 )
 def test_cpu_routed_lowering_matches_reference(k, normalize, act):
     """Expert weights that are params take the routed rule (``cpu.moe.routed``): decode (one
@@ -143,7 +147,10 @@ def test_cpu_routed_lowering_matches_reference(k, normalize, act):
 
     def weights(entry):
         was = [wargs[nm] for nm in lowered.entry_weights[entry]]
-        return [tvm.runtime.tensor(get_layout(wa.layout).transform(params[wa.param], "f32").numpy()) for wa in was]
+        return [
+            tvm.runtime.tensor(get_layout(wa.layout).transform(params[wa.param], "f32").numpy())
+            for wa in was
+        ]
 
     for entry, rows in (("decode", 1), ("prefill", 1), ("prefill", 9), ("prefill", 40)):
         x = torch.randn(1, rows, H, generator=torch.Generator().manual_seed(rows + k))

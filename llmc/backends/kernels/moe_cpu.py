@@ -92,7 +92,9 @@ def moe_route(e: int, h: int, k: int, normalize: bool, x_dtype: str, r_dtype: st
     return route.with_attr("global_symbol", f"moe_route_e{e}_h{h}_k{k}")
 
 
-def moe_gemm(e: int, k_dim: int, o_dim: int, nb: int, div: int, mb: int, s_dtype: str, w_dtype: str):
+def moe_gemm(
+    e: int, k_dim: int, o_dim: int, nb: int, div: int, mb: int, s_dtype: str, w_dtype: str
+):
     """``(src [R, K], perm [P] i32, off [E + 1] i32, w [E, ceil(O/nb), K, nb]) -> out [P, O']``
     (float32, ``O'`` = O rounded up to whole panels): pair ``q`` of expert ``x`` gets
     ``out[q] = src[q // div] @ W[x].T``. ``mb`` pairs per register block (1 for decode)."""
@@ -119,16 +121,16 @@ def moe_gemm(e: int, k_dim: int, o_dim: int, nb: int, div: int, mb: int, s_dtype
                     for t in T.serial((OFF[x + 1] - OFF[x] + mb - 1) // mb):
                         for i in T.unroll(mb):
                             rows[i] = PERM[T.min(OFF[x] + t * mb + i, OFF[x + 1] - 1)]
-                            for l in T.vectorized(nb):
-                                acc[i, l] = T.float32(0)
+                            for ln in T.vectorized(nb):
+                                acc[i, ln] = T.float32(0)
                         for kk in T.serial(k_dim):
                             for i in T.unroll(mb):
-                                for l in T.vectorized(nb):
-                                    acc[i, l] = acc[i, l] + T.Cast("float32", SRC[rows[i] // div, kk]) * T.Cast("float32", W[x, jo, kk, l])
+                                for ln in T.vectorized(nb):
+                                    acc[i, ln] = acc[i, ln] + T.Cast("float32", SRC[rows[i] // div, kk]) * T.Cast("float32", W[x, jo, kk, ln])
                         for i in T.unroll(mb):
                             if OFF[x] + t * mb + i < OFF[x + 1]:
-                                for l in T.vectorized(nb):
-                                    OUT[rows[i], jo * nb + l] = acc[i, l]
+                                for ln in T.vectorized(nb):
+                                    OUT[rows[i], jo * nb + ln] = acc[i, ln]
     # fmt: on
     name = f"moe_gemm_e{e}_k{k_dim}_o{o_dim}_d{div}_m{mb}"
     return gemm.with_attr("global_symbol", name)
