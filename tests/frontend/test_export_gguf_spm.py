@@ -175,3 +175,29 @@ def test_unigram_is_reported_not_written(tmp_path) -> None:
     assert info["tokenizer"].startswith("not written: a SentencePiece Unigram")
     fields = gguf.GGUFReader(str(tmp_path / "u.gguf")).fields
     assert fields["tokenizer.ggml.model"].contents() == "no_vocab"
+
+
+def test_bpe_merges_sentencepiece_cannot_order_are_noted(tmp_path) -> None:
+    """A byte-fallback BPE whose merges are not SentencePiece's all-splits form: ``bc`` merges
+    before ``ab``, and ``abc`` only from ``ab + c``. HF gives ``abc`` -> ``a bc``; SentencePiece
+    (llama.cpp, and llmc's import of the GGUF) merges ``a + bc`` too -> ``abc``. The file is
+    written, and the summary says how many merges differ."""
+    from tokenizers import Tokenizer, models, normalizers
+
+    from llmc.tokenizer import HFTokenizer
+
+    base = ["<unk>", *[f"<0x{b:02X}>" for b in range(256)], SP, "a", "b", "c"]
+    vocab = {t: i for i, t in enumerate([*base, "bc", "ab", "abc"])}
+    merges = [("b", "c"), ("a", "b"), ("ab", "c")]
+    tk = Tokenizer(models.BPE(vocab, merges, unk_token="<unk>", byte_fallback=True))
+    tk.normalizer = normalizers.Replace(" ", SP)
+    hf = T.PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>")
+    d = tmp_path / "hf"
+    T.LlamaForCausalLM(T.LlamaConfig(**{**RMS, "vocab_size": len(vocab)})).save_pretrained(d)
+    lm = load_model(str(d))
+    info = export_gguf(lm.graph, tmp_path / "t.gguf", tokenizer=HFTokenizer(hf), config=lm.config)
+    assert info["tokenizer"].startswith("llama SentencePiece BPE"), info["tokenizer"]
+    assert "(1 merges are not SentencePiece-ordered" in info["tokenizer"]
+    back = load_model(str(tmp_path / "t.gguf")).tokenizer
+    assert hf.encode("abc", add_special_tokens=False) == [vocab["a"], vocab["bc"]]
+    assert back.encode("abc") == [vocab["abc"]]  # what llama.cpp's SentencePiece merging gives
