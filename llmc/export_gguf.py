@@ -15,7 +15,13 @@ What is written (atomically: a temporary sibling file renamed into place):
 - the tokenizer as ``tokenizer.ggml.*`` when llama.cpp can represent it: llmc's byte tokenizer
   (``tiny``) becomes a ``gpt2`` byte-level BPE with no merges whose token ``i`` is byte ``i``; a
   Hugging Face byte-level BPE a ``gpt2`` vocabulary with its merges and the ``tokenizer.ggml.pre``
-  whose regexes it uses. Other tokenizers are not written (the summary's ``tokenizer`` says why
+  whose regexes it uses; a Llama-style SentencePiece BPE (byte fallback, spaces as U+2581 through
+  a ``Metaspace`` pre-tokenizer or Llama's ``Prepend``/``Replace`` normalizer) a ``llama``
+  vocabulary as llama.cpp's ``convert_hf_to_gguf.py`` writes one: tokens, scores (merged tokens
+  ranked by their first merge, which is what llama.cpp's SentencePiece tokenizer merges by),
+  token types (normal, byte, control, user-defined, unknown), ``add_space_prefix``,
+  ``add_bos_token``/``add_eos_token`` and the unknown/padding ids. Other tokenizers (SentencePiece
+  Unigram among them) are not written (the summary's ``tokenizer`` says why
   in one line) and the file says ``tokenizer.ggml.model = no_vocab`` (llama.cpp loads no file
   without that key; it then takes token ids only).
 
@@ -187,6 +193,11 @@ def _write_tokenizer(w: Any, tokenizer: Any, vocab: int) -> str:
             gguf.Keys.Tokenizer.MERGES, [], gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.STRING
         )
         return "gpt2 byte-level BPE, no merges (token i = byte i)"
+    spm = _sentencepiece_bpe(tokenizer, vocab)
+    if spm is not None:
+        if isinstance(spm, str):
+            return spm
+        return _write_llama_vocab(w, spm)
     meta = _byte_level_bpe(tokenizer, vocab)
     if isinstance(meta, str):
         return meta
@@ -199,6 +210,140 @@ def _write_tokenizer(w: Any, tokenizer: Any, vocab: int) -> str:
         gguf.Keys.Tokenizer.MERGES, merges, gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.STRING
     )
     return f"gpt2 byte-level BPE, {len(merges)} merges, pre {pre!r}"
+
+
+def _write_llama_vocab(w: Any, spm: dict[str, Any]) -> str:
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(spm["tokens"])
+    w.add_token_scores(spm["scores"])
+    w.add_token_types(spm["types"])
+    w.add_add_space_prefix(spm["add_space_prefix"])
+    for key, add in (("unk", w.add_unk_token_id), ("pad", w.add_pad_token_id)):
+        if spm[key] is not None:
+            add(spm[key])
+    w.add_add_bos_token(spm["add_bos"])
+    w.add_add_eos_token(spm["add_eos"])
+    note = f"llama SentencePiece BPE, {len(spm['tokens'])} tokens with scores"
+    if spm["inconsistent"]:
+        note += (
+            f" ({spm['inconsistent']} merges are not SentencePiece-ordered: llama.cpp may "
+            f"split some words differently)"
+        )
+    return note
+
+
+def _spm_prefix(data: dict[str, Any]) -> bool | str:
+    """Whether a SentencePiece-style tokenizer prepends U+2581 to the text (llama.cpp's
+    ``add_space_prefix``), from its normalizer (Llama's legacy ``Prepend`` + ``Replace``) or its
+    ``Metaspace`` pre-tokenizer; a one-line reason when llama.cpp cannot reproduce it."""
+    from llmc.frontends.gguf_tokenizer import SPACE
+
+    norm = data.get("normalizer") or {}
+    steps = norm.get("normalizers", []) if norm.get("type") == "Sequence" else [norm] * bool(norm)
+    prefix = False
+    for st in steps:
+        if st.get("type") == "Prepend" and st.get("prepend") == SPACE:
+            prefix = True
+        elif not (
+            st.get("type") == "Replace"
+            and (st.get("pattern") or {}).get("String") == " "
+            and st.get("content") == SPACE
+        ):
+            return f"not written: normalizer step {st.get('type')} has no llama.cpp equivalent"
+    pre = data.get("pre_tokenizer") or {}
+    if pre:
+        if pre.get("type") != "Metaspace" or pre.get("replacement") != SPACE:
+            return f"not written: pre-tokenizer {pre.get('type')} before a SentencePiece BPE"
+        scheme = pre.get(
+            "prepend_scheme", "always" if pre.get("add_prefix_space", True) else "never"
+        )
+        prefix = prefix or scheme != "never"
+    return prefix
+
+
+def _sentencepiece_bpe(tokenizer: Any, vocab: int) -> dict[str, Any] | str | None:
+    """A Llama-style (SentencePiece) BPE -- byte fallback, spaces as U+2581 -- as GGUF ``llama``
+    metadata, the way llama.cpp's converter writes one: tokens, scores, token types, special ids,
+    ``add_space_prefix`` and ``add_bos``/``add_eos``. Scores rank merged tokens by their first
+    merge (llama.cpp's SentencePiece tokenizer merges the pair whose result scores highest, as
+    :func:`llmc.frontends.gguf_tokenizer.spm_merges` rebuilds the merges on import). None when the
+    tokenizer is not of this kind; a one-line reason when llama.cpp cannot hold it."""
+    import json
+
+    from llmc.frontends.gguf_tokenizer import (
+        BYTE,
+        CONTROL,
+        NORMAL,
+        UNKNOWN,
+        USER_DEFINED,
+        spm_merges,
+    )
+
+    backend = getattr(getattr(tokenizer, "hf", None), "backend_tokenizer", None)
+    if backend is None:
+        return None
+    data = json.loads(backend.to_str())
+    model = data.get("model") or {}
+    if model.get("type") == "Unigram":
+        return (
+            "not written: a SentencePiece Unigram tokenizer (llama.cpp's 't5' vocabulary, which "
+            "llmc does not write)"
+        )
+    if model.get("type") != "BPE" or not model.get("byte_fallback"):
+        return None
+    prefix = _spm_prefix(data)
+    if isinstance(prefix, str):
+        return prefix
+    by_id: dict[int, str] = {int(i): t for t, i in model["vocab"].items()}
+    added = {int(t["id"]): t for t in data.get("added_tokens") or []}
+    for i, t in added.items():
+        by_id[i] = t["content"]
+    if sorted(by_id) != list(range(vocab)):
+        return f"not written: the tokenizer's ids are not 0..{vocab - 1} (the model's vocabulary)"
+    tokens = [by_id[i] for i in range(vocab)]
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    ids = model["vocab"]
+    first = {}
+    for r, (a, b) in enumerate(merges):
+        first.setdefault(a + b, r)
+    unk_tok = model.get("unk_token")
+    unk = ids.get(unk_tok) if unk_tok is not None else None
+    scores, types = [], []
+    for i, t in enumerate(tokens):
+        # merged tokens by merge rank; the rest (characters, bytes, specials) below all of them
+        scores.append(-float(first[t]) if t in first else -float(len(merges) + i))
+        if i == unk:
+            types.append(UNKNOWN)
+        elif i in added:
+            types.append(CONTROL if added[i].get("special") else USER_DEFINED)
+        elif len(t) == 6 and t.startswith("<0x") and t.endswith(">"):
+            types.append(BYTE)
+        else:
+            types.append(NORMAL)
+    rebuilt = set(spm_merges(tokens, scores, types))
+    inconsistent = len(rebuilt.symmetric_difference(merges))
+    post = json.dumps(data.get("post_processor") or {})
+    hf = tokenizer.hf
+    bos, eos = hf.bos_token_id, hf.eos_token_id
+    single = (data.get("post_processor") or {}).get("single") or []
+    firsts = [x.get("SpecialToken", {}).get("id") for x in single[:1]]
+    lasts = [x.get("SpecialToken", {}).get("id") for x in single[-1:]]
+    add_bos = hf.bos_token is not None and hf.bos_token in firsts and "TemplateProcessing" in post
+    add_eos = hf.eos_token is not None and hf.eos_token in lasts and "TemplateProcessing" in post
+    return {
+        "tokens": tokens,
+        "scores": scores,
+        "types": types,
+        "add_space_prefix": prefix,
+        "unk": unk,
+        "pad": hf.pad_token_id,
+        "bos": bos,
+        "eos": eos,
+        "add_bos": bool(add_bos),
+        "add_eos": bool(add_eos),
+        "inconsistent": inconsistent,
+    }
 
 
 def _byte_level_bpe(tokenizer: Any, vocab: int) -> tuple[list, list, list, str] | str:
@@ -443,7 +588,7 @@ def export_gguf(
             if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < vocab:
                 add(v)
         tok_note = _write_tokenizer(w, tokenizer, vocab)
-        if not tok_note.startswith("gpt2"):  # llama.cpp loads no file without the key
+        if not tok_note.startswith(("gpt2", "llama")):  # llama.cpp needs the key
             w.add_tokenizer_model("no_vocab")
         for gname, arr, qtype in tensors:
             w.add_tensor(gname, arr, raw_dtype=qtype)

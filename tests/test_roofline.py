@@ -341,3 +341,19 @@ def test_kernel_class_ignores_a_dense_tied_head() -> None:
         if len(p.type.shape) == 2 and p is not big and "wte" not in p.name and "wpe" not in p.name:
             p.format = fmt
     assert kernel_class(g) == "int4 weight-only"
+
+
+def test_moe_decode_reads_top_k_experts() -> None:
+    """Mixtral-8x7B: a decode token reads the router and 2 of the 8 experts' weights per layer
+    (the routed CPU kernels' traffic), both in ``bytes`` and in ``weight_bytes``; a 128-token
+    prefill touches every expert."""
+    g = zoo.build("mixtral-8x7b")
+    rep = analyze(g, a100(), Scenario(prompt=128, decode=1))
+    moe = [n for n in g.nodes if n.op == "moe"]
+    root = g.root()
+    router, gate_up, down = (root.param_of(v).storage_bytes() for v in moe[0].inputs[1:])
+    for stage, frac in (("decode", 2 / 8), ("prefill", 1.0)):
+        (row,) = [r for r in rep.groups(stage) if r.group == "moe"]  # summed over the layers
+        assert row.ops == len(moe) == 32
+        assert row.weight_bytes == pytest.approx(32 * (router + frac * (gate_up + down)))
+        assert row.bytes_read >= row.weight_bytes

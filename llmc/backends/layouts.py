@@ -15,6 +15,8 @@ Layouts (``key`` is the suffix of the weight's argument name):
 - ``panel{NB}``: ``[ceil(out/NB), in, NB]``, output rows interleaved in panels of NB so that a CPU
   kernel's inner loop loads NB consecutive outputs' weights for one input element (vector FMA,
   no horizontal reduction). The tail panel is zero-padded.
+- ``moe.panel{NB}``: a stack of expert weights ``[E, out, in]`` as ``[E, ceil(out/NB), in, NB]``
+  (each expert in ``panel{NB}`` form; the CPU's routed ``moe`` kernels).
 - ``q4.codes``/``q4.scale``/``q4.zero``: 4-bit codes packed two per byte along ``in``
   (``[out, in/2]`` uint8, low nibble first) stored as ``code - qmin``, per-group scales
   ``[out, in/group]`` and, for asymmetric quantization, per-group offsets ``zero - qmin`` (float),
@@ -112,6 +114,8 @@ def register_layout(layout: Layout) -> Layout:
 def get_layout(name: str) -> Layout:
     if name.startswith("panel") and name not in _LAYOUTS:
         register_layout(_panel_layout(int(name[5:])))
+    if name.startswith("moe.panel") and name[9:].isdigit() and name not in _LAYOUTS:
+        register_layout(_expert_panel_layout(int(name[9:])))
     try:
         return _LAYOUTS[name]
     except KeyError:
@@ -162,6 +166,29 @@ def _panel_layout(nb: int) -> Layout:
         return _meta_or(p, shape(p, dt), dt, f)
 
     return Layout(f"panel{nb}", shape, lambda p, dt: dt, transform)
+
+
+def _expert_panel_layout(nb: int) -> Layout:
+    """``moe.panel{nb}``: a stack of expert weights ``[E, out, in]`` as ``[E, ceil(out/nb), in,
+    nb]``, each expert in ``panel{nb}`` form (the CPU's routed ``moe`` kernels,
+    :mod:`llmc.backends.kernels.moe_cpu`)."""
+
+    def shape(p: Param, dt: str) -> tuple[int, ...]:
+        e, n, k = _shape(p)
+        return (e, panel_count(n, nb), k, nb)
+
+    def transform(p: Param, dt: str) -> torch.Tensor:
+        def f() -> torch.Tensor:
+            w = p.value().to(to_torch_dtype(dt))
+            e, n, k = w.shape
+            pad = panel_count(n, nb) * nb - n
+            if pad:
+                w = torch.cat([w, w.new_zeros(e, pad, k)], dim=1)
+            return w.reshape(e, -1, nb, k).permute(0, 1, 3, 2)
+
+        return _meta_or(p, shape(p, dt), dt, f)
+
+    return Layout(f"moe.panel{nb}", shape, lambda p, dt: dt, transform)
 
 
 # -- 4-bit group quantization ---------------------------------------------------------------------
@@ -417,6 +444,9 @@ def invert_layout(name: str, t: torch.Tensor, p: Param) -> tuple[str, torch.Tens
     ``panel{NB}.{base}``) are untiled first. The result is not checked against ``p``; the
     compiler keeps a param out of params.safetensors only when it is bit-identical."""
     base = name
+    if name.startswith("moe.panel") and t.dim() == 4:  # [E, P, K, NB] -> [E, out, K]
+        n = int(p.type.shape[1])
+        return "value", t.permute(0, 1, 3, 2).reshape(t.shape[0], -1, t.shape[2])[:, :n]
     if name.startswith("vnni"):
         head, _, rest = name.partition(".")
         return _inv_vnni(rest, int(head[4:]), t, p) if head[4:].isdigit() else None

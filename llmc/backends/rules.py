@@ -26,6 +26,7 @@ from tvm import relax, tirx
 from llmc.backends.kernels import te_ops
 from llmc.backends.layouts import tvm_dtype
 from llmc.backends.lower import KVCacheRef, LowerCtx
+from llmc.backends.rules_moe import moe_routed, routed_ok
 from llmc.backends.rules_prune import PRUNE_RULES
 from llmc.errors import IRError
 from llmc.ir.graph import Node
@@ -602,8 +603,9 @@ def _moe(ctx: LowerCtx, n: Node) -> relax.Expr:
     """``moe`` dense over experts, in float32: the router's top-k weights scattered into an
     ``[N, E]`` matrix (zero for experts a row did not choose), every expert's gated FFN run as
     one batched matmul pair over all rows (``[E, N, 2I]``, ``[E, N, H]``), and the weighted sum
-    over experts. Exact for the op's semantics; it spends ``E / top_k`` times the routed work
-    (a routed kernel that gathers each expert's rows is the next step)."""
+    over experts. Exact for the op's semantics; it spends ``E / top_k`` times the routed work.
+    The CPU runs the routed kernels instead (``cpu.moe.routed``, rules_moe.py); GPUs and
+    expert weights that are graph inputs rather than params keep this rule."""
     x, router, gate_up, down = ctx.args(n)
     a = n.attrs
     e, h = (int(d) for d in n.inputs[1].type.shape)
@@ -683,6 +685,8 @@ COMMON_RULES: list[Rule] = (
         _r("linear.nm", "linear", _linear_nm, when=fmt_is(is_nm)),
         _r("linear.dense", "linear", _linear_dense, when=lambda c, n: _dense_or_value(c, n)),
         _r("qlinear_a8", "qlinear_a8", _qlinear_a8),
+        # routed on the CPU (rules_moe.py); dense over experts elsewhere
+        _r("cpu.moe.routed", "moe", moe_routed, kinds=("cpu",), when=routed_ok),
         _r("moe.dense", "moe", _moe),
         # token pruning (rules_prune.py): scores, the keep mask, the gathers with a fresh length
         *[_r(op, op, fn) for op, fn in PRUNE_RULES],

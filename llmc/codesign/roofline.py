@@ -413,6 +413,13 @@ class _Walker:
                     b *= act
             in_bytes.append(b)
         c = od.cost(ins, out, n.attrs, in_bytes)
+        if n.op == "moe":
+            # routed experts: the cost reads only the experts a call touches (top_k of E at
+            # decode; llmc/ir/ops_moe.py), so the weights read are its bytes less the activations
+            acts = sum(
+                b for v, b in zip(n.inputs, in_bytes, strict=True) if self.root.param_of(v) is None
+            )
+            w_bytes = min(w_bytes, max(c.bytes_read - acts, 0.0))
         written = c.bytes_written
         if n.op == "concat" and any(id(v) in self.kv_values for v in n.inputs):
             # appending to the cache: every backend writes the new rows in place (the IR's concat

@@ -22,6 +22,7 @@ Conventions the handlers follow:
 
 from __future__ import annotations
 
+import hashlib
 import re
 import warnings
 from collections.abc import Callable, Mapping
@@ -100,6 +101,7 @@ class Converter:
         self.scope = ""
         self.tied: dict[str, str] = {}
         self.folded_values: dict[torch.fx.Node, Value] = {}
+        self.folded_by_bytes: dict[tuple[str, tuple[int, ...], str], _ParamSource] = {}
 
     # -- naming -----------------------------------------------------------------------------
     def strip(self, path: str) -> str:
@@ -248,8 +250,16 @@ class Converter:
         if t.dim() == 0:
             return self.const(t.item(), from_torch_dtype(t.dtype))
         if n not in self.folded_values:
-            name = f"folded.{n.name}"
-            self.folded_values[n] = self.param_value(_ParamSource(name, t.contiguous().clone()))
+            # identical folded tensors (a stock LlamaModel's rotary cos/sin, recomputed in every
+            # layer) become one param, found by a hash of their bytes and confirmed equal
+            t = t.contiguous()
+            raw = t.reshape(-1).view(torch.uint8) if t.dtype != torch.bool else t.to(torch.uint8)
+            key = (str(t.dtype), tuple(t.shape), hashlib.sha256(raw.numpy().tobytes()).hexdigest())
+            src = self.folded_by_bytes.get(key)
+            if src is None or not torch.equal(src.tensor, t):
+                src = _ParamSource(f"folded.{n.name}", t.clone())
+                self.folded_by_bytes[key] = src
+            self.folded_values[n] = self.param_value(src)
         return self.folded_values[n]
 
     def folded(self, a: Any) -> torch.Tensor | None:

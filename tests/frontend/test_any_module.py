@@ -248,3 +248,25 @@ def test_cuda_build(factory_file, tmp_path, family):
         with pytest.raises(llmc.errors.LlmcError, match="cuda") as e:
             llmc.load(str(out))
         assert "\n" not in str(e.value)
+
+
+def test_llama_folded_rotary_tables_are_stored_once(factory_file, tmp_path):
+    """A stock LlamaModel recomputes its rotary cos/sin in every layer; constant folding finds
+    the copies identical (by a hash of their bytes) and keeps one param each: 2 folded tensors
+    for the 2-layer model, not 4, and the artifact still equals transformers."""
+    from safetensors import safe_open
+
+    from llmc.frontends import load_model
+
+    g = load_model(f"{factory_file}:llama").graph
+    folded = {k: p for k, p in g.params.items() if k.startswith("folded.")}
+    assert len(folded) == 2, sorted(folded)  # cos and sin, shared by both layers
+    uses = [n for n in g.nodes if n.op == "param" and n.attrs.name in folded]
+    assert len(uses) >= 4  # each layer still reads them (one param node per scope)
+    out = tmp_path / "llama-ref"
+    assert main(["compile", f"{factory_file}:llama", "-o", str(out), "--target", "ref"]) == 0
+    with safe_open(str(out / "params.safetensors"), framework="pt") as st:
+        stored = sorted({k.split("::")[0] for k in st.keys() if k.startswith("folded.")})
+    assert stored == sorted(folded)
+    example, want = _reference(factory_file, "llama")
+    torch.testing.assert_close(llmc.load(str(out))(*example), want[0], rtol=1e-4, atol=1e-5)
