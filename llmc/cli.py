@@ -557,14 +557,24 @@ def cmd_export(a: argparse.Namespace) -> int:
 
         require_library()  # before loading the model
     loaded = load(a.model, allow_pickle=a.allow_pickle)
-    if loaded.artifact is not None and not loaded.graph.pipeline:
-        # the passes an artifact was compiled with are in its manifest
-        loaded.graph.pipeline = str(loaded.artifact.manifest.get("pipeline", "") or "")
+    recipe: dict[str, Any] | None = None
+    if loaded.artifact is not None:
+        m = loaded.artifact.manifest
+        if not loaded.graph.pipeline:  # the passes an artifact was compiled with
+            loaded.graph.pipeline = str(m.get("pipeline", "") or "")
+        if isinstance(m.get("recipe"), dict):  # compiled with a recipe: its record travels on
+            recipe = dict(m["recipe"])
+    prior = loaded.graph.pipeline
     if a.format == "compressed-tensors":
         from llmc.export_ct import refuse_unrepresentable
 
-        # before running passes that the checkpoint could not hold
-        refuse_unrepresentable(loaded.graph, f"{loaded.graph.pipeline},{a.passes or ''}")
+        # before running passes that the checkpoint could not hold (a recipe's too)
+        todo = a.passes or ""
+        if a.recipe:
+            from llmc.passes.spec import format_spec, load_recipe
+
+            todo = format_spec(load_recipe(a.recipe).passes)
+        refuse_unrepresentable(loaded.graph, f"{loaded.graph.pipeline},{todo}")
     report = run_passes(
         loaded.graph,
         a.passes,
@@ -573,6 +583,13 @@ def cmd_export(a: argparse.Namespace) -> int:
         options=pass_options(a),
         tokenizer=loaded.tokenizer,
     )
+    # the pipeline recorded: as given (a recipe as recipe:FILE, with its file, hash and text)
+    recorded: str | None = None
+    if a.recipe:
+        from llmc.compile import recipe_record
+
+        recipe = recipe_record(a.recipe)
+        recorded = ",".join(x for x in (prior, f"recipe:{a.recipe}") if x)
     if a.format == "gguf":
         from llmc.export_gguf import export_gguf
 
@@ -583,16 +600,28 @@ def cmd_export(a: argparse.Namespace) -> int:
             tokenizer=loaded.tokenizer,
             config=loaded.config or None,
             exact=a.gguf_exact,
+            pipeline=recorded,
+            recipe=recipe,
         )
     elif a.format == "compressed-tensors":
         from llmc.export_ct import export_compressed_tensors
 
         info = export_compressed_tensors(
-            loaded.graph, Path(a.out), tokenizer=loaded.tokenizer, config=loaded.config or None
+            loaded.graph,
+            Path(a.out),
+            tokenizer=loaded.tokenizer,
+            config=loaded.config or None,
+            pipeline=recorded,
+            recipe=recipe,
         )
     else:
         info = export_hf(
-            loaded.graph, Path(a.out), tokenizer=loaded.tokenizer, config=loaded.config or None
+            loaded.graph,
+            Path(a.out),
+            tokenizer=loaded.tokenizer,
+            config=loaded.config or None,
+            pipeline=recorded,
+            recipe=recipe,
         )
     if a.json:
         emit_json({"out": a.out, "passes": report, **(info or {})})

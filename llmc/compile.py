@@ -358,6 +358,7 @@ def _compile_loaded(
                     "target": tgt.name,
                     "target_kind": tgt.kind,
                     "pipeline": report["pipeline"],
+                    **_passes_entry(pass_report),
                     **_recipe_entry(recipe),
                     **_overrides_entry(overrides, spec),
                     "tokenizer": tok_entry,
@@ -378,6 +379,18 @@ def _target_overrides(options: dict[str, Any] | None) -> dict[str, Any]:
     if options.get("set"):
         out["set"] = [str(s) for s in options["set"]]
     return out
+
+
+def _passes_entry(pass_report: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each pass that ran with every option it ran with (defaults included), in order."""
+    if not pass_report:
+        return {}
+    rows = [
+        {"pass": str(r.get("pass", "?")), "options": r.get("options", {})}
+        for r in pass_report
+        if isinstance(r, dict)
+    ]
+    return {"passes": json.loads(json.dumps(rows, default=str))}
 
 
 def _overrides_entry(overrides: dict[str, Any], spec: Any) -> dict[str, Any]:
