@@ -51,6 +51,10 @@ def progress_enabled() -> bool:
         return True
     if os.environ.get("LLMC_NO_PROGRESS"):
         return False
+    return _isatty()
+
+
+def _isatty() -> bool:
     try:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):  # a replaced or closed stderr
@@ -178,6 +182,7 @@ class _Bar(_NullBar):
             _clear()
             _bars += 1
         label = " > ".join([*(d for d, _ in _stack), desc]) if _stack else desc
+        tty = _isatty()
         self._bar = tqdm(
             total=total,
             desc=label,
@@ -185,7 +190,8 @@ class _Bar(_NullBar):
             leave=False,
             unit=unit,
             unit_scale=scale,
-            dynamic_ncols=True,
+            dynamic_ncols=tty,
+            ncols=None if tty else 100,  # forced on (LLMC_PROGRESS=1) into a pipe or a file
         )
         self._open = True
 

@@ -190,7 +190,16 @@ def inspect_loaded(loaded: Any) -> dict[str, Any]:
 
 
 def _opts(options: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in options.items())
+    """``key=value, ...`` in the pass-spec spelling (lists as ``a|b``; unset options left out)."""
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (list, tuple)):
+            return "|".join(str(x) for x in v)
+        return str(v)
+
+    return ", ".join(f"{k}={fmt(v)}" for k, v in options.items() if v is not None)
 
 
 def render(info: dict[str, Any]) -> str:

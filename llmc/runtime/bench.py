@@ -38,6 +38,8 @@ class BenchResult:
     decode_s: float
     steps: int
     kv_after_prefill: list[int] = field(default_factory=list)
+    #: the tokens each sequence generated (greedy)
+    tokens: list[list[int]] = field(default_factory=list)
 
     @property
     def prefill_tokens_per_s(self) -> float:
@@ -92,7 +94,7 @@ def run_batch(lm: LanguageModel, prompts: list[list[int]], new_tokens: int) -> B
         r = generate(lm, prompts[0], new_tokens)
         return BenchResult(
             1, r.prompt_tokens, r.new_tokens, r.prefill_s, r.decode_s, len(r.step_s),
-            list(r.kv_after_prefill),
+            list(r.kv_after_prefill), [list(r.tokens)],
         )  # fmt: skip
     saved = lm.decode_start
     lm.decode_start = n
@@ -104,6 +106,7 @@ def run_batch(lm: LanguageModel, prompts: list[list[int]], new_tokens: int) -> B
         prefill_s = time.perf_counter() - t0
         kept = kv_lengths(past)
         nxt = torch.argmax(logits[:, -1].to(torch.float32), dim=-1)
+        out = [nxt]
         decode_s, steps = 0.0, 0
         for i in range(new_tokens - 1):
             t = time.perf_counter()
@@ -113,9 +116,11 @@ def run_batch(lm: LanguageModel, prompts: list[list[int]], new_tokens: int) -> B
             decode_s += time.perf_counter() - t
             steps += 1
             nxt = torch.argmax(logits[:, -1].to(torch.float32), dim=-1)
+            out.append(nxt)
     finally:
         lm.decode_start = saved
-    return BenchResult(b, n, new_tokens, prefill_s, decode_s, steps, kept)
+    tokens = torch.stack(out, dim=1).tolist()
+    return BenchResult(b, n, new_tokens, prefill_s, decode_s, steps, kept, tokens)
 
 
 def bench(
