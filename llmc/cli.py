@@ -1,8 +1,9 @@
 """``llmc``: the command-line interface.
 
 Every user error ends in one line on stderr (``llmc: error: ...``) and a non-zero exit status, with
-no traceback; ``--json`` prints exactly one JSON object on stdout. Progress bars go to stderr and
-only when stderr is a terminal.
+no traceback; ``--json`` prints exactly one JSON object on stdout. Progress (stage lines with the
+elapsed time, bars) goes to stderr, only when stderr is a terminal or ``LLMC_PROGRESS=1``, and
+never under ``--json`` (:mod:`llmc.console`).
 """
 
 from __future__ import annotations
@@ -327,16 +328,15 @@ def cmd_eval(a: argparse.Namespace) -> int:
             "--prompt-len 0: a token-pruning model has no logits for the tokens it prunes; "
             "score a continuation (--prompt-len N, N < --window)"
         )
-    bar = progress(int(windows.shape[0]), "eval")
-    q = evaluate(
-        lm,
-        windows,
-        reference=reference,
-        batch_size=a.batch_size,
-        progress=bar.update,
-        prompt=prompt,
-    )
-    bar.close()
+    with progress(int(windows.shape[0]), f"eval ({window}-token windows)") as bar:
+        q = evaluate(
+            lm,
+            windows,
+            reference=reference,
+            batch_size=a.batch_size,
+            progress=bar.update,
+            prompt=prompt,
+        )
     vocab = int(loaded.graph.meta.get("vocab_size", 0))
     out = {
         "model": loaded.name,

@@ -100,9 +100,8 @@ def study_command(a: argparse.Namespace) -> int:
     )
     n = len(study.points())
     status(f"study: {n} points ({len(study.grid)} settings) on {a.target} ...")
-    bar = progress(n, "points")
-    res = run_study(study, a.out, progress=bar.update)
-    bar.close()
+    with progress(n, "points") as bar:
+        res = run_study(study, a.out, progress=bar.update)
     feasible = sum(1 for r in res.rows if r["feasible"])
     if a.json:
         emit_json(
