@@ -252,7 +252,9 @@ def render(info: dict[str, Any]) -> str:
             lines.append("  target spec " + _opts(art["target_spec"]))
         lines.append(f"  built {art['created']}")
         lines.append("  versions " + ", ".join(f"{k} {v}" for k, v in art["versions"].items()))
-        lines.append(f"  {art['bytes']:>12,}  {'sha256':16s}  {len(art['files'])} files")
+        lines.append(
+            f"  {art['bytes']:>12,}  bytes in {len(art['files'])} files (size, sha256, path):"
+        )
         for f in art["files"]:
             lines.append(f"  {f['bytes']:>12,}  {f['sha256'][:16]}  {f['path']}")
     return "\n".join(lines)
