@@ -1,8 +1,9 @@
 """``llmc``: the command-line interface.
 
 Every user error ends in one line on stderr (``llmc: error: ...``) and a non-zero exit status, with
-no traceback; ``--json`` prints exactly one JSON object on stdout. Progress bars go to stderr and
-only when stderr is a terminal.
+no traceback; ``--json`` prints exactly one JSON object on stdout. Progress (stage lines with the
+elapsed time, bars) goes to stderr, only when stderr is a terminal or ``LLMC_PROGRESS=1``, and
+never under ``--json`` (:mod:`llmc.console`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import llmc
-from llmc.console import emit_json, pass_options, progress, status
+from llmc.console import emit_json, pass_options, progress, set_quiet, stage
 from llmc.errors import LlmcError
 
 # ----------------------------------------------------------------------------------------------
@@ -32,22 +33,22 @@ def cmd_compile(a: argparse.Namespace) -> int:
     if a.out is None and not a.dry_run:
         a.out = str(Path("out") / _safe_name(a.model))
     t0 = time.perf_counter()
-    status(f"compiling {a.model} for {a.target} ...")
-    res = compile_model(
-        a.model,
-        target=a.target,
-        dtype=a.dtype,
-        passes=a.passes,
-        recipe=a.recipe,
-        out=None if a.dry_run else a.out,
-        dump_ir=a.dump_ir,
-        dry_run=a.dry_run,
-        allow_pickle=a.allow_pickle,
-        pass_options=pass_options(a),
-        analysis_env={"batch": 1, "seq": a.seq, "past": a.past},
-        target_options={"arch": a.arch, "set": a.set} if (a.arch or a.set) else None,
-        random_weights=a.random_weights,
-    )
+    with stage(f"compile {a.model} for {a.target}"):
+        res = compile_model(
+            a.model,
+            target=a.target,
+            dtype=a.dtype,
+            passes=a.passes,
+            recipe=a.recipe,
+            out=None if a.dry_run else a.out,
+            dump_ir=a.dump_ir,
+            dry_run=a.dry_run,
+            allow_pickle=a.allow_pickle,
+            pass_options=pass_options(a),
+            analysis_env={"batch": a.batch, "seq": a.seq, "past": a.past},
+            target_options={"arch": a.arch, "set": a.set} if (a.arch or a.set) else None,
+            random_weights=a.random_weights,
+        )
     r = res.report
     if a.json:
         emit_json({"out": str(res.out) if res.out else None, **r})
@@ -70,21 +71,40 @@ def cmd_compile(a: argparse.Namespace) -> int:
                 )
                 print(f"  - {name}: {summ}")
     env = r["analysis"]["env"]
-    print(
-        f"cost       {an['flops'] / 1e9:.3f} GFLOP, {an['bytes_read'] / 1e6:.1f} MB read per call "
-        f"(batch={env['batch']}, seq={env['seq']}, past={env['past']})"
-    )
+    if r.get("lm", True):
+        print(
+            f"cost       {an['flops'] / 1e9:.3f} GFLOP, {an['bytes_read'] / 1e6:.1f} MB read per "
+            f"call (batch={env['batch']}, seq={env['seq']}, past={env['past']})"
+        )
+    else:  # a module (file.py:factory): its own input shapes, no tokens or KV cache
+        ops = {k: v for k, v in r.get("ops", {}).items() if k != "param"}
+        print(
+            f"graph      {sum(ops.values())} ops: " + ", ".join(f"{k} {v}" for k, v in ops.items())
+        )
+        print(
+            f"cost       {_flops(an['flops'])}, {an['bytes_read'] / 1e6:.3f} MB read per call "
+            f"(inputs {', '.join(r.get('inputs', []))})"
+        )
     if "roofline" in r:
         rf = r["roofline"]
+        per = (
+            "per call"
+            if not r.get("lm", True)
+            else f"per call, <= {rf['max_tokens_per_s']:.4g} tokens/s"
+        )
         print(
-            f"roofline   >= {rf['min_ms_per_call']:.3f} ms per call, <= "
-            f"{rf['max_tokens_per_s']:.4g} tokens/s on {res.target.name} ({rf['bound']}-bound, "
-            f"{rf['arithmetic_intensity']:.2f} FLOP/byte vs ridge {rf['ridge_point']:.0f})"
+            f"roofline   >= {rf['min_ms_per_call']:.3f} ms {per} on {res.target.name} "
+            f"({rf['bound']}-bound, {rf['arithmetic_intensity']:.2f} FLOP/byte vs ridge "
+            f"{rf['ridge_point']:.0f})"
         )
     print(f"peak RSS   {r['peak_rss_mb']:.0f} MB; {time.perf_counter() - t0:.2f} s")
     if res.out is not None:
         print(f"artifact   {res.out}")
     return 0
+
+
+def _flops(f: float) -> str:
+    return f"{f / 1e9:.3f} GFLOP" if f >= 1e8 else f"{f / 1e6:.3f} MFLOP"
 
 
 def _safe_name(model: str) -> str:
@@ -308,16 +328,15 @@ def cmd_eval(a: argparse.Namespace) -> int:
             "--prompt-len 0: a token-pruning model has no logits for the tokens it prunes; "
             "score a continuation (--prompt-len N, N < --window)"
         )
-    bar = progress(int(windows.shape[0]), "eval")
-    q = evaluate(
-        lm,
-        windows,
-        reference=reference,
-        batch_size=a.batch_size,
-        progress=bar.update,
-        prompt=prompt,
-    )
-    bar.close()
+    with progress(int(windows.shape[0]), f"eval ({window}-token windows)") as bar:
+        q = evaluate(
+            lm,
+            windows,
+            reference=reference,
+            batch_size=a.batch_size,
+            progress=bar.update,
+            prompt=prompt,
+        )
     vocab = int(loaded.graph.meta.get("vocab_size", 0))
     out = {
         "model": loaded.name,
@@ -367,29 +386,33 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 def cmd_bench(a: argparse.Namespace) -> int:
     from llmc.compile import load, runner_for
-    from llmc.runtime.lm import generate
+    from llmc.runtime.bench import bench, check_batch
 
     loaded = load(a.model, allow_pickle=a.allow_pickle, dtype=a.dtype)
     lm = runner_for(loaded, random_weights=a.random_weights)
-    prompt = [(i * 7 + 3) % min(lm.vocab_size, 256) for i in range(a.prompt_len)]
-    generate(lm, prompt[: min(8, len(prompt))], 2)  # warm-up (lazy init, kernel loading)
-    best = None
-    for _ in range(a.repeat):
-        lm.reset_skip_stats()  # greedy on a fixed prompt: every repeat skips alike
-        r = generate(lm, prompt, a.new_tokens)
-        if best is None or r.decode_s < best.decode_s:
-            best = r
-    assert best is not None
-    steps = max(len(best.step_s), 1)
+    check_batch(lm, a.batch, loaded.source)
+    rounds = progress(a.repeat, f"bench (batch {a.batch}, {a.new_tokens} new tokens)")
+    with rounds:
+        best = bench(
+            lm,
+            batch=a.batch,
+            prompt_len=a.prompt_len,
+            new_tokens=a.new_tokens,
+            repeat=a.repeat,
+            on_round=rounds.update,
+        )
     out = {
         "model": loaded.name,
         "target": loaded.artifact.target if loaded.artifact else "ref",
         "device": getattr(lm, "device", "cpu"),
+        "dtype": str(loaded.graph.meta.get("dtype", "f32")),
+        "batch": best.batch,
         "prompt_tokens": best.prompt_tokens,
         "new_tokens": best.new_tokens,
         "prefill_tokens_per_s": best.prefill_tokens_per_s,
         "decode_tokens_per_s": best.decode_tokens_per_s,
-        "decode_ms_per_token": 1000.0 * best.decode_s / steps,
+        "decode_tokens_per_s_total": best.decode_tokens_per_s_total,
+        "decode_ms_per_token": best.decode_ms_per_step,
         "repeat": a.repeat,
         "random_weights": bool(a.random_weights),
         **_skip_fields(lm),
@@ -401,12 +424,52 @@ def cmd_bench(a: argparse.Namespace) -> int:
                 loaded.graph, best.prompt_tokens, best.prefill_token_fraction, best.kv_after_prefill
             )
         )
+    bound = _bench_roofline(loaded, best)
+    if bound is not None:
+        out["roofline"] = bound
     if a.json:
         emit_json(out)
     else:
         for k, v in out.items():
-            print(f"{k:22s} {v:.3f}" if isinstance(v, float) else f"{k:22s} {v}")
+            if isinstance(v, dict):
+                v = ", ".join(f"{kk} {_fmt(vv)}" for kk, vv in v.items())
+            print(f"{k:26s} {_fmt(v)}")
     return 0
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _bench_roofline(loaded: Any, best: Any) -> dict[str, Any] | None:
+    """The roofline bound of the request ``llmc bench`` measured (batch, prompt, new tokens) on
+    the artifact's target spec (this machine's measured spec for ``cpu``), beside the measured
+    rates; None for the interpreter (no spec) and non-LM graphs."""
+    if loaded.artifact is None:
+        return None
+    from llmc.codesign.roofline import Scenario, analyze
+    from llmc.targets import get_target, resolve_spec
+
+    try:
+        spec = resolve_spec(get_target(loaded.artifact.target))
+    except LlmcError:
+        return None
+    if spec is None:
+        return None
+    sc = Scenario(batch=best.batch, prompt=best.prompt_tokens, decode=best.new_tokens)
+    t = analyze(loaded.graph, spec, sc).totals
+    dec_ms = t["decode"]["time_ms"]
+    max_total = 1e3 * best.batch / dec_ms if dec_ms else math.inf
+    return {
+        "batch": best.batch,
+        "prefill_ms_min": t["prefill"]["time_ms"],
+        "decode_ms_per_step_min": dec_ms,
+        "decode_tokens_per_s_total_max": max_total,
+        "decode_fraction_of_bound": best.decode_tokens_per_s_total / max_total
+        if max_total and math.isfinite(max_total)
+        else None,
+        "spec_source": getattr(spec, "source", ""),
+    }
 
 
 def cmd_inspect(a: argparse.Namespace) -> int:
@@ -494,14 +557,24 @@ def cmd_export(a: argparse.Namespace) -> int:
 
         require_library()  # before loading the model
     loaded = load(a.model, allow_pickle=a.allow_pickle)
-    if loaded.artifact is not None and not loaded.graph.pipeline:
-        # the passes an artifact was compiled with are in its manifest
-        loaded.graph.pipeline = str(loaded.artifact.manifest.get("pipeline", "") or "")
+    recipe: dict[str, Any] | None = None
+    if loaded.artifact is not None:
+        m = loaded.artifact.manifest
+        if not loaded.graph.pipeline:  # the passes an artifact was compiled with
+            loaded.graph.pipeline = str(m.get("pipeline", "") or "")
+        if isinstance(m.get("recipe"), dict):  # compiled with a recipe: its record travels on
+            recipe = dict(m["recipe"])
+    prior = loaded.graph.pipeline
     if a.format == "compressed-tensors":
         from llmc.export_ct import refuse_unrepresentable
 
-        # before running passes that the checkpoint could not hold
-        refuse_unrepresentable(loaded.graph, f"{loaded.graph.pipeline},{a.passes or ''}")
+        # before running passes that the checkpoint could not hold (a recipe's too)
+        todo = a.passes or ""
+        if a.recipe:
+            from llmc.passes.spec import format_spec, load_recipe
+
+            todo = format_spec(load_recipe(a.recipe).passes)
+        refuse_unrepresentable(loaded.graph, f"{loaded.graph.pipeline},{todo}")
     report = run_passes(
         loaded.graph,
         a.passes,
@@ -510,6 +583,13 @@ def cmd_export(a: argparse.Namespace) -> int:
         options=pass_options(a),
         tokenizer=loaded.tokenizer,
     )
+    # the pipeline recorded: as given (a recipe as recipe:FILE, with its file, hash and text)
+    recorded: str | None = None
+    if a.recipe:
+        from llmc.compile import recipe_record
+
+        recipe = recipe_record(a.recipe)
+        recorded = ",".join(x for x in (prior, f"recipe:{a.recipe}") if x)
     if a.format == "gguf":
         from llmc.export_gguf import export_gguf
 
@@ -520,16 +600,28 @@ def cmd_export(a: argparse.Namespace) -> int:
             tokenizer=loaded.tokenizer,
             config=loaded.config or None,
             exact=a.gguf_exact,
+            pipeline=recorded,
+            recipe=recipe,
         )
     elif a.format == "compressed-tensors":
         from llmc.export_ct import export_compressed_tensors
 
         info = export_compressed_tensors(
-            loaded.graph, Path(a.out), tokenizer=loaded.tokenizer, config=loaded.config or None
+            loaded.graph,
+            Path(a.out),
+            tokenizer=loaded.tokenizer,
+            config=loaded.config or None,
+            pipeline=recorded,
+            recipe=recipe,
         )
     else:
         info = export_hf(
-            loaded.graph, Path(a.out), tokenizer=loaded.tokenizer, config=loaded.config or None
+            loaded.graph,
+            Path(a.out),
+            tokenizer=loaded.tokenizer,
+            config=loaded.config or None,
+            pipeline=recorded,
+            recipe=recipe,
         )
     if a.json:
         emit_json({"out": a.out, "passes": report, **(info or {})})
@@ -677,6 +769,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_dtype_arg(p)
     p.add_argument(
+        "--batch",
+        type=int_at_least(1),
+        default=1,
+        help="sequences per call for the cost analysis and roofline (default 1)",
+    )
+    p.add_argument(
         "--seq", type=int_at_least(1), default=1, help="tokens per call for the cost analysis"
     )
     p.add_argument(
@@ -758,9 +856,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("bench", "prefill and decode speed on this machine")
     p.add_argument("model", metavar="OUT|MODEL")
-    p.add_argument("--prompt-len", type=int_at_least(1), default=128)
-    p.add_argument("--new-tokens", type=int_at_least(1), default=64)
-    p.add_argument("--repeat", type=int_at_least(1), default=3)
+    p.add_argument("--prompt-len", type=int_at_least(1), default=128, help="tokens per prompt")
+    p.add_argument(
+        "--new-tokens", type=int_at_least(1), default=64, help="tokens generated per sequence"
+    )
+    p.add_argument(
+        "--batch",
+        type=int_at_least(1),
+        default=1,
+        help="prompts per request, prefilled and decoded together; decode tok/s is reported "
+        "per sequence and in total (default 1)",
+    )
+    p.add_argument("--repeat", type=int_at_least(1), default=3, help="rounds; the best counts")
     _add_dtype_arg(p)
     p.add_argument(
         "--random-weights",
@@ -982,6 +1089,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(a, "func", None):
         ap.print_help(sys.stderr)
         return 2
+    set_quiet(bool(getattr(a, "json", False)))  # --json: no progress, whatever the terminal
     try:
         model = getattr(a, "model", None)
         if isinstance(model, str) and os.path.isdir(model):

@@ -33,6 +33,7 @@ from llmc.artifact import (
     write_graph,
     write_manifest,
 )
+from llmc.console import stage as progress_stage
 from llmc.errors import LlmcError, TargetError
 from llmc.ir.graph import Graph
 from llmc.ir.structure import is_lm
@@ -62,8 +63,9 @@ def load(spec: str, *, allow_pickle: bool = False, dtype: str | None = None) -> 
                 f"{spec}: --dtype applies to models; an artifact runs in the dtype it was "
                 "compiled with (recompile with --dtype)"
             )
-        art = load_artifact(spec)
-        tok = load_artifact_tokenizer(art)
+        with progress_stage(f"loading {spec}"):
+            art = load_artifact(spec)
+            tok = load_artifact_tokenizer(art)
         cfg = art.manifest.get("hf_config")
         return Loaded(
             art.graph,
@@ -75,7 +77,8 @@ def load(spec: str, *, allow_pickle: bool = False, dtype: str | None = None) -> 
         )
     from llmc.frontends import load_model
 
-    m = load_model(spec, allow_pickle=allow_pickle, dtype=dtype)
+    with progress_stage(f"loading {spec}"):
+        m = load_model(spec, allow_pickle=allow_pickle, dtype=dtype)
     return Loaded(m.graph, m.tokenizer, m.name, m.source, None, dict(m.config or {}))
 
 
@@ -246,6 +249,7 @@ def compile_model(
             analysis_env=analysis_env,
             dtype=dtype,
             random_weights=random_weights,
+            target_options=target_options,
         )
 
 
@@ -264,6 +268,7 @@ def _compile_loaded(
     analysis_env: dict[str, int] | None,
     dtype: str | None = None,
     random_weights: bool = False,
+    target_options: dict[str, Any] | None = None,
 ) -> CompileResult:
     target = tgt.name
     if isinstance(model, Loaded):
@@ -296,6 +301,9 @@ def _compile_loaded(
     )
     t_passes = time.perf_counter()
     env = analysis_env or {"batch": 1, "seq": 1, "past": 127}
+    lm = is_lm(graph)
+    if not lm:  # a module's cost is at its own input shapes: only the batch symbol may vary
+        env = {k: v for k, v in env.items() if k == "batch"}
     cost = graph_cost(graph, env)
     report: dict[str, Any] = {
         "model": loaded.name,
@@ -306,13 +314,23 @@ def _compile_loaded(
         "params": param_summary(graph),
         "analysis": {"env": env, **cost.to_dict()},
         "timing_s": {"load": t_loaded - t_start, "passes": t_passes - t_loaded},
+        "lm": lm,
     }
+    if not lm:
+        from collections import Counter
+
+        report["ops"] = dict(sorted(Counter(n.op for n in graph.nodes).items()))
+        report["inputs"] = [f"{v.name}: {v.type}" for v in graph.inputs]
+    overrides = _target_overrides(target_options)
+    if overrides:
+        report["target_overrides"] = overrides
     spec = resolve_spec(tgt)
     layers = None
     if spec is not None:
         graph_dtype = str(graph.meta.get("dtype", "f32"))
-        report["roofline"] = roofline(cost.total, spec, graph_dtype, env["batch"] * env["seq"])
-        layers = layer_roofline(graph, spec, loaded.name, tgt.name)
+        tokens = env.get("batch", 1) * env.get("seq", 1)
+        report["roofline"] = roofline(cost.total, spec, graph_dtype, tokens)
+        layers = layer_roofline(graph, spec, loaded.name, tgt.name, batch=env.get("batch", 1))
         if layers is not None:
             report["roofline_layers"] = layers.to_dict()
     if dry_run or out is None:
@@ -324,26 +342,90 @@ def _compile_loaded(
     with artifact_writer(out) as tmp:
         backend = get_kind(tgt.kind).hook("lower")
         t_b = time.perf_counter()
-        extra = backend(graph, tgt, tmp, report) or {}
+        with progress_stage(f"building for {tgt.name}"):
+            extra = backend(graph, tgt, tmp, report) or {}
         report["timing_s"]["backend"] = time.perf_counter() - t_b
-        tok_entry = save_tokenizer(loaded.tokenizer, tmp)
-        report["timing_s"]["total"] = time.perf_counter() - t_start
-        report["peak_rss_mb"] = peak_rss_mb()
-        write_report(tmp, report, layers)
-        write_manifest(
-            tmp,
-            {
-                "model": loaded.name,
-                "source": loaded.source,
-                "target": tgt.name,
-                "target_kind": tgt.kind,
-                "pipeline": report["pipeline"],
-                "tokenizer": tok_entry,
-                **_hf_config_entry(loaded.config),
-                **extra,
-            },
-        )
+        with progress_stage(f"writing {out} (report, manifest, hashes)"):
+            tok_entry = save_tokenizer(loaded.tokenizer, tmp)
+            report["timing_s"]["total"] = time.perf_counter() - t_start
+            report["peak_rss_mb"] = peak_rss_mb()
+            write_report(tmp, report, layers)
+            write_manifest(
+                tmp,
+                {
+                    "model": loaded.name,
+                    "source": loaded.source,
+                    "target": tgt.name,
+                    "target_kind": tgt.kind,
+                    "pipeline": report["pipeline"],
+                    **_passes_entry(pass_report),
+                    **_recipe_entry(recipe),
+                    **_overrides_entry(overrides, spec),
+                    "tokenizer": tok_entry,
+                    **_hf_config_entry(loaded.config),
+                    **extra,
+                },
+            )
     return CompileResult(out, tgt, report, graph)
+
+
+def _target_overrides(options: dict[str, Any] | None) -> dict[str, Any]:
+    """``--arch`` / ``--set`` as given (the manifest records them; ``llmc inspect`` shows them)."""
+    if not options:
+        return {}
+    out: dict[str, Any] = {}
+    if options.get("arch"):
+        out["arch"] = str(options["arch"])
+    if options.get("set"):
+        out["set"] = [str(s) for s in options["set"]]
+    return out
+
+
+def _passes_entry(pass_report: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each pass that ran with every option it ran with (defaults included), in order."""
+    if not pass_report:
+        return {}
+    rows = [
+        {"pass": str(r.get("pass", "?")), "options": r.get("options", {})}
+        for r in pass_report
+        if isinstance(r, dict)
+    ]
+    return {"passes": json.loads(json.dumps(rows, default=str))}
+
+
+def _overrides_entry(overrides: dict[str, Any], spec: Any) -> dict[str, Any]:
+    """The manifest's ``target_overrides`` and the spec they gave (only when there are any)."""
+    if not overrides:
+        return {}
+    out: dict[str, Any] = {"target_overrides": overrides}
+    if spec is not None:
+        out["target_spec"] = json.loads(json.dumps(spec.to_dict(), default=str))
+    return out
+
+
+def _recipe_entry(recipe: str | None) -> dict[str, Any]:
+    """A recipe pipeline for the manifest: its file, sha256 and text (the pipeline field says
+    ``recipe:FILE``; the text lets ``llmc inspect`` show the passes after the file is gone)."""
+    if not recipe:
+        return {}
+    return {"recipe": recipe_record(recipe)}
+
+
+def recipe_record(recipe: str | Path) -> dict[str, Any]:
+    """``{"file", "sha256", "text"}`` of a recipe file (the file was read by the pipeline
+    already, so it exists; a file that vanished since gives its name only)."""
+    import hashlib
+
+    p = Path(recipe)
+    try:
+        data = p.read_bytes()
+    except OSError:
+        return {"file": str(recipe)}
+    return {
+        "file": str(recipe),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "text": data.decode("utf-8", errors="replace"),
+    }
 
 
 def _hf_config_entry(config: dict[str, Any]) -> dict[str, Any]:
@@ -395,10 +477,10 @@ def peak_rss_mb() -> float:
     return kb / 1024.0 if sys.platform != "darwin" else kb / 1024.0 / 1024.0
 
 
-def layer_roofline(graph: Graph, spec: Any, model: str, target: str) -> Any:
-    """The per-layer roofline (:mod:`llmc.codesign.roofline`) of an LM graph for a report: a
-    prompt of 512 tokens (at most half the model's positions) and 128 generated ones; ``None``
-    for graphs without the LM ABI."""
+def layer_roofline(graph: Graph, spec: Any, model: str, target: str, batch: int = 1) -> Any:
+    """The per-layer roofline (:mod:`llmc.codesign.roofline`) of an LM graph for a report:
+    ``batch`` prompts of 512 tokens (at most half the model's positions) and 128 generated ones
+    each; ``None`` for graphs without the LM ABI."""
     from llmc.ir.structure import is_lm
 
     if not is_lm(graph):
@@ -408,7 +490,8 @@ def layer_roofline(graph: Graph, spec: Any, model: str, target: str) -> Any:
     positions = int(graph.meta.get("max_position_embeddings") or 2048)
     prompt = max(1, min(512, positions // 2))
     decode = max(0, min(128, positions - prompt))
-    return analyze(graph, spec, Scenario(prompt=prompt, decode=decode), model=model, target=target)
+    sc = Scenario(batch=batch, prompt=prompt, decode=decode)
+    return analyze(graph, spec, sc, model=model, target=target)
 
 
 def write_report(tmp: Path, report: dict[str, Any], layers: Any = None) -> None:

@@ -56,6 +56,7 @@ from llmc.export_hf import (
     HFTensors,
     check_out_dir,
     collect_hf,
+    pipeline_fields,
     save_tokenizer_hf,
     write_dir,
 )
@@ -234,10 +235,11 @@ def export_compressed_tensors(
     tokenizer: Any = None,
     config: dict[str, Any] | None = None,
     pipeline: str | None = None,
+    recipe: dict[str, Any] | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write ``graph`` to ``out_dir`` as a compressed-tensors checkpoint (see the module
-    docstring); returns a summary dict."""
+    docstring); returns a summary dict. ``recipe``: as :func:`llmc.export_hf.export_hf`."""
     version = require_library()
     from compressed_tensors.compressors import ModelCompressor
     from compressed_tensors.config import CompressionFormat
@@ -246,7 +248,8 @@ def export_compressed_tensors(
 
     out = Path(out_dir)
     check_out_dir(out, overwrite)
-    refuse_unrepresentable(graph, graph.pipeline if pipeline is None else pipeline)
+    # the passes the graph went through, and the recorded pipeline (which may name a recipe)
+    refuse_unrepresentable(graph, ",".join(x for x in (graph.pipeline, pipeline) if x))
     hf = collect_hf(graph, config, pipeline)
     quantized = {n: p for n, p in graph.params.items() if p.format.quant is not None}
     linears = _linear_modules(hf, graph) if quantized else set()
@@ -290,6 +293,7 @@ def export_compressed_tensors(
         "pruned weights keep their zeros (compressed-tensors 0.20 has no sparse compressor)."
     )
     compression["compressed_tensors"] = {"version": version, "formats": formats, "notes": notes}
+    compression.update(pipeline_fields(graph, hf.pipeline, recipe))
 
     def fill(tmp: Path) -> None:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})

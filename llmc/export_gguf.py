@@ -444,8 +444,13 @@ def export_gguf(
     config: dict[str, Any] | None = None,
     exact: bool = False,
     overwrite: bool = False,
+    pipeline: str | None = None,
+    recipe: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write ``graph`` to the GGUF file ``out`` (see the module docstring); a summary dict."""
+    """Write ``graph`` to the GGUF file ``out`` (see the module docstring); a summary dict.
+    The pipeline (``pipeline``, else ``graph.pipeline``; ``recipe:FILE`` for a recipe, whose
+    ``{"file", "sha256", "text"}`` is ``recipe``) is recorded as ``llmc.pipeline``,
+    ``llmc.passes``, ``llmc.recipe.file``/``sha256``/``text`` string keys."""
     import gguf
 
     if gguf_type not in GGUF_TYPES:
@@ -563,6 +568,9 @@ def export_gguf(
     try:
         w = _writer_class()(str(tmp), "llama")
         w.add_name(graph.name)
+        record = _pipeline_keys(graph, pipeline, recipe)
+        for key, value in record.items():
+            w.add_string(key, value)
         w.add_file_type(int(ftype))
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
         w.add_context_length(ctx)
@@ -616,5 +624,23 @@ def export_gguf(
         "zero_biases": zero_biases,
         "tokenizer": tok_note,
         "notes": notes,
-        "pipeline": graph.pipeline,
+        "pipeline": record.get("llmc.pipeline", ""),
+        **({"recipe": dict(recipe)} if recipe else {}),
     }
+
+
+def _pipeline_keys(
+    graph: Graph, pipeline: str | None, recipe: dict[str, Any] | None
+) -> dict[str, str]:
+    """The ``llmc.*`` string keys that record how the weights were produced."""
+    from llmc.export_hf import pipeline_fields
+
+    recorded = graph.pipeline if pipeline is None else pipeline
+    out = {"llmc.pipeline": recorded} if recorded else {}
+    extra = pipeline_fields(graph, recorded, recipe)
+    if "passes" in extra:
+        out["llmc.passes"] = extra["passes"]
+    for k in ("file", "sha256", "text"):
+        if recipe and recipe.get(k):
+            out[f"llmc.recipe.{k}"] = str(recipe[k])
+    return out

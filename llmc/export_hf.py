@@ -159,6 +159,20 @@ class HFTensors:
         }
 
 
+def pipeline_fields(
+    graph: Graph, recorded: str, recipe: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What a recipe adds to a ``llmc_compression.json`` record (the pipeline is then
+    ``recipe:FILE``): ``passes``, the passes the graph went through with their options, and
+    ``recipe``, the recipe's ``file``, ``sha256`` and ``text``. Nothing for a spec pipeline."""
+    out: dict[str, Any] = {}
+    if graph.pipeline and graph.pipeline != recorded:
+        out["passes"] = graph.pipeline
+    if recipe:
+        out["recipe"] = dict(recipe)
+    return out
+
+
 def check_out_dir(out: Path, overwrite: bool) -> None:
     """Refuse an ``out`` that exists and is not an empty directory (unless ``overwrite``)."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
@@ -286,9 +300,12 @@ def export_hf(
     tokenizer: Any = None,
     config: dict[str, Any] | None = None,
     pipeline: str | None = None,
+    recipe: dict[str, Any] | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Write ``graph`` to ``out_dir`` (see the module docstring); returns a summary dict."""
+    """Write ``graph`` to ``out_dir`` (see the module docstring); returns a summary dict.
+    ``recipe`` (``{"file", "sha256", "text"}``) is recorded beside a ``recipe:FILE``
+    ``pipeline`` (:func:`pipeline_fields`)."""
     from safetensors.torch import save_file
 
     out = Path(out_dir)
@@ -300,6 +317,7 @@ def export_hf(
         "as is; llmc_quantized.safetensors holds the integer codes. input_activations lists "
         "the linears whose inputs a W8A8 runtime quantizes (not applied by transformers)."
     )
+    compression.update(pipeline_fields(graph, hf.pipeline, recipe))
 
     def fill(tmp: Path) -> None:
         save_file(hf.tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})

@@ -1,10 +1,13 @@
-"""`--dtype` on compile/eval/bench, `bench --random-weights` for architecture-only artifacts, and
+"""`--dtype` on compile/eval/bench, `--batch` on compile/bench, `bench --random-weights` for
+architecture-only artifacts, `inspect`, recipes recorded as such, the non-LM compile summary, and
 the one-line refusals around them (issue 15, "The CLI users expect")."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+import pytest
 
 from llmc.cli import main
 
@@ -91,9 +94,15 @@ def test_inspect_model_and_artifact(capsys, tmp_path: Path) -> None:
     for f in art["files"]:
         assert hashlib.sha256((out / f["path"]).read_bytes()).hexdigest() == f["sha256"]
     assert info["params"]["quantized_parameters"] > 0
-    assert any("quant(bits=4" in k for r in info["params"]["by_layer"] for k in r["formats"])
+    assert any("int4 g64" in k for r in info["params"]["by_layer"] for k in r["formats"])
+    assert info["pipeline"]["spec"] == "rtn:bits=4:group=64"
+    assert [p["pass"] for p in info["pipeline"]["passes"]] == ["rtn"]
+    assert info["pipeline"]["passes"][0]["options"]["group"] == 64  # every option it ran with
+    assert info["params"]["by_format"]["f32 int4 g64 sym rtn"]["params"] == 28
+    assert all(r["sparsity"] is None for r in info["params"]["by_layer"])
     rc, o, err = run(capsys, "inspect", str(out))
-    assert rc == 0 and "pipeline rtn:bits=4:group=64" in o
+    assert rc == 0 and "pipeline   rtn:bits=4:group=64" in o
+    assert "1. rtn: bits=4, exclude=lm_head, group=64, include=*, sym=true" in o
     rc, o, err = run(capsys, "inspect", "llama2-7b")
     assert rc == 0 and "architecture only" in o
 
@@ -146,3 +155,224 @@ def test_eval_data_bad_files_are_one_line(capsys, tmp_path: Path) -> None:
         rc, out, err = run(capsys, "eval", "tiny", "--data", str(p))
         assert rc != 0 and msg in err and str(p) in err, (name, err)
         assert len(err.strip().splitlines()) == 1, err
+
+
+# ----------------------------------------------------------------------------------------------
+# --batch, progress of TVM builds, target overrides, recipes, non-LM summaries
+
+
+def test_compile_batch_scales_the_cost(capsys) -> None:
+    res = {}
+    for b in ("1", "4"):
+        rc, o, err = run(capsys, "compile", "tiny", "--target", "cpu", "--dry-run", "--batch", b)
+        assert rc == 0, err
+        assert f"(batch={b}, seq=1, past=127)" in o
+        rc, o, err = run(
+            capsys, "compile", "tiny", "--target", "cpu", "--dry-run", "--batch", b, "--json"
+        )
+        res[b] = json.loads(o)
+    one, four = res["1"], res["4"]
+    assert four["analysis"]["env"]["batch"] == 4
+    ratio = four["analysis"]["total"]["flops"] / one["analysis"]["total"]["flops"]
+    assert abs(ratio - 4.0) < 1e-6, ratio  # every op's FLOPs scale with the batch
+    # decode reads the weights once per call, whatever the batch: the bytes grow far slower
+    assert four["analysis"]["total"]["bytes_read"] < 2 * one["analysis"]["total"]["bytes_read"]
+    assert four["roofline_layers"]["scenario"]["batch"] == 4
+
+
+def test_bench_batch_on_the_interpreter(capsys) -> None:
+    from llmc.compile import load, runner_for
+    from llmc.runtime.bench import bench_prompts, run_batch
+    from llmc.runtime.lm import generate
+
+    rc, o, err = run(
+        capsys, "bench", "tiny", "--batch", "3", "--prompt-len", "8", "--new-tokens", "4",
+        "--repeat", "1", "--json",
+    )  # fmt: skip
+    assert rc == 0, err
+    r = json.loads(o)
+    assert r["batch"] == 3 and r["prompt_tokens"] == 8 and r["new_tokens"] == 4
+    assert r["decode_tokens_per_s_total"] == pytest.approx(3 * r["decode_tokens_per_s"])
+    # one batched request decodes each sequence as it would alone
+    lm = runner_for(load("tiny"))
+    prompts = bench_prompts(lm.vocab_size, 3, 8)
+    assert len({tuple(p) for p in prompts}) == 3
+    got = run_batch(lm, prompts, 5).tokens
+    assert got == [generate(lm, p, 5).tokens for p in prompts]
+
+
+def test_bench_batch_refusals(capsys) -> None:
+    from llmc.errors import LlmcError
+    from llmc.runtime.bench import check_batch
+
+    class OneAtATime:
+        max_batch = 1
+        device = "flightllm-funcsim"
+
+    with pytest.raises(LlmcError, match=r"--batch 2: this artifact runs 1 sequence\(s\)"):
+        check_batch(OneAtATime(), 2, "out/x")  # type: ignore[arg-type]
+    check_batch(OneAtATime(), 1, "out/x")  # type: ignore[arg-type]
+    rc, o, err = run(capsys, "bench", "tiny", "--batch", "0")
+    assert rc == 2 and "--batch" in err and len(err.strip().splitlines()) == 1
+    rc, o, err = run(capsys, "bench", "tiny", "--prompt-len", "1000", "--new-tokens", "100")
+    assert rc != 0 and "exceed the model's 1024 positions" in err
+
+
+def test_bench_dtype_on_models_and_artifacts(capsys, tmp_path: Path) -> None:
+    rc, o, err = run(
+        capsys, "bench", "tiny", "--dtype", "bf16", "--prompt-len", "4", "--new-tokens", "2",
+        "--repeat", "1", "--json",
+    )  # fmt: skip
+    assert rc == 0, err
+    assert json.loads(o)["dtype"] == "bf16"
+    out = tmp_path / "a"
+    assert run(capsys, "compile", "tiny", "-o", str(out))[0] == 0
+    rc, o, err = run(capsys, "bench", str(out), "--dtype", "f16")
+    assert rc != 0 and "--dtype applies to models" in err and "recompile with --dtype" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def cpu_tiny(tmp_path_factory) -> tuple[Path, str]:
+    """tiny compiled for cpu with a spec override, progress forced on; (artifact, stderr)."""
+    import contextlib
+    import io
+    import os
+
+    out = tmp_path_factory.mktemp("cpu") / "tiny"
+    err = io.StringIO()
+    old = os.environ.get("LLMC_PROGRESS")
+    os.environ["LLMC_PROGRESS"] = "1"
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            rc = main(
+                [
+                    "compile",
+                    "tiny",
+                    "--target",
+                    "cpu",
+                    "--set",
+                    "bandwidth_gbs=12.5",
+                    "-o",
+                    str(out),
+                ]
+            )
+    finally:
+        if old is None:
+            os.environ.pop("LLMC_PROGRESS")
+        else:
+            os.environ["LLMC_PROGRESS"] = old
+    assert rc == 0, err.getvalue()
+    return out, err.getvalue()
+
+
+def test_cpu_compile_shows_tvm_phases(cpu_tiny) -> None:
+    _, err = cpu_tiny
+    for phase in ("tvm lower", "tvm legalize", "tvm schedule", "tvm build", "tvm export"):
+        assert f"    {phase}  " in err, (phase, err)  # a done line, two levels deep
+    assert "  building for cpu  " in err and "compile tiny for cpu  " in err
+
+
+def test_inspect_shows_target_overrides(capsys, cpu_tiny) -> None:
+    out, _ = cpu_tiny
+    rc, o, err = run(capsys, "inspect", str(out), "--json")
+    assert rc == 0, err
+    art = json.loads(o)["artifact"]
+    assert art["target"] == "cpu" and art["target_overrides"] == {"set": ["bandwidth_gbs=12.5"]}
+    assert art["target_spec"]["bandwidth_gbs"] == pytest.approx(12.5)
+    rc, o, err = run(capsys, "inspect", str(out))
+    assert "target overrides --set bandwidth_gbs=12.5" in o and "bandwidth_gbs=12.5" in o
+
+
+def test_bench_batch_on_a_cpu_artifact(capsys, cpu_tiny) -> None:
+    from llmc.compile import load, runner_for
+    from llmc.runtime.bench import bench_prompts, run_batch
+    from llmc.runtime.lm import generate
+
+    out, _ = cpu_tiny
+    rc, o, err = run(
+        capsys, "bench", str(out), "--batch", "4", "--prompt-len", "16", "--new-tokens", "8",
+        "--repeat", "1", "--json",
+    )  # fmt: skip
+    assert rc == 0, err
+    r = json.loads(o)
+    assert r["batch"] == 4 and r["target"] == "cpu"
+    assert r["decode_tokens_per_s_total"] == pytest.approx(4 * r["decode_tokens_per_s"])
+    rf = r["roofline"]
+    assert rf["batch"] == 4 and rf["decode_ms_per_step_min"] > 0
+    assert 0 < rf["decode_fraction_of_bound"]
+    lm = runner_for(load(str(out)))
+    prompts = bench_prompts(lm.vocab_size, 2, 8)
+    got = run_batch(lm, prompts, 4).tokens
+    assert got == [generate(lm, p, 4).tokens for p in prompts]
+
+
+def test_recipe_is_recorded_in_manifest_inspect_and_exports(capsys, tmp_path: Path) -> None:
+    import hashlib
+
+    import gguf
+
+    recipe = tmp_path / "w8.yaml"
+    recipe.write_text("passes:\n  - rtn: {bits: 8, group: 64}\n")
+    sha = hashlib.sha256(recipe.read_bytes()).hexdigest()
+    out = tmp_path / "art"
+    rc, o, err = run(capsys, "compile", "tiny", "--recipe", str(recipe), "-o", str(out))
+    assert rc == 0, err
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["pipeline"] == f"recipe:{recipe}"
+    assert m["recipe"]["sha256"] == sha and "bits: 8" in m["recipe"]["text"]
+    assert m["passes"][0]["pass"] == "rtn" and m["passes"][0]["options"]["bits"] == 8
+    rc, o, err = run(capsys, "inspect", str(out), "--json")
+    pl = json.loads(o)["pipeline"]
+    assert pl["spec"] == f"recipe:{recipe}" and pl["recipe"]["sha256"] == sha
+    assert pl["passes"][0]["options"]["group"] == 64
+    # export with a recipe: the pipeline names it, with its hash and text
+    hf = tmp_path / "hf"
+    rc, o, err = run(capsys, "export", "tiny", "--recipe", str(recipe), "-o", str(hf))
+    assert rc == 0, err
+    c = json.loads((hf / "llmc_compression.json").read_text())
+    assert c["pipeline"] == f"recipe:{recipe}" and c["recipe"]["sha256"] == sha
+    assert c["passes"].startswith("rtn:bits=8:group=64")
+    # export of the artifact compiled with the recipe carries its record
+    hf2 = tmp_path / "hf2"
+    rc, o, err = run(capsys, "export", str(out), "-o", str(hf2))
+    assert rc == 0, err
+    c2 = json.loads((hf2 / "llmc_compression.json").read_text())
+    assert c2["pipeline"] == f"recipe:{recipe}" and c2["recipe"]["sha256"] == sha
+    g = tmp_path / "t.gguf"
+    rc, o, err = run(
+        capsys, "export", "tiny", "--recipe", str(recipe), "--format", "gguf", "-o", str(g)
+    )
+    assert rc == 0, err
+    fields = gguf.GGUFReader(str(g)).fields
+
+    def text(k: str) -> str:
+        f = fields[k]
+        return bytes(f.parts[f.data[0]]).decode()
+
+    assert text("llmc.pipeline") == f"recipe:{recipe}" and text("llmc.recipe.sha256") == sha
+    assert text("llmc.passes").startswith("rtn:bits=8")
+
+
+NON_LM = """
+import torch
+import transformers as T
+
+def bert():
+    torch.manual_seed(0)
+    cfg = T.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2,
+                       num_attention_heads=4, intermediate_size=37, max_position_embeddings=64)
+    return T.BertModel(cfg).eval(), (torch.randint(0, 99, (1, 8)),)
+"""
+
+
+def test_non_lm_compile_summary(capsys, tmp_path: Path) -> None:
+    f = tmp_path / "enc.py"
+    f.write_text(NON_LM)
+    rc, o, err = run(capsys, "compile", f"{f}:bert", "--dry-run")
+    assert rc == 0, err
+    assert "graph      " in o and "attention 2" in o and "input_ids: i64[1, 8]" in o
+    assert "past=" not in o and "tokens/s" not in o  # no LM figures for an encoder
+    rc, o, err = run(capsys, "compile", f"{f}:bert", "--dry-run", "--json")
+    r = json.loads(o)
+    assert r["lm"] is False and "past" not in r["analysis"]["env"] and r["ops"]["attention"] == 2

@@ -28,6 +28,7 @@ from tvm import relax
 from llmc.backends.layouts import WeightArg, get_layout
 from llmc.backends.lower import KV_CAPACITY, Entry, Lowered, Lowering
 from llmc.backends.rules import Rule, check_rules, rule_list
+from llmc.console import stage
 from llmc.ir.graph import Graph
 from llmc.targets.kinds import BACKEND_ABI
 
@@ -240,9 +241,12 @@ def _tvm_version() -> str:
 
 @contextmanager
 def _timed(timing: dict[str, float], name: str) -> Iterator[None]:
+    """Time a phase into ``timing[name]``; a progress stage (``tvm build  12.3 s``) on a
+    terminal."""
     t0 = time.perf_counter()
     try:
-        yield
+        with nullcontext() if name == "toolchain" else stage(f"tvm {name}"):
+            yield
     finally:
         timing[name] = timing.get(name, 0.0) + time.perf_counter() - t0
 

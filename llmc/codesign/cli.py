@@ -21,7 +21,7 @@ def roofline_command(a: argparse.Namespace) -> int:
         write_outputs,
     )
     from llmc.compile import load, run_passes
-    from llmc.console import emit_json, pass_options, status
+    from llmc.console import emit_json, pass_options, stage
     from llmc.targets import configure_target, get_target, resolve_spec
 
     t0 = time.perf_counter()
@@ -43,12 +43,11 @@ def roofline_command(a: argparse.Namespace) -> int:
         if path and path.endswith("/"):
             raise LlmcError(f"{flag} {path}: give a file name, not a folder")
     efficiency = load_efficiency(a.efficiency) if a.efficiency else None
-    status(f"loading {a.model} ...")
     loaded = load(a.model, allow_pickle=a.allow_pickle, dtype=a.dtype)
     graph = loaded.graph
     passes = run_passes(graph, a.passes, a.recipe, target=tgt.name, options=pass_options(a))
-    status("analysing ...")
-    rep = analyze(graph, spec, scenario, model=loaded.name, target=tgt.name)
+    with stage("analysing"):
+        rep = analyze(graph, spec, scenario, model=loaded.name, target=tgt.name)
     if efficiency is not None:
         calibrate(rep, graph, efficiency)
     if tgt.kind == "fpga":
@@ -60,8 +59,8 @@ def roofline_command(a: argparse.Namespace) -> int:
             from llmc.fpga.arch import load_arch
 
             arch = tgt.extra.get("arch") or load_arch(tgt.name)
-            status(f"simulating on {arch.name} ...")
-            rep.simulator = simulator_summary(graph, arch, scenario)
+            with stage(f"simulating on {arch.name}"):
+                rep.simulator = simulator_summary(graph, arch, scenario)
     written = write_outputs(rep, csv_path=a.csv, plot_path=a.plot)
     if a.json:
         out = rep.to_dict()
@@ -101,9 +100,8 @@ def study_command(a: argparse.Namespace) -> int:
     )
     n = len(study.points())
     status(f"study: {n} points ({len(study.grid)} settings) on {a.target} ...")
-    bar = progress(n, "points")
-    res = run_study(study, a.out, progress=bar.update)
-    bar.close()
+    with progress(n, "points") as bar:
+        res = run_study(study, a.out, progress=bar.update)
     feasible = sum(1 for r in res.rows if r["feasible"])
     if a.json:
         emit_json(

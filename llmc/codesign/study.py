@@ -274,6 +274,9 @@ def check_overrides(study: Study) -> None:
 
 
 def _worker(args: tuple[Study, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    from llmc.console import set_quiet
+
+    set_quiet(True)  # the parent's bar counts the points; workers draw nothing
     study, points = args
     return [evaluate_point(study, p) for p in points]
 

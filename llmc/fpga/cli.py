@@ -40,19 +40,18 @@ def resolve_arch(target: str, arch_file: str | None, sets: list[str]) -> FpgaArc
 
 def simulate_command(a: argparse.Namespace) -> int:
     from llmc.compile import load, run_passes
-    from llmc.console import emit_json, pass_options, status
+    from llmc.console import emit_json, pass_options, stage
     from llmc.fpga.sim import simulate
 
     t0 = time.perf_counter()
     arch = resolve_arch(a.target, a.arch, a.set)
-    status(f"loading {a.model} ...")
     loaded = load(a.model, allow_pickle=a.allow_pickle)
     t_load = time.perf_counter()
     report = run_passes(loaded.graph, a.passes, a.recipe, target=arch.name, options=pass_options(a))
     t_passes = time.perf_counter()
-    status(f"simulating on {arch.name} ...")
     rate = getattr(a, "skip_rate", None)
-    rep = simulate(loaded.graph, arch, a.prefill, a.decode, fold=not a.no_fold, skip_rate=rate)
+    with stage(f"simulating on {arch.name} (prefill {a.prefill}, decode {a.decode})"):
+        rep = simulate(loaded.graph, arch, a.prefill, a.decode, fold=not a.no_fold, skip_rate=rate)
     t_end = time.perf_counter()
     timing = {
         "load": t_load - t0,

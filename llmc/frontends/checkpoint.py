@@ -320,14 +320,19 @@ class Checkpoint:
                 sd[n] = self._pickled[n]
                 sd.files[n] = self._pickled.files[n]
             return sd
+        from llmc.console import progress
+
         by_file: dict[Path, list[TensorInfo]] = {}
         for n in want:
             by_file.setdefault(self.infos[n].file, []).append(self.infos[n])
-        for f, infos in by_file.items():
-            with open_model_file(f, self.dir) as fh:
-                for info in sorted(infos, key=lambda i: i.begin):
-                    sd[info.name] = _read_tensor(fh, info)
-                    sd.files[info.name] = f.name
+        total = sum(i.end - i.begin for infos in by_file.values() for i in infos)
+        with progress(total, "reading weights", unit="B", unit_scale=True) as bar:
+            for f, infos in by_file.items():
+                with open_model_file(f, self.dir) as fh:
+                    for info in sorted(infos, key=lambda i: i.begin):
+                        sd[info.name] = _read_tensor(fh, info)
+                        sd.files[info.name] = f.name
+                        bar.update(info.end - info.begin)
         return sd
 
 

@@ -323,8 +323,11 @@ def run_layerwise(
     def live_bytes() -> int:
         return sum(t.numel() * t.element_size() for st in states for t in st.values())
 
+    from llmc.console import track
+
+    what = f"{ctx.report.get('pass', 'calibration')} calibrate" if ctx.report else "calibrate"
     with torch.no_grad():
-        for seg in segs:
+        for seg in track(segs, f"{what} ({len(batches)} batches)"):
             seg_targets = [n for n in seg.nodes if id(n) in target_ids]
             if not seg_targets:
                 for rt, st in zip(rts, states, strict=True):

@@ -191,8 +191,10 @@ def calibrate_cosines(
             skip_first = warmup if c.shape[-1] > warmup else 0  # short windows: every row
             got[layer].append(c[..., skip_first:].reshape(-1))
 
+    from llmc.console import track
+
     interp = Interpreter(graph, device=ctx.device, hook=hook)
-    for batch in ctx.calibration().batches(graph):
+    for batch in track(ctx.calibration().batches(graph), "ffn-skip calibrate (batches)"):
         batch = dict(batch)
         if "decode_start" in batch:
             batch["decode_start"] = torch.tensor(0, dtype=torch.int64)

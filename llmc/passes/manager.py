@@ -25,6 +25,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from llmc.console import stage
 from llmc.errors import LlmcError, PassError, VerifyError
 from llmc.ir.graph import Graph
 from llmc.ir.printer import print_graph
@@ -202,7 +203,8 @@ class PassManager:
                 inst.before_pass(i, p, graph, ctx)
             t0 = time.perf_counter()
             try:
-                p.run(graph, ctx)
+                with stage(f"pass {i + 1}/{len(names)} {p.name}"):
+                    p.run(graph, ctx)
             except Exception as e:  # noqa: BLE001 - every failure becomes one clear line
                 raise self._error(i, names, _describe(e)) from e
             record["seconds"] = time.perf_counter() - t0

@@ -433,8 +433,13 @@ def calibrate_thetas(
                 for r in range(out.shape[0]):
                     got.append((out[r : r + 1].detach().float().cpu(), ins[2][r : r + 1].cpu(), 0))
 
+        from llmc.console import track
+
         interp = Interpreter(g, device=ctx.device, hook=hook)
-        for batch in ctx.calibration().batches(graph):
+        for batch in track(
+            ctx.calibration().batches(graph),
+            f"token-prune calibrate point {i + 1}/{len(points)} (layer {p.layer})",
+        ):
             for r in range(batch["input_ids"].shape[0]):  # one prompt at a time
                 one = {k: (v[r : r + 1] if v.dim() else v) for k, v in batch.items()}
                 interp.run(one)
