@@ -16,9 +16,9 @@ is one zero-extension and a shift per position, no mask. Per kept value and 16 o
 permute and one FMA; the values are read once, like the dense panel GEMM's weights.
 
 Decode (one row) reads ``N/M`` of the values plus ``BITS/32`` of that in positions (2:4 f32:
-0.53 of the dense weight bytes). Prefill processes ``MB = 4`` rows per pass over a panel (rows
+0.53 of the dense weight bytes). Prefill processes ``MB = 3`` rows per pass over a panel (rows
 padded inside the kernel and never stored, as in :func:`llmc.backends.kernels.cpu._gemm`), so
-each value and position vector loaded serves four rows.
+each value and position vector loaded serves three rows.
 """
 
 from __future__ import annotations
@@ -49,8 +49,11 @@ def index_rows(k_dim: int, n_keep: int, m_group: int) -> int:
 
 
 def row_block(m: int | None) -> int:
-    """Rows per register block: 1 for decode, 4 otherwise (16 accumulators of 16 lanes)."""
-    return 1 if m == 1 else 4
+    """Rows per register block: 1 for decode; 3 otherwise (12 accumulators of 16 lanes, leaving
+    registers for the 4 value and 4 position vectors each row reuses). Measured against 2 and 4
+    at 128 rows (bench/cpu_sparse_decode.json, ``row_block``): 4 spills and ran up to 20%
+    slower than 3 (768x3072 2:4, 3072x768 2:4, 768x768 8:16)."""
+    return 1 if m == 1 else 3
 
 
 def _spread(x: Any, m_group: int) -> Any:
@@ -68,16 +71,18 @@ def nm_permute(
     x_dtype: str,
     w_dtype: str,
     m: int | None = None,
+    mb: int | None = None,
 ) -> tirx.PrimFunc:
     """``C[M, N] = X @ W.T`` for an N:M sparse W: ``x [M, K]``, ``values [P, KK, 64]``
-    (``w_dtype``), ``index [P, ceil(KK/PER), 64]`` uint8 (packed positions); float32 result."""
+    (``w_dtype``), ``index [P, ceil(KK/PER), 64]`` uint8 (packed positions); float32 result.
+    ``mb`` overrides :func:`row_block` (benchmarks)."""
     assert supports(n_keep, m_group, k_dim), (n_keep, m_group, k_dim)
     bits = index_bits(m_group)
     per = 8 // bits
     kk_dim = k_dim // m_group * n_keep
     nrow = index_rows(k_dim, n_keep, m_group)
     panels = (n_dim + NB - 1) // NB
-    mb = row_block(m)
+    mb = mb or row_block(m)
     rows: Any = tirx.Var("m", "int64") if m is None else m
     perm = VPERMILPS if m_group <= 4 else VPERMPS
     name = f"nm_permute{n_keep}{m_group}_k{k_dim}_n{n_dim}" + ("_m1" if m == 1 else "")
