@@ -179,3 +179,17 @@ def test_sparse_int4_matches_interpreter_and_reports(tmp_path):
     sp = report["backend"]["sparse"]
     assert sp["kernel"] == "dense_quantized" and sp["decode_vs_dense"] == "same"
     assert any("2:4" in w and "dense" in w for w in report["warnings"]), report.get("warnings")
+
+
+def test_cli_warns_in_one_line(capsys, tmp_path):
+    """``llmc compile`` tells the user, one line on stderr, that 2:4 + int4 saves no time."""
+    from llmc.cli import main
+    from llmc.models import TINY_DIR
+
+    passes = "magnitude:pattern=2:4,rtn:bits=4:measure=false"
+    argv = ["compile", str(TINY_DIR), "--passes", passes, "--target", "cpu"]
+    rc = main([*argv, "-o", str(tmp_path / "art")])
+    err = capsys.readouterr().err
+    assert rc == 0
+    lines = [ln for ln in err.splitlines() if ln.startswith("warning:")]
+    assert len(lines) == 1 and "2:4" in lines[0] and "dense" in lines[0], err

@@ -50,9 +50,10 @@ def index_rows(k_dim: int, n_keep: int, m_group: int) -> int:
 
 def row_block(m: int | None) -> int:
     """Rows per register block: 1 for decode; 3 otherwise (12 accumulators of 16 lanes, leaving
-    registers for the 4 value and 4 position vectors each row reuses). Measured against 2 and 4
-    at 128 rows (bench/cpu_sparse_decode.json, ``row_block``): 4 spills and ran up to 20%
-    slower than 3 (768x3072 2:4, 3072x768 2:4, 768x768 8:16)."""
+    registers for the 4 value and 4 position vectors each row reuses; with 4 rows LLVM spills
+    position vectors to the stack). At 128 rows on the loaded 2-vCPU host, 3 rows beat 2 and 4 in
+    a first A/B at 768x3072 2:4, 3072x768 2:4 and 768x768 8:16 (load 9-11), but not in every shape
+    of bench/cpu_sparse_decode.json's ``row_block`` (load 13): the differences are within noise."""
     return 1 if m == 1 else 3
 
 
