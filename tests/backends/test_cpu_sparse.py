@@ -85,6 +85,27 @@ def test_nm_permute_matches_fp64(keep, m, k, n, rows):
 
 
 @avx512
+def test_nm_permute_half_precision():
+    """float16 activations and values (an f16 model): converted to float32 in registers."""
+    import tvm
+
+    from llmc.backends.kernels import cpu_sparse
+    from llmc.backends.layouts import compress_nm, pack_nm_index
+
+    k, n = 64, 70
+    w = _nm_weight(n, k, 2, 4, 3).half()
+    x = torch.randn(1, k, generator=torch.Generator().manual_seed(2)).half()
+    vals, idx = compress_nm(w, 2, 4)
+    ex = tvm.compile(cpu_sparse.nm_permute(k, n, 2, 4, "float16", "float16", 1), _target())
+    cpu = tvm.cpu()
+    out = tvm.runtime.tensor(np.zeros((1, n), "float32"), cpu)
+    args = [x.numpy(), _panel(vals), _panel(pack_nm_index(idx, 4))]
+    ex(*[tvm.runtime.tensor(a, cpu) for a in args], out)
+    want = (x.double() @ w.double().T).numpy()
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@avx512
 def test_machine_code_permutes():
     """The gather is a register permute (no vgatherdps, no scalar loads per lane)."""
     import tvm
@@ -167,6 +188,23 @@ def test_model_matches_interpreter(tmp_path, pattern):
         assert torch.equal(re.params[name].value(), g.params[name].value())
     report = json.loads((art / "report.json").read_text())
     assert report["backend"]["sparse"]["kernel"] == ("nm_permute" if permute else "panel_gemm_nm")
+
+
+def test_portable_fallback_matches_and_warns(tmp_path, monkeypatch):
+    """Where the permute kernel cannot run (no AVX-512), the gather kernel with 1-byte positions
+    does, matches the interpreter, and the report and warnings say it is slower than dense."""
+    from llmc.backends.cpu import pipeline as cpu_pipeline
+
+    monkeypatch.setattr(cpu_pipeline, "_nm_permute_ok", lambda p: False)
+    g = _compress(toy_lm(hidden=48, ffn=208), "2:4", None)
+    art = compile_graph(g, "cpu", tmp_path / "cpu")
+    _check_against_interp(g, art)
+    backend = json.loads((art / "manifest.json").read_text())["backend"]
+    assert not any(k.startswith("nm_permute") for k in backend["kernels"])
+    report = json.loads((art / "report.json").read_text())
+    sp = report["backend"]["sparse"]
+    assert sp["kernel"] == "panel_gemm_nm" and sp["prefill_vs_dense"] == "slower"
+    assert [w for w in report["warnings"] if "slower than dense" in w]
 
 
 def test_sparse_int4_matches_interpreter_and_reports(tmp_path):

@@ -5,8 +5,8 @@ Differences from the shared pipeline (tables only):
 - the TVM target is the registry's ``llvm`` dict plus the host's ``mcpu`` (AVX-512 where present);
   the manifest records the ISA extensions the code may use, and the runner refuses the artifact
   on a CPU that lacks one;
-- ``linear`` (dense, 4-bit, N:M) runs a panel-layout GEMM (:mod:`llmc.backends.kernels.cpu`),
-  threaded over output panels; an embedding table that is also a linear weight (tied LM head) is
+- ``linear`` (dense, 4-bit, N:M) runs a panel-layout GEMM (:mod:`llmc.backends.kernels.cpu`;
+  N:M on AVX-512: :mod:`llmc.backends.kernels.cpu_sparse`), threaded over output panels; an embedding table that is also a linear weight (tied LM head) is
   gathered from the panel layout, so it is stored once;
 - everything else runs as the plain loops TVM generates from the TE/Relax definitions.
 """
@@ -426,12 +426,15 @@ def _dense_param(ctx: LowerCtx, n: Node) -> bool:
     return p is not None and is_dense(p) and not is_nm(p)
 
 
-#: How each N:M kernel compares with the dense kernel of the same weights, as measured by
-#: bench/cpu_sparse_decode.py on the development host (a 2-vCPU AVX-512 EPYC): the compile
-#: report carries it (``backend.sparse``) and warns where a format is not faster than dense.
+#: How each N:M kernel compares with the dense kernel of the same weights (decode, prefill), as
+#: measured by bench/cpu_sparse_decode.py on the development host (a 2-vCPU AVX-512 EPYC): the
+#: permute kernel 1.4-2.2x dense decode and 1.06-1.33x dense prefill at GPT-2-small shapes; the
+#: gather kernel about 0.12x dense prefill and, whole-model, slower decode (issue 14: tiny 870 vs
+#: 1070 tok/s). The compile report carries it (``backend.sparse``) and warns where a format is
+#: not faster than dense.
 _NM_VS_DENSE = {
     "nm_permute": ("faster", "no slower"),
-    "panel_gemm_nm": ("slower", "slower"),
+    "panel_gemm_nm": ("not faster", "slower"),
     "dense_quantized": ("same", "same"),
 }
 
@@ -469,7 +472,8 @@ def sparse_summary(graph: Any) -> tuple[dict[str, Any] | None, list[str]]:
         if k == "panel_gemm_nm":
             warnings.append(
                 f"{len(pats)} N:M sparse weights ({fmt}) run the portable gather kernel on this "
-                "CPU (no AVX-512 permute kernel for it), slower than dense for decode and prefill"
+                "CPU (no AVX-512 permute kernel for it): prefill about 8x slower than dense, "
+                "decode not faster"
             )
         elif k == "dense_quantized":
             warnings.append(
