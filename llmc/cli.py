@@ -50,6 +50,8 @@ def cmd_compile(a: argparse.Namespace) -> int:
             random_weights=a.random_weights,
         )
     r = res.report
+    for w in r.get("warnings", ()):  # e.g. a format slower than dense on this target
+        print(f"warning: {w}", file=sys.stderr)
     if a.json:
         emit_json({"out": str(res.out) if res.out else None, **r})
         return 0

@@ -28,6 +28,8 @@ Layouts (``key`` is the suffix of the weight's argument name):
   float32 scales ``[out]``.
 - ``nm.values``/``nm.index``: N:M compressed: ``[out, in*N/M]`` values (the non-zeros of each
   group of M, zero-filled when a group has fewer) and uint8 positions within the group.
+- ``nm.packed.index``: the same positions packed 2 bits each (``M <= 4``) or 4 bits each
+  (``M <= 16``) into bytes, ``[out, ceil(KK/PER)]`` (:func:`pack_nm_index`).
 """
 
 from __future__ import annotations
@@ -365,8 +367,53 @@ def _nm_index(p: Param, dt: str) -> torch.Tensor:
     return _meta_or(p, _nm_shape(p, dt), "u8", lambda: compress_nm(p.value(), n_, m_)[1])
 
 
+def nm_index_bits(m: int) -> int:
+    """Bits per position in ``nm.packed.index``: 2 for ``M <= 4``, 4 for ``M <= 16``."""
+    return 2 if m <= 4 else 4
+
+
+def pack_nm_index(idx: torch.Tensor, m: int) -> torch.Tensor:
+    """``[out, KK]`` positions -> ``[out, ceil(KK/PER)]`` bytes, ``PER = 8 / nm_index_bits(m)``
+    positions per byte, position ``kk`` at bits ``BITS * (kk % PER)`` of byte ``kk // PER``
+    (unused tail bits zero)."""
+    bits = nm_index_bits(m)
+    per = 8 // bits
+    out, kk = idx.shape
+    pad = -kk % per
+    u = torch.cat([idx, idx.new_zeros(out, pad)], 1) if pad else idx
+    u = u.to(torch.int32).reshape(out, -1, per) << (torch.arange(per, dtype=torch.int32) * bits)
+    return u.sum(-1).to(torch.uint8)
+
+
+def unpack_nm_index(packed: torch.Tensor, m: int, kk: int) -> torch.Tensor:
+    """Inverse of :func:`pack_nm_index`: ``[..., KK]`` uint8 positions."""
+    bits = nm_index_bits(m)
+    per = 8 // bits
+    shifts = torch.arange(per, dtype=torch.int32) * bits
+    u = (packed.to(torch.int32).unsqueeze(-1) >> shifts) & ((1 << bits) - 1)
+    return u.reshape(*packed.shape[:-1], -1)[..., :kk].to(torch.uint8)
+
+
+def _nm_packed_shape(p: Param, dt: str) -> tuple[int, ...]:
+    n_, m_ = nm_of(p)
+    out, k = _shape(p)
+    per = 8 // nm_index_bits(m_)
+    return (out, (k // m_ * n_ + per - 1) // per)
+
+
+def _nm_packed_index(p: Param, dt: str) -> torch.Tensor:
+    n_, m_ = nm_of(p)
+    return _meta_or(
+        p,
+        _nm_packed_shape(p, dt),
+        "u8",
+        lambda: pack_nm_index(compress_nm(p.value(), n_, m_)[1], m_),
+    )
+
+
 register_layout(Layout("nm.values", _nm_shape, lambda p, dt: dt, _nm_values))
 register_layout(Layout("nm.index", _nm_shape, lambda p, dt: "u8", _nm_index))
+register_layout(Layout("nm.packed.index", _nm_packed_shape, lambda p, dt: "u8", _nm_packed_index))
 
 
 # -- inverses: a param's storage from its compiled layout -----------------------------------------
@@ -470,6 +517,8 @@ def invert_nm(
     out, k = _shape(p)
     if values_layout.startswith("panel"):
         values, index = _untile(values, out), _untile(index, out)
+    if index.shape[-1] != values.shape[-1]:  # nm.packed.index
+        index = unpack_nm_index(index, m_, int(values.shape[-1]))
     g = torch.zeros(out, k // m_, m_, dtype=values.dtype)
     g.scatter_(-1, index.reshape(out, -1, n_).to(torch.int64), values.reshape(out, -1, n_))
     return g.reshape(out, k)

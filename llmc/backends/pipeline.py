@@ -312,7 +312,7 @@ def write_weights(graph: Graph, args: Sequence[WeightArg], out: Path) -> list[di
         if wa.param in read_from_params:
             return
         p = root.params[wa.param]
-        if wa.layout.endswith(("nm.values", "nm.index")):  # inverted from the pair
+        if wa.layout.endswith(("nm.values", "nm.index", "nm.packed.index")):  # from the pair
             if wa.param not in nm_half:
                 nm_half[wa.param] = (wa, t)
                 return
@@ -320,7 +320,7 @@ def write_weights(graph: Graph, args: Sequence[WeightArg], out: Path) -> list[di
             (va, vt), (ia, it) = sorted(
                 [(wa, t), (other, t2)], key=lambda x: "index" in x[0].layout
             )
-            if not (va.layout.endswith("nm.values") and ia.layout.endswith("nm.index")):
+            if not (va.layout.endswith("nm.values") and "index" in ia.layout):
                 return
             if same(invert_nm(va.layout, vt, it, p), p.data.get("value")):
                 derived.setdefault(wa.param, {})["value"] = {

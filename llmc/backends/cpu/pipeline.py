@@ -5,8 +5,8 @@ Differences from the shared pipeline (tables only):
 - the TVM target is the registry's ``llvm`` dict plus the host's ``mcpu`` (AVX-512 where present);
   the manifest records the ISA extensions the code may use, and the runner refuses the artifact
   on a CPU that lacks one;
-- ``linear`` (dense, 4-bit, N:M) runs a panel-layout GEMM (:mod:`llmc.backends.kernels.cpu`),
-  threaded over output panels; an embedding table that is also a linear weight (tied LM head) is
+- ``linear`` (dense, 4-bit, N:M) runs a panel-layout GEMM (:mod:`llmc.backends.kernels.cpu`;
+  N:M on AVX-512: :mod:`llmc.backends.kernels.cpu_sparse`), threaded over output panels; an embedding table that is also a linear weight (tied LM head) is
   gathered from the panel layout, so it is stored once;
 - everything else runs as the plain loops TVM generates from the TE/Relax definitions.
 """
@@ -20,7 +20,7 @@ import tvm
 from tvm import relax, te
 
 from llmc.backends.kernels import cpu as cpu_kernels
-from llmc.backends.kernels import cpu_gemm, cpu_vnni, te_ops
+from llmc.backends.kernels import cpu_gemm, cpu_sparse, cpu_vnni, te_ops
 from llmc.backends.layouts import (
     Layout,
     get_layout,
@@ -124,6 +124,7 @@ for _base in (
     "q8g.offset",
     "nm.values",
     "nm.index",
+    "nm.packed.index",
 ):
     register_layout(_panelled(_base, NB))
 
@@ -353,6 +354,12 @@ def _linear_panel_q8(ctx: LowerCtx, n: Node) -> relax.Expr:
     return add_bias_cast(ctx, n, unflatten_rows(ctx, y, lead), dt)
 
 
+def _nm_permute_ok(p: Param) -> bool:
+    """Whether the AVX-512 permute kernel (:mod:`.kernels.cpu_sparse`) runs this N:M weight."""
+    keep, m = nm_of(p)
+    return vector_bits() >= 512 and cpu_sparse.supports(keep, m, int(p.type.shape[1]))
+
+
 def _linear_panel_nm(ctx: LowerCtx, n: Node) -> relax.Expr:
     dt = n.out.type.dtype
     p = weight_param(ctx, n)
@@ -361,8 +368,18 @@ def _linear_panel_nm(ctx: LowerCtx, n: Node) -> relax.Expr:
     out_f, in_f = (int(d) for d in p.type.shape)
     x, lead = flatten_rows(ctx, ctx.arg(n.inputs[0]))
     vals = ctx.weight(p, f"panel{NB}.nm.values", dt)
-    idx = ctx.weight(p, f"panel{NB}.nm.index")
     xdt, wdt, rows = x.ty.dtype, tvm_dtype(dt), _static_rows(x)
+    if _nm_permute_ok(p):
+        idx = ctx.weight(p, f"panel{NB}.nm.packed.index")
+        y = ctx.call_kernel(
+            ("nm_permute", in_f, out_f, keep, m, xdt, wdt, rows),
+            lambda: cpu_sparse.nm_permute(in_f, out_f, keep, m, xdt, wdt, rows),
+            "nm_permute",
+            [x, vals, idx],
+            relax.TensorType([_rows(x), out_f], "float32"),
+        )
+        return add_bias_cast(ctx, n, unflatten_rows(ctx, y, lead), dt)
+    idx = ctx.weight(p, f"panel{NB}.nm.index")
     y = ctx.call_kernel(
         ("panel_gemm_nm", in_f, out_f, NB, keep, m, xdt, wdt, rows, vector_bits()),
         lambda: cpu_kernels.panel_gemm_nm(in_f, out_f, NB, keep, m, xdt, wdt, rows, vector_bits()),
@@ -421,6 +438,63 @@ def _dense_param(ctx: LowerCtx, n: Node) -> bool:
     return p is not None and is_dense(p) and not is_nm(p)
 
 
+#: How each N:M kernel compares with the dense kernel of the same weights (decode, prefill), as
+#: measured by bench/cpu_sparse_decode.py on the development host (a 2-vCPU AVX-512 EPYC): the
+#: permute kernel 1.4-2.2x dense decode and 1.06-1.33x dense prefill at GPT-2-small shapes; the
+#: gather kernel about 0.12x dense prefill and, whole-model, slower decode (issue 14: tiny 870 vs
+#: 1070 tok/s). The compile report carries it (``backend.sparse``) and warns where a format is
+#: not faster than dense.
+_NM_VS_DENSE = {
+    "nm_permute": ("faster", "no slower"),
+    "panel_gemm_nm": ("not faster", "slower"),
+    "dense_quantized": ("same", "same"),
+}
+
+
+def sparse_summary(graph: Any) -> tuple[dict[str, Any] | None, list[str]]:
+    """The compile report's ``backend.sparse`` entry for the N:M params of ``graph`` and the
+    one-line warnings for those that do not run faster than dense on this host."""
+    kernels: dict[str, list[str]] = {}
+    patterns: set[str] = set()
+    for p in graph.root().params.values():
+        s = p.format.sparsity
+        if s is None or s.kind != "nm" or len(p.type.shape) != 2:
+            continue
+        patterns.add(f"{s.n}:{s.m}")
+        if p.format.quant is not None:
+            k = "dense_quantized"
+        else:
+            k = "nm_permute" if _nm_permute_ok(p) else "panel_gemm_nm"
+        kernels.setdefault(k, []).append(f"{s.n}:{s.m}")
+    if not kernels:
+        return None, []
+    worst = max(kernels, key=lambda k: list(_NM_VS_DENSE).index(k))
+    decode, prefill = _NM_VS_DENSE[worst]
+    entry = {
+        "patterns": sorted(patterns),
+        "kernels": {k: len(v) for k, v in sorted(kernels.items())},
+        "kernel": worst if len(kernels) == 1 else "mixed",
+        "decode_vs_dense": decode,
+        "prefill_vs_dense": prefill,
+        "measured_in": "bench/cpu_sparse_decode.json",
+    }
+    warnings = []
+    for k, pats in kernels.items():
+        fmt = "/".join(sorted(set(pats)))
+        if k == "panel_gemm_nm":
+            warnings.append(
+                f"{len(pats)} N:M sparse weights ({fmt}) run the portable gather kernel on this "
+                "CPU (no AVX-512 permute kernel for it): prefill about 8x slower than dense, "
+                "decode not faster"
+            )
+        elif k == "dense_quantized":
+            warnings.append(
+                f"{len(pats)} weights are {fmt} sparse and quantized: the CPU runs them with the "
+                "dense quantized kernel, so the sparsity saves no time (same speed as dense)"
+            )
+    return entry, warnings
+
+
 class CPUPipeline(TVMPipeline):
     kind = "cpu"
     # decode (one row) gets its own entry: register blocks of one row, no padding
@@ -441,6 +515,14 @@ class CPUPipeline(TVMPipeline):
             Rule("cpu.linear.panel", "linear", _linear_panel, when=_dense_param),
             Rule("cpu.embedding.panel", "embedding", _embedding_panel, when=_embedding_tied),
         ]
+
+    def run(self, graph: Any, target: Any, out: Any, report: dict[str, Any]) -> dict[str, Any]:
+        fields = super().run(graph, target, out, report)
+        entry, warnings = sparse_summary(graph)
+        if entry is not None:
+            report["backend"]["sparse"] = entry
+            report.setdefault("warnings", []).extend(warnings)
+        return fields
 
     def target_fields(self, tvm_target: tvm.target.Target) -> dict[str, Any]:
         return {"cpu": {"mcpu": host_cpu(), "isa": host_isa_flags()}}
