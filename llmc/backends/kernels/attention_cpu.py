@@ -49,6 +49,21 @@ def dot_lanes(d: int) -> int:
     return 1
 
 
+#: query rows per parallel task and keys per tile of the blocked (prefill) path of
+#: :func:`attention_sync`
+ROWS = 4
+KEY_TILE = 32
+
+
+def tree_lanes(d: int) -> int:
+    """Partial sums of the blocked kernel's q.k dot: the largest power of two <= 16 dividing
+    ``d`` (one AVX-512 vector of float32), reduced as a tree (16 -> 8 -> 4 -> 2 -> 1)."""
+    for lanes in (16, 8, 4, 2):
+        if d % lanes == 0:
+            return lanes
+    return 1
+
+
 def attention_sync(
     h: int,
     kvh: int,
@@ -58,12 +73,37 @@ def attention_sync(
     causal: bool,
     window: int,
     softcap: float = 0.0,
+    rows: int = ROWS,
+    key_tile: int = KEY_TILE,
 ):
+    """Online-softmax attention. A parallel task takes ``rows`` query rows of one head (a block;
+    a sequence of one row, the decode step, keeps the one-row loop). A block walks the keys that
+    any of its rows sees in tiles of ``key_tile``: the ``rows x key_tile`` logits (each loaded key
+    row shared by the block's rows; a dot is :func:`tree_lanes` vector FMAs and a tree sum), the
+    mask (a select per logit; tiles no row sees are never visited), one rescale per row per tile,
+    then ``P . V`` with each loaded value row shared by the rows. A block's rows past the
+    sequence's end repeat its last row and are not written."""
     group = h // kvh
     key_lo, key_hi = key_bounds(causal, window)
     lanes = dot_lanes(d)
     qk_dot = _qk_dot(d, lanes)
     cap = logit(1.0, softcap)  # q is pre-scaled: the dot is the scaled logit
+    R, KT, W = rows, key_tile, tree_lanes(d)
+    w16, w8, w4, w2 = W >= 16, W >= 8, W >= 4, W >= 2
+
+    @T.macro
+    def tree_sum(part, r):
+        if w16:
+            for el in T.vectorized(8):
+                part[r, el] = part[r, el] + part[r, el + 8]
+        if w8:
+            for el in T.vectorized(4):
+                part[r, el] = part[r, el] + part[r, el + 4]
+        if w4:
+            for el in T.vectorized(2):
+                part[r, el] = part[r, el] + part[r, el + 2]
+        if w2:
+            part[r, 0] = part[r, 0] + part[r, 1]
 
     # fmt: off
     @T.prim_func(s_tir=True)
@@ -76,37 +116,100 @@ def attention_sync(
         K = T.match_buffer(k_h, (B, kvh, CAP, d), dtype)
         V = T.match_buffer(v_h, (B, kvh, CAP, d), dtype)
         OUT = T.match_buffer(o_h, (B, h, S, d), dtype)
-        for row in T.parallel(B * h * S):
-            with T.sblock("attn"):
-                T.reads()
-                T.writes()
-                q_loc = T.sblock_alloc_buffer((d,), "float32", scope="local")
-                acc = T.sblock_alloc_buffer((d,), "float32", scope="local")
-                part = T.sblock_alloc_buffer((lanes,), "float32", scope="local")
-                st = T.sblock_alloc_buffer((6,), "float32", scope="local")  # m, l, m_new, p, dot, alpha
-                bi: T.let[T.int64] = row // (h * S)
-                hi: T.let[T.int64] = row // S % h
-                i: T.let[T.int64] = row % S
-                kh: T.let[T.int64] = hi // group
-                qpos: T.let[T.int64] = i + TT - S
-                k_hi: T.let[T.int64] = key_hi(qpos, TT)
-                k_lo: T.let[T.int64] = key_lo(qpos)
-                for e in T.serial(d):
-                    q_loc[e] = T.Cast("float32", Q[bi, hi, i, e]) * T.float32(scale)
-                    acc[e] = T.float32(0)
-                st[0] = T.float32(NEG)
-                st[1] = T.float32(0)
-                for jj in T.serial(k_hi - k_lo):
-                    qk_dot(part, q_loc, K, bi, kh, k_lo + jj, st, 4)
-                    st[2] = T.max(st[0], cap(st[4]))
-                    st[3] = T.exp(cap(st[4]) - st[2])
-                    st[5] = T.exp(st[0] - st[2])
-                    for e in T.vectorized(d):
-                        acc[e] = acc[e] * st[5] + st[3] * T.Cast("float32", V[bi, kh, k_lo + jj, e])
-                    st[1] = st[1] * st[5] + st[3]
-                    st[0] = st[2]
-                for e in T.serial(d):
-                    OUT[bi, hi, i, e] = T.Cast(dtype, acc[e] / st[1])
+        if S == T.int64(1):
+            for row in T.parallel(B * h):
+                with T.sblock("attn"):
+                    T.reads()
+                    T.writes()
+                    q_loc = T.sblock_alloc_buffer((d,), "float32", scope="local")
+                    acc = T.sblock_alloc_buffer((d,), "float32", scope="local")
+                    part = T.sblock_alloc_buffer((lanes,), "float32", scope="local")
+                    st = T.sblock_alloc_buffer((6,), "float32", scope="local")  # m, l, m_new, p, dot, alpha
+                    bi: T.let[T.int64] = row // h
+                    hi: T.let[T.int64] = row % h
+                    kh: T.let[T.int64] = hi // group
+                    qpos: T.let[T.int64] = TT - T.int64(1)
+                    k_hi: T.let[T.int64] = key_hi(qpos, TT)
+                    k_lo: T.let[T.int64] = key_lo(qpos)
+                    for e in T.serial(d):
+                        q_loc[e] = T.Cast("float32", Q[bi, hi, 0, e]) * T.float32(scale)
+                        acc[e] = T.float32(0)
+                    st[0] = T.float32(NEG)
+                    st[1] = T.float32(0)
+                    for jj in T.serial(k_hi - k_lo):
+                        qk_dot(part, q_loc, K, bi, kh, k_lo + jj, st, 4)
+                        st[2] = T.max(st[0], cap(st[4]))
+                        st[3] = T.exp(cap(st[4]) - st[2])
+                        st[5] = T.exp(st[0] - st[2])
+                        for e in T.vectorized(d):
+                            acc[e] = acc[e] * st[5] + st[3] * T.Cast("float32", V[bi, kh, k_lo + jj, e])
+                        st[1] = st[1] * st[5] + st[3]
+                        st[0] = st[2]
+                    for e in T.serial(d):
+                        OUT[bi, hi, 0, e] = T.Cast(dtype, acc[e] / st[1])
+        else:
+            for task in T.parallel(B * h * ((S + (R - 1)) // R)):
+                with T.sblock("attn_blocked"):
+                    T.reads()
+                    T.writes()
+                    q_loc = T.sblock_alloc_buffer((R, d), "float32", scope="local")
+                    acc = T.sblock_alloc_buffer((R, d), "float32", scope="local")
+                    part = T.sblock_alloc_buffer((R, W), "float32", scope="local")
+                    sc = T.sblock_alloc_buffer((R, KT), "float32", scope="local")
+                    m = T.sblock_alloc_buffer((R,), "float32", scope="local")
+                    mn = T.sblock_alloc_buffer((R,), "float32", scope="local")
+                    al = T.sblock_alloc_buffer((R,), "float32", scope="local")
+                    ls = T.sblock_alloc_buffer((R,), "float32", scope="local")
+                    nb: T.let[T.int64] = (S + (R - 1)) // R
+                    bi: T.let[T.int64] = task // (h * nb)
+                    hi: T.let[T.int64] = task // nb % h
+                    r0: T.let[T.int64] = task % nb * R
+                    kh: T.let[T.int64] = hi // group
+                    last: T.let[T.int64] = T.min(r0 + (R - 1), S - 1)
+                    blo: T.let[T.int64] = key_lo(r0 + TT - S)
+                    bhi: T.let[T.int64] = key_hi(last + TT - S, TT)
+                    for r in T.unroll(R):
+                        for e in T.vectorized(d):
+                            q_loc[r, e] = T.Cast("float32", Q[bi, hi, T.min(r0 + r, S - 1), e]) * T.float32(scale)
+                            acc[r, e] = T.float32(0)
+                        m[r] = T.float32(NEG)
+                        ls[r] = T.float32(0)
+                    for t in T.serial((T.max(bhi - blo, T.int64(0)) + (KT - 1)) // KT):
+                        for jj in T.serial(KT):
+                            for r in T.unroll(R):
+                                for el in T.vectorized(W):
+                                    part[r, el] = T.float32(0)
+                                for eo in T.serial(d // W):
+                                    for el in T.vectorized(W):
+                                        part[r, el] = part[r, el] + q_loc[r, eo * W + el] * T.Cast(
+                                            "float32", K[bi, kh, T.min(blo + t * KT + jj, bhi - 1), eo * W + el])
+                                tree_sum(part, r)
+                                sc[r, jj] = T.if_then_else(
+                                    blo + t * KT + jj >= key_lo(T.min(r0 + r, S - 1) + TT - S)
+                                    and blo + t * KT + jj < key_hi(T.min(r0 + r, S - 1) + TT - S, TT),
+                                    cap(part[r, 0]), T.float32(NEG))
+                        for r in T.unroll(R):
+                            mn[r] = m[r]
+                            for jj in T.serial(KT):
+                                mn[r] = T.max(mn[r], sc[r, jj])
+                            al[r] = T.exp(m[r] - mn[r])
+                            m[r] = mn[r]
+                            ls[r] = ls[r] * al[r]
+                            for jj in T.serial(KT):
+                                sc[r, jj] = T.if_then_else(
+                                    sc[r, jj] > T.float32(NEG), T.exp(sc[r, jj] - mn[r]), T.float32(0))
+                                ls[r] = ls[r] + sc[r, jj]
+                            for e in T.vectorized(d):
+                                acc[r, e] = acc[r, e] * al[r]
+                        for jj in T.serial(KT):
+                            for r in T.unroll(R):
+                                for e in T.vectorized(d):
+                                    acc[r, e] = acc[r, e] + sc[r, jj] * T.Cast(
+                                        "float32", V[bi, kh, T.min(blo + t * KT + jj, bhi - 1), e])
+                    for r in T.unroll(R):
+                        if r0 + r < S:
+                            for e in T.vectorized(d):
+                                OUT[bi, hi, r0 + r, e] = T.Cast(dtype, acc[r, e] / ls[r])
     # fmt: on
     return attention
 
