@@ -55,13 +55,19 @@ ROWS = 4
 KEY_TILE = 32
 
 
-def tree_lanes(d: int) -> int:
-    """Partial sums of the blocked kernel's q.k dot: the largest power of two <= 16 dividing
-    ``d`` (one AVX-512 vector of float32), reduced as a tree (16 -> 8 -> 4 -> 2 -> 1)."""
-    for lanes in (16, 8, 4, 2):
-        if d % lanes == 0:
-            return lanes
-    return 1
+def fast_exp(x):
+    """``exp(x)`` for float32 ``x`` <= 0 as plain arithmetic (vectorizes, unlike the ``expf``
+    call that ``T.exp`` becomes): Cephes' ``expf``, ``x = n ln 2 + f`` with ``|f| <= ln 2 / 2``, a
+    degree-6 polynomial for ``e^f`` (relative error ~1e-7), ``2^n`` built in the exponent bits.
+    ``x`` is clamped at -87 (``e^-87`` ~ 1.6e-38, the smallest normal float32 range)."""
+    x = T.max(x, T.float32(-87.0))
+    n = T.floor(x * T.float32(1.44269504088896341) + T.float32(0.5))
+    f = x - n * T.float32(0.693359375) - n * T.float32(-2.12194440e-4)
+    y = T.float32(1.9875691500e-4)
+    for c in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
+        y = y * f + T.float32(c)
+    y = y * f * f + f + T.float32(1.0)
+    return y * T.reinterpret("float32", T.shift_left(T.Cast("int32", n) + 127, 23))
 
 
 def attention_sync(
@@ -88,22 +94,7 @@ def attention_sync(
     lanes = dot_lanes(d)
     qk_dot = _qk_dot(d, lanes)
     cap = logit(1.0, softcap)  # q is pre-scaled: the dot is the scaled logit
-    R, KT, W = rows, key_tile, tree_lanes(d)
-    w16, w8, w4, w2 = W >= 16, W >= 8, W >= 4, W >= 2
-
-    @T.macro
-    def tree_sum(part, r):
-        if w16:
-            for el in T.vectorized(8):
-                part[r, el] = part[r, el] + part[r, el + 8]
-        if w8:
-            for el in T.vectorized(4):
-                part[r, el] = part[r, el] + part[r, el + 4]
-        if w4:
-            for el in T.vectorized(2):
-                part[r, el] = part[r, el] + part[r, el + 2]
-        if w2:
-            part[r, 0] = part[r, 0] + part[r, 1]
+    R, KT = rows, key_tile
 
     # fmt: off
     @T.prim_func(s_tir=True)
@@ -148,13 +139,23 @@ def attention_sync(
                     for e in T.serial(d):
                         OUT[bi, hi, 0, e] = T.Cast(dtype, acc[e] / st[1])
         else:
+            # K transposed per (batch, kv head) to [d, key] (keys padded by a tile of zeros): a
+            # tile's logits are then R x KT vector FMAs along the keys, no horizontal sums
+            KTr = T.alloc_buffer((B * kvh * d, TT + KT), "float32")
+            for x in T.parallel(B * kvh):
+                with T.sblock("k_transpose"):
+                    T.reads()
+                    T.writes()
+                    for key in T.serial(TT + KT):
+                        for e in T.serial(d):
+                            KTr[x * d + e, key] = T.if_then_else(
+                                key < TT, T.Cast("float32", K[x // kvh, x % kvh, T.min(key, TT - 1), e]), T.float32(0))
             for task in T.parallel(B * h * ((S + (R - 1)) // R)):
                 with T.sblock("attn_blocked"):
                     T.reads()
                     T.writes()
                     q_loc = T.sblock_alloc_buffer((R, d), "float32", scope="local")
                     acc = T.sblock_alloc_buffer((R, d), "float32", scope="local")
-                    part = T.sblock_alloc_buffer((R, W), "float32", scope="local")
                     sc = T.sblock_alloc_buffer((R, KT), "float32", scope="local")
                     m = T.sblock_alloc_buffer((R,), "float32", scope="local")
                     mn = T.sblock_alloc_buffer((R,), "float32", scope="local")
@@ -165,6 +166,7 @@ def attention_sync(
                     hi: T.let[T.int64] = task // nb % h
                     r0: T.let[T.int64] = task % nb * R
                     kh: T.let[T.int64] = hi // group
+                    kt0: T.let[T.int64] = (bi * kvh + kh) * d
                     last: T.let[T.int64] = T.min(r0 + (R - 1), S - 1)
                     blo: T.let[T.int64] = key_lo(r0 + TT - S)
                     bhi: T.let[T.int64] = key_hi(last + TT - S, TT)
@@ -175,29 +177,29 @@ def attention_sync(
                         m[r] = T.float32(NEG)
                         ls[r] = T.float32(0)
                     for t in T.serial((T.max(bhi - blo, T.int64(0)) + (KT - 1)) // KT):
-                        for jj in T.serial(KT):
+                        for r in T.unroll(R):
+                            for jj in T.vectorized(KT):
+                                sc[r, jj] = T.float32(0)
+                        for e in T.serial(d):
                             for r in T.unroll(R):
-                                for el in T.vectorized(W):
-                                    part[r, el] = T.float32(0)
-                                for eo in T.serial(d // W):
-                                    for el in T.vectorized(W):
-                                        part[r, el] = part[r, el] + q_loc[r, eo * W + el] * T.Cast(
-                                            "float32", K[bi, kh, T.min(blo + t * KT + jj, bhi - 1), eo * W + el])
-                                tree_sum(part, r)
+                                for jj in T.vectorized(KT):
+                                    sc[r, jj] = sc[r, jj] + q_loc[r, e] * KTr[kt0 + e, blo + t * KT + jj]
+                        for r in T.unroll(R):
+                            for jj in T.vectorized(KT):
                                 sc[r, jj] = T.if_then_else(
                                     blo + t * KT + jj >= key_lo(T.min(r0 + r, S - 1) + TT - S)
                                     and blo + t * KT + jj < key_hi(T.min(r0 + r, S - 1) + TT - S, TT),
-                                    cap(part[r, 0]), T.float32(NEG))
-                        for r in T.unroll(R):
+                                    cap(sc[r, jj]), T.float32(NEG))
                             mn[r] = m[r]
                             for jj in T.serial(KT):
                                 mn[r] = T.max(mn[r], sc[r, jj])
                             al[r] = T.exp(m[r] - mn[r])
                             m[r] = mn[r]
                             ls[r] = ls[r] * al[r]
-                            for jj in T.serial(KT):
+                            for jj in T.vectorized(KT):
                                 sc[r, jj] = T.if_then_else(
-                                    sc[r, jj] > T.float32(NEG), T.exp(sc[r, jj] - mn[r]), T.float32(0))
+                                    sc[r, jj] > T.float32(NEG), fast_exp(sc[r, jj] - mn[r]), T.float32(0))
+                            for jj in T.serial(KT):
                                 ls[r] = ls[r] + sc[r, jj]
                             for e in T.vectorized(d):
                                 acc[r, e] = acc[r, e] * al[r]
