@@ -94,7 +94,9 @@ def attention_sync(
     lanes = dot_lanes(d)
     qk_dot = _qk_dot(d, lanes)
     cap = logit(1.0, softcap)  # q is pre-scaled: the dot is the scaled logit
-    R, KT = rows, key_tile
+    R, KT, VL = rows, key_tile, 16  # VL: one AVX-512 vector of float32
+    if KT % VL:
+        raise ValueError(f"attention_sync: key_tile {KT} is not a multiple of {VL}")
 
     # fmt: off
     @T.prim_func(s_tir=True)
@@ -161,6 +163,8 @@ def attention_sync(
                     mn = T.sblock_alloc_buffer((R,), "float32", scope="local")
                     al = T.sblock_alloc_buffer((R,), "float32", scope="local")
                     ls = T.sblock_alloc_buffer((R,), "float32", scope="local")
+                    mv = T.sblock_alloc_buffer((R, VL), "float32", scope="local")
+                    lv = T.sblock_alloc_buffer((R, VL), "float32", scope="local")
                     nb: T.let[T.int64] = (S + (R - 1)) // R
                     bi: T.let[T.int64] = task // (h * nb)
                     hi: T.let[T.int64] = task // nb % h
@@ -175,7 +179,8 @@ def attention_sync(
                             q_loc[r, e] = T.Cast("float32", Q[bi, hi, T.min(r0 + r, S - 1), e]) * T.float32(scale)
                             acc[r, e] = T.float32(0)
                         m[r] = T.float32(NEG)
-                        ls[r] = T.float32(0)
+                        for el in T.vectorized(VL):
+                            lv[r, el] = T.float32(0)
                     for t in T.serial((T.max(bhi - blo, T.int64(0)) + (KT - 1)) // KT):
                         for r in T.unroll(R):
                             for jj in T.vectorized(KT):
@@ -190,17 +195,26 @@ def attention_sync(
                                     blo + t * KT + jj >= key_lo(T.min(r0 + r, S - 1) + TT - S)
                                     and blo + t * KT + jj < key_hi(T.min(r0 + r, S - 1) + TT - S, TT),
                                     cap(sc[r, jj]), T.float32(NEG))
+                            for el in T.vectorized(VL):
+                                mv[r, el] = sc[r, el]
+                            for jo in T.unroll(KT // VL - 1):
+                                for el in T.vectorized(VL):
+                                    mv[r, el] = T.max(mv[r, el], sc[r, (jo + 1) * VL + el])
                             mn[r] = m[r]
-                            for jj in T.serial(KT):
-                                mn[r] = T.max(mn[r], sc[r, jj])
-                            al[r] = T.exp(m[r] - mn[r])
+                        for el in T.unroll(VL):  # the rows' max chains interleaved
+                            for r in T.unroll(R):
+                                mn[r] = T.max(mn[r], mv[r, el])
+                        for r in T.unroll(R):
+                            al[r] = fast_exp(m[r] - mn[r])
                             m[r] = mn[r]
-                            ls[r] = ls[r] * al[r]
                             for jj in T.vectorized(KT):
                                 sc[r, jj] = T.if_then_else(
                                     sc[r, jj] > T.float32(NEG), fast_exp(sc[r, jj] - mn[r]), T.float32(0))
-                            for jj in T.serial(KT):
-                                ls[r] = ls[r] + sc[r, jj]
+                            for el in T.vectorized(VL):
+                                lv[r, el] = lv[r, el] * al[r]
+                            for jo in T.unroll(KT // VL):
+                                for el in T.vectorized(VL):
+                                    lv[r, el] = lv[r, el] + sc[r, jo * VL + el]
                             for e in T.vectorized(d):
                                 acc[r, e] = acc[r, e] * al[r]
                         for jj in T.serial(KT):
@@ -209,6 +223,9 @@ def attention_sync(
                                     acc[r, e] = acc[r, e] + sc[r, jj] * T.Cast(
                                         "float32", V[bi, kh, T.min(blo + t * KT + jj, bhi - 1), e])
                     for r in T.unroll(R):
+                        ls[r] = T.float32(0)
+                        for el in T.serial(VL):
+                            ls[r] = ls[r] + lv[r, el]
                         if r0 + r < S:
                             for e in T.vectorized(d):
                                 OUT[bi, hi, r0 + r, e] = T.Cast(dtype, acc[r, e] / ls[r])
