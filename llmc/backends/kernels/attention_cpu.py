@@ -1,4 +1,4 @@
-"""Hand-written CPU attention kernels (TIR): one query row per parallel task.
+"""Hand-written CPU attention kernels (TIR), parallel over query rows (blocks of rows for prefill).
 
 Same semantics and layouts as :mod:`llmc.backends.kernels.attention_gpu` (q [b, h, s, d], k/v
 buffers [b, kvh, cap, d] of which the first ``TT`` keys are valid, bottom-right causal mask,
@@ -7,7 +7,11 @@ too). Accumulation is in float32; each q.k dot keeps :func:`dot_lanes` independe
 (a vector FMA per key slice instead of one chain of ``d`` dependent adds), and the online
 softmax's rescale factor is computed once per key.
 
-- :func:`attention_sync`: online (synchronized) softmax per row.
+- :func:`attention_sync`: online (synchronized) softmax. Prefill (more than one query row) is
+  blocked: ``ROWS`` query rows of one head per parallel task, keys in tiles of ``KEY_TILE``, K
+  transposed per kv head into a workspace so that a tile's logits are key-vectorized FMAs, one
+  rescale per row per tile, a vectorized exp (:func:`fast_exp`). Decode (one row) keeps the
+  one-row loop.
 - :func:`async_partials` / :func:`async_combine`: FlashDecoding++'s asynchronous softmax in
   split-KV form: per ``(row, chunk)`` sums with the unified max ``phi``; the combine sums them when
   the row passed the range check and otherwise recomputes the row synchronously (the fallback).
