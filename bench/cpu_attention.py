@@ -11,6 +11,9 @@ on as many keys (a prefill from an empty cache), causal, float32, compiled as th
 compiles them (symbolic sequence length, ``mcpu`` of this host). FLOPs are the useful ones:
 ``4 * d * h * S * (S + 1) / 2`` (q.k and p.v over the keys the causal mask leaves).
 
+``--variants 8x32,4x64`` times the new kernel at other block sizes (query rows x keys per tile)
+as well, named ``new_8x32`` etc.
+
 Each round runs every kernel once in turn (interleaved A/B), each sample being the best of
 ``--inner`` calls, timed as wall time and as process CPU time (``time.process_time``: it leaves
 out the time the threads waited for the 2 shared cores; TVM's idle workers spin, which it counts,
@@ -67,6 +70,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--inner", type=int, default=3)
     ap.add_argument("--base", default="main")
+    ap.add_argument(
+        "--variants",
+        default="",
+        help="extra block sizes of the new kernel, ROWSxKEY_TILE,... (timed as new_ROWSxKEY_TILE)",
+    )
     ap.add_argument("--out", default=str(ROOT / "bench" / "cpu_attention.json"))
     args = ap.parse_args()
 
@@ -101,8 +109,12 @@ def main() -> None:
         want = _attention_ref([q, k, v], AttentionAttrs(causal=True, scale=scale), None)
         args_tvm = [tvm.runtime.tensor(x.numpy()) for x in (q, k, v)]
         fns = {}
-        for name, mod in (("old", old), ("new", new)):
-            f = mod.attention_sync(h, kvh, d, "float32", scale, True, 0)
+        kernels = [("old", old, {}), ("new", new, {})]
+        for var in filter(None, args.variants.split(",")):
+            rows, tile = (int(x) for x in var.split("x"))
+            kernels.append((f"new_{var}", new, {"rows": rows, "key_tile": tile}))
+        for name, mod, kw in kernels:
+            f = mod.attention_sync(h, kvh, d, "float32", scale, True, 0, **kw)
             fn = tvm.compile(tvm.IRModule({"main": f}), target=target)["main"]
             o = tvm.runtime.tensor(np.zeros((1, h, s, d), "float32"))
             fn(*args_tvm, s, o)
@@ -130,6 +142,11 @@ def main() -> None:
         row["speedup_wall_best"] = min(samples["old"]["wall_s"]) / min(samples["new"]["wall_s"])
         row["speedup_cpu_best"] = min(samples["old"]["cpu_s"]) / min(samples["new"]["cpu_s"])
         res["shapes"][shape] = row
+        for n in fns:
+            if n.startswith("new_"):
+                print(
+                    f"  {n}: {row[n]['gflops_cpu_best']:.1f} GFLOP/s cpu, {row[n]['gflops_wall_best']:.1f} wall"
+                )
         print(
             f"{shape} S={s}: old {row['old']['gflops_wall_best']:.1f} GFLOP/s wall "
             f"({row['old']['gflops_cpu_best']:.1f} cpu), new {row['new']['gflops_wall_best']:.1f} "
