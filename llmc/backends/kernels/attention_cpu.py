@@ -1,4 +1,4 @@
-"""Hand-written CPU attention kernels (TIR): one query row per parallel task.
+"""Hand-written CPU attention kernels (TIR), parallel over query rows (blocks of rows for prefill).
 
 Same semantics and layouts as :mod:`llmc.backends.kernels.attention_gpu` (q [b, h, s, d], k/v
 buffers [b, kvh, cap, d] of which the first ``TT`` keys are valid, bottom-right causal mask,
@@ -7,7 +7,11 @@ too). Accumulation is in float32; each q.k dot keeps :func:`dot_lanes` independe
 (a vector FMA per key slice instead of one chain of ``d`` dependent adds), and the online
 softmax's rescale factor is computed once per key.
 
-- :func:`attention_sync`: online (synchronized) softmax per row.
+- :func:`attention_sync`: online (synchronized) softmax. Prefill (more than one query row) is
+  blocked: ``ROWS`` query rows of one head per parallel task, keys in tiles of ``KEY_TILE``, K
+  transposed per kv head into a workspace so that a tile's logits are key-vectorized FMAs, one
+  rescale per row per tile, a vectorized exp (:func:`fast_exp`). Decode (one row) keeps the
+  one-row loop.
 - :func:`async_partials` / :func:`async_combine`: FlashDecoding++'s asynchronous softmax in
   split-KV form: per ``(row, chunk)`` sums with the unified max ``phi``; the combine sums them when
   the row passed the range check and otherwise recomputes the row synchronously (the fallback).
@@ -49,6 +53,27 @@ def dot_lanes(d: int) -> int:
     return 1
 
 
+#: query rows per parallel task and keys per tile of the blocked (prefill) path of
+#: :func:`attention_sync`
+ROWS = 4
+KEY_TILE = 32
+
+
+def fast_exp(x):
+    """``exp(x)`` for float32 ``x`` <= 0 as plain arithmetic (vectorizes, unlike the ``expf``
+    call that ``T.exp`` becomes): Cephes' ``expf``, ``x = n ln 2 + f`` with ``|f| <= ln 2 / 2``, a
+    degree-6 polynomial for ``e^f`` (relative error ~1e-7), ``2^n`` built in the exponent bits.
+    ``x`` is clamped at -87 (``e^-87`` ~ 1.6e-38, the smallest normal float32 range)."""
+    x = T.max(x, T.float32(-87.0))
+    n = T.floor(x * T.float32(1.44269504088896341) + T.float32(0.5))
+    f = x - n * T.float32(0.693359375) - n * T.float32(-2.12194440e-4)
+    y = T.float32(1.9875691500e-4)
+    for c in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
+        y = y * f + T.float32(c)
+    y = y * f * f + f + T.float32(1.0)
+    return y * T.reinterpret("float32", T.shift_left(T.Cast("int32", n) + 127, 23))
+
+
 def attention_sync(
     h: int,
     kvh: int,
@@ -58,12 +83,24 @@ def attention_sync(
     causal: bool,
     window: int,
     softcap: float = 0.0,
+    rows: int = ROWS,
+    key_tile: int = KEY_TILE,
 ):
+    """Online-softmax attention. A parallel task takes ``rows`` query rows of one head (a block;
+    a sequence of one row, the decode step, keeps the one-row loop). A block walks the keys that
+    any of its rows sees in tiles of ``key_tile``: the ``rows x key_tile`` logits (each loaded key
+    row shared by the block's rows; a dot is :func:`tree_lanes` vector FMAs and a tree sum), the
+    mask (a select per logit; tiles no row sees are never visited), one rescale per row per tile,
+    then ``P . V`` with each loaded value row shared by the rows. A block's rows past the
+    sequence's end repeat its last row and are not written."""
     group = h // kvh
     key_lo, key_hi = key_bounds(causal, window)
     lanes = dot_lanes(d)
     qk_dot = _qk_dot(d, lanes)
     cap = logit(1.0, softcap)  # q is pre-scaled: the dot is the scaled logit
+    R, KT, VL = rows, key_tile, 16  # VL: one AVX-512 vector of float32
+    if KT % VL:
+        raise ValueError(f"attention_sync: key_tile {KT} is not a multiple of {VL}")
 
     # fmt: off
     @T.prim_func(s_tir=True)
@@ -76,37 +113,126 @@ def attention_sync(
         K = T.match_buffer(k_h, (B, kvh, CAP, d), dtype)
         V = T.match_buffer(v_h, (B, kvh, CAP, d), dtype)
         OUT = T.match_buffer(o_h, (B, h, S, d), dtype)
-        for row in T.parallel(B * h * S):
-            with T.sblock("attn"):
-                T.reads()
-                T.writes()
-                q_loc = T.sblock_alloc_buffer((d,), "float32", scope="local")
-                acc = T.sblock_alloc_buffer((d,), "float32", scope="local")
-                part = T.sblock_alloc_buffer((lanes,), "float32", scope="local")
-                st = T.sblock_alloc_buffer((6,), "float32", scope="local")  # m, l, m_new, p, dot, alpha
-                bi: T.let[T.int64] = row // (h * S)
-                hi: T.let[T.int64] = row // S % h
-                i: T.let[T.int64] = row % S
-                kh: T.let[T.int64] = hi // group
-                qpos: T.let[T.int64] = i + TT - S
-                k_hi: T.let[T.int64] = key_hi(qpos, TT)
-                k_lo: T.let[T.int64] = key_lo(qpos)
-                for e in T.serial(d):
-                    q_loc[e] = T.Cast("float32", Q[bi, hi, i, e]) * T.float32(scale)
-                    acc[e] = T.float32(0)
-                st[0] = T.float32(NEG)
-                st[1] = T.float32(0)
-                for jj in T.serial(k_hi - k_lo):
-                    qk_dot(part, q_loc, K, bi, kh, k_lo + jj, st, 4)
-                    st[2] = T.max(st[0], cap(st[4]))
-                    st[3] = T.exp(cap(st[4]) - st[2])
-                    st[5] = T.exp(st[0] - st[2])
-                    for e in T.vectorized(d):
-                        acc[e] = acc[e] * st[5] + st[3] * T.Cast("float32", V[bi, kh, k_lo + jj, e])
-                    st[1] = st[1] * st[5] + st[3]
-                    st[0] = st[2]
-                for e in T.serial(d):
-                    OUT[bi, hi, i, e] = T.Cast(dtype, acc[e] / st[1])
+        if S == T.int64(1):
+            for row in T.parallel(B * h):
+                with T.sblock("attn"):
+                    T.reads()
+                    T.writes()
+                    q_loc = T.sblock_alloc_buffer((d,), "float32", scope="local")
+                    acc = T.sblock_alloc_buffer((d,), "float32", scope="local")
+                    part = T.sblock_alloc_buffer((lanes,), "float32", scope="local")
+                    st = T.sblock_alloc_buffer((6,), "float32", scope="local")  # m, l, m_new, p, dot, alpha
+                    bi: T.let[T.int64] = row // h
+                    hi: T.let[T.int64] = row % h
+                    kh: T.let[T.int64] = hi // group
+                    qpos: T.let[T.int64] = TT - T.int64(1)
+                    k_hi: T.let[T.int64] = key_hi(qpos, TT)
+                    k_lo: T.let[T.int64] = key_lo(qpos)
+                    for e in T.serial(d):
+                        q_loc[e] = T.Cast("float32", Q[bi, hi, 0, e]) * T.float32(scale)
+                        acc[e] = T.float32(0)
+                    st[0] = T.float32(NEG)
+                    st[1] = T.float32(0)
+                    for jj in T.serial(k_hi - k_lo):
+                        qk_dot(part, q_loc, K, bi, kh, k_lo + jj, st, 4)
+                        st[2] = T.max(st[0], cap(st[4]))
+                        st[3] = T.exp(cap(st[4]) - st[2])
+                        st[5] = T.exp(st[0] - st[2])
+                        for e in T.vectorized(d):
+                            acc[e] = acc[e] * st[5] + st[3] * T.Cast("float32", V[bi, kh, k_lo + jj, e])
+                        st[1] = st[1] * st[5] + st[3]
+                        st[0] = st[2]
+                    for e in T.serial(d):
+                        OUT[bi, hi, 0, e] = T.Cast(dtype, acc[e] / st[1])
+        else:
+            # K transposed per (batch, kv head) to [d, key] (keys padded by a tile of zeros): a
+            # tile's logits are then R x KT vector FMAs along the keys, no horizontal sums
+            KTr = T.alloc_buffer((B * kvh * d, TT + KT), "float32")
+            for x in T.parallel(B * kvh):
+                with T.sblock("k_transpose"):
+                    T.reads()
+                    T.writes()
+                    for key in T.serial(TT + KT):
+                        for e in T.serial(d):
+                            KTr[x * d + e, key] = T.if_then_else(
+                                key < TT, T.Cast("float32", K[x // kvh, x % kvh, T.min(key, TT - 1), e]), T.float32(0))
+            for task in T.parallel(B * h * ((S + (R - 1)) // R)):
+                with T.sblock("attn_blocked"):
+                    T.reads()
+                    T.writes()
+                    q_loc = T.sblock_alloc_buffer((R, d), "float32", scope="local")
+                    acc = T.sblock_alloc_buffer((R, d), "float32", scope="local")
+                    sc = T.sblock_alloc_buffer((R, KT), "float32", scope="local")
+                    m = T.sblock_alloc_buffer((R,), "float32", scope="local")
+                    mn = T.sblock_alloc_buffer((R,), "float32", scope="local")
+                    al = T.sblock_alloc_buffer((R,), "float32", scope="local")
+                    ls = T.sblock_alloc_buffer((R,), "float32", scope="local")
+                    mv = T.sblock_alloc_buffer((R, VL), "float32", scope="local")
+                    lv = T.sblock_alloc_buffer((R, VL), "float32", scope="local")
+                    nb: T.let[T.int64] = (S + (R - 1)) // R
+                    bi: T.let[T.int64] = task // (h * nb)
+                    hi: T.let[T.int64] = task // nb % h
+                    r0: T.let[T.int64] = task % nb * R
+                    kh: T.let[T.int64] = hi // group
+                    kt0: T.let[T.int64] = (bi * kvh + kh) * d
+                    last: T.let[T.int64] = T.min(r0 + (R - 1), S - 1)
+                    blo: T.let[T.int64] = key_lo(r0 + TT - S)
+                    bhi: T.let[T.int64] = key_hi(last + TT - S, TT)
+                    for r in T.unroll(R):
+                        for e in T.vectorized(d):
+                            q_loc[r, e] = T.Cast("float32", Q[bi, hi, T.min(r0 + r, S - 1), e]) * T.float32(scale)
+                            acc[r, e] = T.float32(0)
+                        m[r] = T.float32(NEG)
+                        for el in T.vectorized(VL):
+                            lv[r, el] = T.float32(0)
+                    for t in T.serial((T.max(bhi - blo, T.int64(0)) + (KT - 1)) // KT):
+                        for r in T.unroll(R):
+                            for jj in T.vectorized(KT):
+                                sc[r, jj] = T.float32(0)
+                        for e in T.serial(d):
+                            for r in T.unroll(R):
+                                for jj in T.vectorized(KT):
+                                    sc[r, jj] = sc[r, jj] + q_loc[r, e] * KTr[kt0 + e, blo + t * KT + jj]
+                        for r in T.unroll(R):
+                            for jj in T.vectorized(KT):
+                                sc[r, jj] = T.if_then_else(
+                                    blo + t * KT + jj >= key_lo(T.min(r0 + r, S - 1) + TT - S)
+                                    and blo + t * KT + jj < key_hi(T.min(r0 + r, S - 1) + TT - S, TT),
+                                    cap(sc[r, jj]), T.float32(NEG))
+                            for el in T.vectorized(VL):
+                                mv[r, el] = sc[r, el]
+                            for jo in T.unroll(KT // VL - 1):
+                                for el in T.vectorized(VL):
+                                    mv[r, el] = T.max(mv[r, el], sc[r, (jo + 1) * VL + el])
+                            mn[r] = m[r]
+                        for el in T.unroll(VL):  # the rows' max chains interleaved
+                            for r in T.unroll(R):
+                                mn[r] = T.max(mn[r], mv[r, el])
+                        for r in T.unroll(R):
+                            al[r] = fast_exp(m[r] - mn[r])
+                            m[r] = mn[r]
+                            for jj in T.vectorized(KT):
+                                sc[r, jj] = T.if_then_else(
+                                    sc[r, jj] > T.float32(NEG), fast_exp(sc[r, jj] - mn[r]), T.float32(0))
+                            for el in T.vectorized(VL):
+                                lv[r, el] = lv[r, el] * al[r]
+                            for jo in T.unroll(KT // VL):
+                                for el in T.vectorized(VL):
+                                    lv[r, el] = lv[r, el] + sc[r, jo * VL + el]
+                            for e in T.vectorized(d):
+                                acc[r, e] = acc[r, e] * al[r]
+                        for jj in T.serial(KT):
+                            for r in T.unroll(R):
+                                for e in T.vectorized(d):
+                                    acc[r, e] = acc[r, e] + sc[r, jj] * T.Cast(
+                                        "float32", V[bi, kh, T.min(blo + t * KT + jj, bhi - 1), e])
+                    for r in T.unroll(R):
+                        ls[r] = T.float32(0)
+                        for el in T.serial(VL):
+                            ls[r] = ls[r] + lv[r, el]
+                        if r0 + r < S:
+                            for e in T.vectorized(d):
+                                OUT[bi, hi, r0 + r, e] = T.Cast(dtype, acc[r, e] / ls[r])
     # fmt: on
     return attention
 

@@ -1,0 +1,160 @@
+"""CPU prefill attention: the blocked kernel (``attention_sync`` now) against the one-row-per-task
+kernel it replaced (``attention_cpu.py`` at ``--base``, default ``main``), interleaved.
+
+Usage::
+
+    python bench/cpu_attention.py                     # writes bench/cpu_attention.json
+    python bench/cpu_attention.py --rounds 3 --shapes 12x12x64 --seq 512 --out /tmp/x.json
+
+Shapes are ``HxKVHxD`` (query heads x key/value heads x head_dim), batch 1, ``--seq`` query rows
+on as many keys (a prefill from an empty cache), causal, float32, compiled as the prefill entry
+compiles them (symbolic sequence length, ``mcpu`` of this host). FLOPs are the useful ones:
+``4 * d * h * S * (S + 1) / 2`` (q.k and p.v over the keys the causal mask leaves).
+
+``--variants 8x32,4x64`` times the new kernel at other block sizes (query rows x keys per tile)
+as well, named ``new_8x32`` etc.
+
+Each round runs every kernel once in turn (interleaved A/B), each sample being the best of
+``--inner`` calls, timed as wall time and as process CPU time (``time.process_time``: it leaves
+out the time the threads waited for the 2 shared cores; TVM's idle workers spin, which it counts,
+so it is conservative). The JSON holds every sample, the load average per round, the best and
+median GFLOP/s per clock, and new/old ratios of the bests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from _common import ROOT, cpu_name, git, load_average
+
+sys.path.insert(0, str(ROOT))
+
+
+def _old_module(base: str):
+    src = git("show", f"{base}:llmc/backends/kernels/attention_cpu.py")
+    if not src:
+        raise SystemExit(
+            f"bench/cpu_attention.py: no llmc/backends/kernels/attention_cpu.py at {base}"
+        )
+    path = Path(tempfile.mkdtemp()) / "attention_cpu_old.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location("attention_cpu_old", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _time(fn, inner: int) -> tuple[float, float]:
+    wall, cpu = [], []
+    for _ in range(inner):
+        w0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        wall.append(time.perf_counter() - w0)
+        cpu.append(time.process_time() - c0)
+    return min(wall), min(cpu)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shapes", default="12x12x64,32x8x64")
+    ap.add_argument("--seq", type=int, default=512)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--inner", type=int, default=3)
+    ap.add_argument("--base", default="main")
+    ap.add_argument(
+        "--variants",
+        default="",
+        help="extra block sizes of the new kernel, ROWSxKEY_TILE,... (timed as new_ROWSxKEY_TILE)",
+    )
+    ap.add_argument("--out", default=str(ROOT / "bench" / "cpu_attention.json"))
+    args = ap.parse_args()
+
+    import torch
+    import tvm
+
+    from llmc.backends.cpu.pipeline import host_cpu
+    from llmc.backends.kernels import attention_cpu as new
+    from llmc.ir.ops import AttentionAttrs, _attention_ref
+
+    old = _old_module(args.base)
+    target = tvm.target.Target({"kind": "llvm", "mcpu": host_cpu()})
+    s = args.seq
+    res: dict = {
+        "command": " ".join(["python", *sys.argv]),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "commit": git("rev-parse", "--short", "HEAD").strip(),
+        "base": args.base,
+        "cpu": cpu_name(),
+        "mcpu": host_cpu(),
+        "seq": s,
+        "shapes": {},
+    }
+    for shape in args.shapes.split(","):
+        h, kvh, d = (int(x) for x in shape.split("x"))
+        scale = d**-0.5
+        flops = 4.0 * d * h * s * (s + 1) / 2
+        gen = torch.Generator().manual_seed(0)
+        q = torch.randn(1, h, s, d, generator=gen)
+        k = torch.randn(1, kvh, s, d, generator=gen)
+        v = torch.randn(1, kvh, s, d, generator=gen)
+        want = _attention_ref([q, k, v], AttentionAttrs(causal=True, scale=scale), None)
+        args_tvm = [tvm.runtime.tensor(x.numpy()) for x in (q, k, v)]
+        fns = {}
+        kernels = [("old", old, {}), ("new", new, {})]
+        for var in filter(None, args.variants.split(",")):
+            rows, tile = (int(x) for x in var.split("x"))
+            kernels.append((f"new_{var}", new, {"rows": rows, "key_tile": tile}))
+        for name, mod, kw in kernels:
+            f = mod.attention_sync(h, kvh, d, "float32", scale, True, 0, **kw)
+            fn = tvm.compile(tvm.IRModule({"main": f}), target=target)["main"]
+            o = tvm.runtime.tensor(np.zeros((1, h, s, d), "float32"))
+            fn(*args_tvm, s, o)
+            err = float((torch.from_numpy(o.numpy()) - want).abs().max())
+            if err > 1e-4:
+                raise SystemExit(f"bench/cpu_attention.py: {name} kernel off by {err} at {shape}")
+            fns[name] = lambda fn=fn, o=o, a=args_tvm: fn(*a, s, o)
+        samples: dict = {n: {"wall_s": [], "cpu_s": []} for n in fns}
+        loads = []
+        for _ in range(args.rounds):
+            loads.append(load_average())
+            for n, fn in fns.items():
+                w, c = _time(fn, args.inner)
+                samples[n]["wall_s"].append(w)
+                samples[n]["cpu_s"].append(c)
+        row: dict = {"h": h, "kvh": kvh, "d": d, "gflop": flops / 1e9, "load_avg": loads}
+        for n, smp in samples.items():
+            row[n] = {
+                **smp,
+                "gflops_wall_best": flops / min(smp["wall_s"]) / 1e9,
+                "gflops_wall_median": flops / statistics.median(smp["wall_s"]) / 1e9,
+                "gflops_cpu_best": flops / min(smp["cpu_s"]) / 1e9,
+                "gflops_cpu_median": flops / statistics.median(smp["cpu_s"]) / 1e9,
+            }
+        row["speedup_wall_best"] = min(samples["old"]["wall_s"]) / min(samples["new"]["wall_s"])
+        row["speedup_cpu_best"] = min(samples["old"]["cpu_s"]) / min(samples["new"]["cpu_s"])
+        res["shapes"][shape] = row
+        for n in fns:
+            if n.startswith("new_"):
+                print(
+                    f"  {n}: {row[n]['gflops_cpu_best']:.1f} GFLOP/s cpu, {row[n]['gflops_wall_best']:.1f} wall"
+                )
+        print(
+            f"{shape} S={s}: old {row['old']['gflops_wall_best']:.1f} GFLOP/s wall "
+            f"({row['old']['gflops_cpu_best']:.1f} cpu), new {row['new']['gflops_wall_best']:.1f} "
+            f"wall ({row['new']['gflops_cpu_best']:.1f} cpu); x{row['speedup_wall_best']:.2f} wall, "
+            f"x{row['speedup_cpu_best']:.2f} cpu; load {loads[0]} .. {loads[-1]}"
+        )
+    Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
