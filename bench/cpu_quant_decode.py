@@ -245,6 +245,10 @@ MODELS = {
     "rtn4_vnni": ("rtn:bits=4:group=128:measure=false", "avx512_vnni"),
     "w8a8_portable": ("w8a8:measure=false", "portable"),
     "w8a8_vnni": ("w8a8:measure=false", "avx512_vnni"),
+    # the tied LM head left f32 (the passes' default before head=true): GPT-2's 154 MB table
+    "rtn4_vnni_headf32": ("rtn:bits=4:group=128:measure=false:head=false", "avx512_vnni"),
+    "rtn4_vnni_head4": ("rtn:bits=4:group=128:measure=false:head_bits=4", "avx512_vnni"),
+    "w8a8_vnni_headf32": ("w8a8:measure=false:head=false", "avx512_vnni"),
 }
 
 _COMPILE = """
@@ -257,7 +261,7 @@ compile_model(sys.argv[1], target="cpu", passes=sys.argv[2] or None, out=sys.arg
 """
 
 
-def whole_model(work: Path, repeats: int) -> dict[str, Any]:
+def whole_model(work: Path, repeats: int, names: list[str]) -> dict[str, Any]:
     """Decode tokens/s of GPT-2 small artifacts, interleaved (see the module docstring)."""
     import subprocess
 
@@ -268,13 +272,15 @@ def whole_model(work: Path, repeats: int) -> dict[str, Any]:
     from llmc.runtime.tvm_runner import load
 
     hf = cpu_decode.hf_dir("gpt2", work)
-    lms = {}
-    for name, (spec, isa) in MODELS.items():
+    lms, sizes = {}, {}
+    for name in names:
+        spec, isa = MODELS[name]
         out = work / f"gpt2-{name}"
         if not (out / "manifest.json").is_file():
             cmd = [sys.executable, "-c", _COMPILE, str(hf), spec, isa, str(out)]
             subprocess.run(cmd, check=True, capture_output=True)
         lms[name] = load(out)
+        sizes[name] = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     prompt = list(range(100, 132))
     for lm in lms.values():
         generate(lm, prompt, 8)  # warm-up
@@ -288,6 +294,7 @@ def whole_model(work: Path, repeats: int) -> dict[str, Any]:
         n: {
             "passes": MODELS[n][0],
             "kernels": MODELS[n][1],
+            "artifact_mb": round(sizes[n] / 1e6, 1),
             "decode_tokens_per_s_samples": [round(x, 1) for x in s],
             "decode_tokens_per_s_median": round(statistics.median(s), 1),
         }
@@ -303,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, default=10)
     ap.add_argument("--out", default=str(ROOT / "bench" / "cpu_quant_decode.json"))
     ap.add_argument("--whole-model", metavar="WORK", help="also time GPT-2 small artifacts")
+    ap.add_argument("--whole-models", default=",".join(MODELS), help="which (names of MODELS)")
     args = ap.parse_args(argv)
     from llmc.backends.cpu.pipeline import kernel_isa
     from llmc.targets.host import measure_read_bandwidth
@@ -311,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = load_average()
     bw = measure_read_bandwidth(threads)
     results: dict[str, Any] = {}
-    for model in args.models.split(","):
+    for model in filter(None, args.models.split(",")):
         shapes = model_shapes("gpt2" if model == "gpt2" else "llama7b")
         runs: dict[str, list[Callable[[], Any]]] = {}
         nbytes: dict[str, int] = {}
@@ -348,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.whole_model:
         Path(args.whole_model).mkdir(parents=True, exist_ok=True)
         load_whole = load_average()
-        whole = whole_model(Path(args.whole_model), args.repeats)
+        whole = whole_model(Path(args.whole_model), args.repeats, args.whole_models.split(","))
         whole = {"load_average_before": load_whole, "load_average_after": load_average(), **whole}
         print("whole model", whole)
     doc = {
