@@ -15,6 +15,8 @@ preparation (quantization, digit split, group sums):
 - ``rtn4_vnni3`` / ``rtn4_vnni1``: ``q4_vnni`` with 3 activation digits (float32-level error,
   the default) or 1 (int8 activations as llama.cpp's q8_0);
 - ``rtn8_portable``: ``panel_gemm_q8`` per channel (``rtn:bits=8``);
+- ``rtn8_vnni3``: ``q8w_vnni`` per channel, 3 activation digits (what ``rtn:bits=8`` and the
+  8-bit LM head of ``head=true`` run on a VNNI host);
 - ``w8a8_portable``: ``act_quant`` + ``int8_linear`` (plain loops, what non-VNNI hosts run);
 - ``w8a8_vnni``: ``act_quant`` + ``w8a8_vnni``.
 
@@ -150,6 +152,37 @@ def q8_portable(k: int, n: int, rng) -> Callable[[], Any]:
     return lambda: f(x, codes, sc, of, out)
 
 
+def q8_vnni(k: int, n: int, rng) -> Callable[[], Any]:
+    """``q8w_vnni`` per channel (3 activation digits), activation preparation included."""
+    from tvm import te
+
+    from llmc.backends.kernels import cpu_vnni as V
+
+    kp, ab, parts = V.padded_k(k, k), V.act_block(k, k), 3
+
+    def prep_fn():
+        xt = te.placeholder((1, k), "float32", name="x")
+        d, s = V.act_digits(xt, kp, ab, parts)
+        return te.create_prim_func([xt, d, s, V.group_sums(xt, k)])
+
+    prep = _build(("q8prep", k, parts), prep_fn)
+    f = _build(("q8v", k, n, parts), lambda: V.q8w_vnni(k, n, k, parts, "float32", 1))
+    x = _arr(rng.standard_normal((1, k)).astype("float32"))
+    xd = _arr(np.zeros((1, parts, kp), "int8"))
+    xs = _arr(np.zeros((1, kp // ab, parts), "float32"))
+    gs = _arr(np.zeros((1, 1), "float32"))
+    codes = _arr(_rng_u8(rng, (_panels(n), kp // 4, NB, 4)))
+    sc = _arr(rng.random((_panels(n), 1, NB)).astype("float32") * 0.01)
+    of = _arr(np.full((_panels(n), 1, NB), 127.0, "float32"))
+    out = _arr(np.zeros((1, n), "float32"))
+
+    def run():
+        prep(x, xd, xs, gs)
+        f(xd, xs, gs, codes, sc, of, out)
+
+    return run
+
+
 def _act_quant(k: int):
     from tvm import te
 
@@ -227,6 +260,7 @@ VARIANTS = {
     "rtn4_vnni3": (q4_vnni(3), bytes_q4),
     "rtn4_vnni1": (q4_vnni(1), bytes_q4),
     "rtn8_portable": (q8_portable, bytes_q8),
+    "rtn8_vnni3": (q8_vnni, bytes_q8),
     "w8a8_portable": (a8_portable, bytes_a8),
     "w8a8_vnni": (a8_vnni, bytes_a8),
 }
