@@ -23,7 +23,9 @@ preparation (quantization, digit split, group sums):
 With ``--whole-model WORK``, it also compiles GPT-2 small (``bench/cpu_decode.py``'s random-weight
 checkpoint) as dense, ``rtn:bits=8``, ``rtn:bits=4:group=128`` and ``w8a8`` (the last two with the
 VNNI kernels and, forced, with the portable ones) and measures decode tokens/s of a 32-token
-prompt and 128 greedy tokens, interleaved, batch 1.
+prompt and 128 greedy tokens, interleaved, batch 1. ``--whole-models`` picks some of them, e.g.
+the LM-head pairs ``rtn4_vnni,rtn4_vnni_headf32,w8a8_vnni,w8a8_vnni_headf32`` (the tied head
+quantized, the passes' default, vs ``head=false``); ``--models ""`` skips the kernel level.
 
 Variants run interleaved (A B C ... A B C ...) ``--repeats`` times, ``--tokens`` tokens each;
 the JSON has every sample, the medians, the bytes each token reads, and % of the roofline
