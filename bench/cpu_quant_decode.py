@@ -15,13 +15,17 @@ preparation (quantization, digit split, group sums):
 - ``rtn4_vnni3`` / ``rtn4_vnni1``: ``q4_vnni`` with 3 activation digits (float32-level error,
   the default) or 1 (int8 activations as llama.cpp's q8_0);
 - ``rtn8_portable``: ``panel_gemm_q8`` per channel (``rtn:bits=8``);
+- ``rtn8_vnni3``: ``q8w_vnni`` per channel, 3 activation digits (what ``rtn:bits=8`` and the
+  8-bit LM head of ``head=true`` run on a VNNI host);
 - ``w8a8_portable``: ``act_quant`` + ``int8_linear`` (plain loops, what non-VNNI hosts run);
 - ``w8a8_vnni``: ``act_quant`` + ``w8a8_vnni``.
 
 With ``--whole-model WORK``, it also compiles GPT-2 small (``bench/cpu_decode.py``'s random-weight
 checkpoint) as dense, ``rtn:bits=8``, ``rtn:bits=4:group=128`` and ``w8a8`` (the last two with the
 VNNI kernels and, forced, with the portable ones) and measures decode tokens/s of a 32-token
-prompt and 128 greedy tokens, interleaved, batch 1.
+prompt and 128 greedy tokens, interleaved, batch 1. ``--whole-models`` picks some of them, e.g.
+the LM-head pairs ``rtn4_vnni,rtn4_vnni_headf32,w8a8_vnni,w8a8_vnni_headf32`` (the tied head
+quantized, the passes' default, vs ``head=false``); ``--models ""`` skips the kernel level.
 
 Variants run interleaved (A B C ... A B C ...) ``--repeats`` times, ``--tokens`` tokens each;
 the JSON has every sample, the medians, the bytes each token reads, and % of the roofline
@@ -150,6 +154,37 @@ def q8_portable(k: int, n: int, rng) -> Callable[[], Any]:
     return lambda: f(x, codes, sc, of, out)
 
 
+def q8_vnni(k: int, n: int, rng) -> Callable[[], Any]:
+    """``q8w_vnni`` per channel (3 activation digits), activation preparation included."""
+    from tvm import te
+
+    from llmc.backends.kernels import cpu_vnni as V
+
+    kp, ab, parts = V.padded_k(k, k), V.act_block(k, k), 3
+
+    def prep_fn():
+        xt = te.placeholder((1, k), "float32", name="x")
+        d, s = V.act_digits(xt, kp, ab, parts)
+        return te.create_prim_func([xt, d, s, V.group_sums(xt, k)])
+
+    prep = _build(("q8prep", k, parts), prep_fn)
+    f = _build(("q8v", k, n, parts), lambda: V.q8w_vnni(k, n, k, parts, "float32", 1))
+    x = _arr(rng.standard_normal((1, k)).astype("float32"))
+    xd = _arr(np.zeros((1, parts, kp), "int8"))
+    xs = _arr(np.zeros((1, kp // ab, parts), "float32"))
+    gs = _arr(np.zeros((1, 1), "float32"))
+    codes = _arr(_rng_u8(rng, (_panels(n), kp // 4, NB, 4)))
+    sc = _arr(rng.random((_panels(n), 1, NB)).astype("float32") * 0.01)
+    of = _arr(np.full((_panels(n), 1, NB), 127.0, "float32"))
+    out = _arr(np.zeros((1, n), "float32"))
+
+    def run():
+        prep(x, xd, xs, gs)
+        f(xd, xs, gs, codes, sc, of, out)
+
+    return run
+
+
 def _act_quant(k: int):
     from tvm import te
 
@@ -227,6 +262,7 @@ VARIANTS = {
     "rtn4_vnni3": (q4_vnni(3), bytes_q4),
     "rtn4_vnni1": (q4_vnni(1), bytes_q4),
     "rtn8_portable": (q8_portable, bytes_q8),
+    "rtn8_vnni3": (q8_vnni, bytes_q8),
     "w8a8_portable": (a8_portable, bytes_a8),
     "w8a8_vnni": (a8_vnni, bytes_a8),
 }
@@ -245,6 +281,10 @@ MODELS = {
     "rtn4_vnni": ("rtn:bits=4:group=128:measure=false", "avx512_vnni"),
     "w8a8_portable": ("w8a8:measure=false", "portable"),
     "w8a8_vnni": ("w8a8:measure=false", "avx512_vnni"),
+    # the tied LM head left f32 (the passes' default before head=true): GPT-2's 154 MB table
+    "rtn4_vnni_headf32": ("rtn:bits=4:group=128:measure=false:head=false", "avx512_vnni"),
+    "rtn4_vnni_head4": ("rtn:bits=4:group=128:measure=false:head_bits=4", "avx512_vnni"),
+    "w8a8_vnni_headf32": ("w8a8:measure=false:head=false", "avx512_vnni"),
 }
 
 _COMPILE = """
@@ -257,7 +297,7 @@ compile_model(sys.argv[1], target="cpu", passes=sys.argv[2] or None, out=sys.arg
 """
 
 
-def whole_model(work: Path, repeats: int) -> dict[str, Any]:
+def whole_model(work: Path, repeats: int, names: list[str]) -> dict[str, Any]:
     """Decode tokens/s of GPT-2 small artifacts, interleaved (see the module docstring)."""
     import subprocess
 
@@ -268,13 +308,15 @@ def whole_model(work: Path, repeats: int) -> dict[str, Any]:
     from llmc.runtime.tvm_runner import load
 
     hf = cpu_decode.hf_dir("gpt2", work)
-    lms = {}
-    for name, (spec, isa) in MODELS.items():
+    lms, sizes = {}, {}
+    for name in names:
+        spec, isa = MODELS[name]
         out = work / f"gpt2-{name}"
         if not (out / "manifest.json").is_file():
             cmd = [sys.executable, "-c", _COMPILE, str(hf), spec, isa, str(out)]
             subprocess.run(cmd, check=True, capture_output=True)
         lms[name] = load(out)
+        sizes[name] = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     prompt = list(range(100, 132))
     for lm in lms.values():
         generate(lm, prompt, 8)  # warm-up
@@ -288,6 +330,7 @@ def whole_model(work: Path, repeats: int) -> dict[str, Any]:
         n: {
             "passes": MODELS[n][0],
             "kernels": MODELS[n][1],
+            "artifact_mb": round(sizes[n] / 1e6, 1),
             "decode_tokens_per_s_samples": [round(x, 1) for x in s],
             "decode_tokens_per_s_median": round(statistics.median(s), 1),
         }
@@ -303,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, default=10)
     ap.add_argument("--out", default=str(ROOT / "bench" / "cpu_quant_decode.json"))
     ap.add_argument("--whole-model", metavar="WORK", help="also time GPT-2 small artifacts")
+    ap.add_argument("--whole-models", default=",".join(MODELS), help="which (names of MODELS)")
     args = ap.parse_args(argv)
     from llmc.backends.cpu.pipeline import kernel_isa
     from llmc.targets.host import measure_read_bandwidth
@@ -311,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = load_average()
     bw = measure_read_bandwidth(threads)
     results: dict[str, Any] = {}
-    for model in args.models.split(","):
+    for model in filter(None, args.models.split(",")):
         shapes = model_shapes("gpt2" if model == "gpt2" else "llama7b")
         runs: dict[str, list[Callable[[], Any]]] = {}
         nbytes: dict[str, int] = {}
@@ -348,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.whole_model:
         Path(args.whole_model).mkdir(parents=True, exist_ok=True)
         load_whole = load_average()
-        whole = whole_model(Path(args.whole_model), args.repeats)
+        whole = whole_model(Path(args.whole_model), args.repeats, args.whole_models.split(","))
         whole = {"load_average_before": load_whole, "load_average_after": load_average(), **whole}
         print("whole model", whole)
     doc = {

@@ -493,6 +493,7 @@ def export_gguf(
     requantized: dict[str, str] = {}
     dequantized: list[str] = []
     quantized: list[str] = []
+    kept_q8: list[str] = []
     tensors: list[tuple[str, np.ndarray, Any]] = []
     for name, p in graph.params.items():
         if name in skip:
@@ -516,14 +517,21 @@ def export_gguf(
                 f"export to GGUF: weight {name!r} has rows of {cols} values, not whole "
                 f"{gguf_type.upper()} blocks of {_BLOCK}; export with --gguf-type f16 or f32"
             )
-        qtype = gguf.GGMLQuantizationType[gguf_type.upper()]
-        ok, why = _exact_map(p, cols, gguf_type) if q is not None else (False, "")
+        ttype = gguf_type
+        head_q8 = gname == "output.weight" and q is not None and q.bits > 4
+        if head_q8 and gguf_type == "q4_0" and _exact_map(p, cols, "q8_0")[0]:
+            # the LM head the passes kept at 8 bits (head_bits): Q8_0 in a Q4_0 file, as
+            # llama.cpp's own q4_0 files keep output.weight above the file's type
+            ttype = "q8_0"
+            kept_q8.append(name)
+        qtype = gguf.GGMLQuantizationType[ttype.upper()]
+        ok, why = _exact_map(p, cols, ttype) if q is not None else (False, "")
         if ok:
             codes, scale = p.data["qvalue"], p.data["scale"]
             if perm:
                 codes, scale = _permute(codes, perm), _permute(scale, perm)
             group = cols if q.group == 0 else q.group
-            tensors.append((gname, _blocks(codes, scale, group, gguf_type), qtype))
+            tensors.append((gname, _blocks(codes, scale, group, ttype), qtype))
             exact_names.append(name)
             continue
         if q is not None:
@@ -609,6 +617,11 @@ def export_gguf(
         tmp.unlink(missing_ok=True)
         raise
     notes = []
+    if kept_q8:
+        notes.append(
+            f"{len(kept_q8)} weight(s) quantized at 8 bits by the passes written as Q8_0 "
+            f"({', '.join(kept_q8)})"
+        )
     if any(n.op == "qlinear_a8" for n in graph.nodes):
         notes.append("W8A8: activation quantization is not representable in GGUF (not applied)")
     return {

@@ -469,7 +469,8 @@ def _inv_vnni(kind: str, nb: int, t: torch.Tensor, p: Param) -> tuple[str, torch
     """``qvalue`` from the CPU's VNNI panels (``llmc/backends/cpu/pipeline.py``):
     ``vnni{NB}.q4.codes`` ``[P, K'/8, NB, 4]`` u8, byte (b, n, i) holding nibbles ``8b+i`` (low)
     and ``8b+4+i`` (high) of output n; ``vnni{NB}.q8.codes`` ``[P, K'/4, NB, 4]`` i8, byte
-    (b, n, i) = ``w[n, 4b+i]``. K and N zero-padded."""
+    (b, n, i) = ``w[n, 4b+i]``; ``vnni{NB}.q8w.codes`` the same as u8 ``code - qmin``. K and N
+    zero-padded."""
     n, k = (int(d) for d in p.type.shape)
     if t.dim() != 4:
         return None
@@ -478,6 +479,9 @@ def _inv_vnni(kind: str, nb: int, t: torch.Tensor, p: Param) -> tuple[str, torch
     if kind == "q8.codes":
         w = t.permute(0, 2, 1, 3).reshape(panels * nb, kb * 4)[:n, :k]
         return "qvalue", w.reshape(want)
+    if kind == "q8w.codes":
+        u = t.permute(0, 2, 1, 3).reshape(panels * nb, kb * 4)[:n, :k]
+        return "qvalue", (u.to(torch.int16) + _q(p).qmin).to(torch.int8).reshape(want)
     if kind == "q4.codes":
         u = torch.stack([t & 0xF, t >> 4], dim=3).permute(0, 2, 1, 3, 4)  # [P, NB, K'/8, 2, 4]
         u = u.reshape(panels * nb, kb * 8)[:n, :k]

@@ -13,6 +13,13 @@ Group sizes: ``group=0`` is one scale per output channel. A layer whose input wi
 multiple of ``group`` uses the largest power of two below ``group`` that divides its width (recorded
 per layer as ``group``; e.g. ``tiny``'s ``down_proj`` has 704 inputs, so ``group=128`` gives 64 there).
 Pruned weights stay zero through quantization (their codes are the zero point).
+
+The LM head (the ``linear`` in block ``head``, which ``exclude`` leaves out by default): with
+``head=true`` (the default) the quantization passes quantize it too, at ``head_bits`` (8) by
+round-to-nearest, symmetric, whatever the body's method: llama.cpp's q4_0/q4_K files keep
+``output.weight`` at q6_K or q8_0 for the same reason (the head's error reaches every logit).
+A head *tied* to the embedding table gets its own param (:func:`untie_head`), so the embedding
+lookup keeps reading the float table and only the head's matmul reads the quantized copy.
 """
 
 from __future__ import annotations
@@ -28,7 +35,10 @@ from llmc.ir.graph import Graph
 from llmc.ir.params import Param, QuantSpec, StorageFormat, group_count
 from llmc.passes.base import CalibrationError, Pass, PassContext, PassOptionError
 from llmc.passes.calibration import InputStats, output_error, run_layerwise
-from llmc.passes.select import DEFAULT_EXCLUDE, Target, select_linears
+from llmc.passes.select import DEFAULT_EXCLUDE, Target, matches, module_path, select_linears
+
+#: bits of the LM head when the passes quantize it (``head=true``): llama.cpp's choice class
+HEAD_BITS = 8
 
 
 def effective_group(in_features: int, group: int) -> int:
@@ -107,6 +117,49 @@ def _zero_codes(zero: torch.Tensor | None, g: int, like: torch.Tensor) -> torch.
     return zero.repeat_interleave(g, dim=1)
 
 
+def head_targets(graph: Graph, include: tuple[str, ...], body: list[Target]) -> list[Target]:
+    """The LM-head linears (block ``head``, weight a 2-D param) that ``body`` does not already
+    hold and that ``include`` matches (by weight path or the linear's scope); an already quantized
+    head is left alone (an earlier pass quantized it). Call :func:`untie_head` on each before
+    changing its weight."""
+    taken = {id(t.node) for t in body}
+    out: list[Target] = []
+    for n in graph.nodes:
+        if n.op != "linear" or n.block != "head" or id(n) in taken or len(n.inputs) < 2:
+            continue
+        p = graph.param_of(n.inputs[1])
+        if p is None or len(p.type.shape) != 2 or p.format.quant is not None:
+            continue
+        path = module_path(p.name)
+        if any(matches(path, pat) or matches(n.scope, pat) for pat in include):
+            out.append(Target(n, p, path))
+    return out
+
+
+def untie_head(graph: Graph, t: Target) -> Target:
+    """Give the head ``t`` its own weight param when another node reads the same param (a head
+    tied to the embedding table): a new ``{scope}.weight`` param sharing the float tensor, read by
+    a new ``param`` node just before the head. The embedding keeps the original param, so
+    quantizing the head's copy leaves the lookup exact. Untied heads are returned as they are."""
+    n, p = t.node, t.param
+    readers = [
+        m for _, m in graph.walk() if m is not n and any(graph.param_of(v) is p for v in m.inputs)
+    ]
+    if not readers:
+        return t
+    base = f"{n.scope or 'lm_head'}.weight"
+    name, i = base, 1
+    while name in graph.root().params:
+        name, i = f"{base}.{i}", i + 1
+    graph.add_param(Param(name, p.type, p.format, dict(p.data)))
+    pn = graph.make_node("param", (), {"name": name}, name=name, scope=n.scope, block=n.block)
+    graph.insert_before(n, pn)
+    n.inputs = (n.inputs[0], pn.out, *n.inputs[2:])
+    if graph.meta.get("tie_word_embeddings"):
+        graph.meta["tie_word_embeddings"] = False  # exporters now write the head's own weight
+    return Target(n, graph.root().params[name], module_path(name))
+
+
 def store_quantized(
     p: Param,
     codes: torch.Tensor,
@@ -138,6 +191,10 @@ class QuantBase(Pass):
     # measure each layer's output error on calibration data; default: only when the method
     # reads calibration data anyway (a data-free method stays data-free and fast)
     measure: bool | None = None
+    # the LM head too, at head_bits by symmetric RTN (a tied head gets its own copy); false:
+    # keep it float (see the module docstring)
+    head: bool = True
+    head_bits: int = HEAD_BITS
 
     needs_calibration: ClassVar[bool] = False
     needs_hessian: ClassVar[bool] = False
@@ -150,6 +207,8 @@ class QuantBase(Pass):
             raise PassOptionError(
                 f"group must be >= 0 (0 = one scale per output channel), got {self.group}"
             )
+        if isinstance(self.head_bits, bool) or not 2 <= self.head_bits <= 8:
+            raise PassOptionError(f"head_bits must be in 2..8, got {self.head_bits}")
         if not self.sym and self.bits == 8:
             raise PassOptionError(
                 "asymmetric 8-bit codes (0..255) do not fit llmc's int8 code storage; "
@@ -170,23 +229,35 @@ class QuantBase(Pass):
                 )
         return ts
 
+    def _spec(self, t: Target, heads: set[int]) -> QuantSpec:
+        g = effective_group(t.in_features, self.group)
+        if id(t.node) in heads:
+            return QuantSpec(self.head_bits, g, True, "rtn")
+        return QuantSpec(self.bits, g, self.sym, self.method)
+
     def run(self, graph: Graph, ctx: PassContext) -> None:
         targets = self.targets(graph)
+        heads = head_targets(graph, self.include, targets) if self.head else []
+        bytes_before = sum(t.param.storage_bytes() for t in targets + heads)
+        heads = [untie_head(graph, t) for t in heads]
+        head_ids = {id(t.node) for t in heads}
+        targets = targets + heads
         rep = ctx.report
         rep.set(bits=self.bits, group=self.group, sym=self.sym, layers_targeted=len(targets))
+        if heads:
+            rep.set(head={"bits": self.head_bits, "params": [t.param.name for t in heads]})
         if not targets:
             return
-        bytes_before = sum(t.param.storage_bytes() for t in targets)
         if any(t.param.is_meta for t in targets):
             for t in targets:
-                g = effective_group(t.in_features, self.group)
-                spec = QuantSpec(self.bits, g, self.sym, self.method)
+                spec = self._spec(t, head_ids)
+                g = spec.group
                 shape = (t.out_features, group_count(t.in_features, g))
                 meta = {
                     "qvalue": torch.empty(t.param.type.shape, dtype=torch.int8, device="meta"),
                     "scale": torch.empty(shape, dtype=torch.float32, device="meta"),
                 }
-                if not self.sym:
+                if not spec.symmetric:
                     meta["zero"] = torch.empty(shape, dtype=torch.int8, device="meta")
                 t.param.data = meta
                 t.param.format = StorageFormat(spec, t.param.format.sparsity)
@@ -201,10 +272,13 @@ class QuantBase(Pass):
         def do(t: Target, stats: InputStats | None) -> None:
             w = t.param.value().to(torch.float32)
             keep = (w != 0) if t.param.format.sparsity is not None else None
-            g = effective_group(t.in_features, self.group)
+            spec = self._spec(t, head_ids)
+            g = spec.group
             t0 = time.perf_counter()
-            codes, scale, zero = self.quantize(w, g, stats, keep)
-            spec = QuantSpec(self.bits, g, self.sym, self.method)
+            if id(t.node) in head_ids:
+                codes, scale, zero = rtn_quantize(w, spec.bits, g, True, keep)
+            else:
+                codes, scale, zero = self.quantize(w, g, stats, keep)
             store_quantized(t.param, codes, scale, zero, spec)
             err = float("nan")
             if stats is not None:  # the dequantized weight only when the error is measured

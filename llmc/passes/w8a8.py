@@ -15,7 +15,7 @@ from llmc.ir.graph import Graph, Node
 from llmc.ir.params import QuantSpec
 from llmc.passes.base import CalibrationError, Pass, PassContext, PassOptionError
 from llmc.passes.calibration import InputStats, output_error, run_layerwise
-from llmc.passes.quant_common import rtn_quantize, store_quantized
+from llmc.passes.quant_common import head_targets, rtn_quantize, store_quantized, untie_head
 from llmc.passes.select import DEFAULT_EXCLUDE, Target, select_linears
 
 
@@ -28,6 +28,9 @@ class W8A8(Pass):
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = DEFAULT_EXCLUDE
     measure: bool = True
+    # the LM head too (a tied head gets its own copy of the table; see quant_common); false:
+    # keep it a float linear
+    head: bool = True
 
     def check(self) -> None:
         if self.act not in ("token", "tensor"):
@@ -41,11 +44,15 @@ class W8A8(Pass):
                     f"{t.path} is already quantized ({t.param.format}); w8a8 quantizes "
                     "float weights (use it instead of rtn/gptq, not after them)"
                 )
+        heads = head_targets(graph, self.include, targets) if self.head else []
+        bytes_before = sum(t.param.storage_bytes() for t in targets + heads)
+        targets = targets + [untie_head(graph, t) for t in heads]
         rep = ctx.report
         rep.set(act=self.act, layers_targeted=len(targets))
+        if heads:
+            rep.set(head={"bits": 8, "params": [t.param.name for t in targets[-len(heads) :]]})
         if not targets:
             return
-        bytes_before = sum(t.param.storage_bytes() for t in targets)
         method = "smoothquant" if graph.meta.get("smoothquant") else "w8a8"
         act_scales: dict[int, float] = {}
         by_node = {id(t.node): t for t in targets}

@@ -76,7 +76,8 @@ def test_kernels_and_layouts(mixed):
     vnni = kernel_isa() == "avx512_vnni"
     q4 = "cpu.linear.vnni_q4" if vnni else "cpu.linear.panel_q4"
     a8 = "cpu.qlinear_a8.vnni" if vnni else "qlinear_a8"
-    for r in (q4, "cpu.linear.panel_nm", "cpu.linear.panel_q8", a8):
+    q8 = "cpu.linear.vnni_q8w" if vnni else "cpu.linear.panel_q8"
+    for r in (q4, "cpu.linear.panel_nm", q8, a8):
         assert rules.get(r), (r, rules)
     layouts = {w["param"]: set() for w in backend["weights"]}
     for w in backend["weights"]:

@@ -113,6 +113,59 @@ def test_q4_vnni_int8_activations_error(k, n, group):
     assert err3 < err1 / 100
 
 
+def _run_q8w(k: int, n: int, group: int, parts: int, rows: int, static: bool):
+    """8-bit weight-only codes (symmetric: u = code + 127 in 0..254, offset 127)."""
+    import tvm
+    from tvm import te
+
+    from llmc.backends.kernels import cpu_vnni as V
+
+    rng = np.random.default_rng(k + n + group + 1)
+    x = rng.standard_normal((rows, k)).astype("float32")
+    x[:, 3] = 40.0
+    g = min(group, k)
+    u = rng.integers(0, 255, (n, k)).astype(np.uint8)
+    sc = (rng.random((n, k // g)) * 0.02 + 1e-3).astype("float32")
+    of = np.full((n, k // g), 127.0, "float32")
+    w = (u - np.repeat(of, g, 1).astype(np.float64)) * np.repeat(sc, g, 1)
+    want = x.astype(np.float64) @ w.T
+    kp, ab = V.padded_k(k, group), V.act_block(k, group)
+    xt = te.placeholder((rows, k), "float32", name="x")
+    d, s = V.act_digits(xt, kp, ab, parts)
+    prep = tvm.compile(te.create_prim_func([xt, d, s, V.group_sums(xt, group)]), target=_target())
+    ex = tvm.compile(V.q8w_vnni(k, n, group, parts, "float32", rows if static else None), _target())
+    full = np.zeros((((n + 63) // 64) * 64, kp), np.uint8)
+    full[:n, :k] = u
+    codes = full.reshape(-1, 64, kp // 4, 4).transpose(0, 2, 1, 3).copy()
+    cpu = tvm.cpu()
+
+    def arr(a):
+        return tvm.runtime.tensor(a, cpu)
+
+    xd = arr(np.zeros((rows, parts, kp), "int8"))
+    xs = arr(np.zeros((rows, kp // ab, parts), "float32"))
+    gs = arr(np.zeros((rows, k // g), "float32"))
+    prep(arr(x), xd, xs, gs)
+    out = arr(np.zeros((rows, n), "float32"))
+    ex(xd, xs, gs, arr(codes), arr(_panel(sc, n)), arr(_panel(of, n)), out)
+    return out.numpy(), want, ex
+
+
+@vnni
+@pytest.mark.parametrize(
+    "k,n,group",
+    [(256, 96, 32), (384, 130, 128), (200, 70, 200), (96, 17, 16)],
+    ids=["g32", "g128", "perchannel-k200", "g16-n17"],
+)
+@pytest.mark.parametrize("rows,static", [(1, True), (3, False)], ids=["decode", "prefill"])
+@pytest.mark.parametrize("parts", [3, 1])
+def test_q8w_vnni_matches_fp64(k, n, group, rows, static, parts):
+    got, want, ex = _run_q8w(k, n, group, parts, rows, static)
+    tol = 1e-4 if parts == 3 else 6e-2
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+    assert "vpdpbusd" in _asm(ex)
+
+
 @vnni
 @pytest.mark.parametrize("k,n", [(770, 100), (64, 64), (3, 5)])
 def test_w8a8_vnni_exact(k, n):
@@ -200,6 +253,28 @@ def test_model_matches_interpreter(tmp_path, group, w8a8):
     assert rules.get("cpu.linear.vnni_q4")
     assert not rules.get("cpu.linear.panel_q4")
     assert bool(rules.get("cpu.qlinear_a8.vnni")) == w8a8
+
+
+@vnni
+@pytest.mark.parametrize("bits,group", [(4, 32), (8, 0)], ids=["int4-g32+head8", "int8-channel"])
+def test_8bit_weights_use_vnni(tmp_path, bits, group):
+    """5..8-bit weight-only linears (the 8-bit LM head that ``head=true`` adds; ``rtn:bits=8``)
+    run ``q8w_vnni``; the artifact stores the head's codes once (the layout has an inverse)."""
+    from safetensors import safe_open
+
+    from llmc.passes import PassContext
+    from llmc.passes.manager import PassManager
+    from llmc.passes.rtn import RTNQuant
+
+    g = toy_lm(hidden=64, ffn=192)
+    PassManager([RTNQuant(bits=bits, group=group, measure=False)]).run(g, PassContext())
+    assert g.params["lm_head.weight"].format.quant.bits == 8
+    art = compile_graph(g, "cpu", tmp_path / "cpu")
+    rules = _check_against_interp(g, art)
+    assert rules.get("cpu.linear.vnni_q8w") and not rules.get("cpu.linear.panel_q8")
+    assert bool(rules.get("cpu.linear.vnni_q4")) == (bits == 4)
+    with safe_open(art / "params.safetensors", "pt") as f:
+        assert not [k for k in f.keys() if k.startswith("lm_head.weight")], list(f.keys())
 
 
 def test_portable_fallback(tmp_path, monkeypatch):

@@ -71,8 +71,9 @@ def test_tiny_round_trips_through_llmc_gguf_import(tiny, tmp_path, gguf_type, sp
     info = export_gguf(g, out, gguf_type=gguf_type, tokenizer=tiny.tokenizer, config=tiny.config)
     n_quant = sum(p.format.quant is not None for p in g.params.values())
     if gguf_type.startswith("q") and spec:
-        assert len(info["exact"]) == n_quant == 28 and not info["requantized"]
-        assert sorted(info["quantized"]) == ["lm_head.weight", "model.embed_tokens.weight"]
+        # 28 layer linears and the LM head (8 bits by default: Q8_0 even in a Q4_0 file)
+        assert len(info["exact"]) == n_quant == 29 and not info["requantized"]
+        assert sorted(info["quantized"]) == ["model.embed_tokens.weight"]
     back = load_model(str(out))
     qtype = Q[gguf_type.upper()] if gguf_type.startswith("q") else None
     for name, p in g.params.items():
@@ -136,7 +137,8 @@ def test_metadata_and_tensor_types(tiny, tmp_path) -> None:
     assert len(meta["tokenizer.ggml.tokens"]) == 256 and meta["tokenizer.ggml.merges"] == []
     types = {t.name: t.tensor_type.name for t in r.tensors}
     assert len(types) == 39
-    assert types["token_embd.weight"] == types["output.weight"] == "Q4_0"
+    # the head: rtn's head_bits=8, kept as Q8_0 (llama.cpp's q4_0 files keep output.weight above Q4_0)
+    assert types["token_embd.weight"] == "Q4_0" and types["output.weight"] == "Q8_0"
     assert types["blk.0.attn_q.weight"] == types["blk.3.ffn_down.weight"] == "Q4_0"
     assert types["blk.0.attn_norm.weight"] == types["output_norm.weight"] == "F32"
 
@@ -159,7 +161,8 @@ def test_random_hf_llama_round_trips(tmp_path, tie, gguf_type) -> None:
     lm = load_model(str(_hf_llama(tmp_path, tie)))
     g = lm.graph.copy()
     if gguf_type != "f32":
-        build_pipeline("rtn:bits=8:group=32:sym=true").run(g, PassContext())
+        # head=false: a quantized head would get its own copy (untied; test_quant_head.py)
+        build_pipeline("rtn:bits=8:group=32:sym=true:head=false").run(g, PassContext())
     out = tmp_path / "m.gguf"
     info = export_gguf(g, out, gguf_type=gguf_type, tokenizer=lm.tokenizer, config=lm.config)
     assert info["tied_output"] == tie
@@ -232,7 +235,7 @@ def test_bad_options_are_refused_in_one_line(tiny, tmp_path) -> None:
         export_gguf(g, out, gguf_type="q4_0", exact=True)
     # without --gguf-exact the weights are requantized and the summary says why
     info = export_gguf(g, out, gguf_type="q4_0")
-    assert len(info["requantized"]) == 28 and not info["exact"]
+    assert len(info["requantized"]) == 29 and not info["exact"]  # the head's group is 16 too
     assert set(info["requantized"].values()) == {"group size 16 is not a multiple of 32"}
     g8 = tiny.graph.copy()
     build_pipeline("rtn:bits=8:group=32:sym=true").run(g8, PassContext())
@@ -254,7 +257,7 @@ def test_cli_export_gguf(tmp_path) -> None:
         cwd=tmp_path,
     )
     assert r.returncode == 0, r.stderr
-    assert "Q8_0: 28 weight(s) keep llmc's codes" in r.stdout
+    assert "Q8_0: 29 weight(s) keep llmc's codes" in r.stdout
     assert gguf.GGUFReader(str(out)).fields["general.architecture"].contents() == "llama"
     # from a compiled artifact: its codes, as compiled
     art = tmp_path / "art"
@@ -265,7 +268,8 @@ def test_cli_export_gguf(tmp_path) -> None:
     assert r.returncode == 0, r.stderr
     r = subprocess.run([*base, "export", str(art), "--format", "gguf", "--gguf-type", "q4_0",
                         "--gguf-exact", "-o", str(tmp_path / "a.gguf")], **run_)  # fmt: skip
-    assert r.returncode == 0 and "Q4_0: 28 weight(s) keep llmc's codes" in r.stdout, r.stderr
+    assert r.returncode == 0 and "Q4_0: 29 weight(s) keep llmc's codes" in r.stdout, r.stderr
+    assert "1 weight(s) quantized at 8 bits by the passes written as Q8_0" in r.stdout
     r = subprocess.run(
         [*cmd, "--gguf-type", "q3", "-o", str(tmp_path / "b.gguf")],
         capture_output=True,

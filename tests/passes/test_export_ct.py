@@ -104,14 +104,15 @@ def test_weight_only_decompresses_to_llmc_weights(tiny, tmp_path, spec, fmt, bit
     g = _compressed(tiny, spec)
     out = tmp_path / "ct"
     info = export_compressed_tensors(g, out, tokenizer=tiny.tokenizer, config=tiny.config)
-    assert info["format"] == fmt and info["quantized_weights"] == 28
+    assert info["format"] == fmt and info["quantized_weights"] == 29  # + the head, at 8 bits
     schemes, raw = _check_weights(g, out)
     assert raw["format"] == fmt and raw["quant_method"] == "compressed-tensors"
     assert raw["quantization_status"] == "compressed"
-    assert len(schemes) == 28
+    assert len(schemes) == 29
     for module, s in schemes.items():
         w = s.weights
-        assert (w.num_bits, w.strategy, w.symmetric, w.type) == (bits, strategy, sym, "int")
+        want = (8, strategy, True) if module == "lm_head" else (bits, strategy, sym)
+        assert (w.num_bits, w.strategy, w.symmetric, w.type) == (*want, "int")
         q = g.params[f"{module}.weight"].format.quant
         assert w.group_size == (q.group or None)  # down_proj: 704 inputs -> group 64
         assert s.input_activations is None
@@ -136,7 +137,7 @@ def test_w8a8_is_int_quantized_with_llmcs_activation_scheme(tiny, tmp_path, act)
     assert info["format"] == "int-quantized"
     schemes, raw = _check_weights(g, out)
     scales = {n.attrs.weight: n.attrs.act_scale for n in g.nodes if n.op == "qlinear_a8"}
-    assert len(schemes) == len(scales) == 28
+    assert len(schemes) == len(scales) == 29
     for s in schemes.values():
         assert (s.weights.num_bits, s.weights.strategy, s.weights.symmetric) == (8, "channel", True)
         a = s.input_activations

@@ -158,6 +158,32 @@ def _vnni_q4_shape(p: Param, dt: str) -> tuple[int, ...]:
 register_layout(Layout(f"vnni{NB}.q4.codes", _vnni_q4_shape, lambda p, dt: "u8", _vnni_q4_codes))
 
 
+def _vnni_q8w_shape(p: Param, dt: str) -> tuple[int, ...]:
+    q = p.format.quant
+    assert q is not None
+    n, k = (int(d) for d in p.type.shape)
+    return (panel_count(n, NB), cpu_vnni.padded_k(k, q.group or k) // 4, NB, 4)
+
+
+def _vnni_q8w_codes(p: Param, dt: str):
+    """5..8-bit weight-only codes ``[P, K'/4, 64, 4]`` uint8: byte (b, n, i) is
+    ``code[n, 4b+i] - qmin``; K and N zero-padded."""
+    import torch
+
+    q = p.format.quant
+    assert q is not None
+    shape = _vnni_q8w_shape(p, dt)
+    if p.is_meta:
+        return torch.empty(shape, dtype=torch.uint8, device="meta")
+    n, k = (int(d) for d in p.type.shape)
+    full = torch.zeros(shape[0] * NB, shape[1] * 4, dtype=torch.uint8)
+    full[:n, :k] = (p.data["qvalue"].to(torch.int16) - q.qmin).to(torch.uint8).reshape(n, k)
+    return full.reshape(shape[0], NB, shape[1], 4).permute(0, 2, 1, 3).contiguous()
+
+
+register_layout(Layout(f"vnni{NB}.q8w.codes", _vnni_q8w_shape, lambda p, dt: "u8", _vnni_q8w_codes))
+
+
 def _vnni_q8_shape(p: Param, dt: str) -> tuple[int, ...]:
     n, k = (int(d) for d in p.type.shape)
     return (panel_count(n, NB), (k + 3) // 4, NB, 4)
@@ -252,16 +278,24 @@ def _linear_panel_q4(ctx: LowerCtx, n: Node) -> relax.Expr:
     return add_bias_cast(ctx, n, unflatten_rows(ctx, y, lead), dt)
 
 
-def _vnni_q4_ok(ctx: LowerCtx, n: Node) -> bool:
+def _vnni_ok(ctx: LowerCtx, n: Node, fmt) -> bool:
     p = weight_param(ctx, n)
     # float32 models only: the half-precision scale loads are not tested on the CPU yet
-    if kernel_isa() != "avx512_vnni" or p is None or not is_q4(p) or n.out.type.dtype != "f32":
+    if kernel_isa() != "avx512_vnni" or p is None or not fmt(p) or n.out.type.dtype != "f32":
         return False
     k = int(p.type.shape[1])
     return cpu_vnni.supports_q4(k, p.format.quant.group or k)
 
 
-def _linear_vnni_q4(ctx: LowerCtx, n: Node) -> relax.Expr:
+def _vnni_q4_ok(ctx: LowerCtx, n: Node) -> bool:
+    return _vnni_ok(ctx, n, is_q4)
+
+
+def _vnni_q8w_ok(ctx: LowerCtx, n: Node) -> bool:
+    return _vnni_ok(ctx, n, is_q8g)
+
+
+def _linear_vnni_q4(ctx: LowerCtx, n: Node, kernel: str = "q4") -> relax.Expr:
     dt = n.out.type.dtype
     p = weight_param(ctx, n)
     assert p is not None and p.format.quant is not None
@@ -271,14 +305,15 @@ def _linear_vnni_q4(ctx: LowerCtx, n: Node) -> relax.Expr:
     kp, ab, parts = cpu_vnni.padded_k(in_f, g), cpu_vnni.act_block(in_f, g), Q4_ACT_PARTS
     dig = ctx.emit_te(cpu_vnni.act_digits, x, kp, ab, parts, name="vnni_digits")
     gsum = ctx.emit_te(cpu_vnni.group_sums, x, g, name="vnni_gsum")
-    codes = ctx.weight(p, f"vnni{NB}.q4.codes")
+    codes = ctx.weight(p, f"vnni{NB}.{kernel}.codes")
     scale = ctx.weight(p, f"panel{NB}.q4.scale", dt)
     offset = ctx.weight(p, f"panel{NB}.q4.zero", dt)
     sdt, m = tvm_dtype(dt), _static_rows(x)
+    fn = cpu_vnni.q4_vnni if kernel == "q4" else cpu_vnni.q8w_vnni
     y = ctx.call_kernel(
-        ("q4_vnni", in_f, out_f, g, parts, sdt, m),
-        lambda: cpu_vnni.q4_vnni(in_f, out_f, g, parts, sdt, m),
-        "q4_vnni",
+        (f"{kernel}_vnni", in_f, out_f, g, parts, sdt, m),
+        lambda: fn(in_f, out_f, g, parts, sdt, m),
+        f"{kernel}_vnni",
         [
             ctx.emit(relax.TupleGetItem(dig, 0)),
             ctx.emit(relax.TupleGetItem(dig, 1)),
@@ -509,6 +544,12 @@ class CPUPipeline(TVMPipeline):
         return [
             Rule("cpu.linear.vnni_q4", "linear", _linear_vnni_q4, when=_vnni_q4_ok),
             Rule("cpu.linear.panel_q4", "linear", _linear_panel_q4, when=fmt_is(is_q4)),
+            Rule(
+                "cpu.linear.vnni_q8w",
+                "linear",
+                lambda ctx, n: _linear_vnni_q4(ctx, n, "q8w"),
+                when=_vnni_q8w_ok,
+            ),
             Rule("cpu.qlinear_a8.vnni", "qlinear_a8", _qlinear_a8_vnni, when=_vnni_host),
             Rule("cpu.linear.panel_q8", "linear", _linear_panel_q8, when=fmt_is(is_q8g)),
             Rule("cpu.linear.panel_nm", "linear", _linear_panel_nm, when=fmt_is(is_nm)),

@@ -12,6 +12,8 @@ wants; 4 such loads cover a panel of 64 outputs and reuse one broadcast of 4 act
   level (three ``vpdpbusd`` per weight quad instead of one). The zero point is applied once
   per group with the exact float sum of the activations:
   ``y = sum_g scale * (sum_k x*nibble - offset * sum_k x)``.
+- :func:`q8w_vnni` (5..8-bit weight-only, e.g. an 8-bit LM head): the same with one code per
+  byte (``code - qmin`` as u8), one ``vpdpbusd`` per digit and 4 k.
 - :func:`w8a8_vnni` (``qlinear_a8``): the int8 activation codes shifted by 128 into u8, so
   ``sum (x+128)*w - 128*sum(w)`` is the exact int32 dot product of the portable kernel.
 
@@ -214,6 +216,101 @@ def q4_vnni(
                                             _bcast4(xd, [i, j, k0 + 4]),
                                             dtype="int32x16",
                                         )
+                            for j in T.unroll(parts):
+                                for q in T.unroll(4):
+                                    for h in T.unroll(split):
+                                        t[T.ramp(q * 16, 1, 16)] = t[
+                                            T.ramp(q * 16, 1, 16)
+                                        ] + T.Cast(
+                                            "float32x16",
+                                            acc[T.ramp(((j * 4 + q) * split + h) * 16, 1, 16)],
+                                        ) * T.broadcast(xs[i, gi * bpg + bi, j], 16)
+                        for q in T.unroll(4):
+                            sc = T.Cast("float32x16", scale.vload([p, gi, q * 16], s_dtype + "x16"))
+                            of = T.Cast(
+                                "float32x16", offset.vload([p, gi, q * 16], s_dtype + "x16")
+                            )
+                            y[T.ramp(q * 16, 1, 16)] = y[T.ramp(q * 16, 1, 16)] + sc * (
+                                t[T.ramp(q * 16, 1, 16)] - of * T.broadcast(gs[i, gi], 16)
+                            )
+                    for lane in T.vectorized(NB):
+                        if p * NB + lane < n_dim:
+                            c[i, p * NB + lane] = y[lane]
+
+    return _finish(f, name)
+
+
+def q8w_vnni(
+    k_dim: int, n_dim: int, group: int, parts: int, s_dtype: str, m: int | None = None
+) -> tirx.PrimFunc:
+    """``C[M, N] = X @ W.T`` for 5..8-bit weight-only W: :func:`q4_vnni` with one byte per code.
+
+    ``codes [P, K'/4, 64, 4]`` uint8 (byte (b, n, i) = ``code[n, 4b+i] - qmin``, so a symmetric
+    8-bit code in -127..127 is 0..254), ``scale``/``offset [P, K/group, 64]`` (``offset`` =
+    ``zero - qmin``), the activation digits, scales and group sums as in :func:`q4_vnni`. One
+    ``vpdpbusd`` per digit and 4 k; the per-block int32 sums stay below ``254 * 127 * 128``.
+    """
+    g = min(group, k_dim)
+    ab = act_block(k_dim, group)
+    kp = padded_k(k_dim, group)
+    panels = (n_dim + NB - 1) // NB
+    ngroups = k_dim // g
+    nblk = kp // ab
+    bpg = nblk if g == k_dim else g // ab
+    quads = ab // 4  # byte rows (4 k each) per block
+    # two accumulator chains per (digit, quarter) for 1 digit: even and odd byte rows
+    split = 2 if parts == 1 else 1
+    rows: Any = tirx.Var("m", "int64") if m is None else m
+    name = f"q8w_vnni_k{k_dim}_n{n_dim}_g{group}_p{parts}"
+
+    @T.prim_func(private=True, s_tir=True)
+    def f(
+        xd_h: T.handle,
+        xs_h: T.handle,
+        gs_h: T.handle,
+        codes: T.Buffer((panels, kp // 4, NB, 4), "uint8"),
+        scale: T.Buffer((panels, ngroups, NB), s_dtype),
+        offset: T.Buffer((panels, ngroups, NB), s_dtype),
+        c_h: T.handle,
+    ):
+        T.func_attr({"tirx.noalias": True})
+        xd = T.match_buffer(xd_h, (rows, parts, kp), "int8")
+        xs = T.match_buffer(xs_h, (rows, nblk, parts), F32)
+        gs = T.match_buffer(gs_h, (rows, ngroups), F32)
+        c = T.match_buffer(c_h, (rows, n_dim), F32)
+        for p in T.parallel(panels):
+            for i in range(rows):
+                with T.sblock("panel"):
+                    T.reads(xd[i, 0:parts, 0:kp], codes[p, 0 : kp // 4, 0:NB, 0:4])
+                    T.writes(c[i, p * NB : p * NB + NB])
+                    y = T.alloc_buffer((NB,), F32, scope="local")
+                    t = T.alloc_buffer((NB,), F32, scope="local")
+                    acc = T.alloc_buffer((parts * split * NB,), "int32", scope="local")
+                    for q in T.unroll(4):
+                        y[T.ramp(q * 16, 1, 16)] = T.broadcast(T.float32(0), 16)
+                    for gi in range(ngroups):
+                        for q in T.unroll(4):
+                            t[T.ramp(q * 16, 1, 16)] = T.broadcast(T.float32(0), 16)
+                        for bi in range(bpg):
+                            for a in T.unroll(parts * split * 4):
+                                acc[T.ramp(a * 16, 1, 16)] = T.broadcast(T.int32(0), 16)
+                            for kb in range(quads // split):
+                                for h in T.unroll(split):
+                                    row = (gi * bpg + bi) * quads + kb * split + h
+                                    for q in T.unroll(4):
+                                        w = T.reinterpret(
+                                            codes.vload([p, row, q * 16, 0], "uint8x64"),
+                                            dtype="int8x64",
+                                        )
+                                        for j in T.unroll(parts):
+                                            a_i = ((j * 4 + q) * split + h) * 16
+                                            acc[T.ramp(a_i, 1, 16)] = T.call_llvm_pure_intrin(
+                                                T.llvm_lookup_intrinsic_id(VPDPBUSD),
+                                                acc[T.ramp(a_i, 1, 16)],
+                                                w,
+                                                _bcast4(xd, [i, j, row * 4]),
+                                                dtype="int32x16",
+                                            )
                             for j in T.unroll(parts):
                                 for q in T.unroll(4):
                                     for h in T.unroll(split):
