@@ -38,9 +38,10 @@ What it does:
    (``llama_perf_context``) are recorded beside the wall times as a cross-check. llmc runs with
    ``TVM_NUM_THREADS``, torch/HF with ``torch.set_num_threads``, ORT with
    ``intra_op_num_threads`` (all ``--threads``).
-5. **Roofline.** Weight bytes read per decode token (llmc: the roofline analysis of the artifact's
-   graph, ``llmc.codesign.roofline``; llama.cpp: the GGUF's tensor bytes minus all but one row of
-   the embedding; HF/ORT: the safetensors' bytes, likewise) divided by the time per token, as % of
+5. **Roofline.** Weight bytes read per decode token, the embedding table counted as the one row
+   a token reads (llmc: the artifact's weights in their storage format, ``Param.storage_bytes``:
+   codes, scales, N:M values and 2-bit indices; llama.cpp: the GGUF's tensor bytes; HF/ORT: the
+   safetensors' bytes), divided by the time per token, as % of
    the read bandwidth measured in the same run (``llmc.targets.host.measure_read_bandwidth``, on
    ``--threads`` threads), before and after the pairs.
 
@@ -559,6 +560,10 @@ class Worker:
         self.p = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
         )
+        self.info: dict[str, Any] = {}
+
+    def wait_ready(self) -> None:
+        """Workers load and warm up in parallel; this waits for one's ``ready`` line."""
         self.info = self._read()["info"]
 
     def _read(self) -> dict[str, Any]:
@@ -652,15 +657,32 @@ def _llmc(*args: str) -> dict[str, Any]:
     return json.loads(r.stdout)
 
 
+def code_stamp() -> str:
+    """The git tree of llmc/ plus a hash of its uncommitted changes: an artifact compiled by other
+    code (faster kernels merged since) is rebuilt, not reused."""
+    import hashlib
+
+    diff = git("diff", "HEAD", "--", "llmc")
+    tree = git("rev-parse", "HEAD:llmc").strip()
+    return f"{tree}+{hashlib.sha256(diff.encode()).hexdigest()[:12]}"
+
+
 def build_llmc(work: Path, src: Path, name: str) -> Path:
+    import shutil
+
     art = work / name.replace(":", "_")
-    if not (art / "manifest.json").is_file():
-        t0 = time.perf_counter()
-        args = ["compile", str(src), "--target", "cpu", "-o", str(art)]
-        if LLMC[name]:
-            args += ["--passes", LLMC[name]]
-        _llmc(*args)
-        print(f"compiled {name} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    stamp = art / ".llmc-code"
+    if (art / "manifest.json").is_file() and stamp.is_file() and stamp.read_text() == code_stamp():
+        return art
+    if art.exists():
+        shutil.rmtree(art)
+    t0 = time.perf_counter()
+    args = ["compile", str(src), "--target", "cpu", "-o", str(art)]
+    if LLMC[name]:
+        args += ["--passes", LLMC[name]]
+    _llmc(*args)
+    stamp.write_text(code_stamp())
+    print(f"compiled {name} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     return art
 
 
@@ -752,14 +774,17 @@ def hf_bytes(src: Path) -> int:
     return decode_bytes(ts, "model.embed_tokens.weight")
 
 
-def llmc_bytes(art: Path, prompt: int, tokens: int) -> int:
-    from llmc.codesign.roofline import Scenario, analyze
+def llmc_bytes(art: Path) -> int:
+    """The artifact's weights in their storage format (``Param.storage_bytes``: codes, scales,
+    N:M values and indices), the embedding counted as one row, as :func:`decode_bytes`."""
     from llmc.compile import load
-    from llmc.targets import get_target, resolve_spec
 
     g = load(str(art)).graph
-    rep = analyze(g, resolve_spec(get_target("cpu")), Scenario(prompt=prompt, decode=tokens))
-    return int(rep.totals["decode"]["weight_bytes"])
+    ts = [
+        (n, int(p.storage_bytes()), int(p.type.shape[0]) if len(p.type.shape) > 1 else 1)
+        for n, p in g.params.items()
+    ]
+    return decode_bytes(ts, "model.embed_tokens.weight")
 
 
 def machine() -> dict[str, Any]:
@@ -839,7 +864,7 @@ def main(argv: list[str] | None = None) -> int:
     for e in engines:
         if e.startswith("llmc-"):
             paths[e] = build_llmc(work, src, e)
-            nbytes[e] = llmc_bytes(paths[e], a.prompt, a.tokens)
+            nbytes[e] = llmc_bytes(paths[e])
         elif e.startswith("llama.cpp-"):
             paths[e] = build_gguf(work, src, e)
             nbytes[e] = gguf_bytes(paths[e])
@@ -853,13 +878,57 @@ def main(argv: list[str] | None = None) -> int:
     load_before = load_average()
     bw_before = measure_read_bandwidth(a.threads)
     pairs_out: dict[str, Any] = {}
+    cmd = sys.argv if argv is None else ["bench/cpu_peers.py", *argv]
+
+    def write(pairs: dict[str, Any], bw_after: float | None, complete: bool) -> dict[str, Any]:
+        """The result so far (after every pair: a cut run still leaves its finished pairs)."""
+        doc = {
+            "benchmark": "llmc vs llama.cpp / ONNX Runtime / HF eager, CPU decode and prefill, "
+            "same random-weight Llama model, interleaved rounds in warm worker processes",
+            "complete": complete,
+            "command": f"python {shlex.join(cmd)}",
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "commit": git("rev-parse", "HEAD").strip(),
+            "machine": machine(),
+            "model": {
+                "architecture": "LlamaForCausalLM",
+                "init": "torch.manual_seed(0)",
+                **a.model,
+            },
+            "settings": {
+                "batch": 1,
+                "prompt_tokens": a.prompt,
+                "new_tokens": a.tokens,
+                "threads": a.threads,
+                "rounds": a.rounds,
+                "timing": "wall time of each forward/eval call only; decode tok/s = "
+                "(new - 1) / sum(step times), prefill tok/s = prompt / prefill time",
+            },
+            "peers": versions,
+            "read_bandwidth_gbs": round(bw_before / 1e9, 2),
+            "read_bandwidth_after_gbs": round(bw_after / 1e9, 2) if bw_after else None,
+            "load_average_before": load_before,
+            "load_average_after": load_average(),
+            "pairs": pairs,
+        }
+        check_result(doc)
+        out = Path(a.out)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc, indent=1) + "\n")
+        tmp.replace(out)
+        return doc
+
     first_tokens: dict[str, list[int]] = {}
     for pname in a.pairs:
         names, baseline, targets = PAIRS[pname]
-        workers = {n: start_worker(n, a, paths, venv) for n in names}
+        workers: dict[str, Worker] = {}
         raw = {n: {"decode": [], "prefill": [], "perf": []} for n in names}
-        lb = load_average()
         try:
+            for n in names:
+                workers[n] = start_worker(n, a, paths, venv)
+            for w in workers.values():
+                w.wait_ready()
+            lb = load_average()
             for r in range(a.rounds):
                 for n, w in workers.items():  # interleaved: A B C A B C ...
                     res = w.run()
@@ -891,6 +960,7 @@ def main(argv: list[str] | None = None) -> int:
             pr["engines"][n]["first_tokens"] = first_tokens[n]
         pr["load_average_before"], pr["load_average_after"] = lb, load_average()
         pairs_out[pname] = pr
+        write(pairs_out, None, False)
         print(
             json.dumps(
                 {
@@ -901,34 +971,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
     bw_after = measure_read_bandwidth(a.threads)
-    doc = {
-        "benchmark": "llmc vs llama.cpp / ONNX Runtime / HF eager, CPU decode and prefill, "
-        "same random-weight Llama model, interleaved rounds in warm worker processes",
-        "command": f"python {shlex.join(sys.argv if argv is None else ['bench/cpu_peers.py', *argv])}",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "commit": git("rev-parse", "HEAD").strip(),
-        "machine": machine(),
-        "model": {"architecture": "LlamaForCausalLM", "init": "torch.manual_seed(0)", **a.model},
-        "settings": {
-            "batch": 1,
-            "prompt_tokens": a.prompt,
-            "new_tokens": a.tokens,
-            "threads": a.threads,
-            "rounds": a.rounds,
-            "timing": "wall time of each forward/eval call; decode tok/s = (new-1)/sum(steps)",
-        },
-        "peers": versions,
-        "read_bandwidth_gbs": round(bw_before / 1e9, 2),
-        "read_bandwidth_after_gbs": round(bw_after / 1e9, 2),
-        "load_average_before": load_before,
-        "load_average_after": load_average(),
-        "pairs": pairs_out,
-    }
-    check_result(doc)
-    out = Path(a.out)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    tmp.replace(out)
+    doc = write(pairs_out, bw_after, True)
     print(markdown_table(doc))
     return 0
 
