@@ -404,6 +404,7 @@ class LlamaCppEngine(_Engine):
             logits_all=False,
             verbose=False,
         )
+        self.n_vocab = self.llm.n_vocab()
         sysinfo = llama_cpp.llama_print_system_info()
         self.info = {
             "runtime": "llama.cpp via llama-cpp-python Llama.eval",
@@ -421,7 +422,11 @@ class LlamaCppEngine(_Engine):
             pass
 
     def _last(self):
-        return self.llm.scores[self.llm.n_tokens - 1]
+        # with logits_all=False, Llama.eval keeps no scores: read the last token's logits
+        import numpy as np
+
+        ptr = self.llm._ctx.get_logits_ith(-1)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
 
     def prefill(self, ids):
         self.llm.eval(ids)
