@@ -656,7 +656,8 @@ def hf_dir(work: Path, model: dict[str, Any]) -> Path:
 def _llmc(*args: str) -> dict[str, Any]:
     exe = Path(sys.executable).with_name("llmc")
     cmd = [str(exe), *args, "--json"]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)  # this checkout's llmc
     if r.returncode != 0:
         raise SystemExit(f"{shlex.join(cmd)} failed:\n{r.stderr.strip()[-2000:]}")
     return json.loads(r.stdout)

@@ -162,3 +162,7 @@ def test_recorded_result_matches_schema(cp):
     doc = json.loads(path.read_text())
     cp.check_result(doc)
     assert set(doc["pairs"]) <= set(cp.PAIRS)
+    assert doc["settings"]["threads"] == 2 and doc["model"]["hidden_size"] == 768
+    for p in doc["pairs"].values():
+        for e in p["engines"].values():
+            assert len(e["decode_tokens_per_s"]["samples"]) == doc["settings"]["rounds"]
