@@ -302,8 +302,10 @@ def _compile_loaded(
     t_passes = time.perf_counter()
     env = analysis_env or {"batch": 1, "seq": 1, "past": 127}
     lm = is_lm(graph)
-    if not lm:  # a module's cost is at its own input shapes: only the batch symbol may vary
-        env = {k: v for k, v in env.items() if k == "batch"}
+    if not lm:  # a module's cost is at its own input shapes: only the batch symbol may vary,
+        # and the symbols a hand-built graph's inputs still carry (e.g. `seq`) keep their values
+        free = set().union(*(v.type.symbols() for v in graph.inputs)) if graph.inputs else set()
+        env = {k: v for k, v in env.items() if k == "batch" or k in free}
     cost = graph_cost(graph, env)
     report: dict[str, Any] = {
         "model": loaded.name,
