@@ -840,7 +840,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         default=None,
         help="evaluate on this text file (UTF-8; .jsonl: one object per line with a field "
-        '"text") instead of the embedded held-out split',
+        '"text"), or a Hugging Face dataset\'s "text" column (hf:NAME[:SPLIT] or a save_to_disk '
+        "directory; needs the `datasets` library) instead of the embedded held-out split",
     )
     p.add_argument("--limit", type=int_at_least(1), default=None, help="evaluate at most N windows")
     p.add_argument("--batch-size", type=int_at_least(1), default=8)

@@ -157,8 +157,14 @@ class DataFileError(LlmcError):
 def read_documents(path: str | Path, what: str = "data file") -> list[str]:
     """The documents of a text file: a ``.jsonl`` file holds one JSON object per line with a
     string field ``text`` (blank lines skipped); any other file is one UTF-8 document. Errors
-    are one line naming the file (and the line)."""
+    are one line naming the file (and the line). ``hf:NAME[:SPLIT]`` (or a directory written by
+    ``Dataset.save_to_disk``) reads a Hugging Face ``datasets`` dataset's ``text`` column instead,
+    when that library is installed (:func:`read_hf_dataset`)."""
+    if str(path).startswith("hf:"):
+        return read_hf_dataset(str(path)[3:], what)
     p = Path(path)
+    if p.is_dir() and ((p / "dataset_info.json").is_file() or (p / "state.json").is_file()):
+        return read_hf_dataset(str(p), what)
     try:
         raw = p.read_bytes()
     except FileNotFoundError:
@@ -186,6 +192,42 @@ def read_documents(path: str | Path, what: str = "data file") -> list[str]:
         if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
             raise DataFileError(f'{p}:{i}: each line needs a string field "text"')
         docs.append(obj["text"])
+    return docs
+
+
+def read_hf_dataset(spec: str, what: str = "data file") -> list[str]:
+    """The ``text`` column of a Hugging Face ``datasets`` dataset: ``spec`` is a directory
+    written by ``save_to_disk`` (its split, or ``DIR:SPLIT`` for a ``DatasetDict``), or
+    ``NAME[:SPLIT]`` for ``load_dataset`` (default split ``test``; a name not in the local cache
+    needs the network). Errors are one line naming the dataset."""
+    name, _, split = spec.partition(":")
+    label = f"hf:{spec}"
+    if not name:
+        raise DataFileError(f"{label}: give a dataset name or directory after hf:")
+    try:
+        import datasets  # optional: only for hf: data
+    except ImportError:
+        raise DataFileError(
+            f"{label}: reading a Hugging Face dataset needs the `datasets` library "
+            "(pip install datasets), or give a .txt/.jsonl file"
+        ) from None
+    try:
+        if Path(name).is_dir():
+            ds = datasets.load_from_disk(name)
+            if split or not hasattr(ds, "column_names") or isinstance(ds.column_names, dict):
+                ds = ds[split or "test"]
+        else:
+            ds = datasets.load_dataset(name, split=split or "test")
+    except KeyError as e:
+        raise DataFileError(f"{label}: no split {e} in the dataset") from None
+    except Exception as e:  # the library's own errors (missing dataset, offline hub, bad files)
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataFileError(f"{label}: cannot load the dataset: {msg}") from None
+    if "text" not in ds.column_names:
+        raise DataFileError(
+            f'{label}: the {what} needs a string column "text" (columns: {list(ds.column_names)})'
+        )
+    docs = [t for t in ds["text"] if isinstance(t, str) and t.strip()]
     return docs
 
 

@@ -138,6 +138,66 @@ def test_eval_data_file_text_and_jsonl(capsys, tmp_path: Path) -> None:
     assert json.loads(out)["windows"] == 3
 
 
+class _FakeDataset:
+    """What llmc reads of a ``datasets.Dataset``: ``column_names`` and a column by name."""
+
+    def __init__(self, rows: list[dict]) -> None:
+        self.rows = rows
+        self.column_names = list(rows[0])
+
+    def __getitem__(self, key: str) -> list:
+        return [r[key] for r in self.rows]
+
+
+def test_eval_data_hf_dataset(capsys, monkeypatch, tmp_path: Path) -> None:
+    """``--data hf:NAME[:SPLIT]`` and a ``save_to_disk`` directory read the dataset's ``text``
+    column through the ``datasets`` library (a stand-in module here: the library is optional and
+    its hub is not reachable), scoring the same windows as the same text in a file; without the
+    library, or without a ``text`` column, one line."""
+    import sys
+    import types
+
+    from llmc.data import corpus_text
+
+    docs = corpus_text("heldout")[:6000].split("\n\n")
+    (tmp_path / "a.txt").write_text("\n\n".join(docs), encoding="utf-8")
+    rows = [{"text": d, "id": i} for i, d in enumerate(docs)] + [{"text": "  ", "id": -1}]
+    calls = []
+    fake = types.ModuleType("datasets")
+
+    def load_dataset(name, split):
+        calls.append((name, split))
+        if name == "nope":
+            raise FileNotFoundError(f"Dataset '{name}' doesn't exist on the Hub\nmore")
+        return _FakeDataset(rows if name == "corpus" else [{"body": "x"}])
+
+    fake.load_dataset = load_dataset
+    fake.load_from_disk = lambda d: {"validation": _FakeDataset(rows)}
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    ref = run(capsys, "eval", "tiny", "--data", str(tmp_path / "a.txt"), "--json")
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    (saved / "dataset_dict.json").write_text("{}")
+    (saved / "state.json").write_text("{}")
+    for data in ("hf:corpus:validation", f"hf:{saved}:validation"):
+        rc, out, err = run(capsys, "eval", "tiny", "--data", data, "--json")
+        assert rc == 0, err
+        assert json.loads(out)["perplexity"] == json.loads(ref[1])["perplexity"]
+    assert calls[-1] == ("corpus", "validation")
+    rc, out, err = run(capsys, "eval", "tiny", "--data", "hf:corpus")
+    assert calls[-1] == ("corpus", "test")  # the default split
+    for data, msg in (
+        ("hf:other", "needs a string column \"text\" (columns: ['body'])"),
+        ("hf:nope", "cannot load the dataset: Dataset 'nope' doesn't exist on the Hub"),
+        ("hf:", "give a dataset name or directory after hf:"),
+    ):
+        rc, out, err = run(capsys, "eval", "tiny", "--data", data)
+        assert rc != 0 and msg in err and len(err.strip().splitlines()) == 1, err
+    monkeypatch.setitem(sys.modules, "datasets", None)  # not installed: import fails
+    rc, out, err = run(capsys, "eval", "tiny", "--data", "hf:corpus")
+    assert rc != 0 and "needs the `datasets` library" in err and len(err.strip().splitlines()) == 1
+
+
 def test_eval_data_bad_files_are_one_line(capsys, tmp_path: Path) -> None:
     cases = {
         "missing.txt": (None, "data file not found"),
