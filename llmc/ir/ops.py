@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from llmc.errors import IRError
+from llmc.ir.params import QuantSpec, fake_quant_act
 from llmc.ir.registry import Cost, OpDef, all_ops, get_op, register
 from llmc.ir.types import (
     DTYPE_BYTES,
@@ -341,9 +342,21 @@ def _linear_infer(ins: list[TensorType], a: Any, g: Any) -> TensorType:
     return TensorType(x.shape[:-1] + (w.shape[0],), x.dtype)
 
 
+def linear_act_quant(graph: Any, n: Any) -> QuantSpec | None:
+    """The weight's :class:`QuantSpec` when ``linear`` node ``n`` quantizes its activations
+    (``act_bits > 0``: the weight is a param recording it), else None."""
+    p = graph.param_of(n.inputs[1]) if len(n.inputs) > 1 else None
+    q = p.format.quant if p is not None else None
+    return q if q is not None and q.act_bits else None
+
+
 def _linear_ref(args: list[torch.Tensor], a: Any, rt: Any) -> torch.Tensor:
     x, w = args[0], args[1]
     b = args[2] if len(args) == 3 else None
+    node = getattr(rt, "node", None)
+    q = linear_act_quant(rt.graph, node) if node is not None else None
+    if q is not None:  # the recorded activation quantization (QuantSpec, llmc/ir/params.py)
+        x = fake_quant_act(x, q.act_bits, q.act_group)
     return F.linear(x, w.to(x.dtype), None if b is None else b.to(x.dtype))
 
 
@@ -360,7 +373,8 @@ defop(
     _linear_ref,
     _linear_cost,
     inputs=(2, 3),
-    doc="y = x @ w.T + b; w is [out, in].",
+    doc="y = x @ w.T + b; w is [out, in]; x quantized first when w records act_bits "
+    "(QuantSpec).",
 )
 
 

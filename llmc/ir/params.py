@@ -27,6 +27,12 @@ from llmc.errors import IRError
 from llmc.ir.types import DTYPE_BYTES, TensorType, from_torch_dtype
 
 
+#: activation precisions a quantized weight may record: 0 float, 8 dynamic symmetric int8
+ACT_BITS = (0, 8)
+#: the int8 activation code range is [-ACT_QMAX, ACT_QMAX] (symmetric, like llama.cpp's q8_0)
+ACT_QMAX = 127
+
+
 @dataclass(frozen=True)
 class QuantSpec:
     """Integer weight quantization.
@@ -34,18 +40,44 @@ class QuantSpec:
     ``group`` is the number of consecutive input elements sharing one scale; 0 means one scale per
     output channel. ``method`` records the algorithm that produced the codes (``rtn``, ``gptq``,
     ``smoothquant``, ...): backends ignore it, reports print it.
+
+    ``act_bits`` is the precision of the *activations* a ``linear`` reading this weight
+    multiplies it with (see "Activation quantization" below): 0 (the default) keeps them float;
+    8 quantizes them dynamically to symmetric int8 in blocks of ``act_group`` consecutive input
+    elements (0: one scale per row), before the dequantized matmul.
+
+    Activation quantization (``act_bits = 8``; the contract every backend implements or
+    refuses, cited by their errors): each row ``x`` of the linear's input (its last axis, of
+    ``K`` elements) is split into blocks of ``act_group`` consecutive elements (``K`` is a
+    multiple of it; 0: one block per row); per block ``s = max(max|x|, 1e-30) / 127`` and
+    ``x_hat = clamp(round_half_even(x / s), -127, 127) * s``, all in float32; the linear then
+    computes ``x_hat @ dequantize(w).T`` (+ bias). This is llama.cpp's q8_0 activation with
+    ``act_group = 32``, so q4_0/q8_0 weights with ``act_bits=8, act_group=32`` compute what
+    llama.cpp computes. The semantics do not depend on the target; the reference is
+    :func:`fake_quant_act`.
     """
 
     bits: int
     group: int = 0
     symmetric: bool = True
     method: str = "rtn"
+    act_bits: int = 0
+    act_group: int = 0
 
     def __post_init__(self) -> None:
         if not 2 <= self.bits <= 8:
             raise IRError(f"quantization bits must be in 2..8, got {self.bits}")
         if self.group < 0:
             raise IRError(f"quantization group must be >= 0, got {self.group}")
+        if self.act_bits not in ACT_BITS:
+            raise IRError(
+                f"act_bits must be 0 (float activations) or 8 (dynamic int8), got {self.act_bits}"
+            )
+        if self.act_group < 0 or (self.act_bits == 0 and self.act_group != 0):
+            raise IRError(
+                f"act_group must be >= 0 and only set with act_bits=8, got act_group="
+                f"{self.act_group} with act_bits={self.act_bits}"
+            )
 
     @property
     def qmin(self) -> int:
@@ -88,9 +120,10 @@ class StorageFormat:
         parts = []
         if self.quant is not None:
             q = self.quant
+            act = f", act_bits={q.act_bits}, act_group={q.act_group}" if q.act_bits else ""
             parts.append(
                 f"quant(bits={q.bits}, group={q.group}, "
-                f"sym={'true' if q.symmetric else 'false'}, method={q.method})"
+                f"sym={'true' if q.symmetric else 'false'}, method={q.method}{act})"
             )
         if self.sparsity is not None:
             s = self.sparsity
@@ -173,6 +206,23 @@ def group_count(in_features: int, group: int) -> int:
     return 1 if group == 0 else in_features // group
 
 
+def fake_quant_act(x: torch.Tensor, act_bits: int, act_group: int) -> torch.Tensor:
+    """The activations a linear multiplies with (see :class:`QuantSpec`, "Activation
+    quantization"): ``x`` unchanged for ``act_bits = 0``, else each block of ``act_group``
+    elements of the last axis (0: the whole row) quantized to int8 and dequantized, in float32,
+    returned in ``x``'s dtype."""
+    if act_bits == 0:
+        return x
+    k = int(x.shape[-1])
+    g = k if act_group == 0 or act_group >= k else act_group
+    if k % g:
+        raise IRError(f"activation width {k} is not a multiple of act_group {act_group}")
+    xf = x.to(torch.float32).reshape(*x.shape[:-1], k // g, g)
+    s = xf.abs().amax(dim=-1, keepdim=True).clamp_min(1e-30) / ACT_QMAX
+    q = torch.clamp(torch.round(xf / s), -ACT_QMAX, ACT_QMAX)
+    return (q * s).reshape(x.shape).to(x.dtype)
+
+
 def dequantize(p: Param) -> torch.Tensor:
     """``(qvalue - zero) * scale`` broadcast per group along the last axis, in the logical dtype."""
     q = p.format.quant
@@ -220,6 +270,11 @@ def check_param(p: Param) -> list[str]:
         if q.group and shape[1] % q.group:
             errs.append(f"param @{p.name}: in-features {shape[1]} not divisible by group {q.group}")
             return errs
+        if q.act_group and shape[1] % q.act_group:
+            errs.append(
+                f"param @{p.name}: in-features {shape[1]} not divisible by act_group "
+                f"{q.act_group}"
+            )
         want = (shape[0], group_count(shape[1], q.group))
         if tuple(scale.shape) != want:
             errs.append(f"param @{p.name}: scale shape {tuple(scale.shape)} != {want}")

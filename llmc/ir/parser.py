@@ -321,6 +321,8 @@ def _parse_param(lx: _Lexer, g: Graph) -> None:
                 group=int(kw.get("group", 0)),
                 symmetric=kw.get("sym", "true") == "true",
                 method=str(kw.get("method", "rtn")),
+                act_bits=int(kw.get("act_bits", 0)),
+                act_group=int(kw.get("act_group", 0)),
             )
         elif t == "sparse":
             lx.next()

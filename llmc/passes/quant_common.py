@@ -20,6 +20,12 @@ round-to-nearest, symmetric, whatever the body's method: llama.cpp's q4_0/q4_K f
 ``output.weight`` at q6_K or q8_0 for the same reason (the head's error reaches every logit).
 A head *tied* to the embedding table gets its own param (:func:`untie_head`), so the embedding
 lookup keeps reading the float table and only the head's matmul reads the quantized copy.
+
+Activation precision (``act_bits``, ``act_group``): recorded in every quantized weight's
+:class:`~llmc.ir.params.QuantSpec` (the head's too, as llama.cpp multiplies every quantized
+weight with q8 activations); the linear reading the weight then quantizes its input row to int8
+per block of ``act_group`` elements (the effective block per layer, chosen like ``group``).
+``rtn:bits=4:group=32:act_bits=8`` is llama.cpp's q4_0 x q8_0 arithmetic.
 """
 
 from __future__ import annotations
@@ -32,13 +38,15 @@ import torch
 
 from llmc.errors import PassError
 from llmc.ir.graph import Graph
-from llmc.ir.params import Param, QuantSpec, StorageFormat, group_count
+from llmc.ir.params import ACT_BITS, Param, QuantSpec, StorageFormat, group_count
 from llmc.passes.base import CalibrationError, Pass, PassContext, PassOptionError
 from llmc.passes.calibration import InputStats, output_error, run_layerwise
 from llmc.passes.select import DEFAULT_EXCLUDE, Target, matches, module_path, select_linears
 
 #: bits of the LM head when the passes quantize it (``head=true``): llama.cpp's choice class
 HEAD_BITS = 8
+#: activation block with ``act_bits=8`` and no ``act_group``: llama.cpp's q8_0 block
+DEFAULT_ACT_GROUP = 32
 
 
 def effective_group(in_features: int, group: int) -> int:
@@ -195,6 +203,11 @@ class QuantBase(Pass):
     # keep it float (see the module docstring)
     head: bool = True
     head_bits: int = HEAD_BITS
+    # activation precision recorded with every weight the pass quantizes (QuantSpec.act_bits):
+    # 0 float activations; 8 dynamic symmetric int8 per block of act_group input elements
+    # (default 32, llama.cpp's q8_0 block; 0: one scale per row)
+    act_bits: int = 0
+    act_group: int | None = None
 
     needs_calibration: ClassVar[bool] = False
     needs_hessian: ClassVar[bool] = False
@@ -209,6 +222,19 @@ class QuantBase(Pass):
             )
         if isinstance(self.head_bits, bool) or not 2 <= self.head_bits <= 8:
             raise PassOptionError(f"head_bits must be in 2..8, got {self.head_bits}")
+        if isinstance(self.act_bits, bool) or self.act_bits not in ACT_BITS:
+            raise PassOptionError(
+                f"act_bits must be 0 (float activations) or 8 (dynamic int8), got {self.act_bits}"
+            )
+        if self.act_group is not None:
+            if self.act_bits == 0:
+                raise PassOptionError(
+                    f"act_group={self.act_group} needs act_bits=8 (activations are float)"
+                )
+            if self.act_group < 0:
+                raise PassOptionError(
+                    f"act_group must be >= 0 (0 = one scale per row), got {self.act_group}"
+                )
         if not self.sym and self.bits == 8:
             raise PassOptionError(
                 "asymmetric 8-bit codes (0..255) do not fit llmc's int8 code storage; "
@@ -231,9 +257,14 @@ class QuantBase(Pass):
 
     def _spec(self, t: Target, heads: set[int]) -> QuantSpec:
         g = effective_group(t.in_features, self.group)
+        ab = self.act_bits
+        ag = effective_group(t.in_features, self._act_group()) if ab else 0
         if id(t.node) in heads:
-            return QuantSpec(self.head_bits, g, True, "rtn")
-        return QuantSpec(self.bits, g, self.sym, self.method)
+            return QuantSpec(self.head_bits, g, True, "rtn", ab, ag)
+        return QuantSpec(self.bits, g, self.sym, self.method, ab, ag)
+
+    def _act_group(self) -> int:
+        return DEFAULT_ACT_GROUP if self.act_group is None else self.act_group
 
     def run(self, graph: Graph, ctx: PassContext) -> None:
         targets = self.targets(graph)
@@ -244,6 +275,8 @@ class QuantBase(Pass):
         targets = targets + heads
         rep = ctx.report
         rep.set(bits=self.bits, group=self.group, sym=self.sym, layers_targeted=len(targets))
+        if self.act_bits:
+            rep.set(act_bits=self.act_bits, act_group=self._act_group())
         if heads:
             rep.set(head={"bits": self.head_bits, "params": [t.param.name for t in heads]})
         if not targets:

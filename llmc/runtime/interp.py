@@ -43,6 +43,9 @@ class RunContext:
         self.device = device
         self.env = env
         self.interp = interp
+        #: the node whose reference semantics run now (``linear`` reads its weight's recorded
+        #: activation quantization through it); None outside a node
+        self.node: Node | None = None
 
     def dim(self, d: Dim) -> int:
         return eval_dim(d, self.env) if isinstance(d, SymDim) else d
@@ -217,6 +220,7 @@ def _last_uses(g: Graph) -> dict[int, list[Any]]:
 
 def _run_node(n: Node, args: list[torch.Tensor], rt: RunContext) -> torch.Tensor:
     opdef = get_op(n.op)
+    rt.node = n
     try:
         return opdef.ref(args, n.attrs, rt)
     except IRError:

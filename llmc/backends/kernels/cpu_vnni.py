@@ -23,6 +23,7 @@ the panel from cache). The K padding (``K'``) holds zero codes and zero activati
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from tvm import te, tirx
@@ -131,36 +132,85 @@ def _bcast4(buf: Any, idx: list[Any]) -> Any:
     return T.reinterpret(w, dtype="int8x64")
 
 
-def q4_vnni(
-    k_dim: int, n_dim: int, group: int, parts: int, s_dtype: str, m: int | None = None
-) -> tirx.PrimFunc:
-    """``C[M, N] = X @ W.T`` for int4 W (VNNI panel codes, ``panel64`` scales/offsets).
+@dataclass(frozen=True)
+class Unpack:
+    """How a weight-only kernel turns one 64-byte code load into ``vpdpbusd`` operands.
 
-    Arguments: ``digits [M, parts, K']`` int8 and ``xs [M, K'/AB, parts]`` (:func:`act_digits`),
-    ``gsum [M, K/group]`` (:func:`group_sums`), ``codes [P, K'/8, 64, 4]`` uint8,
-    ``scale``/``offset [P, K/group, 64]``; float32 result.
+    Each *step* of the inner loop reads ``loads`` consecutive byte rows (one per operand when
+    ``nibbles`` is false) and feeds ``ops`` operands into ``ops`` independent accumulator chains
+    where registers allow (see ``chains``). ``k_per_row``: input elements per byte row (8 for
+    two nibbles per byte, 4 for one code per byte).
+    """
+
+    name: str
+    k_per_row: int
+    nibbles: bool
+
+    def operand(self, raw: Any, o: Any) -> Any:
+        """Operand ``o`` of a step from the byte row ``raw`` (uint8x64), as int8x64 for
+        ``vpdpbusd``'s unsigned operand: the low then the high nibble, or the byte itself."""
+        if not self.nibbles:
+            return T.reinterpret(raw, dtype="int8x64")
+        v = T.shift_right(raw, T.broadcast(T.Cast("uint8", o * 4), 64))
+        return T.reinterpret(T.bitwise_and(v, T.broadcast(T.uint8(15), 64)), dtype="int8x64")
+
+
+#: int4: two k-quads per byte (low nibble ``k = 8b + i``, high ``k = 8b + 4 + i``)
+Q4 = Unpack("q4", 8, True)
+#: 5..8-bit: one code per byte (``code - qmin`` as u8)
+Q8W = Unpack("q8w", 4, False)
+
+
+def weight_only_vnni(
+    unpack: Unpack,
+    k_dim: int,
+    n_dim: int,
+    group: int,
+    parts: int,
+    s_dtype: str,
+    m: int | None = None,
+    ab: int | None = None,
+) -> tirx.PrimFunc:
+    """``C[M, N] = X @ W.T`` for a weight-only W in VNNI panels, codes unpacked by ``unpack``.
+
+    Arguments: ``digits [M, parts, K']`` int8 and ``xs [M, K'/ab, parts]`` (:func:`act_digits`
+    or :func:`act_int8`), ``gsum [M, K/group]`` (:func:`group_sums` or :func:`act_int8`),
+    ``codes [P, K'/k_per_row, 64, 4]`` uint8, ``scale``/``offset [P, K/group, 64]``; float32
+    result. ``ab`` is the activation block of ``xs`` (default :func:`act_block`); it divides
+    the weight group (or the padded ``K'`` per channel) and ``act_block``.
     """
     g = min(group, k_dim)
-    ab = act_block(k_dim, group)
+    ab = act_block(k_dim, group) if ab is None else ab
     kp = padded_k(k_dim, group)
+    if kp % ab or (g < k_dim and g % ab) or ab % 8:
+        raise ValueError(f"activation block {ab} does not tile group {group} of K={k_dim}")
     panels = (n_dim + NB - 1) // NB
     ngroups = k_dim // g
     nblk = kp // ab
     # blocks of one group (per-channel: all blocks, the padded tail included)
     bpg = nblk if g == k_dim else g // ab
-    quads = ab // 8  # byte rows (8 k each) per block
-    # low and high nibbles into separate accumulators (two independent vpdpbusd chains) where
-    # the registers allow it: 8 accumulators for 1 digit; 3 digits already have 12 chains
+    kr = unpack.k_per_row
+    rows_blk = ab // kr  # byte rows per block
+    # two independent accumulator chains per (digit, quarter) for 1 digit (8 zmm); 3 digits
+    # already have 12 chains. int4: the chains are the low and high nibble of one byte row;
+    # one code per byte: two consecutive byte rows.
     split = 2 if parts == 1 else 1
+    ops = 2 if unpack.nibbles else split  # operands per step
+    loads = 1 if unpack.nibbles else split  # byte rows per step
+    k_step = 4 if unpack.nibbles else 0  # k offset of operand o within its byte row
+    row_step = 0 if unpack.nibbles else 1  # byte row of operand o within the step
+    steps = rows_blk // loads
     rows: Any = tirx.Var("m", "int64") if m is None else m
-    name = f"q4_vnni_k{k_dim}_n{n_dim}_g{group}_p{parts}"
+    name = f"{unpack.name}_vnni_k{k_dim}_n{n_dim}_g{group}_p{parts}" + (
+        f"_ab{ab}" if ab != act_block(k_dim, group) else ""
+    )
 
     @T.prim_func(private=True, s_tir=True)
     def f(
         xd_h: T.handle,
         xs_h: T.handle,
         gs_h: T.handle,
-        codes: T.Buffer((panels, kp // 8, NB, 4), "uint8"),
+        codes: T.Buffer((panels, kp // kr, NB, 4), "uint8"),
         scale: T.Buffer((panels, ngroups, NB), s_dtype),
         offset: T.Buffer((panels, ngroups, NB), s_dtype),
         c_h: T.handle,
@@ -173,7 +223,7 @@ def q4_vnni(
         for p in T.parallel(panels):
             for i in range(rows):
                 with T.sblock("panel"):
-                    T.reads(xd[i, 0:parts, 0:kp], codes[p, 0 : kp // 8, 0:NB, 0:4])
+                    T.reads(xd[i, 0:parts, 0:kp], codes[p, 0 : kp // kr, 0:NB, 0:4])
                     T.writes(c[i, p * NB : p * NB + NB])
                     y = T.alloc_buffer((NB,), F32, scope="local")
                     t = T.alloc_buffer((NB,), F32, scope="local")
@@ -186,129 +236,20 @@ def q4_vnni(
                         for bi in range(bpg):
                             for a in T.unroll(parts * split * 4):
                                 acc[T.ramp(a * 16, 1, 16)] = T.broadcast(T.int32(0), 16)
-                            for kb in range(quads):
-                                row = (gi * bpg + bi) * quads + kb
-                                for q in T.unroll(4):
-                                    raw = codes.vload([p, row, q * 16, 0], "uint8x64")
-                                    lo = T.reinterpret(
-                                        T.bitwise_and(raw, T.broadcast(T.uint8(15), 64)),
-                                        dtype="int8x64",
-                                    )
-                                    hi = T.reinterpret(
-                                        T.shift_right(raw, T.broadcast(T.uint8(4), 64)),
-                                        dtype="int8x64",
-                                    )
-                                    for j in T.unroll(parts):
-                                        k0 = row * 8
-                                        a_lo = ((j * 4 + q) * split) * 16
-                                        a_hi = ((j * 4 + q) * split + split - 1) * 16
-                                        acc[T.ramp(a_lo, 1, 16)] = T.call_llvm_pure_intrin(
-                                            T.llvm_lookup_intrinsic_id(VPDPBUSD),
-                                            acc[T.ramp(a_lo, 1, 16)],
-                                            lo,
-                                            _bcast4(xd, [i, j, k0]),
-                                            dtype="int32x16",
-                                        )
-                                        acc[T.ramp(a_hi, 1, 16)] = T.call_llvm_pure_intrin(
-                                            T.llvm_lookup_intrinsic_id(VPDPBUSD),
-                                            acc[T.ramp(a_hi, 1, 16)],
-                                            hi,
-                                            _bcast4(xd, [i, j, k0 + 4]),
-                                            dtype="int32x16",
-                                        )
-                            for j in T.unroll(parts):
-                                for q in T.unroll(4):
-                                    for h in T.unroll(split):
-                                        t[T.ramp(q * 16, 1, 16)] = t[
-                                            T.ramp(q * 16, 1, 16)
-                                        ] + T.Cast(
-                                            "float32x16",
-                                            acc[T.ramp(((j * 4 + q) * split + h) * 16, 1, 16)],
-                                        ) * T.broadcast(xs[i, gi * bpg + bi, j], 16)
-                        for q in T.unroll(4):
-                            sc = T.Cast("float32x16", scale.vload([p, gi, q * 16], s_dtype + "x16"))
-                            of = T.Cast(
-                                "float32x16", offset.vload([p, gi, q * 16], s_dtype + "x16")
-                            )
-                            y[T.ramp(q * 16, 1, 16)] = y[T.ramp(q * 16, 1, 16)] + sc * (
-                                t[T.ramp(q * 16, 1, 16)] - of * T.broadcast(gs[i, gi], 16)
-                            )
-                    for lane in T.vectorized(NB):
-                        if p * NB + lane < n_dim:
-                            c[i, p * NB + lane] = y[lane]
-
-    return _finish(f, name)
-
-
-def q8w_vnni(
-    k_dim: int, n_dim: int, group: int, parts: int, s_dtype: str, m: int | None = None
-) -> tirx.PrimFunc:
-    """``C[M, N] = X @ W.T`` for 5..8-bit weight-only W: :func:`q4_vnni` with one byte per code.
-
-    ``codes [P, K'/4, 64, 4]`` uint8 (byte (b, n, i) = ``code[n, 4b+i] - qmin``, so a symmetric
-    8-bit code in -127..127 is 0..254), ``scale``/``offset [P, K/group, 64]`` (``offset`` =
-    ``zero - qmin``), the activation digits, scales and group sums as in :func:`q4_vnni`. One
-    ``vpdpbusd`` per digit and 4 k; the per-block int32 sums stay below ``254 * 127 * 128``.
-    """
-    g = min(group, k_dim)
-    ab = act_block(k_dim, group)
-    kp = padded_k(k_dim, group)
-    panels = (n_dim + NB - 1) // NB
-    ngroups = k_dim // g
-    nblk = kp // ab
-    bpg = nblk if g == k_dim else g // ab
-    quads = ab // 4  # byte rows (4 k each) per block
-    # two accumulator chains per (digit, quarter) for 1 digit: even and odd byte rows
-    split = 2 if parts == 1 else 1
-    rows: Any = tirx.Var("m", "int64") if m is None else m
-    name = f"q8w_vnni_k{k_dim}_n{n_dim}_g{group}_p{parts}"
-
-    @T.prim_func(private=True, s_tir=True)
-    def f(
-        xd_h: T.handle,
-        xs_h: T.handle,
-        gs_h: T.handle,
-        codes: T.Buffer((panels, kp // 4, NB, 4), "uint8"),
-        scale: T.Buffer((panels, ngroups, NB), s_dtype),
-        offset: T.Buffer((panels, ngroups, NB), s_dtype),
-        c_h: T.handle,
-    ):
-        T.func_attr({"tirx.noalias": True})
-        xd = T.match_buffer(xd_h, (rows, parts, kp), "int8")
-        xs = T.match_buffer(xs_h, (rows, nblk, parts), F32)
-        gs = T.match_buffer(gs_h, (rows, ngroups), F32)
-        c = T.match_buffer(c_h, (rows, n_dim), F32)
-        for p in T.parallel(panels):
-            for i in range(rows):
-                with T.sblock("panel"):
-                    T.reads(xd[i, 0:parts, 0:kp], codes[p, 0 : kp // 4, 0:NB, 0:4])
-                    T.writes(c[i, p * NB : p * NB + NB])
-                    y = T.alloc_buffer((NB,), F32, scope="local")
-                    t = T.alloc_buffer((NB,), F32, scope="local")
-                    acc = T.alloc_buffer((parts * split * NB,), "int32", scope="local")
-                    for q in T.unroll(4):
-                        y[T.ramp(q * 16, 1, 16)] = T.broadcast(T.float32(0), 16)
-                    for gi in range(ngroups):
-                        for q in T.unroll(4):
-                            t[T.ramp(q * 16, 1, 16)] = T.broadcast(T.float32(0), 16)
-                        for bi in range(bpg):
-                            for a in T.unroll(parts * split * 4):
-                                acc[T.ramp(a * 16, 1, 16)] = T.broadcast(T.int32(0), 16)
-                            for kb in range(quads // split):
-                                for h in T.unroll(split):
-                                    row = (gi * bpg + bi) * quads + kb * split + h
+                            for kb in range(steps):
+                                for o in T.unroll(ops):
+                                    row = (gi * bpg + bi) * rows_blk + kb * loads + o * row_step
                                     for q in T.unroll(4):
-                                        w = T.reinterpret(
-                                            codes.vload([p, row, q * 16, 0], "uint8x64"),
-                                            dtype="int8x64",
+                                        w = unpack.operand(
+                                            codes.vload([p, row, q * 16, 0], "uint8x64"), o
                                         )
                                         for j in T.unroll(parts):
-                                            a_i = ((j * 4 + q) * split + h) * 16
+                                            a_i = ((j * 4 + q) * split + o % split) * 16
                                             acc[T.ramp(a_i, 1, 16)] = T.call_llvm_pure_intrin(
                                                 T.llvm_lookup_intrinsic_id(VPDPBUSD),
                                                 acc[T.ramp(a_i, 1, 16)],
                                                 w,
-                                                _bcast4(xd, [i, j, row * 4]),
+                                                _bcast4(xd, [i, j, row * kr + o * k_step]),
                                                 dtype="int32x16",
                                             )
                             for j in T.unroll(parts):
@@ -333,6 +274,36 @@ def q8w_vnni(
                             c[i, p * NB + lane] = y[lane]
 
     return _finish(f, name)
+
+
+def q4_vnni(
+    k_dim: int,
+    n_dim: int,
+    group: int,
+    parts: int,
+    s_dtype: str,
+    m: int | None = None,
+    ab: int | None = None,
+) -> tirx.PrimFunc:
+    """int4 weight-only (:data:`Q4` unpacking): ``codes [P, K'/8, 64, 4]`` uint8, two k-quads
+    per byte; see :func:`weight_only_vnni`."""
+    return weight_only_vnni(Q4, k_dim, n_dim, group, parts, s_dtype, m, ab)
+
+
+def q8w_vnni(
+    k_dim: int,
+    n_dim: int,
+    group: int,
+    parts: int,
+    s_dtype: str,
+    m: int | None = None,
+    ab: int | None = None,
+) -> tirx.PrimFunc:
+    """5..8-bit weight-only (:data:`Q8W` unpacking): ``codes [P, K'/4, 64, 4]`` uint8 (byte
+    (b, n, i) = ``code[n, 4b+i] - qmin``, so a symmetric 8-bit code in -127..127 is 0..254),
+    ``offset`` = ``zero - qmin``; one ``vpdpbusd`` per digit and 4 k, the per-block int32 sums
+    below ``254 * 127 * 128``. See :func:`weight_only_vnni`."""
+    return weight_only_vnni(Q8W, k_dim, n_dim, group, parts, s_dtype, m, ab)
 
 
 def w8a8_vnni(k_dim: int, n_dim: int, m: int | None = None) -> tirx.PrimFunc:
