@@ -50,10 +50,12 @@ from typing import Any
 import tvm
 from tvm import relax, tirx
 
+from llmc.backends.kernels.te_actq import act_fake_quant
 from llmc.backends.layers import Layer, LayerPlan, plan_layers, region_params, region_signature
 from llmc.backends.layouts import WeightArg, get_layout, tvm_dtype
 from llmc.errors import IRError, UnsupportedOpError
 from llmc.ir.graph import Graph, Node, Value, regions_of
+from llmc.ir.ops import linear_act_quant
 from llmc.ir.params import Param
 from llmc.ir.types import Dim, SymDim, TensorType
 
@@ -664,7 +666,11 @@ class Lowering:
             rules = [r for r in self.rules if r.name == "concat.kv_append"]
         for rule in rules:
             if rule.matches(ctx, n):
-                out = rule.emit(ctx, n)
+                q = linear_act_quant(self.graph.root(), n) if n.op == "linear" else None
+                if q is not None and not rule.act_quant:
+                    out = self._emit_act_quant(ctx, n, rule, q.act_group)
+                else:
+                    out = rule.emit(ctx, n)
                 self.rules_used[rule.name] = self.rules_used.get(rule.name, 0) + 1
                 break
         else:  # the rule lists end in a fallback that raises; this is a safety net
@@ -678,6 +684,21 @@ class Lowering:
                 f"lowering rule for {n.op} produced {got.dtype}, the IR says {n.out.type}"
             )
         ctx.values[id(n.out)] = out
+
+    def _emit_act_quant(self, ctx: LowerCtx, n: Node, rule: Any, act_group: int) -> Any:
+        """``rule`` on the linear ``n`` whose weight records int8 activations
+        (``QuantSpec.act_bits``): its input fake-quantized first by a TE kernel computing the
+        reference's ``fake_quant_act`` (so any dequantizing rule, on any target, is exact)."""
+        v = n.inputs[0]
+        saved = ctx.values[id(v)]
+        x = ctx.arg(v)
+        ctx.values[id(v)] = ctx.emit_te(act_fake_quant, x, act_group, name="act_fake_quant")
+        try:
+            out = rule.emit(ctx, n)
+        finally:
+            ctx.values[id(v)] = saved
+        self.rules_used["act_quant.te"] = self.rules_used.get("act_quant.te", 0) + 1
+        return out
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,9 @@ class Rule:
     emit: Callable[[LowerCtx, Node], relax.Expr]
     when: Callable[[LowerCtx, Node], bool] | None = None
     kinds: frozenset[str] | None = None
+    # the rule computes a weight's recorded activation quantization (QuantSpec.act_bits) itself;
+    # for every other rule the lowering fake-quantizes the linear's input first (exact)
+    act_quant: bool = False
 
     def matches(self, ctx: LowerCtx, n: Node) -> bool:
         if self.op is not None and n.op != self.op:

@@ -373,8 +373,7 @@ defop(
     _linear_ref,
     _linear_cost,
     inputs=(2, 3),
-    doc="y = x @ w.T + b; w is [out, in]; x quantized first when w records act_bits "
-    "(QuantSpec).",
+    doc="y = x @ w.T + b; w is [out, in]; x quantized first when w records act_bits (QuantSpec).",
 )
 
 

@@ -26,7 +26,6 @@ import torch
 from llmc.errors import IRError
 from llmc.ir.types import DTYPE_BYTES, TensorType, from_torch_dtype
 
-
 #: activation precisions a quantized weight may record: 0 float, 8 dynamic symmetric int8
 ACT_BITS = (0, 8)
 #: the int8 activation code range is [-ACT_QMAX, ACT_QMAX] (symmetric, like llama.cpp's q8_0)
@@ -272,8 +271,7 @@ def check_param(p: Param) -> list[str]:
             return errs
         if q.act_group and shape[1] % q.act_group:
             errs.append(
-                f"param @{p.name}: in-features {shape[1]} not divisible by act_group "
-                f"{q.act_group}"
+                f"param @{p.name}: in-features {shape[1]} not divisible by act_group {q.act_group}"
             )
         want = (shape[0], group_count(shape[1], q.group))
         if tuple(scale.shape) != want:

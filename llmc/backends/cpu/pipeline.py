@@ -77,10 +77,12 @@ def kernel_isa() -> str:
     return "avx512_vnni" if "avx512_vnni" in host_isa_flags() else "portable"
 
 
-#: Signed 8-bit digits per activation element in the int4 VNNI kernel: 3 (24-bit fixed point,
-#: float32-level error) or 1 (llama.cpp-style int8 activations, ~1e-2 relative error); see
-#: bench/cpu_quant_decode.json for what each costs.
+#: Signed 8-bit digits per activation element in the VNNI weight-only kernels when the weight
+#: keeps float activations (``QuantSpec.act_bits = 0``): 3 (24-bit fixed point, float32-level
+#: error). A weight recording ``act_bits = 8`` gets 1 digit, the recorded int8 activations
+#: (``Q4_A8_PARTS``); see bench/cpu_quant_decode.json for what each costs.
 Q4_ACT_PARTS = 3
+Q4_A8_PARTS = 1
 
 
 # -- panel layouts of quantized and sparse weights ------------------------------------------------
@@ -283,8 +285,11 @@ def _vnni_ok(ctx: LowerCtx, n: Node, fmt) -> bool:
     # float32 models only: the half-precision scale loads are not tested on the CPU yet
     if kernel_isa() != "avx512_vnni" or p is None or not fmt(p) or n.out.type.dtype != "f32":
         return False
+    q = p.format.quant
     k = int(p.type.shape[1])
-    return cpu_vnni.supports_q4(k, p.format.quant.group or k)
+    if not cpu_vnni.supports_q4(k, q.group or k):
+        return False
+    return q.act_bits == 0 or cpu_vnni.int8_block(k, q.group or k, q.act_group) is not None
 
 
 def _vnni_q4_ok(ctx: LowerCtx, n: Node) -> bool:
@@ -296,32 +301,38 @@ def _vnni_q8w_ok(ctx: LowerCtx, n: Node) -> bool:
 
 
 def _linear_vnni_q4(ctx: LowerCtx, n: Node, kernel: str = "q4") -> relax.Expr:
+    """int4 (``q4``) or 5..8-bit (``q8w``) weight-only linear on VNNI: three activation digits
+    for float activations, one (the recorded int8 activations, exact to the reference's
+    ``fake_quant_act``) when the weight records ``act_bits = 8``."""
     dt = n.out.type.dtype
     p = weight_param(ctx, n)
     assert p is not None and p.format.quant is not None
+    q = p.format.quant
     out_f, in_f = (int(d) for d in p.type.shape)
-    g = p.format.quant.group or in_f
+    g = q.group or in_f
     x, lead = flatten_rows(ctx, ctx.arg(n.inputs[0]))
-    kp, ab, parts = cpu_vnni.padded_k(in_f, g), cpu_vnni.act_block(in_f, g), Q4_ACT_PARTS
-    dig = ctx.emit_te(cpu_vnni.act_digits, x, kp, ab, parts, name="vnni_digits")
-    gsum = ctx.emit_te(cpu_vnni.group_sums, x, g, name="vnni_gsum")
+    kp = cpu_vnni.padded_k(in_f, g)
+    if q.act_bits:
+        ab = cpu_vnni.int8_block(in_f, g, q.act_group)
+        assert ab is not None  # _vnni_ok
+        parts = Q4_A8_PARTS
+        a8 = ctx.emit_te(cpu_vnni.act_int8, x, kp, ab, q.act_group, g, name="vnni_act_int8")
+        digits, xs, gsum = (ctx.emit(relax.TupleGetItem(a8, i)) for i in range(3))
+    else:
+        ab, parts = cpu_vnni.act_block(in_f, g), Q4_ACT_PARTS
+        dig = ctx.emit_te(cpu_vnni.act_digits, x, kp, ab, parts, name="vnni_digits")
+        digits, xs = ctx.emit(relax.TupleGetItem(dig, 0)), ctx.emit(relax.TupleGetItem(dig, 1))
+        gsum = ctx.emit_te(cpu_vnni.group_sums, x, g, name="vnni_gsum")
     codes = ctx.weight(p, f"vnni{NB}.{kernel}.codes")
     scale = ctx.weight(p, f"panel{NB}.q4.scale", dt)
     offset = ctx.weight(p, f"panel{NB}.q4.zero", dt)
     sdt, m = tvm_dtype(dt), _static_rows(x)
     fn = cpu_vnni.q4_vnni if kernel == "q4" else cpu_vnni.q8w_vnni
     y = ctx.call_kernel(
-        (f"{kernel}_vnni", in_f, out_f, g, parts, sdt, m),
-        lambda: fn(in_f, out_f, g, parts, sdt, m),
+        (f"{kernel}_vnni", in_f, out_f, g, parts, sdt, m, ab),
+        lambda: fn(in_f, out_f, g, parts, sdt, m, ab),
         f"{kernel}_vnni",
-        [
-            ctx.emit(relax.TupleGetItem(dig, 0)),
-            ctx.emit(relax.TupleGetItem(dig, 1)),
-            gsum,
-            codes,
-            scale,
-            offset,
-        ],
+        [digits, xs, gsum, codes, scale, offset],
         relax.TensorType([_rows(x), out_f], "float32"),
     )
     return add_bias_cast(ctx, n, unflatten_rows(ctx, y, lead), dt)
@@ -542,13 +553,14 @@ class CPUPipeline(TVMPipeline):
 
     def target_rules(self) -> list[Rule]:
         return [
-            Rule("cpu.linear.vnni_q4", "linear", _linear_vnni_q4, when=_vnni_q4_ok),
+            Rule("cpu.linear.vnni_q4", "linear", _linear_vnni_q4, when=_vnni_q4_ok, act_quant=True),
             Rule("cpu.linear.panel_q4", "linear", _linear_panel_q4, when=fmt_is(is_q4)),
             Rule(
                 "cpu.linear.vnni_q8w",
                 "linear",
                 lambda ctx, n: _linear_vnni_q4(ctx, n, "q8w"),
                 when=_vnni_q8w_ok,
+                act_quant=True,
             ),
             Rule("cpu.qlinear_a8.vnni", "qlinear_a8", _qlinear_a8_vnni, when=_vnni_host),
             Rule("cpu.linear.panel_q8", "linear", _linear_panel_q8, when=fmt_is(is_q8g)),

@@ -10,8 +10,11 @@ wants; 4 such loads cover a panel of 64 outputs and reuse one broadcast of 4 act
   8-bit digits (:func:`act_digits`): ``parts = 1`` is llama.cpp's q8 activation (int8 per block,
   relative error ~1e-3), ``parts = 3`` a 24-bit fixed-point split whose error is at float32's
   level (three ``vpdpbusd`` per weight quad instead of one). The zero point is applied once
-  per group with the exact float sum of the activations:
-  ``y = sum_g scale * (sum_k x*nibble - offset * sum_k x)``.
+  per group with the float sum of the activations:
+  ``y = sum_g scale * (sum_k x*nibble - offset * sum_k x)``. A weight recording int8
+  activations (``QuantSpec.act_bits = 8``) gets one digit from :func:`act_int8`, with the
+  recorded ``act_group`` blocks and the group sums of the quantized activations, which is
+  exactly the reference's ``x_hat @ dequantize(w).T``; float activations get three digits.
 - :func:`q8w_vnni` (5..8-bit weight-only, e.g. an 8-bit LM head): the same with one code per
   byte (``code - qmin`` as u8), one ``vpdpbusd`` per digit and 4 k.
 - :func:`w8a8_vnni` (``qlinear_a8``): the int8 activation codes shifted by 128 into u8, so
@@ -104,6 +107,68 @@ def act_digits(x: te.Tensor, k_pad: int, ab: int, parts: int) -> tuple[te.Tensor
         name="vnni_scale",
     )
     return digits, s
+
+
+def int8_block(k_dim: int, group: int, act_group: int) -> int | None:
+    """The kernel block of :func:`act_int8`: the largest of 128/64/32/16/8 dividing
+    :func:`act_block` (so the weight layout's padding stays whole blocks) and ``act_group``
+    (when it splits the row); None when none does (the caller falls back)."""
+    base = act_block(k_dim, group)
+    for ab in (128, 64, 32, 16, 8):
+        if base % ab == 0 and (act_group == 0 or act_group >= k_dim or act_group % ab == 0):
+            return ab
+    return None
+
+
+def act_int8(
+    x: te.Tensor, k_pad: int, ab: int, act_group: int, group: int
+) -> tuple[te.Tensor, te.Tensor, te.Tensor]:
+    """Int8 activations (``QuantSpec.act_bits = 8``) for the one-digit kernels, exactly the
+    reference's ``fake_quant_act``: per block of ``act_group`` elements (0: the row)
+    ``s = max(amax, 1e-30) / 127``, ``q = clamp(round(x / s), -127, 127)``.
+
+    Returns ``digits [M, 1, k_pad]`` int8 (zero past K), ``s [M, k_pad/ab, 1]`` (each kernel
+    block of ``ab`` elements carries the scale of the activation block holding it) and
+    ``gsum [M, K/group]``, the sums of the *quantized* activations ``q * s`` per weight group
+    (so the zero point's term is the one the reference computes, ``x_hat @ w.T``).
+    """
+    m, k_dim = x.shape
+    k_dim = int(k_dim)
+    ag = k_dim if act_group == 0 or act_group >= k_dim else act_group
+    nag = (k_dim + ag - 1) // ag
+    r = te.reduce_axis((0, ag), "r")
+    amax = te.compute(
+        (m, nag),
+        lambda i, b: te.max(tirx.abs(x[i, b * ag + r].astype(F32)), axis=r),
+        name="a8_amax",
+    )
+    base = te.compute(
+        (m, nag),
+        lambda i, b: tirx.max(amax[i, b], tirx.const(1e-30, F32)) / tirx.const(127.0, F32),
+        name="a8_scale",
+    )
+
+    def q(i: Any, k: Any) -> Any:
+        kk = tirx.min(k, k_dim - 1)
+        v = tirx.round(x[i, kk].astype(F32) / base[i, kk // ag])
+        v = tirx.max(tirx.min(v, tirx.const(127.0, F32)), tirx.const(-127.0, F32))
+        return tirx.if_then_else(k < k_dim, v, tirx.const(0.0, F32)).astype("int8")
+
+    qi = te.compute((m, k_pad), q, name="a8_q")
+    digits = te.compute((m, 1, k_pad), lambda i, j, k: qi[i, k], name="a8_digits")
+    s = te.compute(
+        (m, k_pad // ab, 1),
+        lambda i, b, j: base[i, tirx.min(b * ab // ag, nag - 1)],
+        name="a8_block_scale",
+    )
+    g = min(group, k_dim)
+    rg = te.reduce_axis((0, g), "rg")
+    gsum = te.compute(
+        (m, k_dim // g),
+        lambda i, b: te.sum(qi[i, b * g + rg].astype(F32) * base[i, (b * g + rg) // ag], axis=rg),
+        name="a8_gsum",
+    )
+    return digits, s, gsum
 
 
 def _pow256(e: Any) -> Any:
