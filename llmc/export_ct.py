@@ -141,6 +141,15 @@ def _scheme(p: Param, act_scale: float | None) -> Any:
             strategy="tensor" if act_scale > 0 else "token",
             dynamic=act_scale <= 0,
         )
+    if q.act_bits:  # QuantSpec.act_bits: int8 symmetric per block of act_group (0: per token)
+        acts = QuantizationArgs(
+            num_bits=q.act_bits,
+            type="int",
+            symmetric=True,
+            strategy="group" if q.act_group else "token",
+            group_size=q.act_group or None,
+            dynamic=True,
+        )
     scheme = QuantizationScheme(targets=["Linear"], weights=weights, input_activations=acts)
     scheme.format = infer_module_format(torch.nn.Linear, scheme).value
     return scheme

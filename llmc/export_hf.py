@@ -249,6 +249,9 @@ def collect_hf(
                 "method": q.method,
                 "dequantized": "(qweight - zero) * scale, per group of `group` inputs",
             }
+            if q.act_bits:
+                entry["quant"]["act_bits"] = q.act_bits
+                entry["quant"]["act_group"] = q.act_group
             quantized[f"{name}.qweight"] = p.data["qvalue"].contiguous()
             quantized[f"{name}.scale"] = p.data["scale"].contiguous()
             if "zero" in p.data:
@@ -277,6 +280,15 @@ def collect_hf(
         cfg["dtype" if "dtype" in cfg or "torch_dtype" not in cfg else "torch_dtype"] = dtypes.pop()
     _match_module(graph, cfg, fam, tensors)
     activations = {}
+    for name, p in graph.params.items():
+        q = p.format.quant
+        if q is not None and q.act_bits:  # QuantSpec.act_bits: the input of its linear
+            activations[name] = {
+                "bits": q.act_bits,
+                "symmetric": True,
+                "granularity": f"per-group of {q.act_group}" if q.act_group else "per-token",
+                "dynamic": True,
+            }
     for n in graph.nodes:
         if n.op == "qlinear_a8":
             activations[n.attrs.weight] = (

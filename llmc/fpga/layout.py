@@ -121,6 +121,12 @@ def weight_format(p: Param, allowed: tuple[int, ...], *, where: str = "") -> Wei
             "layer or choose another target"
         )
     q = p.format.quant
+    if q is not None and q.act_bits:
+        raise LayoutError(
+            f"{where}: act_bits={q.act_bits} (int8 activations, act_group={q.act_group}) is not "
+            "modelled by the FPGA target (its MACs take float activations); quantize without "
+            "act_bits"
+        )
     if q is not None:
         wfmt = isa.W_INT4 if q.bits <= 4 else isa.W_INT8
         group = q.group

@@ -295,3 +295,44 @@ def test_portable_rules_fake_quantize(tmp_path, monkeypatch) -> None:
     rules = _compile_and_compare(_toy("rtn:bits=4:group=32:act_bits=8"), tmp_path / "p")
     assert rules.get("cpu.linear.panel_q4") and rules.get("cpu.linear.panel_q8")
     assert rules["act_quant.te"] == rules["cpu.linear.panel_q4"] + rules["cpu.linear.panel_q8"]
+
+
+# ------------------------------------------------------------------------------ other targets
+
+
+def test_fpga_refuses_in_one_line() -> None:
+    from llmc.fpga.arch import load_arch
+    from llmc.fpga.layout import LayoutError
+    from llmc.fpga.program import build_program
+
+    g = _toy("rtn:bits=4:group=32:act_bits=8")
+    with pytest.raises(LayoutError, match=r"act_bits=8 \(int8 activations, act_group=32\)") as e:
+        build_program(g, load_arch("u280"))
+    assert "\n" not in str(e.value)
+
+
+def test_exports_keep_or_state_the_activation_precision(tmp_path) -> None:
+    """GGUF Q4_0 keeps every code (llama.cpp's q8_0 activations are act_group=32 anyway);
+    compressed-tensors and the HF export state the int8 activations instead of dropping them."""
+    from llmc.export_ct import export_compressed_tensors
+    from llmc.export_gguf import export_gguf
+    from llmc.export_hf import export_hf
+    from llmc.frontends import load_model
+
+    tiny = load_model("tiny")
+    g = tiny.graph.copy()
+    build_pipeline("rtn:bits=4:group=32:act_bits=8").run(g, PassContext())
+    kw = {"tokenizer": tiny.tokenizer, "config": tiny.config}
+    s = export_gguf(g, tmp_path / "t.gguf", gguf_type="q4_0", exact=True, **kw)
+    assert len(s["exact"]) == 29 and not s["requantized"]
+    export_compressed_tensors(g, tmp_path / "ct", **kw)
+    cfg = json.loads((tmp_path / "ct" / "config.json").read_text())["quantization_config"]
+    acts = [grp["input_activations"] for grp in cfg["config_groups"].values()]
+    assert acts and all(
+        (a["num_bits"], a["strategy"], a["group_size"], a["dynamic"]) == (8, "group", 32, True)
+        for a in acts
+    )
+    export_hf(g, tmp_path / "hf", **kw)
+    comp = json.loads((tmp_path / "hf" / "llmc_compression.json").read_text())
+    a = comp["input_activations"]["model.layers.0.mlp.down_proj.weight"]
+    assert a["bits"] == 8 and a["granularity"] == "per-group of 32"
