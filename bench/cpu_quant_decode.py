@@ -18,7 +18,11 @@ preparation (quantization, digit split, group sums):
 - ``rtn8_vnni3``: ``q8w_vnni`` per channel, 3 activation digits (what ``rtn:bits=8`` and the
   8-bit LM head of ``head=true`` run on a VNNI host);
 - ``w8a8_portable``: ``act_quant`` + ``int8_linear`` (plain loops, what non-VNNI hosts run);
-- ``w8a8_vnni``: ``act_quant`` + ``w8a8_vnni``.
+- ``w8a8_vnni``: ``act_quant`` + ``w8a8_vnni``;
+- ``rtn4g32_vnni3`` / ``rtn4g32_a8`` / ``rtn4g128_a8`` / ``rtn8g32_vnni3`` / ``rtn8g32_a8``: the
+  weight-only VNNI kernels at group 32 (128) with float activations (3 digits) or the int8
+  activations ``act_bits=8`` records (``act_int8``, blocks of 32, 1 digit), symmetric weights'
+  shared offset row; ``rtn4g32_vnni3_offsets`` reads a per-group offset stream (as before).
 
 With ``--whole-model WORK``, it also compiles GPT-2 small (``bench/cpu_decode.py``'s random-weight
 checkpoint) as dense, ``rtn:bits=8``, ``rtn:bits=4:group=128`` and ``w8a8`` (the last two with the
@@ -140,6 +144,61 @@ def q4_vnni(parts: int) -> Callable:
         return run
 
     return make
+
+
+def vnni_wo(kind: str, group: int, act_group: int | None, shared: bool = True) -> Callable:
+    """``q4_vnni``/``q8w_vnni`` at weight group ``group``: float activations (3 digits) when
+    ``act_group`` is None, else int8 activations in blocks of ``act_group`` (``act_int8``, one
+    digit; what ``act_bits=8`` compiles to). Activation preparation included. ``shared``: the
+    symmetric weights' one offset row (what the compiler passes), else a per-group stream."""
+
+    def make(k: int, n: int, rng) -> Callable[[], Any]:
+        from tvm import te
+
+        from llmc.backends.kernels import cpu_vnni as V
+
+        g = min(group, k) or k
+        kp = V.padded_k(k, g)
+        if act_group is None:
+            parts, ab = 3, V.act_block(k, g)
+        else:
+            parts, ab = 1, V.int8_block(k, g, act_group)
+
+        def prep_fn():
+            xt = te.placeholder((1, k), "float32", name="x")
+            if act_group is None:
+                d, s = V.act_digits(xt, kp, ab, parts)
+                return te.create_prim_func([xt, d, s, V.group_sums(xt, g)])
+            return te.create_prim_func([xt, *V.act_int8(xt, kp, ab, act_group, g)])
+
+        prep = _build(("wo-prep", k, g, act_group), prep_fn)
+        fn = V.q4_vnni if kind == "q4" else V.q8w_vnni
+        f = _build(
+            ("wo", kind, k, n, g, parts, ab, shared),
+            lambda: fn(k, n, g, parts, "float32", 1, ab, shared),
+        )
+        x = _arr(rng.standard_normal((1, k)).astype("float32"))
+        xd = _arr(np.zeros((1, parts, kp), "int8"))
+        xs = _arr(np.zeros((1, kp // ab, parts), "float32"))
+        gs = _arr(np.zeros((1, k // g), "float32"))
+        rows = kp // 8 if kind == "q4" else kp // 4
+        codes = _arr(_rng_u8(rng, (_panels(n), rows, NB, 4)))
+        sc = _arr(rng.random((_panels(n), k // g, NB)).astype("float32") * 0.01)
+        of = _arr(np.full((1, 1, NB) if shared else (_panels(n), k // g, NB), 8.0, "float32"))
+        out = _arr(np.zeros((1, n), "float32"))
+
+        def run():
+            prep(x, xd, xs, gs)
+            f(xd, xs, gs, codes, sc, of, out)
+
+        return run
+
+    return make
+
+
+def bytes_wo(bits: int, group: int, streams: int = 1) -> Callable[[int, int], int]:
+    """Codes and ``streams`` float32 per-group arrays (scales; and offsets when 2)."""
+    return lambda k, n: n * k * bits // 8 + streams * 4 * n * (k // min(group, k))
 
 
 def q8_portable(k: int, n: int, rng) -> Callable[[], Any]:
@@ -265,6 +324,13 @@ VARIANTS = {
     "rtn8_vnni3": (q8_vnni, bytes_q8),
     "w8a8_portable": (a8_portable, bytes_a8),
     "w8a8_vnni": (a8_vnni, bytes_a8),
+    # act_bits (QuantSpec): float activations (3 digits) vs int8 per block of 32 (1 digit)
+    "rtn4g32_vnni3_offsets": (vnni_wo("q4", 32, None, False), bytes_wo(4, 32, 2)),
+    "rtn4g32_vnni3": (vnni_wo("q4", 32, None), bytes_wo(4, 32)),
+    "rtn4g32_a8": (vnni_wo("q4", 32, 32), bytes_wo(4, 32)),
+    "rtn4g128_a8": (vnni_wo("q4", 128, 32), bytes_wo(4, 128)),
+    "rtn8g32_vnni3": (vnni_wo("q8w", 32, None), bytes_wo(8, 32)),
+    "rtn8g32_a8": (vnni_wo("q8w", 32, 32), bytes_wo(8, 32)),
 }
 
 

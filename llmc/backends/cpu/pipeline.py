@@ -325,12 +325,19 @@ def _linear_vnni_q4(ctx: LowerCtx, n: Node, kernel: str = "q4") -> relax.Expr:
         gsum = ctx.emit_te(cpu_vnni.group_sums, x, g, name="vnni_gsum")
     codes = ctx.weight(p, f"vnni{NB}.{kernel}.codes")
     scale = ctx.weight(p, f"panel{NB}.q4.scale", dt)
-    offset = ctx.weight(p, f"panel{NB}.q4.zero", dt)
     sdt, m = tvm_dtype(dt), _static_rows(x)
+    # symmetric codes: the offset is -qmin everywhere, one shared row instead of a stream
+    shared = "zero" not in p.data and q.symmetric
+    if shared:
+        import numpy as np
+
+        offset = relax.const(np.full((1, 1, NB), -q.qmin, dtype=sdt))
+    else:
+        offset = ctx.weight(p, f"panel{NB}.q4.zero", dt)
     fn = cpu_vnni.q4_vnni if kernel == "q4" else cpu_vnni.q8w_vnni
     y = ctx.call_kernel(
-        (f"{kernel}_vnni", in_f, out_f, g, parts, sdt, m, ab),
-        lambda: fn(in_f, out_f, g, parts, sdt, m, ab),
+        (f"{kernel}_vnni", in_f, out_f, g, parts, sdt, m, ab, shared),
+        lambda: fn(in_f, out_f, g, parts, sdt, m, ab, shared),
         f"{kernel}_vnni",
         [digits, xs, gsum, codes, scale, offset],
         relax.TensorType([_rows(x), out_f], "float32"),

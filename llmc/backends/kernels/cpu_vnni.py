@@ -235,6 +235,7 @@ def weight_only_vnni(
     s_dtype: str,
     m: int | None = None,
     ab: int | None = None,
+    shared_offset: bool = False,
 ) -> tirx.PrimFunc:
     """``C[M, N] = X @ W.T`` for a weight-only W in VNNI panels, codes unpacked by ``unpack``.
 
@@ -242,7 +243,9 @@ def weight_only_vnni(
     or :func:`act_int8`), ``gsum [M, K/group]`` (:func:`group_sums` or :func:`act_int8`),
     ``codes [P, K'/k_per_row, 64, 4]`` uint8, ``scale``/``offset [P, K/group, 64]``; float32
     result. ``ab`` is the activation block of ``xs`` (default :func:`act_block`); it divides
-    the weight group (or the padded ``K'`` per channel) and ``act_block``.
+    the weight group (or the padded ``K'`` per channel) and ``act_block``. ``shared_offset``:
+    ``offset`` is one ``[1, 1, 64]`` row shared by every panel and group (symmetric weights:
+    ``-qmin``), so decode streams codes and scales only.
     """
     g = min(group, k_dim)
     ab = act_block(k_dim, group) if ab is None else ab
@@ -265,9 +268,13 @@ def weight_only_vnni(
     k_step = 4 if unpack.nibbles else 0  # k offset of operand o within its byte row
     row_step = 0 if unpack.nibbles else 1  # byte row of operand o within the step
     steps = rows_blk // loads
+    o_p, o_g = (1, 1) if shared_offset else (panels, ngroups)  # offset rows
+    o_ps = 0 if shared_offset else 1  # offset index stride of a panel / a group
     rows: Any = tirx.Var("m", "int64") if m is None else m
-    name = f"{unpack.name}_vnni_k{k_dim}_n{n_dim}_g{group}_p{parts}" + (
-        f"_ab{ab}" if ab != act_block(k_dim, group) else ""
+    name = (
+        f"{unpack.name}_vnni_k{k_dim}_n{n_dim}_g{group}_p{parts}"
+        + (f"_ab{ab}" if ab != act_block(k_dim, group) else "")
+        + ("_so" if shared_offset else "")
     )
 
     @T.prim_func(private=True, s_tir=True)
@@ -277,7 +284,7 @@ def weight_only_vnni(
         gs_h: T.handle,
         codes: T.Buffer((panels, kp // kr, NB, 4), "uint8"),
         scale: T.Buffer((panels, ngroups, NB), s_dtype),
-        offset: T.Buffer((panels, ngroups, NB), s_dtype),
+        offset: T.Buffer((o_p, o_g, NB), s_dtype),
         c_h: T.handle,
     ):
         T.func_attr({"tirx.noalias": True})
@@ -329,7 +336,8 @@ def weight_only_vnni(
                         for q in T.unroll(4):
                             sc = T.Cast("float32x16", scale.vload([p, gi, q * 16], s_dtype + "x16"))
                             of = T.Cast(
-                                "float32x16", offset.vload([p, gi, q * 16], s_dtype + "x16")
+                                "float32x16",
+                                offset.vload([p * o_ps, gi * o_ps, q * 16], s_dtype + "x16"),
                             )
                             y[T.ramp(q * 16, 1, 16)] = y[T.ramp(q * 16, 1, 16)] + sc * (
                                 t[T.ramp(q * 16, 1, 16)] - of * T.broadcast(gs[i, gi], 16)
@@ -349,10 +357,11 @@ def q4_vnni(
     s_dtype: str,
     m: int | None = None,
     ab: int | None = None,
+    shared_offset: bool = False,
 ) -> tirx.PrimFunc:
     """int4 weight-only (:data:`Q4` unpacking): ``codes [P, K'/8, 64, 4]`` uint8, two k-quads
     per byte; see :func:`weight_only_vnni`."""
-    return weight_only_vnni(Q4, k_dim, n_dim, group, parts, s_dtype, m, ab)
+    return weight_only_vnni(Q4, k_dim, n_dim, group, parts, s_dtype, m, ab, shared_offset)
 
 
 def q8w_vnni(
@@ -363,12 +372,13 @@ def q8w_vnni(
     s_dtype: str,
     m: int | None = None,
     ab: int | None = None,
+    shared_offset: bool = False,
 ) -> tirx.PrimFunc:
     """5..8-bit weight-only (:data:`Q8W` unpacking): ``codes [P, K'/4, 64, 4]`` uint8 (byte
     (b, n, i) = ``code[n, 4b+i] - qmin``, so a symmetric 8-bit code in -127..127 is 0..254),
     ``offset`` = ``zero - qmin``; one ``vpdpbusd`` per digit and 4 k, the per-block int32 sums
     below ``254 * 127 * 128``. See :func:`weight_only_vnni`."""
-    return weight_only_vnni(Q8W, k_dim, n_dim, group, parts, s_dtype, m, ab)
+    return weight_only_vnni(Q8W, k_dim, n_dim, group, parts, s_dtype, m, ab, shared_offset)
 
 
 def w8a8_vnni(k_dim: int, n_dim: int, m: int | None = None) -> tirx.PrimFunc:
