@@ -50,7 +50,8 @@ after each pair, the machine (CPU model, AVX2/AVX-512/VNNI flags), llama.cpp's v
 flags, the date, the command and the commit. Pairs and their targets (issue 14's "Done when"):
 ``f32`` llmc >= 1.1x llama.cpp f32 (ORT and HF eager reported beside it), ``q8`` llmc
 ``rtn:bits=8:group=32`` >= 1.1x llama.cpp q8_0, ``q4`` llmc ``rtn:bits=4:group=32`` (and
-``group=128``) >= 1.1x llama.cpp q4_0, ``w8a8`` llmc ``w8a8`` >= llmc ``rtn:bits=8`` (per channel:
+``group=128``) >= 1.1x llama.cpp q4_0, each also with ``act_bits=8`` (int8 activations per 32,
+the arithmetic llama.cpp's q8_0 activations do: the ``-a8`` engines), ``w8a8`` llmc ``w8a8`` >= llmc ``rtn:bits=8`` (per channel:
 the same bytes), ``nm`` llmc ``magnitude:pattern=2:4`` >= 1.3x llmc dense.
 """
 
@@ -106,6 +107,10 @@ LLMC = {
     "llmc-rtn8-g32": "rtn:bits=8:group=32" + _HEADQ,
     "llmc-rtn4-g32": "rtn:bits=4:group=32" + _HEADQ,
     "llmc-rtn4-g128": "rtn:bits=4:group=128" + _HEADQ,
+    # int8 activations per block of 32 (QuantSpec.act_bits): llama.cpp's q8_0 activations
+    "llmc-rtn8-g32-a8": "rtn:bits=8:group=32:act_bits=8" + _HEADQ,
+    "llmc-rtn4-g32-a8": "rtn:bits=4:group=32:act_bits=8" + _HEADQ,
+    "llmc-rtn4-g128-a8": "rtn:bits=4:group=128:act_bits=8" + _HEADQ,
     "llmc-rtn8": "rtn:bits=8:group=0",
     "llmc-w8a8": "w8a8",
     "llmc-2:4": "magnitude:pattern=2:4",
@@ -123,11 +128,26 @@ PAIRS: dict[str, tuple[list[str], str, list[tuple[str, float]]]] = {
         "llama.cpp-f32",
         [("llmc-f32", 1.1)],
     ),
-    "q8": (["llmc-rtn8-g32", "llama.cpp-q8_0"], "llama.cpp-q8_0", [("llmc-rtn8-g32", 1.1)]),
+    "q8": (
+        ["llmc-rtn8-g32", "llmc-rtn8-g32-a8", "llama.cpp-q8_0"],
+        "llama.cpp-q8_0",
+        [("llmc-rtn8-g32", 1.1), ("llmc-rtn8-g32-a8", 1.1)],
+    ),
     "q4": (
-        ["llmc-rtn4-g32", "llmc-rtn4-g128", "llama.cpp-q4_0"],
+        [
+            "llmc-rtn4-g32",
+            "llmc-rtn4-g32-a8",
+            "llmc-rtn4-g128",
+            "llmc-rtn4-g128-a8",
+            "llama.cpp-q4_0",
+        ],
         "llama.cpp-q4_0",
-        [("llmc-rtn4-g32", 1.1), ("llmc-rtn4-g128", 1.1)],
+        [
+            ("llmc-rtn4-g32", 1.1),
+            ("llmc-rtn4-g32-a8", 1.1),
+            ("llmc-rtn4-g128", 1.1),
+            ("llmc-rtn4-g128-a8", 1.1),
+        ],
     ),
     "w8a8": (["llmc-w8a8", "llmc-rtn8"], "llmc-rtn8", [("llmc-w8a8", 1.0)]),
     "nm": (["llmc-2:4", "llmc-f32"], "llmc-f32", [("llmc-2:4", 1.3)]),
