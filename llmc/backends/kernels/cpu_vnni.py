@@ -259,10 +259,12 @@ def weight_only_vnni(
     bpg = nblk if g == k_dim else g // ab
     kr = unpack.k_per_row
     rows_blk = ab // kr  # byte rows per block
-    # two independent accumulator chains per (digit, quarter) for 1 digit (8 zmm); 3 digits
-    # already have 12 chains. int4: the chains are the low and high nibble of one byte row;
-    # one code per byte: two consecutive byte rows.
-    split = 2 if parts == 1 else 1
+    # two independent accumulator chains per (digit, quarter) for 1 digit over blocks of 64+
+    # (8 zmm); 3 digits already have 12 chains. int4: the chains are the low and high nibble of
+    # one byte row; one code per byte: two consecutive byte rows. Blocks of 32 (act_bits=8,
+    # act_group=32) keep one chain: each block ends in a convert and an FMA per chain, which
+    # there cost more than the latency a second chain hides (measured at decode, GPT-2 shapes)
+    split = 2 if parts == 1 and ab >= 64 else 1
     ops = 2 if unpack.nibbles else split  # operands per step
     loads = 1 if unpack.nibbles else split  # byte rows per step
     k_step = 4 if unpack.nibbles else 0  # k offset of operand o within its byte row
