@@ -336,3 +336,16 @@ def test_exports_keep_or_state_the_activation_precision(tmp_path) -> None:
     comp = json.loads((tmp_path / "hf" / "llmc_compression.json").read_text())
     a = comp["input_activations"]["model.layers.0.mlp.down_proj.weight"]
     assert a["bits"] == 8 and a["granularity"] == "per-group of 32"
+
+
+@pytest.mark.slow
+def test_cuda_cross_compile_fake_quantizes(tmp_path) -> None:
+    """H100 (code generation only, no device): every quantized linear gets the TE fake-quant."""
+    from tests.backends.conftest import compile_graph
+
+    g = _toy("rtn:bits=4:group=32:act_bits=8")
+    compile_graph(g, "h100", tmp_path / "cuda")
+    rules = json.loads((tmp_path / "cuda" / "manifest.json").read_text())["backend"][
+        "lowering_rules"
+    ]
+    assert rules["act_quant.te"] == rules["linear.q4"] + rules["linear.q8g"] > 0
