@@ -131,6 +131,9 @@ def test_pass_records_per_layer_act_group_and_head(lm, ctx) -> None:
         k = int(g.params[name].type.shape[1])
         assert q.act_group == min(k, 128), (name, k, q)
     assert "lm_head.weight" in specs  # the 8-bit head records them too
+    from llmc.inspect import format_key
+
+    assert format_key(g.params["lm_head.weight"]) == "f32 int8 g64 sym rtn a8 ag64"
     assert ctx.report["act_bits"] == 8 and ctx.report["act_group"] == 128
 
 
