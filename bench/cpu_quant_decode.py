@@ -411,6 +411,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--tokens", type=int, default=10)
     ap.add_argument("--out", default=str(ROOT / "bench" / "cpu_quant_decode.json"))
+    ap.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="kernel level: wall time, or the process's CPU time (steadier on a loaded machine; "
+        "with TVM_NUM_THREADS=1 it is the kernels' own time)",
+    )
     ap.add_argument("--whole-model", metavar="WORK", help="also time GPT-2 small artifacts")
     ap.add_argument("--whole-models", default=",".join(MODELS), help="which (names of MODELS)")
     args = ap.parse_args(argv)
@@ -421,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = load_average()
     bw = measure_read_bandwidth(threads)
     results: dict[str, Any] = {}
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     for model in filter(None, args.models.split(",")):
         shapes = model_shapes("gpt2" if model == "gpt2" else "llama7b")
         runs: dict[str, list[Callable[[], Any]]] = {}
@@ -435,11 +443,11 @@ def main(argv: list[str] | None = None) -> int:
         samples: dict[str, list[float]] = {v: [] for v in runs}
         for _ in range(args.repeats):
             for v, calls in runs.items():  # interleaved
-                t0 = time.perf_counter()
+                t0 = clock()
                 for _ in range(args.tokens):
                     for c in calls:
                         c()
-                samples[v].append((time.perf_counter() - t0) / args.tokens * 1e3)
+                samples[v].append((clock() - t0) / args.tokens * 1e3)
                 time.sleep(0.2)
         res = {}
         for v, s in samples.items():
@@ -471,6 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_after": load_average(),
         "note": "machine shared with other jobs while measured: see the load averages",
         "commit": git("rev-parse", "--short", "HEAD").strip(),
+        "clock": args.clock,
         "repeats": args.repeats,
         "tokens_per_sample": args.tokens,
         "results": results,
