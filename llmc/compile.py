@@ -18,6 +18,7 @@ import json
 import resource
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -286,7 +287,9 @@ def _compile_loaded(
             )
         from llmc.frontends.zoo import materialize
 
-        materialize(graph, seed=0)
+        # one matrix at a time, each moved to an unlinked file in $TMPDIR: page cache the
+        # kernel can reclaim, not anonymous memory (models larger than RAM compile)
+        materialize(graph, seed=0, spill_dir=tempfile.gettempdir())
         graph.meta["architecture_only"] = False
         graph.meta["random_weights_seed"] = 0
     t_loaded = time.perf_counter()
