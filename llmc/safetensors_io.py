@@ -17,21 +17,27 @@ its quantized codes frees the float pages; one map per file would hold them all 
 :func:`spill` moves a tensor made in anonymous memory (generated random weights) into an
 unlinked temporary file mapped the same way: the pages are the kernel's page cache, which it
 can write back and reclaim under memory pressure, so weights larger than RAM fit. Mapped file
-pages count in a process's RSS (``RssFile``) while resident, but not in ``RssAnon``.
+pages count in a process's RSS (``RssFile``) while resident, but not in ``RssAnon``. Code that
+makes weights calls :func:`keep` on each new tensor: inside a :func:`spilling` block (a compile)
+the tensor is spilled, elsewhere it is returned as is (no disk traffic for tests, eval, ...).
 
 Example::
 
     write_safetensors(path, [Entry("w", (2, 3), torch.float32, lambda: torch.ones(2, 3))])
     tensors = map_safetensors(path)             # {"w": tensor viewing the file}
+    with spilling():                            # while compiling
+        w = keep(torch.randn(4096, 4096))       # lives in an unlinked file in $TMPDIR
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import mmap
 import struct
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,3 +179,27 @@ def spill(t: torch.Tensor, directory: str | Path | None = None) -> torch.Tensor:
         f.flush()
         return map_region(f.fileno(), 0, t.shape, t.dtype, nbytes)
 
+
+#: the directory :func:`keep` spills to ("" = the system's temporary directory), or None: off
+_SPILL_DIR: ContextVar[str | None] = ContextVar("llmc_spill_dir", default=None)
+#: tensors smaller than this stay in memory (a file and a map each would cost more than they save)
+SPILL_MIN_BYTES = 1 << 20
+
+
+@contextlib.contextmanager
+def spilling(directory: str | Path | None = None) -> Iterator[None]:
+    """Within the block, :func:`keep` spills weights to ``directory`` (default ``$TMPDIR``)."""
+    token = _SPILL_DIR.set(str(directory) if directory is not None else "")
+    try:
+        yield
+    finally:
+        _SPILL_DIR.reset(token)
+
+
+def keep(t: torch.Tensor) -> torch.Tensor:
+    """A new weight tensor as it should be kept: spilled (:func:`spill`) inside a
+    :func:`spilling` block when it holds at least ``SPILL_MIN_BYTES``, else ``t`` itself."""
+    d = _SPILL_DIR.get()
+    if d is None or t.device.type != "cpu" or t.numel() * t.element_size() < SPILL_MIN_BYTES:
+        return t
+    return spill(t, d or None)

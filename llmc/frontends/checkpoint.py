@@ -341,9 +341,7 @@ class Checkpoint:
                     if mapped and os.fstat(fh.fileno()).st_size < max(i.end for i in infos):
                         raise ModelLoadError(f"{f}: file shrank after its header was checked")
                     for info in sorted(infos, key=lambda i: i.begin):
-                        sd[info.name] = (
-                            _map_tensor(fh, info) if mapped else _read_tensor(fh, info)
-                        )
+                        sd[info.name] = _map_tensor(fh, info) if mapped else _read_tensor(fh, info)
                         sd.files[info.name] = f.name
                         bar.update(info.end - info.begin)
         return sd

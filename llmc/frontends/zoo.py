@@ -499,19 +499,17 @@ def _seed_for(name: str, seed: int) -> int:
     return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63)
 
 
-def materialize(
-    graph: Graph, seed: int = 0, std: float = 0.02, *, spill_dir: str | Path | None = None
-) -> Graph:
+def materialize(graph: Graph, seed: int = 0, std: float = 0.02) -> Graph:
     """Fill every ``meta`` param with seeded values, in place (and return the graph).
 
     Matrices and embeddings get ``N(0, std)``; 1-D weights read by a norm get ones, other 1-D
     params (biases) zeros. Each param's values depend only on ``seed`` and its name.
 
-    With ``spill_dir``, each matrix is generated alone and moved into an unlinked file there
-    (:func:`llmc.safetensors_io.spill`): the values are the same bits, but they live in the
-    page cache (reclaimable) instead of anonymous memory, and each file's pages and disk space
-    go with its param, so a model larger than RAM compiles (``llmc compile --random-weights``;
-    the disk needs the model's bytes free).
+    Inside :func:`llmc.safetensors_io.spilling` (a compile), each matrix is generated alone and
+    moved into an unlinked temporary file (:func:`llmc.safetensors_io.keep`): the values are
+    the same bits, but they live in the page cache (reclaimable) instead of anonymous memory,
+    and each file's pages and disk space go with its param, so a model larger than RAM
+    compiles (``llmc compile --random-weights``; ``$TMPDIR`` needs the model's bytes free).
     """
     norm_weights = set()
     users = graph.users()
@@ -521,6 +519,8 @@ def materialize(
             for u in users.get(n.out, [])
         ):
             norm_weights.add(n.attrs.name)
+    from llmc.safetensors_io import keep
+
     for pname, p in list(graph.params.items()):
         if not p.is_meta:
             continue
@@ -538,9 +538,6 @@ def materialize(
             gen = torch.Generator().manual_seed(_seed_for(pname, seed))
             # in place: no second full-size temporary (the values are the same bits)
             value = torch.randn(shape, generator=gen).mul_(std).to(dt)
-            if spill_dir is not None:
-                from llmc.safetensors_io import spill
-
-                value = spill(value, spill_dir)
+            value = keep(value)
         graph.params[pname] = Param(pname, p.type, p.format, {"value": value})
     return graph
