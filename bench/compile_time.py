@@ -26,9 +26,10 @@ WORK, so the real checkpoint path is measured) dense, ``rtn:bits=4:group=128`` a
 ``--target cpu``, and Llama-2-7B's the same way with rtn4 (27 GB of f32 weights, more than the
 RAM of the machine this was measured on). Each row records wall time, peak RSS (and the
 peaks of its anonymous and file-backed parts, sampled from ``/proc/PID/status`` every 20 ms),
-the stored weight bytes (of the source,
-before passes), the bound ``stored + 2 GB``, the artifact's bytes and the compile report's
-phase times. The machine is shared: wall times are indicative, RSS is reliable.
+the stored weight bytes (of the source, before passes), the bound ``stored + 2 GB``, the
+artifact's bytes and the compile report's phase times. The machine is shared: wall times are
+indicative, RSS is reliable. ``--only LABEL,...`` measures and prints some runs, writing nothing.
+The random-weight compiles spill their weights to ``$TMPDIR`` (27 GB free for Llama-2-7B).
 """
 
 from __future__ import annotations
