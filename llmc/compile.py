@@ -38,6 +38,7 @@ from llmc.errors import LlmcError, TargetError
 from llmc.ir.graph import Graph
 from llmc.ir.structure import is_lm
 from llmc.runtime.lm import InterpLM, LanguageModel
+from llmc.safetensors_io import spilling
 from llmc.targets import Target, configure_target, get_kind, get_target, resolve_spec
 
 
@@ -235,6 +236,10 @@ def compile_model(
     with contextlib.ExitStack() as stack:
         if out is not None and not dry_run:  # refuse a bad or busy -o before any work
             stack.enter_context(output_lock(Path(out)))
+        # Weights the compile makes (converted checkpoint tensors, random weights, quantized
+        # codes, pruned values) go to unlinked files in $TMPDIR as they are made: page cache the
+        # kernel can reclaim, not anonymous memory, so models larger than RAM compile.
+        stack.enter_context(spilling())
         return _compile_loaded(
             model,
             tgt,
@@ -286,7 +291,7 @@ def _compile_loaded(
             )
         from llmc.frontends.zoo import materialize
 
-        materialize(graph, seed=0)
+        materialize(graph, seed=0)  # one matrix at a time, each spilled (see compile_model)
         graph.meta["architecture_only"] = False
         graph.meta["random_weights_seed"] = 0
     t_loaded = time.perf_counter()

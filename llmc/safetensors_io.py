@@ -11,18 +11,33 @@ data starts 64-byte aligned.
 :func:`llmc.frontends.checkpoint.read_safetensors_header`) as tensors that view a private
 memory map of it: nothing is copied, pages are read from the page cache when first touched.
 
+:func:`map_region` maps *one* tensor of an open file into a mapping of its own, so the tensor's
+pages leave the process when the tensor is dropped (a compile that replaces a float weight by
+its quantized codes frees the float pages; one map per file would hold them all until the end).
+:func:`spill` moves a tensor made in anonymous memory (generated random weights) into an
+unlinked temporary file mapped the same way: the pages are the kernel's page cache, which it
+can write back and reclaim under memory pressure, so weights larger than RAM fit. Mapped file
+pages count in a process's RSS (``RssFile``) while resident, but not in ``RssAnon``. Code that
+makes weights calls :func:`keep` on each new tensor: inside a :func:`spilling` block (a compile)
+the tensor is spilled, elsewhere it is returned as is (no disk traffic for tests, eval, ...).
+
 Example::
 
     write_safetensors(path, [Entry("w", (2, 3), torch.float32, lambda: torch.ones(2, 3))])
     tensors = map_safetensors(path)             # {"w": tensor viewing the file}
+    with spilling():                            # while compiling
+        w = keep(torch.randn(4096, 4096))       # lives in an unlinked file in $TMPDIR
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import mmap
 import struct
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,3 +148,58 @@ def map_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
         flat = torch.frombuffer(mm, dtype=torch.uint8, count=end - begin, offset=base + begin)
         out[key] = flat.view(dtype).reshape(shape)
     return out
+
+
+def map_region(
+    fd: int, offset: int, shape: Sequence[int], dtype: torch.dtype, nbytes: int
+) -> torch.Tensor:
+    """The tensor at ``[offset, offset + nbytes)`` of the open file ``fd``, as a view of a
+    private (copy-on-write) map of just that region (from the page boundary below ``offset``).
+    The map lives as long as the tensor (or a view of it); the caller has checked that the
+    region lies inside the file (a file truncated afterwards faults on access, as any mapped
+    file does)."""
+    if nbytes == 0:
+        return torch.empty(tuple(shape), dtype=dtype)
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY
+    mm = mmap.mmap(fd, nbytes + offset - start, access=mmap.ACCESS_COPY, offset=start)
+    flat = torch.frombuffer(mm, dtype=torch.uint8, count=nbytes, offset=offset - start)
+    return flat.view(dtype).reshape(tuple(shape))
+
+
+def spill(t: torch.Tensor, directory: str | Path | None = None) -> torch.Tensor:
+    """``t``'s values in an unlinked temporary file in ``directory`` (default: the system's
+    temporary directory), returned as a mapped view (see the module docstring): the anonymous
+    copy can be dropped, and the file's disk space is freed with the last view."""
+    t = t.detach().contiguous().cpu()
+    nbytes = t.numel() * t.element_size()
+    if nbytes == 0:
+        return t
+    with tempfile.TemporaryFile(dir=directory) as f:
+        f.write(t.reshape(-1).view(torch.uint8).numpy().data)
+        f.flush()
+        return map_region(f.fileno(), 0, t.shape, t.dtype, nbytes)
+
+
+#: the directory :func:`keep` spills to ("" = the system's temporary directory), or None: off
+_SPILL_DIR: ContextVar[str | None] = ContextVar("llmc_spill_dir", default=None)
+#: tensors smaller than this stay in memory (a file and a map each would cost more than they save)
+SPILL_MIN_BYTES = 1 << 20
+
+
+@contextlib.contextmanager
+def spilling(directory: str | Path | None = None) -> Iterator[None]:
+    """Within the block, :func:`keep` spills weights to ``directory`` (default ``$TMPDIR``)."""
+    token = _SPILL_DIR.set(str(directory) if directory is not None else "")
+    try:
+        yield
+    finally:
+        _SPILL_DIR.reset(token)
+
+
+def keep(t: torch.Tensor) -> torch.Tensor:
+    """A new weight tensor as it should be kept: spilled (:func:`spill`) inside a
+    :func:`spilling` block when it holds at least ``SPILL_MIN_BYTES``, else ``t`` itself."""
+    d = _SPILL_DIR.get()
+    if d is None or t.device.type != "cpu" or t.numel() * t.element_size() < SPILL_MIN_BYTES:
+        return t
+    return spill(t, d or None)

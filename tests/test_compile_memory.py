@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import os
 import struct
+from pathlib import Path
 
 import pytest
 import torch
@@ -65,3 +67,131 @@ def test_random_weights_refuse_a_model_that_has_weights() -> None:
 
     with pytest.raises(LlmcError, match="--random-weights applies to architecture-only"):
         compile_model("tiny", target="ref", dry_run=True, random_weights=True)
+
+
+# -- lazy weights: file-backed maps instead of anonymous copies ----------------------------------
+
+
+def _file_backed(t: torch.Tensor) -> bool:
+    """Whether ``t``'s data lies in a mapping of a file (``/proc/self/maps``: a path column)."""
+    ptr = t.data_ptr()
+    with open("/proc/self/maps") as f:
+        for line in f:
+            cols = line.split()
+            lo, hi = (int(x, 16) for x in cols[0].split("-"))
+            if lo <= ptr < hi:
+                return len(cols) > 5 and cols[5].startswith("/")
+    return False
+
+
+def _rss_anon() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    pytest.skip("no RssAnon in /proc/self/status")
+
+
+linux = pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="needs /proc (Linux)")
+
+
+_GROWTH = """
+import sys
+import torch
+from llmc.frontends.checkpoint import Checkpoint
+
+def anon():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith("RssAnon:"))
+
+ck = Checkpoint(sys.argv[1])
+for mapped in (True, False):  # mapped first: it leaves no freed heap for the eager read to reuse
+    before = anon()
+    sd = ck.load(mapped=mapped)
+    total = sum(float(t.sum()) for t in sd.values())  # touch every page
+    print(anon() - before, total)
+"""
+
+
+@linux
+def test_mapped_checkpoint_costs_no_anonymous_memory(tmp_path) -> None:
+    """Loading (and reading every byte of) 48 MB of weights maps them: anonymous memory grows by
+    far less than the weights, while an eager read grows by all of them (so the check can
+    fail). A fresh process, so that no freed heap of earlier tests hides the growth."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import save_file
+
+    from llmc.frontends.checkpoint import Checkpoint
+
+    n = 12
+    tensors = {f"w{i}": torch.full((1024, 1024), float(i)) for i in range(n)}
+    save_file(tensors, tmp_path / "m.safetensors")
+    weights = n * 1024 * 1024 * 4
+    sd = Checkpoint(tmp_path).load()
+    assert all(_file_backed(t) and torch.equal(t, tensors[k]) for k, t in sd.items())
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", _GROWTH, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    ).stdout.split()
+    want = float(sum(i * 1024 * 1024 for i in range(n)))
+    assert float(out[1]) == want and float(out[3]) == want
+    mapped, eager = int(out[0]), int(out[2])
+    assert mapped < weights / 6, f"a mapped load grew anonymous memory by {mapped} bytes"
+    assert eager > weights * 0.9, f"an eager load grew anonymous memory by {eager} bytes only"
+
+
+@linux
+def test_spilled_random_weights_are_the_same_bits_in_files() -> None:
+    from llmc.frontends import zoo
+    from llmc.safetensors_io import spilling
+
+    eager = zoo.materialize(zoo.build("gpt2"), seed=0)
+    with spilling():
+        lazy = zoo.materialize(zoo.build("gpt2"), seed=0)
+    assert eager.params.keys() == lazy.params.keys()
+    big = 0
+    for name, p in eager.params.items():
+        a, b = p.data["value"], lazy.params[name].data["value"]
+        assert a.dtype == b.dtype and torch.equal(a, b), name
+        assert not _file_backed(a)
+        if a.numel() * a.element_size() >= (1 << 20):
+            assert _file_backed(b), name
+            big += 1
+    assert big > 10
+
+
+@linux
+@pytest.mark.parametrize("passes", ["rtn:bits=4:group=32", "magnitude:pattern=2:4"])
+def test_lazy_compile_writes_the_same_weights_as_an_eager_one(
+    tmp_path, monkeypatch, passes
+) -> None:
+    """``tiny`` compiled from its mapped checkpoint with every made weight spilled (the default
+    path; the spill threshold lowered so that tiny's small tensors spill too) writes the same
+    artifact weights, byte for byte, as a compile of the same model held in anonymous memory."""
+    from llmc import safetensors_io
+    from llmc.compile import compile_model, load
+
+    monkeypatch.setattr(safetensors_io, "SPILL_MIN_BYTES", 0)
+    eager = load("tiny")
+    for p in eager.graph.params.values():
+        p.data = {k: v.clone() for k, v in p.data.items()}
+        p.invalidate()
+        assert not any(_file_backed(v) for v in p.data.values())
+    with monkeypatch.context() as m:  # the eager compile keeps what it makes in memory too
+        m.setattr(safetensors_io, "spill", lambda t, directory=None: t)
+        a = compile_model(eager, target="ref", passes=passes, out=tmp_path / "eager")
+    b = compile_model("tiny", target="ref", passes=passes, out=tmp_path / "lazy")
+    # values and codes: mapped from the checkpoint or spilled (scales, a 1/group share, are not)
+    made = [v for p in b.graph.params.values() for k, v in p.data.items() if k != "scale"]
+    assert made and all(_file_backed(v) for v in made)
+    assert not any(_file_backed(v) for p in a.graph.params.values() for v in p.data.values())
+    files = sorted(f.name for f in (tmp_path / "eager").glob("*.safetensors"))
+    assert files
+    for f in files:
+        assert (tmp_path / "eager" / f).read_bytes() == (tmp_path / "lazy" / f).read_bytes(), f

@@ -310,8 +310,16 @@ class Checkpoint:
             return self._pickled[name].dtype
         return SAFETENSORS_DTYPES[self.infos[name].dtype][0]
 
-    def load(self, names: Iterable[str] | None = None) -> StateDict:
-        """The tensors ``names`` (all by default), read from the files checked at construction."""
+    def load(self, names: Iterable[str] | None = None, *, mapped: bool = True) -> StateDict:
+        """The tensors ``names`` (all by default), from the files checked at construction.
+
+        ``mapped`` (the default): each tensor is a view of a private map of its own bytes
+        (:func:`llmc.safetensors_io.map_region`), opened through the same checks; nothing is
+        read until used, the pages are the page cache's (reclaimable, never anonymous memory
+        unless written), and they leave the process when the tensor is dropped. Otherwise each
+        tensor is read into anonymous memory. (A file truncated after its header was checked
+        fails a read with a :class:`ModelLoadError`, but faults a mapped process on access:
+        model files are not expected to change while a compile reads them.)"""
         want = list(self.shapes) if names is None else list(names)
         sd = StateDict()
         sd.files = {}
@@ -326,14 +334,24 @@ class Checkpoint:
         for n in want:
             by_file.setdefault(self.infos[n].file, []).append(self.infos[n])
         total = sum(i.end - i.begin for infos in by_file.values() for i in infos)
-        with progress(total, "reading weights", unit="B", unit_scale=True) as bar:
+        label = "mapping weights" if mapped else "reading weights"
+        with progress(total, label, unit="B", unit_scale=True) as bar:
             for f, infos in by_file.items():
                 with open_model_file(f, self.dir) as fh:
+                    if mapped and os.fstat(fh.fileno()).st_size < max(i.end for i in infos):
+                        raise ModelLoadError(f"{f}: file shrank after its header was checked")
                     for info in sorted(infos, key=lambda i: i.begin):
-                        sd[info.name] = _read_tensor(fh, info)
+                        sd[info.name] = _map_tensor(fh, info) if mapped else _read_tensor(fh, info)
                         sd.files[info.name] = f.name
                         bar.update(info.end - info.begin)
         return sd
+
+
+def _map_tensor(fh: IO[bytes], info: TensorInfo) -> torch.Tensor:
+    from llmc.safetensors_io import map_region
+
+    dtype = SAFETENSORS_DTYPES[info.dtype][0]
+    return map_region(fh.fileno(), info.begin, info.shape, dtype, info.end - info.begin)
 
 
 def _read_tensor(fh: IO[bytes], info: TensorInfo) -> torch.Tensor:

@@ -82,6 +82,9 @@ class ConvertOptions:
     output_names: list[str] = field(default_factory=list)
     tags: Mapping[str, str] = field(default_factory=lambda: COMPONENT_TAGS)
     fold_constants: bool = False
+    #: where a weight copy the conversion makes is kept (a ``Conv1D`` weight stored transposed):
+    #: e.g. :func:`llmc.safetensors_io.spill` to keep it out of anonymous memory; None: as is
+    keep_copy: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 _SCOPE_CLEAN = re.compile(r"[^A-Za-z0-9_.]")
@@ -236,6 +239,8 @@ class Converter:
                 t = src.tensor.detach()
                 if src.transposed:
                     t = t.t().contiguous()
+                    if self.opts.keep_copy is not None:
+                        t = self.opts.keep_copy(t)
                 self.g.add_param(Param.dense(src.name, t))
             owner = src.name.rsplit(".", 1)[0] if "." in src.name else self.scope
             tag = block_tag("param", self.scope, self.opts.tags)

@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -94,12 +95,14 @@ def from_hf_model(
     num_layers: int | None = None,
     layer_types: list[str] | None = None,
     verify_graph: bool = True,
+    keep_copy: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Graph:
     """The IR graph (LM ABI ``llmc-lm-v1``) of a Hugging Face causal LM of a supported family.
 
     ``num_layers`` > the model's layer count replicates the last layer (architecture-only models
     on the ``meta`` device; see :func:`llmc.frontends.canon.replicate_layers`); ``layer_types``
     (one per layer of the result) replicates each layer from a built layer of its type.
+    ``keep_copy`` keeps the weight copies the conversion makes (:class:`ConvertOptions`).
     """
     fam = family_of(model)
     was_training = model.training
@@ -115,6 +118,7 @@ def from_hf_model(
         strip_prefix="m.",
         param_name=lambda n: names.get(n, n),
         output_names=["logits"],
+        keep_copy=keep_copy,
     )
     g = convert_exported(ep, name, opts)
     return finish_lm_graph(

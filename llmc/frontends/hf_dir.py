@@ -12,6 +12,7 @@ are ignored. Tied weights are one tensor.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -247,13 +248,20 @@ def load_hf_dir(
                 f"config.json ties them (tie_word_embeddings); set it to false to use both, or "
                 f"remove {quote(src)}"
             )
+    # The tensors view private maps of the files (checkpoint.Checkpoint.load); a converted
+    # copy (another dtype, a transposed Conv1D weight) is kept by safetensors_io.keep: during a
+    # compile, moved to an unlinked temporary file as it is made (compile memory, issue 14).
+    from llmc.safetensors_io import keep
+
     weights: dict[str, torch.Tensor] = {}
     for src, dst in rename.items():
         t = sd[src]
         if target is None:
             target = {v: k for k, v in DTYPES.items()}.get(t.dtype, "f32")
-        weights[dst] = t.to(to_torch_dtype(target))
-    graph = trace_with_weights(model, weights, aliases, str(d), name or d.name)
+        converted = t.to(to_torch_dtype(target))
+        weights[dst] = converted if converted is t else keep(converted)
+    del sd
+    graph = trace_with_weights(model, weights, aliases, str(d), name or d.name, keep_copy=keep)
     return graph, cfg
 
 
@@ -263,10 +271,13 @@ def trace_with_weights(
     aliases: dict[str, str],
     where: str,
     name: str,
+    *,
+    keep_copy: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Any:
     """Assign ``weights`` (module names, checked) to the meta-built ``model``, re-tie its tied
     weights (``aliases``: alias -> canonical name, from :func:`_expected`), check that every
-    weight got data, and trace it. Shared by model directories and GGUF files."""
+    weight got data, and trace it (``keep_copy``: see :func:`llmc.frontends.hf.from_hf_model`).
+    Shared by model directories and GGUF files."""
     model.load_state_dict(weights, strict=False, assign=True)
     for alias, canon_name in aliases.items():  # re-tie: assign replaced the shared tensor
         mod_name, _, attr = alias.rpartition(".")
@@ -279,7 +290,7 @@ def trace_with_weights(
             raise ModelLoadError(f"{where}: weight {quote(n)} was not loaded (internal error)")
     from llmc.frontends.hf import from_hf_model
 
-    graph = from_hf_model(model, name=name)
+    graph = from_hf_model(model, name=name, keep_copy=keep_copy)
     bad = [n for n, p in graph.params.items() if p.is_meta]
     if bad:
         raise ModelLoadError(f"{where}: the traced graph reads {quote(bad[0])}, which has no data")

@@ -504,6 +504,12 @@ def materialize(graph: Graph, seed: int = 0, std: float = 0.02) -> Graph:
 
     Matrices and embeddings get ``N(0, std)``; 1-D weights read by a norm get ones, other 1-D
     params (biases) zeros. Each param's values depend only on ``seed`` and its name.
+
+    Inside :func:`llmc.safetensors_io.spilling` (a compile), each matrix is generated alone and
+    moved into an unlinked temporary file (:func:`llmc.safetensors_io.keep`): the values are
+    the same bits, but they live in the page cache (reclaimable) instead of anonymous memory,
+    and each file's pages and disk space go with its param, so a model larger than RAM
+    compiles (``llmc compile --random-weights``; ``$TMPDIR`` needs the model's bytes free).
     """
     norm_weights = set()
     users = graph.users()
@@ -513,6 +519,8 @@ def materialize(graph: Graph, seed: int = 0, std: float = 0.02) -> Graph:
             for u in users.get(n.out, [])
         ):
             norm_weights.add(n.attrs.name)
+    from llmc.safetensors_io import keep
+
     for pname, p in list(graph.params.items()):
         if not p.is_meta:
             continue
@@ -530,5 +538,6 @@ def materialize(graph: Graph, seed: int = 0, std: float = 0.02) -> Graph:
             gen = torch.Generator().manual_seed(_seed_for(pname, seed))
             # in place: no second full-size temporary (the values are the same bits)
             value = torch.randn(shape, generator=gen).mul_(std).to(dt)
+            value = keep(value)
         graph.params[pname] = Param(pname, p.type, p.format, {"value": value})
     return graph

@@ -28,6 +28,7 @@ from llmc.ir.params import SparsitySpec, StorageFormat
 from llmc.passes.base import CalibrationError, Pass, PassContext, PassOptionError
 from llmc.passes.calibration import InputStats, output_error, run_layerwise
 from llmc.passes.select import DEFAULT_EXCLUDE, Target, select_linears
+from llmc.safetensors_io import keep
 
 _NM_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 
@@ -150,7 +151,8 @@ class PruneBase(Pass):
             totals["weights"] += new.numel()
             totals["zeros"] += zeros
             err = output_error(w, new, stats) if stats is not None else float("nan")
-            t.param.data = {"value": new.to(t.param.data["value"].dtype).contiguous()}
+            # spilled during a compile (llmc.safetensors_io.keep)
+            t.param.data = {"value": keep(new.to(t.param.data["value"].dtype).contiguous())}
             t.param.format = StorageFormat(None, self.spec_for(1.0 - zeros / new.numel()))
             t.param.invalidate()
             rep.layer(

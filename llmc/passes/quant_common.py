@@ -42,6 +42,7 @@ from llmc.ir.params import ACT_BITS, Param, QuantSpec, StorageFormat, group_coun
 from llmc.passes.base import CalibrationError, Pass, PassContext, PassOptionError
 from llmc.passes.calibration import InputStats, output_error, run_layerwise
 from llmc.passes.select import DEFAULT_EXCLUDE, Target, matches, module_path, select_linears
+from llmc.safetensors_io import keep
 
 #: bits of the LM head when the passes quantize it (``head=true``): llama.cpp's choice class
 HEAD_BITS = 8
@@ -102,21 +103,40 @@ def dequant_cols(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None
     return (q - zero) * scale if zero is not None else q * scale
 
 
+#: elements of ``w`` quantized at a time by :func:`rtn_quantize` (16 MB of f32 temporaries)
+RTN_CHUNK = 1 << 22
+
+
 def rtn_quantize(
     w: torch.Tensor, bits: int, group: int, sym: bool, keep: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Round-to-nearest: codes ``[out, in]``, scales ``[out, groups]``, zeros or None."""
+    """Round-to-nearest: int8 codes ``[out, in]``, scales ``[out, groups]``, zeros or None.
+
+    Rows are independent, so they are quantized a block of rows at a time (``RTN_CHUNK``
+    elements): the float temporaries stay small whatever the weight's size (a 131M-element
+    LM head would otherwise need several f32 copies), and the results are the same bits."""
     out_f, in_f = w.shape
     g = in_f if group == 0 else group
-    wg = w.reshape(out_f, in_f // g, g).reshape(-1, g)
-    scale, zero = find_params(wg, bits, sym)
-    q = quantize_cols(wg, scale, zero, bits, sym)
-    q = q.reshape(out_f, in_f)
-    scale = scale.reshape(out_f, in_f // g)
-    z = zero.reshape(out_f, in_f // g) if zero is not None else None
-    if keep is not None:
-        q = torch.where(keep, q, _zero_codes(z, g, q))
-    return q, scale, z
+    rows = max(1, RTN_CHUNK // max(in_f, 1))
+    codes = torch.empty((out_f, in_f), dtype=torch.int8)
+    scales, zeros = [], []
+    for r0 in range(0, out_f, rows):
+        wc = w[r0 : r0 + rows]
+        n = wc.shape[0]
+        wg = wc.reshape(n * (in_f // g), g)
+        scale, zero = find_params(wg, bits, sym)
+        q = quantize_cols(wg, scale, zero, bits, sym).reshape(n, in_f)
+        scale = scale.reshape(n, in_f // g)
+        z = zero.reshape(n, in_f // g) if zero is not None else None
+        if keep is not None:
+            q = torch.where(keep[r0 : r0 + rows], q, _zero_codes(z, g, q))
+        codes[r0 : r0 + n] = q.to(torch.int8)
+        scales.append(scale)
+        if z is not None:
+            zeros.append(z)
+    scale = torch.cat(scales) if scales else torch.empty((0, in_f // g))
+    z = torch.cat(zeros) if zeros else None
+    return codes, scale, z
 
 
 def _zero_codes(zero: torch.Tensor | None, g: int, like: torch.Tensor) -> torch.Tensor:
@@ -176,8 +196,9 @@ def store_quantized(
     spec: QuantSpec,
 ) -> None:
     """Write codes/scales into ``p`` (new tensors), keeping its sparsity spec."""
+    codes = codes if codes.dtype == torch.int8 else codes.round().to(torch.int8)
     data = {
-        "qvalue": codes.round().to(torch.int8).contiguous(),
+        "qvalue": keep(codes.contiguous()),  # spilled during a compile (llmc.safetensors_io)
         "scale": scale.to(torch.float32).contiguous(),
     }
     if zero is not None:
