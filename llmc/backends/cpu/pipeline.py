@@ -336,33 +336,30 @@ def _qlinear_a8_vnni(ctx: LowerCtx, n: Node) -> relax.Expr:
     p = ctx.graph.root().params[n.attrs.weight]
     out_f, in_f = (int(d) for d in p.type.shape)
     x, lead = flatten_rows(ctx, ctx.arg(n.inputs[0]))
-    q = ctx.emit_te(te_ops.act_quant, x, n.attrs.act_scale, name="act_quant")
-    m = _static_rows(x)
+    act_scale, m = float(n.attrs.act_scale), _static_rows(x)
+    weights = [
+        ctx.weight(p, f"vnni{NB}.q8.codes"),
+        ctx.weight(p, f"vnni{NB}.q8.wsum"),
+        ctx.weight(p, f"panel{NB}.q8.scale"),
+    ]
+    out = relax.TensorType([_rows(x), out_f], "float32")
     if m is None and cpu_gemm.supports_w8a8(in_f):  # prefill: register-blocked over rows
-        key, make, kname = (
+        q = ctx.emit_te(te_ops.act_quant, x, act_scale, name="act_quant")
+        y = ctx.call_kernel(
             ("w8a8_prefill", in_f, out_f),
             lambda: cpu_gemm.w8a8_prefill(in_f, out_f),
             "w8a8_prefill",
+            [ctx.emit(relax.TupleGetItem(q, 0)), ctx.emit(relax.TupleGetItem(q, 1)), *weights],
+            out,
         )
-    else:
-        key, make, kname = (
-            ("w8a8_vnni", in_f, out_f, m),
-            lambda: cpu_vnni.w8a8_vnni(in_f, out_f, m),
+    else:  # decode: the per-token quantization runs inside the kernel (one call, no int8 tensor)
+        y = ctx.call_kernel(
+            ("w8a8_vnni", in_f, out_f, m, act_scale),
+            lambda: cpu_vnni.w8a8_vnni(in_f, out_f, m, act_scale),
             "w8a8_vnni",
+            [ctx.cast(x, "f32"), *weights],
+            out,
         )
-    y = ctx.call_kernel(
-        key,
-        make,
-        kname,
-        [
-            ctx.emit(relax.TupleGetItem(q, 0)),
-            ctx.emit(relax.TupleGetItem(q, 1)),
-            ctx.weight(p, f"vnni{NB}.q8.codes"),
-            ctx.weight(p, f"vnni{NB}.q8.wsum"),
-            ctx.weight(p, f"panel{NB}.q8.scale"),
-        ],
-        relax.TensorType([_rows(x), out_f], "float32"),
-    )
     if len(n.inputs) == 3:
         y = ctx.emit(relax.op.add(y, ctx.cast(ctx.arg(n.inputs[2]), "f32")))
     return ctx.cast(unflatten_rows(ctx, y, lead), dt)
