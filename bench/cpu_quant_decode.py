@@ -18,7 +18,7 @@ preparation (quantization, digit split, group sums):
 - ``rtn8_vnni3``: ``q8w_vnni`` per channel, 3 activation digits (what ``rtn:bits=8`` and the
   8-bit LM head of ``head=true`` run on a VNNI host);
 - ``w8a8_portable``: ``act_quant`` + ``int8_linear`` (plain loops, what non-VNNI hosts run);
-- ``w8a8_vnni``: ``act_quant`` + ``w8a8_vnni``.
+- ``w8a8_vnni``: ``w8a8_vnni`` (the per-token quantization inside the kernel).
 
 With ``--whole-model WORK``, it also compiles GPT-2 small (``bench/cpu_decode.py``'s random-weight
 checkpoint) as dense, ``rtn:bits=8``, ``rtn:bits=4:group=128`` and ``w8a8`` (the last two with the
@@ -227,22 +227,16 @@ def a8_portable(k: int, n: int, rng) -> Callable[[], Any]:
 
 
 def a8_vnni(k: int, n: int, rng) -> Callable[[], Any]:
+    """``w8a8_vnni``: the per-token quantization runs inside the kernel."""
     from llmc.backends.kernels import cpu_vnni as V
 
-    aq = _act_quant(k)
     f = _build(("a8v", k, n), lambda: V.w8a8_vnni(k, n, 1))
     x = _arr(rng.standard_normal((1, k)).astype("float32"))
-    xq, xs = _arr(np.zeros((1, k), "int8")), _arr(np.zeros((1,), "float32"))
     codes = _arr(rng.integers(-127, 128, (_panels(n), (k + 3) // 4, NB, 4), dtype=np.int8))
     wsum = _arr(np.zeros((_panels(n), NB), "int32"))
     ws = _arr(rng.random((_panels(n), NB)).astype("float32"))
     out = _arr(np.zeros((1, n), "float32"))
-
-    def run():
-        aq(x, xq, xs)
-        f(xq, xs, codes, wsum, ws, out)
-
-    return run
+    return lambda: f(x, codes, wsum, ws, out)
 
 
 def bytes_q4(k: int, n: int) -> int:
