@@ -18,7 +18,7 @@ preparation (quantization, digit split, group sums):
 - ``rtn8_vnni3``: ``q8w_vnni`` per channel, 3 activation digits (what ``rtn:bits=8`` and the
   8-bit LM head of ``head=true`` run on a VNNI host);
 - ``w8a8_portable``: ``act_quant`` + ``int8_linear`` (plain loops, what non-VNNI hosts run);
-- ``w8a8_vnni``: ``act_quant`` + ``w8a8_vnni``;
+- ``w8a8_vnni``: ``w8a8_vnni`` (the per-token quantization inside the kernel);
 - ``rtn4g32_vnni3`` / ``rtn4g32_a8`` / ``rtn4g128_a8`` / ``rtn8g32_vnni3`` / ``rtn8g32_a8``: the
   weight-only VNNI kernels at group 32 (128) with float activations (3 digits) or the int8
   activations ``act_bits=8`` records (``act_int8``, blocks of 32, 1 digit), symmetric weights'
@@ -286,22 +286,16 @@ def a8_portable(k: int, n: int, rng) -> Callable[[], Any]:
 
 
 def a8_vnni(k: int, n: int, rng) -> Callable[[], Any]:
+    """``w8a8_vnni``: the per-token quantization runs inside the kernel."""
     from llmc.backends.kernels import cpu_vnni as V
 
-    aq = _act_quant(k)
     f = _build(("a8v", k, n), lambda: V.w8a8_vnni(k, n, 1))
     x = _arr(rng.standard_normal((1, k)).astype("float32"))
-    xq, xs = _arr(np.zeros((1, k), "int8")), _arr(np.zeros((1,), "float32"))
     codes = _arr(rng.integers(-127, 128, (_panels(n), (k + 3) // 4, NB, 4), dtype=np.int8))
     wsum = _arr(np.zeros((_panels(n), NB), "int32"))
     ws = _arr(rng.random((_panels(n), NB)).astype("float32"))
     out = _arr(np.zeros((1, n), "float32"))
-
-    def run():
-        aq(x, xq, xs)
-        f(xq, xs, codes, wsum, ws, out)
-
-    return run
+    return lambda: f(x, codes, wsum, ws, out)
 
 
 def bytes_q4(k: int, n: int) -> int:

@@ -167,16 +167,26 @@ def test_q8w_vnni_matches_fp64(k, n, group, rows, static, parts):
 
 
 @vnni
-@pytest.mark.parametrize("k,n", [(770, 100), (64, 64), (3, 5)])
-def test_w8a8_vnni_exact(k, n):
+@pytest.mark.parametrize(
+    "k,n,rows,act_scale",
+    [(770, 100, 2, 0.0), (64, 64, 1, 0.0), (3, 5, 2, 0.0), (200, 70, 1, 0.02), (48, 17, 1, 0.0)],
+    ids=["k770-rows2", "decode", "k3", "static-scale", "k48-n17"],
+)
+def test_w8a8_vnni_exact(k, n, rows, act_scale):
+    """The fused kernel (per-token quantization inside, then the int8 dot product) against
+    ``qlinear_a8``'s reference steps: bit for bit, the rounding of ties and the clamp of a
+    static scale's outliers included."""
     import tvm
 
     from llmc.backends.kernels import cpu_vnni as V
+    from llmc.ir.ops_quant import int8_matmul, quantize_per_token
 
     rng = np.random.default_rng(k)
-    rows = 2
-    xq = rng.integers(-127, 128, (rows, k)).astype("int8")
-    xs = rng.random(rows).astype("float32")
+    x = rng.standard_normal((rows, k)).astype("float32")
+    x[:, 2] = 127.0  # the row's max: s = 1 exactly (dynamic)
+    x[:, 0] = 2.5  # a tie, rounded to even (2)
+    if act_scale:
+        x[:, 1] = 5.0  # 250 steps of the static scale: clamped to 127
     wq = rng.integers(-127, 128, (n, k)).astype("int8")
     ws = rng.random(n).astype("float32")
     kq = (k + 3) // 4
@@ -185,14 +195,14 @@ def test_w8a8_vnni_exact(k, n):
     codes = full.reshape(-1, 64, kq, 4).transpose(0, 2, 1, 3).copy()
     wsum = np.zeros(full.shape[0], "int32")
     wsum[:n] = wq.astype(np.int32).sum(1)
-    ex = tvm.compile(V.w8a8_vnni(k, n, None), _target())
+    ex = tvm.compile(V.w8a8_vnni(k, n, 1 if rows == 1 else None, act_scale), _target())
     cpu = tvm.cpu()
     out = tvm.runtime.tensor(np.zeros((rows, n), "float32"), cpu)
-    args = [xq, xs, codes, wsum.reshape(-1, 64), _panel(ws[:, None], n)[:, 0, :], out]
-    ex(*[tvm.runtime.tensor(a, cpu) if isinstance(a, np.ndarray) else a for a in args])
-    dot = xq.astype(np.int64) @ wq.astype(np.int64).T
-    want = dot.astype(np.float32) * xs[:, None] * ws[None, :]
-    np.testing.assert_allclose(out.numpy(), want, rtol=1e-6)
+    args = [x, codes, wsum.reshape(-1, 64), _panel(ws[:, None], n)[:, 0, :]]
+    ex(*[tvm.runtime.tensor(a, cpu) for a in args], out)
+    q, s = quantize_per_token(torch.from_numpy(x), act_scale)
+    want = int8_matmul(q, torch.from_numpy(wq)).to(torch.float32) * s * torch.from_numpy(ws)
+    np.testing.assert_array_equal(out.numpy(), want.numpy())
 
 
 @vnni
@@ -286,3 +296,61 @@ def test_portable_fallback(tmp_path, monkeypatch):
     rules = _check_against_interp(g, compile_graph(g, "cpu", tmp_path / "cpu"))
     assert rules.get("cpu.linear.panel_q4") and rules.get("qlinear_a8")
     assert not rules.get("cpu.linear.vnni_q4") and not rules.get("cpu.qlinear_a8.vnni")
+
+
+@vnni
+@pytest.mark.parametrize("rows,static", [(1, True), (2, False)], ids=["decode", "prefill-fallback"])
+def test_w8a8_vnni_multi_exact(rows, static):
+    """Three weights of different widths reading the same activations (q/k/v) in one call:
+    each result bit for bit the reference's, as three separate ``qlinear_a8`` would give."""
+    import tvm
+
+    from llmc.backends.kernels import cpu_vnni as V
+    from llmc.ir.ops_quant import int8_matmul, quantize_per_token
+
+    k, ns = 70, (64, 17, 130)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((rows, k)).astype("float32")
+    q, s = quantize_per_token(torch.from_numpy(x))
+    args, want = [x], []
+    for n in ns:
+        wq = rng.integers(-127, 128, (n, k)).astype("int8")
+        ws = rng.random(n).astype("float32")
+        kq = (k + 3) // 4
+        full = np.zeros((((n + 63) // 64) * 64, kq * 4), np.int8)
+        full[:n, :k] = wq
+        wsum = np.zeros(full.shape[0], "int32")
+        wsum[:n] = wq.astype(np.int32).sum(1)
+        codes = full.reshape(-1, 64, kq, 4).transpose(0, 2, 1, 3).copy()
+        args += [codes, wsum.reshape(-1, 64), _panel(ws[:, None], n)[:, 0, :]]
+        dot = int8_matmul(q, torch.from_numpy(wq)).to(torch.float32)
+        want.append((dot * s * torch.from_numpy(ws)).numpy())
+    ex = tvm.compile(V.w8a8_vnni_multi(k, ns, rows if static else None), _target())
+    cpu = tvm.cpu()
+    outs = [tvm.runtime.tensor(np.zeros((rows, n), "float32"), cpu) for n in ns]
+    ex(*[tvm.runtime.tensor(a, cpu) for a in args], *outs)
+    for got, w in zip(outs, want):
+        np.testing.assert_array_equal(got.numpy(), w)
+
+
+@vnni
+def test_w8a8_decode_groups_linears_sharing_an_input():
+    """Decode lowers q/k/v into one ``w8a8_vnni`` call and gate/up into another (the same
+    activations, quantized once), o and down alone: 4 calls for 7 linears per layer; prefill
+    keeps one ``act_quant`` + ``w8a8_prefill`` per linear."""
+    from llmc.backends.cpu.pipeline import PIPELINE
+    from llmc.passes import PassContext
+    from llmc.passes.manager import PassManager
+    from llmc.passes.w8a8 import W8A8
+    from llmc.targets import get_target
+
+    g = toy_lm(hidden=64, ffn=96)
+    PassManager([W8A8(include=("model.layers",), measure=False)]).run(g, PassContext())
+    t = get_target("cpu")
+    low = PIPELINE.lower(g, t, PIPELINE.tvm_target(t))
+    fns = {gv.name_hint: str(f) for gv, f in low.mod.functions.items()}
+    calls = [ln for ln in fns["decode_layer"].splitlines() if "call_tir(w8a8_vnni" in ln]
+    assert sorted(ln.count("R.Tensor((1, ") for ln in calls) == [1, 1, 2, 3], calls
+    assert "act_quant" not in fns["decode_layer"]
+    assert fns["prefill_layer"].count("call_tir(w8a8_prefill") == 7
+    assert fns["prefill_layer"].count("call_tir(act_quant") == 7

@@ -349,38 +349,83 @@ def _vnni_host(ctx: LowerCtx, n: Node) -> bool:
     return kernel_isa() == "avx512_vnni"
 
 
+def _a8_weights(ctx: LowerCtx, p: Param) -> list[relax.Expr]:
+    return [
+        ctx.weight(p, f"vnni{NB}.q8.codes"),
+        ctx.weight(p, f"vnni{NB}.q8.wsum"),
+        ctx.weight(p, f"panel{NB}.q8.scale"),
+    ]
+
+
+def _a8_group(ctx: LowerCtx, n: Node) -> list[Node]:
+    """``n`` and the ``qlinear_a8`` after it that read the same activations with the same
+    ``act_scale`` and are lowered into the same function (q/k/v, gate/up): up to
+    ``A8_MAX_GROUP`` of them, in graph order. Nodes inside ``cond`` regions are not grouped."""
+    low = ctx.lowering
+    info = getattr(low, "_cpu_a8_nodes", None)
+    if info is None:
+        g = ctx.graph
+        pos = {id(x): i for i, x in enumerate(g.nodes)}
+        fn = {id(x): layer.index for layer in low.plan.layers for x in layer.nodes}
+        info = low._cpu_a8_nodes = (g.users(), pos, fn)
+    users, pos, fn = info
+    if id(n) not in pos:
+        return [n]
+    where = fn.get(id(n)) if id(n) in low.plan.covered else None
+    group = [n]
+    for u in users.get(n.inputs[0], []):
+        if (
+            u.op == "qlinear_a8"
+            and pos[id(u)] > pos[id(n)]
+            and u.attrs.act_scale == n.attrs.act_scale
+            and (fn.get(id(u)) if id(u) in low.plan.covered else None) == where
+            and len(group) < cpu_vnni.A8_MAX_GROUP
+        ):
+            group.append(u)
+    return group
+
+
 def _qlinear_a8_vnni(ctx: LowerCtx, n: Node) -> relax.Expr:
     dt = n.out.type.dtype
     p = ctx.graph.root().params[n.attrs.weight]
     out_f, in_f = (int(d) for d in p.type.shape)
     x, lead = flatten_rows(ctx, ctx.arg(n.inputs[0]))
-    q = ctx.emit_te(te_ops.act_quant, x, n.attrs.act_scale, name="act_quant")
-    m = _static_rows(x)
+    act_scale, m = float(n.attrs.act_scale), _static_rows(x)
+    # decode results a group call (below) computed for the later members of its group
+    pending: dict[int, relax.Expr] | None = getattr(ctx.lowering, "_cpu_a8_pending", None)
+    if pending is None:
+        pending = ctx.lowering._cpu_a8_pending = {}
     if m is None and cpu_gemm.supports_w8a8(in_f):  # prefill: register-blocked over rows
-        key, make, kname = (
+        q = ctx.emit_te(te_ops.act_quant, x, act_scale, name="act_quant")
+        y = ctx.call_kernel(
             ("w8a8_prefill", in_f, out_f),
             lambda: cpu_gemm.w8a8_prefill(in_f, out_f),
             "w8a8_prefill",
+            [ctx.emit(relax.TupleGetItem(q, 0)), ctx.emit(relax.TupleGetItem(q, 1))]
+            + _a8_weights(ctx, p),
+            relax.TensorType([_rows(x), out_f], "float32"),
         )
+    elif id(n) in pending:
+        y = pending.pop(id(n))
     else:
-        key, make, kname = (
-            ("w8a8_vnni", in_f, out_f, m),
-            lambda: cpu_vnni.w8a8_vnni(in_f, out_f, m),
+        # decode: the per-token quantization runs inside the kernel, once for the whole group
+        # of linears reading these activations (one call, no int8 tensor)
+        group = _a8_group(ctx, n) if m == 1 else [n]
+        ps = [ctx.graph.root().params[u.attrs.weight] for u in group]
+        ns = tuple(int(q.type.shape[0]) for q in ps)
+        outs = [relax.TensorType([_rows(x), nj], "float32") for nj in ns]
+        res = ctx.call_kernel(
+            ("w8a8_vnni", in_f, ns, m, act_scale),
+            lambda: cpu_vnni.w8a8_vnni_multi(in_f, ns, m, act_scale),
             "w8a8_vnni",
+            [ctx.cast(x, "f32")] + [w for q in ps for w in _a8_weights(ctx, q)],
+            outs if len(group) > 1 else outs[0],
         )
-    y = ctx.call_kernel(
-        key,
-        make,
-        kname,
-        [
-            ctx.emit(relax.TupleGetItem(q, 0)),
-            ctx.emit(relax.TupleGetItem(q, 1)),
-            ctx.weight(p, f"vnni{NB}.q8.codes"),
-            ctx.weight(p, f"vnni{NB}.q8.wsum"),
-            ctx.weight(p, f"panel{NB}.q8.scale"),
-        ],
-        relax.TensorType([_rows(x), out_f], "float32"),
-    )
+        y = res
+        if len(group) > 1:
+            y = ctx.emit(relax.TupleGetItem(res, 0))
+            for j, u in enumerate(group[1:], 1):
+                pending[id(u)] = ctx.emit(relax.TupleGetItem(res, j))
     if len(n.inputs) == 3:
         y = ctx.emit(relax.op.add(y, ctx.cast(ctx.arg(n.inputs[2]), "f32")))
     return ctx.cast(unflatten_rows(ctx, y, lead), dt)

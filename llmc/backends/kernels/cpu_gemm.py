@@ -117,9 +117,9 @@ def supports_w8a8(k_dim: int) -> bool:
 
 
 def w8a8_prefill(k_dim: int, n_dim: int, mb: int = MB, mc: int = MC) -> tirx.PrimFunc:
-    """W8A8 prefill on AVX-512 VNNI, same arguments as
-    :func:`llmc.backends.kernels.cpu_vnni.w8a8_vnni` (``xq [M, K]`` int8, ``xs [M]``,
-    ``codes [P, K/4, 64, 4]`` int8, ``wsum [P, 64]``, ``ws [P, 64]``), a symbolic row count.
+    """W8A8 prefill on AVX-512 VNNI: ``act_quant``'s ``xq [M, K]`` int8 and ``xs [M]``, then the
+    weights of :func:`llmc.backends.kernels.cpu_vnni.w8a8_vnni` (``codes [P, K/4, 64, 4]`` int8,
+    ``wsum [P, 64]``, ``ws [P, 64]``), a symbolic row count.
 
     A register block of ``MB`` rows x 64 int32 accumulators; per k-quad, 4 weight vectors
     (each used ``MB`` times) and, per row, 4 activation bytes read as one int32, shifted into u8

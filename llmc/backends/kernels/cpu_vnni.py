@@ -383,67 +383,226 @@ def q8w_vnni(
     return weight_only_vnni(Q8W, k_dim, n_dim, group, parts, s_dtype, m, ab, shared_offset)
 
 
-def w8a8_vnni(k_dim: int, n_dim: int, m: int | None = None) -> tirx.PrimFunc:
-    """``C[M, N] = float(sum xq*wq) * xs[m] * ws[n]``: ``xq [M, K]`` int8 codes and ``xs [M]``
-    (``act_quant``), ``codes [P, K'/4, 64, 4]`` int8, ``wsum [P, 64]`` int32 (row sums of the
-    codes), ``ws [P, 64]`` float32."""
-    kq = (k_dim + 3) // 4
-    panels = (n_dim + NB - 1) // NB
-    rows: Any = tirx.Var("m", "int64") if m is None else m
-    name = f"w8a8_vnni_k{k_dim}_n{n_dim}"
+def w8a8_vnni(
+    k_dim: int, n_dim: int, m: int | None = None, act_scale: float = 0.0
+) -> tirx.PrimFunc:
+    """``qlinear_a8`` in one kernel: ``C[M, N] = float(sum xq*wq) * xs[m] * ws[n]``.
 
-    @T.prim_func(private=True, s_tir=True)
-    def f(
-        xq_h: T.handle,
-        xs_h: T.handle,
-        codes: T.Buffer((panels, kq, NB, 4), "int8"),
-        wsum: T.Buffer((panels, NB), "int32"),
-        ws: T.Buffer((panels, NB), F32),
-        c_h: T.handle,
-    ):
-        T.func_attr({"tirx.noalias": True})
-        xq = T.match_buffer(xq_h, (rows, k_dim), "int8")
-        xs = T.match_buffer(xs_h, (rows,), F32)
-        c = T.match_buffer(c_h, (rows, n_dim), F32)
-        for p in T.parallel(panels):
-            for i in range(rows):
-                with T.sblock("panel"):
-                    T.reads(xq[i, 0:k_dim], codes[p, 0:kq, 0:NB, 0:4])
-                    T.writes(c[i, p * NB : p * NB + NB])
-                    acc = T.alloc_buffer((NB,), "int32", scope="local")
-                    xu = T.alloc_buffer((kq * 4,), "uint8", scope="local")
-                    for k in range(kq * 4):
-                        xu[k] = T.if_then_else(
-                            k < k_dim,
-                            T.Cast("uint8", T.Cast("int32", xq[i, T.min(k, k_dim - 1)]) + 128),
-                            T.uint8(128),
+    Arguments: ``x [M, K]`` float32 activations, ``codes [P, K'/4, 64, 4]`` int8, ``wsum [P, 64]``
+    int32 (row sums of the codes), ``ws [P, 64]`` float32; float32 result. A serial prologue
+    quantizes each row as the reference does (``xs = max(max|x|, 1e-8) / 127`` or the static
+    ``act_scale`` > 0; ``xq = clamp(round_half_even(x / xs), -127, 127)``), vectorized, and stores
+    ``xq + 128`` as u8 (zero past K), so the panel loop broadcasts 4 of those bytes per
+    ``vpdpbusd`` and subtracts ``128 * wsum`` once: the same int32 dot product, bit for bit.
+    No separate quantization kernel, no int8 intermediate and no scale tensor between the two.
+    """
+    return w8a8_vnni_multi(k_dim, (n_dim,), m, act_scale)
+
+
+#: the most ``qlinear_a8`` one :func:`w8a8_vnni_multi` call computes (q/k/v)
+A8_MAX_GROUP = 3
+
+
+def w8a8_vnni_multi(
+    k_dim: int, n_dims: tuple[int, ...], m: int | None = None, act_scale: float = 0.0
+) -> tirx.PrimFunc:
+    """:func:`w8a8_vnni` for 1 to 3 weights that read the same activations (q/k/v, gate/up):
+    one quantization prologue, then one parallel loop over the panels of all of them.
+
+    Arguments: ``x``, then ``codes``, ``wsum``, ``ws`` of each weight, then one result per weight
+    (``[M, n_dims[j]]`` float32). One call instead of one per weight: the activation row is
+    quantized once, and the two threads split the panels of the whole group, so a thread that
+    finishes its share of a small projection early is not left waiting at the call's end.
+    """
+    g = len(n_dims)
+    assert 1 <= g <= A8_MAX_GROUP, n_dims
+    kq = (k_dim + 3) // 4
+    kv = k_dim // 16 * 16  # the part of K read 16 floats at a time
+    nk = kq // A8_SPLIT
+    p0, p1, p2 = ([(n + NB - 1) // NB for n in n_dims] + [1, 1])[:3]
+    n0, n1, n2 = (list(n_dims) + [1, 1])[:3]
+    rows: Any = tirx.Var("m", "int64") if m is None else m
+    name = f"w8a8_vnni_k{k_dim}_n" + "_".join(str(n) for n in n_dims)
+    dynamic = act_scale <= 0
+    qmax = T.float32(A8_QMAX)
+
+    @T.macro
+    def quant(x, xu, xs):
+        for i in range(rows):
+            with T.sblock("quant"):
+                T.reads(x[i, 0:k_dim])
+                T.writes(xu[i, 0 : kq * 4], xs[i])
+                mx = T.alloc_buffer((16,), F32, scope="local")
+                if dynamic:
+                    mx[T.ramp(0, 1, 16)] = T.broadcast(T.float32(0), 16)
+                    for kb in range(kv // 16):
+                        mx[T.ramp(0, 1, 16)] = T.max(
+                            mx[T.ramp(0, 1, 16)], T.fabs(x.vload([i, kb * 16], "float32x16"))
                         )
-                    for q in T.unroll(4):
-                        acc[T.ramp(q * 16, 1, 16)] = T.broadcast(T.int32(0), 16)
-                    for kb in range(kq):
-                        xb = T.reinterpret(
-                            T.broadcast(
-                                T.reinterpret(xu.vload([kb * 4], "uint8x4"), dtype="int32"), 16
-                            ),
-                            dtype="int8x64",
-                        )
+                    for k in range(kv, k_dim):
+                        mx[0] = T.max(mx[0], T.fabs(x[i, k]))
+                    for ln in range(1, 16):
+                        mx[0] = T.max(mx[0], mx[ln])
+                    xs[i] = T.max(mx[0], T.float32(1e-8)) / qmax
+                else:
+                    xs[i] = T.float32(act_scale)
+                for kb in range(kv // 16):
+                    v = T.round(x.vload([i, kb * 16], "float32x16") / T.broadcast(xs[i], 16))
+                    v = T.max(T.min(v, T.broadcast(qmax, 16)), T.broadcast(-qmax, 16))
+                    xu[i, T.ramp(kb * 16, 1, 16)] = T.Cast(
+                        "uint8x16", T.Cast("int32x16", v) + T.broadcast(T.int32(128), 16)
+                    )
+                for k in range(kv, kq * 4):
+                    xu[i, k] = T.if_then_else(
+                        k < k_dim,
+                        T.Cast(
+                            "uint8",
+                            T.Cast(
+                                "int32",
+                                T.max(
+                                    T.min(T.round(x[i, T.min(k, k_dim - 1)] / xs[i]), qmax), -qmax
+                                ),
+                            )
+                            + 128,
+                        ),
+                        T.uint8(128),
+                    )
+
+    @T.macro
+    def panel(xu, xs, codes, wsum, ws, c, p, n_dim):
+        for i in range(rows):
+            with T.sblock("panel"):
+                T.reads(xu[i, 0 : kq * 4], xs[i], codes[p, 0:kq, 0:NB, 0:4])
+                T.writes(c[i, p * NB : p * NB + NB])
+                acc = T.alloc_buffer((A8_SPLIT * NB,), "int32", scope="local")
+                for a in T.unroll(A8_SPLIT * 4):
+                    acc[T.ramp(a * 16, 1, 16)] = T.broadcast(T.int32(0), 16)
+                for kb in range(nk):
+                    for h in T.unroll(A8_SPLIT):
+                        xb = _bcast4u(xu, [i, (kb * A8_SPLIT + h) * 4])
                         for q in T.unroll(4):
-                            acc[T.ramp(q * 16, 1, 16)] = T.call_llvm_pure_intrin(
+                            acc[T.ramp((h * 4 + q) * 16, 1, 16)] = T.call_llvm_pure_intrin(
                                 T.llvm_lookup_intrinsic_id(VPDPBUSD),
-                                acc[T.ramp(q * 16, 1, 16)],
+                                acc[T.ramp((h * 4 + q) * 16, 1, 16)],
                                 xb,
-                                codes.vload([p, kb, q * 16, 0], "int8x64"),
+                                codes.vload([p, kb * A8_SPLIT + h, q * 16, 0], "int8x64"),
                                 dtype="int32x16",
                             )
-                    for lane in T.vectorized(NB):
-                        if p * NB + lane < n_dim:
-                            c[i, p * NB + lane] = (
-                                T.Cast("float32", acc[lane] - wsum[p, lane] * 128)
-                                * xs[i]
-                                * ws[p, lane]
-                            )
+                for kb in range(nk * A8_SPLIT, kq):  # an odd quad count's last quad
+                    xb = _bcast4u(xu, [i, kb * 4])
+                    for q in T.unroll(4):
+                        acc[T.ramp(q * 16, 1, 16)] = T.call_llvm_pure_intrin(
+                            T.llvm_lookup_intrinsic_id(VPDPBUSD),
+                            acc[T.ramp(q * 16, 1, 16)],
+                            xb,
+                            codes.vload([p, kb, q * 16, 0], "int8x64"),
+                            dtype="int32x16",
+                        )
+                for h in T.unroll(1, A8_SPLIT):
+                    for q in T.unroll(4):
+                        acc[T.ramp(q * 16, 1, 16)] = (
+                            acc[T.ramp(q * 16, 1, 16)] + acc[T.ramp((h * 4 + q) * 16, 1, 16)]
+                        )
+                for lane in T.vectorized(NB):
+                    if p * NB + lane < n_dim:
+                        c[i, p * NB + lane] = (
+                            T.Cast("float32", acc[lane] - wsum[p, lane] * 128) * xs[i] * ws[p, lane]
+                        )
+
+    if g == 1:
+
+        @T.prim_func(private=True, s_tir=True)
+        def f(
+            x_h: T.handle,
+            codes0: T.Buffer((p0, kq, NB, 4), "int8"),
+            wsum0: T.Buffer((p0, NB), "int32"),
+            ws0: T.Buffer((p0, NB), F32),
+            c0_h: T.handle,
+        ):
+            T.func_attr({"tirx.noalias": True})
+            x = T.match_buffer(x_h, (rows, k_dim), F32)
+            c0 = T.match_buffer(c0_h, (rows, n0), F32)
+            xu = T.alloc_buffer((rows, kq * 4), "uint8")
+            xs = T.alloc_buffer((rows,), F32)
+            quant(x, xu, xs)
+            for t in T.parallel(p0):
+                panel(xu, xs, codes0, wsum0, ws0, c0, t, n0)
+
+    elif g == 2:
+
+        @T.prim_func(private=True, s_tir=True)
+        def f(
+            x_h: T.handle,
+            codes0: T.Buffer((p0, kq, NB, 4), "int8"),
+            wsum0: T.Buffer((p0, NB), "int32"),
+            ws0: T.Buffer((p0, NB), F32),
+            codes1: T.Buffer((p1, kq, NB, 4), "int8"),
+            wsum1: T.Buffer((p1, NB), "int32"),
+            ws1: T.Buffer((p1, NB), F32),
+            c0_h: T.handle,
+            c1_h: T.handle,
+        ):
+            T.func_attr({"tirx.noalias": True})
+            x = T.match_buffer(x_h, (rows, k_dim), F32)
+            c0 = T.match_buffer(c0_h, (rows, n0), F32)
+            c1 = T.match_buffer(c1_h, (rows, n1), F32)
+            xu = T.alloc_buffer((rows, kq * 4), "uint8")
+            xs = T.alloc_buffer((rows,), F32)
+            quant(x, xu, xs)
+            for t in T.parallel(p0 + p1):
+                if t < p0:
+                    panel(xu, xs, codes0, wsum0, ws0, c0, t, n0)
+                else:
+                    panel(xu, xs, codes1, wsum1, ws1, c1, t - p0, n1)
+
+    else:
+
+        @T.prim_func(private=True, s_tir=True)
+        def f(
+            x_h: T.handle,
+            codes0: T.Buffer((p0, kq, NB, 4), "int8"),
+            wsum0: T.Buffer((p0, NB), "int32"),
+            ws0: T.Buffer((p0, NB), F32),
+            codes1: T.Buffer((p1, kq, NB, 4), "int8"),
+            wsum1: T.Buffer((p1, NB), "int32"),
+            ws1: T.Buffer((p1, NB), F32),
+            codes2: T.Buffer((p2, kq, NB, 4), "int8"),
+            wsum2: T.Buffer((p2, NB), "int32"),
+            ws2: T.Buffer((p2, NB), F32),
+            c0_h: T.handle,
+            c1_h: T.handle,
+            c2_h: T.handle,
+        ):
+            T.func_attr({"tirx.noalias": True})
+            x = T.match_buffer(x_h, (rows, k_dim), F32)
+            c0 = T.match_buffer(c0_h, (rows, n0), F32)
+            c1 = T.match_buffer(c1_h, (rows, n1), F32)
+            c2 = T.match_buffer(c2_h, (rows, n2), F32)
+            xu = T.alloc_buffer((rows, kq * 4), "uint8")
+            xs = T.alloc_buffer((rows,), F32)
+            quant(x, xu, xs)
+            for t in T.parallel(p0 + p1 + p2):
+                if t < p0:
+                    panel(xu, xs, codes0, wsum0, ws0, c0, t, n0)
+                elif t < p0 + p1:
+                    panel(xu, xs, codes1, wsum1, ws1, c1, t - p0, n1)
+                else:
+                    panel(xu, xs, codes2, wsum2, ws2, c2, t - p0 - p1, n2)
 
     return _finish(f, name)
+
+
+#: W8A8 activation codes are in [-A8_QMAX, A8_QMAX] (``qlinear_a8``, :mod:`llmc.ir.ops_quant`)
+A8_QMAX = 127.0
+#: accumulator chains per 16 outputs in :func:`w8a8_vnni` (even and odd k-quads): 8 independent
+#: ``vpdpbusd`` chains, enough to cover the instruction's latency
+A8_SPLIT = 2
+
+
+def _bcast4u(buf: Any, idx: list[Any]) -> Any:
+    """Four u8 at ``idx`` as one int32 broadcast to 16 lanes (``vpdpbusd``'s unsigned operand)."""
+    w = T.broadcast(T.reinterpret(buf.vload(idx, "uint8x4"), dtype="int32"), 16)
+    return T.reinterpret(w, dtype="int8x64")
 
 
 def _finish(f: tirx.PrimFunc, name: str) -> tirx.PrimFunc:
