@@ -88,11 +88,13 @@ def main() -> None:
         ids = torch.tensor([[(i * 7 + 3) % vocab for i in range(a.prompt)]])
         pos = torch.arange(a.prompt)[None]
         ways = {
-            "all_rows": lambda lm=lm: lm.forward(ids, pos, lm.empty_past(1)),
-            "last_row": lambda lm=lm: lm.forward_last(ids, pos, lm.empty_past(1)),
+            "all_rows": lambda lm=lm, ids=ids, pos=pos: lm.forward(ids, pos, lm.empty_past(1)),
+            "last_row": lambda lm=lm, ids=ids, pos=pos: lm.forward_last(ids, pos, lm.empty_past(1)),
         }
         if lm_old is not None:
-            ways["old_artifact"] = lambda lm=lm_old: lm.forward(ids, pos, lm.empty_past(1))
+            ways["old_artifact"] = lambda lm=lm_old, ids=ids, pos=pos: lm.forward(
+                ids, pos, lm.empty_past(1)
+            )
         for fn in ways.values():  # warm-up
             fn()
         samples: dict[str, list[tuple[float, float]]] = {k: [] for k in ways}
@@ -126,7 +128,7 @@ def main() -> None:
         "prompt_tokens": a.prompt,
         "rounds": a.rounds,
         "cpu": cpu_name(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "commit": git("rev-parse", "--short", "HEAD").strip(),
         "note": "shared 2-core machine under load (see load_average): medians of interleaved "
         "rounds; CPU time is the steadier figure",

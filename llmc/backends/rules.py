@@ -285,9 +285,7 @@ def _slice(ctx: LowerCtx, n: Node) -> relax.Expr:
     else:
         begin = ctx.dim(a.start)
         end = size if a.end is None else ctx.dim(a.end)
-    out = ctx.emit(
-        relax.op.strided_slice(x, axes=[ax], begin=[begin], end=[end], strides=[a.step])
-    )
+    out = ctx.emit(relax.op.strided_slice(x, axes=[ax], begin=[begin], end=[end], strides=[a.step]))
     if last:  # Relax cannot prove `size - k >= 0` and gives the length as an if_then_else of
         # `size` (dlight's matmul rule then fails on it): the IR's type says it is `k`
         out = ctx.bb.match_cast(out, ctx.rtype(n.out.type))

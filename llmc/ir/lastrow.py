@@ -104,9 +104,7 @@ def head_nodes(graph: Graph) -> tuple[Value, list[Node]] | None:
     nodes = [n for n in graph.nodes if id(n) in tail]
     if logits.node not in nodes:
         return None
-    cuts = {
-        id(x): x for n in nodes for x in n.inputs if id(x) in live and id(x.node) not in tail
-    }
+    cuts = {id(x): x for n in nodes for x in n.inputs if id(x) in live and id(x.node) not in tail}
     if len(cuts) != 1:
         return None
     (cut,) = cuts.values()
