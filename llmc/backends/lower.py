@@ -9,8 +9,11 @@ computations, ``call_tir`` for hand-written TIR kernels, plain Relax ops otherwi
 
 Each *entry* is one compiled function with the graph's signature, possibly specialised: ``prefill``
 keeps every symbolic size, ``decode`` fixes ``batch = seq = 1`` so that GPU schedules see a
-matrix-vector product. Arguments: the graph inputs in order, then the weights; result: a tuple of
-the graph outputs.
+matrix-vector product, ``prefill_last`` (``Entry.logits == "last"``) lowers the graph's last-row
+variant (:mod:`llmc.ir.lastrow`: logits for the last row only, generation's prefill). Arguments:
+the graph inputs in order, then the weights; result: a tuple of the graph outputs. Entries that
+fix the same sizes share their layer and branch functions (the last-row variant shares every node
+but the head with the graph, so the layer plan holds for it).
 
 **The KV cache stays in place.** The IR's LM ABI is functional (``present_k_i = concat(past_k_i,
 k, dim=2)``, see docs/frontend.md), which compiled as written copies the whole cache on every
@@ -146,7 +149,7 @@ class Lowered:
     mod: tvm.IRModule
     entries: list[Entry]
     weights: list[WeightArg]
-    layer_functions: dict[str, int]  # function name -> layers calling it
+    layer_functions: dict[str, int]  # function name -> call sites (all entries together)
     rules_used: dict[str, int]
     entry_weights: dict[str, list[str]]  # entry -> its weight arguments (WeightArg names), in order
     kv_inputs: list[Value] = field(default_factory=list)  # in-place caches, argument order

@@ -118,3 +118,20 @@ def test_artifact_without_the_entry_slices(toy_runner, monkeypatch):
     full = toy_runner.forward(ids, pos, past)[0].clone()
     last, _ = toy_runner.forward_last(ids, pos, past)
     assert torch.equal(last, full[:, -1:])
+
+
+@pytest.mark.parametrize(
+    "name, ops",
+    [
+        ("gpt2", ["layer_norm", "linear"]),  # tied head
+        ("gemma-2-2b", ["rms_norm", "linear", "div", "tanh", "mul"]),  # logit soft-cap
+    ],
+)
+def test_zoo_heads(name, ops):
+    from llmc.frontends import zoo
+
+    g = zoo.build(name)
+    assert [n.op for n in head_nodes(g)[1]] == ops
+    g1 = last_row_graph(g)
+    verify(g1)
+    assert g1.outputs[0].type.shape[1] == 1
