@@ -275,8 +275,12 @@ def _prune_fields(
                 pruned[name] = kv[layer]
             elif layer is not None and layer < len(sched):
                 pruned[name] = max(1, round(sched[layer] * prompt))
-    f_pruned = graph_cost(graph, pruned).total.flops
-    f_dense = graph_cost(graph, dense).total.flops
+    # the prefill run/eval/bench measured is generation's: the head on the last row only
+    from llmc.ir.lastrow import last_row_graph
+
+    g = last_row_graph(graph) or graph
+    f_pruned = graph_cost(g, pruned).total.flops
+    f_dense = graph_cost(g, dense).total.flops
     out: dict[str, Any] = {
         "prefill_token_fraction": fraction,
         "prefill_flops": f_pruned,

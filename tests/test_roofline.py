@@ -45,6 +45,8 @@ def test_linears_match_closed_form(llama7b) -> None:
             g = groups[name]
             assert g.flops == 2 * ic * oc * rows * LAYERS
             assert g.bytes == (ic * oc + ic * rows + oc * rows) * 2 * LAYERS
+        # generation's prefill computes the head for the last row of each sequence only
+        assert groups["lm_head"].flops == 2 * H * 32000 * b
     layers = {r.layer for r in rep.rows if r.stage == "decode"}
     assert layers == {None, *range(LAYERS)}
     for stage in ("prefill", "decode"):

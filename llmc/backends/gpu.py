@@ -1,7 +1,8 @@
 """What the CUDA and ROCm pipelines share: entries, dlight schedules, GPU lowering rules.
 
-A GPU pipeline compiles two entries: ``prefill`` (every size symbolic) and ``decode``
-(``batch = seq = 1``), so that dlight sees decode's linear layers as matrix-vector products and
+A GPU pipeline compiles three entries: ``prefill`` (every size symbolic), ``prefill_last`` (the
+same, with the logits of the last row only: generation's prefill, :mod:`llmc.ir.lastrow`) and
+``decode`` (``batch = seq = 1``), so that dlight sees decode's linear layers as matrix-vector products and
 picks its GEMV schedule (with the dequantization of 4-bit weights inside the reduction). Weights
 keep their ``[out, in]`` storage order, which is already the layout a GEMV wants: each output row
 is one contiguous, coalesced read.
@@ -13,10 +14,10 @@ from typing import Any
 
 import tvm
 
-from llmc.backends.lower import Entry
+from llmc.backends.lower import PREFILL_LAST, Entry
 from llmc.backends.pipeline import TVMPipeline
 
-GPU_ENTRIES = (Entry("prefill"), Entry("decode", (("batch", 1), ("seq", 1))))
+GPU_ENTRIES = (Entry("prefill"), PREFILL_LAST, Entry("decode", (("batch", 1), ("seq", 1))))
 
 
 def dlight_rules() -> list[Any]:

@@ -9,8 +9,11 @@ computations, ``call_tir`` for hand-written TIR kernels, plain Relax ops otherwi
 
 Each *entry* is one compiled function with the graph's signature, possibly specialised: ``prefill``
 keeps every symbolic size, ``decode`` fixes ``batch = seq = 1`` so that GPU schedules see a
-matrix-vector product. Arguments: the graph inputs in order, then the weights; result: a tuple of
-the graph outputs.
+matrix-vector product, ``prefill_last`` (``Entry.logits == "last"``) lowers the graph's last-row
+variant (:mod:`llmc.ir.lastrow`: logits for the last row only, generation's prefill). Arguments:
+the graph inputs in order, then the weights; result: a tuple of the graph outputs. Entries that
+fix the same sizes share their layer and branch functions (the last-row variant shares every node
+but the head with the graph, so the layer plan holds for it).
 
 **The KV cache stays in place.** The IR's LM ABI is functional (``present_k_i = concat(past_k_i,
 k, dim=2)``, see docs/frontend.md), which compiled as written copies the whole cache on every
@@ -55,6 +58,7 @@ from llmc.backends.layers import Layer, LayerPlan, plan_layers, region_params, r
 from llmc.backends.layouts import WeightArg, get_layout, tvm_dtype
 from llmc.errors import IRError, UnsupportedOpError
 from llmc.ir.graph import Graph, Node, Value, regions_of
+from llmc.ir.lastrow import last_row_graph
 from llmc.ir.ops import linear_act_quant
 from llmc.ir.params import Param
 from llmc.ir.types import Dim, SymDim, TensorType
@@ -62,14 +66,21 @@ from llmc.ir.types import Dim, SymDim, TensorType
 
 @dataclass(frozen=True)
 class Entry:
-    """A compiled function: its name and the symbolic sizes it fixes."""
+    """A compiled function: its name, the symbolic sizes it fixes, and which logits rows it
+    returns: ``"all"``, or ``"last"`` (generation's prefill: the graph's last-row variant,
+    :func:`llmc.ir.lastrow.last_row_graph`; an entry of a graph that has none is not built)."""
 
     name: str
     fixed: tuple[tuple[str, int], ...] = ()
+    logits: str = "all"
 
     @property
     def fixed_dict(self) -> dict[str, int]:
         return dict(self.fixed)
+
+
+#: Generation's prefill: every size symbolic, the logits of the last row only.
+PREFILL_LAST = Entry("prefill_last", logits="last")
 
 
 @dataclass(frozen=True)
@@ -140,7 +151,7 @@ class Lowered:
     mod: tvm.IRModule
     entries: list[Entry]
     weights: list[WeightArg]
-    layer_functions: dict[str, int]  # function name -> layers calling it
+    layer_functions: dict[str, int]  # function name -> call sites (all entries together)
     rules_used: dict[str, int]
     entry_weights: dict[str, list[str]]  # entry -> its weight arguments (WeightArg names), in order
     kv_inputs: list[Value] = field(default_factory=list)  # in-place caches, argument order
@@ -354,8 +365,11 @@ class Lowering:
         self._dataflow = True  # the function being emitted is one dataflow block
         self._scope_params: list[relax.Var] = []  # its non-weight arguments (see _body)
         self._entry = Entry("")
-        self._branch_fns: dict[tuple, BranchFn] = {}  # (entry, id(region)) -> its function
-        self._branch_sigs: dict[tuple, BranchFn] = {}  # (entry, region signature) -> function
+        # entries that fix the same sizes (prefill, prefill_last) share their private functions
+        self._branch_fns: dict[tuple, BranchFn] = {}  # (fixed, id(region)) -> its function
+        self._branch_sigs: dict[tuple, BranchFn] = {}  # (fixed, region signature) -> function
+        self._layer_fns_by: dict[tuple, tuple[tvm.ir.GlobalVar, list[tuple[int, str, str]]]] = {}
+        self._variants: dict[str, Graph | None] = {"all": graph}
 
     # -- shared pieces ----------------------------------------------------------------------------
     def symbol(self, name: str) -> tirx.Var:
@@ -405,8 +419,19 @@ class Lowering:
                 out[name] = ctx.dim(n.out.type.shape[2])
         return relax.ShapeExpr([out[s] for s in self.kv_syms])
 
+    def graph_for(self, entry: Entry) -> Graph | None:
+        """The graph ``entry`` computes: the graph, or its last-row variant (which shares every
+        node but the head with it, so the layer plan and the in-place cache apply unchanged);
+        ``None`` when it has none (not an LM graph, no row-wise head)."""
+        if entry.logits not in self._variants:
+            if entry.logits != "last":
+                raise ValueError(f"entry {entry.name}: logits must be 'all' or 'last'")
+            self._variants["last"] = last_row_graph(self.graph)
+        return self._variants[entry.logits]
+
     # -- driver -----------------------------------------------------------------------------------
     def lower(self, entries: Sequence[Entry]) -> Lowered:
+        entries = [e for e in entries if self.graph_for(e) is not None]
         for e in entries:
             self._lower_entry(e)
         mod = self.bb.get()
@@ -433,12 +458,18 @@ class Lowering:
     def _lower_entry(self, entry: Entry) -> None:
         env = self._env(entry)
         self._entry = entry
+        graph = self.graph_for(entry)
+        assert graph is not None
         # Branch functions, then layer functions, then the entry (BlockBuilder builds one
-        # function at a time, so a callee is complete before its caller is opened).
-        self._prepare_branches(entry, env, self.graph.nodes)
+        # function at a time, so a callee is complete before its caller is opened). An entry
+        # fixing the sizes an earlier one fixed calls that one's functions.
+        self._prepare_branches(entry, env, graph.nodes)
         layer_gvs: dict[tuple, tuple[tvm.ir.GlobalVar, list[tuple[int, str, str]]]] = {}
         for gi, (sig, members) in enumerate(self.plan.groups.items()):
-            layer_gvs[sig] = self._lower_layer_fn(entry, env, members[0], gi)
+            key = (entry.fixed, sig)
+            if key not in self._layer_fns_by:
+                self._layer_fns_by[key] = self._lower_layer_fn(entry, env, members[0], gi)
+            layer_gvs[sig] = self._layer_fns_by[key]
 
         weight_vars: dict[str, relax.Var] = {}
 
@@ -455,12 +486,12 @@ class Lowering:
         if self.kv_appends:
             ctx.kv_len = self._kv_len_var(env)
             inputs.append(ctx.kv_len)
-        inline = [n for n in self.graph.nodes if id(n) not in self.plan.covered]
+        inline = [n for n in graph.nodes if id(n) not in self.plan.covered]
         with self.bb.function(entry.name, attrs={"llmc.entry": entry.name}):
             with self._body(inline, inputs):
                 for v, rv in zip(self.graph.inputs, inputs):
                     ctx.values[id(v)] = rv
-                for n in self.graph.nodes:
+                for n in graph.nodes:
                     if id(n) in self.plan.covered:
                         layer = self.plan.start.get(id(n))
                         if layer is not None:
@@ -468,7 +499,7 @@ class Lowering:
                             self._call_layer(ctx, layer, gv, wspec)
                         continue
                     self._lower_node(ctx, n)
-                outs = [ctx.result(v) for v in self.graph.outputs]
+                outs = [ctx.result(v) for v in graph.outputs]
                 if self.kv_syms not in ([], ["past"]):  # per-layer lengths: return the new ones
                     outs.append(self._kv_new_lengths(ctx))
                 out = self._output(relax.Tuple(outs))
@@ -563,7 +594,7 @@ class Lowering:
         ctx._sliced = dict(saved_sliced)  # cache slices made inside the branch stay inside it
         self.bb.begin_scope(self._scope_params)  # a nested If needs the sizes too
         self.bb._begin_binding_block()
-        fn = self._branch_fns.get((self._entry.name, id(region)))
+        fn = self._branch_fns.get((self._entry.fixed, id(region)))
         if fn is not None:
             args = [ctx.arg(x) for x in operands]
             if fn.sizes:
@@ -593,14 +624,14 @@ class Lowering:
         for n in nodes:
             for region in regions_of(n) if n.op == "cond" else ():
                 self._prepare_branches(entry, env, region.nodes)
-                if region.nodes and (entry.name, id(region)) not in self._branch_fns:
-                    self._branch_fns[(entry.name, id(region))] = self._branch_fn(
+                if region.nodes and (entry.fixed, id(region)) not in self._branch_fns:
+                    self._branch_fns[(entry.fixed, id(region))] = self._branch_fn(
                         entry, env, region, "then" if region is n.attrs.then_branch else "else"
                     )
 
     def _branch_fn(self, entry: Entry, env: dict[str, Any], region: Graph, arm: str) -> BranchFn:
         params = region_params(region)
-        sig = (entry.name, region_signature(self.graph, region, params))
+        sig = (entry.fixed, region_signature(self.graph, region, params))
         if sig in self._branch_sigs:  # the same branch in another layer: one function
             return self._branch_sigs[sig]
         pos: dict[str, int] = {}
@@ -746,6 +777,7 @@ __all__ = [
     "Entry",
     "KVCacheRef",
     "LowerCtx",
+    "PREFILL_LAST",
     "Lowered",
     "Lowering",
     "ParamRef",

@@ -161,6 +161,9 @@ class TVMPipeline:
             "tvm_target": json.loads(json.dumps(_target_dict(tvm_target))),
             "functions": [e.name for e in lowered.entries],
             "entries": {e.name: dict(e.fixed) for e in lowered.entries},
+            # which logits rows each entry returns: "all", or "last" (prefill_last, generation's
+            # prefill; an artifact without this key has only all-rows entries)
+            "entry_logits": {e.name: e.logits for e in lowered.entries},
             "entry_weights": lowered.entry_weights,
             "layer_functions": lowered.layer_functions,
             "branch_functions": lowered.branch_functions,

@@ -282,14 +282,17 @@ def _slice(ctx: LowerCtx, n: Node) -> relax.Expr:
     t = n.inputs[0].type
     ax = a.dim % t.rank
     size = ctx.dim(t.shape[ax])
-    if isinstance(a.start, int) and a.start < 0:
+    last = isinstance(a.start, int) and a.start < 0
+    if last:
         begin, end = size + a.start, size
     else:
         begin = ctx.dim(a.start)
         end = size if a.end is None else ctx.dim(a.end)
-    return ctx.emit(
-        relax.op.strided_slice(x, axes=[ax], begin=[begin], end=[end], strides=[a.step])
-    )
+    out = ctx.emit(relax.op.strided_slice(x, axes=[ax], begin=[begin], end=[end], strides=[a.step]))
+    if last:  # Relax cannot prove `size - k >= 0` and gives the length as an if_then_else of
+        # `size` (dlight's matmul rule then fails on it): the IR's type says it is `k`
+        out = ctx.bb.match_cast(out, ctx.rtype(n.out.type))
+    return out
 
 
 def _index_select(ctx: LowerCtx, n: Node) -> relax.Expr:

@@ -19,7 +19,9 @@ module knowing about it:
 Each row is one op group (``attn.q_proj``, ``attention``, ``ffn.down_proj``, ``norm``, ...) of one
 layer in one stage; its time is ``max(FLOPs / peak, bytes / bandwidth)`` on the target's spec (each
 group is a kernel of its own: the sum of the rows' times is the stage's time, which is tighter than
-one whole-graph bound). ``prefill`` processes the prompt (``batch x prompt`` rows, empty cache);
+one whole-graph bound). ``prefill`` processes the prompt (``batch x prompt`` rows, empty cache)
+and, as generation does, computes the head (final norm, ``lm_head``) for the last row only
+(:mod:`llmc.ir.lastrow`; LLM-Viewer counts ``lm_head`` once per sequence too);
 ``decode`` is one generation step at the middle of generation (cache ``prompt + decode // 2``), so
 ``decode x`` its time is the generation time (every cost is affine in the cache length).
 
@@ -47,6 +49,7 @@ from typing import Any
 
 from llmc.errors import LlmcError
 from llmc.ir.graph import Graph, Node
+from llmc.ir.lastrow import last_row_graph
 from llmc.ir.ops_adaptive import KeepRowsAttrs, keep_count
 from llmc.ir.registry import Cost, get_op
 from llmc.ir.structure import complete_env, layer_of, layer_prefix
@@ -581,9 +584,11 @@ def analyze(
     totals: dict[str, dict[str, Any]] = {}
     notes: list[str] = []
     for stage in STAGES:
-        w = _Walker(graph, spec, scenario, stage)
+        # a request's prefill is generation's: the head runs on the last prompt row only
+        g = (last_row_graph(graph) or graph) if stage == "prefill" else graph
+        w = _Walker(g, spec, scenario, stage)
         env = _stage_env(graph, scenario, stage)
-        w.walk(graph, env, 1.0)
+        w.walk(g, env, 1.0)
         stage_rows = sorted(w.rows.values(), key=lambda r: (r.layer is not None, r.layer or 0))
         # rows outside the layers: before the first layer (embed) first, after it (head) last
         head = [r for r in stage_rows if r.layer is None and r.group in ("embed",)]

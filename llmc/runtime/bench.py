@@ -102,7 +102,7 @@ def run_batch(lm: LanguageModel, prompts: list[list[int]], new_tokens: int) -> B
         ids = torch.tensor(prompts, dtype=torch.int64)
         pos = torch.arange(n, dtype=torch.int64).expand(b, n).contiguous()
         t0 = time.perf_counter()
-        logits, past = lm.forward(ids, pos, lm.empty_past(b))
+        logits, past = lm.forward_last(ids, pos, lm.empty_past(b))
         prefill_s = time.perf_counter() - t0
         kept = kv_lengths(past)
         nxt = torch.argmax(logits[:, -1].to(torch.float32), dim=-1)

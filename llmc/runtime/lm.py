@@ -15,7 +15,11 @@ Without token pruning (``llmc-lm-v1``) every layer's ``past_i`` is one ``past`` 
 (:data:`KV`) carries a length per layer; positions stay the tokens' original positions, so the
 next token's position is the number of tokens seen, never a cache length.
 
-Generation is prefill (the whole prompt in one call) then decode (one token per call).
+Generation is prefill (the whole prompt in one call) then decode (one token per call). Its
+prefill needs the last row's logits only: :meth:`LanguageModel.forward_last` returns
+``[batch, 1, vocab]`` and a runner computes the head for that row alone (the graph's last-row
+variant, :mod:`llmc.ir.lastrow`; ``prefill_last`` in a compiled artifact). Perplexity
+(:func:`evaluate`) needs every row and calls :meth:`LanguageModel.forward`.
 
 **Decode start.** A graph may declare the optional scalar input ``decode_start: i64[]`` after the
 KV inputs (``ffn-skip`` does): the position of the first generated token. A runner supplies
@@ -120,6 +124,16 @@ class LanguageModel(abc.ABC):
     ) -> tuple[torch.Tensor, KV]:
         """``logits [batch, seq, vocab]`` and the cache grown by ``seq`` positions."""
 
+    def forward_last(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, past: KV
+    ) -> tuple[torch.Tensor, KV]:
+        """:meth:`forward` for generation: the logits of the last row only, ``[batch, 1, vocab]``
+        (the last prompt position, which token pruning never prunes), and the same cache.
+        Runners override it to compute the head for that row alone (the graph's last-row
+        variant, :mod:`llmc.ir.lastrow`); this default slices the full logits."""
+        logits, present = self.forward(input_ids, positions, past)
+        return logits[:, -1:], present
+
     def empty_past(self, batch: int) -> KV:
         m = self.meta
         dtype = to_torch_dtype(m.get("kv_dtype", m.get("dtype_ir", "f32")))
@@ -177,9 +191,26 @@ class InterpLM(LanguageModel):
         self.device = device
         if self.abi.skip_output is not None:
             self.skip_counter = SkipCounter(self.abi.num_layers)
+        self._last: Graph | bool | None = None  # the last-row variant, once built
 
     def forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, past: KV
+    ) -> tuple[torch.Tensor, KV]:
+        return self._run(self.graph, input_ids, positions, past)
+
+    def forward_last(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, past: KV
+    ) -> tuple[torch.Tensor, KV]:
+        from llmc.ir.lastrow import last_row_graph
+
+        if self._last is None:
+            self._last = last_row_graph(self.graph) or False
+        if self._last is False:  # no row-wise head to slice: slice the logits
+            return super().forward_last(input_ids, positions, past)
+        return self._run(self._last, input_ids, positions, past)
+
+    def _run(
+        self, graph: Graph, input_ids: torch.Tensor, positions: torch.Tensor, past: KV
     ) -> tuple[torch.Tensor, KV]:
         from llmc.runtime.interp import run
 
@@ -191,7 +222,7 @@ class InterpLM(LanguageModel):
         start = NO_DECODE if self.decode_start is None else int(self.decode_start)
         if self.abi.takes_decode_start:
             args.append(torch.tensor(start, dtype=torch.int64))
-        outs = run(self.graph, args, device=self.device)
+        outs = run(graph, args, device=self.device)
         if self.skip_counter is not None:
             self.skip_counter.count(outs[self.abi.skip_output], positions, start)
         if outs[0].shape[1] == 0 and input_ids.shape[1]:
@@ -307,7 +338,7 @@ def _generate(
     ids = torch.tensor([list(prompt)], dtype=torch.int64)
     pos = torch.arange(len(prompt), dtype=torch.int64)[None]
     t0 = time.perf_counter()
-    logits, past = lm.forward(ids, pos, lm.empty_past(1))
+    logits, past = lm.forward_last(ids, pos, lm.empty_past(1))
     prefill_s = time.perf_counter() - t0
     kept = kv_lengths(past)
     out: list[int] = []
@@ -457,7 +488,7 @@ def _scored_logits(
             )
         return logits[:, :-1].to(torch.float32)
     pos = torch.arange(prompt, dtype=torch.int64).expand(b, prompt)
-    logits, past = lm.forward(chunk[:, :prompt], pos, lm.empty_past(b))
+    logits, past = lm.forward_last(chunk[:, :prompt], pos, lm.empty_past(b))
     if kept is not None:
         kept.append(kept_fraction(past, prompt))
     rows = [logits[:, -1:].to(torch.float32)]

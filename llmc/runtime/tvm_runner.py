@@ -324,10 +324,25 @@ class TVMRunner(LanguageModel):
     def forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, past: KV
     ) -> tuple[torch.Tensor, KV]:
+        b, s = input_ids.shape
+        return self._forward(self._entry(b, s), input_ids, positions, past)
+
+    def forward_last(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, past: KV
+    ) -> tuple[torch.Tensor, KV]:
+        """The logits of the last row only: the ``prefill_last`` entry (the head on that row
+        alone) where the artifact has one; an artifact compiled before it computes every row
+        and the runner slices."""
+        b, s = input_ids.shape
+        logits, present = self._forward(self._entry(b, s, last=True), input_ids, positions, past)
+        return logits[:, -1:], present
+
+    def _forward(
+        self, entry: str, input_ids: torch.Tensor, positions: torch.Tensor, past: KV
+    ) -> tuple[torch.Tensor, KV]:
         rt = import_tvm_runtime()
         b, s = input_ids.shape
         self.check_indices(input_ids, positions)
-        entry = self._entry(b, s)
         args = [self._arg(rt, input_ids), self._arg(rt, positions)]
         extra = []
         if self._takes_decode_start:
@@ -418,10 +433,17 @@ class TVMRunner(LanguageModel):
         self._kv = new
         return new
 
-    def _entry(self, b: int, s: int) -> str:
+    def _entry(self, b: int, s: int, last: bool = False) -> str:
+        """The entry for ``b`` sequences of ``s`` new tokens: one whose fixed sizes match
+        (decode), else, for ``last``, the last-row prefill (``entry_logits``: absent in
+        artifacts compiled before it), else ``prefill``."""
         for name, fixed in self.backend.get("entries", {}).items():
             if fixed and fixed.get("batch", b) == b and fixed.get("seq", s) == s:
                 return name
+        if last:
+            for name, rows in self.backend.get("entry_logits", {}).items():
+                if rows == "last" and not self.backend["entries"].get(name):
+                    return name
         return "prefill"
 
     def _arg(self, rt: Any, t: Any) -> Any:
@@ -457,7 +479,7 @@ class TVMRunner(LanguageModel):
         """Start a sequence: run the prompt, keep its cache; returns the last token's logits."""
         ids_t = torch.as_tensor(ids, dtype=torch.int64).reshape(1, -1)
         pos = torch.arange(ids_t.shape[1], dtype=torch.int64)[None]
-        logits, self._past = self.forward(ids_t, pos, self.empty_past(1))
+        logits, self._past = self.forward_last(ids_t, pos, self.empty_past(1))
         self._pos = ids_t.shape[1]
         return logits[0, -1]
 

@@ -41,8 +41,8 @@ def test_cuda_artifact_has_cubins(toy_gpu):
     assert _kernels(art) <= names  # every TIR kernel became device code
     m = json.loads((art / "manifest.json").read_text())["backend"]
     assert m["arch"] == "sm_90" and m["device_code"][0]["fatbin"] > 0
-    assert set(m["functions"]) == {"prefill", "decode"}
-    assert m["layer_functions"] == {"prefill_layer": 2, "decode_layer": 2}
+    assert set(m["functions"]) == {"prefill", "prefill_last", "decode"}
+    assert m["layer_functions"] == {"prefill_layer": 4, "decode_layer": 2}
 
 
 def test_rocm_artifact_has_code_object(toy_gpu):

@@ -79,6 +79,13 @@ def test_cpu_artifact_equals_interpreter(build, spec):
     for (gk, gv), (wk, wv) in zip(got_kv, want_kv):  # the same rows, cached in place
         torch.testing.assert_close(torch.as_tensor(gk), wk, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(torch.as_tensor(gv), wv, atol=1e-4, rtol=1e-4)
+    # generation's prefill (prefill_last): the last kept row is the last prompt token's
+    assert cpu.backend["entry_logits"]["prefill_last"] == "last"
+    last, last_kv = cpu.forward_last(
+        torch.tensor([PROMPT]), torch.arange(len(PROMPT))[None], cpu.empty_past(1)
+    )
+    assert last.shape == (1, 1, want.shape[2]) and kv_lengths(last_kv) == lengths
+    torch.testing.assert_close(last, want[:, -1:], atol=2e-4, rtol=1e-4)
     # decode after the pruned prefill: each layer appends at its own length, positions stay the
     # tokens' original ones
     a, b = generate(cpu, PROMPT, 8), generate(ref, PROMPT, 8)

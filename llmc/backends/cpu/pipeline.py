@@ -29,7 +29,7 @@ from llmc.backends.layouts import (
     register_layout,
     tvm_dtype,
 )
-from llmc.backends.lower import Entry, LowerCtx
+from llmc.backends.lower import PREFILL_LAST, Entry, LowerCtx
 from llmc.backends.pipeline import TVMPipeline
 from llmc.backends.rules import (
     Rule,
@@ -595,8 +595,9 @@ def sparse_summary(graph: Any) -> tuple[dict[str, Any] | None, list[str]]:
 
 class CPUPipeline(TVMPipeline):
     kind = "cpu"
-    # decode (one row) gets its own entry: register blocks of one row, no padding
-    entries = (Entry("prefill"), Entry("decode", (("batch", 1), ("seq", 1))))
+    # decode (one row) gets its own entry: register blocks of one row, no padding; generation's
+    # prefill computes the head for the last row only (prefill_last; llmc.ir.lastrow)
+    entries = (Entry("prefill"), PREFILL_LAST, Entry("decode", (("batch", 1), ("seq", 1))))
 
     def tvm_target(self, target: Any) -> tvm.target.Target:
         d = dict(target.tvm_target or {"kind": "llvm"})
