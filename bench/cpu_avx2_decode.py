@@ -21,6 +21,12 @@ layer). Variants, each with its activation preparation (quantization, digits, gr
 - ``w8a8_portable`` / ``w8a8_avx2``: ``act_quant`` + ``int8_linear`` (plain loops) /
   ``w8a8_avx2``.
 
+With ``--whole-model HF_DIR`` (default models: bench/cpu_peers.py's GPT-2-size Llama,
+``/tmp/llmc-cpu-peers/hf``) it also compiles that model with ``LLMC_CPU_ISA=avx2`` (``haswell``)
+at ``rtn:bits=4:group=32`` (LM head quantized too), ``rtn:bits=8`` and ``w8a8``, each with the
+AVX2 kernels and, forced, with the portable ones, and measures decode tokens/s (a 32-token
+prompt, ``--gen`` greedy tokens, batch 1), interleaved, ``--repeats`` rounds.
+
 Variants run interleaved (A B C ... A B C ...) ``--repeats`` times, ``--tokens`` tokens each;
 each sample records wall time and process CPU time (steadier on a shared machine). The JSON has
 every sample, the medians, the machine, the load average before and after, and the command.
@@ -172,6 +178,76 @@ PAIRS = {
 }
 
 
+WHOLE = {
+    "rtn4_g32": "rtn:bits=4:group=32:exclude=model.embed_tokens:measure=false",
+    "rtn8": "rtn:bits=8:group=0:measure=false",
+    "w8a8": "w8a8:measure=false",
+}
+
+_COMPILE = """
+import sys
+import llmc.backends.cpu.pipeline as p
+from llmc.compile import compile_model
+if sys.argv[3] == "portable":
+    p.kernel_isa = lambda: "portable"
+compile_model(sys.argv[1], target="cpu", passes=sys.argv[2] or None, out=sys.argv[4])
+"""
+
+
+def whole_model(hf: str, work: str, repeats: int, gen: int) -> dict[str, Any]:
+    """Decode tokens/s of the AVX2 and portable artifacts, interleaved."""
+    import subprocess
+    from pathlib import Path
+
+    from llmc.runtime.lm import generate
+    from llmc.runtime.tvm_runner import load
+
+    env = dict(os.environ, LLMC_CPU_ISA="avx2", LLMC_NO_PROGRESS="1")
+    lms, rules = {}, {}
+    for name, spec in WHOLE.items():
+        for kernels in ("avx2", "portable"):
+            out = Path(work) / f"{name}-{kernels}"
+            if not (out / "manifest.json").is_file():
+                cmd = [sys.executable, "-c", _COMPILE, hf, spec, kernels, str(out)]
+                subprocess.run(cmd, check=True, capture_output=True, env=env)
+            man = json.loads((out / "manifest.json").read_text())
+            rules[f"{name}_{kernels}"] = {
+                "mcpu": man["backend"]["cpu"]["mcpu"],
+                "rules": {
+                    k: v
+                    for k, v in man["backend"]["lowering_rules"].items()
+                    if "linear" in k or "qlinear" in k
+                },
+            }
+            lms[f"{name}_{kernels}"] = load(out)
+    prompt = list(range(100, 132))
+    for lm in lms.values():
+        generate(lm, prompt, 4)  # warm-up
+    samples: dict[str, list[float]] = {n: [] for n in lms}
+    for _ in range(repeats):
+        for name, lm in lms.items():
+            r = generate(lm, prompt, gen)
+            samples[name].append(len(r.step_s) / sum(r.step_s))
+            time.sleep(0.2)
+    res: dict[str, Any] = {
+        n: {
+            **rules[n],
+            "decode_tokens_per_s_samples": [round(x, 1) for x in s],
+            "decode_tokens_per_s_median": round(statistics.median(s), 1),
+        }
+        for n, s in samples.items()
+    }
+    res["avx2_speedup_over_portable"] = {
+        name: round(
+            res[f"{name}_avx2"]["decode_tokens_per_s_median"]
+            / res[f"{name}_portable"]["decode_tokens_per_s_median"],
+            2,
+        )
+        for name in WHOLE
+    }
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="gpt2,llama7b-layer")
@@ -180,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, default=5)
     ap.add_argument("--mcpu", default="haswell", help="LLVM CPU to build for (an AVX2 one)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "cpu_avx2_decode.json"))
+    ap.add_argument("--whole-model", metavar="HF_DIR", help="also time whole-model decode")
+    ap.add_argument("--work", default="/tmp/llmc-cpu-avx2", help="whole-model artifacts")
+    ap.add_argument("--gen", type=int, default=64, help="whole-model new tokens per round")
     args = ap.parse_args(argv)
     MCPU[0] = args.mcpu
     threads = int(os.environ.get("TVM_NUM_THREADS", os.cpu_count() or 1))
@@ -215,7 +294,9 @@ def main(argv: list[str] | None = None) -> int:
         }
         speedup = {
             name: {
-                "cpu_time": round(res[a]["cpu_ms_per_token_median"] / res[b]["cpu_ms_per_token_median"], 2),
+                "cpu_time": round(
+                    res[a]["cpu_ms_per_token_median"] / res[b]["cpu_ms_per_token_median"], 2
+                ),
                 "wall_time": round(
                     res[a]["wall_ms_per_token_median"] / res[b]["wall_ms_per_token_median"], 2
                 ),
@@ -225,6 +306,12 @@ def main(argv: list[str] | None = None) -> int:
         }
         results[model] = {"shapes": shapes, "variants": res, "avx2_speedup_over_portable": speedup}
         print(model, {v: r["cpu_ms_per_token_median"] for v, r in res.items()}, speedup)
+    whole = None
+    if args.whole_model:
+        load_whole = load_average()
+        whole = whole_model(args.whole_model, args.work, args.repeats, args.gen)
+        whole = {"load_average_before": load_whole, "load_average_after": load_average(), **whole}
+        print("whole model", whole)
     doc = {
         "what": "decode linears of one token (M=1), kernel level, interleaved; see the script",
         "command": f"TVM_NUM_THREADS={threads} python {shlex.join(sys.argv)}",
@@ -238,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": args.repeats,
         "tokens_per_sample": args.tokens,
         "results": results,
+        "whole_model": whole,
     }
     from pathlib import Path
 

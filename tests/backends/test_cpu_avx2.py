@@ -291,9 +291,7 @@ def test_avx2_artifact_refused_without_avx2(tmp_path, monkeypatch):
         "target": "cpu",
         "backend": {"cpu": {"mcpu": "haswell", "isa": ["sse4_2", "avx", "avx2", "fma"]}},
     }
-    monkeypatch.setattr(
-        "llmc.targets.cpu_isa.host_isa_flags", lambda cpuinfo="": ["sse4_2", "avx"]
-    )
+    monkeypatch.setattr("llmc.targets.cpu_isa.host_isa_flags", lambda cpuinfo="": ["sse4_2", "avx"])
     with pytest.raises(LlmcError, match="avx2, fma") as e:
         tvm_runner.check_host(man, tmp_path)
     assert "\n" not in str(e.value)

@@ -19,8 +19,8 @@ from typing import Any
 import tvm
 from tvm import relax, te
 
-from llmc.backends.kernels import cpu as cpu_kernels
 from llmc.backends.cpu import avx2
+from llmc.backends.kernels import cpu as cpu_kernels
 from llmc.backends.kernels import cpu_gemm, cpu_sparse, cpu_vnni, te_ops
 from llmc.backends.layouts import (
     Layout,

@@ -109,9 +109,7 @@ def _bcast4(buf: Any, idx: list[Any]) -> Any:
 
 def _maddubs(u: Any, s: Any) -> Any:
     """``vpmaddubsw``: u8 x s8, adjacent products summed into 16 saturating int16."""
-    return T.call_llvm_pure_intrin(
-        T.llvm_lookup_intrinsic_id(PMADDUBSW), u, s, dtype="int16x16"
-    )
+    return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(PMADDUBSW), u, s, dtype="int16x16")
 
 
 def _widen(s16: Any) -> Any:
@@ -290,8 +288,7 @@ def q8w_avx2(
                             of = T.Cast("float32x8", offset.vload([p, gi, q * 8], s_dtype + "x8"))
                             y[_r(q)] = y[_r(q)] + sc * (
                                 t[_r(q)]
-                                + (T.broadcast(T.float32(128), 8) - of)
-                                * T.broadcast(gs[i, gi], 8)
+                                + (T.broadcast(T.float32(128), 8) - of) * T.broadcast(gs[i, gi], 8)
                             )
                     for lane in T.vectorized(NB):
                         if p * NB + lane < n_dim:
@@ -340,9 +337,7 @@ def w8a8_avx2(k_dim: int, n_dim: int, m: int | None = None) -> tirx.PrimFunc:
                             )
                     for lane in T.vectorized(NB):
                         if p * NB + lane < n_dim:
-                            c[i, p * NB + lane] = (
-                                T.Cast("float32", acc[lane]) * xs[i] * ws[p, lane]
-                            )
+                            c[i, p * NB + lane] = T.Cast("float32", acc[lane]) * xs[i] * ws[p, lane]
 
     return _finish(f, name)
 
