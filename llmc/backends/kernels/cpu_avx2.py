@@ -301,7 +301,7 @@ def w8a8_avx2(k_dim: int, n_dim: int, m: int | None = None) -> tirx.PrimFunc:
     """``C[M, N] = float(sum xq*wq) * xs[m] * ws[n]``: ``xq [M, K]`` int8 codes in -127..127 and
     ``xs [M]`` (``act_quant``), ``codes [P, K'/4, 32, 4]`` int8, ``ws [P, 32]`` float32; the
     int32 dot product is exact (``|w| * (x * sign(w))``)."""
-    kq = (k_dim + 3) // 4
+    kq, full = (k_dim + 3) // 4, k_dim // 4
     panels = (n_dim + NB - 1) // NB
     rows: Any = tirx.Var("m", "int64") if m is None else m
     name = f"w8a8_avx2_k{k_dim}_n{n_dim}"
@@ -324,16 +324,23 @@ def w8a8_avx2(k_dim: int, n_dim: int, m: int | None = None) -> tirx.PrimFunc:
                     T.reads(xq[i, 0:k_dim], codes[p, 0:kq, 0:NB, 0:4])
                     T.writes(c[i, p * NB : p * NB + NB])
                     acc = T.alloc_buffer((NB,), "int32", scope="local")
-                    xp = T.alloc_buffer((kq * 4,), "int8", scope="local")
-                    for k in range(kq * 4):
-                        xp[k] = T.if_then_else(k < k_dim, xq[i, T.min(k, k_dim - 1)], T.int8(0))
+                    xp = T.alloc_buffer((4,), "int8", scope="local")
                     for q in T.unroll(4):
                         acc[_r(q)] = T.broadcast(T.int32(0), 8)
-                    for kb in range(kq):
+                    for kb in range(full):  # whole quads straight from the codes
                         for q in T.unroll(4):
                             w = codes.vload([p, kb, q * 8, 0], "int8x32")
                             acc[_r(q)] = acc[_r(q)] + _widen(
-                                _maddubs(_sign(w, w), _sign(_bcast4(xp, [kb * 4]), w))
+                                _maddubs(_sign(w, w), _sign(_bcast4(xq, [i, kb * 4]), w))
+                            )
+                    for kb in range(kq - full):  # the last, partial quad: zero-padded copy
+                        for e in range(4):
+                            k = full * 4 + e
+                            xp[e] = T.if_then_else(k < k_dim, xq[i, T.min(k, k_dim - 1)], T.int8(0))
+                        for q in T.unroll(4):
+                            w = codes.vload([p, full + kb, q * 8, 0], "int8x32")
+                            acc[_r(q)] = acc[_r(q)] + _widen(
+                                _maddubs(_sign(w, w), _sign(_bcast4(xp, [0]), w))
                             )
                     for lane in T.vectorized(NB):
                         if p * NB + lane < n_dim:
