@@ -233,6 +233,10 @@ def compile_model(
         tgt = configure_target(tgt, target_options)
     if get_kind(tgt.kind).lower is None:
         raise TargetError(f"target {target} has kind {tgt.kind!r}, which no backend handles")
+    if tgt.kind == "cpu":  # a bad $LLMC_CPU_ISA fails before loading anything
+        from llmc.targets.cpu_isa import kernel_isa
+
+        kernel_isa()
     with contextlib.ExitStack() as stack:
         if out is not None and not dry_run:  # refuse a bad or busy -o before any work
             stack.enter_context(output_lock(Path(out)))

@@ -73,10 +73,11 @@ def test_kernels_and_layouts(mixed):
     rules = backend["lowering_rules"]
     from llmc.backends.cpu.pipeline import kernel_isa
 
-    vnni = kernel_isa() == "avx512_vnni"
-    q4 = "cpu.linear.vnni_q4" if vnni else "cpu.linear.panel_q4"
-    a8 = "cpu.qlinear_a8.vnni" if vnni else "qlinear_a8"
-    q8 = "cpu.linear.vnni_q8w" if vnni else "cpu.linear.panel_q8"
+    q4, a8, q8 = {
+        "avx512_vnni": ("cpu.linear.vnni_q4", "cpu.qlinear_a8.vnni", "cpu.linear.vnni_q8w"),
+        "avx2": ("cpu.linear.avx2_q4", "cpu.qlinear_a8.avx2", "cpu.linear.avx2_q8w"),
+        "portable": ("cpu.linear.panel_q4", "qlinear_a8", "cpu.linear.panel_q8"),
+    }[kernel_isa()]
     for r in (q4, "cpu.linear.panel_nm", q8, a8):
         assert rules.get(r), (r, rules)
     layouts = {w["param"]: set() for w in backend["weights"]}

@@ -19,6 +19,7 @@ from typing import Any
 import tvm
 from tvm import relax, te
 
+from llmc.backends.cpu import avx2
 from llmc.backends.kernels import cpu as cpu_kernels
 from llmc.backends.kernels import cpu_gemm, cpu_sparse, cpu_vnni, te_ops
 from llmc.backends.layouts import (
@@ -45,7 +46,8 @@ from llmc.backends.rules import (
 )
 from llmc.ir.graph import Node
 from llmc.ir.params import Param
-from llmc.targets.cpu_isa import host_isa_flags
+from llmc.targets.cpu_isa import KernelIsa, host_isa_flags
+from llmc.targets.cpu_isa import build_isa as _build_isa
 
 #: Output rows per panel: 64 float32 = four AVX-512 registers (the layout is part of the
 #: artifact's ABI; the ISA check on load keeps it on the kind of CPU it was tuned for).
@@ -61,20 +63,31 @@ def host_cpu() -> str:
 
 
 @cache
+def _host_flags() -> tuple[str, ...]:
+    return tuple(host_isa_flags())
+
+
+def build_isa() -> tuple[KernelIsa, str, list[str]]:
+    """``(kernel family, LLVM mcpu, ISA flags the artifact records)`` of a build on this host
+    (:func:`llmc.targets.cpu_isa.build_isa`; ``$LLMC_CPU_ISA`` forces a family)."""
+    return _build_isa(host_cpu(), list(_host_flags()))
+
+
 def vector_bits() -> int:
-    """The widest vector register of this machine's CPU (sizes the GEMM register blocks)."""
-    flags = set(host_isa_flags())
+    """The widest vector register the build may use (sizes the GEMM register blocks): the
+    host's, or 256 when ``$LLMC_CPU_ISA=avx2`` caps an AVX-512 host."""
+    flags = set(build_isa()[2])
     if "avx512f" in flags:
         return 512
     return 256 if "avx" in flags else 128
 
 
-@cache
 def kernel_isa() -> str:
-    """Which decode kernels this host gets: ``"avx512_vnni"`` (:mod:`.kernels.cpu_vnni`) or
-    ``"portable"`` (the float panel kernels, any CPU). The artifact records the host's ISA
-    flags, so a VNNI artifact is refused on a CPU without VNNI."""
-    return "avx512_vnni" if "avx512_vnni" in host_isa_flags() else "portable"
+    """Which decode kernels this build gets: ``"avx512_vnni"`` (:mod:`.kernels.cpu_vnni`),
+    ``"avx2"`` (:mod:`.kernels.cpu_avx2`) or ``"portable"`` (the float panel kernels, any CPU).
+    The artifact records the ISA flags its code may use, so a VNNI artifact is refused on a
+    CPU without VNNI and an AVX2 one on a CPU without AVX2."""
+    return build_isa()[0].name
 
 
 #: Signed 8-bit digits per activation element in the VNNI weight-only kernels when the weight
@@ -227,6 +240,8 @@ register_layout(
     )
 )
 register_layout(_panelled("q8.scale", NB))
+for _base in avx2.PANELLED:
+    register_layout(_panelled(_base, avx2.NB))
 
 # -- rules ----------------------------------------------------------------------------------------
 
@@ -383,6 +398,18 @@ def _a8_group(ctx: LowerCtx, n: Node) -> list[Node]:
         ):
             group.append(u)
     return group
+
+
+def _avx2_ok(ctx: LowerCtx, n: Node, fmt) -> bool:
+    p = weight_param(ctx, n)
+    if kernel_isa() != "avx2" or p is None or not fmt(p) or n.out.type.dtype != "f32":
+        return False
+    k = int(p.type.shape[1])
+    return cpu_vnni.supports_q4(k, p.format.quant.group or k)
+
+
+def _avx2_host(ctx: LowerCtx, n: Node) -> bool:
+    return kernel_isa() == "avx2"
 
 
 def _qlinear_a8_vnni(ctx: LowerCtx, n: Node) -> relax.Expr:
@@ -601,12 +628,18 @@ class CPUPipeline(TVMPipeline):
 
     def tvm_target(self, target: Any) -> tvm.target.Target:
         d = dict(target.tvm_target or {"kind": "llvm"})
-        d.setdefault("mcpu", host_cpu())
+        d.setdefault("mcpu", build_isa()[1])
         return tvm.target.Target(d)
 
     def target_rules(self) -> list[Rule]:
         return [
             Rule("cpu.linear.vnni_q4", "linear", _linear_vnni_q4, when=_vnni_q4_ok, act_quant=True),
+            Rule(
+                "cpu.linear.avx2_q4",
+                "linear",
+                lambda ctx, n: avx2.linear_q(ctx, n, "q4", Q4_ACT_PARTS),
+                when=lambda ctx, n: _avx2_ok(ctx, n, is_q4),
+            ),
             Rule("cpu.linear.panel_q4", "linear", _linear_panel_q4, when=fmt_is(is_q4)),
             Rule(
                 "cpu.linear.vnni_q8w",
@@ -615,7 +648,14 @@ class CPUPipeline(TVMPipeline):
                 when=_vnni_q8w_ok,
                 act_quant=True,
             ),
+            Rule(
+                "cpu.linear.avx2_q8w",
+                "linear",
+                lambda ctx, n: avx2.linear_q(ctx, n, "q8w", Q4_ACT_PARTS),
+                when=lambda ctx, n: _avx2_ok(ctx, n, is_q8g),
+            ),
             Rule("cpu.qlinear_a8.vnni", "qlinear_a8", _qlinear_a8_vnni, when=_vnni_host),
+            Rule("cpu.qlinear_a8.avx2", "qlinear_a8", avx2.qlinear_a8, when=_avx2_host),
             Rule("cpu.linear.panel_q8", "linear", _linear_panel_q8, when=fmt_is(is_q8g)),
             Rule("cpu.linear.panel_nm", "linear", _linear_panel_nm, when=fmt_is(is_nm)),
             Rule("cpu.linear.panel", "linear", _linear_panel, when=_dense_param),
@@ -631,7 +671,8 @@ class CPUPipeline(TVMPipeline):
         return fields
 
     def target_fields(self, tvm_target: tvm.target.Target) -> dict[str, Any]:
-        return {"cpu": {"mcpu": host_cpu(), "isa": host_isa_flags()}}
+        _, mcpu, flags = build_isa()
+        return {"cpu": {"mcpu": str(tvm_target.attrs.get("mcpu", mcpu)), "isa": flags}}
 
 
 PIPELINE = CPUPipeline()

@@ -1,0 +1,354 @@
+"""CPU decode kernels on AVX2 (``vpmaddubsw`` u8 x s8 -> s16 pairs, ``vpmaddwd`` -> s32).
+
+The AVX2 counterparts of :mod:`llmc.backends.kernels.cpu_vnni`, for hosts without AVX-512
+(Haswell..Comet Lake, Zen 2/3; Alder Lake client cores). The weight layout is the VNNI quad
+arrangement with a 32-output panel: ``[ceil(N/32), K'/4, 32, 4]`` bytes (q4: ``[.., K'/8, 32,
+4]``, two quads per byte), so one 32-byte ``ymm`` load holds 4 consecutive input elements of 8
+outputs and a panel is 4 loads, reusing one broadcast of 4 activation bytes.
+
+``vpmaddubsw`` multiplies an unsigned by a signed byte and adds adjacent products into a
+*saturating* int16, so each kernel keeps every pair sum below 2^15 exactly:
+
+- :func:`q4_avx2`: nibbles (u8, 0..15) times activation digits (s8, -127..127): a pair is at most
+  ``2 * 15 * 127``; the low- and high-nibble products of one byte are added as int16 (at most
+  ``4 * 15 * 127``) before ``vpmaddwd`` widens them.
+- :func:`q8w_avx2`: 8-bit weight-only codes ``u = code - qmin`` (0..255) are made signed
+  (``s = u - 128``) and the sign moves to the activation (llama.cpp's trick):
+  ``|s| * (d * sign(s))`` with ``vpsignb``; a pair is at most ``2 * 128 * 127``. The digits
+  never reach -128 (:func:`act_digits` uses balanced base-255 digits), so negating one is exact.
+- :func:`w8a8_avx2`: the int8 activation codes (-127..127, ``act_quant``) take the weight's sign,
+  the weight its magnitude: the exact int32 dot product of the portable kernel for any int8
+  weight (``|-128| = 128`` is a valid u8), no ``wsum`` correction.
+
+The activation row is quantized per block as in the VNNI kernels (``parts`` digits per element,
+3 = float32-level error), with balanced base-255 digits in -127..127 (:func:`act_digits`).
+Rows are processed one after another inside a panel (decode has one).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tvm import te, tirx
+from tvm.script import tirx as T
+
+from llmc.backends.kernels.cpu_vnni import act_block, padded_k, supports_q4
+
+__all__ = ["NB", "act_block", "act_digits", "padded_k", "q4_avx2", "q8w_avx2", "supports_q4"]
+
+F32 = "float32"
+NB = 32  # outputs per panel: 4 ymm accumulators of 8 int32
+PMADDUBSW = "llvm.x86.avx2.pmadd.ub.sw"
+PMADDWD = "llvm.x86.avx2.pmadd.wd"
+PSIGNB = "llvm.x86.avx2.psign.b"
+BASE = 255  # digit base: balanced digits in -127..127
+
+
+def act_digits(x: te.Tensor, k_pad: int, ab: int, parts: int) -> tuple[te.Tensor, te.Tensor]:
+    """Per block of ``ab`` elements: ``x ~= sum_j digit_j * s_j``, digits in -127..127.
+
+    Returns ``digits [M, parts, k_pad]`` (int8; zero past K) and ``s [M, k_pad/ab, parts]``.
+    ``q = round(x / s0 * 255^(parts-1))`` (``s0 = amax/127``) split into balanced base-255
+    digits, most significant first, with scales ``s0 * 255^-j``. Unlike the VNNI kernels' base
+    256, no digit is -128, so ``vpsignb`` can negate any of them exactly.
+    """
+    m, k_dim = x.shape
+    nblk = k_pad // ab
+    r = te.reduce_axis((0, ab), "r")
+
+    def xv(i: Any, k: Any) -> Any:
+        return tirx.if_then_else(k < k_dim, x[i, tirx.min(k, k_dim - 1)].astype(F32), 0.0)
+
+    amax = te.compute(
+        (m, nblk), lambda i, b: te.max(tirx.abs(xv(i, b * ab + r)), axis=r), name="avx2_amax"
+    )
+    s0 = te.compute(
+        (m, nblk),
+        lambda i, b: tirx.max(amax[i, b], tirx.const(1e-30, F32)) / tirx.const(127.0, F32),
+        name="avx2_base",
+    )
+    mult = float(BASE ** (parts - 1))
+
+    def q(i: Any, k: Any) -> Any:
+        v = tirx.round(xv(i, k) / s0[i, k // ab] * tirx.const(mult, F32))
+        lim = tirx.const(127.0 * mult, F32)
+        return tirx.max(tirx.min(v, lim), -lim).astype("int32")
+
+    qi = te.compute((m, k_pad), q, name="avx2_q")
+
+    def digit(i: Any, j: Any, k: Any) -> Any:
+        v = qi[i, k]
+        ds = []
+        for _ in range(parts - 1):  # least significant first
+            d = tirx.floormod(v + 127, BASE) - 127
+            ds.append(d)
+            v = tirx.floordiv(v - d, BASE)
+        ds.append(v)
+        ds.reverse()  # most significant first
+        out = ds[-1]
+        for jj in range(parts - 2, -1, -1):
+            out = tirx.Select(j == jj, ds[jj], out)
+        return out.astype("int8")
+
+    digits = te.compute((m, parts, k_pad), digit, name="avx2_digits")
+
+    def scale(i: Any, b: Any, j: Any) -> Any:
+        out = tirx.const(1.0, F32)
+        for jj in range(parts):
+            out = tirx.Select(j == jj, tirx.const(float(BASE ** (parts - 1 - jj)), F32), out)
+        return s0[i, b] / tirx.const(mult, F32) * out
+
+    return digits, te.compute((m, nblk, parts), scale, name="avx2_scale")
+
+
+def _bcast4(buf: Any, idx: list[Any]) -> Any:
+    """Four int8 at ``idx`` as one int32 broadcast to 8 lanes (32 bytes)."""
+    w = T.broadcast(T.reinterpret(buf.vload(idx, "int8x4"), dtype="int32"), 8)
+    return T.reinterpret(w, dtype="int8x32")
+
+
+def _maddubs(u: Any, s: Any) -> Any:
+    """``vpmaddubsw``: u8 x s8, adjacent products summed into 16 saturating int16."""
+    return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(PMADDUBSW), u, s, dtype="int16x16")
+
+
+def _widen(s16: Any) -> Any:
+    """``vpmaddwd`` with ones: 16 int16 -> 8 int32 (adjacent pairs summed)."""
+    return T.call_llvm_pure_intrin(
+        T.llvm_lookup_intrinsic_id(PMADDWD), s16, T.broadcast(T.int16(1), 16), dtype="int32x8"
+    )
+
+
+def _sign(a: Any, b: Any) -> Any:
+    """``vpsignb``: ``a`` negated where ``b < 0``, zeroed where ``b == 0``."""
+    return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(PSIGNB), a, b, dtype="int8x32")
+
+
+def _r(q: Any) -> Any:
+    return T.ramp(q * 8, 1, 8)
+
+
+def q4_avx2(
+    k_dim: int, n_dim: int, group: int, parts: int, s_dtype: str, m: int | None = None
+) -> tirx.PrimFunc:
+    """``C[M, N] = X @ W.T`` for int4 W (``[P, K'/8, 32, 4]`` codes, byte (b, n, i) holding
+    nibbles ``8b+i`` (low) and ``8b+4+i`` (high); ``panel32`` scales/offsets).
+
+    Arguments as :func:`llmc.backends.kernels.cpu_vnni.q4_vnni` with this module's
+    :func:`act_digits`: ``digits [M, parts, K']``, ``xs [M, K'/AB, parts]``, ``gsum [M,
+    K/group]``, ``codes``, ``scale``/``offset [P, K/group, 32]``; float32 result.
+    """
+    g = min(group, k_dim)
+    ab = act_block(k_dim, group)
+    kp = padded_k(k_dim, group)
+    panels = (n_dim + NB - 1) // NB
+    ngroups = k_dim // g
+    nblk = kp // ab
+    bpg = nblk if g == k_dim else g // ab
+    octs = ab // 8  # byte rows (8 k each) per block
+    rows: Any = tirx.Var("m", "int64") if m is None else m
+    name = f"q4_avx2_k{k_dim}_n{n_dim}_g{group}_p{parts}"
+
+    @T.prim_func(private=True, s_tir=True)
+    def f(
+        xd_h: T.handle,
+        xs_h: T.handle,
+        gs_h: T.handle,
+        codes: T.Buffer((panels, kp // 8, NB, 4), "uint8"),
+        scale: T.Buffer((panels, ngroups, NB), s_dtype),
+        offset: T.Buffer((panels, ngroups, NB), s_dtype),
+        c_h: T.handle,
+    ):
+        T.func_attr({"tirx.noalias": True})
+        xd = T.match_buffer(xd_h, (rows, parts, kp), "int8")
+        xs = T.match_buffer(xs_h, (rows, nblk, parts), F32)
+        gs = T.match_buffer(gs_h, (rows, ngroups), F32)
+        c = T.match_buffer(c_h, (rows, n_dim), F32)
+        for p in T.parallel(panels):
+            for i in range(rows):
+                with T.sblock("panel"):
+                    T.reads(xd[i, 0:parts, 0:kp], codes[p, 0 : kp // 8, 0:NB, 0:4])
+                    T.writes(c[i, p * NB : p * NB + NB])
+                    y = T.alloc_buffer((NB,), F32, scope="local")
+                    t = T.alloc_buffer((NB,), F32, scope="local")
+                    acc = T.alloc_buffer((parts * NB,), "int32", scope="local")
+                    for q in T.unroll(4):
+                        y[_r(q)] = T.broadcast(T.float32(0), 8)
+                    for gi in range(ngroups):
+                        for q in T.unroll(4):
+                            t[_r(q)] = T.broadcast(T.float32(0), 8)
+                        for bi in range(bpg):
+                            for a in T.unroll(parts * 4):
+                                acc[_r(a)] = T.broadcast(T.int32(0), 8)
+                            for kb in range(octs):
+                                row = (gi * bpg + bi) * octs + kb
+                                for q in T.unroll(4):
+                                    raw = codes.vload([p, row, q * 8, 0], "uint8x32")
+                                    lo = T.reinterpret(
+                                        T.bitwise_and(raw, T.broadcast(T.uint8(15), 32)),
+                                        dtype="int8x32",
+                                    )
+                                    hi = T.reinterpret(
+                                        T.shift_right(raw, T.broadcast(T.uint8(4), 32)),
+                                        dtype="int8x32",
+                                    )
+                                    for j in T.unroll(parts):
+                                        acc[_r(j * 4 + q)] = acc[_r(j * 4 + q)] + _widen(
+                                            _maddubs(lo, _bcast4(xd, [i, j, row * 8]))
+                                            + _maddubs(hi, _bcast4(xd, [i, j, row * 8 + 4]))
+                                        )
+                            for j in T.unroll(parts):
+                                for q in T.unroll(4):
+                                    t[_r(q)] = t[_r(q)] + T.Cast(
+                                        "float32x8", acc[_r(j * 4 + q)]
+                                    ) * T.broadcast(xs[i, gi * bpg + bi, j], 8)
+                        for q in T.unroll(4):
+                            sc = T.Cast("float32x8", scale.vload([p, gi, q * 8], s_dtype + "x8"))
+                            of = T.Cast("float32x8", offset.vload([p, gi, q * 8], s_dtype + "x8"))
+                            y[_r(q)] = y[_r(q)] + sc * (t[_r(q)] - of * T.broadcast(gs[i, gi], 8))
+                    for lane in T.vectorized(NB):
+                        if p * NB + lane < n_dim:
+                            c[i, p * NB + lane] = y[lane]
+
+    return _finish(f, name)
+
+
+def q8w_avx2(
+    k_dim: int, n_dim: int, group: int, parts: int, s_dtype: str, m: int | None = None
+) -> tirx.PrimFunc:
+    """``C[M, N] = X @ W.T`` for 5..8-bit weight-only W: ``codes [P, K'/4, 32, 4]`` uint8
+    (byte (b, n, i) = ``code[n, 4b+i] - qmin``), ``scale``/``offset [P, K/group, 32]``
+    (``offset = zero - qmin``), the activation digits, scales and group sums as in
+    :func:`q4_avx2`. With ``s = u - 128``: ``sum x*u = sum x*s + 128 * sum x``."""
+    g = min(group, k_dim)
+    ab = act_block(k_dim, group)
+    kp = padded_k(k_dim, group)
+    panels = (n_dim + NB - 1) // NB
+    ngroups = k_dim // g
+    nblk = kp // ab
+    bpg = nblk if g == k_dim else g // ab
+    quads = ab // 4
+    rows: Any = tirx.Var("m", "int64") if m is None else m
+    name = f"q8w_avx2_k{k_dim}_n{n_dim}_g{group}_p{parts}"
+
+    @T.prim_func(private=True, s_tir=True)
+    def f(
+        xd_h: T.handle,
+        xs_h: T.handle,
+        gs_h: T.handle,
+        codes: T.Buffer((panels, kp // 4, NB, 4), "uint8"),
+        scale: T.Buffer((panels, ngroups, NB), s_dtype),
+        offset: T.Buffer((panels, ngroups, NB), s_dtype),
+        c_h: T.handle,
+    ):
+        T.func_attr({"tirx.noalias": True})
+        xd = T.match_buffer(xd_h, (rows, parts, kp), "int8")
+        xs = T.match_buffer(xs_h, (rows, nblk, parts), F32)
+        gs = T.match_buffer(gs_h, (rows, ngroups), F32)
+        c = T.match_buffer(c_h, (rows, n_dim), F32)
+        for p in T.parallel(panels):
+            for i in range(rows):
+                with T.sblock("panel"):
+                    T.reads(xd[i, 0:parts, 0:kp], codes[p, 0 : kp // 4, 0:NB, 0:4])
+                    T.writes(c[i, p * NB : p * NB + NB])
+                    y = T.alloc_buffer((NB,), F32, scope="local")
+                    t = T.alloc_buffer((NB,), F32, scope="local")
+                    acc = T.alloc_buffer((parts * NB,), "int32", scope="local")
+                    for q in T.unroll(4):
+                        y[_r(q)] = T.broadcast(T.float32(0), 8)
+                    for gi in range(ngroups):
+                        for q in T.unroll(4):
+                            t[_r(q)] = T.broadcast(T.float32(0), 8)
+                        for bi in range(bpg):
+                            for a in T.unroll(parts * 4):
+                                acc[_r(a)] = T.broadcast(T.int32(0), 8)
+                            for kb in range(quads):
+                                row = (gi * bpg + bi) * quads + kb
+                                for q in T.unroll(4):
+                                    s = T.reinterpret(
+                                        T.bitwise_xor(
+                                            codes.vload([p, row, q * 8, 0], "uint8x32"),
+                                            T.broadcast(T.uint8(128), 32),
+                                        ),
+                                        dtype="int8x32",
+                                    )
+                                    for j in T.unroll(parts):
+                                        acc[_r(j * 4 + q)] = acc[_r(j * 4 + q)] + _widen(
+                                            _maddubs(
+                                                _sign(s, s), _sign(_bcast4(xd, [i, j, row * 4]), s)
+                                            )
+                                        )
+                            for j in T.unroll(parts):
+                                for q in T.unroll(4):
+                                    t[_r(q)] = t[_r(q)] + T.Cast(
+                                        "float32x8", acc[_r(j * 4 + q)]
+                                    ) * T.broadcast(xs[i, gi * bpg + bi, j], 8)
+                        for q in T.unroll(4):
+                            sc = T.Cast("float32x8", scale.vload([p, gi, q * 8], s_dtype + "x8"))
+                            of = T.Cast("float32x8", offset.vload([p, gi, q * 8], s_dtype + "x8"))
+                            y[_r(q)] = y[_r(q)] + sc * (
+                                t[_r(q)]
+                                + (T.broadcast(T.float32(128), 8) - of) * T.broadcast(gs[i, gi], 8)
+                            )
+                    for lane in T.vectorized(NB):
+                        if p * NB + lane < n_dim:
+                            c[i, p * NB + lane] = y[lane]
+
+    return _finish(f, name)
+
+
+def w8a8_avx2(k_dim: int, n_dim: int, m: int | None = None) -> tirx.PrimFunc:
+    """``C[M, N] = float(sum xq*wq) * xs[m] * ws[n]``: ``xq [M, K]`` int8 codes in -127..127 and
+    ``xs [M]`` (``act_quant``), ``codes [P, K'/4, 32, 4]`` int8, ``ws [P, 32]`` float32; the
+    int32 dot product is exact (``|w| * (x * sign(w))``)."""
+    kq, full = (k_dim + 3) // 4, k_dim // 4
+    panels = (n_dim + NB - 1) // NB
+    rows: Any = tirx.Var("m", "int64") if m is None else m
+    name = f"w8a8_avx2_k{k_dim}_n{n_dim}"
+
+    @T.prim_func(private=True, s_tir=True)
+    def f(
+        xq_h: T.handle,
+        xs_h: T.handle,
+        codes: T.Buffer((panels, kq, NB, 4), "int8"),
+        ws: T.Buffer((panels, NB), F32),
+        c_h: T.handle,
+    ):
+        T.func_attr({"tirx.noalias": True})
+        xq = T.match_buffer(xq_h, (rows, k_dim), "int8")
+        xs = T.match_buffer(xs_h, (rows,), F32)
+        c = T.match_buffer(c_h, (rows, n_dim), F32)
+        for p in T.parallel(panels):
+            for i in range(rows):
+                with T.sblock("panel"):
+                    T.reads(xq[i, 0:k_dim], codes[p, 0:kq, 0:NB, 0:4])
+                    T.writes(c[i, p * NB : p * NB + NB])
+                    acc = T.alloc_buffer((NB,), "int32", scope="local")
+                    xp = T.alloc_buffer((4,), "int8", scope="local")
+                    for q in T.unroll(4):
+                        acc[_r(q)] = T.broadcast(T.int32(0), 8)
+                    for kb in range(full):  # whole quads straight from the codes
+                        for q in T.unroll(4):
+                            w = codes.vload([p, kb, q * 8, 0], "int8x32")
+                            acc[_r(q)] = acc[_r(q)] + _widen(
+                                _maddubs(_sign(w, w), _sign(_bcast4(xq, [i, kb * 4]), w))
+                            )
+                    for kb in range(kq - full):  # the last, partial quad: zero-padded copy
+                        for e in range(4):
+                            k = full * 4 + e
+                            xp[e] = T.if_then_else(k < k_dim, xq[i, T.min(k, k_dim - 1)], T.int8(0))
+                        for q in T.unroll(4):
+                            w = codes.vload([p, full + kb, q * 8, 0], "int8x32")
+                            acc[_r(q)] = acc[_r(q)] + _widen(
+                                _maddubs(_sign(w, w), _sign(_bcast4(xp, [0]), w))
+                            )
+                    for lane in T.vectorized(NB):
+                        if p * NB + lane < n_dim:
+                            c[i, p * NB + lane] = T.Cast("float32", acc[lane]) * xs[i] * ws[p, lane]
+
+    return _finish(f, name)
+
+
+def _finish(f: tirx.PrimFunc, name: str) -> tirx.PrimFunc:
+    f = f.with_attr("global_symbol", name)
+    return f.with_attr("op_pattern", 8).with_attr("tirx.is_scheduled", True)

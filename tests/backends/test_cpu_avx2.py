@@ -1,0 +1,297 @@
+"""The AVX2 CPU kernels (:mod:`llmc.backends.kernels.cpu_avx2`): kernel-level against an fp64
+NumPy product (W8A8: the exact integer product), model-level against the reference interpreter
+with ``LLMC_CPU_ISA=avx2`` (built for ``haswell``: the machine code holds no ``zmm`` register
+and the manifest records only AVX2-level flags), the family selection and its errors.
+
+Tolerances as in tests/backends/test_cpu_vnni.py: 3 activation digits at float32 tolerance
+(1e-4), 1 digit within 6e-2 of the largest output (with an outlier 40x the typical activation).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from llmc.targets.cpu_isa import ISA_ENV, host_isa_flags
+from tests.backends.conftest import compile_graph, interp_run
+from tests.lm_fixtures import toy_lm
+
+avx2 = pytest.mark.skipif(
+    not {"avx2", "fma"} <= set(host_isa_flags()), reason="host CPU has no AVX2"
+)
+
+
+def _target():
+    import tvm
+
+    return tvm.target.Target({"kind": "llvm", "mcpu": "haswell"})
+
+
+def _asm(ex) -> str:
+    stack, out = [ex.mod], []
+    while stack:
+        m = stack.pop()
+        if m.kind == "llvm":
+            out.append(m.inspect_source("asm"))
+        stack.extend(m.imports)
+    return "\n".join(out)
+
+
+def _panel(a: np.ndarray, n: int) -> np.ndarray:
+    """[N, X] -> [P, X, 32] zero-padded."""
+    b = np.zeros((((n + 31) // 32) * 32, a.shape[1]), a.dtype)
+    b[:n] = a
+    return b.reshape(-1, 32, a.shape[1]).transpose(0, 2, 1).copy()
+
+
+def _run(kernel: str, k: int, n: int, group: int, parts: int, rows: int, static: bool):
+    """Random codes (q4: nibbles; q8w: the full 0..255 range, offsets near 128), an outlier
+    activation; the kernel's result, the fp64 product and the compiled kernel."""
+    import tvm
+    from tvm import te
+
+    from llmc.backends.kernels import cpu_avx2 as A
+    from llmc.backends.kernels.cpu_vnni import group_sums
+
+    rng = np.random.default_rng(k + n + group)
+    x = rng.standard_normal((rows, k)).astype("float32")
+    x[:, 3] = 40.0
+    g = min(group, k)
+    top, mid = (16, 8) if kernel == "q4" else (256, 128)
+    u = rng.integers(0, top, (n, k)).astype(np.uint8)
+    sc = (rng.random((n, k // g)) * 0.02 + 1e-3).astype("float32")
+    of = (rng.random((n, k // g)) * 4 + mid - 2).astype("float32")
+    w = (u - np.repeat(of, g, 1).astype(np.float64)) * np.repeat(sc, g, 1)
+    want = x.astype(np.float64) @ w.T
+    kp, ab = A.padded_k(k, group), A.act_block(k, group)
+    xt = te.placeholder((rows, k), "float32", name="x")
+    d, s = A.act_digits(xt, kp, ab, parts)
+    prep = tvm.compile(te.create_prim_func([xt, d, s, group_sums(xt, group)]), target=_target())
+    fn = A.q4_avx2 if kernel == "q4" else A.q8w_avx2
+    ex = tvm.compile(fn(k, n, group, parts, "float32", rows if static else None), _target())
+    full = np.zeros((((n + 31) // 32) * 32, kp), np.uint8)
+    full[:n, :k] = u
+    if kernel == "q4":
+        t = full.reshape(-1, 32, kp // 8, 2, 4)
+        codes = (t[:, :, :, 0, :] | (t[:, :, :, 1, :] << 4)).transpose(0, 2, 1, 3).copy()
+    else:
+        codes = full.reshape(-1, 32, kp // 4, 4).transpose(0, 2, 1, 3).copy()
+    cpu = tvm.cpu()
+
+    def arr(a):
+        return tvm.runtime.tensor(a, cpu)
+
+    xd = arr(np.zeros((rows, parts, kp), "int8"))
+    xs = arr(np.zeros((rows, kp // ab, parts), "float32"))
+    gs = arr(np.zeros((rows, k // g), "float32"))
+    prep(arr(x), xd, xs, gs)
+    assert np.abs(xd.numpy().astype(np.int32)).max() <= 127  # no -128 digit (vpsignb)
+    out = arr(np.zeros((rows, n), "float32"))
+    ex(xd, xs, gs, arr(codes), arr(_panel(sc, n)), arr(_panel(of, n)), out)
+    return out.numpy(), want, ex
+
+
+@avx2
+@pytest.mark.parametrize("kernel", ["q4", "q8w"])
+@pytest.mark.parametrize(
+    "k,n,group",
+    [(256, 96, 32), (384, 130, 128), (200, 70, 200), (96, 17, 16)],
+    ids=["g32", "g128", "perchannel-k200", "g16-n17"],
+)
+@pytest.mark.parametrize("rows,static", [(1, True), (3, False)], ids=["decode", "prefill"])
+def test_avx2_matches_fp64(kernel, k, n, group, rows, static):
+    got, want, ex = _run(kernel, k, n, group, 3, rows, static)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    asm = _asm(ex)
+    assert "vpmaddubsw" in asm and "zmm" not in asm
+
+
+@avx2
+@pytest.mark.parametrize("kernel", ["q4", "q8w"])
+def test_avx2_int8_activations_error(kernel):
+    """One digit (int8 activations): within 6e-2 of the largest output, and far worse than
+    three digits (so the digit count is in effect)."""
+    got1, want, _ = _run(kernel, 384, 130, 128, 1, 1, True)
+    got3, _, _ = _run(kernel, 384, 130, 128, 3, 1, True)
+    scale = np.abs(want).max()
+    err1, err3 = np.abs(got1 - want).max() / scale, np.abs(got3 - want).max() / scale
+    assert err1 < 6e-2
+    assert err3 < err1 / 100
+
+
+@avx2
+@pytest.mark.parametrize("k,n", [(770, 100), (64, 64), (3, 5)])
+def test_w8a8_avx2_exact(k, n):
+    """Any int8 weight (-128 included) and activation codes in -127..127: the exact product."""
+    import tvm
+
+    from llmc.backends.kernels import cpu_avx2 as A
+
+    rng = np.random.default_rng(k)
+    rows = 2
+    xq = rng.integers(-127, 128, (rows, k)).astype("int8")
+    xq[:, 0] = -127
+    xs = rng.random(rows).astype("float32")
+    wq = rng.integers(-128, 128, (n, k)).astype("int8")
+    wq[:, 0] = -128
+    ws = rng.random(n).astype("float32")
+    kq = (k + 3) // 4
+    full = np.zeros((((n + 31) // 32) * 32, kq * 4), np.int8)
+    full[:n, :k] = wq
+    codes = full.reshape(-1, 32, kq, 4).transpose(0, 2, 1, 3).copy()
+    ex = tvm.compile(A.w8a8_avx2(k, n, None), _target())
+    cpu = tvm.cpu()
+    out = tvm.runtime.tensor(np.zeros((rows, n), "float32"), cpu)
+    args = [xq, xs, codes, _panel(ws[:, None], n)[:, 0, :]]
+    ex(*[tvm.runtime.tensor(a, cpu) for a in args], out)
+    dot = xq.astype(np.int64) @ wq.astype(np.int64).T
+    want = dot.astype(np.float32) * xs[:, None] * ws[None, :]
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-6)
+    asm = _asm(ex)
+    assert "vpsignb" in asm and "zmm" not in asm
+
+
+# -- selection ------------------------------------------------------------------------------------
+
+
+def test_family_selection(monkeypatch):
+    from llmc.errors import TargetError
+    from llmc.targets.cpu_isa import build_isa, kernel_isa
+
+    zen4 = ["sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512vl", "avx512_vnni"]
+    zen3 = ["sse4_2", "avx", "avx2", "fma", "f16c"]
+    monkeypatch.delenv(ISA_ENV, raising=False)
+    assert kernel_isa(zen4).name == "avx512_vnni"
+    assert kernel_isa(zen3).name == "avx2"
+    assert kernel_isa(["sse4_2", "avx"]).name == "portable"
+    # a host-chosen family builds for the host CPU and records its flags
+    assert build_isa("znver3", zen3) == (kernel_isa(zen3), "znver3", zen3)
+    assert build_isa("skylake-avx512", zen4[:6])[1:] == ("skylake-avx512", zen4[:6])
+    monkeypatch.setenv(ISA_ENV, "avx2")
+    isa, mcpu, flags = build_isa("znver4", zen4)
+    assert (isa.name, mcpu, flags) == ("avx2", "haswell", zen3)
+    assert build_isa("znver3", zen3)[1] == "znver3"
+    with pytest.raises(TargetError, match=f"{ISA_ENV}=avx2: this CPU lacks avx2"):
+        kernel_isa(["sse4_2", "avx"])
+    monkeypatch.setenv(ISA_ENV, "avx9")
+    with pytest.raises(TargetError, match=f"{ISA_ENV}='avx9': unknown"):
+        kernel_isa(zen4)
+    monkeypatch.setenv(ISA_ENV, "portable")
+    assert kernel_isa(zen4).name == "portable"
+
+
+def test_bad_isa_env_is_one_line_cli_error(tmp_path, monkeypatch, capsys):
+    from llmc.cli import main
+
+    monkeypatch.setenv(ISA_ENV, "avx9")
+    monkeypatch.setenv("LLMC_NO_PROGRESS", "1")
+    out = tmp_path / "art"
+    rc = main(["compile", "tiny", "--target", "cpu", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert rc != 0
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and ISA_ENV in lines[0] and "Traceback" not in err, err
+    assert not out.exists()
+
+
+# -- model level ----------------------------------------------------------------------------------
+
+
+def _compress(graph, group: int, w8a8: bool, head8: bool = False):
+    from llmc.passes import PassContext
+    from llmc.passes.manager import PassManager
+    from llmc.passes.rtn import RTNQuant
+    from llmc.passes.w8a8 import W8A8
+
+    if w8a8:
+        passes = [
+            RTNQuant(bits=4, group=group, sym=False, include=("mlp",), measure=False),
+            W8A8(include=("self_attn",), measure=False),
+        ]
+    elif head8:
+        passes = [RTNQuant(bits=4, group=group, measure=False)]
+    else:
+        passes = [
+            RTNQuant(bits=4, group=group, sym=False, include=("model.layers",), measure=False)
+        ]
+    PassManager(passes).run(graph, PassContext(calib_samples=2, calib_seqlen=32))
+    return graph
+
+
+def _check_against_interp(g, art: Path) -> dict:
+    from llmc.runtime.tvm_runner import load
+
+    lm = load(art)
+    torch.manual_seed(0)
+    ids = torch.randint(0, 300, (2, 5))
+    pos = torch.arange(5).expand(2, 5).contiguous()
+    past = lm.empty_past(2)
+    got, present = lm.forward(ids, pos, past)
+    want = interp_run(g, [ids, pos, *[t for kv in past for t in kv]])
+    torch.testing.assert_close(got, want[0], rtol=1e-4, atol=1e-4)
+    one = torch.tensor([[7]])
+    got1, _ = lm.forward(one, torch.tensor([[5]]), [(k[:1], v[:1]) for k, v in present])
+    want1 = interp_run(g, [one, torch.tensor([[5]]), *[t[:1] for t in want[1:]]])
+    torch.testing.assert_close(got1, want1[0], rtol=1e-4, atol=1e-4)
+    return json.loads((art / "manifest.json").read_text())
+
+
+def _objdump_zmm(art: Path) -> list[str]:
+    """Lines of the artifact's shared objects that name a zmm register."""
+    hits = []
+    for so in art.rglob("*.so"):
+        r = subprocess.run(["objdump", "-d", str(so)], capture_output=True, text=True, check=True)
+        hits += [ln for ln in r.stdout.splitlines() if "%zmm" in ln]
+    return hits
+
+
+@avx2
+@pytest.mark.parametrize(
+    "group,w8a8,head8", [(32, True, False), (0, False, True)], ids=["g32+w8a8", "perchannel+head8"]
+)
+def test_model_matches_interpreter(tmp_path, monkeypatch, group, w8a8, head8):
+    """GPT-style toy through the AVX2 kernels with ``LLMC_CPU_ISA=avx2`` on any AVX2 host:
+    prefill and decode match the interpreter, the rules ran, the code has no zmm register, the
+    manifest records AVX2-level flags only, and the codes are stored once (inverse layouts)."""
+    import shutil
+
+    from safetensors import safe_open
+
+    monkeypatch.setenv(ISA_ENV, "avx2")
+    g = _compress(toy_lm(hidden=64, ffn=200 if group == 0 else 192), group, w8a8, head8)
+    art = compile_graph(g, "cpu", tmp_path / "cpu")
+    man = _check_against_interp(g, art)
+    rules = man["backend"]["lowering_rules"]
+    assert rules.get("cpu.linear.avx2_q4")
+    assert not rules.get("cpu.linear.panel_q4") and not rules.get("cpu.linear.vnni_q4")
+    assert bool(rules.get("cpu.qlinear_a8.avx2")) == w8a8
+    assert bool(rules.get("cpu.linear.avx2_q8w")) == head8
+    cpu = man["backend"]["cpu"]
+    assert not [f for f in cpu["isa"] if f.startswith("avx512")]
+    assert "avx2" in cpu["isa"]
+    if shutil.which("objdump"):
+        assert _objdump_zmm(art) == []
+    with safe_open(art / "params.safetensors", "pt") as f:
+        assert not [k for k in f.keys() if k.endswith("qvalue")], list(f.keys())
+
+
+def test_avx2_artifact_refused_without_avx2(tmp_path, monkeypatch):
+    """The runtime's host check reads the recorded flags: an AVX2 artifact on a CPU without
+    AVX2 is refused with one line naming the artifact."""
+    from llmc.errors import LlmcError
+    from llmc.runtime import tvm_runner
+
+    man = {
+        "target_kind": "cpu",
+        "target": "cpu",
+        "backend": {"cpu": {"mcpu": "haswell", "isa": ["sse4_2", "avx", "avx2", "fma"]}},
+    }
+    monkeypatch.setattr("llmc.targets.cpu_isa.host_isa_flags", lambda cpuinfo="": ["sse4_2", "avx"])
+    with pytest.raises(LlmcError, match="avx2, fma") as e:
+        tvm_runner.check_host(man, tmp_path)
+    assert "\n" not in str(e.value)
