@@ -19,10 +19,10 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def test_eval_dtype_bf16_is_close_to_f32(capsys) -> None:
-    rc, out, err = run(capsys, "eval", "tiny", "--max-tokens", "2048", "--json")
+    rc, out, err = run(capsys, "eval", "tiny", "--max-tokens", "1024", "--json")
     assert rc == 0, err
     f32 = json.loads(out)["perplexity"]
-    rc, out, err = run(capsys, "eval", "tiny", "--dtype", "bf16", "--max-tokens", "2048", "--json")
+    rc, out, err = run(capsys, "eval", "tiny", "--dtype", "bf16", "--max-tokens", "1024", "--json")
     assert rc == 0, err
     bf16 = json.loads(out)["perplexity"]
     assert bf16 != f32 and abs(bf16 - f32) / f32 < 0.02
