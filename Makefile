@@ -31,11 +31,12 @@ STAMP := $(VENV)/.llmc-installed-$(PYPROJECT_HASH)
 export PIP_NO_INPUT := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help setup install toolchain real-model demo test lint format clean distclean
+.PHONY: help setup install toolchain real-model demo test test-slow lint format clean distclean
 
 help:
 	@echo "make demo       set up, then compile, run and evaluate the built-in tiny model"
 	@echo "make test       set up, then run the test suite (pytest $(PYTEST_ARGS))"
+	@echo "make test-slow  set up, then run only the tests marked slow (excluded from make test)"
 	@echo "make lint       ruff format --check and ruff check"
 	@echo "make format     ruff format and ruff check --fix"
 	@echo "make setup      only the set-up: .venv, the project, the cross-compilation toolchain"
@@ -79,6 +80,11 @@ real-model: install
 
 test: setup real-model
 	LLMC_REQUIRE_TOOLCHAIN=$(LLMC_REQUIRE_TOOLCHAIN) $(PY) -m pytest $(PYTEST_ARGS)
+
+# @pytest.mark.slow: a costlier variant of a behaviour make test already covers (each test says
+# which); pyproject's addopts deselects them, -m slow selects only them
+test-slow: setup real-model
+	LLMC_REQUIRE_TOOLCHAIN=$(LLMC_REQUIRE_TOOLCHAIN) $(PY) -m pytest $(PYTEST_ARGS) -m slow
 
 lint: install
 	$(VENV)/bin/ruff format --check .

@@ -157,7 +157,7 @@ def test_compile_run_eval_tiny(capsys, tmp_path: Path) -> None:
     assert rc == 0, err
     r = json.loads(o)
     assert r["new_tokens"] == 12 and isinstance(r["completion"], str)
-    rc, o, err = run_cli(capsys, "eval", str(out), "--json", "--max-tokens", "4096")
+    rc, o, err = run_cli(capsys, "eval", str(out), "--json", "--max-tokens", "1024")
     assert rc == 0, err
     e = json.loads(o)
     assert {"perplexity", "tokens", "uniform_perplexity", "model"} <= set(e)

@@ -19,10 +19,10 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def test_eval_dtype_bf16_is_close_to_f32(capsys) -> None:
-    rc, out, err = run(capsys, "eval", "tiny", "--max-tokens", "2048", "--json")
+    rc, out, err = run(capsys, "eval", "tiny", "--max-tokens", "1024", "--json")
     assert rc == 0, err
     f32 = json.loads(out)["perplexity"]
-    rc, out, err = run(capsys, "eval", "tiny", "--dtype", "bf16", "--max-tokens", "2048", "--json")
+    rc, out, err = run(capsys, "eval", "tiny", "--dtype", "bf16", "--max-tokens", "1024", "--json")
     assert rc == 0, err
     bf16 = json.loads(out)["perplexity"]
     assert bf16 != f32 and abs(bf16 - f32) / f32 < 0.02
@@ -116,7 +116,7 @@ def test_eval_data_file_text_and_jsonl(capsys, tmp_path: Path) -> None:
     what is scored."""
     from llmc.data import corpus_text
 
-    text = corpus_text("heldout")[:6000]
+    text = corpus_text("heldout")[:2000]
     docs = text.split("\n\n")
     (tmp_path / "a.txt").write_text("\n\n".join(docs), encoding="utf-8")
     (tmp_path / "a.jsonl").write_text(
@@ -129,7 +129,7 @@ def test_eval_data_file_text_and_jsonl(capsys, tmp_path: Path) -> None:
         assert rc == 0, err
         res[name] = json.loads(out)
     assert res["a.txt"]["perplexity"] == res["a.jsonl"]["perplexity"]
-    assert res["a.txt"]["windows"] == 6000 // 256 and res["a.txt"]["split"] == "file"
+    assert res["a.txt"]["windows"] == 2000 // 256 and res["a.txt"]["split"] == "file"
     rc, out, err = run(capsys, "eval", "tiny", "--data", str(tmp_path / "a.txt"), "--limit", "3")
     assert rc == 0, err
     rc, out, err = run(
@@ -159,7 +159,7 @@ def test_eval_data_hf_dataset(capsys, monkeypatch, tmp_path: Path) -> None:
 
     from llmc.data import corpus_text
 
-    docs = corpus_text("heldout")[:6000].split("\n\n")
+    docs = corpus_text("heldout")[:2000].split("\n\n")
     (tmp_path / "a.txt").write_text("\n\n".join(docs), encoding="utf-8")
     rows = [{"text": d, "id": i} for i, d in enumerate(docs)] + [{"text": "  ", "id": -1}]
     calls = []

@@ -7,6 +7,8 @@ against the reference interpreter."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -24,12 +26,21 @@ def _target():
     return tvm.target.Target({"kind": "llvm", "mcpu": host_cpu()})
 
 
+@functools.cache
+def _kernel(h, kvh, d, dtype, scale, causal, window, softcap, rows):
+    """The compiled kernel, built once per configuration (the sequence lengths and pasts are
+    run-time arguments: the cases of one configuration share a build)."""
+    import tvm
+
+    f = A.attention_sync(h, kvh, d, dtype, scale, causal, window, softcap, rows=rows)
+    return tvm.compile(tvm.IRModule({"main": f}), target=_target())["main"]
+
+
 def _check(h, kvh, d, s, past, causal, window, softcap=0.0, dtype="float32", b=2, rows=A.ROWS):
     import tvm
 
     scale = d**-0.5
-    f = A.attention_sync(h, kvh, d, dtype, scale, causal, window, softcap, rows=rows)
-    fn = tvm.compile(tvm.IRModule({"main": f}), target=_target())["main"]
+    fn = _kernel(h, kvh, d, dtype, scale, causal, window, softcap, rows)
     t = past + s
     gen = torch.Generator().manual_seed(h * 1000 + s * 10 + past)
     q = torch.randn(b, h, s, d, generator=gen) * 2
