@@ -86,7 +86,7 @@ def test_compile_shows_loading_passes_and_calibration(monkeypatch, capsys, tmp_p
     assert rc == 0, err
     for needle in (
         "loading tiny",
-        "reading weights",  # the safetensors bar
+        "mapping weights",  # the safetensors bar (tensors are mapped, not read)
         "pass 1/2 wanda",
         "wanda calibrate",  # the per-layer bar
         "/5 [",  # embed + 4 layers (the last redraw may be 4/5: tqdm redraws every 0.1 s)

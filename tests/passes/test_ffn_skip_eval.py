@@ -63,11 +63,20 @@ def test_one_pass_matches_generate(lm: InterpLM) -> None:
         steps.append(lm.last_skips[0])
         return out
 
+    forward_last = lm.forward_last
+
+    def recording_last(ids: torch.Tensor, pos: torch.Tensor, past: KV):  # noqa: ANN202
+        out = forward_last(ids, pos, past)  # generation's prefill: the last-row head
+        steps.append(lm.last_skips[0])
+        return out
+
     lm.forward = recording  # type: ignore[method-assign]
+    lm.forward_last = recording_last  # type: ignore[method-assign]
     try:
         res = generate(lm, prompt, 40)
     finally:
         del lm.forward
+        del lm.forward_last
     decoded = torch.cat(steps)  # prompt rows, then one row per fed-back token
     full = torch.tensor([prompt + res.tokens[:-1]])
     lm.decode_start = len(prompt)
