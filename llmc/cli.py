@@ -752,7 +752,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(
         prog="llmc",
         description="Ahead-of-time compiler for transformer language models.",
-        epilog="MODEL is a Hugging Face directory, a built-in name (tiny, llama2-7b, ...) or file.py:factory.",
+        epilog=(
+            "MODEL is a Hugging Face directory, a built-in name (tiny, llama2-7b, ...) or "
+            "file.py:factory. Environment: LLMC_PROGRESS=1/0 (progress on stderr), "
+            "LLMC_CPU_ISA=avx512_vnni|avx2|portable (CPU kernel family, default: the host's), "
+            "TVM_NUM_THREADS (CPU threads)."
+        ),
     )
     ap.add_argument("--version", action="version", version=f"llmc {llmc.__version__}")
     ap.add_argument("--debug", action="store_true", help="show tracebacks (or LLMC_DEBUG=1)")
