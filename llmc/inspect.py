@@ -54,6 +54,7 @@ def _numel(p: Any) -> int:
 def format_key(p: Any) -> str:
     """A param's storage as one short label: ``f32``, ``f32 int4 g64 sym rtn``,
     ``f32 int4 g32 sym rtn a8 ag32`` (int8 activations in blocks of 32),
+    ``f32 int4 g32 sym rtn sf16`` (float16 scales),
     ``f32 2:4``, ``f32 unstructured``, ``f32 int8 g0 sym gptq 2:4`` (density is per weight and
     shown separately, as the layer's sparsity)."""
     parts = [str(p.type.dtype)]
@@ -62,6 +63,8 @@ def format_key(p: Any) -> str:
         parts.append(f"int{q.bits} g{q.group} {'sym' if q.symmetric else 'asym'} {q.method}")
         if q.act_bits:
             parts.append(f"a{q.act_bits} ag{q.act_group}")
+        if q.scale_dtype != "f32":
+            parts.append(f"s{q.scale_dtype}")
     sp = p.format.sparsity
     if sp is not None:
         parts.append(f"{sp.n}:{sp.m}" if sp.kind == "nm" else "unstructured")

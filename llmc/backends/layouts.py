@@ -20,7 +20,8 @@ Layouts (``key`` is the suffix of the weight's argument name):
 - ``q4.codes``/``q4.scale``/``q4.zero``: 4-bit codes packed two per byte along ``in``
   (``[out, in/2]`` uint8, low nibble first) stored as ``code - qmin``, per-group scales
   ``[out, in/group]`` and, for asymmetric quantization, per-group offsets ``zero - qmin`` (float),
-  so ``w = (nibble - offset) * scale`` with ``offset = -qmin`` when symmetric.
+  so ``w = (nibble - offset) * scale`` with ``offset = -qmin`` when symmetric. Scales and
+  offsets are laid out in :func:`scale_dtype` (float16 for ``scale_dtype=f16`` weights).
 - ``q8g.codes``/``q8g.offset`` (with ``q4.scale``): 5..8-bit weight-only quantization: int8
   codes ``[out, in]`` and per-group offsets (the zero point, 0 when symmetric),
   ``w = (code - offset) * scale``.
@@ -240,6 +241,15 @@ def _q4_zero(p: Param, dt: str) -> torch.Tensor:
         return (z - q.qmin).to(to_torch_dtype(dt))
 
     return _meta_or(p, (n, k // _group(p)), dt, f)
+
+
+def scale_dtype(p: Param, dt: str) -> str:
+    """The llmc dtype a quantized weight's ``q4.scale`` and its offsets (``q4.zero``,
+    ``q8g.offset``) are laid out in for compute dtype ``dt``: ``f16`` when the weight records
+    ``scale_dtype=f16`` (``QuantSpec``, "Scale precision": the stored halves, read 2 bytes each
+    and widened to float32 in the dequantize; offsets are small integers, exact in f16), else
+    ``dt``."""
+    return "f16" if _q(p).scale_dtype == "f16" else dt
 
 
 register_layout(

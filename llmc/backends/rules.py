@@ -24,7 +24,7 @@ from typing import Any
 from tvm import relax, tirx
 
 from llmc.backends.kernels import te_ops
-from llmc.backends.layouts import tvm_dtype
+from llmc.backends.layouts import scale_dtype, tvm_dtype
 from llmc.backends.lower import KVCacheRef, LowerCtx
 from llmc.backends.rules_moe import moe_routed, routed_ok
 from llmc.backends.rules_prune import PRUNE_RULES
@@ -551,8 +551,9 @@ def _linear_q4(ctx: LowerCtx, n: Node) -> relax.Expr:
     assert p is not None and p.format.quant is not None
     g = p.format.quant.group or int(p.type.shape[1])
     codes = ctx.weight(p, "q4.codes")
-    scale = ctx.weight(p, "q4.scale", dt)
-    offset = ctx.weight(p, "q4.zero", dt)
+    sdt = scale_dtype(p, dt)  # QuantSpec.scale_dtype: f16 halves, widened in the dequantize
+    scale = ctx.weight(p, "q4.scale", sdt)
+    offset = ctx.weight(p, "q4.zero", sdt)
     y = ctx.emit_te(te_ops.linear_q4, x, codes, scale, offset, g, "float32", name="linear_q4")
     return add_bias_cast(ctx, n, y, dt)
 
@@ -564,8 +565,9 @@ def _linear_q8g(ctx: LowerCtx, n: Node) -> relax.Expr:
     assert p is not None and p.format.quant is not None
     g = p.format.quant.group or int(p.type.shape[1])
     codes = ctx.weight(p, "q8g.codes")
-    scale = ctx.weight(p, "q4.scale", dt)
-    offset = ctx.weight(p, "q8g.offset", dt)
+    sdt = scale_dtype(p, dt)  # QuantSpec.scale_dtype: f16 halves, widened in the dequantize
+    scale = ctx.weight(p, "q4.scale", sdt)
+    offset = ctx.weight(p, "q8g.offset", sdt)
     y = ctx.emit_te(te_ops.linear_q8g, x, codes, scale, offset, g, "float32", name="linear_q8g")
     return add_bias_cast(ctx, n, y, dt)
 

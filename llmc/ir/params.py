@@ -8,7 +8,8 @@ a :class:`StorageFormat` saying how it is stored:
   ``SparsitySpec`` says whether the pattern is unstructured or N:M (N non-zeros in every group of M
   consecutive elements along the input dimension, the last axis);
 - quantized (``StorageFormat.quant``): ``data["qvalue"]`` holds integer codes (int8 storage, one
-  code per element, unpacked), ``data["scale"]`` the scales (float, shape ``[out, in // group]`` or
+  code per element, unpacked), ``data["scale"]`` the scales (float32, or float16 with
+  ``QuantSpec.scale_dtype = "f16"``; shape ``[out, in // group]`` or
   ``[out, 1]`` per channel) and, when asymmetric, ``data["zero"]`` the zero points (same shape as
   the scale). The dequantized value is ``(qvalue - zero) * scale`` per group.
 
@@ -30,6 +31,12 @@ from llmc.ir.types import DTYPE_BYTES, TensorType, from_torch_dtype
 ACT_BITS = (0, 8)
 #: the int8 activation code range is [-ACT_QMAX, ACT_QMAX] (symmetric, like llama.cpp's q8_0)
 ACT_QMAX = 127
+#: dtypes a quantized weight's scales may be stored in (``QuantSpec.scale_dtype``)
+SCALE_DTYPES = ("f32", "f16")
+#: the f16 scale range: a scale rounds into [F16_SCALE_MIN, F16_SCALE_MAX] (smallest subnormal,
+#: largest finite half), so a tiny group never gets a zero scale (see "Scale precision")
+F16_SCALE_MIN = 2.0**-24
+F16_SCALE_MAX = 65504.0
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,15 @@ class QuantSpec:
     ``act_group = 32``, so q4_0/q8_0 weights with ``act_bits=8, act_group=32`` compute what
     llama.cpp computes. The semantics do not depend on the target; the reference is
     :func:`fake_quant_act`.
+
+    Scale precision (``scale_dtype``; the contract every backend implements or refuses):
+    ``f32`` (the default) stores ``data["scale"]`` in float32. ``f16`` stores it in float16,
+    llama.cpp's q4_0/q8_0 block scale: the quantizer rounds each scale to half precision
+    (round-to-nearest-even, clamped to ``[F16_SCALE_MIN, F16_SCALE_MAX]``) *before* it chooses
+    the codes, so the codes are the nearest ones for the scale actually stored, and dequantization
+    is ``(q - zero) * float32(scale)`` (the half widened exactly). Reads cost 2 bytes per scale
+    instead of 4 (``Param.storage_bytes``). The reference is :func:`dequantize`;
+    :func:`round_scale` is the rounding.
     """
 
     bits: int
@@ -62,6 +78,7 @@ class QuantSpec:
     method: str = "rtn"
     act_bits: int = 0
     act_group: int = 0
+    scale_dtype: str = "f32"
 
     def __post_init__(self) -> None:
         if not 2 <= self.bits <= 8:
@@ -77,6 +94,13 @@ class QuantSpec:
                 f"act_group must be >= 0 and only set with act_bits=8, got act_group="
                 f"{self.act_group} with act_bits={self.act_bits}"
             )
+        if self.scale_dtype not in SCALE_DTYPES:
+            raise IRError(f"scale_dtype must be f32 or f16, got {self.scale_dtype!r}")
+
+    @property
+    def scale_torch_dtype(self) -> torch.dtype:
+        """The torch dtype ``data["scale"]`` is stored in."""
+        return torch.float16 if self.scale_dtype == "f16" else torch.float32
 
     @property
     def qmin(self) -> int:
@@ -120,6 +144,8 @@ class StorageFormat:
         if self.quant is not None:
             q = self.quant
             act = f", act_bits={q.act_bits}, act_group={q.act_group}" if q.act_bits else ""
+            if q.scale_dtype != "f32":
+                act += f", scale_dtype={q.scale_dtype}"
             parts.append(
                 f"quant(bits={q.bits}, group={q.group}, "
                 f"sym={'true' if q.symmetric else 'false'}, method={q.method}{act})"
@@ -191,10 +217,12 @@ class Param:
         if q is None:
             return float(kept * DTYPE_BYTES[self.type.dtype] + index_bytes)
         nbytes = kept * q.bits / 8 + index_bytes
-        for key in ("scale", "zero"):
-            t = self.data.get(key)
-            if t is not None:
-                nbytes += t.numel() * (2 if key == "scale" else q.bits / 8)
+        scale = self.data.get("scale")
+        if scale is not None:  # its real dtype: 4 bytes (f32) or 2 (scale_dtype=f16)
+            nbytes += scale.numel() * scale.element_size()
+        zero = self.data.get("zero")
+        if zero is not None:
+            nbytes += zero.numel() * q.bits / 8
         return float(nbytes)
 
     def with_data(self, fmt: StorageFormat, data: dict[str, torch.Tensor]) -> Param:
@@ -203,6 +231,16 @@ class Param:
 
 def group_count(in_features: int, group: int) -> int:
     return 1 if group == 0 else in_features // group
+
+
+def round_scale(scale: torch.Tensor, scale_dtype: str) -> torch.Tensor:
+    """``scale`` as the quantizer must use it (see :class:`QuantSpec`, "Scale precision"):
+    unchanged for ``f32``; for ``f16`` clamped to ``[F16_SCALE_MIN, F16_SCALE_MAX]`` and rounded
+    to half precision (round-to-nearest-even), returned widened back to ``scale``'s dtype
+    (exact: float32 and float64 hold every half)."""
+    if scale_dtype == "f32":
+        return scale
+    return scale.clamp(F16_SCALE_MIN, F16_SCALE_MAX).to(torch.float16).to(scale.dtype)
 
 
 def fake_quant_act(x: torch.Tensor, act_bits: int, act_group: int) -> torch.Tensor:
@@ -276,6 +314,10 @@ def check_param(p: Param) -> list[str]:
         want = (shape[0], group_count(shape[1], q.group))
         if tuple(scale.shape) != want:
             errs.append(f"param @{p.name}: scale shape {tuple(scale.shape)} != {want}")
+        if scale.dtype != q.scale_torch_dtype:
+            errs.append(
+                f"param @{p.name}: scale dtype {scale.dtype} != scale_dtype={q.scale_dtype}"
+            )
         if not q.symmetric and "zero" not in p.data:
             errs.append(f"param @{p.name}: asymmetric quantization needs data['zero']")
         if codes.device.type != "meta" and codes.numel():

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from llmc.errors import ParseError
+from llmc.errors import IRError, ParseError
 from llmc.ir.graph import Graph, Node, Value
 from llmc.ir.params import DENSE, Param, QuantSpec, SparsitySpec, StorageFormat, group_count
 from llmc.ir.registry import get_op
@@ -314,16 +314,20 @@ def _parse_param(lx: _Lexer, g: Graph) -> None:
         if t == "dense":
             lx.next()
         elif t == "quant":
-            lx.next()
+            qpos = lx.next()[2]
             kw = _parse_kwargs(lx)
-            quant = QuantSpec(
-                bits=int(kw["bits"]),
-                group=int(kw.get("group", 0)),
-                symmetric=kw.get("sym", "true") == "true",
-                method=str(kw.get("method", "rtn")),
-                act_bits=int(kw.get("act_bits", 0)),
-                act_group=int(kw.get("act_group", 0)),
-            )
+            try:
+                quant = QuantSpec(
+                    bits=int(kw["bits"]),
+                    group=int(kw.get("group", 0)),
+                    symmetric=kw.get("sym", "true") == "true",
+                    method=str(kw.get("method", "rtn")),
+                    act_bits=int(kw.get("act_bits", 0)),
+                    act_group=int(kw.get("act_group", 0)),
+                    scale_dtype=str(kw.get("scale_dtype", "f32")),
+                )
+            except IRError as e:
+                raise lx.error(f"param {name}: {e}", qpos) from None
         elif t == "sparse":
             lx.next()
             kw = _parse_kwargs(lx)
@@ -363,7 +367,7 @@ def _meta_data(t: TensorType, fmt: StorageFormat) -> dict[str, torch.Tensor]:
     groups = group_count(shape[-1], fmt.quant.group)
     data = {
         "qvalue": torch.empty(shape, dtype=torch.int8, device="meta"),
-        "scale": torch.empty((shape[0], groups), dtype=torch.float32, device="meta"),
+        "scale": torch.empty((shape[0], groups), dtype=fmt.quant.scale_torch_dtype, device="meta"),
     }
     if not fmt.quant.symmetric:
         data["zero"] = torch.empty((shape[0], groups), dtype=torch.int8, device="meta")

@@ -55,7 +55,7 @@ class GPTQQuant(QuantBase):
         zeros = None if sym else torch.zeros(rows, n_groups, dtype=torch.float64)
         if static:
             for gi in range(n_groups):
-                s, z = find_params(W[:, gi * g : (gi + 1) * g], bits, sym)
+                s, z = find_params(W[:, gi * g : (gi + 1) * g], bits, sym, self.scale_dtype)
                 scales[:, gi] = s[:, 0]
                 if zeros is not None and z is not None:
                     zeros[:, gi] = z[:, 0]
@@ -85,6 +85,7 @@ class GPTQQuant(QuantBase):
                         else torch.cat([W1[:, i:], W[:, i2 : col + g]], dim=1),
                         bits,
                         sym,
+                        self.scale_dtype,
                     )
                     scales[:, gi] = s[:, 0]
                     if zeros is not None and z is not None:

@@ -1,6 +1,7 @@
 """Shared machinery of the weight-quantization passes (rtn, gptq, w8a8).
 
-Codes are stored one per element in int8 tensors, scales in float32 ``[out, in // group]`` (or
+Codes are stored one per element in int8 tensors, scales in float32 (or float16, ``scale_dtype``)
+``[out, in // group]`` (or
 ``[out, 1]`` per channel), zero points (asymmetric only) in int8, exactly as
 :mod:`llmc.ir.params` defines; the interpreter dequantizes ``(q - zero) * scale``.
 
@@ -26,6 +27,12 @@ Activation precision (``act_bits``, ``act_group``): recorded in every quantized 
 weight with q8 activations); the linear reading the weight then quantizes its input row to int8
 per block of ``act_group`` elements (the effective block per layer, chosen like ``group``).
 ``rtn:bits=4:group=32:act_bits=8`` is llama.cpp's q4_0 x q8_0 arithmetic.
+
+Scale precision (``scale_dtype``): ``f32`` (default) or ``f16``, recorded in every quantized
+weight's :class:`~llmc.ir.params.QuantSpec` (the head's too). With ``f16`` each scale is rounded
+to half precision before the codes are chosen (:func:`~llmc.ir.params.round_scale`) and stored as
+float16: ``rtn:bits=4:group=32:scale_dtype=f16`` stores 0.5625 bytes per weight like llama.cpp's
+q4_0 (``bits=8``: 1.0625, q8_0).
 """
 
 from __future__ import annotations
@@ -38,7 +45,15 @@ import torch
 
 from llmc.errors import PassError
 from llmc.ir.graph import Graph
-from llmc.ir.params import ACT_BITS, Param, QuantSpec, StorageFormat, group_count
+from llmc.ir.params import (
+    ACT_BITS,
+    SCALE_DTYPES,
+    Param,
+    QuantSpec,
+    StorageFormat,
+    group_count,
+    round_scale,
+)
 from llmc.passes.base import CalibrationError, Pass, PassContext, PassOptionError
 from llmc.passes.calibration import InputStats, output_error, run_layerwise
 from llmc.passes.select import DEFAULT_EXCLUDE, Target, matches, module_path, select_linears
@@ -75,15 +90,19 @@ def qrange(bits: int, sym: bool) -> tuple[int, int]:
     return 0, 2**bits - 1
 
 
-def find_params(w: torch.Tensor, bits: int, sym: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Scale ``[rows, 1]`` (and zero point) for each row of ``w`` (a group of columns)."""
+def find_params(
+    w: torch.Tensor, bits: int, sym: bool, scale_dtype: str = "f32"
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Scale ``[rows, 1]`` (and zero point) for each row of ``w`` (a group of columns). With
+    ``scale_dtype="f16"`` the scale is rounded to half precision first (``round_scale``), so the
+    zero point and the codes are chosen for the scale actually stored."""
     if sym:
         _, qmax = qrange(bits, True)
         scale = w.abs().amax(dim=1, keepdim=True).clamp_min(1e-10) / qmax
-        return scale, None
+        return round_scale(scale, scale_dtype), None
     lo = w.amin(dim=1, keepdim=True).clamp_max(0)
     hi = w.amax(dim=1, keepdim=True).clamp_min(0)
-    scale = ((hi - lo) / (2**bits - 1)).clamp_min(1e-10)
+    scale = round_scale(((hi - lo) / (2**bits - 1)).clamp_min(1e-10), scale_dtype)
     zero = torch.round(-lo / scale)
     return scale, zero
 
@@ -108,9 +127,15 @@ RTN_CHUNK = 1 << 22
 
 
 def rtn_quantize(
-    w: torch.Tensor, bits: int, group: int, sym: bool, keep: torch.Tensor | None = None
+    w: torch.Tensor,
+    bits: int,
+    group: int,
+    sym: bool,
+    keep: torch.Tensor | None = None,
+    scale_dtype: str = "f32",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Round-to-nearest: int8 codes ``[out, in]``, scales ``[out, groups]``, zeros or None.
+    """Round-to-nearest: int8 codes ``[out, in]``, scales ``[out, groups]`` (float32 holding
+    half-precision values with ``scale_dtype="f16"``), zeros or None.
 
     Rows are independent, so they are quantized a block of rows at a time (``RTN_CHUNK``
     elements): the float temporaries stay small whatever the weight's size (a 131M-element
@@ -124,7 +149,7 @@ def rtn_quantize(
         wc = w[r0 : r0 + rows]
         n = wc.shape[0]
         wg = wc.reshape(n * (in_f // g), g)
-        scale, zero = find_params(wg, bits, sym)
+        scale, zero = find_params(wg, bits, sym, scale_dtype)
         q = quantize_cols(wg, scale, zero, bits, sym).reshape(n, in_f)
         scale = scale.reshape(n, in_f // g)
         z = zero.reshape(n, in_f // g) if zero is not None else None
@@ -199,7 +224,7 @@ def store_quantized(
     codes = codes if codes.dtype == torch.int8 else codes.round().to(torch.int8)
     data = {
         "qvalue": keep(codes.contiguous()),  # spilled during a compile (llmc.safetensors_io)
-        "scale": scale.to(torch.float32).contiguous(),
+        "scale": scale.to(spec.scale_torch_dtype).contiguous(),  # QuantSpec.scale_dtype
     }
     if zero is not None:
         data["zero"] = zero.round().to(torch.int8).contiguous()
@@ -229,6 +254,9 @@ class QuantBase(Pass):
     # (default 32, llama.cpp's q8_0 block; 0: one scale per row)
     act_bits: int = 0
     act_group: int | None = None
+    # the scales' storage (QuantSpec.scale_dtype): f32, or f16 (llama.cpp's q4_0/q8_0 block
+    # scale: rounded to half before the codes are chosen, 2 bytes per group instead of 4)
+    scale_dtype: str = "f32"
 
     needs_calibration: ClassVar[bool] = False
     needs_hessian: ClassVar[bool] = False
@@ -256,6 +284,8 @@ class QuantBase(Pass):
                 raise PassOptionError(
                     f"act_group must be >= 0 (0 = one scale per row), got {self.act_group}"
                 )
+        if self.scale_dtype not in SCALE_DTYPES:
+            raise PassOptionError(f"scale_dtype must be f32 or f16, got {self.scale_dtype!r}")
         if not self.sym and self.bits == 8:
             raise PassOptionError(
                 "asymmetric 8-bit codes (0..255) do not fit llmc's int8 code storage; "
@@ -280,9 +310,10 @@ class QuantBase(Pass):
         g = effective_group(t.in_features, self.group)
         ab = self.act_bits
         ag = effective_group(t.in_features, self._act_group()) if ab else 0
+        sd = self.scale_dtype
         if id(t.node) in heads:
-            return QuantSpec(self.head_bits, g, True, "rtn", ab, ag)
-        return QuantSpec(self.bits, g, self.sym, self.method, ab, ag)
+            return QuantSpec(self.head_bits, g, True, "rtn", ab, ag, sd)
+        return QuantSpec(self.bits, g, self.sym, self.method, ab, ag, sd)
 
     def _act_group(self) -> int:
         return DEFAULT_ACT_GROUP if self.act_group is None else self.act_group
@@ -298,6 +329,8 @@ class QuantBase(Pass):
         rep.set(bits=self.bits, group=self.group, sym=self.sym, layers_targeted=len(targets))
         if self.act_bits:
             rep.set(act_bits=self.act_bits, act_group=self._act_group())
+        if self.scale_dtype != "f32":
+            rep.set(scale_dtype=self.scale_dtype)
         if heads:
             rep.set(head={"bits": self.head_bits, "params": [t.param.name for t in heads]})
         if not targets:
@@ -309,7 +342,7 @@ class QuantBase(Pass):
                 shape = (t.out_features, group_count(t.in_features, g))
                 meta = {
                     "qvalue": torch.empty(t.param.type.shape, dtype=torch.int8, device="meta"),
-                    "scale": torch.empty(shape, dtype=torch.float32, device="meta"),
+                    "scale": torch.empty(shape, dtype=spec.scale_torch_dtype, device="meta"),
                 }
                 if not spec.symmetric:
                     meta["zero"] = torch.empty(shape, dtype=torch.int8, device="meta")
@@ -330,7 +363,7 @@ class QuantBase(Pass):
             g = spec.group
             t0 = time.perf_counter()
             if id(t.node) in head_ids:
-                codes, scale, zero = rtn_quantize(w, spec.bits, g, True, keep)
+                codes, scale, zero = rtn_quantize(w, spec.bits, g, True, keep, spec.scale_dtype)
             else:
                 codes, scale, zero = self.quantize(w, g, stats, keep)
             store_quantized(t.param, codes, scale, zero, spec)

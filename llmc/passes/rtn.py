@@ -20,4 +20,4 @@ class RTNQuant(QuantBase):
     def quantize(
         self, w: torch.Tensor, group: int, stats: InputStats | None, keep: torch.Tensor | None
     ):
-        return rtn_quantize(w, self.bits, group, self.sym, keep)
+        return rtn_quantize(w, self.bits, group, self.sym, keep, self.scale_dtype)

@@ -16,7 +16,13 @@ from tvm import relax
 
 from llmc.backends.kernels import cpu_avx2, te_ops
 from llmc.backends.kernels.cpu_vnni import group_sums
-from llmc.backends.layouts import Layout, panel_count, register_layout, tvm_dtype
+from llmc.backends.layouts import (
+    Layout,
+    panel_count,
+    register_layout,
+    scale_dtype,
+    tvm_dtype,
+)
 from llmc.backends.lower import LowerCtx
 from llmc.backends.rules import add_bias_cast, flatten_rows, unflatten_rows, weight_param
 from llmc.ir.graph import Node
@@ -121,9 +127,9 @@ def linear_q(ctx: LowerCtx, n: Node, kernel: str, parts: int) -> relax.Expr:
     dig = ctx.emit_te(cpu_avx2.act_digits, x, kp, ab, parts, name="avx2_digits")
     gsum = ctx.emit_te(group_sums, x, g, name="avx2_gsum")
     codes = ctx.weight(p, f"vnni{NB}.{kernel}.codes")
-    scale = ctx.weight(p, f"panel{NB}.q4.scale", dt)
-    offset = ctx.weight(p, f"panel{NB}.q4.zero", dt)
-    sdt, m = tvm_dtype(dt), _static_rows(x)
+    scale = ctx.weight(p, f"panel{NB}.q4.scale", scale_dtype(p, dt))
+    offset = ctx.weight(p, f"panel{NB}.q4.zero", scale_dtype(p, dt))
+    sdt, m = tvm_dtype(scale_dtype(p, dt)), _static_rows(x)
     fn = cpu_avx2.q4_avx2 if kernel == "q4" else cpu_avx2.q8w_avx2
     y = ctx.call_kernel(
         (f"{kernel}_avx2", in_f, out_f, g, parts, sdt, m),

@@ -28,6 +28,7 @@ from llmc.backends.layouts import (
     nm_of,
     panel_count,
     register_layout,
+    scale_dtype,
     tvm_dtype,
 )
 from llmc.backends.lower import PREFILL_LAST, Entry, LowerCtx
@@ -282,9 +283,9 @@ def _linear_panel_q4(ctx: LowerCtx, n: Node) -> relax.Expr:
     g = p.format.quant.group or in_f
     x, lead = flatten_rows(ctx, ctx.arg(n.inputs[0]))
     codes = ctx.weight(p, f"panel{NB}.q4.codes")
-    scale = ctx.weight(p, f"panel{NB}.q4.scale", dt)
-    offset = ctx.weight(p, f"panel{NB}.q4.zero", dt)
-    xdt, sdt, m = x.ty.dtype, tvm_dtype(dt), _static_rows(x)
+    scale = ctx.weight(p, f"panel{NB}.q4.scale", scale_dtype(p, dt))
+    offset = ctx.weight(p, f"panel{NB}.q4.zero", scale_dtype(p, dt))
+    xdt, sdt, m = x.ty.dtype, tvm_dtype(scale_dtype(p, dt)), _static_rows(x)
     y = ctx.call_kernel(
         ("panel_gemm_q4", in_f, out_f, NB, g, xdt, sdt, m, vector_bits()),
         lambda: cpu_kernels.panel_gemm_q4(in_f, out_f, NB, g, xdt, sdt, m, vector_bits()),
@@ -339,8 +340,8 @@ def _linear_vnni_q4(ctx: LowerCtx, n: Node, kernel: str = "q4") -> relax.Expr:
         digits, xs = ctx.emit(relax.TupleGetItem(dig, 0)), ctx.emit(relax.TupleGetItem(dig, 1))
         gsum = ctx.emit_te(cpu_vnni.group_sums, x, g, name="vnni_gsum")
     codes = ctx.weight(p, f"vnni{NB}.{kernel}.codes")
-    scale = ctx.weight(p, f"panel{NB}.q4.scale", dt)
-    sdt, m = tvm_dtype(dt), _static_rows(x)
+    scale = ctx.weight(p, f"panel{NB}.q4.scale", scale_dtype(p, dt))
+    sdt, m = tvm_dtype(scale_dtype(p, dt)), _static_rows(x)
     # symmetric codes: the offset is -qmin everywhere, one shared row instead of a stream
     shared = "zero" not in p.data and q.symmetric
     if shared:
@@ -348,7 +349,7 @@ def _linear_vnni_q4(ctx: LowerCtx, n: Node, kernel: str = "q4") -> relax.Expr:
 
         offset = relax.const(np.full((1, 1, NB), -q.qmin, dtype=sdt))
     else:
-        offset = ctx.weight(p, f"panel{NB}.q4.zero", dt)
+        offset = ctx.weight(p, f"panel{NB}.q4.zero", scale_dtype(p, dt))
     fn = cpu_vnni.q4_vnni if kernel == "q4" else cpu_vnni.q8w_vnni
     y = ctx.call_kernel(
         (f"{kernel}_vnni", in_f, out_f, g, parts, sdt, m, ab, shared),
@@ -466,9 +467,9 @@ def _linear_panel_q8(ctx: LowerCtx, n: Node) -> relax.Expr:
     g = p.format.quant.group or in_f
     x, lead = flatten_rows(ctx, ctx.arg(n.inputs[0]))
     codes = ctx.weight(p, f"panel{NB}.q8g.codes")
-    scale = ctx.weight(p, f"panel{NB}.q4.scale", dt)
-    offset = ctx.weight(p, f"panel{NB}.q8g.offset", dt)
-    xdt, sdt, m = x.ty.dtype, tvm_dtype(dt), _static_rows(x)
+    scale = ctx.weight(p, f"panel{NB}.q4.scale", scale_dtype(p, dt))
+    offset = ctx.weight(p, f"panel{NB}.q8g.offset", scale_dtype(p, dt))
+    xdt, sdt, m = x.ty.dtype, tvm_dtype(scale_dtype(p, dt)), _static_rows(x)
     y = ctx.call_kernel(
         ("panel_gemm_q8", in_f, out_f, NB, g, xdt, sdt, m, vector_bits()),
         lambda: cpu_kernels.panel_gemm_q8(in_f, out_f, NB, g, xdt, sdt, m, vector_bits()),
