@@ -640,6 +640,11 @@ def cmd_export(a: argparse.Namespace) -> int:
                 f"{len(info['requantized'])} requantized, {len(info['quantized'])} float "
                 f"weight(s) quantized, {len(info['dequantized'])} dequantized"
             )
+            if info["scale_rounded"]:
+                print(
+                    f"  {len(info['scale_rounded'])} of them had float32 scales, rounded to "
+                    "float16 (quantize with scale_dtype=f16 for a bit-exact file)"
+                )
             for name, why in info["requantized"].items():
                 print(f"  requantized {name}: {why}")
             print(f"  tokenizer: {info['tokenizer']}")

@@ -29,8 +29,12 @@ What is written (atomically: a temporary sibling file renamed into place):
 llama.cpp. For ``q8_0``/``q4_0`` a weight that llmc's RTN (or GPTQ, W8A8) quantized maps onto the
 GGUF blocks with its *own* integer codes when it is symmetric, its group size is a multiple of 32
 (each block of 32 takes its group's scale; per-channel when the row length is) and its codes fit
-the block (Q8_0: int8; Q4_0: -8..7, so 4-bit or fewer). The only change is the scale, which GGUF
-stores as float16: the exported values are ``code * float16(scale)``. Any other weight is
+the block (Q8_0: int8; Q4_0: -8..7, so 4-bit or fewer). GGUF stores the scale as float16: a
+weight quantized with ``scale_dtype=f16`` (``QuantSpec``, "Scale precision": its codes chosen for
+the half scale) is written bit for bit, the exported values *are* llmc's dequantized weights; one
+with float32 scales keeps its codes but its scales are rounded, so the exported values are
+``code * float16(scale)``, not llmc's (listed in the summary's ``scale_rounded``). Any other
+weight is
 dequantized and requantized by ``gguf.quants`` (listed in the summary's ``requantized``, with
 the reason; float weights such as the embedding and head are quantized as llama.cpp does and
 listed in ``quantized``); with ``exact=True`` (CLI ``--gguf-exact``) a quantized weight that does
@@ -490,6 +494,7 @@ def export_gguf(
         skip.add("lm_head.weight")  # tied: llama.cpp (and llmc's import) reuse token_embd
 
     exact_names: list[str] = []
+    scale_rounded: list[str] = []  # exact codes, float32 scales rounded to the block's float16
     requantized: dict[str, str] = {}
     dequantized: list[str] = []
     quantized: list[str] = []
@@ -533,6 +538,8 @@ def export_gguf(
             group = cols if q.group == 0 else q.group
             tensors.append((gname, _blocks(codes, scale, group, ttype), qtype))
             exact_names.append(name)
+            if q.scale_dtype != "f16":
+                scale_rounded.append(name)
             continue
         if q is not None:
             if exact:
@@ -631,6 +638,7 @@ def export_gguf(
         "tensors": len(tensors),
         "tied_output": head is None or bool(skip),
         "exact": exact_names,
+        "scale_rounded": scale_rounded,
         "requantized": requantized,
         "quantized": quantized,
         "dequantized": dequantized,

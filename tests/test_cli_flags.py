@@ -104,7 +104,7 @@ def test_inspect_model_and_artifact(capsys, tmp_path: Path) -> None:
     assert rc == 0 and "pipeline   rtn:bits=4:group=64" in o
     assert (
         "1. rtn: act_bits=0, bits=4, exclude=lm_head, group=64, head=true, "
-        "head_bits=8, include=*, sym=true" in o
+        "head_bits=8, include=*, scale_dtype=f32, sym=true" in o
     )
     rc, o, err = run(capsys, "inspect", "llama2-7b")
     assert rc == 0 and "architecture only" in o

@@ -96,6 +96,10 @@ def test_storage_bytes_of_nm_formats() -> None:
         StorageFormat(QuantSpec(4, 32), SparsitySpec("nm", 2, 4, 0.5)),
         {"qvalue": torch.zeros(8, 64, dtype=torch.int8), "scale": torch.ones(8, 2)},
     )
+    # kept codes + 2-bit positions + the scales at their real dtype (f32: 4 bytes each)
+    assert q.storage_bytes() == 8 * 32 * 0.5 + 8 * 32 * 2 / 8 + 8 * 2 * 4
+    q.format = StorageFormat(QuantSpec(4, 32, scale_dtype="f16"), q.format.sparsity)
+    q.data["scale"] = q.data["scale"].half()  # scale_dtype=f16: 2 bytes each
     assert q.storage_bytes() == 8 * 32 * 0.5 + 8 * 32 * 2 / 8 + 8 * 2 * 2
 
 

@@ -113,6 +113,44 @@ def test_tiny_q8_0_logits_equal_llmc_with_float16_scales(tiny, tmp_path) -> None
     torch.testing.assert_close(_logits(back.graph), _logits(ref), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "gguf_type,spec",
+    [
+        ("q4_0", "rtn:bits=4:group=32:scale_dtype=f16"),
+        ("q8_0", "rtn:bits=8:group=32:scale_dtype=f16"),
+    ],
+)
+def test_f16_scales_round_trip_bit_exactly(tiny, tmp_path, gguf_type, spec) -> None:
+    """``scale_dtype=f16``: the GGUF blocks hold llmc's codes and its own half scales, so the
+    re-imported weights are llmc's dequantized weights bit for bit (no float16 rounding on
+    export), and the logits agree once the embedding (q-typed by gguf.quants) is the same."""
+    g = tiny.graph.copy()
+    build_pipeline(spec).run(g, PassContext())
+    out = tmp_path / "s16.gguf"
+    info = export_gguf(
+        g, out, gguf_type=gguf_type, exact=True, tokenizer=tiny.tokenizer, config=tiny.config
+    )
+    assert len(info["exact"]) == 29 and not info["scale_rounded"] and not info["requantized"]
+    back = load_model(str(out))
+    ref = g.copy()
+    for name, p in g.params.items():
+        got = back.graph.params[name].value()
+        if p.format.quant is not None:
+            assert p.data["scale"].dtype == torch.float16
+            assert torch.equal(got, p.value()), name  # llmc's own dequantized weight
+        else:
+            ref.params[name].data = {"value": got}  # the embedding as gguf.quants wrote it
+            ref.params[name].invalidate()
+    torch.testing.assert_close(_logits(back.graph), _logits(ref), rtol=1e-6, atol=1e-6)
+    # float32 scales: the same codes, but the scales are rounded (and the summary says so)
+    g32 = tiny.graph.copy()
+    build_pipeline(spec.replace(":scale_dtype=f16", "")).run(g32, PassContext())
+    info32 = export_gguf(
+        g32, tmp_path / "s32.gguf", gguf_type=gguf_type, exact=True, tokenizer=tiny.tokenizer
+    )
+    assert sorted(info32["scale_rounded"]) == sorted(info32["exact"]) and info32["exact"]
+
+
 def test_metadata_and_tensor_types(tiny, tmp_path) -> None:
     g = tiny.graph.copy()
     build_pipeline("rtn:bits=4:group=32").run(g, PassContext())

@@ -194,8 +194,8 @@ def test_storage_bytes() -> None:
     dense = Param.dense("d", torch.zeros(8, 16))
     assert dense.storage_bytes() == 8 * 16 * 4
     q = quantized("q", 8, 16, 4, 8, False, seed=0)
-    # 4-bit codes + one fp16 scale and one 4-bit zero per group of 8
-    assert q.storage_bytes() == 8 * 16 * 0.5 + 8 * 2 * 2 + 8 * 2 * 0.5
+    # 4-bit codes + one f32 scale (its real dtype) and one 4-bit zero per group of 8
+    assert q.storage_bytes() == 8 * 16 * 0.5 + 8 * 2 * 4 + 8 * 2 * 0.5
 
 
 def test_meta_params_cannot_run() -> None:
