@@ -22,7 +22,10 @@ preparation (quantization, digit split, group sums):
 - ``rtn4g32_vnni3`` / ``rtn4g32_a8`` / ``rtn4g128_a8`` / ``rtn8g32_vnni3`` / ``rtn8g32_a8``: the
   weight-only VNNI kernels at group 32 (128) with float activations (3 digits) or the int8
   activations ``act_bits=8`` records (``act_int8``, blocks of 32, 1 digit), symmetric weights'
-  shared offset row; ``rtn4g32_vnni3_offsets`` reads a per-group offset stream (as before).
+  shared offset row; ``rtn4g32_vnni3_offsets`` reads a per-group offset stream (as before);
+- ``rtn4g32_vnni3_f16`` / ``rtn4g32_a8_f16`` / ``rtn8g32_vnni3_f16`` / ``rtn8g32_a8_f16``: the same
+  kernels with ``scale_dtype=f16`` weights' half scales (2 bytes per group instead of 4: llama.cpp's
+  q4_0/q8_0 bytes per weight).
 
 With ``--whole-model WORK``, it also compiles GPT-2 small (``bench/cpu_decode.py``'s random-weight
 checkpoint) as dense, ``rtn:bits=8``, ``rtn:bits=4:group=128`` and ``w8a8`` (the last two with the
@@ -146,11 +149,14 @@ def q4_vnni(parts: int) -> Callable:
     return make
 
 
-def vnni_wo(kind: str, group: int, act_group: int | None, shared: bool = True) -> Callable:
+def vnni_wo(
+    kind: str, group: int, act_group: int | None, shared: bool = True, sdt: str = "float32"
+) -> Callable:
     """``q4_vnni``/``q8w_vnni`` at weight group ``group``: float activations (3 digits) when
     ``act_group`` is None, else int8 activations in blocks of ``act_group`` (``act_int8``, one
     digit; what ``act_bits=8`` compiles to). Activation preparation included. ``shared``: the
-    symmetric weights' one offset row (what the compiler passes), else a per-group stream."""
+    symmetric weights' one offset row (what the compiler passes), else a per-group stream.
+    ``sdt``: the scales' (and offsets') dtype, ``float16`` for ``scale_dtype=f16`` weights."""
 
     def make(k: int, n: int, rng) -> Callable[[], Any]:
         from tvm import te
@@ -174,8 +180,8 @@ def vnni_wo(kind: str, group: int, act_group: int | None, shared: bool = True) -
         prep = _build(("wo-prep", k, g, act_group), prep_fn)
         fn = V.q4_vnni if kind == "q4" else V.q8w_vnni
         f = _build(
-            ("wo", kind, k, n, g, parts, ab, shared),
-            lambda: fn(k, n, g, parts, "float32", 1, ab, shared),
+            ("wo", kind, k, n, g, parts, ab, shared, sdt),
+            lambda: fn(k, n, g, parts, sdt, 1, ab, shared),
         )
         x = _arr(rng.standard_normal((1, k)).astype("float32"))
         xd = _arr(np.zeros((1, parts, kp), "int8"))
@@ -183,8 +189,8 @@ def vnni_wo(kind: str, group: int, act_group: int | None, shared: bool = True) -
         gs = _arr(np.zeros((1, k // g), "float32"))
         rows = kp // 8 if kind == "q4" else kp // 4
         codes = _arr(_rng_u8(rng, (_panels(n), rows, NB, 4)))
-        sc = _arr(rng.random((_panels(n), k // g, NB)).astype("float32") * 0.01)
-        of = _arr(np.full((1, 1, NB) if shared else (_panels(n), k // g, NB), 8.0, "float32"))
+        sc = _arr((rng.random((_panels(n), k // g, NB)) * 0.01).astype(sdt))
+        of = _arr(np.full((1, 1, NB) if shared else (_panels(n), k // g, NB), 8.0, sdt))
         out = _arr(np.zeros((1, n), "float32"))
 
         def run():
@@ -196,9 +202,12 @@ def vnni_wo(kind: str, group: int, act_group: int | None, shared: bool = True) -
     return make
 
 
-def bytes_wo(bits: int, group: int, streams: int = 1) -> Callable[[int, int], int]:
-    """Codes and ``streams`` float32 per-group arrays (scales; and offsets when 2)."""
-    return lambda k, n: n * k * bits // 8 + streams * 4 * n * (k // min(group, k))
+def bytes_wo(
+    bits: int, group: int, streams: int = 1, scale_bytes: int = 4
+) -> Callable[[int, int], int]:
+    """Codes and ``streams`` per-group arrays of ``scale_bytes`` each (scales; and offsets when
+    2): float32, or 2 for ``scale_dtype=f16``."""
+    return lambda k, n: n * k * bits // 8 + streams * scale_bytes * n * (k // min(group, k))
 
 
 def q8_portable(k: int, n: int, rng) -> Callable[[], Any]:
@@ -325,6 +334,11 @@ VARIANTS = {
     "rtn4g128_a8": (vnni_wo("q4", 128, 32), bytes_wo(4, 128)),
     "rtn8g32_vnni3": (vnni_wo("q8w", 32, None), bytes_wo(8, 32)),
     "rtn8g32_a8": (vnni_wo("q8w", 32, 32), bytes_wo(8, 32)),
+    # scale_dtype=f16 (QuantSpec): the same kernels reading half scales (q4_0/q8_0's bytes)
+    "rtn4g32_vnni3_f16": (vnni_wo("q4", 32, None, sdt="float16"), bytes_wo(4, 32, 1, 2)),
+    "rtn4g32_a8_f16": (vnni_wo("q4", 32, 32, sdt="float16"), bytes_wo(4, 32, 1, 2)),
+    "rtn8g32_vnni3_f16": (vnni_wo("q8w", 32, None, sdt="float16"), bytes_wo(8, 32, 1, 2)),
+    "rtn8g32_a8_f16": (vnni_wo("q8w", 32, 32, sdt="float16"), bytes_wo(8, 32, 1, 2)),
 }
 
 

@@ -252,3 +252,25 @@ def test_cuda_cross_compile_reads_f16_scales(tmp_path) -> None:
     ]
     assert rules["linear.q4"] > 0 and rules["linear.q8g"] > 0
     assert any(w.endswith("@q4.scale") for w in _weights_f16(tmp_path / "cuda"))
+
+
+@pytest.mark.slow
+def test_fpga_reads_half_scales_exactly() -> None:
+    """The FlightLLM tiles hold the scales as float32: a half widens exactly, so the functional
+    simulator still matches the interpreter (the cycle model charges 4 bytes per scale)."""
+    import numpy as np
+
+    from llmc.fpga.arch import load_arch
+    from llmc.fpga.funcsim import FuncRunner
+    from llmc.fpga.program import build_program
+    from llmc.fpga.verify import compare_lm
+    from llmc.frontends import load_model
+
+    g = load_model("tiny").graph
+    build_pipeline("rtn:bits=4:group=64:scale_dtype=f16:measure=false").run(g, PassContext())
+    assert g.params["model.layers.0.mlp.up_proj.weight"].data["scale"].dtype == torch.float16
+    runner = FuncRunner(build_program(g, load_arch("u280")))
+    ids = np.frombuffer(b"def fib(n):\n    return n", dtype=np.uint8)
+    ag, _ = compare_lm(g, runner, ids, decode_steps=2)
+    assert ag.within(k=4.0), ag
+    assert ag.sim_vs_interp < 1e-4 and ag.argmax_agree == 1.0, ag
