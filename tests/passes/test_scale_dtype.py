@@ -241,17 +241,19 @@ def test_cpu_matches_interpreter(tmp_path, monkeypatch, isa, spec) -> None:
 
 
 @pytest.mark.slow
-def test_cuda_cross_compile_reads_f16_scales(tmp_path) -> None:
-    """H100 (code generation only, no device): the TE dequantize casts the half scales."""
+@pytest.mark.parametrize("target", ["h100", "mi300x"])
+def test_gpu_cross_compile_reads_f16_scales(tmp_path, target) -> None:
+    """H100 / MI300X (code generation only, no device): the TE dequantize casts the half
+    scales."""
     from tests.backends.conftest import compile_graph
 
     g = _toy("rtn:bits=4:group=32:scale_dtype=f16")
-    compile_graph(g, "h100", tmp_path / "cuda")
-    rules = json.loads((tmp_path / "cuda" / "manifest.json").read_text())["backend"][
+    compile_graph(g, target, tmp_path / target)
+    rules = json.loads((tmp_path / target / "manifest.json").read_text())["backend"][
         "lowering_rules"
     ]
     assert rules["linear.q4"] > 0 and rules["linear.q8g"] > 0
-    assert any(w.endswith("@q4.scale") for w in _weights_f16(tmp_path / "cuda"))
+    assert any(w.endswith("@q4.scale") for w in _weights_f16(tmp_path / target))
 
 
 @pytest.mark.slow
