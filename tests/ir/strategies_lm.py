@@ -199,11 +199,12 @@ class _Builder:
         bits = self.draw(st.sampled_from((2, 3, 4, 6, 8) if sym_ else (2, 3, 4, 6)), label="bits")
         groups_ok = sorted({0, *(g for g in (4, 8, 16) if in_f % g == 0 and g < in_f)})
         group = self.draw(st.sampled_from(groups_ok), label="group")
-        q = QuantSpec(bits, group, sym_, "rtn")
+        sdt = self.draw(st.sampled_from(("f32", "f16")), label="scale dtype")
+        q = QuantSpec(bits, group, sym_, "rtn", scale_dtype=sdt)
         ng = 1 if group == 0 else in_f // group
         codes = torch.randint(q.qmin, q.qmax + 1, (out_f, in_f), generator=self.gen)
         scale = (torch.rand(out_f, ng, generator=self.gen) + 0.5) * std / 2 ** (bits - 1)
-        data = {"scale": scale}
+        data = {"scale": scale.to(q.scale_torch_dtype)}
         zfull = torch.zeros_like(codes)
         if not sym_:
             zero = torch.randint(q.qmin, q.qmax + 1, (out_f, ng), generator=self.gen)
