@@ -27,20 +27,38 @@ def _target():
 
 
 @functools.cache
-def _kernel(h, kvh, d, dtype, scale, causal, window, softcap, rows):
+def _kernel(
+    h, kvh, d, dtype, scale, causal, window, softcap, rows, tile=A.KEY_TILE, splits=A.SPLITS
+):
     """The compiled kernel, built once per configuration (the sequence lengths and pasts are
     run-time arguments: the cases of one configuration share a build)."""
     import tvm
 
-    f = A.attention_sync(h, kvh, d, dtype, scale, causal, window, softcap, rows=rows)
+    f = A.attention_sync(
+        h, kvh, d, dtype, scale, causal, window, softcap, rows=rows, key_tile=tile, splits=splits
+    )
     return tvm.compile(tvm.IRModule({"main": f}), target=_target())["main"]
 
 
-def _check(h, kvh, d, s, past, causal, window, softcap=0.0, dtype="float32", b=2, rows=A.ROWS):
+def _check(
+    h,
+    kvh,
+    d,
+    s,
+    past,
+    causal,
+    window,
+    softcap=0.0,
+    dtype="float32",
+    b=2,
+    rows=A.ROWS,
+    tile=A.KEY_TILE,
+    splits=A.SPLITS,
+):
     import tvm
 
     scale = d**-0.5
-    fn = _kernel(h, kvh, d, dtype, scale, causal, window, softcap, rows)
+    fn = _kernel(h, kvh, d, dtype, scale, causal, window, softcap, rows, tile, splits)
     t = past + s
     gen = torch.Generator().manual_seed(h * 1000 + s * 10 + past)
     q = torch.randn(b, h, s, d, generator=gen) * 2
@@ -81,10 +99,10 @@ def test_blocked_softcap_and_float16():
 
 
 def test_block_sizes():
-    for rows in (1, 3, 8):
-        _check(4, 2, 16, 19, 2, causal=True, window=0, rows=rows)
-    with pytest.raises(ValueError, match="key_tile 24"):
-        A.attention_sync(4, 2, 16, "float32", 0.25, True, 0, key_tile=24)
+    for rows, tile in ((1, 32), (3, 24), (8, 6)):
+        _check(4, 2, 16, 19, 2, causal=True, window=0, rows=rows, tile=tile)
+    with pytest.raises(ValueError, match="key_tile 0"):
+        A.attention_sync(4, 2, 16, "float32", 0.25, True, 0, key_tile=0)
 
 
 def test_compile_path_matches_interpreter():
