@@ -27,15 +27,24 @@ def _target():
 
 
 @functools.cache
-def _kernel(
-    h, kvh, d, dtype, scale, causal, window, softcap, rows, tile=A.KEY_TILE, splits=A.SPLITS
-):
+def _kernel(h, kvh, d, dtype, scale, causal, window, softcap, rows, tile, splits, blocks):
     """The compiled kernel, built once per configuration (the sequence lengths and pasts are
     run-time arguments: the cases of one configuration share a build)."""
     import tvm
 
     f = A.attention_sync(
-        h, kvh, d, dtype, scale, causal, window, softcap, rows=rows, key_tile=tile, splits=splits
+        h,
+        kvh,
+        d,
+        dtype,
+        scale,
+        causal,
+        window,
+        softcap,
+        rows=rows,
+        key_tile=tile,
+        splits=splits,
+        blocks=blocks,
     )
     return tvm.compile(tvm.IRModule({"main": f}), target=_target())["main"]
 
@@ -54,11 +63,12 @@ def _check(
     rows=A.ROWS,
     tile=A.KEY_TILE,
     splits=A.SPLITS,
+    blocks=A.BLOCKS,
 ):
     import tvm
 
     scale = d**-0.5
-    fn = _kernel(h, kvh, d, dtype, scale, causal, window, softcap, rows, tile, splits)
+    fn = _kernel(h, kvh, d, dtype, scale, causal, window, softcap, rows, tile, splits, blocks)
     t = past + s
     gen = torch.Generator().manual_seed(h * 1000 + s * 10 + past)
     q = torch.randn(b, h, s, d, generator=gen) * 2
@@ -99,8 +109,8 @@ def test_blocked_softcap_and_float16():
 
 
 def test_block_sizes():
-    for rows, tile in ((1, 32), (3, 24), (8, 6)):
-        _check(4, 2, 16, 19, 2, causal=True, window=0, rows=rows, tile=tile)
+    for rows, tile, blocks in ((1, 32, 1), (3, 24, 3), (8, 6, 4), (2, 8, 2)):
+        _check(4, 2, 16, 19, 2, causal=True, window=0, rows=rows, tile=tile, blocks=blocks)
     with pytest.raises(ValueError, match="key_tile 0"):
         A.attention_sync(4, 2, 16, "float32", 0.25, True, 0, key_tile=0)
 

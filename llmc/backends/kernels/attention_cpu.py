@@ -8,10 +8,12 @@ too). Accumulation is in float32; each q.k dot keeps :func:`dot_lanes` independe
 softmax's rescale factor is computed once per key.
 
 - :func:`attention_sync`: online (synchronized) softmax. Prefill (more than one query row) is
-  blocked: ``ROWS`` query rows of one head per parallel task, keys in tiles of ``KEY_TILE``, K
-  transposed per kv head into a workspace so that a tile's logits are key-vectorized FMAs, one
-  rescale per row per tile, a vectorized exp (:func:`fast_exp`). Decode (one row) keeps the
-  one-row loop.
+  blocked: ``BLOCKS`` blocks of ``ROWS`` query rows sharing a kv head per parallel task, keys in
+  tiles of ``KEY_TILE`` (each tile loaded once for the blocks), logits vectorized along the rows
+  (K read in place: no transpose, no workspace), one rescale per row per tile, a vectorized exp
+  (:func:`fast_exp`). Decode (one row) is split-K: kv heads x ``SPLITS`` key blocks in parallel,
+  then a merge; its partials are the only workspace (``batch x heads x SPLITS x (d + 2)``,
+  independent of the number of keys).
 - :func:`async_partials` / :func:`async_combine`: FlashDecoding++'s asynchronous softmax in
   split-KV form: per ``(row, chunk)`` sums with the unified max ``phi``; the combine sums them when
   the row passed the range check and otherwise recomputes the row synchronously (the fallback).
@@ -53,11 +55,12 @@ def dot_lanes(d: int) -> int:
     return 1
 
 
-#: prefill: query rows per parallel task (pairs of position x grouped head, position-major: one
-#: AVX-512 vector of float32, the logits' vector axis); keys per tile; decode: key blocks per kv
-#: head (split-K), merged at the end
+#: prefill: query rows per block (pairs of position x grouped head, position-major: one AVX-512
+#: vector of float32, the logits' vector axis), keys per tile, blocks per parallel task (sharing
+#: each loaded key tile); decode: key blocks per kv head (split-K), merged at the end
 ROWS = 16
 KEY_TILE = 32
+BLOCKS = 4
 SPLITS = 16
 
 
@@ -88,12 +91,16 @@ def attention_sync(
     rows: int = ROWS,
     key_tile: int = KEY_TILE,
     splits: int = SPLITS,
+    blocks: int = BLOCKS,
 ):
     """Online-softmax attention; no buffer of the call grows with the number of keys.
 
-    Prefill (more than one query row): a parallel task takes ``rows`` query rows that share a kv
-    head (position-major pairs of position x grouped head, so GQA's heads share every loaded key)
-    and walks the keys any of them sees in tiles of ``key_tile``: the ``key_tile x rows`` logits
+    Prefill (more than one query row): a parallel task takes ``blocks`` blocks of ``rows`` query
+    rows that share a kv head (position-major pairs of position x grouped head, so GQA's heads
+    share every loaded key) and walks the keys any of them sees in tiles of ``key_tile``, each
+    tile loaded once for the blocks that see it (tiles no row of a block sees are skipped; a
+    tile stays in L1/L2 across the blocks instead of being streamed again per block): the
+    ``key_tile x rows`` logits of a block
     are vector FMAs *along the rows* (a broadcast key element times a row of the transposed q
     block, built once per task), so K is read in place, never transposed; the mask, the tile's max
     and sum and the vectorized exp (:func:`fast_exp`) are row vectors too; then ``P . V`` shares
@@ -107,9 +114,11 @@ def attention_sync(
     key_lo, key_hi = key_bounds(causal, window)
     lanes = dot_lanes(d)
     cap = logit(1.0, softcap)  # q is pre-scaled: the dot is the scaled logit
-    R, KT, NS, G = rows, key_tile, splits, group
-    if R < 1 or KT < 1 or NS < 1:
-        raise ValueError(f"attention_sync: rows {R}, key_tile {KT}, splits {NS} must be >= 1")
+    R, KT, NS, G, NB = rows, key_tile, splits, group, blocks
+    if min(R, KT, NS, NB) < 1:
+        raise ValueError(
+            f"attention_sync: rows {R}, key_tile {KT}, splits {NS}, blocks {NB} must be >= 1"
+        )
     W = d + 2  # a decode partial: accumulator [d], max, sum
     U = next(u for u in (8, 4, 2, 1) if KT % u == 0)  # keys whose logits accumulate together
 
@@ -179,8 +188,8 @@ def attention_sync(
                                 ls[g] = ls[g] + sc[g, jj]
                             for e in T.vectorized(d):
                                 acc[g, e] = acc[g, e] * al[g]
-                        for jj in T.serial(KT):
-                            for g in T.serial(G):
+                        for g in T.serial(G):
+                            for jj in T.serial(KT):
                                 for e in T.vectorized(d):
                                     acc[g, e] = acc[g, e] + sc[g, jj] * T.Cast(
                                         "float32", V[bi, kh, T.min(klo + t * KT + jj, khi - 1), e])
@@ -209,74 +218,79 @@ def attention_sync(
                     for e in T.vectorized(d):
                         OUT[row // h, row % h, 0, e] = T.Cast(dtype, acc[e] / st[1])
         else:
-            for task in T.parallel(B * kvh * ((S * G + (R - 1)) // R)):
+            for task in T.parallel(B * kvh * ((S * G + (R * NB - 1)) // (R * NB))):
                 with T.sblock("attn_blocked"):
                     T.reads()
                     T.writes()
-                    qt = T.sblock_alloc_buffer((d, R), "float32", scope="local")
-                    acc = T.sblock_alloc_buffer((R, d), "float32", scope="local")
+                    qt = T.sblock_alloc_buffer((NB, d, R), "float32", scope="local")
+                    acc = T.sblock_alloc_buffer((NB, R, d), "float32", scope="local")
                     sc = T.sblock_alloc_buffer((KT, R), "float32", scope="local")
-                    m = T.sblock_alloc_buffer((R,), "float32", scope="local")
+                    m = T.sblock_alloc_buffer((NB, R), "float32", scope="local")
+                    ls = T.sblock_alloc_buffer((NB, R), "float32", scope="local")
                     mn = T.sblock_alloc_buffer((R,), "float32", scope="local")
                     al = T.sblock_alloc_buffer((R,), "float32", scope="local")
-                    ls = T.sblock_alloc_buffer((R,), "float32", scope="local")
-                    rlo = T.sblock_alloc_buffer((R,), "int64", scope="local")
-                    rhi = T.sblock_alloc_buffer((R,), "int64", scope="local")
-                    nb: T.let[T.int64] = (S * G + (R - 1)) // R
-                    bi: T.let[T.int64] = task // (kvh * nb)
-                    kh: T.let[T.int64] = task // nb % kvh
-                    r0: T.let[T.int64] = task % nb * R
-                    last: T.let[T.int64] = T.min(r0 + (R - 1), S * G - 1)
-                    blo: T.let[T.int64] = key_lo(r0 // G + TT - S)
-                    bhi: T.let[T.int64] = key_hi(last // G + TT - S, TT)
-                    for r in T.serial(R):
-                        rlo[r] = key_lo(T.min(r0 + r, last) // G + TT - S)
-                        rhi[r] = key_hi(T.min(r0 + r, last) // G + TT - S, TT)
-                        for e in T.serial(d):
-                            qt[e, r] = T.Cast("float32", Q[bi, kh * G + T.min(r0 + r, last) % G, T.min(r0 + r, last) // G, e]) * T.float32(scale)
-                        for e in T.vectorized(d):
-                            acc[r, e] = T.float32(0)
-                    for r in T.vectorized(R):
-                        m[r] = T.float32(NEG)
-                        ls[r] = T.float32(0)
-                    for t in T.serial((T.max(bhi - blo, T.int64(0)) + (KT - 1)) // KT):
-                        for jo in T.serial(KT // U):  # U keys at a time: U independent FMA chains
-                            for ji in T.unroll(U):
-                                for r in T.vectorized(R):
-                                    sc[jo * U + ji, r] = T.float32(0)
-                            for e in T.serial(d):
-                                for ji in T.unroll(U):
-                                    for r in T.vectorized(R):
-                                        sc[jo * U + ji, r] = sc[jo * U + ji, r] + qt[e, r] * T.Cast(
-                                            "float32", K[bi, kh, T.min(blo + t * KT + jo * U + ji, bhi - 1), e])
-                        for r in T.vectorized(R):
-                            mn[r] = m[r]
-                        for jj in T.serial(KT):
-                            for r in T.vectorized(R):
-                                sc[jj, r] = T.Select(
-                                    blo + t * KT + jj >= rlo[r] and blo + t * KT + jj < rhi[r],
-                                    cap(sc[jj, r]), T.float32(NEG))
-                                mn[r] = T.max(mn[r], sc[jj, r])
-                        for r in T.vectorized(R):
-                            al[r] = fast_exp(m[r] - mn[r])
-                            m[r] = mn[r]
-                            ls[r] = ls[r] * al[r]
-                        for jj in T.serial(KT):
-                            for r in T.vectorized(R):
-                                sc[jj, r] = T.Select(
-                                    sc[jj, r] > T.float32(NEG), fast_exp(sc[jj, r] - mn[r]), T.float32(0))
-                                ls[r] = ls[r] + sc[jj, r]
+                    rlo = T.sblock_alloc_buffer((NB, R), "int64", scope="local")
+                    rhi = T.sblock_alloc_buffer((NB, R), "int64", scope="local")
+                    ng: T.let[T.int64] = (S * G + (R * NB - 1)) // (R * NB)
+                    bi: T.let[T.int64] = task // (kvh * ng)
+                    kh: T.let[T.int64] = task // ng % kvh
+                    g0: T.let[T.int64] = task % ng * (R * NB)  # the group's first row
+                    last: T.let[T.int64] = T.min(g0 + (R * NB - 1), S * G - 1)
+                    glo: T.let[T.int64] = key_lo(g0 // G + TT - S)
+                    ghi: T.let[T.int64] = key_hi(last // G + TT - S, TT)
+                    for j in T.serial(NB):
                         for r in T.serial(R):
+                            rlo[j, r] = key_lo(T.min(g0 + j * R + r, last) // G + TT - S)
+                            rhi[j, r] = key_hi(T.min(g0 + j * R + r, last) // G + TT - S, TT)
+                            for e in T.serial(d):
+                                qt[j, e, r] = T.Cast("float32", Q[bi, kh * G + T.min(g0 + j * R + r, last) % G, T.min(g0 + j * R + r, last) // G, e]) * T.float32(scale)
                             for e in T.vectorized(d):
-                                acc[r, e] = acc[r, e] * al[r]
-                            for jj in T.serial(KT):
+                                acc[j, r, e] = T.float32(0)
+                        for r in T.vectorized(R):
+                            m[j, r] = T.float32(NEG)
+                            ls[j, r] = T.float32(0)
+                    for t in T.serial((T.max(ghi - glo, T.int64(0)) + (KT - 1)) // KT):
+                        for j in T.serial(NB):
+                            # the block's rows see keys [rlo[j, 0], rhi[j, R - 1]): skip tiles outside
+                            if g0 + j * R <= last and glo + t * KT < rhi[j, R - 1] and glo + t * KT + KT > rlo[j, 0]:
+                                for jo in T.serial(KT // U):  # U keys at a time: U independent FMA chains
+                                    for ji in T.unroll(U):
+                                        for r in T.vectorized(R):
+                                            sc[jo * U + ji, r] = T.float32(0)
+                                    for e in T.serial(d):
+                                        for ji in T.unroll(U):
+                                            for r in T.vectorized(R):
+                                                sc[jo * U + ji, r] = sc[jo * U + ji, r] + qt[j, e, r] * T.Cast(
+                                                    "float32", K[bi, kh, T.min(glo + t * KT + jo * U + ji, ghi - 1), e])
+                                for r in T.vectorized(R):
+                                    mn[r] = m[j, r]
+                                for jj in T.serial(KT):
+                                    for r in T.vectorized(R):
+                                        sc[jj, r] = T.Select(
+                                            glo + t * KT + jj >= rlo[j, r] and glo + t * KT + jj < rhi[j, r],
+                                            cap(sc[jj, r]), T.float32(NEG))
+                                        mn[r] = T.max(mn[r], sc[jj, r])
+                                for r in T.vectorized(R):
+                                    al[r] = fast_exp(m[j, r] - mn[r])
+                                    m[j, r] = mn[r]
+                                    ls[j, r] = ls[j, r] * al[r]
+                                for jj in T.serial(KT):
+                                    for r in T.vectorized(R):
+                                        sc[jj, r] = T.Select(
+                                            sc[jj, r] > T.float32(NEG), fast_exp(sc[jj, r] - mn[r]), T.float32(0))
+                                        ls[j, r] = ls[j, r] + sc[jj, r]
+                                for r in T.serial(R):
+                                    for e in T.vectorized(d):
+                                        acc[j, r, e] = acc[j, r, e] * al[r]
+                                    for jj in T.serial(KT):
+                                        for e in T.vectorized(d):
+                                            acc[j, r, e] = acc[j, r, e] + sc[jj, r] * T.Cast(
+                                                "float32", V[bi, kh, T.min(glo + t * KT + jj, ghi - 1), e])
+                    for j in T.serial(NB):
+                        for r in T.serial(R):
+                            if g0 + j * R + r <= last:
                                 for e in T.vectorized(d):
-                                    acc[r, e] = acc[r, e] + sc[jj, r] * T.Cast(
-                                        "float32", V[bi, kh, T.min(blo + t * KT + jj, bhi - 1), e])
-                    for r in T.serial(R):
-                        if r0 + r < S * G:
-                            for e in T.vectorized(d):
-                                OUT[bi, kh * G + (r0 + r) % G, (r0 + r) // G, e] = T.Cast(dtype, acc[r, e] / ls[r])
+                                    OUT[bi, kh * G + (g0 + j * R + r) % G, (g0 + j * R + r) // G, e] = T.Cast(dtype, acc[j, r, e] / ls[j, r])
     # fmt: on
     return attention
 
