@@ -1,9 +1,9 @@
-"""The blocked prefill path of the CPU attention kernel (:func:`attention_sync`: ``ROWS`` query
-rows x ``KEY_TILE`` keys per step, K transposed into a workspace, vector exp) against the
-reference: sequence lengths and key counts that are not multiples of the block or the tile, GQA,
-sliding windows, soft-capping, a past (chunked prefill: more keys than rows, cache capacity past
-the valid keys), float16 operands, the one-row (decode) path; and through the compile path
-against the reference interpreter."""
+"""The blocked prefill path of the CPU attention kernel (:func:`attention_sync`: ``BLOCKS``
+blocks of ``ROWS`` query rows x ``KEY_TILE`` keys per step, row-vectorized logits, vector exp)
+against the reference: sequence lengths and key counts that are not multiples of the block or
+the tile, GQA, sliding windows, soft-capping, a past (chunked prefill: more keys than rows, cache
+capacity past the valid keys), float16 operands, the one-row (decode, split-K) path, block, tile
+and split sizes; and through the compile path against the reference interpreter."""
 
 from __future__ import annotations
 

@@ -1,11 +1,12 @@
-"""Hand-written CPU attention kernels (TIR), parallel over query rows (blocks of rows for prefill).
+"""Hand-written CPU attention kernels (TIR), parallel over blocks of query rows (prefill) or over
+kv heads x key blocks (decode, split-K).
 
 Same semantics and layouts as :mod:`llmc.backends.kernels.attention_gpu` (q [b, h, s, d], k/v
 buffers [b, kvh, cap, d] of which the first ``TT`` keys are valid, bottom-right causal mask,
-sliding window, GQA), parallelised over rows (and, for the asynchronous partials, over key chunks
-too). Accumulation is in float32; each q.k dot keeps :func:`dot_lanes` independent partial sums
-(a vector FMA per key slice instead of one chain of ``d`` dependent adds), and the online
-softmax's rescale factor is computed once per key.
+sliding window, GQA), parallelised over rows or row blocks and, for decode and the asynchronous
+partials, over key chunks too. Accumulation is in float32; each dot-form q.k (decode, async)
+keeps :func:`dot_lanes` independent partial sums (a vector FMA per key slice instead of one chain
+of ``d`` dependent adds).
 
 - :func:`attention_sync`: online (synchronized) softmax. Prefill (more than one query row) is
   blocked: ``BLOCKS`` blocks of ``ROWS`` query rows sharing a kv head per parallel task, keys in
@@ -99,12 +100,13 @@ def attention_sync(
     rows that share a kv head (position-major pairs of position x grouped head, so GQA's heads
     share every loaded key) and walks the keys any of them sees in tiles of ``key_tile``, each
     tile loaded once for the blocks that see it (tiles no row of a block sees are skipped; a
-    tile stays in L1/L2 across the blocks instead of being streamed again per block): the
-    ``key_tile x rows`` logits of a block
-    are vector FMAs *along the rows* (a broadcast key element times a row of the transposed q
-    block, built once per task), so K is read in place, never transposed; the mask, the tile's max
-    and sum and the vectorized exp (:func:`fast_exp`) are row vectors too; then ``P . V`` shares
-    each loaded value row between the rows. Rows past the end repeat the last row, not written.
+    tile stays in L1/L2 across the blocks instead of being streamed again per block). A block's
+    ``key_tile x rows`` logits are vector FMAs *along the rows* (a broadcast key element times a
+    row of the block's transposed q, built once per task), so K is read in place, never
+    transposed; the mask, the tile's max and sum and the vectorized exp (:func:`fast_exp`) are row
+    vectors too; then ``P . V`` shares each loaded value row between the rows. Rows past the end
+    repeat the last row and are not written; causal, windowed and per-layer key counts are the
+    run-time ``TT`` and per-row bounds, as before.
 
     Decode (one row): split-K (flash-decoding): a task takes one kv head's ``group`` query heads
     over one of ``splits`` key blocks (so all threads stream K and V at batch 1 even with one kv
