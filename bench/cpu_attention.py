@@ -1,5 +1,6 @@
-"""CPU prefill attention: the blocked kernel (``attention_sync`` now) against the one-row-per-task
-kernel it replaced (``attention_cpu.py`` at ``--base``, default ``main``), interleaved.
+"""CPU attention: ``attention_sync`` of this checkout against ``attention_cpu.py`` at ``--base``
+(default ``main``), interleaved: prefill from an empty cache (default), or decode and chunked
+prefill at long context (``--pasts``).
 
 Usage::
 
