@@ -18,12 +18,17 @@ from llmc.ir.ops import AttentionAttrs, _attention_ref
 
 
 @functools.cache
-def _kernel(h, kvh, d, causal, window, softcap=0.0, splits=A.SPLITS, dtype="float32"):
+def _kernel(
+    h, kvh, d, causal, window, softcap=0.0, splits=A.SPLITS, dtype="float32", min_keys=None
+):
     import tvm
 
     from llmc.backends.cpu.pipeline import host_cpu
 
-    f = A.attention_sync(h, kvh, d, dtype, d**-0.5, causal, window, softcap, splits=splits)
+    mk = A.MIN_SPLIT_KEYS if min_keys is None else min_keys
+    f = A.attention_sync(
+        h, kvh, d, dtype, d**-0.5, causal, window, softcap, splits=splits, min_split_keys=mk
+    )
     target = tvm.target.Target({"kind": "llvm", "mcpu": host_cpu()})
     return tvm.compile(tvm.IRModule({"main": f}), target=target)["main"]
 
@@ -57,7 +62,7 @@ def _want(q, k, v, t, causal, window, softcap=0.0):
 )
 def test_2k_keys_prefill_and_decode(causal, window, softcap):
     """2,048 keys (GQA 4 query heads on 1 kv head): a 64-row chunk on a 1,984-key past and a
-    decode step on 2,047 keys (every one of the 16 splits busy), in a cache with spare capacity."""
+    decode step on 2,047 keys (split 8 ways: one block per 256 keys), in a cache with spare capacity."""
     fn = _kernel(4, 1, 16, causal, window, softcap)
     for s, t in ((64, 2048), (1, 2047)):
         q, k, v = _qkv(1, 4, 1, 16, s, t, t + 9, seed=s + window)
@@ -85,19 +90,21 @@ def test_chunked_prefill_equals_full_prefill(chunk):
 
 
 @pytest.mark.parametrize(
-    "splits,h,kvh,d,window,dtype",
+    "splits,h,kvh,d,window,dtype,min_keys",
     [
-        (1, 4, 1, 64, 0, "float32"),
-        (3, 6, 6, 24, 0, "float32"),
-        (16, 4, 2, 32, 37, "float32"),
-        (16, 8, 2, 64, 0, "float16"),
+        (1, 4, 1, 64, 0, "float32", 1),
+        (3, 6, 6, 24, 0, "float32", 1),
+        (16, 4, 2, 32, 37, "float32", 1),
+        (16, 8, 2, 64, 0, "float16", 1),
+        (16, 4, 2, 32, 0, "float32", None),  # run-time choice: unsplit up to 256 keys, then 2..4
     ],
 )
-def test_split_k_decode(splits, h, kvh, d, window, dtype):
+def test_split_k_decode(splits, h, kvh, d, window, dtype, min_keys):
     """Decode (one query row) with the keys split ``splits`` ways and merged: key counts below,
     at and above the split count (empty splits), one kv head for 4 query heads, 6 on 6, a window
-    that starts the visible keys past 0, batch 2, float16 operands."""
-    fn = _kernel(h, kvh, d, True, window, splits=splits, dtype=dtype)
+    that starts the visible keys past 0, batch 2, float16 operands; with the default
+    ``min_split_keys`` short contexts take the unsplit path (no partials, no merge)."""
+    fn = _kernel(h, kvh, d, True, window, splits=splits, dtype=dtype, min_keys=min_keys)
     tdt, tol = (torch.float16, 2e-3) if dtype == "float16" else (torch.float32, 1e-5)
     for t in (1, 2, 16, 17, 129, 1000):
         q, k, v = _qkv(2, h, kvh, d, 1, t, t + 3, seed=t * splits + d, dtype=tdt)

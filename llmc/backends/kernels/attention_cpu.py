@@ -63,6 +63,8 @@ ROWS = 16
 KEY_TILE = 32
 BLOCKS = 4
 SPLITS = 16
+#: decode: fewest keys per split-K block (a context below it runs unsplit, with no merge loop)
+MIN_SPLIT_KEYS = 256
 
 
 def fast_exp(x):
@@ -93,6 +95,7 @@ def attention_sync(
     key_tile: int = KEY_TILE,
     splits: int = SPLITS,
     blocks: int = BLOCKS,
+    min_split_keys: int = MIN_SPLIT_KEYS,
 ):
     """Online-softmax attention; no buffer of the call grows with the number of keys.
 
@@ -111,15 +114,20 @@ def attention_sync(
     Decode (one row): split-K (flash-decoding): a task takes one kv head's ``group`` query heads
     over one of ``splits`` key blocks (so all threads stream K and V at batch 1 even with one kv
     head), writes its (max, sum, accumulator) partial to a ``batch x heads x splits x (d + 2)``
-    workspace, and a second parallel loop merges the partials per head."""
+    workspace, and a second parallel loop merges the partials per head. The number of key blocks
+    is chosen at run time, one per ``min_split_keys`` keys (1 to ``splits``): a short context
+    runs one task per kv head that writes the output directly (no partials, no second loop:
+    splitting 160 keys 16 ways cost 4x the unsplit call)."""
     group = h // kvh
     key_lo, key_hi = key_bounds(causal, window)
     lanes = dot_lanes(d)
     cap = logit(1.0, softcap)  # q is pre-scaled: the dot is the scaled logit
     R, KT, NS, G, NB = rows, key_tile, splits, group, blocks
-    if min(R, KT, NS, NB) < 1:
+    MK = min_split_keys
+    if min(R, KT, NS, NB, MK) < 1:
         raise ValueError(
-            f"attention_sync: rows {R}, key_tile {KT}, splits {NS}, blocks {NB} must be >= 1"
+            f"attention_sync: rows {R}, key_tile {KT}, splits {NS}, blocks {NB}, "
+            f"min_split_keys {MK} must be >= 1"
         )
     W = d + 2  # a decode partial: accumulator [d], max, sum
     U = next(u for u in (8, 4, 2, 1) if KT % u == 0)  # keys whose logits accumulate together
@@ -137,7 +145,12 @@ def attention_sync(
         OUT = T.match_buffer(o_h, (B, h, S, d), dtype)
         if S == T.int64(1):
             PART = T.alloc_buffer((B * h * NS * W,), "float32")
-            for task in T.parallel(B * kvh * NS):
+            # key blocks at run time: one per MIN_SPLIT_KEYS keys, 1..NS (a short context runs
+            # one task per kv head and writes OUT directly: no partials, no merge loop)
+            nsr: T.let[T.int64] = T.max(T.min(
+                (key_hi(TT - T.int64(1), TT) - key_lo(TT - T.int64(1)) + (MK - 1))
+                // MK, NS), T.int64(1))
+            for task in T.parallel(B * kvh * nsr):
                 with T.sblock("attn_split"):
                     T.reads()
                     T.writes()
@@ -149,12 +162,12 @@ def attention_sync(
                     mn = T.sblock_alloc_buffer((G,), "float32", scope="local")
                     al = T.sblock_alloc_buffer((G,), "float32", scope="local")
                     ls = T.sblock_alloc_buffer((G,), "float32", scope="local")
-                    x: T.let[T.int64] = task // NS
-                    c: T.let[T.int64] = task % NS
+                    x: T.let[T.int64] = task // nsr
+                    c: T.let[T.int64] = task % nsr
                     bi: T.let[T.int64] = x // kvh
                     kh: T.let[T.int64] = x % kvh
                     lo: T.let[T.int64] = key_lo(TT - T.int64(1))
-                    blk: T.let[T.int64] = (key_hi(TT - T.int64(1), TT) - lo + (NS - 1)) // NS
+                    blk: T.let[T.int64] = (key_hi(TT - T.int64(1), TT) - lo + (nsr - 1)) // nsr
                     klo: T.let[T.int64] = lo + c * blk
                     khi: T.let[T.int64] = T.min(klo + blk, key_hi(TT - T.int64(1), TT))
                     for g in T.serial(G):
@@ -195,30 +208,36 @@ def attention_sync(
                                 for e in T.vectorized(d):
                                     acc[g, e] = acc[g, e] + sc[g, jj] * T.Cast(
                                         "float32", V[bi, kh, T.min(klo + t * KT + jj, khi - 1), e])
-                    for g in T.serial(G):
+                    if nsr == T.int64(1):
+                        for g in T.serial(G):
+                            for e in T.vectorized(d):
+                                OUT[bi, kh * G + g, 0, e] = T.Cast(dtype, acc[g, e] / ls[g])
+                    else:
+                        for g in T.serial(G):
+                            for e in T.vectorized(d):
+                                PART[((x * G + g) * NS + c) * W + e] = acc[g, e]
+                            PART[((x * G + g) * NS + c) * W + d] = m[g]
+                            PART[((x * G + g) * NS + c) * W + d + 1] = ls[g]
+            if nsr > T.int64(1):
+                for row in T.parallel(B * h):
+                    with T.sblock("attn_merge"):
+                        T.reads()
+                        T.writes()
+                        acc = T.sblock_alloc_buffer((d,), "float32", scope="local")
+                        st = T.sblock_alloc_buffer((3,), "float32", scope="local")  # max, sum, weight
+                        st[0] = T.float32(NEG)
+                        for c in T.serial(nsr):
+                            st[0] = T.max(st[0], PART[(row * NS + c) * W + d])
+                        st[1] = T.float32(0)
                         for e in T.vectorized(d):
-                            PART[((x * G + g) * NS + c) * W + e] = acc[g, e]
-                        PART[((x * G + g) * NS + c) * W + d] = m[g]
-                        PART[((x * G + g) * NS + c) * W + d + 1] = ls[g]
-            for row in T.parallel(B * h):
-                with T.sblock("attn_merge"):
-                    T.reads()
-                    T.writes()
-                    acc = T.sblock_alloc_buffer((d,), "float32", scope="local")
-                    st = T.sblock_alloc_buffer((3,), "float32", scope="local")  # max, sum, weight
-                    st[0] = T.float32(NEG)
-                    for c in T.serial(NS):
-                        st[0] = T.max(st[0], PART[(row * NS + c) * W + d])
-                    st[1] = T.float32(0)
-                    for e in T.vectorized(d):
-                        acc[e] = T.float32(0)
-                    for c in T.serial(NS):
-                        st[2] = T.exp(PART[(row * NS + c) * W + d] - st[0])
-                        st[1] = st[1] + st[2] * PART[(row * NS + c) * W + d + 1]
+                            acc[e] = T.float32(0)
+                        for c in T.serial(nsr):
+                            st[2] = T.exp(PART[(row * NS + c) * W + d] - st[0])
+                            st[1] = st[1] + st[2] * PART[(row * NS + c) * W + d + 1]
+                            for e in T.vectorized(d):
+                                acc[e] = acc[e] + st[2] * PART[(row * NS + c) * W + e]
                         for e in T.vectorized(d):
-                            acc[e] = acc[e] + st[2] * PART[(row * NS + c) * W + e]
-                    for e in T.vectorized(d):
-                        OUT[row // h, row % h, 0, e] = T.Cast(dtype, acc[e] / st[1])
+                            OUT[row // h, row % h, 0, e] = T.Cast(dtype, acc[e] / st[1])
         else:
             for task in T.parallel(B * kvh * ((S * G + (R * NB - 1)) // (R * NB))):
                 with T.sblock("attn_blocked"):
