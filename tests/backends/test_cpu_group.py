@@ -227,3 +227,21 @@ def test_grouped_model_equals_ungrouped(tmp_path, monkeypatch, isa, spec):
         g, [torch.tensor([[7]]), torch.tensor([[5]]), *[t for kv in present for t in kv]]
     )
     torch.testing.assert_close(got, want[0], rtol=1e-4, atol=1e-4)
+
+
+@vnni
+def test_inline_decode_groups_before_the_members_params_are_lowered():
+    """A one-layer model is lowered inline (no outlined layer function): when q_proj is lowered,
+    k_proj's and v_proj's ``param`` nodes come later in the graph and have no value yet; the
+    group still finds their weights (``member_param``)."""
+    from llmc.backends.cpu.pipeline import PIPELINE
+    from llmc.passes import PassContext, build_pipeline
+    from llmc.targets import get_target
+
+    g = toy_lm(layers=1, hidden=64, ffn=192)
+    build_pipeline("rtn:bits=4:group=32").run(g, PassContext())
+    t = get_target("cpu")
+    low = PIPELINE.lower(g, t, PIPELINE.tvm_target(t))
+    fn = {gv.name_hint: str(f) for gv, f in low.mod.functions.items()}["decode"]
+    calls = [ln for ln in fn.splitlines() if "call_tir(q4_vnni" in ln]
+    assert sorted(ln.count("R.Tensor((1, ") for ln in calls) == [1, 1, 2, 3], calls

@@ -19,7 +19,7 @@ from llmc.backends.kernels.cpu_vnni import group_sums
 from llmc.backends.kernels.te_actq import act_fake_quant
 from llmc.backends.layouts import Layout, panel_count, register_layout, tvm_dtype
 from llmc.backends.lower import LowerCtx
-from llmc.backends.rules import add_bias_cast, flatten_rows, unflatten_rows, weight_param
+from llmc.backends.rules import add_bias_cast, flatten_rows, unflatten_rows
 from llmc.ir.graph import Node
 from llmc.ir.params import Param
 
@@ -127,12 +127,12 @@ def linear_q(ctx: LowerCtx, n: Node, kernel: str, parts: int) -> relax.Expr:
 
 
 def _q_key(ctx: LowerCtx, n: Node, kernel: str, parts: int) -> tuple | None:
-    from llmc.backends.cpu.pipeline import _avx2_ok
+    from llmc.backends.cpu.pipeline import _avx2_ok, member_param
     from llmc.backends.rules import is_q4, is_q8g
 
     if n.op != "linear" or not _avx2_ok(ctx, n, is_q4 if kernel == "q4" else is_q8g):
         return None
-    p = weight_param(ctx, n)
+    p = member_param(ctx, n)
     q = p.format.quant
     k = int(p.type.shape[1])
     # act_bits / act_group: the rule runs on the fake-quantized input (the same for the group)
@@ -142,10 +142,10 @@ def _q_key(ctx: LowerCtx, n: Node, kernel: str, parts: int) -> tuple | None:
 def _q_call(
     ctx: LowerCtx, group: list[Node], x: relax.Expr, kernel: str, parts: int
 ) -> list[relax.Expr]:
-    from llmc.backends.cpu.pipeline import _call_group, _static_rows, _widths
+    from llmc.backends.cpu.pipeline import _call_group, _static_rows, _widths, member_param
 
     dt = group[0].out.type.dtype
-    ps = [weight_param(ctx, u) for u in group]
+    ps = [member_param(ctx, u) for u in group]
     in_f = int(ps[0].type.shape[1])
     g = ps[0].format.quant.group or in_f
     kp, ab = cpu_avx2.padded_k(in_f, g), cpu_avx2.act_block(in_f, g)

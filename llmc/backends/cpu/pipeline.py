@@ -297,7 +297,7 @@ def _linear_panel_q4(ctx: LowerCtx, n: Node) -> relax.Expr:
 
 
 def _vnni_ok(ctx: LowerCtx, n: Node, fmt) -> bool:
-    p = weight_param(ctx, n)
+    p = member_param(ctx, n)
     # float32 models only: the half-precision scale loads are not tested on the CPU yet
     if kernel_isa() != "avx512_vnni" or p is None or not fmt(p) or n.out.type.dtype != "f32":
         return False
@@ -334,7 +334,7 @@ def _vnni_key(ctx: LowerCtx, n: Node, kernel: str) -> tuple | None:
     ok = _vnni_q4_ok if kernel == "q4" else _vnni_q8w_ok
     if n.op != "linear" or not ok(ctx, n):
         return None
-    p = weight_param(ctx, n)
+    p = member_param(ctx, n)
     q = p.format.quant
     in_f = int(p.type.shape[1])
     shared = "zero" not in p.data and q.symmetric
@@ -345,7 +345,7 @@ def _vnni_call(ctx: LowerCtx, group: list[Node], x: relax.Expr, kernel: str) -> 
     """One ``{kernel}_vnni`` call for the linears of ``group`` (the same :func:`_vnni_key`):
     the activations quantized once, one result per linear."""
     n, dt = group[0], group[0].out.type.dtype
-    ps = [weight_param(ctx, u) for u in group]
+    ps = [member_param(ctx, u) for u in group]
     q = ps[0].format.quant
     in_f = int(ps[0].type.shape[1])
     g = q.group or in_f
@@ -449,6 +449,12 @@ def decode_group(
     return group
 
 
+def member_param(ctx: LowerCtx, n: Node) -> Param | None:
+    """The weight of the linear ``n``, also before its ``param`` node is lowered (a decode group
+    looks at members after the node being lowered): the lowered value's, else the graph's."""
+    return weight_param(ctx, n) or ctx.graph.param_of(n.inputs[1])
+
+
 def group_result(
     ctx: LowerCtx,
     n: Node,
@@ -496,7 +502,7 @@ def _call_group(
 
 
 def _avx2_ok(ctx: LowerCtx, n: Node, fmt) -> bool:
-    p = weight_param(ctx, n)
+    p = member_param(ctx, n)
     if kernel_isa() != "avx2" or p is None or not fmt(p) or n.out.type.dtype != "f32":
         return False
     k = int(p.type.shape[1])

@@ -32,7 +32,7 @@ from typing import Any
 from tvm import te, tirx
 from tvm.script import tirx as T
 
-from llmc.backends.kernels.cpu_group import MAX_GROUP, Buf, grouped_func, widths
+from llmc.backends.kernels.cpu_group import Buf, grouped_func, widths
 
 F32 = "float32"
 NB = 64  # outputs per panel: 4 zmm accumulators of 16 int32
@@ -403,10 +403,6 @@ def w8a8_vnni(
     No separate quantization kernel, no int8 intermediate and no scale tensor between the two.
     """
     return w8a8_vnni_multi(k_dim, (n_dim,), m, act_scale)
-
-
-#: the most ``qlinear_a8`` one :func:`w8a8_vnni_multi` call computes (q/k/v)
-A8_MAX_GROUP = MAX_GROUP
 
 
 def w8a8_vnni_multi(
