@@ -1,9 +1,9 @@
-"""The blocked prefill path of the CPU attention kernel (:func:`attention_sync`: ``ROWS`` query
-rows x ``KEY_TILE`` keys per step, K transposed into a workspace, vector exp) against the
-reference: sequence lengths and key counts that are not multiples of the block or the tile, GQA,
-sliding windows, soft-capping, a past (chunked prefill: more keys than rows, cache capacity past
-the valid keys), float16 operands, the one-row (decode) path; and through the compile path
-against the reference interpreter."""
+"""The blocked prefill path of the CPU attention kernel (:func:`attention_sync`: ``BLOCKS``
+blocks of ``ROWS`` query rows x ``KEY_TILE`` keys per step, row-vectorized logits, vector exp)
+against the reference: sequence lengths and key counts that are not multiples of the block or
+the tile, GQA, sliding windows, soft-capping, a past (chunked prefill: more keys than rows, cache
+capacity past the valid keys), float16 operands, the one-row (decode, split-K) path, block, tile
+and split sizes; and through the compile path against the reference interpreter."""
 
 from __future__ import annotations
 
@@ -27,20 +27,48 @@ def _target():
 
 
 @functools.cache
-def _kernel(h, kvh, d, dtype, scale, causal, window, softcap, rows):
+def _kernel(h, kvh, d, dtype, scale, causal, window, softcap, rows, tile, splits, blocks):
     """The compiled kernel, built once per configuration (the sequence lengths and pasts are
     run-time arguments: the cases of one configuration share a build)."""
     import tvm
 
-    f = A.attention_sync(h, kvh, d, dtype, scale, causal, window, softcap, rows=rows)
+    f = A.attention_sync(
+        h,
+        kvh,
+        d,
+        dtype,
+        scale,
+        causal,
+        window,
+        softcap,
+        rows=rows,
+        key_tile=tile,
+        splits=splits,
+        blocks=blocks,
+    )
     return tvm.compile(tvm.IRModule({"main": f}), target=_target())["main"]
 
 
-def _check(h, kvh, d, s, past, causal, window, softcap=0.0, dtype="float32", b=2, rows=A.ROWS):
+def _check(
+    h,
+    kvh,
+    d,
+    s,
+    past,
+    causal,
+    window,
+    softcap=0.0,
+    dtype="float32",
+    b=2,
+    rows=A.ROWS,
+    tile=A.KEY_TILE,
+    splits=A.SPLITS,
+    blocks=A.BLOCKS,
+):
     import tvm
 
     scale = d**-0.5
-    fn = _kernel(h, kvh, d, dtype, scale, causal, window, softcap, rows)
+    fn = _kernel(h, kvh, d, dtype, scale, causal, window, softcap, rows, tile, splits, blocks)
     t = past + s
     gen = torch.Generator().manual_seed(h * 1000 + s * 10 + past)
     q = torch.randn(b, h, s, d, generator=gen) * 2
@@ -81,10 +109,10 @@ def test_blocked_softcap_and_float16():
 
 
 def test_block_sizes():
-    for rows in (1, 3, 8):
-        _check(4, 2, 16, 19, 2, causal=True, window=0, rows=rows)
-    with pytest.raises(ValueError, match="key_tile 24"):
-        A.attention_sync(4, 2, 16, "float32", 0.25, True, 0, key_tile=24)
+    for rows, tile, blocks in ((1, 32, 1), (3, 24, 3), (8, 6, 4), (2, 8, 2)):
+        _check(4, 2, 16, 19, 2, causal=True, window=0, rows=rows, tile=tile, blocks=blocks)
+    with pytest.raises(ValueError, match="key_tile 0"):
+        A.attention_sync(4, 2, 16, "float32", 0.25, True, 0, key_tile=0)
 
 
 def test_compile_path_matches_interpreter():

@@ -16,6 +16,7 @@ from tvm import relax
 
 from llmc.backends.kernels import cpu_avx2, te_ops
 from llmc.backends.kernels.cpu_vnni import group_sums
+from llmc.backends.kernels.te_actq import act_fake_quant
 from llmc.backends.layouts import (
     Layout,
     panel_count,
@@ -24,7 +25,7 @@ from llmc.backends.layouts import (
     tvm_dtype,
 )
 from llmc.backends.lower import LowerCtx
-from llmc.backends.rules import add_bias_cast, flatten_rows, unflatten_rows, weight_param
+from llmc.backends.rules import add_bias_cast, flatten_rows, unflatten_rows
 from llmc.ir.graph import Node
 from llmc.ir.params import Param
 
@@ -114,63 +115,117 @@ PANELLED = ("q4.scale", "q4.zero", "q8.scale")
 
 
 def linear_q(ctx: LowerCtx, n: Node, kernel: str, parts: int) -> relax.Expr:
-    """``linear`` with an int4 (``kernel="q4"``) or 5..8-bit (``"q8w"``) weight-only weight."""
-    from llmc.backends.cpu.pipeline import _rows, _static_rows
+    """``linear`` with an int4 (``kernel="q4"``) or 5..8-bit (``"q8w"``) weight-only weight,
+    its input fake-quantized first when the weight records ``act_bits`` (the rule quantizes the
+    activations itself: ``Rule.act_quant``); decode computes the linears of one group (q/k/v, gate/up) in one call
+    (:func:`llmc.backends.cpu.pipeline.decode_group`)."""
+    from llmc.backends.cpu.pipeline import group_result
 
-    dt = n.out.type.dtype
-    p = weight_param(ctx, n)
-    assert p is not None and p.format.quant is not None
-    out_f, in_f = (int(d) for d in p.type.shape)
-    g = p.format.quant.group or in_f
     x, lead = flatten_rows(ctx, ctx.arg(n.inputs[0]))
+    y = group_result(
+        ctx,
+        n,
+        x,
+        lambda c, u: _q_key(c, u, kernel, parts),
+        lambda group: _q_call(ctx, group, x, kernel, parts),
+    )
+    return add_bias_cast(ctx, n, unflatten_rows(ctx, y, lead), n.out.type.dtype)
+
+
+def _q_key(ctx: LowerCtx, n: Node, kernel: str, parts: int) -> tuple | None:
+    from llmc.backends.cpu.pipeline import _avx2_ok, member_param
+    from llmc.backends.rules import is_q4, is_q8g
+
+    if n.op != "linear" or not _avx2_ok(ctx, n, is_q4 if kernel == "q4" else is_q8g):
+        return None
+    p = member_param(ctx, n)
+    q = p.format.quant
+    k = int(p.type.shape[1])
+    # act_bits / act_group: the rule runs on the fake-quantized input (the same for the group)
+    return (
+        kernel,
+        parts,
+        k,
+        q.group or k,
+        q.act_bits,
+        q.act_group,
+        q.scale_dtype,
+        n.out.type.dtype,
+    )
+
+
+def _q_call(
+    ctx: LowerCtx, group: list[Node], x: relax.Expr, kernel: str, parts: int
+) -> list[relax.Expr]:
+    from llmc.backends.cpu.pipeline import _call_group, _static_rows, _widths, member_param
+
+    dt = group[0].out.type.dtype
+    ps = [member_param(ctx, u) for u in group]
+    in_f = int(ps[0].type.shape[1])
+    g = ps[0].format.quant.group or in_f
     kp, ab = cpu_avx2.padded_k(in_f, g), cpu_avx2.act_block(in_f, g)
+    q = ps[0].format.quant
+    if q.act_bits:  # the recorded int8 activations (the reference's fake_quant_act), once
+        x = ctx.emit_te(act_fake_quant, x, q.act_group, name="act_fake_quant")
     dig = ctx.emit_te(cpu_avx2.act_digits, x, kp, ab, parts, name="avx2_digits")
     gsum = ctx.emit_te(group_sums, x, g, name="avx2_gsum")
-    codes = ctx.weight(p, f"vnni{NB}.{kernel}.codes")
-    scale = ctx.weight(p, f"panel{NB}.q4.scale", scale_dtype(p, dt))
-    offset = ctx.weight(p, f"panel{NB}.q4.zero", scale_dtype(p, dt))
-    sdt, m = tvm_dtype(scale_dtype(p, dt)), _static_rows(x)
+    sd = scale_dtype(ps[0], dt)  # QuantSpec.scale_dtype, the same for the group (_q_key)
+    weights = [
+        w
+        for p in ps
+        for w in (
+            ctx.weight(p, f"vnni{NB}.{kernel}.codes"),
+            ctx.weight(p, f"panel{NB}.q4.scale", sd),
+            ctx.weight(p, f"panel{NB}.q4.zero", sd),
+        )
+    ]
+    sdt, m, ns = tvm_dtype(sd), _static_rows(x), _widths(ps)
     fn = cpu_avx2.q4_avx2 if kernel == "q4" else cpu_avx2.q8w_avx2
-    y = ctx.call_kernel(
-        (f"{kernel}_avx2", in_f, out_f, g, parts, sdt, m),
-        lambda: fn(in_f, out_f, g, parts, sdt, m),
+    return _call_group(
+        ctx,
+        (f"{kernel}_avx2", in_f, ns, g, parts, sdt, m),
+        lambda: fn(in_f, ns, g, parts, sdt, m),
         f"{kernel}_avx2",
-        [
-            ctx.emit(relax.TupleGetItem(dig, 0)),
-            ctx.emit(relax.TupleGetItem(dig, 1)),
-            gsum,
-            codes,
-            scale,
-            offset,
-        ],
-        relax.TensorType([_rows(x), out_f], "float32"),
+        [ctx.emit(relax.TupleGetItem(dig, 0)), ctx.emit(relax.TupleGetItem(dig, 1)), gsum]
+        + weights,
+        x,
+        ns,
     )
-    return add_bias_cast(ctx, n, unflatten_rows(ctx, y, lead), dt)
 
 
 def qlinear_a8(ctx: LowerCtx, n: Node) -> relax.Expr:
     """``qlinear_a8`` (W8A8): ``act_quant`` then :func:`~.kernels.cpu_avx2.w8a8_avx2` (decode
-    and prefill; a prefill chunk re-reads each panel from cache per row)."""
-    from llmc.backends.cpu.pipeline import _rows, _static_rows
+    and prefill; a prefill chunk re-reads each panel from cache per row). Decode quantizes the
+    activations once for a group of linears reading them (q/k/v, gate/up) and computes the
+    group in one call."""
+    from llmc.backends.cpu.pipeline import _a8_key, _call_group, _static_rows, group_result
 
     dt = n.out.type.dtype
-    p = ctx.graph.root().params[n.attrs.weight]
-    out_f, in_f = (int(d) for d in p.type.shape)
+    in_f = int(ctx.graph.root().params[n.attrs.weight].type.shape[1])
     x, lead = flatten_rows(ctx, ctx.arg(n.inputs[0]))
-    q = ctx.emit_te(te_ops.act_quant, x, n.attrs.act_scale, name="act_quant")
     m = _static_rows(x)
-    y = ctx.call_kernel(
-        ("w8a8_avx2", in_f, out_f, m),
-        lambda: cpu_avx2.w8a8_avx2(in_f, out_f, m),
-        "w8a8_avx2",
-        [
-            ctx.emit(relax.TupleGetItem(q, 0)),
-            ctx.emit(relax.TupleGetItem(q, 1)),
-            ctx.weight(p, f"vnni{NB}.q8.codes"),
-            ctx.weight(p, f"panel{NB}.q8.scale"),
-        ],
-        relax.TensorType([_rows(x), out_f], "float32"),
-    )
+
+    def call(group: list[Node]) -> list[relax.Expr]:
+        ps = [ctx.graph.root().params[u.attrs.weight] for u in group]
+        q = ctx.emit_te(te_ops.act_quant, x, n.attrs.act_scale, name="act_quant")
+        ns = tuple(int(p.type.shape[0]) for p in ps)
+        nk = ns[0] if len(ns) == 1 else ns
+        return _call_group(
+            ctx,
+            ("w8a8_avx2", in_f, nk, m),
+            lambda: cpu_avx2.w8a8_avx2(in_f, nk, m),
+            "w8a8_avx2",
+            [ctx.emit(relax.TupleGetItem(q, 0)), ctx.emit(relax.TupleGetItem(q, 1))]
+            + [
+                w
+                for p in ps
+                for w in (ctx.weight(p, f"vnni{NB}.q8.codes"), ctx.weight(p, f"panel{NB}.q8.scale"))
+            ],
+            x,
+            nk,
+        )
+
+    y = group_result(ctx, n, x, _a8_key, call)
     if len(n.inputs) == 3:
         y = ctx.emit(relax.op.add(y, ctx.cast(ctx.arg(n.inputs[2]), "f32")))
     return ctx.cast(unflatten_rows(ctx, y, lead), dt)

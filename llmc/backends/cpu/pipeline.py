@@ -13,15 +13,16 @@ Differences from the shared pipeline (tables only):
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
 from functools import cache
 from typing import Any
 
 import tvm
-from tvm import relax, te
+from tvm import relax, te, tirx
 
 from llmc.backends.cpu import avx2
 from llmc.backends.kernels import cpu as cpu_kernels
-from llmc.backends.kernels import cpu_gemm, cpu_sparse, cpu_vnni, te_ops
+from llmc.backends.kernels import cpu_gemm, cpu_group, cpu_sparse, cpu_vnni, te_ops
 from llmc.backends.layouts import (
     Layout,
     get_layout,
@@ -297,7 +298,7 @@ def _linear_panel_q4(ctx: LowerCtx, n: Node) -> relax.Expr:
 
 
 def _vnni_ok(ctx: LowerCtx, n: Node, fmt) -> bool:
-    p = weight_param(ctx, n)
+    p = member_param(ctx, n)
     # float32 models only (half *scales*, QuantSpec.scale_dtype=f16, are read and tested)
     if kernel_isa() != "avx512_vnni" or p is None or not fmt(p) or n.out.type.dtype != "f32":
         return False
@@ -319,14 +320,45 @@ def _vnni_q8w_ok(ctx: LowerCtx, n: Node) -> bool:
 def _linear_vnni_q4(ctx: LowerCtx, n: Node, kernel: str = "q4") -> relax.Expr:
     """int4 (``q4``) or 5..8-bit (``q8w``) weight-only linear on VNNI: three activation digits
     for float activations, one (the recorded int8 activations, exact to the reference's
-    ``fake_quant_act``) when the weight records ``act_bits = 8``."""
-    dt = n.out.type.dtype
-    p = weight_param(ctx, n)
-    assert p is not None and p.format.quant is not None
-    q = p.format.quant
-    out_f, in_f = (int(d) for d in p.type.shape)
-    g = q.group or in_f
+    ``fake_quant_act``) when the weight records ``act_bits = 8``. Decode computes the linears of
+    one group (:func:`decode_group`: q/k/v, gate/up) in one call."""
     x, lead = flatten_rows(ctx, ctx.arg(n.inputs[0]))
+    y = group_result(
+        ctx, n, x, lambda c, u: _vnni_key(c, u, kernel), lambda g: _vnni_call(ctx, g, x, kernel)
+    )
+    return add_bias_cast(ctx, n, unflatten_rows(ctx, y, lead), n.out.type.dtype)
+
+
+def _vnni_key(ctx: LowerCtx, n: Node, kernel: str) -> tuple | None:
+    """What a weight-only VNNI call's activation arguments and kernel depend on (None: ``n``
+    is not lowered by that rule)."""
+    ok = _vnni_q4_ok if kernel == "q4" else _vnni_q8w_ok
+    if n.op != "linear" or not ok(ctx, n):
+        return None
+    p = member_param(ctx, n)
+    q = p.format.quant
+    in_f = int(p.type.shape[1])
+    shared = "zero" not in p.data and q.symmetric
+    return (
+        kernel,
+        in_f,
+        q.group or in_f,
+        q.act_bits,
+        q.act_group,
+        shared,
+        n.out.type.dtype,
+        q.scale_dtype,
+    )
+
+
+def _vnni_call(ctx: LowerCtx, group: list[Node], x: relax.Expr, kernel: str) -> list[relax.Expr]:
+    """One ``{kernel}_vnni`` call for the linears of ``group`` (the same :func:`_vnni_key`):
+    the activations quantized once, one result per linear."""
+    n, dt = group[0], group[0].out.type.dtype
+    ps = [member_param(ctx, u) for u in group]
+    q = ps[0].format.quant
+    in_f = int(ps[0].type.shape[1])
+    g = q.group or in_f
     kp = cpu_vnni.padded_k(in_f, g)
     if q.act_bits:
         ab = cpu_vnni.int8_block(in_f, g, q.act_group)
@@ -339,26 +371,34 @@ def _linear_vnni_q4(ctx: LowerCtx, n: Node, kernel: str = "q4") -> relax.Expr:
         dig = ctx.emit_te(cpu_vnni.act_digits, x, kp, ab, parts, name="vnni_digits")
         digits, xs = ctx.emit(relax.TupleGetItem(dig, 0)), ctx.emit(relax.TupleGetItem(dig, 1))
         gsum = ctx.emit_te(cpu_vnni.group_sums, x, g, name="vnni_gsum")
-    codes = ctx.weight(p, f"vnni{NB}.{kernel}.codes")
-    scale = ctx.weight(p, f"panel{NB}.q4.scale", scale_dtype(p, dt))
-    sdt, m = tvm_dtype(scale_dtype(p, dt)), _static_rows(x)
+    sd = scale_dtype(ps[0], dt)  # QuantSpec.scale_dtype, the same for the group (_vnni_key)
+    sdt, m = tvm_dtype(sd), _static_rows(x)
     # symmetric codes: the offset is -qmin everywhere, one shared row instead of a stream
-    shared = "zero" not in p.data and q.symmetric
-    if shared:
-        import numpy as np
+    shared = _vnni_key(ctx, n, kernel)[5]
+    weights: list[relax.Expr] = []
+    for p in ps:
+        if shared:
+            import numpy as np
 
-        offset = relax.const(np.full((1, 1, NB), -q.qmin, dtype=sdt))
-    else:
-        offset = ctx.weight(p, f"panel{NB}.q4.zero", scale_dtype(p, dt))
+            offset = relax.const(np.full((1, 1, NB), -p.format.quant.qmin, dtype=sdt))
+        else:
+            offset = ctx.weight(p, f"panel{NB}.q4.zero", sd)
+        weights += [
+            ctx.weight(p, f"vnni{NB}.{kernel}.codes"),
+            ctx.weight(p, f"panel{NB}.q4.scale", sd),
+            offset,
+        ]
+    ns = _widths(ps)
     fn = cpu_vnni.q4_vnni if kernel == "q4" else cpu_vnni.q8w_vnni
-    y = ctx.call_kernel(
-        (f"{kernel}_vnni", in_f, out_f, g, parts, sdt, m, ab, shared),
-        lambda: fn(in_f, out_f, g, parts, sdt, m, ab, shared),
+    return _call_group(
+        ctx,
+        (f"{kernel}_vnni", in_f, ns, g, parts, sdt, m, ab, shared),
+        lambda: fn(in_f, ns, g, parts, sdt, m, ab, shared),
         f"{kernel}_vnni",
-        [digits, xs, gsum, codes, scale, offset],
-        relax.TensorType([_rows(x), out_f], "float32"),
+        [digits, xs, gsum, *weights],
+        x,
+        ns,
     )
-    return add_bias_cast(ctx, n, unflatten_rows(ctx, y, lead), dt)
 
 
 def _vnni_host(ctx: LowerCtx, n: Node) -> bool:
@@ -373,36 +413,107 @@ def _a8_weights(ctx: LowerCtx, p: Param) -> list[relax.Expr]:
     ]
 
 
-def _a8_group(ctx: LowerCtx, n: Node) -> list[Node]:
-    """``n`` and the ``qlinear_a8`` after it that read the same activations with the same
-    ``act_scale`` and are lowered into the same function (q/k/v, gate/up): up to
-    ``A8_MAX_GROUP`` of them, in graph order. Nodes inside ``cond`` regions are not grouped."""
+# -- decode groups ---------------------------------------------------------------------------------
+#
+# Decode (one row) computes the linears that read the same activations with the same kernel and
+# format (q/k/v, gate/up) in one kernel call: the activations are prepared once and one parallel
+# loop covers the panels of all the weights (llmc.backends.kernels.cpu_group), so a step pays
+# one thread join per group instead of one per linear. The first member of a group (in graph
+# order) emits the call; the results of the others wait in ``_cpu_group_pending`` until their
+# own nodes are lowered (later in the same function), where their bias is added.
+
+
+def decode_group(
+    ctx: LowerCtx, n: Node, key: Callable[[LowerCtx, Node], Hashable | None]
+) -> list[Node]:
+    """``n`` and the nodes after it that read the same activations (``inputs[0]``), have the
+    same ``key`` (kernel family and format, None: not groupable) and are lowered into the same
+    function (the same outlined layer, or both inline): up to ``cpu_group.MAX_GROUP`` of them,
+    in graph order. Nodes inside ``cond`` regions are not grouped."""
     low = ctx.lowering
-    info = getattr(low, "_cpu_a8_nodes", None)
+    info = getattr(low, "_cpu_group_nodes", None)
     if info is None:
         g = ctx.graph
         pos = {id(x): i for i, x in enumerate(g.nodes)}
         fn = {id(x): layer.index for layer in low.plan.layers for x in layer.nodes}
-        info = low._cpu_a8_nodes = (g.users(), pos, fn)
+        info = low._cpu_group_nodes = (g.users(), pos, fn)
     users, pos, fn = info
-    if id(n) not in pos:
+    k = key(ctx, n)
+    if id(n) not in pos or k is None:
         return [n]
-    where = fn.get(id(n)) if id(n) in low.plan.covered else None
+
+    def where(u: Node) -> int | None:
+        return fn.get(id(u)) if id(u) in low.plan.covered else None
+
     group = [n]
     for u in users.get(n.inputs[0], []):
+        if len(group) == cpu_group.MAX_GROUP:
+            break
         if (
-            u.op == "qlinear_a8"
+            id(u) in pos
             and pos[id(u)] > pos[id(n)]
-            and u.attrs.act_scale == n.attrs.act_scale
-            and (fn.get(id(u)) if id(u) in low.plan.covered else None) == where
-            and len(group) < cpu_vnni.A8_MAX_GROUP
+            and u.op == n.op
+            and where(u) == where(n)
+            and key(ctx, u) == k
         ):
             group.append(u)
     return group
 
 
+def member_param(ctx: LowerCtx, n: Node) -> Param | None:
+    """The weight of the linear ``n``, also before its ``param`` node is lowered (a decode group
+    looks at members after the node being lowered): the lowered value's, else the graph's."""
+    return weight_param(ctx, n) or ctx.graph.param_of(n.inputs[1])
+
+
+def group_result(
+    ctx: LowerCtx,
+    n: Node,
+    x: relax.Expr,
+    key: Callable[[LowerCtx, Node], Hashable | None],
+    call: Callable[[list[Node]], list[relax.Expr]],
+) -> relax.Expr:
+    """The ``[rows, out]`` float32 result of ``n``: computed by ``call`` for ``n``'s decode group
+    (``x`` has one row; :func:`decode_group`) or for ``n`` alone, or taken from the group call
+    an earlier member emitted."""
+    pending: dict[int, relax.Expr] | None = getattr(ctx.lowering, "_cpu_group_pending", None)
+    if pending is None:
+        pending = ctx.lowering._cpu_group_pending = {}
+    if id(n) in pending:
+        return pending.pop(id(n))
+    group = decode_group(ctx, n, key) if _static_rows(x) == 1 else [n]
+    ys = call(group)
+    for u, y in zip(group[1:], ys[1:], strict=True):
+        pending[id(u)] = y
+    return ys[0]
+
+
+def _widths(ps: list[Param]) -> int | tuple[int, ...]:
+    """The output widths of a group's weights (one weight: its width, the single kernel)."""
+    ns = tuple(int(p.type.shape[0]) for p in ps)
+    return ns[0] if len(ns) == 1 else ns
+
+
+def _call_group(
+    ctx: LowerCtx,
+    key: tuple,
+    make: Callable[[], tirx.PrimFunc],
+    name: str,
+    args: list[relax.Expr],
+    x: relax.Expr,
+    ns: int | tuple[int, ...],
+) -> list[relax.Expr]:
+    """``ctx.call_kernel`` for a kernel with one ``[rows, n]`` float32 result per width."""
+    widths = (ns,) if isinstance(ns, int) else ns
+    outs = [relax.TensorType([_rows(x), nj], "float32") for nj in widths]
+    res = ctx.call_kernel(key, make, name, args, outs if len(outs) > 1 else outs[0])
+    if len(outs) == 1:
+        return [res]
+    return [ctx.emit(relax.TupleGetItem(res, j)) for j in range(len(outs))]
+
+
 def _avx2_ok(ctx: LowerCtx, n: Node, fmt) -> bool:
-    p = weight_param(ctx, n)
+    p = member_param(ctx, n)
     if kernel_isa() != "avx2" or p is None or not fmt(p) or n.out.type.dtype != "f32":
         return False
     k = int(p.type.shape[1])
@@ -419,10 +530,6 @@ def _qlinear_a8_vnni(ctx: LowerCtx, n: Node) -> relax.Expr:
     out_f, in_f = (int(d) for d in p.type.shape)
     x, lead = flatten_rows(ctx, ctx.arg(n.inputs[0]))
     act_scale, m = float(n.attrs.act_scale), _static_rows(x)
-    # decode results a group call (below) computed for the later members of its group
-    pending: dict[int, relax.Expr] | None = getattr(ctx.lowering, "_cpu_a8_pending", None)
-    if pending is None:
-        pending = ctx.lowering._cpu_a8_pending = {}
     if m is None and cpu_gemm.supports_w8a8(in_f):  # prefill: register-blocked over rows
         q = ctx.emit_te(te_ops.act_quant, x, act_scale, name="act_quant")
         y = ctx.call_kernel(
@@ -433,30 +540,32 @@ def _qlinear_a8_vnni(ctx: LowerCtx, n: Node) -> relax.Expr:
             + _a8_weights(ctx, p),
             relax.TensorType([_rows(x), out_f], "float32"),
         )
-    elif id(n) in pending:
-        y = pending.pop(id(n))
     else:
         # decode: the per-token quantization runs inside the kernel, once for the whole group
         # of linears reading these activations (one call, no int8 tensor)
-        group = _a8_group(ctx, n) if m == 1 else [n]
-        ps = [ctx.graph.root().params[u.attrs.weight] for u in group]
-        ns = tuple(int(q.type.shape[0]) for q in ps)
-        outs = [relax.TensorType([_rows(x), nj], "float32") for nj in ns]
-        res = ctx.call_kernel(
-            ("w8a8_vnni", in_f, ns, m, act_scale),
-            lambda: cpu_vnni.w8a8_vnni_multi(in_f, ns, m, act_scale),
-            "w8a8_vnni",
-            [ctx.cast(x, "f32")] + [w for q in ps for w in _a8_weights(ctx, q)],
-            outs if len(group) > 1 else outs[0],
-        )
-        y = res
-        if len(group) > 1:
-            y = ctx.emit(relax.TupleGetItem(res, 0))
-            for j, u in enumerate(group[1:], 1):
-                pending[id(u)] = ctx.emit(relax.TupleGetItem(res, j))
+        def call(group: list[Node]) -> list[relax.Expr]:
+            ps = [ctx.graph.root().params[u.attrs.weight] for u in group]
+            ns = tuple(int(q.type.shape[0]) for q in ps)
+            return _call_group(
+                ctx,
+                ("w8a8_vnni", in_f, ns, m, act_scale),
+                lambda: cpu_vnni.w8a8_vnni_multi(in_f, ns, m, act_scale),
+                "w8a8_vnni",
+                [ctx.cast(x, "f32")] + [w for q in ps for w in _a8_weights(ctx, q)],
+                x,
+                ns,
+            )
+
+        y = group_result(ctx, n, x, _a8_key, call)
     if len(n.inputs) == 3:
         y = ctx.emit(relax.op.add(y, ctx.cast(ctx.arg(n.inputs[2]), "f32")))
     return ctx.cast(unflatten_rows(ctx, y, lead), dt)
+
+
+def _a8_key(ctx: LowerCtx, n: Node) -> tuple | None:
+    """``qlinear_a8`` that share one quantized activation row: the same ``act_scale``."""
+    p = ctx.graph.root().params[n.attrs.weight]
+    return ("w8a8", int(p.type.shape[1]), float(n.attrs.act_scale))
 
 
 def _linear_panel_q8(ctx: LowerCtx, n: Node) -> relax.Expr:
@@ -640,6 +749,7 @@ class CPUPipeline(TVMPipeline):
                 "linear",
                 lambda ctx, n: avx2.linear_q(ctx, n, "q4", Q4_ACT_PARTS),
                 when=lambda ctx, n: _avx2_ok(ctx, n, is_q4),
+                act_quant=True,
             ),
             Rule("cpu.linear.panel_q4", "linear", _linear_panel_q4, when=fmt_is(is_q4)),
             Rule(
@@ -654,6 +764,7 @@ class CPUPipeline(TVMPipeline):
                 "linear",
                 lambda ctx, n: avx2.linear_q(ctx, n, "q8w", Q4_ACT_PARTS),
                 when=lambda ctx, n: _avx2_ok(ctx, n, is_q8g),
+                act_quant=True,
             ),
             Rule("cpu.qlinear_a8.vnni", "qlinear_a8", _qlinear_a8_vnni, when=_vnni_host),
             Rule("cpu.qlinear_a8.avx2", "qlinear_a8", avx2.qlinear_a8, when=_avx2_host),

@@ -1,17 +1,20 @@
-"""Hand-written CPU attention kernels (TIR), parallel over query rows (blocks of rows for prefill).
+"""Hand-written CPU attention kernels (TIR), parallel over blocks of query rows (prefill) or over
+kv heads x key blocks (decode, split-K).
 
 Same semantics and layouts as :mod:`llmc.backends.kernels.attention_gpu` (q [b, h, s, d], k/v
 buffers [b, kvh, cap, d] of which the first ``TT`` keys are valid, bottom-right causal mask,
-sliding window, GQA), parallelised over rows (and, for the asynchronous partials, over key chunks
-too). Accumulation is in float32; each q.k dot keeps :func:`dot_lanes` independent partial sums
-(a vector FMA per key slice instead of one chain of ``d`` dependent adds), and the online
-softmax's rescale factor is computed once per key.
+sliding window, GQA), parallelised over rows or row blocks and, for decode and the asynchronous
+partials, over key chunks too. Accumulation is in float32; each dot-form q.k (decode, async)
+keeps :func:`dot_lanes` independent partial sums (a vector FMA per key slice instead of one chain
+of ``d`` dependent adds).
 
 - :func:`attention_sync`: online (synchronized) softmax. Prefill (more than one query row) is
-  blocked: ``ROWS`` query rows of one head per parallel task, keys in tiles of ``KEY_TILE``, K
-  transposed per kv head into a workspace so that a tile's logits are key-vectorized FMAs, one
-  rescale per row per tile, a vectorized exp (:func:`fast_exp`). Decode (one row) keeps the
-  one-row loop.
+  blocked: ``BLOCKS`` blocks of ``ROWS`` query rows sharing a kv head per parallel task, keys in
+  tiles of ``KEY_TILE`` (each tile loaded once for the blocks), logits vectorized along the rows
+  (K read in place: no transpose, no workspace), one rescale per row per tile, a vectorized exp
+  (:func:`fast_exp`). Decode (one row) is split-K: kv heads x ``SPLITS`` key blocks in parallel,
+  then a merge; its partials are the only workspace (``batch x heads x SPLITS x (d + 2)``,
+  independent of the number of keys).
 - :func:`async_partials` / :func:`async_combine`: FlashDecoding++'s asynchronous softmax in
   split-KV form: per ``(row, chunk)`` sums with the unified max ``phi``; the combine sums them when
   the row passed the range check and otherwise recomputes the row synchronously (the fallback).
@@ -53,10 +56,15 @@ def dot_lanes(d: int) -> int:
     return 1
 
 
-#: query rows per parallel task and keys per tile of the blocked (prefill) path of
-#: :func:`attention_sync`
-ROWS = 4
+#: prefill: query rows per block (pairs of position x grouped head, position-major: one AVX-512
+#: vector of float32, the logits' vector axis), keys per tile, blocks per parallel task (sharing
+#: each loaded key tile); decode: key blocks per kv head (split-K), merged at the end
+ROWS = 16
 KEY_TILE = 32
+BLOCKS = 4
+SPLITS = 16
+#: decode: fewest keys per split-K block (a context below it runs unsplit, with no merge loop)
+MIN_SPLIT_KEYS = 256
 
 
 def fast_exp(x):
@@ -85,22 +93,44 @@ def attention_sync(
     softcap: float = 0.0,
     rows: int = ROWS,
     key_tile: int = KEY_TILE,
+    splits: int = SPLITS,
+    blocks: int = BLOCKS,
+    min_split_keys: int = MIN_SPLIT_KEYS,
 ):
-    """Online-softmax attention. A parallel task takes ``rows`` query rows of one head (a block;
-    a sequence of one row, the decode step, keeps the one-row loop). A block walks the keys that
-    any of its rows sees in tiles of ``key_tile``: the ``rows x key_tile`` logits (each loaded key
-    row shared by the block's rows; a dot is :func:`tree_lanes` vector FMAs and a tree sum), the
-    mask (a select per logit; tiles no row sees are never visited), one rescale per row per tile,
-    then ``P . V`` with each loaded value row shared by the rows. A block's rows past the
-    sequence's end repeat its last row and are not written."""
+    """Online-softmax attention; no buffer of the call grows with the number of keys.
+
+    Prefill (more than one query row): a parallel task takes ``blocks`` blocks of ``rows`` query
+    rows that share a kv head (position-major pairs of position x grouped head, so GQA's heads
+    share every loaded key) and walks the keys any of them sees in tiles of ``key_tile``, each
+    tile loaded once for the blocks that see it (tiles no row of a block sees are skipped; a
+    tile stays in L1/L2 across the blocks instead of being streamed again per block). A block's
+    ``key_tile x rows`` logits are vector FMAs *along the rows* (a broadcast key element times a
+    row of the block's transposed q, built once per task), so K is read in place, never
+    transposed; the mask, the tile's max and sum and the vectorized exp (:func:`fast_exp`) are row
+    vectors too; then ``P . V`` shares each loaded value row between the rows. Rows past the end
+    repeat the last row and are not written; causal, windowed and per-layer key counts are the
+    run-time ``TT`` and per-row bounds, as before.
+
+    Decode (one row): split-K (flash-decoding): a task takes one kv head's ``group`` query heads
+    over one of ``splits`` key blocks (so all threads stream K and V at batch 1 even with one kv
+    head), writes its (max, sum, accumulator) partial to a ``batch x heads x splits x (d + 2)``
+    workspace, and a second parallel loop merges the partials per head. The number of key blocks
+    is chosen at run time, one per ``min_split_keys`` keys (1 to ``splits``): a short context
+    runs one task per kv head that writes the output directly (no partials, no second loop:
+    splitting 160 keys 16 ways cost 4x the unsplit call)."""
     group = h // kvh
     key_lo, key_hi = key_bounds(causal, window)
     lanes = dot_lanes(d)
-    qk_dot = _qk_dot(d, lanes)
     cap = logit(1.0, softcap)  # q is pre-scaled: the dot is the scaled logit
-    R, KT, VL = rows, key_tile, 16  # VL: one AVX-512 vector of float32
-    if KT % VL:
-        raise ValueError(f"attention_sync: key_tile {KT} is not a multiple of {VL}")
+    R, KT, NS, G, NB = rows, key_tile, splits, group, blocks
+    MK = min_split_keys
+    if min(R, KT, NS, NB, MK) < 1:
+        raise ValueError(
+            f"attention_sync: rows {R}, key_tile {KT}, splits {NS}, blocks {NB}, "
+            f"min_split_keys {MK} must be >= 1"
+        )
+    W = d + 2  # a decode partial: accumulator [d], max, sum
+    U = next(u for u in (8, 4, 2, 1) if KT % u == 0)  # keys whose logits accumulate together
 
     # fmt: off
     @T.prim_func(s_tir=True)
@@ -114,125 +144,174 @@ def attention_sync(
         V = T.match_buffer(v_h, (B, kvh, CAP, d), dtype)
         OUT = T.match_buffer(o_h, (B, h, S, d), dtype)
         if S == T.int64(1):
-            for row in T.parallel(B * h):
-                with T.sblock("attn"):
+            PART = T.alloc_buffer((B * h * NS * W,), "float32")
+            # key blocks at run time: one per MIN_SPLIT_KEYS keys, 1..NS (a short context runs
+            # one task per kv head and writes OUT directly: no partials, no merge loop)
+            nsr: T.let[T.int64] = T.max(T.min(
+                (key_hi(TT - T.int64(1), TT) - key_lo(TT - T.int64(1)) + (MK - 1))
+                // MK, NS), T.int64(1))
+            for task in T.parallel(B * kvh * nsr):
+                with T.sblock("attn_split"):
                     T.reads()
                     T.writes()
-                    q_loc = T.sblock_alloc_buffer((d,), "float32", scope="local")
-                    acc = T.sblock_alloc_buffer((d,), "float32", scope="local")
+                    q_loc = T.sblock_alloc_buffer((G, d), "float32", scope="local")
+                    acc = T.sblock_alloc_buffer((G, d), "float32", scope="local")
+                    sc = T.sblock_alloc_buffer((G, KT), "float32", scope="local")
                     part = T.sblock_alloc_buffer((lanes,), "float32", scope="local")
-                    st = T.sblock_alloc_buffer((6,), "float32", scope="local")  # m, l, m_new, p, dot, alpha
-                    bi: T.let[T.int64] = row // h
-                    hi: T.let[T.int64] = row % h
-                    kh: T.let[T.int64] = hi // group
-                    qpos: T.let[T.int64] = TT - T.int64(1)
-                    k_hi: T.let[T.int64] = key_hi(qpos, TT)
-                    k_lo: T.let[T.int64] = key_lo(qpos)
-                    for e in T.serial(d):
-                        q_loc[e] = T.Cast("float32", Q[bi, hi, 0, e]) * T.float32(scale)
-                        acc[e] = T.float32(0)
-                    st[0] = T.float32(NEG)
-                    st[1] = T.float32(0)
-                    for jj in T.serial(k_hi - k_lo):
-                        qk_dot(part, q_loc, K, bi, kh, k_lo + jj, st, 4)
-                        st[2] = T.max(st[0], cap(st[4]))
-                        st[3] = T.exp(cap(st[4]) - st[2])
-                        st[5] = T.exp(st[0] - st[2])
+                    m = T.sblock_alloc_buffer((G,), "float32", scope="local")
+                    mn = T.sblock_alloc_buffer((G,), "float32", scope="local")
+                    al = T.sblock_alloc_buffer((G,), "float32", scope="local")
+                    ls = T.sblock_alloc_buffer((G,), "float32", scope="local")
+                    x: T.let[T.int64] = task // nsr
+                    c: T.let[T.int64] = task % nsr
+                    bi: T.let[T.int64] = x // kvh
+                    kh: T.let[T.int64] = x % kvh
+                    lo: T.let[T.int64] = key_lo(TT - T.int64(1))
+                    blk: T.let[T.int64] = (key_hi(TT - T.int64(1), TT) - lo + (nsr - 1)) // nsr
+                    klo: T.let[T.int64] = lo + c * blk
+                    khi: T.let[T.int64] = T.min(klo + blk, key_hi(TT - T.int64(1), TT))
+                    for g in T.serial(G):
                         for e in T.vectorized(d):
-                            acc[e] = acc[e] * st[5] + st[3] * T.Cast("float32", V[bi, kh, k_lo + jj, e])
-                        st[1] = st[1] * st[5] + st[3]
-                        st[0] = st[2]
-                    for e in T.serial(d):
-                        OUT[bi, hi, 0, e] = T.Cast(dtype, acc[e] / st[1])
+                            q_loc[g, e] = T.Cast("float32", Q[bi, kh * G + g, 0, e]) * T.float32(scale)
+                            acc[g, e] = T.float32(0)
+                        m[g] = T.float32(NEG)
+                        ls[g] = T.float32(0)
+                    for t in T.serial((T.max(khi - klo, T.int64(0)) + (KT - 1)) // KT):
+                        for jj in T.serial(KT):
+                            for g in T.serial(G):
+                                for el in T.vectorized(lanes):
+                                    part[el] = T.float32(0)
+                                for eo in T.serial(d // lanes):
+                                    for el in T.vectorized(lanes):
+                                        part[el] = part[el] + q_loc[g, eo * lanes + el] * T.Cast(
+                                            "float32", K[bi, kh, T.min(klo + t * KT + jj, khi - 1), eo * lanes + el])
+                                sc[g, jj] = T.float32(0)
+                                for el in T.serial(lanes):
+                                    sc[g, jj] = sc[g, jj] + part[el]
+                                sc[g, jj] = T.Select(klo + t * KT + jj < khi, cap(sc[g, jj]), T.float32(NEG))
+                        for g in T.serial(G):
+                            mn[g] = m[g]
+                            for jj in T.serial(KT):
+                                mn[g] = T.max(mn[g], sc[g, jj])
+                            al[g] = fast_exp(m[g] - mn[g])
+                            m[g] = mn[g]
+                            for jj in T.vectorized(KT):
+                                sc[g, jj] = T.Select(
+                                    sc[g, jj] > T.float32(NEG), fast_exp(sc[g, jj] - mn[g]), T.float32(0))
+                            ls[g] = ls[g] * al[g]
+                            for jj in T.serial(KT):
+                                ls[g] = ls[g] + sc[g, jj]
+                            for e in T.vectorized(d):
+                                acc[g, e] = acc[g, e] * al[g]
+                        for g in T.serial(G):
+                            for jj in T.serial(KT):
+                                for e in T.vectorized(d):
+                                    acc[g, e] = acc[g, e] + sc[g, jj] * T.Cast(
+                                        "float32", V[bi, kh, T.min(klo + t * KT + jj, khi - 1), e])
+                    if nsr == T.int64(1):
+                        for g in T.serial(G):
+                            for e in T.vectorized(d):
+                                OUT[bi, kh * G + g, 0, e] = T.Cast(dtype, acc[g, e] / ls[g])
+                    else:
+                        for g in T.serial(G):
+                            for e in T.vectorized(d):
+                                PART[((x * G + g) * NS + c) * W + e] = acc[g, e]
+                            PART[((x * G + g) * NS + c) * W + d] = m[g]
+                            PART[((x * G + g) * NS + c) * W + d + 1] = ls[g]
+            if nsr > T.int64(1):
+                for row in T.parallel(B * h):
+                    with T.sblock("attn_merge"):
+                        T.reads()
+                        T.writes()
+                        acc = T.sblock_alloc_buffer((d,), "float32", scope="local")
+                        st = T.sblock_alloc_buffer((3,), "float32", scope="local")  # max, sum, weight
+                        st[0] = T.float32(NEG)
+                        for c in T.serial(nsr):
+                            st[0] = T.max(st[0], PART[(row * NS + c) * W + d])
+                        st[1] = T.float32(0)
+                        for e in T.vectorized(d):
+                            acc[e] = T.float32(0)
+                        for c in T.serial(nsr):
+                            st[2] = T.exp(PART[(row * NS + c) * W + d] - st[0])
+                            st[1] = st[1] + st[2] * PART[(row * NS + c) * W + d + 1]
+                            for e in T.vectorized(d):
+                                acc[e] = acc[e] + st[2] * PART[(row * NS + c) * W + e]
+                        for e in T.vectorized(d):
+                            OUT[row // h, row % h, 0, e] = T.Cast(dtype, acc[e] / st[1])
         else:
-            # K transposed per (batch, kv head) to [d, key] (keys padded by a tile of zeros): a
-            # tile's logits are then R x KT vector FMAs along the keys, no horizontal sums
-            KTr = T.alloc_buffer((B * kvh * d, TT + KT), "float32")
-            for x in T.parallel(B * kvh):
-                with T.sblock("k_transpose"):
-                    T.reads()
-                    T.writes()
-                    for key in T.serial(TT + KT):
-                        for e in T.serial(d):
-                            KTr[x * d + e, key] = T.if_then_else(
-                                key < TT, T.Cast("float32", K[x // kvh, x % kvh, T.min(key, TT - 1), e]), T.float32(0))
-            for task in T.parallel(B * h * ((S + (R - 1)) // R)):
+            for task in T.parallel(B * kvh * ((S * G + (R * NB - 1)) // (R * NB))):
                 with T.sblock("attn_blocked"):
                     T.reads()
                     T.writes()
-                    q_loc = T.sblock_alloc_buffer((R, d), "float32", scope="local")
-                    acc = T.sblock_alloc_buffer((R, d), "float32", scope="local")
-                    sc = T.sblock_alloc_buffer((R, KT), "float32", scope="local")
-                    m = T.sblock_alloc_buffer((R,), "float32", scope="local")
+                    qt = T.sblock_alloc_buffer((NB, d, R), "float32", scope="local")
+                    acc = T.sblock_alloc_buffer((NB, R, d), "float32", scope="local")
+                    sc = T.sblock_alloc_buffer((KT, R), "float32", scope="local")
+                    m = T.sblock_alloc_buffer((NB, R), "float32", scope="local")
+                    ls = T.sblock_alloc_buffer((NB, R), "float32", scope="local")
                     mn = T.sblock_alloc_buffer((R,), "float32", scope="local")
                     al = T.sblock_alloc_buffer((R,), "float32", scope="local")
-                    ls = T.sblock_alloc_buffer((R,), "float32", scope="local")
-                    mv = T.sblock_alloc_buffer((R, VL), "float32", scope="local")
-                    lv = T.sblock_alloc_buffer((R, VL), "float32", scope="local")
-                    nb: T.let[T.int64] = (S + (R - 1)) // R
-                    bi: T.let[T.int64] = task // (h * nb)
-                    hi: T.let[T.int64] = task // nb % h
-                    r0: T.let[T.int64] = task % nb * R
-                    kh: T.let[T.int64] = hi // group
-                    kt0: T.let[T.int64] = (bi * kvh + kh) * d
-                    last: T.let[T.int64] = T.min(r0 + (R - 1), S - 1)
-                    blo: T.let[T.int64] = key_lo(r0 + TT - S)
-                    bhi: T.let[T.int64] = key_hi(last + TT - S, TT)
-                    for r in T.unroll(R):
-                        for e in T.vectorized(d):
-                            q_loc[r, e] = T.Cast("float32", Q[bi, hi, T.min(r0 + r, S - 1), e]) * T.float32(scale)
-                            acc[r, e] = T.float32(0)
-                        m[r] = T.float32(NEG)
-                        for el in T.vectorized(VL):
-                            lv[r, el] = T.float32(0)
-                    for t in T.serial((T.max(bhi - blo, T.int64(0)) + (KT - 1)) // KT):
-                        for r in T.unroll(R):
-                            for jj in T.vectorized(KT):
-                                sc[r, jj] = T.float32(0)
-                        for e in T.serial(d):
-                            for r in T.unroll(R):
-                                for jj in T.vectorized(KT):
-                                    sc[r, jj] = sc[r, jj] + q_loc[r, e] * KTr[kt0 + e, blo + t * KT + jj]
-                        for r in T.unroll(R):
-                            for jj in T.vectorized(KT):
-                                sc[r, jj] = T.if_then_else(
-                                    blo + t * KT + jj >= key_lo(T.min(r0 + r, S - 1) + TT - S)
-                                    and blo + t * KT + jj < key_hi(T.min(r0 + r, S - 1) + TT - S, TT),
-                                    cap(sc[r, jj]), T.float32(NEG))
-                            for el in T.vectorized(VL):
-                                mv[r, el] = sc[r, el]
-                            for jo in T.unroll(KT // VL - 1):
-                                for el in T.vectorized(VL):
-                                    mv[r, el] = T.max(mv[r, el], sc[r, (jo + 1) * VL + el])
-                            mn[r] = m[r]
-                        for el in T.unroll(VL):  # the rows' max chains interleaved
-                            for r in T.unroll(R):
-                                mn[r] = T.max(mn[r], mv[r, el])
-                        for r in T.unroll(R):
-                            al[r] = fast_exp(m[r] - mn[r])
-                            m[r] = mn[r]
-                            for jj in T.vectorized(KT):
-                                sc[r, jj] = T.if_then_else(
-                                    sc[r, jj] > T.float32(NEG), fast_exp(sc[r, jj] - mn[r]), T.float32(0))
-                            for el in T.vectorized(VL):
-                                lv[r, el] = lv[r, el] * al[r]
-                            for jo in T.unroll(KT // VL):
-                                for el in T.vectorized(VL):
-                                    lv[r, el] = lv[r, el] + sc[r, jo * VL + el]
+                    rlo = T.sblock_alloc_buffer((NB, R), "int64", scope="local")
+                    rhi = T.sblock_alloc_buffer((NB, R), "int64", scope="local")
+                    ng: T.let[T.int64] = (S * G + (R * NB - 1)) // (R * NB)
+                    bi: T.let[T.int64] = task // (kvh * ng)
+                    kh: T.let[T.int64] = task // ng % kvh
+                    g0: T.let[T.int64] = task % ng * (R * NB)  # the group's first row
+                    last: T.let[T.int64] = T.min(g0 + (R * NB - 1), S * G - 1)
+                    glo: T.let[T.int64] = key_lo(g0 // G + TT - S)
+                    ghi: T.let[T.int64] = key_hi(last // G + TT - S, TT)
+                    for j in T.serial(NB):
+                        for r in T.serial(R):
+                            rlo[j, r] = key_lo(T.min(g0 + j * R + r, last) // G + TT - S)
+                            rhi[j, r] = key_hi(T.min(g0 + j * R + r, last) // G + TT - S, TT)
+                            for e in T.serial(d):
+                                qt[j, e, r] = T.Cast("float32", Q[bi, kh * G + T.min(g0 + j * R + r, last) % G, T.min(g0 + j * R + r, last) // G, e]) * T.float32(scale)
                             for e in T.vectorized(d):
-                                acc[r, e] = acc[r, e] * al[r]
-                        for jj in T.serial(KT):
-                            for r in T.unroll(R):
+                                acc[j, r, e] = T.float32(0)
+                        for r in T.vectorized(R):
+                            m[j, r] = T.float32(NEG)
+                            ls[j, r] = T.float32(0)
+                    for t in T.serial((T.max(ghi - glo, T.int64(0)) + (KT - 1)) // KT):
+                        for j in T.serial(NB):
+                            # the block's rows see keys [rlo[j, 0], rhi[j, R - 1]): skip tiles outside
+                            if g0 + j * R <= last and glo + t * KT < rhi[j, R - 1] and glo + t * KT + KT > rlo[j, 0]:
+                                for jo in T.serial(KT // U):  # U keys at a time: U independent FMA chains
+                                    for ji in T.unroll(U):
+                                        for r in T.vectorized(R):
+                                            sc[jo * U + ji, r] = T.float32(0)
+                                    for e in T.serial(d):
+                                        for ji in T.unroll(U):
+                                            for r in T.vectorized(R):
+                                                sc[jo * U + ji, r] = sc[jo * U + ji, r] + qt[j, e, r] * T.Cast(
+                                                    "float32", K[bi, kh, T.min(glo + t * KT + jo * U + ji, ghi - 1), e])
+                                for r in T.vectorized(R):
+                                    mn[r] = m[j, r]
+                                for jj in T.serial(KT):
+                                    for r in T.vectorized(R):
+                                        sc[jj, r] = T.Select(
+                                            glo + t * KT + jj >= rlo[j, r] and glo + t * KT + jj < rhi[j, r],
+                                            cap(sc[jj, r]), T.float32(NEG))
+                                        mn[r] = T.max(mn[r], sc[jj, r])
+                                for r in T.vectorized(R):
+                                    al[r] = fast_exp(m[j, r] - mn[r])
+                                    m[j, r] = mn[r]
+                                    ls[j, r] = ls[j, r] * al[r]
+                                for jj in T.serial(KT):
+                                    for r in T.vectorized(R):
+                                        sc[jj, r] = T.Select(
+                                            sc[jj, r] > T.float32(NEG), fast_exp(sc[jj, r] - mn[r]), T.float32(0))
+                                        ls[j, r] = ls[j, r] + sc[jj, r]
+                                for r in T.serial(R):
+                                    for e in T.vectorized(d):
+                                        acc[j, r, e] = acc[j, r, e] * al[r]
+                                    for jj in T.serial(KT):
+                                        for e in T.vectorized(d):
+                                            acc[j, r, e] = acc[j, r, e] + sc[jj, r] * T.Cast(
+                                                "float32", V[bi, kh, T.min(glo + t * KT + jj, ghi - 1), e])
+                    for j in T.serial(NB):
+                        for r in T.serial(R):
+                            if g0 + j * R + r <= last:
                                 for e in T.vectorized(d):
-                                    acc[r, e] = acc[r, e] + sc[r, jj] * T.Cast(
-                                        "float32", V[bi, kh, T.min(blo + t * KT + jj, bhi - 1), e])
-                    for r in T.unroll(R):
-                        ls[r] = T.float32(0)
-                        for el in T.serial(VL):
-                            ls[r] = ls[r] + lv[r, el]
-                        if r0 + r < S:
-                            for e in T.vectorized(d):
-                                OUT[bi, hi, r0 + r, e] = T.Cast(dtype, acc[r, e] / ls[r])
+                                    OUT[bi, kh * G + (g0 + j * R + r) % G, (g0 + j * R + r) // G, e] = T.Cast(dtype, acc[j, r, e] / ls[j, r])
     # fmt: on
     return attention
 

@@ -27,14 +27,26 @@ Rows are processed one after another inside a panel (decode has one).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from tvm import te, tirx
 from tvm.script import tirx as T
 
+from llmc.backends.kernels.cpu_group import Buf, grouped_func, widths
 from llmc.backends.kernels.cpu_vnni import act_block, padded_k, supports_q4
 
-__all__ = ["NB", "act_block", "act_digits", "padded_k", "q4_avx2", "q8w_avx2", "supports_q4"]
+__all__ = [
+    "NB",
+    "act_block",
+    "act_digits",
+    "padded_k",
+    "q4_avx2",
+    "q8w_avx2",
+    "supports_q4",
+    "w8a8_avx2",
+    "weight_only_avx2",
+]
 
 F32 = "float32"
 NB = 32  # outputs per panel: 4 ymm accumulators of 8 int32
@@ -128,227 +140,208 @@ def _r(q: Any) -> Any:
     return T.ramp(q * 8, 1, 8)
 
 
-def q4_avx2(
-    k_dim: int, n_dim: int, group: int, parts: int, s_dtype: str, m: int | None = None
-) -> tirx.PrimFunc:
-    """``C[M, N] = X @ W.T`` for int4 W (``[P, K'/8, 32, 4]`` codes, byte (b, n, i) holding
-    nibbles ``8b+i`` (low) and ``8b+4+i`` (high); ``panel32`` scales/offsets).
+@dataclass(frozen=True)
+class Unpack:
+    """How a weight-only AVX2 kernel turns 32-byte code loads into int32 products. A byte row
+    holds ``k_per_row`` input elements of 8 outputs (8: two nibbles per byte, 4: one code per
+    byte); :meth:`load` reads one (bound once per row), :meth:`dot` multiplies it by the
+    activation digits of row ``row`` (``xd[i, j, row * k_per_row + e]``)."""
 
-    Arguments as :func:`llmc.backends.kernels.cpu_vnni.q4_vnni` with this module's
+    name: str
+    k_per_row: int
+
+    def load(self, codes: Any, idx: list[Any]) -> Any:
+        """The byte row at ``idx``: the nibbles as they are (uint8x32), or the signed codes
+        ``s = u - 128`` (int8x32) of one code per byte."""
+        raw = codes.vload(idx, "uint8x32")
+        if self.name == "q4":
+            return raw
+        return T.reinterpret(T.bitwise_xor(raw, T.broadcast(T.uint8(128), 32)), dtype="int8x32")
+
+    def dot(self, w: Any, xd: Any, i: Any, j: Any, row: Any) -> Any:
+        """The 8 int32 sums of one byte row (``vpmaddubsw`` pairs widened by ``vpmaddwd``)."""
+        k = row * self.k_per_row
+        if self.name == "q4":
+            # nibbles (u8 0..15) x digits: the low and high products added as int16
+            lo = T.reinterpret(T.bitwise_and(w, T.broadcast(T.uint8(15), 32)), dtype="int8x32")
+            hi = T.reinterpret(T.shift_right(w, T.broadcast(T.uint8(4), 32)), dtype="int8x32")
+            return _widen(
+                _maddubs(lo, _bcast4(xd, [i, j, k])) + _maddubs(hi, _bcast4(xd, [i, j, k + 4]))
+            )
+        # the sign moves to the activation: |s| * (d * sign(s))
+        return _widen(_maddubs(_sign(w, w), _sign(_bcast4(xd, [i, j, k]), w)))
+
+    def group_term(self, t: Any, of: Any, gs: Any) -> Any:
+        """A group's float sum from the digit products ``t``, the offset and the group sum
+        (one code per byte: ``sum x*u = sum x*s + 128 * sum x``)."""
+        if self.name == "q4":
+            return t - of * gs
+        return t + (T.broadcast(T.float32(128), 8) - of) * gs
+
+
+#: int4: byte (b, n, i) holds nibble ``k = 8b+i`` (low) and ``k = 8b+4+i`` (high)
+Q4 = Unpack("q4", 8)
+#: 5..8-bit: one code per byte, ``u = code - qmin`` (0..255); ``sum x*u = sum x*s + 128 sum x``
+Q8W = Unpack("q8w", 4)
+
+
+def weight_only_avx2(
+    unpack: Unpack,
+    k_dim: int,
+    n_dim: int | tuple[int, ...],
+    group: int,
+    parts: int,
+    s_dtype: str,
+    m: int | None = None,
+) -> tirx.PrimFunc:
+    """``C[M, N] = X @ W.T`` for a weight-only W in 32-output quad panels, codes unpacked by
+    ``unpack``: ``codes [P, K'/k_per_row, 32, 4]``, ``panel32`` scales/offsets.
+
+    Arguments as :func:`llmc.backends.kernels.cpu_vnni.weight_only_vnni` with this module's
     :func:`act_digits`: ``digits [M, parts, K']``, ``xs [M, K'/AB, parts]``, ``gsum [M,
-    K/group]``, ``codes``, ``scale``/``offset [P, K/group, 32]``; float32 result.
+    K/group]``, ``codes``, ``scale``/``offset [P, K/group, 32]``; float32 result. A tuple
+    ``n_dim`` gives one grouped call (the activation arguments, then ``codes``, ``scale``,
+    ``offset`` of each weight, then one result per weight).
     """
+    n_dims = (n_dim,) if isinstance(n_dim, int) else tuple(n_dim)
     g = min(group, k_dim)
     ab = act_block(k_dim, group)
     kp = padded_k(k_dim, group)
-    panels = (n_dim + NB - 1) // NB
     ngroups = k_dim // g
     nblk = kp // ab
     bpg = nblk if g == k_dim else g // ab
-    octs = ab // 8  # byte rows (8 k each) per block
+    kr = unpack.k_per_row
+    steps = ab // kr  # byte rows per block
     rows: Any = tirx.Var("m", "int64") if m is None else m
-    name = f"q4_avx2_k{k_dim}_n{n_dim}_g{group}_p{parts}"
+    name = f"{unpack.name}_avx2_k{k_dim}_{widths(n_dims)}_g{group}_p{parts}"
 
-    @T.prim_func(private=True, s_tir=True)
-    def f(
-        xd_h: T.handle,
-        xs_h: T.handle,
-        gs_h: T.handle,
-        codes: T.Buffer((panels, kp // 8, NB, 4), "uint8"),
-        scale: T.Buffer((panels, ngroups, NB), s_dtype),
-        offset: T.Buffer((panels, ngroups, NB), s_dtype),
-        c_h: T.handle,
-    ):
-        T.func_attr({"tirx.noalias": True})
-        xd = T.match_buffer(xd_h, (rows, parts, kp), "int8")
-        xs = T.match_buffer(xs_h, (rows, nblk, parts), F32)
-        gs = T.match_buffer(gs_h, (rows, ngroups), F32)
-        c = T.match_buffer(c_h, (rows, n_dim), F32)
-        for p in T.parallel(panels):
-            for i in range(rows):
-                with T.sblock("panel"):
-                    T.reads(xd[i, 0:parts, 0:kp], codes[p, 0 : kp // 8, 0:NB, 0:4])
-                    T.writes(c[i, p * NB : p * NB + NB])
-                    y = T.alloc_buffer((NB,), F32, scope="local")
-                    t = T.alloc_buffer((NB,), F32, scope="local")
-                    acc = T.alloc_buffer((parts * NB,), "int32", scope="local")
+    @T.macro
+    def panel(xd, xs, gs, codes, scale, offset, c, p, n_dim):
+        for i in range(rows):
+            with T.sblock("panel"):
+                T.reads(xd[i, 0:parts, 0:kp], codes[p, 0 : kp // kr, 0:NB, 0:4])
+                T.writes(c[i, p * NB : p * NB + NB])
+                y = T.alloc_buffer((NB,), F32, scope="local")
+                t = T.alloc_buffer((NB,), F32, scope="local")
+                acc = T.alloc_buffer((parts * NB,), "int32", scope="local")
+                for q in T.unroll(4):
+                    y[_r(q)] = T.broadcast(T.float32(0), 8)
+                for gi in range(ngroups):
                     for q in T.unroll(4):
-                        y[_r(q)] = T.broadcast(T.float32(0), 8)
-                    for gi in range(ngroups):
-                        for q in T.unroll(4):
-                            t[_r(q)] = T.broadcast(T.float32(0), 8)
-                        for bi in range(bpg):
-                            for a in T.unroll(parts * 4):
-                                acc[_r(a)] = T.broadcast(T.int32(0), 8)
-                            for kb in range(octs):
-                                row = (gi * bpg + bi) * octs + kb
-                                for q in T.unroll(4):
-                                    raw = codes.vload([p, row, q * 8, 0], "uint8x32")
-                                    lo = T.reinterpret(
-                                        T.bitwise_and(raw, T.broadcast(T.uint8(15), 32)),
-                                        dtype="int8x32",
+                        t[_r(q)] = T.broadcast(T.float32(0), 8)
+                    for bi in range(bpg):
+                        for a in T.unroll(parts * 4):
+                            acc[_r(a)] = T.broadcast(T.int32(0), 8)
+                        for kb in range(steps):
+                            row = (gi * bpg + bi) * steps + kb
+                            for q in T.unroll(4):
+                                w = unpack.load(codes, [p, row, q * 8, 0])
+                                for j in T.unroll(parts):
+                                    acc[_r(j * 4 + q)] = acc[_r(j * 4 + q)] + unpack.dot(
+                                        w, xd, i, j, row
                                     )
-                                    hi = T.reinterpret(
-                                        T.shift_right(raw, T.broadcast(T.uint8(4), 32)),
-                                        dtype="int8x32",
-                                    )
-                                    for j in T.unroll(parts):
-                                        acc[_r(j * 4 + q)] = acc[_r(j * 4 + q)] + _widen(
-                                            _maddubs(lo, _bcast4(xd, [i, j, row * 8]))
-                                            + _maddubs(hi, _bcast4(xd, [i, j, row * 8 + 4]))
-                                        )
-                            for j in T.unroll(parts):
-                                for q in T.unroll(4):
-                                    t[_r(q)] = t[_r(q)] + T.Cast(
-                                        "float32x8", acc[_r(j * 4 + q)]
-                                    ) * T.broadcast(xs[i, gi * bpg + bi, j], 8)
-                        for q in T.unroll(4):
-                            sc = T.Cast("float32x8", scale.vload([p, gi, q * 8], s_dtype + "x8"))
-                            of = T.Cast("float32x8", offset.vload([p, gi, q * 8], s_dtype + "x8"))
-                            y[_r(q)] = y[_r(q)] + sc * (t[_r(q)] - of * T.broadcast(gs[i, gi], 8))
-                    for lane in T.vectorized(NB):
-                        if p * NB + lane < n_dim:
-                            c[i, p * NB + lane] = y[lane]
+                        for j in T.unroll(parts):
+                            for q in T.unroll(4):
+                                t[_r(q)] = t[_r(q)] + T.Cast(
+                                    "float32x8", acc[_r(j * 4 + q)]
+                                ) * T.broadcast(xs[i, gi * bpg + bi, j], 8)
+                    for q in T.unroll(4):
+                        sc = T.Cast("float32x8", scale.vload([p, gi, q * 8], s_dtype + "x8"))
+                        of = T.Cast("float32x8", offset.vload([p, gi, q * 8], s_dtype + "x8"))
+                        y[_r(q)] = y[_r(q)] + sc * unpack.group_term(
+                            t[_r(q)], of, T.broadcast(gs[i, gi], 8)
+                        )
+                for lane in T.vectorized(NB):
+                    if p * NB + lane < n_dim:
+                        c[i, p * NB + lane] = y[lane]
 
-    return _finish(f, name)
+    panels = [(n + NB - 1) // NB for n in n_dims]
+    weights = [
+        [
+            Buf(f"codes{j}", (pj, kp // kr, NB, 4), "uint8"),
+            Buf(f"scale{j}", (pj, ngroups, NB), s_dtype),
+            Buf(f"offset{j}", (pj, ngroups, NB), s_dtype),
+        ]
+        for j, pj in enumerate(panels)
+    ]
+    shared = [
+        Buf("xd", (rows, parts, kp), "int8"),
+        Buf("xs", (rows, nblk, parts), F32),
+        Buf("gs", (rows, ngroups), F32),
+    ]
+    outs = [Buf(f"c{j}", (rows, n), F32) for j, n in enumerate(n_dims)]
+    return grouped_func(name, shared, weights, outs, panels, panel)
+
+
+def q4_avx2(
+    k_dim: int,
+    n_dim: int | tuple[int, ...],
+    group: int,
+    parts: int,
+    s_dtype: str,
+    m: int | None = None,
+) -> tirx.PrimFunc:
+    """int4 weight-only (:data:`Q4`): ``codes [P, K'/8, 32, 4]``; see :func:`weight_only_avx2`."""
+    return weight_only_avx2(Q4, k_dim, n_dim, group, parts, s_dtype, m)
 
 
 def q8w_avx2(
-    k_dim: int, n_dim: int, group: int, parts: int, s_dtype: str, m: int | None = None
+    k_dim: int,
+    n_dim: int | tuple[int, ...],
+    group: int,
+    parts: int,
+    s_dtype: str,
+    m: int | None = None,
 ) -> tirx.PrimFunc:
-    """``C[M, N] = X @ W.T`` for 5..8-bit weight-only W: ``codes [P, K'/4, 32, 4]`` uint8
-    (byte (b, n, i) = ``code[n, 4b+i] - qmin``), ``scale``/``offset [P, K/group, 32]``
-    (``offset = zero - qmin``), the activation digits, scales and group sums as in
-    :func:`q4_avx2`. With ``s = u - 128``: ``sum x*u = sum x*s + 128 * sum x``."""
-    g = min(group, k_dim)
-    ab = act_block(k_dim, group)
-    kp = padded_k(k_dim, group)
-    panels = (n_dim + NB - 1) // NB
-    ngroups = k_dim // g
-    nblk = kp // ab
-    bpg = nblk if g == k_dim else g // ab
-    quads = ab // 4
-    rows: Any = tirx.Var("m", "int64") if m is None else m
-    name = f"q8w_avx2_k{k_dim}_n{n_dim}_g{group}_p{parts}"
-
-    @T.prim_func(private=True, s_tir=True)
-    def f(
-        xd_h: T.handle,
-        xs_h: T.handle,
-        gs_h: T.handle,
-        codes: T.Buffer((panels, kp // 4, NB, 4), "uint8"),
-        scale: T.Buffer((panels, ngroups, NB), s_dtype),
-        offset: T.Buffer((panels, ngroups, NB), s_dtype),
-        c_h: T.handle,
-    ):
-        T.func_attr({"tirx.noalias": True})
-        xd = T.match_buffer(xd_h, (rows, parts, kp), "int8")
-        xs = T.match_buffer(xs_h, (rows, nblk, parts), F32)
-        gs = T.match_buffer(gs_h, (rows, ngroups), F32)
-        c = T.match_buffer(c_h, (rows, n_dim), F32)
-        for p in T.parallel(panels):
-            for i in range(rows):
-                with T.sblock("panel"):
-                    T.reads(xd[i, 0:parts, 0:kp], codes[p, 0 : kp // 4, 0:NB, 0:4])
-                    T.writes(c[i, p * NB : p * NB + NB])
-                    y = T.alloc_buffer((NB,), F32, scope="local")
-                    t = T.alloc_buffer((NB,), F32, scope="local")
-                    acc = T.alloc_buffer((parts * NB,), "int32", scope="local")
-                    for q in T.unroll(4):
-                        y[_r(q)] = T.broadcast(T.float32(0), 8)
-                    for gi in range(ngroups):
-                        for q in T.unroll(4):
-                            t[_r(q)] = T.broadcast(T.float32(0), 8)
-                        for bi in range(bpg):
-                            for a in T.unroll(parts * 4):
-                                acc[_r(a)] = T.broadcast(T.int32(0), 8)
-                            for kb in range(quads):
-                                row = (gi * bpg + bi) * quads + kb
-                                for q in T.unroll(4):
-                                    s = T.reinterpret(
-                                        T.bitwise_xor(
-                                            codes.vload([p, row, q * 8, 0], "uint8x32"),
-                                            T.broadcast(T.uint8(128), 32),
-                                        ),
-                                        dtype="int8x32",
-                                    )
-                                    for j in T.unroll(parts):
-                                        acc[_r(j * 4 + q)] = acc[_r(j * 4 + q)] + _widen(
-                                            _maddubs(
-                                                _sign(s, s), _sign(_bcast4(xd, [i, j, row * 4]), s)
-                                            )
-                                        )
-                            for j in T.unroll(parts):
-                                for q in T.unroll(4):
-                                    t[_r(q)] = t[_r(q)] + T.Cast(
-                                        "float32x8", acc[_r(j * 4 + q)]
-                                    ) * T.broadcast(xs[i, gi * bpg + bi, j], 8)
-                        for q in T.unroll(4):
-                            sc = T.Cast("float32x8", scale.vload([p, gi, q * 8], s_dtype + "x8"))
-                            of = T.Cast("float32x8", offset.vload([p, gi, q * 8], s_dtype + "x8"))
-                            y[_r(q)] = y[_r(q)] + sc * (
-                                t[_r(q)]
-                                + (T.broadcast(T.float32(128), 8) - of) * T.broadcast(gs[i, gi], 8)
-                            )
-                    for lane in T.vectorized(NB):
-                        if p * NB + lane < n_dim:
-                            c[i, p * NB + lane] = y[lane]
-
-    return _finish(f, name)
+    """5..8-bit weight-only (:data:`Q8W`): ``codes [P, K'/4, 32, 4]`` uint8 (byte (b, n, i) =
+    ``code[n, 4b+i] - qmin``), ``offset = zero - qmin``; see :func:`weight_only_avx2`."""
+    return weight_only_avx2(Q8W, k_dim, n_dim, group, parts, s_dtype, m)
 
 
-def w8a8_avx2(k_dim: int, n_dim: int, m: int | None = None) -> tirx.PrimFunc:
+def w8a8_avx2(k_dim: int, n_dim: int | tuple[int, ...], m: int | None = None) -> tirx.PrimFunc:
     """``C[M, N] = float(sum xq*wq) * xs[m] * ws[n]``: ``xq [M, K]`` int8 codes in -127..127 and
     ``xs [M]`` (``act_quant``), ``codes [P, K'/4, 32, 4]`` int8, ``ws [P, 32]`` float32; the
-    int32 dot product is exact (``|w| * (x * sign(w))``)."""
+    int32 dot product is exact (``|w| * (x * sign(w))``). A tuple ``n_dim``: one grouped call
+    (``xq``, ``xs``, then ``codes``, ``ws`` of each weight, then one result per weight)."""
+    n_dims = (n_dim,) if isinstance(n_dim, int) else tuple(n_dim)
     kq, full = (k_dim + 3) // 4, k_dim // 4
-    panels = (n_dim + NB - 1) // NB
     rows: Any = tirx.Var("m", "int64") if m is None else m
-    name = f"w8a8_avx2_k{k_dim}_n{n_dim}"
+    name = f"w8a8_avx2_k{k_dim}_{widths(n_dims)}"
 
-    @T.prim_func(private=True, s_tir=True)
-    def f(
-        xq_h: T.handle,
-        xs_h: T.handle,
-        codes: T.Buffer((panels, kq, NB, 4), "int8"),
-        ws: T.Buffer((panels, NB), F32),
-        c_h: T.handle,
-    ):
-        T.func_attr({"tirx.noalias": True})
-        xq = T.match_buffer(xq_h, (rows, k_dim), "int8")
-        xs = T.match_buffer(xs_h, (rows,), F32)
-        c = T.match_buffer(c_h, (rows, n_dim), F32)
-        for p in T.parallel(panels):
-            for i in range(rows):
-                with T.sblock("panel"):
-                    T.reads(xq[i, 0:k_dim], codes[p, 0:kq, 0:NB, 0:4])
-                    T.writes(c[i, p * NB : p * NB + NB])
-                    acc = T.alloc_buffer((NB,), "int32", scope="local")
-                    xp = T.alloc_buffer((4,), "int8", scope="local")
+    @T.macro
+    def panel(xq, xs, codes, ws, c, p, n_dim):
+        for i in range(rows):
+            with T.sblock("panel"):
+                T.reads(xq[i, 0:k_dim], codes[p, 0:kq, 0:NB, 0:4])
+                T.writes(c[i, p * NB : p * NB + NB])
+                acc = T.alloc_buffer((NB,), "int32", scope="local")
+                xp = T.alloc_buffer((4,), "int8", scope="local")
+                for q in T.unroll(4):
+                    acc[_r(q)] = T.broadcast(T.int32(0), 8)
+                for kb in range(full):  # whole quads straight from the codes
                     for q in T.unroll(4):
-                        acc[_r(q)] = T.broadcast(T.int32(0), 8)
-                    for kb in range(full):  # whole quads straight from the codes
-                        for q in T.unroll(4):
-                            w = codes.vload([p, kb, q * 8, 0], "int8x32")
-                            acc[_r(q)] = acc[_r(q)] + _widen(
-                                _maddubs(_sign(w, w), _sign(_bcast4(xq, [i, kb * 4]), w))
-                            )
-                    for kb in range(kq - full):  # the last, partial quad: zero-padded copy
-                        for e in range(4):
-                            k = full * 4 + e
-                            xp[e] = T.if_then_else(k < k_dim, xq[i, T.min(k, k_dim - 1)], T.int8(0))
-                        for q in T.unroll(4):
-                            w = codes.vload([p, full + kb, q * 8, 0], "int8x32")
-                            acc[_r(q)] = acc[_r(q)] + _widen(
-                                _maddubs(_sign(w, w), _sign(_bcast4(xp, [0]), w))
-                            )
-                    for lane in T.vectorized(NB):
-                        if p * NB + lane < n_dim:
-                            c[i, p * NB + lane] = T.Cast("float32", acc[lane]) * xs[i] * ws[p, lane]
+                        w = codes.vload([p, kb, q * 8, 0], "int8x32")
+                        acc[_r(q)] = acc[_r(q)] + _widen(
+                            _maddubs(_sign(w, w), _sign(_bcast4(xq, [i, kb * 4]), w))
+                        )
+                for kb in range(kq - full):  # the last, partial quad: zero-padded copy
+                    for e in range(4):
+                        k = full * 4 + e
+                        xp[e] = T.if_then_else(k < k_dim, xq[i, T.min(k, k_dim - 1)], T.int8(0))
+                    for q in T.unroll(4):
+                        w = codes.vload([p, full + kb, q * 8, 0], "int8x32")
+                        acc[_r(q)] = acc[_r(q)] + _widen(
+                            _maddubs(_sign(w, w), _sign(_bcast4(xp, [0]), w))
+                        )
+                for lane in T.vectorized(NB):
+                    if p * NB + lane < n_dim:
+                        c[i, p * NB + lane] = T.Cast("float32", acc[lane]) * xs[i] * ws[p, lane]
 
-    return _finish(f, name)
-
-
-def _finish(f: tirx.PrimFunc, name: str) -> tirx.PrimFunc:
-    f = f.with_attr("global_symbol", name)
-    return f.with_attr("op_pattern", 8).with_attr("tirx.is_scheduled", True)
+    panels = [(n + NB - 1) // NB for n in n_dims]
+    weights = [
+        [Buf(f"codes{j}", (pj, kq, NB, 4), "int8"), Buf(f"ws{j}", (pj, NB), F32)]
+        for j, pj in enumerate(panels)
+    ]
+    shared = [Buf("xq", (rows, k_dim), "int8"), Buf("xs", (rows,), F32)]
+    outs = [Buf(f"c{j}", (rows, n), F32) for j, n in enumerate(n_dims)]
+    return grouped_func(name, shared, weights, outs, panels, panel)

@@ -32,6 +32,8 @@ from typing import Any
 from tvm import te, tirx
 from tvm.script import tirx as T
 
+from llmc.backends.kernels.cpu_group import Buf, grouped_func, widths
+
 F32 = "float32"
 NB = 64  # outputs per panel: 4 zmm accumulators of 16 int32
 VPDPBUSD = "llvm.x86.avx512.vpdpbusd.512"
@@ -229,7 +231,7 @@ Q8W = Unpack("q8w", 4, False)
 def weight_only_vnni(
     unpack: Unpack,
     k_dim: int,
-    n_dim: int,
+    n_dim: int | tuple[int, ...],
     group: int,
     parts: int,
     s_dtype: str,
@@ -246,13 +248,19 @@ def weight_only_vnni(
     the weight group (or the padded ``K'`` per channel) and ``act_block``. ``shared_offset``:
     ``offset`` is one ``[1, 1, 64]`` row shared by every panel and group (symmetric weights:
     ``-qmin``), so decode streams codes and scales only.
+
+    A tuple ``n_dim`` (decode's q/k/v, gate/up: up to
+    :data:`~llmc.backends.kernels.cpu_group.MAX_GROUP` weights of one format reading the same
+    activations) gives one grouped call (:func:`~llmc.backends.kernels.cpu_group.grouped_func`):
+    the activation arguments, then ``codes``, ``scale``, ``offset`` of each weight, then one
+    ``[M, n_dim[j]]`` result per weight.
     """
+    n_dims = (n_dim,) if isinstance(n_dim, int) else tuple(n_dim)
     g = min(group, k_dim)
     ab = act_block(k_dim, group) if ab is None else ab
     kp = padded_k(k_dim, group)
     if kp % ab or (g < k_dim and g % ab) or ab % 8:
         raise ValueError(f"activation block {ab} does not tile group {group} of K={k_dim}")
-    panels = (n_dim + NB - 1) // NB
     ngroups = k_dim // g
     nblk = kp // ab
     # blocks of one group (per-channel: all blocks, the padded tail included)
@@ -270,90 +278,88 @@ def weight_only_vnni(
     k_step = 4 if unpack.nibbles else 0  # k offset of operand o within its byte row
     row_step = 0 if unpack.nibbles else 1  # byte row of operand o within the step
     steps = rows_blk // loads
-    o_p, o_g = (1, 1) if shared_offset else (panels, ngroups)  # offset rows
     o_ps = 0 if shared_offset else 1  # offset index stride of a panel / a group
     rows: Any = tirx.Var("m", "int64") if m is None else m
     name = (
-        f"{unpack.name}_vnni_k{k_dim}_n{n_dim}_g{group}_p{parts}"
+        f"{unpack.name}_vnni_k{k_dim}_{widths(n_dims)}_g{group}_p{parts}"
         + (f"_ab{ab}" if ab != act_block(k_dim, group) else "")
         + ("_so" if shared_offset else "")
     )
 
-    @T.prim_func(private=True, s_tir=True)
-    def f(
-        xd_h: T.handle,
-        xs_h: T.handle,
-        gs_h: T.handle,
-        codes: T.Buffer((panels, kp // kr, NB, 4), "uint8"),
-        scale: T.Buffer((panels, ngroups, NB), s_dtype),
-        offset: T.Buffer((o_p, o_g, NB), s_dtype),
-        c_h: T.handle,
-    ):
-        T.func_attr({"tirx.noalias": True})
-        xd = T.match_buffer(xd_h, (rows, parts, kp), "int8")
-        xs = T.match_buffer(xs_h, (rows, nblk, parts), F32)
-        gs = T.match_buffer(gs_h, (rows, ngroups), F32)
-        c = T.match_buffer(c_h, (rows, n_dim), F32)
-        for p in T.parallel(panels):
-            for i in range(rows):
-                with T.sblock("panel"):
-                    T.reads(xd[i, 0:parts, 0:kp], codes[p, 0 : kp // kr, 0:NB, 0:4])
-                    T.writes(c[i, p * NB : p * NB + NB])
-                    y = T.alloc_buffer((NB,), F32, scope="local")
-                    t = T.alloc_buffer((NB,), F32, scope="local")
-                    acc = T.alloc_buffer((parts * split * NB,), "int32", scope="local")
+    @T.macro
+    def panel(xd, xs, gs, codes, scale, offset, c, p, n_dim):
+        for i in range(rows):
+            with T.sblock("panel"):
+                T.reads(xd[i, 0:parts, 0:kp], codes[p, 0 : kp // kr, 0:NB, 0:4])
+                T.writes(c[i, p * NB : p * NB + NB])
+                y = T.alloc_buffer((NB,), F32, scope="local")
+                t = T.alloc_buffer((NB,), F32, scope="local")
+                acc = T.alloc_buffer((parts * split * NB,), "int32", scope="local")
+                for q in T.unroll(4):
+                    y[T.ramp(q * 16, 1, 16)] = T.broadcast(T.float32(0), 16)
+                for gi in range(ngroups):
                     for q in T.unroll(4):
-                        y[T.ramp(q * 16, 1, 16)] = T.broadcast(T.float32(0), 16)
-                    for gi in range(ngroups):
-                        for q in T.unroll(4):
-                            t[T.ramp(q * 16, 1, 16)] = T.broadcast(T.float32(0), 16)
-                        for bi in range(bpg):
-                            for a in T.unroll(parts * split * 4):
-                                acc[T.ramp(a * 16, 1, 16)] = T.broadcast(T.int32(0), 16)
-                            for kb in range(steps):
-                                for o in T.unroll(ops):
-                                    row = (gi * bpg + bi) * rows_blk + kb * loads + o * row_step
-                                    for q in T.unroll(4):
-                                        w = unpack.operand(
-                                            codes.vload([p, row, q * 16, 0], "uint8x64"), o
-                                        )
-                                        for j in T.unroll(parts):
-                                            a_i = ((j * 4 + q) * split + o % split) * 16
-                                            acc[T.ramp(a_i, 1, 16)] = T.call_llvm_pure_intrin(
-                                                T.llvm_lookup_intrinsic_id(VPDPBUSD),
-                                                acc[T.ramp(a_i, 1, 16)],
-                                                w,
-                                                _bcast4(xd, [i, j, row * kr + o * k_step]),
-                                                dtype="int32x16",
-                                            )
-                            for j in T.unroll(parts):
+                        t[T.ramp(q * 16, 1, 16)] = T.broadcast(T.float32(0), 16)
+                    for bi in range(bpg):
+                        for a in T.unroll(parts * split * 4):
+                            acc[T.ramp(a * 16, 1, 16)] = T.broadcast(T.int32(0), 16)
+                        for kb in range(steps):
+                            for o in T.unroll(ops):
+                                row = (gi * bpg + bi) * rows_blk + kb * loads + o * row_step
                                 for q in T.unroll(4):
-                                    for h in T.unroll(split):
-                                        t[T.ramp(q * 16, 1, 16)] = t[
-                                            T.ramp(q * 16, 1, 16)
-                                        ] + T.Cast(
-                                            "float32x16",
-                                            acc[T.ramp(((j * 4 + q) * split + h) * 16, 1, 16)],
-                                        ) * T.broadcast(xs[i, gi * bpg + bi, j], 16)
-                        for q in T.unroll(4):
-                            sc = T.Cast("float32x16", scale.vload([p, gi, q * 16], s_dtype + "x16"))
-                            of = T.Cast(
-                                "float32x16",
-                                offset.vload([p * o_ps, gi * o_ps, q * 16], s_dtype + "x16"),
-                            )
-                            y[T.ramp(q * 16, 1, 16)] = y[T.ramp(q * 16, 1, 16)] + sc * (
-                                t[T.ramp(q * 16, 1, 16)] - of * T.broadcast(gs[i, gi], 16)
-                            )
-                    for lane in T.vectorized(NB):
-                        if p * NB + lane < n_dim:
-                            c[i, p * NB + lane] = y[lane]
+                                    w = unpack.operand(
+                                        codes.vload([p, row, q * 16, 0], "uint8x64"), o
+                                    )
+                                    for j in T.unroll(parts):
+                                        a_i = ((j * 4 + q) * split + o % split) * 16
+                                        acc[T.ramp(a_i, 1, 16)] = T.call_llvm_pure_intrin(
+                                            T.llvm_lookup_intrinsic_id(VPDPBUSD),
+                                            acc[T.ramp(a_i, 1, 16)],
+                                            w,
+                                            _bcast4(xd, [i, j, row * kr + o * k_step]),
+                                            dtype="int32x16",
+                                        )
+                        for j in T.unroll(parts):
+                            for q in T.unroll(4):
+                                for h in T.unroll(split):
+                                    t[T.ramp(q * 16, 1, 16)] = t[T.ramp(q * 16, 1, 16)] + T.Cast(
+                                        "float32x16",
+                                        acc[T.ramp(((j * 4 + q) * split + h) * 16, 1, 16)],
+                                    ) * T.broadcast(xs[i, gi * bpg + bi, j], 16)
+                    for q in T.unroll(4):
+                        sc = T.Cast("float32x16", scale.vload([p, gi, q * 16], s_dtype + "x16"))
+                        of = T.Cast(
+                            "float32x16",
+                            offset.vload([p * o_ps, gi * o_ps, q * 16], s_dtype + "x16"),
+                        )
+                        y[T.ramp(q * 16, 1, 16)] = y[T.ramp(q * 16, 1, 16)] + sc * (
+                            t[T.ramp(q * 16, 1, 16)] - of * T.broadcast(gs[i, gi], 16)
+                        )
+                for lane in T.vectorized(NB):
+                    if p * NB + lane < n_dim:
+                        c[i, p * NB + lane] = y[lane]
 
-    return _finish(f, name)
+    panels = [(n + NB - 1) // NB for n in n_dims]
+    weights = [
+        [
+            Buf(f"codes{j}", (pj, kp // kr, NB, 4), "uint8"),
+            Buf(f"scale{j}", (pj, ngroups, NB), s_dtype),
+            Buf(f"offset{j}", (1, 1, NB) if shared_offset else (pj, ngroups, NB), s_dtype),
+        ]
+        for j, pj in enumerate(panels)
+    ]
+    shared = [
+        Buf("xd", (rows, parts, kp), "int8"),
+        Buf("xs", (rows, nblk, parts), F32),
+        Buf("gs", (rows, ngroups), F32),
+    ]
+    outs = [Buf(f"c{j}", (rows, n), F32) for j, n in enumerate(n_dims)]
+    return grouped_func(name, shared, weights, outs, panels, panel)
 
 
 def q4_vnni(
     k_dim: int,
-    n_dim: int,
+    n_dim: int | tuple[int, ...],
     group: int,
     parts: int,
     s_dtype: str,
@@ -368,7 +374,7 @@ def q4_vnni(
 
 def q8w_vnni(
     k_dim: int,
-    n_dim: int,
+    n_dim: int | tuple[int, ...],
     group: int,
     parts: int,
     s_dtype: str,
@@ -399,30 +405,21 @@ def w8a8_vnni(
     return w8a8_vnni_multi(k_dim, (n_dim,), m, act_scale)
 
 
-#: the most ``qlinear_a8`` one :func:`w8a8_vnni_multi` call computes (q/k/v)
-A8_MAX_GROUP = 3
-
-
 def w8a8_vnni_multi(
     k_dim: int, n_dims: tuple[int, ...], m: int | None = None, act_scale: float = 0.0
 ) -> tirx.PrimFunc:
     """:func:`w8a8_vnni` for 1 to 3 weights that read the same activations (q/k/v, gate/up):
-    one quantization prologue, then one parallel loop over the panels of all of them.
+    one quantization prologue, then one parallel loop over the panels of all of them
+    (:func:`~llmc.backends.kernels.cpu_group.grouped_func`).
 
     Arguments: ``x``, then ``codes``, ``wsum``, ``ws`` of each weight, then one result per weight
-    (``[M, n_dims[j]]`` float32). One call instead of one per weight: the activation row is
-    quantized once, and the two threads split the panels of the whole group, so a thread that
-    finishes its share of a small projection early is not left waiting at the call's end.
+    (``[M, n_dims[j]]`` float32).
     """
-    g = len(n_dims)
-    assert 1 <= g <= A8_MAX_GROUP, n_dims
     kq = (k_dim + 3) // 4
     kv = k_dim // 16 * 16  # the part of K read 16 floats at a time
     nk = kq // A8_SPLIT
-    p0, p1, p2 = ([(n + NB - 1) // NB for n in n_dims] + [1, 1])[:3]
-    n0, n1, n2 = (list(n_dims) + [1, 1])[:3]
     rows: Any = tirx.Var("m", "int64") if m is None else m
-    name = f"w8a8_vnni_k{k_dim}_n" + "_".join(str(n) for n in n_dims)
+    name = f"w8a8_vnni_k{k_dim}_{widths(n_dims)}"
     dynamic = act_scale <= 0
     qmax = T.float32(A8_QMAX)
 
@@ -469,7 +466,7 @@ def w8a8_vnni_multi(
                     )
 
     @T.macro
-    def panel(xu, xs, codes, wsum, ws, c, p, n_dim):
+    def panel(x, xu, xs, codes, wsum, ws, c, p, n_dim):
         for i in range(rows):
             with T.sblock("panel"):
                 T.reads(xu[i, 0 : kq * 4], xs[i], codes[p, 0:kq, 0:NB, 0:4])
@@ -509,87 +506,20 @@ def w8a8_vnni_multi(
                             T.Cast("float32", acc[lane] - wsum[p, lane] * 128) * xs[i] * ws[p, lane]
                         )
 
-    if g == 1:
-
-        @T.prim_func(private=True, s_tir=True)
-        def f(
-            x_h: T.handle,
-            codes0: T.Buffer((p0, kq, NB, 4), "int8"),
-            wsum0: T.Buffer((p0, NB), "int32"),
-            ws0: T.Buffer((p0, NB), F32),
-            c0_h: T.handle,
-        ):
-            T.func_attr({"tirx.noalias": True})
-            x = T.match_buffer(x_h, (rows, k_dim), F32)
-            c0 = T.match_buffer(c0_h, (rows, n0), F32)
-            xu = T.alloc_buffer((rows, kq * 4), "uint8")
-            xs = T.alloc_buffer((rows,), F32)
-            quant(x, xu, xs)
-            for t in T.parallel(p0):
-                panel(xu, xs, codes0, wsum0, ws0, c0, t, n0)
-
-    elif g == 2:
-
-        @T.prim_func(private=True, s_tir=True)
-        def f(
-            x_h: T.handle,
-            codes0: T.Buffer((p0, kq, NB, 4), "int8"),
-            wsum0: T.Buffer((p0, NB), "int32"),
-            ws0: T.Buffer((p0, NB), F32),
-            codes1: T.Buffer((p1, kq, NB, 4), "int8"),
-            wsum1: T.Buffer((p1, NB), "int32"),
-            ws1: T.Buffer((p1, NB), F32),
-            c0_h: T.handle,
-            c1_h: T.handle,
-        ):
-            T.func_attr({"tirx.noalias": True})
-            x = T.match_buffer(x_h, (rows, k_dim), F32)
-            c0 = T.match_buffer(c0_h, (rows, n0), F32)
-            c1 = T.match_buffer(c1_h, (rows, n1), F32)
-            xu = T.alloc_buffer((rows, kq * 4), "uint8")
-            xs = T.alloc_buffer((rows,), F32)
-            quant(x, xu, xs)
-            for t in T.parallel(p0 + p1):
-                if t < p0:
-                    panel(xu, xs, codes0, wsum0, ws0, c0, t, n0)
-                else:
-                    panel(xu, xs, codes1, wsum1, ws1, c1, t - p0, n1)
-
-    else:
-
-        @T.prim_func(private=True, s_tir=True)
-        def f(
-            x_h: T.handle,
-            codes0: T.Buffer((p0, kq, NB, 4), "int8"),
-            wsum0: T.Buffer((p0, NB), "int32"),
-            ws0: T.Buffer((p0, NB), F32),
-            codes1: T.Buffer((p1, kq, NB, 4), "int8"),
-            wsum1: T.Buffer((p1, NB), "int32"),
-            ws1: T.Buffer((p1, NB), F32),
-            codes2: T.Buffer((p2, kq, NB, 4), "int8"),
-            wsum2: T.Buffer((p2, NB), "int32"),
-            ws2: T.Buffer((p2, NB), F32),
-            c0_h: T.handle,
-            c1_h: T.handle,
-            c2_h: T.handle,
-        ):
-            T.func_attr({"tirx.noalias": True})
-            x = T.match_buffer(x_h, (rows, k_dim), F32)
-            c0 = T.match_buffer(c0_h, (rows, n0), F32)
-            c1 = T.match_buffer(c1_h, (rows, n1), F32)
-            c2 = T.match_buffer(c2_h, (rows, n2), F32)
-            xu = T.alloc_buffer((rows, kq * 4), "uint8")
-            xs = T.alloc_buffer((rows,), F32)
-            quant(x, xu, xs)
-            for t in T.parallel(p0 + p1 + p2):
-                if t < p0:
-                    panel(xu, xs, codes0, wsum0, ws0, c0, t, n0)
-                elif t < p0 + p1:
-                    panel(xu, xs, codes1, wsum1, ws1, c1, t - p0, n1)
-                else:
-                    panel(xu, xs, codes2, wsum2, ws2, c2, t - p0 - p1, n2)
-
-    return _finish(f, name)
+    panels = [(n + NB - 1) // NB for n in n_dims]
+    weights = [
+        [
+            Buf(f"codes{j}", (pj, kq, NB, 4), "int8"),
+            Buf(f"wsum{j}", (pj, NB), "int32"),
+            Buf(f"ws{j}", (pj, NB), F32),
+        ]
+        for j, pj in enumerate(panels)
+    ]
+    outs = [Buf(f"c{j}", (rows, n), F32) for j, n in enumerate(n_dims)]
+    scratch = [Buf("xu", (rows, kq * 4), "uint8"), Buf("xs", (rows,), F32)]
+    return grouped_func(
+        name, [Buf("x", (rows, k_dim), F32)], weights, outs, panels, panel, scratch, quant
+    )
 
 
 #: W8A8 activation codes are in [-A8_QMAX, A8_QMAX] (``qlinear_a8``, :mod:`llmc.ir.ops_quant`)
@@ -603,8 +533,3 @@ def _bcast4u(buf: Any, idx: list[Any]) -> Any:
     """Four u8 at ``idx`` as one int32 broadcast to 16 lanes (``vpdpbusd``'s unsigned operand)."""
     w = T.broadcast(T.reinterpret(buf.vload(idx, "uint8x4"), dtype="int32"), 16)
     return T.reinterpret(w, dtype="int8x64")
-
-
-def _finish(f: tirx.PrimFunc, name: str) -> tirx.PrimFunc:
-    f = f.with_attr("global_symbol", name)
-    return f.with_attr("op_pattern", 8).with_attr("tirx.is_scheduled", True)
