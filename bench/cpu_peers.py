@@ -111,6 +111,9 @@ LLMC = {
     "llmc-rtn8-g32-a8": "rtn:bits=8:group=32:act_bits=8" + _HEADQ,
     "llmc-rtn4-g32-a8": "rtn:bits=4:group=32:act_bits=8" + _HEADQ,
     "llmc-rtn4-g128-a8": "rtn:bits=4:group=128:act_bits=8" + _HEADQ,
+    # llama.cpp's block formats exactly: float16 scales per 32 weights, int8 activations per 32
+    "llmc-rtn8-g32-a8-f16": "rtn:bits=8:group=32:act_bits=8:scale_dtype=f16" + _HEADQ,
+    "llmc-rtn4-g32-a8-f16": "rtn:bits=4:group=32:act_bits=8:scale_dtype=f16" + _HEADQ,
     "llmc-rtn8": "rtn:bits=8:group=0",
     "llmc-w8a8": "w8a8",
     "llmc-2:4": "magnitude:pattern=2:4",
@@ -118,8 +121,9 @@ LLMC = {
 #: GGUF files: name -> (gguf type, llmc setting whose passes produce its weights)
 GGUF = {
     "llama.cpp-f32": ("f32", "llmc-f32"),
-    "llama.cpp-q8_0": ("q8_0", "llmc-rtn8-g32"),
-    "llama.cpp-q4_0": ("q4_0", "llmc-rtn4-g32"),
+    # float16-scale codes: the GGUF blocks hold llmc's codes and scales bit for bit
+    "llama.cpp-q8_0": ("q8_0", "llmc-rtn8-g32-a8-f16"),
+    "llama.cpp-q4_0": ("q4_0", "llmc-rtn4-g32-a8-f16"),
 }
 #: pair -> (engines, baseline, [(engine, target ratio over the baseline)])
 PAIRS: dict[str, tuple[list[str], str, list[tuple[str, float]]]] = {
@@ -129,14 +133,15 @@ PAIRS: dict[str, tuple[list[str], str, list[tuple[str, float]]]] = {
         [("llmc-f32", 1.1)],
     ),
     "q8": (
-        ["llmc-rtn8-g32", "llmc-rtn8-g32-a8", "llama.cpp-q8_0"],
+        ["llmc-rtn8-g32", "llmc-rtn8-g32-a8", "llmc-rtn8-g32-a8-f16", "llama.cpp-q8_0"],
         "llama.cpp-q8_0",
-        [("llmc-rtn8-g32", 1.1), ("llmc-rtn8-g32-a8", 1.1)],
+        [("llmc-rtn8-g32", 1.1), ("llmc-rtn8-g32-a8", 1.1), ("llmc-rtn8-g32-a8-f16", 1.1)],
     ),
     "q4": (
         [
             "llmc-rtn4-g32",
             "llmc-rtn4-g32-a8",
+            "llmc-rtn4-g32-a8-f16",
             "llmc-rtn4-g128",
             "llmc-rtn4-g128-a8",
             "llama.cpp-q4_0",
@@ -145,6 +150,7 @@ PAIRS: dict[str, tuple[list[str], str, list[tuple[str, float]]]] = {
         [
             ("llmc-rtn4-g32", 1.1),
             ("llmc-rtn4-g32-a8", 1.1),
+            ("llmc-rtn4-g32-a8-f16", 1.1),
             ("llmc-rtn4-g128", 1.1),
             ("llmc-rtn4-g128-a8", 1.1),
         ],
