@@ -1,6 +1,7 @@
 """VM work per decode step outside the kernels (docs/backends.md, "VM overhead per decode
 step"): the builtins a step executes are counted through the VM's instrument hook, so these
-tests fail if per-argument type checks or unread tuples come back (counts, not times)."""
+tests fail if per-argument type checks, unread tuples or per-activation releases come back
+(counts, not times)."""
 
 from __future__ import annotations
 
