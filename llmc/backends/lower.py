@@ -102,6 +102,16 @@ class KVCacheRef:
 #: The symbolic capacity of the in-place cache buffers (the runner picks it per sequence).
 KV_CAPACITY = "kv_capacity"
 
+#: Relax's function attribute ``num_input``: ``VMShapeLower`` checks the type of every argument
+#: from this position on only where its shape is symbolic. Each call of a function otherwise
+#: costs two VM builtins (``check_tensor_info``, ``match_shape``) per argument: for a decode step
+#: of a 12-layer model, ~820 calls for weights whose types cannot be wrong. Entries set it to
+#: their number of non-weight arguments (the runner checks every weight's shape and dtype
+#: against the manifest when it loads them, :mod:`llmc.runtime.tvm_runner`); private layer and
+#: branch functions set it to 0 (their callers' types are their arguments' types), which keeps
+#: the checks that bind symbolic sizes (a cache buffer's capacity, a ``Shape`` argument).
+NUM_INPUT = "num_input"
+
 
 def find_kv_appends(graph: Graph) -> dict[int, Node]:
     """``id(past input) -> its concat`` when *every* ``past_*`` input of the LM ABI is read by
@@ -487,7 +497,8 @@ class Lowering:
             ctx.kv_len = self._kv_len_var(env)
             inputs.append(ctx.kv_len)
         inline = [n for n in graph.nodes if id(n) not in self.plan.covered]
-        with self.bb.function(entry.name, attrs={"llmc.entry": entry.name}):
+        attrs = {"llmc.entry": entry.name, NUM_INPUT: len(inputs)}
+        with self.bb.function(entry.name, attrs=attrs):
             with self._body(inline, inputs):
                 for v, rv in zip(self.graph.inputs, inputs):
                     ctx.values[id(v)] = rv
@@ -544,7 +555,7 @@ class Lowering:
             ctx.kv_len = self._kv_len_var(env)
             ins.append(ctx.kv_len)
         name = f"{entry.name}_layer" + (f"{gi}" if gi else "")
-        with self.bb.function(name, private=True):
+        with self.bb.function(name, attrs={NUM_INPUT: 0}, private=True):
             with self._body(layer.nodes, ins):
                 for v, rv in zip(layer.inputs, ins):
                     ctx.values[id(v)] = rv
@@ -653,7 +664,7 @@ class Lowering:
         if sizes:
             ins.append(relax.Var("sizes", relax.ShapeType([env[n] for n in sizes])))
         name = f"{entry.name}_cond{len(self._branch_sigs)}_{arm}"
-        with self.bb.function(name, private=True):
+        with self.bb.function(name, attrs={NUM_INPUT: 0}, private=True):
             with self._body(region.nodes, ins):
                 for v, rv in zip(region.inputs, ins):
                     ctx.values[id(v)] = rv

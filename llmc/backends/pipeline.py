@@ -7,7 +7,8 @@ phases. The phases, in order::
     lower     IR -> Relax + TE/TIR           (llmc.backends.lower, rules from the rule list)
     legalize  Relax ops -> TIR, fuse          (LegalizeOps, AnnotateTIROpPattern, FuseOps, FuseTIR)
     schedule  give every kernel a schedule    (dlight on GPUs; CPU kernels come scheduled)
-    build     TIR -> machine code, VM bytecode (tvm.compile: dataflow lowering, memory planning)
+    build     TIR -> machine code, VM bytecode (tvm.compile: dataflow lowering, memory planning,
+              llmc.backends.vm_cleanup)
     export    model.so (device code embedded), weights in their compiled layout, manifest fields
 
 Each phase's wall time goes to ``report["backend"]["timing_s"]``.
@@ -28,6 +29,7 @@ from tvm import relax
 from llmc.backends.layouts import WeightArg, get_layout
 from llmc.backends.lower import KV_CAPACITY, Entry, Lowered, Lowering
 from llmc.backends.rules import Rule, check_rules, rule_list
+from llmc.backends.vm_cleanup import drop_small_kills, drop_unused_tuples
 from llmc.console import stage
 from llmc.ir.graph import Graph
 from llmc.targets.kinds import BACKEND_ABI
@@ -117,6 +119,9 @@ class TVMPipeline:
                 relax.transform.StaticPlanBlockMemory(),
                 relax.transform.LowerAllocTensor(),
                 relax.transform.KillAfterLastUse(),
+                # llmc.backends.vm_cleanup: unread result tuples, a decode step's kills
+                drop_unused_tuples,
+                drop_small_kills,
                 relax.transform.LowerRuntimeBuiltin(),
                 relax.transform.ComputePrimValue(),
                 relax.transform.VMShapeLower(),

@@ -183,6 +183,7 @@ class TVMRunner(LanguageModel):
         rt = import_tvm_runtime()
         from tvm.runtime.vm import VirtualMachine
 
+        self._rt = rt  # per call, import_tvm_runtime() would look the package up again
         self.path = path
         self.manifest = manifest
         self.backend = manifest["backend"]
@@ -340,7 +341,7 @@ class TVMRunner(LanguageModel):
     def _forward(
         self, entry: str, input_ids: torch.Tensor, positions: torch.Tensor, past: KV
     ) -> tuple[torch.Tensor, KV]:
-        rt = import_tvm_runtime()
+        rt = self._rt
         b, s = input_ids.shape
         self.check_indices(input_ids, positions)
         args = [self._arg(rt, input_ids), self._arg(rt, positions)]
@@ -465,7 +466,7 @@ class TVMRunner(LanguageModel):
 
     def call_entry(self, entry: str, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         """Run ``entry`` once on the graph's inputs (a non-LM module); its outputs on the CPU."""
-        rt = import_tvm_runtime()
+        rt = self._rt
         outs = self._fns[entry](*[self._arg(rt, t) for t in inputs], *self._entry_args[entry])
         if not isinstance(outs, (list, tuple)) and not type(outs).__name__.endswith("Array"):
             outs = [outs]
@@ -553,15 +554,24 @@ class _KVCache:
         self._torch: list[torch.Tensor] | None = None
         self.handles: list[Any] = []
         self._handed: list[Any] = []  # the views views() returned last (the decode fast path)
+        self._handed_ns: list[int] = []  # their lengths
+        self._groups: list[tuple[torch.Tensor, list[int]]] = []  # (tensor, buffers in it)
         shapes = [
             (batch, int(e["kv_heads"]), capacity, int(e["head_dim"])) for e in runner._kv_bufs
         ]
         dtypes = [to_torch_dtype(e["dtype"]) for e in runner._kv_bufs]
         if runner._torch_dev is not None:
-            self._torch = [
-                torch.empty(sh, dtype=dt, device=runner._torch_dev)
-                for sh, dt in zip(shapes, dtypes)
-            ]
+            # buffers of one shape and dtype are slices of one tensor, so that views() cuts
+            # them all in one call (narrow + unbind: ~0.5 us a buffer, not ~1.7 us a slice)
+            groups: dict[tuple[Any, ...], list[int]] = {}
+            for i, key in enumerate(zip(shapes, dtypes)):
+                groups.setdefault(key, []).append(i)
+            self._torch = [torch.empty(0)] * len(shapes)
+            for (sh, dt), idx in groups.items():
+                big = torch.empty((len(idx), *sh), dtype=dt, device=runner._torch_dev)
+                self._groups.append((big, idx))
+                for i, t in zip(idx, big.unbind(0)):
+                    self._torch[i] = t
             self.handles = [rt.from_dlpack(t) for t in self._torch]
         else:
             self.handles = [
@@ -571,9 +581,19 @@ class _KVCache:
     def views(self, ns: list[int]) -> list[Any]:
         """The first ``ns[i]`` keys of buffer ``i`` (no copy)."""
         if self._torch is not None:
-            self._handed = [t[:, :, :n, :] for t, n in zip(self._torch, ns)]
+            out: list[Any] = [None] * len(ns)
+            for big, idx in self._groups:
+                n = ns[idx[0]]
+                if all(ns[i] == n for i in idx):
+                    for i, v in zip(idx, big.narrow(3, 0, n).unbind(0)):
+                        out[i] = v
+                else:  # per-layer lengths (token pruning)
+                    for i in idx:
+                        out[i] = self._torch[i].narrow(2, 0, ns[i])
+            self._handed = out
         else:
             self._handed = [_KVView(self, i, n) for i, n in enumerate(ns)]
+        self._handed_ns = list(ns)
         return self._handed
 
     def holds(self, past: list[Any], ns: list[int]) -> bool:
@@ -581,7 +601,7 @@ class _KVCache:
         handed out)."""
         handed = self._handed
         if handed and len(past) == len(handed) and all(p is q for p, q in zip(past, handed)):
-            return [p.shape[2] for p in handed] == ns  # the generation loop: its last views
+            return self._handed_ns == ns  # the generation loop: its last views
         if self._torch is not None:
             return all(
                 isinstance(p, torch.Tensor)

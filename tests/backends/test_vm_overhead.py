@@ -1,0 +1,144 @@
+"""VM work per decode step outside the kernels (docs/backends.md, "VM overhead per decode
+step"): the builtins a step executes are counted through the VM's instrument hook, so these
+tests fail if per-argument type checks, unread tuples or per-activation releases come back
+(counts, not times)."""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+import pytest
+import torch
+import tvm
+from tvm import relax
+
+from llmc.backends.vm_cleanup import drop_small_kills_in, drop_unused_tuples_in
+
+
+def _builtins_per_step(lm: Any, steps: int = 3) -> collections.Counter[str]:
+    lm.prefill([1, 2, 3, 4, 5])
+    lm.decode(6)  # warm-up
+    calls: collections.Counter[str] = collections.Counter()
+
+    def hook(func: Any, sym: str, before: bool, ret: Any, *args: Any) -> int:
+        if not before:
+            calls[sym] += 1
+        return 0
+
+    lm.vm.set_instrument(hook)
+    try:
+        for t in range(steps):
+            lm.decode(7 + t)
+    finally:
+        lm.vm.set_instrument(None)
+    return collections.Counter({k: v // steps for k, v in calls.items()})
+
+
+def test_decode_checks_no_weight_and_no_static_argument(toy_runner):
+    """Only the arguments whose shapes hold a symbolic size are checked: the entry's inputs and
+    cache buffers, and each layer call's two cache buffers. Before ``num_input`` every weight
+    was checked twice per call (in the entry and again in its layer function)."""
+    lm = toy_runner
+    calls = _builtins_per_step(lm)
+    layers = lm.backend["layer_functions"]["decode_layer"]
+    kv = len(lm.backend["kv_cache"]["buffers"])
+    weights = len(lm._entry_args["decode"])
+    # entry: input_ids, positions, the cache buffers; each layer call: its two cache buffers
+    want = 2 + kv + 2 * layers
+    assert calls["vm.builtin.check_tensor_info"] == want, calls
+    # match_shape also reads the entry's kv_len and each layer's kv_len argument
+    assert calls["vm.builtin.match_shape"] == want + 1 + layers, calls
+    assert calls["vm.builtin.check_tensor_info"] < weights  # no weight is checked
+
+
+def test_decode_builtins_bounded(toy_runner):
+    """The whole count, with room for small changes but not for a check per weight or a
+    release per activation again (this 2-layer model: 280 builtins per step before, 194 with
+    ``num_input``, 139 with the decode step's releases dropped too; 78 -> 23 ``null_value``)."""
+    lm = toy_runner
+    calls = _builtins_per_step(lm)
+    total = sum(v for k, v in calls.items() if k.startswith("vm.builtin."))
+    assert total <= 160, calls
+    # the entry's result and one per layer call: no unread kernel-result tuples
+    assert calls["vm.builtin.make_tuple"] <= 1 + lm.backend["layer_functions"]["decode_layer"]
+    # what is left: the entry's releases of the cache buffers the layer calls return
+    assert calls["vm.builtin.null_value"] <= 30, calls
+
+
+def test_decode_still_refuses_a_wrong_cache_buffer(toy_runner):
+    """The entry keeps its checks on what the caller passes: a cache buffer of the wrong dtype
+    fails in the VM (not a wrong answer)."""
+    lm = toy_runner
+    lm.prefill([1, 2, 3])
+    rt = lm._rt
+    args = [
+        rt.from_dlpack(torch.tensor([[4]])),
+        rt.from_dlpack(torch.tensor([[3]])),
+        *[rt.from_dlpack(torch.zeros(tuple(h.shape), dtype=torch.float64)) for h in lm._kv.handles],
+        rt.ShapeTuple([3]),
+        *lm._entry_args["decode"],
+    ]
+    with pytest.raises(Exception, match="dtype|float"):
+        lm._fns["decode"](*args)
+
+
+def _module_with_tuples() -> tvm.IRModule:
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([4], "float32"))
+    with bb.function("f", [x]):
+        unread = bb.emit(relax.Tuple([x, x]))  # noqa: F841
+        read = bb.emit(relax.Tuple([x]))
+        y = bb.emit(relax.op.add(x, relax.TupleGetItem(read, 0)))
+        bb.emit_func_output(relax.Tuple([y, x]))
+    return bb.get()
+
+
+def test_drop_unused_tuples_keeps_what_is_read():
+    mod = _module_with_tuples()
+    before = mod["f"].script()
+    out, dropped = drop_unused_tuples_in(mod)
+    assert dropped == 1
+    text = out["f"].script()
+    assert text.count("= x, x") == 0 and "(x,)" in text and "R.add" in text
+    assert mod["f"].script() == before  # the input module is left alone
+    inp = tvm.runtime.tensor(torch.arange(4, dtype=torch.float32).numpy())
+    ex = tvm.compile(out, target="llvm")
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    y, x = vm["f"](inp)
+    torch.testing.assert_close(torch.from_dlpack(y), 2 * torch.arange(4, dtype=torch.float32))
+
+
+KILL = "relax.vm.kill_object"
+
+
+def _module_with_kills() -> tvm.IRModule:
+    n = tvm.tirx.Var("n", "int64")
+    kill = tvm.ir.Op.get(KILL)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([4], "float32"))
+    y = relax.Var("y", relax.TensorType([n], "float32"))
+    with bb.function("f", [x, y]):
+        small = bb.emit(relax.op.add(x, x))  # 16 bytes
+        big = bb.emit(relax.op.add(y, y))  # symbolic size
+        c = bb.emit(relax.op.multiply(small, small))
+        bb.emit(relax.Call(kill, [small]))
+        d = bb.emit(relax.op.multiply(big, big))
+        bb.emit(relax.Call(kill, [big]))
+        bb.emit_func_output(relax.Tuple([c, d]))
+    return bb.get()
+
+
+def test_drop_small_kills_keeps_releases_of_symbolic_size():
+    mod = _module_with_kills()
+    out, dropped = drop_small_kills_in(mod)
+    assert dropped == 1
+    kept = [
+        b.value.args[0]
+        for block in out["f"].body.blocks
+        for b in block.bindings
+        if isinstance(b.value, relax.Call) and getattr(b.value.op, "name", "") == KILL
+    ]
+    assert len(kept) == 1 and str(kept[0].ty.shape) == "R.shape([n])"  # the symbolic one
+    # over the byte budget, every release stays
+    assert drop_small_kills_in(mod, limit=8)[1] == 0
