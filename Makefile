@@ -19,7 +19,9 @@ PY := $(VENV)/bin/python
 # Only the CPU build: pip finds it in its find-links (the machine's wheel folder). A plain
 # `torch==2.13.0` could fall back to PyPI's CUDA build (several GB); this fails fast instead.
 TORCH_SPEC ?= torch==2.13.0+cpu
-PYTEST_ARGS ?= -q -n 2
+# --dist loadfile: each test file runs on one worker, so its module-scoped fixtures (TVM builds)
+# run once instead of once per worker (docs/testing.md)
+PYTEST_ARGS ?= -q -n 2 --dist loadfile
 # make test fails (rather than skips) the toolchain tests when a tool is missing
 LLMC_REQUIRE_TOOLCHAIN ?= 1
 PROMPT ?= The for statement

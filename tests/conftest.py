@@ -1,6 +1,14 @@
-"""Suite-wide configuration: the hypothesis profile (``tests/hypothesis_profiles.py``)."""
+"""Suite-wide configuration: the hypothesis profile (``tests/hypothesis_profiles.py``) and the
+artifacts many test files read, built once per test run (``tiny_cpu_artifact``,
+``tiny_ref_artifact``)."""
 
 from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import os
+from pathlib import Path
 
 import pytest
 
@@ -11,3 +19,42 @@ PROFILE = hypothesis_profiles.load()
 
 def pytest_report_header(config: pytest.Config) -> str:
     return f"hypothesis profile: {PROFILE} (HYPOTHESIS_PROFILE=ci|nightly)"
+
+
+def shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of this test run that every xdist worker sees (the workers' common temp root);
+    without xdist, the session's temp root."""
+    base = tmp_path_factory.getbasetemp()
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    return base.parent / f"shared-{run}" if run else base / "shared"
+
+
+def shared_compile(tmp_path_factory: pytest.TempPathFactory, name: str, *argv: str) -> Path:
+    """``llmc compile ARGV -o <shared>/NAME``, run by the first worker that asks (the others
+    wait on a file lock, then reuse it): one build per test run instead of one per test file and
+    worker. The artifact is shared: a test that changes files copies it first."""
+    from llmc.cli import main
+
+    root = shared_dir(tmp_path_factory)
+    root.mkdir(parents=True, exist_ok=True)
+    out = root / name
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "manifest.json").is_file():  # the compile writes the artifact atomically
+            err = io.StringIO()
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+                rc = main(["compile", *argv, "-o", str(out)])
+            assert rc == 0, err.getvalue()
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_cpu_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``llmc compile tiny --target cpu``, built once per run (read it; copy it to change it)."""
+    return shared_compile(tmp_path_factory, "tiny-cpu", "tiny", "--target", "cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_ref_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``llmc compile tiny`` (the ``ref`` target), built once per run (copy it to change it)."""
+    return shared_compile(tmp_path_factory, "tiny-ref", "tiny")

@@ -17,18 +17,15 @@ import pytest
 from llmc.cli import main
 
 
-@pytest.fixture(scope="module")
-def tiny_cpu(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("tiny-cpu") / "out"
-    assert main(["compile", "tiny", "--target", "cpu", "-o", str(out), "--json"]) == 0
-    return out
+@pytest.fixture
+def tiny_cpu(tiny_cpu_artifact: Path) -> Path:
+    """The run's shared artifact (tests/conftest.py): the tamper cases change a copy."""
+    return tiny_cpu_artifact
 
 
-@pytest.fixture(scope="module")
-def tiny_ref(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("tiny-ref") / "out"
-    assert main(["compile", "tiny", "-o", str(out), "--json"]) == 0
-    return out
+@pytest.fixture
+def tiny_ref(tiny_ref_artifact: Path) -> Path:
+    return tiny_ref_artifact
 
 
 def sha(p: Path) -> str:

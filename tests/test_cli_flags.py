@@ -281,16 +281,14 @@ def test_bench_batch_refusals(capsys) -> None:
     assert rc != 0 and "exceed the model's 1024 positions" in err
 
 
-def test_bench_dtype_on_models_and_artifacts(capsys, tmp_path: Path) -> None:
+def test_bench_dtype_on_models_and_artifacts(capsys, tiny_ref_artifact: Path) -> None:
     rc, o, err = run(
         capsys, "bench", "tiny", "--dtype", "bf16", "--prompt-len", "4", "--new-tokens", "2",
         "--repeat", "1", "--json",
     )  # fmt: skip
     assert rc == 0, err
     assert json.loads(o)["dtype"] == "bf16"
-    out = tmp_path / "a"
-    assert run(capsys, "compile", "tiny", "-o", str(out))[0] == 0
-    rc, o, err = run(capsys, "bench", str(out), "--dtype", "f16")
+    rc, o, err = run(capsys, "bench", str(tiny_ref_artifact), "--dtype", "f16")
     assert rc != 0 and "--dtype applies to models" in err and "recompile with --dtype" in err
     assert len(err.strip().splitlines()) == 1
 

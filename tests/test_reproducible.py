@@ -52,12 +52,14 @@ def normalized(art: Path) -> dict[str, object]:
 
 
 @pytest.mark.parametrize("target", ["ref", "cpu"])
-def test_two_compiles_are_identical(capsys, tmp_path: Path, target: str) -> None:
-    arts = []
-    for i in range(2):
-        out = tmp_path / f"out{i}"
-        assert main(["compile", "tiny", "--target", target, "-o", str(out)]) == 0
-        arts.append(out)
+def test_two_compiles_are_identical(
+    capsys, request: pytest.FixtureRequest, tmp_path: Path, target: str
+) -> None:
+    """A compile here against the run's shared one (tests/conftest.py: another process when
+    xdist runs the suite, at another time)."""
+    out = tmp_path / "out"
+    assert main(["compile", "tiny", "--target", target, "-o", str(out)]) == 0
+    arts = [request.getfixturevalue(f"tiny_{target}_artifact"), out]
     capsys.readouterr()
     a, b = (normalized(x) for x in arts)
     assert sorted(a) == sorted(b)

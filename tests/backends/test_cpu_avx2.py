@@ -9,91 +9,25 @@ Tolerances as in tests/backends/test_cpu_vnni.py: 3 activation digits at float32
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from llmc.targets.cpu_isa import ISA_ENV, host_isa_flags
-from tests.backends.conftest import compile_graph, interp_run
+from tests.backends.conftest import compile_graph
+from tests.cpu_kernels import asm as _asm
+from tests.cpu_kernels import check_against_interp as _check_against_interp
+from tests.cpu_kernels import compress_q4 as _compress
+from tests.cpu_kernels import haswell_target as _target
+from tests.cpu_kernels import panel32 as _panel
+from tests.cpu_kernels import run_avx2 as _run
 from tests.lm_fixtures import toy_lm
 
 avx2 = pytest.mark.skipif(
     not {"avx2", "fma"} <= set(host_isa_flags()), reason="host CPU has no AVX2"
 )
-
-
-def _target():
-    import tvm
-
-    return tvm.target.Target({"kind": "llvm", "mcpu": "haswell"})
-
-
-def _asm(ex) -> str:
-    stack, out = [ex.mod], []
-    while stack:
-        m = stack.pop()
-        if m.kind == "llvm":
-            out.append(m.inspect_source("asm"))
-        stack.extend(m.imports)
-    return "\n".join(out)
-
-
-def _panel(a: np.ndarray, n: int) -> np.ndarray:
-    """[N, X] -> [P, X, 32] zero-padded."""
-    b = np.zeros((((n + 31) // 32) * 32, a.shape[1]), a.dtype)
-    b[:n] = a
-    return b.reshape(-1, 32, a.shape[1]).transpose(0, 2, 1).copy()
-
-
-def _run(kernel: str, k: int, n: int, group: int, parts: int, rows: int, static: bool):
-    """Random codes (q4: nibbles; q8w: the full 0..255 range, offsets near 128), an outlier
-    activation; the kernel's result, the fp64 product and the compiled kernel."""
-    import tvm
-    from tvm import te
-
-    from llmc.backends.kernels import cpu_avx2 as A
-    from llmc.backends.kernels.cpu_vnni import group_sums
-
-    rng = np.random.default_rng(k + n + group)
-    x = rng.standard_normal((rows, k)).astype("float32")
-    x[:, 3] = 40.0
-    g = min(group, k)
-    top, mid = (16, 8) if kernel == "q4" else (256, 128)
-    u = rng.integers(0, top, (n, k)).astype(np.uint8)
-    sc = (rng.random((n, k // g)) * 0.02 + 1e-3).astype("float32")
-    of = (rng.random((n, k // g)) * 4 + mid - 2).astype("float32")
-    w = (u - np.repeat(of, g, 1).astype(np.float64)) * np.repeat(sc, g, 1)
-    want = x.astype(np.float64) @ w.T
-    kp, ab = A.padded_k(k, group), A.act_block(k, group)
-    xt = te.placeholder((rows, k), "float32", name="x")
-    d, s = A.act_digits(xt, kp, ab, parts)
-    prep = tvm.compile(te.create_prim_func([xt, d, s, group_sums(xt, group)]), target=_target())
-    fn = A.q4_avx2 if kernel == "q4" else A.q8w_avx2
-    ex = tvm.compile(fn(k, n, group, parts, "float32", rows if static else None), _target())
-    full = np.zeros((((n + 31) // 32) * 32, kp), np.uint8)
-    full[:n, :k] = u
-    if kernel == "q4":
-        t = full.reshape(-1, 32, kp // 8, 2, 4)
-        codes = (t[:, :, :, 0, :] | (t[:, :, :, 1, :] << 4)).transpose(0, 2, 1, 3).copy()
-    else:
-        codes = full.reshape(-1, 32, kp // 4, 4).transpose(0, 2, 1, 3).copy()
-    cpu = tvm.cpu()
-
-    def arr(a):
-        return tvm.runtime.tensor(a, cpu)
-
-    xd = arr(np.zeros((rows, parts, kp), "int8"))
-    xs = arr(np.zeros((rows, kp // ab, parts), "float32"))
-    gs = arr(np.zeros((rows, k // g), "float32"))
-    prep(arr(x), xd, xs, gs)
-    assert np.abs(xd.numpy().astype(np.int32)).max() <= 127  # no -128 digit (vpsignb)
-    out = arr(np.zeros((rows, n), "float32"))
-    ex(xd, xs, gs, arr(codes), arr(_panel(sc, n)), arr(_panel(of, n)), out)
-    return out.numpy(), want, ex
 
 
 @avx2
@@ -200,45 +134,6 @@ def test_bad_isa_env_is_one_line_cli_error(tmp_path, monkeypatch, capsys):
 
 
 # -- model level ----------------------------------------------------------------------------------
-
-
-def _compress(graph, group: int, w8a8: bool, head8: bool = False):
-    from llmc.passes import PassContext
-    from llmc.passes.manager import PassManager
-    from llmc.passes.rtn import RTNQuant
-    from llmc.passes.w8a8 import W8A8
-
-    if w8a8:
-        passes = [
-            RTNQuant(bits=4, group=group, sym=False, include=("mlp",), measure=False),
-            W8A8(include=("self_attn",), measure=False),
-        ]
-    elif head8:
-        passes = [RTNQuant(bits=4, group=group, measure=False)]
-    else:
-        passes = [
-            RTNQuant(bits=4, group=group, sym=False, include=("model.layers",), measure=False)
-        ]
-    PassManager(passes).run(graph, PassContext(calib_samples=2, calib_seqlen=32))
-    return graph
-
-
-def _check_against_interp(g, art: Path) -> dict:
-    from llmc.runtime.tvm_runner import load
-
-    lm = load(art)
-    torch.manual_seed(0)
-    ids = torch.randint(0, 300, (2, 5))
-    pos = torch.arange(5).expand(2, 5).contiguous()
-    past = lm.empty_past(2)
-    got, present = lm.forward(ids, pos, past)
-    want = interp_run(g, [ids, pos, *[t for kv in past for t in kv]])
-    torch.testing.assert_close(got, want[0], rtol=1e-4, atol=1e-4)
-    one = torch.tensor([[7]])
-    got1, _ = lm.forward(one, torch.tensor([[5]]), [(k[:1], v[:1]) for k, v in present])
-    want1 = interp_run(g, [one, torch.tensor([[5]]), *[t[:1] for t in want[1:]]])
-    torch.testing.assert_close(got1, want1[0], rtol=1e-4, atol=1e-4)
-    return json.loads((art / "manifest.json").read_text())
 
 
 def _objdump_zmm(art: Path) -> list[str]:

@@ -5,33 +5,19 @@ interpreter (2:4, 4:8, 8:16, and 2:4 followed by 4-bit RTN), prefill and decode.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from llmc.backends.cpu.pipeline import vector_bits
-from tests.backends.conftest import compile_graph, interp_run
+from tests.backends.conftest import compile_graph
+from tests.cpu_kernels import asm, check_against_interp
+from tests.cpu_kernels import host_target as _target
+from tests.cpu_kernels import panel_torch as _panel
 from tests.lm_fixtures import toy_lm
 
 avx512 = pytest.mark.skipif(vector_bits() < 512, reason="host CPU has no AVX-512")
-
-
-def _target():
-    import tvm
-
-    from llmc.backends.cpu.pipeline import host_cpu
-
-    return tvm.target.Target({"kind": "llvm", "mcpu": host_cpu()})
-
-
-def _panel(a: torch.Tensor) -> np.ndarray:
-    """[N, X] -> [P, X, 64] zero-padded."""
-    n = a.shape[0]
-    p = (n + 63) // 64
-    b = torch.cat([a, a.new_zeros(p * 64 - n, a.shape[1])])
-    return b.reshape(p, 64, -1).permute(0, 2, 1).contiguous().numpy()
 
 
 def _nm_weight(n_out: int, k: int, keep: int, m: int, seed: int) -> torch.Tensor:
@@ -116,13 +102,7 @@ def test_machine_code_permutes():
         ex = tvm.compile(
             cpu_sparse.nm_permute(256, 64, m // 2, m, "float32", "float32", 1), _target()
         )
-        stack, asm = [ex.mod], []
-        while stack:
-            mod = stack.pop()
-            if mod.kind == "llvm":
-                asm.append(mod.inspect_source("asm"))
-            stack.extend(mod.imports)
-        text = "\n".join(asm)
+        text = asm(ex)
         assert any(i in text for i in insns) and "vgatherdps" not in text
 
 
@@ -142,23 +122,6 @@ def _compress(graph, pattern: str, bits: int | None):
     return graph
 
 
-def _check_against_interp(g, art: Path) -> None:
-    from llmc.runtime.tvm_runner import load
-
-    lm = load(art)
-    torch.manual_seed(0)
-    ids = torch.randint(0, 300, (2, 5))
-    pos = torch.arange(5).expand(2, 5).contiguous()
-    past = lm.empty_past(2)
-    got, present = lm.forward(ids, pos, past)
-    want = interp_run(g, [ids, pos, *[t for kv in past for t in kv]])
-    torch.testing.assert_close(got, want[0], rtol=1e-4, atol=1e-4)
-    one = torch.tensor([[7]])
-    got1, _ = lm.forward(one, torch.tensor([[5]]), [(k[:1], v[:1]) for k, v in present])
-    want1 = interp_run(g, [one, torch.tensor([[5]]), *[t[:1] for t in want[1:]]])
-    torch.testing.assert_close(got1, want1[0], rtol=1e-4, atol=1e-4)
-
-
 @pytest.mark.parametrize("pattern", ["2:4", "4:8", "8:16"])
 def test_model_matches_interpreter(tmp_path, pattern):
     """FFN 208 (not a multiple of the 64-wide panel) and hidden 48: the N:M layers through the
@@ -169,7 +132,7 @@ def test_model_matches_interpreter(tmp_path, pattern):
 
     g = _compress(toy_lm(hidden=48, ffn=208), pattern, None)
     art = compile_graph(g, "cpu", tmp_path / "cpu")
-    _check_against_interp(g, art)
+    check_against_interp(g, art)
     backend = json.loads((art / "manifest.json").read_text())["backend"]
     permute = vector_bits() >= 512
     rule = "cpu.linear.panel_nm"
@@ -198,7 +161,7 @@ def test_portable_fallback_matches_and_warns(tmp_path, monkeypatch):
     monkeypatch.setattr(cpu_pipeline, "_nm_permute_ok", lambda p: False)
     g = _compress(toy_lm(hidden=48, ffn=208), "2:4", None)
     art = compile_graph(g, "cpu", tmp_path / "cpu")
-    _check_against_interp(g, art)
+    check_against_interp(g, art)
     backend = json.loads((art / "manifest.json").read_text())["backend"]
     assert not any(k.startswith("nm_permute") for k in backend["kernels"])
     report = json.loads((art / "report.json").read_text())
@@ -212,7 +175,7 @@ def test_sparse_int4_matches_interpreter_and_reports(tmp_path):
     compile report and its warnings say."""
     g = _compress(toy_lm(hidden=48, ffn=192), "2:4", 4)
     art = compile_graph(g, "cpu", tmp_path / "cpu")
-    _check_against_interp(g, art)
+    check_against_interp(g, art)
     report = json.loads((art / "report.json").read_text())
     sp = report["backend"]["sparse"]
     assert sp["kernel"] == "dense_quantized" and sp["decode_vs_dense"] == "same"

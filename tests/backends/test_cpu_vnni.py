@@ -9,82 +9,22 @@ llama.cpp's q8) is held to 6e-2 of the output's largest magnitude (with an outli
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 from llmc.backends.cpu.pipeline import kernel_isa
-from tests.backends.conftest import compile_graph, interp_run
+from tests.backends.conftest import compile_graph
+from tests.cpu_kernels import asm as _asm
+from tests.cpu_kernels import check_rules as _check_against_interp
+from tests.cpu_kernels import compress_q4 as _compress
+from tests.cpu_kernels import host_target as _target
+from tests.cpu_kernels import panel as _panel
+from tests.cpu_kernels import run_vnni_q4 as _run_q4
+from tests.cpu_kernels import run_vnni_q8w as _run_q8w
 from tests.lm_fixtures import toy_lm
 
 vnni = pytest.mark.skipif(kernel_isa() != "avx512_vnni", reason="host CPU has no AVX-512 VNNI")
-
-
-def _target():
-    import tvm
-
-    from llmc.backends.cpu.pipeline import host_cpu
-
-    return tvm.target.Target({"kind": "llvm", "mcpu": host_cpu()})
-
-
-def _asm(ex) -> str:
-    stack, out = [ex.mod], []
-    while stack:
-        m = stack.pop()
-        if m.kind == "llvm":
-            out.append(m.inspect_source("asm"))
-        stack.extend(m.imports)
-    return "\n".join(out)
-
-
-def _panel(a: np.ndarray, n: int) -> np.ndarray:
-    """[N, X] -> [P, X, 64] zero-padded."""
-    panels = (n + 63) // 64
-    b = np.zeros((panels * 64, a.shape[1]), a.dtype)
-    b[:n] = a
-    return b.reshape(panels, 64, -1).transpose(0, 2, 1).copy()
-
-
-def _run_q4(k: int, n: int, group: int, parts: int, rows: int, static: bool):
-    import tvm
-    from tvm import te
-
-    from llmc.backends.kernels import cpu_vnni as V
-
-    rng = np.random.default_rng(k + n + group)
-    x = rng.standard_normal((rows, k)).astype("float32")
-    x[:, 3] = 40.0  # an outlier in the first block
-    g = min(group, k)
-    nib = rng.integers(0, 16, (n, k)).astype(np.uint8)
-    sc = (rng.random((n, k // g)) * 0.02 + 1e-3).astype("float32")
-    of = (rng.random((n, k // g)) * 4 + 6).astype("float32")
-    w = (nib - np.repeat(of, g, 1).astype(np.float64)) * np.repeat(sc, g, 1)
-    want = x.astype(np.float64) @ w.T
-    kp, ab = V.padded_k(k, group), V.act_block(k, group)
-    xt = te.placeholder((rows, k), "float32", name="x")
-    d, s = V.act_digits(xt, kp, ab, parts)
-    prep = tvm.compile(te.create_prim_func([xt, d, s, V.group_sums(xt, group)]), target=_target())
-    ex = tvm.compile(V.q4_vnni(k, n, group, parts, "float32", rows if static else None), _target())
-    full = np.zeros((((n + 63) // 64) * 64, kp), np.uint8)
-    full[:n, :k] = nib
-    t = full.reshape(-1, 64, kp // 8, 2, 4)
-    codes = (t[:, :, :, 0, :] | (t[:, :, :, 1, :] << 4)).transpose(0, 2, 1, 3).copy()
-    cpu = tvm.cpu()
-
-    def arr(a):
-        return tvm.runtime.tensor(a, cpu)
-
-    xd = arr(np.zeros((rows, parts, kp), "int8"))
-    xs = arr(np.zeros((rows, kp // ab, parts), "float32"))
-    gs = arr(np.zeros((rows, k // g), "float32"))
-    prep(arr(x), xd, xs, gs)
-    out = arr(np.zeros((rows, n), "float32"))
-    ex(xd, xs, gs, arr(codes), arr(_panel(sc, n)), arr(_panel(of, n)), out)
-    return out.numpy(), want, ex
 
 
 @vnni
@@ -111,44 +51,6 @@ def test_q4_vnni_int8_activations_error(k, n, group):
     err1, err3 = np.abs(got1 - want).max() / scale, np.abs(got3 - want).max() / scale
     assert err1 < 6e-2
     assert err3 < err1 / 100
-
-
-def _run_q8w(k: int, n: int, group: int, parts: int, rows: int, static: bool):
-    """8-bit weight-only codes (symmetric: u = code + 127 in 0..254, offset 127)."""
-    import tvm
-    from tvm import te
-
-    from llmc.backends.kernels import cpu_vnni as V
-
-    rng = np.random.default_rng(k + n + group + 1)
-    x = rng.standard_normal((rows, k)).astype("float32")
-    x[:, 3] = 40.0
-    g = min(group, k)
-    u = rng.integers(0, 255, (n, k)).astype(np.uint8)
-    sc = (rng.random((n, k // g)) * 0.02 + 1e-3).astype("float32")
-    of = np.full((n, k // g), 127.0, "float32")
-    w = (u - np.repeat(of, g, 1).astype(np.float64)) * np.repeat(sc, g, 1)
-    want = x.astype(np.float64) @ w.T
-    kp, ab = V.padded_k(k, group), V.act_block(k, group)
-    xt = te.placeholder((rows, k), "float32", name="x")
-    d, s = V.act_digits(xt, kp, ab, parts)
-    prep = tvm.compile(te.create_prim_func([xt, d, s, V.group_sums(xt, group)]), target=_target())
-    ex = tvm.compile(V.q8w_vnni(k, n, group, parts, "float32", rows if static else None), _target())
-    full = np.zeros((((n + 63) // 64) * 64, kp), np.uint8)
-    full[:n, :k] = u
-    codes = full.reshape(-1, 64, kp // 4, 4).transpose(0, 2, 1, 3).copy()
-    cpu = tvm.cpu()
-
-    def arr(a):
-        return tvm.runtime.tensor(a, cpu)
-
-    xd = arr(np.zeros((rows, parts, kp), "int8"))
-    xs = arr(np.zeros((rows, kp // ab, parts), "float32"))
-    gs = arr(np.zeros((rows, k // g), "float32"))
-    prep(arr(x), xd, xs, gs)
-    out = arr(np.zeros((rows, n), "float32"))
-    ex(xd, xs, gs, arr(codes), arr(_panel(sc, n)), arr(_panel(of, n)), out)
-    return out.numpy(), want, ex
 
 
 @vnni
@@ -217,40 +119,6 @@ def test_machine_code_uses_vpdpbusd():
 
 
 # -- model level -----------------------------------------------------------------------------
-
-
-def _compress(graph, group: int, w8a8: bool):
-    from llmc.passes import PassContext
-    from llmc.passes.manager import PassManager
-    from llmc.passes.rtn import RTNQuant
-    from llmc.passes.w8a8 import W8A8
-
-    passes = [RTNQuant(bits=4, group=group, sym=False, include=("model.layers",), measure=False)]
-    if w8a8:
-        passes = [
-            RTNQuant(bits=4, group=group, sym=False, include=("mlp",), measure=False),
-            W8A8(include=("self_attn",), measure=False),
-        ]
-    PassManager(passes).run(graph, PassContext(calib_samples=2, calib_seqlen=32))
-    return graph
-
-
-def _check_against_interp(g, art: Path) -> dict:
-    from llmc.runtime.tvm_runner import load
-
-    lm = load(art)
-    torch.manual_seed(0)
-    ids = torch.randint(0, 300, (2, 5))
-    pos = torch.arange(5).expand(2, 5).contiguous()
-    past = lm.empty_past(2)
-    got, present = lm.forward(ids, pos, past)
-    want = interp_run(g, [ids, pos, *[t for kv in past for t in kv]])
-    torch.testing.assert_close(got, want[0], rtol=1e-4, atol=1e-4)
-    one = torch.tensor([[7]])
-    got1, _ = lm.forward(one, torch.tensor([[5]]), [(k[:1], v[:1]) for k, v in present])
-    want1 = interp_run(g, [one, torch.tensor([[5]]), *[t[:1] for t in want[1:]]])
-    torch.testing.assert_close(got1, want1[0], rtol=1e-4, atol=1e-4)
-    return json.loads((art / "manifest.json").read_text())["backend"]["lowering_rules"]
 
 
 @vnni

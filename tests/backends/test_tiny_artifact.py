@@ -12,13 +12,10 @@ from pathlib import Path
 import pytest
 
 
-@pytest.fixture(scope="module")
-def tiny_cpu(tmp_path_factory):
-    from llmc.compile import compile_model
-
-    out = tmp_path_factory.mktemp("tiny") / "cpu"
-    compile_model("tiny", target="cpu", out=out)
-    return out
+@pytest.fixture
+def tiny_cpu(tiny_cpu_artifact):
+    """``llmc compile tiny --target cpu``, built once per run (tests/conftest.py)."""
+    return tiny_cpu_artifact
 
 
 def test_perplexity_matches_interpreter(tiny_cpu):

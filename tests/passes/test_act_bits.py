@@ -24,6 +24,9 @@ from llmc.ir.parser import parse_graph
 from llmc.ir.printer import print_graph
 from llmc.passes import PassContext, PassOptionError, build_pipeline
 from llmc.runtime.interp import run
+from tests.cpu_kernels import check_rules, pack_codes
+from tests.cpu_kernels import host_target as _target
+from tests.cpu_kernels import panel as _panel
 
 # ------------------------------------------------------------------------------ options and IR
 
@@ -164,21 +167,6 @@ def _vnni() -> bool:
 vnni = pytest.mark.skipif(not _vnni(), reason="host CPU has no AVX-512 VNNI")
 
 
-def _target():
-    import tvm
-
-    from llmc.backends.cpu.pipeline import host_cpu
-
-    return tvm.target.Target({"kind": "llvm", "mcpu": host_cpu()})
-
-
-def _panel(a: np.ndarray, n: int) -> np.ndarray:
-    panels = (n + 63) // 64
-    b = np.zeros((panels * 64, a.shape[1]), a.dtype)
-    b[:n] = a
-    return b.reshape(panels, 64, -1).transpose(0, 2, 1).copy()
-
-
 @vnni
 @pytest.mark.parametrize(
     "kind,k,n,group,act_group",
@@ -226,13 +214,7 @@ def test_kernel_matches_reference(kind, k, n, group, act_group) -> None:
     prep = tvm.compile(te.create_prim_func([xt, d, s, gs]), target=_target())
     fn = V.q4_vnni if kind == "q4" else V.q8w_vnni
     ex = tvm.compile(fn(k, n, group, 1, "float32", None, ab), _target())
-    full = np.zeros((((n + 63) // 64) * 64, kp), np.uint8)
-    full[:n, :k] = u
-    if kind == "q4":
-        t = full.reshape(-1, 64, kp // 8, 2, 4)
-        codes = (t[:, :, :, 0, :] | (t[:, :, :, 1, :] << 4)).transpose(0, 2, 1, 3).copy()
-    else:
-        codes = full.reshape(-1, 64, kp // 4, 4).transpose(0, 2, 1, 3).copy()
+    codes = pack_codes(u, kp, 64, nibbles=kind == "q4")
     cpu = tvm.cpu()
 
     def arr(a):
@@ -254,23 +236,10 @@ def test_kernel_matches_reference(kind, k, n, group, act_group) -> None:
 
 def _compile_and_compare(g, art: Path) -> dict:
     from llmc.backends.cpu.pipeline import PIPELINE  # noqa: F401  (registers the target)
-    from llmc.runtime.tvm_runner import load
     from tests.backends.conftest import compile_graph
 
     compile_graph(g, "cpu", art)
-    lm = load(art)
-    torch.manual_seed(0)
-    ids = torch.randint(0, 300, (2, 5))
-    pos = torch.arange(5).expand(2, 5).contiguous()
-    past = lm.empty_past(2)
-    got, present = lm.forward(ids, pos, past)
-    want = run(g, [ids, pos, *[t for kv in past for t in kv]])
-    torch.testing.assert_close(got, want[0], rtol=1e-4, atol=1e-4)
-    one = torch.tensor([[7]])
-    got1, _ = lm.forward(one, torch.tensor([[5]]), [(k[:1], v[:1]) for k, v in present])
-    want1 = run(g, [one, torch.tensor([[5]]), *[t[:1] for t in want[1:]]])
-    torch.testing.assert_close(got1, want1[0], rtol=1e-4, atol=1e-4)
-    return json.loads((art / "manifest.json").read_text())["backend"]["lowering_rules"]
+    return check_rules(g, art)
 
 
 def _toy(spec: str):
