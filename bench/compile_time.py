@@ -78,6 +78,15 @@ def run(model: str, target: str, cache_dir: Path) -> dict:
 
 
 GB = 1_000_000_000
+#: a small calibration set for the calibrated runs (8 windows of 128 tokens)
+CALIB = ["--calib-samples", "8", "--calib-seqlen", "128"]
+#: (label, pass spec) of the calibrated memory runs
+CALIBRATED = [
+    ("gptq4 g128", "gptq:bits=4:group=128"),
+    ("wanda 50%", "wanda:sparsity=0.5"),
+    ("sparsegpt 50%", "sparsegpt:sparsity=0.5"),
+    ("w8a8", "w8a8"),
+]
 #: (label, model, extra compile arguments); GPT2 is replaced by the generated HF directory
 MEMORY_RUNS = [
     ("gpt2 dense", "GPT2", []),
@@ -95,6 +104,16 @@ MEMORY_RUNS = [
         "llama2-7b rtn4 g128 f32",
         "llama2-7b",
         ["--random-weights", "--dtype", "f32", "--passes", "rtn:bits=4:group=128"],
+    ),
+    # calibrated passes (run layer by layer, llmc.passes.calibration.run_layerwise) on a small
+    # calibration set, so that each run takes minutes
+    *(
+        (
+            f"tinyllama-1.1b {label} f32 calib 8x128",
+            "tinyllama-1.1b",
+            ["--random-weights", "--dtype", "f32", "--passes", spec, *CALIB],
+        )
+        for label, spec in CALIBRATED
     ),
 ]
 
