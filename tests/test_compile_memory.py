@@ -173,9 +173,9 @@ def test_spilled_random_weights_are_the_same_bits_in_files() -> None:
         "rtn:bits=4:group=32",
         "magnitude:pattern=2:4",
         # calibrated: layer by layer, each segment's weights let go of when it is done
-        "gptq:bits=4:group=32",
-        "wanda:sparsity=0.5",
-        "sparsegpt:sparsity=0.5",
+        pytest.param("gptq:bits=4:group=32", marks=pytest.mark.slow),
+        pytest.param("wanda:sparsity=0.5", marks=pytest.mark.slow),
+        pytest.param("sparsegpt:sparsity=0.5", marks=pytest.mark.slow),
         "smoothquant,w8a8",
     ],
 )
@@ -189,6 +189,7 @@ def test_lazy_compile_writes_the_same_weights_as_an_eager_one(
     from llmc.compile import compile_model, load
 
     monkeypatch.setattr(safetensors_io, "SPILL_MIN_BYTES", 0)
+    cal = {"pass_options": {"calib_samples": 4, "calib_seqlen": 32}}  # a small calibration set
     eager = load("tiny")
     for p in eager.graph.params.values():
         p.data = {k: v.clone() for k, v in p.data.items()}
@@ -196,8 +197,8 @@ def test_lazy_compile_writes_the_same_weights_as_an_eager_one(
         assert not any(_file_backed(v) for v in p.data.values())
     with monkeypatch.context() as m:  # the eager compile keeps what it makes in memory too
         m.setattr(safetensors_io, "spill", lambda t, directory=None: t)
-        a = compile_model(eager, target="ref", passes=passes, out=tmp_path / "eager")
-    b = compile_model("tiny", target="ref", passes=passes, out=tmp_path / "lazy")
+        a = compile_model(eager, target="ref", passes=passes, out=tmp_path / "eager", **cal)
+    b = compile_model("tiny", target="ref", passes=passes, out=tmp_path / "lazy", **cal)
     # values and codes: mapped from the checkpoint or spilled (scales, a 1/group share, are not)
     made = [v for p in b.graph.params.values() for k, v in p.data.items() if k != "scale"]
     assert made and all(_file_backed(v) for v in made)
@@ -243,7 +244,14 @@ def test_release_drops_a_mapped_tensors_pages_and_keeps_its_values() -> None:
 
 
 @linux
-@pytest.mark.parametrize("passes", ["gptq:bits=4:group=32", "sparsegpt:sparsity=0.5", "w8a8"])
+@pytest.mark.parametrize(
+    "passes",
+    [
+        "w8a8",
+        pytest.param("gptq:bits=4:group=32", marks=pytest.mark.slow),
+        pytest.param("sparsegpt:sparsity=0.5", marks=pytest.mark.slow),
+    ],
+)
 def test_calibrated_pass_lets_go_of_each_layers_weights(monkeypatch, passes) -> None:
     """A calibrated pass in a compile holds no weight once its layer is done: no param keeps a
     dense copy it does not store (a dequantized weight in anonymous memory), and no page of a
