@@ -112,7 +112,16 @@ MEMORY_RUNS = [
         ["--random-weights", "--dtype", "f32", "--passes", "rtn:bits=4:group=128"],
     ),
     # calibrated passes (run layer by layer, llmc.passes.calibration.run_layerwise) on a small
-    # calibration set, so that each run takes minutes
+    # calibration set, so that each run takes minutes: GPT-2 small's architecture with random
+    # f32 weights (0.5 GB), then TinyLlama's (4.4 GB; about an hour each on a loaded 2-vCPU box)
+    *(
+        (
+            f"gpt2 {label} f32 random calib 8x128",
+            "gpt2",
+            ["--random-weights", "--dtype", "f32", "--passes", spec, *CALIB],
+        )
+        for label, spec in CALIBRATED
+    ),
     *(
         (
             f"tinyllama-1.1b {label} f32 calib 8x128",

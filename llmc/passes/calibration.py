@@ -238,9 +238,14 @@ def output_error(w: torch.Tensor, w_new: torch.Tensor, stats: InputStats) -> flo
     if stats.xtx is None:
         return float("nan")
     h = stats.xtx
-    d = w.to(torch.float64) - w_new.to(torch.float64)
-    num = float(((d @ h) * d).sum())
-    den = float(((w.to(torch.float64) @ h) * w.to(torch.float64)).sum())
+    # a block of rows at a time: float64 temporaries of a whole LM head would be 5x its size
+    rows = max(1, (1 << 22) // max(int(w.shape[-1]), 1))
+    num = den = 0.0
+    for r in range(0, int(w.shape[0]), rows):
+        wb = w[r : r + rows].to(torch.float64)
+        d = wb - w_new[r : r + rows].to(torch.float64)
+        num += float(((d @ h) * d).sum())
+        den += float(((wb @ h) * wb).sum())
     return (max(num, 0.0) / den) ** 0.5 if den > 0 else 0.0
 
 
