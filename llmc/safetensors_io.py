@@ -101,8 +101,8 @@ def write_safetensors(
     """Write ``entries`` to ``path`` one tensor at a time; ``on_tensor(entry, tensor)`` sees
     each produced tensor before it is dropped (a mapped one's pages are then released:
     :func:`release`). A producer whose tensor has another shape or dtype than its entry declares
-    raises :class:`LlmcError` (an internal error: the file is
-    left incomplete; callers write into an artifact's temporary directory)."""
+    raises :class:`LlmcError` (an internal error: the file is left incomplete; callers write
+    into an artifact's temporary directory)."""
     header: dict[str, object] = {}
     if metadata:
         header["__metadata__"] = dict(metadata)
