@@ -28,7 +28,13 @@ RAM of the machine this was measured on). Each row records wall time, peak RSS (
 peaks of its anonymous and file-backed parts, sampled from ``/proc/PID/status`` every 20 ms),
 the stored weight bytes (of the source, before passes), the bound ``stored + 2 GB``, the
 artifact's bytes and the compile report's phase times. The machine is shared: wall times are
-indicative, RSS is reliable. ``--only LABEL,...`` measures and prints some runs, writing nothing.
+indicative, RSS is reliable. ``--only LABEL,...`` measures and prints some runs, writing nothing;
+with ``--update`` it puts them into the JSON (same label replaced). The calibrated passes
+(gptq, wanda, sparsegpt, w8a8 on TinyLlama f32, 8 calibration windows of 128 tokens; a
+random-weight model calibrates on byte ids)::
+
+    python bench/compile_time.py --memory --only calibrated --update
+
 The random-weight compiles spill their weights to ``$TMPDIR`` (27 GB free for Llama-2-7B).
 """
 
@@ -78,6 +84,15 @@ def run(model: str, target: str, cache_dir: Path) -> dict:
 
 
 GB = 1_000_000_000
+#: a small calibration set for the calibrated runs (8 windows of 128 tokens)
+CALIB = ["--calib-samples", "8", "--calib-seqlen", "128"]
+#: (label, pass spec) of the calibrated memory runs
+CALIBRATED = [
+    ("gptq4 g128", "gptq:bits=4:group=128"),
+    ("wanda 50%", "wanda:sparsity=0.5"),
+    ("sparsegpt 50%", "sparsegpt:sparsity=0.5"),
+    ("w8a8", "w8a8"),
+]
 #: (label, model, extra compile arguments); GPT2 is replaced by the generated HF directory
 MEMORY_RUNS = [
     ("gpt2 dense", "GPT2", []),
@@ -95,6 +110,25 @@ MEMORY_RUNS = [
         "llama2-7b rtn4 g128 f32",
         "llama2-7b",
         ["--random-weights", "--dtype", "f32", "--passes", "rtn:bits=4:group=128"],
+    ),
+    # calibrated passes (run layer by layer, llmc.passes.calibration.run_layerwise) on a small
+    # calibration set, so that each run takes minutes: GPT-2 small's architecture with random
+    # f32 weights (0.5 GB), then TinyLlama's (4.4 GB; about an hour each on a loaded 2-vCPU box)
+    *(
+        (
+            f"gpt2 {label} f32 random calib 8x128",
+            "gpt2",
+            ["--random-weights", "--dtype", "f32", "--passes", spec, *CALIB],
+        )
+        for label, spec in CALIBRATED
+    ),
+    *(
+        (
+            f"tinyllama-1.1b {label} f32 calib 8x128",
+            "tinyllama-1.1b",
+            ["--random-weights", "--dtype", "f32", "--passes", spec, *CALIB],
+        )
+        for label, spec in CALIBRATED
     ),
 ]
 
@@ -203,6 +237,23 @@ def memory_suite(work: Path, only: list[str] | None = None) -> list[dict]:
     return rows
 
 
+def merge_runs(path: Path, rows: list[dict], command: str) -> None:
+    """Put ``rows`` into ``path``'s ``memory.runs`` (a run with the same label is replaced),
+    each stamped with the commit, date and command that measured it."""
+    result = json.loads(path.read_text()) if path.is_file() else {}
+    mem = result.setdefault("memory", {"runs": []})
+    stamp = {
+        "llmc_commit": git("rev-parse", "HEAD").strip(),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "suite_command": command,
+    }
+    new = {r["label"]: {**r, **stamp} for r in rows}
+    runs = [new.pop(r["label"], r) for r in mem.get("runs", [])]
+    mem["runs"] = runs + list(new.values())
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"updated {path} (memory: {', '.join(r['label'] for r in rows)})", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="llama2-7b")
@@ -215,7 +266,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--only",
         default="",
-        help="comma-separated labels of memory runs: measure and print those, write nothing",
+        help="comma-separated labels of memory runs ('calibrated': the calibrated passes' "
+        "runs): measure and print those, write nothing (unless --update)",
+    )
+    ap.add_argument(
+        "--update",
+        action="store_true",
+        help="with --only: put the measured runs into the JSON's memory runs (same label: "
+        "replaced), keeping the others",
     )
     a = ap.parse_args(argv)
     if a.memory:
@@ -223,8 +281,15 @@ def main(argv: list[str] | None = None) -> int:
         result = json.loads(out.read_text()) if out.is_file() else {}
         load0 = load_average()
         if a.only:
-            rows = memory_suite(Path(a.work), a.only.split(","))
+            labels = [x for x in a.only.split(",") if x != "calibrated"]
+            if "calibrated" in a.only.split(","):
+                labels += [r[0] for r in MEMORY_RUNS if "calib" in r[0]]
+            rows = memory_suite(Path(a.work), labels)
             print(json.dumps(rows, indent=1))
+            if a.update:
+                merge_runs(
+                    out, rows, "python bench/compile_time.py " + " ".join(argv or sys.argv[1:])
+                )
             return 0
         rows = memory_suite(Path(a.work))
         result["memory"] = {

@@ -21,6 +21,15 @@ pages count in a process's RSS (``RssFile``) while resident, but not in ``RssAno
 makes weights calls :func:`keep` on each new tensor: inside a :func:`spilling` block (a compile)
 the tensor is spilled, elsewhere it is returned as is (no disk traffic for tests, eval, ...).
 
+Mapped pages stay in the process (and its RSS) once touched, until the map goes. A compile
+reads every weight twice (calibration, then the artifact writer), so without help its RSS would
+grow to the whole model: :func:`release` drops a mapped tensor's pages from the process
+(``madvise(MADV_DONTNEED)`` on its map; they stay in the page cache and are faulted back in if
+read again), after a calibration segment is done with its weights and after the writer has
+written each tensor. It only ever drops clean file pages: a page of a private map that was
+written to (a copy-on-write anonymous page, ``/proc/self/pagemap``) would be lost, so a tensor
+with one is left alone.
+
 Example::
 
     write_safetensors(path, [Entry("w", (2, 3), torch.float32, lambda: torch.ones(2, 3))])
@@ -34,8 +43,10 @@ from __future__ import annotations
 import contextlib
 import json
 import mmap
+import os
 import struct
 import tempfile
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -88,9 +99,10 @@ def write_safetensors(
     on_tensor: Callable[[Entry, torch.Tensor], None] | None = None,
 ) -> None:
     """Write ``entries`` to ``path`` one tensor at a time; ``on_tensor(entry, tensor)`` sees
-    each produced tensor before it is dropped. A producer whose tensor has another shape or
-    dtype than its entry declares raises :class:`LlmcError` (an internal error: the file is
-    left incomplete; callers write into an artifact's temporary directory)."""
+    each produced tensor before it is dropped (a mapped one's pages are then released:
+    :func:`release`). A producer whose tensor has another shape or dtype than its entry declares
+    raises :class:`LlmcError` (an internal error: the file is left incomplete; callers write
+    into an artifact's temporary directory)."""
     header: dict[str, object] = {}
     if metadata:
         header["__metadata__"] = dict(metadata)
@@ -121,7 +133,74 @@ def write_safetensors(
                 f.write(t.reshape(-1).view(torch.uint8).numpy().data)
             if on_tensor is not None:
                 on_tensor(e, t)
+            release(t)  # a view of a mapped weight: its pages leave the process (written)
             del t
+
+
+#: start address -> (length, weak reference) of every live map made here (what release() may drop)
+_MAPS: dict[int, tuple[int, weakref.ref[mmap.mmap]]] = {}
+_PAGE = mmap.PAGESIZE
+
+
+def _register(mm: mmap.mmap, start: int) -> None:
+    """Record ``mm`` (mapped at address ``start``) until it is unmapped."""
+
+    def gone(ref: weakref.ref[mmap.mmap], start: int = start) -> None:
+        if _MAPS.get(start, (0, None))[1] is ref:
+            del _MAPS[start]
+
+    _MAPS[start] = (len(mm), weakref.ref(mm, gone))
+
+
+def _has_private_pages(lo: int, hi: int) -> bool:
+    """Whether a present page of ``[lo, hi)`` (page-aligned) is not a file page: a private map's
+    page that was written to (``/proc/self/pagemap`` bit 63 present, bit 61 file page).
+    Unreadable pagemap: True (nothing is dropped)."""
+    import numpy as np
+
+    try:
+        fd = os.open("/proc/self/pagemap", os.O_RDONLY)
+    except OSError:
+        return True
+    try:
+        n = (hi - lo) // _PAGE
+        step = 1 << 16  # pages per read (512 KiB of entries)
+        for first in range(0, n, step):
+            k = min(step, n - first)
+            raw = os.pread(fd, 8 * k, 8 * (lo // _PAGE + first))
+            if len(raw) != 8 * k:
+                return True
+            e = np.frombuffer(raw, dtype=np.uint64)
+            if bool(((e >> np.uint64(63)) & ~(e >> np.uint64(61)) & np.uint64(1)).any()):
+                return True
+        return False
+    finally:
+        os.close(fd)
+
+
+def release(t: torch.Tensor) -> bool:
+    """Drop the resident pages of ``t``'s bytes from the process if ``t`` views a map made here
+    (:func:`map_region`, :func:`map_safetensors`, :func:`spill`); its values are unchanged (the
+    pages are read back from the file, usually the page cache, when touched again). Returns
+    whether pages were dropped; anonymous tensors, and maps with written (private) pages, are
+    left alone."""
+    if t.device.type != "cpu" or not _MAPS:
+        return False
+    st = t.untyped_storage()
+    lo = st.data_ptr()
+    hi = lo + st.nbytes()
+    for start, (length, ref) in list(_MAPS.items()):
+        if start <= lo < start + length:
+            mm = ref()
+            if mm is None:
+                return False
+            a = -(-(lo - start) // _PAGE) * _PAGE  # whole pages inside the tensor only
+            b = (min(hi, start + length) - start) // _PAGE * _PAGE
+            if b <= a or _has_private_pages(start + a, start + b):
+                return False
+            mm.madvise(mmap.MADV_DONTNEED, a, b - a)
+            return True
+    return False
 
 
 def map_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
@@ -135,6 +214,8 @@ def map_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
         size = f.seek(0, 2)
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
     base = 8 + n
+    if mm is not None:
+        _register(mm, torch.frombuffer(mm, dtype=torch.uint8, count=1).data_ptr())
     out: dict[str, torch.Tensor] = {}
     for key, info in header.items():
         if key == "__metadata__":
@@ -163,6 +244,7 @@ def map_region(
     start = offset - offset % mmap.ALLOCATIONGRANULARITY
     mm = mmap.mmap(fd, nbytes + offset - start, access=mmap.ACCESS_COPY, offset=start)
     flat = torch.frombuffer(mm, dtype=torch.uint8, count=nbytes, offset=offset - start)
+    _register(mm, flat.data_ptr() - (offset - start))
     return flat.view(dtype).reshape(tuple(shape))
 
 

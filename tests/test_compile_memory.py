@@ -167,7 +167,18 @@ def test_spilled_random_weights_are_the_same_bits_in_files() -> None:
 
 
 @linux
-@pytest.mark.parametrize("passes", ["rtn:bits=4:group=32", "magnitude:pattern=2:4"])
+@pytest.mark.parametrize(
+    "passes",
+    [
+        "rtn:bits=4:group=32",
+        "magnitude:pattern=2:4",
+        # calibrated: layer by layer, each segment's weights let go of when it is done
+        pytest.param("gptq:bits=4:group=32", marks=pytest.mark.slow),
+        pytest.param("wanda:sparsity=0.5", marks=pytest.mark.slow),
+        pytest.param("sparsegpt:sparsity=0.5", marks=pytest.mark.slow),
+        "smoothquant,w8a8",
+    ],
+)
 def test_lazy_compile_writes_the_same_weights_as_an_eager_one(
     tmp_path, monkeypatch, passes
 ) -> None:
@@ -178,6 +189,7 @@ def test_lazy_compile_writes_the_same_weights_as_an_eager_one(
     from llmc.compile import compile_model, load
 
     monkeypatch.setattr(safetensors_io, "SPILL_MIN_BYTES", 0)
+    cal = {"pass_options": {"calib_samples": 4, "calib_seqlen": 32}}  # a small calibration set
     eager = load("tiny")
     for p in eager.graph.params.values():
         p.data = {k: v.clone() for k, v in p.data.items()}
@@ -185,8 +197,8 @@ def test_lazy_compile_writes_the_same_weights_as_an_eager_one(
         assert not any(_file_backed(v) for v in p.data.values())
     with monkeypatch.context() as m:  # the eager compile keeps what it makes in memory too
         m.setattr(safetensors_io, "spill", lambda t, directory=None: t)
-        a = compile_model(eager, target="ref", passes=passes, out=tmp_path / "eager")
-    b = compile_model("tiny", target="ref", passes=passes, out=tmp_path / "lazy")
+        a = compile_model(eager, target="ref", passes=passes, out=tmp_path / "eager", **cal)
+    b = compile_model("tiny", target="ref", passes=passes, out=tmp_path / "lazy", **cal)
     # values and codes: mapped from the checkpoint or spilled (scales, a 1/group share, are not)
     made = [v for p in b.graph.params.values() for k, v in p.data.items() if k != "scale"]
     assert made and all(_file_backed(v) for v in made)
@@ -195,3 +207,77 @@ def test_lazy_compile_writes_the_same_weights_as_an_eager_one(
     assert files
     for f in files:
         assert (tmp_path / "eager" / f).read_bytes() == (tmp_path / "lazy" / f).read_bytes(), f
+
+
+# -- letting go of weights: released pages, no dequantized copies ------------------------------
+
+
+def _resident_pages(t: torch.Tensor) -> int:
+    """Pages of ``t``'s storage present in this process (``/proc/self/pagemap`` bit 63)."""
+    import mmap
+
+    import numpy as np
+
+    st = t.untyped_storage()
+    lo, hi = st.data_ptr(), st.data_ptr() + st.nbytes()
+    first, last = lo // mmap.PAGESIZE, (hi - 1) // mmap.PAGESIZE
+    with open("/proc/self/pagemap", "rb") as f:
+        f.seek(8 * first)
+        e = np.frombuffer(f.read(8 * (last - first + 1)), dtype=np.uint64)
+    return int(((e >> np.uint64(63)) & np.uint64(1)).sum())
+
+
+@linux
+def test_release_drops_a_mapped_tensors_pages_and_keeps_its_values() -> None:
+    from llmc.safetensors_io import release, spill
+
+    want = torch.randn(1 << 20)  # 4 MiB
+    t = spill(want)
+    assert torch.equal(t, want)  # every page touched
+    assert _resident_pages(t) >= 1000
+    assert release(t)
+    assert _resident_pages(t) <= 2  # the partial pages at either end may stay
+    assert torch.equal(t, want)  # faulted back in from the file
+    t[7] = 1.0  # a written page of a private map: dropping it would lose the write
+    assert not release(t) and float(t[7]) == 1.0
+    assert not release(want.clone())  # anonymous memory is never dropped
+
+
+@linux
+@pytest.mark.parametrize(
+    "passes",
+    [
+        "w8a8",
+        pytest.param("gptq:bits=4:group=32", marks=pytest.mark.slow),
+        pytest.param("sparsegpt:sparsity=0.5", marks=pytest.mark.slow),
+    ],
+)
+def test_calibrated_pass_lets_go_of_each_layers_weights(monkeypatch, passes) -> None:
+    """A calibrated pass in a compile holds no weight once its layer is done: no param keeps a
+    dense copy it does not store (a dequantized weight in anonymous memory), and no page of a
+    mapped weight (checkpoint or spilled) stays in the process. Before, a quantized model ended
+    the pass with its whole dequantized float copy in anonymous memory, and a pruned one with
+    every pruned weight's pages resident."""
+    from llmc import safetensors_io
+    from llmc.compile import compile_model
+
+    monkeypatch.setattr(safetensors_io, "SPILL_MIN_BYTES", 0)
+    opts = {"calib_samples": 4, "calib_seqlen": 32}
+    res = compile_model("tiny", target="ref", passes=passes, dry_run=True, pass_options=opts)
+    params = list(res.graph.params.values())
+    assert any(p.format.quant is not None or p.format.sparsity is not None for p in params)
+    cached = [
+        p.name
+        for p in params
+        if any(not any(v is d for d in p.data.values()) for v in p._dense_cache.values())
+    ]
+    assert cached == [], f"params holding a dense copy after the pass: {cached[:5]}"
+    mapped = [v for p in params for v in p.data.values() if _file_backed(v)]
+    assert len(mapped) > 10
+    resident = {
+        p.name: _resident_pages(v)
+        for p in params
+        for v in p.data.values()
+        if _file_backed(v) and _resident_pages(v) > 2
+    }
+    assert resident == {}, f"mapped weights with resident pages: {list(resident.items())[:5]}"

@@ -268,7 +268,9 @@ def write_weights(graph: Graph, args: Sequence[WeightArg], out: Path) -> list[di
     its compiled layouts (:func:`llmc.backends.layouts.invert_layout`, checked here on the
     tensors as they are written) is left out of params.safetensors, which records where it is
     (:data:`llmc.artifact.DERIVED_PARAMS_KEY`). Weights are produced, written and dropped one at
-    a time (:func:`llmc.safetensors_io.write_safetensors`), so writing adds one weight's memory.
+    a time (:func:`llmc.safetensors_io.write_safetensors`), so writing adds one weight's memory;
+    after each, the param it came from drops its dense cache and its mapped pages
+    (:func:`llmc.safetensors_io.release`), so writing does not grow RSS to the whole model.
     """
     import torch
 
@@ -276,7 +278,7 @@ def write_weights(graph: Graph, args: Sequence[WeightArg], out: Path) -> list[di
     from llmc.backends.layouts import invert_layout, invert_nm
     from llmc.ir.types import to_torch_dtype
     from llmc.safetensors_io import Entry as TensorEntry
-    from llmc.safetensors_io import write_safetensors
+    from llmc.safetensors_io import release, write_safetensors
 
     root = graph.root()
     entries: list[TensorEntry] = []
@@ -349,8 +351,17 @@ def write_weights(graph: Graph, args: Sequence[WeightArg], out: Path) -> list[di
                 "layout": wa.layout,
             }
 
+    def check_and_release(e: TensorEntry, t: torch.Tensor) -> None:
+        try:
+            check(e, t)
+        finally:  # the param's pages and dense cache leave the process until it is read again
+            p = root.params[by_key[e.key].param]
+            p.invalidate()
+            for v in p.data.values():
+                release(v)
+
     if entries:
-        write_safetensors(out / WEIGHTS_FILE, entries, on_tensor=check)
+        write_safetensors(out / WEIGHTS_FILE, entries, on_tensor=check_and_release)
     complete = {n: f for n, f in derived.items() if set(f) == set(root.params[n].data)}
     write_graph(graph, out, complete)
     return table

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 
 from llmc.errors import IRError, VerifyError
 from llmc.ir.graph import BLOCK_TAGS, Graph, regions_of
-from llmc.ir.params import check_param
+from llmc.ir.params import Param, check_param
 from llmc.ir.registry import all_ops
 
 Rule = Callable[[Graph], Iterator[str]]
@@ -94,13 +94,15 @@ def rule_types(g: Graph) -> Iterator[str]:
             yield f"%{n.out.name} = {n.op}: recorded type {n.out.type} but inferred {want}"
 
 
-def rule_params(g: Graph) -> Iterator[str]:
+def rule_params(g: Graph, after: Callable[[Param], None] | None = None) -> Iterator[str]:
     for _, n in g.walk():
         name = getattr(n.attrs, "name", None) if n.op == "param" else None
         if isinstance(name, str) and name not in g.params:
             yield f"%{n.out.name}: param @{name} does not exist"
     for p in g.params.values():
         yield from check_param(p)
+        if after is not None:
+            after(p)
 
 
 def rule_provenance(g: Graph) -> Iterator[str]:
@@ -141,11 +143,19 @@ RULES: dict[str, Rule] = {
 }
 
 
-def check(g: Graph, rules: dict[str, Rule] | None = None) -> list[str]:
-    """All findings as ``[rule] message`` strings (empty when the graph is valid)."""
+def check(
+    g: Graph,
+    rules: dict[str, Rule] | None = None,
+    *,
+    after_param: Callable[[Param], None] | None = None,
+) -> list[str]:
+    """All findings as ``[rule] message`` strings (empty when the graph is valid).
+    ``after_param(p)`` is called once the ``params`` rule has checked ``p`` (which reads every
+    quantized code: a compile lets go of the pages it read, one param at a time)."""
     out = []
     for name, rule in (rules or RULES).items():
-        out.extend(f"[{name}] {msg}" for msg in rule(g))
+        msgs = rule_params(g, after_param) if rule is rule_params else rule(g)
+        out.extend(f"[{name}] {msg}" for msg in msgs)
     return out
 
 

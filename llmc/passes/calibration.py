@@ -6,6 +6,8 @@ tokenizer, windows at seeded random offsets) or, by default, from the *train* sp
 embedded corpus (:func:`llmc.data.calibration_samples`) — never from the held-out text that
 perplexity is measured on, so quality numbers stay honest. Language-model graphs (``llmc-lm-v1``)
 get ``input_ids``, ``positions`` and empty KV caches; other graphs take ``ctx.calib_inputs``.
+A model with ``--random-weights`` has no tokenizer: it calibrates on byte ids (text means
+nothing to random weights; this exists so that memory and time can be measured).
 
 **Layer by layer.** :func:`run_layerwise` executes the graph one *segment* at a time (a segment
 starts where a new decoder layer's scope starts, in
@@ -18,6 +20,13 @@ re-run so the next one is calibrated on the *compressed* model's activations (se
 GPTQ/SparseGPT). Peak memory is therefore about the boundary activations of all samples, one
 segment's intermediates for one batch, and one segment's statistics — never the whole model's
 activations or all Hessians at once (the memory blow-up llm-compressor users report).
+
+**Weights, one segment at a time.** When a segment is done, its params are let go of
+(:func:`release_params`): their cached dense values (``Param.value``: for a quantized weight, a
+dequantized float copy in anonymous memory) are dropped, and their mapped pages (checkpoint
+maps, spilled weights: :mod:`llmc.safetensors_io`) leave the process. So a compile holds one
+layer's weights at a time, as llm-compressor's sequential onloading does, whatever the model's
+size; the values are unchanged (recomputed or faulted back in when read again).
 """
 
 from __future__ import annotations
@@ -30,7 +39,8 @@ from typing import Any
 import torch
 
 from llmc.errors import IRError
-from llmc.ir.graph import Graph, Node
+from llmc.ir.graph import Graph, Node, regions_of
+from llmc.ir.params import Param
 from llmc.ir.structure import Structure, complete_env, is_lm
 from llmc.passes.base import CalibrationError, PassContext
 
@@ -62,8 +72,11 @@ class Calibration:
             )
         tok = ctx.tokenizer
         vocab = int(graph.meta.get("vocab_size", 0) or 0)
-        if tok is None and vocab not in (0, 256):
-            # bytes are llmc's own encoding (256 ids); any other vocabulary needs its tokenizer
+        # bytes are llmc's own encoding (256 ids); any other vocabulary needs its tokenizer,
+        # except random weights (--random-weights: no tokenizer, and nothing for text to mean),
+        # which calibrate on byte ids, all inside the vocabulary (memory and time measurements)
+        random = "random_weights_seed" in graph.meta
+        if tok is None and vocab not in (0, 256) and not random:
             raise CalibrationError(
                 f"the model has no tokenizer to encode calibration text for its {vocab}-token "
                 "vocabulary; load it from a directory that holds its tokenizer files"
@@ -88,6 +101,8 @@ class Calibration:
             except ValueError as e:
                 raise CalibrationError(f"calibration data: {e}") from None
             self.source = "llmc.data train split"
+        if tok is None and vocab not in (0, 256):
+            self.source += " (byte ids: random weights, no tokenizer)"
         if vocab and int(windows.max()) >= vocab:
             raise CalibrationError(
                 f"calibration tokens reach id {int(windows.max())} but the model's vocabulary "
@@ -223,9 +238,14 @@ def output_error(w: torch.Tensor, w_new: torch.Tensor, stats: InputStats) -> flo
     if stats.xtx is None:
         return float("nan")
     h = stats.xtx
-    d = w.to(torch.float64) - w_new.to(torch.float64)
-    num = float(((d @ h) * d).sum())
-    den = float(((w.to(torch.float64) @ h) * w.to(torch.float64)).sum())
+    # a block of rows at a time: float64 temporaries of a whole LM head would be 5x its size
+    rows = max(1, (1 << 22) // max(int(w.shape[-1]), 1))
+    num = den = 0.0
+    for r in range(0, int(w.shape[0]), rows):
+        wb = w[r : r + rows].to(torch.float64)
+        d = wb - w_new[r : r + rows].to(torch.float64)
+        num += float(((d @ h) * d).sum())
+        den += float(((wb @ h) * wb).sum())
     return (max(num, 0.0) / den) ** 0.5 if den > 0 else 0.0
 
 
@@ -268,6 +288,34 @@ def segments(graph: Graph) -> list[Segment]:
 
 
 ApplyFn = Callable[[Segment, dict[Node, InputStats]], Any]
+
+
+def segment_params(graph: Graph, seg: Segment) -> list[Param]:
+    """The params ``seg``'s nodes (regions included) read, in first-read order."""
+    root = graph.root()
+    names: dict[str, None] = {}
+    todo = list(seg.nodes)
+    while todo:
+        n = todo.pop()
+        if n.op == "param":
+            names[n.attrs.name] = None
+        for v in n.inputs:
+            if v.node is not None and v.node.op == "param":
+                names[v.node.attrs.name] = None
+        for r in regions_of(n):
+            todo.extend(r.nodes)
+    return [root.params[k] for k in names if k in root.params]
+
+
+def release_params(params: Sequence[Param]) -> None:
+    """Let go of ``params``' memory until they are read again: drop their cached dense values
+    and their mapped pages (:func:`llmc.safetensors_io.release`). Values are unchanged."""
+    from llmc.safetensors_io import release
+
+    for p in params:
+        p.invalidate()
+        for t in p.data.values():
+            release(t)
 
 
 def run_layerwise(
@@ -333,6 +381,7 @@ def run_layerwise(
                 for rt, st in zip(rts, states, strict=True):
                     _commit(st, _run_segment(seg, st, rt, last_seg, {}), seg, last_seg)
                     peak = max(peak, live_bytes())
+                release_params(segment_params(graph, seg))
                 continue
             stats: dict[int, InputStats] = {}
             by_node: dict[Node, InputStats] = {}
@@ -357,6 +406,7 @@ def run_layerwise(
                 _commit(st, out, seg, last_seg)
                 produced[i] = {}
                 peak = max(peak, live_bytes())
+            release_params(segment_params(graph, seg))
     info.peak_mb = peak / 2**20
     info.seconds = time.perf_counter() - t0
     return info

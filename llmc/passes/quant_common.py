@@ -370,6 +370,7 @@ class QuantBase(Pass):
             err = float("nan")
             if stats is not None:  # the dequantized weight only when the error is measured
                 err = output_error(w, t.param.value().to(torch.float32), stats)
+                t.param.invalidate()  # no dequantized copy kept (calibration.release_params)
             rep.layer(
                 t.path,
                 group=g,

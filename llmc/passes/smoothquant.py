@@ -26,6 +26,7 @@ from llmc.ir.params import Param
 from llmc.passes.base import Pass, PassContext, PassOptionError
 from llmc.passes.calibration import InputStats, run_layerwise
 from llmc.passes.select import DEFAULT_EXCLUDE, module_path, select_linears
+from llmc.safetensors_io import keep
 
 
 @dataclass
@@ -121,7 +122,8 @@ def _up_linear(graph: Graph, mul: Node, users) -> Param | None:
 
 
 def _set_dense(p: Param, value: torch.Tensor) -> None:
-    p.data = {"value": value.to(p.data["value"].dtype).contiguous()}
+    # spilled during a compile (llmc.safetensors_io.keep), like every weight a pass makes
+    p.data = {"value": keep(value.to(p.data["value"].dtype).contiguous())}
     p.invalidate()
 
 

@@ -65,6 +65,7 @@ class W8A8(Pass):
                 codes, scale, _ = rtn_quantize(w, 8, 0, True, keep)
                 store_quantized(t.param, codes, scale, None, QuantSpec(8, 0, True, method))
                 err = output_error(w, t.param.value().to(torch.float32), stats) if stats else None
+                t.param.invalidate()  # no dequantized copy kept (calibration.release_params)
             else:
                 store_quantized_meta(t)
                 err = None
