@@ -17,7 +17,9 @@ from types import ModuleType
 import numpy as np
 import torch
 
+from llmc.ir import GraphBuilder, QuantSpec, StorageFormat, TensorType, sym
 from llmc.ir.graph import Graph
+from llmc.ir.params import Param
 
 # ------------------------------------------------------------------------------ kernel level
 
@@ -236,3 +238,23 @@ def check_against_interp(g: Graph, art: Path) -> dict:
 def check_rules(g: Graph, art: Path) -> dict[str, int]:
     """:func:`check_against_interp`, returning the lowering rules the backend ran."""
     return check_against_interp(g, art)["backend"]["lowering_rules"]
+
+
+def one_linear_graph(
+    codes: torch.Tensor, scale: torch.Tensor, spec: QuantSpec, name: str = "q"
+) -> Graph:
+    """A graph of one quantized ``linear`` (``fc.weight``: ``codes`` and ``scale`` under
+    ``spec``) over an ``[batch, K]`` float32 input: printer/parser/verifier tests of a
+    quantization option."""
+    p = Param(
+        "fc.weight",
+        TensorType(tuple(codes.shape), "f32"),
+        StorageFormat(spec),
+        {"qvalue": codes, "scale": scale},
+    )
+    b = GraphBuilder(name)
+    x = b.input("x", TensorType((sym("batch"), int(codes.shape[1])), "f32"))
+    with b.scope("fc", "ffn"):
+        y = b.emit("linear", x, b.param("fc.weight", p))
+    b.output(y)
+    return b.finish()

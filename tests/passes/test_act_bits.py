@@ -18,13 +18,13 @@ import pytest
 import torch
 
 from llmc.errors import IRError
-from llmc.ir import GraphBuilder, QuantSpec, StorageFormat, TensorType, sym, verify
-from llmc.ir.params import Param, fake_quant_act
+from llmc.ir import QuantSpec, StorageFormat, verify
+from llmc.ir.params import fake_quant_act
 from llmc.ir.parser import parse_graph
 from llmc.ir.printer import print_graph
 from llmc.passes import PassContext, PassOptionError, build_pipeline
 from llmc.runtime.interp import run
-from tests.cpu_kernels import check_rules, pack_codes
+from tests.cpu_kernels import check_rules, one_linear_graph, pack_codes
 from tests.cpu_kernels import host_target as _target
 from tests.cpu_kernels import panel as _panel
 
@@ -65,18 +65,7 @@ def test_quant_spec_checks() -> None:
 
 
 def _graph(codes: torch.Tensor, scale: torch.Tensor, spec: QuantSpec):
-    p = Param(
-        "fc.weight",
-        TensorType(tuple(codes.shape), "f32"),
-        StorageFormat(spec),
-        {"qvalue": codes, "scale": scale},
-    )
-    b = GraphBuilder("a8")
-    x = b.input("x", TensorType((sym("batch"), int(codes.shape[1])), "f32"))
-    with b.scope("fc", "ffn"):
-        y = b.emit("linear", x, b.param("fc.weight", p))
-    b.output(y)
-    return b.finish()
+    return one_linear_graph(codes, scale, spec, "a8")
 
 
 def test_printer_parser_round_trip() -> None:

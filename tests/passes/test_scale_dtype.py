@@ -17,11 +17,12 @@ import pytest
 import torch
 
 from llmc.errors import IRError
-from llmc.ir import GraphBuilder, QuantSpec, StorageFormat, TensorType, sym, verify
+from llmc.ir import QuantSpec, StorageFormat, TensorType, verify
 from llmc.ir.params import Param, dequantize, round_scale
 from llmc.ir.parser import parse_graph
 from llmc.ir.printer import print_graph
 from llmc.passes import PassContext, PassOptionError, build_pipeline
+from tests.cpu_kernels import one_linear_graph
 
 
 def _quant(spec: str):
@@ -56,18 +57,7 @@ def test_cli_option_error_one_line(capsys) -> None:
 
 
 def _graph(codes: torch.Tensor, scale: torch.Tensor, spec: QuantSpec):
-    p = Param(
-        "fc.weight",
-        TensorType(tuple(codes.shape), "f32"),
-        StorageFormat(spec),
-        {"qvalue": codes, "scale": scale},
-    )
-    b = GraphBuilder("s16")
-    x = b.input("x", TensorType((sym("batch"), int(codes.shape[1])), "f32"))
-    with b.scope("fc", "ffn"):
-        y = b.emit("linear", x, b.param("fc.weight", p))
-    b.output(y)
-    return b.finish()
+    return one_linear_graph(codes, scale, spec, "s16")
 
 
 def test_printer_parser_round_trip_and_verifier() -> None:
