@@ -363,3 +363,54 @@ def test_moe_decode_reads_top_k_experts() -> None:
         assert row.ops == len(moe) == 32
         assert row.weight_bytes == pytest.approx(32 * (router + frac * (gate_up + down)))
         assert row.bytes_read >= row.weight_bytes
+
+
+# ------------------------------------------------------------------ the last-level cache level
+
+
+def _cached_spec(llc_mib: float, llc_gbs: float = 400.0):
+    """A fake CPU spec: 40 GB/s DRAM, an LLC of ``llc_mib`` MiB read at ``llc_gbs`` GB/s."""
+    from llmc.targets.spec import HardwareSpec
+
+    peaks = {"f32": 2e11, "f16": 2e11, "bf16": 2e11, "i8": 8e11}
+    return HardwareSpec(peaks, 40e9, 16e9, llc_bytes=llc_mib * 2**20, llc_bandwidth=llc_gbs * 1e9)
+
+
+def test_memory_level_choice() -> None:
+    from llmc.codesign.roofline import RooflineError, memory_level
+
+    spec = _cached_spec(300)
+    assert memory_level(spec, 100 * 2**20) == ("LLC", 400e9)
+    assert memory_level(spec, 300 * 2**20) == ("LLC", 400e9)  # fits exactly
+    assert memory_level(spec, 301 * 2**20) == ("DRAM", 40e9)
+    assert memory_level(spec, 100 * 2**20, "dram") == ("DRAM", 40e9)
+    assert memory_level(spec, 900 * 2**20, "llc") == ("LLC", 400e9)
+    none = _cached_spec(0, 0)  # a spec without an LLC figure (every data-sheet target)
+    assert memory_level(none, 1.0) == ("DRAM", 40e9)
+    with pytest.raises(RooflineError, match="no last-level cache"):
+        memory_level(none, 1.0, "llc")
+    with pytest.raises(RooflineError, match="--memory-level"):
+        memory_level(spec, 1.0, "l3")
+
+
+def test_weights_that_fit_the_llc_read_at_its_bandwidth() -> None:
+    g = zoo.build("gpt2")  # f32: ~475 MiB of weights
+    big = analyze(g, _cached_spec(1000), Scenario(prompt=16, decode=8))
+    small = analyze(g, _cached_spec(300), Scenario(prompt=16, decode=8))
+    dram = analyze(g, _cached_spec(1000), Scenario(prompt=16, decode=8), memory_level="dram")
+    ws = big.totals["decode"]["working_set_bytes"]
+    assert ws == pytest.approx(big.totals["weight_bytes"] + big.kv_cache["bytes"])
+    for stage in ("prefill", "decode"):
+        assert big.totals[stage]["memory_level"] == "LLC"
+        assert small.totals[stage]["memory_level"] == dram.totals[stage]["memory_level"] == "DRAM"
+        assert {r.bandwidth for r in big.rows if r.stage == stage} == {400e9}
+    # GPT-2's decode is memory-bound: 10x the bandwidth, about 10x less time
+    t_llc, t_dram = big.totals["decode"]["time_ms"], small.totals["decode"]["time_ms"]
+    assert t_llc < t_dram / 5
+    assert any("memory level LLC" in n for n in big.notes)
+    assert "memory   LLC at 400.0 GB/s" in big.table()
+    assert big.to_dict()["spec"]["llc_bandwidth"] == 400e9
+    # a data-sheet target has no LLC figure: DRAM, as before
+    assert (
+        analyze(g, a100(), Scenario(prompt=16, decode=8)).totals["decode"]["memory_level"] == "DRAM"
+    )

@@ -25,6 +25,13 @@ and, as generation does, computes the head (final norm, ``lm_head``) for the las
 ``decode`` is one generation step at the middle of generation (cache ``prompt + decode // 2``), so
 ``decode x`` its time is the generation time (every cost is affine in the cache length).
 
+The bandwidth is the target's memory's, or its last-level cache's where the spec has one (the
+``cpu`` target's host spec: ``llc_bytes``, ``llc_bandwidth``) and the stage's working set, the
+weights at their stored bytes plus the KV cache at its full length, fits in it
+(:func:`memory_level`; ``memory_level="dram"`` or ``"llc"`` forces one): a model whose weights stay
+cached between decode steps is bound by the cache's bandwidth, not DRAM's. Each stage's totals say
+which level was used (``memory_level``, ``bandwidth``, ``working_set_bytes``).
+
 Bytes are the op-by-op traffic of the IR (reads and writes of every node), so the intermediates a
 fused kernel keeps on chip are counted, as LLM-Viewer does without FlashAttention; the IR's
 attention appends to the cache with a ``concat`` (``kv_cache`` rows), which in-place backends do not
@@ -273,6 +280,12 @@ class RooflineReport:
             f"prompt tokens/s); decode {t['decode']['ms_per_token']:.4f} ms/step "
             f"({t['decode']['tokens_per_s']:.1f} tokens/s); request {t['request_ms']:.1f} ms"
         )
+        if "memory_level" in t["decode"]:
+            lines.append(
+                f"memory   {t['decode']['memory_level']} at {t['decode']['bandwidth'] / 1e9:.1f} "
+                f"GB/s (working set: weights + KV cache, "
+                f"{t['decode']['working_set_bytes'] / 2**20:.1f} MiB)"
+            )
         kv = self.kv_cache
         lines.append(
             f"KV cache {kv['bytes'] / 2**20:.1f} MiB at {kv['tokens']} tokens "
@@ -339,9 +352,38 @@ def group_of(node: Node) -> str:
     return block or op
 
 
+#: the choices of :func:`memory_level` (``auto``: the LLC where the working set fits)
+MEMORY_LEVELS = ("auto", "dram", "llc")
+
+
+def memory_level(spec: Any, working_set: float, choice: str = "auto") -> tuple[str, float]:
+    """``(level, bytes/s)`` a stage whose working set is ``working_set`` bytes reads at on
+    ``spec``: ``("LLC", spec.llc_bandwidth)`` when the spec knows its last-level cache (size and
+    bandwidth both > 0) and the working set fits in it (or ``choice="llc"``), else
+    ``("DRAM", spec.mem_bandwidth)``."""
+    if choice not in MEMORY_LEVELS:
+        raise RooflineError(
+            f"--memory-level must be one of {', '.join(MEMORY_LEVELS)}, got {choice}"
+        )
+    llc_bytes = float(getattr(spec, "llc_bytes", 0.0) or 0.0)
+    llc_bw = float(getattr(spec, "llc_bandwidth", 0.0) or 0.0)
+    known = llc_bytes > 0 and llc_bw > 0
+    if choice == "llc" and not known:
+        raise RooflineError("--memory-level llc: the target's spec has no last-level cache figure")
+    if known and (choice == "llc" or (choice == "auto" and working_set <= llc_bytes)):
+        return "LLC", llc_bw
+    return "DRAM", float(spec.mem_bandwidth)
+
+
+_memory_level = memory_level  # analyze() has a parameter of that name
+
+
 class _Walker:
-    def __init__(self, graph: Graph, spec: Any, scenario: Scenario, stage: str) -> None:
+    def __init__(
+        self, graph: Graph, spec: Any, scenario: Scenario, stage: str, bandwidth: float
+    ) -> None:
         self.graph = graph
+        self.bandwidth = bandwidth
         self.root = graph.root()
         self.spec = spec
         self.sc = scenario
@@ -447,7 +489,7 @@ class _Walker:
                 group,
                 peak_dtype=pd,
                 peak_flops=self.spec.peak(pd),
-                bandwidth=self.spec.mem_bandwidth,
+                bandwidth=self.bandwidth,
             )
         row.ops += 1
         row.flops += weight * c.flops
@@ -578,15 +620,27 @@ def analyze(
     *,
     model: str = "",
     target: str = "",
+    memory_level: str = "auto",
 ) -> RooflineReport:
-    """The roofline of ``graph`` (an LM-ABI graph; architecture-only is fine) on ``spec``."""
+    """The roofline of ``graph`` (an LM-ABI graph; architecture-only is fine) on ``spec``;
+    ``memory_level`` (``auto``, ``dram``, ``llc``) picks the bandwidth (:func:`memory_level`)."""
     rows: list[Row] = []
     totals: dict[str, dict[str, Any]] = {}
     notes: list[str] = []
+    weights = 0.0
+    seen: set[str] = set()
+    for p in graph.params.values():
+        if p.name not in seen:
+            seen.add(p.name)
+            weights += p.storage_bytes()
+    lengths = pruned_lengths(graph, scenario.prompt)
+    kv = _kv_cache(graph, scenario, lengths)
+    working_set = weights + kv["bytes"]
+    level, bandwidth = _memory_level(spec, working_set, memory_level)
     for stage in STAGES:
         # a request's prefill is generation's: the head runs on the last prompt row only
         g = (last_row_graph(graph) or graph) if stage == "prefill" else graph
-        w = _Walker(g, spec, scenario, stage)
+        w = _Walker(g, spec, scenario, stage, bandwidth)
         env = _stage_env(graph, scenario, stage)
         w.walk(g, env, 1.0)
         stage_rows = sorted(w.rows.values(), key=lambda r: (r.layer is not None, r.layer or 0))
@@ -608,20 +662,22 @@ def analyze(
             "time_ms": t,
             "compute_bound_ms": sum(r.time_ms for r in stage_rows if r.bound == "compute"),
             "tokens_per_s": 1e3 * tokens / t if t else math.inf,
+            "memory_level": level,
+            "bandwidth": bandwidth,
+            "working_set_bytes": working_set,
         }
     totals["decode"]["ms_per_token"] = totals["decode"]["time_ms"]
     totals["request_ms"] = (
         totals["prefill"]["time_ms"] + scenario.decode * totals["decode"]["time_ms"]
     )
-    weights = 0.0
-    seen: set[str] = set()
-    for p in graph.params.values():
-        if p.name not in seen:
-            seen.add(p.name)
-            weights += p.storage_bytes()
     totals["weight_bytes"] = weights
-    lengths = pruned_lengths(graph, scenario.prompt)
-    kv = _kv_cache(graph, scenario, lengths)
+    if level == "LLC":
+        notes.append(
+            f"memory level LLC: weights + KV cache ({working_set / 2**20:.1f} MiB) fit in the "
+            f"last-level cache ({spec.llc_bytes / 2**20:.0f} MiB), read at "
+            f"{bandwidth / 1e9:.1f} GB/s (DRAM {spec.mem_bandwidth / 1e9:.1f} GB/s); a VM's cache "
+            "is shared with other tenants"
+        )
     if spec.mem_bytes and weights + kv["bytes"] > spec.mem_bytes:
         notes.append(
             f"weights ({weights / 2**30:.1f} GiB) + KV cache ({kv['bytes'] / 2**30:.1f} GiB) "
@@ -633,6 +689,8 @@ def analyze(
         "peak_flops": dict(spec.peak_flops),
         "mem_bandwidth": spec.mem_bandwidth,
         "mem_bytes": spec.mem_bytes,
+        "llc_bytes": float(getattr(spec, "llc_bytes", 0.0) or 0.0),
+        "llc_bandwidth": float(getattr(spec, "llc_bandwidth", 0.0) or 0.0),
         "source": spec.source,
     }
     return RooflineReport(model, target, scenario, spec_d, rows, totals, kv, None, notes)
@@ -737,9 +795,9 @@ def plot(report: RooflineReport, path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     spec = report.spec
-    bw = spec["mem_bandwidth"]
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
     for ax, stage in zip(axes, STAGES, strict=True):
+        bw = report.totals[stage].get("bandwidth", spec["mem_bandwidth"])
         groups = [g for g in report.groups(stage) if g.flops > 0 and g.bytes > 0]
         ais = [g.intensity for g in groups] or [1.0]
         lo = min(min(ais) / 4, 0.05)
@@ -845,12 +903,14 @@ def simulator_summary(graph: Graph, arch: Any, sc: Scenario) -> dict[str, Any]:
 
 __all__ = [
     "CSV_FIELDS",
+    "MEMORY_LEVELS",
     "Row",
     "RooflineError",
     "RooflineReport",
     "Scenario",
     "analyze",
     "group_of",
+    "memory_level",
     "plot",
     "pruned_lengths",
     "simulator_summary",

@@ -16,6 +16,19 @@ neighbours (25-35 GB/s over a day on the 2-core EPYC these figures were first ta
 measurement is a snapshot; it is cached per machine in ``$LLMC_CACHE_DIR`` (default
 ``~/.cache/llmc``, file ``host-spec-<key>.json``): delete it to measure again.
 
+Where the peak comes from, first found wins: the cache record's ``peak`` (``bench/cpu_peak.py
+--record`` on this machine), else the row of ``llmc/targets/data/cpu_peaks.json`` (peaks measured
+by ``bench/cpu_peak.py --table`` and committed, keyed by CPU model name, the ISA flags that change
+the probe (:data:`PEAK_ISA`) and the core count; a row of the same model and flags measured on
+another core count is used per core and says so), else the formula above.
+
+The last-level cache (:func:`cache_levels`: sysfs ``/sys/devices/system/cpu/cpu0/cache``): its
+size, and its read bandwidth measured like the memory's over a working set that fits in it but
+not in the threads' L2 (:func:`llc_probe_mib`), cached in the same record. The roofline reads a
+stage's bytes at that bandwidth when the stage's working set fits (weights that stay cached
+between decode steps). In a VM the size is what the hypervisor reports: the cache is shared with
+the other tenants of the socket, so a working set near it may not stay resident.
+
 ``LLMC_HOST_SPEC=nominal`` (or a failed measurement) keeps the nominal figures of
 ``llmc/targets/data/cpu.yaml``.
 """
@@ -36,6 +49,10 @@ from llmc.targets.spec import HardwareSpec
 
 _G = 1e9
 PROBE_MIB = 256
+#: the ISA flags that change what ``bench/cpu_peak.py`` measures: part of a committed peak's key
+PEAK_ISA = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+PEAKS_FILE = Path(__file__).with_name("data") / "cpu_peaks.json"
+SYS_CACHE = Path("/sys/devices/system/cpu/cpu0/cache")
 
 
 def _cpuinfo() -> dict[str, str]:
@@ -82,6 +99,57 @@ def measure_read_bandwidth(threads: int, mib: int = PROBE_MIB, repeats: int = 5)
         torch.set_num_threads(before)
 
 
+def _size_bytes(text: str) -> int:
+    """``48K`` / ``2048K`` / ``300M`` (sysfs cache sizes) -> bytes; 0 when unreadable."""
+    t = text.strip().upper()
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(t[-1:], 1)
+    try:
+        return int(t.rstrip("KMGB") or "0") * mult
+    except ValueError:
+        return 0
+
+
+def cache_levels(root: Path = SYS_CACHE) -> dict[int, dict[str, Any]]:
+    """cpu0's data/unified caches by level: ``{level: {"bytes", "shared_cpus"}}`` from sysfs
+    (empty when unreadable). ``bytes`` is one instance (per core for L1/L2, the socket's for L3);
+    ``shared_cpus`` how many logical CPUs share it."""
+    out: dict[int, dict[str, Any]] = {}
+    for d in sorted(root.glob("index*")):
+        try:
+            if (d / "type").read_text().strip() == "Instruction":
+                continue
+            level = int((d / "level").read_text())
+            size = _size_bytes((d / "size").read_text())
+            shared = (d / "shared_cpu_list").read_text().strip()
+        except (OSError, ValueError):
+            continue
+        n = 0
+        for part in shared.split(","):
+            a, _, b = part.partition("-")
+            try:
+                n += int(b or a) - int(a) + 1
+            except ValueError:
+                pass
+        if size > 0:
+            out[level] = {"bytes": size, "shared_cpus": max(n, 1)}
+    return out
+
+
+def llc_probe_mib(levels: dict[int, dict[str, Any]], threads: int) -> int | None:
+    """The working set (MiB) that measures the last-level cache on ``threads`` threads: a quarter
+    of it, or half where a quarter would fit in the threads' private caches below it (so the
+    probe reads the LLC, not L2); ``None`` when there is no level above L2 or no such size."""
+    if not levels or max(levels) < 3:
+        return None
+    llc = levels[max(levels)]["bytes"]
+    below = levels.get(max(levels) - 1, {"bytes": 0})["bytes"] * threads
+    for frac in (4, 2):
+        mib = llc // frac // (1 << 20)
+        if mib * (1 << 20) >= 2 * below and mib >= 1:
+            return int(mib)
+    return None
+
+
 def flop_per_cycle(flags: set[str], info: dict[str, str]) -> tuple[int, int, str]:
     """``(f32 FLOP, int8 OP, why)`` per cycle per core from the ISA flags and the CPU family."""
     zen34 = info.get("vendor_id") == "AuthenticAMD" and info.get("cpu family") == "25"
@@ -98,6 +166,35 @@ def flop_per_cycle(flags: set[str], info: dict[str, str]) -> tuple[int, int, str
     return f32, (2 * f32 if "avx2" in flags else f32), why
 
 
+def peak_key(model: str, flags: set[str] | list[str], cores: int) -> dict[str, Any]:
+    """The key of a committed peak: model name, the :data:`PEAK_ISA` flags present, cores."""
+    return {"cpu": model, "isa": [f for f in PEAK_ISA if f in set(flags)], "cores": cores}
+
+
+def committed_peak(
+    model: str, flags: set[str] | list[str], cores: int, path: Path | None = None
+) -> dict[str, Any] | None:
+    """The row of ``path`` (``llmc/targets/data/cpu_peaks.json``) for this CPU: same model name,
+    same :data:`PEAK_ISA` flags and core count; else same model and flags on another core count
+    (per-core rates; the row's ``cores`` says which). ``None`` when no row matches."""
+    try:
+        rows = json.loads((path or PEAKS_FILE).read_text())["peaks"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    key = peak_key(model, flags, cores)
+    same = [
+        r
+        for r in rows
+        if isinstance(r, dict)
+        and r.get("cpu") == key["cpu"]
+        and sorted(r.get("isa", [])) == sorted(key["isa"])
+        and r.get("f32_per_core", 0) > 0
+        and r.get("i8_per_core", 0) > 0
+    ]
+    exact = [r for r in same if r.get("cores") == cores]
+    return (exact or same or [None])[0]
+
+
 def record_path() -> Path | None:
     """This machine's (CPU model, cores, threads) cache record: measured bandwidth and peak."""
     info = _cpuinfo()
@@ -106,6 +203,72 @@ def record_path() -> Path | None:
     model = info.get("model name", "unknown CPU")
     key = hashlib.sha256(f"{model}|{cores}|{threads}".encode()).hexdigest()[:16]
     return _cache_file(key)
+
+
+def _peak(
+    rec: dict[str, Any], info: dict[str, str], threads: int, cores: int
+) -> tuple[float, float, str, str]:
+    """``(f32, i8, why, origin)``: the peak FLOP/s on ``threads`` threads, first of the record's
+    measured peak, the committed table's row, the formula (module docstring); ``why`` names
+    the source (with the AMX tile rates where a row has them), ``origin`` is ``cache``,
+    ``committed`` or ``formula``."""
+    flags = set(info.get("flags", "").split()) or set(host_isa_flags())
+    pk = rec.get("peak")
+    origin = "cache"
+    if not (
+        isinstance(pk, dict) and pk.get("f32_per_core", 0) > 0 and pk.get("i8_per_core", 0) > 0
+    ):
+        pk = committed_peak(info.get("model name", "unknown CPU"), flags, cores)
+        origin = "committed"
+    if pk is not None:
+        f32 = threads * float(pk["f32_per_core"])
+        i8 = threads * float(pk["i8_per_core"])
+        where = (
+            f"measured {pk.get('measured', '?')} by {pk.get('command', '?')}"
+            if origin == "cache"
+            else f"committed in llmc/targets/data/cpu_peaks.json (measured "
+            f"{pk.get('measured', '?')} on {pk.get('cores', '?')} cores by "
+            f"{pk.get('command', '?')})"
+        )
+        why = (
+            f"{where}: {threads} x {pk['f32_per_core'] / _G:.1f} f32 GFLOP/s, {threads} x "
+            f"{pk['i8_per_core'] / _G:.1f} int8 GOP/s (vpdpbusd)"
+        )
+        amx = pk.get("amx")
+        if isinstance(amx, dict) and amx.get("i8_per_core"):
+            why += (
+                f"; AMX tiles {amx['i8_per_core'] / _G:.0f} int8 GOP/s, "
+                f"{amx.get('bf16_per_core', 0) / _G:.0f} bf16 GFLOP/s per core, not used by "
+                "llmc's kernels"
+            )
+        elif isinstance(amx, str):
+            why += f"; AMX {amx}"
+        return f32, i8, why, origin
+    per_f32, per_i8, how = flop_per_cycle(flags, info)
+    try:
+        ghz = float(info.get("cpu MHz", "")) / 1000.0
+    except ValueError:
+        ghz = 0.0
+    ghz = ghz if ghz > 0.5 else 3.0
+    why = (
+        f"{threads} x {ghz:.2f} GHz (cpuinfo) x {per_f32} f32 FLOP/cycle, {per_i8} int8 "
+        f"OP/cycle ({how})"
+    )
+    return threads * ghz * _G * per_f32, threads * ghz * _G * per_i8, why, "formula"
+
+
+def _save(path: Path | None, rec: dict[str, Any]) -> None:
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(rec, indent=2) + "\n")
+    except OSError:
+        pass
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def host_spec(nominal: HardwareSpec) -> HardwareSpec:
@@ -133,37 +296,23 @@ def host_spec(nominal: HardwareSpec) -> HardwareSpec:
             "cores": cores,
             "threads": threads,
             "read_bytes_per_s": bw,
-            "measured": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "measured": _now(),
         }
-        if path is not None:
+        _save(path, rec)
+    if "llc" not in rec:  # a record from before the LLC probe: add it, keep the rest
+        levels = cache_levels()
+        mib = llc_probe_mib(levels, threads)
+        llc: dict[str, Any] = {"bytes": levels[max(levels)]["bytes"] if levels else 0}
+        if mib is not None:
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(rec, indent=2) + "\n")
-            except OSError:
-                pass
-    flags = set(host_isa_flags())
-    per_f32, per_i8, why = flop_per_cycle(flags, info)
-    try:
-        ghz = float(info.get("cpu MHz", "")) / 1000.0
-    except ValueError:
-        ghz = 0.0
-    ghz = ghz if ghz > 0.5 else 3.0
-    pk = rec.get("peak")
-    if isinstance(pk, dict) and pk.get("f32_per_core", 0) > 0 and pk.get("i8_per_core", 0) > 0:
-        f32 = threads * float(pk["f32_per_core"])
-        i8 = threads * float(pk["i8_per_core"])
-        peak = (
-            f"measured {pk.get('measured', '?')} by {pk.get('command', '?')}: {threads} x "
-            f"{pk['f32_per_core'] / _G:.1f} f32 GFLOP/s, {threads} x "
-            f"{pk['i8_per_core'] / _G:.1f} int8 GOP/s"
-        )
-    else:
-        f32 = threads * ghz * _G * per_f32
-        i8 = threads * ghz * _G * per_i8
-        peak = (
-            f"{threads} x {ghz:.2f} GHz (cpuinfo) x {per_f32} f32 FLOP/cycle, {per_i8} int8 "
-            f"OP/cycle ({why})"
-        )
+                llc["read_bytes_per_s"] = measure_read_bandwidth(threads, mib=mib, repeats=9)
+                llc["probe_mib"] = mib
+                llc["measured"] = _now()
+            except Exception:  # noqa: BLE001 - no LLC figure: the roofline reads DRAM only
+                llc = {"bytes": 0}
+        rec["llc"] = llc
+        _save(path, rec)
+    f32, i8, peak, _origin = _peak(rec, info, threads, cores)
     mem = float(nominal.mem_bytes)
     try:
         mem = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
@@ -171,6 +320,16 @@ def host_spec(nominal: HardwareSpec) -> HardwareSpec:
         pass
     bw = float(rec["read_bytes_per_s"])
     measured = f"measured {rec['measured']} (torch.sum over {PROBE_MIB} MiB, best of 5)"
+    llc = rec.get("llc") if isinstance(rec.get("llc"), dict) else {}
+    llc_bw = float(llc.get("read_bytes_per_s", 0.0)) if llc.get("bytes") else 0.0
+    llc_bytes = float(llc.get("bytes", 0)) if llc_bw > 0 else 0.0
+    llc_text = (
+        f"; LLC {llc_bytes / 2**20:.0f} MiB (sysfs; shared with other tenants in a VM), read "
+        f"{llc_bw / _G:.1f} GB/s measured {llc.get('measured', '?')} (torch.sum over "
+        f"{llc.get('probe_mib', '?')} MiB, best of 9)"
+        if llc_bw > 0
+        else "; no LLC figure"
+    )
     return HardwareSpec(
         {"f32": f32, "f16": f32, "bf16": f32, "i8": i8},
         bw,
@@ -179,7 +338,8 @@ def host_spec(nominal: HardwareSpec) -> HardwareSpec:
         price_usd=nominal.price_usd,
         source=(
             f"this host: {rec['cpu']}, {threads} threads; read bandwidth {bw / _G:.1f} GB/s "
-            f"{measured}; cached in {path if path is not None else 'nowhere'}); peak {peak}"
+            f"{measured}; cached in {path if path is not None else 'nowhere'}){llc_text}; "
+            f"peak {peak}"
         ),
         sources={
             **nominal.sources,
@@ -187,7 +347,19 @@ def host_spec(nominal: HardwareSpec) -> HardwareSpec:
             "mem_gb": "this host (physical pages)",
             **{f"peak_tflops.{d}": f"this host: {peak}" for d in ("f32", "f16", "bf16", "i8")},
         },
+        llc_bytes=llc_bytes,
+        llc_bandwidth=llc_bw,
     )
 
 
-__all__ = ["flop_per_cycle", "host_spec", "measure_read_bandwidth", "record_path"]
+__all__ = [
+    "PEAK_ISA",
+    "cache_levels",
+    "committed_peak",
+    "flop_per_cycle",
+    "host_spec",
+    "llc_probe_mib",
+    "measure_read_bandwidth",
+    "peak_key",
+    "record_path",
+]

@@ -51,6 +51,11 @@ class HardwareSpec:
 
     ``source`` says where the figures come from as a whole; ``sources`` maps a spec key
     (``bandwidth_gbs``, ``peak_tflops.f16``, ...) to where that one figure comes from.
+
+    ``llc_bytes`` / ``llc_bandwidth``: the last-level cache's size and read bandwidth where they
+    are known (the ``cpu`` target's host spec, :mod:`llmc.targets.host`; 0 elsewhere). The
+    roofline reads a stage's bytes at ``llc_bandwidth`` when its working set fits in
+    ``llc_bytes`` (:func:`llmc.codesign.roofline.memory_level`).
     """
 
     peak_flops: dict[str, float]
@@ -60,6 +65,8 @@ class HardwareSpec:
     price_usd: float = 0.0
     source: str = ""
     sources: Mapping[str, str] = field(default_factory=dict)
+    llc_bytes: float = 0.0
+    llc_bandwidth: float = 0.0  # bytes/s
 
     def peak(self, dtype: str) -> float:
         if dtype in self.peak_flops:
