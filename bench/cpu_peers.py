@@ -43,7 +43,13 @@ What it does:
    codes, scales, N:M values and 2-bit indices; llama.cpp: the GGUF's tensor bytes; HF/ORT: the
    safetensors' bytes), divided by the time per token, as % of
    the read bandwidth measured in the same run (``llmc.targets.host.measure_read_bandwidth``, on
-   ``--threads`` threads), before and after the pairs.
+   ``--threads`` threads), before and after the pairs (``pct_of_roofline``: DRAM, a 256 MiB
+   working set). Where those bytes fit in the last-level cache (its size from sysfs,
+   ``llmc.targets.host.cache_levels``), the engine also gets ``pct_of_llc_roofline``: the same
+   over the LLC's read bandwidth, probed the same way and in the same run over a quarter of the
+   LLC (``llmc.targets.host.llc_probe_mib``), since weights that stay cached between tokens are
+   read from the cache, not DRAM (``roofline_level`` says which level applies). In a VM the LLC is
+   shared with other tenants: a working set near its size may not stay resident.
 
 The JSON has every sample, medians and spread (max-min over median), the load average before and
 after each pair, the machine (CPU model, AVX2/AVX-512/VNNI flags), llama.cpp's version and build
@@ -283,6 +289,9 @@ def check_result(doc: dict[str, Any]) -> None:
                     raise ValueError(f"pairs.{name}.{e}.{k}: no positive samples")
             if not 0 < r["pct_of_roofline"] < 1000:
                 raise ValueError(f"pairs.{name}.{e}.pct_of_roofline: {r['pct_of_roofline']}")
+            llc = r.get("pct_of_llc_roofline")
+            if llc is not None and not 0 < llc < 1000:
+                raise ValueError(f"pairs.{name}.{e}.pct_of_llc_roofline: {llc}")
         for t in p["targets"]:
             if t["engine"] not in p["engines"] or not {"ratio", "target", "met"} <= t.keys():
                 raise ValueError(f"pairs.{name}.targets: malformed {t}")
@@ -293,9 +302,12 @@ def pair_result(
     baseline: str,
     targets: list[tuple[str, float]],
     bandwidth: float,
+    llc: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """A pair's JSON from each engine's raw samples (``decode``, ``prefill`` tokens/s lists,
-    ``bytes_per_token``, ``info``): summaries, % of roofline, ratios over the baseline and targets."""
+    ``bytes_per_token``, ``info``): summaries, % of roofline, ratios over the baseline and targets.
+    ``llc``: ``(LLC bytes, LLC read bytes/s)``; an engine whose bytes per token fit in it also
+    gets ``pct_of_llc_roofline`` (``roofline_level`` names the level that applies)."""
     out: dict[str, Any] = {}
     for name, e in engines.items():
         dec = summarize(e["decode"])
@@ -307,7 +319,13 @@ def pair_result(
             "pct_of_roofline": round(
                 roofline_pct(e["bytes_per_token"], dec["median"], bandwidth), 1
             ),
+            "roofline_level": "DRAM",
         }
+        if llc is not None and llc[1] > 0 and 0 < e["bytes_per_token"] <= llc[0]:
+            out[name]["roofline_level"] = "LLC"
+            out[name]["pct_of_llc_roofline"] = round(
+                roofline_pct(e["bytes_per_token"], dec["median"], llc[1]), 1
+            )
     base = out[baseline]["decode_tokens_per_s"]["median"]
     for r in out.values():
         r["decode_ratio_vs_baseline"] = round(r["decode_tokens_per_s"]["median"] / base, 3)
@@ -325,8 +343,8 @@ def markdown_table(doc: dict[str, Any]) -> str:
     """The docs/backends.md table of a result document."""
     rows = [
         "| pair | engine | decode tok/s (median, spread) | prefill tok/s | MB/token | % roofline "
-        "| vs baseline | target |",
-        "|---|---|---|---|---|---|---|---|",
+        "| % LLC roofline | vs baseline | target |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for pname, p in doc["pairs"].items():
         tg = {t["engine"]: t for t in p["targets"]}
@@ -339,10 +357,13 @@ def markdown_table(doc: dict[str, Any]) -> str:
                 ts = f"≥ {t['target']}x: met"
             else:
                 ts = f"≥ {t['target']}x: **missed by {t['miss_pct']}%**"
+            llc = r.get("pct_of_llc_roofline")
+            llc_s = "—" if llc is None else f"{llc:.0f}%"
             rows.append(
                 f"| {pname} | {e} | {d['median']:.1f} (±{d['spread_pct']}%) "
                 f"| {r['prefill_tokens_per_s']['median']:.0f} | {r['bytes_per_token'] / 1e6:.1f} "
-                f"| {r['pct_of_roofline']:.0f}% | {r['decode_ratio_vs_baseline']:.2f}x | {ts} |"
+                f"| {r['pct_of_roofline']:.0f}% | {llc_s} | {r['decode_ratio_vs_baseline']:.2f}x "
+                f"| {ts} |"
             )
     return "\n".join(rows)
 
@@ -905,14 +926,20 @@ def main(argv: list[str] | None = None) -> int:
             nbytes[e] = hf_bytes(src)
         else:
             nbytes[e] = hf_bytes(src)
-    from llmc.targets.host import measure_read_bandwidth
+    from llmc.targets.host import cache_levels, llc_probe_mib, measure_read_bandwidth
 
     load_before = load_average()
     bw_before = measure_read_bandwidth(a.threads)
+    levels = cache_levels()
+    llc_mib = llc_probe_mib(levels, a.threads)
+    llc_bytes = float(levels[max(levels)]["bytes"]) if llc_mib else 0.0
+    llc_before = measure_read_bandwidth(a.threads, mib=llc_mib, repeats=9) if llc_mib else 0.0
     pairs_out: dict[str, Any] = {}
     cmd = sys.argv if argv is None else ["bench/cpu_peers.py", *argv]
 
-    def write(pairs: dict[str, Any], bw_after: float | None, complete: bool) -> dict[str, Any]:
+    def write(
+        pairs: dict[str, Any], bw_after: float | None, complete: bool, llc_after: float = 0.0
+    ) -> dict[str, Any]:
         """The result so far (after every pair: a cut run still leaves its finished pairs)."""
         doc = {
             "benchmark": "llmc vs llama.cpp / ONNX Runtime / HF eager, CPU decode and prefill, "
@@ -939,6 +966,14 @@ def main(argv: list[str] | None = None) -> int:
             "peers": versions,
             "read_bandwidth_gbs": round(bw_before / 1e9, 2),
             "read_bandwidth_after_gbs": round(bw_after / 1e9, 2) if bw_after else None,
+            "llc": {
+                "bytes": llc_bytes,
+                "probe_mib": llc_mib,
+                "read_bandwidth_gbs": round(llc_before / 1e9, 2),
+                "read_bandwidth_after_gbs": round(llc_after / 1e9, 2) if llc_after else None,
+                "source": "sysfs cpu0 cache size (a VM's LLC is shared with other tenants); "
+                "torch.sum over probe_mib MiB, best of 9",
+            },
             "load_average_before": load_before,
             "load_average_after": load_average(),
             "pairs": pairs,
@@ -983,7 +1018,7 @@ def main(argv: list[str] | None = None) -> int:
             }
             for n in names
         }
-        pr = pair_result(eng, baseline, targets, bw_before)
+        pr = pair_result(eng, baseline, targets, bw_before, (llc_bytes, llc_before))
         for n in names:
             if raw[n]["perf"]:
                 pr["engines"][n]["llama_perf_per_round"] = raw[n]["perf"]
@@ -1003,7 +1038,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
     bw_after = measure_read_bandwidth(a.threads)
-    doc = write(pairs_out, bw_after, True)
+    llc_after = measure_read_bandwidth(a.threads, mib=llc_mib, repeats=9) if llc_mib else 0.0
+    doc = write(pairs_out, bw_after, True, llc_after)
     print(markdown_table(doc))
     return 0
 

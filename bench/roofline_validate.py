@@ -4,13 +4,22 @@ For GPT-2 small (the zoo configuration, ``GPT2LMHeadModel``'s own initialisation
 ``torch.manual_seed(0)``, written once to ``WORK/gpt2-hf``), each compression setting is compiled
 for ``--target cpu`` and
 
-- **predicted**: ``llmc.codesign.roofline.analyze`` of the artifact's graph on this machine's
-  measured spec (the ``cpu`` target's host spec: measured read bandwidth, peak FLOP/s from cores x
-  clock x vector width), for a 128-token prompt and 64 generated tokens (the decode step at the mean
-  cache length 160, as ``llmc bench`` averages over its steps);
 - **measured**: ``llmc bench OUT --json --prompt-len 128 --new-tokens 64 --repeat 3`` in a fresh
   process, ``--rounds`` rounds with the settings interleaved (A B C ... A B C ...), the median of
-  the rounds' best-of-3.
+  the rounds' best-of-3;
+- **bandwidth, in the same run**: right before and right after each of those measurements, this
+  process probes the read bandwidth of DRAM (``llmc.targets.host.measure_read_bandwidth``: best of
+  5 ``torch.sum`` over 256 MiB), of the last-level cache (the same over
+  ``llmc.targets.host.llc_probe_mib``: a quarter of the LLC) and at the setting's own working set
+  (its weights' bytes), on the threads the artifact uses. A setting's bandwidths are the medians
+  of its probes;
+- **predicted**: ``llmc.codesign.roofline.analyze`` of the artifact's graph on this machine's spec
+  (the ``cpu`` target's host spec: peak FLOP/s measured by ``bench/cpu_peak.py``, from the cache
+  or ``llmc/targets/data/cpu_peaks.json``) with the setting's same-run DRAM and LLC bandwidths,
+  for a 128-token prompt and 64 generated tokens (the decode step at the mean cache length 160, as
+  ``llmc bench`` averages over its steps). The memory level is the roofline's own choice
+  (``memory_level``: the LLC where weights + KV cache fit in it); the DRAM-only prediction is
+  recorded beside it.
 
 The error ``measured / predicted`` per setting is the efficiency of the kernels against the
 roofline; its spread over settings says whether one factor per kernel class (dense f32, int8,
@@ -23,6 +32,7 @@ int4, N:M) corrects the model (the fitted factors are in the JSON and docs/codes
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -89,26 +99,31 @@ def compile_all(work: Path, names: list[str]) -> dict[str, Any]:
     return out
 
 
-def predict(art: Path) -> dict[str, Any]:
-    from llmc.codesign.roofline import Scenario, analyze, kernel_class
-    from llmc.compile import load
-    from llmc.targets import get_target, resolve_spec
+def probes(threads: int, llc_mib: int | None, ws_mib: int) -> dict[str, float]:
+    """Read bandwidth now (bytes/s): DRAM (256 MiB), the LLC (``llc_mib``), the working set."""
+    from llmc.targets.host import measure_read_bandwidth
 
-    spec = resolve_spec(get_target("cpu"))
-    g = load(str(art)).graph
-    rep = analyze(g, spec, Scenario(prompt=PROMPT, decode=NEW))
+    out = {"dram": measure_read_bandwidth(threads)}
+    if llc_mib:
+        out["llc"] = measure_read_bandwidth(threads, mib=llc_mib, repeats=9)
+    out["working_set"] = measure_read_bandwidth(threads, mib=max(ws_mib, 1), repeats=5)
+    return out
+
+
+def predict(graph: Any, spec: Any, level: str = "auto") -> dict[str, Any]:
+    from llmc.codesign.roofline import Scenario, analyze
+
+    rep = analyze(graph, spec, Scenario(prompt=PROMPT, decode=NEW), memory_level=level)
     t = rep.totals
     return {
-        "kernel_class": kernel_class(g),
         "decode_ms_per_token": t["decode"]["ms_per_token"],
         "prefill_ms": t["prefill"]["time_ms"],
         "decode_bytes": t["decode"]["bytes"],
         "decode_weight_bytes": t["decode"]["weight_bytes"],
-        "spec": {
-            "mem_bandwidth": spec.mem_bandwidth,
-            "peak_flops": spec.peak_flops,
-            "source": spec.source,
-        },
+        "memory_level": t["decode"]["memory_level"],
+        "bandwidth": t["decode"]["bandwidth"],
+        "working_set_bytes": t["decode"]["working_set_bytes"],
+        "decode_compute_bound_ms": t["decode"]["compute_bound_ms"],
     }
 
 
@@ -130,12 +145,23 @@ def main() -> int:
     compiled = compile_all(work, names)
     if a.phase == "compile":
         return 0
-    pred = {n: predict(work / n) for n in names}
-    samples: dict[str, list[dict[str, float]]] = {n: [] for n in names}
+    from llmc.codesign.roofline import kernel_class
+    from llmc.compile import load
+    from llmc.targets import get_target, resolve_spec
+    from llmc.targets.host import cache_levels, llc_probe_mib
+
+    spec = resolve_spec(get_target("cpu"))
+    threads = int(os.environ.get("TVM_NUM_THREADS", "") or os.cpu_count() or 1)
+    levels = cache_levels()
+    llc_mib = llc_probe_mib(levels, threads)
+    graphs = {n: load(str(work / n)).graph for n in names}
+    ws_mib = {n: int(predict(graphs[n], spec)["working_set_bytes"] // 2**20) for n in names}
+    samples: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     loads = []
     for r in range(a.rounds):
         loads.append(load_average())
         for n in names:
+            before = probes(threads, llc_mib, ws_mib[n])
             got = llmc(
                 "bench",
                 str(work / n),
@@ -146,10 +172,14 @@ def main() -> int:
                 "--repeat",
                 "3",
             )
+            after = probes(threads, llc_mib, ws_mib[n])
             samples[n].append(
                 {
                     "decode_ms_per_token": got["decode_ms_per_token"],
                     "prefill_tokens_per_s": got["prefill_tokens_per_s"],
+                    "read_gbs_before": {k: round(v / 1e9, 2) for k, v in before.items()},
+                    "read_gbs_after": {k: round(v / 1e9, 2) for k, v in after.items()},
+                    "load_average": load_average(),
                 }
             )
             time.sleep(1.0)
@@ -158,15 +188,37 @@ def main() -> int:
     for n in names:
         dec = statistics.median(s["decode_ms_per_token"] for s in samples[n])
         pre = PROMPT * 1e3 / statistics.median(s["prefill_tokens_per_s"] for s in samples[n])
-        p = pred[n]
+
+        def med(level: str, n: str = n) -> float:
+            vals = [
+                s[k][level] * 1e9
+                for s in samples[n]
+                for k in ("read_gbs_before", "read_gbs_after")
+                if level in s[k]
+            ]
+            return statistics.median(vals) if vals else 0.0
+
+        bw = {k: med(k) for k in ("dram", "llc", "working_set")}
+        run_spec = dataclasses.replace(
+            spec,
+            mem_bandwidth=bw["dram"],
+            llc_bandwidth=bw["llc"] if bw["llc"] else spec.llc_bandwidth,
+        )
+        p = predict(graphs[n], run_spec)
+        pd = predict(graphs[n], run_spec, "dram")
         rows.append(
             {
                 "setting": n,
                 "passes": SETTINGS[n] or "(none)",
-                "kernel_class": p["kernel_class"],
+                "kernel_class": kernel_class(graphs[n]),
+                "memory_level": p["memory_level"],
+                "working_set_mb": p["working_set_bytes"] / 1e6,
+                "read_gbs_same_run": {k: round(v / 1e9, 2) for k, v in bw.items()},
                 "predicted_decode_ms": p["decode_ms_per_token"],
                 "measured_decode_ms": dec,
                 "decode_efficiency": p["decode_ms_per_token"] / dec,
+                "predicted_decode_ms_dram": pd["decode_ms_per_token"],
+                "decode_efficiency_dram": pd["decode_ms_per_token"] / dec,
                 "predicted_prefill_ms": p["prefill_ms"],
                 "measured_prefill_ms": pre,
                 "prefill_efficiency": p["prefill_ms"] / pre,
@@ -175,19 +227,31 @@ def main() -> int:
             }
         )
     result = {
-        "benchmark": "roofline prediction vs measured CPU decode/prefill, GPT-2 small (random init)",
+        "benchmark": "roofline prediction vs measured CPU decode/prefill, GPT-2 small (random "
+        "init), bandwidths probed in the same run around each measurement",
         "command": " ".join(["python", *sys.argv]),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform()},
+        "machine": {
+            "cpu": cpu_name(),
+            "cores": os.cpu_count(),
+            "platform": platform.platform(),
+            "caches": {str(k): v for k, v in levels.items()},
+        },
         "load_average": {"before": load_before, "per_round": loads, "after": load_average()},
         "llmc_commit": git("rev-parse", "HEAD").strip(),
         "settings": {
             "prompt": PROMPT,
             "new_tokens": NEW,
             "rounds": a.rounds,
-            "threads": os.environ.get("TVM_NUM_THREADS", str(os.cpu_count())),
+            "threads": threads,
+            "llc_probe_mib": llc_mib,
         },
-        "spec": pred[names[0]]["spec"],
+        "spec": {
+            "peak_flops": spec.peak_flops,
+            "llc_bytes": spec.llc_bytes,
+            "source": spec.source,
+            "note": "mem_bandwidth / llc_bandwidth replaced per setting by the same-run probes",
+        },
         "compile": compiled,
         "rows": rows,
         "efficiency_by_kernel_class": {
@@ -202,13 +266,16 @@ def main() -> int:
     if a.out:
         Path(a.out).write_text(text + "\n")
     print(
-        f"{'setting':12s} {'pred ms':>9s} {'meas ms':>9s} {'eff':>6s} {'pre pred':>9s} "
-        f"{'pre meas':>9s} {'eff':>6s}"
+        f"{'setting':12s} {'level':>5s} {'GB/s':>6s} {'pred ms':>9s} {'meas ms':>9s} {'eff':>6s} "
+        f"{'eff@DRAM':>8s} {'pre pred':>9s} {'pre meas':>9s} {'eff':>6s}"
     )
     for r in rows:
+        lv = r["memory_level"]
+        gbs = r["read_gbs_same_run"]["llc" if lv == "LLC" else "dram"]
         print(
-            f"{r['setting']:12s} {r['predicted_decode_ms']:9.3f} {r['measured_decode_ms']:9.3f} "
-            f"{r['decode_efficiency']:6.2f} {r['predicted_prefill_ms']:9.2f} "
+            f"{r['setting']:12s} {lv:>5s} {gbs:6.1f} {r['predicted_decode_ms']:9.3f} "
+            f"{r['measured_decode_ms']:9.3f} {r['decode_efficiency']:6.2f} "
+            f"{r['decode_efficiency_dram']:8.2f} {r['predicted_prefill_ms']:9.2f} "
             f"{r['measured_prefill_ms']:9.2f} {r['prefill_efficiency']:6.2f}"
         )
     return 0

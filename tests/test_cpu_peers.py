@@ -128,6 +128,31 @@ def test_pair_result_and_schema(cp):
     assert "missed by 4.8%" in table and "| f32 | llama.cpp-f32 |" in table
 
 
+def test_llc_roofline_when_the_model_fits(cp):
+    """Bytes per token within the LLC: a second % against the LLC's bandwidth; the DRAM one stays."""
+    eng = {
+        "llmc-q4": {"decode": [100.0], "prefill": [900.0], "bytes_per_token": 62e6},
+        "llama.cpp-f32": {"decode": [50.0], "prefill": [800.0], "bytes_per_token": 440e6},
+    }
+    pr = cp.pair_result(eng, "llama.cpp-f32", [], 40e9, (300 * 2**20, 100e9))
+    q4, f32 = pr["engines"]["llmc-q4"], pr["engines"]["llama.cpp-f32"]
+    assert q4["pct_of_roofline"] == pytest.approx(15.5) and q4["roofline_level"] == "LLC"
+    assert q4["pct_of_llc_roofline"] == pytest.approx(6.2)
+    assert "pct_of_llc_roofline" not in f32 and f32["roofline_level"] == "DRAM"
+    assert (
+        "pct_of_llc_roofline"
+        not in cp.pair_result(eng, "llama.cpp-f32", [], 40e9)["engines"]["llmc-q4"]
+    )
+    doc = _doc(cp)
+    doc["pairs"]["q4"] = {**pr, "load_average_before": [1.0], "load_average_after": [1.0]}
+    cp.check_result(doc)
+    table = cp.markdown_table(doc)
+    assert "| 6% |" in table and "| — |" in table
+    q4["pct_of_llc_roofline"] = 0
+    with pytest.raises(ValueError, match="pct_of_llc_roofline"):
+        cp.check_result(doc)
+
+
 @pytest.mark.parametrize(
     "break_it, where",
     [
