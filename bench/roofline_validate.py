@@ -6,7 +6,7 @@ for ``--target cpu`` and
 
 - **measured**: ``llmc bench OUT --json --prompt-len 128 --new-tokens 64 --repeat 3`` in a fresh
   process, ``--rounds`` rounds with the settings interleaved (A B C ... A B C ...), the median of
-  the rounds' best-of-3;
+  the rounds' best-of-3 (``--repeat``);
 - **bandwidth, in the same run**: right before and right after each of those measurements, this
   process probes the read bandwidth of DRAM (``llmc.targets.host.measure_read_bandwidth``: best of
   5 ``torch.sum`` over 256 MiB), of the last-level cache (the same over
@@ -103,10 +103,10 @@ def probes(threads: int, llc_mib: int | None, ws_mib: int) -> dict[str, float]:
     """Read bandwidth now (bytes/s): DRAM (256 MiB), the LLC (``llc_mib``), the working set."""
     from llmc.targets.host import measure_read_bandwidth
 
-    out = {"dram": measure_read_bandwidth(threads)}
+    out = {"dram": measure_read_bandwidth(threads, repeats=9)}
     if llc_mib:
         out["llc"] = measure_read_bandwidth(threads, mib=llc_mib, repeats=9)
-    out["working_set"] = measure_read_bandwidth(threads, mib=max(ws_mib, 1), repeats=5)
+    out["working_set"] = measure_read_bandwidth(threads, mib=max(ws_mib, 1), repeats=9)
     return out
 
 
@@ -131,6 +131,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", default="/tmp/llmc-roofline-validate")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=3, help="llmc bench --repeat (best of)")
     ap.add_argument("--settings", default=",".join(SETTINGS))
     ap.add_argument("--phase", choices=("compile", "all"), default="all")
     ap.add_argument("-o", "--out", default=None)
@@ -170,7 +171,7 @@ def main() -> int:
                 "--new-tokens",
                 str(NEW),
                 "--repeat",
-                "3",
+                str(a.repeat),
             )
             after = probes(threads, llc_mib, ws_mib[n])
             samples[n].append(
@@ -243,6 +244,7 @@ def main() -> int:
             "prompt": PROMPT,
             "new_tokens": NEW,
             "rounds": a.rounds,
+            "repeat": a.repeat,
             "threads": threads,
             "llc_probe_mib": llc_mib,
         },

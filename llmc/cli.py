@@ -952,6 +952,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="also estimate with measured per-kernel-class efficiency factors "
         "(bench/roofline_validate.json)",
     )
+    p.add_argument(
+        "--memory-level",
+        choices=("auto", "dram", "llc"),
+        default="auto",
+        help="bandwidth the bytes are read at: the last-level cache's where weights + KV cache "
+        "fit in it (auto; cpu target), DRAM, or the LLC",
+    )
     p.add_argument("--csv", metavar="FILE", help="write every row (stage, layer, group) as CSV")
     p.add_argument("--plot", metavar="FILE", help="write the roofline chart (.png, .svg, .pdf)")
     p.add_argument(

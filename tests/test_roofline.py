@@ -245,6 +245,10 @@ def test_cli_cpu_and_bad_input(tmp_path, capsys, monkeypatch) -> None:
     assert rc != 0 and err.count("\n") == 1 and "nosuch" in err
     rc = main(["roofline", "tiny", "--target", "cpu", "--batch", "0"])
     assert rc == 2 and capsys.readouterr().err.count("\n") == 1
+    # the nominal cpu spec has no last-level cache figure: --memory-level llc is refused
+    rc = main(["roofline", "tiny", "--target", "cpu", "--memory-level", "llc"])
+    err = capsys.readouterr().err
+    assert rc != 0 and err.count("\n") == 1 and "--memory-level llc" in err
 
 
 def test_compile_report_has_layer_roofline(tmp_path) -> None:

@@ -1,5 +1,6 @@
 """``llmc roofline MODEL --target T [--passes ...] [--batch B] [--prompt N] [--decode M]
-[--kv-bits 16|8|4] [--act-bits 16|8|4] [--skip-rate R] [--efficiency FILE] [--csv FILE]
+[--kv-bits 16|8|4] [--act-bits 16|8|4] [--skip-rate R] [--memory-level auto|dram|llc]
+[--efficiency FILE] [--csv FILE]
 [--plot FILE] [--json]``."""
 
 from __future__ import annotations
@@ -47,7 +48,14 @@ def roofline_command(a: argparse.Namespace) -> int:
     graph = loaded.graph
     passes = run_passes(graph, a.passes, a.recipe, target=tgt.name, options=pass_options(a))
     with stage("analysing"):
-        rep = analyze(graph, spec, scenario, model=loaded.name, target=tgt.name)
+        rep = analyze(
+            graph,
+            spec,
+            scenario,
+            model=loaded.name,
+            target=tgt.name,
+            memory_level=getattr(a, "memory_level", "auto"),
+        )
     if efficiency is not None:
         calibrate(rep, graph, efficiency)
     if tgt.kind == "fpga":
