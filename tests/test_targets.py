@@ -182,6 +182,7 @@ def test_host_spec_has_sources(monkeypatch, tmp_path):
     monkeypatch.setenv("LLMC_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("LLMC_HOST_SPEC", raising=False)
     rec = {"cpu": "test", "cores": 1, "threads": 1, "read_bytes_per_s": 2e10, "measured": "now"}
+    rec["llc"] = {"bytes": 0}  # no LLC probe in a test
     monkeypatch.setattr(host, "_cache_file", lambda key: tmp_path / "s.json")
     (tmp_path / "s.json").write_text(json.dumps(rec))
     s = resolve_spec(get_target("cpu"))
