@@ -956,7 +956,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--memory-level",
         choices=("auto", "dram", "llc"),
         default="auto",
-        help="bandwidth the bytes are read at: the last-level cache's where weights + KV cache "
+        help="bandwidth the bytes are read at: the last-level cache's where a decode step's reads "
         "fit in it (auto; cpu target), DRAM, or the LLC",
     )
     p.add_argument("--csv", metavar="FILE", help="write every row (stage, layer, group) as CSV")

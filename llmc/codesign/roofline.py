@@ -26,11 +26,13 @@ and, as generation does, computes the head (final norm, ``lm_head``) for the las
 ``decode x`` its time is the generation time (every cost is affine in the cache length).
 
 The bandwidth is the target's memory's, or its last-level cache's where the spec has one (the
-``cpu`` target's host spec: ``llc_bytes``, ``llc_bandwidth``) and the stage's working set, the
-weights at their stored bytes plus the KV cache at its full length, fits in it
-(:func:`memory_level`; ``memory_level="dram"`` or ``"llc"`` forces one): a model whose weights stay
-cached between decode steps is bound by the cache's bandwidth, not DRAM's. Each stage's totals say
-which level was used (``memory_level``, ``bandwidth``, ``working_set_bytes``).
+``cpu`` target's host spec: ``llc_bytes``, ``llc_bandwidth``) and the working set fits in it: everything one decode step
+reads (the weights it reads at their stored bytes, one row of an embedding table, the KV cache,
+the activations), which stays resident from step to step (:func:`memory_level`;
+``memory_level="dram"`` or ``"llc"`` forces one; both stages use the level). A model whose
+weights stay cached between decode steps is bound by the cache's bandwidth, not DRAM's. Each
+stage's totals say which level was used (``memory_level``, ``bandwidth``,
+``working_set_bytes``).
 
 Bytes are the op-by-op traffic of the IR (reads and writes of every node), so the intermediates a
 fused kernel keeps on chip are counted, as LLM-Viewer does without FlashAttention; the IR's
@@ -283,7 +285,7 @@ class RooflineReport:
         if "memory_level" in t["decode"]:
             lines.append(
                 f"memory   {t['decode']['memory_level']} at {t['decode']['bandwidth'] / 1e9:.1f} "
-                f"GB/s (working set: weights + KV cache, "
+                f"GB/s (working set: one decode step's reads, "
                 f"{t['decode']['working_set_bytes'] / 2**20:.1f} MiB)"
             )
         kv = self.kv_cache
@@ -635,12 +637,11 @@ def analyze(
             weights += p.storage_bytes()
     lengths = pruned_lengths(graph, scenario.prompt)
     kv = _kv_cache(graph, scenario, lengths)
-    working_set = weights + kv["bytes"]
-    level, bandwidth = _memory_level(spec, working_set, memory_level)
+    by_stage: dict[str, list[Row]] = {}
     for stage in STAGES:
         # a request's prefill is generation's: the head runs on the last prompt row only
         g = (last_row_graph(graph) or graph) if stage == "prefill" else graph
-        w = _Walker(g, spec, scenario, stage, bandwidth)
+        w = _Walker(g, spec, scenario, stage, float(spec.mem_bandwidth))
         env = _stage_env(graph, scenario, stage)
         w.walk(g, env, 1.0)
         stage_rows = sorted(w.rows.values(), key=lambda r: (r.layer is not None, r.layer or 0))
@@ -648,7 +649,15 @@ def analyze(
         head = [r for r in stage_rows if r.layer is None and r.group in ("embed",)]
         tail = [r for r in stage_rows if r.layer is None and r.group not in ("embed",)]
         mid = [r for r in stage_rows if r.layer is not None]
-        stage_rows = head + mid + tail
+        by_stage[stage] = head + mid + tail
+    # what stays resident between steps: everything one decode step reads (the weights it reads,
+    # one row of an embedding table, the KV cache, its activations)
+    working_set = sum(r.bytes_read for r in by_stage["decode"])
+    level, bandwidth = _memory_level(spec, working_set, memory_level)
+    for stage in STAGES:
+        stage_rows = by_stage[stage]
+        for r in stage_rows:
+            r.bandwidth = bandwidth
         rows.extend(stage_rows)
         t = sum(r.time_ms for r in stage_rows)
         fl = sum(r.flops for r in stage_rows)
@@ -673,7 +682,7 @@ def analyze(
     totals["weight_bytes"] = weights
     if level == "LLC":
         notes.append(
-            f"memory level LLC: weights + KV cache ({working_set / 2**20:.1f} MiB) fit in the "
+            f"memory level LLC: a decode step's reads ({working_set / 2**20:.1f} MiB) fit in the "
             f"last-level cache ({spec.llc_bytes / 2**20:.0f} MiB), read at "
             f"{bandwidth / 1e9:.1f} GB/s (DRAM {spec.mem_bandwidth / 1e9:.1f} GB/s); a VM's cache "
             "is shared with other tenants"
