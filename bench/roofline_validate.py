@@ -21,6 +21,12 @@ for ``--target cpu`` and
   (``memory_level``: the LLC where weights + KV cache fit in it); the DRAM-only prediction is
   recorded beside it.
 
+``--cpu-time`` (a loaded machine): one thread (``TVM_NUM_THREADS=1``), and instead of ``llmc
+bench`` a fresh worker process of this script (``--worker``) runs the same request, timing each
+call by the process's CPU time as well as the wall clock; the probes are timed by CPU time too.
+CPU time leaves out the time the process waited for a core, which on a shared machine is most of
+the wall time; what the neighbours take of the memory bandwidth and the caches stays in.
+
 The error ``measured / predicted`` per setting is the efficiency of the kernels against the
 roofline; its spread over settings says whether one factor per kernel class (dense f32, int8,
 int4, N:M) corrects the model (the fitted factors are in the JSON and docs/codesign.md).
@@ -68,6 +74,15 @@ def llmc(*args: str) -> dict[str, Any]:
     return json.loads(r.stdout)
 
 
+def run_worker(art: Path, repeat: int) -> dict[str, Any]:
+    """``--worker`` in a fresh process (as ``llmc bench`` runs): its JSON line."""
+    cmd = [sys.executable, __file__, "--worker", str(art), "--repeat", str(repeat)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"{shlex.join(cmd)} failed:\n{r.stderr[-2000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
 def gpt2_dir(work: Path) -> Path:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -99,14 +114,74 @@ def compile_all(work: Path, names: list[str]) -> dict[str, Any]:
     return out
 
 
-def probes(threads: int, llc_mib: int | None, ws_mib: int) -> dict[str, float]:
-    """Read bandwidth now (bytes/s): DRAM (256 MiB), the LLC (``llc_mib``), the working set."""
+def worker(art: str, repeat: int) -> int:
+    """``--worker ART``: ``llmc bench``'s request (``generate``'s prefill and greedy steps, batch 1)
+    ``repeat`` times after a warm-up, each call timed by the wall clock and by the process's CPU
+    time (``time.process_time``, which leaves out the time the process was descheduled: with one
+    thread, what the kernels take while they run). Prints one JSON line."""
+    import torch
+
+    from llmc.compile import load, runner_for
+    from llmc.runtime.bench import bench_prompts
+
+    lm = runner_for(load(art))
+    ids = bench_prompts(lm.vocab_size, 1, PROMPT)[0]
+
+    def once(n_prompt: int, new: int) -> dict[str, Any]:
+        saved = lm.decode_start
+        lm.decode_start = n_prompt
+        try:
+            x = torch.tensor([ids[:n_prompt]], dtype=torch.int64)
+            pos = torch.arange(n_prompt, dtype=torch.int64)[None]
+            c, w = time.process_time(), time.perf_counter()
+            logits, past = lm.forward_last(x, pos, lm.empty_past(1))
+            pre = (time.process_time() - c, time.perf_counter() - w)
+            nxt = int(torch.argmax(logits[0, -1]))
+            cpu, wall = [], []
+            for i in range(new - 1):
+                c, w = time.process_time(), time.perf_counter()
+                logits, past = lm.forward(
+                    torch.tensor([[nxt]], dtype=torch.int64),
+                    torch.tensor([[n_prompt + i]], dtype=torch.int64),
+                    past,
+                )
+                cpu.append(time.process_time() - c)
+                wall.append(time.perf_counter() - w)
+                nxt = int(torch.argmax(logits[0, -1]))
+        finally:
+            lm.decode_start = saved
+        return {"prefill": pre, "cpu": cpu, "wall": wall}
+
+    once(8, 2)  # lazy init, kernel loading
+    runs = [once(PROMPT, NEW) for _ in range(repeat)]
+    steps = len(runs[0]["cpu"])
+    out = {
+        # llmc bench's figures: the round with the least decode time (here per clock)
+        "decode_ms_per_token": 1e3 * min(sum(r["wall"]) for r in runs) / steps,
+        "prefill_tokens_per_s": PROMPT / min(r["prefill"][1] for r in runs),
+        "decode_ms_per_token_cpu": 1e3 * min(sum(r["cpu"]) for r in runs) / steps,
+        "prefill_ms_cpu": 1e3 * min(r["prefill"][0] for r in runs),
+        # per step, the least over the rounds (a step a neighbour did not disturb)
+        "decode_ms_per_token_cpu_stepmin": 1e3
+        * sum(min(r["cpu"][i] for r in runs) for i in range(steps))
+        / steps,
+    }
+    print(json.dumps(out))
+    return 0
+
+
+def probes(
+    threads: int, llc_mib: int | None, ws_mib: int, cpu_time: bool = False
+) -> dict[str, float]:
+    """Read bandwidth now (bytes/s): DRAM (256 MiB), the LLC (``llc_mib``), the working set;
+    ``cpu_time``: timed by the process's CPU time (one thread)."""
     from llmc.targets.host import measure_read_bandwidth
 
-    out = {"dram": measure_read_bandwidth(threads, repeats=9)}
+    clock = time.process_time if cpu_time else time.perf_counter
+    out = {"dram": measure_read_bandwidth(threads, repeats=9, clock=clock)}
     if llc_mib:
-        out["llc"] = measure_read_bandwidth(threads, mib=llc_mib, repeats=9)
-    out["working_set"] = measure_read_bandwidth(threads, mib=max(ws_mib, 1), repeats=9)
+        out["llc"] = measure_read_bandwidth(threads, mib=llc_mib, repeats=9, clock=clock)
+    out["working_set"] = measure_read_bandwidth(threads, mib=max(ws_mib, 1), repeats=9, clock=clock)
     return out
 
 
@@ -134,8 +209,18 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3, help="llmc bench --repeat (best of)")
     ap.add_argument("--settings", default=",".join(SETTINGS))
     ap.add_argument("--phase", choices=("compile", "all"), default="all")
+    ap.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="one thread, every call and probe timed by CPU time (a loaded machine)",
+    )
+    ap.add_argument("--worker", metavar="ART", help=argparse.SUPPRESS)
     ap.add_argument("-o", "--out", default=None)
     a = ap.parse_args()
+    if a.worker:
+        return worker(a.worker, a.repeat)
+    if a.cpu_time:
+        os.environ["TVM_NUM_THREADS"] = "1"
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     names = [n for n in a.settings.split(",") if n]
@@ -162,20 +247,24 @@ def main() -> int:
     for r in range(a.rounds):
         loads.append(load_average())
         for n in names:
-            before = probes(threads, llc_mib, ws_mib[n])
-            got = llmc(
-                "bench",
-                str(work / n),
-                "--prompt-len",
-                str(PROMPT),
-                "--new-tokens",
-                str(NEW),
-                "--repeat",
-                str(a.repeat),
-            )
-            after = probes(threads, llc_mib, ws_mib[n])
+            before = probes(threads, llc_mib, ws_mib[n], a.cpu_time)
+            if a.cpu_time:
+                got = run_worker(work / n, a.repeat)
+            else:
+                got = llmc(
+                    "bench",
+                    str(work / n),
+                    "--prompt-len",
+                    str(PROMPT),
+                    "--new-tokens",
+                    str(NEW),
+                    "--repeat",
+                    str(a.repeat),
+                )
+            after = probes(threads, llc_mib, ws_mib[n], a.cpu_time)
             samples[n].append(
                 {
+                    **{k: v for k, v in got.items() if k.endswith("_cpu") or "_cpu_" in k},
                     "decode_ms_per_token": got["decode_ms_per_token"],
                     "prefill_tokens_per_s": got["prefill_tokens_per_s"],
                     "read_gbs_before": {k: round(v / 1e9, 2) for k, v in before.items()},
@@ -187,8 +276,12 @@ def main() -> int:
         print(f"round {r + 1}/{a.rounds} done", file=sys.stderr)
     rows = []
     for n in names:
-        dec = statistics.median(s["decode_ms_per_token"] for s in samples[n])
-        pre = PROMPT * 1e3 / statistics.median(s["prefill_tokens_per_s"] for s in samples[n])
+        if a.cpu_time:
+            dec = statistics.median(s["decode_ms_per_token_cpu"] for s in samples[n])
+            pre = statistics.median(s["prefill_ms_cpu"] for s in samples[n])
+        else:
+            dec = statistics.median(s["decode_ms_per_token"] for s in samples[n])
+            pre = PROMPT * 1e3 / statistics.median(s["prefill_tokens_per_s"] for s in samples[n])
 
         def med(level: str, n: str = n) -> float:
             vals = [
@@ -246,6 +339,9 @@ def main() -> int:
             "rounds": a.rounds,
             "repeat": a.repeat,
             "threads": threads,
+            "clock": "process CPU time (one thread), calls and probes"
+            if a.cpu_time
+            else "wall (llmc bench; probes perf_counter)",
             "llc_probe_mib": llc_mib,
         },
         "spec": {
