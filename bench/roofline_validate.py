@@ -9,10 +9,11 @@ for ``--target cpu`` and
   the rounds' best-of-3 (``--repeat``);
 - **bandwidth, in the same run**: right before and right after each of those measurements, this
   process probes the read bandwidth of DRAM (``llmc.targets.host.measure_read_bandwidth``: best of
-  5 ``torch.sum`` over 256 MiB), of the last-level cache (the same over
-  ``llmc.targets.host.llc_probe_mib``: a quarter of the LLC) and at the setting's own working set
-  (its weights' bytes), on the threads the artifact uses. A setting's bandwidths are the medians
-  of its probes;
+  9 ``torch.sum`` over 256 MiB), of the last-level cache (the same over
+  ``llmc.targets.host.llc_probe_mib``: twice the threads' L2) and at the setting's own working set
+  (one decode step's reads), on the threads the artifact uses. A setting's bandwidths are the
+  medians of its probes. Once, before the rounds, ``llmc.targets.host.probe_llc`` sweeps working
+  sets up to the reported LLC to find the part of it this machine gets (``llc_sweep``);
 - **predicted**: ``llmc.codesign.roofline.analyze`` of the artifact's graph on this machine's spec
   (the ``cpu`` target's host spec: peak FLOP/s measured by ``bench/cpu_peak.py``, from the cache
   or ``llmc/targets/data/cpu_peaks.json``) with the setting's same-run DRAM and LLC bandwidths,
@@ -234,12 +235,16 @@ def main() -> int:
     from llmc.codesign.roofline import kernel_class
     from llmc.compile import load
     from llmc.targets import get_target, resolve_spec
-    from llmc.targets.host import cache_levels, llc_probe_mib
+    from llmc.targets.host import cache_levels, llc_probe_mib, probe_llc
 
     spec = resolve_spec(get_target("cpu"))
     threads = int(os.environ.get("TVM_NUM_THREADS", "") or os.cpu_count() or 1)
     levels = cache_levels()
     llc_mib = llc_probe_mib(levels, threads)
+    # the part of the LLC this machine gets, swept now with the clock of the measurements
+    clock = time.process_time if a.cpu_time else time.perf_counter
+    dram0 = probes(threads, None, 1, a.cpu_time)["dram"]
+    llc_sweep = probe_llc(threads, dram0, levels, clock)
     graphs = {n: load(str(work / n)).graph for n in names}
     ws_mib = {n: int(predict(graphs[n], spec)["working_set_bytes"] // 2**20) for n in names}
     samples: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
@@ -293,10 +298,12 @@ def main() -> int:
             return statistics.median(vals) if vals else 0.0
 
         bw = {k: med(k) for k in ("dram", "llc", "working_set")}
+        has_llc = llc_sweep["effective_bytes"] > 0
         run_spec = dataclasses.replace(
             spec,
             mem_bandwidth=bw["dram"],
-            llc_bandwidth=bw["llc"] if bw["llc"] else spec.llc_bandwidth,
+            llc_bytes=float(llc_sweep["effective_bytes"]) if has_llc else 0.0,
+            llc_bandwidth=bw["llc"] if has_llc else 0.0,
         )
         p = predict(graphs[n], run_spec)
         pd = predict(graphs[n], run_spec, "dram")
@@ -344,11 +351,13 @@ def main() -> int:
             else "wall (llmc bench; probes perf_counter)",
             "llc_probe_mib": llc_mib,
         },
+        "llc_sweep": {**llc_sweep, "dram_read_gbs": round(dram0 / 1e9, 2)},
         "spec": {
             "peak_flops": spec.peak_flops,
-            "llc_bytes": spec.llc_bytes,
+            "llc_bytes": "llc_sweep.effective_bytes",
             "source": spec.source,
-            "note": "mem_bandwidth / llc_bandwidth replaced per setting by the same-run probes",
+            "note": "mem_bandwidth / llc_bandwidth replaced per setting by the same-run probes; "
+            "llc_bytes by this run's sweep",
         },
         "compile": compiled,
         "rows": rows,

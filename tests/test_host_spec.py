@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -16,14 +17,17 @@ def test_measured_once_then_cached(tmp_path, monkeypatch):
     calls = []
     real = hostspec.measure_read_bandwidth
 
-    def probe(threads, mib=None, repeats=3):  # a small probe: the test checks plumbing
+    def probe(threads, mib=None, repeats=3, clock=None):  # small: the test checks plumbing
         calls.append(mib)
-        return real(threads, mib=16, repeats=2)
+        return real(threads, mib=4, repeats=2)
 
     monkeypatch.setattr(hostspec, "measure_read_bandwidth", probe)
     t = get_target("cpu")
     a = resolve_spec(t)
-    assert calls[0] is None and len(calls) <= 2  # DRAM, then the LLC where sysfs has one
+    # DRAM, then the LLC sweep where sysfs has a level 3
+    assert calls[0] is None and calls[1:] == hostspec.llc_sweep_mib(
+        hostspec.cache_levels(), min(hostspec._threads(), os.cpu_count() or 1)
+    )
     n = len(calls)
     b = resolve_spec(t)
     assert len(calls) == n  # the second came from the cache file
@@ -205,26 +209,46 @@ def test_cache_levels_and_llc_probe_size(tmp_path):
         2: {"bytes": 2 << 20, "shared_cpus": 1},
         3: {"bytes": 300 << 20, "shared_cpus": 2},
     }
-    assert hostspec.llc_probe_mib(lv, 2) == 75  # a quarter of the LLC, 18x the threads' L2
+    assert hostspec.llc_probe_mib(lv, 2) == 8  # twice the two threads' L2
+    assert hostspec.llc_probe_mib(lv, 1) == 4
+    assert hostspec.llc_sweep_mib(lv, 2) == [8, 16, 32, 64, 128, 256]
     small = {2: {"bytes": 1 << 20}, 3: {"bytes": 16 << 20}}
-    assert hostspec.llc_probe_mib(small, 2) == 4  # a quarter (4 MiB) is 2x the threads' L2
-    assert hostspec.llc_probe_mib(small, 4) == 8  # half, as a quarter would sit in L2
-    assert hostspec.llc_probe_mib({2: {"bytes": 4 << 20}, 3: {"bytes": 8 << 20}}, 2) is None
+    assert hostspec.llc_probe_mib(small, 2) == 4
+    assert hostspec.llc_probe_mib(small, 4) is None  # 8 MiB would be half the LLC
     assert hostspec.llc_probe_mib({1: {"bytes": 1}, 2: {"bytes": 1 << 20}}, 1) is None  # no L3
+    assert hostspec.llc_sweep_mib({2: {"bytes": 1 << 20}}, 1) == []
     assert hostspec.cache_levels(tmp_path / "none") == {}
+
+
+def test_effective_llc():
+    """The LLC as a thread sees it: the bandwidth at the smallest set, the largest set keeping
+    80% of it; none when it does not beat DRAM by 1.2x. The numbers are the Xeon VM's sweep."""
+    gbs = {4: 25.5, 8: 25.3, 16: 25.5, 32: 24.9, 64: 17.1, 128: 13.4, 256: 13.3}
+    by = {m: g * 1e9 for m, g in gbs.items()}
+    assert hostspec.effective_llc(by, 13.3e9) == (32 << 20, 25.5e9)
+    by[64] = 21e9  # 82% of the plateau: still the cache
+    assert hostspec.effective_llc(by, 13.3e9) == (64 << 20, 25.5e9)
+    assert hostspec.effective_llc(by, 22e9) is None  # no faster than DRAM
+    assert hostspec.effective_llc({}, 1e9) is None
 
 
 def test_llc_figures_reach_the_spec(tmp_path, monkeypatch):
     _fake_host(tmp_path, monkeypatch, [])
     rec = json.loads((tmp_path / "spec.json").read_text())
-    rec["llc"] = {"bytes": 300 << 20, "read_bytes_per_s": 9e10, "probe_mib": 75, "measured": "x"}
+    rec["llc"] = {
+        "bytes": 300 << 20,
+        "effective_bytes": 32 << 20,
+        "read_bytes_per_s": 2.5e10,
+        "measured": "x",
+    }
     (tmp_path / "spec.json").write_text(json.dumps(rec))
     s = resolve_spec(get_target("cpu"))
-    assert s.llc_bytes == 300 << 20 and s.llc_bandwidth == 9e10 and "LLC 300 MiB" in s.source
-    rec["llc"] = {"bytes": 0}
+    assert s.llc_bytes == 32 << 20 and s.llc_bandwidth == 2.5e10
+    assert "LLC 300 MiB reported" in s.source and "32 MiB of it" in s.source
+    rec["llc"] = {"bytes": 300 << 20, "effective_bytes": 0, "read_bytes_per_s": 0.0}
     (tmp_path / "spec.json").write_text(json.dumps(rec))
     s = resolve_spec(get_target("cpu"))
-    assert s.llc_bytes == 0 and s.llc_bandwidth == 0 and "no LLC figure" in s.source
+    assert s.llc_bytes == 0 and s.llc_bandwidth == 0 and "no LLC level" in s.source
 
 
 def test_old_record_gains_an_llc_probe(tmp_path, monkeypatch):
@@ -233,14 +257,19 @@ def test_old_record_gains_an_llc_probe(tmp_path, monkeypatch):
     rec = json.loads((tmp_path / "spec.json").read_text())
     del rec["llc"]
     (tmp_path / "spec.json").write_text(json.dumps(rec))
-    levels = {2: {"bytes": 2 << 20, "shared_cpus": 1}, 3: {"bytes": 300 << 20, "shared_cpus": 2}}
+    levels = {2: {"bytes": 2 << 20, "shared_cpus": 1}, 3: {"bytes": 64 << 20, "shared_cpus": 2}}
     monkeypatch.setattr(hostspec, "cache_levels", lambda: levels)
     calls = []
-    monkeypatch.setattr(
-        hostspec, "measure_read_bandwidth", lambda th, mib=256, repeats=5: calls.append(mib) or 5e10
-    )
+    fake = {8: 3e10, 16: 2.9e10, 32: 1.2e10, 64: 1e10}  # bytes/s by MiB: the cache ends at 16
+
+    def probe(th, mib=256, repeats=5, clock=None):
+        calls.append(mib)
+        return fake[mib]
+
+    monkeypatch.setattr(hostspec, "measure_read_bandwidth", probe)
     s = resolve_spec(get_target("cpu"))
-    assert calls == [75] and s.mem_bandwidth == 1e10 and s.llc_bandwidth == 5e10
-    assert json.loads((tmp_path / "spec.json").read_text())["llc"]["probe_mib"] == 75
+    assert calls == [8, 16, 32, 64] and s.mem_bandwidth == 1e10
+    assert s.llc_bandwidth == 3e10 and s.llc_bytes == 16 << 20
+    assert json.loads((tmp_path / "spec.json").read_text())["llc"]["read_gbs_by_mib"]["32"] == 12
     resolve_spec(get_target("cpu"))
-    assert calls == [75]
+    assert len(calls) == 4  # cached
