@@ -3,7 +3,8 @@
 The ``cpu`` target is "the host", so its roofline should use the host's figures. Peak FLOP/s is
 *measured* where ``bench/cpu_peak.py --record`` has run on this machine (independent vector FMAs
 and ``vpdpbusd`` on every thread, best of several runs, CPU time; the record holds the per-core
-rates and the command), else computed from the CPU: threads x clock x FLOP per cycle
+rates and the command), else taken from the peaks committed for this CPU kind (below), else
+computed from the CPU: threads x clock x FLOP per cycle
 (:func:`flop_per_cycle`: two FMA pipes of the widest vector unit, 32 f32 FLOP/cycle with AVX2 and
 with Zen 4's double-pumped AVX-512, 64 with full-width AVX-512; int8 4x that with VNNI, whose
 ``vpdpbusd`` does 4 multiply-adds per 32-bit lane at the FMA rate). The clock in ``/proc/cpuinfo``
