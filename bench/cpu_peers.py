@@ -12,8 +12,13 @@ What it does:
    ``bench/.peers-venv``, git-ignored; never the project's ``.venv``) is created when missing, with
    ``torch==2.13.0`` (the CPU wheel from ``PIP_FIND_LINKS``), ``transformers``, ``onnxruntime``,
    ``onnx``, ``onnxscript``, ``gguf`` and ``llama-cpp-python`` built from source with
-   ``CMAKE_ARGS=-DGGML_NATIVE=ON`` (the host's AVX-512/VNNI, as a user's own build). Once built it is
-   reused; ``.peers-ready`` in it records the versions.
+   ``CMAKE_ARGS=-DGGML_NATIVE=ON`` (the host's AVX-512/VNNI, as a user's own build) and AMX
+   switched off (``CFLAGS``/``CXXFLAGS`` ``-mno-amx-*``): ggml's AMX matmul dies with SIGILL on the
+   first tile instruction in its OpenMP workers on Xeons whose kernel enables tile data per thread
+   (llama.cpp PR #26954, open), which is every q8_0/q4_0 call on an AMX host; without AMX ggml keeps
+   its AVX-512 VNNI and weight-repacking (``REPACK``) kernels. Once built it is reused;
+   ``.peers-ready`` in it records the versions and the build flags, and a venv built with other
+   flags gets llama-cpp-python rebuilt.
 2. **One model.** A Llama-architecture model with random weights (``torch.manual_seed(0)``,
    ``LlamaForCausalLM``'s own initialisation), GPT-2-small size: hidden 768, 12 layers, 12 heads
    (no GQA), FFN 2048, vocabulary 32000, untied head (134 M parameters, 110 M outside the
@@ -82,6 +87,10 @@ from _common import ROOT, cpu_name, git, load_average  # noqa: E402
 DEFAULT_VENV = ROOT / "bench" / ".peers-venv"
 TORCH_PIN = "torch==2.13.0"
 PEER_PACKAGES = ["transformers", "onnxruntime", "onnx", "onnxscript", "gguf", "numpy"]
+#: llama-cpp-python's build: native ISA, AMX off (see the module docstring: ggml's AMX path
+#: crashes with SIGILL on tile-data-per-thread kernels; llama.cpp PR #26954)
+_NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+LLAMA_CPP_BUILD = {"CMAKE_ARGS": "-DGGML_NATIVE=ON", "CFLAGS": _NO_AMX, "CXXFLAGS": _NO_AMX}
 
 #: the model (``--quick``: the small one)
 MODEL = {
@@ -655,7 +664,9 @@ def ensure_peers_venv(venv: Path) -> dict[str, Any]:
     """Create the peers' venv when it lacks ``.peers-ready``; return the recorded versions."""
     ready = venv / ".peers-ready"
     if ready.is_file():
-        return json.loads(ready.read_text())
+        vers = json.loads(ready.read_text())
+        if vers.get("llama_cpp_build") == LLAMA_CPP_BUILD:
+            return vers
     project = (ROOT / ".venv").resolve()
     if venv.resolve() == project or project in venv.resolve().parents:
         raise UsageError(f"--peers-venv {venv}: never the project's .venv")
@@ -666,9 +677,14 @@ def ensure_peers_venv(venv: Path) -> dict[str, Any]:
     pip = [str(py), "-m", "pip", "install", "-q"]
     print(f"peers venv {venv}: installing torch, transformers, onnxruntime ...", file=sys.stderr)
     subprocess.run([*pip, TORCH_PIN, *PEER_PACKAGES], check=True)
-    env = {**os.environ, "CMAKE_ARGS": "-DGGML_NATIVE=ON"}
-    print("building llama-cpp-python (GGML_NATIVE=ON; minutes)", file=sys.stderr)
-    subprocess.run([*pip, "--no-cache-dir", "llama-cpp-python"], check=True, env=env)
+    env = {**os.environ, **LLAMA_CPP_BUILD}
+    print(f"building llama-cpp-python ({LLAMA_CPP_BUILD}; minutes)", file=sys.stderr)
+    subprocess.run(
+        [*pip, "--no-cache-dir", "--force-reinstall", "--no-deps", "llama-cpp-python"],
+        check=True,
+        env=env,
+    )
+    subprocess.run([*pip, "llama-cpp-python"], check=True)  # its dependencies, if new
     code = (
         "import json, importlib.metadata as m; print(json.dumps({p: m.version(p) for p in "
         "['torch','transformers','onnxruntime','onnx','gguf','llama_cpp_python','numpy']}))"
@@ -676,7 +692,8 @@ def ensure_peers_venv(venv: Path) -> dict[str, Any]:
     vers = json.loads(
         subprocess.run([str(py), "-c", code], check=True, capture_output=True, text=True).stdout
     )
-    vers["llama_cpp_cmake_args"] = "-DGGML_NATIVE=ON"
+    vers["llama_cpp_cmake_args"] = LLAMA_CPP_BUILD["CMAKE_ARGS"]
+    vers["llama_cpp_build"] = LLAMA_CPP_BUILD
     ready.write_text(json.dumps(vers, indent=1) + "\n")
     return vers
 
