@@ -109,13 +109,22 @@ def test_w8a8_vnni_exact(k, n, rows, act_scale):
 
 @vnni
 def test_machine_code_uses_vpdpbusd():
+    """Every kernel family issues ``vpdpbusd`` and allocates nothing per panel: its accumulators
+    live on the stack (registers after LLVM), not in TVMBackendAllocWorkspace calls (what a
+    ``local``-scope buffer or a name bound in a ``T.macro`` costs, see ``cpu_vnni.REGS``)."""
+    import tvm
+
     from llmc.backends.kernels import cpu_vnni as V
 
-    for f in (V.q4_vnni(256, 64, 32, 3, "float32", 1), V.w8a8_vnni(256, 64, 1)):
-        import tvm
-
+    for f in (
+        V.q4_vnni(256, 64, 32, 3, "float32", 1),
+        V.q4_vnni(256, (64, 96), 32, 1, "float16", 1, 32, True),  # act_bits=8, grouped
+        V.q8w_vnni(256, 64, 256, 1, "float32", 1),
+        V.w8a8_vnni(256, 64, 1),
+    ):
         asm = _asm(tvm.compile(f, _target()))
         assert "vpdpbusd" in asm
+        assert "TVMBackendAllocWorkspace" not in asm, f.attrs["global_symbol"]
 
 
 # -- model level -----------------------------------------------------------------------------

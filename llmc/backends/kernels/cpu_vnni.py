@@ -36,6 +36,12 @@ from llmc.backends.kernels.cpu_group import Buf, grouped_func, widths
 
 F32 = "float32"
 NB = 64  # outputs per panel: 4 zmm accumulators of 16 int32
+#: scope of the kernels' small per-panel buffers (accumulators, partial sums). LowerTVMBuiltin
+#: puts a constant-size CPU allocation under 1 KiB on the stack (``alloca``, which LLVM then
+#: keeps in registers) only when its scope is ``global``; a ``local`` one costs a
+#: TVMBackendAllocWorkspace/FreeWorkspace call pair per panel. Likewise ``x = expr`` in a
+#: ``T.macro`` makes a one-element ``local`` buffer: the kernels bind names with ``T.meta_var``.
+REGS = "global"
 VPDPBUSD = "llvm.x86.avx512.vpdpbusd.512"
 
 
@@ -292,9 +298,9 @@ def weight_only_vnni(
             with T.sblock("panel"):
                 T.reads(xd[i, 0:parts, 0:kp], codes[p, 0 : kp // kr, 0:NB, 0:4])
                 T.writes(c[i, p * NB : p * NB + NB])
-                y = T.alloc_buffer((NB,), F32, scope="local")
-                t = T.alloc_buffer((NB,), F32, scope="local")
-                acc = T.alloc_buffer((parts * split * NB,), "int32", scope="local")
+                y = T.alloc_buffer((NB,), F32, scope=REGS)
+                t = T.alloc_buffer((NB,), F32, scope=REGS)
+                acc = T.alloc_buffer((parts * split * NB,), "int32", scope=REGS)
                 for q in T.unroll(4):
                     y[T.ramp(q * 16, 1, 16)] = T.broadcast(T.float32(0), 16)
                 for gi in range(ngroups):
@@ -305,13 +311,17 @@ def weight_only_vnni(
                             acc[T.ramp(a * 16, 1, 16)] = T.broadcast(T.int32(0), 16)
                         for kb in range(steps):
                             for o in T.unroll(ops):
-                                row = (gi * bpg + bi) * rows_blk + kb * loads + o * row_step
+                                row = T.meta_var(
+                                    (gi * bpg + bi) * rows_blk + kb * loads + o * row_step
+                                )
                                 for q in T.unroll(4):
-                                    w = unpack.operand(
-                                        codes.vload([p, row, q * 16, 0], "uint8x64"), o
+                                    w = T.meta_var(
+                                        unpack.operand(
+                                            codes.vload([p, row, q * 16, 0], "uint8x64"), o
+                                        )
                                     )
                                     for j in T.unroll(parts):
-                                        a_i = ((j * 4 + q) * split + o % split) * 16
+                                        a_i = T.meta_var(((j * 4 + q) * split + o % split) * 16)
                                         acc[T.ramp(a_i, 1, 16)] = T.call_llvm_pure_intrin(
                                             T.llvm_lookup_intrinsic_id(VPDPBUSD),
                                             acc[T.ramp(a_i, 1, 16)],
@@ -327,10 +337,14 @@ def weight_only_vnni(
                                         acc[T.ramp(((j * 4 + q) * split + h) * 16, 1, 16)],
                                     ) * T.broadcast(xs[i, gi * bpg + bi, j], 16)
                     for q in T.unroll(4):
-                        sc = T.Cast("float32x16", scale.vload([p, gi, q * 16], s_dtype + "x16"))
-                        of = T.Cast(
-                            "float32x16",
-                            offset.vload([p * o_ps, gi * o_ps, q * 16], s_dtype + "x16"),
+                        sc = T.meta_var(
+                            T.Cast("float32x16", scale.vload([p, gi, q * 16], s_dtype + "x16"))
+                        )
+                        of = T.meta_var(
+                            T.Cast(
+                                "float32x16",
+                                offset.vload([p * o_ps, gi * o_ps, q * 16], s_dtype + "x16"),
+                            )
                         )
                         y[T.ramp(q * 16, 1, 16)] = y[T.ramp(q * 16, 1, 16)] + sc * (
                             t[T.ramp(q * 16, 1, 16)] - of * T.broadcast(gs[i, gi], 16)
@@ -429,7 +443,7 @@ def w8a8_vnni_multi(
             with T.sblock("quant"):
                 T.reads(x[i, 0:k_dim])
                 T.writes(xu[i, 0 : kq * 4], xs[i])
-                mx = T.alloc_buffer((16,), F32, scope="local")
+                mx = T.alloc_buffer((16,), F32, scope=REGS)
                 if dynamic:
                     mx[T.ramp(0, 1, 16)] = T.broadcast(T.float32(0), 16)
                     for kb in range(kv // 16):
@@ -444,8 +458,17 @@ def w8a8_vnni_multi(
                 else:
                     xs[i] = T.float32(act_scale)
                 for kb in range(kv // 16):
-                    v = T.round(x.vload([i, kb * 16], "float32x16") / T.broadcast(xs[i], 16))
-                    v = T.max(T.min(v, T.broadcast(qmax, 16)), T.broadcast(-qmax, 16))
+                    v = T.meta_var(
+                        T.max(
+                            T.min(
+                                T.round(
+                                    x.vload([i, kb * 16], "float32x16") / T.broadcast(xs[i], 16)
+                                ),
+                                T.broadcast(qmax, 16),
+                            ),
+                            T.broadcast(-qmax, 16),
+                        )
+                    )
                     xu[i, T.ramp(kb * 16, 1, 16)] = T.Cast(
                         "uint8x16", T.Cast("int32x16", v) + T.broadcast(T.int32(128), 16)
                     )
@@ -471,12 +494,12 @@ def w8a8_vnni_multi(
             with T.sblock("panel"):
                 T.reads(xu[i, 0 : kq * 4], xs[i], codes[p, 0:kq, 0:NB, 0:4])
                 T.writes(c[i, p * NB : p * NB + NB])
-                acc = T.alloc_buffer((A8_SPLIT * NB,), "int32", scope="local")
+                acc = T.alloc_buffer((A8_SPLIT * NB,), "int32", scope=REGS)
                 for a in T.unroll(A8_SPLIT * 4):
                     acc[T.ramp(a * 16, 1, 16)] = T.broadcast(T.int32(0), 16)
                 for kb in range(nk):
                     for h in T.unroll(A8_SPLIT):
-                        xb = _bcast4u(xu, [i, (kb * A8_SPLIT + h) * 4])
+                        xb = T.meta_var(_bcast4u(xu, [i, (kb * A8_SPLIT + h) * 4]))
                         for q in T.unroll(4):
                             acc[T.ramp((h * 4 + q) * 16, 1, 16)] = T.call_llvm_pure_intrin(
                                 T.llvm_lookup_intrinsic_id(VPDPBUSD),
@@ -486,7 +509,7 @@ def w8a8_vnni_multi(
                                 dtype="int32x16",
                             )
                 for kb in range(nk * A8_SPLIT, kq):  # an odd quad count's last quad
-                    xb = _bcast4u(xu, [i, kb * 4])
+                    xb = T.meta_var(_bcast4u(xu, [i, kb * 4]))
                     for q in T.unroll(4):
                         acc[T.ramp(q * 16, 1, 16)] = T.call_llvm_pure_intrin(
                             T.llvm_lookup_intrinsic_id(VPDPBUSD),
