@@ -111,7 +111,7 @@ def test_w8a8_vnni_exact(k, n, rows, act_scale):
 def test_machine_code_uses_vpdpbusd():
     """Every kernel family issues ``vpdpbusd`` and allocates nothing per panel: its accumulators
     live on the stack (registers after LLVM), not in TVMBackendAllocWorkspace calls (what a
-    ``local``-scope buffer or a name bound in a ``T.macro`` costs, see ``cpu_vnni.REGS``)."""
+    ``local``-scope buffer or a name bound in a ``T.macro`` costs, see ``cpu_group.REGS``)."""
     import tvm
 
     from llmc.backends.kernels import cpu_vnni as V

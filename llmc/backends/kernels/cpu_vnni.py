@@ -32,16 +32,10 @@ from typing import Any
 from tvm import te, tirx
 from tvm.script import tirx as T
 
-from llmc.backends.kernels.cpu_group import Buf, grouped_func, widths
+from llmc.backends.kernels.cpu_group import REGS, Buf, grouped_func, widths
 
 F32 = "float32"
 NB = 64  # outputs per panel: 4 zmm accumulators of 16 int32
-#: scope of the kernels' small per-panel buffers (accumulators, partial sums). LowerTVMBuiltin
-#: puts a constant-size CPU allocation under 1 KiB on the stack (``alloca``, which LLVM then
-#: keeps in registers) only when its scope is ``global``; a ``local`` one costs a
-#: TVMBackendAllocWorkspace/FreeWorkspace call pair per panel. Likewise ``x = expr`` in a
-#: ``T.macro`` makes a one-element ``local`` buffer: the kernels bind names with ``T.meta_var``.
-REGS = "global"
 VPDPBUSD = "llvm.x86.avx512.vpdpbusd.512"
 
 
