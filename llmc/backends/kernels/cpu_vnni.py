@@ -238,6 +238,7 @@ def weight_only_vnni(
     m: int | None = None,
     ab: int | None = None,
     shared_offset: bool = False,
+    quantize: int | None = None,
 ) -> tirx.PrimFunc:
     """``C[M, N] = X @ W.T`` for a weight-only W in VNNI panels, codes unpacked by ``unpack``.
 
@@ -254,6 +255,12 @@ def weight_only_vnni(
     activations) gives one grouped call (:func:`~llmc.backends.kernels.cpu_group.grouped_func`):
     the activation arguments, then ``codes``, ``scale``, ``offset`` of each weight, then one
     ``[M, n_dim[j]]`` result per weight.
+
+    ``quantize`` (an ``act_group``, where :func:`fused_a8` allows it): the activation argument
+    is the float row ``x [M, K]`` itself, quantized inside the call by :func:`_quant_a8`'s
+    vectorized prologue into what :func:`act_int8` returns (the same codes and scales; the
+    group sums in another summation order), before the parallel loop: one call instead of two
+    per group of linears, and none of ``act_int8``'s three result tensors.
     """
     n_dims = (n_dim,) if isinstance(n_dim, int) else tuple(n_dim)
     g = min(group, k_dim)
@@ -362,7 +369,88 @@ def weight_only_vnni(
         Buf("gs", (rows, ngroups), F32),
     ]
     outs = [Buf(f"c{j}", (rows, n), F32) for j, n in enumerate(n_dims)]
-    return grouped_func(name, shared, weights, outs, panels, panel)
+    if quantize is None:
+        return grouped_func(name, shared, weights, outs, panels, panel)
+    if parts != 1 or not fused_a8(k_dim, group, quantize, ab):
+        raise ValueError(f"no fused int8 quantization for K={k_dim}, group {group}, ab {ab}")
+
+    @T.macro
+    def panel_x(x, xd, xs, gs, codes, scale, offset, c, p, n_dim):
+        panel(xd, xs, gs, codes, scale, offset, c, p, n_dim)
+
+    quant = _quant_a8(rows, k_dim, g, ab, quantize)
+    x = Buf("x", (rows, k_dim), F32)
+    return grouped_func(f"{name}_q{quantize}", [x], weights, outs, panels, panel_x, shared, quant)
+
+
+def fused_a8(k_dim: int, group: int, act_group: int, ab: int) -> bool:
+    """Whether :func:`weight_only_vnni` can quantize int8 activations itself (``quantize``):
+    whole vectors of 16 everywhere (``K``, the activation block, the weight group, no padding)."""
+    ag = k_dim if act_group == 0 or act_group >= k_dim else act_group
+    g = min(group, k_dim)
+    return (
+        padded_k(k_dim, group) == k_dim
+        and k_dim % ag == 0
+        and ag % 16 == 0
+        and g % 16 == 0
+        and k_dim % ab == 0
+    )
+
+
+def _quant_a8(rows: Any, k_dim: int, g: int, ab: int, act_group: int) -> Any:
+    """The prologue of a ``quantize`` kernel: :func:`act_int8` of ``x`` into the scratch
+    ``xd [M, 1, K]``, ``xs [M, K/ab, 1]``, ``gs [M, K/g]``, 16 lanes at a time: per activation
+    block ``s = max(max|x|, 1e-30) / 127`` and ``q = clamp(round(x / s), -127, 127)`` (the same
+    float operations, so the same codes and scales); ``gs`` sums ``q * s`` per weight group in
+    16 lanes, then across them."""
+    ag = k_dim if act_group == 0 or act_group >= k_dim else act_group
+    nag, nblk, ngroups = k_dim // ag, k_dim // ab, k_dim // g
+
+    @T.macro
+    def quant(x, xd, xs, gs):
+        for i in range(rows):
+            with T.sblock("quant"):
+                T.reads(x[i, 0:k_dim])
+                T.writes(xd[i, 0, 0:k_dim], xs[i, 0:nblk, 0], gs[i, 0:ngroups])
+                v16 = T.alloc_buffer((16,), F32, scope=REGS)
+                sv = T.alloc_buffer((nag,), F32, scope=REGS)
+                for b in range(nag):
+                    v16[T.ramp(0, 1, 16)] = T.broadcast(T.float32(0), 16)
+                    for v in range(ag // 16):
+                        v16[T.ramp(0, 1, 16)] = T.max(
+                            v16[T.ramp(0, 1, 16)],
+                            T.fabs(x.vload([i, b * ag + v * 16], "float32x16")),
+                        )
+                    for ln in range(1, 16):
+                        v16[0] = T.max(v16[0], v16[ln])
+                    sv[b] = T.max(v16[0], T.float32(1e-30)) / T.float32(127.0)
+                for v in range(k_dim // 16):
+                    xd[i, 0, T.ramp(v * 16, 1, 16)] = T.Cast(
+                        "int8x16",
+                        T.max(
+                            T.min(
+                                T.round(
+                                    x.vload([i, v * 16], "float32x16")
+                                    / T.broadcast(sv[v * 16 // ag], 16)
+                                ),
+                                T.broadcast(T.float32(127.0), 16),
+                            ),
+                            T.broadcast(T.float32(-127.0), 16),
+                        ),
+                    )
+                for b in range(nblk):
+                    xs[i, b, 0] = sv[T.min(b * ab // ag, nag - 1)]
+                for gi in range(ngroups):
+                    v16[T.ramp(0, 1, 16)] = T.broadcast(T.float32(0), 16)
+                    for v in range(g // 16):
+                        v16[T.ramp(0, 1, 16)] = v16[T.ramp(0, 1, 16)] + T.Cast(
+                            "float32x16", xd.vload([i, 0, gi * g + v * 16], "int8x16")
+                        ) * T.broadcast(sv[(gi * g + v * 16) // ag], 16)
+                    for ln in range(1, 16):
+                        v16[0] = v16[0] + v16[ln]
+                    gs[i, gi] = v16[0]
+
+    return quant
 
 
 def q4_vnni(
@@ -374,10 +462,11 @@ def q4_vnni(
     m: int | None = None,
     ab: int | None = None,
     shared_offset: bool = False,
+    quantize: int | None = None,
 ) -> tirx.PrimFunc:
     """int4 weight-only (:data:`Q4` unpacking): ``codes [P, K'/8, 64, 4]`` uint8, two k-quads
     per byte; see :func:`weight_only_vnni`."""
-    return weight_only_vnni(Q4, k_dim, n_dim, group, parts, s_dtype, m, ab, shared_offset)
+    return weight_only_vnni(Q4, k_dim, n_dim, group, parts, s_dtype, m, ab, shared_offset, quantize)
 
 
 def q8w_vnni(
@@ -389,12 +478,15 @@ def q8w_vnni(
     m: int | None = None,
     ab: int | None = None,
     shared_offset: bool = False,
+    quantize: int | None = None,
 ) -> tirx.PrimFunc:
     """5..8-bit weight-only (:data:`Q8W` unpacking): ``codes [P, K'/4, 64, 4]`` uint8 (byte
     (b, n, i) = ``code[n, 4b+i] - qmin``, so a symmetric 8-bit code in -127..127 is 0..254),
     ``offset`` = ``zero - qmin``; one ``vpdpbusd`` per digit and 4 k, the per-block int32 sums
     below ``254 * 127 * 128``. See :func:`weight_only_vnni`."""
-    return weight_only_vnni(Q8W, k_dim, n_dim, group, parts, s_dtype, m, ab, shared_offset)
+    return weight_only_vnni(
+        Q8W, k_dim, n_dim, group, parts, s_dtype, m, ab, shared_offset, quantize
+    )
 
 
 def w8a8_vnni(
