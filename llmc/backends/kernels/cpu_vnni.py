@@ -256,11 +256,13 @@ def weight_only_vnni(
     the activation arguments, then ``codes``, ``scale``, ``offset`` of each weight, then one
     ``[M, n_dim[j]]`` result per weight.
 
-    ``quantize`` (an ``act_group``, where :func:`fused_a8` allows it): the activation argument
-    is the float row ``x [M, K]`` itself, quantized inside the call by :func:`_quant_a8`'s
-    vectorized prologue into what :func:`act_int8` returns (the same codes and scales; the
-    group sums in another summation order), before the parallel loop: one call instead of two
-    per group of linears, and none of ``act_int8``'s three result tensors.
+    ``quantize`` (where :func:`fused_a8` allows it): the activation argument is the float row
+    ``x [M, K]`` itself, prepared inside the call by a vectorized prologue before the parallel
+    loop: with 1 digit, ``quantize`` is the ``act_group`` and :func:`_quant_a8` computes what
+    :func:`act_int8` returns; with 3 digits, ``quantize = 0`` and :func:`_quant_digits`
+    computes :func:`act_digits` and :func:`group_sums`. The same digits and scales; the group
+    sums in another summation order. One call instead of two or three per group of linears,
+    and none of the preparation's result tensors.
     """
     n_dims = (n_dim,) if isinstance(n_dim, int) else tuple(n_dim)
     g = min(group, k_dim)
@@ -371,21 +373,25 @@ def weight_only_vnni(
     outs = [Buf(f"c{j}", (rows, n), F32) for j, n in enumerate(n_dims)]
     if quantize is None:
         return grouped_func(name, shared, weights, outs, panels, panel)
-    if parts != 1 or not fused_a8(k_dim, group, quantize, ab):
-        raise ValueError(f"no fused int8 quantization for K={k_dim}, group {group}, ab {ab}")
+    if parts == 1 and fused_a8(k_dim, group, quantize, ab):
+        quant, tag = _quant_a8(rows, k_dim, g, ab, quantize), f"_q{quantize}"
+    elif parts == 3 and quantize == 0 and fused_a8(k_dim, group, ab, ab):
+        quant, tag = _quant_digits(rows, k_dim, g, ab), "_qd"
+    else:
+        raise ValueError(f"no fused quantization for K={k_dim}, group {group}, ab {ab}")
 
     @T.macro
     def panel_x(x, xd, xs, gs, codes, scale, offset, c, p, n_dim):
         panel(xd, xs, gs, codes, scale, offset, c, p, n_dim)
 
-    quant = _quant_a8(rows, k_dim, g, ab, quantize)
     x = Buf("x", (rows, k_dim), F32)
-    return grouped_func(f"{name}_q{quantize}", [x], weights, outs, panels, panel_x, shared, quant)
+    return grouped_func(name + tag, [x], weights, outs, panels, panel_x, shared, quant)
 
 
 def fused_a8(k_dim: int, group: int, act_group: int, ab: int) -> bool:
-    """Whether :func:`weight_only_vnni` can quantize int8 activations itself (``quantize``):
-    whole vectors of 16 everywhere (``K``, the activation block, the weight group, no padding)."""
+    """Whether :func:`weight_only_vnni` can prepare its activations itself (``quantize``):
+    whole vectors of 16 everywhere (``K``, the activation block, the weight group, no padding).
+    Int8 activations: ``act_group`` as recorded; 3 digits: ``act_group = ab`` (their block)."""
     ag = k_dim if act_group == 0 or act_group >= k_dim else act_group
     g = min(group, k_dim)
     return (
@@ -395,6 +401,77 @@ def fused_a8(k_dim: int, group: int, act_group: int, ab: int) -> bool:
         and g % 16 == 0
         and k_dim % ab == 0
     )
+
+
+def _quant_digits(rows: Any, k_dim: int, g: int, ab: int) -> Any:
+    """The prologue of a 3-digit ``quantize`` kernel: :func:`act_digits` (``parts = 3``) and
+    :func:`group_sums` of ``x`` into ``xd [M, 3, K]``, ``xs [M, K/ab, 3]``, ``gs [M, K/g]``, 16
+    lanes at a time with the same float operations (per block ``s = max(max|x|, 1e-30) / 127``,
+    ``q = clamp(round(x / s * 2^16))`` split into balanced base-256 digits); ``gs`` sums in 16
+    lanes, then across them."""
+    nblk, ngroups = k_dim // ab, k_dim // g
+    mult, lim = T.float32(65536.0), T.float32(127.0 * 65536.0)
+
+    def bal(v: Any) -> Any:
+        """The balanced low byte of int32x16 ``v``, in [-128, 127]."""
+        c128 = T.broadcast(T.int32(128), 16)
+        return T.bitwise_and(v + c128, T.broadcast(T.int32(255), 16)) - c128
+
+    @T.macro
+    def quant(x, xd, xs, gs):
+        for i in range(rows):
+            with T.sblock("quant"):
+                T.reads(x[i, 0:k_dim])
+                T.writes(xd[i, 0:3, 0:k_dim], xs[i, 0:nblk, 0:3], gs[i, 0:ngroups])
+                v16 = T.alloc_buffer((16,), F32, scope=REGS)
+                sv = T.alloc_buffer((nblk,), F32, scope=REGS)
+                for b in range(nblk):
+                    v16[T.ramp(0, 1, 16)] = T.broadcast(T.float32(0), 16)
+                    for v in range(ab // 16):
+                        v16[T.ramp(0, 1, 16)] = T.max(
+                            v16[T.ramp(0, 1, 16)],
+                            T.fabs(x.vload([i, b * ab + v * 16], "float32x16")),
+                        )
+                    for ln in range(1, 16):
+                        v16[0] = T.max(v16[0], v16[ln])
+                    sv[b] = T.max(v16[0], T.float32(1e-30)) / T.float32(127.0)
+                    xs[i, b, 0] = sv[b] / mult * T.float32(65536.0)
+                    xs[i, b, 1] = sv[b] / mult * T.float32(256.0)
+                    xs[i, b, 2] = sv[b] / mult * T.float32(1.0)
+                for v in range(k_dim // 16):
+                    q = T.meta_var(
+                        T.Cast(
+                            "int32x16",
+                            T.max(
+                                T.min(
+                                    T.round(
+                                        x.vload([i, v * 16], "float32x16")
+                                        / T.broadcast(sv[v * 16 // ab], 16)
+                                        * T.broadcast(mult, 16)
+                                    ),
+                                    T.broadcast(lim, 16),
+                                ),
+                                T.broadcast(-lim, 16),
+                            ),
+                        )
+                    )
+                    v1 = T.meta_var(T.shift_right(q - bal(q), T.broadcast(T.int32(8), 16)))
+                    xd[i, 2, T.ramp(v * 16, 1, 16)] = T.Cast("int8x16", bal(q))
+                    xd[i, 1, T.ramp(v * 16, 1, 16)] = T.Cast("int8x16", bal(v1))
+                    xd[i, 0, T.ramp(v * 16, 1, 16)] = T.Cast(
+                        "int8x16", T.shift_right(v1 - bal(v1), T.broadcast(T.int32(8), 16))
+                    )
+                for gi in range(ngroups):
+                    v16[T.ramp(0, 1, 16)] = T.broadcast(T.float32(0), 16)
+                    for v in range(g // 16):
+                        v16[T.ramp(0, 1, 16)] = v16[T.ramp(0, 1, 16)] + x.vload(
+                            [i, gi * g + v * 16], "float32x16"
+                        )
+                    for ln in range(1, 16):
+                        v16[0] = v16[0] + v16[ln]
+                    gs[i, gi] = v16[0]
+
+    return quant
 
 
 def _quant_a8(rows: Any, k_dim: int, g: int, ab: int, act_group: int) -> Any:
