@@ -1,8 +1,8 @@
 """Builders shared by the CPU kernel tests (tests/backends/test_cpu_avx2.py, test_cpu_vnni.py,
-test_cpu_sparse.py, tests/passes/test_act_bits.py): TVM targets, the assembly of a compiled
-kernel, the weight panels the kernels read, the quantized-kernel runners, the toy LM's
-compression recipes, and the prefill + decode comparison of a CPU artifact with the reference
-interpreter.
+test_cpu_sparse.py, test_attention_cpu.py, tests/passes/test_act_bits.py): TVM targets, the
+assembly of a compiled kernel and its small workspace allocations, the weight panels the kernels
+read, the quantized-kernel runners, the toy LM's compression recipes, and the prefill + decode
+comparison of a CPU artifact with the reference interpreter.
 
 Each builder is the one the test files held before (the same data, seeds and checks); the test
 files import them under their old private names.
@@ -49,6 +49,24 @@ def asm(ex) -> str:
             out.append(m.inspect_source("asm"))
         stack.extend(m.imports)
     return "\n".join(out)
+
+
+def small_workspace_allocs(f) -> list[int]:
+    """Byte sizes of the constant-size TVMBackendAllocWorkspace calls under 1 KiB that the host
+    lowering of the PrimFunc ``f`` makes: buffers that could live on the stack (scope
+    ``global``) but pay a workspace-pool call pair each time their block runs (scope
+    ``local``, see :data:`llmc.backends.kernels.cpu_group.REGS`)."""
+    import re
+
+    import tvm
+    from tvm.s_tir.pipeline import default_s_tir_pipeline, finalize_host_passes
+
+    t = host_target()
+    mod = tvm.tirx.transform.BindTarget(t.with_host(t))(tvm.IRModule({"main": f}))
+    lower, _, _ = default_s_tir_pipeline()
+    text = finalize_host_passes()(lower(mod)).script()
+    sizes = re.findall(r"TVMBackendAllocWorkspace\(1, \w+, T\.uint64\((\d+)\), ", text)
+    return [int(n) for n in sizes if int(n) < 1024]
 
 
 def panel(a: np.ndarray, n: int, width: int = 64) -> np.ndarray:

@@ -84,3 +84,12 @@ def test_kernels_match_reference_for_any_head_dim(d):
                     atol=1e-5,
                     msg=lambda m, c=causal, w=window: f"causal={c} window={w}: {m}",
                 )
+
+
+def test_no_small_workspace_allocations():
+    """The attention kernels' per-task scratch (q row, accumulator, logits tile, running max and
+    sum) sits on the stack: no workspace-pool call pair per task for a buffer under 1 KiB."""
+    from llmc.backends.kernels.attention_cpu import attention_sync
+    from tests.cpu_kernels import small_workspace_allocs
+
+    assert small_workspace_allocs(attention_sync(4, 2, 64, "float32", 0.125, True, 0)) == []

@@ -43,6 +43,7 @@ def test_avx2_matches_fp64(kernel, k, n, group, rows, static):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
     asm = _asm(ex)
     assert "vpmaddubsw" in asm and "zmm" not in asm
+    assert "TVMBackendAllocWorkspace" not in asm  # per-panel buffers on the stack (cpu_group.REGS)
 
 
 @avx2
@@ -88,6 +89,7 @@ def test_w8a8_avx2_exact(k, n):
     np.testing.assert_allclose(out.numpy(), want, rtol=1e-6)
     asm = _asm(ex)
     assert "vpsignb" in asm and "zmm" not in asm
+    assert "TVMBackendAllocWorkspace" not in asm
 
 
 # -- selection ------------------------------------------------------------------------------------

@@ -194,3 +194,14 @@ def test_cli_warns_in_one_line(capsys, tmp_path):
     assert rc == 0
     lines = [ln for ln in err.splitlines() if ln.startswith("warning:")]
     assert len(lines) == 1 and "2:4" in lines[0] and "dense" in lines[0], err
+
+
+def test_no_small_workspace_allocations():
+    """The per-panel accumulators and permute controls sit on the stack (registers after LLVM):
+    no workspace-pool call pair per panel (see ``cpu_group.REGS``), decode and prefill."""
+    from llmc.backends.kernels.cpu_sparse import nm_permute
+    from tests.cpu_kernels import small_workspace_allocs
+
+    for rows in (1, None):
+        f = nm_permute(256, 128, 2, 4, "float32", "float32", rows)
+        assert small_workspace_allocs(f) == []

@@ -108,14 +108,56 @@ def test_w8a8_vnni_exact(k, n, rows, act_scale):
 
 
 @vnni
+@pytest.mark.parametrize(
+    "k,n,group", [(256, 96, 32), (384, 130, 128), (256, 64, 256)], ids=["g32", "g128", "pc"]
+)
+@pytest.mark.parametrize("kind", ["q4", "q8w"])
+def test_kernel_splitting_the_row_itself(kind, k, n, group):
+    """3 digits prepared inside the call (``quantize=0``, a vectorized prologue) against
+    ``act_digits`` + ``group_sums`` + the kernel: within 1e-6 of the output (the group sums add
+    in another order; the digits are the same), and the fp64 product within 1e-4; 2 rows, a
+    symbolic row count."""
+    import tvm
+
+    from llmc.backends.kernels import cpu_vnni as V
+    from tests.cpu_kernels import _weights, pack_codes, run_digits_kernel
+
+    rng = np.random.default_rng(k + n + group + 7)
+    top, mid = (16, 8.0) if kind == "q4" else (255, 127.0)
+    x, u, sc, of, want = _weights(rng, 2, k, n, group, top, lambda r, s: np.full(s, mid, "f4"))
+    fn = V.q4_vnni if kind == "q4" else V.q8w_vnni
+    ref, _, _ = run_digits_kernel(V, fn, _target(), 64, x, u, sc, of, group, 3, False, kind == "q4")
+    kp, ab = V.padded_k(k, group), V.act_block(k, group)
+    assert V.fused_a8(k, group, ab, ab)
+    ex = tvm.compile(fn(k, n, group, 3, "float32", None, None, False, 0), _target())
+    cpu = tvm.cpu()
+    codes = pack_codes(u, kp, 64, kind == "q4")
+    args = [x, codes, _panel(sc, n), _panel(of, n), np.zeros((2, n), "float32")]
+    args = [tvm.runtime.tensor(a, cpu) for a in args]
+    ex(*args)
+    got, tol = args[-1].numpy(), np.abs(want).max()
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6 * tol)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * tol)
+
+
+@vnni
 def test_machine_code_uses_vpdpbusd():
+    """Every kernel family issues ``vpdpbusd`` and allocates nothing per panel: its accumulators
+    live on the stack (registers after LLVM), not in TVMBackendAllocWorkspace calls (what a
+    ``local``-scope buffer or a name bound in a ``T.macro`` costs, see ``cpu_group.REGS``)."""
+    import tvm
+
     from llmc.backends.kernels import cpu_vnni as V
 
-    for f in (V.q4_vnni(256, 64, 32, 3, "float32", 1), V.w8a8_vnni(256, 64, 1)):
-        import tvm
-
+    for f in (
+        V.q4_vnni(256, 64, 32, 3, "float32", 1),
+        V.q4_vnni(256, (64, 96), 32, 1, "float16", 1, 32, True),  # act_bits=8, grouped
+        V.q8w_vnni(256, 64, 256, 1, "float32", 1),
+        V.w8a8_vnni(256, 64, 1),
+    ):
         asm = _asm(tvm.compile(f, _target()))
         assert "vpdpbusd" in asm
+        assert "TVMBackendAllocWorkspace" not in asm, f.attrs["global_symbol"]
 
 
 # -- model level -----------------------------------------------------------------------------

@@ -177,7 +177,8 @@ vnni = pytest.mark.skipif(not _vnni(), reason="host CPU has no AVX-512 VNNI")
     ],
 )
 def test_kernel_matches_reference(kind, k, n, group, act_group) -> None:
-    """``act_int8`` + the one-digit kernel against ``fake_quant_act(x) @ w.T`` in fp64."""
+    """``act_int8`` + the one-digit kernel, and the kernel that quantizes the row itself,
+    against ``fake_quant_act(x) @ w.T`` in fp64."""
     import tvm
     from tvm import te
 
@@ -221,6 +222,17 @@ def test_kernel_matches_reference(kind, k, n, group, act_group) -> None:
     out = arr(np.zeros((rows, n), "float32"))
     ex(xd, xs, gsum, arr(codes), arr(_panel(sc, n)), arr(_panel(of, n)), out)
     np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    # the kernel quantizing the float row itself (``quantize``): the same codes and scales,
+    # the group sums in another order; a padded K (per channel: 192 -> 256) or one not in whole
+    # vectors of 16 (200) keeps act_int8
+    assert V.fused_a8(k, group, act_group, ab) == (kp == k and k % 16 == 0)
+    if V.fused_a8(k, group, act_group, ab):
+        fused = tvm.compile(fn(k, n, group, 1, "float32", None, ab, False, act_group), _target())
+        out1 = arr(np.zeros((rows, n), "float32"))
+        fused(arr(x), arr(codes), arr(_panel(sc, n)), arr(_panel(of, n)), out1)
+        tol = np.abs(want).max()
+        np.testing.assert_allclose(out1.numpy(), want, rtol=1e-5, atol=1e-5 * tol)
+        np.testing.assert_allclose(out1.numpy(), out.numpy(), rtol=1e-6, atol=1e-6 * tol)
 
 
 def _compile_and_compare(g, art: Path) -> dict:

@@ -353,24 +353,33 @@ def _vnni_key(ctx: LowerCtx, n: Node, kernel: str) -> tuple | None:
 
 def _vnni_call(ctx: LowerCtx, group: list[Node], x: relax.Expr, kernel: str) -> list[relax.Expr]:
     """One ``{kernel}_vnni`` call for the linears of ``group`` (the same :func:`_vnni_key`):
-    the activations quantized once, one result per linear."""
+    the activations prepared once (inside the call where :func:`cpu_vnni.fused_a8` allows),
+    one result per linear."""
     n, dt = group[0], group[0].out.type.dtype
     ps = [member_param(ctx, u) for u in group]
     q = ps[0].format.quant
     in_f = int(ps[0].type.shape[1])
     g = q.group or in_f
     kp = cpu_vnni.padded_k(in_f, g)
+    quantize = None  # the kernel prepares the float row itself: act_group (1 digit) or 0 (3)
     if q.act_bits:
         ab = cpu_vnni.int8_block(in_f, g, q.act_group)
         assert ab is not None  # _vnni_ok
         parts = Q4_A8_PARTS
-        a8 = ctx.emit_te(cpu_vnni.act_int8, x, kp, ab, q.act_group, g, name="vnni_act_int8")
-        digits, xs, gsum = (ctx.emit(relax.TupleGetItem(a8, i)) for i in range(3))
+        if cpu_vnni.fused_a8(in_f, g, q.act_group, ab) and x.ty.dtype == "float32":
+            quantize = q.act_group
+        else:
+            a8 = ctx.emit_te(cpu_vnni.act_int8, x, kp, ab, q.act_group, g, name="vnni_act_int8")
+            digits, xs, gsum = (ctx.emit(relax.TupleGetItem(a8, i)) for i in range(3))
     else:
         ab, parts = cpu_vnni.act_block(in_f, g), Q4_ACT_PARTS
-        dig = ctx.emit_te(cpu_vnni.act_digits, x, kp, ab, parts, name="vnni_digits")
-        digits, xs = ctx.emit(relax.TupleGetItem(dig, 0)), ctx.emit(relax.TupleGetItem(dig, 1))
-        gsum = ctx.emit_te(cpu_vnni.group_sums, x, g, name="vnni_gsum")
+        if parts == 3 and cpu_vnni.fused_a8(in_f, g, ab, ab) and x.ty.dtype == "float32":
+            quantize = 0  # the kernel splits the row into digits itself
+        else:
+            dig = ctx.emit_te(cpu_vnni.act_digits, x, kp, ab, parts, name="vnni_digits")
+            digits = ctx.emit(relax.TupleGetItem(dig, 0))
+            xs = ctx.emit(relax.TupleGetItem(dig, 1))
+            gsum = ctx.emit_te(cpu_vnni.group_sums, x, g, name="vnni_gsum")
     sd = scale_dtype(ps[0], dt)  # QuantSpec.scale_dtype, the same for the group (_vnni_key)
     sdt, m = tvm_dtype(sd), _static_rows(x)
     # symmetric codes: the offset is -qmin everywhere, one shared row instead of a stream
@@ -392,10 +401,10 @@ def _vnni_call(ctx: LowerCtx, group: list[Node], x: relax.Expr, kernel: str) -> 
     fn = cpu_vnni.q4_vnni if kernel == "q4" else cpu_vnni.q8w_vnni
     return _call_group(
         ctx,
-        (f"{kernel}_vnni", in_f, ns, g, parts, sdt, m, ab, shared),
-        lambda: fn(in_f, ns, g, parts, sdt, m, ab, shared),
+        (f"{kernel}_vnni", in_f, ns, g, parts, sdt, m, ab, shared, quantize),
+        lambda: fn(in_f, ns, g, parts, sdt, m, ab, shared, quantize),
         f"{kernel}_vnni",
-        [digits, xs, gsum, *weights],
+        [*([x] if quantize is not None else [digits, xs, gsum]), *weights],
         x,
         ns,
     )

@@ -33,7 +33,7 @@ from typing import Any
 from tvm import te, tirx
 from tvm.script import tirx as T
 
-from llmc.backends.kernels.cpu_group import Buf, grouped_func, widths
+from llmc.backends.kernels.cpu_group import REGS, Buf, grouped_func, widths
 from llmc.backends.kernels.cpu_vnni import act_block, padded_k, supports_q4
 
 __all__ = [
@@ -221,9 +221,9 @@ def weight_only_avx2(
             with T.sblock("panel"):
                 T.reads(xd[i, 0:parts, 0:kp], codes[p, 0 : kp // kr, 0:NB, 0:4])
                 T.writes(c[i, p * NB : p * NB + NB])
-                y = T.alloc_buffer((NB,), F32, scope="local")
-                t = T.alloc_buffer((NB,), F32, scope="local")
-                acc = T.alloc_buffer((parts * NB,), "int32", scope="local")
+                y = T.alloc_buffer((NB,), F32, scope=REGS)
+                t = T.alloc_buffer((NB,), F32, scope=REGS)
+                acc = T.alloc_buffer((parts * NB,), "int32", scope=REGS)
                 for q in T.unroll(4):
                     y[_r(q)] = T.broadcast(T.float32(0), 8)
                 for gi in range(ngroups):
@@ -233,9 +233,9 @@ def weight_only_avx2(
                         for a in T.unroll(parts * 4):
                             acc[_r(a)] = T.broadcast(T.int32(0), 8)
                         for kb in range(steps):
-                            row = (gi * bpg + bi) * steps + kb
+                            row = T.meta_var((gi * bpg + bi) * steps + kb)
                             for q in T.unroll(4):
-                                w = unpack.load(codes, [p, row, q * 8, 0])
+                                w = T.meta_var(unpack.load(codes, [p, row, q * 8, 0]))
                                 for j in T.unroll(parts):
                                     acc[_r(j * 4 + q)] = acc[_r(j * 4 + q)] + unpack.dot(
                                         w, xd, i, j, row
@@ -246,8 +246,12 @@ def weight_only_avx2(
                                     "float32x8", acc[_r(j * 4 + q)]
                                 ) * T.broadcast(xs[i, gi * bpg + bi, j], 8)
                     for q in T.unroll(4):
-                        sc = T.Cast("float32x8", scale.vload([p, gi, q * 8], s_dtype + "x8"))
-                        of = T.Cast("float32x8", offset.vload([p, gi, q * 8], s_dtype + "x8"))
+                        sc = T.meta_var(
+                            T.Cast("float32x8", scale.vload([p, gi, q * 8], s_dtype + "x8"))
+                        )
+                        of = T.meta_var(
+                            T.Cast("float32x8", offset.vload([p, gi, q * 8], s_dtype + "x8"))
+                        )
                         y[_r(q)] = y[_r(q)] + sc * unpack.group_term(
                             t[_r(q)], of, T.broadcast(gs[i, gi], 8)
                         )
@@ -314,22 +318,22 @@ def w8a8_avx2(k_dim: int, n_dim: int | tuple[int, ...], m: int | None = None) ->
             with T.sblock("panel"):
                 T.reads(xq[i, 0:k_dim], codes[p, 0:kq, 0:NB, 0:4])
                 T.writes(c[i, p * NB : p * NB + NB])
-                acc = T.alloc_buffer((NB,), "int32", scope="local")
-                xp = T.alloc_buffer((4,), "int8", scope="local")
+                acc = T.alloc_buffer((NB,), "int32", scope=REGS)
+                xp = T.alloc_buffer((4,), "int8", scope=REGS)
                 for q in T.unroll(4):
                     acc[_r(q)] = T.broadcast(T.int32(0), 8)
                 for kb in range(full):  # whole quads straight from the codes
                     for q in T.unroll(4):
-                        w = codes.vload([p, kb, q * 8, 0], "int8x32")
+                        w = T.meta_var(codes.vload([p, kb, q * 8, 0], "int8x32"))
                         acc[_r(q)] = acc[_r(q)] + _widen(
                             _maddubs(_sign(w, w), _sign(_bcast4(xq, [i, kb * 4]), w))
                         )
                 for kb in range(kq - full):  # the last, partial quad: zero-padded copy
                     for e in range(4):
-                        k = full * 4 + e
+                        k = T.meta_var(full * 4 + e)
                         xp[e] = T.if_then_else(k < k_dim, xq[i, T.min(k, k_dim - 1)], T.int8(0))
                     for q in T.unroll(4):
-                        w = codes.vload([p, full + kb, q * 8, 0], "int8x32")
+                        w = T.meta_var(codes.vload([p, full + kb, q * 8, 0], "int8x32"))
                         acc[_r(q)] = acc[_r(q)] + _widen(
                             _maddubs(_sign(w, w), _sign(_bcast4(xp, [0]), w))
                         )

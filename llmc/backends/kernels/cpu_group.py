@@ -26,6 +26,12 @@ from tvm.script.parser.core.entry import parse
 
 #: the most linears one grouped call computes (q/k/v)
 MAX_GROUP = 3
+#: scope of the kernels' small per-panel buffers (accumulators, partial sums). LowerTVMBuiltin
+#: puts a constant-size CPU allocation under 1 KiB on the stack (``alloca``, which LLVM then
+#: keeps in registers) only when its scope is ``global``; a ``local`` one costs a
+#: TVMBackendAllocWorkspace/FreeWorkspace call pair per panel. Likewise ``x = expr`` in a
+#: ``T.macro`` makes a one-element ``local`` buffer: the kernels bind names with ``T.meta_var``.
+REGS = "global"
 
 
 @dataclass(frozen=True)

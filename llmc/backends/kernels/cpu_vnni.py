@@ -32,7 +32,7 @@ from typing import Any
 from tvm import te, tirx
 from tvm.script import tirx as T
 
-from llmc.backends.kernels.cpu_group import Buf, grouped_func, widths
+from llmc.backends.kernels.cpu_group import REGS, Buf, grouped_func, widths
 
 F32 = "float32"
 NB = 64  # outputs per panel: 4 zmm accumulators of 16 int32
@@ -238,6 +238,7 @@ def weight_only_vnni(
     m: int | None = None,
     ab: int | None = None,
     shared_offset: bool = False,
+    quantize: int | None = None,
 ) -> tirx.PrimFunc:
     """``C[M, N] = X @ W.T`` for a weight-only W in VNNI panels, codes unpacked by ``unpack``.
 
@@ -254,6 +255,14 @@ def weight_only_vnni(
     activations) gives one grouped call (:func:`~llmc.backends.kernels.cpu_group.grouped_func`):
     the activation arguments, then ``codes``, ``scale``, ``offset`` of each weight, then one
     ``[M, n_dim[j]]`` result per weight.
+
+    ``quantize`` (where :func:`fused_a8` allows it): the activation argument is the float row
+    ``x [M, K]`` itself, prepared inside the call by a vectorized prologue before the parallel
+    loop: with 1 digit, ``quantize`` is the ``act_group`` and :func:`_quant_a8` computes what
+    :func:`act_int8` returns; with 3 digits, ``quantize = 0`` and :func:`_quant_digits`
+    computes :func:`act_digits` and :func:`group_sums`. The same digits and scales; the group
+    sums in another summation order. One call instead of two or three per group of linears,
+    and none of the preparation's result tensors.
     """
     n_dims = (n_dim,) if isinstance(n_dim, int) else tuple(n_dim)
     g = min(group, k_dim)
@@ -292,9 +301,9 @@ def weight_only_vnni(
             with T.sblock("panel"):
                 T.reads(xd[i, 0:parts, 0:kp], codes[p, 0 : kp // kr, 0:NB, 0:4])
                 T.writes(c[i, p * NB : p * NB + NB])
-                y = T.alloc_buffer((NB,), F32, scope="local")
-                t = T.alloc_buffer((NB,), F32, scope="local")
-                acc = T.alloc_buffer((parts * split * NB,), "int32", scope="local")
+                y = T.alloc_buffer((NB,), F32, scope=REGS)
+                t = T.alloc_buffer((NB,), F32, scope=REGS)
+                acc = T.alloc_buffer((parts * split * NB,), "int32", scope=REGS)
                 for q in T.unroll(4):
                     y[T.ramp(q * 16, 1, 16)] = T.broadcast(T.float32(0), 16)
                 for gi in range(ngroups):
@@ -305,13 +314,17 @@ def weight_only_vnni(
                             acc[T.ramp(a * 16, 1, 16)] = T.broadcast(T.int32(0), 16)
                         for kb in range(steps):
                             for o in T.unroll(ops):
-                                row = (gi * bpg + bi) * rows_blk + kb * loads + o * row_step
+                                row = T.meta_var(
+                                    (gi * bpg + bi) * rows_blk + kb * loads + o * row_step
+                                )
                                 for q in T.unroll(4):
-                                    w = unpack.operand(
-                                        codes.vload([p, row, q * 16, 0], "uint8x64"), o
+                                    w = T.meta_var(
+                                        unpack.operand(
+                                            codes.vload([p, row, q * 16, 0], "uint8x64"), o
+                                        )
                                     )
                                     for j in T.unroll(parts):
-                                        a_i = ((j * 4 + q) * split + o % split) * 16
+                                        a_i = T.meta_var(((j * 4 + q) * split + o % split) * 16)
                                         acc[T.ramp(a_i, 1, 16)] = T.call_llvm_pure_intrin(
                                             T.llvm_lookup_intrinsic_id(VPDPBUSD),
                                             acc[T.ramp(a_i, 1, 16)],
@@ -327,10 +340,14 @@ def weight_only_vnni(
                                         acc[T.ramp(((j * 4 + q) * split + h) * 16, 1, 16)],
                                     ) * T.broadcast(xs[i, gi * bpg + bi, j], 16)
                     for q in T.unroll(4):
-                        sc = T.Cast("float32x16", scale.vload([p, gi, q * 16], s_dtype + "x16"))
-                        of = T.Cast(
-                            "float32x16",
-                            offset.vload([p * o_ps, gi * o_ps, q * 16], s_dtype + "x16"),
+                        sc = T.meta_var(
+                            T.Cast("float32x16", scale.vload([p, gi, q * 16], s_dtype + "x16"))
+                        )
+                        of = T.meta_var(
+                            T.Cast(
+                                "float32x16",
+                                offset.vload([p * o_ps, gi * o_ps, q * 16], s_dtype + "x16"),
+                            )
                         )
                         y[T.ramp(q * 16, 1, 16)] = y[T.ramp(q * 16, 1, 16)] + sc * (
                             t[T.ramp(q * 16, 1, 16)] - of * T.broadcast(gs[i, gi], 16)
@@ -354,7 +371,163 @@ def weight_only_vnni(
         Buf("gs", (rows, ngroups), F32),
     ]
     outs = [Buf(f"c{j}", (rows, n), F32) for j, n in enumerate(n_dims)]
-    return grouped_func(name, shared, weights, outs, panels, panel)
+    if quantize is None:
+        return grouped_func(name, shared, weights, outs, panels, panel)
+    if parts == 1 and fused_a8(k_dim, group, quantize, ab):
+        quant, tag = _quant_a8(rows, k_dim, g, ab, quantize), f"_q{quantize}"
+    elif parts == 3 and quantize == 0 and fused_a8(k_dim, group, ab, ab):
+        quant, tag = _quant_digits(rows, k_dim, g, ab), "_qd"
+    else:
+        raise ValueError(f"no fused quantization for K={k_dim}, group {group}, ab {ab}")
+
+    @T.macro
+    def panel_x(x, xd, xs, gs, codes, scale, offset, c, p, n_dim):
+        panel(xd, xs, gs, codes, scale, offset, c, p, n_dim)
+
+    x = Buf("x", (rows, k_dim), F32)
+    return grouped_func(name + tag, [x], weights, outs, panels, panel_x, shared, quant)
+
+
+def fused_a8(k_dim: int, group: int, act_group: int, ab: int) -> bool:
+    """Whether :func:`weight_only_vnni` can prepare its activations itself (``quantize``):
+    whole vectors of 16 everywhere (``K``, the activation block, the weight group, no padding).
+    Int8 activations: ``act_group`` as recorded; 3 digits: ``act_group = ab`` (their block)."""
+    ag = k_dim if act_group == 0 or act_group >= k_dim else act_group
+    g = min(group, k_dim)
+    return (
+        padded_k(k_dim, group) == k_dim
+        and k_dim % ag == 0
+        and ag % 16 == 0
+        and g % 16 == 0
+        and k_dim % ab == 0
+    )
+
+
+def _quant_digits(rows: Any, k_dim: int, g: int, ab: int) -> Any:
+    """The prologue of a 3-digit ``quantize`` kernel: :func:`act_digits` (``parts = 3``) and
+    :func:`group_sums` of ``x`` into ``xd [M, 3, K]``, ``xs [M, K/ab, 3]``, ``gs [M, K/g]``, 16
+    lanes at a time with the same float operations (per block ``s = max(max|x|, 1e-30) / 127``,
+    ``q = clamp(round(x / s * 2^16))`` split into balanced base-256 digits); ``gs`` sums in 16
+    lanes, then across them."""
+    nblk, ngroups = k_dim // ab, k_dim // g
+    mult, lim = T.float32(65536.0), T.float32(127.0 * 65536.0)
+
+    def bal(v: Any) -> Any:
+        """The balanced low byte of int32x16 ``v``, in [-128, 127]."""
+        c128 = T.broadcast(T.int32(128), 16)
+        return T.bitwise_and(v + c128, T.broadcast(T.int32(255), 16)) - c128
+
+    @T.macro
+    def quant(x, xd, xs, gs):
+        for i in range(rows):
+            with T.sblock("quant"):
+                T.reads(x[i, 0:k_dim])
+                T.writes(xd[i, 0:3, 0:k_dim], xs[i, 0:nblk, 0:3], gs[i, 0:ngroups])
+                v16 = T.alloc_buffer((16,), F32, scope=REGS)
+                sv = T.alloc_buffer((nblk,), F32, scope=REGS)
+                for b in range(nblk):
+                    v16[T.ramp(0, 1, 16)] = T.broadcast(T.float32(0), 16)
+                    for v in range(ab // 16):
+                        v16[T.ramp(0, 1, 16)] = T.max(
+                            v16[T.ramp(0, 1, 16)],
+                            T.fabs(x.vload([i, b * ab + v * 16], "float32x16")),
+                        )
+                    for ln in range(1, 16):
+                        v16[0] = T.max(v16[0], v16[ln])
+                    sv[b] = T.max(v16[0], T.float32(1e-30)) / T.float32(127.0)
+                    xs[i, b, 0] = sv[b] / mult * T.float32(65536.0)
+                    xs[i, b, 1] = sv[b] / mult * T.float32(256.0)
+                    xs[i, b, 2] = sv[b] / mult * T.float32(1.0)
+                for v in range(k_dim // 16):
+                    q = T.meta_var(
+                        T.Cast(
+                            "int32x16",
+                            T.max(
+                                T.min(
+                                    T.round(
+                                        x.vload([i, v * 16], "float32x16")
+                                        / T.broadcast(sv[v * 16 // ab], 16)
+                                        * T.broadcast(mult, 16)
+                                    ),
+                                    T.broadcast(lim, 16),
+                                ),
+                                T.broadcast(-lim, 16),
+                            ),
+                        )
+                    )
+                    v1 = T.meta_var(T.shift_right(q - bal(q), T.broadcast(T.int32(8), 16)))
+                    xd[i, 2, T.ramp(v * 16, 1, 16)] = T.Cast("int8x16", bal(q))
+                    xd[i, 1, T.ramp(v * 16, 1, 16)] = T.Cast("int8x16", bal(v1))
+                    xd[i, 0, T.ramp(v * 16, 1, 16)] = T.Cast(
+                        "int8x16", T.shift_right(v1 - bal(v1), T.broadcast(T.int32(8), 16))
+                    )
+                for gi in range(ngroups):
+                    v16[T.ramp(0, 1, 16)] = T.broadcast(T.float32(0), 16)
+                    for v in range(g // 16):
+                        v16[T.ramp(0, 1, 16)] = v16[T.ramp(0, 1, 16)] + x.vload(
+                            [i, gi * g + v * 16], "float32x16"
+                        )
+                    for ln in range(1, 16):
+                        v16[0] = v16[0] + v16[ln]
+                    gs[i, gi] = v16[0]
+
+    return quant
+
+
+def _quant_a8(rows: Any, k_dim: int, g: int, ab: int, act_group: int) -> Any:
+    """The prologue of a ``quantize`` kernel: :func:`act_int8` of ``x`` into the scratch
+    ``xd [M, 1, K]``, ``xs [M, K/ab, 1]``, ``gs [M, K/g]``, 16 lanes at a time: per activation
+    block ``s = max(max|x|, 1e-30) / 127`` and ``q = clamp(round(x / s), -127, 127)`` (the same
+    float operations, so the same codes and scales); ``gs`` sums ``q * s`` per weight group in
+    16 lanes, then across them."""
+    ag = k_dim if act_group == 0 or act_group >= k_dim else act_group
+    nag, nblk, ngroups = k_dim // ag, k_dim // ab, k_dim // g
+
+    @T.macro
+    def quant(x, xd, xs, gs):
+        for i in range(rows):
+            with T.sblock("quant"):
+                T.reads(x[i, 0:k_dim])
+                T.writes(xd[i, 0, 0:k_dim], xs[i, 0:nblk, 0], gs[i, 0:ngroups])
+                v16 = T.alloc_buffer((16,), F32, scope=REGS)
+                sv = T.alloc_buffer((nag,), F32, scope=REGS)
+                for b in range(nag):
+                    v16[T.ramp(0, 1, 16)] = T.broadcast(T.float32(0), 16)
+                    for v in range(ag // 16):
+                        v16[T.ramp(0, 1, 16)] = T.max(
+                            v16[T.ramp(0, 1, 16)],
+                            T.fabs(x.vload([i, b * ag + v * 16], "float32x16")),
+                        )
+                    for ln in range(1, 16):
+                        v16[0] = T.max(v16[0], v16[ln])
+                    sv[b] = T.max(v16[0], T.float32(1e-30)) / T.float32(127.0)
+                for v in range(k_dim // 16):
+                    xd[i, 0, T.ramp(v * 16, 1, 16)] = T.Cast(
+                        "int8x16",
+                        T.max(
+                            T.min(
+                                T.round(
+                                    x.vload([i, v * 16], "float32x16")
+                                    / T.broadcast(sv[v * 16 // ag], 16)
+                                ),
+                                T.broadcast(T.float32(127.0), 16),
+                            ),
+                            T.broadcast(T.float32(-127.0), 16),
+                        ),
+                    )
+                for b in range(nblk):
+                    xs[i, b, 0] = sv[T.min(b * ab // ag, nag - 1)]
+                for gi in range(ngroups):
+                    v16[T.ramp(0, 1, 16)] = T.broadcast(T.float32(0), 16)
+                    for v in range(g // 16):
+                        v16[T.ramp(0, 1, 16)] = v16[T.ramp(0, 1, 16)] + T.Cast(
+                            "float32x16", xd.vload([i, 0, gi * g + v * 16], "int8x16")
+                        ) * T.broadcast(sv[(gi * g + v * 16) // ag], 16)
+                    for ln in range(1, 16):
+                        v16[0] = v16[0] + v16[ln]
+                    gs[i, gi] = v16[0]
+
+    return quant
 
 
 def q4_vnni(
@@ -366,10 +539,11 @@ def q4_vnni(
     m: int | None = None,
     ab: int | None = None,
     shared_offset: bool = False,
+    quantize: int | None = None,
 ) -> tirx.PrimFunc:
     """int4 weight-only (:data:`Q4` unpacking): ``codes [P, K'/8, 64, 4]`` uint8, two k-quads
     per byte; see :func:`weight_only_vnni`."""
-    return weight_only_vnni(Q4, k_dim, n_dim, group, parts, s_dtype, m, ab, shared_offset)
+    return weight_only_vnni(Q4, k_dim, n_dim, group, parts, s_dtype, m, ab, shared_offset, quantize)
 
 
 def q8w_vnni(
@@ -381,12 +555,15 @@ def q8w_vnni(
     m: int | None = None,
     ab: int | None = None,
     shared_offset: bool = False,
+    quantize: int | None = None,
 ) -> tirx.PrimFunc:
     """5..8-bit weight-only (:data:`Q8W` unpacking): ``codes [P, K'/4, 64, 4]`` uint8 (byte
     (b, n, i) = ``code[n, 4b+i] - qmin``, so a symmetric 8-bit code in -127..127 is 0..254),
     ``offset`` = ``zero - qmin``; one ``vpdpbusd`` per digit and 4 k, the per-block int32 sums
     below ``254 * 127 * 128``. See :func:`weight_only_vnni`."""
-    return weight_only_vnni(Q8W, k_dim, n_dim, group, parts, s_dtype, m, ab, shared_offset)
+    return weight_only_vnni(
+        Q8W, k_dim, n_dim, group, parts, s_dtype, m, ab, shared_offset, quantize
+    )
 
 
 def w8a8_vnni(
@@ -429,7 +606,7 @@ def w8a8_vnni_multi(
             with T.sblock("quant"):
                 T.reads(x[i, 0:k_dim])
                 T.writes(xu[i, 0 : kq * 4], xs[i])
-                mx = T.alloc_buffer((16,), F32, scope="local")
+                mx = T.alloc_buffer((16,), F32, scope=REGS)
                 if dynamic:
                     mx[T.ramp(0, 1, 16)] = T.broadcast(T.float32(0), 16)
                     for kb in range(kv // 16):
@@ -444,8 +621,17 @@ def w8a8_vnni_multi(
                 else:
                     xs[i] = T.float32(act_scale)
                 for kb in range(kv // 16):
-                    v = T.round(x.vload([i, kb * 16], "float32x16") / T.broadcast(xs[i], 16))
-                    v = T.max(T.min(v, T.broadcast(qmax, 16)), T.broadcast(-qmax, 16))
+                    v = T.meta_var(
+                        T.max(
+                            T.min(
+                                T.round(
+                                    x.vload([i, kb * 16], "float32x16") / T.broadcast(xs[i], 16)
+                                ),
+                                T.broadcast(qmax, 16),
+                            ),
+                            T.broadcast(-qmax, 16),
+                        )
+                    )
                     xu[i, T.ramp(kb * 16, 1, 16)] = T.Cast(
                         "uint8x16", T.Cast("int32x16", v) + T.broadcast(T.int32(128), 16)
                     )
@@ -471,12 +657,12 @@ def w8a8_vnni_multi(
             with T.sblock("panel"):
                 T.reads(xu[i, 0 : kq * 4], xs[i], codes[p, 0:kq, 0:NB, 0:4])
                 T.writes(c[i, p * NB : p * NB + NB])
-                acc = T.alloc_buffer((A8_SPLIT * NB,), "int32", scope="local")
+                acc = T.alloc_buffer((A8_SPLIT * NB,), "int32", scope=REGS)
                 for a in T.unroll(A8_SPLIT * 4):
                     acc[T.ramp(a * 16, 1, 16)] = T.broadcast(T.int32(0), 16)
                 for kb in range(nk):
                     for h in T.unroll(A8_SPLIT):
-                        xb = _bcast4u(xu, [i, (kb * A8_SPLIT + h) * 4])
+                        xb = T.meta_var(_bcast4u(xu, [i, (kb * A8_SPLIT + h) * 4]))
                         for q in T.unroll(4):
                             acc[T.ramp((h * 4 + q) * 16, 1, 16)] = T.call_llvm_pure_intrin(
                                 T.llvm_lookup_intrinsic_id(VPDPBUSD),
@@ -486,7 +672,7 @@ def w8a8_vnni_multi(
                                 dtype="int32x16",
                             )
                 for kb in range(nk * A8_SPLIT, kq):  # an odd quad count's last quad
-                    xb = _bcast4u(xu, [i, kb * 4])
+                    xb = T.meta_var(_bcast4u(xu, [i, kb * 4]))
                     for q in T.unroll(4):
                         acc[T.ramp(q * 16, 1, 16)] = T.call_llvm_pure_intrin(
                             T.llvm_lookup_intrinsic_id(VPDPBUSD),
