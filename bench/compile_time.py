@@ -287,8 +287,11 @@ def memory_suite(work: Path, only: list[str] | None = None) -> list[dict]:
         model = src.get(model, model)
         dtype = extra[extra.index("--dtype") + 1] if "--dtype" in extra else None
         stored = int(param_summary(load(register(model), dtype=dtype).graph)["storage_bytes"])
+        head = git("rev-parse", "HEAD").strip()  # the code measured (commits may follow)
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "llmc").strip())
         r = measure(model, extra, cache)
         r = {"label": label, "stored_weight_bytes": stored, **r}
+        r["llmc_commit"] = head + ("+dirty llmc/" if dirty else "")
         r["bound_bytes"] = stored + 2 * GB
         r["within_bound"] = r["peak_rss_bytes"] <= r["bound_bytes"]
         if "not_measured" in r:
@@ -311,7 +314,8 @@ def memory_suite(work: Path, only: list[str] | None = None) -> list[dict]:
 
 def merge_runs(path: Path, rows: list[dict], command: str) -> None:
     """Put ``rows`` into ``path``'s ``memory.runs`` (a run with the same label is replaced),
-    each stamped with the commit, date and command that measured it."""
+    each stamped with the commit, date and command that measured it (a row's own
+    ``llmc_commit``, recorded when it was measured, is kept)."""
     result = json.loads(path.read_text()) if path.is_file() else {}
     mem = result.setdefault("memory", {"runs": []})
     stamp = {
@@ -319,7 +323,7 @@ def merge_runs(path: Path, rows: list[dict], command: str) -> None:
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "suite_command": command,
     }
-    new = {r["label"]: {**r, **stamp} for r in rows}
+    new = {r["label"]: {**stamp, **r} for r in rows}  # a row's own commit (measured) wins
     runs = [new.pop(r["label"], r) for r in mem.get("runs", [])]
     mem["runs"] = runs + list(new.values())
     path.write_text(json.dumps(result, indent=1) + "\n")
