@@ -221,9 +221,18 @@ class InputStats:
         return (self.sqsum / max(self.tokens, 1) - m * m).clamp_min(0)
 
     def H(self) -> torch.Tensor:
-        """``2 XᵀX / n`` (float32), the layer-wise Hessian of GPTQ/SparseGPT."""
+        """``2 XᵀX / n`` (float32), the layer-wise Hessian of GPTQ/SparseGPT.
+
+        Computed a block of rows at a time: the whole-matrix expression held two float64
+        temporaries as large as ``XᵀX`` (1.9 GB for an 11008-wide input)."""
         assert self.xtx is not None, "statistics collected without hessian=True"
-        return (2.0 * self.xtx / max(self.tokens, 1)).to(torch.float32)
+        n = max(self.tokens, 1)
+        c = self.xtx.shape[0]
+        out = torch.empty(c, c, dtype=torch.float32)
+        rows = max(1, (1 << 16) // max(c, 1))  # 512 KiB of float64 a block
+        for r in range(0, c, rows):
+            out[r : r + rows] = (2.0 * self.xtx[r : r + rows] / n).to(torch.float32)
+        return out
 
     def nbytes(self) -> int:
         return sum(
