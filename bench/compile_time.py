@@ -132,9 +132,19 @@ MEMORY_RUNS = [
         )
         for label, spec in CALIBRATED
     ),
-    # Llama-2-7B's layer shapes (4096 x 11008 linears, 32000-token vocabulary) cut to 2 and 4
-    # layers (bench/zoo_layers.py): all 32 layers of GPTQ take hours on a loaded 2-vCPU box;
-    # the difference of the two peaks is what one more layer adds
+    # TinyLlama's and Llama-2-7B's layer shapes (2048 x 5632 and 4096 x 11008 linears,
+    # 32000-token vocabulary) cut to 2 and 4 layers (bench/zoo_layers.py): all layers of GPTQ
+    # take hours on a loaded 2-vCPU box; the difference of two depths' peaks is what one more
+    # layer adds
+    *(
+        (
+            f"tinyllama-1.1b@{n} {label} f32 calib 8x128",
+            f"tinyllama-1.1b@{n}",
+            ["--random-weights", "--dtype", "f32", "--passes", spec, *CALIB],
+        )
+        for label, spec in CALIBRATED
+        for n in (2, 4)
+    ),
     *(
         (
             f"llama2-7b@{n} {label} f32 calib 8x128",
