@@ -36,6 +36,13 @@ random-weight model calibrates on byte ids)::
     python bench/compile_time.py --memory --only calibrated --update
 
 The random-weight compiles spill their weights to ``$TMPDIR`` (27 GB free for Llama-2-7B).
+
+A model ``NAME@N`` is zoo model ``NAME`` cut to ``N`` decoder layers of the same shapes
+(``bench/zoo_layers.py``; its bound is its own stored bytes + 2 GB): the calibrated passes on
+TinyLlama's and Llama-2-7B's shapes at 2 and 4 layers, whose difference is what one more layer
+adds (``--only "llama2-7b@2 gptq4 g128 f32 calib 8x128"``). A watchdog samples the machine's
+``MemAvailable`` every second and kills a compile when it drops below 3 GiB: that row records
+``not_measured`` (the RSS it had reached) instead of a peak, and ``within_bound`` null.
 """
 
 from __future__ import annotations
