@@ -26,7 +26,9 @@ activations or all Hessians at once (the memory blow-up llm-compressor users rep
 dequantized float copy in anonymous memory) are dropped, and their mapped pages (checkpoint
 maps, spilled weights: :mod:`llmc.safetensors_io`) leave the process. So a compile holds one
 layer's weights at a time, as llm-compressor's sequential onloading does, whatever the model's
-size; the values are unchanged (recomputed or faulted back in when read again).
+size; the values are unchanged (recomputed or faulted back in when read again). The C heap's
+freed pages are handed back after each segment too (:func:`trim_heap`), so what one segment
+freed does not stay in the process, fragmented, under the next.
 """
 
 from __future__ import annotations
