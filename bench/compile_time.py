@@ -36,6 +36,13 @@ random-weight model calibrates on byte ids)::
     python bench/compile_time.py --memory --only calibrated --update
 
 The random-weight compiles spill their weights to ``$TMPDIR`` (27 GB free for Llama-2-7B).
+
+A model ``NAME@N`` is zoo model ``NAME`` cut to ``N`` decoder layers of the same shapes
+(``bench/zoo_layers.py``; its bound is its own stored bytes + 2 GB): the calibrated passes on
+TinyLlama's and Llama-2-7B's shapes at 2 and 4 layers, whose difference is what one more layer
+adds (``--only "llama2-7b@2 gptq4 g128 f32 calib 8x128"``). A watchdog samples the machine's
+``MemAvailable`` every second and kills a compile when it drops below 3 GiB: that row records
+``not_measured`` (the RSS it had reached) instead of a peak, and ``within_bound`` null.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -54,6 +62,7 @@ import time
 from pathlib import Path
 
 from _common import ROOT, cpu_name, git, load_average
+from zoo_layers import register
 
 GOAL_S = 60.0
 
@@ -130,6 +139,29 @@ MEMORY_RUNS = [
         )
         for label, spec in CALIBRATED
     ),
+    # TinyLlama's and Llama-2-7B's layer shapes (2048 x 5632 and 4096 x 11008 linears,
+    # 32000-token vocabulary) cut to 2 and 4 layers (bench/zoo_layers.py): all layers of GPTQ
+    # take hours on a loaded 2-vCPU box; the difference of two depths' peaks is what one more
+    # layer adds
+    *(
+        (
+            f"tinyllama-1.1b@{n} {label} f32 calib 8x128",
+            f"tinyllama-1.1b@{n}",
+            ["--random-weights", "--dtype", "f32", "--passes", spec, *CALIB],
+        )
+        for label, spec in CALIBRATED
+        for n in (2, 4)
+    ),
+    *(
+        (
+            f"llama2-7b@{n} {label} f32 calib 8x128",
+            f"llama2-7b@{n}",
+            ["--random-weights", "--dtype", "f32", "--passes", spec, *CALIB],
+        )
+        for label, spec in CALIBRATED
+        if label in ("gptq4 g128", "w8a8")
+        for n in (2, 4)
+    ),
 ]
 
 
@@ -146,28 +178,63 @@ def gpt2_dir(work: Path) -> Path:
     return d
 
 
-def _sample_status(pid: int, peaks: dict[str, int], stop: threading.Event) -> None:
+def _mem_available() -> int:
+    """``MemAvailable`` of ``/proc/meminfo`` in bytes (what the kernel could give without
+    swapping)."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("/proc/meminfo has no MemAvailable")
+
+
+def _sample_status(
+    pid: int, peaks: dict[str, int], stop: threading.Event, min_available: int = 0
+) -> None:
     """Peak ``RssAnon`` / ``RssFile`` / ``RssShmem`` of ``pid`` from ``/proc/PID/status``, every
     20 ms (the kernel keeps only the peak of their sum, ``ru_maxrss``; mapped file pages are
-    reclaimable, anonymous ones are not)."""
+    reclaimable, anonymous ones are not). Watchdog: once a second, when the machine's
+    ``MemAvailable`` is below ``min_available`` the process is killed (``peaks["killed"]``
+    records the RSS and ``MemAvailable`` at that moment), so a compile that would not fit a
+    shared machine's RAM stops before the kernel's OOM killer picks some other process."""
     path = f"/proc/{pid}/status"
+    tick = 0
     while not stop.is_set():
         try:
+            rss = 0
             with open(path) as f:
                 for line in f:
                     key, _, val = line.partition(":")
                     if key in ("RssAnon", "RssFile", "RssShmem"):
-                        peaks[key] = max(peaks.get(key, 0), int(val.split()[0]) * 1024)
+                        v = int(val.split()[0]) * 1024
+                        rss += v
+                        peaks[key] = max(peaks.get(key, 0), v)
+            if min_available and tick % 50 == 0 and (avail := _mem_available()) < min_available:
+                os.kill(pid, signal.SIGKILL)
+                peaks["killed"] = 1
+                peaks["killed_rss"] = rss
+                peaks["killed_mem_available"] = avail
+                return
         except OSError:
             return
+        tick += 1
         stop.wait(0.02)
 
 
-def measure(model: str, extra: list[str], cache_dir: Path) -> dict:
+#: the watchdog's floor: a compile is killed when the machine's MemAvailable drops below it
+MIN_AVAILABLE = 3 * 2**30
+
+
+def measure(
+    model: str, extra: list[str], cache_dir: Path, min_available: int = MIN_AVAILABLE
+) -> dict:
     """One compile in a fresh process: wall time and the kernel's peak RSS of that process,
-    and the sampled peaks of its anonymous and file-backed parts."""
+    and the sampled peaks of its anonymous and file-backed parts. ``NAME@N`` is zoo model
+    ``NAME`` cut to ``N`` layers (``bench/zoo_layers.py``). A compile killed by the watchdog
+    (:func:`_sample_status`) gives a row with ``not_measured`` saying at what RSS it stopped."""
     out = Path(tempfile.mkdtemp(prefix="llmc-mem-")) / "a"
-    cmd = [sys.executable, "-m", "llmc.cli", "compile", model, "--target", "cpu", *extra]
+    launcher = [str(ROOT / "bench" / "zoo_layers.py")] if "@" in model else ["-m", "llmc.cli"]
+    cmd = [sys.executable, *launcher, "compile", model, "--target", "cpu", *extra]
     cmd += ["-o", str(out), "--json"]
     env = dict(os.environ, LLMC_CACHE_DIR=str(cache_dir), PYTHONPATH=str(ROOT))
     load0 = load_average()
@@ -176,7 +243,7 @@ def measure(model: str, extra: list[str], cache_dir: Path) -> dict:
         p = subprocess.Popen(cmd, stdout=so, stderr=se, env=env)
         peaks: dict[str, int] = {}
         stop = threading.Event()
-        sampler = threading.Thread(target=_sample_status, args=(p.pid, peaks, stop))
+        sampler = threading.Thread(target=_sample_status, args=(p.pid, peaks, stop, min_available))
         sampler.start()
         _, status, ru = os.wait4(p.pid, 0)
         stop.set()
@@ -186,6 +253,23 @@ def measure(model: str, extra: list[str], cache_dir: Path) -> dict:
         so.seek(0)
         se.seek(0)
         stdout, stderr = so.read().decode(), se.read().decode()
+    command = "llmc " + " ".join(cmd[len(launcher) + 1 :]).replace(str(out), "OUT")
+    if peaks.get("killed"):
+        shutil.rmtree(out.parent, ignore_errors=True)
+        rss = peaks["killed_rss"]
+        return {
+            "command": command,
+            "load_average_at_start": load0,
+            "wall_s": round(wall, 2),
+            "peak_rss_bytes": ru.ru_maxrss * 1024,
+            "peak_rss_anon_bytes_sampled": peaks.get("RssAnon"),
+            "peak_rss_file_bytes_sampled": peaks.get("RssFile"),
+            "not_measured": (
+                f"would exceed RAM here: killed at RSS {rss / GB:.2f} GB after {wall:.0f} s, "
+                f"MemAvailable {peaks['killed_mem_available'] / 2**30:.2f} GiB < "
+                f"{min_available / 2**30:.0f} GiB (watchdog)"
+            ),
+        }
     if p.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed: {stderr.strip()[-2000:]}")
     rep = json.loads(stdout)
@@ -194,7 +278,7 @@ def measure(model: str, extra: list[str], cache_dir: Path) -> dict:
     shutil.rmtree(out.parent, ignore_errors=True)
     passes = rep.get("passes") or []
     return {
-        "command": "llmc " + " ".join(cmd[3:]).replace(str(out), "OUT"),
+        "command": command,
         "load_average_at_start": load0,
         "wall_s": round(wall, 2),
         "peak_rss_bytes": ru.ru_maxrss * 1024,
@@ -219,12 +303,20 @@ def memory_suite(work: Path, only: list[str] | None = None) -> list[dict]:
             continue
         model = src.get(model, model)
         dtype = extra[extra.index("--dtype") + 1] if "--dtype" in extra else None
-        stored = int(param_summary(load(model, dtype=dtype).graph)["storage_bytes"])
+        stored = int(param_summary(load(register(model), dtype=dtype).graph)["storage_bytes"])
+        head = git("rev-parse", "HEAD").strip()  # the code measured (commits may follow)
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "llmc").strip())
         r = measure(model, extra, cache)
         r = {"label": label, "stored_weight_bytes": stored, **r}
+        r["llmc_commit"] = head + ("+dirty llmc/" if dirty else "")
         r["bound_bytes"] = stored + 2 * GB
         r["within_bound"] = r["peak_rss_bytes"] <= r["bound_bytes"]
+        if "not_measured" in r:
+            r["within_bound"] = None
+            print(f"{label}: not measured: {r['not_measured']}", file=sys.stderr)
         rows.append(r)
+        if "not_measured" in r:
+            continue
         anon = (r["peak_rss_anon_bytes_sampled"] or 0) / GB
         print(
             f"{label}: {r['wall_s']:.1f} s, peak RSS {r['peak_rss_bytes'] / GB:.2f} GB "
@@ -239,7 +331,8 @@ def memory_suite(work: Path, only: list[str] | None = None) -> list[dict]:
 
 def merge_runs(path: Path, rows: list[dict], command: str) -> None:
     """Put ``rows`` into ``path``'s ``memory.runs`` (a run with the same label is replaced),
-    each stamped with the commit, date and command that measured it."""
+    each stamped with the commit, date and command that measured it (a row's own
+    ``llmc_commit``, recorded when it was measured, is kept)."""
     result = json.loads(path.read_text()) if path.is_file() else {}
     mem = result.setdefault("memory", {"runs": []})
     stamp = {
@@ -247,7 +340,7 @@ def merge_runs(path: Path, rows: list[dict], command: str) -> None:
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "suite_command": command,
     }
-    new = {r["label"]: {**r, **stamp} for r in rows}
+    new = {r["label"]: {**stamp, **r} for r in rows}  # a row's own commit (measured) wins
     runs = [new.pop(r["label"], r) for r in mem.get("runs", [])]
     mem["runs"] = runs + list(new.values())
     path.write_text(json.dumps(result, indent=1) + "\n")

@@ -281,3 +281,167 @@ def test_calibrated_pass_lets_go_of_each_layers_weights(monkeypatch, passes) -> 
         if _file_backed(v) and _resident_pages(v) > 2
     }
     assert resident == {}, f"mapped weights with resident pages: {list(resident.items())[:5]}"
+
+
+# -- the Hessian machinery of GPTQ / SparseGPT: d x d matrices held at once ----------------------
+
+_HESSIAN_PEAKS = """
+import json, sys
+import torch
+from llmc.passes.calibration import InputStats
+from llmc.passes.gptq import GPTQQuant
+from llmc.passes.sparsegpt import inverse_hessian_chol
+
+def status(key):
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith(key + ":"))
+
+def peak_growth(fn):
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
+    before = status("VmRSS")
+    out = fn()
+    return status("VmHWM") - before, out
+
+torch.manual_seed(0)
+d = int(sys.argv[1])
+warm = InputStats(1024, hessian=True)  # the first LAPACK / quantizer calls allocate buffers
+warm.add(torch.randn(2048, 1024))
+GPTQQuant(bits=4, group=128).quantize(torch.randn(4, 1024), 128, warm, None)
+stats = InputStats(d, hessian=True)
+stats.add(torch.randn(2 * d, d))
+w = torch.randn(8, d)
+grow = {}
+grow["H"], h = peak_growth(stats.H)
+grow["inverse_hessian_chol"], _ = peak_growth(lambda: inverse_hessian_chol(h, 0.01))
+del h, _
+grow["gptq"], _ = peak_growth(lambda: GPTQQuant(bits=4, group=128).quantize(w, 128, stats, None))
+print(json.dumps(grow))
+"""
+
+
+@linux
+def test_hessian_inverse_and_gptq_hold_one_float64_matrix() -> None:
+    """The layer Hessian's inverse is factored in place: ``inverse_hessian_chol`` holds one
+    ``d x d`` float64 matrix besides its input (a copy per step held five: 4.8 GB for Llama-2-7B's
+    11008-wide down projection), ``InputStats.H()`` no float64 temporary of ``XᵀX``'s size (two
+    before), and GPTQ on a ``d``-wide linear two float64 matrices' worth (the factor and the float32
+    Hessian it came from; six before). Peak RSS growth of a fresh process, in units of one
+    ``d x d`` float64 matrix (32 MiB at d = 2048)."""
+    import json
+    import subprocess
+    import sys
+
+    if not os.access("/proc/self/clear_refs", os.W_OK):
+        pytest.skip("cannot reset the peak RSS (/proc/self/clear_refs)")
+    d = 2048
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", _HESSIAN_PEAKS, str(d)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"},
+    ).stdout
+    f64 = {k: v / (d * d * 8) for k, v in json.loads(out).items()}
+    assert f64["H"] < 0.6, f64  # the float32 result (0.5) and one block of rows
+    assert f64["inverse_hessian_chol"] < 1.25, f64
+    assert f64["gptq"] < 2.0, f64
+
+
+def test_hessian_inverse_in_place_is_the_same_bits() -> None:
+    """The in-place factorization gives the bits of the chain of separate outputs it replaced
+    (damping escalated on a singular Hessian alike), and ``H()`` by row blocks those of the
+    whole-matrix expression."""
+    from llmc.passes.calibration import InputStats
+    from llmc.passes.sparsegpt import inverse_hessian_chol
+
+    def reference(h: torch.Tensor, damp: float) -> torch.Tensor:
+        h = h.clone().to(torch.float64)
+        dead = torch.diag(h) == 0
+        h[dead, dead] = 1.0
+        lam = damp * torch.mean(torch.diag(h))
+        idx = torch.arange(h.shape[0])
+        for scale in (1.0, 10.0, 100.0, 1000.0):
+            try:
+                hh = h.clone()
+                hh[idx, idx] += lam * scale
+                hinv = torch.cholesky_inverse(torch.linalg.cholesky(hh))
+                return torch.linalg.cholesky(hinv, upper=True)
+            except torch.linalg.LinAlgError:
+                continue
+        raise AssertionError("not positive definite")
+
+    torch.manual_seed(0)
+    st = InputStats(96, hessian=True)
+    x = torch.randn(3, 40, 96)
+    x[..., 5] = 0  # a dead channel
+    st.add(x)
+    assert st.xtx is not None
+    assert torch.equal(st.H(), (2.0 * st.xtx / st.tokens).to(torch.float32))
+    h = st.H()
+    before = h.clone()
+    got, dead = inverse_hessian_chol(h, 0.01)
+    assert torch.equal(h, before) and got.dtype == torch.float64
+    assert dead.nonzero().flatten().tolist() == [5]
+    assert torch.equal(got, reference(h, 0.01))
+    # an eigenvalue of -0.3% of the mean: the first damping (0.1%) fails, the second (1%) holds
+    q, _ = torch.linalg.qr(torch.randn(32, 32, dtype=torch.float64))
+    eig = torch.linspace(0.5, 1.5, 32, dtype=torch.float64)
+    eig[0] = -0.003
+    indefinite = (q @ torch.diag(eig) @ q.t()).to(torch.float32)
+    assert int(torch.linalg.cholesky_ex(indefinite.double() + 1e-3 * torch.eye(32))[1]) != 0
+    got = inverse_hessian_chol(indefinite, 1e-3)[0]
+    assert torch.equal(got, reference(indefinite, 1e-3))
+
+
+_HEAP_HOLES = """
+import torch
+from llmc.passes.calibration import trim_heap
+
+def anon():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith("RssAnon:"))
+
+base = anon()
+ts = [torch.ones(24 * 1024) for _ in range(4000)]  # 96 KiB each: heap blocks, not maps
+del ts[:-1]  # freed, but the heap's top is held by the last one: glibc keeps the rest
+held = anon()
+print(held - base, int(trim_heap()), anon() - base)
+"""
+
+
+@linux
+def test_calibration_trims_the_heap_after_each_segment(monkeypatch) -> None:
+    """``run_layerwise`` hands freed C heap back after every segment (``trim_heap``): glibc keeps
+    freed blocks below its mmap threshold in the process, and a calibrated compile's anonymous
+    memory grew by about a layer's float32 weights per layer that way (TinyLlama w8a8, measured
+    in docs/backends.md). In a fresh process, 375 MB of freed 96 KiB tensors stay resident until
+    the trim."""
+    import subprocess
+    import sys
+
+    from llmc.passes import PassContext, calibration
+    from tests.lm_fixtures import toy_lm
+
+    calls: list[int] = []
+    real = calibration.trim_heap
+    monkeypatch.setattr(calibration, "trim_heap", lambda: calls.append(1) or real())
+    g = toy_lm(layers=3, hidden=64, heads=4, kv_heads=2, ffn=128, vocab=256)
+    ctx = PassContext(calib_samples=2, calib_seqlen=16)
+    targets = [n for n in g.nodes if n.op == "linear"]
+    calibration.run_layerwise(g, ctx, targets, lambda seg, stats: None)
+    assert len(calls) == len(calibration.segments(g)) > 3
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", _HEAP_HOLES],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    ).stdout.split()
+    held, trimmed, after = int(out[0]), out[1], int(out[2])
+    if trimmed != "1" and held < 100e6:
+        pytest.skip("not glibc: no malloc_trim, or freed heap is returned already")
+    assert held > 300e6, f"the freed heap was not held ({held} bytes): the check cannot fail"
+    assert after < 50e6, f"{after} bytes of freed heap still resident after trim_heap()"

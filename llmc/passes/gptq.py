@@ -44,7 +44,9 @@ class GPTQQuant(QuantBase):
         rows, cols = w.shape
         g = cols if group == 0 else group
         W = w.clone().to(torch.float64)
-        H = stats.H().to(torch.float64)
+        # float32 until inverse_hessian_chol (its one float64 buffer): a float64 copy here
+        # would be one more d x d float64 matrix held through the factorization
+        H = stats.H()
         dead = torch.diag(H) == 0
         W[:, dead] = 0
         # group parameters: static (from the original weights) under act-order, else found
@@ -61,11 +63,12 @@ class GPTQQuant(QuantBase):
                     zeros[:, gi] = z[:, 0]
         perm = torch.arange(cols)
         if self.act_order:
-            perm = torch.argsort(torch.diag(H), descending=True)
+            perm = torch.argsort(torch.diag(H).to(torch.float64), descending=True)
             W = W[:, perm]
             H = H[perm][:, perm]
         keep_p = keep[:, perm] if keep is not None else None
         hinv, _ = inverse_hessian_chol(H, self.damp)
+        del H
         Q = torch.zeros_like(W)
         bs = self.blocksize
         for i1 in range(0, cols, bs):
