@@ -32,6 +32,7 @@ from typing import Any
 from tvm import te, tirx
 from tvm.script import tirx as T
 
+from llmc.backends.kernels.cpu import SCRATCH
 from llmc.backends.kernels.cpu_group import Buf, grouped_func, widths
 
 F32 = "float32"
@@ -292,9 +293,9 @@ def weight_only_vnni(
             with T.sblock("panel"):
                 T.reads(xd[i, 0:parts, 0:kp], codes[p, 0 : kp // kr, 0:NB, 0:4])
                 T.writes(c[i, p * NB : p * NB + NB])
-                y = T.alloc_buffer((NB,), F32, scope="local")
-                t = T.alloc_buffer((NB,), F32, scope="local")
-                acc = T.alloc_buffer((parts * split * NB,), "int32", scope="local")
+                y = T.alloc_buffer((NB,), F32, scope=SCRATCH)
+                t = T.alloc_buffer((NB,), F32, scope=SCRATCH)
+                acc = T.alloc_buffer((parts * split * NB,), "int32", scope=SCRATCH)
                 for q in T.unroll(4):
                     y[T.ramp(q * 16, 1, 16)] = T.broadcast(T.float32(0), 16)
                 for gi in range(ngroups):
@@ -429,7 +430,7 @@ def w8a8_vnni_multi(
             with T.sblock("quant"):
                 T.reads(x[i, 0:k_dim])
                 T.writes(xu[i, 0 : kq * 4], xs[i])
-                mx = T.alloc_buffer((16,), F32, scope="local")
+                mx = T.alloc_buffer((16,), F32, scope=SCRATCH)
                 if dynamic:
                     mx[T.ramp(0, 1, 16)] = T.broadcast(T.float32(0), 16)
                     for kb in range(kv // 16):
@@ -471,7 +472,7 @@ def w8a8_vnni_multi(
             with T.sblock("panel"):
                 T.reads(xu[i, 0 : kq * 4], xs[i], codes[p, 0:kq, 0:NB, 0:4])
                 T.writes(c[i, p * NB : p * NB + NB])
-                acc = T.alloc_buffer((A8_SPLIT * NB,), "int32", scope="local")
+                acc = T.alloc_buffer((A8_SPLIT * NB,), "int32", scope=SCRATCH)
                 for a in T.unroll(A8_SPLIT * 4):
                     acc[T.ramp(a * 16, 1, 16)] = T.broadcast(T.int32(0), 16)
                 for kb in range(nk):
