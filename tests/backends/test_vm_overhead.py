@@ -215,3 +215,23 @@ def test_workspace_is_allocated_once_and_reused():
         y = x * x + x
         torch.testing.assert_close(got, 2 * (y * y + y))
     assert calls["vm.builtin.alloc_storage"] == 3 and calls["vm.builtin.alloc_tensor"] == 3
+
+
+def test_cpu_kernel_scratch_is_on_the_stack():
+    """The CPU kernels' small scratch arrays are in the ``"global"`` scope
+    (``llmc.backends.kernels.cpu.SCRATCH``): LowerTVMBuiltin keeps those under 1 KiB on the
+    stack. In ``"local"`` each was a TVMBackendAllocWorkspace/Free pair per parallel task of
+    every call (here the decode attention's running max ``m``, new max ``mn``, rescale ``al``,
+    sum ``ls`` and merge state ``st``; arrays of 1 KiB and more still come from the pool)."""
+    from llmc.backends.kernels import attention_cpu as A
+
+    f = A.attention_sync(4, 2, 16, "float32", 0.25, True, 0)
+    ex = tvm.compile(tvm.IRModule({"attn": f.with_attr("global_symbol", "attn")}), "llvm")
+    ll = (ex.mod if hasattr(ex, "mod") else ex).inspect_source("ll").splitlines()
+    allocated = set()
+    for line in ll:
+        name, eq, rhs = line.strip().partition(" = ")
+        if eq and "tail call ptr %" in rhs and "(i32 1, i32 %dev_id" in rhs:
+            allocated.add(name.lstrip("%"))
+    assert "PART" in allocated  # the split-K partials (1 KiB and more) still come from the pool
+    assert not allocated & {"m", "mn", "al", "ls", "st"}, allocated
