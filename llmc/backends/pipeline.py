@@ -52,6 +52,8 @@ class TVMPipeline:
     #: inline the layer functions into the entries of static activation sizes (decode) before
     #: memory planning, so that one plan covers the whole step (llmc.backends.vm_plan)
     plan_across_layers: bool = True
+    #: reshapes become views before fusion (they are not fused into kernels then)
+    views_before_fusion: bool = False
 
     # -- tables a target overrides --------------------------------------------------------------
     def tvm_target(self, target: Any) -> tvm.target.Target:
@@ -97,6 +99,9 @@ class TVMPipeline:
                 # in a dataflow block): regroup their pure bindings so that fusion sees them
                 relax.transform.ConvertToDataflow(min_size=1),
                 relax.transform.LegalizeOps(),
+                # a reshape between kernels is a view, not a kernel of its own: fused with
+                # other reshapes it would stay a copy (decode's [1, 1, h*d] <-> [1, h, 1, d])
+                *([relax.transform.RewriteDataflowReshape()] if self.views_before_fusion else []),
                 relax.transform.AnnotateTIROpPattern(),
                 relax.transform.FoldConstant(),
                 relax.transform.FuseOps(),
