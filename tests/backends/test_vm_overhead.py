@@ -235,3 +235,15 @@ def test_cpu_kernel_scratch_is_on_the_stack():
             allocated.add(name.lstrip("%"))
     assert "PART" in allocated  # the split-K partials (1 KiB and more) still come from the pool
     assert not allocated & {"m", "mn", "al", "ls", "st"}, allocated
+
+
+def test_decode_runs_no_copy_kernel_for_a_view(toy_runner):
+    """A decode step's ``[1, 1, h*d] <-> [1, h, 1, d]`` transposes move only unit axes: they
+    lower to reshapes, which become views before fusion (``CPUPipeline.views_before_fusion``),
+    so no kernel of reshapes and transposes alone runs (was: two per layer)."""
+    import re
+
+    calls = _builtins_per_step(toy_runner)
+    copies = [k for k in calls if re.fullmatch(r"(fused_)?((reshape|transpose)\d*_?)+", k)]
+    assert not copies, calls
+    assert not any("transpose" in k for k in calls), calls
