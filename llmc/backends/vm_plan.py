@@ -287,10 +287,17 @@ def _split_workspace(
     # (``R.reshape``) go too: each variable -> the hoisted tensor it is
     root: dict[Any, Any] = {b.var: b.var for b in views}
     moved = list(views)
+    tuples: dict[Any, relax.Tuple] = {}  # a multi-output kernel's results (CallTIRRewrite)
     for b in top:
         v = b.value
+        if isinstance(v, relax.Tuple):
+            tuples[b.var] = v
         if isinstance(v, relax.Var) and v in root:
             root[b.var] = root[v]
+        elif isinstance(v, relax.TupleGetItem) and v.tuple_value in tuples:
+            field = tuples[v.tuple_value].fields[v.index]
+            if field in root:
+                root[b.var] = root[field]
         elif _is_op(v, "relax.reshape") and v.args[0] in root and _static_expr(v.args[1]):
             call = relax.Call(v.op, [root[v.args[0]], v.args[1]], v.attrs, v.ty_args)
             moved.append(relax.VarBinding(b.var, call))
