@@ -14,6 +14,19 @@ Run-time control flow stays: an inlined layer's ``If`` (FFN skipping) is copied 
 branches stay calls of the branch functions, which keep their own allocations (they run only
 when taken). Entries with symbolic activation sizes (``prefill``) keep their layer calls: their
 planner cannot reuse memory of unknown size anyway, and their Relax code stays one copy.
+
+:func:`hoist_workspace` then takes the planned memory out of the call: the storages, their
+tensors and the static views of those go into ``ENTRY_workspace()``, which the runner calls once
+(manifest ``backend.workspaces``, ABI ``llmc-tvm-v3``); the entry takes the tensors as arguments
+after its weights, so a step allocates only what it returns. The same tensors serve every call:
+one call at a time per loaded artifact, as for the in-place KV cache. Measured in
+docs/backends.md, "VM overhead per decode step".
+
+Example (what the CPU and GPU pipelines run in ``build``)::
+
+    passes = [ToNonDataflow(), inline_layers, ..., StaticPlanBlockMemory(),
+              hoist_workspace(record), LowerAllocTensor(), ...]
+    # record == {"decode": "decode_workspace"}
 """
 
 from __future__ import annotations
