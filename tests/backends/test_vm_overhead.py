@@ -209,11 +209,15 @@ def test_workspace_is_allocated_once_and_reused():
         return 0
 
     vm.set_instrument(hook)
+    results = []
     for seed in range(3):
         x = torch.randn(1, 8, generator=torch.Generator().manual_seed(seed))
         got = torch.from_dlpack(vm["decode"](tvm.runtime.tensor(x.numpy()), *ws))
         y = x * x + x
         torch.testing.assert_close(got, 2 * (y * y + y))
+        results.append((got, got.clone()))
+    for got, copy in results:  # a returned tensor is never workspace memory a later call reuses
+        assert torch.equal(got, copy)
     assert calls["vm.builtin.alloc_storage"] == 3 and calls["vm.builtin.alloc_tensor"] == 3
 
 
