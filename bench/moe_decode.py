@@ -58,6 +58,7 @@ def _compile(g, dense: bool):
     from llmc.backends import pipeline_for
     from llmc.backends import rules as R
     from llmc.backends.layouts import get_layout
+    from llmc.backends.vm_plan import workspace_args
     from llmc.targets import get_target
 
     forced = R.Rule("moe.dense", "moe", R._moe)
@@ -78,7 +79,7 @@ def _compile(g, dense: bool):
         return [
             tvm.runtime.tensor(get_layout(wa.layout).transform(params[wa.param], "f32").numpy())
             for wa in was
-        ]
+        ] + workspace_args(vm, lowered.workspaces, entry)
 
     return vm, {e: weights(e) for e in ("decode", "prefill")}, dict(lowered.rules_used)
 

@@ -22,6 +22,7 @@ import torch
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
+from llmc.backends.vm_plan import workspace_args
 from llmc.ir.graph import Graph
 from llmc.passes import PassContext, build_pipeline
 from llmc.runtime.interp import run
@@ -80,7 +81,8 @@ def run_compiled(
     for name in lowered.entry_weights[entry]:
         wa = by_name[name]
         args.append(arg(get_layout(wa.layout).transform(root.params[wa.param], wa.dtype)))
-    outs = VirtualMachine(ex, dev)[entry](*args)
+    vm = VirtualMachine(ex, dev)
+    outs = vm[entry](*args, *workspace_args(vm, lowered.workspaces, entry))
     kv_outs = {id(n.out) for n in find_kv_appends(graph).values()} if lowered.kv_in_place else set()
     res = []
     for i, v in enumerate(graph.outputs):

@@ -168,6 +168,8 @@ class Lowered:
     control_flow: int = 0  # ``cond`` nodes lowered to a Relax ``If`` (all entries together)
     branch_functions: dict[str, int] = field(default_factory=dict)  # function -> call sites
     kv_lengths: list[str] = field(default_factory=list)  # the symbols of kv_len, in order
+    #: entry -> its workspace function (filled by the build phase: llmc.backends.vm_plan)
+    workspaces: dict[str, str] = field(default_factory=dict)
 
     @property
     def kv_in_place(self) -> bool:

@@ -7,7 +7,8 @@ phases. The phases, in order::
     lower     IR -> Relax + TE/TIR           (llmc.backends.lower, rules from the rule list)
     legalize  Relax ops -> TIR, fuse          (LegalizeOps, AnnotateTIROpPattern, FuseOps, FuseTIR)
     schedule  give every kernel a schedule    (dlight on GPUs; CPU kernels come scheduled)
-    build     TIR -> machine code, VM bytecode (tvm.compile: dataflow lowering, memory planning,
+    build     TIR -> machine code, VM bytecode (tvm.compile: dataflow lowering, the decode step's
+              layer functions inlined (llmc.backends.vm_plan), memory planning,
               llmc.backends.vm_cleanup)
     export    model.so (device code embedded), weights in their compiled layout, manifest fields
 
@@ -30,6 +31,7 @@ from llmc.backends.layouts import WeightArg, get_layout
 from llmc.backends.lower import KV_CAPACITY, Entry, Lowered, Lowering
 from llmc.backends.rules import Rule, check_rules, rule_list
 from llmc.backends.vm_cleanup import drop_small_kills, drop_unused_tuples
+from llmc.backends.vm_plan import hoist_workspace, inline_layers
 from llmc.console import stage
 from llmc.ir.graph import Graph
 from llmc.targets.kinds import BACKEND_ABI
@@ -47,6 +49,11 @@ class TVMPipeline:
     outline_layers: bool = True
     kv_in_place: bool = True  # see llmc.backends.lower: the cache is a buffer the runner owns
     cond_branches: str = "function"  # see llmc.backends.lower, "Control flow"
+    #: inline the layer functions into the entries of static activation sizes (decode) before
+    #: memory planning, so that one plan covers the whole step (llmc.backends.vm_plan)
+    plan_across_layers: bool = True
+    #: reshapes become views before fusion (they are not fused into kernels then)
+    views_before_fusion: bool = False
 
     # -- tables a target overrides --------------------------------------------------------------
     def tvm_target(self, target: Any) -> tvm.target.Target:
@@ -92,6 +99,9 @@ class TVMPipeline:
                 # in a dataflow block): regroup their pure bindings so that fusion sees them
                 relax.transform.ConvertToDataflow(min_size=1),
                 relax.transform.LegalizeOps(),
+                # a reshape between kernels is a view, not a kernel of its own: fused with
+                # other reshapes it would stay a copy (decode's [1, 1, h*d] <-> [1, h, 1, d])
+                *([relax.transform.RewriteDataflowReshape()] if self.views_before_fusion else []),
                 relax.transform.AnnotateTIROpPattern(),
                 relax.transform.FoldConstant(),
                 relax.transform.FuseOps(),
@@ -109,14 +119,23 @@ class TVMPipeline:
         with tvm_target:
             return tvm.transform.Sequential(passes)(mod)
 
-    def build(self, mod: tvm.IRModule, tvm_target: tvm.target.Target) -> relax.VMExecutable:
+    def build(
+        self,
+        mod: tvm.IRModule,
+        tvm_target: tvm.target.Target,
+        workspaces: dict[str, str] | None = None,
+    ) -> relax.VMExecutable:
+        """``workspaces`` gets ``{entry: its workspace function}`` (llmc.backends.vm_plan)."""
+        workspaces = {} if workspaces is None else workspaces
         finalize = tvm.transform.Sequential(
             [
                 relax.transform.RewriteDataflowReshape(),
                 relax.transform.ToNonDataflow(),
+                *([inline_layers] if self.plan_across_layers else []),
                 relax.transform.RemovePurityChecking(),
                 relax.transform.CallTIRRewrite(),
                 relax.transform.StaticPlanBlockMemory(),
+                *([hoist_workspace(workspaces)] if self.plan_across_layers else []),
                 relax.transform.LowerAllocTensor(),
                 relax.transform.KillAfterLastUse(),
                 # llmc.backends.vm_cleanup: unread result tuples, a decode step's kills
@@ -147,7 +166,7 @@ class TVMPipeline:
         with _timed(timing, "schedule"):
             mod = self.schedule(mod, tvm_target)
         with _timed(timing, "build"):
-            ex = self.build(mod, tvm_target)
+            ex = self.build(mod, tvm_target, lowered.workspaces)
         return ex, lowered, mod
 
     def run(self, graph: Graph, target: Any, out: Path, report: dict[str, Any]) -> dict[str, Any]:
@@ -172,6 +191,9 @@ class TVMPipeline:
             "entry_weights": lowered.entry_weights,
             "layer_functions": lowered.layer_functions,
             "branch_functions": lowered.branch_functions,
+            # entry -> a function the runner calls once; its results are passed after the
+            # entry's weights on every call (the entry's activation memory, llmc.backends.vm_plan)
+            "workspaces": lowered.workspaces,
             "kernels": kernels,
             "weights": weights,
             "inputs": [{"name": v.name, "type": str(v.type)} for v in graph.inputs],

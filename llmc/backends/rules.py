@@ -249,7 +249,18 @@ def _reshape(ctx: LowerCtx, n: Node) -> relax.Expr:
 
 def _permute(ctx: LowerCtx, n: Node) -> relax.Expr:
     (x,) = ctx.args(n)
-    return ctx.emit(relax.op.permute_dims(x, list(n.attrs.perm)))
+    perm = list(n.attrs.perm)
+    if _moves_only_unit_axes(ctx, n.inputs[0].type.shape, perm):  # a view, not a copy
+        return ctx.emit(relax.op.reshape(x, ctx.shape(n.out.type.shape)))
+    return ctx.emit(relax.op.permute_dims(x, perm))
+
+
+def _moves_only_unit_axes(ctx: LowerCtx, shape: Any, perm: list[int]) -> bool:
+    """The permutation keeps the order of the axes longer than 1 (a decode step's
+    ``[b, 1, heads, d] -> [b, heads, 1, d]``): the data does not move, a reshape does it."""
+    sizes = [ctx.static(d) for d in shape]
+    kept = [a for a in perm if sizes[a] != 1]
+    return all(sizes[a] is not None for a in kept) and kept == sorted(kept)
 
 
 def _concat(ctx: LowerCtx, n: Node) -> relax.Expr:

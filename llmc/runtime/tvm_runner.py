@@ -220,6 +220,9 @@ class TVMRunner(LanguageModel):
             e: [self.weights[names.index(n)] for n in ws]
             for e, ws in self.backend["entry_weights"].items()
         }
+        # an entry's activation memory, allocated once and passed after its weights
+        for e, fn in self.backend.get("workspaces", {}).items():
+            self._entry_args[e] = self._entry_args[e] + list(self.vm[fn]())
         self.load_s = time.perf_counter() - t0
         self._torch_dev = self._torch_device()
         kv_cfg = self.backend.get("kv_cache", {})

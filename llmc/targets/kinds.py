@@ -28,8 +28,9 @@ from llmc.errors import TargetError
 
 #: The ABI between the TVM backends and their runtime (the functions, argument order and weight
 #: layout a ``model.so`` exports), recorded in the manifest; the runtime refuses another one.
-#: v2: the KV cache stays in place (``kv_len`` argument).
-BACKEND_ABI = "llmc-tvm-v2"
+#: v2: the KV cache stays in place (``kv_len`` argument). v3: an entry with a workspace function
+#: (``backend.workspaces``) takes its results after its weights (llmc.backends.vm_plan).
+BACKEND_ABI = "llmc-tvm-v3"
 
 
 @dataclass(frozen=True)

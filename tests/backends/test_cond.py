@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from llmc.backends.vm_plan import workspace_args
 from llmc.errors import IRError
 from tests.backends.cond_lm import cond_lm, ffn_decisions
 from tests.backends.conftest import compile_graph, interp_run
@@ -158,6 +159,7 @@ def test_predicate_input_nested_cond_and_region_param():
             for n in lowered.entry_weights[entry]
         ]
         ws = [tvm.runtime.tensor(w.contiguous().numpy()) for w in ws]
+        ws += workspace_args(vm, lowered.workspaces, entry)
         gen = torch.Generator().manual_seed(1)
         rows = 1 if entry == "decode" else 3
         for flag in (True, False):

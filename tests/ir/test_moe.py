@@ -141,6 +141,7 @@ def test_cpu_routed_lowering_matches_reference(k, normalize, act):
     assert lowered.rules_used.get("cpu.moe.routed") and not lowered.rules_used.get("moe.dense")
     vm = VirtualMachine(ex, tvm.cpu())
     from llmc.backends.layouts import get_layout
+    from llmc.backends.vm_plan import workspace_args
 
     wargs = {wa.name: wa for wa in lowered.weights}
     params = g.root().params
@@ -155,6 +156,7 @@ def test_cpu_routed_lowering_matches_reference(k, normalize, act):
     for entry, rows in (("decode", 1), ("prefill", 1), ("prefill", 9), ("prefill", 40)):
         x = torch.randn(1, rows, H, generator=torch.Generator().manual_seed(rows + k))
         want = _moe_ref([x, *w], MoeAttrs(k, normalize, act), None)
-        out = vm[entry](tvm.runtime.tensor(x.numpy()), *weights(entry))
+        ws = workspace_args(vm, lowered.workspaces, entry)
+        out = vm[entry](tvm.runtime.tensor(x.numpy()), *weights(entry), *ws)
         out = out[0] if not hasattr(out, "numpy") else out
         torch.testing.assert_close(torch.from_numpy(out.numpy()), want, rtol=1e-5, atol=1e-5)

@@ -744,6 +744,7 @@ class CPUPipeline(TVMPipeline):
     # decode (one row) gets its own entry: register blocks of one row, no padding; generation's
     # prefill computes the head for the last row only (prefill_last; llmc.ir.lastrow)
     entries = (Entry("prefill"), PREFILL_LAST, Entry("decode", (("batch", 1), ("seq", 1))))
+    views_before_fusion = True
 
     def tvm_target(self, target: Any) -> tvm.target.Target:
         d = dict(target.tvm_target or {"kind": "llvm"})

@@ -25,6 +25,7 @@ from __future__ import annotations
 from tvm.script import tirx as T
 
 from llmc.backends.kernels.attention_gpu import NEG, key_bounds, logit
+from llmc.backends.kernels.cpu import SCRATCH
 
 
 def _qk_dot(d: int, lanes: int):
@@ -154,14 +155,14 @@ def attention_sync(
                 with T.sblock("attn_split"):
                     T.reads()
                     T.writes()
-                    q_loc = T.sblock_alloc_buffer((G, d), "float32", scope="global")
-                    acc = T.sblock_alloc_buffer((G, d), "float32", scope="global")
-                    sc = T.sblock_alloc_buffer((G, KT), "float32", scope="global")
-                    part = T.sblock_alloc_buffer((lanes,), "float32", scope="global")
-                    m = T.sblock_alloc_buffer((G,), "float32", scope="global")
-                    mn = T.sblock_alloc_buffer((G,), "float32", scope="global")
-                    al = T.sblock_alloc_buffer((G,), "float32", scope="global")
-                    ls = T.sblock_alloc_buffer((G,), "float32", scope="global")
+                    q_loc = T.sblock_alloc_buffer((G, d), "float32", scope=SCRATCH)
+                    acc = T.sblock_alloc_buffer((G, d), "float32", scope=SCRATCH)
+                    sc = T.sblock_alloc_buffer((G, KT), "float32", scope=SCRATCH)
+                    part = T.sblock_alloc_buffer((lanes,), "float32", scope=SCRATCH)
+                    m = T.sblock_alloc_buffer((G,), "float32", scope=SCRATCH)
+                    mn = T.sblock_alloc_buffer((G,), "float32", scope=SCRATCH)
+                    al = T.sblock_alloc_buffer((G,), "float32", scope=SCRATCH)
+                    ls = T.sblock_alloc_buffer((G,), "float32", scope=SCRATCH)
                     x: T.let[T.int64] = task // nsr
                     c: T.let[T.int64] = task % nsr
                     bi: T.let[T.int64] = x // kvh
@@ -223,8 +224,8 @@ def attention_sync(
                     with T.sblock("attn_merge"):
                         T.reads()
                         T.writes()
-                        acc = T.sblock_alloc_buffer((d,), "float32", scope="global")
-                        st = T.sblock_alloc_buffer((3,), "float32", scope="global")  # max, sum, weight
+                        acc = T.sblock_alloc_buffer((d,), "float32", scope=SCRATCH)
+                        st = T.sblock_alloc_buffer((3,), "float32", scope=SCRATCH)  # max, sum, weight
                         st[0] = T.float32(NEG)
                         for c in T.serial(nsr):
                             st[0] = T.max(st[0], PART[(row * NS + c) * W + d])
@@ -243,15 +244,15 @@ def attention_sync(
                 with T.sblock("attn_blocked"):
                     T.reads()
                     T.writes()
-                    qt = T.sblock_alloc_buffer((NB, d, R), "float32", scope="global")
-                    acc = T.sblock_alloc_buffer((NB, R, d), "float32", scope="global")
-                    sc = T.sblock_alloc_buffer((KT, R), "float32", scope="global")
-                    m = T.sblock_alloc_buffer((NB, R), "float32", scope="global")
-                    ls = T.sblock_alloc_buffer((NB, R), "float32", scope="global")
-                    mn = T.sblock_alloc_buffer((R,), "float32", scope="global")
-                    al = T.sblock_alloc_buffer((R,), "float32", scope="global")
-                    rlo = T.sblock_alloc_buffer((NB, R), "int64", scope="global")
-                    rhi = T.sblock_alloc_buffer((NB, R), "int64", scope="global")
+                    qt = T.sblock_alloc_buffer((NB, d, R), "float32", scope=SCRATCH)
+                    acc = T.sblock_alloc_buffer((NB, R, d), "float32", scope=SCRATCH)
+                    sc = T.sblock_alloc_buffer((KT, R), "float32", scope=SCRATCH)
+                    m = T.sblock_alloc_buffer((NB, R), "float32", scope=SCRATCH)
+                    ls = T.sblock_alloc_buffer((NB, R), "float32", scope=SCRATCH)
+                    mn = T.sblock_alloc_buffer((R,), "float32", scope=SCRATCH)
+                    al = T.sblock_alloc_buffer((R,), "float32", scope=SCRATCH)
+                    rlo = T.sblock_alloc_buffer((NB, R), "int64", scope=SCRATCH)
+                    rhi = T.sblock_alloc_buffer((NB, R), "int64", scope=SCRATCH)
                     ng: T.let[T.int64] = (S * G + (R * NB - 1)) // (R * NB)
                     bi: T.let[T.int64] = task // (kvh * ng)
                     kh: T.let[T.int64] = task // ng % kvh
@@ -350,10 +351,10 @@ def async_partials(
             with T.sblock("partials"):
                 T.reads()
                 T.writes()
-                q_loc = T.sblock_alloc_buffer((d,), "float32", scope="global")
-                acc = T.sblock_alloc_buffer((d,), "float32", scope="global")
-                part = T.sblock_alloc_buffer((lanes,), "float32", scope="global")
-                st = T.sblock_alloc_buffer((3,), "float32", scope="global")  # sum, max, dot
+                q_loc = T.sblock_alloc_buffer((d,), "float32", scope=SCRATCH)
+                acc = T.sblock_alloc_buffer((d,), "float32", scope=SCRATCH)
+                part = T.sblock_alloc_buffer((lanes,), "float32", scope=SCRATCH)
+                st = T.sblock_alloc_buffer((3,), "float32", scope=SCRATCH)  # sum, max, dot
                 row: T.let[T.int64] = rc // NC
                 c: T.let[T.int64] = rc % NC
                 bi: T.let[T.int64] = row // (h * S)
@@ -419,11 +420,11 @@ def async_combine(
             with T.sblock("combine"):
                 T.reads()
                 T.writes()
-                q_loc = T.sblock_alloc_buffer((d,), "float32", scope="global")
-                acc = T.sblock_alloc_buffer((d,), "float32", scope="global")
-                part = T.sblock_alloc_buffer((lanes,), "float32", scope="global")
-                st = T.sblock_alloc_buffer((6,), "float32", scope="global")  # m/sum, l, m_new/max, p, dot, alpha
-                ok = T.sblock_alloc_buffer((1,), "int32", scope="global")
+                q_loc = T.sblock_alloc_buffer((d,), "float32", scope=SCRATCH)
+                acc = T.sblock_alloc_buffer((d,), "float32", scope=SCRATCH)
+                part = T.sblock_alloc_buffer((lanes,), "float32", scope=SCRATCH)
+                st = T.sblock_alloc_buffer((6,), "float32", scope=SCRATCH)  # m/sum, l, m_new/max, p, dot, alpha
+                ok = T.sblock_alloc_buffer((1,), "int32", scope=SCRATCH)
                 bi: T.let[T.int64] = row // (h * S)
                 hh: T.let[T.int64] = row // S % h
                 i: T.let[T.int64] = row % S

@@ -20,6 +20,14 @@ from tvm import s_tir, te, tirx
 
 F32 = "float32"
 
+#: Storage scope of the CPU kernels' small scratch arrays (accumulators, partial results).
+#: Not ``"local"``: TVM's ``LowerTVMBuiltin`` leaves an allocation on the stack only when its
+#: scope is ``"global"`` and it is under 1 KiB; any other scope is served by
+#: ``TVMBackendAllocWorkspace`` (a call into the runtime's workspace pool, and one to free it,
+#: per parallel task of every call). On a CPU both scopes are the same memory. Measured in
+#: docs/backends.md, "VM overhead per decode step".
+SCRATCH = "global"
+
 
 def row_block(m: int | None, nb: int = 64, vector_bits: int = 512) -> int:
     """Rows per register block: 1 for decode (one static row); otherwise as many rows (4 at

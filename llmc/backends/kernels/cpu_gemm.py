@@ -24,6 +24,8 @@ from __future__ import annotations
 from tvm import tirx
 from tvm.script import tirx as T
 
+from llmc.backends.kernels.cpu import SCRATCH
+
 F32 = "float32"
 NB = 64
 VPDPBUSD = "llvm.x86.avx512.vpdpbusd.512"
@@ -68,7 +70,7 @@ def gemm_prefill(
             with T.sblock("tile"):
                 T.reads(x[0:rows, 0:k_dim], w[0:panels, 0:k_dim, 0:NB], c[0:rows, 0:n_dim])
                 T.writes(c[0:rows, 0:n_dim])
-                acc = T.alloc_buffer((mb * NB,), F32, scope="local")
+                acc = T.alloc_buffer((mb * NB,), F32, scope=SCRATCH)
                 p = t // nchunks
                 r0 = (t % nchunks) * mc
                 for kb in range(nkb):
@@ -151,7 +153,7 @@ def w8a8_prefill(k_dim: int, n_dim: int, mb: int = MB, mc: int = MC) -> tirx.Pri
             with T.sblock("tile"):
                 T.reads(xq[0:rows, 0:k_dim], codes[0:panels, 0:kq, 0:NB, 0:4], xs[0:rows])
                 T.writes(c[0:rows, 0:n_dim])
-                acc = T.alloc_buffer((mb * NB,), "int32", scope="local")
+                acc = T.alloc_buffer((mb * NB,), "int32", scope=SCRATCH)
                 p = t // nchunks
                 r0 = (t % nchunks) * mc
                 for ib in range((T.min(mc, rows - r0) + mb - 1) // mb):

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from tvm.script import tirx as T
 
+from llmc.backends.kernels.cpu import SCRATCH
+
 
 def moe_route(e: int, h: int, k: int, normalize: bool, x_dtype: str, r_dtype: str):
     """``(x [N, H], router [E, H]) -> idx [N, k] i32, w [N, k] f32, perm [N*k] i32,
@@ -43,9 +45,9 @@ def moe_route(e: int, h: int, k: int, normalize: bool, x_dtype: str, r_dtype: st
             with T.sblock("route"):
                 T.reads()
                 T.writes()
-                p = T.sblock_alloc_buffer((e,), "float32", scope="local")
-                st = T.sblock_alloc_buffer((3,), "float32", scope="local")  # max, sum, best
-                bi = T.sblock_alloc_buffer((1,), "int32", scope="local")
+                p = T.sblock_alloc_buffer((e,), "float32", scope=SCRATCH)
+                st = T.sblock_alloc_buffer((3,), "float32", scope=SCRATCH)  # max, sum, best
+                bi = T.sblock_alloc_buffer((1,), "int32", scope=SCRATCH)
                 for ei in T.serial(e):
                     p[ei] = T.float32(0)
                     for hi in T.serial(h):
@@ -77,7 +79,7 @@ def moe_route(e: int, h: int, k: int, normalize: bool, x_dtype: str, r_dtype: st
         with T.sblock("group"):
             T.reads()
             T.writes()
-            cur = T.sblock_alloc_buffer((e,), "int32", scope="local")
+            cur = T.sblock_alloc_buffer((e,), "int32", scope=SCRATCH)
             for ei in T.serial(e + 1):
                 OFF[ei] = 0
             for t in T.serial(N * k):
@@ -115,8 +117,8 @@ def moe_gemm(
             with T.sblock("gemm"):
                 T.reads()
                 T.writes()
-                acc = T.sblock_alloc_buffer((mb, nb), "float32", scope="local")
-                rows = T.sblock_alloc_buffer((mb,), "int32", scope="local")
+                acc = T.sblock_alloc_buffer((mb, nb), "float32", scope=SCRATCH)
+                rows = T.sblock_alloc_buffer((mb,), "int32", scope=SCRATCH)
                 for x in T.serial(e):
                     for t in T.serial((OFF[x + 1] - OFF[x] + mb - 1) // mb):
                         for i in T.unroll(mb):
