@@ -349,8 +349,19 @@ def pair_result(
     return {"engines": out, "baseline": baseline, "targets": tg}
 
 
+def loaded(doc: dict[str, Any], pair: dict[str, Any]) -> bool:
+    """Whether a pair ran on a busy machine: a 1-minute load average above the cores plus one
+    (the benchmark's own threads count) before or after it. Other runnable work preempts the
+    engines unevenly (llama.cpp's OpenMP workers spin-wait at every barrier and lose most when
+    descheduled), so such a pair's ratios are no verdict on the targets."""
+    cores = doc.get("machine", {}).get("cores") or os.cpu_count() or 1
+    la = [pair.get("load_average_before"), pair.get("load_average_after")]
+    return any(x and x[0] > cores + 1 for x in la)
+
+
 def markdown_table(doc: dict[str, Any]) -> str:
-    """The docs/backends.md table of a result document."""
+    """The docs/backends.md table of a result document (targets of a :func:`loaded` pair are
+    marked as no verdict)."""
     rows = [
         "| pair | engine | decode tok/s (median, spread) | prefill tok/s | MB/token | % roofline "
         "| % LLC roofline | vs baseline | target |",
@@ -358,6 +369,7 @@ def markdown_table(doc: dict[str, Any]) -> str:
     ]
     for pname, p in doc["pairs"].items():
         tg = {t["engine"]: t for t in p["targets"]}
+        busy = loaded(doc, p)
         for e, r in p["engines"].items():
             d = r["decode_tokens_per_s"]
             t = tg.get(e)
@@ -367,6 +379,8 @@ def markdown_table(doc: dict[str, Any]) -> str:
                 ts = f"≥ {t['target']}x: met"
             else:
                 ts = f"≥ {t['target']}x: **missed by {t['miss_pct']}%**"
+            if t is not None and busy:
+                ts = f"no verdict (load {max(p['load_average_before'][0], p['load_average_after'][0])})"
             llc = r.get("pct_of_llc_roofline")
             llc_s = "—" if llc is None else f"{llc:.0f}%"
             rows.append(

@@ -128,6 +128,17 @@ def test_pair_result_and_schema(cp):
     assert "missed by 4.8%" in table and "| f32 | llama.cpp-f32 |" in table
 
 
+def test_loaded_pair_is_no_verdict(cp):
+    """A pair run above cores + 1 of load average gives its ratios but no met/missed verdict."""
+    doc = _doc(cp)
+    doc["machine"] = {"cores": 2}
+    assert not cp.loaded(doc, doc["pairs"]["f32"])
+    doc["pairs"]["f32"]["load_average_after"] = [4.0, 3.0, 2.0]
+    assert cp.loaded(doc, doc["pairs"]["f32"])
+    table = cp.markdown_table(doc)
+    assert "no verdict (load 4.0)" in table and "missed" not in table and "1.05x" in table
+
+
 def test_llc_roofline_when_the_model_fits(cp):
     """Bytes per token within the LLC: a second % against the LLC's bandwidth; the DRAM one stays."""
     eng = {
