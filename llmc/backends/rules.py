@@ -399,8 +399,9 @@ def _rope(ctx: LowerCtx, n: Node) -> relax.Expr:
     freqs = rope_inv_freq(a, rd).numpy()
     inv = relax.const(freqs, "float32")
     # the angles depend on the position and the dimension only: their cos/sin are computed once
-    # per position, for every head and layer of the function, so that the per-element kernel
-    # (fused with its reshape/transpose) makes no libm call and vectorizes
+    # per position for every rope of the function (q and k; the whole step where layers are not
+    # outlined), so that the per-element kernel (fused with its reshape/transpose) makes no
+    # libm call and vectorizes; the values are the same float32 cosf/sinf, bit for bit
     key = ("rope_cos_sin", id(n.inputs[1]), freqs.tobytes(), float(a.mscale))
     if key not in ctx.shared:
         ctx.shared[key] = ctx.emit_te(te_ops.rope_cos_sin, pos, inv, a.mscale, name="rope_cos_sin")

@@ -73,8 +73,8 @@ def layer_norm(x: te.Tensor, w: te.Tensor | None, b: te.Tensor | None, eps: floa
 def rope_cos_sin(pos: te.Tensor, inv_freq: te.Tensor, mscale: float) -> te.Tensor:
     """``[b, s, 2, rotary_dim/2]`` float32: ``cos`` (row 0) and ``sin`` (row 1) of the angles at
     positions ``pos`` [b, s], times ``mscale``. One per position, not per head and dimension:
-    :func:`rope` reads them, so its own loop has no libm call and vectorizes (a decode step
-    computes them once for all layers, rules.py)."""
+    :func:`rope` reads them, so its own loop has no libm call and vectorizes (one per function
+    for all its ropes, rules.py)."""
     half = inv_freq.shape[0]
 
     def f(b: Any, s: Any, k: Any, i: Any) -> Any:
