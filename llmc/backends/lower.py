@@ -206,6 +206,9 @@ class LowerCtx:
         #: id(keep mask) -> (kept-row sources, the fresh length variable): the gathers that
         #: share a mask share one index computation and one length (rules_prune.py)
         self.prune_sources: dict[int, tuple[relax.Expr, tirx.Var]] = {}
+        #: values that rules share within this function, by a key of the rule's making (the
+        #: rotary cos/sin of the positions: one kernel per step, not per layer; rules.py)
+        self.shared: dict[Any, relax.Expr] = {}
 
     # -- target ---------------------------------------------------------------------------------
     @property
@@ -603,8 +606,9 @@ class Lowering:
                 f"cond %{ctx.node.out.name if ctx.node else '?'} reached inside a dataflow "
                 "block: the function holding it must be emitted as binding blocks (Lowering._body)"
             )
-        saved_node, saved_sliced = ctx.node, ctx._sliced
+        saved_node, saved_sliced, saved_shared = ctx.node, ctx._sliced, ctx.shared
         ctx._sliced = dict(saved_sliced)  # cache slices made inside the branch stay inside it
+        ctx.shared = dict(saved_shared)
         self.bb.begin_scope(self._scope_params)  # a nested If needs the sizes too
         self.bb._begin_binding_block()
         fn = self._branch_fns.get((self._entry.fixed, id(region)))
@@ -626,7 +630,7 @@ class Lowering:
             res = ctx.arg(region.outputs[0])
         block = self.bb._end_block()
         self.bb.end_scope()
-        ctx.node, ctx._sliced = saved_node, saved_sliced
+        ctx.node, ctx._sliced, ctx.shared = saved_node, saved_sliced, saved_shared
         return relax.SeqExpr([block], res)
 
     def _prepare_branches(self, entry: Entry, env: dict[str, Any], nodes: Sequence[Node]) -> None:

@@ -396,8 +396,24 @@ def _rope(ctx: LowerCtx, n: Node) -> relax.Expr:
     if hd is None:
         raise ctx.unsupported("head_dim must be static")
     rd = a.rotary_dim or hd
-    inv = relax.const(rope_inv_freq(a, rd).numpy(), "float32")
-    return ctx.emit_te(te_ops.rope, x, pos, inv, rd, a.interleaved, a.mscale, name="rope")
+    freqs = rope_inv_freq(a, rd).numpy()
+    inv = relax.const(freqs, "float32")
+    # the angles depend on the position and the dimension only: their cos/sin are computed once
+    # per position for every rope of the function (q and k; the whole step where layers are not
+    # outlined), so that the per-element kernel (fused with its reshape/transpose) makes no
+    # libm call and vectorizes; the values are the same float32 cosf/sinf, bit for bit
+    key = ("rope_cos_sin", id(n.inputs[1]), freqs.tobytes(), float(a.mscale))
+    if key not in ctx.shared:
+        ctx.shared[key] = ctx.emit_te(te_ops.rope_cos_sin, pos, inv, a.mscale, name="rope_cos_sin")
+    cs = ctx.shared[key]
+    return ctx.emit_te(te_ops.rope, x, pos, inv, rd, a.interleaved, a.mscale, cs, name="rope")
+
+
+def _silu_fast(ctx: LowerCtx, n: Node) -> relax.Expr:
+    """SiLU with TOPI's polynomial ``fast_exp`` (within ~1e-7 relative of ``expf``): the
+    ``silu * up`` kernel vectorizes instead of calling libm per element."""
+    (x,) = ctx.args(n)
+    return ctx.emit_te(te_ops.silu_fast, x, name="silu")
 
 
 def attention_scale(n: Node) -> float:
@@ -666,7 +682,8 @@ def _r(name: str, op: str | None, fn: Callable[[LowerCtx, Node], relax.Expr], **
 
 
 COMMON_RULES: list[Rule] = (
-    [_r(f"unary.{op}", op, _unary) for op in _UNARY]
+    [_r("silu.fast_exp", "silu", _silu_fast, kinds=("cpu",))]
+    + [_r(f"unary.{op}", op, _unary) for op in _UNARY]
     + [_r(f"binary.{op}", op, _binary) for op in _BINARY]
     + [_r(f"compare.{op}", op, _compare) for op in _COMPARE]
     + [

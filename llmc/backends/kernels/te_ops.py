@@ -70,6 +70,21 @@ def layer_norm(x: te.Tensor, w: te.Tensor | None, b: te.Tensor | None, eps: floa
 # -- rotary embedding -----------------------------------------------------------------------------
 
 
+def rope_cos_sin(pos: te.Tensor, inv_freq: te.Tensor, mscale: float) -> te.Tensor:
+    """``[b, s, 2, rotary_dim/2]`` float32: ``cos`` (row 0) and ``sin`` (row 1) of the angles at
+    positions ``pos`` [b, s], times ``mscale``. One per position, not per head and dimension:
+    :func:`rope` reads them, so its own loop has no libm call and vectorizes (one per function
+    for all its ropes, rules.py)."""
+    half = inv_freq.shape[0]
+
+    def f(b: Any, s: Any, k: Any, i: Any) -> Any:
+        freq = pos[b, s].astype(F32) * inv_freq[i]
+        trig = tirx.if_then_else(k == 0, tirx.cos(freq), tirx.sin(freq))
+        return trig * tirx.const(mscale, F32)
+
+    return te.compute((pos.shape[0], pos.shape[1], 2, half), f, name="rope_cos_sin")
+
+
 def rope(
     x: te.Tensor,
     pos: te.Tensor,
@@ -77,24 +92,31 @@ def rope(
     rotary_dim: int,
     interleaved: bool,
     mscale: float,
+    cos_sin: te.Tensor | None = None,
 ) -> te.Tensor:
-    """x [b, h, s, d] at positions [b, s]; ``inv_freq`` [rotary_dim/2] float32 (precomputed)."""
+    """x [b, h, s, d] at positions [b, s]; ``inv_freq`` [rotary_dim/2] float32 (precomputed).
+    With ``cos_sin`` (:func:`rope_cos_sin` of the same positions) the angles are read, not
+    computed: the same float32 values, bit for bit."""
     dt = x.dtype
     half = rotary_dim // 2
     head_dim = x.shape[3]
 
     def f(b: Any, h: Any, s: Any, d: Any) -> Any:
         if interleaved:
-            i = d // 2
+            i = tirx.min(d // 2, half - 1)
             partner = tirx.if_then_else(d % 2 == 0, d + 1, d - 1)
             sign_neg = d % 2 == 0
         else:
             i = tirx.floormod(d, half)
             partner = tirx.if_then_else(d < half, d + half, d - half)
             sign_neg = d < half
-        freq = pos[b, s].astype(F32) * inv_freq[i]
-        c = (tirx.cos(freq) * tirx.const(mscale, F32)).astype(dt)
-        sn = (tirx.sin(freq) * tirx.const(mscale, F32)).astype(dt)
+        if cos_sin is not None:
+            c = cos_sin[b, s, 0, i].astype(dt)
+            sn = cos_sin[b, s, 1, i].astype(dt)
+        else:
+            freq = pos[b, s].astype(F32) * inv_freq[i]
+            c = (tirx.cos(freq) * tirx.const(mscale, F32)).astype(dt)
+            sn = (tirx.sin(freq) * tirx.const(mscale, F32)).astype(dt)
         other = x[b, h, s, tirx.min(partner, rotary_dim - 1)]
         rot = tirx.if_then_else(sign_neg, -other, other)
         out = x[b, h, s, d] * c + rot * sn
@@ -103,6 +125,24 @@ def rope(
         return tirx.if_then_else(d < rotary_dim, out, x[b, h, s, d])
 
     return te.compute(x.shape, f, name="rope")
+
+
+def silu_fast(x: te.Tensor) -> te.Tensor:
+    """``x * sigmoid(x)`` with TOPI's polynomial ``fast_exp`` (clamped to float32's range)
+    instead of libm's ``expf``: vectorizes on the CPU."""
+    from tvm import topi
+
+    dt = x.dtype
+
+    def f(*idx: Any) -> Any:
+        v = _f32(x[idx])
+        return v
+
+    xf = te.compute(x.shape, f, name="silu_in") if dt != F32 else x
+    e = topi.fast_exp(-xf)
+    return te.compute(
+        x.shape, lambda *i: (xf[i] / (tirx.const(1.0, F32) + e[i])).astype(dt), name="silu"
+    )
 
 
 # -- attention ------------------------------------------------------------------------------------
