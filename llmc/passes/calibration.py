@@ -342,6 +342,9 @@ def trim_heap() -> bool:
     286-329 MB with a trim after each). It does not lower a compile's peak, which is set inside
     a segment (docs/backends.md). Called once per segment (milliseconds)."""
     global _libc
+    import gc
+
+    gc.collect()  # tensors in reference cycles are freed only by the cycle collector
     if _libc is None:
         import ctypes
         import ctypes.util
