@@ -333,7 +333,8 @@ _libc: Any = None
 
 
 def trim_heap() -> bool:
-    """Return the C heap's free pages to the system (glibc ``malloc_trim(0)``; False elsewhere).
+    """Free what only the cycle collector frees (``gc.collect()``), then return the C heap's
+    free pages to the system (glibc ``malloc_trim(0)``; returns False elsewhere).
 
     Each segment frees its activations, statistics and Hessians, but glibc keeps freed heap
     memory (blocks under its mmap threshold, up to 32 MiB) in the process, fragmented, and the
