@@ -415,8 +415,8 @@ print(held - base, int(trim_heap()), anon() - base)
 def test_calibration_trims_the_heap_after_each_segment(monkeypatch) -> None:
     """``run_layerwise`` hands freed C heap back after every segment (``trim_heap``): glibc keeps
     freed blocks below its mmap threshold in the process, and a calibrated compile's anonymous
-    memory grew by about a layer's float32 weights per layer that way (TinyLlama w8a8, measured
-    in docs/backends.md). In a fresh process, 375 MB of freed 96 KiB tensors stay resident until
+    memory between segments grew by ~0.1 GB a segment that way (TinyLlama w8a8, measured in
+    docs/backends.md). In a fresh process, 375 MB of freed 96 KiB tensors stay resident until
     the trim."""
     import subprocess
     import sys

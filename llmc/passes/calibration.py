@@ -333,14 +333,19 @@ _libc: Any = None
 
 
 def trim_heap() -> bool:
-    """Return the C heap's free pages to the system (glibc ``malloc_trim(0)``; False elsewhere).
+    """Free what only the cycle collector frees (``gc.collect()``), then return the C heap's
+    free pages to the system (glibc ``malloc_trim(0)``; returns False elsewhere).
 
     Each segment frees its activations, statistics and Hessians, but glibc keeps freed heap
     memory (blocks under its mmap threshold, up to 32 MiB) in the process, fragmented, and the
-    next segment's allocations reuse it only in part: ``RssAnon`` grew by about one layer's
-    float32 weights per layer (TinyLlama w8a8, 4 layers: 527, 645, 770, 770, 868 MB after each
-    segment; 286-329 MB with a trim after each). Called once per segment (milliseconds)."""
+    next segment's allocations reuse it only in part: between segments ``RssAnon`` grew by
+    ~0.1 GB a segment (TinyLlama w8a8, 4 layers: 527, 645, 770, 770, 868 MB after each segment;
+    286-329 MB with a trim after each). It does not lower a compile's peak, which is set inside
+    a segment (docs/backends.md). Called once per segment (milliseconds)."""
     global _libc
+    import gc
+
+    gc.collect()  # tensors in reference cycles are freed only by the cycle collector
     if _libc is None:
         import ctypes
         import ctypes.util
