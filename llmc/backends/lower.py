@@ -207,7 +207,8 @@ class LowerCtx:
         #: share a mask share one index computation and one length (rules_prune.py)
         self.prune_sources: dict[int, tuple[relax.Expr, tirx.Var]] = {}
         #: values that rules share within this function, by a key of the rule's making (the
-        #: rotary cos/sin of the positions: one kernel per step, not per layer; rules.py)
+        #: rotary cos/sin of the positions: one kernel per lowered function, not per rope; the
+        #: decode layers are lowered as functions of their own, so one per layer there; rules.py)
         self.shared: dict[Any, relax.Expr] = {}
 
     # -- target ---------------------------------------------------------------------------------
