@@ -55,7 +55,7 @@ def small_workspace_allocs(f) -> list[int]:
     """Byte sizes of the constant-size TVMBackendAllocWorkspace calls under 1 KiB that the host
     lowering of the PrimFunc ``f`` makes: buffers that could live on the stack (scope
     ``global``) but pay a workspace-pool call pair each time their block runs (scope
-    ``local``, see :data:`llmc.backends.kernels.cpu_group.REGS`)."""
+    ``local``, see :data:`llmc.backends.kernels.cpu.SCRATCH`)."""
     import re
 
     import tvm

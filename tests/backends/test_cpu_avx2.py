@@ -43,7 +43,7 @@ def test_avx2_matches_fp64(kernel, k, n, group, rows, static):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
     asm = _asm(ex)
     assert "vpmaddubsw" in asm and "zmm" not in asm
-    assert "TVMBackendAllocWorkspace" not in asm  # per-panel buffers on the stack (cpu_group.REGS)
+    assert "TVMBackendAllocWorkspace" not in asm  # per-panel buffers on the stack (cpu.SCRATCH)
 
 
 @avx2

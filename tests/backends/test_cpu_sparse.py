@@ -198,7 +198,7 @@ def test_cli_warns_in_one_line(capsys, tmp_path):
 
 def test_no_small_workspace_allocations():
     """The per-panel accumulators and permute controls sit on the stack (registers after LLVM):
-    no workspace-pool call pair per panel (see ``cpu_group.REGS``), decode and prefill."""
+    no workspace-pool call pair per panel (see ``cpu.SCRATCH``), decode and prefill."""
     from llmc.backends.kernels.cpu_sparse import nm_permute
     from tests.cpu_kernels import small_workspace_allocs
 

@@ -144,7 +144,7 @@ def test_kernel_splitting_the_row_itself(kind, k, n, group):
 def test_machine_code_uses_vpdpbusd():
     """Every kernel family issues ``vpdpbusd`` and allocates nothing per panel: its accumulators
     live on the stack (registers after LLVM), not in TVMBackendAllocWorkspace calls (what a
-    ``local``-scope buffer or a name bound in a ``T.macro`` costs, see ``cpu_group.REGS``)."""
+    ``local``-scope buffer or a name bound in a ``T.macro`` costs, see ``cpu.SCRATCH``)."""
     import tvm
 
     from llmc.backends.kernels import cpu_vnni as V

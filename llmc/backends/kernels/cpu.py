@@ -25,7 +25,8 @@ F32 = "float32"
 #: scope is ``"global"`` and it is under 1 KiB; any other scope is served by
 #: ``TVMBackendAllocWorkspace`` (a call into the runtime's workspace pool, and one to free it,
 #: per parallel task of every call). On a CPU both scopes are the same memory. Measured in
-#: docs/backends.md, "VM overhead per decode step".
+#: docs/backends.md, "VM overhead per decode step". Likewise ``x = expr`` in a ``T.macro``
+#: makes a one-element ``local`` buffer: the kernels bind such names with ``T.meta_var``.
 SCRATCH = "global"
 
 

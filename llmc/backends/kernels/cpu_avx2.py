@@ -33,7 +33,8 @@ from typing import Any
 from tvm import te, tirx
 from tvm.script import tirx as T
 
-from llmc.backends.kernels.cpu_group import REGS, Buf, grouped_func, widths
+from llmc.backends.kernels.cpu import SCRATCH
+from llmc.backends.kernels.cpu_group import Buf, grouped_func, widths
 from llmc.backends.kernels.cpu_vnni import act_block, padded_k, supports_q4
 
 __all__ = [
@@ -221,9 +222,9 @@ def weight_only_avx2(
             with T.sblock("panel"):
                 T.reads(xd[i, 0:parts, 0:kp], codes[p, 0 : kp // kr, 0:NB, 0:4])
                 T.writes(c[i, p * NB : p * NB + NB])
-                y = T.alloc_buffer((NB,), F32, scope=REGS)
-                t = T.alloc_buffer((NB,), F32, scope=REGS)
-                acc = T.alloc_buffer((parts * NB,), "int32", scope=REGS)
+                y = T.alloc_buffer((NB,), F32, scope=SCRATCH)
+                t = T.alloc_buffer((NB,), F32, scope=SCRATCH)
+                acc = T.alloc_buffer((parts * NB,), "int32", scope=SCRATCH)
                 for q in T.unroll(4):
                     y[_r(q)] = T.broadcast(T.float32(0), 8)
                 for gi in range(ngroups):
@@ -318,8 +319,8 @@ def w8a8_avx2(k_dim: int, n_dim: int | tuple[int, ...], m: int | None = None) ->
             with T.sblock("panel"):
                 T.reads(xq[i, 0:k_dim], codes[p, 0:kq, 0:NB, 0:4])
                 T.writes(c[i, p * NB : p * NB + NB])
-                acc = T.alloc_buffer((NB,), "int32", scope=REGS)
-                xp = T.alloc_buffer((4,), "int8", scope=REGS)
+                acc = T.alloc_buffer((NB,), "int32", scope=SCRATCH)
+                xp = T.alloc_buffer((4,), "int8", scope=SCRATCH)
                 for q in T.unroll(4):
                     acc[_r(q)] = T.broadcast(T.int32(0), 8)
                 for kb in range(full):  # whole quads straight from the codes

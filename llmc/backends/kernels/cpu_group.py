@@ -24,17 +24,8 @@ from tvm import tirx
 from tvm.script import tirx as T
 from tvm.script.parser.core.entry import parse
 
-from llmc.backends.kernels.cpu import SCRATCH
-
 #: the most linears one grouped call computes (q/k/v)
 MAX_GROUP = 3
-#: scope of the kernels' small per-panel buffers (accumulators, partial sums): the CPU kernels'
-#: one scratch scope (:data:`llmc.backends.kernels.cpu.SCRATCH`, ``global``: LowerTVMBuiltin puts
-#: a constant-size allocation under 1 KiB on the stack, which LLVM then keeps in registers; a
-#: ``local`` one costs a TVMBackendAllocWorkspace/FreeWorkspace call pair per panel). Likewise
-#: ``x = expr`` in a ``T.macro`` makes a one-element ``local`` buffer: the kernels bind names with
-#: ``T.meta_var``.
-REGS = SCRATCH
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from typing import Any
 from tvm import tirx
 from tvm.script import tirx as T
 
-from llmc.backends.kernels.cpu_group import REGS
+from llmc.backends.kernels.cpu import SCRATCH
 from llmc.backends.layouts import nm_index_bits as index_bits
 
 F32 = "float32"
@@ -106,8 +106,8 @@ def nm_permute(
                 with T.sblock("panel"):
                     T.reads(x[0:rows, 0:k_dim], values[p, 0:kk_dim, 0:NB], index[p, 0:nrow, 0:NB])
                     T.writes(c[ib * mb : ib * mb + mb, p * NB : p * NB + NB])
-                    acc = T.alloc_buffer((mb * NB,), F32, scope=REGS)
-                    ctl = T.alloc_buffer((NB,), "int32", scope=REGS)
+                    acc = T.alloc_buffer((mb * NB,), F32, scope=SCRATCH)
+                    ctl = T.alloc_buffer((NB,), "int32", scope=SCRATCH)
                     for a in T.unroll(mb * 4):
                         acc[T.ramp(a * 16, 1, 16)] = T.broadcast(T.float32(0), 16)
                     for b in range(nrow):

@@ -32,7 +32,8 @@ from typing import Any
 from tvm import te, tirx
 from tvm.script import tirx as T
 
-from llmc.backends.kernels.cpu_group import REGS, Buf, grouped_func, widths
+from llmc.backends.kernels.cpu import SCRATCH
+from llmc.backends.kernels.cpu_group import Buf, grouped_func, widths
 
 F32 = "float32"
 NB = 64  # outputs per panel: 4 zmm accumulators of 16 int32
@@ -301,9 +302,9 @@ def weight_only_vnni(
             with T.sblock("panel"):
                 T.reads(xd[i, 0:parts, 0:kp], codes[p, 0 : kp // kr, 0:NB, 0:4])
                 T.writes(c[i, p * NB : p * NB + NB])
-                y = T.alloc_buffer((NB,), F32, scope=REGS)
-                t = T.alloc_buffer((NB,), F32, scope=REGS)
-                acc = T.alloc_buffer((parts * split * NB,), "int32", scope=REGS)
+                y = T.alloc_buffer((NB,), F32, scope=SCRATCH)
+                t = T.alloc_buffer((NB,), F32, scope=SCRATCH)
+                acc = T.alloc_buffer((parts * split * NB,), "int32", scope=SCRATCH)
                 for q in T.unroll(4):
                     y[T.ramp(q * 16, 1, 16)] = T.broadcast(T.float32(0), 16)
                 for gi in range(ngroups):
@@ -423,8 +424,8 @@ def _quant_digits(rows: Any, k_dim: int, g: int, ab: int) -> Any:
             with T.sblock("quant"):
                 T.reads(x[i, 0:k_dim])
                 T.writes(xd[i, 0:3, 0:k_dim], xs[i, 0:nblk, 0:3], gs[i, 0:ngroups])
-                v16 = T.alloc_buffer((16,), F32, scope=REGS)
-                sv = T.alloc_buffer((nblk,), F32, scope=REGS)
+                v16 = T.alloc_buffer((16,), F32, scope=SCRATCH)
+                sv = T.alloc_buffer((nblk,), F32, scope=SCRATCH)
                 for b in range(nblk):
                     v16[T.ramp(0, 1, 16)] = T.broadcast(T.float32(0), 16)
                     for v in range(ab // 16):
@@ -489,8 +490,8 @@ def _quant_a8(rows: Any, k_dim: int, g: int, ab: int, act_group: int) -> Any:
             with T.sblock("quant"):
                 T.reads(x[i, 0:k_dim])
                 T.writes(xd[i, 0, 0:k_dim], xs[i, 0:nblk, 0], gs[i, 0:ngroups])
-                v16 = T.alloc_buffer((16,), F32, scope=REGS)
-                sv = T.alloc_buffer((nag,), F32, scope=REGS)
+                v16 = T.alloc_buffer((16,), F32, scope=SCRATCH)
+                sv = T.alloc_buffer((nag,), F32, scope=SCRATCH)
                 for b in range(nag):
                     v16[T.ramp(0, 1, 16)] = T.broadcast(T.float32(0), 16)
                     for v in range(ag // 16):
@@ -606,7 +607,7 @@ def w8a8_vnni_multi(
             with T.sblock("quant"):
                 T.reads(x[i, 0:k_dim])
                 T.writes(xu[i, 0 : kq * 4], xs[i])
-                mx = T.alloc_buffer((16,), F32, scope=REGS)
+                mx = T.alloc_buffer((16,), F32, scope=SCRATCH)
                 if dynamic:
                     mx[T.ramp(0, 1, 16)] = T.broadcast(T.float32(0), 16)
                     for kb in range(kv // 16):
@@ -657,7 +658,7 @@ def w8a8_vnni_multi(
             with T.sblock("panel"):
                 T.reads(xu[i, 0 : kq * 4], xs[i], codes[p, 0:kq, 0:NB, 0:4])
                 T.writes(c[i, p * NB : p * NB + NB])
-                acc = T.alloc_buffer((A8_SPLIT * NB,), "int32", scope=REGS)
+                acc = T.alloc_buffer((A8_SPLIT * NB,), "int32", scope=SCRATCH)
                 for a in T.unroll(A8_SPLIT * 4):
                     acc[T.ramp(a * 16, 1, 16)] = T.broadcast(T.int32(0), 16)
                 for kb in range(nk):
