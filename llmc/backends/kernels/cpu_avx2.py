@@ -34,8 +34,8 @@ from tvm import te, tirx
 from tvm.script import tirx as T
 
 from llmc.backends.kernels.cpu import SCRATCH
-from llmc.backends.kernels.cpu_group import Buf, grouped_func, widths
-from llmc.backends.kernels.cpu_vnni import act_block, padded_k, supports_q4
+from llmc.backends.kernels.cpu_group import Buf, grouped_func, int8_args, weight_only_args, widths
+from llmc.backends.kernels.cpu_vnni import act_block, block_codes, padded_k, supports_q4
 
 __all__ = [
     "NB",
@@ -65,29 +65,10 @@ def act_digits(x: te.Tensor, k_pad: int, ab: int, parts: int) -> tuple[te.Tensor
     digits, most significant first, with scales ``s0 * 255^-j``. Unlike the VNNI kernels' base
     256, no digit is -128, so ``vpsignb`` can negate any of them exactly.
     """
-    m, k_dim = x.shape
+    m = x.shape[0]
     nblk = k_pad // ab
-    r = te.reduce_axis((0, ab), "r")
-
-    def xv(i: Any, k: Any) -> Any:
-        return tirx.if_then_else(k < k_dim, x[i, tirx.min(k, k_dim - 1)].astype(F32), 0.0)
-
-    amax = te.compute(
-        (m, nblk), lambda i, b: te.max(tirx.abs(xv(i, b * ab + r)), axis=r), name="avx2_amax"
-    )
-    s0 = te.compute(
-        (m, nblk),
-        lambda i, b: tirx.max(amax[i, b], tirx.const(1e-30, F32)) / tirx.const(127.0, F32),
-        name="avx2_base",
-    )
     mult = float(BASE ** (parts - 1))
-
-    def q(i: Any, k: Any) -> Any:
-        v = tirx.round(xv(i, k) / s0[i, k // ab] * tirx.const(mult, F32))
-        lim = tirx.const(127.0 * mult, F32)
-        return tirx.max(tirx.min(v, lim), -lim).astype("int32")
-
-    qi = te.compute((m, k_pad), q, name="avx2_q")
+    s0, qi = block_codes(x, k_pad, ab, mult, "avx2")
 
     def digit(i: Any, j: Any, k: Any) -> Any:
         v = qi[i, k]
@@ -141,6 +122,21 @@ def _r(q: Any) -> Any:
     return T.ramp(q * 8, 1, 8)
 
 
+def _signed_dot(w: Any, xb: Any) -> Any:
+    """The 8 int32 sums of signed bytes ``w`` times ``xb`` (int8x32 each), exact for
+    ``xb != -128``: ``|w| * (xb * sign(w))`` (``vpsignb`` twice, ``vpmaddubsw``, ``vpmaddwd``)."""
+    return _widen(_maddubs(_sign(w, w), _sign(xb, w)))
+
+
+@T.macro
+def _quad_rows(acc, codes, p, kb, xb):
+    """``acc[0:32] +=`` the products of the int8 byte row ``codes[p, kb]`` (4 k of 32 outputs)
+    and ``xb`` (4 activation bytes broadcast, :func:`_bcast4`)."""
+    for q in T.unroll(4):
+        w = T.meta_var(codes.vload([p, kb, q * 8, 0], "int8x32"))
+        acc[_r(q)] = acc[_r(q)] + _signed_dot(w, xb)
+
+
 @dataclass(frozen=True)
 class Unpack:
     """How a weight-only AVX2 kernel turns 32-byte code loads into int32 products. A byte row
@@ -170,7 +166,7 @@ class Unpack:
                 _maddubs(lo, _bcast4(xd, [i, j, k])) + _maddubs(hi, _bcast4(xd, [i, j, k + 4]))
             )
         # the sign moves to the activation: |s| * (d * sign(s))
-        return _widen(_maddubs(_sign(w, w), _sign(_bcast4(xd, [i, j, k]), w)))
+        return _signed_dot(w, _bcast4(xd, [i, j, k]))
 
     def group_term(self, t: Any, of: Any, gs: Any) -> Any:
         """A group's float sum from the digit products ``t``, the offset and the group sum
@@ -260,21 +256,9 @@ def weight_only_avx2(
                     if p * NB + lane < n_dim:
                         c[i, p * NB + lane] = y[lane]
 
-    panels = [(n + NB - 1) // NB for n in n_dims]
-    weights = [
-        [
-            Buf(f"codes{j}", (pj, kp // kr, NB, 4), "uint8"),
-            Buf(f"scale{j}", (pj, ngroups, NB), s_dtype),
-            Buf(f"offset{j}", (pj, ngroups, NB), s_dtype),
-        ]
-        for j, pj in enumerate(panels)
-    ]
-    shared = [
-        Buf("xd", (rows, parts, kp), "int8"),
-        Buf("xs", (rows, nblk, parts), F32),
-        Buf("gs", (rows, ngroups), F32),
-    ]
-    outs = [Buf(f"c{j}", (rows, n), F32) for j, n in enumerate(n_dims)]
+    panels, shared, weights, outs = weight_only_args(
+        rows, n_dims, NB, kp // kr, parts, kp, nblk, ngroups, s_dtype
+    )
     return grouped_func(name, shared, weights, outs, panels, panel)
 
 
@@ -324,29 +308,16 @@ def w8a8_avx2(k_dim: int, n_dim: int | tuple[int, ...], m: int | None = None) ->
                 for q in T.unroll(4):
                     acc[_r(q)] = T.broadcast(T.int32(0), 8)
                 for kb in range(full):  # whole quads straight from the codes
-                    for q in T.unroll(4):
-                        w = T.meta_var(codes.vload([p, kb, q * 8, 0], "int8x32"))
-                        acc[_r(q)] = acc[_r(q)] + _widen(
-                            _maddubs(_sign(w, w), _sign(_bcast4(xq, [i, kb * 4]), w))
-                        )
+                    _quad_rows(acc, codes, p, kb, _bcast4(xq, [i, kb * 4]))
                 for kb in range(kq - full):  # the last, partial quad: zero-padded copy
                     for e in range(4):
                         k = T.meta_var(full * 4 + e)
                         xp[e] = T.if_then_else(k < k_dim, xq[i, T.min(k, k_dim - 1)], T.int8(0))
-                    for q in T.unroll(4):
-                        w = T.meta_var(codes.vload([p, full + kb, q * 8, 0], "int8x32"))
-                        acc[_r(q)] = acc[_r(q)] + _widen(
-                            _maddubs(_sign(w, w), _sign(_bcast4(xp, [0]), w))
-                        )
+                    _quad_rows(acc, codes, p, full + kb, _bcast4(xp, [0]))
                 for lane in T.vectorized(NB):
                     if p * NB + lane < n_dim:
                         c[i, p * NB + lane] = T.Cast("float32", acc[lane]) * xs[i] * ws[p, lane]
 
-    panels = [(n + NB - 1) // NB for n in n_dims]
-    weights = [
-        [Buf(f"codes{j}", (pj, kq, NB, 4), "int8"), Buf(f"ws{j}", (pj, NB), F32)]
-        for j, pj in enumerate(panels)
-    ]
+    panels, weights, outs = int8_args(rows, n_dims, NB, kq)
     shared = [Buf("xq", (rows, k_dim), "int8"), Buf("xs", (rows,), F32)]
-    outs = [Buf(f"c{j}", (rows, n), F32) for j, n in enumerate(n_dims)]
     return grouped_func(name, shared, weights, outs, panels, panel)

@@ -24,6 +24,7 @@ from tvm import tirx
 from tvm.script import tirx as T
 from tvm.script.parser.core.entry import parse
 
+F32 = "float32"
 #: the most linears one grouped call computes (q/k/v)
 MAX_GROUP = 3
 
@@ -106,6 +107,66 @@ def grouped_func(
     f = parse(src, extra_vars=env, s_tir=True)
     f = f.with_attr("global_symbol", name)
     return f.with_attr("op_pattern", 8).with_attr("tirx.is_scheduled", True)
+
+
+def _panels(n_dims: Sequence[int], nb: int) -> list[int]:
+    return [(n + nb - 1) // nb for n in n_dims]
+
+
+def _results(rows: Any, n_dims: Sequence[int]) -> list[Buf]:
+    return [Buf(f"c{j}", (rows, n), F32) for j, n in enumerate(n_dims)]
+
+
+def weight_only_args(
+    rows: Any,
+    n_dims: Sequence[int],
+    nb: int,
+    byte_rows: int,
+    parts: int,
+    kp: int,
+    nblk: int,
+    ngroups: int,
+    s_dtype: str,
+    shared_offset: bool = False,
+) -> tuple[list[int], list[Buf], list[list[Buf]], list[Buf]]:
+    """The :func:`grouped_func` arguments of a weight-only kernel family (VNNI, AVX2) with
+    ``nb``-output panels: the panel counts ``ceil(n / nb)``; the prepared activations ``xd [M,
+    parts, K']`` int8, ``xs [M, K'/ab, parts]``, ``gs [M, K/group]``; each weight's ``codes{j}
+    [P_j, byte_rows, nb, 4]`` uint8 and ``scale{j}``/``offset{j} [P_j, K/group, nb]``
+    (``shared_offset``: one ``[1, 1, nb]`` offset row); one float32 ``c{j} [M, n_j]`` each."""
+    panels = _panels(n_dims, nb)
+    shared = [
+        Buf("xd", (rows, parts, kp), "int8"),
+        Buf("xs", (rows, nblk, parts), F32),
+        Buf("gs", (rows, ngroups), F32),
+    ]
+    weights = [
+        [
+            Buf(f"codes{j}", (pj, byte_rows, nb, 4), "uint8"),
+            Buf(f"scale{j}", (pj, ngroups, nb), s_dtype),
+            Buf(f"offset{j}", (1, 1, nb) if shared_offset else (pj, ngroups, nb), s_dtype),
+        ]
+        for j, pj in enumerate(panels)
+    ]
+    return panels, shared, weights, _results(rows, n_dims)
+
+
+def int8_args(
+    rows: Any, n_dims: Sequence[int], nb: int, kq: int, wsum: bool = False
+) -> tuple[list[int], list[list[Buf]], list[Buf]]:
+    """The panel counts, weights and results of a W8A8 kernel family: each weight's
+    ``codes{j} [P_j, K'/4, nb, 4]`` int8, then (``wsum``) its code row sums ``wsum{j} [P_j, nb]``
+    int32, then its scales ``ws{j} [P_j, nb]`` float32; one float32 ``c{j} [M, n_j]`` each."""
+    panels = _panels(n_dims, nb)
+    weights = [
+        [
+            Buf(f"codes{j}", (pj, kq, nb, 4), "int8"),
+            *([Buf(f"wsum{j}", (pj, nb), "int32")] if wsum else []),
+            Buf(f"ws{j}", (pj, nb), F32),
+        ]
+        for j, pj in enumerate(panels)
+    ]
+    return panels, weights, _results(rows, n_dims)
 
 
 def widths(n_dims: Sequence[int]) -> str:

@@ -33,7 +33,7 @@ from tvm import te, tirx
 from tvm.script import tirx as T
 
 from llmc.backends.kernels.cpu import SCRATCH
-from llmc.backends.kernels.cpu_group import Buf, grouped_func, widths
+from llmc.backends.kernels.cpu_group import Buf, grouped_func, int8_args, weight_only_args, widths
 
 F32 = "float32"
 NB = 64  # outputs per panel: 4 zmm accumulators of 16 int32
@@ -61,13 +61,13 @@ def supports_q4(k_dim: int, group: int) -> bool:
     return group >= k_dim or group % 8 == 0
 
 
-def act_digits(x: te.Tensor, k_pad: int, ab: int, parts: int) -> tuple[te.Tensor, te.Tensor]:
-    """Per block of ``ab`` elements: ``x ~= sum_j digit_j * s_j`` with signed 8-bit digits.
-
-    Returns ``digits [M, parts, k_pad]`` (int8; zero past K) and ``s [M, k_pad/ab, parts]``.
-    ``parts = 1``: ``round(x / s)``, ``s = amax/127``; ``parts = 3``: ``q = round(x * 2^16 / s)``
-    split into balanced base-256 digits (h, m, l) with scales ``s, s/256, s/65536``.
-    """
+def block_codes(
+    x: te.Tensor, k_pad: int, ab: int, mult: float, prefix: str
+) -> tuple[te.Tensor, te.Tensor]:
+    """The fixed-point codes the digit splits start from, per block of ``ab`` elements of ``x
+    [M, K]`` (zero past K): ``s = max(amax, 1e-30) / 127`` (``[M, k_pad/ab]``) and ``q =
+    clamp(round(x / s * mult), -127 * mult, 127 * mult)`` (int32 ``[M, k_pad]``); tensors named
+    ``{prefix}_amax``, ``{prefix}_base``, ``{prefix}_q``."""
     m, k_dim = x.shape
     nblk = k_pad // ab
     r = te.reduce_axis((0, ab), "r")
@@ -76,21 +76,33 @@ def act_digits(x: te.Tensor, k_pad: int, ab: int, parts: int) -> tuple[te.Tensor
         return tirx.if_then_else(k < k_dim, x[i, tirx.min(k, k_dim - 1)].astype(F32), 0.0)
 
     amax = te.compute(
-        (m, nblk), lambda i, b: te.max(tirx.abs(xv(i, b * ab + r)), axis=r), name="vnni_amax"
+        (m, nblk), lambda i, b: te.max(tirx.abs(xv(i, b * ab + r)), axis=r), name=f"{prefix}_amax"
     )
     base = te.compute(
         (m, nblk),
         lambda i, b: tirx.max(amax[i, b], tirx.const(1e-30, F32)) / tirx.const(127.0, F32),
-        name="vnni_base",
+        name=f"{prefix}_base",
     )
-    mult = float(256 ** (parts - 1))
 
     def q(i: Any, k: Any) -> Any:
         v = tirx.round(xv(i, k) / base[i, k // ab] * tirx.const(mult, F32))
         lim = tirx.const(127.0 * mult, F32)
         return tirx.max(tirx.min(v, lim), -lim).astype("int32")
 
-    qi = te.compute((m, k_pad), q, name="vnni_q")
+    return base, te.compute((m, k_pad), q, name=f"{prefix}_q")
+
+
+def act_digits(x: te.Tensor, k_pad: int, ab: int, parts: int) -> tuple[te.Tensor, te.Tensor]:
+    """Per block of ``ab`` elements: ``x ~= sum_j digit_j * s_j`` with signed 8-bit digits.
+
+    Returns ``digits [M, parts, k_pad]`` (int8; zero past K) and ``s [M, k_pad/ab, parts]``.
+    ``parts = 1``: ``round(x / s)``, ``s = amax/127``; ``parts = 3``: ``q = round(x * 2^16 / s)``
+    split into balanced base-256 digits (h, m, l) with scales ``s, s/256, s/65536``.
+    """
+    m = x.shape[0]
+    nblk = k_pad // ab
+    mult = float(256 ** (parts - 1))
+    base, qi = block_codes(x, k_pad, ab, mult, "vnni")
 
     def digit(i: Any, j: Any, k: Any) -> Any:
         v = qi[i, k]
@@ -357,21 +369,9 @@ def weight_only_vnni(
                     if p * NB + lane < n_dim:
                         c[i, p * NB + lane] = y[lane]
 
-    panels = [(n + NB - 1) // NB for n in n_dims]
-    weights = [
-        [
-            Buf(f"codes{j}", (pj, kp // kr, NB, 4), "uint8"),
-            Buf(f"scale{j}", (pj, ngroups, NB), s_dtype),
-            Buf(f"offset{j}", (1, 1, NB) if shared_offset else (pj, ngroups, NB), s_dtype),
-        ]
-        for j, pj in enumerate(panels)
-    ]
-    shared = [
-        Buf("xd", (rows, parts, kp), "int8"),
-        Buf("xs", (rows, nblk, parts), F32),
-        Buf("gs", (rows, ngroups), F32),
-    ]
-    outs = [Buf(f"c{j}", (rows, n), F32) for j, n in enumerate(n_dims)]
+    panels, shared, weights, outs = weight_only_args(
+        rows, n_dims, NB, kp // kr, parts, kp, nblk, ngroups, s_dtype, shared_offset
+    )
     if quantize is None:
         return grouped_func(name, shared, weights, outs, panels, panel)
     if parts == 1 and fused_a8(k_dim, group, quantize, ab):
@@ -693,20 +693,10 @@ def w8a8_vnni_multi(
                             T.Cast("float32", acc[lane] - wsum[p, lane] * 128) * xs[i] * ws[p, lane]
                         )
 
-    panels = [(n + NB - 1) // NB for n in n_dims]
-    weights = [
-        [
-            Buf(f"codes{j}", (pj, kq, NB, 4), "int8"),
-            Buf(f"wsum{j}", (pj, NB), "int32"),
-            Buf(f"ws{j}", (pj, NB), F32),
-        ]
-        for j, pj in enumerate(panels)
-    ]
-    outs = [Buf(f"c{j}", (rows, n), F32) for j, n in enumerate(n_dims)]
+    panels, weights, outs = int8_args(rows, n_dims, NB, kq, wsum=True)
     scratch = [Buf("xu", (rows, kq * 4), "uint8"), Buf("xs", (rows,), F32)]
-    return grouped_func(
-        name, [Buf("x", (rows, k_dim), F32)], weights, outs, panels, panel, scratch, quant
-    )
+    x = Buf("x", (rows, k_dim), F32)
+    return grouped_func(name, [x], weights, outs, panels, panel, scratch, quant)
 
 
 #: W8A8 activation codes are in [-A8_QMAX, A8_QMAX] (``qlinear_a8``, :mod:`llmc.ir.ops_quant`)
