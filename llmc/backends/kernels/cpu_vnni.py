@@ -404,6 +404,30 @@ def fused_a8(k_dim: int, group: int, act_group: int, ab: int) -> bool:
     )
 
 
+@T.macro
+def _block_scale(x, i, b, width, v16, sv):
+    """The shared prologue of the ``quantize`` kernels, per activation block ``b`` of ``width``
+    floats of row ``i``: ``sv[b] = max(max|x|, 1e-30) / 127``, the maximum taken 16 lanes at a
+    time in ``v16``, then across them."""
+    v16[T.ramp(0, 1, 16)] = T.broadcast(T.float32(0), 16)
+    for v in range(width // 16):
+        v16[T.ramp(0, 1, 16)] = T.max(
+            v16[T.ramp(0, 1, 16)],
+            T.fabs(x.vload([i, b * width + v * 16], "float32x16")),
+        )
+    for ln in range(1, 16):
+        v16[0] = T.max(v16[0], v16[ln])
+    sv[b] = T.max(v16[0], T.float32(1e-30)) / T.float32(127.0)
+
+
+@T.macro
+def _lane_sum(v16, gs, i, gi):
+    """``gs[i, gi]`` = the sum of the 16 lanes of ``v16`` (a group sum's last step)."""
+    for ln in range(1, 16):
+        v16[0] = v16[0] + v16[ln]
+    gs[i, gi] = v16[0]
+
+
 def _quant_digits(rows: Any, k_dim: int, g: int, ab: int) -> Any:
     """The prologue of a 3-digit ``quantize`` kernel: :func:`act_digits` (``parts = 3``) and
     :func:`group_sums` of ``x`` into ``xd [M, 3, K]``, ``xs [M, K/ab, 3]``, ``gs [M, K/g]``, 16
@@ -427,15 +451,7 @@ def _quant_digits(rows: Any, k_dim: int, g: int, ab: int) -> Any:
                 v16 = T.alloc_buffer((16,), F32, scope=SCRATCH)
                 sv = T.alloc_buffer((nblk,), F32, scope=SCRATCH)
                 for b in range(nblk):
-                    v16[T.ramp(0, 1, 16)] = T.broadcast(T.float32(0), 16)
-                    for v in range(ab // 16):
-                        v16[T.ramp(0, 1, 16)] = T.max(
-                            v16[T.ramp(0, 1, 16)],
-                            T.fabs(x.vload([i, b * ab + v * 16], "float32x16")),
-                        )
-                    for ln in range(1, 16):
-                        v16[0] = T.max(v16[0], v16[ln])
-                    sv[b] = T.max(v16[0], T.float32(1e-30)) / T.float32(127.0)
+                    _block_scale(x, i, b, ab, v16, sv)
                     xs[i, b, 0] = sv[b] / mult * T.float32(65536.0)
                     xs[i, b, 1] = sv[b] / mult * T.float32(256.0)
                     xs[i, b, 2] = sv[b] / mult * T.float32(1.0)
@@ -468,9 +484,7 @@ def _quant_digits(rows: Any, k_dim: int, g: int, ab: int) -> Any:
                         v16[T.ramp(0, 1, 16)] = v16[T.ramp(0, 1, 16)] + x.vload(
                             [i, gi * g + v * 16], "float32x16"
                         )
-                    for ln in range(1, 16):
-                        v16[0] = v16[0] + v16[ln]
-                    gs[i, gi] = v16[0]
+                    _lane_sum(v16, gs, i, gi)
 
     return quant
 
@@ -493,15 +507,7 @@ def _quant_a8(rows: Any, k_dim: int, g: int, ab: int, act_group: int) -> Any:
                 v16 = T.alloc_buffer((16,), F32, scope=SCRATCH)
                 sv = T.alloc_buffer((nag,), F32, scope=SCRATCH)
                 for b in range(nag):
-                    v16[T.ramp(0, 1, 16)] = T.broadcast(T.float32(0), 16)
-                    for v in range(ag // 16):
-                        v16[T.ramp(0, 1, 16)] = T.max(
-                            v16[T.ramp(0, 1, 16)],
-                            T.fabs(x.vload([i, b * ag + v * 16], "float32x16")),
-                        )
-                    for ln in range(1, 16):
-                        v16[0] = T.max(v16[0], v16[ln])
-                    sv[b] = T.max(v16[0], T.float32(1e-30)) / T.float32(127.0)
+                    _block_scale(x, i, b, ag, v16, sv)
                 for v in range(k_dim // 16):
                     xd[i, 0, T.ramp(v * 16, 1, 16)] = T.Cast(
                         "int8x16",
@@ -524,9 +530,7 @@ def _quant_a8(rows: Any, k_dim: int, g: int, ab: int, act_group: int) -> Any:
                         v16[T.ramp(0, 1, 16)] = v16[T.ramp(0, 1, 16)] + T.Cast(
                             "float32x16", xd.vload([i, 0, gi * g + v * 16], "int8x16")
                         ) * T.broadcast(sv[(gi * g + v * 16) // ag], 16)
-                    for ln in range(1, 16):
-                        v16[0] = v16[0] + v16[ln]
-                    gs[i, gi] = v16[0]
+                    _lane_sum(v16, gs, i, gi)
 
     return quant
 
