@@ -17,7 +17,6 @@ difference to the first artifact, and the load average before and after.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import statistics
@@ -26,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, cpu_name, git, load_average
+from _common import ROOT, bare_decode_call, finish, load_average, record
 
 sys.path.insert(0, str(ROOT))
 
@@ -45,21 +44,10 @@ def _load(art: Path) -> Any:
 
 
 def _bare_call(lm: Any, past: int) -> Any:
-    import torch
-
-    rt = lm._rt
     prompt = [(i * 7 + 3) % min(lm.vocab_size, 256) for i in range(past)]
     lm.prefill(prompt)
     lm.decode(5)
-    entry = lm._entry(1, 1)
-    fn = lm._fns[entry]
-    n = lm._kv.lengths[0]
-    args = [rt.from_dlpack(torch.tensor([[5]])), rt.from_dlpack(torch.tensor([[n]]))]
-    args += lm._kv.handles
-    if lm._takes_decode_start:
-        args.append(rt.from_dlpack(torch.tensor(-1)))
-    args += [rt.ShapeTuple(list(lm._kv.lengths[:1]) * len(lm._kv_syms)), *lm._entry_args[entry]]
-    return lambda: fn(*args)
+    return bare_decode_call(lm, lm._rt)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,15 +82,10 @@ def main(argv: list[str] | None = None) -> int:
             cpu[name].append(1e3 * statistics.median(c))
             wall[name].append(1e3 * statistics.median(w))
     base = named[0][0]
-    res: dict[str, Any] = {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": "python bench/decode_ab.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": {"cpu": cpu_name(), "threads": os.environ.get("TVM_NUM_THREADS", "default")},
-        "load_average": {"before": load_before, "after": load_average()},
-        "llmc_commit": git("rev-parse", "HEAD").strip(),
-        "past": a.past,
-        "results": {},
-    }
+    argv = sys.argv[1:] if argv is None else argv
+    threads = os.environ.get("TVM_NUM_THREADS", "default")
+    res: dict[str, Any] = {**record("decode_ab.py", argv, threads, load_before), "past": a.past}
+    res["results"] = {}
     for name, path in named:
         diffs = [x - b for x, b in zip(cpu[name], cpu[base], strict=True)]
         res["results"][name] = {
@@ -118,10 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             f"(wall {res['results'][name]['wall_ms']}), vs {base}: "
             f"{res['results'][name]['cpu_ms_minus_baseline_median']:+.4f} ms median of rounds"
         )
-    print(f"load average {res['load_average']['before']} -> {res['load_average']['after']}")
-    if a.json:
-        Path(a.json).write_text(json.dumps(res, indent=2) + "\n")
-    return 0
+    return finish(res, a.json)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import datetime
 import json
 import os
 import shlex
@@ -32,12 +31,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, cpu_name, git, load_average
+from _common import ROOT, bare_decode_call, finish, load_average, record
 
 
 def one(artifact: Path, past: int, steps: int) -> dict[str, Any]:
     """Measure ``artifact`` with the llmc on ``sys.path`` (see the module docstring)."""
-    import torch
 
     from llmc.runtime.tvm_runner import import_tvm_runtime, load
 
@@ -61,13 +59,8 @@ def one(artifact: Path, past: int, steps: int) -> dict[str, Any]:
     dec_wall, dec_cpu = timed(lambda: lm.decode(5), steps)
     entry = lm._entry(1, 1)
     fn = lm._fns[entry]
-    n = lm._kv.lengths[0]
-    args = [rt.from_dlpack(torch.tensor([[5]])), rt.from_dlpack(torch.tensor([[n]]))]
-    args += lm._kv.handles
-    if lm._takes_decode_start:
-        args.append(rt.from_dlpack(torch.tensor(-1)))
-    args += [rt.ShapeTuple(list(lm._kv.lengths[:1]) * len(lm._kv_syms)), *lm._entry_args[entry]]
-    vm_wall, vm_cpu = timed(lambda: fn(*args), steps)
+    call = bare_decode_call(lm, rt)
+    vm_wall, vm_cpu = timed(call, steps)
 
     calls: collections.Counter[str] = collections.Counter()
 
@@ -78,14 +71,14 @@ def one(artifact: Path, past: int, steps: int) -> dict[str, Any]:
 
     lm.vm.set_instrument(hook)
     for _ in range(3):
-        fn(*args)
+        call()
     lm.vm.set_instrument(None)
     builtins = {k: v // 3 for k, v in sorted(calls.items()) if k.startswith("vm.builtin.")}
     not_kernels = set(builtins) | set(lm.backend["functions"])
     not_kernels |= set(lm.backend.get("layer_functions", {}))
     not_kernels |= set(lm.backend.get("branch_functions", {}))
 
-    saved = fn(*args)
+    saved = call()
     lm._fns[entry] = lambda *a: saved
     lm.prefill(prompt)  # prefill runs another entry, not the stub
     py_wall, py_cpu = timed(lambda: lm.decode(5), steps)
@@ -144,16 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(a.rounds):
         for name in sorted(sides, reverse=True):  # old first in each round
             runs[name].append(_run_one(*sides[name], a))
-    res: dict[str, Any] = {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": "python bench/decode_overhead.py "
-        + " ".join(shlex.quote(x) for x in (sys.argv[1:] if argv is None else argv)),
-        "machine": {"cpu": cpu_name(), "threads": a.threads},
-        "load_average": {"before": load_before, "after": load_average()},
-        "llmc_commit": git("rev-parse", "HEAD").strip(),
-        "past": a.past,
-        "steps": a.steps,
-    }
+    argv = sys.argv[1:] if argv is None else argv
+    res = record("decode_overhead.py", argv, a.threads, load_before)
+    res.update(past=a.past, steps=a.steps)
     for name, rs in runs.items():
         summary: dict[str, Any] = {"artifact": str(sides[name][1]), "code": str(sides[name][0])}
         for key in rs[0]:
@@ -170,10 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{s['vm_call_ms']} ms (CPU {s['vm_call_cpu_ms']}), python side "
             f"{s['python_side_cpu_us']} us CPU, {s['vm_builtins_per_step']} VM builtins/step"
         )
-    print(f"load average {res['load_average']['before']} -> {res['load_average']['after']}")
-    if a.json:
-        Path(a.json).write_text(json.dumps(res, indent=2) + "\n")
-    return 0
+    return finish(res, a.json)
 
 
 if __name__ == "__main__":
