@@ -1,5 +1,5 @@
 """Builders shared by the CPU kernel tests (tests/backends/test_cpu_avx2.py, test_cpu_vnni.py,
-test_cpu_sparse.py, test_attention_cpu.py, tests/passes/test_act_bits.py): TVM targets, the
+test_cpu_sparse.py, test_attention_cpu.py, test_compressed.py, tests/passes/test_act_bits.py): TVM targets, the
 assembly of a compiled kernel and its small workspace allocations, the weight panels the kernels
 read, the quantized-kernel runners, the toy LM's compression recipes, and the prefill + decode
 comparison of a CPU artifact with the reference interpreter.
@@ -232,23 +232,24 @@ def compress_q4(graph: Graph, group: int, w8a8: bool, head8: bool = False) -> Gr
     return graph
 
 
-def check_against_interp(g: Graph, art: Path) -> dict:
-    """Prefill (2 x 5 tokens) and one decode step of the CPU artifact ``art`` against the
-    interpreter on ``g``, at float32 tolerance (1e-4); returns the artifact's manifest."""
+def check_against_interp(g: Graph, art: Path, seq: int = 5, token: int = 7) -> dict:
+    """Prefill (2 x ``seq`` random tokens, seed 0) and one decode step (``token``) of the CPU
+    artifact ``art`` against the interpreter on ``g``, at float32 tolerance (1e-4); returns the
+    artifact's manifest."""
     from llmc.runtime.interp import run
     from llmc.runtime.tvm_runner import load
 
     lm = load(art)
     torch.manual_seed(0)
-    ids = torch.randint(0, 300, (2, 5))
-    pos = torch.arange(5).expand(2, 5).contiguous()
+    ids = torch.randint(0, 300, (2, seq))
+    pos = torch.arange(seq).expand(2, seq).contiguous()
     past = lm.empty_past(2)
     got, present = lm.forward(ids, pos, past)
     want = run(g, [ids, pos, *[t for kv in past for t in kv]])
     torch.testing.assert_close(got, want[0], rtol=1e-4, atol=1e-4)
-    one = torch.tensor([[7]])
-    got1, _ = lm.forward(one, torch.tensor([[5]]), [(k[:1], v[:1]) for k, v in present])
-    want1 = run(g, [one, torch.tensor([[5]]), *[t[:1] for t in want[1:]]])
+    one, at = torch.tensor([[token]]), torch.tensor([[seq]])
+    got1, _ = lm.forward(one, at, [(k[:1], v[:1]) for k, v in present])
+    want1 = run(g, [one, at, *[t[:1] for t in want[1:]]])
     torch.testing.assert_close(got1, want1[0], rtol=1e-4, atol=1e-4)
     return json.loads((art / "manifest.json").read_text())
 

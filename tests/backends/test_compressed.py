@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.backends.conftest import compile_graph, interp_run
+from tests.backends.conftest import compile_graph
+from tests.cpu_kernels import check_against_interp
 
 
 def compress(graph):
@@ -51,20 +52,8 @@ def test_formats_present(mixed):
 
 
 def test_mixed_formats_match_interpreter(mixed):
-    from llmc.runtime.tvm_runner import load
-
     g, art = mixed
-    lm = load(art)
-    ids = torch.randint(0, 300, (2, 6))
-    pos = torch.arange(6).expand(2, 6).contiguous()
-    past = lm.empty_past(2)
-    got, present = lm.forward(ids, pos, past)
-    want = interp_run(g, [ids, pos, *[t for kv in past for t in kv]])
-    torch.testing.assert_close(got, want[0], rtol=1e-4, atol=1e-4)
-    one = torch.tensor([[3]])
-    got1, _ = lm.forward(one, torch.tensor([[6]]), [(k[:1], v[:1]) for k, v in present])
-    want1 = interp_run(g, [one, torch.tensor([[6]]), *[t[:1] for t in want[1:]]])
-    torch.testing.assert_close(got1, want1[0], rtol=1e-4, atol=1e-4)
+    check_against_interp(g, Path(art), seq=6, token=3)
 
 
 def test_kernels_and_layouts(mixed):
