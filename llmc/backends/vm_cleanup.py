@@ -22,6 +22,7 @@ The per-argument type checks are the other big item; they are cut at lowering, b
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import tvm
@@ -44,31 +45,46 @@ class _VarUses(PyExprVisitor):
 
 
 @mutator
-class _DropTuples(PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, used: set[Any]) -> None:
+class _DropBindings(PyExprMutator):
+    """Drops (and counts) every variable binding for which ``drop`` holds."""
+
+    def __init__(self, mod: tvm.IRModule, drop: Callable[[relax.VarBinding], bool]) -> None:
         super().__init__(mod)
-        self.used = used
+        self.drop = drop
         self.dropped = 0
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
-        if isinstance(binding.value, relax.Tuple) and binding.var not in self.used:
+        if self.drop(binding):
             self.dropped += 1
             return
         super().visit_var_binding_(binding)
 
 
-def drop_unused_tuples_in(mod: tvm.IRModule) -> tuple[tvm.IRModule, int]:
-    """``mod`` without tuple bindings that nothing reads, and how many were dropped."""
-    funcs = [(gv, f) for gv, f in mod.functions.items() if isinstance(f, relax.Function)]
-    uses = _VarUses()
-    for _, func in funcs:
-        uses.visit_expr(func)
-    m = _DropTuples(mod, uses.used)
-    for gv, func in funcs:
+def _relax_functions(mod: tvm.IRModule) -> list[tuple[Any, relax.Function]]:
+    return [(gv, f) for gv, f in mod.functions.items() if isinstance(f, relax.Function)]
+
+
+def _drop_bindings(
+    mod: tvm.IRModule, drop: Callable[[relax.VarBinding], bool]
+) -> tuple[tvm.IRModule, int]:
+    """``mod`` without the bindings of its Relax functions for which ``drop`` holds, and how
+    many were dropped."""
+    m = _DropBindings(mod, drop)
+    for gv, func in _relax_functions(mod):
         new = m.visit_expr(func)
         if not new.same_as(func):
             m.builder_.update_func(gv, new)
     return m.builder_.get(), m.dropped
+
+
+def drop_unused_tuples_in(mod: tvm.IRModule) -> tuple[tvm.IRModule, int]:
+    """``mod`` without tuple bindings that nothing reads, and how many were dropped."""
+    uses = _VarUses()
+    for _, func in _relax_functions(mod):
+        uses.visit_expr(func)
+    return _drop_bindings(
+        mod, lambda b: isinstance(b.value, relax.Tuple) and b.var not in uses.used
+    )
 
 
 #: A function whose killed objects of static size add up to at most this many bytes drops their
@@ -76,6 +92,14 @@ def drop_unused_tuples_in(mod: tvm.IRModule) -> tuple[tvm.IRModule, int]:
 SMALL_KILL_BYTES = 4 << 20
 
 _KILLS = ("relax.vm.kill_object", "relax.memory.kill_tensor", "relax.memory.kill_storage")
+
+
+def _is_op(v: Any, *names: str) -> bool:
+    return isinstance(v, relax.Call) and isinstance(v.op, tvm.ir.Op) and v.op.name in names
+
+
+def _is_kill(v: Any) -> bool:
+    return _is_op(v, *_KILLS)
 
 
 def _static_bytes(t: Any) -> int | None:
@@ -100,38 +124,17 @@ class _KillSizes(PyExprVisitor):
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
         v = binding.value
-        if isinstance(v, relax.Call) and isinstance(v.op, tvm.ir.Op):
-            if v.op.name == "relax.vm.alloc_storage" and isinstance(v.args[0], relax.ShapeExpr):
-                dims = v.args[0].values
-                if all(isinstance(d, tvm.tirx.IntImm) for d in dims):
-                    n = 1
-                    for d in dims:
-                        n *= int(d.value)
-                    self.size[binding.var] = n  # bytes (uint8 storage)
-            elif v.op.name in _KILLS:
-                self.killed.append(v.args[0])
+        if _is_op(v, "relax.vm.alloc_storage") and isinstance(v.args[0], relax.ShapeExpr):
+            dims = v.args[0].values
+            if all(isinstance(d, tvm.tirx.IntImm) for d in dims):
+                n = 1
+                for d in dims:
+                    n *= int(d.value)
+                self.size[binding.var] = n  # bytes (uint8 storage)
+        elif _is_kill(v):
+            self.killed.append(v.args[0])
         if binding.var not in self.size:
             self.size[binding.var] = _static_bytes(binding.var.ty)
-        super().visit_var_binding_(binding)
-
-
-@mutator
-class _DropKills(PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, drop: set[Any]) -> None:
-        super().__init__(mod)
-        self.drop = drop
-        self.dropped = 0
-
-    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
-        v = binding.value
-        if (
-            isinstance(v, relax.Call)
-            and isinstance(v.op, tvm.ir.Op)
-            and v.op.name in _KILLS
-            and v.args[0] in self.drop
-        ):
-            self.dropped += 1
-            return
         super().visit_var_binding_(binding)
 
 
@@ -140,20 +143,14 @@ def drop_small_kills_in(
 ) -> tuple[tvm.IRModule, int]:
     """``mod`` without the kills of functions whose killed objects are all small (see the module
     docstring), and how many kills were dropped."""
-    funcs = [(gv, f) for gv, f in mod.functions.items() if isinstance(f, relax.Function)]
     drop: set[Any] = set()
-    for _, func in funcs:
+    for _, func in _relax_functions(mod):
         sizes = _KillSizes()
         sizes.visit_expr(func)
         small = [x for x in sizes.killed if sizes.size.get(x) is not None]
         if sum(sizes.size[x] or 0 for x in small) <= limit:
             drop.update(small)
-    m = _DropKills(mod, drop)
-    for gv, func in funcs:
-        new = m.visit_expr(func)
-        if not new.same_as(func):
-            m.builder_.update_func(gv, new)
-    return m.builder_.get(), m.dropped
+    return _drop_bindings(mod, lambda b: _is_kill(b.value) and b.value.args[0] in drop)
 
 
 @tvm.transform.module_pass(opt_level=0, name="llmc.DropSmallKills")
