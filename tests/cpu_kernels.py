@@ -102,6 +102,23 @@ def pack_codes(u: np.ndarray, kp: int, width: int, nibbles: bool) -> np.ndarray:
     return full.reshape(-1, width, kp // 4, 4).transpose(0, 2, 1, 3).copy()
 
 
+def int8_panels(wq: np.ndarray, width: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Int8 codes ``[N, K]`` in the W8A8 kernels' layout ``[P, ceil(K/4), width, 4]`` (K padded
+    to whole quads, N to whole panels, with zeros) and their row sums ``[P, width]`` int32 (zero
+    on the padding)."""
+    n, k = wq.shape
+    kq = (k + 3) // 4
+    full = np.zeros((-(-n // width) * width, kq * 4), np.int8)
+    full[:n, :k] = wq
+    codes = full.reshape(-1, width, kq, 4).transpose(0, 2, 1, 3).copy()
+    return codes, full.astype(np.int32).sum(1).astype("int32").reshape(-1, width)
+
+
+def lane_panel(v: np.ndarray, n: int, width: int = 64) -> np.ndarray:
+    """A per-output vector ``[N]`` (the W8A8 weight scales) as ``[P, width]``, zero-padded."""
+    return panel(v[:, None], n, width)[:, 0, :]
+
+
 def run_digits_kernel(
     mod: ModuleType,
     fn,

@@ -21,7 +21,7 @@ from tests.cpu_kernels import asm as _asm
 from tests.cpu_kernels import check_against_interp as _check_against_interp
 from tests.cpu_kernels import compress_q4 as _compress
 from tests.cpu_kernels import haswell_target as _target
-from tests.cpu_kernels import panel32 as _panel
+from tests.cpu_kernels import int8_panels, lane_panel
 from tests.cpu_kernels import run_avx2 as _run
 from tests.lm_fixtures import toy_lm
 
@@ -75,14 +75,11 @@ def test_w8a8_avx2_exact(k, n):
     wq = rng.integers(-128, 128, (n, k)).astype("int8")
     wq[:, 0] = -128
     ws = rng.random(n).astype("float32")
-    kq = (k + 3) // 4
-    full = np.zeros((((n + 31) // 32) * 32, kq * 4), np.int8)
-    full[:n, :k] = wq
-    codes = full.reshape(-1, 32, kq, 4).transpose(0, 2, 1, 3).copy()
+    codes, _ = int8_panels(wq, 32)
     ex = tvm.compile(A.w8a8_avx2(k, n, None), _target())
     cpu = tvm.cpu()
     out = tvm.runtime.tensor(np.zeros((rows, n), "float32"), cpu)
-    args = [xq, xs, codes, _panel(ws[:, None], n)[:, 0, :]]
+    args = [xq, xs, codes, lane_panel(ws, n, 32)]
     ex(*[tvm.runtime.tensor(a, cpu) for a in args], out)
     dot = xq.astype(np.int64) @ wq.astype(np.int64).T
     want = dot.astype(np.float32) * xs[:, None] * ws[None, :]

@@ -19,6 +19,7 @@ import torch
 from llmc.backends.cpu.pipeline import kernel_isa
 from llmc.targets.cpu_isa import ISA_ENV, host_isa_flags
 from tests.backends.conftest import compile_graph, interp_run
+from tests.cpu_kernels import int8_panels, lane_panel, pack_codes, panel
 from tests.lm_fixtures import toy_lm
 
 vnni = pytest.mark.skipif(kernel_isa() != "avx512_vnni", reason="host CPU has no AVX-512 VNNI")
@@ -38,26 +39,12 @@ def _target(isa: str):
     return tvm.target.Target({"kind": "llvm", "mcpu": host_cpu() if isa == "vnni" else "haswell"})
 
 
-def _panel(a: np.ndarray, n: int, nb: int) -> np.ndarray:
-    """[N, X] -> [P, X, nb] zero-padded."""
-    b = np.zeros((-(-n // nb) * nb, a.shape[1]), a.dtype)
-    b[:n] = a
-    return b.reshape(-1, nb, a.shape[1]).transpose(0, 2, 1).copy()
-
-
 def _weight(rng, kernel: str, n: int, k: int, kp: int, g: int, nb: int) -> list[np.ndarray]:
     """Random codes in the quad-panel layout (q4: two nibbles per byte), scales, offsets."""
     u = rng.integers(0, 16 if kernel == "q4" else 256, (n, k)).astype(np.uint8)
     sc = (rng.random((n, k // g)) * 0.02 + 1e-3).astype("float32")
     of = (rng.random((n, k // g)) * 4 + (6 if kernel == "q4" else 126)).astype("float32")
-    full = np.zeros((-(-n // nb) * nb, kp), np.uint8)
-    full[:n, :k] = u
-    if kernel == "q4":
-        t = full.reshape(-1, nb, kp // 8, 2, 4)
-        codes = (t[:, :, :, 0, :] | (t[:, :, :, 1, :] << 4)).transpose(0, 2, 1, 3).copy()
-    else:
-        codes = full.reshape(-1, nb, kp // 4, 4).transpose(0, 2, 1, 3).copy()
-    return [codes, _panel(sc, n, nb), _panel(of, n, nb)]
+    return [pack_codes(u, kp, nb, kernel == "q4"), panel(sc, n, nb), panel(of, n, nb)]
 
 
 @pytest.mark.parametrize("widths", WIDTHS, ids=["qkv", "gate-up"])
@@ -125,10 +112,7 @@ def test_grouped_w8a8_avx2_exact(widths):
     for n in widths:
         wq = rng.integers(-128, 128, (n, k)).astype("int8")
         ws = rng.random(n).astype("float32")
-        full = np.zeros((-(-n // A.NB) * A.NB, -(-k // 4) * 4), np.int8)
-        full[:n, :k] = wq
-        args += [full.reshape(-1, A.NB, full.shape[1] // 4, 4).transpose(0, 2, 1, 3).copy()]
-        args += [_panel(ws[:, None], n, A.NB)[:, 0, :]]
+        args += [int8_panels(wq, A.NB)[0], lane_panel(ws, n, A.NB)]
         dot = xq.astype(np.int64) @ wq.T.astype(np.int64)
         want.append((dot.astype(np.float32) * xs[0] * ws).astype("float32"))
     ex = tvm.compile(A.w8a8_avx2(k, widths, 1), _target("avx2"))

@@ -14,6 +14,7 @@ import torch
 
 from llmc.backends.cpu.pipeline import kernel_isa
 from tests.backends.conftest import compile_graph, interp_run
+from tests.cpu_kernels import int8_panels, lane_panel, panel
 from tests.lm_fixtures import toy_lm
 
 vnni = pytest.mark.skipif(kernel_isa() != "avx512_vnni", reason="host CPU has no AVX-512 VNNI")
@@ -25,14 +26,6 @@ def _build(f):
     from llmc.backends.cpu.pipeline import host_cpu
 
     return tvm.compile(f, tvm.target.Target({"kind": "llvm", "mcpu": host_cpu()}))
-
-
-def _panel(a: np.ndarray) -> np.ndarray:
-    n = a.shape[0]
-    p = (n + 63) // 64
-    b = np.zeros((p * 64, a.shape[1]), a.dtype)
-    b[:n] = a
-    return b.reshape(p, 64, -1).transpose(0, 2, 1).copy()
 
 
 @pytest.mark.parametrize(
@@ -52,7 +45,7 @@ def test_gemm_prefill_matches_numpy(rows, k, n, kc):
     cpu = tvm.cpu()
     sentinel = np.full((rows, n), 7.0, "float32")
     out = tvm.runtime.tensor(sentinel, cpu)
-    ex(tvm.runtime.tensor(x, cpu), tvm.runtime.tensor(_panel(w), cpu), out)
+    ex(tvm.runtime.tensor(x, cpu), tvm.runtime.tensor(panel(w, w.shape[0]), cpu), out)
     want = x.astype(np.float64) @ w.astype(np.float64).T
     np.testing.assert_allclose(out.numpy(), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
@@ -63,14 +56,10 @@ def _w8a8_args(rows: int, k: int, n: int):
     xs = rng.random(rows).astype("float32")
     wq = rng.integers(-127, 128, (n, k)).astype("int8")
     ws = rng.random(n).astype("float32")
-    kq = (k + 3) // 4
-    full = np.zeros((((n + 63) // 64) * 64, kq * 4), np.int8)
-    full[:n, :k] = wq
-    codes = full.reshape(-1, 64, kq, 4).transpose(0, 2, 1, 3).copy()
-    wsum = full.astype(np.int32).sum(1).astype("int32").reshape(-1, 64)
+    codes, wsum = int8_panels(wq)
     dot = xq.astype(np.int64) @ wq.astype(np.int64).T
     want = dot.astype(np.float32) * xs[:, None] * ws[None, :]
-    return [xq, xs, codes, wsum, _panel(ws[:, None])[:, 0, :]], want
+    return [xq, xs, codes, wsum, lane_panel(ws, n)], want
 
 
 @vnni

@@ -19,6 +19,7 @@ from tests.cpu_kernels import asm as _asm
 from tests.cpu_kernels import check_rules as _check_against_interp
 from tests.cpu_kernels import compress_q4 as _compress
 from tests.cpu_kernels import host_target as _target
+from tests.cpu_kernels import int8_panels, lane_panel
 from tests.cpu_kernels import panel as _panel
 from tests.cpu_kernels import run_vnni_q4 as _run_q4
 from tests.cpu_kernels import run_vnni_q8w as _run_q8w
@@ -91,16 +92,11 @@ def test_w8a8_vnni_exact(k, n, rows, act_scale):
         x[:, 1] = 5.0  # 250 steps of the static scale: clamped to 127
     wq = rng.integers(-127, 128, (n, k)).astype("int8")
     ws = rng.random(n).astype("float32")
-    kq = (k + 3) // 4
-    full = np.zeros((((n + 63) // 64) * 64, kq * 4), np.int8)
-    full[:n, :k] = wq
-    codes = full.reshape(-1, 64, kq, 4).transpose(0, 2, 1, 3).copy()
-    wsum = np.zeros(full.shape[0], "int32")
-    wsum[:n] = wq.astype(np.int32).sum(1)
+    codes, wsum = int8_panels(wq)
     ex = tvm.compile(V.w8a8_vnni(k, n, 1 if rows == 1 else None, act_scale), _target())
     cpu = tvm.cpu()
     out = tvm.runtime.tensor(np.zeros((rows, n), "float32"), cpu)
-    args = [x, codes, wsum.reshape(-1, 64), _panel(ws[:, None], n)[:, 0, :]]
+    args = [x, codes, wsum, lane_panel(ws, n)]
     ex(*[tvm.runtime.tensor(a, cpu) for a in args], out)
     q, s = quantize_per_token(torch.from_numpy(x), act_scale)
     want = int8_matmul(q, torch.from_numpy(wq)).to(torch.float32) * s * torch.from_numpy(ws)
@@ -226,13 +222,7 @@ def test_w8a8_vnni_multi_exact(rows, static):
     for n in ns:
         wq = rng.integers(-127, 128, (n, k)).astype("int8")
         ws = rng.random(n).astype("float32")
-        kq = (k + 3) // 4
-        full = np.zeros((((n + 63) // 64) * 64, kq * 4), np.int8)
-        full[:n, :k] = wq
-        wsum = np.zeros(full.shape[0], "int32")
-        wsum[:n] = wq.astype(np.int32).sum(1)
-        codes = full.reshape(-1, 64, kq, 4).transpose(0, 2, 1, 3).copy()
-        args += [codes, wsum.reshape(-1, 64), _panel(ws[:, None], n)[:, 0, :]]
+        args += [*int8_panels(wq), lane_panel(ws, n)]
         dot = int8_matmul(q, torch.from_numpy(wq)).to(torch.float32)
         want.append((dot * s * torch.from_numpy(ws)).numpy())
     ex = tvm.compile(V.w8a8_vnni_multi(k, ns, rows if static else None), _target())
