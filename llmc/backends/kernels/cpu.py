@@ -53,20 +53,20 @@ def _gemm(
     n_dim: int,
     red: int,
     nb: int,
+    x_shape: tuple[int, str],
     inputs: list[te.Tensor],
-    x: Callable[[Any], te.Tensor],
-    term: Callable[[Any, Any, Any], Any],
+    term: Callable[[te.Tensor, Any, Any, Any], Any],
     vector_bits: int = 512,
 ) -> tirx.PrimFunc:
-    """``C[i, j] = sum_r term(row, j, r)`` (float32), scheduled as a panel GEMM.
+    """``C[i, j] = sum_r term(x, row, j, r)`` (float32), scheduled as a panel GEMM.
 
-    ``x(rows)`` declares the activation placeholder for the row extent; ``term`` gets the row
-    index already clamped to the real rows; ``vector_bits`` is the widest vector register the
-    target has (it sizes the register block, :func:`row_block`).
+    ``x_shape = (K, dtype)`` declares the activation placeholder ``x [M, K]``; ``term`` gets it
+    and the row index already clamped to the real rows; ``vector_bits`` is the widest vector
+    register the target has (it sizes the register block, :func:`row_block`).
     """
     mb = row_block(m, nb, vector_bits)
     rows: Any = tirx.Var("m", "int64") if m is None else m
-    xt = x(rows)
+    xt = te.placeholder((rows, x_shape[0]), x_shape[1], name="x")
     r = te.reduce_axis((0, red), "r")
     # The accumulator covers whole register blocks: rows rounded up to MB (padded rows re-read
     # the last real row) and columns up to whole panels (the padding lanes of the last panel
@@ -78,7 +78,7 @@ def _gemm(
     n_pad = (n_dim + nb - 1) // nb * nb
     cp = te.compute(
         (padded, n_pad),
-        lambda i, j: te.sum(term(i if mb == 1 else tirx.min(i, last), j, r), axis=r),
+        lambda i, j: te.sum(term(xt, i if mb == 1 else tirx.min(i, last), j, r), axis=r),
         name="acc",
     )
     c = te.compute((rows, n_dim), lambda i, j: cp[i, j], name="C")
@@ -118,16 +118,12 @@ def panel_gemm(
     """``C[M, N] = X[M, K] @ W.T`` with W in ``panel{nb}`` layout; float32 result."""
     panels = (n_dim + nb - 1) // nb
     w = te.placeholder((panels, k_dim, nb), w_dtype, name="w")
-    box: dict[str, te.Tensor] = {}
 
-    def x(rows: Any) -> te.Tensor:
-        box["x"] = te.placeholder((rows, k_dim), x_dtype, name="x")
-        return box["x"]
+    def term(x: te.Tensor, i: Any, j: Any, k: Any) -> Any:
+        return x[i, k].astype(F32) * w[j // nb, k, j % nb].astype(F32)
 
-    def term(i: Any, j: Any, k: Any) -> Any:
-        return box["x"][i, k].astype(F32) * w[j // nb, k, j % nb].astype(F32)
-
-    return _gemm(f"panel_gemm_k{k_dim}_n{n_dim}", m, n_dim, k_dim, nb, [w], x, term, vector_bits)
+    name = f"panel_gemm_k{k_dim}_n{n_dim}"
+    return _gemm(name, m, n_dim, k_dim, nb, (k_dim, x_dtype), [w], term, vector_bits)
 
 
 def panel_gemm_q4(
@@ -142,32 +138,51 @@ def panel_gemm_q4(
 ) -> tirx.PrimFunc:
     """W4A16 on the CPU: codes ``[P, K/2, NB]`` (two k per byte, low nibble = even k), scales and
     offsets ``[P, K/g, NB]``: ``w = (nibble - offset) * scale``."""
+    codes = te.placeholder(((n_dim + nb - 1) // nb, k_dim // 2, nb), "uint8", name="codes")
+
+    def nibble(p: Any, k: Any, lane: Any) -> Any:
+        byte = codes[p, k // 2, lane]
+        return (byte >> ((k % 2) * 4).astype("uint8")) & tirx.const(15, "uint8")
+
+    args = (k_dim, n_dim, nb, group, x_dtype, s_dtype, m, vector_bits)
+    return _dequant_gemm("q4", codes, nibble, *args)
+
+
+def _dequant_gemm(
+    kind: str,
+    codes: te.Tensor,
+    code: Callable[[Any, Any, Any], Any],
+    k_dim: int,
+    n_dim: int,
+    nb: int,
+    group: int,
+    x_dtype: str,
+    s_dtype: str,
+    m: int | None,
+    vector_bits: int,
+) -> tirx.PrimFunc:
+    """The weight-only panel GEMM of :func:`panel_gemm_q4` and :func:`panel_gemm_q8`: ``w =
+    (code(p, k, lane) - offset) * scale`` with scales and offsets ``[P, K/g, NB]``."""
     panels = (n_dim + nb - 1) // nb
-    codes = te.placeholder((panels, k_dim // 2, nb), "uint8", name="codes")
     scale = te.placeholder((panels, k_dim // group, nb), s_dtype, name="scale")
     offset = te.placeholder((panels, k_dim // group, nb), s_dtype, name="offset")
-    box: dict[str, te.Tensor] = {}
 
-    def x(rows: Any) -> te.Tensor:
-        box["x"] = te.placeholder((rows, k_dim), x_dtype, name="x")
-        return box["x"]
-
-    def term(i: Any, j: Any, k: Any) -> Any:
+    def term(x: te.Tensor, i: Any, j: Any, k: Any) -> Any:
         p, lane = j // nb, j % nb
-        byte = codes[p, k // 2, lane]
-        nib = (byte >> ((k % 2) * 4).astype("uint8")) & tirx.const(15, "uint8")
         g = k // group
-        w = (nib.astype(F32) - offset[p, g, lane].astype(F32)) * scale[p, g, lane].astype(F32)
-        return box["x"][i, k].astype(F32) * w
+        w = (code(p, k, lane).astype(F32) - offset[p, g, lane].astype(F32)) * scale[
+            p, g, lane
+        ].astype(F32)
+        return x[i, k].astype(F32) * w
 
     return _gemm(
-        f"panel_gemm_q4_k{k_dim}_n{n_dim}_g{group}",
+        f"panel_gemm_{kind}_k{k_dim}_n{n_dim}_g{group}",
         m,
         n_dim,
         k_dim,
         nb,
+        (k_dim, x_dtype),
         [codes, scale, offset],
-        x,
         term,
         vector_bits,
     )
@@ -190,16 +205,11 @@ def panel_gemm_nm(
     kk_dim = k_dim // m_group * n_keep
     vals = te.placeholder((panels, kk_dim, nb), w_dtype, name="values")
     idx = te.placeholder((panels, kk_dim, nb), "uint8", name="index")
-    box: dict[str, te.Tensor] = {}
 
-    def x(rows: Any) -> te.Tensor:
-        box["x"] = te.placeholder((rows, k_dim), x_dtype, name="x")
-        return box["x"]
-
-    def term(i: Any, j: Any, kk: Any) -> Any:
+    def term(x: te.Tensor, i: Any, j: Any, kk: Any) -> Any:
         p, lane = j // nb, j % nb
         col = (kk // n_keep) * m_group + idx[p, kk, lane].astype("int64")
-        return box["x"][i, col].astype(F32) * vals[p, kk, lane].astype(F32)
+        return x[i, col].astype(F32) * vals[p, kk, lane].astype(F32)
 
     return _gemm(
         f"panel_gemm_nm{n_keep}{m_group}_k{k_dim}_n{n_dim}",
@@ -207,8 +217,8 @@ def panel_gemm_nm(
         n_dim,
         kk_dim,
         nb,
+        (k_dim, x_dtype),
         [vals, idx],
-        x,
         term,
         vector_bits,
     )
@@ -226,32 +236,6 @@ def panel_gemm_q8(
 ) -> tirx.PrimFunc:
     """5..8-bit weight-only on the CPU: int8 codes ``[P, K, NB]``, scales and offsets
     ``[P, K/g, NB]``: ``w = (code - offset) * scale``."""
-    panels = (n_dim + nb - 1) // nb
-    codes = te.placeholder((panels, k_dim, nb), "int8", name="codes")
-    scale = te.placeholder((panels, k_dim // group, nb), s_dtype, name="scale")
-    offset = te.placeholder((panels, k_dim // group, nb), s_dtype, name="offset")
-    box: dict[str, te.Tensor] = {}
-
-    def x(rows: Any) -> te.Tensor:
-        box["x"] = te.placeholder((rows, k_dim), x_dtype, name="x")
-        return box["x"]
-
-    def term(i: Any, j: Any, k: Any) -> Any:
-        p, lane = j // nb, j % nb
-        g = k // group
-        w = (codes[p, k, lane].astype(F32) - offset[p, g, lane].astype(F32)) * scale[
-            p, g, lane
-        ].astype(F32)
-        return box["x"][i, k].astype(F32) * w
-
-    return _gemm(
-        f"panel_gemm_q8_k{k_dim}_n{n_dim}_g{group}",
-        m,
-        n_dim,
-        k_dim,
-        nb,
-        [codes, scale, offset],
-        x,
-        term,
-        vector_bits,
-    )
+    codes = te.placeholder(((n_dim + nb - 1) // nb, k_dim, nb), "int8", name="codes")
+    args = (k_dim, n_dim, nb, group, x_dtype, s_dtype, m, vector_bits)
+    return _dequant_gemm("q8", codes, lambda p, k, lane: codes[p, k, lane], *args)
