@@ -35,7 +35,7 @@ from tvm.script import tirx as T
 
 from llmc.backends.kernels.cpu import SCRATCH
 from llmc.backends.kernels.cpu_group import Buf, grouped_func, int8_args, weight_only_args, widths
-from llmc.backends.kernels.cpu_vnni import act_block, block_codes, padded_k, supports_q4
+from llmc.backends.kernels.cpu_vnni import act_block, block_codes, k_blocks, padded_k, supports_q4
 
 __all__ = [
     "NB",
@@ -201,12 +201,7 @@ def weight_only_avx2(
     ``offset`` of each weight, then one result per weight).
     """
     n_dims = (n_dim,) if isinstance(n_dim, int) else tuple(n_dim)
-    g = min(group, k_dim)
-    ab = act_block(k_dim, group)
-    kp = padded_k(k_dim, group)
-    ngroups = k_dim // g
-    nblk = kp // ab
-    bpg = nblk if g == k_dim else g // ab
+    _, ab, kp, ngroups, nblk, bpg = k_blocks(k_dim, group)
     kr = unpack.k_per_row
     steps = ab // kr  # byte rows per block
     rows: Any = tirx.Var("m", "int64") if m is None else m

@@ -56,6 +56,20 @@ def padded_k(k_dim: int, group: int) -> int:
     return (k_dim + ab - 1) // ab * ab
 
 
+def k_blocks(k_dim: int, group: int, ab: int | None = None) -> tuple[int, int, int, int, int, int]:
+    """How a weight-only kernel splits K: ``(g, ab, K', groups, blocks, blocks per group)`` —
+    the weight group ``g = min(group, K)``, the activation block (default :func:`act_block`),
+    the padded ``K'`` (:func:`padded_k`), ``K/g`` groups, ``K'/ab`` blocks, and the blocks of
+    one group (per-channel: all blocks, the padded tail included)."""
+    g = min(group, k_dim)
+    ab = act_block(k_dim, group) if ab is None else ab
+    kp = padded_k(k_dim, group)
+    if kp % ab or (g < k_dim and g % ab) or ab % 8:
+        raise ValueError(f"activation block {ab} does not tile group {group} of K={k_dim}")
+    nblk = kp // ab
+    return g, ab, kp, k_dim // g, nblk, nblk if g == k_dim else g // ab
+
+
 def supports_q4(k_dim: int, group: int) -> bool:
     """Whether :func:`q4_vnni` handles this shape (groups must be whole 8-element quads)."""
     return group >= k_dim or group % 8 == 0
@@ -278,15 +292,7 @@ def weight_only_vnni(
     and none of the preparation's result tensors.
     """
     n_dims = (n_dim,) if isinstance(n_dim, int) else tuple(n_dim)
-    g = min(group, k_dim)
-    ab = act_block(k_dim, group) if ab is None else ab
-    kp = padded_k(k_dim, group)
-    if kp % ab or (g < k_dim and g % ab) or ab % 8:
-        raise ValueError(f"activation block {ab} does not tile group {group} of K={k_dim}")
-    ngroups = k_dim // g
-    nblk = kp // ab
-    # blocks of one group (per-channel: all blocks, the padded tail included)
-    bpg = nblk if g == k_dim else g // ab
+    g, ab, kp, ngroups, nblk, bpg = k_blocks(k_dim, group, ab)
     kr = unpack.k_per_row
     rows_blk = ab // kr  # byte rows per block
     # two independent accumulator chains per (digit, quarter) for 1 digit over blocks of 64+
