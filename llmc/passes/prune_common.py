@@ -26,7 +26,7 @@ from llmc.errors import PassError
 from llmc.ir.graph import Graph
 from llmc.ir.params import SparsitySpec, StorageFormat
 from llmc.passes.base import CalibrationError, Pass, PassContext, PassOptionError
-from llmc.passes.calibration import InputStats, output_error, run_layerwise
+from llmc.passes.calibration import InputStats, each_target, output_error, run_layerwise
 from llmc.passes.select import DEFAULT_EXCLUDE, Target, select_linears
 from llmc.safetensors_io import keep
 
@@ -170,7 +170,7 @@ class PruneBase(Pass):
                     graph,
                     ctx,
                     [t.node for t in targets],
-                    lambda seg, stats: [do(by_node[id(n)], s) for n, s in stats.items()],
+                    lambda seg, stats: each_target(stats, lambda n, s: do(by_node[id(n)], s)),
                     hessian=self.needs_hessian or measure,
                 )
                 rep.set(**info.to_dict())

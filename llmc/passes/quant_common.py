@@ -55,7 +55,7 @@ from llmc.ir.params import (
     round_scale,
 )
 from llmc.passes.base import CalibrationError, Pass, PassContext, PassOptionError
-from llmc.passes.calibration import InputStats, output_error, run_layerwise
+from llmc.passes.calibration import InputStats, each_target, output_error, run_layerwise
 from llmc.passes.select import DEFAULT_EXCLUDE, Target, matches, module_path, select_linears
 from llmc.safetensors_io import keep
 
@@ -386,7 +386,7 @@ class QuantBase(Pass):
                     graph,
                     ctx,
                     [t.node for t in targets],
-                    lambda seg, stats: [do(by_node[id(n)], s) for n, s in stats.items()],
+                    lambda seg, stats: each_target(stats, lambda n, s: do(by_node[id(n)], s)),
                     hessian=self.needs_hessian or measure,
                 )
                 rep.set(**info.to_dict())

@@ -14,7 +14,7 @@ import torch
 from llmc.ir.graph import Graph, Node
 from llmc.ir.params import QuantSpec
 from llmc.passes.base import CalibrationError, Pass, PassContext, PassOptionError
-from llmc.passes.calibration import InputStats, output_error, run_layerwise
+from llmc.passes.calibration import InputStats, each_target, output_error, run_layerwise
 from llmc.passes.quant_common import head_targets, rtn_quantize, store_quantized, untie_head
 from llmc.passes.select import DEFAULT_EXCLUDE, Target, select_linears
 
@@ -86,7 +86,7 @@ class W8A8(Pass):
                     graph,
                     ctx,
                     [t.node for t in targets],
-                    lambda seg, stats: [do(by_node[id(n)], s) for n, s in stats.items()],
+                    lambda seg, stats: each_target(stats, lambda n, s: do(by_node[id(n)], s)),
                     hessian=self.measure,
                 )
                 rep.set(**info.to_dict())
