@@ -310,12 +310,16 @@ warm.add(torch.randn(2048, 1024))
 GPTQQuant(bits=4, group=128).quantize(torch.randn(4, 1024), 128, warm, None)
 stats = InputStats(d, hessian=True)
 stats.add(torch.randn(2 * d, d))
-w = torch.randn(8, d)
 grow = {}
-grow["H"], h = peak_growth(stats.H)
-grow["inverse_hessian_chol"], _ = peak_growth(lambda: inverse_hessian_chol(h, 0.01))
-del h, _
-grow["gptq"], _ = peak_growth(lambda: GPTQQuant(bits=4, group=128).quantize(w, 128, stats, None))
+if sys.argv[2] == "tall":  # alone in its process: freed heap of the steps above would be reused
+    w = torch.randn(4 * d, d)  # a tall weight (an MLP's up projection): GPTQ's own copies show
+    grow["gptq_tall"], _ = peak_growth(lambda: GPTQQuant(bits=4, group=128).quantize(w, 128, stats, None))
+else:
+    w = torch.randn(8, d)
+    grow["H"], h = peak_growth(stats.H)
+    grow["inverse_hessian_chol"], _ = peak_growth(lambda: inverse_hessian_chol(h, 0.01))
+    del h, _
+    grow["gptq"], _ = peak_growth(lambda: GPTQQuant(bits=4, group=128).quantize(w, 128, stats, None))
 print(json.dumps(grow))
 """
 
@@ -326,7 +330,8 @@ def test_hessian_inverse_and_gptq_hold_one_float64_matrix() -> None:
     ``d x d`` float64 matrix besides its input (a copy per step held five: 4.8 GB for Llama-2-7B's
     11008-wide down projection), ``InputStats.H()`` no float64 temporary of ``XᵀX``'s size (two
     before), and GPTQ on a ``d``-wide linear two float64 matrices' worth (the factor and the float32
-    Hessian it came from; six before). Peak RSS growth of a fresh process, in units of one
+    Hessian it came from; six before), and on a tall weight one float64 copy of it (int8 codes,
+    the block update in place). Peak RSS growth of a fresh process, in units of one
     ``d x d`` float64 matrix (32 MiB at d = 2048)."""
     import json
     import subprocess
@@ -336,17 +341,23 @@ def test_hessian_inverse_and_gptq_hold_one_float64_matrix() -> None:
         pytest.skip("cannot reset the peak RSS (/proc/self/clear_refs)")
     d = 2048
     root = Path(__file__).resolve().parents[1]
-    out = subprocess.run(
-        [sys.executable, "-c", _HESSIAN_PEAKS, str(d)],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"},
-    ).stdout
-    f64 = {k: v / (d * d * 8) for k, v in json.loads(out).items()}
+    f64 = {}
+    for mode in ("square", "tall"):
+        out = subprocess.run(
+            [sys.executable, "-c", _HESSIAN_PEAKS, str(d), mode],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"},
+        ).stdout
+        f64.update({k: v / (d * d * 8) for k, v in json.loads(out).items()})
     assert f64["H"] < 0.6, f64  # the float32 result (0.5) and one block of rows
     assert f64["inverse_hessian_chol"] < 1.25, f64
     assert f64["gptq"] < 2.0, f64
+    # a 4d x d weight: its float64 working copy (4 units), int8 codes (0.5), the blocks and the
+    # Hessian's factor: 8.4 measured; a float64 Q and the whole-width temporary of the block
+    # update made it 14.6
+    assert f64["gptq_tall"] < 10.5, f64
 
 
 def test_hessian_inverse_in_place_is_the_same_bits() -> None:

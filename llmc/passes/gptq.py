@@ -43,7 +43,7 @@ class GPTQQuant(QuantBase):
         bits, sym = self.bits, self.sym
         rows, cols = w.shape
         g = cols if group == 0 else group
-        W = w.clone().to(torch.float64)
+        W = w.to(torch.float64, copy=True)  # (a clone first held one more float32 copy)
         # float32 until inverse_hessian_chol (its one float64 buffer): a float64 copy here
         # would be one more d x d float64 matrix held through the factorization
         H = stats.H()
@@ -69,7 +69,10 @@ class GPTQQuant(QuantBase):
         keep_p = keep[:, perm] if keep is not None else None
         hinv, _ = inverse_hessian_chol(H, self.damp)
         del H
-        Q = torch.zeros_like(W)
+        # int8 codes (store_quantized's dtype; every column is written below): a float64 Q
+        # held one more float64 copy of the weight through GPTQ and the output error
+        # measurement (0.36 GB for Llama-2-7B's down projection)
+        Q = torch.empty(W.shape, dtype=torch.int8)
         bs = self.blocksize
         for i1 in range(0, cols, bs):
             i2 = min(i1 + bs, cols)
@@ -106,8 +109,10 @@ class GPTQQuant(QuantBase):
                 err1 = (w_col[:, 0] - deq[:, 0]) / d
                 W1[:, i:].addr_(err1, Hinv1[i, i:], alpha=-1.0)  # rank-1 update
                 Err1[:, i] = err1
-            Q[:, i1:i2] = Q1
-            W[:, i2:] -= Err1 @ hinv[i1:i2, i2:]
+            Q[:, i1:i2] = Q1.to(torch.int8)  # exact: Q1 holds integer codes in int8's range
+            # in place (BLAS writes into the view): ``W[:, i2:] -= Err1 @ ...`` made a float64
+            # temporary of nearly the whole weight's size at the first block
+            W[:, i2:].addmm_(Err1, hinv[i1:i2, i2:], alpha=-1.0)
         if self.act_order:
             inv = torch.argsort(perm)
             Q = Q[:, inv]
