@@ -189,7 +189,9 @@ def release(t: torch.Tensor) -> bool:
     st = t.untyped_storage()
     lo = st.data_ptr()
     hi = lo + st.nbytes()
-    for start, (length, ref) in list(_MAPS.items()):
+    # a copy made in one C call: building a list of items allocates, an allocation can run the
+    # cycle collector, and a map it frees drops out of _MAPS (_register's callback) mid-walk
+    for start, (length, ref) in _MAPS.copy().items():
         if start <= lo < start + length:
             mm = ref()
             if mm is None:

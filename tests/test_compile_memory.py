@@ -243,6 +243,35 @@ def test_release_drops_a_mapped_tensors_pages_and_keeps_its_values() -> None:
     assert not release(want.clone())  # anonymous memory is never dropped
 
 
+def test_release_while_the_collector_unmaps_other_maps() -> None:
+    """A map can be unmapped by the cycle collector in the middle of :func:`release`'s walk over
+    the live maps (its weak reference's callback drops it from the registry): the walk must not
+    see the registry change size (a flaky ``RuntimeError`` in ``make test`` before)."""
+    import gc
+
+    from llmc.safetensors_io import release, spill
+
+    t = spill(torch.randn(1 << 14))  # 64 KiB: whole pages to drop
+    live = [spill(torch.randn(16)) for _ in range(400)]  # a long walk
+    old = gc.get_threshold()
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(20):  # maps held only by reference cycles: freed by the collector
+            cycle: list = [spill(torch.randn(16))]
+            cycle.append(cycle)
+        del cycle
+        # the next collection comes 30 allocations from now: inside the walk, not before it
+        gc.set_threshold(gc.get_count()[0] + 30)
+        gc.enable()
+        assert release(t)
+    finally:
+        gc.enable()
+        gc.set_threshold(*old)
+        gc.collect()
+    del live
+
+
 @linux
 @pytest.mark.parametrize(
     "passes",
