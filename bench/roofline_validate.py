@@ -19,8 +19,8 @@ for ``--target cpu`` and
   or ``llmc/targets/data/cpu_peaks.json``) with the setting's same-run DRAM and LLC bandwidths,
   for a 128-token prompt and 64 generated tokens (the decode step at the mean cache length 160, as
   ``llmc bench`` averages over its steps). The memory level is the roofline's own choice
-  (``memory_level``: the LLC where weights + KV cache fit in it); the DRAM-only prediction is
-  recorded beside it.
+  (``memory_level``: the LLC where one decode step's reads fit in it, its share from the LLC and
+  the rest from DRAM where they do not); the DRAM-only prediction is recorded beside it.
 
 ``--cpu-time`` (a loaded machine): one thread (``TVM_NUM_THREADS=1``), and instead of ``llmc
 bench`` a fresh worker process of this script (``--worker``) runs the same request, timing each
@@ -34,6 +34,7 @@ int4, N:M) corrects the model (the fitted factors are in the JSON and docs/codes
 
     python bench/roofline_validate.py [--work /tmp/rv] [--rounds 5] [-o bench/roofline_validate.json]
     python bench/roofline_validate.py --phase compile     # only build the artifacts
+    python bench/roofline_validate.py --rederive FILE     # today's roofline on a run's figures
 """
 
 from __future__ import annotations
@@ -203,6 +204,83 @@ def predict(graph: Any, spec: Any, level: str = "auto") -> dict[str, Any]:
     }
 
 
+def predicted(
+    graph: Any, spec: Any, llc_bytes: float, bw: dict[str, float], dec: float, pre: float
+) -> dict[str, Any]:
+    """A row's predictions and efficiencies: the roofline of ``graph`` on ``spec`` with the
+    setting's same-run bandwidths ``bw`` (bytes/s: ``dram``, ``llc``) and the swept effective LLC
+    ``llc_bytes`` (0: none), against the measured ``dec`` (ms per token) and ``pre`` (ms)."""
+    has_llc = llc_bytes > 0 and bw.get("llc", 0.0) > 0
+    run_spec = dataclasses.replace(
+        spec,
+        mem_bandwidth=bw["dram"],
+        llc_bytes=float(llc_bytes) if has_llc else 0.0,
+        llc_bandwidth=bw["llc"] if has_llc else 0.0,
+    )
+    p = predict(graph, run_spec)
+    pd = predict(graph, run_spec, "dram")
+    return {
+        "memory_level": p["memory_level"],
+        "working_set_mb": p["working_set_bytes"] / 1e6,
+        "predicted_decode_ms": p["decode_ms_per_token"],
+        "measured_decode_ms": dec,
+        "decode_efficiency": p["decode_ms_per_token"] / dec,
+        "predicted_decode_ms_dram": pd["decode_ms_per_token"],
+        "decode_efficiency_dram": pd["decode_ms_per_token"] / dec,
+        "predicted_prefill_ms": p["prefill_ms"],
+        "measured_prefill_ms": pre,
+        "prefill_efficiency": p["prefill_ms"] / pre,
+        "decode_weight_mb": p["decode_weight_bytes"] / 1e6,
+    }
+
+
+def fit(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """``efficiency_by_kernel_class``: each row's decode and prefill efficiency, by kernel class."""
+    return {
+        r["kernel_class"]: {
+            "decode": round(r["decode_efficiency"], 3),
+            "prefill": round(r["prefill_efficiency"], 3),
+        }
+        for r in rows
+    }
+
+
+def rederive(path: Path, work: Path) -> dict[str, Any]:
+    """A result file's predictions, efficiencies and fitted factors derived again by today's
+    roofline from the run's own measurements (the settings' same-run bandwidths, as stored to
+    0.01 GB/s; its LLC sweep; the peak FLOP/s it used), on graphs compiled now with the same
+    settings; the measurements stay as they were and ``rederived`` records when and how."""
+    from llmc.compile import load
+    from llmc.targets import get_target, resolve_spec
+
+    doc = json.loads(path.read_text())
+    names = [r["setting"] for r in doc["rows"]]
+    for r in doc["rows"]:
+        if (SETTINGS.get(r["setting"]) or "(none)") != r["passes"]:
+            raise SystemExit(f"--rederive {path}: setting {r['setting']!r} is not {r['passes']!r}")
+    compile_all(work, names)
+    spec = dataclasses.replace(
+        resolve_spec(get_target("cpu")), peak_flops=dict(doc["spec"]["peak_flops"])
+    )
+    llc_bytes = float((doc.get("llc_sweep") or {}).get("effective_bytes") or 0)
+    for r in doc["rows"]:
+        bw = {k: v * 1e9 for k, v in r["read_gbs_same_run"].items()}
+        graph = load(str(work / r["setting"])).graph
+        r.update(
+            predicted(graph, spec, llc_bytes, bw, r["measured_decode_ms"], r["measured_prefill_ms"])
+        )
+    doc["efficiency_by_kernel_class"] = fit(doc["rows"])
+    doc["rederived"] = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "commit": git("rev-parse", "HEAD").strip(),
+        "command": f"python bench/roofline_validate.py --rederive {path}",
+        "what": "memory_level, predictions, efficiencies and efficiency_by_kernel_class by the "
+        "roofline of this commit (no measurement changed)",
+    }
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    return doc
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", default="/tmp/llmc-roofline-validate")
@@ -217,9 +295,25 @@ def main() -> int:
     )
     ap.add_argument("--worker", metavar="ART", help=argparse.SUPPRESS)
     ap.add_argument("-o", "--out", default=None)
+    ap.add_argument(
+        "--rederive",
+        metavar="JSON",
+        default=None,
+        help="measure nothing: derive a result file's predictions and factors again with "
+        "today's roofline from its own measurements (compiles the settings under --work)",
+    )
     a = ap.parse_args()
     if a.worker:
         return worker(a.worker, a.repeat)
+    if a.rederive:
+        doc = rederive(Path(a.rederive), Path(a.work))
+        for r in doc["rows"]:
+            print(
+                f"{r['setting']:12s} {r['memory_level']:>8s} {r['predicted_decode_ms']:8.2f} "
+                f"{r['measured_decode_ms']:8.2f} {r['decode_efficiency']:6.3f} "
+                f"{r['decode_efficiency_dram']:6.3f} {r['prefill_efficiency']:6.3f}"
+            )
+        return 0
     if a.cpu_time:
         os.environ["TVM_NUM_THREADS"] = "1"
     work = Path(a.work)
@@ -298,32 +392,13 @@ def main() -> int:
             return statistics.median(vals) if vals else 0.0
 
         bw = {k: med(k) for k in ("dram", "llc", "working_set")}
-        has_llc = llc_sweep["effective_bytes"] > 0
-        run_spec = dataclasses.replace(
-            spec,
-            mem_bandwidth=bw["dram"],
-            llc_bytes=float(llc_sweep["effective_bytes"]) if has_llc else 0.0,
-            llc_bandwidth=bw["llc"] if has_llc else 0.0,
-        )
-        p = predict(graphs[n], run_spec)
-        pd = predict(graphs[n], run_spec, "dram")
         rows.append(
             {
                 "setting": n,
                 "passes": SETTINGS[n] or "(none)",
                 "kernel_class": kernel_class(graphs[n]),
-                "memory_level": p["memory_level"],
-                "working_set_mb": p["working_set_bytes"] / 1e6,
                 "read_gbs_same_run": {k: round(v / 1e9, 2) for k, v in bw.items()},
-                "predicted_decode_ms": p["decode_ms_per_token"],
-                "measured_decode_ms": dec,
-                "decode_efficiency": p["decode_ms_per_token"] / dec,
-                "predicted_decode_ms_dram": pd["decode_ms_per_token"],
-                "decode_efficiency_dram": pd["decode_ms_per_token"] / dec,
-                "predicted_prefill_ms": p["prefill_ms"],
-                "measured_prefill_ms": pre,
-                "prefill_efficiency": p["prefill_ms"] / pre,
-                "decode_weight_mb": p["decode_weight_bytes"] / 1e6,
+                **predicted(graphs[n], spec, llc_sweep["effective_bytes"], bw, dec, pre),
                 "samples": samples[n],
             }
         )
@@ -361,13 +436,7 @@ def main() -> int:
         },
         "compile": compiled,
         "rows": rows,
-        "efficiency_by_kernel_class": {
-            r["kernel_class"]: {
-                "decode": round(r["decode_efficiency"], 3),
-                "prefill": round(r["prefill_efficiency"], 3),
-            }
-            for r in rows
-        },
+        "efficiency_by_kernel_class": fit(rows),
     }
     text = json.dumps(result, indent=1)
     if a.out:

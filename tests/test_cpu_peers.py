@@ -5,6 +5,7 @@ Nothing here builds the peers' venv, compiles a model or needs llama.cpp or the 
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -149,7 +150,11 @@ def test_llc_roofline_when_the_model_fits(cp):
     q4, f32 = pr["engines"]["llmc-q4"], pr["engines"]["llama.cpp-f32"]
     assert q4["pct_of_roofline"] == pytest.approx(15.5) and q4["roofline_level"] == "LLC"
     assert q4["pct_of_llc_roofline"] == pytest.approx(6.2)
-    assert "pct_of_llc_roofline" not in f32 and f32["roofline_level"] == "DRAM"
+    # 440 MB over a 300 MiB cache: 300 MiB at 100 GB/s, the rest at DRAM's 40 GB/s
+    assert f32["roofline_level"] == "LLC+DRAM" and f32["pct_of_roofline"] == pytest.approx(55.0)
+    split = 440e6 / (300 * 2**20 / 100e9 + (440e6 - 300 * 2**20) / 40e9)
+    assert f32["pct_of_llc_roofline"] == pytest.approx(100 * 440e6 * 50 / split, abs=0.05)
+    assert f32["pct_of_llc_roofline"] < f32["pct_of_roofline"]
     assert (
         "pct_of_llc_roofline"
         not in cp.pair_result(eng, "llama.cpp-f32", [], 40e9)["engines"]["llmc-q4"]
@@ -162,6 +167,32 @@ def test_llc_roofline_when_the_model_fits(cp):
     q4["pct_of_llc_roofline"] = 0
     with pytest.raises(ValueError, match="pct_of_llc_roofline"):
         cp.check_result(doc)
+
+
+def test_rederive_changes_only_the_cache_roofline(cp, tmp_path):
+    """``--rederive``: a stored run's cache roofline fields, derived again from its own figures;
+    the measurements, the DRAM % and the verdicts stay; a broken file is one line, exit 2."""
+    import copy
+
+    doc = _doc(cp)
+    doc["llc"] = {"effective_bytes": 300 * 2**20, "read_bandwidth_gbs": 100.0}
+    before = copy.deepcopy(doc)
+    path = tmp_path / "peers.json"
+    path.write_text(json.dumps(doc))
+    assert cp.main(["--rederive", str(path)]) == 0
+    after = json.loads(path.read_text())
+    assert after["rederived"]["fields"].startswith("roofline_level, pct_of_llc_roofline")
+    for n, r in after["pairs"]["f32"]["engines"].items():
+        old = before["pairs"]["f32"]["engines"][n]
+        assert r["roofline_level"] == "LLC+DRAM" and old["roofline_level"] == "DRAM"
+        assert 0 < r["pct_of_llc_roofline"] < r["pct_of_roofline"] == old["pct_of_roofline"]
+        assert {
+            k: v for k, v in r.items() if k not in ("roofline_level", "pct_of_llc_roofline")
+        } == {k: v for k, v in old.items() if k != "roofline_level"}
+    assert after["pairs"]["f32"]["targets"] == before["pairs"]["f32"]["targets"]
+    path.write_text("{")
+    assert cp.main(["--rederive", str(path)]) == 2
+    assert path.read_text() == "{"
 
 
 @pytest.mark.parametrize(

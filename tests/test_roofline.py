@@ -386,7 +386,14 @@ def test_memory_level_choice() -> None:
     spec = _cached_spec(300)
     assert memory_level(spec, 100 * 2**20) == ("LLC", 400e9)
     assert memory_level(spec, 300 * 2**20) == ("LLC", 400e9)  # fits exactly
-    assert memory_level(spec, 301 * 2**20) == ("DRAM", 40e9)
+    # larger than the cache: the cache's 300 MiB at 400 GB/s, the rest at DRAM's 40 GB/s
+    level, bw = memory_level(spec, 600 * 2**20)
+    t = 300 * 2**20 / 400e9 + 300 * 2**20 / 40e9
+    assert level == "LLC+DRAM" and bw == pytest.approx(600 * 2**20 / t)
+    assert 40e9 < memory_level(spec, 301 * 2**20)[1] < 400e9
+    # the blend runs from the cache's rate (just over its size) down to DRAM's (far over it)
+    assert memory_level(spec, 301 * 2**20)[1] > memory_level(spec, 3000 * 2**20)[1] > 40e9
+    assert memory_level(spec, 3e12)[1] == pytest.approx(40e9, rel=1e-3)
     assert memory_level(spec, 100 * 2**20, "dram") == ("DRAM", 40e9)
     assert memory_level(spec, 900 * 2**20, "llc") == ("LLC", 400e9)
     none = _cached_spec(0, 0)  # a spec without an LLC figure (every data-sheet target)
@@ -401,6 +408,7 @@ def test_weights_that_fit_the_llc_read_at_its_bandwidth() -> None:
     g = zoo.build("gpt2")  # f32: ~475 MiB of weights
     big = analyze(g, _cached_spec(1000), Scenario(prompt=16, decode=8))
     small = analyze(g, _cached_spec(300), Scenario(prompt=16, decode=8))
+    none = analyze(g, _cached_spec(0, 0), Scenario(prompt=16, decode=8))
     dram = analyze(g, _cached_spec(1000), Scenario(prompt=16, decode=8), memory_level="dram")
     # the working set is one decode step's reads: one row of the embedding table, not all of it
     ws = big.totals["decode"]["working_set_bytes"]
@@ -408,12 +416,17 @@ def test_weights_that_fit_the_llc_read_at_its_bandwidth() -> None:
     assert ws < big.totals["weight_bytes"] + big.kv_cache["bytes"]
     for stage in ("prefill", "decode"):
         assert big.totals[stage]["memory_level"] == "LLC"
-        assert small.totals[stage]["memory_level"] == dram.totals[stage]["memory_level"] == "DRAM"
+        assert small.totals[stage]["memory_level"] == "LLC+DRAM"
+        assert dram.totals[stage]["memory_level"] == none.totals[stage]["memory_level"] == "DRAM"
         assert {r.bandwidth for r in big.rows if r.stage == stage} == {400e9}
     # GPT-2's decode is memory-bound: 10x the bandwidth, about 10x less time
-    t_llc, t_dram = big.totals["decode"]["time_ms"], small.totals["decode"]["time_ms"]
+    t_llc, t_dram = big.totals["decode"]["time_ms"], dram.totals["decode"]["time_ms"]
     assert t_llc < t_dram / 5
-    assert any("memory level LLC" in n for n in big.notes)
+    # 300 of its ~475 MiB read from the cache: between the two
+    t_split = small.totals["decode"]["time_ms"]
+    assert t_llc < t_split < t_dram / 2
+    assert any("memory level LLC:" in n for n in big.notes)
+    assert any("memory level LLC+DRAM" in n for n in small.notes)
     assert "memory   LLC at 400.0 GB/s" in big.table()
     assert big.to_dict()["spec"]["llc_bandwidth"] == 400e9
     # a data-sheet target has no LLC figure: DRAM, as before
