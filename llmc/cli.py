@@ -957,7 +957,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("auto", "dram", "llc"),
         default="auto",
         help="bandwidth the bytes are read at: the last-level cache's where a decode step's reads "
-        "fit in it (auto; cpu target), DRAM, or the LLC",
+        "fit in it, else its share at the LLC's and the rest at DRAM's (auto; cpu target), DRAM, "
+        "or the LLC",
     )
     p.add_argument("--csv", metavar="FILE", help="write every row (stage, layer, group) as CSV")
     p.add_argument("--plot", metavar="FILE", help="write the roofline chart (.png, .svg, .pdf)")
