@@ -11,7 +11,8 @@ schedule a GEMM, over the same weight layouts (the artifact stores each weight o
 - a register block of ``MB`` rows x 64 outputs (``MB x 4`` zmm accumulators; ``MB = 6``: 24
   accumulators, 4 weight vectors and a broadcast = 29 of the 32 registers): each weight vector
   loaded is used ``MB`` times, each broadcast activation 4 times;
-- the row chunks (``MC`` rows) and panels are one parallel loop, so short N still fills the cores;
+- the row chunks (``MC`` rows) and panels are one parallel loop, so short N still fills the cores
+  (W8A8: a task is a chunk x up to ``PG`` panels, its activations shifted into u8 once per task);
 - the partial sums of a tile live in the output between K slices (loaded, accumulated, stored:
   ``MB x 4`` vector loads and stores per ``KC x MB x 4`` FMAs).
 
