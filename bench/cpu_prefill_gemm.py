@@ -24,7 +24,9 @@ artifact's layouts):
 architecture-only compile), one batch-1 prefill call per sample, artifacts interleaved, wall and
 CPU time, tokens/s (e.g. GPT-2 small ``w8a8`` compiled by the old and the new checkout).
 
-Each round runs every kernel once in turn (interleaved A/B/...), each sample being the best of
+Each round runs every kernel of every shape once in turn (interleaved A/B/..., the shapes too, so
+a burst of load from other users hits one round of each shape, not all rounds of one), each sample
+being the best of
 ``--inner`` calls, timed two ways: wall time, and process CPU time (``time.process_time``; it
 leaves out the time the threads were descheduled by other users of the machine, which is what a
 shared 2-core machine mostly measures; TVM's idle workers spin, which CPU time counts, so it is
@@ -185,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.artifacts:
         out["whole_model"] = _whole_model(args, torch)
+    prepared = []
     for shape in filter(None, args.shapes.split(",")):
         k, n = (int(v) for v in shape.split("x"))
         x = rng.standard_normal((m, k)).astype(np.float32)
@@ -225,10 +228,14 @@ def main(argv: list[str] | None = None) -> int:
             r = {"f32": ref, "i8": refq, "i8-fused": refq_f}[kind]
             err = float(np.abs(c.numpy() - r).max() / np.abs(r).max())
             assert err < 1e-5, (shape, name, err)
-        flops = 2.0 * m * k * n
-        samples: dict = {name: {"wall": [], "cpu": []} for name in kernels}
-        loads = []
-        for _ in range(args.rounds):
+        prepared.append((k, n, kernels))
+    # Rounds outermost, over every shape: a burst of load from other users of the machine
+    # lowers one sample of every shape rather than every sample of one shape.
+    samples = [{name: {"wall": [], "cpu": []} for name in ks} for _, _, ks in prepared]
+    loads: list[list] = [[] for _ in prepared]
+    for _ in range(args.rounds):
+        for (k, n, kernels), smp, ld in zip(prepared, samples, loads):
+            flops = 2.0 * m * k * n
             for name, (_, fn) in kernels.items():
                 fn()
                 bw = bc = float("inf")
@@ -237,14 +244,15 @@ def main(argv: list[str] | None = None) -> int:
                     fn()
                     bw = min(bw, time.perf_counter() - t0)
                     bc = min(bc, (time.process_time() - c0) / args.threads)
-                samples[name]["wall"].append(flops / bw / 1e9)
-                samples[name]["cpu"].append(flops / bc / 1e9)
+                smp[name]["wall"].append(flops / bw / 1e9)
+                smp[name]["cpu"].append(flops / bc / 1e9)
                 time.sleep(0.2)  # let TVM's spinning workers stop before the next kernel
-            loads.append(load_average())
-        row = {"K": k, "N": n, "M": m, "load_average": loads, "kernels": {}}
+            ld.append(load_average())
+    for (k, n, kernels), smp, ld in zip(prepared, samples, loads):
+        row = {"K": k, "N": n, "M": m, "load_average": ld, "kernels": {}}
         for name, (kind, _) in kernels.items():
             pk = (pf32 if kind == "f32" else pi8) / 1e9
-            s = samples[name]
+            s = smp[name]
             row["kernels"][name] = {
                 "unit": "GFLOP/s" if kind == "f32" else "GOP/s",
                 "wall": [round(v, 1) for v in s["wall"]],
@@ -259,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         out["shapes"].append(row)
         ks = row["kernels"]
         print(
-            f"K={k} N={n} load {loads[-1][0]:.2f}: "
+            f"K={k} N={n} load {ld[-1][0]:.2f}: "
             + "  ".join(
                 f"{nm} {v['best_wall']:.0f}/{v['best_cpu']:.0f} ({v['of_peak_best_cpu']:.0%})"
                 for nm, v in ks.items()

@@ -63,8 +63,14 @@ def _w8a8_args(rows: int, k: int, n: int):
 
 
 @vnni
-@pytest.mark.parametrize("rows,k,n", [(1, 4, 3), (13, 772, 100), (200, 64, 130), (97, 3072, 64)])
+@pytest.mark.parametrize(
+    "rows,k,n",
+    [(1, 4, 3), (13, 772, 100), (200, 64, 130), (97, 3072, 64), (200, 68, 581)],
+    ids=["one-row", "ragged", "chunks", "long-k", "panel-groups"],
+)
 def test_w8a8_prefill_exact(rows, k, n):
+    """``panel-groups``: 3 evened chunks (72, 72, 56 rows) x 10 panels in tasks of 3 (the last
+    task one panel, ragged); K = 68: one 64-byte XOR and a 4-byte tail per row of the shift."""
     import tvm
 
     from llmc.backends.kernels import cpu_gemm as G
@@ -92,6 +98,9 @@ def test_w8a8_prefill_machine_code_uses_vpdpbusd():
 
     asm = _asm(_build(G.w8a8_prefill(256, 64)))
     assert asm.count("vpdpbusd") >= 24  # the 6 x 4 register block, unrolled
+    # each row's 4 bytes are broadcast from memory (the u8 scratch), never from a general
+    # register (a port-5 uop on Intel, beside the vpdpbusd)
+    assert not re.search(r"vpbroadcastd\s+%[re]", asm)
 
 
 @vnni

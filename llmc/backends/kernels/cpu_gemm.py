@@ -11,7 +11,8 @@ schedule a GEMM, over the same weight layouts (the artifact stores each weight o
 - a register block of ``MB`` rows x 64 outputs (``MB x 4`` zmm accumulators; ``MB = 6``: 24
   accumulators, 4 weight vectors and a broadcast = 29 of the 32 registers): each weight vector
   loaded is used ``MB`` times, each broadcast activation 4 times;
-- the row chunks (``MC`` rows) and panels are one parallel loop, so short N still fills the cores;
+- the row chunks (``MC`` rows) and panels are one parallel loop, so short N still fills the cores
+  (W8A8: a task is a chunk x up to ``PG`` panels, its activations shifted into u8 once per task);
 - the partial sums of a tile live in the output between K slices (loaded, accumulated, stored:
   ``MB x 4`` vector loads and stores per ``KC x MB x 4`` FMAs).
 
@@ -33,6 +34,9 @@ VPDPBUSD = "llvm.x86.avx512.vpdpbusd.512"
 MB = 6
 #: Rows per parallel chunk (a multiple of MB).
 MC = 96
+#: Panels per parallel task of :func:`w8a8_prefill` (its activation chunk is shifted once per
+#: task).
+PG = 4
 #: Input elements per K slice (float32: 256 x 64 x 4 B = 64 KiB of weight, in L2).
 KC = 256
 
@@ -118,20 +122,27 @@ def supports_w8a8(k_dim: int) -> bool:
     return k_dim % 4 == 0
 
 
-def w8a8_prefill(k_dim: int, n_dim: int, mb: int = MB, mc: int = MC) -> tirx.PrimFunc:
+def w8a8_prefill(k_dim: int, n_dim: int, mb: int = MB, mc: int = MC, pg: int = PG) -> tirx.PrimFunc:
     """W8A8 prefill on AVX-512 VNNI: ``act_quant``'s ``xq [M, K]`` int8 and ``xs [M]``, then the
     weights of :func:`llmc.backends.kernels.cpu_vnni.w8a8_vnni` (``codes [P, K/4, 64, 4]`` int8,
     ``wsum [P, 64]``, ``ws [P, 64]``), a symbolic row count.
 
-    A register block of ``MB`` rows x 64 int32 accumulators; per k-quad, 4 weight vectors
-    (each used ``MB`` times) and, per row, 4 activation bytes read as one int32, shifted into u8
-    by flipping their sign bits (``x + 128``) and broadcast. The whole panel row of K (256 B per
-    k-quad: 192 KiB at K = 3072) stays in L2, so there is no K slicing: the accumulators stay
-    in registers from the first k to the last and the output is written once."""
+    A parallel task takes a chunk of at most ``MC`` rows (the rows split evenly over the chunks)
+    and up to ``PG`` panels. It first copies the chunk's activations into a scratch shifted into
+    u8 (``x ^ 0x80 = x + 128``, 64 bytes per XOR); then per panel a register block of ``MB`` rows
+    x 64 int32 accumulators; per k-quad 4 weight vectors (each used ``MB`` times) and, per row,
+    one ``vpbroadcastd`` of 4 u8 bytes straight from the scratch (a load-port uop): the loop is
+    24 ``vpdpbusd``, 10 loads and 3 loop instructions. Shifting in the loop instead (load to a
+    general register, XOR, ``vpbroadcastd`` from it: a port-5 uop on Intel, the port pair
+    ``vpdpbusd`` issues on) capped the loop at 24 of 30 uops on those ports (80%). The whole
+    panel row of K (256 B per k-quad: 192 KiB at K = 3072) and the chunk (``MC x K`` bytes) stay
+    in L2, so there is no K slicing: the accumulators stay in registers from the first k to the
+    last and the output is written once."""
     assert supports_w8a8(k_dim), k_dim
     kq = k_dim // 4
     panels = (n_dim + NB - 1) // NB
     mc = max(mc // mb, 1) * mb
+    kv = k_dim // 64 * 64
     rows = tirx.Var("m", "int64")
     name = f"w8a8_prefill_k{k_dim}_n{n_dim}"
 
@@ -149,49 +160,70 @@ def w8a8_prefill(k_dim: int, n_dim: int, mb: int = MB, mc: int = MC) -> tirx.Pri
         xs = T.match_buffer(xs_h, (rows,), F32)
         c = T.match_buffer(c_h, (rows, n_dim), F32)
         nchunks = (rows + mc - 1) // mc
-        for t in T.parallel(panels * nchunks):
+        # rows per chunk, evened out over the chunks (whole register blocks, at most mc)
+        mce = ((rows + nchunks - 1) // nchunks + mb - 1) // mb * mb
+        # panels per task: PG, or fewer while that leaves under 8 tasks (a short prefill)
+        pge = T.max(T.min(T.min(pg, panels), nchunks * panels // 8), 1)
+        groups = (panels + pge - 1) // pge
+        for t in T.parallel(nchunks * groups):
             with T.sblock("tile"):
                 T.reads(xq[0:rows, 0:k_dim], codes[0:panels, 0:kq, 0:NB, 0:4], xs[0:rows])
                 T.writes(c[0:rows, 0:n_dim])
                 acc = T.alloc_buffer((mb * NB,), "int32", scope=SCRATCH)
-                p = t // nchunks
-                r0 = (t % nchunks) * mc
-                for ib in range((T.min(mc, rows - r0) + mb - 1) // mb):
-                    for a in T.unroll(mb * 4):
-                        acc[T.ramp(a * 16, 1, 16)] = T.broadcast(T.int32(0), 16)
-                    for kb in range(kq):
-                        for r in T.unroll(mb):
-                            quad = T.reinterpret(
-                                xq.vload([T.min(r0 + ib * mb + r, rows - 1), kb * 4], "int8x4"),
-                                dtype="int32",
+                xu = T.alloc_buffer((mc * k_dim,), "int8", scope=SCRATCH)
+                g = t // nchunks
+                r0 = (t % nchunks) * mce
+                nr = T.max(T.min(mce, rows - r0), 0)
+                nblk = (nr + mb - 1) // mb
+                for rr in range(nblk * mb):
+                    src = T.min(r0 + rr, rows - 1)
+                    for kb in range(kv // 64):
+                        for ln in T.vectorized(64):
+                            xu[rr * k_dim + kb * 64 + ln] = T.bitwise_xor(
+                                xq[src, kb * 64 + ln], T.int8(-128)
                             )
-                            xb = T.reinterpret(
-                                T.broadcast(T.bitwise_xor(quad, T.int32(-2139062144)), 16),
-                                dtype="int8x64",
-                            )
-                            for q in T.unroll(4):
-                                acc[T.ramp(r * NB + q * 16, 1, 16)] = T.call_llvm_pure_intrin(
-                                    T.llvm_lookup_intrinsic_id(VPDPBUSD),
-                                    acc[T.ramp(r * NB + q * 16, 1, 16)],
-                                    xb,
-                                    codes.vload([p, kb, q * 16, 0], "int8x64"),
-                                    dtype="int32x16",
+                    for kt in range(k_dim - kv):
+                        xu[rr * k_dim + kv + kt] = T.bitwise_xor(xq[src, kv + kt], T.int8(-128))
+                for pp in range(T.min(pge, panels - g * pge)):
+                    p = g * pge + pp
+                    for ib in range(nblk):
+                        for a in T.unroll(mb * 4):
+                            acc[T.ramp(a * 16, 1, 16)] = T.broadcast(T.int32(0), 16)
+                        for kb in range(kq):
+                            for r in T.unroll(mb):
+                                xb = T.reinterpret(
+                                    T.broadcast(
+                                        T.reinterpret(
+                                            xu.vload([(ib * mb + r) * k_dim + kb * 4], "int8x4"),
+                                            dtype="int32",
+                                        ),
+                                        16,
+                                    ),
+                                    dtype="int8x64",
                                 )
-                    for r in T.unroll(mb):
-                        for q in T.unroll(4):
-                            for lane in T.vectorized(16):
-                                if r0 + ib * mb + r < rows and p * NB + q * 16 + lane < n_dim:
-                                    c[r0 + ib * mb + r, p * NB + q * 16 + lane] = (
-                                        T.Cast(
-                                            F32,
-                                            acc[r * NB + q * 16 + lane]
-                                            - wsum[p, q * 16 + lane] * 128,
-                                        )
-                                        * xs[r0 + ib * mb + r]
-                                        * ws[p, q * 16 + lane]
+                                for q in T.unroll(4):
+                                    acc[T.ramp(r * NB + q * 16, 1, 16)] = T.call_llvm_pure_intrin(
+                                        T.llvm_lookup_intrinsic_id(VPDPBUSD),
+                                        acc[T.ramp(r * NB + q * 16, 1, 16)],
+                                        xb,
+                                        codes.vload([p, kb, q * 16, 0], "int8x64"),
+                                        dtype="int32x16",
                                     )
+                        for r in T.unroll(mb):
+                            for q in T.unroll(4):
+                                for lane in T.vectorized(16):
+                                    if ib * mb + r < nr and p * NB + q * 16 + lane < n_dim:
+                                        c[r0 + ib * mb + r, p * NB + q * 16 + lane] = (
+                                            T.Cast(
+                                                F32,
+                                                acc[r * NB + q * 16 + lane]
+                                                - wsum[p, q * 16 + lane] * 128,
+                                            )
+                                            * xs[r0 + ib * mb + r]
+                                            * ws[p, q * 16 + lane]
+                                        )
 
     return _finish(f, name)
 
 
-__all__ = ["KC", "MB", "MC", "gemm_prefill", "supports_w8a8", "w8a8_prefill"]
+__all__ = ["KC", "MB", "MC", "PG", "gemm_prefill", "supports_w8a8", "w8a8_prefill"]
