@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import runpy
 import subprocess
 import sys
@@ -117,7 +118,72 @@ def _run(name: str, *args: str, tmp_path: Path) -> str:
         capture_output=True,
         text=True,
         cwd=tmp_path,
-        env={**__import__("os").environ, "PYTHONPATH": str(ROOT), "TVM_NUM_THREADS": "1"},
+        env={**os.environ, "PYTHONPATH": str(ROOT), "TVM_NUM_THREADS": "1"},
     )
     assert r.returncode == 0, r.stderr[-3000:]
     return r.stdout
+
+
+def test_artifact_scripts_smoke(bench_path: None, tiny_cpu_artifact: Path, tmp_path: Path) -> None:
+    """The scripts that time a compiled artifact (the shared ``tiny`` one, read only): a few
+    decode steps each. ``decode_ab`` reaches into the runner's internals
+    (``_common.bare_decode_call``), which is what rots when the runtime changes."""
+    art = str(tiny_cpu_artifact)
+    ab = tmp_path / "ab.json"
+    _script("decode_ab").main([art, f"B={art}", "--rounds", "1", "--calls", "2", "--json", str(ab)])
+    assert len(json.loads(ab.read_text())["results"]) == 2
+    prof = tmp_path / "prof.json"
+    _script("decode_profile").main([art, "--steps", "2", "--threads", "1", "--json", str(prof)])
+    assert json.loads(prof.read_text())
+    grp = tmp_path / "grp.json"
+    argv = [f"A={art}", "--prompt", "8", "--steps", "2", "--rounds", "1", "-o", str(grp)]
+    _script("cpu_group_decode").main(argv)
+    assert set(json.loads(grp.read_text())["results"]) == {"A"}
+    assert _script("token_prune_profile").main([art, "--prompt-len", "8", "--repeats", "1"]) == 0
+
+
+SLOW = "smoke run of a bench script; the code path is covered by {}"
+
+
+@pytest.mark.slow(
+    reason=SLOW.format(
+        "tests/backends (test_cond.py, test_cpu_differential.py) and test_runtime_lm.py"
+    )
+)
+def test_model_scripts_smoke(tmp_path: Path) -> None:
+    """The scripts that compile ``tiny`` (or time the compiler), smallest settings."""
+    out = tmp_path / "out"
+    out.mkdir()
+    w = str(tmp_path / "work")
+    _run("prefill_last_compile", "tiny", "1", tmp_path=tmp_path)
+    _run("zoo_layers", "inspect", "llama2-7b@2", tmp_path=tmp_path)
+    _run("cpu_decode", "--models", "tiny", "--repeats", "1", "--pause", "0", "--threads", "1",
+         "--work", w + "-cd", "--out", str(out / "cd.json"), tmp_path=tmp_path)  # fmt: skip
+    _run("token_prune_cpu", "--prompt-len", "16", "--new-tokens", "2", "--repeats", "1",
+         "--pause", "0", "--threads", "1", "--work", w + "-tp", "--out", str(out / "tp.json"),
+         tmp_path=tmp_path)  # fmt: skip
+    _run("cond_skip", "--shape", "toy", "--rounds", "1", "--steps", "2", "--threads", "1",
+         "--work", w + "-cs", "--out", str(out / "cs.json"), tmp_path=tmp_path)  # fmt: skip
+    _run("cond_skip", "--micro", "--micro-k", "4", "--rounds", "1", "--work", w + "-csm",
+         "--out", str(out / "csm.json"), tmp_path=tmp_path)  # fmt: skip
+    _run("passes_quality", "--only", "magnitude:sparsity=0.5", "--max-tokens", "512",
+         "--threads", "1", "--out", str(out / "pq.json"), tmp_path=tmp_path)  # fmt: skip
+    _run("cpu_attention", "--pasts", "16", "--shapes", "2x1x16", "--seq", "8", "--rounds", "1",
+         "--inner", "1", "--base", "HEAD", "--out", str(out / "al.json"), tmp_path=tmp_path)  # fmt: skip
+    _run("vm_args_micro", "--n", "8", "--rounds", "1", "--calls", "10", tmp_path=tmp_path)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "al.json", "cd.json", "cs.json", "csm.json", "pq.json", "tp.json",
+    ]  # fmt: skip
+
+
+@pytest.mark.slow(
+    reason=SLOW.format("tests/fpga (test_cli.py, test_ffn_skip.py, test_token_prune.py)")
+)
+def test_fpga_scripts_smoke(tmp_path: Path) -> None:
+    """The FlightLLM simulator benches (LLaMA2-7B architecture only: minutes)."""
+    _run(
+        "fpga_token_prune", "--keeps", "0.5", "--out", str(tmp_path / "tp.json"), tmp_path=tmp_path
+    )
+    _run("fpga_ffn_skip", "--out", str(tmp_path / "fs.json"), tmp_path=tmp_path)
+    _run("fpga_sim", "--out", str(tmp_path / "sim.json"), tmp_path=tmp_path)
+    assert {p.name for p in tmp_path.glob("*.json")} == {"tp.json", "fs.json", "sim.json"}
