@@ -254,16 +254,19 @@ def measure(
         se.seek(0)
         stdout, stderr = so.read().decode(), se.read().decode()
     command = "llmc " + " ".join(cmd[len(launcher) + 1 :]).replace(str(out), "OUT")
+    head = {
+        "command": command,
+        "load_average_at_start": load0,
+        "wall_s": round(wall, 2),
+        "peak_rss_bytes": ru.ru_maxrss * 1024,
+        "peak_rss_anon_bytes_sampled": peaks.get("RssAnon"),
+        "peak_rss_file_bytes_sampled": peaks.get("RssFile"),
+    }
     if peaks.get("killed"):
         shutil.rmtree(out.parent, ignore_errors=True)
         rss = peaks["killed_rss"]
         return {
-            "command": command,
-            "load_average_at_start": load0,
-            "wall_s": round(wall, 2),
-            "peak_rss_bytes": ru.ru_maxrss * 1024,
-            "peak_rss_anon_bytes_sampled": peaks.get("RssAnon"),
-            "peak_rss_file_bytes_sampled": peaks.get("RssFile"),
+            **head,
             "not_measured": (
                 f"would exceed RAM here: killed at RSS {rss / GB:.2f} GB after {wall:.0f} s, "
                 f"MemAvailable {peaks['killed_mem_available'] / 2**30:.2f} GiB < "
@@ -278,12 +281,7 @@ def measure(
     shutil.rmtree(out.parent, ignore_errors=True)
     passes = rep.get("passes") or []
     return {
-        "command": command,
-        "load_average_at_start": load0,
-        "wall_s": round(wall, 2),
-        "peak_rss_bytes": ru.ru_maxrss * 1024,
-        "peak_rss_anon_bytes_sampled": peaks.get("RssAnon"),
-        "peak_rss_file_bytes_sampled": peaks.get("RssFile"),
+        **head,
         "timing_s": rep.get("timing_s"),
         "pass_calibration": [e.get("calibration") for e in passes if isinstance(e, dict)],
         "artifact_bytes": size,

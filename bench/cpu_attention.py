@@ -75,8 +75,8 @@ def _time(fn, inner: int) -> tuple[float, float]:
     return min(wall), min(cpu)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", default="12x12x64,32x8x64")
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--rounds", type=int, default=5)
@@ -91,7 +91,7 @@ def main() -> None:
         "--pasts", default="", help="long-context mode: past lengths, e.g. 512,2048,8192,32768"
     )
     ap.add_argument("--out", default=str(ROOT / "bench" / "cpu_attention.json"))
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.pasts:
         return long_context(args)
 

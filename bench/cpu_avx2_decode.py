@@ -61,8 +61,7 @@ def _target():
     return tvm.target.Target({"kind": "llvm", "mcpu": MCPU[0]})
 
 
-cqd._target = _target  # every kernel below is built for the AVX2-only CPU
-_arr, _build = cqd._arr, cqd._build
+_arr, _build = cqd._arr, cqd._build  # main() points cqd._target at _target while it runs
 
 
 def _p(n: int, nb: int) -> int:
@@ -250,7 +249,9 @@ def whole_model(hf: str, work: str, repeats: int, gen: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="gpt2,llama7b-layer")
+    ap.add_argument(
+        "--models", default="gpt2,llama7b-layer", help="and smoke: one 256x128 linear (a check)"
+    )
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--tokens", type=int, default=5)
@@ -264,48 +265,56 @@ def main(argv: list[str] | None = None) -> int:
     threads = int(os.environ.get("TVM_NUM_THREADS", os.cpu_count() or 1))
     load_before = load_average()
     results: dict[str, Any] = {}
-    for model in filter(None, args.models.split(",")):
-        shapes = cqd.model_shapes("gpt2" if model == "gpt2" else "llama7b")
-        runs: dict[str, list[Callable[[], Any]]] = {}
-        for v in args.variants.split(","):
-            rng = np.random.default_rng(0)
-            runs[v] = [VARIANTS[v](k, n, rng) for k, n in shapes]
-            for r in runs[v]:
-                r()  # warm-up
-        wall: dict[str, list[float]] = {v: [] for v in runs}
-        cpu: dict[str, list[float]] = {v: [] for v in runs}
-        for _ in range(args.repeats):
-            for v, calls in runs.items():  # interleaved
-                t0, c0 = time.perf_counter(), time.process_time()
-                for _ in range(args.tokens):
-                    for c in calls:
-                        c()
-                cpu[v].append((time.process_time() - c0) / args.tokens * 1e3)
-                wall[v].append((time.perf_counter() - t0) / args.tokens * 1e3)
-                time.sleep(0.1)
-        res = {
-            v: {
-                "wall_ms_per_token_samples": [round(t, 3) for t in wall[v]],
-                "cpu_ms_per_token_samples": [round(t, 3) for t in cpu[v]],
-                "wall_ms_per_token_median": round(statistics.median(wall[v]), 3),
-                "cpu_ms_per_token_median": round(statistics.median(cpu[v]), 3),
+    host_target, cqd._target = cqd._target, _target  # every kernel is built for --mcpu
+    try:
+        for model in filter(None, args.models.split(",")):
+            shapes = cqd.model_shapes(model)
+            runs: dict[str, list[Callable[[], Any]]] = {}
+            for v in args.variants.split(","):
+                rng = np.random.default_rng(0)
+                runs[v] = [VARIANTS[v](k, n, rng) for k, n in shapes]
+                for r in runs[v]:
+                    r()  # warm-up
+            wall: dict[str, list[float]] = {v: [] for v in runs}
+            cpu: dict[str, list[float]] = {v: [] for v in runs}
+            for _ in range(args.repeats):
+                for v, calls in runs.items():  # interleaved
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    for _ in range(args.tokens):
+                        for c in calls:
+                            c()
+                    cpu[v].append((time.process_time() - c0) / args.tokens * 1e3)
+                    wall[v].append((time.perf_counter() - t0) / args.tokens * 1e3)
+                    time.sleep(0.1)
+            res = {
+                v: {
+                    "wall_ms_per_token_samples": [round(t, 3) for t in wall[v]],
+                    "cpu_ms_per_token_samples": [round(t, 3) for t in cpu[v]],
+                    "wall_ms_per_token_median": round(statistics.median(wall[v]), 3),
+                    "cpu_ms_per_token_median": round(statistics.median(cpu[v]), 3),
+                }
+                for v in runs
             }
-            for v in runs
-        }
-        speedup = {
-            name: {
-                "cpu_time": round(
-                    res[a]["cpu_ms_per_token_median"] / res[b]["cpu_ms_per_token_median"], 2
-                ),
-                "wall_time": round(
-                    res[a]["wall_ms_per_token_median"] / res[b]["wall_ms_per_token_median"], 2
-                ),
+            speedup = {
+                name: {
+                    "cpu_time": round(
+                        res[a]["cpu_ms_per_token_median"] / res[b]["cpu_ms_per_token_median"], 2
+                    ),
+                    "wall_time": round(
+                        res[a]["wall_ms_per_token_median"] / res[b]["wall_ms_per_token_median"], 2
+                    ),
+                }
+                for name, (a, b) in PAIRS.items()
+                if a in res and b in res
             }
-            for name, (a, b) in PAIRS.items()
-            if a in res and b in res
-        }
-        results[model] = {"shapes": shapes, "variants": res, "avx2_speedup_over_portable": speedup}
-        print(model, {v: r["cpu_ms_per_token_median"] for v, r in res.items()}, speedup)
+            results[model] = {
+                "shapes": shapes,
+                "variants": res,
+                "avx2_speedup_over_portable": speedup,
+            }
+            print(model, {v: r["cpu_ms_per_token_median"] for v, r in res.items()}, speedup)
+    finally:
+        cqd._target = host_target
     whole = None
     if args.whole_model:
         load_whole = load_average()

@@ -34,7 +34,7 @@ def _round(lm, prompt: int, steps: int) -> tuple[float, float]:
     import torch
 
     torch.manual_seed(0)
-    ids = torch.randint(0, 1000, (1, prompt))
+    ids = torch.randint(0, min(1000, lm.vocab_size), (1, prompt))  # tiny's vocabulary is 256
     _, past = lm.forward(ids, torch.arange(prompt)[None], lm.empty_past(1))
     walls, cpus = [], []
     tok = torch.tensor([[1]])
@@ -47,14 +47,14 @@ def _round(lm, prompt: int, steps: int) -> tuple[float, float]:
     return statistics.median(walls) * 1e3, statistics.median(cpus) * 1e3
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("arts", nargs="+", help="LABEL=ARTIFACT_DIR")
     ap.add_argument("--prompt", type=int, default=32)
     ap.add_argument("--steps", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("-o", "--out", type=Path)
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     from llmc.runtime.tvm_runner import load
 
     arts = dict(s.split("=", 1) for s in a.arts)

@@ -60,6 +60,7 @@ from _common import ROOT, cpu_name, git, load_average
 GPT2 = {"layers": 12, "linears": [(768, 2304), (768, 768), (768, 3072), (3072, 768)]}
 GPT2_HEAD = (768, 50257)
 LLAMA7B = {"layers": 1, "linears": [(4096, 12288), (4096, 4096), (4096, 22016), (11008, 4096)]}
+SMOKE = {"layers": 1, "linears": [(256, 128)]}  # --models smoke: checks the script runs
 NB = 64
 G = 128
 
@@ -99,8 +100,10 @@ _CACHE: dict[tuple, Any] = {}
 def _build(key: tuple, fn: Callable[[], Any]):
     import tvm
 
+    target = _target()  # bench/cpu_avx2_decode.py replaces it while it runs
+    key = (str(target), *key)
     if key not in _CACHE:
-        _CACHE[key] = tvm.compile(fn(), target=_target())
+        _CACHE[key] = tvm.compile(fn(), target=target)
     return _CACHE[key]
 
 
@@ -343,7 +346,9 @@ VARIANTS = {
 
 
 def model_shapes(model: str) -> list[tuple[int, int]]:
-    spec = GPT2 if model == "gpt2" else LLAMA7B
+    """The decode linears (K, N) of one token of ``model``: ``gpt2``, ``smoke`` (one small
+    linear) or else one LLaMA-7B layer."""
+    spec = {"gpt2": GPT2, "smoke": SMOKE}.get(model, LLAMA7B)
     shapes = [s for _ in range(spec["layers"]) for s in spec["linears"]]
     return shapes + ([GPT2_HEAD] if model == "gpt2" else [])
 
@@ -414,7 +419,9 @@ def whole_model(work: Path, repeats: int, names: list[str]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="gpt2,llama7b-layer")
+    ap.add_argument(
+        "--models", default="gpt2,llama7b-layer", help="and smoke: one 256x128 linear (a check)"
+    )
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--tokens", type=int, default=10)
@@ -438,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     for model in filter(None, args.models.split(",")):
-        shapes = model_shapes("gpt2" if model == "gpt2" else "llama7b")
+        shapes = model_shapes(model)
         runs: dict[str, list[Callable[[], Any]]] = {}
         nbytes: dict[str, int] = {}
         for v in args.variants.split(","):

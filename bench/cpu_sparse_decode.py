@@ -53,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 SHAPES = [(768, 768), (768, 3072), (3072, 768), (768, 50257)]
 NB = 64
 STREAM_BYTES = 128 << 20
+SMOKE_SHAPE = (256, 128)  # --smoke: every variant and row block at this one shape
 VARIANTS = {
     "dense": None,
     "nm24": (2, 4),
@@ -76,6 +77,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--rows", type=int, default=128, help="prefill rows (kernel level)")
     ap.add_argument("--skip-models", action="store_true", help="kernel level only")
     ap.add_argument("--skip-kernels", action="store_true", help="whole models only")
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help=f"kernel level at {SMOKE_SHAPE[0]}x{SMOKE_SHAPE[1]} only, one weight copy (a check)",
+    )
     ap.add_argument("--out", default=str(ROOT / "bench" / "cpu_sparse_decode.json"))
     return ap.parse_args(argv)
 
@@ -163,10 +169,11 @@ def time_calls(run: Callable, calls: int) -> float:
 def bench_kernels(a: argparse.Namespace) -> list[dict[str, Any]]:
     rng = np.random.default_rng(0)
     out = []
-    for k, n in SHAPES:
+    for k, n in [SMOKE_SHAPE] if a.smoke else SHAPES:
         for rows in (1, a.rows):
             dense_bytes = k * n * 4
-            copies = 1 if rows > 1 else max(1, -(-STREAM_BYTES // dense_bytes))
+            stream = 0 if a.smoke else STREAM_BYTES
+            copies = 1 if rows > 1 else max(1, -(-stream // dense_bytes))
             calls = max(copies, 3 if rows > 1 else 32)
             runs = {v: make_variant(v, k, n, rows, copies, rng) for v in VARIANTS}
             for r, _ in runs.values():  # warm-up: one pass over the copies
@@ -210,7 +217,8 @@ def bench_row_block(a: argparse.Namespace) -> list[dict[str, Any]]:
     """Prefill (``--rows`` rows) of ``nm_permute`` with 2, 3 and 4 rows per register block."""
     rng = np.random.default_rng(1)
     out = []
-    for k, n, name in ((768, 3072, "nm24"), (3072, 768, "nm24"), (768, 768, "nm816")):
+    shapes = ((768, 3072, "nm24"), (3072, 768, "nm24"), (768, 768, "nm816"))
+    for k, n, name in [(*SMOKE_SHAPE, "nm24")] if a.smoke else shapes:
         runs = {"dense": make_variant("dense", k, n, a.rows, 1, rng)[0]}
         for mb in (2, 3, 4):
             runs[f"{name}_mb{mb}"] = make_variant(name, k, n, a.rows, 1, rng, mb)[0]

@@ -42,6 +42,7 @@ SHAPES = [
     (2048, (768,)),
     (768, (32000,)),
 ]
+SMOKE = [(256, (128, 128))]  # --smoke: one small grouped shape (checks the script runs)
 G, AG, SDT = 32, 32, "float16"
 
 
@@ -53,12 +54,13 @@ def _load(path: Path):
     return mod
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--old", type=Path, required=True, help="the OLD checkout's cpu_vnni.py")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("-o", "--out", type=Path)
-    a = ap.parse_args()
+    ap.add_argument("--smoke", action="store_true", help=f"only {SMOKE}: checks the script runs")
+    a = ap.parse_args(argv)
     import tvm
 
     from llmc.backends.cpu.pipeline import host_cpu
@@ -67,7 +69,7 @@ def main() -> None:
     old = _load(a.old)
     tgt = tvm.target.Target({"kind": "llvm", "mcpu": host_cpu()})
     load0, res = load_average(), {}
-    for k, ns in SHAPES:
+    for k, ns in SMOKE if a.smoke else SHAPES:
         row = _one_shape(k, ns, old, new, tgt, a.rounds)
         res[f"k{k}_n{'_'.join(map(str, ns))}"] = row
         line = "  ".join(f"{m} {v['us']:.1f} us" for m, v in row.items())

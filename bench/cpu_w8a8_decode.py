@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 NB = 64
 HIDDEN, FFN, LAYERS, VOCAB = 768, 2048, 12, 32000
+SMOKE = (128, 256, 1, 256)  # --smoke: hidden, FFN, layers, vocabulary (checks the script runs)
 
 _CACHE: dict[tuple, Any] = {}
 
@@ -145,16 +146,21 @@ def w8a8_old(old: Any) -> Callable[[np.random.Generator, int, int], Callable[[],
     return make
 
 
-def token(variant: str, rng: np.random.Generator, old: Any) -> list[Callable[[], Any]]:
-    """The calls of one decode token's linears."""
-    h, f = HIDDEN, FFN
+def token(
+    variant: str,
+    rng: np.random.Generator,
+    old: Any,
+    dims: tuple[int, int, int, int] = (HIDDEN, FFN, LAYERS, VOCAB),
+) -> list[Callable[[], Any]]:
+    """The calls of one decode token's linears (``dims``: hidden, FFN, layers, vocabulary)."""
+    h, f, layers, vocab = dims
     if variant == "w8a8_grouped":
         layer = [(h, (h, h, h)), (h, (h,)), (h, (f, f)), (f, (h,))]
-        return [w8a8(rng, k, ns) for _ in range(LAYERS) for k, ns in layer] + [
-            w8a8(rng, h, (VOCAB,))
+        return [w8a8(rng, k, ns) for _ in range(layers) for k, ns in layer] + [
+            w8a8(rng, h, (vocab,))
         ]
-    shapes = [s for _ in range(LAYERS) for s in [(h, h)] * 4 + [(h, f)] * 2 + [(f, h)]]
-    shapes.append((h, VOCAB))
+    shapes = [s for _ in range(layers) for s in [(h, h)] * 4 + [(h, f)] * 2 + [(f, h)]]
+    shapes.append((h, vocab))
     if variant == "rtn8":
         return [rtn8(rng, k, n) for k, n in shapes]
     if variant == "w8a8":
@@ -168,7 +174,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tokens", type=int, default=5)
     ap.add_argument("--old-kernel", type=Path, help="a cpu_vnni.py with the int8-input w8a8_vnni")
     ap.add_argument("-o", "--out", required=True)
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help=f"one small layer {SMOKE}: checks the script runs",
+    )
     a = ap.parse_args(argv)
+    dims = SMOKE if a.smoke else (HIDDEN, FFN, LAYERS, VOCAB)
     old = None
     variants = ["rtn8", "w8a8", "w8a8_grouped"]
     if a.old_kernel is not None:
@@ -177,10 +189,11 @@ def main(argv: list[str] | None = None) -> None:
         spec = importlib.util.spec_from_file_location("old_cpu_vnni", a.old_kernel)
         assert spec is not None and spec.loader is not None
         old = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = old  # dataclasses look their module up
         spec.loader.exec_module(old)
         variants.insert(1, "w8a8_old")
     rng = np.random.default_rng(0)
-    runs = {v: token(v, rng, old) for v in variants}
+    runs = {v: token(v, rng, old, dims) for v in variants}
     for calls in runs.values():
         for c in calls:
             c()

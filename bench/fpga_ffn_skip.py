@@ -18,11 +18,14 @@ the streams it ran, against the dense tiny graph.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import platform
+import shlex
 import sys
 import time
+from pathlib import Path
 
 from _common import ROOT, cpu_name, load_average
 
@@ -109,11 +112,14 @@ def tiny() -> dict:
     return out
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(ROOT / "bench" / "fpga_ffn_skip.json"))
+    args = ap.parse_args(argv)
     t0 = time.perf_counter()
     load_at_start = load_average()
     result = {
-        "command": "python bench/fpga_ffn_skip.py",
+        "command": shlex.join(["python", "bench/fpga_ffn_skip.py", *sys.argv[1:]]),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": {
             "cpu": cpu_name(),
@@ -132,7 +138,7 @@ def main() -> int:
         "wall_seconds": 0.0,
     }
     result["wall_seconds"] = time.perf_counter() - t0
-    out = ROOT / "bench" / "fpga_ffn_skip.json"
+    out = Path(args.out)
     out.write_text(json.dumps(result, indent=1, default=float) + "\n")
     print(markdown(result))
     print(f"wrote {out}", file=sys.stderr)

@@ -25,12 +25,15 @@ imply fewer bytes per token than int8 weights have (see docs/fpga.md).
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import platform
+import shlex
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from _common import ROOT, cpu_name, load_average
 
@@ -81,7 +84,10 @@ def stream_busy(prog, arch, stage: str, bucket: int) -> dict[str, float]:
     return out
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(ROOT / "bench" / "fpga_sim.json"))
+    args = ap.parse_args(argv)
     load_at_start = load_average()
     from llmc.fpga.arch import load_arch
     from llmc.fpga.program import build_program
@@ -156,7 +162,9 @@ def main() -> int:
             "u280": u,
         }
     cli = [
-        str(ROOT / ".venv" / "bin" / "llmc"),
+        sys.executable,  # the ``llmc`` entry point of this interpreter, wherever its venv lives
+        "-m",
+        "llmc.cli",
         "simulate",
         "llama2-7b",
         "--target",
@@ -170,7 +178,7 @@ def main() -> int:
     cli_wall = time.perf_counter() - t
     cli_out = json.loads(proc.stdout)
     result = {
-        "command": "python bench/fpga_sim.py",
+        "command": shlex.join(["python", "bench/fpga_sim.py", *sys.argv[1:]]),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": {
             "cpu": cpu_name(),
@@ -181,14 +189,14 @@ def main() -> int:
         "model": "llama2-7b (architecture-only)",
         "recipes": per_recipe,
         "cli": {
-            "command": " ".join(cli[1:]),
+            "command": " ".join(cli[3:]),
             "wall_seconds": cli_wall,
             "timing_s": cli_out["timing_s"],
             "note": "warm zoo cache (the graph is parsed, not traced); includes interpreter start",
         },
         "wall_seconds": time.perf_counter() - t0,
     }
-    out = ROOT / "bench" / "fpga_sim.json"
+    out = Path(args.out)
     out.write_text(json.dumps(result, indent=1, default=float) + "\n")
     print(markdown(result))
     print(f"wrote {out}", file=sys.stderr)

@@ -17,11 +17,14 @@ prefill: its last row's logits give the first generated token.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import platform
+import shlex
 import sys
 import time
+from pathlib import Path
 
 from _common import ROOT, cpu_name, git, load_average
 
@@ -41,7 +44,12 @@ def graph(passes: str):
     return g
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(ROOT / "bench" / "fpga_token_prune.json"))
+    ap.add_argument("--keeps", default=",".join(map(str, KEEPS)), help="token-prune keep ratios")
+    args = ap.parse_args(argv)
+    keeps = [float(k) for k in args.keeps.split(",") if k]
     load_at_start = load_average()
     from llmc.fpga.arch import load_arch
     from llmc.fpga.fold import FullCosts
@@ -52,7 +60,7 @@ def main() -> int:
     t0 = time.perf_counter()
     arch = load_arch("u280")
     rows = []
-    for keep in (None, *KEEPS):
+    for keep in (None, *keeps):
         passes = WEIGHTS if keep is None else f"{WEIGHTS},token-prune:keep={keep}"
         g = graph(passes)
         prog = build_program(g, arch)
@@ -98,7 +106,7 @@ def main() -> int:
     out = {
         "what": "LLaMA2-7B (architecture only, int8, q/k 8:16) on u280: 1024-token prompt, "
         "prefill / TTFT simulated with token-prune keep ratios against dense",
-        "command": "python bench/fpga_token_prune.py",
+        "command": shlex.join(["python", "bench/fpga_token_prune.py", *sys.argv[1:]]),
         "date": datetime.date.today().isoformat(),
         "commit": git("rev-parse", "--short", "HEAD").strip(),
         "machine": {
@@ -111,7 +119,7 @@ def main() -> int:
         "results": rows,
         "seconds": time.perf_counter() - t0,
     }
-    (ROOT / "bench" / "fpga_token_prune.json").write_text(json.dumps(out, indent=1) + "\n")
+    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     print()
     print("| config | prefill / TTFT ms | vs dense | kept token fraction | top-k streams ms |")
     print("|---|---|---|---|---|")

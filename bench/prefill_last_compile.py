@@ -12,6 +12,7 @@ the link), the total, the wall time and the 1-minute load average; then all rows
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -23,14 +24,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model", help="a model llmc compiles (gpt2, tiny, a Hugging Face directory)")
+    ap.add_argument("rounds", type=int, help="compiles of each variant, alternated")
+    args = ap.parse_args(argv)
     import llmc.backends.pipeline as P
     from llmc.backends import pipeline_for
     from llmc.backends.lower import PREFILL_LAST, Entry
     from llmc.compile import load
     from llmc.targets import get_target
 
-    name, rounds = sys.argv[1], int(sys.argv[2])
+    name, rounds = args.model, args.rounds
     g = load(name).graph
     t = get_target("cpu")
     pipe = pipeline_for(t)
