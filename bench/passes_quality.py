@@ -109,7 +109,11 @@ def markdown(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="tiny")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "passes_quality.json")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        help="default: bench/passes_quality.json, written by full runs only (not with --only)",
+    )
     ap.add_argument("--only", default="", help="comma-separated substrings of specs to run")
     ap.add_argument("--max-tokens", type=int, default=None, help="evaluate a prefix only")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
@@ -202,9 +206,10 @@ def main(argv: list[str] | None = None) -> int:
         "orderings": orderings,
         "wall_seconds": time.perf_counter() - t_start,
     }
-    if not wanted:
-        a.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-        print(f"wrote {a.out}", file=sys.stderr)
+    out = a.out or (None if wanted else ROOT / "bench" / "passes_quality.json")
+    if out is not None:
+        out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        print(f"wrote {out}", file=sys.stderr)
     print(markdown(result))
     return 0
 

@@ -59,18 +59,18 @@ def _time(fn) -> tuple[float, float]:
     return time.perf_counter() - w, time.process_time() - c
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     import torch
 
     from llmc.runtime.lm import LanguageModel, generate
 
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--artifacts", required=True, help="NAME=DIR,... compiled by this checkout")
     ap.add_argument("--old", default="", help="NAME=DIR,... the same models, another checkout")
     ap.add_argument("--prompt", type=int, default=512)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--out", default=str(ROOT / "bench" / "prefill_last.json"))
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     new, old = _pairs(a.artifacts), _pairs(a.old)
 
     class Sliced(LanguageModel):  # forward_last's default: every row, then the last

@@ -139,6 +139,10 @@ def test_artifact_scripts_smoke(bench_path: None, tiny_cpu_artifact: Path, tmp_p
     argv = [f"A={art}", "--prompt", "8", "--steps", "2", "--rounds", "1", "-o", str(grp)]
     _script("cpu_group_decode").main(argv)
     assert set(json.loads(grp.read_text())["results"]) == {"A"}
+    pl = tmp_path / "pl.json"
+    argv = ["--artifacts", f"tiny={art}", "--prompt", "8", "--rounds", "1", "--out", str(pl)]
+    _script("prefill_last").main(argv)
+    assert json.loads(pl.read_text())
     assert _script("token_prune_profile").main([art, "--prompt-len", "8", "--repeats", "1"]) == 0
 
 
@@ -171,8 +175,15 @@ def test_model_scripts_smoke(tmp_path: Path) -> None:
     _run("cpu_attention", "--pasts", "16", "--shapes", "2x1x16", "--seq", "8", "--rounds", "1",
          "--inner", "1", "--base", "HEAD", "--out", str(out / "al.json"), tmp_path=tmp_path)  # fmt: skip
     _run("vm_args_micro", "--n", "8", "--rounds", "1", "--calls", "10", tmp_path=tmp_path)
+    _run("moe_decode", "--layers", "1", "--experts", "4", "--hidden", "64", "--inter", "128",
+         "--prefill", "8", "--repeats", "1", "--calls", "1", "--out", str(out / "moe.json"),
+         tmp_path=tmp_path)  # fmt: skip
+    _run("adaptive", "--ratios", "0.2", "--keeps", "0.5", "--window", "64", "--max-tokens", "256",
+         "--prompt", "32", "--cont", "8", "--prune-tokens", "256", "--prompts", "1",
+         "--ffn-prompt", "8", "--new", "2", "--calib-samples", "4", "--out", str(out / "ad.json"),
+         tmp_path=tmp_path)  # fmt: skip
     assert sorted(p.name for p in out.iterdir()) == [
-        "al.json", "cd.json", "cs.json", "csm.json", "pq.json", "tp.json",
+        "ad.json", "al.json", "cd.json", "cs.json", "csm.json", "moe.json", "pq.json", "tp.json",
     ]  # fmt: skip
 
 
