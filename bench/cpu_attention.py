@@ -1,5 +1,5 @@
 """CPU attention: ``attention_sync`` of this checkout against ``attention_cpu.py`` at ``--base``
-(default ``main``), interleaved: prefill from an empty cache (default), or decode and chunked
+(default ``HEAD``), interleaved: prefill from an empty cache (default), or decode and chunked
 prefill at long context (``--pasts``).
 
 Usage::
@@ -81,7 +81,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--inner", type=int, default=3)
-    ap.add_argument("--base", default="main")
+    ap.add_argument(
+        "--base",
+        default="HEAD",
+        help="git revision of the old kernel (default HEAD: a clone may have no main branch)",
+    )
     ap.add_argument(
         "--variants",
         default="",
