@@ -281,7 +281,8 @@ def test_kernel_class_of_compressed_graphs(passes, cls) -> None:
     from llmc.compile import load, run_passes
 
     g = load("tiny").graph
-    run_passes(g, passes, None, target="cpu", options={})
+    # the class depends on the formats the passes write, not on how much w8a8 calibrates
+    run_passes(g, passes, None, target="cpu", options={"calib_samples": 2, "calib_seqlen": 32})
     assert kernel_class(g) == cls
 
 
