@@ -8,7 +8,8 @@ Per artifact (an ``llmc compile ... --target cpu`` dir; ``random_weights=True`` 
 architecture-only compile): one warm-up prefill of ``--rows`` tokens, then ``--calls`` prefills
 with the VM's instrument hook, which times every kernel and VM builtin call in *thread* CPU time
 (one thread: ``TVM_NUM_THREADS=1`` runs every parallel loop in the calling thread, so thread
-time is the kernel's work and leaves out the time a loaded machine descheduled it) and wall time,
+time is the kernel's work and leaves out the time a loaded machine descheduled it; at more
+threads process CPU time, the workers' spinning included) and wall time,
 and keeps the arguments of each kernel's first call. Then each kernel is called again *alone*
 with those same arguments (``--alone`` calls, median): its in-model time against its time on
 warm caches with nothing between the calls; ``w8a8_prefill*`` / ``panel_gemm*`` / ``gemm*``
@@ -31,6 +32,12 @@ from typing import Any
 from _common import ROOT, finish, load_average, record
 
 sys.path.insert(0, str(ROOT))
+
+
+def _clock() -> float:
+    """Thread CPU time at one thread (the kernel's work), process CPU time at more (both
+    threads' work, a waiting worker's spinning included)."""
+    return time.thread_time() if os.environ.get("TVM_NUM_THREADS") == "1" else time.process_time()
 
 
 def _shape(a: Any) -> tuple[int, ...] | None:
@@ -67,18 +74,18 @@ class Prof:
 
     def run_plain(self) -> None:
         past = self.lm.empty_past(1)
-        t0, c0 = time.perf_counter(), time.thread_time()
+        t0, c0 = time.perf_counter(), _clock()
         self.lm.forward(self.ids, self.pos, past)
-        self.plain.append((time.thread_time() - c0, time.perf_counter() - t0))
+        self.plain.append((_clock() - c0, time.perf_counter() - t0))
 
     def run_hooked(self) -> None:
         st = [0.0, 0.0]
 
         def hook(func: Any, sym: str, before: bool, ret: Any, *args: Any) -> int:
             if before:
-                st[0], st[1] = time.thread_time(), time.perf_counter()
+                st[0], st[1] = _clock(), time.perf_counter()
             else:
-                self.cpu[sym] += time.thread_time() - st[0]
+                self.cpu[sym] += _clock() - st[0]
                 self.wall[sym] += time.perf_counter() - st[1]
                 self.calls[sym] += 1
                 if self.kernel(sym) and sym not in self.first:
@@ -97,9 +104,9 @@ class Prof:
         func(*args)
         ts = []
         for _ in range(reps):
-            c0 = time.thread_time()
+            c0 = _clock()
             func(*args)
-            ts.append(time.thread_time() - c0)
+            ts.append(_clock() - c0)
         return statistics.median(ts)
 
     def report(self, reps: int) -> dict[str, Any]:

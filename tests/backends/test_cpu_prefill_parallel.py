@@ -1,5 +1,6 @@
 """The prefill's TE kernels threaded over their rows (:mod:`llmc.backends.cpu.parallel`): the row
-loop becomes parallel only at a symbolic row count, the innermost axis stays serial, and the
+loop becomes parallel only at a symbolic row count (and not in a chain of element-wise stages),
+the innermost axis stays serial, and the
 results are bit-identical to the serial kernel (the int8 activation quantizer and a layer norm,
 two threads)."""
 
@@ -33,6 +34,15 @@ def _parallel_loops(f: tirx.PrimFunc) -> int:
 
 def test_static_rows_stay_serial():
     assert all(parallelize_func(f) is None for f in _funcs(4, 32).values())
+
+
+def test_elementwise_chain_stays_serial():
+    x = te.placeholder((tirx.Var("m", "int64"), 16), "float32", name="x")
+    y = te.compute(x.shape, lambda i, j: x[i, j] * 2.0, name="y")
+    z = te.compute(x.shape, lambda i, j: y[i, j] + 1.0, name="z")
+    assert parallelize_func(te.create_prim_func([x, z])) is None
+    one = te.compute(x.shape, lambda i, j: x[i, j] + 1.0, name="one")
+    assert parallelize_func(te.create_prim_func([x, one])) is not None
 
 
 def test_parallel_rows_bit_identical():
