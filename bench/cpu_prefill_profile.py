@@ -10,9 +10,9 @@ with the VM's instrument hook, which times every kernel and VM builtin call in *
 (one thread: ``TVM_NUM_THREADS=1`` runs every parallel loop in the calling thread, so thread
 time is the kernel's work and leaves out the time a loaded machine descheduled it; at more
 threads process CPU time, the workers' spinning included) and wall time,
-and keeps the arguments of each kernel's first call. Then each kernel is called again *alone*
-with those same arguments (``--alone`` calls, median): its in-model time against its time on
-warm caches with nothing between the calls; ``w8a8_prefill*`` / ``panel_gemm*`` / ``gemm*``
+and calls each kernel a second time at once with the same arguments ("alone": warm caches, the
+same moment's load; not counted in the in-model time): its in-model time against its time
+with nothing between the calls; ``w8a8_prefill*`` / ``panel_gemm*`` / ``gemm*``
 rows also get their GOP/s (2 M K N per call, from the argument shapes). The uninstrumented
 prefill (median of ``--calls``) and the kernels' sum give the time outside the kernels (VM
 dispatch, allocation, the hook's own cost). Several artifacts are profiled interleaved, call by
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import resource
 import statistics
 import sys
 import time
@@ -65,7 +66,9 @@ class Prof:
         self.wall: dict[str, float] = collections.defaultdict(float)
         self.calls: collections.Counter[str] = collections.Counter()
         self.first: dict[str, tuple[Any, tuple]] = {}
+        self.again: dict[str, float] = collections.defaultdict(float)
         self.plain: list[tuple[float, float]] = []
+        self.faults: list[int] = []
         self.n = 0
         self.skip = set(lm.backend["functions"]) | set(lm.backend.get("layer_functions", {}))
 
@@ -74,9 +77,11 @@ class Prof:
 
     def run_plain(self) -> None:
         past = self.lm.empty_past(1)
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         t0, c0 = time.perf_counter(), _clock()
         self.lm.forward(self.ids, self.pos, past)
         self.plain.append((_clock() - c0, time.perf_counter() - t0))
+        self.faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
 
     def run_hooked(self) -> None:
         st = [0.0, 0.0]
@@ -88,8 +93,12 @@ class Prof:
                 self.cpu[sym] += _clock() - st[0]
                 self.wall[sym] += time.perf_counter() - st[1]
                 self.calls[sym] += 1
-                if self.kernel(sym) and sym not in self.first:
-                    self.first[sym] = (func, args)
+                if self.kernel(sym):
+                    self.first.setdefault(sym, (func, args))
+                    # the same call again at once: warm caches, the same moment's load
+                    c0 = _clock()
+                    func(*args)
+                    self.again[sym] += _clock() - c0
             return 0
 
         self.lm.vm.set_instrument(hook)
@@ -99,17 +108,7 @@ class Prof:
             self.lm.vm.set_instrument(None)
         self.n += 1
 
-    def alone(self, sym: str, reps: int) -> float:
-        func, args = self.first[sym]
-        func(*args)
-        ts = []
-        for _ in range(reps):
-            c0 = _clock()
-            func(*args)
-            ts.append(_clock() - c0)
-        return statistics.median(ts)
-
-    def report(self, reps: int) -> dict[str, Any]:
+    def report(self) -> dict[str, Any]:
         n = self.n
         rows = []
         for sym in sorted(self.cpu, key=lambda s: -self.cpu[s]):
@@ -122,8 +121,8 @@ class Prof:
             if self.kernel(sym):
                 func, args = self.first[sym]
                 row["arg_shapes"] = [_shape(a) for a in args]
-                one = self.alone(sym, reps)
-                row["alone_cpu_ms"] = round(1e3 * one * row["calls"], 2)
+                one = self.again[sym] / n / row["calls"]
+                row["alone_cpu_ms"] = round(1e3 * self.again[sym] / n, 2)
                 row["in_model_over_alone"] = round(
                     row["cpu_ms"] / max(row["alone_cpu_ms"], 1e-6), 3
                 )
@@ -140,6 +139,7 @@ class Prof:
             "prefill_cpu_ms_plain_median": round(1e3 * cpu_plain, 1),
             "prefill_wall_ms_plain_median": round(1e3 * wall_plain, 1),
             "prefill_cpu_samples_ms": [round(1e3 * c, 1) for c, _ in self.plain],
+            "minor_page_faults_per_prefill": statistics.median(self.faults),
             "kernels_cpu_ms": round(kern, 1),
             "builtins_and_entry_cpu_ms": round(builtin, 1),
             "outside_kernels_cpu_ms": round(1e3 * cpu_plain - kern, 1),
@@ -154,7 +154,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("artifacts", help="NAME=DIR[,NAME=DIR...]")
     ap.add_argument("--rows", type=int, default=512)
     ap.add_argument("--calls", type=int, default=3, help="hooked and plain prefills each")
-    ap.add_argument("--alone", type=int, default=5, help="calls of each kernel alone")
     ap.add_argument("--top", type=int, default=16)
     ap.add_argument("--json")
     a = ap.parse_args(argv)
@@ -171,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     for p in profs.values():
         p.run_plain()  # warm-up
         p.plain.clear()
+        p.faults.clear()
     for _ in range(a.calls):
         for p in profs.values():
             p.run_plain()
@@ -178,12 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     res = record("cpu_prefill_profile.py", sys.argv[1:] if argv is None else argv, threads, load0)
     res["rows"] = a.rows
     res["artifacts"] = arts
-    res["profiles"] = {k: p.report(a.alone) for k, p in profs.items()}
+    res["profiles"] = {k: p.report() for k, p in profs.items()}
     for k, r in res["profiles"].items():
         print(
             f"{k}: prefill {r['prefill_cpu_ms_plain_median']} CPU ms ({r['prefill_wall_ms_plain_median']}"
             f" wall), kernels {r['kernels_cpu_ms']}, outside kernels {r['outside_kernels_cpu_ms']}, "
-            f"{r['kernel_calls']} kernel calls"
+            f"{r['kernel_calls']} kernel calls, {r['minor_page_faults_per_prefill']} page faults"
         )
         for row in r["kernels"][: a.top]:
             g = ""

@@ -3,7 +3,7 @@
 The hand-written kernels (GEMMs, attention) come scheduled (``tirx.is_scheduled``) and parallel;
 everything else (norms, GELU, bias adds, the int8 activation quantizer, transposes and slices)
 is TE legalized as is: one serial loop nest, which LLVM vectorizes. In a 2-thread prefill those
-ran on one core while the other waited (GPT-2 small w8a8, 512 tokens: ~35% of the one-thread
+ran on one core while the other waited (GPT-2 small w8a8, 512 tokens: 35-40% of the one-thread
 kernel time, docs/backends.md "Prefill GEMMs inside the model").
 
 :func:`parallelize_rows` marks, in every unscheduled function, each block's leading spatial
