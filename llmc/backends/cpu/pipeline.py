@@ -13,6 +13,7 @@ Differences from the shared pipeline (tables only):
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Hashable
 from functools import cache
 from typing import Any
@@ -21,6 +22,7 @@ import tvm
 from tvm import relax, te, tirx
 
 from llmc.backends.cpu import avx2
+from llmc.backends.cpu.parallel import parallelize_rows
 from llmc.backends.kernels import cpu as cpu_kernels
 from llmc.backends.kernels import cpu_gemm, cpu_group, cpu_sparse, cpu_vnni, te_ops
 from llmc.backends.layouts import (
@@ -791,6 +793,13 @@ class CPUPipeline(TVMPipeline):
             report["backend"]["sparse"] = entry
             report.setdefault("warnings", []).extend(warnings)
         return fields
+
+    def schedule_passes(self, tvm_target: tvm.target.Target) -> list[tvm.transform.Pass]:
+        # the TE kernels of a prefill (norms, GELU, bias adds, act_quant) threaded over rows;
+        # LLMC_CPU_SERIAL_TE=1 leaves them serial (the A/B of docs/backends.md)
+        if os.environ.get("LLMC_CPU_SERIAL_TE") == "1":
+            return []
+        return [parallelize_rows]
 
     def target_fields(self, tvm_target: tvm.target.Target) -> dict[str, Any]:
         _, mcpu, flags = build_isa()
