@@ -31,6 +31,19 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     gc.freeze()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _heap_frozen_per_file():
+    """Each test file starts with the objects alive before it (imports, earlier files' session
+    fixtures) out of the cycle collector's view: one full collection, then ``gc.freeze()``;
+    ``gc.unfreeze()`` after the file, so what it made and dropped is collected later. Without
+    it a worker's heap grows over the run and each calibrated pass's collections rescan it
+    (``test_roofline``'s w8a8 case: 89 s late in a full run, 4 s alone; docs/testing.md)."""
+    gc.collect()
+    gc.freeze()
+    yield
+    gc.unfreeze()
+
+
 def shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder of this test run that every xdist worker sees (the workers' common temp root);
     without xdist, the session's temp root."""

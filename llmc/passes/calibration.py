@@ -33,9 +33,7 @@ freed does not stay in the process, fragmented, under the next.
 
 from __future__ import annotations
 
-import contextlib
-import gc
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -358,6 +356,7 @@ def trim_heap() -> bool:
     286-329 MB with a trim after each). It does not lower a compile's peak, which is set inside
     a segment (docs/backends.md). Called once per segment (milliseconds)."""
     global _libc
+    import gc
 
     gc.collect()  # tensors in reference cycles are freed only by the cycle collector
     if _libc is None:
@@ -371,26 +370,6 @@ def trim_heap() -> bool:
         except OSError:
             _libc = False
     return bool(_libc and _libc.malloc_trim(0))
-
-
-@contextlib.contextmanager
-def heap_frozen() -> Iterator[None]:
-    """Keep the objects alive when calibration starts (the imports, the graph, its tensors) out
-    of the cycle collector's scans while it runs (``gc.freeze()``; ``gc.unfreeze()`` after), so
-    the collections that the interpreter's allocations trigger, and :func:`trim_heap`'s, scan
-    only what calibration made. A process that froze its heap already (the test suite's
-    ``tests/conftest.py``) is left as it is: unfreezing would undo its freeze.
-
-    ``w8a8`` on ``tiny``, 64 x 256 calibration tokens, in one process: 53 s of CPU without,
-    6 s with (docs/testing.md, "Measurements"); the results are the same bits."""
-    if gc.get_freeze_count():
-        yield
-        return
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
 
 
 def run_layerwise(
@@ -449,7 +428,7 @@ def run_layerwise(
     from llmc.console import track
 
     what = f"{ctx.report.get('pass', 'calibration')} calibrate" if ctx.report else "calibrate"
-    with torch.no_grad(), heap_frozen():
+    with torch.no_grad():
         for seg in track(segs, f"{what} ({len(batches)} batches)"):
             seg_targets = [n for n in seg.nodes if id(n) in target_ids]
             if not seg_targets:
