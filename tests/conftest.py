@@ -44,6 +44,21 @@ def _heap_frozen_per_file():
     gc.unfreeze()
 
 
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """Each test leaves ``os.environ`` as it found it. Bench scripts run in-process
+    (``tests/test_bench_scripts.py``, ``tests/test_cpu_prefill_gemm_bench.py``) set
+    ``TVM_NUM_THREADS`` for their run; leaked, it changed which host record (keyed by threads)
+    a later compile in the same worker read, so its report differed from the shared artifact's
+    (``test_reproducible``, failed in a full run)."""
+    saved = dict(os.environ)
+    yield
+    if dict(os.environ) != saved:
+        for k in [k for k in os.environ if k not in saved]:
+            del os.environ[k]
+        os.environ.update(saved)
+
+
 def shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder of this test run that every xdist worker sees (the workers' common temp root);
     without xdist, the session's temp root."""
