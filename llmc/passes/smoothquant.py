@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from llmc.errors import PassError
 from llmc.ir.graph import Graph, Node
 from llmc.ir.params import Param
 from llmc.passes.base import Pass, PassContext, PassOptionError
@@ -189,15 +190,29 @@ class SmoothQuant(Pass):
             .clamp_min(1e-5)
         )
         s = (act.pow(self.alpha) / wmax.pow(1.0 - self.alpha)).clamp_min(1e-5)
-        for p in {id(p): p for p in ws if p is not None}.values():
-            _set_dense(p, p.value().to(torch.float32) * s[None, :])
+        # a channel the calibration never saw nonzero, or that no weight reads (a column pruned
+        # to zeros), has no outlier to move: leave it (s = 1). Its clamped figure would make s
+        # tiny, and the norm's weight divided by it overflows float16 (a second smoothquant, or
+        # one after 2:4 pruning, gave inf/NaN logits: tests/test_fuzz_passes.py)
+        s = torch.where((act <= 1e-5) | (wmax <= 1e-5), torch.ones_like(s), s)
+        ps = list({id(p): p for p in ws if p is not None}.values())
         o = g.owner.value().to(torch.float32)
+        folded = [(p, p.value().to(torch.float32) * s[None, :]) for p in ps]
         if g.source == "norm":
-            _set_dense(g.owner, o / s)
+            folded.append((g.owner, o / s))
             if g.bias is not None:
-                _set_dense(g.bias, g.bias.value().to(torch.float32) / s)
+                folded.append((g.bias, g.bias.value().to(torch.float32) / s))
         else:  # up_proj rows
-            _set_dense(g.owner, o / s[:, None])
+            folded.append((g.owner, o / s[:, None]))
+        for p, v in folded:  # all or nothing: no group is half smoothed
+            dt = p.data["value"].dtype
+            if not torch.isfinite(v.to(dt)).all():
+                raise PassError(
+                    f"smoothquant: {g.label}: the smoothing scales (alpha={self.alpha}) take a "
+                    f"weight out of {dt}'s range; give a smaller alpha or exclude the layer"
+                )
+        for p, v in folded:
+            _set_dense(p, v)
         before = float(act.max() / act.mean())
         after_act = act / s
         return {

@@ -81,3 +81,38 @@ def test_default_exclude_keeps_a_tied_lm_head_dense() -> None:
     g2 = g.copy()
     build_pipeline("rtn:bits=4:group=8").run(g2, PassContext(calib_inputs=[_batch()]))
     assert g2.params["model.embed_tokens.weight"].format.is_dense
+
+
+def test_smoothquant_leaves_a_channel_it_never_saw_alone_in_f16() -> None:
+    """Found by test_any_pipeline_succeeds_or_refuses_cleanly (``wanda:pattern=2:4:exclude=``
+    then smoothquant twice, f16): the calibration token's embedding row had a pruned (zero)
+    channel, so its activation absmax was 0, clamped to 1e-5; the scale for it came out tiny and
+    the norm's weight divided by it grew 300x per pass until float16 overflowed (NaN logits).
+    Such a channel now keeps scale 1, and a fold that would leave the dtype's range is refused."""
+    hidden, vocab = 16, 16
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(vocab, hidden, generator=g)
+    table[12, 3] = 0.0  # the channel the calibration never sees nonzero
+    b = GraphBuilder("f16")
+    ids = b.input("input_ids", TensorType((sym("batch"), sym("seq")), "i64"))
+    b.input("positions", TensorType((sym("batch"), sym("seq")), "i64"))
+    t = b.param("model.embed_tokens.weight", table.half())
+    with b.scope("model.embed_tokens", "embed"):
+        h = b.emit("embedding", ids, t)
+    with b.scope("model.norm", "norm"):
+        nw = b.param("model.norm.weight", (1 + 0.1 * torch.randn(hidden, generator=g)).half())
+        h = b.emit("rms_norm", h, nw, eps=1e-5)
+    with b.scope("lm_head", "head"):
+        w = b.param("lm_head.weight", torch.randn(vocab, hidden, generator=g).half())
+        b.output(b.emit("linear", h, w, name="logits"))
+    graph = b.finish()
+    graph.meta = {"abi": "llmc-lm-v1", "vocab_size": vocab, "max_position_embeddings": 16}
+    x = {"input_ids": torch.tensor([[12]]), "positions": torch.tensor([[0]])}
+    want = run(graph, x)[0]
+    spec = "smoothquant:alpha=0.5:exclude=,smoothquant:alpha=0.85:exclude="
+    g2 = graph.copy()
+    build_pipeline(spec).run(g2, PassContext(calib_inputs=[x]))
+    got = run(g2, x)[0]
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)
+    assert float(g2.params["model.norm.weight"].value().float().abs().max()) < 1e3
