@@ -253,8 +253,13 @@ def rederive(path: Path, work: Path) -> dict[str, Any]:
     from llmc.compile import load
     from llmc.targets import get_target, resolve_spec
 
-    doc = json.loads(path.read_text())
-    names = [r["setting"] for r in doc["rows"]]
+    try:
+        doc = json.loads(path.read_text())
+        names = [r["setting"] for r in doc["rows"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(
+            f"roofline_validate.py: --rederive {path}: not a result file ({e})"
+        ) from None
     for r in doc["rows"]:
         if (SETTINGS.get(r["setting"]) or "(none)") != r["passes"]:
             raise SystemExit(f"--rederive {path}: setting {r['setting']!r} is not {r['passes']!r}")
