@@ -188,6 +188,42 @@ int main(int argc, char **argv) {
 """
 
 
+PROBE_SRC = r"""
+/* the same-moment probe (bench/cpu_prefill_gemm.py --probe): kind 0 = f32 FMA zmm, 1 = vpdpbusd
+   zmm, on `threads` OpenMP threads; the rate per thread's CPU second, times the threads (the
+   units of the stored peak: a per-core CPU-time rate x threads) */
+double probe(int kind, long iters, int threads) {
+  double ops = 0, cpu = 0;
+#pragma omp parallel num_threads(threads) reduction(+ : ops, cpu)
+  {
+    struct timespec a, b;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &a);
+    volatile float r = kind == 0 ? fma512(iters) : dp512(iters);
+    (void)r;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &b);
+    ops += (kind == 0 ? N * 16 * 2.0 : N * 64 * 2.0) * iters;
+    cpu += (b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) * 1e-9;
+  }
+  return ops / cpu * threads;
+}
+"""
+
+
+def build_probe(tmp: Path):
+    """The probe of :data:`PROBE_SRC` (with the peak kernels of :data:`SRC`) as a ``ctypes``
+    library built in ``tmp``; ``probe(kind, iters, threads)`` returns ops per second."""
+    import ctypes
+
+    c, so = tmp / "probe.c", tmp / "probe.so"
+    c.write_text(SRC.replace("int main(", "int peak_main(") + PROBE_SRC)
+    flags = ["-O2", "-mavx512f", "-mavx512vnni", "-mfma", "-fopenmp", "-shared", "-fPIC"]
+    subprocess.run(["cc", *flags, str(c), "-o", str(so)], check=True, capture_output=True)
+    lib = ctypes.CDLL(str(so))
+    lib.probe.restype = ctypes.c_double
+    lib.probe.argtypes = [ctypes.c_int, ctypes.c_long, ctypes.c_int]
+    return lib
+
+
 def cpu_flags() -> set[str]:
     """The flags of /proc/cpuinfo (empty when unreadable)."""
     try:

@@ -33,6 +33,15 @@ shared 2-core machine mostly measures; TVM's idle workers spin, which CPU time c
 conservative). The JSON holds every sample, the load average per round, the best and median
 GFLOP/s (int8: GOP/s) per clock, and each best against the peak of bench/cpu_peak.json (CPU-time
 per-core rate x threads).
+
+Same-moment peak (``--probe``, on by default): the host's speed moves from minute to minute (a
+shared VM: the f32 kernel and the FMA probe both run ~1.5x faster in one phase than another), so a
+fraction of a peak measured at another moment says as much about the moment as about the kernel.
+Right before and after each sample, ``bench/cpu_peak.py``'s FMA (f32 kernels) or ``vpdpbusd``
+(int8) chains run on the same threads for ~10 ms of CPU time (:func:`cpu_peak.build_probe`); each
+sample's ``of_probe`` is its CPU-time rate over the mean of the two probes around it, and
+``median_of_probe`` / ``best_of_probe`` summarize them. Both fractions are written: ``of_peak_*``
+against the stored peak, ``*_of_probe`` against the host at that moment.
 """
 
 from __future__ import annotations
@@ -43,11 +52,13 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 from _common import ROOT, cpu_name, git, load_average
+from cpu_peak import build_probe
 
 sys.path.insert(0, str(ROOT))
 
@@ -147,6 +158,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--artifacts", default="", help="NAME=DIR,...: whole-model prefill")
     ap.add_argument("--peak", default=str(ROOT / "bench" / "cpu_peak.json"))
+    ap.add_argument(
+        "--probe",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="time the host's peak around each sample (same-moment fraction)",
+    )
+    ap.add_argument(
+        "--probe-iters", type=int, default=3_000_000, help="probe loop trips (~10 ms at 2 threads)"
+    )
     ap.add_argument("--out", default=str(ROOT / "bench" / "cpu_prefill_gemm.json"))
     args = ap.parse_args(argv)
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
@@ -179,6 +199,11 @@ def main(argv: list[str] | None = None) -> int:
             "threads": args.threads,
         },
         "peak": {"f32": pf32, "i8": pi8, "source": f"{Path(args.peak).name} (CPU time x threads)"},
+        "probe": (
+            {"iters": args.probe_iters, "how": "cpu_peak.PROBE_SRC around each sample, CPU time"}
+            if args.probe
+            else None
+        ),
         "shapes": [],
     }
 
@@ -231,12 +256,20 @@ def main(argv: list[str] | None = None) -> int:
         prepared.append((k, n, kernels))
     # Rounds outermost, over every shape: a burst of load from other users of the machine
     # lowers one sample of every shape rather than every sample of one shape.
-    samples = [{name: {"wall": [], "cpu": []} for name in ks} for _, _, ks in prepared]
+    samples = [{name: {"wall": [], "cpu": [], "probe": []} for name in ks} for _, _, ks in prepared]
     loads: list[list] = [[] for _ in prepared]
+    lib = build_probe(Path(tempfile.mkdtemp(prefix="llmc-probe-"))) if args.probe else None
+
+    def probe(kind: str) -> float:
+        """The host's f32 (or int8) CPU-time rate now, GFLOP/s (GOP/s) at ``--threads``."""
+        assert lib is not None
+        return lib.probe(0 if kind == "f32" else 1, args.probe_iters, args.threads) / 1e9
+
     for _ in range(args.rounds):
         for (k, n, kernels), smp, ld in zip(prepared, samples, loads):
             flops = 2.0 * m * k * n
-            for name, (_, fn) in kernels.items():
+            for name, (kind, fn) in kernels.items():
+                before = probe(kind) if lib else 0.0
                 fn()
                 bw = bc = float("inf")
                 for _ in range(args.inner):
@@ -247,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
                 smp[name]["wall"].append(flops / bw / 1e9)
                 smp[name]["cpu"].append(flops / bc / 1e9)
                 time.sleep(0.2)  # let TVM's spinning workers stop before the next kernel
+                if lib:
+                    smp[name]["probe"].append((before + probe(kind)) / 2)
             ld.append(load_average())
     for (k, n, kernels), smp, ld in zip(prepared, samples, loads):
         row = {"K": k, "N": n, "M": m, "load_average": ld, "kernels": {}}
@@ -264,12 +299,21 @@ def main(argv: list[str] | None = None) -> int:
                 "of_peak_best_wall": round(max(s["wall"]) / pk, 3),
                 "of_peak_best_cpu": round(max(s["cpu"]) / pk, 3),
             }
+            if s["probe"]:
+                frac = [c / p for c, p in zip(s["cpu"], s["probe"])]
+                row["kernels"][name].update(
+                    probe=[round(v, 1) for v in s["probe"]],
+                    of_probe=[round(v, 3) for v in frac],
+                    median_of_probe=round(statistics.median(frac), 3),
+                    best_of_probe=round(max(frac), 3),
+                )
         out["shapes"].append(row)
         ks = row["kernels"]
         print(
             f"K={k} N={n} load {ld[-1][0]:.2f}: "
             + "  ".join(
-                f"{nm} {v['best_wall']:.0f}/{v['best_cpu']:.0f} ({v['of_peak_best_cpu']:.0%})"
+                f"{nm} {v['best_wall']:.0f}/{v['best_cpu']:.0f} ({v['of_peak_best_cpu']:.0%}"
+                + (f", now {v['median_of_probe']:.0%})" if "median_of_probe" in v else ")")
                 for nm, v in ks.items()
             ),
             flush=True,

@@ -33,6 +33,8 @@ def test_prefill_gemm_bench_runs(tmp_path) -> None:
             "128x128",
             "--threads",
             "1",
+            "--probe-iters",
+            "100000",
             "--out",
             str(out),
         ],
@@ -49,3 +51,6 @@ def test_prefill_gemm_bench_runs(tmp_path) -> None:
         "i8_prefill",
         "torch_f32",
     }
+    for name, k in shape["kernels"].items():  # the same-moment probe ran around the one sample
+        assert len(k["probe"]) == 1 and k["probe"][0] > 0, name
+        assert k["median_of_probe"] == pytest.approx(k["cpu"][0] / k["probe"][0], rel=0.02), name
