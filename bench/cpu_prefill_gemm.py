@@ -38,7 +38,8 @@ Same-moment peak (``--probe``, on by default): the host's speed moves from minut
 shared VM: the f32 kernel and the FMA probe both run ~1.5x faster in one phase than another), so a
 fraction of a peak measured at another moment says as much about the moment as about the kernel.
 Right before and after each sample, ``bench/cpu_peak.py``'s FMA (f32 kernels) or ``vpdpbusd``
-(int8) chains run on the same threads for ~10 ms of CPU time (:func:`cpu_peak.build_probe`); each
+(int8) chains run on the same threads, the best of 3 runs of ~3 ms of CPU time each (as each sample
+is the best of ``--inner`` calls; :func:`cpu_peak.build_probe`); each
 sample's ``of_probe`` is its CPU-time rate over the mean of the two probes around it, and
 ``median_of_probe`` / ``best_of_probe`` summarize them. Both fractions are written: ``of_peak_*``
 against the stored peak, ``*_of_probe`` against the host at that moment.
@@ -261,9 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     lib = build_probe(Path(tempfile.mkdtemp(prefix="llmc-probe-"))) if args.probe else None
 
     def probe(kind: str) -> float:
-        """The host's f32 (or int8) CPU-time rate now, GFLOP/s (GOP/s) at ``--threads``."""
+        """The host's f32 (or int8) CPU-time rate now, GFLOP/s (GOP/s) at ``--threads``: the best
+        of 3 runs, as each kernel sample is the best of ``--inner`` calls."""
         assert lib is not None
-        return lib.probe(0 if kind == "f32" else 1, args.probe_iters, args.threads) / 1e9
+        trips = max(args.probe_iters // 3, 1)
+        return max(lib.probe(kind != "f32", trips, args.threads) for _ in range(3)) / 1e9
 
     for _ in range(args.rounds):
         for (k, n, kernels), smp, ld in zip(prepared, samples, loads):
