@@ -157,6 +157,17 @@ def check_host(manifest: dict[str, Any], path: Path) -> None:
                 f"({manifest['backend'].get('cpu', {}).get('mcpu', '?')}); this CPU lacks "
                 f"them: recompile with `llmc compile MODEL --target cpu` on this machine"
             )
+        if manifest["backend"].get("cpu", {}).get("amx"):
+            # its prefill kernels use AMX tiles: the process needs the tile state from Linux
+            # before the first tile instruction (else SIGILL)
+            from llmc.targets.cpu_isa import request_amx
+
+            why = request_amx()
+            if why is not None:
+                raise ArtifactTargetError(
+                    f"{path}: its W8A8 prefill kernels use AMX tiles and {why}; recompile "
+                    f"with LLMC_CPU_AMX=0 for the AVX-512 VNNI kernels"
+                )
     elif kind not in _KIND_DEVICE:
         raise ArtifactTargetError(
             f"{path}: built for target {target!r} (kind {kind!r}), which the TVM runner "

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import platform
 from dataclasses import dataclass
+from functools import cache
 
 #: ISA extensions that, when the build host has them, generated code may use (LLVM ``mcpu``).
 ISA_FLAGS = (
@@ -20,6 +23,7 @@ ISA_FLAGS = (
     "avx512_bf16",
     "avx512_fp16",
     "amx_tile",
+    "amx_int8",
 )
 
 
@@ -111,3 +115,39 @@ def build_isa(host_mcpu: str, flags: list[str] | None = None) -> tuple[KernelIsa
     if len(allowed) == len(have):
         return isa, host_mcpu, allowed
     return isa, isa.cap_mcpu or host_mcpu, allowed
+
+
+# -- AMX (prefill) -----------------------------------------------------------------------------
+
+#: ``LLMC_CPU_AMX=0`` builds the AVX-512 VNNI prefill kernel on an AMX host (for A/B runs).
+AMX_ENV = "LLMC_CPU_AMX"
+
+
+def use_amx(flags: list[str]) -> bool:
+    """Whether a build whose recorded ISA flags are ``flags`` (:func:`build_isa`'s third item)
+    gets the AMX W8A8 prefill kernel (:mod:`llmc.backends.kernels.cpu_amx`): the CPU has
+    ``amx_tile`` and ``amx_int8`` and ``$LLMC_CPU_AMX`` is not ``0``. Decode (one row) keeps
+    the VNNI kernels either way."""
+    if os.environ.get(AMX_ENV, "").strip() == "0":
+        return False
+    return "amx_tile" in flags and "amx_int8" in flags
+
+
+#: Linux x86-64: ``arch_prctl`` syscall number, ``ARCH_REQ_XCOMP_PERM``, ``XFEATURE_XTILEDATA``.
+_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA = 158, 0x1023, 18
+
+
+@cache
+def request_amx() -> str | None:
+    """Ask Linux for the AMX tile-data state for this process (every thread, once per process;
+    without it the first tile instruction kills the process with SIGILL). ``None`` when granted,
+    else a few words saying why not."""
+    if platform.system() != "Linux" or platform.machine().lower() not in ("x86_64", "amd64"):
+        return f"AMX tile state is requested through Linux x86-64 only (this is {platform.system()} {platform.machine()})"
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) != 0:
+        err = ctypes.get_errno()
+        return (
+            f"Linux refused the AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM: {os.strerror(err)})"
+        )
+    return None

@@ -24,7 +24,7 @@ from tvm import relax, te, tirx
 from llmc.backends.cpu import avx2
 from llmc.backends.cpu.parallel import parallelize_rows
 from llmc.backends.kernels import cpu as cpu_kernels
-from llmc.backends.kernels import cpu_gemm, cpu_group, cpu_sparse, cpu_vnni, te_ops
+from llmc.backends.kernels import cpu_amx, cpu_gemm, cpu_group, cpu_sparse, cpu_vnni, te_ops
 from llmc.backends.layouts import (
     Layout,
     get_layout,
@@ -50,7 +50,7 @@ from llmc.backends.rules import (
 )
 from llmc.ir.graph import Node
 from llmc.ir.params import Param
-from llmc.targets.cpu_isa import KernelIsa, host_isa_flags
+from llmc.targets.cpu_isa import KernelIsa, host_isa_flags, use_amx
 from llmc.targets.cpu_isa import build_isa as _build_isa
 
 #: Output rows per panel: 64 float32 = four AVX-512 registers (the layout is part of the
@@ -84,6 +84,13 @@ def vector_bits() -> int:
     if "avx512f" in flags:
         return 512
     return 256 if "avx" in flags else 128
+
+
+def prefill_amx() -> bool:
+    """Whether this build's W8A8 prefill uses AMX tiles (:mod:`.kernels.cpu_amx`): the build's
+    ISA flags have ``amx_tile`` and ``amx_int8`` and ``$LLMC_CPU_AMX`` is not ``0``
+    (:func:`llmc.targets.cpu_isa.use_amx`)."""
+    return use_amx(build_isa()[2])
 
 
 def kernel_isa() -> str:
@@ -543,9 +550,10 @@ def _qlinear_a8_vnni(ctx: LowerCtx, n: Node) -> relax.Expr:
     act_scale, m = float(n.attrs.act_scale), _static_rows(x)
     if m is None and cpu_gemm.supports_w8a8(in_f):  # prefill: register-blocked over rows
         q = ctx.emit_te(te_ops.act_quant, x, act_scale, name="act_quant")
+        amx = prefill_amx()  # AMX tiles where the host has them (LLMC_CPU_AMX=0: VNNI)
         y = ctx.call_kernel(
-            ("w8a8_prefill", in_f, out_f),
-            lambda: cpu_gemm.w8a8_prefill(in_f, out_f),
+            ("w8a8_prefill", in_f, out_f, amx),
+            lambda: (cpu_amx.w8a8_prefill_amx if amx else cpu_gemm.w8a8_prefill)(in_f, out_f),
             "w8a8_prefill",
             [ctx.emit(relax.TupleGetItem(q, 0)), ctx.emit(relax.TupleGetItem(q, 1))]
             + _a8_weights(ctx, p),
@@ -788,6 +796,12 @@ class CPUPipeline(TVMPipeline):
 
     def run(self, graph: Any, target: Any, out: Any, report: dict[str, Any]) -> dict[str, Any]:
         fields = super().run(graph, target, out, report)
+        # which W8A8 prefill kernel the artifact holds (the same name either way); "amx": the
+        # runtime asks Linux for the tile state before loading it (tvm_runner.check_host)
+        if any(k.startswith("w8a8_prefill") for k in fields["backend"]["kernels"]):
+            amx = prefill_amx()
+            fields["backend"].setdefault("cpu", {})["amx"] = amx
+            report["backend"]["w8a8_prefill"] = "amx (tdpbusd tiles)" if amx else "avx512_vnni"
         entry, warnings = sparse_summary(graph)
         if entry is not None:
             report["backend"]["sparse"] = entry

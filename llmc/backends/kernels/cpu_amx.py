@@ -1,0 +1,209 @@
+"""W8A8 prefill on Intel AMX (``tdpbusd`` tile products), for CPUs with ``amx_int8``.
+
+Same arguments and result as :func:`llmc.backends.kernels.cpu_gemm.w8a8_prefill` (``act_quant``'s
+``xq [M, K]`` int8 and ``xs [M]``, the VNNI weight panels ``codes [P, K/4, 64, 4]`` int8,
+``wsum [P, 64]`` int32, ``ws [P, 64]`` float32; float32 ``[M, N]`` out), bit-identical to it: the
+int32 products are exact either way, and the epilogue is the same expression.
+
+The VNNI panel layout is already AMX's B-tile layout: for one panel, 16 consecutive k-quads x
+16 columns x 4 bytes are 16 rows of 64 bytes at a stride of 256 bytes (``tileloadd`` with stride
+256), so the artifact's weights are unchanged. Tiles (palette 1, all 16 rows x 64 bytes):
+C = tiles 0-3 (a 32-row x 32-column int32 block), A = tiles 4-5 (32 rows x 64 u8 activations),
+B = tiles 6-7 (64 k x 32 columns of weights); per 64 input elements 2 A + 2 B loads and 4
+``tdpbusd`` (each 16 x 16 x 64 multiply-adds).
+
+A parallel task takes a chunk of at most ``MC`` rows and up to ``PG`` panels, like the VNNI
+kernel. It loads the tile configuration (tile state is per thread), copies the chunk's
+activations into a scratch shifted into u8 (``x ^ 0x80``) and zero-padded to a multiple of 64
+columns and of 32 rows (the padding rows repeat the last real row and are never stored); per
+panel a K that is not a multiple of 64 gets its last k-quads copied into a zero-padded 16 x 256
+byte scratch (a tile load never reads past the weights). Per 32-row block and 32-column half of
+the panel, the four C tiles are stored into a 32 x 64 int32 scratch, then one epilogue per
+32 x 64 block: ``(acc - 128 * wsum) * xs * ws``, stored for real rows and columns only.
+
+The process must hold the AMX tile state (Linux ``arch_prctl(ARCH_REQ_XCOMP_PERM,
+XFEATURE_XTILEDATA)``) before the first call, or the first tile instruction faults:
+:func:`llmc.targets.cpu_isa.request_amx` asks for it, and :mod:`llmc.runtime.tvm_runner` calls it
+before loading an artifact whose ISA flags include ``amx_int8``.
+"""
+
+from __future__ import annotations
+
+from tvm import tirx
+from tvm.script import tirx as T
+
+from llmc.backends.kernels.cpu import SCRATCH
+
+F32 = "float32"
+NB = 64
+#: Rows per register(tile) block: two 16-row A tiles.
+MB = 32
+#: Rows per parallel chunk (a multiple of MB).
+MC = 128
+#: Panels per parallel task (its activation chunk is shifted once per task).
+PG = 4
+
+
+def _finish(f: tirx.PrimFunc, name: str) -> tirx.PrimFunc:
+    f = f.with_attr("global_symbol", name)
+    return f.with_attr("op_pattern", 8).with_attr("tirx.is_scheduled", True)
+
+
+def _i(name: str, *args):
+    return T.call_llvm_intrin("void", name, *args)
+
+
+def _zero(t: int):
+    return _i("llvm.x86.tilezero", T.int8(t))
+
+
+def _load(t: int, ptr, stride):
+    return _i("llvm.x86.tileloadd64", T.int8(t), ptr, T.int64(stride))
+
+
+def _store(t: int, ptr, stride):
+    return _i("llvm.x86.tilestored64", T.int8(t), ptr, T.int64(stride))
+
+
+def _dp(c: int, a: int, b: int):
+    return _i("llvm.x86.tdpbusd", T.int8(c), T.int8(a), T.int8(b))
+
+
+def supports(k_dim: int) -> bool:
+    """Whether :func:`w8a8_prefill_amx` handles this K (whole k-quads, as the VNNI kernel)."""
+    return k_dim % 4 == 0
+
+
+def w8a8_prefill_amx(
+    k_dim: int, n_dim: int, mc: int = MC, pg: int = PG, name: str | None = None
+) -> tirx.PrimFunc:
+    """W8A8 prefill with AMX tiles (see the module docstring); a symbolic row count."""
+    assert supports(k_dim), k_dim
+    mb = MB
+    kq = k_dim // 4
+    panels = (n_dim + NB - 1) // NB
+    mc = max(mc // mb, 1) * mb
+    kv = k_dim // 64 * 64  # the K covered by whole 64-byte tiles
+    k64 = (k_dim + 63) // 64 * 64  # the scratch row (zero-padded)
+    nkb = kv // 64
+    tail = k_dim - kv  # bytes in the last, partial tile (a multiple of 4)
+    rows = tirx.Var("m", "int64")
+    name = name or f"w8a8_prefill_amx_k{k_dim}_n{n_dim}"
+
+    @T.prim_func(private=True, s_tir=True)
+    def f(
+        xq_h: T.handle,
+        xs_h: T.handle,
+        codes: T.Buffer((panels, kq, NB, 4), "int8"),
+        wsum: T.Buffer((panels, NB), "int32"),
+        ws: T.Buffer((panels, NB), F32),
+        c_h: T.handle,
+    ):
+        T.func_attr({"tirx.noalias": True})
+        xq = T.match_buffer(xq_h, (rows, k_dim), "int8")
+        xs = T.match_buffer(xs_h, (rows,), F32)
+        c = T.match_buffer(c_h, (rows, n_dim), F32)
+        nchunks = (rows + mc - 1) // mc
+        # rows per chunk, evened out over the chunks (whole 32-row blocks, at most mc)
+        mce = ((rows + nchunks - 1) // nchunks + mb - 1) // mb * mb
+        # panels per task: PG, or fewer while that leaves under 8 tasks (a short prefill)
+        pge = T.max(T.min(T.min(pg, panels), nchunks * panels // 8), 1)
+        groups = (panels + pge - 1) // pge
+        for t in T.parallel(nchunks * groups):
+            with T.sblock("tile"):
+                T.reads(xq[0:rows, 0:k_dim], codes[0:panels, 0:kq, 0:NB, 0:4], xs[0:rows])
+                T.writes(c[0:rows, 0:n_dim])
+                cfg = T.alloc_buffer((64,), "uint8", scope="local")
+                acc = T.alloc_buffer((mb * NB,), "int32", scope=SCRATCH)
+                xu = T.alloc_buffer((mc * k64,), "int8", scope=SCRATCH)
+                bt = T.alloc_buffer((16 * NB * 4,), "int8", scope=SCRATCH)
+                # palette 1, 8 tiles of 16 rows x 64 bytes (bytes 16.. colsb u16, 48.. rows u8)
+                for i in range(64):
+                    cfg[i] = T.uint8(0)
+                cfg[0] = T.uint8(1)
+                for j in range(8):
+                    cfg[16 + 2 * j] = T.uint8(64)
+                    cfg[48 + j] = T.uint8(16)
+                T.evaluate(_i("llvm.x86.ldtilecfg", T.address_of(cfg[0])))
+                g = t // nchunks
+                r0 = (t % nchunks) * mce
+                nr = T.max(T.min(mce, rows - r0), 0)
+                nblk = (nr + mb - 1) // mb
+                for rr in range(nblk * mb):
+                    src = T.min(r0 + rr, rows - 1)
+                    for kb in range(kv // 64):
+                        for ln in T.vectorized(64):
+                            xu[rr * k64 + kb * 64 + ln] = T.bitwise_xor(
+                                xq[src, kb * 64 + ln], T.int8(-128)
+                            )
+                    for kt in range(k64 - kv):
+                        xu[rr * k64 + kv + kt] = T.if_then_else(
+                            kt < tail,
+                            T.bitwise_xor(xq[src, T.min(kv + kt, k_dim - 1)], T.int8(-128)),
+                            T.int8(0),
+                        )
+                for pp in range(T.min(pge, panels - g * pge)):
+                    p = g * pge + pp
+                    if tail > 0:
+                        for kt in range(16):
+                            for ln in T.vectorized(NB * 4):
+                                bt[kt * NB * 4 + ln] = T.if_then_else(
+                                    kt * 4 < tail,
+                                    codes[p, T.min(kv // 4 + kt, kq - 1), ln // 4, ln % 4],
+                                    T.int8(0),
+                                )
+                    for ib in range(nblk):
+                        for h in range(2):
+                            T.evaluate(_zero(0))
+                            T.evaluate(_zero(1))
+                            T.evaluate(_zero(2))
+                            T.evaluate(_zero(3))
+                            for kb in range(nkb):
+                                T.evaluate(_load(4, T.address_of(xu[ib * mb * k64 + kb * 64]), k64))
+                                T.evaluate(
+                                    _load(5, T.address_of(xu[(ib * mb + 16) * k64 + kb * 64]), k64)
+                                )
+                                T.evaluate(
+                                    _load(6, T.address_of(codes[p, kb * 16, h * 32, 0]), 256)
+                                )
+                                T.evaluate(
+                                    _load(7, T.address_of(codes[p, kb * 16, h * 32 + 16, 0]), 256)
+                                )
+                                T.evaluate(_dp(0, 4, 6))
+                                T.evaluate(_dp(1, 4, 7))
+                                T.evaluate(_dp(2, 5, 6))
+                                T.evaluate(_dp(3, 5, 7))
+                            if tail > 0:
+                                T.evaluate(_load(4, T.address_of(xu[ib * mb * k64 + kv]), k64))
+                                T.evaluate(
+                                    _load(5, T.address_of(xu[(ib * mb + 16) * k64 + kv]), k64)
+                                )
+                                T.evaluate(_load(6, T.address_of(bt[h * 128]), 256))
+                                T.evaluate(_load(7, T.address_of(bt[h * 128 + 64]), 256))
+                                T.evaluate(_dp(0, 4, 6))
+                                T.evaluate(_dp(1, 4, 7))
+                                T.evaluate(_dp(2, 5, 6))
+                                T.evaluate(_dp(3, 5, 7))
+                            T.evaluate(_store(0, T.address_of(acc[h * 32]), 256))
+                            T.evaluate(_store(1, T.address_of(acc[h * 32 + 16]), 256))
+                            T.evaluate(_store(2, T.address_of(acc[16 * NB + h * 32]), 256))
+                            T.evaluate(_store(3, T.address_of(acc[16 * NB + h * 32 + 16]), 256))
+                        for r in range(mb):
+                            for q in T.unroll(4):
+                                for lane in T.vectorized(16):
+                                    if ib * mb + r < nr and p * NB + q * 16 + lane < n_dim:
+                                        c[r0 + ib * mb + r, p * NB + q * 16 + lane] = (
+                                            T.Cast(
+                                                F32,
+                                                acc[r * NB + q * 16 + lane]
+                                                - wsum[p, q * 16 + lane] * 128,
+                                            )
+                                            * xs[r0 + ib * mb + r]
+                                            * ws[p, q * 16 + lane]
+                                        )
+                T.evaluate(_i("llvm.x86.tilerelease"))
+
+    return _finish(f, name)
+
+
+__all__ = ["MB", "MC", "PG", "supports", "w8a8_prefill_amx"]
