@@ -14,7 +14,7 @@ from typing import Any
 
 from tvm import relax
 
-from llmc.backends.kernels import cpu_avx2, te_ops
+from llmc.backends.kernels import cpu_avx2
 from llmc.backends.kernels.cpu_vnni import group_sums
 from llmc.backends.kernels.te_actq import act_fake_quant
 from llmc.backends.layouts import (
@@ -198,7 +198,13 @@ def qlinear_a8(ctx: LowerCtx, n: Node) -> relax.Expr:
     and prefill; a prefill chunk re-reads each panel from cache per row). Decode quantizes the
     activations once for a group of linears reading them (q/k/v, gate/up) and computes the
     group in one call."""
-    from llmc.backends.cpu.pipeline import _a8_key, _call_group, _static_rows, group_result
+    from llmc.backends.cpu.pipeline import (
+        _a8_key,
+        _call_group,
+        _static_rows,
+        act_quant_once,
+        group_result,
+    )
 
     dt = n.out.type.dtype
     in_f = int(ctx.graph.root().params[n.attrs.weight].type.shape[1])
@@ -207,7 +213,7 @@ def qlinear_a8(ctx: LowerCtx, n: Node) -> relax.Expr:
 
     def call(group: list[Node]) -> list[relax.Expr]:
         ps = [ctx.graph.root().params[u.attrs.weight] for u in group]
-        q = ctx.emit_te(te_ops.act_quant, x, n.attrs.act_scale, name="act_quant")
+        q = act_quant_once(ctx, n, x, float(n.attrs.act_scale))
         ns = tuple(int(p.type.shape[0]) for p in ps)
         nk = ns[0] if len(ns) == 1 else ns
         return _call_group(

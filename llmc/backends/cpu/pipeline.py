@@ -24,7 +24,15 @@ from tvm import relax, te, tirx
 from llmc.backends.cpu import avx2
 from llmc.backends.cpu.parallel import parallelize_rows
 from llmc.backends.kernels import cpu as cpu_kernels
-from llmc.backends.kernels import cpu_amx, cpu_gemm, cpu_group, cpu_sparse, cpu_vnni, te_ops
+from llmc.backends.kernels import (
+    cpu_amx,
+    cpu_gemm,
+    cpu_group,
+    cpu_sparse,
+    cpu_vnni,
+    te_actq,
+    te_ops,
+)
 from llmc.backends.layouts import (
     Layout,
     get_layout,
@@ -265,6 +273,28 @@ def _static_rows(x: relax.Expr) -> int | None:
     """1 when the row count is statically one (decode), else None (symbolic)."""
     r = _rows(x)
     return 1 if isinstance(r, tvm.tirx.IntImm) and int(r) == 1 else None
+
+
+def act_quant_once(ctx: LowerCtx, n: Node, x: relax.Expr, act_scale: float) -> relax.Expr:
+    """The ``(codes [M, K] int8, scales [M] float32)`` tuple of ``x``, the rows of ``n``'s
+    input, quantized per token (``te_ops.act_quant``'s numbers). One call per distinct input
+    and scale in the function being lowered (``ctx.shared``): the linears that read the same
+    activations (q/k/v, gate/up) share it. A dynamic scale on rows of a multiple of 16 runs
+    :func:`~.kernels.te_actq.act_quant_rows` (its row maximum vectorized; bit-identical)."""
+    key = ("act_quant", ctx.arg(n.inputs[0]), float(act_scale))
+    if key not in ctx.shared:
+        k, dt = int(x.ty.shape.values[1]), str(x.ty.dtype)
+        if act_scale <= 0 and te_actq.supports_rows(k):
+            ctx.shared[key] = ctx.call_kernel(
+                ("act_quant_rows", k, dt),
+                lambda: te_actq.act_quant_rows(k, dt),
+                "act_quant",
+                [x],
+                [relax.TensorType([_rows(x), k], "int8"), relax.TensorType([_rows(x)], "float32")],
+            )
+        else:
+            ctx.shared[key] = ctx.emit_te(te_ops.act_quant, x, act_scale, name="act_quant")
+    return ctx.shared[key]
 
 
 def _linear_panel(ctx: LowerCtx, n: Node) -> relax.Expr:
@@ -549,7 +579,7 @@ def _qlinear_a8_vnni(ctx: LowerCtx, n: Node) -> relax.Expr:
     x, lead = flatten_rows(ctx, ctx.arg(n.inputs[0]))
     act_scale, m = float(n.attrs.act_scale), _static_rows(x)
     if m is None and cpu_gemm.supports_w8a8(in_f):  # prefill: register-blocked over rows
-        q = ctx.emit_te(te_ops.act_quant, x, act_scale, name="act_quant")
+        q = act_quant_once(ctx, n, x, act_scale)
         amx = prefill_amx()  # AMX tiles where the host has them (LLMC_CPU_AMX=0: VNNI)
         y = ctx.call_kernel(
             ("w8a8_prefill", in_f, out_f, amx),

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from tvm import te, tirx
+from tvm.script import tirx as T
 
 F32 = "float32"
 QMAX = 127.0  # llmc.ir.params.ACT_QMAX
@@ -39,3 +40,62 @@ def act_fake_quant(x: te.Tensor, act_group: int) -> te.Tensor:
         return (v * s).astype(x.dtype)
 
     return te.compute(shape, fq, name="actq")
+
+
+#: lanes of :func:`act_quant_rows`' running row maximum (one AVX-512 register of float32)
+AMAX_LANES = 16
+
+
+def act_quant_rows(k: int, dtype: str, floor: float = 1e-8, qmax: float = 127.0):
+    """Per-row int8 quantization of ``x [M, K]`` (M symbolic), the same numbers as the TE
+    :func:`llmc.backends.kernels.te_ops.act_quant` with a dynamic scale: ``s = max(amax,
+    floor) / qmax``, ``codes = clamp(round(x / s), -qmax, qmax)``.
+
+    The TE form's row maximum is one serial ``max`` chain that LLVM does not vectorize (a float
+    reduction: 4 cycles of latency per element, ~2 ns per element with the divide pass). Here
+    it runs in ``AMAX_LANES`` independent lanes, one vector ``max`` per 16 elements, then across
+    the lanes: a maximum of absolute values is the same number in any order, so the scale and
+    the codes are bit-identical to the TE kernel's for every finite input (a row holding NaN
+    may keep or drop it in another place; the reference's scale is NaN there anyway). Rows are
+    threaded; one row is read twice while it is in L1. ``K`` must be a multiple of
+    ``AMAX_LANES`` (:func:`supports_rows`)."""
+    lanes = AMAX_LANES
+    assert k % lanes == 0, k
+    kb = k // lanes
+
+    # fmt: off
+    @T.prim_func(s_tir=True)
+    def act_quant(x_h: T.handle, q_h: T.handle, s_h: T.handle):
+        T.func_attr({"tirx.is_scheduled": True, "tirx.noalias": True})
+        M = T.int64()
+        X = T.match_buffer(x_h, (M, k), dtype)
+        Q = T.match_buffer(q_h, (M, k), "int8")
+        S = T.match_buffer(s_h, (M,), "float32")
+        for i in T.parallel(M):
+            with T.sblock("act_quant"):
+                T.reads()
+                T.writes()
+                part = T.alloc_buffer((lanes,), "float32", scope="local")
+                sc = T.alloc_buffer((2,), "float32", scope="local")
+                for e in T.vectorized(lanes):
+                    part[e] = T.abs(T.Cast("float32", X[i, e]))
+                for b in T.serial(kb - 1):
+                    for e in T.vectorized(lanes):
+                        part[e] = T.max(part[e], T.abs(T.Cast("float32", X[i, (b + 1) * lanes + e])))
+                sc[0] = part[0]
+                for e in T.serial(lanes - 1):
+                    sc[0] = T.max(sc[0], part[e + 1])
+                sc[1] = T.max(sc[0], T.float32(floor)) / T.float32(qmax)
+                S[i] = sc[1]
+                for b in T.serial(kb):
+                    for e in T.vectorized(lanes):
+                        Q[i, b * lanes + e] = T.Cast("int8", T.max(T.min(T.round(
+                            T.Cast("float32", X[i, b * lanes + e]) / sc[1]), T.float32(qmax)),
+                            T.float32(-qmax)))
+    # fmt: on
+    return act_quant
+
+
+def supports_rows(k: int) -> bool:
+    """Whether :func:`act_quant_rows` takes rows of ``k`` elements."""
+    return k % AMAX_LANES == 0 and k >= AMAX_LANES

@@ -1,0 +1,73 @@
+"""The prefill's int8 activation quantizer (W8A8, :func:`llmc.backends.kernels.te_actq.act_quant_rows`
+and :func:`llmc.backends.cpu.pipeline.act_quant_once`): the kernel with a vectorized row maximum
+gives the TE quantizer's bytes (codes and scales), and a prefill quantizes each distinct input
+once (q/k/v and gate/up share one call)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import tvm
+from tvm import te, tirx
+
+from llmc.backends.kernels import te_actq, te_ops
+from tests.lm_fixtures import toy_lm
+
+
+def _target():
+    from llmc.backends.cpu.pipeline import host_cpu
+
+    return tvm.target.Target({"kind": "llvm", "mcpu": host_cpu()})
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_act_quant_rows_bit_identical_to_te(dtype):
+    """37 rows (odd, threaded) of 208 (13 lane blocks): random rows, an all-zero row (the
+    scale's floor), a huge and a tiny row, infinities; the same bytes as the TE kernel."""
+    m, k = 37, 208
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((m, k)) * 3).astype(dtype)
+    x[3] = 0
+    x[7, 5] = 6e4 if dtype == "float16" else 1e30
+    x[8] *= np.asarray(1e-6 if dtype == "float16" else 1e-38, dtype)
+    x[9, ::7] = -np.inf
+    xv = te.placeholder((tirx.Var("m", "int64"), k), dtype, name="x")
+    q, s = te_ops.act_quant(xv, 0.0)
+    fns = [te.create_prim_func([xv, q, s]), te_actq.act_quant_rows(k, dtype)]
+    outs = []
+    for f in fns:
+        ex = tvm.compile(tvm.IRModule({"main": f}), _target())
+        args = [np.ascontiguousarray(x), np.zeros((m, k), "int8"), np.zeros(m, "float32")]
+        ts = [tvm.runtime.tensor(a, tvm.cpu()) for a in args]
+        ex["main"](*ts)
+        outs.append([t.numpy() for t in ts[1:]])
+    for a, b in zip(*outs, strict=True):
+        assert a.tobytes() == b.tobytes()
+    assert te_actq.supports_rows(208) and not te_actq.supports_rows(200)
+
+
+def _layers(spec: str) -> dict[str, str]:
+    from llmc.backends.cpu.pipeline import PIPELINE
+    from llmc.passes import PassContext, build_pipeline
+    from llmc.targets import get_target
+
+    g = toy_lm(layers=1, hidden=64, ffn=192)  # q 64, k/v 32 (GQA), gate/up 192
+    build_pipeline(spec).run(g, PassContext(calib_samples=2, calib_seqlen=16))
+    t = get_target("cpu")
+    low = PIPELINE.lower(g, t, PIPELINE.tvm_target(t))
+    return {gv.name_hint: str(f) for gv, f in low.mod.functions.items()}
+
+
+def test_prefill_quantizes_each_input_once():
+    """W8A8 on one Llama-style layer (7 linears) and the head: 5 quantizer calls in the
+    prefill for 8 GEMMs (q/k/v share the norm's rows, gate/up too; o, down and the head read
+    their own), each a call of the vectorized kernel."""
+    fns = _layers("w8a8")
+    body = "".join(f for k, f in fns.items() if k in ("prefill", "prefill_layer"))
+    assert len(re.findall(r"call_tir\(w8a8_prefill", body)) == 8
+    assert len(re.findall(r"call_tir\(act_quant", body)) == 5, body
+    # the kernels called are the hand-written one (threaded), not the TE quantizer
+    aq = {k: f for k, f in fns.items() if k.startswith("act_quant")}
+    assert aq and all("T.parallel" in f and "T.vectorized" in f for f in aq.values())
