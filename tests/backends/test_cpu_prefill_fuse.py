@@ -120,3 +120,40 @@ def test_gelu_chain_inlined_into_one_threaded_pass():
     assert inline_chain(te.create_prim_func([xv, single])) is None
     q, s = te_ops.act_quant(xv, 0.0)
     assert inline_chain(te.create_prim_func([xv, q, s])) is None
+
+
+def test_new_sequence_reuses_an_unheld_cache(tiny_cpu_artifact):
+    """A prefill from an empty past takes the last sequence's cache buffers when nothing
+    outside the runner holds a view of them (no fresh pages to fault in); a held ``present``,
+    or a slice of one, keeps its buffers (a new cache is made) and its values. Logits and the
+    next decode step are the same as on a fresh runner."""
+    import torch
+
+    from llmc.runtime.tvm_runner import load
+
+    lm = load(tiny_cpu_artifact)
+    ids = torch.randint(0, 200, (1, 24), generator=torch.Generator().manual_seed(0))
+    pos = torch.arange(24)[None]
+    first = lm.forward(ids, pos, lm.empty_past(1))[0]
+    c = lm._kv
+    lm.forward(ids, pos, lm.empty_past(1))  # the result dropped: the buffers are free
+    assert lm._kv is c
+    logits, present = lm.forward(ids, pos, lm.empty_past(1))
+    assert lm._kv is c and torch.equal(logits, first)
+    keep = present[0][0].clone()
+    lm.forward(ids.flip(1), pos, lm.empty_past(1))  # present held: new buffers
+    assert lm._kv is not c and torch.equal(present[0][0], keep)
+    c2 = lm._kv
+    part = lm.forward(ids, pos, lm.empty_past(1))[1][0][0][:, :, :3]  # a slice of a view
+    assert lm._kv is c2
+    lm.forward(ids, pos, lm.empty_past(1))
+    assert lm._kv is not c2 and part.shape[2] == 3
+    del part, present
+    c3 = lm._kv
+    lg, pr = lm.forward(ids, pos, lm.empty_past(1))
+    assert lm._kv is c3
+    d, _ = lm.forward(ids[:, :1], torch.tensor([[24]]), pr)
+    fresh = load(tiny_cpu_artifact)
+    lg2, pr2 = fresh.forward(ids, pos, fresh.empty_past(1))
+    d2, _ = fresh.forward(ids[:, :1], torch.tensor([[24]]), pr2)
+    assert torch.equal(lg, lg2) and torch.equal(d, d2)
