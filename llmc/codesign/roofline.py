@@ -70,6 +70,9 @@ STAGES = ("prefill", "decode")
 #: ops whose FLOPs are matrix products (the ``i8`` peak applies when activations are <= 8 bits)
 MATMUL_OPS = frozenset({"linear", "matmul", "attention", "attention_async", "moe"})
 _INT8_ACT_OPS = frozenset({"qlinear_a8"})
+#: The peak key of int8 prefill where it differs from decode's ``i8`` (a CPU whose W8A8 prefill
+#: uses AMX tiles: :func:`llmc.targets.host.prefill_amx_peak`).
+PREFILL_I8 = "i8_prefill"
 _KV_INPUT = ("past_k", "past_v")
 _ZERO_COST = frozenset({"param", "constant", "reshape"})
 
@@ -433,6 +436,11 @@ class _Walker:
 
     def peak_dtype(self, op: str) -> str:
         act = self.sc.act_bits
+        if op in _INT8_ACT_OPS and self.stage == "prefill" and PREFILL_I8 in self.spec.peak_flops:
+            # a W8A8 linear over the prompt's rows runs on AMX tiles where the host spec says
+            # the CPU backend builds for them (llmc.targets.host.prefill_amx_peak); decode's
+            # one row keeps vpdpbusd (the i8 peak)
+            return PREFILL_I8
         if op in _INT8_ACT_OPS or (op in MATMUL_OPS and act is not None and act <= 8):
             if "i8" in self.spec.peak_flops:
                 return "i8"

@@ -442,7 +442,10 @@ class TVMRunner(LanguageModel):
                         f"KV cache: the caches of length {name} hold {sorted(got)} positions; "
                         "a layer's keys and values must hold as many"
                     )
-        new = _KVCache(self, rt, b, kv_capacity(need, grow_from))
+        if c is not None and not grow_from and c.batch == b and need <= c.capacity and c.unheld():
+            new = c  # a new sequence in the last one's buffers: no fresh pages to fault in
+        else:
+            new = _KVCache(self, rt, b, kv_capacity(need, grow_from))
         if any(n_past):
             new.load(past, n_past)
         self._kv = new
@@ -587,6 +590,7 @@ class _KVCache:
                 for i, t in zip(idx, big.unbind(0)):
                     self._torch[i] = t
             self.handles = [rt.from_dlpack(t) for t in self._torch]
+            self._base = [_storage_refs(big) for big, _ in self._groups]
         else:
             self.handles = [
                 rt.empty(sh, _TVM_DTYPE[dt], runner.dev) for sh, dt in zip(shapes, dtypes)
@@ -609,6 +613,31 @@ class _KVCache:
             self._handed = [_KVView(self, i, n) for i, n in enumerate(ns)]
         self._handed_ns = list(ns)
         return self._handed
+
+    def unheld(self) -> bool:
+        """Whether no view of these buffers is alive outside this cache, so that a new
+        sequence may take them (``present`` views handed out never change under a holder):
+        each view :meth:`views` last returned is referenced by this cache alone, and no other
+        tensor shares the buffers' storage (a slice of a view, a tensor made from one).
+        Measured by reference counts; False where torch does not expose the storage's."""
+        if self._torch is None or not hasattr(torch._C, "_storage_Use_Count"):
+            return False
+        handed = self._handed
+        # what a view referenced by a list alone counts here (the loop's name and the call's
+        # argument may or may not count, by Python version: measured, not assumed)
+        alone = 0
+        for v in [object()]:
+            alone = sys.getrefcount(v)
+        for v in handed:
+            if sys.getrefcount(v) > alone:
+                return False
+        alive = [0] * len(self._groups)
+        for gi, (_, idx) in enumerate(self._groups):
+            alive[gi] = sum(1 for i in idx if i < len(handed) and handed[i] is not None)
+        return all(
+            _storage_refs(big) == base + n
+            for (big, _), base, n in zip(self._groups, self._base, alive)
+        )
 
     def holds(self, past: list[Any], ns: list[int]) -> bool:
         """``past`` is exactly this cache's first ``ns[i]`` keys per buffer (views this cache
@@ -641,6 +670,12 @@ class _KVCache:
             src = p.full()[:, :, :n] if isinstance(p, _KVView) else torch.as_tensor(p).numpy()
             arr[:, :, :n] = src
             h.copyfrom(arr)
+
+
+def _storage_refs(t: torch.Tensor) -> int:
+    """The number of tensors (views included) holding ``t``'s storage."""
+    st = t.untyped_storage()
+    return int(torch._C._storage_Use_Count(st._cdata)) - 1  # not ``st`` itself
 
 
 class _KVView:

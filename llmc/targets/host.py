@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from llmc.cache import cache_dir
-from llmc.targets.cpu_isa import host_isa_flags
+from llmc.targets.cpu_isa import AMX_ENV, build_isa, host_isa_flags, use_amx
 from llmc.targets.spec import HardwareSpec
 
 _G = 1e9
@@ -279,11 +279,12 @@ def record_path() -> Path | None:
 
 def _peak(
     rec: dict[str, Any], info: dict[str, str], threads: int, cores: int
-) -> tuple[float, float, str, str]:
-    """``(f32, i8, why, origin)``: the peak FLOP/s on ``threads`` threads, first of the record's
-    measured peak, the committed table's row, the formula (module docstring); ``why`` names
-    the source (with the AMX tile rates where a row has them), ``origin`` is ``cache``,
-    ``committed`` or ``formula``."""
+) -> tuple[float, float, float | None, str, str]:
+    """``(f32, i8, i8_prefill, why, origin)``: the peak FLOP/s on ``threads`` threads, first of
+    the record's measured peak, the committed table's row, the formula (module docstring);
+    ``i8_prefill`` is the AMX tile rate where W8A8 prefill uses it (:func:`prefill_amx_peak`),
+    else ``None``; ``why`` names the source (with the AMX tile rates where a row has them),
+    ``origin`` is ``cache``, ``committed`` or ``formula``."""
     flags = set(info.get("flags", "").split()) or set(host_isa_flags())
     pk = rec.get("peak")
     origin = "cache"
@@ -295,6 +296,7 @@ def _peak(
     if pk is not None:
         f32 = threads * float(pk["f32_per_core"])
         i8 = threads * float(pk["i8_per_core"])
+        i8_prefill = prefill_amx_peak(pk, flags, threads)
         where = (
             f"measured {pk.get('measured', '?')} by {pk.get('command', '?')}"
             if origin == "cache"
@@ -308,14 +310,17 @@ def _peak(
         )
         amx = pk.get("amx")
         if isinstance(amx, dict) and amx.get("i8_per_core"):
+            if i8_prefill is not None:
+                used = "the int8 peak of W8A8 prefill (llmc.backends.kernels.cpu_amx)"
+            else:
+                used = f"not used by this build's kernels ({AMX_ENV}=0, or no amx_int8)"
             why += (
                 f"; AMX tiles {amx['i8_per_core'] / _G:.0f} int8 GOP/s, "
-                f"{amx.get('bf16_per_core', 0) / _G:.0f} bf16 GFLOP/s per core, not used by "
-                "llmc's kernels"
+                f"{amx.get('bf16_per_core', 0) / _G:.0f} bf16 GFLOP/s per core, {used}"
             )
         elif isinstance(amx, str):
             why += f"; AMX {amx}"
-        return f32, i8, why, origin
+        return f32, i8, i8_prefill, why, origin
     per_f32, per_i8, how = flop_per_cycle(flags, info)
     try:
         ghz = float(info.get("cpu MHz", "")) / 1000.0
@@ -326,7 +331,26 @@ def _peak(
         f"{threads} x {ghz:.2f} GHz (cpuinfo) x {per_f32} f32 FLOP/cycle, {per_i8} int8 "
         f"OP/cycle ({how})"
     )
-    return threads * ghz * _G * per_f32, threads * ghz * _G * per_i8, why, "formula"
+    return threads * ghz * _G * per_f32, threads * ghz * _G * per_i8, None, why, "formula"
+
+
+def prefill_amx_peak(pk: dict[str, Any] | None, flags: set[str], threads: int) -> float | None:
+    """The int8 OP/s of W8A8 *prefill* on ``threads`` threads where llmc builds its prefill for
+    AMX tiles (:func:`llmc.targets.cpu_isa.use_amx`: ``amx_tile`` + ``amx_int8``, and
+    ``$LLMC_CPU_AMX`` not ``0``) and the peak ``pk`` has a measured AMX rate (``amx.i8_per_core``,
+    ``bench/cpu_peak.py``); else ``None`` (prefill's int8 peak is ``vpdpbusd``'s, as decode's)."""
+    amx = pk.get("amx") if isinstance(pk, dict) else None
+    if not (isinstance(amx, dict) and amx.get("i8_per_core", 0) > 0):
+        return None
+    from llmc.errors import TargetError
+
+    try:  # the flags a build records ($LLMC_CPU_ISA=avx2 drops AMX's)
+        built = build_isa("", sorted(flags))[2]
+    except TargetError:
+        built = sorted(flags)
+    if not use_amx(built):
+        return None
+    return threads * float(amx["i8_per_core"])
 
 
 def _save(path: Path | None, rec: dict[str, Any]) -> None:
@@ -377,7 +401,10 @@ def host_spec(nominal: HardwareSpec) -> HardwareSpec:
         except Exception:  # noqa: BLE001 - no LLC figure: the roofline reads DRAM only
             rec["llc"] = {"bytes": 0}
         _save(path, rec)
-    f32, i8, peak, _origin = _peak(rec, info, threads, cores)
+    f32, i8, i8_prefill, peak, _origin = _peak(rec, info, threads, cores)
+    # W8A8 prefill on AMX tiles has its own int8 peak (llmc.codesign.roofline reads it for
+    # prefill's qlinear_a8); decode keeps vpdpbusd's
+    extra = {"i8_prefill": i8_prefill} if i8_prefill is not None else {}
     mem = float(nominal.mem_bytes)
     try:
         mem = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
@@ -398,7 +425,7 @@ def host_spec(nominal: HardwareSpec) -> HardwareSpec:
         llc_bw = llc_bytes = 0.0
         llc_text = "; no LLC level (none reported, or not faster than DRAM when probed)"
     return HardwareSpec(
-        {"f32": f32, "f16": f32, "bf16": f32, "i8": i8},
+        {"f32": f32, "f16": f32, "bf16": f32, "i8": i8, **extra},
         bw,
         mem,
         power_w=nominal.power_w,
@@ -412,7 +439,10 @@ def host_spec(nominal: HardwareSpec) -> HardwareSpec:
             **nominal.sources,
             "bandwidth_gbs": f"this host, {measured}",
             "mem_gb": "this host (physical pages)",
-            **{f"peak_tflops.{d}": f"this host: {peak}" for d in ("f32", "f16", "bf16", "i8")},
+            **{
+                f"peak_tflops.{d}": f"this host: {peak}"
+                for d in ("f32", "f16", "bf16", "i8", *extra)
+            },
         },
         llc_bytes=llc_bytes,
         llc_bandwidth=llc_bw,
@@ -429,6 +459,7 @@ __all__ = [
     "llc_probe_mib",
     "llc_sweep_mib",
     "probe_llc",
+    "prefill_amx_peak",
     "measure_read_bandwidth",
     "peak_key",
     "record_path",

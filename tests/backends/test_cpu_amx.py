@@ -92,3 +92,47 @@ def test_amx_artifact_refused_in_one_line_when_linux_refuses(monkeypatch, tmp_pa
     # an artifact whose prefill is the VNNI kernel loads without asking
     manifest["backend"]["cpu"]["amx"] = False
     tvm_runner.check_host(manifest, tmp_path)
+
+
+def test_prefill_amx_peak_only_where_the_build_uses_amx(monkeypatch):
+    from llmc.targets.host import prefill_amx_peak
+
+    monkeypatch.delenv("LLMC_CPU_AMX", raising=False)
+    monkeypatch.delenv("LLMC_CPU_ISA", raising=False)
+    pk = {"f32_per_core": 1e11, "i8_per_core": 7e11, "amx": {"i8_per_core": 4e12}}
+    flags = {"avx2", "fma", "avx512f", "avx512_vnni", "amx_tile", "amx_int8"}
+    assert prefill_amx_peak(pk, flags, 2) == 8e12
+    assert prefill_amx_peak(pk, flags - {"amx_int8"}, 2) is None
+    assert prefill_amx_peak({**pk, "amx": "not present"}, flags, 2) is None
+    monkeypatch.setenv("LLMC_CPU_ISA", "avx2")  # an AVX2 build records no AMX flag
+    assert prefill_amx_peak(pk, flags, 2) is None
+    monkeypatch.delenv("LLMC_CPU_ISA")
+    monkeypatch.setenv("LLMC_CPU_AMX", "0")
+    assert prefill_amx_peak(pk, flags, 2) is None
+
+
+def test_roofline_prefill_w8a8_reads_the_amx_peak():
+    """Prefill's W8A8 linears are bound by the AMX rate where the spec has one (``i8_prefill``);
+    decode's keep ``i8`` (vpdpbusd), and a spec without it leaves prefill on ``i8`` too."""
+    from llmc.codesign.roofline import PREFILL_I8, Scenario, analyze
+    from llmc.passes import PassContext
+    from llmc.passes.manager import PassManager
+    from llmc.passes.w8a8 import W8A8
+    from llmc.targets.spec import HardwareSpec
+    from tests.lm_fixtures import toy_lm
+
+    g = toy_lm(hidden=64, ffn=200)
+    PassManager([W8A8(include=("model.layers",), measure=False)]).run(
+        g, PassContext(calib_samples=2, calib_seqlen=32)
+    )
+    peaks = {"f32": 2e11, "f16": 2e11, "bf16": 2e11, "i8": 8e11}
+    sc = Scenario(prompt=512, decode=16)
+    amx = analyze(g, HardwareSpec({**peaks, PREFILL_I8: 8e12}, 40e9, 16e9), sc)
+    vnni = analyze(g, HardwareSpec(peaks, 40e9, 16e9), sc)
+    pre = {r.peak_dtype for r in amx.groups("prefill")}
+    assert PREFILL_I8 in pre and "i8" not in pre
+    assert "i8" in {r.peak_dtype for r in amx.groups("decode")}
+    assert PREFILL_I8 not in {r.peak_dtype for r in amx.groups("decode")}
+    assert PREFILL_I8 not in {r.peak_dtype for r in vnni.groups("prefill")}
+    assert amx.totals["prefill"]["time_ms"] < vnni.totals["prefill"]["time_ms"]
+    assert amx.totals["decode"]["time_ms"] == vnni.totals["decode"]["time_ms"]

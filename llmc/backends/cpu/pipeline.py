@@ -22,7 +22,7 @@ import tvm
 from tvm import relax, te, tirx
 
 from llmc.backends.cpu import avx2
-from llmc.backends.cpu.parallel import parallelize_rows
+from llmc.backends.cpu.parallel import inline_chains, parallelize_rows
 from llmc.backends.kernels import cpu as cpu_kernels
 from llmc.backends.kernels import (
     cpu_amx,
@@ -843,7 +843,11 @@ class CPUPipeline(TVMPipeline):
         # LLMC_CPU_SERIAL_TE=1 leaves them serial (the A/B of docs/backends.md)
         if os.environ.get("LLMC_CPU_SERIAL_TE") == "1":
             return []
-        return [parallelize_rows]
+        # element-wise chains (the GELU) as one pass first; LLMC_CPU_TE_STAGES=1 keeps their
+        # stages (bit-identical to the builds before; docs/backends.md)
+        if os.environ.get("LLMC_CPU_TE_STAGES") == "1":
+            return [parallelize_rows]
+        return [inline_chains, parallelize_rows]
 
     def target_fields(self, tvm_target: tvm.target.Target) -> dict[str, Any]:
         _, mcpu, flags = build_isa()
