@@ -17,6 +17,8 @@ artifact's layouts):
   used before: one row at a time per panel);
 - ``i8_prefill`` — :func:`llmc.backends.kernels.cpu_gemm.w8a8_prefill` (W8A8, 6 x 64 int32
   register block: what the prefill entry uses now);
+- ``i8_amx`` — :func:`llmc.backends.kernels.cpu_amx.w8a8_prefill_amx` (W8A8 on AMX tiles, where
+  the host has ``amx_int8``: what the prefill entry uses there; also against the AMX peak);
 - ``torch_f32`` — ``torch.matmul(x, w.T)``.
 
 ``--artifacts NAME=DIR,...`` (``--shapes ""`` to skip the kernels) times whole-model prefill of
@@ -176,8 +178,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from llmc.backends.cpu.pipeline import host_cpu
     from llmc.backends.kernels import cpu as K
+    from llmc.backends.kernels import cpu_amx as A
     from llmc.backends.kernels import cpu_gemm as G
     from llmc.backends.kernels import cpu_vnni as V
+    from llmc.targets.cpu_isa import host_isa_flags, request_amx, use_amx
+
+    # i8_amx: the AMX W8A8 prefill where the host has amx_int8 (and Linux grants the tile state)
+    amx_ok = use_amx(host_isa_flags()) and request_amx() is None
 
     torch.set_num_threads(args.threads)
     peak = json.loads(Path(args.peak).read_text())["peak"]
@@ -231,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         f32_new = build(G.gemm_prefill(k, n))
         i8_old = build(V.w8a8_vnni(k, n, None))
         i8_new = build(G.w8a8_prefill(k, n))
+        i8_amx = build(A.w8a8_prefill_amx(k, n)) if amx_ok else None
         xt, wt = torch.from_numpy(x), torch.from_numpy(w)
         kernels = {
             "f32_panel": ("f32", _bind(f32_old, t["x"], t["w"], c)),
@@ -238,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             # the decode kernel quantizes float rows itself (cpu_vnni.w8a8_vnni's prologue)
             "i8_vnni_rows": ("i8-fused", _bind(i8_old, t["x"], *qa[2:], c)),
             "i8_prefill": ("i8", _bind(i8_new, *qa, c)),
+            **({"i8_amx": ("i8", _bind(i8_amx, *qa, c))} if amx_ok else {}),
             "torch_f32": ("f32", _bind(torch.matmul, xt, wt.T)),
         }
         # correctness of each TVM kernel before timing
@@ -321,8 +330,30 @@ def main(argv: list[str] | None = None) -> int:
             ),
             flush=True,
         )
+    _amx_share(out, Path(args.peak), args.threads)
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     return 0
+
+
+def _amx_share(out: dict, peak_file: Path, threads: int) -> None:
+    """``i8_amx`` rows against the AMX tile peak too (``peak.amx.i8_per_core`` x threads, where
+    ``--peak`` has it); ``of_peak_*`` stays against the ``vpdpbusd`` peak, as every int8 row."""
+    amx = json.loads(peak_file.read_text())["peak"].get("amx")
+    if not isinstance(amx, dict) or not amx.get("i8_per_core"):
+        return
+    pk = float(amx["i8_per_core"]) * threads / 1e9
+    out["peak"]["i8_amx"] = pk * 1e9
+    for row in out["shapes"]:
+        for v in row["kernels"].values():
+            if v.get("unit") == "GOP/s":
+                v["of_amx_peak_best_wall"] = round(v["best_wall"] / pk, 3)
+                v["of_amx_peak_best_cpu"] = round(v["best_cpu"] / pk, 3)
+        ks = row["kernels"]
+        if "i8_amx" in ks:
+            print(
+                f"K={row['K']} N={row['N']}: i8_amx {ks['i8_amx']['of_amx_peak_best_cpu']:.0%} "
+                f"of the AMX peak, {ks['i8_amx']['of_peak_best_cpu']:.0%} of the vpdpbusd peak"
+            )
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ def test_prefill_gemm_bench_runs(tmp_path) -> None:
     )
     (shape,) = json.loads(out.read_text())["shapes"]
     assert (shape["K"], shape["N"], shape["M"]) == (128, 128, 16)
-    assert set(shape["kernels"]) == {
+    assert set(shape["kernels"]) - {"i8_amx"} == {  # i8_amx: on an AMX host
         "f32_panel",
         "f32_blocked",
         "i8_vnni_rows",
