@@ -190,18 +190,29 @@ int main(int argc, char **argv) {
 
 PROBE_SRC = r"""
 /* the same-moment probe (bench/cpu_prefill_gemm.py --probe): kind 0 = f32 FMA zmm, 1 = vpdpbusd
-   zmm, on `threads` OpenMP threads; the rate per thread's CPU second, times the threads (the
-   units of the stored peak: a per-core CPU-time rate x threads) */
+   zmm, 2 = AMX tdpbusd tiles (built with AMX; the process must hold the tile state: returns -1
+   otherwise), on `threads` OpenMP threads; the rate per thread's CPU second, times the threads
+   (the units of the stored peak: a per-core CPU-time rate x threads) */
 double probe(int kind, long iters, int threads) {
   double ops = 0, cpu = 0;
+#ifndef __AMX_INT8__
+  if (kind == 2) return -1;
+#endif
 #pragma omp parallel num_threads(threads) reduction(+ : ops, cpu)
   {
     struct timespec a, b;
+    volatile float r = 0;
+    double per = 0;
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &a);
-    volatile float r = kind == 0 ? fma512(iters) : dp512(iters);
+    if (kind == 0) r = fma512(iters), per = N * 16 * 2.0 * iters;
+    if (kind == 1) r = dp512(iters), per = N * 64 * 2.0 * iters;
+#ifdef __AMX_INT8__
+    /* one trip: 4 tile products of 16 x 16 x 64; 1/8 of the trips (cpu_peak's main) */
+    if (kind == 2) r = amx_i8(iters / 8), per = 4 * 16 * 16 * 64 * 2.0 * (iters / 8);
+#endif
     (void)r;
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &b);
-    ops += (kind == 0 ? N * 16 * 2.0 : N * 64 * 2.0) * iters;
+    ops += per;
     cpu += (b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) * 1e-9;
   }
   return ops / cpu * threads;
@@ -210,13 +221,14 @@ double probe(int kind, long iters, int threads) {
 
 
 def build_probe(tmp: Path):
-    """The probe of :data:`PROBE_SRC` (with the peak kernels of :data:`SRC`) as a ``ctypes``
-    library built in ``tmp``; ``probe(kind, iters, threads)`` returns ops per second."""
+    """The probe of :data:`PROBE_SRC` (with the peak kernels of :data:`SRC`, AMX where the CPU
+    has it) as a ``ctypes`` library built in ``tmp``; ``probe(kind, iters, threads)`` returns ops
+    per second (-1: no such kernel in this build)."""
     import ctypes
 
     c, so = tmp / "probe.c", tmp / "probe.so"
     c.write_text(SRC.replace("int main(", "int peak_main(") + PROBE_SRC)
-    flags = ["-O2", "-mavx512f", "-mavx512vnni", "-mfma", "-fopenmp", "-shared", "-fPIC"]
+    flags = [*cc_flags(cpu_flags()), "-shared", "-fPIC"]
     subprocess.run(["cc", *flags, str(c), "-o", str(so)], check=True, capture_output=True)
     lib = ctypes.CDLL(str(so))
     lib.probe.restype = ctypes.c_double

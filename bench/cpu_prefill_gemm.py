@@ -39,12 +39,12 @@ per-core rate x threads).
 Same-moment peak (``--probe``, on by default): the host's speed moves from minute to minute (a
 shared VM: the f32 kernel and the FMA probe both run ~1.5x faster in one phase than another), so a
 fraction of a peak measured at another moment says as much about the moment as about the kernel.
-Right before and after each sample, ``bench/cpu_peak.py``'s FMA (f32 kernels) or ``vpdpbusd``
-(int8) chains run on the same threads, the best of 3 runs of ~3 ms of CPU time each (as each sample
-is the best of ``--inner`` calls; :func:`cpu_peak.build_probe`); each
-sample's ``of_probe`` is its CPU-time rate over the mean of the two probes around it, and
-``median_of_probe`` / ``best_of_probe`` summarize them. Both fractions are written: ``of_peak_*``
-against the stored peak, ``*_of_probe`` against the host at that moment.
+Right before and after each sample, ``bench/cpu_peak.py``'s FMA (f32 kernels), ``vpdpbusd`` (int8)
+chains or AMX ``tdpbusd`` tile products (``i8_amx``) run on the same threads, the best of 3 runs of
+~3 ms of CPU time each (as each sample is the best of ``--inner`` calls;
+:func:`cpu_peak.build_probe`); each sample's ``of_probe`` is its CPU-time rate over the mean of the
+two probes around it, and ``median_of_probe`` / ``best_of_probe`` summarize them. Both fractions
+are written: ``of_peak_*`` against the stored peak, ``*_of_probe`` against the host at that moment.
 """
 
 from __future__ import annotations
@@ -270,18 +270,20 @@ def main(argv: list[str] | None = None) -> int:
     loads: list[list] = [[] for _ in prepared]
     lib = build_probe(Path(tempfile.mkdtemp(prefix="llmc-probe-"))) if args.probe else None
 
-    def probe(kind: str) -> float:
-        """The host's f32 (or int8) CPU-time rate now, GFLOP/s (GOP/s) at ``--threads``: the best
-        of 3 runs, as each kernel sample is the best of ``--inner`` calls."""
+    def probe(name: str, kind: str) -> float:
+        """The host's f32 (int8; AMX tiles for ``i8_amx``) CPU-time rate now, GFLOP/s (GOP/s) at
+        ``--threads``: the best of 3 runs, as each kernel sample is the best of ``--inner``
+        calls."""
         assert lib is not None
+        which = 0 if kind == "f32" else 2 if name == "i8_amx" else 1
         trips = max(args.probe_iters // 3, 1)
-        return max(lib.probe(kind != "f32", trips, args.threads) for _ in range(3)) / 1e9
+        return max(lib.probe(which, trips, args.threads) for _ in range(3)) / 1e9
 
     for _ in range(args.rounds):
         for (k, n, kernels), smp, ld in zip(prepared, samples, loads):
             flops = 2.0 * m * k * n
             for name, (kind, fn) in kernels.items():
-                before = probe(kind) if lib else 0.0
+                before = probe(name, kind) if lib else 0.0
                 fn()
                 bw = bc = float("inf")
                 for _ in range(args.inner):
@@ -293,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
                 smp[name]["cpu"].append(flops / bc / 1e9)
                 time.sleep(0.2)  # let TVM's spinning workers stop before the next kernel
                 if lib:
-                    smp[name]["probe"].append((before + probe(kind)) / 2)
+                    smp[name]["probe"].append((before + probe(name, kind)) / 2)
             ld.append(load_average())
     for (k, n, kernels), smp, ld in zip(prepared, samples, loads):
         row = {"K": k, "N": n, "M": m, "load_average": ld, "kernels": {}}

@@ -53,4 +53,5 @@ def test_prefill_gemm_bench_runs(tmp_path) -> None:
     }
     for name, k in shape["kernels"].items():  # the same-moment probe ran around the one sample
         assert len(k["probe"]) == 1 and k["probe"][0] > 0, name
-        assert k["median_of_probe"] == pytest.approx(k["cpu"][0] / k["probe"][0], rel=0.02), name
+        want = k["cpu"][0] / k["probe"][0]  # rounded to 3 decimals in the JSON
+        assert k["median_of_probe"] == pytest.approx(want, rel=0.02, abs=6e-4), name
