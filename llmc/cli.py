@@ -761,6 +761,7 @@ def build_parser() -> argparse.ArgumentParser:
             "MODEL is a Hugging Face directory, a built-in name (tiny, llama2-7b, ...) or "
             "file.py:factory. Environment: LLMC_PROGRESS=1/0 (progress on stderr), "
             "LLMC_CPU_ISA=avx512_vnni|avx2|portable (CPU kernel family, default: the host's), "
+            "LLMC_CPU_AMX=0 (W8A8 prefill on AVX-512 VNNI, not AMX tiles), "
             "TVM_NUM_THREADS (CPU threads)."
         ),
     )
