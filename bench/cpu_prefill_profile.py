@@ -173,9 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     from llmc.runtime.tvm_runner import load
 
     arts = dict(s.split("=", 1) for s in a.artifacts.split(","))
-    ids = torch.randint(0, 50000, (1, a.rows), generator=torch.Generator().manual_seed(0))
+    lms = {k: load(d, random_weights=True) for k, d in arts.items()}
+    vocab = min([50000] + [int(lm.meta.get("vocab_size") or 50000) for lm in lms.values()])
+    ids = torch.randint(0, vocab, (1, a.rows), generator=torch.Generator().manual_seed(0))
     pos = torch.arange(a.rows)[None]
-    profs = {k: Prof(load(d, random_weights=True), ids, pos) for k, d in arts.items()}
+    profs = {k: Prof(lm, ids, pos) for k, lm in lms.items()}
     for p in profs.values():
         p.run_plain()  # warm-up
         p.plain.clear()
