@@ -95,7 +95,8 @@ def _whole_model(args: argparse.Namespace, torch) -> dict:
     arts = dict(a.split("=", 1) for a in args.artifacts.split(","))
     lms = {name: load(d, random_weights=True) for name, d in arts.items()}
     m = args.rows
-    ids = torch.randint(0, 50000, (1, m), generator=torch.Generator().manual_seed(0))
+    vocab = min([50000] + [int(lm.meta.get("vocab_size") or 50000) for lm in lms.values()])
+    ids = torch.randint(0, vocab, (1, m), generator=torch.Generator().manual_seed(0))
     pos = torch.arange(m)[None]
     samples: dict = {name: {"wall": [], "cpu": []} for name in lms}
     loads = []

@@ -15,7 +15,8 @@ same moment's load; not counted in the in-model time): its in-model time against
 with nothing between the calls; ``w8a8_prefill*`` / ``panel_gemm*`` / ``gemm*``
 rows also get their GOP/s (2 M K N per call, from the argument shapes). The uninstrumented
 prefill (median of ``--calls``) and the kernels' sum give the time outside the kernels (VM
-dispatch, allocation, the hook's own cost). Several artifacts are profiled interleaved, call by
+dispatch, allocation, the hook's own cost); ``families`` adds up a kernel's shape variants
+(``act_quant``, ``act_quant1``: their calls per prefill count the quantizations). Several artifacts are profiled interleaved, call by
 call.
 """
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import re
 import resource
 import statistics
 import sys
@@ -131,6 +133,12 @@ class Prof:
                     row["gop_per_s_in_model"] = round(g * row["calls"] / (row["cpu_ms"] / 1e3), 1)
                     row["gop_per_s_alone"] = round(g / one, 1)
             rows.append(row)
+        fams: dict[str, dict[str, float]] = {}
+        for r in rows:  # a kernel's shape variants (``act_quant``, ``act_quant1``) together
+            if self.kernel(r["name"]):
+                f = fams.setdefault(re.sub(r"\d+$", "", r["name"]), {"calls": 0, "cpu_ms": 0.0})
+                f["calls"] += r["calls"]
+                f["cpu_ms"] = round(f["cpu_ms"] + r["cpu_ms"], 2)
         kern = sum(r["cpu_ms"] for r in rows if self.kernel(r["name"]))
         builtin = sum(r["cpu_ms"] for r in rows if not self.kernel(r["name"]))
         cpu_plain = statistics.median(c for c, _ in self.plain)
@@ -145,6 +153,7 @@ class Prof:
             "outside_kernels_cpu_ms": round(1e3 * cpu_plain - kern, 1),
             "kernel_calls": sum(r["calls"] for r in rows if self.kernel(r["name"])),
             "vm_calls": sum(r["calls"] for r in rows),
+            "families": dict(sorted(fams.items(), key=lambda kv: -kv[1]["cpu_ms"])),
             "kernels": rows,
         }
 
@@ -164,9 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     from llmc.runtime.tvm_runner import load
 
     arts = dict(s.split("=", 1) for s in a.artifacts.split(","))
-    ids = torch.randint(0, 50000, (1, a.rows), generator=torch.Generator().manual_seed(0))
+    lms = {k: load(d, random_weights=True) for k, d in arts.items()}
+    vocab = min([50000] + [int(lm.meta.get("vocab_size") or 50000) for lm in lms.values()])
+    ids = torch.randint(0, vocab, (1, a.rows), generator=torch.Generator().manual_seed(0))
     pos = torch.arange(a.rows)[None]
-    profs = {k: Prof(load(d, random_weights=True), ids, pos) for k, d in arts.items()}
+    profs = {k: Prof(lm, ids, pos) for k, lm in lms.items()}
     for p in profs.values():
         p.run_plain()  # warm-up
         p.plain.clear()
@@ -185,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
             f" wall), kernels {r['kernels_cpu_ms']}, outside kernels {r['outside_kernels_cpu_ms']}, "
             f"{r['kernel_calls']} kernel calls, {r['minor_page_faults_per_prefill']} page faults"
         )
+        fam = ", ".join(
+            f"{k} {v['cpu_ms']:.1f} ({v['calls']})" for k, v in list(r["families"].items())[:8]
+        )
+        print(f"  by family, ms (calls): {fam}")
         for row in r["kernels"][: a.top]:
             g = ""
             if "gop_per_s_in_model" in row:

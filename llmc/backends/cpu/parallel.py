@@ -12,6 +12,11 @@ static one-row kernels are left alone: a fork/join costs more than their work). 
 spatial axis of an injective block stays serial so that LLVM still vectorizes it. Only loops
 over *independent outputs* are split between threads: every element is computed by the same
 operations in the same order, so results are bit-identical.
+
+:func:`inline_chains` runs first: a function that is a chain of element-wise stages (TOPI's
+tanh GELU, 11 of them) becomes one block, one pass over the rows, which the above then threads
+like any other. That one is **not** bit-identical (LLVM contracts the merged multiply-adds);
+``LLMC_CPU_TE_STAGES=1`` at compile time keeps the stages.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ def parallelize_func(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
         # intermediate) stays serial: one fork/join per stage cost more CPU than it saved on
         # this loaded 2-core host (GPT-2's GELU 84 -> 149 CPU ms per prefill, 2 threads).
         # Inlining the chain into one pass was 4.5x faster but not bit-identical (LLVM
-        # contracts the merged multiply-adds), so it is left for a change that may move bits.
+        # contracts the merged multiply-adds): inline_chains does that first, by choice.
         return None
     changed = False
     for bi in infos:
