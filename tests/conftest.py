@@ -5,6 +5,7 @@ artifacts many test files read, built once per test run (``tiny_cpu_artifact``,
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import gc
 import io
@@ -84,6 +85,48 @@ def shared_compile(tmp_path_factory: pytest.TempPathFactory, name: str, *argv: s
                 rc = main(["compile", *argv, "-o", str(out)])
             assert rc == 0, err.getvalue()
     return out
+
+
+def _copy_loaded(m):
+    """A private copy of a ``LoadedModel``: the graph re-parsed, every param tensor cloned, the
+    config deep-copied (the tokenizer, read-only, is shared)."""
+    import copy
+
+    import torch
+
+    from llmc.ir.params import Param
+
+    g = m.graph.copy()
+    for name, p in g.params.items():
+        data = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in p.data.items()}
+        g.params[name] = Param(p.name, p.type, p.format, data)
+    return dataclasses.replace(m, graph=g, config=copy.deepcopy(m.config))
+
+
+@pytest.fixture(scope="module")
+def tiny_loads_cached():
+    """Opt-in per file (``pytestmark = pytest.mark.usefixtures("tiny_loads_cached")``): the
+    built-in ``tiny`` is read and traced once for the file, not once per ``load_model`` /
+    ``llmc.compile.load`` / CLI command (~1 s of CPU each); every later load gets a private copy
+    (``_copy_loaded``). Not for files about loading itself: mapped checkpoint tensors, spilling,
+    progress lines of the load (``tests/test_compile_memory.py``, ``tests/test_progress.py``)."""
+    import llmc.frontends as frontends
+    from llmc.models import TINY_DIR
+
+    real, cache = frontends._load_dir, {}
+
+    def load_dir(d, name, source, allow_pickle, dtype):
+        if Path(d).resolve() != TINY_DIR.resolve():
+            return real(d, name, source, allow_pickle, dtype)
+        key = (name, source, allow_pickle, dtype)
+        if key not in cache:
+            cache[key] = real(d, name, source, allow_pickle, dtype)
+        return _copy_loaded(cache[key])
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(frontends, "_load_dir", load_dir)
+    yield
+    mp.undo()
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,9 @@ import pytest
 
 from llmc.cli import main
 
+# tiny is read and traced once for the file (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("tiny_loads_cached")
+
 TINY_ARGS = ["--max-new-tokens", "2"]
 
 

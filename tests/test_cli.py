@@ -17,6 +17,9 @@ import torch
 from llmc.cli import main
 from llmc.models import TINY_DIR
 
+# tiny is read and traced once for the file (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("tiny_loads_cached")
+
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     rc = main(list(argv))

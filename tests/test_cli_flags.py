@@ -11,40 +11,8 @@ import pytest
 
 from llmc.cli import main
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _tiny_loaded_once():
-    """``llmc.compile.load("tiny")`` traces the model once for the file, not once per command
-    (~1 s of CPU each, ~30 commands here): later loads get a copy (the graph re-parsed, every
-    param tensor cloned, so passes and compiles cannot reach the cached one). Other specs, and
-    ``--dtype``, load as usual."""
-    import dataclasses
-
-    import torch
-
-    import llmc.compile as compile_mod
-    from llmc.ir.params import Param
-
-    real, cache = compile_mod.load, {}
-
-    def copy(loaded):
-        g = loaded.graph.copy()
-        for name, p in g.params.items():
-            data = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in p.data.items()}
-            g.params[name] = Param(p.name, p.type, p.format, data)
-        return dataclasses.replace(loaded, graph=g, config=dict(loaded.config))
-
-    def load(spec, *, allow_pickle=False, dtype=None):
-        if spec != "tiny" or dtype is not None:
-            return real(spec, allow_pickle=allow_pickle, dtype=dtype)
-        if spec not in cache:
-            cache[spec] = real(spec, allow_pickle=allow_pickle)
-        return copy(cache[spec])
-
-    mp = pytest.MonkeyPatch()
-    mp.setattr(compile_mod, "load", load)
-    yield
-    mp.undo()
+# tiny traced once for the file (~30 commands load it; tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("tiny_loads_cached")
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

@@ -16,6 +16,9 @@ from llmc.ir.params import Param, QuantSpec, SparsitySpec, StorageFormat
 from llmc.ir.types import TensorType
 from llmc.targets import get_target, resolve_spec
 
+# tiny is read and traced once for the file (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("tiny_loads_cached")
+
 H, FFN, LAYERS = 4096, 11008, 32  # LLaMA2-7B
 
 

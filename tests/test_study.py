@@ -18,6 +18,9 @@ from llmc.codesign.study import (
     run_study,
 )
 
+# tiny is read and traced once for the file (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("tiny_loads_cached")
+
 
 def test_parse_vary_and_grid() -> None:
     a = parse_vary("hbm.bandwidth_gbs=460, 819.2")

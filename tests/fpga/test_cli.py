@@ -8,6 +8,9 @@ import pytest
 
 from tests.test_cli import assert_one_line_error, run_cli
 
+# tiny is read and traced once for the file (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("tiny_loads_cached")
+
 FIELDS = (
     "prefill_ms",
     "decode_ms_per_token",

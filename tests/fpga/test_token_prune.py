@@ -18,6 +18,9 @@ from llmc.fpga.verify import compare_lm
 from llmc.ir import verify
 from llmc.passes import PassContext, build_pipeline
 
+# tiny is read and traced once for the file (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("tiny_loads_cached")
+
 # 157 prompt tokens: two chunks in the first segment (the second padded), one in the pruned ones
 PROMPT = np.frombuffer(
     b"def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n" * 3, dtype=np.uint8

@@ -20,6 +20,9 @@ from llmc.runtime.interp import Interpreter
 from llmc.runtime.lm import InterpLM, evaluate, generate, kv_lengths
 from tests.lm_fixtures import toy_lm
 
+# tiny is read and traced once for the file (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("tiny_loads_cached")
+
 
 def _pruned(spec: str, layers: int = 4, **kw: object) -> InterpLM:
     g = toy_lm(layers=layers, **kw)
