@@ -19,6 +19,8 @@ artifact's layouts):
   register block: what the prefill entry uses now);
 - ``i8_amx`` — :func:`llmc.backends.kernels.cpu_amx.w8a8_prefill_amx` (W8A8 on AMX tiles, where
   the host has ``amx_int8``: what the prefill entry uses there; also against the AMX peak);
+- ``i8_amx_base`` — with ``--amx-base REV``: ``cpu_amx.py`` as it was at git revision ``REV``
+  (an A/B of the AMX kernel in the same rounds, against the same probe);
 - ``torch_f32`` — ``torch.matmul(x, w.T)``.
 
 ``--artifacts NAME=DIR,...`` (``--shapes ""`` to skip the kernels) times whole-model prefill of
@@ -171,8 +173,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--probe-iters", type=int, default=3_000_000, help="probe loop trips (~10 ms at 2 threads)"
     )
+    ap.add_argument(
+        "--amx-base",
+        default="",
+        metavar="REV",
+        help="also time cpu_amx.py as it was at this git revision (i8_amx_base)",
+    )
     ap.add_argument("--out", default=str(ROOT / "bench" / "cpu_prefill_gemm.json"))
     args = ap.parse_args(argv)
+    amx_base = (
+        _module_at(args.amx_base, "llmc/backends/kernels/cpu_amx.py") if args.amx_base else None
+    )
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
     import torch
     import tvm
@@ -202,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "llvm_mcpu": host_cpu()},
         "llmc_commit": git("rev-parse", "HEAD").strip(),
         "settings": {
+            **({"amx_base": args.amx_base} if args.amx_base else {}),
             "rows": m,
             "rounds": args.rounds,
             "inner": args.inner,
@@ -240,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         i8_old = build(V.w8a8_vnni(k, n, None))
         i8_new = build(G.w8a8_prefill(k, n))
         i8_amx = build(A.w8a8_prefill_amx(k, n)) if amx_ok else None
+        i8_amx_base = build(amx_base.w8a8_prefill_amx(k, n)) if amx_ok and amx_base else None
         xt, wt = torch.from_numpy(x), torch.from_numpy(w)
         kernels = {
             "f32_panel": ("f32", _bind(f32_old, t["x"], t["w"], c)),
@@ -248,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             "i8_vnni_rows": ("i8-fused", _bind(i8_old, t["x"], *qa[2:], c)),
             "i8_prefill": ("i8", _bind(i8_new, *qa, c)),
             **({"i8_amx": ("i8", _bind(i8_amx, *qa, c))} if amx_ok else {}),
+            **({"i8_amx_base": ("i8", _bind(i8_amx_base, *qa, c))} if i8_amx_base else {}),
             "torch_f32": ("f32", _bind(torch.matmul, xt, wt.T)),
         }
         # correctness of each TVM kernel before timing
@@ -276,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         ``--threads``: the best of 3 runs, as each kernel sample is the best of ``--inner``
         calls."""
         assert lib is not None
-        which = 0 if kind == "f32" else 2 if name == "i8_amx" else 1
+        which = 0 if kind == "f32" else 2 if name.startswith("i8_amx") else 1
         trips = max(args.probe_iters // 3, 1)
         return max(lib.probe(which, trips, args.threads) for _ in range(3)) / 1e9
 
@@ -351,12 +365,28 @@ def _amx_share(out: dict, peak_file: Path, threads: int) -> None:
             if v.get("unit") == "GOP/s":
                 v["of_amx_peak_best_wall"] = round(v["best_wall"] / pk, 3)
                 v["of_amx_peak_best_cpu"] = round(v["best_cpu"] / pk, 3)
-        ks = row["kernels"]
-        if "i8_amx" in ks:
-            print(
-                f"K={row['K']} N={row['N']}: i8_amx {ks['i8_amx']['of_amx_peak_best_cpu']:.0%} "
-                f"of the AMX peak, {ks['i8_amx']['of_peak_best_cpu']:.0%} of the vpdpbusd peak"
-            )
+        for name, v in row["kernels"].items():
+            if name.startswith("i8_amx"):
+                print(
+                    f"K={row['K']} N={row['N']}: {name} {v['of_amx_peak_best_cpu']:.0%} "
+                    f"of the AMX peak, {v['of_peak_best_cpu']:.0%} of the vpdpbusd peak"
+                )
+
+
+def _module_at(rev: str, path: str):
+    """``path`` (a kernel module) as it was at git revision ``rev``, imported from a temp file;
+    one line and exit 2 when that revision has no such file."""
+    import importlib.util
+
+    src = git("show", f"{rev}:{path}")
+    if not src:
+        raise SystemExit(f"bench/cpu_prefill_gemm.py: --amx-base: no {path} at {rev!r}")
+    f = Path(tempfile.mkdtemp(prefix="llmc-base-")) / Path(path).name
+    f.write_text(src)
+    spec = importlib.util.spec_from_file_location(f"base_{f.stem}", f)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 if __name__ == "__main__":

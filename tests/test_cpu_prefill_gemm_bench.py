@@ -35,6 +35,8 @@ def test_prefill_gemm_bench_runs(tmp_path) -> None:
             "1",
             "--probe-iters",
             "100000",
+            "--amx-base",
+            "HEAD",
             "--out",
             str(out),
         ],
@@ -44,7 +46,9 @@ def test_prefill_gemm_bench_runs(tmp_path) -> None:
     )
     (shape,) = json.loads(out.read_text())["shapes"]
     assert (shape["K"], shape["N"], shape["M"]) == (128, 128, 16)
-    assert set(shape["kernels"]) - {"i8_amx"} == {  # i8_amx: on an AMX host
+    amx = {"i8_amx", "i8_amx_base"}  # on an AMX host: the kernel, and itself at --amx-base
+    assert amx <= set(shape["kernels"]) or not amx & set(shape["kernels"])
+    assert set(shape["kernels"]) - amx == {
         "f32_panel",
         "f32_blocked",
         "i8_vnni_rows",
@@ -55,3 +59,23 @@ def test_prefill_gemm_bench_runs(tmp_path) -> None:
         assert len(k["probe"]) == 1 and k["probe"][0] > 0, name
         want = k["cpu"][0] / k["probe"][0]  # rounded to 3 decimals in the JSON
         assert k["median_of_probe"] == pytest.approx(want, rel=0.02, abs=6e-4), name
+
+
+def test_amx_base_names_a_missing_revision_in_one_line(tmp_path) -> None:
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "cpu_prefill_gemm.py"),
+            "--amx-base",
+            "no-such-rev",
+            "--out",
+            str(tmp_path / "x.json"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert r.returncode != 0 and not (tmp_path / "x.json").exists()
+    assert r.stderr.strip().splitlines() == [
+        "bench/cpu_prefill_gemm.py: --amx-base: no llmc/backends/kernels/cpu_amx.py at 'no-such-rev'"
+    ]

@@ -28,7 +28,7 @@ def _build(f):
 
 def _args(rows: int, k: int, n: int):
     rng = np.random.default_rng(rows * k + n)
-    xq = rng.integers(-128, 128, (rows, k)).astype("int8")  # -128 too: the sign flip's edge
+    xq = rng.integers(-128, 128, (rows, k)).astype("int8")  # -128 too: the int8 edge
     xs = rng.random(rows).astype("float32")
     wq = rng.integers(-127, 128, (n, k)).astype("int8")
     ws = rng.random(n).astype("float32")
@@ -66,7 +66,7 @@ def test_amx_prefill_machine_code_uses_tiles():
 
     text = asm(_build(A.w8a8_prefill_amx(128, 64)))
     assert "ldtilecfg" in text and "tilerelease" in text
-    assert text.count("tdpbusd") >= 8  # two 64-byte tiles of K, 2 x 2 tiles each
+    assert text.count("tdpbssd") >= 8  # two 64-byte tiles of K, 2 x 2 tiles each
     assert "vpdpbusd" not in text
 
 

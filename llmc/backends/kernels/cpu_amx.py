@@ -8,18 +8,25 @@ int32 products are exact either way, and the epilogue is the same expression.
 The VNNI panel layout is already AMX's B-tile layout: for one panel, 16 consecutive k-quads x
 16 columns x 4 bytes are 16 rows of 64 bytes at a stride of 256 bytes (``tileloadd`` with stride
 256), so the artifact's weights are unchanged. Tiles (palette 1, all 16 rows x 64 bytes):
-C = tiles 0-3 (a 32-row x 32-column int32 block), A = tiles 4-5 (32 rows x 64 u8 activations),
+C = tiles 0-3 (a 32-row x 32-column int32 block), A = tiles 4-5 (32 rows x 64 int8 activations),
 B = tiles 6-7 (64 k x 32 columns of weights); per 64 input elements 2 A + 2 B loads and 4
-``tdpbusd`` (each 16 x 16 x 64 multiply-adds).
+``tdpbssd`` (signed x signed, each 16 x 16 x 64 multiply-adds). The products are signed, so
+the int32 sums are the VNNI kernel's ``acc - 128 * wsum`` already (``wsum`` is unused here).
 
 A parallel task takes a chunk of at most ``MC`` rows and up to ``PG`` panels, like the VNNI
-kernel. It loads the tile configuration (tile state is per thread), copies the chunk's
-activations into a scratch shifted into u8 (``x ^ 0x80``) and zero-padded to a multiple of 64
-columns and of 32 rows (the padding rows repeat the last real row and are never stored); per
-panel a K that is not a multiple of 64 gets its last k-quads copied into a zero-padded 16 x 256
-byte scratch (a tile load never reads past the weights). Per 32-row block and 32-column half of
-the panel, the four C tiles are stored into a 32 x 64 int32 scratch, then one epilogue per
-32 x 64 block: ``(acc - 128 * wsum) * xs * ws``, stored for real rows and columns only.
+kernel, and walks its 32-row blocks outermost (a block's activations stay in L1 over the task's
+panels). A whole block with K a multiple of 64 loads its A tiles straight from ``xq`` (stride
+K); the last, partial block, or any block when K is not a multiple of 64, is first copied into a
+32 x K64 scratch (rows past the end repeat the last real row and are never stored; the K tail is
+zero). A K tail's last k-quads of each panel are copied into a zero-padded 16 x 256 byte scratch
+(a tile load never reads past the weights). Per 32-column half of the panel the four C tiles are
+stored into a 32 x 64 int32 scratch, then one epilogue per 32 x 64 block: ``acc * xs * ws``,
+stored for real rows and columns only.
+
+Measured limits (``bench/cpu_prefill_gemm.py``, docs/backends.md "W8A8 prefill on AMX tiles"):
+the tile loop alone, with A and B tiles re-read from L1 and no epilogue, reaches ~73% of the
+same-moment ``tdpbusd`` probe; the real kernel is bound by the L2 traffic of its tile loads
+(4 KB per four ``tdpbssd``) and by the float32 output stores.
 
 The process must hold the AMX tile state (Linux ``arch_prctl(ARCH_REQ_XCOMP_PERM,
 XFEATURE_XTILEDATA)``) before the first call, or the first tile instruction faults:
@@ -66,7 +73,7 @@ def _store(t: int, ptr, stride):
 
 
 def _dp(c: int, a: int, b: int):
-    return _i("llvm.x86.tdpbusd", T.int8(c), T.int8(a), T.int8(b))
+    return _i("llvm.x86.tdpbssd", T.int8(c), T.int8(a), T.int8(b))
 
 
 def supports(k_dim: int) -> bool:
@@ -115,7 +122,7 @@ def w8a8_prefill_amx(
                 T.writes(c[0:rows, 0:n_dim])
                 cfg = T.alloc_buffer((64,), "uint8", scope="local")
                 acc = T.alloc_buffer((mb * NB,), "int32", scope=SCRATCH)
-                xu = T.alloc_buffer((mc * k64,), "int8", scope=SCRATCH)
+                xp = T.alloc_buffer((mb * k64,), "int8", scope=SCRATCH)
                 bt = T.alloc_buffer((16 * NB * 4,), "int8", scope=SCRATCH)
                 # palette 1, 8 tiles of 16 rows x 64 bytes (bytes 16.. colsb u16, 48.. rows u8)
                 for i in range(64):
@@ -128,41 +135,39 @@ def w8a8_prefill_amx(
                 g = t // nchunks
                 r0 = (t % nchunks) * mce
                 nr = T.max(T.min(mce, rows - r0), 0)
-                nblk = (nr + mb - 1) // mb
-                for rr in range(nblk * mb):
-                    src = T.min(r0 + rr, rows - 1)
-                    for kb in range(kv // 64):
-                        for ln in T.vectorized(64):
-                            xu[rr * k64 + kb * 64 + ln] = T.bitwise_xor(
-                                xq[src, kb * 64 + ln], T.int8(-128)
-                            )
-                    for kt in range(k64 - kv):
-                        xu[rr * k64 + kv + kt] = T.if_then_else(
-                            kt < tail,
-                            T.bitwise_xor(xq[src, T.min(kv + kt, k_dim - 1)], T.int8(-128)),
-                            T.int8(0),
-                        )
-                for pp in range(T.min(pge, panels - g * pge)):
-                    p = g * pge + pp
-                    if tail > 0:
-                        for kt in range(16):
-                            for ln in T.vectorized(NB * 4):
-                                bt[kt * NB * 4 + ln] = T.if_then_else(
-                                    kt * 4 < tail,
-                                    codes[p, T.min(kv // 4 + kt, kq - 1), ln // 4, ln % 4],
+                npp = T.min(pge, panels - g * pge)
+                for ib in range((nr + mb - 1) // mb):
+                    row = r0 + ib * mb
+                    if tail > 0 or row + mb > rows:
+                        for rr in range(mb):
+                            for kk in T.vectorized(k64):
+                                xp[rr * k64 + kk] = T.if_then_else(
+                                    kk < k_dim,
+                                    xq[T.min(row + rr, rows - 1), T.min(kk, k_dim - 1)],
                                     T.int8(0),
                                 )
-                    for ib in range(nblk):
+                    for pp in range(npp):
+                        p = g * pge + pp
+                        if tail > 0:
+                            for kt in range(16):
+                                for ln in T.vectorized(NB * 4):
+                                    bt[kt * NB * 4 + ln] = T.if_then_else(
+                                        kt * 4 < tail,
+                                        codes[p, T.min(kv // 4 + kt, kq - 1), ln // 4, ln % 4],
+                                        T.int8(0),
+                                    )
                         for h in range(2):
                             T.evaluate(_zero(0))
                             T.evaluate(_zero(1))
                             T.evaluate(_zero(2))
                             T.evaluate(_zero(3))
                             for kb in range(nkb):
-                                T.evaluate(_load(4, T.address_of(xu[ib * mb * k64 + kb * 64]), k64))
-                                T.evaluate(
-                                    _load(5, T.address_of(xu[(ib * mb + 16) * k64 + kb * 64]), k64)
-                                )
+                                if tail > 0 or row + mb > rows:
+                                    T.evaluate(_load(4, T.address_of(xp[kb * 64]), k64))
+                                    T.evaluate(_load(5, T.address_of(xp[16 * k64 + kb * 64]), k64))
+                                else:
+                                    T.evaluate(_load(4, T.address_of(xq[row, kb * 64]), k_dim))
+                                    T.evaluate(_load(5, T.address_of(xq[row + 16, kb * 64]), k_dim))
                                 T.evaluate(
                                     _load(6, T.address_of(codes[p, kb * 16, h * 32, 0]), 256)
                                 )
@@ -174,10 +179,8 @@ def w8a8_prefill_amx(
                                 T.evaluate(_dp(2, 5, 6))
                                 T.evaluate(_dp(3, 5, 7))
                             if tail > 0:
-                                T.evaluate(_load(4, T.address_of(xu[ib * mb * k64 + kv]), k64))
-                                T.evaluate(
-                                    _load(5, T.address_of(xu[(ib * mb + 16) * k64 + kv]), k64)
-                                )
+                                T.evaluate(_load(4, T.address_of(xp[kv]), k64))
+                                T.evaluate(_load(5, T.address_of(xp[16 * k64 + kv]), k64))
                                 T.evaluate(_load(6, T.address_of(bt[h * 128]), 256))
                                 T.evaluate(_load(7, T.address_of(bt[h * 128 + 64]), 256))
                                 T.evaluate(_dp(0, 4, 6))
@@ -192,13 +195,9 @@ def w8a8_prefill_amx(
                             for q in T.unroll(4):
                                 for lane in T.vectorized(16):
                                     if ib * mb + r < nr and p * NB + q * 16 + lane < n_dim:
-                                        c[r0 + ib * mb + r, p * NB + q * 16 + lane] = (
-                                            T.Cast(
-                                                F32,
-                                                acc[r * NB + q * 16 + lane]
-                                                - wsum[p, q * 16 + lane] * 128,
-                                            )
-                                            * xs[r0 + ib * mb + r]
+                                        c[row + r, p * NB + q * 16 + lane] = (
+                                            T.Cast(F32, acc[r * NB + q * 16 + lane])
+                                            * xs[row + r]
                                             * ws[p, q * 16 + lane]
                                         )
                 T.evaluate(_i("llvm.x86.tilerelease"))
