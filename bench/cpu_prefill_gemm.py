@@ -21,7 +21,12 @@ artifact's layouts):
   the host has ``amx_int8``: what the prefill entry uses there; also against the AMX peak);
 - ``i8_amx_base`` — with ``--amx-base REV``: ``cpu_amx.py`` as it was at git revision ``REV``
   (an A/B of the AMX kernel in the same rounds, against the same probe);
-- ``torch_f32`` — ``torch.matmul(x, w.T)``.
+- ``torch_f32`` — ``torch.matmul(x, w.T)``;
+- ``torch_onednn_i8`` — oneDNN's int8 matmul through PyTorch (``torch.ops.onednn.qlinear_prepack``
+  / ``qlinear_pointwise``: u8 activations with a zero point of 128, s8 weights, per-channel weight
+  scales, float32 out; ``brg_matmul:..._amx`` on an AMX host, ``ONEDNN_VERBOSE=1`` shows it), the
+  int8 peer, where this PyTorch build has it. Its time includes the op's call and output
+  allocation, as a user of it pays them; its result is checked against the integer product.
 
 ``--artifacts NAME=DIR,...`` (``--shapes ""`` to skip the kernels) times whole-model prefill of
 ``--rows`` tokens instead: each artifact loaded once (``random_weights=True`` for an
@@ -42,7 +47,7 @@ Same-moment peak (``--probe``, on by default): the host's speed moves from minut
 shared VM: the f32 kernel and the FMA probe both run ~1.5x faster in one phase than another), so a
 fraction of a peak measured at another moment says as much about the moment as about the kernel.
 Right before and after each sample, ``bench/cpu_peak.py``'s FMA (f32 kernels), ``vpdpbusd`` (int8)
-chains or AMX ``tdpbusd`` tile products (``i8_amx``) run on the same threads, the best of 3 runs of
+chains or AMX ``tdpbusd`` tile products (``i8_amx*``, and ``torch_onednn_i8`` on an AMX host) run on the same threads, the best of 3 runs of
 ~3 ms of CPU time each (as each sample is the best of ``--inner`` calls;
 :func:`cpu_peak.build_probe`); each sample's ``of_probe`` is its CPU-time rate over the mean of the
 two probes around it, and ``median_of_probe`` / ``best_of_probe`` summarize them. Both fractions
@@ -263,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             **({"i8_amx": ("i8", _bind(i8_amx, *qa, c))} if amx_ok else {}),
             **({"i8_amx_base": ("i8", _bind(i8_amx_base, *qa, c))} if i8_amx_base else {}),
             "torch_f32": ("f32", _bind(torch.matmul, xt, wt.T)),
+            **_onednn_i8(torch, xq, wq, ws),
         }
         # correctness of each TVM kernel before timing
         ref = x @ w.T
@@ -290,7 +296,10 @@ def main(argv: list[str] | None = None) -> int:
         ``--threads``: the best of 3 runs, as each kernel sample is the best of ``--inner``
         calls."""
         assert lib is not None
-        which = 0 if kind == "f32" else 2 if name.startswith("i8_amx") else 1
+        # AMX kernels (and oneDNN's int8 matmul, which uses AMX where there is one) against the
+        # tile probe
+        amx_row = name.startswith("i8_amx") or (name == "torch_onednn_i8" and amx_ok)
+        which = 0 if kind == "f32" else 2 if amx_row else 1
         trips = max(args.probe_iters // 3, 1)
         return max(lib.probe(which, trips, args.threads) for _ in range(3)) / 1e9
 
@@ -371,6 +380,34 @@ def _amx_share(out: dict, peak_file: Path, threads: int) -> None:
                     f"K={row['K']} N={row['N']}: {name} {v['of_amx_peak_best_cpu']:.0%} "
                     f"of the AMX peak, {v['of_peak_best_cpu']:.0%} of the vpdpbusd peak"
                 )
+
+
+def _onednn_i8(torch, xq: np.ndarray, wq: np.ndarray, ws: np.ndarray) -> dict:
+    """``{"torch_onednn_i8": (kind, call)}``: oneDNN's int8 matmul (see the module docstring),
+    checked against the exact integer product first; ``{}`` where PyTorch has no such op."""
+    ops = getattr(torch.ops, "onednn", None)
+    if ops is None or not hasattr(ops, "qlinear_prepack"):
+        return {}
+    m, k = xq.shape
+    qx = torch.from_numpy((xq.astype(np.int16) + 128).astype(np.uint8))
+    w = torch.from_numpy(wq)
+    packed = ops.qlinear_prepack(w, [m, k])  # [N, K], as nn.Linear holds it
+    wz = torch.zeros(len(ws), dtype=torch.int64)
+    unit = torch.ones(len(ws), dtype=torch.float32)
+    got = ops.qlinear_pointwise(
+        qx, 1.0, 128, packed, unit, wz, None, 1.0, 0, torch.float32, "none", [], ""
+    )
+    want = (xq.astype(np.int64) @ wq.T.astype(np.int64)).astype(np.float32)
+    assert np.array_equal(got.numpy(), want), "torch_onednn_i8: not the integer product"
+    wst = torch.from_numpy(ws)
+    return {
+        "torch_onednn_i8": (
+            "i8",
+            lambda: ops.qlinear_pointwise(
+                qx, 0.02, 128, packed, wst, wz, None, 1.0, 0, torch.float32, "none", [], ""
+            ),
+        )
+    }
 
 
 def _module_at(rev: str, path: str):
