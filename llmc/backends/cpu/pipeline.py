@@ -831,7 +831,7 @@ class CPUPipeline(TVMPipeline):
         if any(k.startswith("w8a8_prefill") for k in fields["backend"]["kernels"]):
             amx = prefill_amx()
             fields["backend"].setdefault("cpu", {})["amx"] = amx
-            report["backend"]["w8a8_prefill"] = "amx (tdpbusd tiles)" if amx else "avx512_vnni"
+            report["backend"]["w8a8_prefill"] = "amx (tdpbssd tiles)" if amx else "avx512_vnni"
         entry, warnings = sparse_summary(graph)
         if entry is not None:
             report["backend"]["sparse"] = entry

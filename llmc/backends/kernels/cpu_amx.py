@@ -1,4 +1,4 @@
-"""W8A8 prefill on Intel AMX (``tdpbusd`` tile products), for CPUs with ``amx_int8``.
+"""W8A8 prefill on Intel AMX (``tdpbssd`` tile products), for CPUs with ``amx_int8``.
 
 Same arguments and result as :func:`llmc.backends.kernels.cpu_gemm.w8a8_prefill` (``act_quant``'s
 ``xq [M, K]`` int8 and ``xs [M]``, the VNNI weight panels ``codes [P, K/4, 64, 4]`` int8,
