@@ -3,7 +3,7 @@
 Same arguments and result as :func:`llmc.backends.kernels.cpu_gemm.w8a8_prefill` (``act_quant``'s
 ``xq [M, K]`` int8 and ``xs [M]``, the VNNI weight panels ``codes [P, K/4, 64, 4]`` int8,
 ``wsum [P, 64]`` int32, ``ws [P, 64]`` float32; float32 ``[M, N]`` out), bit-identical to it: the
-int32 products are exact either way, and the epilogue is the same expression.
+int32 sums are exact either way, and the epilogue is the same float expression on them.
 
 The VNNI panel layout is already AMX's B-tile layout: for one panel, 16 consecutive k-quads x
 16 columns x 4 bytes are 16 rows of 64 bytes at a stride of 256 bytes (``tileloadd`` with stride
@@ -25,8 +25,9 @@ stored for real rows and columns only.
 
 Measured limits (``bench/cpu_prefill_gemm.py``, docs/backends.md "W8A8 prefill on AMX tiles"):
 the tile loop alone, with A and B tiles re-read from L1 and no epilogue, reaches ~73% of the
-same-moment ``tdpbusd`` probe; the real kernel is bound by the L2 traffic of its tile loads
-(4 KB per four ``tdpbssd``) and by the float32 output stores.
+same-moment ``tdpbusd`` probe; with the real A and B addresses ~48% (4 KB of tile loads per four
+``tdpbssd``, B from L2), with the float32 epilogue ~30%, the output stores' cache misses being
+most of that last step. oneDNN's AMX matmul measures level with it on the same shapes.
 
 The process must hold the AMX tile state (Linux ``arch_prctl(ARCH_REQ_XCOMP_PERM,
 XFEATURE_XTILEDATA)``) before the first call, or the first tile instruction faults:
@@ -47,7 +48,7 @@ NB = 64
 MB = 32
 #: Rows per parallel chunk (a multiple of MB).
 MC = 128
-#: Panels per parallel task (its activation chunk is shifted once per task).
+#: Panels per parallel task.
 PG = 4
 
 
