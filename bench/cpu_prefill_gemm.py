@@ -47,10 +47,11 @@ Same-moment peak (``--probe``, on by default): the host's speed moves from minut
 shared VM: the f32 kernel and the FMA probe both run ~1.5x faster in one phase than another), so a
 fraction of a peak measured at another moment says as much about the moment as about the kernel.
 Right before and after each sample, ``bench/cpu_peak.py``'s FMA (f32 kernels), ``vpdpbusd`` (int8)
-chains or AMX ``tdpbusd`` tile products (``i8_amx*``, and ``torch_onednn_i8`` on an AMX host) run on the same threads, the best of 3 runs of
-~3 ms of CPU time each (as each sample is the best of ``--inner`` calls;
-:func:`cpu_peak.build_probe`); each sample's ``of_probe`` is its CPU-time rate over the mean of the
-two probes around it, and ``median_of_probe`` / ``best_of_probe`` summarize them. Both fractions
+chains or AMX ``tdpbusd`` tile products (``i8_amx*``, and ``torch_onednn_i8`` on an AMX host) run
+on the same threads, the best of 3 runs of ~3 ms of CPU time each (as each sample is the best of
+``--inner`` calls; :func:`cpu_peak.build_probe`); each sample's ``of_probe`` is its CPU-time rate
+over the mean of the two probes around it, and ``median_of_probe`` / ``best_of_probe`` summarize
+them. Both fractions
 are written: ``of_peak_*`` against the stored peak, ``*_of_probe`` against the host at that moment.
 """
 
@@ -292,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     lib = build_probe(Path(tempfile.mkdtemp(prefix="llmc-probe-"))) if args.probe else None
 
     def probe(name: str, kind: str) -> float:
-        """The host's f32 (int8; AMX tiles for ``i8_amx``) CPU-time rate now, GFLOP/s (GOP/s) at
+        """The host's f32 (int8; AMX tiles for the AMX rows) CPU-time rate now, GFLOP/s (GOP/s) at
         ``--threads``: the best of 3 runs, as each kernel sample is the best of ``--inner``
         calls."""
         assert lib is not None
