@@ -33,6 +33,23 @@ def git(*args: str) -> str:
     return r.stdout
 
 
+def module_at(rev: str, path: str, error: str):
+    """``path`` (a Python module of the checkout) as it was at git revision ``rev``, imported from
+    a temp file; ``SystemExit(error)`` (one line, exit 1) when that revision has no such file."""
+    import importlib.util
+    import tempfile
+
+    src = git("show", f"{rev}:{path}")
+    if not src:
+        raise SystemExit(error)
+    f = Path(tempfile.mkdtemp(prefix="llmc-base-")) / Path(path).name
+    f.write_text(src)
+    spec = importlib.util.spec_from_file_location(f"base_{f.stem}", f)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def load_average() -> list[float]:
     """The 1-, 5- and 15-minute load averages, rounded to 0.01."""
     return [round(x, 2) for x in os.getloadavg()]

@@ -37,32 +37,24 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from _common import ROOT, cpu_name, git, load_average
+from _common import ROOT, cpu_name, git, load_average, module_at
 
 sys.path.insert(0, str(ROOT))
 
 
 def _old_module(base: str):
-    src = git("show", f"{base}:llmc/backends/kernels/attention_cpu.py")
-    if not src:
-        raise SystemExit(
-            f"bench/cpu_attention.py: no llmc/backends/kernels/attention_cpu.py at {base}"
-        )
-    path = Path(tempfile.mkdtemp()) / "attention_cpu_old.py"
-    path.write_text(src)
-    spec = importlib.util.spec_from_file_location("attention_cpu_old", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return module_at(
+        base,
+        "llmc/backends/kernels/attention_cpu.py",
+        f"bench/cpu_attention.py: no llmc/backends/kernels/attention_cpu.py at {base}",
+    )
 
 
 def _time(fn, inner: int) -> tuple[float, float]:

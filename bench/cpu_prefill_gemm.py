@@ -68,7 +68,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import ROOT, cpu_name, git, load_average
+from _common import ROOT, cpu_name, git, load_average, module_at
 from cpu_peak import build_probe
 
 sys.path.insert(0, str(ROOT))
@@ -187,8 +187,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--out", default=str(ROOT / "bench" / "cpu_prefill_gemm.json"))
     args = ap.parse_args(argv)
+    path = "llmc/backends/kernels/cpu_amx.py"
     amx_base = (
-        _module_at(args.amx_base, "llmc/backends/kernels/cpu_amx.py") if args.amx_base else None
+        module_at(
+            args.amx_base,
+            path,
+            f"bench/cpu_prefill_gemm.py: --amx-base: no {path} at {args.amx_base!r}",
+        )
+        if args.amx_base
+        else None
     )
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
     import torch
@@ -385,19 +392,24 @@ def _amx_share(out: dict, peak_file: Path, threads: int) -> None:
 
 def _onednn_i8(torch, xq: np.ndarray, wq: np.ndarray, ws: np.ndarray) -> dict:
     """``{"torch_onednn_i8": (kind, call)}``: oneDNN's int8 matmul (see the module docstring),
-    checked against the exact integer product first; ``{}`` where PyTorch has no such op."""
+    checked against the exact integer product first; ``{}`` where PyTorch has no such op or
+    oneDNN refuses it on this CPU (said on stderr)."""
     ops = getattr(torch.ops, "onednn", None)
     if ops is None or not hasattr(ops, "qlinear_prepack"):
         return {}
     m, k = xq.shape
     qx = torch.from_numpy((xq.astype(np.int16) + 128).astype(np.uint8))
     w = torch.from_numpy(wq)
-    packed = ops.qlinear_prepack(w, [m, k])  # [N, K], as nn.Linear holds it
     wz = torch.zeros(len(ws), dtype=torch.int64)
     unit = torch.ones(len(ws), dtype=torch.float32)
-    got = ops.qlinear_pointwise(
-        qx, 1.0, 128, packed, unit, wz, None, 1.0, 0, torch.float32, "none", [], ""
-    )
+    try:
+        packed = ops.qlinear_prepack(w, [m, k])  # [N, K], as nn.Linear holds it
+        got = ops.qlinear_pointwise(
+            qx, 1.0, 128, packed, unit, wz, None, 1.0, 0, torch.float32, "none", [], ""
+        )
+    except RuntimeError as e:  # no oneDNN int8 matmul for this CPU
+        print(f"torch_onednn_i8 left out: {str(e).splitlines()[0]}", file=sys.stderr)
+        return {}
     want = (xq.astype(np.int64) @ wq.T.astype(np.int64)).astype(np.float32)
     assert np.array_equal(got.numpy(), want), "torch_onednn_i8: not the integer product"
     wst = torch.from_numpy(ws)
@@ -409,22 +421,6 @@ def _onednn_i8(torch, xq: np.ndarray, wq: np.ndarray, ws: np.ndarray) -> dict:
             ),
         )
     }
-
-
-def _module_at(rev: str, path: str):
-    """``path`` (a kernel module) as it was at git revision ``rev``, imported from a temp file;
-    one line and exit 2 when that revision has no such file."""
-    import importlib.util
-
-    src = git("show", f"{rev}:{path}")
-    if not src:
-        raise SystemExit(f"bench/cpu_prefill_gemm.py: --amx-base: no {path} at {rev!r}")
-    f = Path(tempfile.mkdtemp(prefix="llmc-base-")) / Path(path).name
-    f.write_text(src)
-    spec = importlib.util.spec_from_file_location(f"base_{f.stem}", f)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 if __name__ == "__main__":
