@@ -349,7 +349,8 @@ def _compile_loaded(
         report["peak_rss_mb"] = peak_rss_mb()
         return CompileResult(None, tgt, report, graph)
     out = Path(out)
-    check_space(out, int(report["params"]["storage_bytes"]))
+    # an architecture-only model's artifact records shapes, not weights: only stored ones count
+    check_space(out, int(sum(p.storage_bytes() for p in graph.params.values() if not p.is_meta)))
     with artifact_writer(out) as tmp:
         backend = get_kind(tgt.kind).hook("lower")
         t_b = time.perf_counter()
@@ -462,9 +463,10 @@ def _load_ref(path: Path) -> LanguageModel:
 
 def check_space(out: Path, weight_bytes: int) -> None:
     """Refuse, before building, an artifact that cannot fit: its folder's free space against the
-    weights (stored up to twice: IR params and the backend's layout) plus code, and the process's
-    file-size limit against the largest file. A write failing half-way through is caught too, but
-    a toolchain that writes (LLVM, nvcc) may abort the process instead of raising."""
+    weights it stores (``weight_bytes``; up to twice: IR params and the backend's layout) plus
+    code, and the process's file-size limit against the largest file. A write failing half-way
+    through is caught too, but a toolchain that writes (LLVM, nvcc) may abort the process
+    instead of raising."""
     need = 2 * weight_bytes + (64 << 20)
     try:
         free = shutil.disk_usage(out.parent).free

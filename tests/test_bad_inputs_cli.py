@@ -287,3 +287,26 @@ def test_subprocess_error_is_one_json_object(tmp_path: Path) -> None:
     assert p.returncode != 0 and "Traceback" not in p.stderr
     obj = json.loads(p.stdout)
     assert obj["kind"] == "ModelLoadError" and "nope" in obj["error"]
+
+
+def test_too_little_space_is_refused_and_counts_only_stored_weights(tmp_path: Path, monkeypatch):
+    """The free-space check refuses a model whose weights cannot fit, in one line and before
+    writing; an architecture-only model (shapes, no weights in the artifact) needs code space
+    only, so a 7B one compiles where its 13 GB of weights would not fit."""
+    import shutil
+
+    import llmc.compile as comp
+
+    real = shutil.disk_usage
+
+    def small(path):  # 200 MB free wherever the artifact goes
+        u = real(path)
+        return type(u)(u.total, u.used, 200 * 10**6)
+
+    monkeypatch.setattr(comp.shutil, "disk_usage", small)
+    with pytest.raises(comp.LlmcError, match=r"has 200 MB free, the artifact needs about"):
+        comp.check_space(tmp_path / "a", 150 * 10**6)
+    comp.check_space(tmp_path / "a", 50 * 10**6)  # 2 x 50 MB + code fits
+    out = tmp_path / "arch"
+    rc = main(["compile", "llama2-7b", "--target", "ref", "-o", str(out)])
+    assert rc == 0 and (out / "manifest.json").exists()
