@@ -522,3 +522,90 @@ def test_gguf_special_files_and_links_out_of_a_directory(capsys, tmp_path: Path)
     assert main(["compile", str(d), "--dry-run"]) != 0
     err = capsys.readouterr().err
     assert "outside the model directory" in err and len(err.strip().splitlines()) == 1
+
+
+# --- the header reader (llmc's own, not gguf.GGUFReader: see G._Header) ---
+
+
+def test_header_reads_every_value_type_as_gguf_does(tmp_path):
+    """Every metadata value type, arrays of them, a non-default alignment: the same values and
+    tensor offsets as gguf's reader; an array of arrays keeps its structure (gguf's
+    ``contents()`` flattens it)."""
+    path = tmp_path / "all.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    V = gguf.GGUFValueType
+    w.add_uint8("t.u8", 200)
+    w.add_int8("t.i8", -5)
+    w.add_uint16("t.u16", 60000)
+    w.add_int16("t.i16", -30000)
+    w.add_uint32("t.u32", 4_000_000_000)
+    w.add_int32("t.i32", -2_000_000_000)
+    w.add_float32("t.f32", 0.25)
+    w.add_bool("t.bool", True)
+    w.add_string("t.str", "héllo ▁world")
+    w.add_uint64("t.u64", 1 << 60)
+    w.add_int64("t.i64", -(1 << 60))
+    w.add_float64("t.f64", 1e300)
+    w.add_array("t.strs", ["a", "", "ü" * 3])
+    w.add_array("t.ints", [1, -2, 3])
+    w.add_array("t.floats", [0.5, 1.5])
+    w.add_array("t.nested", [[1, 2], [3]])
+    w.add_key_value("t.u8s", [1, 2, 255], V.ARRAY, V.UINT8)
+    w.add_custom_alignment(64)
+    w.add_tensor("a", np.arange(7, dtype=np.float32))
+    w.add_tensor("b", np.ones((3, 32), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    ref = gguf.GGUFReader(str(path))
+    ours = G._Header(path)
+    want = {k: f.contents() for k, f in ref.fields.items() if not k.startswith("GGUF.")}
+    assert want.pop("t.nested") == [1, 2, 3]
+    assert {k: v for k, v in ours.fields.items() if k != "t.nested"} == want
+    assert ours.fields["t.nested"] == [[1, 2], [3]] and ours.fields["t.f64"] == 1e300
+    assert [(t.name, t.begin, t.shape) for t in ours.tensor_headers] == [
+        (t.name, int(t.data_offset), tuple(int(x) for x in reversed(t.shape))) for t in ref.tensors
+    ]
+    assert all(t.begin % 64 == 0 for t in ours.tensor_headers)
+
+
+def _header(n_kv: int, n_tensors: int = 0, version: int = 3) -> bytes:
+    return b"GGUF" + struct.pack("<IQQ", version, n_tensors, n_kv)
+
+
+def _key(k: str, vtype: int) -> bytes:
+    return struct.pack("<Q", len(k)) + k.encode() + struct.pack("<I", vtype)
+
+
+@pytest.mark.parametrize(
+    "data,pattern",
+    [
+        (b"GGUX" + bytes(20), r"no GGUF magic"),
+        (_header(0, version=1), r"GGUF version 1; llmc reads versions 2 and 3"),
+        (b"GGUF" + struct.pack(">IQQ", 3, 0, 0), r"big-endian GGUF file"),
+        (_header(1 << 62), r"a count of \d+ items overruns the file"),
+        (_header(0, n_tensors=1 << 40), r"a count of \d+ items overruns the file"),
+        # an array claiming 2^60 uint32s: refused before any list is built
+        (_header(1) + _key("k", 9) + struct.pack("<IQ", 4, 1 << 60), r"overruns the file"),
+        (
+            _header(1) + struct.pack("<Q", 1 << 50) + bytes(16),
+            r"a metadata key: a string of \d+ bytes",
+        ),
+        (_header(1) + _key("k", 8) + struct.pack("<Q", 2) + b"\xff\xfe", r"'k': a string that"),
+        (_header(1) + _key("k", 13) + bytes(8), r"'k' has unknown value type 13"),
+        (_header(1) + _key("k", 4), r"the header ends early"),
+        (
+            _header(1) + _key("general.alignment", 4) + struct.pack("<I", 0) + bytes(64),
+            r"general\.alignment 0 is not a positive integer",
+        ),
+        (
+            _header(0, 1) + struct.pack("<Q", 1) + b"t" + struct.pack("<I", 9) + bytes(80),
+            r"tensor 't' has 9 dimensions",
+        ),
+    ],
+)
+def test_lying_header_is_one_line(tmp_path, data, pattern, no_dequant):
+    path = tmp_path / "h.gguf"
+    path.write_bytes(data)
+    _refused(path, r"not a readable GGUF file \(.*" + pattern, no_dequant)
