@@ -26,6 +26,7 @@ from tvm.script import tirx as T
 
 from llmc.backends.kernels.attention_gpu import NEG, key_bounds, logit
 from llmc.backends.kernels.cpu import SCRATCH
+from llmc.backends.kernels.memo import kernel_memo
 
 
 def _qk_dot(d: int, lanes: int):
@@ -83,6 +84,7 @@ def fast_exp(x):
     return y * T.reinterpret("float32", T.shift_left(T.Cast("int32", n) + 127, 23))
 
 
+@kernel_memo
 def attention_sync(
     h: int,
     kvh: int,
@@ -317,6 +319,7 @@ def attention_sync(
     return attention
 
 
+@kernel_memo
 def async_partials(
     h: int,
     kvh: int,
@@ -384,6 +387,7 @@ def async_partials(
     return partials
 
 
+@kernel_memo
 def async_combine(
     h: int,
     kvh: int,
@@ -471,6 +475,7 @@ def async_combine(
     return combine
 
 
+@kernel_memo
 def kv_append(kvh: int, d: int, dtype: str):
     """Write ``new`` [b, kvh, s, d] into the cache [b, kvh, cap, d] at keys ``past .. past+s``,
     in place (``call_tir_inplace``); a key at or past ``cap`` is dropped, never written out of

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from tvm.script import tirx as T
 
+from llmc.backends.kernels.memo import kernel_memo
+
 NEG = -3.0e38  # finite "minus infinity": exp(NEG - m) == 0 without inf - inf = NaN
 
 
@@ -67,6 +69,7 @@ def logit(scale: float, softcap: float = 0.0):
     return f
 
 
+@kernel_memo
 def attention_sync(
     h: int,
     kvh: int,
@@ -160,6 +163,7 @@ def attention_sync(
     return attention
 
 
+@kernel_memo
 def async_partials(
     h: int,
     kvh: int,
@@ -257,6 +261,7 @@ def async_partials(
     return partials
 
 
+@kernel_memo
 def async_combine(
     h: int,
     kvh: int,
@@ -354,6 +359,7 @@ def async_combine(
     return combine
 
 
+@kernel_memo
 def kv_append(kvh: int, d: int, dtype: str):
     """Write ``new`` [b, kvh, s, d] into the cache [b, kvh, cap, d] at keys ``past .. past+s``,
     in place (``call_tir_inplace``): one block per key row, a thread per element (``d`` <= 1024);

@@ -41,6 +41,7 @@ from tvm import tirx
 from tvm.script import tirx as T
 
 from llmc.backends.kernels.cpu import SCRATCH
+from llmc.backends.kernels.memo import kernel_memo
 
 F32 = "float32"
 NB = 64
@@ -82,6 +83,7 @@ def supports(k_dim: int) -> bool:
     return k_dim % 4 == 0
 
 
+@kernel_memo
 def w8a8_prefill_amx(
     k_dim: int, n_dim: int, mc: int = MC, pg: int = PG, name: str | None = None
 ) -> tirx.PrimFunc:

@@ -36,6 +36,7 @@ from tvm.script import tirx as T
 from llmc.backends.kernels.cpu import SCRATCH
 from llmc.backends.kernels.cpu_group import Buf, grouped_func, int8_args, weight_only_args, widths
 from llmc.backends.kernels.cpu_vnni import act_block, block_codes, k_blocks, padded_k, supports_q4
+from llmc.backends.kernels.memo import kernel_memo
 
 __all__ = [
     "NB",
@@ -182,6 +183,7 @@ Q4 = Unpack("q4", 8)
 Q8W = Unpack("q8w", 4)
 
 
+@kernel_memo
 def weight_only_avx2(
     unpack: Unpack,
     k_dim: int,
@@ -282,6 +284,7 @@ def q8w_avx2(
     return weight_only_avx2(Q8W, k_dim, n_dim, group, parts, s_dtype, m)
 
 
+@kernel_memo
 def w8a8_avx2(k_dim: int, n_dim: int | tuple[int, ...], m: int | None = None) -> tirx.PrimFunc:
     """``C[M, N] = float(sum xq*wq) * xs[m] * ws[n]``: ``xq [M, K]`` int8 codes in -127..127 and
     ``xs [M]`` (``act_quant``), ``codes [P, K'/4, 32, 4]`` int8, ``ws [P, 32]`` float32; the

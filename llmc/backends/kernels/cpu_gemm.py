@@ -26,6 +26,7 @@ from tvm import tirx
 from tvm.script import tirx as T
 
 from llmc.backends.kernels.cpu import SCRATCH
+from llmc.backends.kernels.memo import kernel_memo
 
 F32 = "float32"
 NB = 64
@@ -46,6 +47,7 @@ def _finish(f: tirx.PrimFunc, name: str) -> tirx.PrimFunc:
     return f.with_attr("op_pattern", 8).with_attr("tirx.is_scheduled", True)
 
 
+@kernel_memo
 def gemm_prefill(
     k_dim: int,
     n_dim: int,
@@ -122,6 +124,7 @@ def supports_w8a8(k_dim: int) -> bool:
     return k_dim % 4 == 0
 
 
+@kernel_memo
 def w8a8_prefill(k_dim: int, n_dim: int, mb: int = MB, mc: int = MC, pg: int = PG) -> tirx.PrimFunc:
     """W8A8 prefill on AVX-512 VNNI: ``act_quant``'s ``xq [M, K]`` int8 and ``xs [M]``, then the
     weights of :func:`llmc.backends.kernels.cpu_vnni.w8a8_vnni` (``codes [P, K/4, 64, 4]`` int8,

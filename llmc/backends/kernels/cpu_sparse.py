@@ -29,6 +29,7 @@ from tvm import tirx
 from tvm.script import tirx as T
 
 from llmc.backends.kernels.cpu import SCRATCH
+from llmc.backends.kernels.memo import kernel_memo
 from llmc.backends.layouts import nm_index_bits as index_bits
 
 F32 = "float32"
@@ -65,6 +66,7 @@ def _spread(x: Any, m_group: int) -> Any:
     return T.Shuffle([x] * (16 // m_group), list(range(16)))
 
 
+@kernel_memo
 def nm_permute(
     k_dim: int,
     n_dim: int,

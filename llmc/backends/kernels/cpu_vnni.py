@@ -34,6 +34,7 @@ from tvm.script import tirx as T
 
 from llmc.backends.kernels.cpu import SCRATCH
 from llmc.backends.kernels.cpu_group import Buf, grouped_func, int8_args, weight_only_args, widths
+from llmc.backends.kernels.memo import kernel_memo
 
 F32 = "float32"
 NB = 64  # outputs per panel: 4 zmm accumulators of 16 int32
@@ -255,6 +256,7 @@ Q4 = Unpack("q4", 8, True)
 Q8W = Unpack("q8w", 4, False)
 
 
+@kernel_memo
 def weight_only_vnni(
     unpack: Unpack,
     k_dim: int,
@@ -593,6 +595,7 @@ def w8a8_vnni(
     return w8a8_vnni_multi(k_dim, (n_dim,), m, act_scale)
 
 
+@kernel_memo
 def w8a8_vnni_multi(
     k_dim: int, n_dims: tuple[int, ...], m: int | None = None, act_scale: float = 0.0
 ) -> tirx.PrimFunc:

@@ -24,6 +24,8 @@ from __future__ import annotations
 from tvm import tirx
 from tvm.script import tirx as T
 
+from llmc.backends.kernels.memo import kernel_memo
+
 BM, BN, BK = 64, 64, 16  # block tile
 WM, WN = 32, 32  # warp tile (4 warps: 2 x 2)
 MI, NI = WM // 16, WN // 8  # mma tiles per warp
@@ -34,6 +36,7 @@ def supported(n: int, k: int) -> bool:
     return n % BN == 0 and k % BK == 0 and n > 0 and k > 0
 
 
+@kernel_memo
 def linear_tc(n: int, k: int, out_dtype: str = "float16") -> tirx.PrimFunc:
     """``Y[b, s, :] = X[b, s, :] @ W.T`` for ``X [B, S, k]`` and ``W [n, k]`` in float16,
     accumulated in float32, written as ``out_dtype``."""

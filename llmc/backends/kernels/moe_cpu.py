@@ -24,8 +24,10 @@ from __future__ import annotations
 from tvm.script import tirx as T
 
 from llmc.backends.kernels.cpu import SCRATCH
+from llmc.backends.kernels.memo import kernel_memo
 
 
+@kernel_memo
 def moe_route(e: int, h: int, k: int, normalize: bool, x_dtype: str, r_dtype: str):
     """``(x [N, H], router [E, H]) -> idx [N, k] i32, w [N, k] f32, perm [N*k] i32,
     off [E + 1] i32`` (see the module docstring)."""
@@ -94,6 +96,7 @@ def moe_route(e: int, h: int, k: int, normalize: bool, x_dtype: str, r_dtype: st
     return route.with_attr("global_symbol", f"moe_route_e{e}_h{h}_k{k}")
 
 
+@kernel_memo
 def moe_gemm(
     e: int, k_dim: int, o_dim: int, nb: int, div: int, mb: int, s_dtype: str, w_dtype: str
 ):

@@ -13,6 +13,8 @@ from typing import Any
 from tvm import te, tirx
 from tvm.script import tirx as T
 
+from llmc.backends.kernels.memo import kernel_memo
+
 F32 = "float32"
 QMAX = 127.0  # llmc.ir.params.ACT_QMAX
 
@@ -46,6 +48,7 @@ def act_fake_quant(x: te.Tensor, act_group: int) -> te.Tensor:
 AMAX_LANES = 16
 
 
+@kernel_memo
 def act_quant_rows(k: int, dtype: str, floor: float = 1e-8, qmax: float = 127.0):
     """Per-row int8 quantization of ``x [M, K]`` (M symbolic), the same numbers as the TE
     :func:`llmc.backends.kernels.te_ops.act_quant` with a dynamic scale: ``s = max(amax,
