@@ -283,7 +283,11 @@ def test_bad_options_are_refused_in_one_line(tiny, tmp_path) -> None:
         export_gguf(tiny.graph, out, gguf_type="f32")
 
 
-def test_cli_export_gguf(tmp_path) -> None:
+def test_cli_export_gguf(tmp_path, capsys) -> None:
+    """`llmc export --format gguf` from a model name (in a process whose PATH has no toolchain)
+    and from a compiled artifact (its codes, as compiled); a bad type is one line."""
+    from llmc.cli import main
+
     out = tmp_path / "t.gguf"
     cmd = [sys.executable, "-m", "llmc.cli", "export", "tiny", "--format", "gguf"]
     env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
@@ -297,26 +301,23 @@ def test_cli_export_gguf(tmp_path) -> None:
     assert r.returncode == 0, r.stderr
     assert "Q8_0: 29 weight(s) keep llmc's codes" in r.stdout
     assert gguf.GGUFReader(str(out)).fields["general.architecture"].contents() == "llama"
-    # from a compiled artifact: its codes, as compiled
+    # from a compiled artifact: its codes, as compiled (in this process: the same CLI)
     art = tmp_path / "art"
     spec = ["--passes", "rtn:bits=4:group=32"]
-    base = [sys.executable, "-m", "llmc.cli"]
-    run_ = dict(capture_output=True, text=True, env=env, cwd=tmp_path)
-    r = subprocess.run([*base, "compile", "tiny", "--target", "ref", *spec, "-o", str(art)], **run_)
-    assert r.returncode == 0, r.stderr
-    r = subprocess.run([*base, "export", str(art), "--format", "gguf", "--gguf-type", "q4_0",
-                        "--gguf-exact", "-o", str(tmp_path / "a.gguf")], **run_)  # fmt: skip
-    assert r.returncode == 0 and "Q4_0: 29 weight(s) keep llmc's codes" in r.stdout, r.stderr
-    assert "1 weight(s) quantized at 8 bits by the passes written as Q8_0" in r.stdout
-    r = subprocess.run(
-        [*cmd, "--gguf-type", "q3", "-o", str(tmp_path / "b.gguf")],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
+    assert main(["compile", "tiny", "--target", "ref", *spec, "-o", str(art)]) == 0
+    capsys.readouterr()
+    rc = main(["export", str(art), "--format", "gguf", "--gguf-type", "q4_0", "--gguf-exact",
+               "-o", str(tmp_path / "a.gguf")])  # fmt: skip
+    o, e = capsys.readouterr()
+    assert rc == 0 and "Q4_0: 29 weight(s) keep llmc's codes" in o, e
+    assert "1 weight(s) quantized at 8 bits by the passes written as Q8_0" in o
+    rc = main(
+        ["export", "tiny", "--format", "gguf", "--gguf-type", "q3", "-o", str(tmp_path / "b")]
     )
-    assert r.returncode != 0
-    assert r.stderr.strip().count("\n") == 0 and "--gguf-type 'q3' is not supported" in r.stderr
+    e = capsys.readouterr().err
+    assert rc != 0
+    assert e.strip().count("\n") == 0 and "--gguf-type 'q3' is not supported" in e
+    assert not (tmp_path / "b").exists()
 
 
 @pytest.mark.parametrize("gguf_type,spec", [("f32", ""), ("q8_0", "rtn:bits=8:group=32:sym=true")])
