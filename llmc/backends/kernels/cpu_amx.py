@@ -41,6 +41,7 @@ from tvm import tirx
 from tvm.script import tirx as T
 
 from llmc.backends.kernels.cpu import SCRATCH
+from llmc.backends.kernels.cpu_gemm import w8a8_prefill_frame
 from llmc.backends.kernels.memo import kernel_memo
 
 F32 = "float32"
@@ -51,11 +52,6 @@ MB = 32
 MC = 128
 #: Panels per parallel task.
 PG = 4
-
-
-def _finish(f: tirx.PrimFunc, name: str) -> tirx.PrimFunc:
-    f = f.with_attr("global_symbol", name)
-    return f.with_attr("op_pattern", 8).with_attr("tirx.is_scheduled", True)
 
 
 def _i(name: str, *args):
@@ -100,112 +96,87 @@ def w8a8_prefill_amx(
     rows = tirx.Var("m", "int64")
     name = name or f"w8a8_prefill_amx_k{k_dim}_n{n_dim}"
 
-    @T.prim_func(private=True, s_tir=True)
-    def f(
-        xq_h: T.handle,
-        xs_h: T.handle,
-        codes: T.Buffer((panels, kq, NB, 4), "int8"),
-        wsum: T.Buffer((panels, NB), "int32"),
-        ws: T.Buffer((panels, NB), F32),
-        c_h: T.handle,
-    ):
-        T.func_attr({"tirx.noalias": True})
-        xq = T.match_buffer(xq_h, (rows, k_dim), "int8")
-        xs = T.match_buffer(xs_h, (rows,), F32)
-        c = T.match_buffer(c_h, (rows, n_dim), F32)
-        nchunks = (rows + mc - 1) // mc
-        # rows per chunk, evened out over the chunks (whole 32-row blocks, at most mc)
-        mce = ((rows + nchunks - 1) // nchunks + mb - 1) // mb * mb
-        # panels per task: PG, or fewer while that leaves under 8 tasks (a short prefill)
-        pge = T.max(T.min(T.min(pg, panels), nchunks * panels // 8), 1)
-        groups = (panels + pge - 1) // pge
-        for t in T.parallel(nchunks * groups):
-            with T.sblock("tile"):
-                T.reads(xq[0:rows, 0:k_dim], codes[0:panels, 0:kq, 0:NB, 0:4], xs[0:rows])
-                T.writes(c[0:rows, 0:n_dim])
-                cfg = T.alloc_buffer((64,), "uint8", scope="local")
-                acc = T.alloc_buffer((mb * NB,), "int32", scope=SCRATCH)
-                xp = T.alloc_buffer((mb * k64,), "int8", scope=SCRATCH)
-                bt = T.alloc_buffer((16 * NB * 4,), "int8", scope=SCRATCH)
-                # palette 1, 8 tiles of 16 rows x 64 bytes (bytes 16.. colsb u16, 48.. rows u8)
-                for i in range(64):
-                    cfg[i] = T.uint8(0)
-                cfg[0] = T.uint8(1)
-                for j in range(8):
-                    cfg[16 + 2 * j] = T.uint8(64)
-                    cfg[48 + j] = T.uint8(16)
-                T.evaluate(_i("llvm.x86.ldtilecfg", T.address_of(cfg[0])))
-                g = t // nchunks
-                r0 = (t % nchunks) * mce
-                nr = T.max(T.min(mce, rows - r0), 0)
-                npp = T.min(pge, panels - g * pge)
-                for ib in range((nr + mb - 1) // mb):
-                    row = r0 + ib * mb
-                    if tail > 0 or row + mb > rows:
-                        for rr in range(mb):
-                            for kk in T.vectorized(k64):
-                                xp[rr * k64 + kk] = T.if_then_else(
-                                    kk < k_dim,
-                                    xq[T.min(row + rr, rows - 1), T.min(kk, k_dim - 1)],
-                                    T.int8(0),
+    @T.macro
+    def task(xq, xs, codes, wsum, ws, c, t, nchunks, mce, pge):
+        cfg = T.alloc_buffer((64,), "uint8", scope="local")
+        acc = T.alloc_buffer((mb * NB,), "int32", scope=SCRATCH)
+        xp = T.alloc_buffer((mb * k64,), "int8", scope=SCRATCH)
+        bt = T.alloc_buffer((16 * NB * 4,), "int8", scope=SCRATCH)
+        # palette 1, 8 tiles of 16 rows x 64 bytes (bytes 16.. colsb u16, 48.. rows u8)
+        for i in range(64):
+            cfg[i] = T.uint8(0)
+        cfg[0] = T.uint8(1)
+        for j in range(8):
+            cfg[16 + 2 * j] = T.uint8(64)
+            cfg[48 + j] = T.uint8(16)
+        T.evaluate(_i("llvm.x86.ldtilecfg", T.address_of(cfg[0])))
+        g = t // nchunks
+        r0 = (t % nchunks) * mce
+        nr = T.max(T.min(mce, rows - r0), 0)
+        npp = T.min(pge, panels - g * pge)
+        for ib in range((nr + mb - 1) // mb):
+            row = r0 + ib * mb
+            if tail > 0 or row + mb > rows:
+                for rr in range(mb):
+                    for kk in T.vectorized(k64):
+                        xp[rr * k64 + kk] = T.if_then_else(
+                            kk < k_dim,
+                            xq[T.min(row + rr, rows - 1), T.min(kk, k_dim - 1)],
+                            T.int8(0),
+                        )
+            for pp in range(npp):
+                p = g * pge + pp
+                if tail > 0:
+                    for kt in range(16):
+                        for ln in T.vectorized(NB * 4):
+                            bt[kt * NB * 4 + ln] = T.if_then_else(
+                                kt * 4 < tail,
+                                codes[p, T.min(kv // 4 + kt, kq - 1), ln // 4, ln % 4],
+                                T.int8(0),
+                            )
+                for h in range(2):
+                    T.evaluate(_zero(0))
+                    T.evaluate(_zero(1))
+                    T.evaluate(_zero(2))
+                    T.evaluate(_zero(3))
+                    for kb in range(nkb):
+                        if tail > 0 or row + mb > rows:
+                            T.evaluate(_load(4, T.address_of(xp[kb * 64]), k64))
+                            T.evaluate(_load(5, T.address_of(xp[16 * k64 + kb * 64]), k64))
+                        else:
+                            T.evaluate(_load(4, T.address_of(xq[row, kb * 64]), k_dim))
+                            T.evaluate(_load(5, T.address_of(xq[row + 16, kb * 64]), k_dim))
+                        T.evaluate(_load(6, T.address_of(codes[p, kb * 16, h * 32, 0]), 256))
+                        T.evaluate(_load(7, T.address_of(codes[p, kb * 16, h * 32 + 16, 0]), 256))
+                        T.evaluate(_dp(0, 4, 6))
+                        T.evaluate(_dp(1, 4, 7))
+                        T.evaluate(_dp(2, 5, 6))
+                        T.evaluate(_dp(3, 5, 7))
+                    if tail > 0:
+                        T.evaluate(_load(4, T.address_of(xp[kv]), k64))
+                        T.evaluate(_load(5, T.address_of(xp[16 * k64 + kv]), k64))
+                        T.evaluate(_load(6, T.address_of(bt[h * 128]), 256))
+                        T.evaluate(_load(7, T.address_of(bt[h * 128 + 64]), 256))
+                        T.evaluate(_dp(0, 4, 6))
+                        T.evaluate(_dp(1, 4, 7))
+                        T.evaluate(_dp(2, 5, 6))
+                        T.evaluate(_dp(3, 5, 7))
+                    T.evaluate(_store(0, T.address_of(acc[h * 32]), 256))
+                    T.evaluate(_store(1, T.address_of(acc[h * 32 + 16]), 256))
+                    T.evaluate(_store(2, T.address_of(acc[16 * NB + h * 32]), 256))
+                    T.evaluate(_store(3, T.address_of(acc[16 * NB + h * 32 + 16]), 256))
+                for r in range(mb):
+                    for q in T.unroll(4):
+                        for lane in T.vectorized(16):
+                            if ib * mb + r < nr and p * NB + q * 16 + lane < n_dim:
+                                c[row + r, p * NB + q * 16 + lane] = (
+                                    T.Cast(F32, acc[r * NB + q * 16 + lane])
+                                    * xs[row + r]
+                                    * ws[p, q * 16 + lane]
                                 )
-                    for pp in range(npp):
-                        p = g * pge + pp
-                        if tail > 0:
-                            for kt in range(16):
-                                for ln in T.vectorized(NB * 4):
-                                    bt[kt * NB * 4 + ln] = T.if_then_else(
-                                        kt * 4 < tail,
-                                        codes[p, T.min(kv // 4 + kt, kq - 1), ln // 4, ln % 4],
-                                        T.int8(0),
-                                    )
-                        for h in range(2):
-                            T.evaluate(_zero(0))
-                            T.evaluate(_zero(1))
-                            T.evaluate(_zero(2))
-                            T.evaluate(_zero(3))
-                            for kb in range(nkb):
-                                if tail > 0 or row + mb > rows:
-                                    T.evaluate(_load(4, T.address_of(xp[kb * 64]), k64))
-                                    T.evaluate(_load(5, T.address_of(xp[16 * k64 + kb * 64]), k64))
-                                else:
-                                    T.evaluate(_load(4, T.address_of(xq[row, kb * 64]), k_dim))
-                                    T.evaluate(_load(5, T.address_of(xq[row + 16, kb * 64]), k_dim))
-                                T.evaluate(
-                                    _load(6, T.address_of(codes[p, kb * 16, h * 32, 0]), 256)
-                                )
-                                T.evaluate(
-                                    _load(7, T.address_of(codes[p, kb * 16, h * 32 + 16, 0]), 256)
-                                )
-                                T.evaluate(_dp(0, 4, 6))
-                                T.evaluate(_dp(1, 4, 7))
-                                T.evaluate(_dp(2, 5, 6))
-                                T.evaluate(_dp(3, 5, 7))
-                            if tail > 0:
-                                T.evaluate(_load(4, T.address_of(xp[kv]), k64))
-                                T.evaluate(_load(5, T.address_of(xp[16 * k64 + kv]), k64))
-                                T.evaluate(_load(6, T.address_of(bt[h * 128]), 256))
-                                T.evaluate(_load(7, T.address_of(bt[h * 128 + 64]), 256))
-                                T.evaluate(_dp(0, 4, 6))
-                                T.evaluate(_dp(1, 4, 7))
-                                T.evaluate(_dp(2, 5, 6))
-                                T.evaluate(_dp(3, 5, 7))
-                            T.evaluate(_store(0, T.address_of(acc[h * 32]), 256))
-                            T.evaluate(_store(1, T.address_of(acc[h * 32 + 16]), 256))
-                            T.evaluate(_store(2, T.address_of(acc[16 * NB + h * 32]), 256))
-                            T.evaluate(_store(3, T.address_of(acc[16 * NB + h * 32 + 16]), 256))
-                        for r in range(mb):
-                            for q in T.unroll(4):
-                                for lane in T.vectorized(16):
-                                    if ib * mb + r < nr and p * NB + q * 16 + lane < n_dim:
-                                        c[row + r, p * NB + q * 16 + lane] = (
-                                            T.Cast(F32, acc[r * NB + q * 16 + lane])
-                                            * xs[row + r]
-                                            * ws[p, q * 16 + lane]
-                                        )
-                T.evaluate(_i("llvm.x86.tilerelease"))
+        T.evaluate(_i("llvm.x86.tilerelease"))
 
-    return _finish(f, name)
+    return w8a8_prefill_frame(k_dim, n_dim, rows, mb, mc, pg, task, name)
 
 
 __all__ = ["MB", "MC", "PG", "supports", "w8a8_prefill_amx"]

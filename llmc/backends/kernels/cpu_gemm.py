@@ -147,7 +147,79 @@ def w8a8_prefill(k_dim: int, n_dim: int, mb: int = MB, mc: int = MC, pg: int = P
     mc = max(mc // mb, 1) * mb
     kv = k_dim // 64 * 64
     rows = tirx.Var("m", "int64")
-    name = f"w8a8_prefill_k{k_dim}_n{n_dim}"
+
+    @T.macro
+    def task(xq, xs, codes, wsum, ws, c, t, nchunks, mce, pge):
+        acc = T.alloc_buffer((mb * NB,), "int32", scope=SCRATCH)
+        xu = T.alloc_buffer((mc * k_dim,), "int8", scope=SCRATCH)
+        g = t // nchunks
+        r0 = (t % nchunks) * mce
+        nr = T.max(T.min(mce, rows - r0), 0)
+        nblk = (nr + mb - 1) // mb
+        for rr in range(nblk * mb):
+            src = T.min(r0 + rr, rows - 1)
+            for kb in range(kv // 64):
+                for ln in T.vectorized(64):
+                    xu[rr * k_dim + kb * 64 + ln] = T.bitwise_xor(
+                        xq[src, kb * 64 + ln], T.int8(-128)
+                    )
+            for kt in range(k_dim - kv):
+                xu[rr * k_dim + kv + kt] = T.bitwise_xor(xq[src, kv + kt], T.int8(-128))
+        for pp in range(T.min(pge, panels - g * pge)):
+            p = g * pge + pp
+            for ib in range(nblk):
+                for a in T.unroll(mb * 4):
+                    acc[T.ramp(a * 16, 1, 16)] = T.broadcast(T.int32(0), 16)
+                for kb in range(kq):
+                    for r in T.unroll(mb):
+                        xb = T.reinterpret(
+                            T.broadcast(
+                                T.reinterpret(
+                                    xu.vload([(ib * mb + r) * k_dim + kb * 4], "int8x4"),
+                                    dtype="int32",
+                                ),
+                                16,
+                            ),
+                            dtype="int8x64",
+                        )
+                        for q in T.unroll(4):
+                            acc[T.ramp(r * NB + q * 16, 1, 16)] = T.call_llvm_pure_intrin(
+                                T.llvm_lookup_intrinsic_id(VPDPBUSD),
+                                acc[T.ramp(r * NB + q * 16, 1, 16)],
+                                xb,
+                                codes.vload([p, kb, q * 16, 0], "int8x64"),
+                                dtype="int32x16",
+                            )
+                for r in T.unroll(mb):
+                    for q in T.unroll(4):
+                        for lane in T.vectorized(16):
+                            if ib * mb + r < nr and p * NB + q * 16 + lane < n_dim:
+                                c[r0 + ib * mb + r, p * NB + q * 16 + lane] = (
+                                    T.Cast(
+                                        F32,
+                                        acc[r * NB + q * 16 + lane] - wsum[p, q * 16 + lane] * 128,
+                                    )
+                                    * xs[r0 + ib * mb + r]
+                                    * ws[p, q * 16 + lane]
+                                )
+
+    return w8a8_prefill_frame(
+        k_dim, n_dim, rows, mb, mc, pg, task, f"w8a8_prefill_k{k_dim}_n{n_dim}"
+    )
+
+
+def w8a8_prefill_frame(
+    k_dim: int, n_dim: int, rows: tirx.Var, mb: int, mc: int, pg: int, task: object, name: str
+) -> tirx.PrimFunc:
+    """The PrimFunc both W8A8 prefill kernels (:func:`w8a8_prefill`; AMX:
+    :func:`llmc.backends.kernels.cpu_amx.w8a8_prefill_amx`) share: the arguments (``xq [rows,
+    K]`` int8, ``xs [rows]``, the VNNI panels ``codes``, ``wsum``, ``ws``; ``c [rows, N]``
+    float32), the split of the rows into chunks (whole ``mb``-row blocks, at most ``mc``, evened
+    out) and of the panels into groups, and one parallel loop over (group, chunk) tasks, each
+    the macro ``task(xq, xs, codes, wsum, ws, c, t, nchunks, mce, pge)``: task ``t`` of
+    ``nchunks`` chunks of ``mce`` rows, ``pge`` panels per group."""
+    kq = k_dim // 4
+    panels = (n_dim + NB - 1) // NB
 
     @T.prim_func(private=True, s_tir=True)
     def f(
@@ -172,61 +244,20 @@ def w8a8_prefill(k_dim: int, n_dim: int, mb: int = MB, mc: int = MC, pg: int = P
             with T.sblock("tile"):
                 T.reads(xq[0:rows, 0:k_dim], codes[0:panels, 0:kq, 0:NB, 0:4], xs[0:rows])
                 T.writes(c[0:rows, 0:n_dim])
-                acc = T.alloc_buffer((mb * NB,), "int32", scope=SCRATCH)
-                xu = T.alloc_buffer((mc * k_dim,), "int8", scope=SCRATCH)
-                g = t // nchunks
-                r0 = (t % nchunks) * mce
-                nr = T.max(T.min(mce, rows - r0), 0)
-                nblk = (nr + mb - 1) // mb
-                for rr in range(nblk * mb):
-                    src = T.min(r0 + rr, rows - 1)
-                    for kb in range(kv // 64):
-                        for ln in T.vectorized(64):
-                            xu[rr * k_dim + kb * 64 + ln] = T.bitwise_xor(
-                                xq[src, kb * 64 + ln], T.int8(-128)
-                            )
-                    for kt in range(k_dim - kv):
-                        xu[rr * k_dim + kv + kt] = T.bitwise_xor(xq[src, kv + kt], T.int8(-128))
-                for pp in range(T.min(pge, panels - g * pge)):
-                    p = g * pge + pp
-                    for ib in range(nblk):
-                        for a in T.unroll(mb * 4):
-                            acc[T.ramp(a * 16, 1, 16)] = T.broadcast(T.int32(0), 16)
-                        for kb in range(kq):
-                            for r in T.unroll(mb):
-                                xb = T.reinterpret(
-                                    T.broadcast(
-                                        T.reinterpret(
-                                            xu.vload([(ib * mb + r) * k_dim + kb * 4], "int8x4"),
-                                            dtype="int32",
-                                        ),
-                                        16,
-                                    ),
-                                    dtype="int8x64",
-                                )
-                                for q in T.unroll(4):
-                                    acc[T.ramp(r * NB + q * 16, 1, 16)] = T.call_llvm_pure_intrin(
-                                        T.llvm_lookup_intrinsic_id(VPDPBUSD),
-                                        acc[T.ramp(r * NB + q * 16, 1, 16)],
-                                        xb,
-                                        codes.vload([p, kb, q * 16, 0], "int8x64"),
-                                        dtype="int32x16",
-                                    )
-                        for r in T.unroll(mb):
-                            for q in T.unroll(4):
-                                for lane in T.vectorized(16):
-                                    if ib * mb + r < nr and p * NB + q * 16 + lane < n_dim:
-                                        c[r0 + ib * mb + r, p * NB + q * 16 + lane] = (
-                                            T.Cast(
-                                                F32,
-                                                acc[r * NB + q * 16 + lane]
-                                                - wsum[p, q * 16 + lane] * 128,
-                                            )
-                                            * xs[r0 + ib * mb + r]
-                                            * ws[p, q * 16 + lane]
-                                        )
+                task(xq, xs, codes, wsum, ws, c, t, nchunks, mce, pge)
+
+    return _finish(f, name)
 
     return _finish(f, name)
 
 
-__all__ = ["KC", "MB", "MC", "PG", "gemm_prefill", "supports_w8a8", "w8a8_prefill"]
+__all__ = [
+    "KC",
+    "MB",
+    "MC",
+    "PG",
+    "gemm_prefill",
+    "supports_w8a8",
+    "w8a8_prefill",
+    "w8a8_prefill_frame",
+]
