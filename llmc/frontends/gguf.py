@@ -170,8 +170,7 @@ class _Header:
 
     def __init__(self, path: Path) -> None:
         self.data = np.memmap(path, mode="r") if path.stat().st_size else np.zeros(0, np.uint8)
-        self.buf = memoryview(self.data) if len(self.data) else memoryview(b"")
-        self.pos = 0
+        self.buf = memoryview(self.data)
         if bytes(self.buf[:4]) != b"GGUF":
             raise ValueError("no GGUF magic")
         self.pos = 4

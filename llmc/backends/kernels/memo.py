@@ -4,8 +4,8 @@ Parsing a TVMScript kernel is slow: a grouped VNNI decode kernel takes ~0.7 s, a
 TVMScript parser accounted for half the time of the CPU backend's tests (cProfile of
 ``tests/backends/test_cpu_vnni.py`` and three more files: 182 of 345 s). The builders are pure
 functions of their arguments (shapes, dtypes, options; the modules' constants), so a process
-that lowers the same kernel twice (``llmc study`` sweeps, a test worker, a Python session
-compiling variants of one model) parses it once. A PrimFunc is immutable: callers that rename
+that lowers the same kernel twice (a test worker, a Python session calling ``compile_model`` on
+variants of one model, the GPU check's three ``llama2-7b`` builds) parses it once. A PrimFunc is immutable: callers that rename
 it or add attributes get new objects, and the memoized one is shared safely between modules.
 
 Arguments must be hashable to be memoized (ints, strings, floats, tuples, frozen dataclasses);
